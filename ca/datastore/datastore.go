@@ -1,0 +1,195 @@
+package datastore
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"writ.dev/writ/ca/entry"
+)
+
+var (
+	// ErrNotFound means the record does not exist.
+	ErrNotFound = errors.New("datastore: not found")
+	// ErrAlreadyExists means a record with the same key, or a duplicate
+	// entry (same SPIFFE ID, parent ID and selectors), exists.
+	ErrAlreadyExists = errors.New("datastore: already exists")
+	// ErrExpired means a join token was found but had expired; it is
+	// removed all the same.
+	ErrExpired = errors.New("datastore: expired")
+	// ErrEventsPruned means events after the requested revision are no
+	// longer kept; the caller must reload a Snapshot.
+	ErrEventsPruned = errors.New("datastore: events pruned")
+	// ErrInUse means another process holds the datastore open.
+	ErrInUse = errors.New("datastore: in use by another process")
+	// ErrCorrupt means the stored data cannot be read.
+	ErrCorrupt = errors.New("datastore: corrupt")
+)
+
+// Store is the CA server's persistent state. All methods are safe for
+// concurrent use. Every write that returns without error is durable.
+type Store interface {
+	// CreateEntries stores new entries in one transaction. An entry with
+	// an empty ID is given one. The result has one EntryResult per input,
+	// in order; an entry that fails (ErrAlreadyExists) does not stop the
+	// others. The error is for failures of the whole batch.
+	CreateEntries(ctx context.Context, entries []*entry.Entry) ([]EntryResult, error)
+	FetchEntry(ctx context.Context, id string) (*entry.Entry, error)
+	ListEntries(ctx context.Context, f EntryFilter) ([]*entry.Entry, error)
+	// UpdateEntry replaces the entry with e.ID (ErrNotFound if none;
+	// ErrAlreadyExists if the change makes it a duplicate).
+	UpdateEntry(ctx context.Context, e *entry.Entry) (*entry.Entry, error)
+	// DeleteEntry removes the entry and returns it as it was.
+	DeleteEntry(ctx context.Context, id string) (*entry.Entry, error)
+
+	CreateAgent(ctx context.Context, a *Agent) error
+	FetchAgent(ctx context.Context, id spiffeid.ID) (*Agent, error)
+	ListAgents(ctx context.Context) ([]*Agent, error)
+	// UpdateAgent replaces an existing agent record (ErrNotFound if none).
+	UpdateAgent(ctx context.Context, a *Agent) error
+	DeleteAgent(ctx context.Context, id spiffeid.ID) error
+
+	// CreateJoinToken stores a token by its hash (ErrAlreadyExists on a
+	// repeated hash).
+	CreateJoinToken(ctx context.Context, t *JoinToken) error
+	// ConsumeJoinToken removes the token with this hash and returns it.
+	// Exactly one of any number of concurrent callers succeeds. An expired
+	// token (ExpiresAt not after now) is removed and ErrExpired returned.
+	ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (*JoinToken, error)
+	// PruneJoinTokens removes tokens that expired before now.
+	PruneJoinTokens(ctx context.Context, now time.Time) (int, error)
+
+	FetchBundle(ctx context.Context, td spiffeid.TrustDomain) (*spiffebundle.Bundle, error)
+	ListBundles(ctx context.Context) ([]*spiffebundle.Bundle, error)
+	// UpdateBundle reads the bundle of td (nil if there is none), passes it
+	// to fn and stores what fn returns, atomically: concurrent updates,
+	// from this or another server, never lose each other's changes. If fn
+	// returns an error nothing is written and that error is returned.
+	UpdateBundle(ctx context.Context, td spiffeid.TrustDomain, fn func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error)) (*spiffebundle.Bundle, error)
+	DeleteBundle(ctx context.Context, td spiffeid.TrustDomain) error
+
+	// PutCAKey creates or replaces the metadata of one CA key.
+	PutCAKey(ctx context.Context, k *CAKey) error
+	ListCAKeys(ctx context.Context) ([]*CAKey, error)
+	DeleteCAKey(ctx context.Context, id string) error
+
+	// Events returns up to limit events with revisions above after, in
+	// revision order. ErrEventsPruned means some were dropped.
+	Events(ctx context.Context, after uint64, limit int) ([]Event, error)
+	// Snapshot returns every entry and the revision they are current at.
+	Snapshot(ctx context.Context) (*Snapshot, error)
+	// Watch returns a channel that receives a value after each change is
+	// committed (coalesced: buffered one, never blocking the writer), and a
+	// function that stops the watch.
+	Watch() (<-chan struct{}, func())
+
+	Close() error
+}
+
+// EntryResult is the outcome for one entry of CreateEntries.
+type EntryResult struct {
+	Entry *entry.Entry
+	Err   error
+}
+
+// EntryFilter selects entries. Zero fields match everything; set fields
+// must all match.
+type EntryFilter struct {
+	SPIFFEID spiffeid.ID
+	ParentID spiffeid.ID
+	// Selectors: entries that have every one of these selectors.
+	Selectors []entry.Selector
+}
+
+// Agent is an attested node agent.
+type Agent struct {
+	SPIFFEID spiffeid.ID
+	// AttestationType names how the agent proved its node ("join_token").
+	AttestationType string
+	// SerialNumber is the serial of the agent's current SVID (decimal);
+	// only a certificate with this serial (or the previous one, during
+	// renewal) authenticates the agent.
+	SerialNumber     string
+	PrevSerialNumber string
+	CertNotAfter     time.Time
+	// Banned agents are refused and cannot re-attest until unbanned.
+	Banned    bool
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// JoinToken is a one-time secret that attests an agent as SPIFFEID. Only
+// the token's hash is stored.
+type JoinToken struct {
+	Hash      string
+	SPIFFEID  spiffeid.ID
+	ExpiresAt time.Time
+	CreatedAt time.Time
+}
+
+// CAKeyKind tells X.509 CA keys from JWT signing keys.
+type CAKeyKind string
+
+const (
+	CAKeyX509 CAKeyKind = "x509"
+	CAKeyJWT  CAKeyKind = "jwt"
+)
+
+// CAKeyState is where a CA key is in its rotation.
+type CAKeyState string
+
+const (
+	// CAKeyPrepared keys are published in the bundle but do not sign yet.
+	CAKeyPrepared CAKeyState = "prepared"
+	// CAKeyActive keys sign.
+	CAKeyActive CAKeyState = "active"
+	// CAKeyRetired keys no longer sign and stay in the bundle until what
+	// they signed has expired.
+	CAKeyRetired CAKeyState = "retired"
+)
+
+// CAKey is the metadata of one CA signing key. The private key itself is
+// kept by the key manager, never in the datastore.
+type CAKey struct {
+	// ID names the key; for JWT keys it is the kid.
+	ID    string
+	Kind  CAKeyKind
+	State CAKeyState
+	// KeyType is the key algorithm, such as "ec-p256".
+	KeyType string
+	// CertDER is the CA certificate (X.509 keys).
+	CertDER []byte
+	// PublicKeyDER is the PKIX public key (JWT keys).
+	PublicKeyDER []byte
+	NotBefore    time.Time
+	NotAfter     time.Time
+}
+
+// EventKind says what kind of record an Event is about.
+type EventKind uint8
+
+const (
+	EventEntry EventKind = iota + 1
+	EventAgent
+	EventBundle
+)
+
+// Event records that one record changed at Revision.
+type Event struct {
+	Revision uint64
+	Kind     EventKind
+	// Key is the entry ID, agent SPIFFE ID or bundle trust domain name.
+	Key string
+	// Entry is, for entry events, the entry as it is now, or nil if it
+	// has been deleted.
+	Entry *entry.Entry
+}
+
+// Snapshot is every entry as of Revision.
+type Snapshot struct {
+	Entries  []*entry.Entry
+	Revision uint64
+}
