@@ -3,6 +3,7 @@ package entry
 import (
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"slices"
 	"time"
@@ -152,12 +153,17 @@ func (e *Entry) Clone() *Entry {
 // normalized.
 func (e *Entry) UniqueKey() [sha256.Size]byte {
 	h := sha256.New()
-	h.Write([]byte(e.SPIFFEID.String()))
-	h.Write([]byte{0})
-	h.Write([]byte(e.ParentID.String()))
+	var n [4]byte
+	field := func(s string) {
+		binary.BigEndian.PutUint32(n[:], uint32(len(s)))
+		h.Write(n[:])
+		h.Write([]byte(s))
+	}
+	field(e.SPIFFEID.String())
+	field(e.ParentID.String())
 	for _, s := range e.Selectors {
-		h.Write([]byte{0})
-		h.Write([]byte(s.String()))
+		field(s.Type)
+		field(s.Value)
 	}
 	var k [sha256.Size]byte
 	h.Sum(k[:0])
