@@ -59,14 +59,14 @@ func NewID() string {
 // ParseEntryID checks that s has the form NewID produces.
 func ParseEntryID(s string) (string, error) {
 	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
-		return "", invalid("entry ID %q is not a UUID", Printable(s))
+		return "", invalid("entry ID %q is not a UUID", brief(s))
 	}
 	for i, r := range s {
 		if i == 8 || i == 13 || i == 18 || i == 23 {
 			continue
 		}
 		if !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f') {
-			return "", invalid("entry ID %q is not a lowercase UUID", Printable(s))
+			return "", invalid("entry ID %q is not a lowercase UUID", brief(s))
 		}
 	}
 	return s, nil
@@ -107,7 +107,7 @@ func (e *Entry) Validate(td spiffeid.TrustDomain) error {
 		if i > 0 {
 			switch e.Selectors[i-1].Compare(s) {
 			case 0:
-				return invalid("selector %q is listed twice", Printable(s.String()))
+				return invalid("selector %q is listed twice", brief(s.String()))
 			case 1:
 				return invalid("selectors are not sorted")
 			}

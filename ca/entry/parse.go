@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -50,10 +51,10 @@ func ParseID(s string) (spiffeid.ID, error) {
 	}
 	id, err := spiffeid.FromString(s)
 	if err != nil {
-		return spiffeid.ID{}, invalid("SPIFFE ID %q: %v", Printable(s), err)
+		return spiffeid.ID{}, invalid("SPIFFE ID %q: %v", brief(s), err)
 	}
 	if id.String() != s {
-		return spiffeid.ID{}, invalid("SPIFFE ID %q is not in canonical form", Printable(s))
+		return spiffeid.ID{}, invalid("SPIFFE ID %q is not in canonical form", brief(s))
 	}
 	return id, nil
 }
@@ -111,28 +112,28 @@ var unixKeys = map[string]func(string) error{
 func ParseSelector(s string) (Selector, error) {
 	typ, value, ok := strings.Cut(s, ":")
 	if !ok {
-		return Selector{}, invalid("selector %q is not of the form type:value", Printable(s))
+		return Selector{}, invalid("selector %q is not of the form type:value", brief(s))
 	}
 	if typ == "" || len(typ) > MaxSelectorType || strings.Trim(typ, selectorTypeChars) != "" {
-		return Selector{}, invalid("selector %q: type must be 1 to %d of [a-z0-9_-]", Printable(s), MaxSelectorType)
+		return Selector{}, invalid("selector %q: type must be 1 to %d of [a-z0-9_-]", brief(s), MaxSelectorType)
 	}
 	if value == "" {
-		return Selector{}, invalid("selector %q has an empty value", Printable(s))
+		return Selector{}, invalid("selector %q has an empty value", brief(s))
 	}
 	if len(value) > MaxSelectorValue {
-		return Selector{}, invalid("selector %q: value is longer than %d bytes", Printable(s[:64]+"..."), MaxSelectorValue)
+		return Selector{}, invalid("selector %q: value is longer than %d bytes", brief(s), MaxSelectorValue)
 	}
 	if !isPrintable(value) {
-		return Selector{}, invalid("selector %q: value has control or non-UTF-8 characters", Printable(s))
+		return Selector{}, invalid("selector %q: value has control or non-UTF-8 characters", brief(s))
 	}
 	if typ == unixSelectorPrefix {
 		key, v, ok := strings.Cut(value, ":")
 		check, known := unixKeys[key]
 		if !ok || !known {
-			return Selector{}, invalid("selector %q: unknown unix key %q (known: uid, gid, supplementary_gid, user, group, supplementary_group, path, sha256)", Printable(s), Printable(key))
+			return Selector{}, invalid("selector %q: unknown unix key %q (known: uid, gid, supplementary_gid, user, group, supplementary_group, path, sha256)", brief(s), brief(key))
 		}
 		if err := check(v); err != nil {
-			return Selector{}, invalid("selector %q: %v", Printable(s), err)
+			return Selector{}, invalid("selector %q: %v", brief(s), err)
 		}
 	}
 	return Selector{Type: typ, Value: value}, nil
@@ -190,18 +191,18 @@ func ParseDNSName(s string) (string, error) {
 		return "", invalid("DNS name is empty")
 	}
 	if len(s) > MaxDNSNameLength {
-		return "", invalid("DNS name %q is longer than %d characters", Printable(s[:64]+"..."), MaxDNSNameLength)
+		return "", invalid("DNS name %q is longer than %d characters", brief(s), MaxDNSNameLength)
 	}
 	labels := strings.Split(s, ".")
 	for i, l := range labels {
 		if i == 0 && l == "*" {
 			if len(labels) < 3 {
-				return "", invalid("DNS name %q: a wildcard needs at least two labels after it", Printable(s))
+				return "", invalid("DNS name %q: a wildcard needs at least two labels after it", brief(s))
 			}
 			continue
 		}
 		if err := checkDNSLabel(l); err != nil {
-			return "", invalid("DNS name %q: %v", Printable(s), err)
+			return "", invalid("DNS name %q: %v", brief(s), err)
 		}
 	}
 	return s, nil
@@ -239,13 +240,13 @@ func ParseTTL(s string) (time.Duration, error) {
 	var d time.Duration
 	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
 		if n < 0 || n > int64(MaxTTL/time.Second) {
-			return 0, invalid("TTL %q must be from %s to %s", Printable(s), MinTTL, MaxTTL)
+			return 0, invalid("TTL %q must be from %s to %s", brief(s), MinTTL, MaxTTL)
 		}
 		d = time.Duration(n) * time.Second
 	} else {
 		d, err = time.ParseDuration(s)
 		if err != nil {
-			return 0, invalid("TTL %q is not a duration such as 90s or 1h", Printable(s))
+			return 0, invalid("TTL %q is not a duration such as 90s or 1h", brief(s))
 		}
 	}
 	return d, CheckTTL(d)
@@ -260,6 +261,21 @@ func CheckTTL(d time.Duration) error {
 		return invalid("TTL %s must be a whole number of seconds", d)
 	}
 	return nil
+}
+
+// brief returns s for an error message: escaped by Printable and cut
+// to a bounded length, so that no input of any size is copied whole into
+// an error.
+func brief(s string) string {
+	const max = 128
+	if len(s) <= max {
+		return Printable(s)
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return Printable(s[:cut]) + "..."
 }
 
 // Printable returns s with control characters and invalid UTF-8 escaped,

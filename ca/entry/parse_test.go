@@ -304,3 +304,23 @@ func FuzzParseTTL(f *testing.F) {
 		}
 	})
 }
+
+func TestErrorsAreBounded(t *testing.T) {
+	huge := strings.Repeat("\x1b", 1<<20)
+	for name, err := range map[string]error{
+		"id":       func() error { _, err := entry.ParseID("spiffe://example.org/" + huge[:1500]); return err }(),
+		"selector": func() error { _, err := entry.ParseSelector(huge); return err }(),
+		"value":    func() error { _, err := entry.ParseSelector("k8s:" + huge); return err }(),
+		"dns":      func() error { _, err := entry.ParseDNSName(huge); return err }(),
+		"ttl":      func() error { _, err := entry.ParseTTL(huge); return err }(),
+		"entry id": func() error { _, err := entry.ParseEntryID(huge); return err }(),
+	} {
+		if err == nil {
+			t.Errorf("%s: accepted", name)
+			continue
+		}
+		if len(err.Error()) > 1024 || strings.Contains(err.Error(), "\x1b") {
+			t.Errorf("%s: error is %d bytes or carries raw escapes", name, len(err.Error()))
+		}
+	}
+}
