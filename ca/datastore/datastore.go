@@ -48,9 +48,14 @@ type Store interface {
 	CreateAgent(ctx context.Context, a *Agent) error
 	FetchAgent(ctx context.Context, id spiffeid.ID) (*Agent, error)
 	ListAgents(ctx context.Context) ([]*Agent, error)
-	// UpdateAgent replaces an existing agent record (ErrNotFound if none).
-	UpdateAgent(ctx context.Context, a *Agent) error
-	DeleteAgent(ctx context.Context, id spiffeid.ID) error
+	// UpdateAgent atomically reads the agent (ErrNotFound if none), lets fn
+	// change it and stores the result; concurrent updates never lose each
+	// other's changes (a renewal cannot undo a ban). fn must be quick and
+	// must not call the store; if it returns an error nothing is written
+	// and that error is returned. fn may not change the SPIFFE ID.
+	UpdateAgent(ctx context.Context, id spiffeid.ID, fn func(*Agent) error) (*Agent, error)
+	// DeleteAgent removes the agent and returns it as it was.
+	DeleteAgent(ctx context.Context, id spiffeid.ID) (*Agent, error)
 
 	// CreateJoinToken stores a token by its hash (ErrAlreadyExists on a
 	// repeated hash).
@@ -67,7 +72,9 @@ type Store interface {
 	// UpdateBundle reads the bundle of td (nil if there is none), passes it
 	// to fn and stores what fn returns, atomically: concurrent updates,
 	// from this or another server, never lose each other's changes. If fn
-	// returns an error nothing is written and that error is returned.
+	// returns an error nothing is written and that error is returned. fn
+	// may run more than once (a backend may retry it after a conflict), so
+	// it must have no side effects.
 	UpdateBundle(ctx context.Context, td spiffeid.TrustDomain, fn func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error)) (*spiffebundle.Bundle, error)
 	DeleteBundle(ctx context.Context, td spiffeid.TrustDomain) error
 
