@@ -1,0 +1,166 @@
+package admin
+
+import (
+	"context"
+	"log/slog"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	adminv1 "writ.dev/writ/ca/api/admin/v1"
+	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/internal/peercred"
+)
+
+// rule is the policy of one method.
+type rule struct {
+	// public methods may be called by anyone who can reach the socket,
+	// with or without peer credentials.
+	public bool
+	// mutation methods change state; every call is audit-logged.
+	mutation bool
+}
+
+// rules maps each method, by its canonical full name, to its policy. A
+// method that is not here is refused, whatever else is registered on the
+// server.
+var rules = map[string]rule{
+	adminv1.EntryService_BatchCreateEntry_FullMethodName: {mutation: true},
+	adminv1.EntryService_GetEntry_FullMethodName:         {},
+	adminv1.EntryService_ListEntries_FullMethodName:      {},
+	adminv1.EntryService_UpdateEntry_FullMethodName:      {mutation: true},
+	adminv1.EntryService_DeleteEntry_FullMethodName:      {mutation: true},
+
+	adminv1.AgentService_ListAgents_FullMethodName: {},
+	adminv1.AgentService_GetAgent_FullMethodName:   {},
+	adminv1.AgentService_EvictAgent_FullMethodName: {mutation: true},
+	adminv1.AgentService_BanAgent_FullMethodName:   {mutation: true},
+	adminv1.AgentService_UnbanAgent_FullMethodName: {mutation: true},
+
+	adminv1.JoinTokenService_GenerateJoinToken_FullMethodName: {mutation: true},
+
+	adminv1.BundleService_GetBundle_FullMethodName: {},
+
+	healthpb.Health_Check_FullMethodName: {public: true},
+	healthpb.Health_Watch_FullMethodName: {public: true},
+}
+
+// call is what the interceptor learned about one authorized call, and
+// what the handler adds for the audit log. A call belongs to the one
+// goroutine that runs the interceptor and, inside it, the handler, so it
+// needs no lock.
+type call struct {
+	method  string
+	rule    rule
+	cred    peercred.Cred
+	hasCred bool
+
+	// spiffeID and entryID name what a mutation acted on, once parsed.
+	spiffeID string
+	entryID  string
+	// items, if any, replace the call's single audit record with one per
+	// item (BatchCreateEntry).
+	items []auditItem
+}
+
+type callKey struct{}
+
+// begin returns the call that the interceptor authorized. Handlers call it
+// first, so that a server built without the interceptors refuses every
+// admin call instead of serving them unchecked.
+func (s *Service) begin(ctx context.Context) (*call, error) {
+	c, ok := ctx.Value(callKey{}).(*call)
+	if !ok || c == nil {
+		s.log.LogAttrs(ctx, slog.LevelError, "admin call refused: the admin interceptors are not installed")
+		return nil, status.Error(codes.PermissionDenied, "permission denied")
+	}
+	return c, nil
+}
+
+// UnaryInterceptor returns the interceptor that authorizes and audits
+// unary calls. Install it on the server the Service is registered with.
+func (s *Service) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+		c, err := s.authorize(ctx, info.FullMethod)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := handler(context.WithValue(ctx, callKey{}, c), req)
+		s.finish(ctx, c, err)
+		return resp, err
+	}
+}
+
+// StreamInterceptor returns the interceptor that authorizes and audits
+// streaming calls. Install it on the server the Service is registered
+// with.
+func (s *Service) StreamInterceptor() grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+		ctx := ss.Context()
+		c, err := s.authorize(ctx, info.FullMethod)
+		if err != nil {
+			return err
+		}
+		err = handler(srv, &callStream{ServerStream: ss, ctx: context.WithValue(ctx, callKey{}, c)})
+		s.finish(ctx, c, err)
+		return err
+	}
+}
+
+// callStream is a ServerStream whose context carries the call.
+type callStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (cs *callStream) Context() context.Context { return cs.ctx }
+
+// authorize decides whether the caller may call method, and logs a
+// refusal.
+func (s *Service) authorize(ctx context.Context, method string) (*call, error) {
+	r, known := rules[method]
+	cred, hasCred := peercred.FromContext(ctx)
+	c := &call{method: method, rule: r, cred: cred, hasCred: hasCred}
+	var err error
+	switch {
+	case !known:
+		err = status.Error(codes.PermissionDenied, "permission denied: method has no access policy")
+	case r.public:
+		return c, nil
+	case !hasCred:
+		err = status.Error(codes.PermissionDenied, "permission denied: caller's peer credentials are unknown")
+	case !s.allowed[cred.UID]:
+		err = status.Errorf(codes.PermissionDenied, "permission denied: uid %d may not call the admin API", cred.UID)
+	default:
+		return c, nil
+	}
+	if r.mutation {
+		s.audit(ctx, c, codes.PermissionDenied, "", "")
+	} else {
+		attrs := append(callerAttrs(c), slog.String(KeyCode, codes.PermissionDenied.String()))
+		s.log.LogAttrs(ctx, slog.LevelWarn, "admin call denied", attrs...)
+	}
+	return nil, err
+}
+
+// maxLoggedMethod bounds how much of an unknown method name, which the
+// caller chose, goes into the log.
+const maxLoggedMethod = 256
+
+// callerAttrs returns the method and the caller's uid and pid.
+func callerAttrs(c *call) []slog.Attr {
+	method := c.method
+	if _, known := rules[method]; !known {
+		if len(method) > maxLoggedMethod {
+			method = method[:maxLoggedMethod] + "..."
+		}
+		method = entry.Printable(method)
+	}
+	attrs := []slog.Attr{slog.String(KeyMethod, method)}
+	if c.hasCred {
+		attrs = append(attrs, slog.Uint64(KeyUID, uint64(c.cred.UID)), slog.Int(KeyPID, int(c.cred.PID)))
+	}
+	return attrs
+}

@@ -1,0 +1,300 @@
+package admin
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	adminv1 "writ.dev/writ/ca/api/admin/v1"
+	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/entry"
+)
+
+// entryField is one Entry field that create and update set: parse reads
+// it from the wire into dst, copy copies it between domain entries.
+type entryField struct {
+	name  string
+	parse func(s *Service, dst *entry.Entry, w *adminv1.Entry) error
+	copy  func(dst, src *entry.Entry)
+}
+
+// entryFields are the settable fields in proto order, named as in
+// update_mask.
+var entryFields = []entryField{
+	{
+		name: fieldSPIFFEID,
+		parse: func(s *Service, dst *entry.Entry, w *adminv1.Entry) (err error) {
+			dst.SPIFFEID, err = s.parseIssuableID(fieldSPIFFEID, w.GetSpiffeId())
+			return err
+		},
+		copy: func(dst, src *entry.Entry) { dst.SPIFFEID = src.SPIFFEID },
+	},
+	{
+		name: "parent_id",
+		parse: func(s *Service, dst *entry.Entry, w *adminv1.Entry) (err error) {
+			dst.ParentID, err = s.parseID("parent_id", w.GetParentId())
+			return err
+		},
+		copy: func(dst, src *entry.Entry) { dst.ParentID = src.ParentID },
+	},
+	{
+		name: "selectors",
+		parse: func(_ *Service, dst *entry.Entry, w *adminv1.Entry) (err error) {
+			dst.Selectors, err = parseSelectors("selectors", w.GetSelectors())
+			return err
+		},
+		copy: func(dst, src *entry.Entry) { dst.Selectors = src.Selectors },
+	},
+	{
+		name: "x509_svid_ttl",
+		parse: func(_ *Service, dst *entry.Entry, w *adminv1.Entry) (err error) {
+			dst.X509SVIDTTL, err = parseTTL("x509_svid_ttl", w.GetX509SvidTtl())
+			return err
+		},
+		copy: func(dst, src *entry.Entry) { dst.X509SVIDTTL = src.X509SVIDTTL },
+	},
+	{
+		name: "jwt_svid_ttl",
+		parse: func(_ *Service, dst *entry.Entry, w *adminv1.Entry) (err error) {
+			dst.JWTSVIDTTL, err = parseTTL("jwt_svid_ttl", w.GetJwtSvidTtl())
+			return err
+		},
+		copy: func(dst, src *entry.Entry) { dst.JWTSVIDTTL = src.JWTSVIDTTL },
+	},
+	{
+		name: "dns_names",
+		parse: func(_ *Service, dst *entry.Entry, w *adminv1.Entry) (err error) {
+			dst.DNSNames, err = parseDNSNames("dns_names", w.GetDnsNames())
+			return err
+		},
+		copy: func(dst, src *entry.Entry) { dst.DNSNames = src.DNSNames },
+	},
+	{
+		name: "admin",
+		parse: func(_ *Service, dst *entry.Entry, w *adminv1.Entry) error {
+			dst.Admin = w.GetAdmin()
+			return nil
+		},
+		copy: func(dst, src *entry.Entry) { dst.Admin = src.Admin },
+	},
+	{
+		name: "downstream",
+		parse: func(_ *Service, dst *entry.Entry, w *adminv1.Entry) error {
+			dst.Downstream = w.GetDownstream()
+			return nil
+		},
+		copy: func(dst, src *entry.Entry) { dst.Downstream = src.Downstream },
+	},
+}
+
+// fieldSPIFFEID is the name of the spiffe_id field.
+const fieldSPIFFEID = "spiffe_id"
+
+// entryFieldNames lists entryFields for messages.
+var entryFieldNames = func() string {
+	names := make([]string, len(entryFields))
+	for i, f := range entryFields {
+		names[i] = f.name
+	}
+	return strings.Join(names, ", ")
+}()
+
+// lookupEntryField returns the settable field called name.
+func lookupEntryField(name string) (entryField, bool) {
+	for _, f := range entryFields {
+		if f.name == name {
+			return f, true
+		}
+	}
+	return entryField{}, false
+}
+
+// parseID parses a SPIFFE ID in the server's trust domain.
+func (s *Service) parseID(field, v string) (spiffeid.ID, error) {
+	id, err := entry.ParseIDInDomain(s.td, v)
+	if err != nil {
+		return spiffeid.ID{}, invalidField(field, err)
+	}
+	return id, nil
+}
+
+// parseIssuableID parses a SPIFFE ID that the server may issue to an
+// entry or agent: in its trust domain and not its own.
+func (s *Service) parseIssuableID(field, v string) (spiffeid.ID, error) {
+	id, err := s.parseID(field, v)
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	if id == s.serverID {
+		return spiffeid.ID{}, errServerID(field, id)
+	}
+	return id, nil
+}
+
+func errServerID(field string, id spiffeid.ID) error {
+	return invalidf("invalid %s: %q is the server's own SPIFFE ID", field, id.String())
+}
+
+func parseEntryID(field, v string) (string, error) {
+	id, err := entry.ParseEntryID(v)
+	if err != nil {
+		return "", invalidField(field, err)
+	}
+	return id, nil
+}
+
+// parseSelectors parses each selector; it does not sort them.
+func parseSelectors(field string, vs []string) ([]entry.Selector, error) {
+	if len(vs) > entry.MaxSelectors {
+		return nil, invalidf("invalid %s: %d selectors, at most %d allowed", field, len(vs), entry.MaxSelectors)
+	}
+	sels := make([]entry.Selector, 0, len(vs))
+	for i, v := range vs {
+		sel, err := entry.ParseSelector(v)
+		if err != nil {
+			return nil, invalidField(fmt.Sprintf("%s[%d]", field, i), err)
+		}
+		sels = append(sels, sel)
+	}
+	return sels, nil
+}
+
+func parseDNSNames(field string, vs []string) ([]string, error) {
+	if len(vs) > entry.MaxDNSNames {
+		return nil, invalidf("invalid %s: %d DNS names, at most %d allowed", field, len(vs), entry.MaxDNSNames)
+	}
+	names := make([]string, 0, len(vs))
+	for i, v := range vs {
+		n, err := entry.ParseDNSName(v)
+		if err != nil {
+			return nil, invalidField(fmt.Sprintf("%s[%d]", field, i), err)
+		}
+		names = append(names, n)
+	}
+	return names, nil
+}
+
+// maxDurationSeconds is the most seconds a time.Duration can hold.
+const maxDurationSeconds = math.MaxInt64 / int64(time.Second)
+
+// parseTTL converts a TTL in seconds, 0 meaning the server's default, to
+// a duration that entry.CheckTTL accepts.
+func parseTTL(field string, secs int64) (time.Duration, error) {
+	if secs == 0 {
+		return 0, nil
+	}
+	// Only guards the conversion; entry.CheckTTL sets the bounds.
+	if secs < -maxDurationSeconds || secs > maxDurationSeconds {
+		return 0, invalidf("invalid %s: %d seconds is out of range", field, secs)
+	}
+	d := time.Duration(secs) * time.Second
+	if err := entry.CheckTTL(d); err != nil {
+		return 0, invalidField(field, err)
+	}
+	return d, nil
+}
+
+// checkEntry normalizes e and checks it as a whole.
+func (s *Service) checkEntry(e *entry.Entry) error {
+	e.Normalize()
+	if err := e.Validate(s.td); err != nil {
+		return invalidField("entry", err)
+	}
+	if e.SPIFFEID == s.serverID {
+		return errServerID(fieldSPIFFEID, e.SPIFFEID)
+	}
+	return nil
+}
+
+// entryFromWire parses an entry to create. Its output-only fields
+// (created_at, revision) are ignored; an id, if given, must be in the form
+// entry.NewID makes.
+func (s *Service) entryFromWire(w *adminv1.Entry) (*entry.Entry, error) {
+	if w == nil {
+		return nil, invalidf("entry is missing")
+	}
+	e := &entry.Entry{}
+	if w.GetId() != "" {
+		id, err := parseEntryID("id", w.GetId())
+		if err != nil {
+			return nil, err
+		}
+		e.ID = id
+	}
+	for _, f := range entryFields {
+		if err := f.parse(s, e, w); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.checkEntry(e); err != nil {
+		return nil, err
+	}
+	return e, nil
+}
+
+// parseUpdateMask returns the fields mask names, each of which must be
+// settable and named once.
+func parseUpdateMask(mask []string) ([]entryField, error) {
+	if len(mask) == 0 {
+		return nil, invalidf("update_mask is empty: name the fields to set (%s)", entryFieldNames)
+	}
+	if len(mask) > len(entryFields) {
+		return nil, invalidf("update_mask names %d fields; there are only %d (%s)", len(mask), len(entryFields), entryFieldNames)
+	}
+	fields := make([]entryField, 0, len(mask))
+	for i, name := range mask {
+		f, ok := lookupEntryField(name)
+		if !ok {
+			return nil, invalidf("update_mask: unknown field %q (settable: %s)", entry.Printable(name), entryFieldNames)
+		}
+		if slices.Contains(mask[:i], name) {
+			return nil, invalidf("update_mask: field %q is named twice", name)
+		}
+		fields = append(fields, f)
+	}
+	return fields, nil
+}
+
+func entryToWire(e *entry.Entry) *adminv1.Entry {
+	sels := make([]string, len(e.Selectors))
+	for i, sel := range e.Selectors {
+		sels[i] = sel.String()
+	}
+	return &adminv1.Entry{
+		Id:          e.ID,
+		SpiffeId:    e.SPIFFEID.String(),
+		ParentId:    e.ParentID.String(),
+		Selectors:   sels,
+		X509SvidTtl: int64(e.X509SVIDTTL / time.Second),
+		JwtSvidTtl:  int64(e.JWTSVIDTTL / time.Second),
+		DnsNames:    append([]string(nil), e.DNSNames...),
+		Admin:       e.Admin,
+		Downstream:  e.Downstream,
+		CreatedAt:   unixSeconds(e.CreatedAt),
+		Revision:    e.Revision,
+	}
+}
+
+func agentToWire(a *datastore.Agent) *adminv1.Agent {
+	return &adminv1.Agent{
+		SpiffeId:        a.SPIFFEID.String(),
+		AttestationType: a.AttestationType,
+		SerialNumber:    a.SerialNumber,
+		CertNotAfter:    unixSeconds(a.CertNotAfter),
+		Banned:          a.Banned,
+		CreatedAt:       unixSeconds(a.CreatedAt),
+		UpdatedAt:       unixSeconds(a.UpdatedAt),
+	}
+}
+
+// unixSeconds is t in Unix seconds, 0 for the zero time.
+func unixSeconds(t time.Time) int64 {
+	if t.IsZero() {
+		return 0
+	}
+	return t.Unix()
+}

@@ -1,0 +1,46 @@
+// Package admin serves the CA server's admin API (ca/api/admin/v1):
+// registration entries, agents, join tokens and the trust bundle, on the
+// server's local admin Unix socket.
+//
+// Every string a caller sends is parsed with the strict parsers of
+// ca/entry, so the API accepts exactly what the CLI accepts; input that is
+// not canonical is refused with InvalidArgument naming the field, never
+// repaired. Missing records are NotFound, duplicates AlreadyExists, and
+// any other failure is Internal with a generic message, its detail logged
+// once.
+//
+// Callers are authorized by the uid in their socket peer credentials
+// (internal/peercred), not by the socket's file mode: root, the server's
+// own uid and Config.AllowedUIDs may call the admin methods. Each method
+// is looked up by its canonical full name in a fixed policy table; a
+// method without a policy is refused, whatever is registered on the
+// server. The gRPC health service is public. Every mutation is written to
+// the audit log at Info, with the caller's uid and pid and the outcome
+// code, under the Key* constants; join tokens and selectors are never
+// logged.
+//
+//	svc, err := admin.New(admin.Config{
+//		TrustDomain: td, Store: store, Logger: logger,
+//	})
+//	if err != nil { ... }
+//	srv := grpc.NewServer(
+//		grpc.Creds(peercred.TransportCredentials()),
+//		grpc.MaxRecvMsgSize(admin.RecommendedMaxRecvMsgSize),
+//		grpc.ChainUnaryInterceptor(svc.UnaryInterceptor()),
+//		grpc.ChainStreamInterceptor(svc.StreamInterceptor()),
+//	)
+//	svc.Register(srv)
+//	healthpb.RegisterHealthServer(srv, health.NewServer())
+//	err = srv.Serve(unixListener)
+//
+// Caveats:
+//   - The interceptors enforce the policy. A server built without them
+//     refuses every admin call (the handlers check that the interceptor
+//     ran) rather than serving unchecked.
+//   - Changes take effect on live agent connections through store events,
+//     not here.
+//   - BanAgent and UnbanAgent change the agent record atomically
+//     (Store.UpdateAgent), so a concurrent renewal cannot undo them.
+//     UpdateEntry reads, merges the masked fields and replaces the entry:
+//     two concurrent updates of one entry can lose one's fields.
+package admin

@@ -1,0 +1,171 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"os"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+
+	adminv1 "writ.dev/writ/ca/api/admin/v1"
+	"writ.dev/writ/ca/clock"
+	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/entry"
+)
+
+// Limits on what one call may ask for.
+const (
+	// MaxBatchCreate is the most entries one BatchCreateEntry may carry.
+	MaxBatchCreate = 5000
+	// ListEntriesPageSize is the number of entries in each message that
+	// ListEntries streams (the last may have fewer).
+	ListEntriesPageSize = 500
+	// RecommendedMaxRecvMsgSize is the grpc.MaxRecvMsgSize to serve the
+	// admin API with: a full batch of MaxBatchCreate entries of ordinary
+	// size fits, an unbounded message does not. BatchCreateEntry returns
+	// the entries it created, so clients should accept responses of this
+	// size too (grpc.MaxCallRecvMsgSize).
+	RecommendedMaxRecvMsgSize = 16 << 20
+	// DefaultJoinTokenTTL is how long a join token lasts when neither the
+	// request nor Config says.
+	DefaultJoinTokenTTL = 10 * time.Minute
+)
+
+// serverIDPath is the path of the CA server's own SPIFFE ID.
+const serverIDPath = "/writ/server"
+
+// ServerID returns the SPIFFE ID of the Writ server of trust domain td,
+// spiffe://<td>/writ/server. No entry or join token may be given it. It
+// returns the zero ID if td is zero.
+func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
+	id, err := spiffeid.FromPath(td, serverIDPath)
+	if err != nil {
+		return spiffeid.ID{}
+	}
+	return id
+}
+
+// Store is the part of datastore.Store the admin API uses.
+type Store interface {
+	CreateEntries(ctx context.Context, entries []*entry.Entry) ([]datastore.EntryResult, error)
+	FetchEntry(ctx context.Context, id string) (*entry.Entry, error)
+	ListEntries(ctx context.Context, f datastore.EntryFilter) ([]*entry.Entry, error)
+	UpdateEntry(ctx context.Context, e *entry.Entry) (*entry.Entry, error)
+	DeleteEntry(ctx context.Context, id string) (*entry.Entry, error)
+
+	FetchAgent(ctx context.Context, id spiffeid.ID) (*datastore.Agent, error)
+	ListAgents(ctx context.Context) ([]*datastore.Agent, error)
+	UpdateAgent(ctx context.Context, id spiffeid.ID, fn func(*datastore.Agent) error) (*datastore.Agent, error)
+	DeleteAgent(ctx context.Context, id spiffeid.ID) (*datastore.Agent, error)
+
+	CreateJoinToken(ctx context.Context, t *datastore.JoinToken) error
+
+	FetchBundle(ctx context.Context, td spiffeid.TrustDomain) (*spiffebundle.Bundle, error)
+}
+
+// Config configures a Service.
+type Config struct {
+	// TrustDomain is the server's trust domain; every ID the API accepts
+	// must be in it. Required.
+	TrustDomain spiffeid.TrustDomain
+	// Store holds the server's state. Required.
+	Store Store
+	// Clock stamps creation, update and expiry times. Defaults to the
+	// system clock.
+	Clock clock.Clock
+	// Logger receives the audit log and the detail of internal errors.
+	// Required: the audit log must not be lost for want of one.
+	Logger *slog.Logger
+	// DefaultJoinTokenTTL is the lifetime of join tokens whose request
+	// gives none. Defaults to DefaultJoinTokenTTL; must be a whole number
+	// of seconds from entry.MinTTL to entry.MaxTTL.
+	DefaultJoinTokenTTL time.Duration
+	// AllowedUIDs may call the admin API, besides root and the uid the
+	// server runs as.
+	AllowedUIDs []uint32
+}
+
+// Service serves the admin API: entries, agents, join tokens and the
+// bundle. Its interceptors must be installed on the server it is
+// registered with; without them every admin call is refused.
+type Service struct {
+	td           spiffeid.TrustDomain
+	serverID     spiffeid.ID
+	store        Store
+	clock        clock.Clock
+	log          *slog.Logger
+	joinTokenTTL time.Duration
+	// allowed is the set of uids that may call admin methods. It is only
+	// read once the service serves.
+	allowed map[uint32]bool
+}
+
+// New returns a Service for cfg.
+func New(cfg Config) (*Service, error) {
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("admin: trust domain is required")
+	}
+	if cfg.Store == nil {
+		return nil, errors.New("admin: store is required")
+	}
+	if cfg.Logger == nil {
+		return nil, errors.New("admin: logger is required")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
+	}
+	if cfg.DefaultJoinTokenTTL == 0 {
+		cfg.DefaultJoinTokenTTL = DefaultJoinTokenTTL
+	}
+	if err := entry.CheckTTL(cfg.DefaultJoinTokenTTL); err != nil {
+		return nil, fmt.Errorf("admin: default join token TTL: %w", err)
+	}
+	allowed, err := allowedUIDs(uint32(os.Getuid()), cfg.AllowedUIDs)
+	if err != nil {
+		return nil, err
+	}
+	return &Service{
+		td:           cfg.TrustDomain,
+		serverID:     ServerID(cfg.TrustDomain),
+		store:        cfg.Store,
+		clock:        cfg.Clock,
+		log:          cfg.Logger,
+		joinTokenTTL: cfg.DefaultJoinTokenTTL,
+		allowed:      allowed,
+	}, nil
+}
+
+// overflowUID is the uid the kernel reports for a peer whose uid has no
+// mapping in the server's user namespace (/proc/sys/kernel/overflowuid,
+// 65534 unless changed), which is also "nobody" on most systems.
+const overflowUID = 65534
+
+// allowedUIDs returns the set of uids that may call admin methods: root,
+// the server's own uid and extra.
+func allowedUIDs(self uint32, extra []uint32) (map[uint32]bool, error) {
+	allowed := map[uint32]bool{0: true, self: true}
+	for _, uid := range extra {
+		// Allowing either would admit callers the kernel could not name:
+		// unmapped users of other user namespaces, or (uid_t)-1.
+		if uid == overflowUID || uid == math.MaxUint32 {
+			return nil, fmt.Errorf("admin: uid %d may not be allowed: the kernel reports it for unmapped users", uid)
+		}
+		allowed[uid] = true
+	}
+	return allowed, nil
+}
+
+// Register registers the admin services on g. Install the service's
+// UnaryInterceptor and StreamInterceptor on g as well.
+func (s *Service) Register(g *grpc.Server) {
+	adminv1.RegisterEntryServiceServer(g, &entryService{s: s})
+	adminv1.RegisterAgentServiceServer(g, &agentService{s: s})
+	adminv1.RegisterJoinTokenServiceServer(g, &joinTokenService{s: s})
+	adminv1.RegisterBundleServiceServer(g, &bundleService{s: s})
+}
