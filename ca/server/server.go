@@ -1,0 +1,279 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"writ.dev/writ/ca/admin"
+	"writ.dev/writ/ca/clock"
+	"writ.dev/writ/ca/datastore/boltstore"
+	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/keymanager"
+	"writ.dev/writ/ca/x509ca"
+	"writ.dev/writ/internal/datadir"
+	"writ.dev/writ/internal/peercred"
+)
+
+// Names inside the data directory.
+const (
+	DatastoreFile = "datastore.db"
+	KeysDir       = "keys"
+	AdminSocket   = "admin.sock"
+)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultCATTL        = 24 * time.Hour
+	DefaultX509SVIDTTL  = time.Hour
+	DefaultJWTSVIDTTL   = 5 * time.Minute
+	DefaultJoinTokenTTL = 10 * time.Minute
+	DefaultKeyType      = "ec-p256"
+	DefaultBindAddress  = "127.0.0.1:8081"
+)
+
+// Config configures a Server.
+type Config struct {
+	TrustDomain spiffeid.TrustDomain
+	DataDir     string
+	// BindAddress is the TLS endpoint agents use.
+	BindAddress string
+	// AdminSocket defaults to admin.sock in DataDir.
+	AdminSocket        string
+	CATTL              time.Duration
+	DefaultX509SVIDTTL time.Duration
+	DefaultJWTSVIDTTL  time.Duration
+	CAKeyType          string
+	// AdminUIDs may call the admin API besides root and the server's uid.
+	AdminUIDs []uint32
+	Logger    *slog.Logger
+	Clock     clock.Clock
+}
+
+// Server is a CA server.
+type Server struct {
+	cfg Config
+
+	mu      sync.Mutex // guards running
+	running bool
+}
+
+// New checks cfg and fills in defaults. It does no I/O.
+func New(cfg Config) (*Server, error) {
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("trust domain is required")
+	}
+	if cfg.DataDir == "" {
+		return nil, errors.New("data directory is required")
+	}
+	if cfg.BindAddress == "" {
+		cfg.BindAddress = DefaultBindAddress
+	}
+	if cfg.AdminSocket == "" {
+		cfg.AdminSocket = filepath.Join(cfg.DataDir, AdminSocket)
+	}
+	if cfg.CATTL == 0 {
+		cfg.CATTL = DefaultCATTL
+	}
+	if cfg.DefaultX509SVIDTTL == 0 {
+		cfg.DefaultX509SVIDTTL = DefaultX509SVIDTTL
+	}
+	if cfg.DefaultJWTSVIDTTL == 0 {
+		cfg.DefaultJWTSVIDTTL = DefaultJWTSVIDTTL
+	}
+	if cfg.CAKeyType == "" {
+		cfg.CAKeyType = DefaultKeyType
+	}
+	if _, err := x509ca.ParseKeyType(cfg.CAKeyType); err != nil {
+		return nil, err
+	}
+	for name, ttl := range map[string]time.Duration{"default X.509-SVID TTL": cfg.DefaultX509SVIDTTL, "default JWT-SVID TTL": cfg.DefaultJWTSVIDTTL} {
+		if err := entry.CheckTTL(ttl); err != nil {
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	if cfg.CATTL < 2*cfg.DefaultX509SVIDTTL {
+		return nil, fmt.Errorf("CA TTL %s must be at least twice the default X.509-SVID TTL %s", cfg.CATTL, cfg.DefaultX509SVIDTTL)
+	}
+	if len(cfg.AdminSocket) > 100 {
+		return nil, fmt.Errorf("admin socket path %s is too long for a Unix socket (%d bytes, at most 100)", cfg.AdminSocket, len(cfg.AdminSocket))
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
+	}
+	return &Server{cfg: cfg}, nil
+}
+
+// Run serves until ctx ends, then shuts down cleanly and returns. It
+// returns an error at once if the server cannot start.
+func (s *Server) Run(ctx context.Context) error {
+	s.mu.Lock()
+	if s.running {
+		s.mu.Unlock()
+		return errors.New("server already running")
+	}
+	s.running = true
+	s.mu.Unlock()
+	log := s.cfg.Logger
+
+	dir, err := datadir.Open(s.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	if err := checkState(dir); err != nil {
+		return err
+	}
+	store, err := boltstore.Open(dir.Join(DatastoreFile), boltstore.Options{Logger: log})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	km, err := keymanager.New(ctx, keymanager.Config{
+		KeyDir:      dir.Join(KeysDir),
+		TrustDomain: s.cfg.TrustDomain,
+		KeyType:     s.cfg.CAKeyType,
+		CATTL:       s.cfg.CATTL,
+		Store:       store,
+		Clock:       s.cfg.Clock,
+		Logger:      log,
+	})
+	if err != nil {
+		return err
+	}
+
+	adminSvc, err := admin.New(admin.Config{
+		TrustDomain:         s.cfg.TrustDomain,
+		Store:               store,
+		Clock:               s.cfg.Clock,
+		Logger:              log,
+		DefaultJoinTokenTTL: DefaultJoinTokenTTL,
+		AllowedUIDs:         s.cfg.AdminUIDs,
+	})
+	if err != nil {
+		return err
+	}
+	adminLis, err := listenUnix(s.cfg.AdminSocket)
+	if err != nil {
+		return err
+	}
+	healthSrv := health.NewServer()
+	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	adminGRPC := grpc.NewServer(
+		grpc.Creds(peercred.TransportCredentials()),
+		grpc.MaxRecvMsgSize(admin.RecommendedMaxRecvMsgSize),
+		grpc.MaxSendMsgSize(admin.RecommendedMaxRecvMsgSize),
+		grpc.ChainUnaryInterceptor(adminSvc.UnaryInterceptor()),
+		grpc.ChainStreamInterceptor(adminSvc.StreamInterceptor()),
+	)
+	adminSvc.Register(adminGRPC)
+	healthpb.RegisterHealthServer(adminGRPC, healthSrv)
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, 2)
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		if err := km.Run(ctx); err != nil {
+			errc <- fmt.Errorf("key manager: %w", err)
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		if err := adminGRPC.Serve(adminLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			errc <- fmt.Errorf("admin API: %w", err)
+		}
+	}()
+	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	log.Info("server ready", "trust_domain", s.cfg.TrustDomain.Name(), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", s.cfg.BindAddress)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-errc:
+	}
+	log.Info("server stopping")
+	healthSrv.Shutdown()
+	cancel()
+	stopGracefully(adminGRPC, 5*time.Second)
+	wg.Wait()
+	_ = os.Remove(s.cfg.AdminSocket)
+	log.Info("server stopped")
+	return runErr
+}
+
+// checkState refuses a data directory whose datastore is missing while CA
+// keys exist: that is lost state, not a first start.
+func checkState(dir *datadir.Dir) error {
+	_, err := os.Lstat(dir.Join(DatastoreFile))
+	dbMissing := errors.Is(err, fs.ErrNotExist)
+	if err != nil && !dbMissing {
+		return err
+	}
+	if !dbMissing {
+		return datadir.CheckFile(dir.Join(DatastoreFile))
+	}
+	keys, err := filepath.Glob(dir.Join(KeysDir, "*.pem"))
+	if err != nil {
+		return err
+	}
+	if len(keys) > 0 {
+		return fmt.Errorf("%w: %s is missing but %s holds CA keys; restore the datastore from backup (starting over means a new CA that no agent trusts; to do that on purpose, empty the data directory)", keymanager.ErrInconsistent, dir.Join(DatastoreFile), dir.Join(KeysDir))
+	}
+	return nil
+}
+
+// listenUnix listens on a Unix socket at path, replacing a stale socket
+// file but nothing else (and never following a symbolic link).
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode().Type() != fs.ModeSocket {
+			return nil, fmt.Errorf("admin socket path %s exists and is not a socket; refusing to replace it", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("remove stale admin socket: %w", err)
+		}
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on admin socket: %w", err)
+	}
+	// Who may call is decided per call from the peer's uid; the socket's
+	// reachability is governed by its directory.
+	if err := os.Chmod(path, 0o666); err != nil {
+		lis.Close()
+		return nil, err
+	}
+	return lis, nil
+}
+
+func stopGracefully(g *grpc.Server, timeout time.Duration) {
+	done := make(chan struct{})
+	go func() { g.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(timeout):
+		g.Stop()
+	}
+}

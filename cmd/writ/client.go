@@ -1,0 +1,217 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/urfave/cli/v2"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	adminv1 "writ.dev/writ/ca/api/admin/v1"
+)
+
+// Where the admin commands look for the admin socket by default: the
+// server's default (defaultDataDir, in server.go) with the file name it
+// uses (server.AdminSocket), or the same file in $WRIT_DATA_DIR.
+const (
+	adminSocketFile = "admin.sock"
+	dataDirEnv      = "WRIT_DATA_DIR"
+	adminSocketEnv  = "WRIT_ADMIN_SOCKET"
+)
+
+const (
+	defaultAdminTimeout = 10 * time.Second
+	// maxAdminMessageSize bounds every admin message sent or received.
+	maxAdminMessageSize = 16 << 20
+)
+
+// Names of the flags every admin command takes.
+const (
+	flagAdminSocket = "admin-socket"
+	flagOutput      = "output"
+	flagTimeout     = "timeout"
+)
+
+// adminFlags returns the flags every admin command takes. Each command
+// gets its own copies: urfave flags hold parsing state.
+func adminFlags() []cli.Flag {
+	return []cli.Flag{
+		&cli.StringFlag{
+			Name:        flagAdminSocket,
+			Usage:       "`PATH` of the server's admin Unix socket",
+			EnvVars:     []string{adminSocketEnv},
+			DefaultText: "$" + dataDirEnv + "/" + adminSocketFile + ", else " + defaultDataDir + "/" + adminSocketFile,
+			TakesFile:   true,
+		},
+		&cli.StringFlag{
+			Name:  flagOutput,
+			Value: "text",
+			Usage: "output `FORMAT`: text or json",
+		},
+		&cli.DurationFlag{
+			Name:  flagTimeout,
+			Value: defaultAdminTimeout,
+			Usage: "time limit (a `DURATION`) of each call to the server",
+		},
+	}
+}
+
+// withAdminFlags returns flags followed by the admin flags.
+func withAdminFlags(flags ...cli.Flag) []cli.Flag {
+	return append(flags, adminFlags()...)
+}
+
+// defaultAdminSocket is the admin socket used when neither --admin-socket
+// nor WRIT_ADMIN_SOCKET is given.
+func defaultAdminSocket() string {
+	dir := os.Getenv(dataDirEnv)
+	if dir == "" {
+		dir = defaultDataDir
+	}
+	return filepath.Join(dir, adminSocketFile)
+}
+
+// adminCmd is what an admin command's action needs besides its own flags:
+// where to write, in which format, and how to reach the server. It is
+// built, and the common flags checked, before anything else is done.
+type adminCmd struct {
+	cli     *cli.Context
+	format  outputFormat
+	socket  string
+	timeout time.Duration
+}
+
+// newAdminCmd checks the flags common to admin commands and refuses
+// positional arguments, which no admin command takes.
+func newAdminCmd(c *cli.Context) (*adminCmd, error) {
+	format, err := parseOutputFormat(c.String(flagOutput))
+	if err != nil {
+		return nil, usagef(c, "%v", err)
+	}
+	if c.Args().Present() {
+		return nil, usagef(c, "unexpected argument %q", c.Args().First())
+	}
+	timeout := c.Duration(flagTimeout)
+	if timeout <= 0 {
+		return nil, usagef(c, "--%s must be positive", flagTimeout)
+	}
+	socket := c.String(flagAdminSocket)
+	if socket == "" {
+		socket = defaultAdminSocket()
+	}
+	return &adminCmd{cli: c, format: format, socket: socket, timeout: timeout}, nil
+}
+
+// dial connects to the admin socket. The connection is made lazily, by
+// the first call.
+func (a *adminCmd) dial() (*adminClient, error) {
+	return dialAdmin(a.socket, a.timeout)
+}
+
+// adminClient is a connection to the server's admin API.
+type adminClient struct {
+	socket  string
+	timeout time.Duration
+	conn    *grpc.ClientConn
+
+	entries adminv1.EntryServiceClient
+	agents  adminv1.AgentServiceClient
+	tokens  adminv1.JoinTokenServiceClient
+	bundles adminv1.BundleServiceClient
+
+	mu sync.Mutex // guards dialErr
+	// dialErr is the last error connecting to the socket, reported in
+	// place of gRPC's Unavailable message.
+	dialErr error
+}
+
+// dialAdmin returns a client of the admin API on the Unix socket at path.
+// Each call is limited to timeout.
+//
+// The socket is dialled directly rather than through a "unix:" target so
+// that any path works, including ones with '%', '?', '#' or spaces, which
+// the target's URL syntax would mangle. The :authority is "localhost", as
+// with gRPC's unix resolver.
+func dialAdmin(path string, timeout time.Duration) (*adminClient, error) {
+	c := &adminClient{socket: path, timeout: timeout}
+	dialer := func(ctx context.Context, _ string) (net.Conn, error) {
+		var d net.Dialer
+		conn, err := d.DialContext(ctx, "unix", path)
+		if err != nil {
+			c.mu.Lock()
+			c.dialErr = err
+			c.mu.Unlock()
+		}
+		return conn, err
+	}
+	conn, err := grpc.NewClient("passthrough:///localhost",
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(dialer),
+		grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(maxAdminMessageSize),
+			grpc.MaxCallSendMsgSize(maxAdminMessageSize),
+		),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	c.conn = conn
+	c.entries = adminv1.NewEntryServiceClient(conn)
+	c.agents = adminv1.NewAgentServiceClient(conn)
+	c.tokens = adminv1.NewJoinTokenServiceClient(conn)
+	c.bundles = adminv1.NewBundleServiceClient(conn)
+	return c, nil
+}
+
+// Close closes the connection.
+func (c *adminClient) Close() error { return c.conn.Close() }
+
+// callContext returns the context of one call: ctx limited to the timeout.
+func (c *adminClient) callContext(ctx context.Context) (context.Context, context.CancelFunc) {
+	return context.WithTimeout(ctx, c.timeout)
+}
+
+// serverError is an error returned by a call, reduced to what the user
+// needs: the server's message, or why the socket could not be reached.
+type serverError struct {
+	code codes.Code
+	msg  string
+}
+
+func (e *serverError) Error() string { return e.msg }
+
+// callError converts an error returned by a call into a serverError.
+func (c *adminClient) callError(err error) error {
+	if err == nil {
+		return nil
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return err
+	}
+	if st.Code() == codes.Unavailable {
+		c.mu.Lock()
+		dialErr := c.dialErr
+		c.mu.Unlock()
+		if dialErr != nil {
+			// Drop net.OpError's "dial unix PATH: ", said already.
+			if oe, ok := errors.AsType[*net.OpError](dialErr); ok && oe.Err != nil {
+				dialErr = oe.Err
+			}
+			return &serverError{code: st.Code(), msg: fmt.Sprintf("cannot connect to the admin socket %s: %v", c.socket, dialErr)}
+		}
+	}
+	if st.Code() == codes.DeadlineExceeded {
+		return &serverError{code: st.Code(), msg: fmt.Sprintf("no answer from the server within %s: %s", c.timeout, st.Message())}
+	}
+	return &serverError{code: st.Code(), msg: st.Message()}
+}
