@@ -157,6 +157,10 @@ func TestIntegrationServerLifecycle(t *testing.T) {
 
 // writeEntries writes n distinct entries in the import file format.
 func writeEntries(t *testing.T, path string, n int, extra ...map[string]any) {
+	writeEntriesTB(t, path, n, extra...)
+}
+
+func writeEntriesTB(t testing.TB, path string, n int, extra ...map[string]any) {
 	t.Helper()
 	var entries []map[string]any
 	for i := range n {
