@@ -206,7 +206,7 @@ func TestRotationSchedule(t *testing.T) {
 func TestRefusesInconsistentState(t *testing.T) {
 	ctx := context.Background()
 	for _, tc := range []struct {
-		name  string
+		name   string
 		break_ func(t *testing.T, e *env)
 	}{
 		{"missing key file", func(t *testing.T, e *env) { os.Remove(mustGlob(t, filepath.Join(e.dir, "keys", "*.pem"))[0]) }},
@@ -294,4 +294,3 @@ func TestExpiredWhileDown(t *testing.T) {
 		t.Fatal("expired CA still in the bundle")
 	}
 }
-
