@@ -22,6 +22,7 @@ import (
 	"writ.dev/writ/ca/datastore/boltstore"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/keymanager"
+	"writ.dev/writ/ca/nodeapi"
 	"writ.dev/writ/ca/x509ca"
 	"writ.dev/writ/internal/datadir"
 	"writ.dev/writ/internal/peercred"
@@ -158,6 +159,26 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 
+	nodeSvc, err := nodeapi.New(nodeapi.Config{
+		TrustDomain:        s.cfg.TrustDomain,
+		Store:              store,
+		KeyManager:         km,
+		Clock:              s.cfg.Clock,
+		Logger:             log,
+		DefaultX509SVIDTTL: s.cfg.DefaultX509SVIDTTL,
+		DefaultJWTSVIDTTL:  s.cfg.DefaultJWTSVIDTTL,
+	})
+	if err != nil {
+		return err
+	}
+	nodeLis, err := net.Listen("tcp", s.cfg.BindAddress)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.BindAddress, err)
+	}
+	defer nodeLis.Close()
+	nodeGRPC := grpc.NewServer(nodeSvc.ServerOptions()...)
+	nodeSvc.Register(nodeGRPC)
+
 	adminSvc, err := admin.New(admin.Config{
 		TrustDomain:         s.cfg.TrustDomain,
 		Store:               store,
@@ -173,6 +194,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	defer adminLis.Close()
 	healthSrv := health.NewServer()
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	adminGRPC := grpc.NewServer(
@@ -188,22 +210,32 @@ func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 2)
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		if err := km.Run(ctx); err != nil {
-			errc <- fmt.Errorf("key manager: %w", err)
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		if err := adminGRPC.Serve(adminLis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-			errc <- fmt.Errorf("admin API: %w", err)
-		}
-	}()
+	errc := make(chan error, 4)
+	run := func(name string, fn func() error) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := fn(); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+				errc <- fmt.Errorf("%s: %w", name, err)
+			}
+		}()
+	}
+	run("key manager", func() error { return km.Run(ctx) })
+	run("node API", func() error { return nodeSvc.Run(ctx) })
+	select {
+	case <-nodeSvc.Ready():
+	case err := <-errc:
+		cancel()
+		wg.Wait()
+		return err
+	case <-ctx.Done():
+		wg.Wait()
+		return nil
+	}
+	run("node API listener", func() error { return nodeGRPC.Serve(nodeLis) })
+	run("admin API", func() error { return adminGRPC.Serve(adminLis) })
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	log.Info("server ready", "trust_domain", s.cfg.TrustDomain.Name(), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", s.cfg.BindAddress)
+	log.Info("server ready", "trust_domain", s.cfg.TrustDomain.Name(), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", nodeLis.Addr().String())
 
 	var runErr error
 	select {
@@ -212,7 +244,8 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	log.Info("server stopping")
 	healthSrv.Shutdown()
-	cancel()
+	cancel() // ends open Sync streams, so the graceful stops do not wait on them
+	stopGracefully(nodeGRPC, 5*time.Second)
 	stopGracefully(adminGRPC, 5*time.Second)
 	wg.Wait()
 	_ = os.Remove(s.cfg.AdminSocket)

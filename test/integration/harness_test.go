@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -114,7 +115,11 @@ func launchServer(t testing.TB, dataDir string, extra ...string) *serverProc {
 			p.socket = extra[i+1]
 		}
 	}
-	args := append([]string{"server", "run", "--trust-domain", "example.org", "--data-dir", dataDir, "--log-level", "debug"}, extra...)
+	args := []string{"server", "run", "--trust-domain", "example.org", "--data-dir", dataDir, "--log-level", "debug"}
+	if !slices.Contains(extra, "--bind-address") {
+		args = append(args, "--bind-address", "127.0.0.1:0")
+	}
+	args = append(args, extra...)
 	p.cmd = exec.Command(writBin, args...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	p.cmd.Env = cleanEnv()
@@ -130,6 +135,23 @@ func launchServer(t testing.TB, dataDir string, extra ...string) *serverProc {
 		}
 	})
 	return p
+}
+
+// nodeAddress returns the node API address the server logged when ready.
+func (p *serverProc) nodeAddress() string {
+	p.t.Helper()
+	for _, line := range strings.Split(p.log.String(), "\n") {
+		if !strings.Contains(line, `msg="server ready"`) {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, "bind_address="); ok {
+				return v
+			}
+		}
+	}
+	p.t.Fatalf("server logged no bind address:\n%s", tail(p.log.String(), 20))
+	return ""
 }
 
 // wait waits for the process to exit and returns its error.

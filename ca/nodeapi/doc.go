@@ -1,0 +1,81 @@
+// Package nodeapi serves the node API (writ.node.v1.NodeService): the
+// protocol between the CA server and the agents that run on every host.
+//
+// Agents attest once with a join token over server-authenticated TLS and
+// receive an agent X.509-SVID. Every later call presents that SVID as the
+// TLS client certificate. Over a Sync stream the agent receives the
+// entries it is the parent of and the trust bundle, first in full and then
+// every change as it is committed. The agent then signs X.509-SVIDs and
+// JWT-SVIDs for those entries.
+//
+// The service keeps, in memory, every entry (indexed by parent), every
+// agent record and the local bundle. It loads them from a store snapshot
+// and then applies the store's event log as Store.Watch reports commits,
+// without polling. Calls are authorized against this copy, and streams are
+// fed from it. Nothing is signed while a store lock is held.
+//
+// # Usage
+//
+//	svc, err := nodeapi.New(nodeapi.Config{
+//		TrustDomain: td,
+//		Store:       store,
+//		KeyManager:  km,
+//		Clock:       clk,
+//		Logger:      log,
+//	})
+//	if err != nil { ... }
+//	go svc.Run(ctx)        // index, change feed, TLS certificate renewal
+//	<-svc.Ready()
+//	g := grpc.NewServer(svc.ServerOptions()...) // TLS, interceptors, limits
+//	svc.Register(g)
+//	g.Serve(lis)
+//
+// # Authentication
+//
+// The server presents its own X.509-SVID, spiffe://<td>/writ/server. The
+// key is made in memory and the certificate is signed by the key manager's
+// active CA. It is renewed at half its life, and as soon as the key manager
+// activates another CA. A failed renewal keeps the current certificate.
+//
+// Attest needs no client certificate. Every other method needs one that
+// passes four checks: it verifies against the current bundle at the
+// current time (on the handshake, on resumed sessions, and again on each
+// call); its SPIFFE ID has an agent record; its serial is the record's
+// SerialNumber or PrevSerialNumber; and the agent is not banned. A workload
+// SVID whose ID is an agent's fails on the serial. A method with no entry in
+// the policy table is refused. Refusals say only "agent is not attested" or
+// "agent is banned".
+//
+// Evicting or banning an agent, rotating its certificate away (two
+// renewals), or removing its CA from the bundle ends its open Sync streams.
+// It also refuses its next call once the change feed has delivered the
+// change, which normally takes well under a millisecond. A stream also ends
+// when the certificate it was opened with expires.
+//
+// # Caveats
+//
+//   - A join token for a banned agent is used up: the token is consumed
+//     before the agent record is checked.
+//   - Re-attesting an existing agent replaces its record. It keeps
+//     CreatedAt and drops both serials, so certificates from earlier
+//     attestations stop working.
+//   - RenewAgent records the serial of the certificate that made the call
+//     as PrevSerialNumber. That is the agent's current serial unless the
+//     agent retries with its previous certificate after a lost response; a
+//     retry therefore never locks the agent out.
+//   - Positive authorization reads the in-memory agent map. A ban or
+//     eviction applies to calls once the change feed has delivered it (the
+//     same moment streams close), not at the instant the store commits. A
+//     certificate the map does not know (just attested or renewed) makes
+//     the call wait until the index has applied every committed change.
+//   - A full Sync set is one message, since the protocol cannot split it.
+//     An agent with very many large entries needs a receive limit above
+//     gRPC's default 4 MiB. Delta messages are split at 1,000 entries or
+//     1 MiB.
+//   - A stream blocked in Send (an agent that does not read) notices a
+//     revocation only once Send returns. Nothing new is queued for it
+//     meanwhile.
+//   - TLSConfig returns a new configuration on each call. Serve each
+//     listener from one configuration: session tickets are encrypted with
+//     that configuration's keys.
+package nodeapi

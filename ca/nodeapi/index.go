@@ -1,0 +1,566 @@
+package nodeapi
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"writ.dev/writ/ca/clock"
+	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/entry"
+)
+
+const (
+	// eventBatch is how many events the index reads from the store at a
+	// time; it holds its lock while applying one batch.
+	eventBatch = 1024
+	// retryMin and retryMax bound the backoff after a failed store read.
+	retryMin = 100 * time.Millisecond
+	retryMax = 10 * time.Second
+	// maxPending bounds the entry IDs a stream may have pending; beyond
+	// it the stream is sent the full set instead.
+	maxPending = 4096
+)
+
+// errNotLoaded is returned by waits on an index that has not loaded yet.
+var errNotLoaded = errors.New("nodeapi: entry index not loaded")
+
+// errStopped is returned by waits on an index that has stopped.
+var errStopped = errors.New("nodeapi: stopped")
+
+// bundleState is the local trust bundle as the service uses it. It is
+// never modified once published.
+type bundleState struct {
+	// version counts the changes the index has seen, from 1.
+	version uint64
+	bundle  *spiffebundle.Bundle
+	// json is bundle marshalled (SPIFFE bundle format); nil if the store
+	// has no local bundle.
+	json []byte
+	// roots are the X.509 authorities that verify agent SVIDs.
+	roots []*x509.Certificate
+}
+
+// agentStatus is what the index says of an agent certificate.
+type agentStatus int
+
+const (
+	agentOK agentStatus = iota
+	// agentUnknown: no record, or a record for another certificate.
+	agentUnknown
+	// agentBanned: the record names this certificate but is banned.
+	agentBanned
+)
+
+// index is the in-memory copy of every entry (by ID and by parent), every
+// agent record and the local bundle, kept current by run from the store's
+// change feed. Entries and agents in it are never modified: a change
+// replaces them.
+type index struct {
+	store Store
+	td    spiffeid.TrustDomain
+	clock clock.Clock
+	log   *slog.Logger
+
+	mu sync.RWMutex // guards loaded, rev, entries, byParent, agents, subs
+	// loaded is set once the first snapshot is in.
+	loaded   bool
+	rev      uint64
+	entries  map[string]*entry.Entry
+	byParent map[spiffeid.ID]map[string]*entry.Entry
+	agents   map[spiffeid.ID]*datastore.Agent
+	// subs are the open Sync streams, by agent.
+	subs map[spiffeid.ID]map[*subscriber]struct{}
+
+	// bundle is read without the lock (TLS handshakes); written only by
+	// run.
+	bundle atomic.Pointer[bundleState]
+
+	waitMu sync.Mutex // guards waiters
+	// waiters are callers of catchUp waiting for the next pass.
+	waiters []chan error
+	// kick wakes run for a pass.
+	kick chan struct{}
+	// done is closed when run returns.
+	done chan struct{}
+}
+
+func newIndex(store Store, td spiffeid.TrustDomain, clk clock.Clock, log *slog.Logger) *index {
+	return &index{
+		store:    store,
+		td:       td,
+		clock:    clk,
+		log:      log,
+		entries:  make(map[string]*entry.Entry),
+		byParent: make(map[spiffeid.ID]map[string]*entry.Entry),
+		agents:   make(map[spiffeid.ID]*datastore.Agent),
+		subs:     make(map[spiffeid.ID]map[*subscriber]struct{}),
+		kick:     make(chan struct{}, 1),
+		done:     make(chan struct{}),
+	}
+}
+
+// run loads the index and applies the store's events as they are
+// committed, until ctx ends. onLoad is called after the first load;
+// onPass after every pass (so that the caller can look at anything the
+// store does not log as an event, such as CA keys).
+func (ix *index) run(ctx context.Context, onLoad, onPass func()) {
+	watch, stop := ix.store.Watch()
+	defer stop()
+	var (
+		needLoad = true
+		failures int
+		retry    clock.Timer
+		retryC   <-chan time.Time
+	)
+	defer func() {
+		if retry != nil {
+			retry.Stop()
+		}
+		close(ix.done)
+		ix.release(ix.takeWaiters(), ctx.Err())
+	}()
+	for {
+		waiters := ix.takeWaiters()
+		err := ix.pass(ctx, &needLoad, onLoad)
+		ix.release(waiters, err)
+		onPass()
+		if err != nil && ctx.Err() == nil {
+			failures++
+			d := backoff(failures)
+			// Log the first failure and then every tenth, not every retry.
+			if failures%10 == 1 {
+				ix.log.Error("cannot read the datastore's change feed; serving the last known entries and agents", KeyError, err.Error(), "retry_in", d.String(), "failures", failures)
+			}
+			if retry == nil {
+				retry = ix.clock.NewTimer(d)
+			} else {
+				retry.Reset(d)
+			}
+			retryC = retry.C()
+		} else if err == nil {
+			if failures > 0 {
+				ix.log.Info("datastore change feed recovered", "failures", failures)
+				retry.Stop()
+			}
+			failures = 0
+			retryC = nil
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-watch:
+		case <-ix.kick:
+		case <-retryC:
+		}
+	}
+}
+
+func backoff(failures int) time.Duration {
+	d := retryMin
+	for i := 1; i < failures && d < retryMax; i++ {
+		d *= 2
+	}
+	return min(d, retryMax)
+}
+
+// pass loads the index if needed, then applies every event committed so
+// far.
+func (ix *index) pass(ctx context.Context, needLoad *bool, onLoad func()) error {
+	for attempt := 0; ; attempt++ {
+		if *needLoad {
+			if err := ix.load(ctx); err != nil {
+				return err
+			}
+			*needLoad = false
+			onLoad()
+		}
+		err := ix.catchUpEvents(ctx)
+		if errors.Is(err, datastore.ErrEventsPruned) && attempt < 2 {
+			ix.log.Warn("datastore events were pruned before the index read them; reloading the entries and sending every stream its full set")
+			*needLoad = true
+			continue
+		}
+		return err
+	}
+}
+
+// load replaces the index with a snapshot of the store and asks every
+// stream to send its full set.
+func (ix *index) load(ctx context.Context) error {
+	snap, err := ix.store.Snapshot(ctx)
+	if err != nil {
+		return fmt.Errorf("load entries: %w", err)
+	}
+	// Agents and the bundle are read after the snapshot; the events that
+	// follow it refetch them, so any change in between is applied again,
+	// to the same result.
+	agents, err := ix.store.ListAgents(ctx)
+	if err != nil {
+		return fmt.Errorf("load agents: %w", err)
+	}
+	if err := ix.refreshBundle(ctx); err != nil {
+		return err
+	}
+	entries := make(map[string]*entry.Entry, len(snap.Entries))
+	byParent := make(map[spiffeid.ID]map[string]*entry.Entry)
+	for _, e := range snap.Entries {
+		entries[e.ID] = e
+		addToParent(byParent, e)
+	}
+	agentMap := make(map[spiffeid.ID]*datastore.Agent, len(agents))
+	for _, a := range agents {
+		agentMap[a.SPIFFEID] = a
+	}
+	ix.mu.Lock()
+	ix.entries, ix.byParent, ix.agents = entries, byParent, agentMap
+	ix.rev = snap.Revision
+	ix.loaded = true
+	for _, set := range ix.subs {
+		for sub := range set {
+			sub.resync()
+		}
+	}
+	ix.mu.Unlock()
+	ix.log.Info("entry index loaded", "entries", len(entries), "agents", len(agentMap), KeyRevision, snap.Revision)
+	return nil
+}
+
+func addToParent(byParent map[spiffeid.ID]map[string]*entry.Entry, e *entry.Entry) {
+	m := byParent[e.ParentID]
+	if m == nil {
+		m = make(map[string]*entry.Entry)
+		byParent[e.ParentID] = m
+	}
+	m[e.ID] = e
+}
+
+func removeFromParent(byParent map[spiffeid.ID]map[string]*entry.Entry, e *entry.Entry) {
+	m := byParent[e.ParentID]
+	delete(m, e.ID)
+	if len(m) == 0 {
+		delete(byParent, e.ParentID)
+	}
+}
+
+// catchUpEvents applies the events after the index's revision until there
+// are none left.
+func (ix *index) catchUpEvents(ctx context.Context) error {
+	for {
+		ix.mu.RLock()
+		after := ix.rev
+		ix.mu.RUnlock()
+		events, err := ix.store.Events(ctx, after, eventBatch)
+		if err != nil {
+			return err
+		}
+		if len(events) == 0 {
+			return nil
+		}
+		if err := ix.apply(ctx, events); err != nil {
+			return err
+		}
+		if len(events) < eventBatch {
+			return nil
+		}
+	}
+}
+
+// apply applies one batch of events. Agent and bundle events carry no
+// record, so the current records are read first; reading the current
+// state rather than the state at the event's revision is harmless, since
+// later events converge on it.
+func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
+	agentIDs := make(map[spiffeid.ID]struct{})
+	bundleChanged := false
+	for _, ev := range events {
+		switch ev.Kind {
+		case datastore.EventAgent:
+			id, err := spiffeid.FromString(ev.Key)
+			if err != nil {
+				ix.log.Warn("ignoring agent event with an invalid SPIFFE ID", KeyRevision, ev.Revision)
+				continue
+			}
+			agentIDs[id] = struct{}{}
+		case datastore.EventBundle:
+			if ev.Key == ix.td.Name() {
+				bundleChanged = true
+			}
+		}
+	}
+	agents := make(map[spiffeid.ID]*datastore.Agent, len(agentIDs))
+	for id := range agentIDs {
+		a, err := ix.store.FetchAgent(ctx, id)
+		switch {
+		case errors.Is(err, datastore.ErrNotFound):
+			agents[id] = nil
+		case err != nil:
+			return fmt.Errorf("fetch agent %s: %w", id, err)
+		default:
+			agents[id] = a
+		}
+	}
+	if bundleChanged {
+		if err := ix.refreshBundle(ctx); err != nil {
+			return err
+		}
+	}
+
+	// touched: entry IDs to re-examine, by the parent they were or are
+	// under.
+	touched := make(map[spiffeid.ID][]string)
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	for _, ev := range events {
+		if ev.Kind != datastore.EventEntry {
+			continue
+		}
+		old := ix.entries[ev.Key]
+		if old != nil {
+			removeFromParent(ix.byParent, old)
+			delete(ix.entries, ev.Key)
+			touched[old.ParentID] = append(touched[old.ParentID], ev.Key)
+		}
+		if e := ev.Entry; e != nil {
+			if e.ID != ev.Key {
+				ix.log.Warn("ignoring entry event whose entry has another ID", KeyRevision, ev.Revision)
+				continue
+			}
+			ix.entries[e.ID] = e
+			addToParent(ix.byParent, e)
+			if old == nil || old.ParentID != e.ParentID {
+				touched[e.ParentID] = append(touched[e.ParentID], e.ID)
+			}
+		}
+	}
+	for id, a := range agents {
+		if a == nil {
+			delete(ix.agents, id)
+		} else {
+			ix.agents[id] = a
+		}
+	}
+	ix.rev = events[len(events)-1].Revision
+
+	for parent, ids := range touched {
+		for sub := range ix.subs[parent] {
+			sub.add(ids)
+		}
+	}
+	for id := range agents {
+		for sub := range ix.subs[id] {
+			sub.poke()
+		}
+	}
+	if bundleChanged {
+		for _, set := range ix.subs {
+			for sub := range set {
+				sub.poke()
+			}
+		}
+	}
+	return nil
+}
+
+// refreshBundle reads the local bundle and publishes it if it changed. A
+// local bundle that has gone leaves none: nothing verifies until the key
+// manager publishes one again.
+func (ix *index) refreshBundle(ctx context.Context) error {
+	b, err := ix.store.FetchBundle(ctx, ix.td)
+	if errors.Is(err, datastore.ErrNotFound) {
+		b, err = nil, nil
+		ix.log.Error("the datastore has no bundle for the local trust domain; no agent can authenticate until one is published")
+	}
+	if err != nil {
+		return fmt.Errorf("fetch local bundle: %w", err)
+	}
+	old := ix.bundle.Load()
+	if old != nil && (old.bundle == nil && b == nil || old.bundle != nil && b != nil && old.bundle.Equal(b)) {
+		return nil
+	}
+	st := &bundleState{bundle: b, version: 1}
+	if old != nil {
+		st.version = old.version + 1
+	}
+	if b != nil {
+		if st.json, err = b.Marshal(); err != nil {
+			return fmt.Errorf("marshal local bundle: %w", err)
+		}
+		st.roots = b.X509Authorities()
+	}
+	ix.bundle.Store(st)
+	return nil
+}
+
+// catchUp returns once the index has applied every change committed
+// before it was called, or the pass that should have failed.
+func (ix *index) catchUp(ctx context.Context) error {
+	ch := make(chan error, 1)
+	ix.waitMu.Lock()
+	ix.waiters = append(ix.waiters, ch)
+	ix.waitMu.Unlock()
+	select {
+	case ix.kick <- struct{}{}:
+	default:
+	}
+	select {
+	case err := <-ch:
+		return err
+	case <-ix.done:
+		return errStopped
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (ix *index) takeWaiters() []chan error {
+	ix.waitMu.Lock()
+	defer ix.waitMu.Unlock()
+	w := ix.waiters
+	ix.waiters = nil
+	return w
+}
+
+func (ix *index) release(waiters []chan error, err error) {
+	if err == nil {
+		ix.mu.RLock()
+		if !ix.loaded {
+			err = errNotLoaded
+		}
+		ix.mu.RUnlock()
+	}
+	for _, ch := range waiters {
+		ch <- err
+	}
+}
+
+// agentStatus reports whether the agent certificate with this ID and
+// serial authenticates its agent.
+func (ix *index) agentStatus(id spiffeid.ID, serial string) agentStatus {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return ix.agentStatusLocked(id, serial)
+}
+
+func (ix *index) agentStatusLocked(id spiffeid.ID, serial string) agentStatus {
+	a := ix.agents[id]
+	switch {
+	case a == nil || serial == "" || (a.SerialNumber != serial && a.PrevSerialNumber != serial):
+		return agentUnknown
+	case a.Banned:
+		return agentBanned
+	}
+	return agentOK
+}
+
+// entry returns the entry with this ID, or nil.
+func (ix *index) entry(id string) *entry.Entry {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return ix.entries[id]
+}
+
+// subscribe registers a stream for the entries of agent. The stream's
+// first message is the full set.
+func (ix *index) subscribe(agent spiffeid.ID) *subscriber {
+	sub := &subscriber{agent: agent, notify: make(chan struct{}, 1), full: true}
+	sub.notify <- struct{}{}
+	ix.mu.Lock()
+	set := ix.subs[agent]
+	if set == nil {
+		set = make(map[*subscriber]struct{})
+		ix.subs[agent] = set
+	}
+	set[sub] = struct{}{}
+	ix.mu.Unlock()
+	return sub
+}
+
+func (ix *index) unsubscribe(sub *subscriber) {
+	ix.mu.Lock()
+	defer ix.mu.Unlock()
+	set := ix.subs[sub.agent]
+	delete(set, sub)
+	if len(set) == 0 {
+		delete(ix.subs, sub.agent)
+	}
+}
+
+// subscribers returns the number of open streams (for tests).
+func (ix *index) subscribers() int {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	n := 0
+	for _, set := range ix.subs {
+		n += len(set)
+	}
+	return n
+}
+
+// subscriber is one Sync stream's mailbox. The index records what changed
+// and signals notify (buffered one, never blocking); the stream takes the
+// changes when it is ready to send.
+type subscriber struct {
+	agent  spiffeid.ID
+	notify chan struct{}
+
+	mu sync.Mutex // guards pending, full
+	// pending are entry IDs under this agent, now or before, that changed
+	// since the stream last looked.
+	pending map[string]struct{}
+	// full asks for the full set (first message, reload, or too many
+	// pending changes).
+	full bool
+}
+
+// add records changed entry IDs and signals the stream.
+func (s *subscriber) add(ids []string) {
+	s.mu.Lock()
+	if !s.full {
+		if s.pending == nil {
+			s.pending = make(map[string]struct{}, len(ids))
+		}
+		for _, id := range ids {
+			s.pending[id] = struct{}{}
+		}
+		if len(s.pending) > maxPending {
+			s.full, s.pending = true, nil
+		}
+	}
+	s.mu.Unlock()
+	s.poke()
+}
+
+// resync asks for the full set and signals the stream.
+func (s *subscriber) resync() {
+	s.mu.Lock()
+	s.full, s.pending = true, nil
+	s.mu.Unlock()
+	s.poke()
+}
+
+// poke signals the stream without recording a change: it re-checks its
+// agent and the bundle.
+func (s *subscriber) poke() {
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+}
+
+// take returns and clears what changed.
+func (s *subscriber) take() (full bool, pending map[string]struct{}) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	full, pending = s.full, s.pending
+	s.full, s.pending = false, nil
+	return full, pending
+}

@@ -1,0 +1,255 @@
+package nodeapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+
+	"writ.dev/writ/ca/admin"
+	nodev1 "writ.dev/writ/ca/api/node/v1"
+	"writ.dev/writ/ca/clock"
+	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/keymanager"
+)
+
+// Defaults for Config fields left zero. They match the server's defaults.
+const (
+	DefaultX509SVIDTTL = time.Hour
+	DefaultJWTSVIDTTL  = 5 * time.Minute
+)
+
+// Limits on what one call may ask for.
+const (
+	// MaxBatchSign is the most X.509-SVIDs one BatchSignX509SVID may ask
+	// for; a larger batch is refused with InvalidArgument.
+	MaxBatchSign = 1000
+	// MaxAudiences is the most audiences a JWT-SVID may name.
+	MaxAudiences = 16
+	// MaxAudienceLength bounds each audience, in bytes.
+	MaxAudienceLength = 256
+	// maxJoinTokenLength bounds the join tokens Attest looks up; anything
+	// longer is refused like any wrong token, without hashing it.
+	maxJoinTokenLength = 256
+)
+
+// Keys of the service's log records.
+const (
+	KeySPIFFEID = "spiffe_id"
+	KeyEntryID  = "entry_id"
+	KeySerial   = "serial"
+	KeyMethod   = "method"
+	KeyCode     = "code"
+	KeyReason   = "reason"
+	KeyRevision = "revision"
+	KeyNotAfter = "not_after"
+	// KeyError holds the detail of an internal error.
+	KeyError = "error"
+)
+
+// AttestationTypeJoinToken is the Agent.AttestationType of agents that
+// attested with a join token.
+const AttestationTypeJoinToken = "join_token"
+
+// Store is the part of the datastore the node API uses.
+//
+// UpdateAgent reads the agent with this ID (datastore.ErrNotFound if there
+// is none), passes a copy to fn, and stores what fn leaves in it,
+// atomically: no other write to the agent comes between the read and the
+// write. If fn returns an error nothing is written and that error is
+// returned (possibly wrapped). It returns the agent as stored.
+type Store interface {
+	ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (*datastore.JoinToken, error)
+
+	CreateAgent(ctx context.Context, a *datastore.Agent) error
+	FetchAgent(ctx context.Context, id spiffeid.ID) (*datastore.Agent, error)
+	ListAgents(ctx context.Context) ([]*datastore.Agent, error)
+	UpdateAgent(ctx context.Context, id spiffeid.ID, fn func(*datastore.Agent) error) (*datastore.Agent, error)
+
+	FetchBundle(ctx context.Context, td spiffeid.TrustDomain) (*spiffebundle.Bundle, error)
+
+	Events(ctx context.Context, after uint64, limit int) ([]datastore.Event, error)
+	Snapshot(ctx context.Context) (*datastore.Snapshot, error)
+	Watch() (<-chan struct{}, func())
+}
+
+// KeyManager supplies the keys that sign now.
+type KeyManager interface {
+	Active() *keymanager.Active
+}
+
+// Config configures a Service.
+type Config struct {
+	// TrustDomain is the server's trust domain. Required.
+	TrustDomain spiffeid.TrustDomain
+	// Store holds entries, agents, join tokens and the bundle. Required.
+	Store Store
+	// KeyManager signs every SVID. Required.
+	KeyManager KeyManager
+	// Clock is used for every certificate check, signature and timer,
+	// including the TLS handshake. Defaults to the system clock.
+	Clock clock.Clock
+	// Logger receives the service's log. Defaults to discarding it.
+	Logger *slog.Logger
+	// DefaultX509SVIDTTL is the lifetime of agent SVIDs, of the server's
+	// own TLS certificate, and of workload X.509-SVIDs whose entry sets
+	// none. Defaults to DefaultX509SVIDTTL.
+	DefaultX509SVIDTTL time.Duration
+	// DefaultJWTSVIDTTL is the lifetime of JWT-SVIDs whose entry sets
+	// none. Defaults to DefaultJWTSVIDTTL.
+	DefaultJWTSVIDTTL time.Duration
+}
+
+// Service serves the node API (writ.node.v1.NodeService) over TLS. Create
+// it with New, start it with Run, and serve it on a grpc.Server built with
+// ServerOptions.
+type Service struct {
+	td       spiffeid.TrustDomain
+	serverID spiffeid.ID
+	store    Store
+	km       KeyManager
+	clock    clock.Clock
+	log      *slog.Logger
+	x509TTL  time.Duration
+	jwtTTL   time.Duration
+
+	idx *index
+
+	// cert is the server's current TLS certificate; nil until the first
+	// one is signed.
+	cert atomic.Pointer[serverCert]
+	// renewKick asks the renewer to check the certificate now.
+	renewKick chan struct{}
+
+	// stopping is closed when Run's context ends, so that streams end.
+	stopping chan struct{}
+
+	ready      chan struct{}
+	readyOnce  sync.Once
+	idxLoaded  atomic.Bool
+	certIssued atomic.Bool
+
+	running atomic.Bool
+}
+
+// New returns a Service for cfg. It does no I/O and starts nothing.
+func New(cfg Config) (*Service, error) {
+	switch {
+	case cfg.TrustDomain.IsZero():
+		return nil, errors.New("nodeapi: trust domain is required")
+	case cfg.Store == nil:
+		return nil, errors.New("nodeapi: store is required")
+	case cfg.KeyManager == nil:
+		return nil, errors.New("nodeapi: key manager is required")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.DefaultX509SVIDTTL == 0 {
+		cfg.DefaultX509SVIDTTL = DefaultX509SVIDTTL
+	}
+	if cfg.DefaultJWTSVIDTTL == 0 {
+		cfg.DefaultJWTSVIDTTL = DefaultJWTSVIDTTL
+	}
+	if err := entry.CheckTTL(cfg.DefaultX509SVIDTTL); err != nil {
+		return nil, fmt.Errorf("nodeapi: default X.509-SVID TTL: %w", err)
+	}
+	if err := entry.CheckTTL(cfg.DefaultJWTSVIDTTL); err != nil {
+		return nil, fmt.Errorf("nodeapi: default JWT-SVID TTL: %w", err)
+	}
+	s := &Service{
+		td:        cfg.TrustDomain,
+		serverID:  admin.ServerID(cfg.TrustDomain),
+		store:     cfg.Store,
+		km:        cfg.KeyManager,
+		clock:     cfg.Clock,
+		log:       cfg.Logger,
+		x509TTL:   cfg.DefaultX509SVIDTTL,
+		jwtTTL:    cfg.DefaultJWTSVIDTTL,
+		renewKick: make(chan struct{}, 1),
+		stopping:  make(chan struct{}),
+		ready:     make(chan struct{}),
+	}
+	s.idx = newIndex(cfg.Store, cfg.TrustDomain, cfg.Clock, cfg.Logger)
+	return s, nil
+}
+
+// Run loads the entry index, keeps it current from the store's change
+// feed, and keeps the server's TLS certificate signed and renewed, until
+// ctx ends. It returns after all its goroutines have stopped; open Sync
+// streams end with Unavailable. Run may be called once.
+func (s *Service) Run(ctx context.Context) error {
+	if !s.running.CompareAndSwap(false, true) {
+		return errors.New("nodeapi: Run called twice")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() {
+		defer wg.Done()
+		s.idx.run(ctx, func() {
+			s.idxLoaded.Store(true)
+			s.checkReady()
+		}, s.kickRenewer)
+	}()
+	go func() {
+		defer wg.Done()
+		s.renewLoop(ctx)
+	}()
+	<-ctx.Done()
+	close(s.stopping)
+	wg.Wait()
+	return nil
+}
+
+// Ready returns a channel that is closed once the service can serve: the
+// entry index is loaded and the server has a TLS certificate. Until then
+// every call is refused with Unavailable.
+func (s *Service) Ready() <-chan struct{} { return s.ready }
+
+func (s *Service) checkReady() {
+	if s.idxLoaded.Load() && s.certIssued.Load() {
+		s.readyOnce.Do(func() { close(s.ready) })
+	}
+}
+
+func (s *Service) isReady() bool {
+	select {
+	case <-s.ready:
+		return true
+	default:
+		return false
+	}
+}
+
+// Register registers the node API on g. g must use the service's
+// interceptors and TLS configuration: build it with ServerOptions.
+func (s *Service) Register(g *grpc.Server) {
+	nodev1.RegisterNodeServiceServer(g, &handler{s: s})
+}
+
+// handler implements nodev1.NodeServiceServer.
+type handler struct {
+	nodev1.UnimplementedNodeServiceServer
+	s *Service
+}
+
+// defaultTTL returns ttl, or def if ttl is zero.
+func defaultTTL(ttl, def time.Duration) time.Duration {
+	if ttl == 0 {
+		return def
+	}
+	return ttl
+}

@@ -1,0 +1,189 @@
+package nodeapi
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	nodev1 "writ.dev/writ/ca/api/node/v1"
+	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/jwtsvid"
+	"writ.dev/writ/ca/x509ca"
+)
+
+// msgEntryNotAuthorized answers a request for an entry the agent may not
+// use, whether or not it exists: telling the two apart would let an agent
+// probe for other agents' entry IDs.
+const msgEntryNotAuthorized = "entry is not authorized for this agent"
+
+// authorizedEntry returns the entry with this ID if the caller may sign
+// for it: it exists, the caller is its parent, and its SPIFFE ID is one
+// the server may issue.
+func (s *Service) authorizedEntry(c *caller, id string) *entry.Entry {
+	e := s.idx.entry(id)
+	if e == nil || e.ParentID != c.id {
+		return nil
+	}
+	if e.SPIFFEID.TrustDomain() != s.td || e.SPIFFEID.Path() == "" || e.SPIFFEID == s.serverID {
+		s.log.Error("refusing to sign for an entry with an ID the server must not issue", KeyEntryID, e.ID, KeySPIFFEID, e.SPIFFEID.String())
+		return nil
+	}
+	return e
+}
+
+// logEntryID is how an entry ID from a request is logged: escaped, and
+// only if it could be an entry ID at all.
+func logEntryID(id string) string {
+	if len(id) > 64 {
+		return "(too long)"
+	}
+	return entry.Printable(id)
+}
+
+// BatchSignX509SVID signs an X.509-SVID for each request whose entry
+// belongs to the caller, with the SPIFFE ID, DNS names and TTL of the
+// entry; the CSR gives only the public key. Each result has its own
+// status.
+func (h *handler) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX509SVIDRequest) (*nodev1.BatchSignX509SVIDResponse, error) {
+	s := h.s
+	c, err := s.callerFrom(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	reqs := req.GetRequests()
+	if len(reqs) > MaxBatchSign {
+		return nil, status.Errorf(codes.InvalidArgument, "too many requests: %d (at most %d)", len(reqs), MaxBatchSign)
+	}
+	a := s.km.Active()
+	if a == nil || a.X509 == nil {
+		return nil, status.Error(codes.Unavailable, msgNoCA)
+	}
+	now := s.clock.Now()
+	resp := &nodev1.BatchSignX509SVIDResponse{Results: make([]*nodev1.X509SVIDResult, len(reqs))}
+	var (
+		signed, unauthorized atomic.Int64
+		// firstUnauthorized is logged for the batch, not each item, so
+		// that one call cannot write a thousand log records.
+		firstUnauthorized atomic.Pointer[string]
+	)
+	signOne := func(i int) {
+		r := reqs[i]
+		res := &nodev1.X509SVIDResult{EntryId: r.GetEntryId()}
+		resp.Results[i] = res
+		e := s.authorizedEntry(c, r.GetEntryId())
+		if e == nil {
+			unauthorized.Add(1)
+			id := r.GetEntryId()
+			firstUnauthorized.CompareAndSwap(nil, &id)
+			res.Status = itemStatus(codes.PermissionDenied, msgEntryNotAuthorized)
+			return
+		}
+		pub, err := x509ca.CheckCSR(r.GetCsr())
+		if err != nil {
+			res.Status = itemStatus(codes.InvalidArgument, status.Convert(invalidArg("invalid CSR", err)).Message())
+			return
+		}
+		der, err := x509ca.SignX509SVID(now, a.X509, x509ca.SVIDParams{
+			ID:        e.SPIFFEID,
+			DNSNames:  e.DNSNames,
+			TTL:       defaultTTL(e.X509SVIDTTL, s.x509TTL),
+			PublicKey: pub,
+		})
+		if err != nil {
+			s.log.LogAttrs(ctx, slog.LevelError, "cannot sign X.509-SVID", slog.String(KeySPIFFEID, c.id.String()), slog.String(KeyEntryID, e.ID), slog.String(KeyError, err.Error()))
+			res.Status = itemStatus(codes.Internal, msgInternal)
+			return
+		}
+		signed.Add(1)
+		res.Status = itemStatus(codes.OK, "")
+		res.SvidChain = [][]byte{der}
+	}
+	// Signing is CPU-bound (a CSR check and a signature, each with an
+	// ECDSA or RSA operation): spread a large batch over the CPUs. Each
+	// item writes only its own result.
+	workers := min(runtime.GOMAXPROCS(0), (len(reqs)+batchChunk-1)/batchChunk)
+	var next atomic.Int64
+	work := func() {
+		for ctx.Err() == nil {
+			i := int(next.Add(1)) - 1
+			if i >= len(reqs) {
+				return
+			}
+			signOne(i)
+		}
+	}
+	var wg sync.WaitGroup
+	for range workers - 1 {
+		wg.Go(work)
+	}
+	work()
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, status.FromContextError(err).Err()
+	}
+	if n := unauthorized.Load(); n > 0 {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "X.509-SVIDs refused", slog.String(KeySPIFFEID, c.id.String()), slog.Int64("count", n),
+			slog.String(KeyEntryID, logEntryID(*firstUnauthorized.Load())), slog.String(KeyReason, "entries missing or not the agent's"))
+	}
+	s.log.LogAttrs(ctx, slog.LevelDebug, "X.509-SVIDs signed", slog.String(KeySPIFFEID, c.id.String()), slog.Int64("signed", signed.Load()), slog.Int("refused", len(reqs)-int(signed.Load())))
+	return resp, nil
+}
+
+// batchChunk is the least number of batch items worth another goroutine.
+const batchChunk = 8
+
+func itemStatus(code codes.Code, msg string) *nodev1.Status {
+	return &nodev1.Status{Code: int32(code), Message: msg}
+}
+
+// checkAudience applies the limits on JWT-SVID audiences. (They are
+// valid UTF-8: protobuf refuses proto3 strings that are not.)
+func checkAudience(aud []string) error {
+	if len(aud) == 0 {
+		return fmt.Errorf("audience is required")
+	}
+	if len(aud) > MaxAudiences {
+		return fmt.Errorf("too many audiences: %d (at most %d)", len(aud), MaxAudiences)
+	}
+	for i, a := range aud {
+		switch {
+		case a == "":
+			return fmt.Errorf("audience %d is empty", i)
+		case len(a) > MaxAudienceLength:
+			return fmt.Errorf("audience %d is longer than %d bytes", i, MaxAudienceLength)
+		}
+	}
+	return nil
+}
+
+// SignJWTSVID signs a JWT-SVID for one of the caller's entries.
+func (h *handler) SignJWTSVID(ctx context.Context, req *nodev1.SignJWTSVIDRequest) (*nodev1.SignJWTSVIDResponse, error) {
+	s := h.s
+	c, err := s.callerFrom(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	e := s.authorizedEntry(c, req.GetEntryId())
+	if e == nil {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "JWT-SVID refused", slog.String(KeySPIFFEID, c.id.String()), slog.String(KeyEntryID, logEntryID(req.GetEntryId())), slog.String(KeyReason, "entry missing or not the agent's"))
+		return nil, status.Error(codes.PermissionDenied, msgEntryNotAuthorized)
+	}
+	if err := checkAudience(req.GetAudience()); err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	a := s.km.Active()
+	if a == nil || a.JWT.Signer == nil {
+		return nil, status.Error(codes.Unavailable, msgNoCA)
+	}
+	token, exp, err := jwtsvid.Sign(s.clock.Now(), a.JWT, e.SPIFFEID, req.GetAudience(), defaultTTL(e.JWTSVIDTTL, s.jwtTTL), a.JWTNotAfter)
+	if err != nil {
+		return nil, s.internal(ctx, c, "sign JWT-SVID", err)
+	}
+	return &nodev1.SignJWTSVIDResponse{Token: token, ExpiresAt: exp.Unix()}, nil
+}

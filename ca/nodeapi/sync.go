@@ -1,0 +1,203 @@
+package nodeapi
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	nodev1 "writ.dev/writ/ca/api/node/v1"
+	"writ.dev/writ/ca/entry"
+)
+
+// Limits on the delta messages Sync sends; a larger change goes out in
+// several messages. A full set cannot be split: it is one message.
+const (
+	maxDeltaEntries = 1000
+	maxDeltaBytes   = 1 << 20
+)
+
+const msgSVIDExpired = "agent SVID has expired"
+
+// streamState is what one Sync stream has sent. It belongs to the
+// stream's goroutine.
+type streamState struct {
+	// sent maps the ID of each entry the agent has to the revision it
+	// was sent at.
+	sent map[string]uint64
+	// bundleSent is the version of the bundle last sent.
+	bundleSent uint64
+	// verified is the bundle version the caller's certificate was last
+	// verified against.
+	verified uint64
+}
+
+// Sync sends the caller its entries and the bundle, then every change as
+// the index applies it. It ends when the agent is evicted or banned, its
+// certificate is rotated away, expires or no longer verifies, or the
+// service stops.
+func (h *handler) Sync(_ *nodev1.SyncRequest, stream nodev1.NodeService_SyncServer) error {
+	s := h.s
+	ctx := stream.Context()
+	c, err := s.callerFrom(ctx, true)
+	if err != nil {
+		return err
+	}
+	sub := s.idx.subscribe(c.id)
+	defer s.idx.unsubscribe(sub)
+	expiry := s.clock.NewTimer(c.chain[0].NotAfter.Sub(s.clock.Now()))
+	defer expiry.Stop()
+	// verified starts at zero (bundle versions start at one), so the
+	// first round verifies the certificate again: the bundle may have
+	// changed since the interceptor did, before the stream subscribed.
+	st := &streamState{}
+	s.log.LogAttrs(ctx, slog.LevelDebug, "sync stream opened", slog.String(KeySPIFFEID, c.id.String()), slog.String(KeySerial, c.serial))
+	for {
+		select {
+		case <-ctx.Done():
+			return status.FromContextError(ctx.Err()).Err()
+		case <-s.stopping:
+			return status.Error(codes.Unavailable, msgStopping)
+		case <-expiry.C():
+			// The timer may fire early if the clock was set back; only
+			// an expired certificate ends the stream.
+			now := s.clock.Now()
+			if now.After(c.chain[0].NotAfter) {
+				return s.deny(ctx, c.method, c.id, c.serial, "agent SVID expired during the stream", msgSVIDExpired)
+			}
+			expiry.Reset(c.chain[0].NotAfter.Sub(now) + time.Second)
+			continue
+		case <-sub.notify:
+		}
+		msgs, err := s.nextMessages(ctx, c, sub, st)
+		if err != nil {
+			return err
+		}
+		for _, m := range msgs {
+			if err := stream.Send(m); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// nextMessages checks that the caller is still an agent in good standing
+// and returns the messages that bring it up to date.
+func (s *Service) nextMessages(ctx context.Context, c *caller, sub *subscriber, st *streamState) ([]*nodev1.SyncResponse, error) {
+	b := s.idx.bundle.Load()
+	if b.version != st.verified {
+		// The bundle changed: a CA the certificate chains to may be gone.
+		if _, err := s.verifyPeer(c.chain); err != nil {
+			return nil, s.deny(ctx, c.method, c.id, c.serial, "agent SVID no longer verifies: "+err.Error(), msgNotAttested)
+		}
+		st.verified = b.version
+	}
+
+	full, pending := sub.take()
+	var (
+		changed []*entry.Entry
+		deleted []string
+	)
+	s.idx.mu.RLock()
+	switch s.idx.agentStatusLocked(c.id, c.serial) {
+	case agentBanned:
+		s.idx.mu.RUnlock()
+		return nil, s.deny(ctx, c.method, c.id, c.serial, "agent was banned", msgBanned)
+	case agentUnknown:
+		s.idx.mu.RUnlock()
+		return nil, s.deny(ctx, c.method, c.id, c.serial, "agent was evicted or its SVID rotated away", msgNotAttested)
+	}
+	bucket := s.idx.byParent[c.id]
+	if full {
+		changed = make([]*entry.Entry, 0, len(bucket))
+		for _, e := range bucket {
+			changed = append(changed, e)
+		}
+	} else {
+		for id := range pending {
+			if e := bucket[id]; e != nil {
+				if rev, ok := st.sent[id]; !ok || rev != e.Revision {
+					changed = append(changed, e)
+				}
+			} else if _, ok := st.sent[id]; ok {
+				deleted = append(deleted, id)
+			}
+		}
+	}
+	s.idx.mu.RUnlock()
+
+	// Entries are immutable once in the index: convert them unlocked.
+	slices.SortFunc(changed, func(a, b *entry.Entry) int { return strings.Compare(a.ID, b.ID) })
+	slices.Sort(deleted)
+	if full {
+		st.sent = make(map[string]uint64, len(changed))
+		msg := &nodev1.SyncResponse{Full: true, Entries: make([]*nodev1.Entry, len(changed)), Bundle: b.json}
+		for i, e := range changed {
+			msg.Entries[i] = s.entryToWire(e)
+			st.sent[e.ID] = e.Revision
+		}
+		st.bundleSent = b.version
+		return []*nodev1.SyncResponse{msg}, nil
+	}
+	if len(changed) == 0 && len(deleted) == 0 && b.version == st.bundleSent {
+		return nil, nil
+	}
+	var msgs []*nodev1.SyncResponse
+	cur := &nodev1.SyncResponse{}
+	if b.version != st.bundleSent {
+		cur.Bundle = b.json
+		st.bundleSent = b.version
+	}
+	size, n := len(cur.Bundle), 0
+	flush := func() {
+		msgs = append(msgs, cur)
+		cur, size, n = &nodev1.SyncResponse{}, 0, 0
+	}
+	for _, e := range changed {
+		w := s.entryToWire(e)
+		sz := proto.Size(w)
+		if n > 0 && (n >= maxDeltaEntries || size+sz > maxDeltaBytes) {
+			flush()
+		}
+		cur.Entries = append(cur.Entries, w)
+		size += sz
+		n++
+		st.sent[e.ID] = e.Revision
+	}
+	for _, id := range deleted {
+		if n > 0 && (n >= maxDeltaEntries || size+len(id) > maxDeltaBytes) {
+			flush()
+		}
+		cur.DeletedEntryIds = append(cur.DeletedEntryIds, id)
+		size += len(id)
+		n++
+		delete(st.sent, id)
+	}
+	flush()
+	return msgs, nil
+}
+
+// entryToWire converts an entry as the agent sees it: TTLs resolved to
+// the server's defaults.
+func (s *Service) entryToWire(e *entry.Entry) *nodev1.Entry {
+	sel := make([]string, len(e.Selectors))
+	for i, x := range e.Selectors {
+		sel[i] = x.String()
+	}
+	return &nodev1.Entry{
+		Id:          e.ID,
+		SpiffeId:    e.SPIFFEID.String(),
+		Selectors:   sel,
+		X509SvidTtl: int64(defaultTTL(e.X509SVIDTTL, s.x509TTL) / time.Second),
+		JwtSvidTtl:  int64(defaultTTL(e.JWTSVIDTTL, s.jwtTTL) / time.Second),
+		DnsNames:    slices.Clone(e.DNSNames),
+		Admin:       e.Admin,
+		Downstream:  e.Downstream,
+		Revision:    e.Revision,
+	}
+}
