@@ -259,26 +259,6 @@ func parseUpdateMask(mask []string) ([]entryField, error) {
 	return fields, nil
 }
 
-func entryToWire(e *entry.Entry) *adminv1.Entry {
-	sels := make([]string, len(e.Selectors))
-	for i, sel := range e.Selectors {
-		sels[i] = sel.String()
-	}
-	return &adminv1.Entry{
-		Id:          e.ID,
-		SpiffeId:    e.SPIFFEID.String(),
-		ParentId:    e.ParentID.String(),
-		Selectors:   sels,
-		X509SvidTtl: int64(e.X509SVIDTTL / time.Second),
-		JwtSvidTtl:  int64(e.JWTSVIDTTL / time.Second),
-		DnsNames:    append([]string(nil), e.DNSNames...),
-		Admin:       e.Admin,
-		Downstream:  e.Downstream,
-		CreatedAt:   unixSeconds(e.CreatedAt),
-		Revision:    e.Revision,
-	}
-}
-
 func agentToWire(a *datastore.Agent) *adminv1.Agent {
 	return &adminv1.Agent{
 		SpiffeId:        a.SPIFFEID.String(),

@@ -71,7 +71,7 @@ func (es *entryService) BatchCreateEntry(ctx context.Context, req *adminv1.Batch
 			item := auditItem{spiffeID: valid[j].SPIFFEID.String(), entryID: valid[j].ID}
 			switch {
 			case r.Err == nil && r.Entry != nil:
-				results[i] = &adminv1.EntryResult{Status: &adminv1.Status{}, Entry: entryToWire(r.Entry)}
+				results[i] = &adminv1.EntryResult{Status: &adminv1.Status{}, Entry: adminv1.EntryFromDomain(r.Entry)}
 				item.entryID = r.Entry.ID
 			case errors.Is(r.Err, datastore.ErrAlreadyExists):
 				msg := msgDuplicateEntry
@@ -112,7 +112,7 @@ func (es *entryService) GetEntry(ctx context.Context, req *adminv1.GetEntryReque
 	if err != nil {
 		return nil, s.storeError(ctx, "fetch entry", err, msgEntryNotFound(id), "")
 	}
-	return entryToWire(e), nil
+	return adminv1.EntryFromDomain(e), nil
 }
 
 // ListEntries streams the entries that match every given filter field,
@@ -150,7 +150,7 @@ func (es *entryService) ListEntries(req *adminv1.ListEntriesRequest, stream grpc
 		page := entries[start:min(start+ListEntriesPageSize, len(entries))]
 		resp := &adminv1.ListEntriesResponse{Entries: make([]*adminv1.Entry, len(page))}
 		for i, e := range page {
-			resp.Entries[i] = entryToWire(e)
+			resp.Entries[i] = adminv1.EntryFromDomain(e)
 		}
 		if err := stream.Send(resp); err != nil {
 			// The client has gone or the stream broke; gRPC already knows.
@@ -204,7 +204,7 @@ func (es *entryService) UpdateEntry(ctx context.Context, req *adminv1.UpdateEntr
 	if err != nil {
 		return nil, s.storeError(ctx, "update entry", err, msgEntryNotFound(id), msgDuplicateEntry)
 	}
-	return entryToWire(updated), nil
+	return adminv1.EntryFromDomain(updated), nil
 }
 
 // DeleteEntry deletes the entry and returns it as it was.
@@ -224,5 +224,5 @@ func (es *entryService) DeleteEntry(ctx context.Context, req *adminv1.DeleteEntr
 		return nil, s.storeError(ctx, "delete entry", err, msgEntryNotFound(id), "")
 	}
 	c.spiffeID = e.SPIFFEID.String()
-	return entryToWire(e), nil
+	return adminv1.EntryFromDomain(e), nil
 }

@@ -6,7 +6,6 @@ import (
 	"io"
 	"slices"
 	"strings"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/urfave/cli/v2"
@@ -305,25 +304,6 @@ func checkUpdate(e *entry.Entry, mask []string) error {
 	return nil
 }
 
-// entryToProto converts a checked entry to its wire form.
-func entryToProto(e *entry.Entry) *adminv1.Entry {
-	sels := make([]string, len(e.Selectors))
-	for i, s := range e.Selectors {
-		sels[i] = s.String()
-	}
-	return &adminv1.Entry{
-		Id:          e.ID,
-		SpiffeId:    e.SPIFFEID.String(),
-		ParentId:    e.ParentID.String(),
-		Selectors:   sels,
-		X509SvidTtl: int64(e.X509SVIDTTL / time.Second),
-		JwtSvidTtl:  int64(e.JWTSVIDTTL / time.Second),
-		DnsNames:    e.DNSNames,
-		Admin:       e.Admin,
-		Downstream:  e.Downstream,
-	}
-}
-
 func entryCreate(c *cli.Context) error {
 	a, err := newAdminCmd(c)
 	if err != nil {
@@ -357,7 +337,7 @@ func entryCreate(c *cli.Context) error {
 	defer client.Close()
 	ctx, cancel := client.callContext(c.Context)
 	defer cancel()
-	resp, err := client.entries.BatchCreateEntry(ctx, &adminv1.BatchCreateEntryRequest{Entries: []*adminv1.Entry{entryToProto(e)}})
+	resp, err := client.entries.BatchCreateEntry(ctx, &adminv1.BatchCreateEntryRequest{Entries: []*adminv1.Entry{adminv1.EntryFromDomain(e)}})
 	if err != nil {
 		return client.callError(err)
 	}
@@ -507,7 +487,7 @@ func entryUpdate(c *cli.Context) error {
 	defer client.Close()
 	ctx, cancel := client.callContext(c.Context)
 	defer cancel()
-	updated, err := client.entries.UpdateEntry(ctx, &adminv1.UpdateEntryRequest{Entry: entryToProto(e), UpdateMask: mask})
+	updated, err := client.entries.UpdateEntry(ctx, &adminv1.UpdateEntryRequest{Entry: adminv1.EntryFromDomain(e), UpdateMask: mask})
 	if err != nil {
 		return client.callError(err)
 	}

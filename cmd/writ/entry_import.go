@@ -78,7 +78,7 @@ func importEntries(a *adminCmd, path string) error {
 			fmt.Fprintf(c.App.ErrWriter, "writ: %s: %s\n", entryLabel(i, j.SPIFFEID), entry.Printable(err.Error()))
 			continue
 		}
-		entries[i] = entryToProto(e)
+		entries[i] = adminv1.EntryFromDomain(e)
 	}
 	if invalid > 0 {
 		return fmt.Errorf("%s: %d of %d entries are invalid; none were sent", name, invalid, len(raw))

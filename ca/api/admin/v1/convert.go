@@ -1,0 +1,34 @@
+package adminv1
+
+import (
+	"time"
+
+	"writ.dev/writ/ca/entry"
+)
+
+// EntryFromDomain returns the wire form of e: selectors as "type:value",
+// TTLs in whole seconds, times in Unix seconds (0 for a zero time). The
+// CLI and the server both convert with it, so the two never disagree.
+func EntryFromDomain(e *entry.Entry) *Entry {
+	sels := make([]string, len(e.Selectors))
+	for i, sel := range e.Selectors {
+		sels[i] = sel.String()
+	}
+	var created int64
+	if !e.CreatedAt.IsZero() {
+		created = e.CreatedAt.Unix()
+	}
+	return &Entry{
+		Id:          e.ID,
+		SpiffeId:    e.SPIFFEID.String(),
+		ParentId:    e.ParentID.String(),
+		Selectors:   sels,
+		X509SvidTtl: int64(e.X509SVIDTTL / time.Second),
+		JwtSvidTtl:  int64(e.JWTSVIDTTL / time.Second),
+		DnsNames:    append([]string(nil), e.DNSNames...),
+		Admin:       e.Admin,
+		Downstream:  e.Downstream,
+		CreatedAt:   created,
+		Revision:    e.Revision,
+	}
+}
