@@ -17,7 +17,7 @@ import (
 func agentCommand() *cli.Command {
 	subcommands := agentAdminCommands()
 	// ---- further agent subcommands (such as `agent run`) go here: ----
-	// subcommands = append(subcommands, agentRunCommand())
+	subcommands = append(subcommands, agentRunCommand(), agentHealthcheckCommand())
 	return &cli.Command{
 		Name:        "agent",
 		Usage:       "run or manage agents",

@@ -1,0 +1,508 @@
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"writ.dev/writ/agent/nodeclient"
+	"writ.dev/writ/agent/rotate"
+	"writ.dev/writ/agent/svidcache"
+	"writ.dev/writ/ca/clock"
+	"writ.dev/writ/internal/datadir"
+)
+
+// Defaults and limits.
+const (
+	DefaultServerAddress = "127.0.0.1:8081"
+	// MaxSocketPath is the longest Unix socket path accepted: sun_path
+	// holds 104 bytes (with the terminating NUL) on the BSDs and macOS,
+	// 108 on Linux.
+	MaxSocketPath = 103
+	// MaxBatch is the most X.509-SVIDs asked for in one call.
+	MaxBatch = 500
+	// ReconnectSpread bounds the random delay before reconnecting after
+	// an established connection broke, so that agents that lost the
+	// server together do not all come back at the same instant.
+	ReconnectSpread = time.Second
+	// stableSession is how long a connection must have lasted for its
+	// loss to reset the reconnection backoff.
+	stableSession = time.Minute
+	// firstSyncTimeout bounds the wait for the first Sync message.
+	firstSyncTimeout = 30 * time.Second
+)
+
+// ReconnectBackoff spaces connection attempts after failures.
+var ReconnectBackoff = rotate.Backoff{Base: 100 * time.Millisecond, Max: 30 * time.Second}
+
+// Errors callers branch on.
+var (
+	// ErrNoIdentity: the agent has no agent SVID and no join token.
+	ErrNoIdentity = errors.New("agent: no agent SVID")
+	// ErrAgentSVIDExpired: the agent SVID expired; only a new join token
+	// brings the agent back.
+	ErrAgentSVIDExpired = errors.New("agent: agent SVID expired")
+	// ErrNoTrustBundle: attestation needs --trust-bundle or
+	// --insecure-bootstrap.
+	ErrNoTrustBundle = errors.New("agent: no trust bundle to authenticate the server with")
+	// ErrInconsistentState: the data directory holds partial or mismatched
+	// state.
+	ErrInconsistentState = errors.New("agent: inconsistent data directory")
+	// ErrConfig: an invalid Config.
+	ErrConfig = errors.New("agent: invalid configuration")
+)
+
+// Config configures an Agent.
+type Config struct {
+	// ServerAddress is the CA server's node API, host:port
+	// (DefaultServerAddress if empty).
+	ServerAddress string
+	// TrustDomain is the trust domain of the server and of every SVID.
+	TrustDomain spiffeid.TrustDomain
+	// DataDir holds the agent's SVID, key and bundle (created 0700).
+	DataDir string
+	// SocketPath is the Workload API socket (default workload.sock in
+	// DataDir). It is stored for the Workload API; the agent does not
+	// listen on it.
+	SocketPath string
+	// JoinToken attests the agent when it has no valid saved SVID; it is
+	// ignored otherwise.
+	JoinToken string
+	// TrustBundlePath is a PEM file of the CA certificates that
+	// authenticate the server at attestation.
+	TrustBundlePath string
+	// InsecureBootstrap attests without authenticating the server, and
+	// trusts the bundle it returns from then on.
+	InsecureBootstrap bool
+	Clock             clock.Clock
+	Logger            *slog.Logger
+}
+
+// Agent is a node agent: it attests to the CA server, keeps the node's
+// entries and their SVIDs in its cache, and renews everything on time.
+type Agent struct {
+	cfg         Config
+	td          spiffeid.TrustDomain
+	clk         clock.Clock
+	log         *slog.Logger
+	adminSocket string
+	cache       *svidcache.Cache
+	sched       *scheduler
+	ready       chan struct{}
+	readyOnce   sync.Once
+	running     atomic.Bool
+
+	// The agent's identity and trust, read by TLS handshakes, the health
+	// service and the JWT signer from other goroutines.
+	svid    atomic.Pointer[agentSVID]
+	cert    atomic.Pointer[tls.Certificate]
+	bundle  atomic.Pointer[spiffebundle.Bundle]
+	client  atomic.Pointer[nodeclient.Client] // the connected session's; nil otherwise
+	revoked atomic.Bool                       // the server refused the agent
+
+	// Owned by Run's goroutine.
+	dir        *datadir.Dir
+	joinToken  string // unused join token, for re-attestation
+	synced     atomic.Bool
+	lastErrMsg string
+}
+
+// New checks cfg, fills in defaults and returns an agent. It does no
+// I/O; Run does.
+func New(cfg Config) (*Agent, error) {
+	if cfg.TrustDomain.IsZero() {
+		return nil, fmt.Errorf("%w: trust domain is required", ErrConfig)
+	}
+	if cfg.DataDir == "" {
+		return nil, fmt.Errorf("%w: data directory is required", ErrConfig)
+	}
+	if cfg.ServerAddress == "" {
+		cfg.ServerAddress = DefaultServerAddress
+	}
+	if err := checkHostPort(cfg.ServerAddress); err != nil {
+		return nil, fmt.Errorf("%w: server address %q: %v", ErrConfig, cfg.ServerAddress, err)
+	}
+	if cfg.TrustBundlePath != "" && cfg.InsecureBootstrap {
+		return nil, fmt.Errorf("%w: give a trust bundle or insecure bootstrap, not both", ErrConfig)
+	}
+	dataDir, err := filepath.Abs(cfg.DataDir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: data directory: %v", ErrConfig, err)
+	}
+	if cfg.SocketPath == "" {
+		cfg.SocketPath = filepath.Join(dataDir, WorkloadSocketName)
+	}
+	if cfg.SocketPath, err = filepath.Abs(cfg.SocketPath); err != nil {
+		return nil, fmt.Errorf("%w: socket path: %v", ErrConfig, err)
+	}
+	adminSocket := filepath.Join(dataDir, AdminSocketName)
+	for _, p := range []string{cfg.SocketPath, adminSocket} {
+		if err := CheckSocketPath(p); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		}
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	a := &Agent{
+		cfg:         cfg,
+		td:          cfg.TrustDomain,
+		clk:         cfg.Clock,
+		log:         cfg.Logger,
+		adminSocket: adminSocket,
+		sched:       newScheduler(cfg.Clock),
+		ready:       make(chan struct{}),
+	}
+	a.cache, err = svidcache.New(svidcache.Config{
+		TrustDomain: cfg.TrustDomain,
+		Clock:       cfg.Clock,
+		Logger:      cfg.Logger,
+		JWTSigner:   jwtSigner{a},
+	})
+	if err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// CheckSocketPath reports whether path fits in a Unix socket address.
+func CheckSocketPath(path string) error {
+	if len(path) > MaxSocketPath {
+		return fmt.Errorf("socket path %s is %d bytes, longer than the %d a Unix socket allows; choose a shorter path", path, len(path), MaxSocketPath)
+	}
+	return nil
+}
+
+func checkHostPort(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return err
+	}
+	if host == "" {
+		return errors.New("no host")
+	}
+	if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 {
+		return errors.New("port must be a number from 1 to 65535")
+	}
+	return nil
+}
+
+// Cache returns the cache the Workload API reads.
+func (a *Agent) Cache() *svidcache.Cache { return a.cache }
+
+// SocketPath returns the Workload API socket path (absolute).
+func (a *Agent) SocketPath() string { return a.cfg.SocketPath }
+
+// AdminSocketPath returns the health service's socket path.
+func (a *Agent) AdminSocketPath() string { return a.adminSocket }
+
+// Ready is closed once the agent has applied its first full set of
+// entries from the server and asked for their SVIDs.
+func (a *Agent) Ready() <-chan struct{} { return a.ready }
+
+func (a *Agent) markReady() {
+	a.readyOnce.Do(func() {
+		st := a.cache.Stats()
+		a.log.Info("agent ready", "entries", st.Entries, "x509_svids", st.X509SVIDs)
+		close(a.ready)
+	})
+}
+
+// Healthy reports whether the agent holds a valid agent SVID that the
+// server has not refused.
+func (a *Agent) Healthy() bool {
+	s := a.svid.Load()
+	return s != nil && !s.expired(a.clk.Now()) && !a.revoked.Load()
+}
+
+// ID returns the agent's SPIFFE ID (zero before attestation).
+func (a *Agent) ID() spiffeid.ID {
+	if s := a.svid.Load(); s != nil {
+		return s.id
+	}
+	return spiffeid.ID{}
+}
+
+func (a *Agent) authorities() []*x509.Certificate {
+	if b := a.bundle.Load(); b != nil {
+		return b.X509Authorities()
+	}
+	return nil
+}
+
+func (a *Agent) setSVID(s *agentSVID) {
+	a.svid.Store(s)
+	a.cert.Store(s.cert)
+}
+
+// Run runs the agent until ctx ends: it loads or obtains the agent SVID,
+// serves the health service, and keeps the cache in step with the server.
+// It returns nil when ctx ends, and an error when it cannot start or when
+// the agent SVID expires.
+func (a *Agent) Run(ctx context.Context) error {
+	if !a.running.CompareAndSwap(false, true) {
+		return errors.New("agent: already running")
+	}
+	dir, err := datadir.Open(a.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	a.dir = dir
+	if err := a.start(ctx); err != nil {
+		return err
+	}
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	health, err := a.serveHealth()
+	if err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { _ = a.cache.Run(ctx) })
+	wg.Go(func() { a.sched.run(ctx) })
+	wg.Go(func() { health.serve() })
+	a.log.Info("agent started", "spiffe_id", a.ID().String(), "server_address", a.cfg.ServerAddress,
+		"data_dir", dir.Path(), "admin_socket", a.adminSocket, "socket_path", a.cfg.SocketPath)
+
+	err = a.loop(ctx)
+	cancel()
+	health.stop()
+	wg.Wait()
+	a.log.Info("agent stopped")
+	return err
+}
+
+// start sets the agent's SVID and bundle from the data dir, attesting
+// with the join token when there is no valid SVID.
+func (a *Agent) start(ctx context.Context) error {
+	now := a.clk.Now()
+	st, err := loadState(a.dir, a.td, now)
+	if err != nil {
+		return err
+	}
+	if st.svid != nil {
+		a.bundle.Store(st.bundle)
+		a.setSVID(st.svid)
+		if a.cfg.JoinToken != "" {
+			a.log.Info("join token ignored: the agent has a valid saved agent SVID", "spiffe_id", st.svid.id.String(), "not_after", st.svid.notAfter)
+			a.joinToken = a.cfg.JoinToken // kept in case the server refuses the saved SVID
+		}
+		return nil
+	}
+	if a.cfg.JoinToken == "" {
+		if st.svidErr != nil {
+			return fmt.Errorf("%w; attest again: run the agent with --join-token and a new token (writ token generate)", st.svidErr)
+		}
+		return fmt.Errorf("%w in %s: run the agent with --join-token and a token from `writ token generate`", ErrNoIdentity, a.dir.Path())
+	}
+	if st.svidErr != nil {
+		a.log.Info("attesting again with the join token", "reason", st.svidErr.Error())
+	}
+	trust, insecure, err := a.bootstrapTrust(st.bundle)
+	if err != nil {
+		return err
+	}
+	return a.attestWithRetry(ctx, a.cfg.JoinToken, trust, insecure)
+}
+
+// bootstrapTrust chooses what authenticates the server at attestation:
+// --trust-bundle, else the saved bundle, else --insecure-bootstrap.
+func (a *Agent) bootstrapTrust(saved *spiffebundle.Bundle) ([]*x509.Certificate, bool, error) {
+	switch {
+	case a.cfg.TrustBundlePath != "":
+		certs, err := readTrustBundle(a.cfg.TrustBundlePath)
+		return certs, false, err
+	case saved != nil:
+		return saved.X509Authorities(), false, nil
+	case a.cfg.InsecureBootstrap:
+		return nil, true, nil
+	}
+	return nil, false, fmt.Errorf("%w: give --trust-bundle with the CA certificates of trust domain %s (writ bundle show on the server), or --insecure-bootstrap to trust the first server reached", ErrNoTrustBundle, a.td.Name())
+}
+
+// attestWithRetry attests, retrying with backoff while the server is
+// unreachable. It fails on anything else: a server that cannot be
+// authenticated, a refused token, a malformed answer.
+func (a *Agent) attestWithRetry(ctx context.Context, token string, trust []*x509.Certificate, insecure bool) error {
+	for attempt := 0; ; attempt++ {
+		err := a.attest(ctx, token, trust, insecure)
+		if err == nil || !errors.Is(err, nodeclient.ErrUnavailable) {
+			return err
+		}
+		d := ReconnectBackoff.Delay(attempt, rand.Float64())
+		a.log.Warn("attestation: server unavailable; retrying", "error", err, "retry_in", d)
+		if err := a.sleep(ctx, d); err != nil {
+			return err
+		}
+	}
+}
+
+func (a *Agent) attest(ctx context.Context, token string, trust []*x509.Certificate, insecure bool) error {
+	if insecure {
+		a.log.Warn("insecure bootstrap: the server is NOT authenticated for this attestation; the join token goes to whichever server answers at " + a.cfg.ServerAddress + ", and the bundle it returns is trusted from now on")
+	}
+	c, err := nodeclient.New(nodeclient.Config{
+		Address:           a.cfg.ServerAddress,
+		TrustDomain:       a.td,
+		Authorities:       func() []*x509.Certificate { return trust },
+		InsecureBootstrap: insecure,
+		Clock:             a.clk,
+	})
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	key, csr, err := newKeyAndCSR()
+	if err != nil {
+		return err
+	}
+	res, err := c.Attest(ctx, token, csr)
+	if err != nil {
+		if errors.Is(err, nodeclient.ErrPermissionDenied) {
+			return fmt.Errorf("attestation refused: the join token is unknown, expired or already used; generate a new one (%w)", err)
+		}
+		return fmt.Errorf("attestation: %w", err)
+	}
+	bundle, err := spiffebundle.Parse(a.td, res.Bundle)
+	if err != nil {
+		return fmt.Errorf("attestation: %w: bundle: %w", nodeclient.ErrProtocol, err)
+	}
+	if len(bundle.X509Authorities()) == 0 {
+		return fmt.Errorf("attestation: %w: bundle has no X.509 authorities", nodeclient.ErrProtocol)
+	}
+	svid, err := newAgentSVID(a.td, res.Chain, key, bundle, a.clk.Now())
+	if err != nil {
+		return fmt.Errorf("attestation: %w: %w", nodeclient.ErrProtocol, err)
+	}
+	if err := saveBundle(a.dir, bundle); err != nil {
+		return err
+	}
+	if err := saveSVID(a.dir, svid); err != nil {
+		return err
+	}
+	a.bundle.Store(bundle)
+	a.setSVID(svid)
+	a.revoked.Store(false)
+	a.joinToken = ""
+	a.log.Info("agent attested", "spiffe_id", svid.id.String(), "not_after", svid.notAfter)
+	return nil
+}
+
+// sleep waits d on the agent's clock.
+func (a *Agent) sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := a.clk.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C():
+		return nil
+	}
+}
+
+// loop connects, syncs and reconnects until ctx ends or the agent SVID
+// expires.
+func (a *Agent) loop(ctx context.Context) error {
+	attempt := 0
+	for {
+		if s := a.svid.Load(); s.expired(a.clk.Now()) {
+			err := fmt.Errorf("%w at %s: the server can no longer recognize this agent; restart it with --join-token and a new token", ErrAgentSVIDExpired, s.notAfter.UTC().Format(time.RFC3339))
+			a.log.Error("agent SVID expired", "error", err)
+			return err
+		}
+		began := a.clk.Now()
+		healthy, err := a.session(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var wait time.Duration
+		switch {
+		case errors.Is(err, errRenewed):
+			attempt = 0
+			continue // reconnect at once with the new certificate
+		case errors.Is(err, nodeclient.ErrPermissionDenied):
+			a.onRevoked(err)
+			if a.joinToken != "" {
+				tok := a.joinToken
+				a.joinToken = ""
+				a.log.Info("the server refused the saved agent SVID; attesting with the join token given")
+				trust, insecure, terr := a.bootstrapTrust(a.bundle.Load())
+				if terr == nil {
+					terr = a.attestWithRetry(ctx, tok, trust, insecure)
+				}
+				if terr == nil {
+					attempt = 0
+					continue
+				}
+				a.log.Error("re-attestation failed", "error", terr)
+			}
+			wait = ReconnectBackoff.Delay(attempt, rand.Float64())
+			attempt++
+		case healthy:
+			a.log.Warn("connection to the server lost; serving cached SVIDs until it is back", "error", err)
+			// A random delay first, so that agents that lost a restarted
+			// server together come back spread out. Connections that
+			// keep breaking soon after they start back off as failures.
+			if a.clk.Now().Sub(began) >= stableSession {
+				attempt = 0
+			}
+			wait = time.Duration(rand.Float64() * float64(ReconnectSpread))
+			if attempt > 0 {
+				wait = max(wait, ReconnectBackoff.Delay(attempt, rand.Float64()))
+			}
+			attempt++
+		default:
+			msg := err.Error()
+			if msg != a.lastErrMsg && errors.Is(err, nodeclient.ErrServerNotTrusted) {
+				a.log.Error("the server's certificate does not verify against the trust bundle; not talking to it", "error", err, "attempt", attempt+1)
+			} else if msg != a.lastErrMsg || attempt == 0 {
+				a.log.Warn("cannot reach the server; retrying", "error", err, "attempt", attempt+1)
+			} else {
+				a.log.Debug("cannot reach the server; retrying", "error", err, "attempt", attempt+1)
+			}
+			a.lastErrMsg = msg
+			wait = ReconnectBackoff.Delay(attempt, rand.Float64())
+			attempt++
+		}
+		if err := a.sleep(ctx, wait); err != nil {
+			return nil
+		}
+	}
+}
+
+// onRevoked handles the server refusing the agent (evicted, banned): the
+// agent stops serving workload SVIDs at once, as the server stops
+// honouring the agent, and reports unhealthy. It keeps trying, slowly, in
+// case the agent is unbanned.
+func (a *Agent) onRevoked(err error) {
+	if a.revoked.Load() {
+		a.log.Debug("server still refuses the agent", "error", err)
+		return
+	}
+	// Drop first: once revoked reads true, nothing is served.
+	a.cache.Apply(svidcache.Update{Full: true})
+	a.sched.reset()
+	a.revoked.Store(true)
+	a.log.Error("the server refuses this agent (evicted or banned): dropped all workload SVIDs, stopped renewals; it needs to be unbanned, or attested again with a new join token", "spiffe_id", a.ID().String(), "error", err)
+}

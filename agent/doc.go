@@ -1,0 +1,62 @@
+// Package agent is Writ's node agent. It attests to the CA server with a
+// join token, keeps the node's registration entries and their X.509-SVIDs
+// in a svidcache.Cache for the Workload API, and renews everything on
+// time, on its own, through server outages.
+//
+//	a, err := agent.New(agent.Config{
+//		ServerAddress:   "ca.example.org:8081",
+//		TrustDomain:     td,
+//		DataDir:         "/var/lib/writ-agent",
+//		JoinToken:       token,         // first start only
+//		TrustBundlePath: "/etc/writ/ca.pem",
+//		Logger:          logger,
+//	})
+//	if err != nil { ... }
+//	go a.Run(ctx)
+//	<-a.Ready()
+//	svids := a.Cache().X509SVIDs(selectors)
+//
+// # Identity and trust
+//
+// The data directory (datadir: 0700, locked, atomic writes) holds
+// agent_svid.pem, agent_key.pem (PKCS#8, 0600) and bundle.json. Started
+// with a valid saved SVID, the agent reconnects without a token (a token
+// given is ignored, and used only if the server refuses the saved SVID).
+// Without one it attests with the token, authenticating the server first
+// with --trust-bundle, else the saved bundle, else not at all under
+// --insecure-bootstrap (logged as a warning). An expired saved SVID and
+// no token is an error telling the operator to attest again.
+//
+// # Loop
+//
+// connect -> renew the agent SVID if due -> Sync -> apply each message
+// (entries through the ca/entry parsers; a malformed one is logged and
+// skipped) -> sign what is missing at once and what is due at its time.
+// Signing is batched without delay: everything pending when the signer
+// looks (up to MaxBatch) goes in one BatchSignX509SVID, and what arrives
+// during that call goes in the next. Workload keys (ECDSA P-256) are made
+// here and never leave the node except to their workload. Rotation is at
+// half life minus a per-SVID jitter (agent/rotate), armed on the injected
+// clock. The agent SVID is renewed the same way; the agent then
+// reconnects so that the server sees the new certificate.
+//
+// On a lost connection the cache keeps serving (never anything expired)
+// and the agent reconnects with exponential backoff and full jitter
+// (ReconnectBackoff), after a random delay of up to ReconnectSpread when
+// an established connection broke, so that agents do not return to a
+// restarted server all at once; the first start has no delay. The full
+// Sync message after reconnecting replaces the cache's entries.
+//
+// # Revocation and health
+//
+// When the server refuses the agent (PermissionDenied: evicted, banned),
+// the agent drops every workload SVID at once, stops renewing, reports
+// unhealthy and keeps retrying with backoff in case it is unbanned. The
+// gRPC health service on <data-dir>/agent-admin.sock answers SERVING
+// only while the agent holds an unexpired agent SVID the server has not
+// refused. Run returns an error when the agent SVID expires: only a new
+// join token can bring the agent back.
+//
+// The agent imports only I/O-free ca/ packages (entry, x509ca, jwtsvid,
+// clock) and the node API's generated code; a test enforces it.
+package agent

@@ -1,0 +1,558 @@
+package fakenode
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"net"
+	"slices"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+
+	nodev1 "writ.dev/writ/ca/api/node/v1"
+	"writ.dev/writ/ca/clock"
+	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/jwtsvid"
+	"writ.dev/writ/ca/x509ca"
+)
+
+// Options configures a fake server. Zero fields get defaults.
+type Options struct {
+	Clock       clock.Clock
+	TrustDomain spiffeid.TrustDomain
+	// AgentPath is the agent's SPIFFE ID path (default /agent/node1).
+	AgentPath string
+	// AgentTTL (default 4h), X509TTL (default 1h, for entries with none)
+	// and JWTTTL (default 5m) are the lifetimes of what it signs.
+	AgentTTL time.Duration
+	X509TTL  time.Duration
+	JWTTTL   time.Duration
+	// ServerID overrides the server certificate's SPIFFE ID (default
+	// spiffe://<td>/writ/server).
+	ServerID spiffeid.ID
+	// ForeignServerCA makes the server present a certificate from a CA
+	// that is not in its bundle.
+	ForeignServerCA bool
+	// Logf receives a line per call (e.g. t.Logf).
+	Logf func(format string, args ...any)
+}
+
+// Server is a fake node API server.
+type Server struct {
+	nodev1.UnimplementedNodeServiceServer
+
+	t        testing.TB
+	opts     Options
+	td       spiffeid.TrustDomain
+	clk      clock.Clock
+	ca       *x509ca.Issuer
+	jwtKey   jwtsvid.Key
+	caNotAft time.Time
+	bundle   []byte
+	agentID  spiffeid.ID
+	serverID spiffeid.ID
+	addr     string
+
+	mu sync.Mutex // guards the fields below
+	// grpcSrv is nil while stopped.
+	grpcSrv *grpc.Server
+	tokens  map[string]bool // unused join tokens
+	// evicted/banned: agent calls are refused.
+	evicted bool
+	entries map[string]*nodev1.Entry
+	streams map[chan *nodev1.SyncResponse]struct{}
+	// Recorded calls.
+	attests    int
+	renewals   int
+	syncs      int
+	batchSizes []int
+	signed     map[string]int // entry ID -> X.509-SVIDs signed
+	lastSigned map[string]time.Time
+	jwtCalls   int
+	// signDelay delays BatchSignX509SVID and SignJWTSVID.
+	signDelay time.Duration
+	failSign  error
+}
+
+// Start starts a fake server on 127.0.0.1:0 and stops it at the end of
+// the test.
+func Start(t testing.TB, opts Options) *Server {
+	t.Helper()
+	if opts.Clock == nil {
+		opts.Clock = clock.Real()
+	}
+	if opts.TrustDomain.IsZero() {
+		opts.TrustDomain = spiffeid.RequireTrustDomainFromString("example.org")
+	}
+	if opts.AgentPath == "" {
+		opts.AgentPath = "/agent/node1"
+	}
+	if opts.AgentTTL == 0 {
+		opts.AgentTTL = 4 * time.Hour
+	}
+	if opts.X509TTL == 0 {
+		opts.X509TTL = time.Hour
+	}
+	if opts.JWTTTL == 0 {
+		opts.JWTTTL = 5 * time.Minute
+	}
+	if opts.Logf == nil {
+		opts.Logf = func(string, ...any) {}
+	}
+	s := &Server{
+		t: t, opts: opts, td: opts.TrustDomain, clk: opts.Clock,
+		tokens:     make(map[string]bool),
+		entries:    make(map[string]*nodev1.Entry),
+		streams:    make(map[chan *nodev1.SyncResponse]struct{}),
+		signed:     make(map[string]int),
+		lastSigned: make(map[string]time.Time),
+	}
+	s.agentID = spiffeid.RequireFromPath(s.td, opts.AgentPath)
+	s.serverID = spiffeid.RequireFromPath(s.td, "/writ/server")
+	if !opts.ServerID.IsZero() {
+		s.serverID = opts.ServerID
+	}
+	now := s.clk.Now()
+	key := must(x509ca.GenerateKey(x509ca.KeyTypeECP256))
+	caCert := must(x509ca.NewSelfSignedCA(now, s.td, key, 7*24*time.Hour))
+	s.ca = &x509ca.Issuer{Cert: caCert, Signer: key}
+	s.caNotAft = caCert.NotAfter
+	s.jwtKey = jwtsvid.Key{ID: "jwt-key-1", Signer: must(x509ca.GenerateKey(x509ca.KeyTypeECP256))}
+	b := spiffebundle.FromX509Authorities(s.td, []*x509.Certificate{caCert})
+	if err := b.AddJWTAuthority(s.jwtKey.ID, s.jwtKey.Signer.Public()); err != nil {
+		t.Fatal(err)
+	}
+	b.SetSequenceNumber(1)
+	s.bundle = must(b.Marshal())
+
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.addr = lis.Addr().String()
+	s.serve(lis)
+	t.Cleanup(s.Stop)
+	return s
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
+}
+
+// Address is the server's host:port.
+func (s *Server) Address() string { return s.addr }
+
+// TrustDomain is the server's trust domain.
+func (s *Server) TrustDomain() spiffeid.TrustDomain { return s.td }
+
+// AgentID is the SPIFFE ID attested agents get.
+func (s *Server) AgentID() spiffeid.ID { return s.agentID }
+
+// CA returns the CA certificate.
+func (s *Server) CA() *x509.Certificate { return s.ca.Cert }
+
+// CAPEM returns the CA certificate in PEM, for --trust-bundle.
+func (s *Server) CAPEM() []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.ca.Cert.Raw})
+}
+
+// BundleJSON returns the SPIFFE bundle it serves.
+func (s *Server) BundleJSON() []byte { return slices.Clone(s.bundle) }
+
+func (s *Server) serverCert() (*tls.Certificate, error) {
+	now := s.clk.Now()
+	iss := s.ca
+	if s.opts.ForeignServerCA {
+		key, err := x509ca.GenerateKey(x509ca.KeyTypeECP256)
+		if err != nil {
+			return nil, err
+		}
+		ca, err := x509ca.NewSelfSignedCA(now, s.td, key, 24*time.Hour)
+		if err != nil {
+			return nil, err
+		}
+		iss = &x509ca.Issuer{Cert: ca, Signer: key}
+	}
+	key, err := x509ca.GenerateKey(x509ca.KeyTypeECP256)
+	if err != nil {
+		return nil, err
+	}
+	der, err := x509ca.SignX509SVID(now, iss, x509ca.SVIDParams{ID: s.serverID, TTL: 24 * time.Hour, PublicKey: key.Public()})
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+}
+
+func (s *Server) serve(lis net.Listener) {
+	tlsConf := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return s.serverCert()
+		},
+		ClientAuth: tls.RequestClientCert,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return nil // Attest
+			}
+			_, err := x509ca.VerifyX509SVID(cs.PeerCertificates, []*x509.Certificate{s.ca.Cert}, s.clk.Now())
+			return err
+		},
+		Time: s.clk.Now,
+	}
+	g := grpc.NewServer(grpc.Creds(credentials.NewTLS(tlsConf)))
+	nodev1.RegisterNodeServiceServer(g, s)
+	s.mu.Lock()
+	s.grpcSrv = g
+	s.mu.Unlock()
+	go func() { _ = g.Serve(lis) }()
+}
+
+// Stop stops serving at once, closing every connection and stream (an
+// outage). It is idempotent.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	g := s.grpcSrv
+	s.grpcSrv = nil
+	for ch := range s.streams {
+		close(ch)
+		delete(s.streams, ch)
+	}
+	s.mu.Unlock()
+	if g != nil {
+		g.Stop()
+	}
+}
+
+// Restart serves again on the same address after Stop.
+func (s *Server) Restart() {
+	s.t.Helper()
+	var lis net.Listener
+	var err error
+	for range 50 {
+		if lis, err = net.Listen("tcp", s.addr); err == nil {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err != nil {
+		s.t.Fatalf("restart fake server: %v", err)
+	}
+	s.serve(lis)
+}
+
+// AddJoinToken returns a new one-time join token.
+func (s *Server) AddJoinToken() string {
+	tok := "token-" + entry.NewID()
+	s.mu.Lock()
+	s.tokens[tok] = true
+	s.mu.Unlock()
+	return tok
+}
+
+// Evict makes the server refuse the agent with PermissionDenied (evicted
+// or banned), ending its open streams. Evict(false) accepts it again.
+func (s *Server) Evict(evicted bool) {
+	s.mu.Lock()
+	s.evicted = evicted
+	if evicted {
+		for ch := range s.streams {
+			close(ch)
+			delete(s.streams, ch)
+		}
+	}
+	s.mu.Unlock()
+}
+
+// SetSignDelay delays every signing call by d (real time).
+func (s *Server) SetSignDelay(d time.Duration) {
+	s.mu.Lock()
+	s.signDelay = d
+	s.mu.Unlock()
+}
+
+// Entry returns a valid wire entry for SPIFFE ID path with the given
+// selectors ("type:value").
+func (s *Server) Entry(path string, selectors ...string) *nodev1.Entry {
+	return &nodev1.Entry{
+		Id:          entry.NewID(),
+		SpiffeId:    spiffeid.RequireFromPath(s.td, path).String(),
+		Selectors:   selectors,
+		X509SvidTtl: int64(s.opts.X509TTL / time.Second),
+		JwtSvidTtl:  int64(s.opts.JWTTTL / time.Second),
+		Revision:    1,
+	}
+}
+
+// SetEntries replaces the agent's entries and pushes the change (created,
+// updated and deleted entries) to open Sync streams.
+func (s *Server) SetEntries(es ...*nodev1.Entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	msg := &nodev1.SyncResponse{}
+	next := make(map[string]*nodev1.Entry, len(es))
+	for _, e := range es {
+		next[e.GetId()] = e
+		msg.Entries = append(msg.Entries, e)
+	}
+	for id := range s.entries {
+		if _, ok := next[id]; !ok {
+			msg.DeletedEntryIds = append(msg.DeletedEntryIds, id)
+		}
+	}
+	s.entries = next
+	s.pushLocked(msg)
+}
+
+// Store adds entries to the server's state without pushing anything.
+func (s *Server) Store(es ...*nodev1.Entry) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, e := range es {
+		s.entries[e.GetId()] = e
+	}
+}
+
+// Push sends msg as is to open Sync streams (entries are not recorded).
+func (s *Server) Push(msg *nodev1.SyncResponse) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pushLocked(msg)
+}
+
+func (s *Server) pushLocked(msg *nodev1.SyncResponse) {
+	for ch := range s.streams {
+		select {
+		case ch <- msg:
+		default:
+			s.t.Errorf("fakenode: stream buffer full")
+		}
+	}
+}
+
+// Stats are the calls the server received.
+type Stats struct {
+	Attests, Renewals, Syncs, JWTCalls int
+	BatchSizes                         []int
+	Streams                            int
+}
+
+// Stats returns what the server received so far.
+func (s *Server) Stats() Stats {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return Stats{Attests: s.attests, Renewals: s.renewals, Syncs: s.syncs, JWTCalls: s.jwtCalls,
+		BatchSizes: slices.Clone(s.batchSizes), Streams: len(s.streams)}
+}
+
+// Signed returns how many X.509-SVIDs were signed for an entry.
+func (s *Server) Signed(entryID string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.signed[entryID]
+}
+
+// ---- NodeService ----
+
+func (s *Server) signSVID(id spiffeid.ID, dns []string, ttl time.Duration, csr []byte) ([]byte, error) {
+	pub, err := x509ca.CheckCSR(csr)
+	if err != nil {
+		return nil, status.Errorf(codes.InvalidArgument, "CSR: %v", err)
+	}
+	der, err := x509ca.SignX509SVID(s.clk.Now(), s.ca, x509ca.SVIDParams{ID: id, DNSNames: dns, TTL: ttl, PublicKey: pub})
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "sign: %v", err)
+	}
+	return der, nil
+}
+
+// Attest implements NodeService.
+func (s *Server) Attest(_ context.Context, req *nodev1.AttestRequest) (*nodev1.AttestResponse, error) {
+	s.mu.Lock()
+	s.attests++
+	ok := s.tokens[req.GetJoinToken()]
+	delete(s.tokens, req.GetJoinToken())
+	s.evicted = false
+	s.mu.Unlock()
+	s.opts.Logf("fakenode: Attest (token ok: %v)", ok)
+	if !ok {
+		return nil, status.Error(codes.PermissionDenied, "no identity issued")
+	}
+	der, err := s.signSVID(s.agentID, nil, s.opts.AgentTTL, req.GetCsr())
+	if err != nil {
+		return nil, err
+	}
+	return &nodev1.AttestResponse{SvidChain: [][]byte{der}, Bundle: s.bundle}, nil
+}
+
+// authorize checks the caller is the attested, not evicted agent.
+func (s *Server) authorize(ctx context.Context) error {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return status.Error(codes.PermissionDenied, "no peer")
+	}
+	ti, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(ti.State.PeerCertificates) == 0 {
+		return status.Error(codes.PermissionDenied, "no client certificate")
+	}
+	id, err := x509ca.VerifyX509SVID(ti.State.PeerCertificates, []*x509.Certificate{s.ca.Cert}, s.clk.Now())
+	if err != nil || id != s.agentID {
+		return status.Error(codes.PermissionDenied, "not an agent")
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.evicted {
+		return status.Error(codes.PermissionDenied, "agent evicted")
+	}
+	return nil
+}
+
+// RenewAgent implements NodeService.
+func (s *Server) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest) (*nodev1.RenewAgentResponse, error) {
+	if err := s.authorize(ctx); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.renewals++
+	s.mu.Unlock()
+	s.opts.Logf("fakenode: RenewAgent")
+	der, err := s.signSVID(s.agentID, nil, s.opts.AgentTTL, req.GetCsr())
+	if err != nil {
+		return nil, err
+	}
+	return &nodev1.RenewAgentResponse{SvidChain: [][]byte{der}}, nil
+}
+
+// Sync implements NodeService.
+func (s *Server) Sync(_ *nodev1.SyncRequest, stream grpc.ServerStreamingServer[nodev1.SyncResponse]) error {
+	if err := s.authorize(stream.Context()); err != nil {
+		return err
+	}
+	ch := make(chan *nodev1.SyncResponse, 1024)
+	s.mu.Lock()
+	s.syncs++
+	full := &nodev1.SyncResponse{Full: true, Bundle: s.bundle}
+	for _, e := range s.entries {
+		full.Entries = append(full.Entries, e)
+	}
+	s.streams[ch] = struct{}{}
+	s.mu.Unlock()
+	s.opts.Logf("fakenode: Sync (%d entries)", len(full.Entries))
+	defer func() {
+		s.mu.Lock()
+		if _, ok := s.streams[ch]; ok {
+			delete(s.streams, ch)
+		}
+		s.mu.Unlock()
+	}()
+	if err := stream.Send(full); err != nil {
+		return err
+	}
+	for {
+		select {
+		case msg, ok := <-ch:
+			if !ok {
+				return status.Error(codes.Unavailable, "stream closed by server")
+			}
+			if err := stream.Send(msg); err != nil {
+				return err
+			}
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
+}
+
+func (s *Server) delay() error {
+	s.mu.Lock()
+	d, fail := s.signDelay, s.failSign
+	s.mu.Unlock()
+	if d > 0 {
+		time.Sleep(d)
+	}
+	return fail
+}
+
+// BatchSignX509SVID implements NodeService.
+func (s *Server) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX509SVIDRequest) (*nodev1.BatchSignX509SVIDResponse, error) {
+	if err := s.authorize(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.delay(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.batchSizes = append(s.batchSizes, len(req.GetRequests()))
+	entries := make([]*nodev1.Entry, len(req.GetRequests()))
+	for i, r := range req.GetRequests() {
+		entries[i] = s.entries[r.GetEntryId()]
+	}
+	s.mu.Unlock()
+	s.opts.Logf("fakenode: BatchSignX509SVID (%d)", len(req.GetRequests()))
+	resp := &nodev1.BatchSignX509SVIDResponse{}
+	for i, r := range req.GetRequests() {
+		res := &nodev1.X509SVIDResult{EntryId: r.GetEntryId(), Status: &nodev1.Status{}}
+		resp.Results = append(resp.Results, res)
+		e := entries[i]
+		if e == nil {
+			res.Status = &nodev1.Status{Code: int32(codes.NotFound), Message: "no such entry"}
+			continue
+		}
+		id, err := spiffeid.FromString(e.GetSpiffeId())
+		if err != nil {
+			res.Status = &nodev1.Status{Code: int32(codes.Internal), Message: err.Error()}
+			continue
+		}
+		der, err := s.signSVID(id, e.GetDnsNames(), time.Duration(e.GetX509SvidTtl())*time.Second, r.GetCsr())
+		if err != nil {
+			st := status.Convert(err)
+			res.Status = &nodev1.Status{Code: int32(st.Code()), Message: st.Message()}
+			continue
+		}
+		res.SvidChain = [][]byte{der}
+		s.mu.Lock()
+		s.signed[e.GetId()]++
+		s.lastSigned[e.GetId()] = s.clk.Now()
+		s.mu.Unlock()
+	}
+	return resp, nil
+}
+
+// SignJWTSVID implements NodeService.
+func (s *Server) SignJWTSVID(ctx context.Context, req *nodev1.SignJWTSVIDRequest) (*nodev1.SignJWTSVIDResponse, error) {
+	if err := s.authorize(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.delay(); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.jwtCalls++
+	e := s.entries[req.GetEntryId()]
+	s.mu.Unlock()
+	if e == nil {
+		return nil, status.Error(codes.NotFound, "no such entry")
+	}
+	id, err := spiffeid.FromString(e.GetSpiffeId())
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	tok, exp, err := jwtsvid.Sign(s.clk.Now(), s.jwtKey, id, req.GetAudience(), time.Duration(e.GetJwtSvidTtl())*time.Second, s.caNotAft)
+	if err != nil {
+		return nil, status.Error(codes.Internal, err.Error())
+	}
+	return &nodev1.SignJWTSVIDResponse{Token: tok, ExpiresAt: exp.Unix()}, nil
+}

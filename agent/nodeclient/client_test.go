@@ -1,0 +1,201 @@
+package nodeclient_test
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"writ.dev/writ/agent/internal/fakenode"
+	"writ.dev/writ/agent/nodeclient"
+	"writ.dev/writ/ca/clock/fakeclock"
+	"writ.dev/writ/ca/x509ca"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+func setup(t *testing.T, opts fakenode.Options) (*fakenode.Server, *fakeclock.Clock) {
+	clk := fakeclock.New(time.Now().Truncate(time.Second))
+	opts.Clock = clk
+	opts.TrustDomain = td
+	return fakenode.Start(t, opts), clk
+}
+
+func newClient(t *testing.T, srv *fakenode.Server, clk *fakeclock.Clock, mod func(*nodeclient.Config)) *nodeclient.Client {
+	cfg := nodeclient.Config{
+		Address:     srv.Address(),
+		TrustDomain: td,
+		Authorities: func() []*x509.Certificate { return []*x509.Certificate{srv.CA()} },
+		Clock:       clk,
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	c, err := nodeclient.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+func csr(t *testing.T) []byte {
+	key, err := x509ca.GenerateKey(x509ca.KeyTypeECP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+func TestServerAuthentication(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		opts     fakenode.Options
+		insecure bool
+		ok       bool
+	}{
+		{"trusted server", fakenode.Options{}, false, true},
+		{"foreign CA", fakenode.Options{ForeignServerCA: true}, false, false},
+		{"wrong SPIFFE ID", fakenode.Options{ServerID: spiffeid.RequireFromPath(td, "/writ/other")}, false, false},
+		{"an agent's ID", fakenode.Options{ServerID: spiffeid.RequireFromPath(td, "/agent/node1")}, false, false},
+		{"insecure bootstrap skips the check", fakenode.Options{ForeignServerCA: true}, true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			srv, clk := setup(t, tc.opts)
+			c := newClient(t, srv, clk, func(cfg *nodeclient.Config) { cfg.InsecureBootstrap = tc.insecure })
+			_, err := c.Attest(t.Context(), srv.AddJoinToken(), csr(t))
+			if tc.ok {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if !errors.Is(err, nodeclient.ErrServerNotTrusted) {
+				t.Fatalf("Attest = %v, want ErrServerNotTrusted", err)
+			}
+			if status.Code(err) != codes.Unavailable {
+				t.Fatalf("code %v", status.Code(err))
+			}
+			if n := srv.Stats().Attests; n != 0 {
+				t.Fatalf("server received %d Attest calls", n)
+			}
+		})
+	}
+}
+
+func TestClientCertificateFromPointer(t *testing.T) {
+	srv, clk := setup(t, fakenode.Options{})
+	key, err := x509ca.GenerateKey(x509ca.KeyTypeECP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, key)
+	res, err := newClient(t, srv, clk, nil).Attest(t.Context(), srv.AddJoinToken(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cert atomic.Pointer[tls.Certificate]
+	withCert := func(cfg *nodeclient.Config) { cfg.Certificate = &cert }
+	// No certificate yet: refused.
+	if _, err := newClient(t, srv, clk, withCert).RenewAgent(t.Context(), csr(t)); !errors.Is(err, nodeclient.ErrPermissionDenied) {
+		t.Fatalf("without certificate: %v", err)
+	}
+	cert.Store(&tls.Certificate{Certificate: res.Chain, PrivateKey: key})
+	if _, err := newClient(t, srv, clk, withCert).RenewAgent(t.Context(), csr(t)); err != nil {
+		t.Fatalf("with certificate: %v", err)
+	}
+	srv.Evict(true)
+	if _, err := newClient(t, srv, clk, withCert).RenewAgent(t.Context(), csr(t)); !errors.Is(err, nodeclient.ErrPermissionDenied) || status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("evicted: %v", err)
+	}
+}
+
+func TestSignJWTFailsFast(t *testing.T) {
+	// A server that accepts connections and never answers.
+	blackhole, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer blackhole.Close()
+	go func() {
+		for {
+			c, err := blackhole.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	// A port nobody listens on.
+	closed, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	closedAddr := closed.Addr().String()
+	closed.Close()
+
+	srv, clk := setup(t, fakenode.Options{})
+	for _, tc := range []struct {
+		name string
+		addr string
+	}{
+		{"unresponsive server", blackhole.Addr().String()},
+		{"nobody listening", closedAddr},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := newClient(t, srv, clk, func(cfg *nodeclient.Config) { cfg.Address = tc.addr })
+			start := time.Now()
+			_, _, err := c.SignJWT(t.Context(), "e", []string{"a"})
+			elapsed := time.Since(start)
+			t.Logf("SignJWT failed in %v: %v", elapsed, err)
+			if !errors.Is(err, nodeclient.ErrUnavailable) || status.Code(err) != codes.Unavailable {
+				t.Fatalf("SignJWT = %v", err)
+			}
+			if elapsed >= time.Second {
+				t.Fatalf("SignJWT took %v", elapsed)
+			}
+		})
+	}
+}
+
+func TestBatchSignResults(t *testing.T) {
+	srv, clk := setup(t, fakenode.Options{})
+	key, _ := x509ca.GenerateKey(x509ca.KeyTypeECP256)
+	req, _ := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, key)
+	res, err := newClient(t, srv, clk, nil).Attest(t.Context(), srv.AddJoinToken(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cert atomic.Pointer[tls.Certificate]
+	cert.Store(&tls.Certificate{Certificate: res.Chain, PrivateKey: key})
+	c := newClient(t, srv, clk, func(cfg *nodeclient.Config) { cfg.Certificate = &cert })
+	e := srv.Entry("/w", "unix:uid:1")
+	srv.SetEntries(e)
+	out, err := c.BatchSign(t.Context(), []nodeclient.SignRequest{{EntryID: e.Id, CSR: csr(t)}, {EntryID: "missing", CSR: csr(t)}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if out[0].Err != nil || len(out[0].Chain) != 1 {
+		t.Fatalf("result 0: %+v", out[0])
+	}
+	if status.Code(out[1].Err) != codes.NotFound {
+		t.Fatalf("result 1: %v", out[1].Err)
+	}
+	srv.Stop()
+	start := time.Now()
+	_, err = c.BatchSign(t.Context(), []nodeclient.SignRequest{{EntryID: e.Id, CSR: csr(t)}})
+	if !errors.Is(err, nodeclient.ErrUnavailable) || time.Since(start) > nodeclient.SignTimeout+time.Second {
+		t.Fatalf("server down: %v after %v", err, time.Since(start))
+	}
+}

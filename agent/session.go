@@ -1,0 +1,336 @@
+package agent
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"writ.dev/writ/agent/nodeclient"
+	"writ.dev/writ/agent/rotate"
+	"writ.dev/writ/agent/svidcache"
+	nodev1 "writ.dev/writ/ca/api/node/v1"
+	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/x509ca"
+)
+
+// errRenewed ends a session after the agent SVID was renewed, so that the
+// next connection presents the new certificate.
+var errRenewed = errors.New("agent SVID renewed; reconnecting")
+
+var errNoFirstMessage = errors.New("no first Sync message from the server in time")
+
+// session runs one connection: renew the agent SVID if due, open Sync,
+// apply its messages, sign what is pending and renew on time. healthy
+// reports whether it got as far as the first full Sync message.
+func (a *Agent) session(ctx context.Context) (healthy bool, err error) {
+	c, err := nodeclient.New(nodeclient.Config{
+		Address:     a.cfg.ServerAddress,
+		TrustDomain: a.td,
+		Authorities: a.authorities,
+		Certificate: &a.cert,
+		Clock:       a.clk,
+	})
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+
+	if s := a.svid.Load(); !a.clk.Now().Before(s.rotateAt()) {
+		if err := a.renew(ctx, c); err != nil {
+			return false, err
+		}
+		return false, errRenewed
+	}
+
+	sctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	stream, err := c.Sync(sctx)
+	if err != nil {
+		return false, err
+	}
+	first := time.AfterFunc(firstSyncTimeout, func() { cancel(errNoFirstMessage) })
+	msg, err := stream.Recv()
+	first.Stop()
+	if err != nil {
+		return false, causeOr(sctx, err)
+	}
+	if !msg.GetFull() {
+		return false, fmt.Errorf("%w: first Sync message is not a full one", nodeclient.ErrProtocol)
+	}
+	if a.revoked.Swap(false) {
+		a.log.Info("the server accepts the agent again")
+	}
+	a.applySync(msg)
+	a.client.Store(c)
+	defer a.client.CompareAndSwap(c, nil)
+
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := a.signLoop(sctx, c); err != nil {
+			cancel(err)
+		}
+	})
+	wg.Go(func() {
+		if err := a.renewLoop(sctx, c); err != nil {
+			cancel(err)
+		}
+	})
+	for {
+		msg, err = stream.Recv()
+		if err != nil {
+			break
+		}
+		a.applySync(msg)
+	}
+	err = causeOr(sctx, err)
+	cancel(err)
+	wg.Wait()
+	return true, err
+}
+
+// causeOr returns why ctx was cancelled, if it was, else err.
+func causeOr(ctx context.Context, err error) error {
+	if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+		return cause
+	}
+	return err
+}
+
+// applySync parses a Sync message with the ca/entry parsers and applies
+// it to the cache; malformed entries are logged and skipped (and an
+// earlier version of one is dropped).
+func (a *Agent) applySync(msg *nodev1.SyncResponse) {
+	parent := a.ID()
+	u := svidcache.Update{Full: msg.GetFull()}
+	for _, w := range msg.GetEntries() {
+		e, err := parseEntry(a.td, parent, w)
+		if err != nil {
+			id, idErr := entry.ParseEntryID(w.GetId())
+			a.log.Warn("skipping malformed entry from the server", "entry_id", entry.Printable(truncate(w.GetId(), 64)), "error", err)
+			if idErr == nil && !u.Full {
+				u.Deleted = append(u.Deleted, id)
+			}
+			continue
+		}
+		u.Entries = append(u.Entries, e)
+	}
+	for _, id := range msg.GetDeletedEntryIds() {
+		if _, err := entry.ParseEntryID(id); err != nil {
+			a.log.Warn("skipping malformed deleted entry ID from the server", "entry_id", entry.Printable(truncate(id, 64)))
+			continue
+		}
+		u.Deleted = append(u.Deleted, id)
+	}
+	if raw := msg.GetBundle(); len(raw) > 0 {
+		if b := a.parseBundle(raw); b != nil {
+			u.Bundle = b
+		}
+	}
+	res := a.cache.Apply(u)
+	a.sched.remove(res.Removed...)
+	a.sched.enqueue(res.Sign...)
+	if len(res.Sign) > 0 || len(res.Removed) > 0 {
+		a.log.Debug("entries synced", "full", u.Full, "to_sign", len(res.Sign), "removed", len(res.Removed))
+	}
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+// parseBundle parses a bundle from the server and, if it changed, makes it
+// the one the server is authenticated with and saves it. It returns nil
+// (keeping the current bundle) if the bundle is malformed.
+func (a *Agent) parseBundle(raw []byte) *spiffebundle.Bundle {
+	b, err := spiffebundle.Parse(a.td, raw)
+	if err == nil && len(b.X509Authorities()) == 0 {
+		err = errors.New("no X.509 authorities")
+	}
+	if err != nil {
+		a.log.Warn("ignoring malformed bundle from the server; keeping the current one", "error", err)
+		return nil
+	}
+	if cur := a.bundle.Load(); cur != nil && cur.Equal(b) {
+		return b
+	}
+	a.bundle.Store(b)
+	if err := saveBundle(a.dir, b); err != nil {
+		a.log.Error("cannot save the bundle", "error", err)
+	} else {
+		seq, _ := b.SequenceNumber()
+		a.log.Info("trust bundle updated", "x509_authorities", len(b.X509Authorities()), "jwt_authorities", len(b.JWTAuthorities()), "sequence", seq)
+	}
+	return b
+}
+
+// signLoop signs pending entries in batches while the session lasts: it
+// takes everything pending (up to MaxBatch) at once, so entries that
+// arrive together are signed together, and entries that arrive during a
+// call go in the next one.
+func (a *Agent) signLoop(ctx context.Context, c *nodeclient.Client) error {
+	for {
+		ids := a.sched.take(MaxBatch)
+		if len(ids) == 0 {
+			a.markReady()
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-a.sched.wake:
+				continue
+			}
+		}
+		if err := a.signBatch(ctx, c, ids); err != nil {
+			a.sched.requeue(ids)
+			return err
+		}
+	}
+}
+
+type pendingSign struct {
+	id  string
+	key crypto.Signer
+}
+
+// signBatch asks for the SVIDs of ids in one call. Per-entry refusals are
+// retried later with backoff; a failed call is returned.
+func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []string) error {
+	reqs := make([]nodeclient.SignRequest, 0, len(ids))
+	pend := make([]pendingSign, 0, len(ids))
+	for _, id := range ids {
+		if _, ok := a.cache.Entry(id); !ok {
+			continue // removed meanwhile
+		}
+		key, csr, err := newKeyAndCSR()
+		if err != nil {
+			return err
+		}
+		reqs = append(reqs, nodeclient.SignRequest{EntryID: id, CSR: csr})
+		pend = append(pend, pendingSign{id: id, key: key})
+	}
+	if len(reqs) == 0 {
+		return nil
+	}
+	start := time.Now()
+	results, err := c.BatchSign(ctx, reqs)
+	if err != nil {
+		return fmt.Errorf("sign X.509-SVIDs: %w", err)
+	}
+	signed := 0
+	for i, r := range results {
+		id := pend[i].id
+		if r.Err == nil {
+			r.Err = a.storeSVID(id, r.Chain, pend[i].key)
+		}
+		switch {
+		case r.Err == nil:
+			signed++
+		case errors.Is(r.Err, svidcache.ErrUnknownEntry):
+			// Removed while being signed.
+		case errors.Is(r.Err, svidcache.ErrStale):
+			a.sched.enqueue(id) // changed while being signed
+		default:
+			if _, ok := a.cache.Entry(id); !ok {
+				continue
+			}
+			d := a.sched.failed(id, rand.Float64())
+			a.log.Warn("X.509-SVID not signed; retrying later", "entry_id", id, "error", r.Err, "retry_in", d)
+		}
+	}
+	a.log.Debug("X.509-SVIDs signed", "requested", len(reqs), "signed", signed, "elapsed", time.Since(start))
+	return nil
+}
+
+// storeSVID checks an SVID from the server (it verifies to the bundle,
+// certifies our key) and puts it in the cache, scheduling its rotation.
+func (a *Agent) storeSVID(id string, chain [][]byte, key crypto.Signer) error {
+	svid, err := svidcache.NewX509SVID(id, chain, key)
+	if err != nil {
+		return fmt.Errorf("%w: %w", nodeclient.ErrProtocol, err)
+	}
+	now := a.clk.Now()
+	if _, err := x509ca.VerifyX509SVID(svid.Certificates(), a.authorities(), now); err != nil {
+		return fmt.Errorf("%w: %w", nodeclient.ErrProtocol, err)
+	}
+	if err := a.cache.SetX509SVID(svid); err != nil {
+		return err
+	}
+	jitter := rotate.NewJitter(svid.NotBefore, svid.NotAfter)
+	a.sched.signedAt(id, rotate.RotateAt(svid.NotBefore, svid.NotAfter, jitter))
+	return nil
+}
+
+// renewLoop renews the agent SVID when it falls due, then ends the session
+// (errRenewed) so that the next connection uses it.
+func (a *Agent) renewLoop(ctx context.Context, c *nodeclient.Client) error {
+	t := a.clk.NewTimer(maxTimerWait)
+	defer t.Stop()
+	for {
+		s := a.svid.Load()
+		now := a.clk.Now()
+		if !now.Before(s.rotateAt()) {
+			if err := a.renew(ctx, c); err != nil {
+				return err
+			}
+			return errRenewed
+		}
+		t.Stop()
+		t.Reset(min(maxTimerWait, s.rotateAt().Sub(now)))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C():
+		}
+	}
+}
+
+// renew gets a new agent SVID for a new key and saves it.
+func (a *Agent) renew(ctx context.Context, c *nodeclient.Client) error {
+	old := a.svid.Load()
+	key, csr, err := newKeyAndCSR()
+	if err != nil {
+		return err
+	}
+	chain, err := c.RenewAgent(ctx, csr)
+	if err != nil {
+		return fmt.Errorf("renew agent SVID: %w", err)
+	}
+	s, err := newAgentSVID(a.td, chain, key, a.bundle.Load(), a.clk.Now())
+	if err != nil {
+		return fmt.Errorf("renew agent SVID: %w: %w", nodeclient.ErrProtocol, err)
+	}
+	if s.id != old.id {
+		return fmt.Errorf("renew agent SVID: %w: it names %s, not %s", nodeclient.ErrProtocol, s.id, old.id)
+	}
+	if err := saveSVID(a.dir, s); err != nil {
+		return fmt.Errorf("save renewed agent SVID: %w", err)
+	}
+	a.setSVID(s)
+	a.log.Info("agent SVID renewed", "spiffe_id", s.id.String(), "not_after", s.notAfter)
+	return nil
+}
+
+// jwtSigner signs JWT-SVIDs for the cache through the connected session.
+type jwtSigner struct{ a *Agent }
+
+func (j jwtSigner) SignJWTSVID(ctx context.Context, entryID string, audience []string) (string, error) {
+	c := j.a.client.Load()
+	if c == nil || j.a.revoked.Load() {
+		return "", fmt.Errorf("%w: %w", svidcache.ErrUnavailable, status.Error(codes.Unavailable, "agent is not connected to the server"))
+	}
+	tok, _, err := c.SignJWT(ctx, entryID, audience)
+	if errors.Is(err, nodeclient.ErrUnavailable) || errors.Is(err, nodeclient.ErrServerNotTrusted) {
+		return "", fmt.Errorf("%w: %w", svidcache.ErrUnavailable, err)
+	}
+	return tok, err
+}

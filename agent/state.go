@@ -1,0 +1,291 @@
+package agent
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"writ.dev/writ/agent/nodeclient"
+	"writ.dev/writ/agent/rotate"
+	"writ.dev/writ/ca/x509ca"
+	"writ.dev/writ/internal/datadir"
+)
+
+// Files in the data directory.
+const (
+	SVIDFile   = "agent_svid.pem" // the agent's X.509-SVID chain, leaf first
+	KeyFile    = "agent_key.pem"  // its private key, PKCS#8
+	BundleFile = "bundle.json"    // the trust domain's SPIFFE bundle
+	// AdminSocketName is the health service's socket in the data dir.
+	AdminSocketName = "agent-admin.sock"
+	// WorkloadSocketName is the default Workload API socket in the data dir.
+	WorkloadSocketName = "workload.sock"
+)
+
+// maxFileSize bounds what the agent reads from its data dir and from
+// --trust-bundle.
+const maxFileSize = 4 << 20
+
+// keyType is the type of every key the agent generates.
+const keyType = x509ca.KeyTypeECP256
+
+// agentSVID is the agent's own X.509-SVID.
+type agentSVID struct {
+	id        spiffeid.ID
+	chain     [][]byte
+	key       crypto.Signer
+	notBefore time.Time
+	notAfter  time.Time
+	jitter    time.Duration // rotation jitter, chosen once
+	cert      *tls.Certificate
+}
+
+func (s *agentSVID) rotateAt() time.Time { return rotate.RotateAt(s.notBefore, s.notAfter, s.jitter) }
+
+func (s *agentSVID) expired(now time.Time) bool { return !now.Before(s.notAfter) }
+
+// newAgentSVID checks an agent SVID chain: it is an X.509-SVID that
+// verifies to the bundle's X.509 authorities at now, names an agent of td
+// (not the server), and certifies key.
+func newAgentSVID(td spiffeid.TrustDomain, chain [][]byte, key crypto.Signer, bundle *spiffebundle.Bundle, now time.Time) (*agentSVID, error) {
+	certs := make([]*x509.Certificate, len(chain))
+	for i, der := range chain {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			return nil, fmt.Errorf("agent SVID certificate %d: %w", i, err)
+		}
+		certs[i] = c
+	}
+	id, err := x509ca.VerifyX509SVID(certs, bundle.X509Authorities(), now)
+	if err != nil {
+		return nil, fmt.Errorf("agent SVID: %w", err)
+	}
+	if id.TrustDomain() != td || id.Path() == "" || id == nodeclient.ServerID(td) {
+		return nil, fmt.Errorf("agent SVID names %s, not an agent of trust domain %s", id, td.Name())
+	}
+	pub, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil || !bytes.Equal(pub, certs[0].RawSubjectPublicKeyInfo) {
+		return nil, errKeyMismatch
+	}
+	leaf := certs[0]
+	return &agentSVID{
+		id:        id,
+		chain:     chain,
+		key:       key,
+		notBefore: leaf.NotBefore,
+		notAfter:  leaf.NotAfter,
+		jitter:    rotate.NewJitter(leaf.NotBefore, leaf.NotAfter),
+		cert:      &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf},
+	}, nil
+}
+
+var errKeyMismatch = errors.New("agent key does not match the agent SVID")
+
+// newKeyAndCSR generates a key and a CSR for it. The server uses only the
+// CSR's public key.
+func newKeyAndCSR() (crypto.Signer, []byte, error) {
+	key, err := x509ca.GenerateKey(keyType)
+	if err != nil {
+		return nil, nil, err
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, nil, fmt.Errorf("create CSR: %w", err)
+	}
+	return key, csr, nil
+}
+
+// savedState is what the data directory holds.
+type savedState struct {
+	svid *agentSVID // nil if none
+	// svidErr says why a saved SVID is not usable (expired, mismatched).
+	svidErr error
+	expired bool
+	bundle  *spiffebundle.Bundle // nil if none
+}
+
+// loadState reads the agent's files. It refuses a directory where an SVID
+// exists without its key or bundle: that is lost state, not a first start.
+// A key without an SVID (a crash during the first attestation) counts as
+// no SVID.
+func loadState(dir *datadir.Dir, td spiffeid.TrustDomain, now time.Time) (*savedState, error) {
+	svidPEM, err := readOptional(dir.Join(SVIDFile))
+	if err != nil {
+		return nil, err
+	}
+	keyPEM, err := readOptional(dir.Join(KeyFile))
+	if err != nil {
+		return nil, err
+	}
+	bundleJSON, err := readOptional(dir.Join(BundleFile))
+	if err != nil {
+		return nil, err
+	}
+	st := &savedState{}
+	if bundleJSON != nil {
+		b, err := spiffebundle.Parse(td, bundleJSON)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: %w", ErrInconsistentState, dir.Join(BundleFile), err)
+		}
+		if len(b.X509Authorities()) == 0 {
+			return nil, fmt.Errorf("%w: %s has no X.509 authorities", ErrInconsistentState, dir.Join(BundleFile))
+		}
+		st.bundle = b
+	}
+	if svidPEM == nil {
+		return st, nil
+	}
+	if keyPEM == nil || st.bundle == nil {
+		missing := KeyFile
+		if st.bundle == nil {
+			missing = BundleFile
+		}
+		return nil, fmt.Errorf("%w: %s exists but %s is missing; restore it, or remove %s, %s and %s to attest again with a new join token",
+			ErrInconsistentState, dir.Join(SVIDFile), dir.Join(missing), SVIDFile, KeyFile, BundleFile)
+	}
+	chain, err := decodeCerts(svidPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrInconsistentState, dir.Join(SVIDFile), err)
+	}
+	key, err := decodeKey(keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrInconsistentState, dir.Join(KeyFile), err)
+	}
+	leaf, err := x509.ParseCertificate(chain[0])
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrInconsistentState, dir.Join(SVIDFile), err)
+	}
+	if !now.Before(leaf.NotAfter) {
+		st.expired = true
+		st.svidErr = fmt.Errorf("%w: the agent SVID in %s expired at %s", ErrAgentSVIDExpired, dir.Join(SVIDFile), leaf.NotAfter.UTC().Format(time.RFC3339))
+		return st, nil
+	}
+	svid, err := newAgentSVID(td, chain, key, st.bundle, now)
+	if err != nil {
+		st.svidErr = fmt.Errorf("%w: the agent SVID in %s is not usable: %w", ErrInconsistentState, dir.Join(SVIDFile), err)
+		return st, nil
+	}
+	st.svid = svid
+	return st, nil
+}
+
+func readOptional(path string) ([]byte, error) {
+	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	b, err := datadir.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxFileSize {
+		return nil, fmt.Errorf("%s is larger than %d bytes", path, maxFileSize)
+	}
+	return b, nil
+}
+
+// decodeCerts reads PEM CERTIFICATE blocks (nothing else) into DER.
+func decodeCerts(data []byte) ([][]byte, error) {
+	var out [][]byte
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			return nil, fmt.Errorf("unexpected PEM block %q", b.Type)
+		}
+		out = append(out, b.Bytes)
+	}
+	if len(bytes.TrimSpace(data)) != 0 {
+		return nil, errors.New("trailing data after the PEM certificates")
+	}
+	if len(out) == 0 {
+		return nil, errors.New("no PEM certificates")
+	}
+	return out, nil
+}
+
+func decodeKey(data []byte) (crypto.Signer, error) {
+	b, rest := pem.Decode(data)
+	if b == nil || b.Type != "PRIVATE KEY" || len(bytes.TrimSpace(rest)) != 0 {
+		return nil, errors.New("want exactly one PEM PRIVATE KEY block (PKCS#8)")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(b.Bytes)
+	if err != nil {
+		return nil, err
+	}
+	s, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("key of type %T cannot sign", k)
+	}
+	return s, nil
+}
+
+func encodeCerts(chain [][]byte) []byte {
+	var buf bytes.Buffer
+	for _, der := range chain {
+		_ = pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: der})
+	}
+	return buf.Bytes()
+}
+
+// saveSVID writes the key, then the chain: each file atomically.
+func saveSVID(dir *datadir.Dir, s *agentSVID) error {
+	der, err := x509.MarshalPKCS8PrivateKey(s.key)
+	if err != nil {
+		return err
+	}
+	if err := datadir.WriteFile(dir.Join(KeyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil {
+		return err
+	}
+	return datadir.WriteFile(dir.Join(SVIDFile), encodeCerts(s.chain))
+}
+
+func saveBundle(dir *datadir.Dir, b *spiffebundle.Bundle) error {
+	data, err := b.Marshal()
+	if err != nil {
+		return err
+	}
+	return datadir.WriteFile(dir.Join(BundleFile), data)
+}
+
+// readTrustBundle reads --trust-bundle: PEM CA certificates.
+func readTrustBundle(path string) ([]*x509.Certificate, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("trust bundle: %w", err)
+	}
+	defer f.Close()
+	data := make([]byte, maxFileSize+1)
+	n, _ := io.ReadFull(f, data)
+	if n > maxFileSize {
+		return nil, fmt.Errorf("trust bundle %s is larger than %d bytes", path, maxFileSize)
+	}
+	ders, err := decodeCerts(data[:n])
+	if err != nil {
+		return nil, fmt.Errorf("trust bundle %s: %w", path, err)
+	}
+	certs := make([]*x509.Certificate, len(ders))
+	for i, der := range ders {
+		if certs[i], err = x509.ParseCertificate(der); err != nil {
+			return nil, fmt.Errorf("trust bundle %s: certificate %d: %w", path, i+1, err)
+		}
+		if !certs[i].IsCA {
+			return nil, fmt.Errorf("trust bundle %s: certificate %d is not a CA", path, i+1)
+		}
+	}
+	return certs, nil
+}

@@ -1,0 +1,651 @@
+package svidcache
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"writ.dev/writ/ca/clock"
+	"writ.dev/writ/ca/entry"
+)
+
+// Defaults and bounds.
+const (
+	// DefaultMaxJWTSVIDs bounds the JWT-SVIDs the cache keeps when
+	// Config.MaxJWTSVIDs is zero.
+	DefaultMaxJWTSVIDs = 10000
+	// maxMemoGroups bounds the memoized lookups of selector sets nobody
+	// subscribes to; past it they are all forgotten.
+	maxMemoGroups = 1024
+	// maxExpiryWait caps how long Run sleeps between expiry checks, so
+	// that a jump of the wall clock is noticed within it.
+	maxExpiryWait = time.Minute
+)
+
+// Errors callers branch on.
+var (
+	// ErrUnknownEntry: no entry with that ID is in the cache.
+	ErrUnknownEntry = errors.New("svidcache: unknown entry")
+	// ErrStale: the SVID's SPIFFE ID or DNS names are not the entry's
+	// current ones (the entry changed while it was being signed).
+	ErrStale = errors.New("svidcache: SVID does not match the current entry")
+	// ErrExpired: the SVID or JWT-SVID is already expired.
+	ErrExpired = errors.New("svidcache: SVID expired")
+	// ErrUnavailable: a JWT-SVID could not be signed because the server
+	// cannot be reached. JWTSigner implementations wrap it.
+	ErrUnavailable = errors.New("svidcache: server unavailable")
+	// ErrInvalidJWT: the signer returned a token that does not validate
+	// against the cache's bundle for the entry and audience asked for.
+	ErrInvalidJWT = errors.New("svidcache: invalid JWT-SVID from signer")
+	// ErrInvalidAudience: the audience is empty or has an empty value.
+	ErrInvalidAudience = errors.New("svidcache: invalid audience")
+)
+
+// JWTSigner signs JWT-SVIDs on the cache's behalf (the agent, through the
+// server). Errors meaning "the server cannot be reached" should wrap
+// ErrUnavailable.
+type JWTSigner interface {
+	SignJWTSVID(ctx context.Context, entryID string, audience []string) (token string, err error)
+}
+
+// Config configures a Cache.
+type Config struct {
+	// TrustDomain is the local trust domain; required.
+	TrustDomain spiffeid.TrustDomain
+	// Clock decides expiry; defaults to the system clock.
+	Clock clock.Clock
+	// Logger defaults to discarding.
+	Logger *slog.Logger
+	// JWTSigner signs JWT-SVIDs that are not cached. Without one,
+	// FetchJWTSVID fails with ErrUnavailable.
+	JWTSigner JWTSigner
+	// MaxJWTSVIDs bounds the cached JWT-SVIDs (DefaultMaxJWTSVIDs if 0).
+	MaxJWTSVIDs int
+}
+
+// Cache holds the node's registration entries, their X.509-SVIDs, cached
+// JWT-SVIDs and the trust bundle. It is safe for concurrent use.
+type Cache struct {
+	td     spiffeid.TrustDomain
+	clk    clock.Clock
+	log    *slog.Logger
+	signer JWTSigner
+	maxJWT int
+	kick   chan struct{} // buffered 1: the earliest expiry may have changed
+
+	mu sync.Mutex // guards every field below
+	// items are the entries by ID.
+	items map[string]*item
+	// byFirst indexes items by their first selector: an entry can match
+	// a selector set only if the set holds the entry's first selector.
+	// (Slices, not sets: most hold one item, and a map would cost more
+	// than the rest of the index.)
+	byFirst map[entry.Selector][]*item
+	// groups are selector sets that were looked up or subscribed to, by
+	// selectorKey; groupIdx indexes them by each of their selectors.
+	groups   map[string]*group
+	groupIdx map[entry.Selector]map[*group]struct{}
+	memo     int // groups without subscribers
+	subs     int // open subscriptions
+	bundle   *spiffebundle.Bundle
+	expiry   expiryHeap // items holding an SVID, earliest NotAfter first
+	// jwts are cached JWT-SVIDs by SPIFFE ID, then by audienceKey.
+	jwts     map[spiffeid.ID]map[string]*JWTSVID
+	njwt     int
+	jwtCalls map[jwtKey]*jwtCall
+}
+
+type item struct {
+	entry   *entry.Entry
+	svid    *X509SVID // nil until signed, and after expiry
+	heapIdx int       // index in Cache.expiry, -1 if absent
+	idx     int       // index in byFirst[entry.Selectors[0]]
+}
+
+// group is a selector set with its memoized matches and subscribers.
+type group struct {
+	key       string
+	selectors []entry.Selector
+	matched   []*item // sorted by SPIFFE ID, then entry ID; valid if fresh
+	fresh     bool
+	subs      map[*Subscription]struct{}
+}
+
+// New returns an empty cache. Its expiry loop runs in Run.
+func New(cfg Config) (*Cache, error) {
+	if cfg.TrustDomain.IsZero() {
+		return nil, errors.New("svidcache: trust domain is required")
+	}
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real()
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MaxJWTSVIDs <= 0 {
+		cfg.MaxJWTSVIDs = DefaultMaxJWTSVIDs
+	}
+	return &Cache{
+		td:       cfg.TrustDomain,
+		clk:      cfg.Clock,
+		log:      cfg.Logger,
+		signer:   cfg.JWTSigner,
+		maxJWT:   cfg.MaxJWTSVIDs,
+		kick:     make(chan struct{}, 1),
+		items:    make(map[string]*item),
+		byFirst:  make(map[entry.Selector][]*item),
+		groups:   make(map[string]*group),
+		groupIdx: make(map[entry.Selector]map[*group]struct{}),
+		jwts:     make(map[spiffeid.ID]map[string]*JWTSVID),
+		jwtCalls: make(map[jwtKey]*jwtCall),
+	}, nil
+}
+
+// TrustDomain returns the local trust domain.
+func (c *Cache) TrustDomain() spiffeid.TrustDomain { return c.td }
+
+// Update is one change to the cache, as the node API's Sync delivers it.
+type Update struct {
+	// Full: Entries is the complete set and replaces the cache's entries;
+	// entries not in it are removed with their SVIDs.
+	Full bool
+	// Entries are created or updated entries, upserted by ID. They must
+	// be valid (entry.Entry.Validate) with normalized selectors; the
+	// cache keeps them, so the caller must not modify them afterwards.
+	Entries []*entry.Entry
+	// Deleted are the IDs of removed entries. An ID both here and in
+	// Entries is removed.
+	Deleted []string
+	// Bundle, when not nil, replaces the local trust domain's bundle.
+	// The cache keeps it; nobody may modify it afterwards.
+	Bundle *spiffebundle.Bundle
+}
+
+// Applied tells the producer what Apply changed.
+type Applied struct {
+	// Sign are the IDs of entries that need a new X.509-SVID: new
+	// entries, entries without a current SVID, and entries whose SPIFFE
+	// ID, DNS names or X.509-SVID TTL changed. When the SPIFFE ID or DNS
+	// names changed, the old SVID is already gone.
+	Sign []string
+	// Removed are the IDs of entries that were removed.
+	Removed []string
+}
+
+// Apply applies u and wakes the subscriptions it concerns.
+func (c *Cache) Apply(u Update) Applied {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var res Applied
+	touched := make(map[*group]struct{})
+	if u.Full {
+		keep := make(map[string]struct{}, len(u.Entries))
+		for _, e := range u.Entries {
+			keep[e.ID] = struct{}{}
+		}
+		for id, it := range c.items {
+			if _, ok := keep[id]; !ok {
+				c.removeLocked(it, touched)
+				res.Removed = append(res.Removed, id)
+			}
+		}
+	}
+	for _, e := range u.Entries {
+		if c.upsertLocked(e, touched) {
+			res.Sign = append(res.Sign, e.ID)
+		}
+	}
+	for _, id := range u.Deleted {
+		if it := c.items[id]; it != nil {
+			c.removeLocked(it, touched)
+			res.Removed = append(res.Removed, id)
+			res.Sign = slices.DeleteFunc(res.Sign, func(s string) bool { return s == id })
+		}
+	}
+	if u.Bundle != nil && (c.bundle == nil || !c.bundle.Equal(u.Bundle)) {
+		c.bundle = u.Bundle
+		for _, g := range c.groups {
+			if len(g.subs) > 0 {
+				touched[g] = struct{}{}
+			}
+		}
+	}
+	notify(touched)
+	return res
+}
+
+// upsertLocked stores e and reports whether it needs a new X.509-SVID.
+func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) bool {
+	it := c.items[e.ID]
+	if it == nil {
+		it = &item{entry: e, heapIdx: -1}
+		c.items[e.ID] = it
+		c.indexLocked(it)
+		c.touchLocked(e.Selectors, true, touched)
+		return true
+	}
+	old := it.entry
+	selChanged := !slices.Equal(old.Selectors, e.Selectors)
+	idChanged := old.SPIFFEID != e.SPIFFEID
+	dnsChanged := !slices.Equal(old.DNSNames, e.DNSNames)
+	if selChanged {
+		c.unindexLocked(it)
+	}
+	it.entry = e
+	if selChanged {
+		c.indexLocked(it)
+	}
+	if selChanged || idChanged {
+		// Membership or order of the result sets changes.
+		c.touchLocked(old.Selectors, true, touched)
+		c.touchLocked(e.Selectors, true, touched)
+	}
+	if idChanged || dnsChanged {
+		if it.svid != nil {
+			c.dropSVIDLocked(it)
+			c.touchLocked(old.Selectors, false, touched)
+			c.touchLocked(e.Selectors, false, touched)
+		}
+		if idChanged {
+			c.dropJWTsLocked(old.SPIFFEID)
+		}
+		return true
+	}
+	return it.svid == nil || old.X509SVIDTTL != e.X509SVIDTTL
+}
+
+func (c *Cache) removeLocked(it *item, touched map[*group]struct{}) {
+	delete(c.items, it.entry.ID)
+	c.unindexLocked(it)
+	if it.svid != nil {
+		c.dropSVIDLocked(it)
+	}
+	c.dropJWTsLocked(it.entry.SPIFFEID)
+	c.touchLocked(it.entry.Selectors, true, touched)
+}
+
+func (c *Cache) indexLocked(it *item) {
+	if len(it.entry.Selectors) == 0 {
+		return // matches nothing
+	}
+	s := it.entry.Selectors[0]
+	it.idx = len(c.byFirst[s])
+	c.byFirst[s] = append(c.byFirst[s], it)
+}
+
+func (c *Cache) unindexLocked(it *item) {
+	if len(it.entry.Selectors) == 0 {
+		return
+	}
+	s := it.entry.Selectors[0]
+	list := c.byFirst[s]
+	last := len(list) - 1
+	if it.idx > last || list[it.idx] != it {
+		panic("svidcache: selector index out of step")
+	}
+	list[it.idx] = list[last]
+	list[it.idx].idx = it.idx
+	list[last] = nil
+	list = list[:last]
+	switch {
+	case len(list) == 0:
+		delete(c.byFirst, s)
+	case cap(list) > 4*len(list)+4:
+		c.byFirst[s] = slices.Clip(slices.Clone(list))
+	default:
+		c.byFirst[s] = list
+	}
+}
+
+// touchLocked adds to touched the subscribed groups whose selector sets
+// hold every selector of sel, marking every such group stale first if
+// invalidate is set.
+func (c *Cache) touchLocked(sel []entry.Selector, invalidate bool, touched map[*group]struct{}) {
+	if len(sel) == 0 {
+		return
+	}
+	for g := range c.groupIdx[sel[0]] {
+		if !entry.Match(sel, g.selectors) {
+			continue
+		}
+		if invalidate {
+			g.fresh = false
+		}
+		if len(g.subs) > 0 {
+			touched[g] = struct{}{}
+		}
+	}
+}
+
+func notify(touched map[*group]struct{}) {
+	for g := range touched {
+		for s := range g.subs {
+			s.signal()
+		}
+	}
+}
+
+// SetX509SVID stores s as the current X.509-SVID of entry s.EntryID and
+// wakes the subscriptions that see it. It fails with ErrUnknownEntry if
+// the entry is gone, ErrStale if s's SPIFFE ID or DNS names are not the
+// entry's, and ErrExpired if s is already expired.
+func (c *Cache) SetX509SVID(s *X509SVID) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	it := c.items[s.EntryID]
+	if it == nil {
+		return fmt.Errorf("%w: %s", ErrUnknownEntry, s.EntryID)
+	}
+	if s.ID != it.entry.SPIFFEID || !slices.Equal(s.dnsNames, it.entry.DNSNames) {
+		return fmt.Errorf("%w: entry %s", ErrStale, s.EntryID)
+	}
+	if s.Expired(c.clk.Now()) {
+		return fmt.Errorf("%w: entry %s, NotAfter %s", ErrExpired, s.EntryID, s.NotAfter.UTC().Format(time.RFC3339))
+	}
+	it.svid = s
+	if it.heapIdx >= 0 {
+		heap.Fix(&c.expiry, it.heapIdx)
+	} else {
+		heap.Push(&c.expiry, it)
+	}
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+	touched := make(map[*group]struct{})
+	c.touchLocked(it.entry.Selectors, false, touched)
+	notify(touched)
+	return nil
+}
+
+func (c *Cache) dropSVIDLocked(it *item) {
+	it.svid = nil
+	if it.heapIdx >= 0 {
+		heap.Remove(&c.expiry, it.heapIdx)
+	}
+}
+
+// Entry returns the cached entry with that ID. It is shared and must
+// not be modified.
+func (c *Cache) Entry(entryID string) (*entry.Entry, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if it := c.items[entryID]; it != nil {
+		return it.entry, true
+	}
+	return nil, false
+}
+
+// X509SVID returns the current, unexpired X.509-SVID of an entry.
+func (c *Cache) X509SVID(entryID string) (*X509SVID, bool) {
+	now := c.clk.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	it := c.items[entryID]
+	if it == nil || it.svid == nil || it.svid.Expired(now) {
+		return nil, false
+	}
+	return it.svid, true
+}
+
+// X509SVIDs returns the unexpired X.509-SVIDs of the entries whose
+// selectors are all among selectors, ordered by SPIFFE ID, then entry ID.
+// selectors need not be sorted. Entries not yet signed are left out. The
+// slice is the caller's; the SVIDs are shared and must not be modified.
+func (c *Cache) X509SVIDs(selectors []entry.Selector) []*X509SVID {
+	sel, key := normalizeSelectors(selectors)
+	now := c.clk.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.svidsLocked(c.groupLocked(sel, key), now)
+}
+
+// Identity is an entry a workload matches, whether or not its X.509-SVID
+// is signed yet.
+type Identity struct {
+	EntryID string
+	ID      spiffeid.ID
+}
+
+// Identities returns the entries whose selectors are all among
+// selectors, ordered by SPIFFE ID, then entry ID. The Workload API uses
+// it to choose the entries to fetch JWT-SVIDs for.
+func (c *Cache) Identities(selectors []entry.Selector) []Identity {
+	sel, key := normalizeSelectors(selectors)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	g := c.groupLocked(sel, key)
+	c.refreshLocked(g)
+	out := make([]Identity, len(g.matched))
+	for i, it := range g.matched {
+		out[i] = Identity{EntryID: it.entry.ID, ID: it.entry.SPIFFEID}
+	}
+	return out
+}
+
+// Bundle returns the local trust domain's bundle, or nil before the
+// first one arrives. It is shared: Clone it before modifying.
+func (c *Cache) Bundle() *spiffebundle.Bundle {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.bundle
+}
+
+// Stats are counts for logs and tests.
+type Stats struct {
+	Entries       int
+	X509SVIDs     int // held, including any expired but not yet dropped
+	JWTSVIDs      int
+	Subscriptions int
+	Groups        int // selector sets memoized or subscribed to
+}
+
+// Stats returns the cache's current counts.
+func (c *Cache) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return Stats{
+		Entries:       len(c.items),
+		X509SVIDs:     c.expiry.Len(),
+		JWTSVIDs:      c.njwt,
+		Subscriptions: c.subs,
+		Groups:        len(c.groups),
+	}
+}
+
+// groupLocked returns the group of a normalized selector set, creating a
+// memo group if there is none.
+func (c *Cache) groupLocked(sel []entry.Selector, key string) *group {
+	if g := c.groups[key]; g != nil {
+		return g
+	}
+	if c.memo >= maxMemoGroups {
+		for _, g := range c.groups {
+			if len(g.subs) == 0 {
+				c.deleteGroupLocked(g)
+			}
+		}
+	}
+	g := &group{key: key, selectors: sel}
+	c.groups[key] = g
+	for _, s := range sel {
+		set := c.groupIdx[s]
+		if set == nil {
+			set = make(map[*group]struct{}, 1)
+			c.groupIdx[s] = set
+		}
+		set[g] = struct{}{}
+	}
+	c.memo++
+	return g
+}
+
+func (c *Cache) deleteGroupLocked(g *group) {
+	delete(c.groups, g.key)
+	for _, s := range g.selectors {
+		if set := c.groupIdx[s]; set != nil {
+			delete(set, g)
+			if len(set) == 0 {
+				delete(c.groupIdx, s)
+			}
+		}
+	}
+	if len(g.subs) == 0 {
+		c.memo--
+	}
+}
+
+// refreshLocked recomputes g's matches if they are stale. Only the
+// entries filed under one of g's selectors are looked at.
+func (c *Cache) refreshLocked(g *group) {
+	if g.fresh {
+		return
+	}
+	g.matched = g.matched[:0]
+	for _, s := range g.selectors {
+		for _, it := range c.byFirst[s] {
+			if entry.Match(it.entry.Selectors, g.selectors) {
+				g.matched = append(g.matched, it)
+			}
+		}
+	}
+	slices.SortFunc(g.matched, func(a, b *item) int {
+		if c := strings.Compare(a.entry.SPIFFEID.String(), b.entry.SPIFFEID.String()); c != 0 {
+			return c
+		}
+		return strings.Compare(a.entry.ID, b.entry.ID)
+	})
+	if cap(g.matched) > 2*len(g.matched)+8 {
+		g.matched = slices.Clip(g.matched)
+	}
+	g.fresh = true
+}
+
+func (c *Cache) svidsLocked(g *group, now time.Time) []*X509SVID {
+	c.refreshLocked(g)
+	out := make([]*X509SVID, 0, len(g.matched))
+	for _, it := range g.matched {
+		if it.svid != nil && !it.svid.Expired(now) {
+			out = append(out, it.svid)
+		}
+	}
+	return out
+}
+
+// Run drops X.509-SVIDs when they expire, waking their subscribers,
+// until ctx ends. Reads never return an expired SVID whether or not Run
+// is running; Run frees them and tells subscribers.
+func (c *Cache) Run(ctx context.Context) error {
+	t := c.clk.NewTimer(maxExpiryWait)
+	defer t.Stop()
+	for {
+		now := c.clk.Now()
+		c.mu.Lock()
+		next := c.expireLocked(now)
+		c.mu.Unlock()
+		wait := maxExpiryWait
+		if !next.IsZero() {
+			wait = min(wait, next.Sub(now))
+		}
+		t.Stop()
+		t.Reset(wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C():
+		case <-c.kick:
+		}
+	}
+}
+
+// expireLocked drops the SVIDs expired at now and returns the earliest
+// NotAfter left (zero if none).
+func (c *Cache) expireLocked(now time.Time) time.Time {
+	touched := make(map[*group]struct{})
+	for c.expiry.Len() > 0 {
+		it := c.expiry[0]
+		if !it.svid.Expired(now) {
+			break
+		}
+		c.log.Info("X.509-SVID expired; no longer served", "entry_id", it.entry.ID, "spiffe_id", it.entry.SPIFFEID.String(), "not_after", it.svid.NotAfter)
+		c.dropSVIDLocked(it)
+		c.touchLocked(it.entry.Selectors, false, touched)
+	}
+	notify(touched)
+	if c.expiry.Len() == 0 {
+		return time.Time{}
+	}
+	return c.expiry[0].svid.NotAfter
+}
+
+// normalizeSelectors returns sel sorted and free of duplicates (a copy
+// unless it already was) and its key.
+func normalizeSelectors(sel []entry.Selector) ([]entry.Selector, string) {
+	ok := true
+	for i := 1; i < len(sel); i++ {
+		if sel[i-1].Compare(sel[i]) >= 0 {
+			ok = false
+			break
+		}
+	}
+	if !ok {
+		sel = slices.Clone(sel)
+		slices.SortFunc(sel, entry.Selector.Compare)
+		sel = slices.Compact(sel)
+	}
+	return sel, selectorKey(sel)
+}
+
+// selectorKey encodes a normalized selector set unambiguously.
+func selectorKey(sel []entry.Selector) string {
+	n := 0
+	for _, s := range sel {
+		n += len(s.Type) + len(s.Value) + 8
+	}
+	b := make([]byte, 0, n)
+	for _, s := range sel {
+		b = strconv.AppendInt(b, int64(len(s.Type)), 10)
+		b = append(b, ':')
+		b = append(b, s.Type...)
+		b = strconv.AppendInt(b, int64(len(s.Value)), 10)
+		b = append(b, ':')
+		b = append(b, s.Value...)
+	}
+	return string(b)
+}
+
+// expiryHeap orders items by their SVID's NotAfter.
+type expiryHeap []*item
+
+func (h expiryHeap) Len() int { return len(h) }
+func (h expiryHeap) Less(i, j int) bool {
+	return h[i].svid.NotAfter.Before(h[j].svid.NotAfter)
+}
+func (h expiryHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].heapIdx = i
+	h[j].heapIdx = j
+}
+func (h *expiryHeap) Push(x any) {
+	it := x.(*item)
+	it.heapIdx = len(*h)
+	*h = append(*h, it)
+}
+func (h *expiryHeap) Pop() any {
+	old := *h
+	it := old[len(old)-1]
+	old[len(old)-1] = nil
+	it.heapIdx = -1
+	*h = old[:len(old)-1]
+	return it
+}

@@ -1,0 +1,83 @@
+package svidcache_test
+
+import (
+	"fmt"
+	"runtime"
+	"testing"
+	"time"
+
+	"writ.dev/writ/agent/svidcache"
+	"writ.dev/writ/ca/clock/fakeclock"
+	"writ.dev/writ/ca/entry"
+)
+
+// fill puts n entries with SVIDs in c. Entries share selectors in groups
+// of ten (unix:uid), each with its own unix:path, as workloads do.
+func fill(tb testing.TB, c *svidcache.Cache, ca *testCA, n int) []*entry.Entry {
+	es := make([]*entry.Entry, n)
+	for i := range es {
+		es[i] = newEntry(tb, fmt.Sprintf("/svc/%d", i), fmt.Sprintf("unix:uid:%d", i/10), fmt.Sprintf("unix:path:/bin/app%d", i))
+	}
+	c.Apply(svidcache.Update{Full: true, Entries: es, Bundle: ca.bundle})
+	for _, e := range es {
+		if err := c.SetX509SVID(ca.svid(tb, e, t0, time.Hour)); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return es
+}
+
+func heapInUse() uint64 {
+	runtime.GC()
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return m.HeapAlloc
+}
+
+// TestMemoryPerEntry measures the live heap of 10,000 entries with their
+// SVIDs: go test -run TestMemoryPerEntry -v ./agent/svidcache
+func TestMemoryPerEntry(t *testing.T) {
+	if testing.Short() {
+		t.Skip("mints 10,000 SVIDs")
+	}
+	const n = 10000
+	clk := fakeclock.New(t0)
+	ca := newTestCA(t, t0)
+	before := heapInUse()
+	c := newCache(t, clk, nil)
+	fill(t, c, ca, n)
+	after := heapInUse()
+	per := float64(after-before) / n
+	t.Logf("live heap for %d entries with X.509-SVIDs: %.1f MiB, %.0f bytes per entry", n, float64(after-before)/(1<<20), per)
+	if per > 8192 {
+		t.Errorf("%.0f bytes per entry; budget 8 KiB", per)
+	}
+	runtime.KeepAlive(c)
+}
+
+// BenchmarkX509SVIDs10k looks up one workload among 10,000 entries, each
+// time after a change that invalidates its memoized matches (the worst
+// case) and with the memo warm.
+func BenchmarkX509SVIDs10k(b *testing.B) {
+	clk := fakeclock.New(t0)
+	ca := newTestCA(b, t0)
+	c := newCache(b, clk, nil)
+	es := fill(b, c, ca, 10000)
+	w := sels(b, "unix:uid:500", "unix:path:/bin/app5003", "unix:gid:0")
+	b.Run("cold", func(b *testing.B) {
+		for b.Loop() {
+			c.Apply(svidcache.Update{Entries: []*entry.Entry{es[5003].Clone()}})
+			if got := c.X509SVIDs(w); len(got) != 1 {
+				b.Fatalf("%d SVIDs", len(got))
+			}
+		}
+	})
+	b.Run("memoized", func(b *testing.B) {
+		for b.Loop() {
+			if got := c.X509SVIDs(w); len(got) != 1 {
+				b.Fatalf("%d SVIDs", len(got))
+			}
+		}
+	})
+}
