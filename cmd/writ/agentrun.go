@@ -17,6 +17,8 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"writ.dev/writ/agent"
+	"writ.dev/writ/workloadapi"
+	"writ.dev/writ/workloadapi/unixattest"
 )
 
 // defaultAgentDataDir is where the agent keeps its state unless told
@@ -37,7 +39,7 @@ func agentRunCommand() *cli.Command {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "server-address", Value: agent.DefaultServerAddress, Usage: "host:port of the CA server's node API", EnvVars: []string{"WRIT_SERVER_ADDRESS"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "trust-domain", Usage: "the trust domain of the server, e.g. example.org (required)", EnvVars: []string{"WRIT_TRUST_DOMAIN"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "data-dir", Value: defaultAgentDataDir, Usage: "directory of the agent's SVID, key and bundle (created 0700)", EnvVars: []string{"WRIT_AGENT_DATA_DIR"}, TakesFile: true}),
-		altsrc.NewStringFlag(&cli.StringFlag{Name: "socket-path", Usage: "path of the Workload API socket (default: workload.sock in the data dir)", EnvVars: []string{"WRIT_AGENT_SOCKET_PATH"}, TakesFile: true}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "socket-path", Value: defaultWorkloadSocket, Usage: "path of the Workload API socket; its directory must be reachable by the workloads (not inside the 0700 data dir)", EnvVars: []string{"WRIT_AGENT_SOCKET_PATH"}, TakesFile: true}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "join-token", Usage: "one-time token to attest with when the agent has no valid SVID (ignored otherwise); prefer the environment variable, as command lines are visible to other users", EnvVars: []string{"WRIT_JOIN_TOKEN"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "trust-bundle", Usage: "PEM `FILE` of the CA certificates that authenticate the server at attestation", EnvVars: []string{"WRIT_TRUST_BUNDLE"}, TakesFile: true}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "insecure-bootstrap", Usage: "attest without authenticating the server, and trust the bundle it returns (unsafe outside tests)", EnvVars: []string{"WRIT_INSECURE_BOOTSTRAP"}}),
@@ -75,7 +77,7 @@ func agentRun(c *cli.Context) error {
 	dataDir := c.String("data-dir")
 	socket := c.String("socket-path")
 	if socket == "" {
-		socket = filepath.Join(dataDir, agent.WorkloadSocketName)
+		return usagef(c, "--socket-path must not be empty")
 	}
 	if abs, err := filepath.Abs(dataDir); err == nil {
 		if err := agent.CheckSocketPath(filepath.Join(abs, agent.AdminSocketName)); err != nil {
@@ -106,8 +108,29 @@ func agentRun(c *cli.Context) error {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(agentMemoryLimit)
 	}
-	return a.Run(c.Context) // its errors say "agent: ..."
-
+	wl, err := workloadapi.New(workloadapi.Config{
+		SocketPath:  a.SocketPath(),
+		Cache:       a.Cache(),
+		Attestor:    unixattest.New(unixattest.Config{Logger: logger.With("component", "unixattest")}),
+		TrustDomain: td,
+		Logger:      logger.With("component", "workloadapi"),
+	})
+	if err != nil {
+		return usagef(c, "%v", err)
+	}
+	// The agent and its Workload API run together: whichever stops first
+	// stops the other.
+	ctx, cancel := context.WithCancel(c.Context)
+	defer cancel()
+	errc := make(chan error, 2)
+	go func() { errc <- a.Run(ctx) }() // its errors say "agent: ..."
+	go func() { errc <- wl.Run(ctx) }()
+	err = <-errc
+	cancel()
+	if err2 := <-errc; err == nil {
+		err = err2
+	}
+	return err
 }
 
 func agentHealthcheckCommand() *cli.Command {

@@ -1,0 +1,294 @@
+package workloadapi
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
+
+	"writ.dev/writ/agent/svidcache"
+	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/jwtsvid"
+)
+
+// recheckAfter: a FetchJWTSVID call that took longer than this (it waited
+// for the server to sign) checks the caller again before answering.
+const recheckAfter = time.Millisecond
+
+// handler implements the SPIFFE Workload API. The security header has
+// been checked by the interceptors before any method runs. The WIT-SVID
+// profile is not provided: its methods answer Unimplemented.
+type handler struct {
+	workload.UnimplementedSpiffeWorkloadAPIServer
+	s *Server
+}
+
+// FetchX509SVID streams the caller's X.509-SVIDs: the first message at
+// once, then one on every change of what the caller sees, each with the
+// full current set. A caller that matches no entry is refused at once; one
+// whose entries are not signed yet waits for them; one that loses its last
+// SVID (entry removed or changed, SVID expired) gets PermissionDenied and
+// the stream ends, as SPIRE does: a message with no SVID is invalid.
+func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerStreamingServer[workload.X509SVIDResponse]) error {
+	s := h.s
+	ctx := stream.Context()
+	st, sel, err := s.attest(ctx)
+	if err != nil {
+		return err
+	}
+	sub := s.cache.Subscribe(sel)
+	defer sub.Close()
+	var last *x509Resp
+	// checked: attest has just confirmed the caller; after any wait,
+	// it is confirmed again before sending.
+	checked := true
+	for {
+		state := sub.State()
+		switch {
+		case len(state.X509SVIDs) == 0:
+			if last != nil || len(s.cache.Identities(sel)) == 0 {
+				s.logRefused(st, "caller has no X.509-SVID", nil)
+				return errNoIdentity
+			}
+			// Entitled, but nothing signed yet: wait.
+		case state.Bundle == nil, last.is(state.X509SVIDs, state.Bundle):
+		default:
+			br, err := s.bundleFor(state.Bundle)
+			if err != nil {
+				s.log.Error("cannot serve the bundle", "err", err)
+				break // wait for another bundle
+			}
+			r, err := s.x509Response(state.X509SVIDs, br)
+			if err != nil {
+				s.log.Error("cannot encode X.509-SVID response", "err", err)
+				return status.Error(codes.Internal, "cannot encode the response")
+			}
+			if !checked {
+				if err := s.check(st); err != nil {
+					return err
+				}
+			}
+			if err := stream.SendMsg(r.msg); err != nil {
+				return err
+			}
+			last = r
+		}
+		select {
+		case <-sub.Changed():
+			checked = false
+		case <-ctx.Done():
+			return contextStatus(ctx.Err())
+		case <-s.stopping:
+			return errStopping
+		}
+	}
+}
+
+// FetchX509Bundles streams the X.509 authorities of the local trust
+// domain, keyed "spiffe://<td>".
+func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
+	return h.s.streamBundles(stream, func(r *bundleResp) *encodedMsg { return r.x509Msg })
+}
+
+// FetchJWTBundles streams the JWT authorities of the local trust domain
+// as a JWKS, keyed "spiffe://<td>".
+func (h *handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
+	return h.s.streamBundles(stream, func(r *bundleResp) *encodedMsg { return r.jwtMsg })
+}
+
+// streamBundles sends pick(bundle) on stream at once and after every
+// bundle change. Unless verifiers without identity are allowed, the
+// caller must match an entry, at the start and for as long as the stream
+// lasts.
+func (s *Server) streamBundles(stream grpc.ServerStream, pick func(*bundleResp) *encodedMsg) error {
+	ctx := stream.Context()
+	st, sel, err := s.attest(ctx)
+	if err != nil {
+		return err
+	}
+	needIdentity := !s.allowVerifiers
+	follow := sel
+	if !needIdentity {
+		follow = nil // the bundle only
+	}
+	sub := s.cache.Subscribe(follow)
+	defer sub.Close()
+	var last *bundleResp
+	checked := true // as in FetchX509SVID
+	for {
+		if needIdentity && len(s.cache.Identities(sel)) == 0 {
+			s.logRefused(st, "caller matches no entry", nil)
+			return errNoIdentity
+		}
+		if b := s.cache.Bundle(); b != nil && (last == nil || last.bundle != b) {
+			br, err := s.bundleFor(b)
+			if err != nil {
+				s.log.Error("cannot serve the bundle", "err", err)
+			} else {
+				if !checked {
+					if err := s.check(st); err != nil {
+						return err
+					}
+				}
+				if err := stream.SendMsg(pick(br)); err != nil {
+					return err
+				}
+				last = br
+			}
+		}
+		select {
+		case <-sub.Changed():
+			checked = false
+		case <-ctx.Done():
+			return contextStatus(ctx.Err())
+		case <-s.stopping:
+			return errStopping
+		}
+	}
+}
+
+// FetchJWTSVID returns JWT-SVIDs for the audience: one per SPIFFE ID of
+// the caller, or only for spiffe_id if set.
+func (h *handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest) (*workload.JWTSVIDResponse, error) {
+	s := h.s
+	start := time.Now()
+	st, sel, err := s.attest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	audience, want, err := parseJWTSVIDRequest(req)
+	if err != nil {
+		return nil, err
+	}
+	idents := s.cache.Identities(sel)
+	if len(idents) == 0 {
+		s.logRefused(st, "caller matches no entry", nil)
+		return nil, errNoIdentity
+	}
+	resp := &workload.JWTSVIDResponse{}
+	var done spiffeid.ID
+	for _, id := range idents {
+		if id.ID == done || !want.IsZero() && id.ID != want {
+			continue
+		}
+		j, err := s.cache.FetchJWTSVID(ctx, id.EntryID, audience)
+		switch {
+		case err == nil:
+		case errors.Is(err, svidcache.ErrUnknownEntry):
+			continue // removed meanwhile; another entry may have the ID
+		case ctx.Err() != nil:
+			return nil, contextStatus(ctx.Err())
+		case errors.Is(err, svidcache.ErrUnavailable):
+			s.log.Warn("cannot get a JWT-SVID: the server is unavailable", keySPIFFEID, id.ID.String(), keyEntryID, id.EntryID, "err", err)
+			return nil, status.Error(codes.Unavailable, "cannot issue a JWT-SVID now: the server is unavailable")
+		default:
+			s.log.Error("cannot get a JWT-SVID", keySPIFFEID, id.ID.String(), keyEntryID, id.EntryID, "err", err)
+			return nil, status.Error(codes.Internal, "cannot issue a JWT-SVID")
+		}
+		done = id.ID
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id.ID.String(), Svid: j.Token})
+	}
+	if len(resp.Svids) == 0 {
+		if !want.IsZero() {
+			s.logRefused(st, "caller asked for a SPIFFE ID it is not entitled to", nil)
+			return nil, status.Error(codes.PermissionDenied, "no identity issued for the requested SPIFFE ID")
+		}
+		return nil, errNoIdentity
+	}
+	// If a token had to be signed, the caller waited for the server: it
+	// must still be the process that asked. (A latency, not a timer:
+	// the monotonic clock, not the Clock.)
+	if time.Since(start) > recheckAfter {
+		if err := s.check(st); err != nil {
+			return nil, err
+		}
+	}
+	return resp, nil
+}
+
+// parseJWTSVIDRequest checks a FetchJWTSVID request: at least one
+// audience, none empty, at most maxAudiences of at most maxAudienceLen
+// bytes; spiffe_id empty (all identities) or a canonical SPIFFE ID.
+func parseJWTSVIDRequest(req *workload.JWTSVIDRequest) ([]string, spiffeid.ID, error) {
+	aud := req.GetAudience()
+	switch {
+	case len(aud) == 0:
+		return nil, spiffeid.ID{}, status.Error(codes.InvalidArgument, "audience must be specified")
+	case len(aud) > maxAudiences:
+		return nil, spiffeid.ID{}, status.Errorf(codes.InvalidArgument, "too many audiences (%d; at most %d)", len(aud), maxAudiences)
+	}
+	for _, a := range aud {
+		if a == "" {
+			return nil, spiffeid.ID{}, status.Error(codes.InvalidArgument, "audience must not be empty")
+		}
+		if len(a) > maxAudienceLen {
+			return nil, spiffeid.ID{}, status.Errorf(codes.InvalidArgument, "audience longer than %d bytes", maxAudienceLen)
+		}
+	}
+	var id spiffeid.ID
+	if s := req.GetSpiffeId(); s != "" {
+		var err error
+		if id, err = entry.ParseID(s); err != nil {
+			return nil, spiffeid.ID{}, status.Error(codes.InvalidArgument, err.Error())
+		}
+	}
+	return aud, id, nil
+}
+
+// ValidateJWTSVID validates a JWT-SVID for an audience with the JWT
+// authorities of the subject's trust domain (jwtsvid.Validate: only the
+// local trust domain for now), and returns its SPIFFE ID and claims.
+// An invalid token is InvalidArgument, with the reason.
+func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
+	s := h.s
+	st, sel, err := s.attest(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if !s.allowVerifiers && len(s.cache.Identities(sel)) == 0 {
+		s.logRefused(st, "caller matches no entry", nil)
+		return nil, errNoIdentity
+	}
+	if err := checkValidateRequest(req); err != nil {
+		return nil, err
+	}
+	b := s.cache.Bundle()
+	if b == nil {
+		return nil, errNoBundle
+	}
+	br, err := s.bundleFor(b)
+	if err != nil {
+		s.log.Error("cannot serve the bundle", "err", err)
+		return nil, errNoBundle
+	}
+	claims, err := jwtsvid.Validate(req.GetSvid(), br.jwt, []string{req.GetAudience()}, s.clk.Now())
+	if err != nil {
+		s.logRefused(st, "JWT-SVID refused", err)
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	claimsPB, err := structpb.NewStruct(claims.Raw)
+	if err != nil {
+		// encoding/json produced them; every value converts.
+		return nil, status.Error(codes.Internal, fmt.Sprintf("cannot convert the claims: %v", err))
+	}
+	return &workload.ValidateJWTSVIDResponse{SpiffeId: claims.ID.String(), Claims: claimsPB}, nil
+}
+
+// checkValidateRequest checks that a ValidateJWTSVID request has both of
+// its mandatory fields.
+func checkValidateRequest(req *workload.ValidateJWTSVIDRequest) error {
+	switch {
+	case req.GetAudience() == "":
+		return status.Error(codes.InvalidArgument, "audience must be specified")
+	case req.GetSvid() == "":
+		return status.Error(codes.InvalidArgument, "svid must be specified")
+	}
+	return nil
+}

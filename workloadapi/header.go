@@ -1,0 +1,65 @@
+package workloadapi
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+)
+
+// SecurityHeader is the metadata key every Workload API call must carry,
+// with the single value "true". It shows that the caller meant to call
+// the Workload API, so that a proxy tricked into forwarding a request
+// (server-side request forgery) cannot.
+const SecurityHeader = "workload.spiffe.io"
+
+// Status errors the peer sees.
+var (
+	errNoHeader   = status.Error(codes.InvalidArgument, "security header missing from request")
+	errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
+	errStopping   = status.Error(codes.Unavailable, "the Workload API is shutting down")
+	errNoBundle   = status.Error(codes.Unavailable, "no trust bundle yet")
+)
+
+// checkSecurityHeader reports whether md carries SecurityHeader exactly
+// once, with the value "true". gRPC lowercases metadata keys.
+func checkSecurityHeader(md metadata.MD) error {
+	v := md[SecurityHeader]
+	if len(v) != 1 || v[0] != "true" {
+		return errNoHeader
+	}
+	return nil
+}
+
+func headerFrom(ctx context.Context) error {
+	md, _ := metadata.FromIncomingContext(ctx)
+	return checkSecurityHeader(md)
+}
+
+// unaryHeaderCheck and streamHeaderCheck refuse, before anything else,
+// calls of every service on the socket (reflection included) that lack
+// the security header.
+func unaryHeaderCheck(ctx context.Context, req any, _ *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	if err := headerFrom(ctx); err != nil {
+		return nil, err
+	}
+	return handler(ctx, req)
+}
+
+func streamHeaderCheck(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	if err := headerFrom(ss.Context()); err != nil {
+		return err
+	}
+	return handler(srv, ss)
+}
+
+// contextStatus is the status of a call whose context ended.
+func contextStatus(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	return status.Error(codes.Canceled, err.Error())
+}

@@ -1,0 +1,164 @@
+package workloadapi_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+)
+
+// The test binary doubles as a Workload API client in another process:
+// started with envChild set, TestMain runs childMain instead of the tests.
+const (
+	envChild   = "WORKLOADAPI_TEST_CHILD" // "fetch" or "streams"
+	envAddr    = "WORKLOADAPI_TEST_ADDR"
+	envConns   = "WORKLOADAPI_TEST_CONNS"
+	envStreams = "WORKLOADAPI_TEST_STREAMS" // per connection
+)
+
+func TestMain(m *testing.M) {
+	if mode := os.Getenv(envChild); mode != "" {
+		os.Exit(childMain(mode))
+	}
+	code := m.Run()
+	for _, dir := range []string{pubBinDir, writBinDir} {
+		if dir != "" {
+			os.RemoveAll(dir)
+		}
+	}
+	os.Exit(code)
+}
+
+func childMain(mode string) int {
+	addr := os.Getenv(envAddr)
+	switch mode {
+	case "fetch":
+		return childFetch(addr)
+	case "passconn":
+		return childPassConn(addr)
+	case "streams":
+		conns, err1 := strconv.Atoi(os.Getenv(envConns))
+		streams, err2 := strconv.Atoi(os.Getenv(envStreams))
+		if err1 != nil || err2 != nil {
+			fmt.Fprintln(os.Stderr, "child: bad counts")
+			return 2
+		}
+		return childStreams(addr, conns, streams)
+	}
+	fmt.Fprintln(os.Stderr, "child: unknown mode", mode)
+	return 2
+}
+
+// childPassConn connects to the socket, passes the connection to the
+// parent over fd 3 (SCM_RIGHTS), and exits.
+func childPassConn(addr string) int {
+	c, err := net.Dial("unix", strings.TrimPrefix(addr, "unix://"))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 2
+	}
+	raw, err := c.(*net.UnixConn).File()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 2
+	}
+	// Let the server pin this process before it exits.
+	time.Sleep(100 * time.Millisecond)
+	if err := unix.Sendmsg(3, []byte{'c'}, unix.UnixRights(int(raw.Fd())), nil, 0); err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 2
+	}
+	return 0
+}
+
+// childFetch calls each RPC once and prints "<rpc> <code>" lines.
+func childFetch(addr string) int {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 2
+	}
+	defer conn.Close()
+	c := workload.NewSpiffeWorkloadAPIClient(conn)
+	ctx, cancel := context.WithTimeout(withHeader(context.Background()), 10*time.Second)
+	defer cancel()
+	code := func(err error) string { return status.Code(err).String() }
+
+	s, err := c.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+	if err == nil {
+		var resp *workload.X509SVIDResponse
+		resp, err = s.Recv()
+		if err == nil {
+			fmt.Println("x509", code(nil), len(resp.GetSvids()))
+		}
+	}
+	if err != nil {
+		fmt.Println("x509", code(err), 0)
+	}
+	_, err = c.FetchJWTSVID(ctx, &workload.JWTSVIDRequest{Audience: []string{"a"}})
+	fmt.Println("jwt", code(err))
+	b, err := c.FetchX509Bundles(ctx, &workload.X509BundlesRequest{})
+	if err == nil {
+		_, err = b.Recv()
+	}
+	fmt.Println("bundles", code(err))
+	return 0
+}
+
+// childStreams opens streams FetchX509SVID streams on each of conns
+// connections, receives the first message of each, prints "ready", and
+// holds them until stdin closes.
+func childStreams(addr string, conns, streams int) int {
+	ctx, cancel := context.WithCancel(withHeader(context.Background()))
+	defer cancel()
+	var (
+		wg   sync.WaitGroup
+		mu   sync.Mutex
+		fail error
+	)
+	for range conns {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "child:", err)
+			return 2
+		}
+		defer conn.Close()
+		c := workload.NewSpiffeWorkloadAPIClient(conn)
+		for range streams {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				s, err := c.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+				if err == nil {
+					_, err = s.Recv()
+				}
+				if err != nil {
+					mu.Lock()
+					fail = err
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	wg.Wait()
+	if fail != nil {
+		fmt.Fprintln(os.Stderr, "child:", fail)
+		return 2
+	}
+	fmt.Println("ready")
+	io.Copy(io.Discard, bufio.NewReader(os.Stdin))
+	return 0
+}
