@@ -389,6 +389,9 @@ func (a *Agent) attest(ctx context.Context, token string, trust []*x509.Certific
 		return fmt.Errorf("attestation: %w: bundle has no X.509 authorities", nodeclient.ErrProtocol)
 	}
 	svid, err := newAgentSVID(a.td, res.Chain, key, bundle, a.clk.Now())
+	if err == nil {
+		svid.received(a.clk.Now())
+	}
 	if err != nil {
 		return fmt.Errorf("attestation: %w: %w", nodeclient.ErrProtocol, err)
 	}

@@ -265,8 +265,9 @@ func (a *Agent) storeSVID(id string, chain [][]byte, key crypto.Signer) error {
 	if err := a.cache.SetX509SVID(svid); err != nil {
 		return err
 	}
-	jitter := rotate.NewJitter(svid.NotBefore, svid.NotAfter)
-	a.sched.signedAt(id, rotate.RotateAt(svid.NotBefore, svid.NotAfter, jitter))
+	start := rotate.Start(svid.NotBefore, now)
+	jitter := rotate.NewJitter(start, svid.NotAfter)
+	a.sched.signedAt(id, rotate.RotateAt(start, svid.NotAfter, jitter))
 	return nil
 }
 
@@ -306,6 +307,9 @@ func (a *Agent) renew(ctx context.Context, c *nodeclient.Client) error {
 		return fmt.Errorf("renew agent SVID: %w", err)
 	}
 	s, err := newAgentSVID(a.td, chain, key, a.bundle.Load(), a.clk.Now())
+	if err == nil {
+		s.received(a.clk.Now())
+	}
 	if err != nil {
 		return fmt.Errorf("renew agent SVID: %w: %w", nodeclient.ErrProtocol, err)
 	}

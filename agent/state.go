@@ -47,12 +47,23 @@ type agentSVID struct {
 	chain     [][]byte
 	key       crypto.Signer
 	notBefore time.Time
-	notAfter  time.Time
-	jitter    time.Duration // rotation jitter, chosen once
-	cert      *tls.Certificate
+	// start is when the lifetime is measured from for rotation (see
+	// received).
+	start    time.Time
+	notAfter time.Time
+	jitter   time.Duration // rotation jitter, chosen once
+	cert     *tls.Certificate
 }
 
-func (s *agentSVID) rotateAt() time.Time { return rotate.RotateAt(s.notBefore, s.notAfter, s.jitter) }
+func (s *agentSVID) rotateAt() time.Time { return rotate.RotateAt(s.start, s.notAfter, s.jitter) }
+
+// received records when the SVID arrived from the server, so its lifetime
+// is measured from then rather than from the backdated NotBefore (see
+// rotate.Start). An SVID loaded from disk keeps NotBefore.
+func (s *agentSVID) received(at time.Time) {
+	s.start = rotate.Start(s.notBefore, at)
+	s.jitter = rotate.NewJitter(s.start, s.notAfter)
+}
 
 func (s *agentSVID) expired(now time.Time) bool { return !now.Before(s.notAfter) }
 
@@ -85,6 +96,7 @@ func newAgentSVID(td spiffeid.TrustDomain, chain [][]byte, key crypto.Signer, bu
 		chain:     chain,
 		key:       key,
 		notBefore: leaf.NotBefore,
+		start:     leaf.NotBefore,
 		notAfter:  leaf.NotAfter,
 		jitter:    rotate.NewJitter(leaf.NotBefore, leaf.NotAfter),
 		cert:      &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf},

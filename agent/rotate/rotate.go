@@ -34,6 +34,18 @@ func NewJitter(notBefore, notAfter time.Time) time.Duration {
 	return rand.N(max + 1)
 }
 
+// Start returns the moment an SVID's lifetime is measured from: its
+// NotBefore, or the time it was received if that is later. Servers
+// backdate NotBefore against clock skew; measured from NotBefore, a
+// short-lived SVID would look half spent the moment it arrives and be
+// rotated again at once, in a loop.
+func Start(notBefore, received time.Time) time.Time {
+	if received.After(notBefore) {
+		return received
+	}
+	return notBefore
+}
+
 // RotateAt returns when an SVID valid from notBefore to notAfter is due
 // for rotation: notBefore + lifetime/2 - jitter, with jitter clamped to
 // [0, lifetime/10]. An SVID without a positive lifetime is due at

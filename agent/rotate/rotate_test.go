@@ -105,3 +105,27 @@ func TestBackoff(t *testing.T) {
 		})
 	}
 }
+
+// TestBackdatedShortSVIDIsNotDueAtOnce: a server backdates NotBefore by
+// 30s; an 8s SVID measured from NotBefore would be past half life on
+// arrival and be re-signed in a loop.
+func TestBackdatedShortSVIDIsNotDueAtOnce(t *testing.T) {
+	received := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	notBefore, notAfter := received.Add(-30*time.Second), received.Add(8*time.Second)
+	start := rotate.Start(notBefore, received)
+	if !start.Equal(received) {
+		t.Fatalf("Start = %v, want the receipt time", start)
+	}
+	for _, jitter := range []time.Duration{0, rotate.MaxJitter(start, notAfter)} {
+		at := rotate.RotateAt(start, notAfter, jitter)
+		if rotate.ShouldRotate(received, start, notAfter, jitter) {
+			t.Fatalf("due on arrival (rotate at %v)", at)
+		}
+		if at.Before(received.Add(3*time.Second)) || !at.Before(notAfter) {
+			t.Fatalf("rotate at %v: not within the second half of the 8s actually left", at.Sub(received))
+		}
+	}
+	if got := rotate.Start(received, received.Add(-time.Hour)); !got.Equal(received) {
+		t.Fatal("Start must not move before NotBefore")
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -87,6 +88,11 @@ func agentRun(c *cli.Context) error {
 	if abs, err := filepath.Abs(socket); err == nil {
 		if err := agent.CheckSocketPath(abs); err != nil {
 			return usagef(c, "--socket-path: %v", err)
+		}
+		if absData, err := filepath.Abs(dataDir); err == nil {
+			if rel, err := filepath.Rel(absData, abs); err == nil && !strings.HasPrefix(rel, "..") {
+				return usagef(c, "--socket-path %s is inside the data dir %s, which only the agent's user may enter; put the socket where workloads can reach it (default %s)", socket, dataDir, defaultWorkloadSocket)
+			}
 		}
 	}
 	a, err := agent.New(agent.Config{

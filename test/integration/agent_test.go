@@ -26,7 +26,7 @@ type agentProc struct {
 // holds a valid agent SVID. token may be empty (a restarted agent).
 func startAgent(t testing.TB, addr, dataDir, bundlePEM, token string) *agentProc {
 	t.Helper()
-	p := &agentProc{t: t, log: &syncBuffer{}, dataDir: dataDir, socket: filepath.Join(dataDir, "workload.sock"), done: make(chan struct{})}
+	p := &agentProc{t: t, log: &syncBuffer{}, dataDir: dataDir, socket: filepath.Join(dataDir+"-public", "api.sock"), done: make(chan struct{})}
 	args := []string{"agent", "run", "--server-address", addr, "--trust-domain", "example.org", "--data-dir", dataDir,
 		"--socket-path", p.socket, "--trust-bundle", bundlePEM, "--log-level", "debug"}
 	p.cmd = exec.Command(writBin, args...)
