@@ -238,4 +238,3 @@ func TestIntegrationServerOutage(t *testing.T) {
 	waitSVIDs(t, a, []string{"spiffe://example.org/short"})
 	t.Logf("agent log:\n%s", tail(a.log.String(), 5))
 }
-
