@@ -237,5 +237,15 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 		}),
 		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.ConnectionTimeout(HandshakeTimeout),
+		// Agents hold one mostly idle connection each: share write
+		// buffers across connections and keep read buffers small, so that
+		// thousands of agents cost little memory.
+		grpc.SharedWriteBuffer(true),
+		grpc.ReadBufferSize(connBufferSize),
+		grpc.WriteBufferSize(connBufferSize),
 	}
 }
+
+// connBufferSize is the per-connection read and write buffer of the node
+// API (gRPC's default is 32 KiB each).
+const connBufferSize = 8 << 10
