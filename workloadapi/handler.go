@@ -15,7 +15,6 @@ import (
 
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/ca/entry"
-	"writ.dev/writ/ca/jwtsvid"
 )
 
 // recheckAfter: a FetchJWTSVID call that took longer than this (it waited
@@ -268,7 +267,7 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWT
 		s.log.Error("cannot serve the bundle", "err", err)
 		return nil, errNoBundle
 	}
-	claims, err := jwtsvid.Validate(req.GetSvid(), br.jwt, []string{req.GetAudience()}, s.clk.Now())
+	claims, err := s.verifier.Validate(req.GetSvid(), br.jwt, []string{req.GetAudience()}, s.clk.Now())
 	if err != nil {
 		s.logRefused(st, "JWT-SVID refused", err)
 		return nil, status.Error(codes.InvalidArgument, err.Error())

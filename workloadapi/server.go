@@ -19,6 +19,7 @@ import (
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/jwtsvid"
 	"writ.dev/writ/workloadapi/unixattest"
 )
 
@@ -126,13 +127,16 @@ type Config struct {
 
 // Server serves the SPIFFE Workload API on a Unix socket.
 type Server struct {
-	socketPath      string
-	cache           Cache
-	attestor        Attestor
-	td              spiffeid.TrustDomain
-	tdID            string // td.IDString(), the key of bundle maps
-	clk             clock.Clock
-	log             *slog.Logger
+	socketPath string
+	cache      Cache
+	attestor   Attestor
+	td         spiffeid.TrustDomain
+	tdID       string // td.IDString(), the key of bundle maps
+	clk        clock.Clock
+	log        *slog.Logger
+	// verifier validates JWT-SVIDs for ValidateJWTSVID, remembering the
+	// signatures it has verified.
+	verifier        *jwtsvid.Verifier
 	maxConns        int
 	maxStreams      int
 	maxRecv         int
@@ -179,6 +183,7 @@ func New(cfg Config) (*Server, error) {
 		td:             cfg.TrustDomain,
 		tdID:           cfg.TrustDomain.IDString(),
 		clk:            cfg.Clock,
+		verifier:       jwtsvid.NewVerifier(0),
 		log:            cfg.Logger,
 		maxConns:       cmpOr(cfg.MaxConnections, DefaultMaxConnections),
 		maxStreams:     cmpOr(cfg.MaxConcurrentStreams, DefaultMaxConcurrentStreams),

@@ -341,34 +341,51 @@ func Validate(token string, bundles BundleSource, audience []string, now time.Ti
 	if c.Expiry, err = numericDate(claimSet, "exp"); err != nil {
 		return nil, err
 	}
-	if !now.Before(c.Expiry.Add(Leeway)) {
-		return nil, fmt.Errorf("%w: at %s (exp %s)", ErrExpired, now.UTC().Format(time.RFC3339), c.Expiry.Format(time.RFC3339))
-	}
 	if c.NotBefore, err = numericDate(claimSet, "nbf"); err != nil {
 		return nil, err
-	}
-	if c.NotBefore.After(now.Add(Leeway)) {
-		return nil, fmt.Errorf("%w: at %s (nbf %s)", ErrNotYetValid, now.UTC().Format(time.RFC3339), c.NotBefore.Format(time.RFC3339))
 	}
 	if c.IssuedAt, err = numericDate(claimSet, "iat"); err != nil {
 		return nil, err
 	}
-	if c.IssuedAt.After(now.Add(Leeway)) {
-		return nil, fmt.Errorf("%w: at %s (iat %s)", ErrNotYetValid, now.UTC().Format(time.RFC3339), c.IssuedAt.Format(time.RFC3339))
+	if err := checkTimes(c, now); err != nil {
+		return nil, err
 	}
 
 	// 8. Audience.
 	if c.Audience, err = audienceClaim(claimSet); err != nil {
 		return nil, err
 	}
-	if !slices.ContainsFunc(c.Audience, func(a string) bool { return slices.Contains(audience, a) }) {
-		return nil, fmt.Errorf("%w: token audience %q, expected one of %q", ErrAudience, c.Audience, audience)
+	if err := checkAudience(c, audience); err != nil {
+		return nil, err
 	}
 
 	if err := json.Unmarshal(payload, &c.Raw); err != nil {
 		return nil, fmt.Errorf("%w: payload: %w", ErrMalformed, err)
 	}
 	return c, nil
+}
+
+// checkTimes checks exp, nbf and iat against now, with Leeway.
+func checkTimes(c *Claims, now time.Time) error {
+	if !now.Before(c.Expiry.Add(Leeway)) {
+		return fmt.Errorf("%w: at %s (exp %s)", ErrExpired, now.UTC().Format(time.RFC3339), c.Expiry.Format(time.RFC3339))
+	}
+	if c.NotBefore.After(now.Add(Leeway)) {
+		return fmt.Errorf("%w: at %s (nbf %s)", ErrNotYetValid, now.UTC().Format(time.RFC3339), c.NotBefore.Format(time.RFC3339))
+	}
+	if c.IssuedAt.After(now.Add(Leeway)) {
+		return fmt.Errorf("%w: at %s (iat %s)", ErrNotYetValid, now.UTC().Format(time.RFC3339), c.IssuedAt.Format(time.RFC3339))
+	}
+	return nil
+}
+
+// checkAudience accepts the token if any of its audiences is one of the
+// expected ones.
+func checkAudience(c *Claims, audience []string) error {
+	if !slices.ContainsFunc(c.Audience, func(a string) bool { return slices.Contains(audience, a) }) {
+		return fmt.Errorf("%w: token audience %q, expected one of %q", ErrAudience, c.Audience, audience)
+	}
+	return nil
 }
 
 // notTokenChar reports runes outside the base64url alphabet and '.'.
