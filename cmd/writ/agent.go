@@ -125,16 +125,11 @@ func agentList(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	client, err := a.dial()
+	resp, err := callAdmin(c.Context, a, func(ctx context.Context, client *adminClient) (*adminv1.ListAgentsResponse, error) {
+		return client.agents.ListAgents(ctx, &adminv1.ListAgentsRequest{})
+	})
 	if err != nil {
 		return err
-	}
-	defer client.Close()
-	ctx, cancel := client.callContext(c.Context)
-	defer cancel()
-	resp, err := client.agents.ListAgents(ctx, &adminv1.ListAgentsRequest{})
-	if err != nil {
-		return client.callError(err)
 	}
 	agents := resp.GetAgents()
 	if a.format == jsonOutput {

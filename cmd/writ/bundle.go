@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
@@ -53,16 +54,11 @@ func bundleShow(c *cli.Context) error {
 		format = "spiffe"
 	}
 
-	client, err := a.dial()
+	resp, err := callAdmin(c.Context, a, func(ctx context.Context, client *adminClient) (*adminv1.GetBundleResponse, error) {
+		return client.bundles.GetBundle(ctx, &adminv1.GetBundleRequest{})
+	})
 	if err != nil {
 		return err
-	}
-	defer client.Close()
-	ctx, cancel := client.callContext(c.Context)
-	defer cancel()
-	resp, err := client.bundles.GetBundle(ctx, &adminv1.GetBundleRequest{})
-	if err != nil {
-		return client.callError(err)
 	}
 	td, err := spiffeid.TrustDomainFromString(resp.GetTrustDomain())
 	if err != nil {

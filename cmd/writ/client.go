@@ -117,6 +117,24 @@ func (a *adminCmd) dial() (*adminClient, error) {
 	return dialAdmin(a.socket, a.timeout)
 }
 
+// callAdmin dials the admin socket and makes one call, bounded by the
+// command's --timeout; a failure comes back as the user should see it.
+func callAdmin[T any](ctx context.Context, a *adminCmd, call func(context.Context, *adminClient) (T, error)) (T, error) {
+	var zero T
+	client, err := a.dial()
+	if err != nil {
+		return zero, err
+	}
+	defer client.Close()
+	ctx, cancel := client.callContext(ctx)
+	defer cancel()
+	resp, err := call(ctx, client)
+	if err != nil {
+		return zero, client.callError(err)
+	}
+	return resp, nil
+}
+
 // adminClient is a connection to the server's admin API.
 type adminClient struct {
 	socket  string

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -330,16 +331,11 @@ func entryCreate(c *cli.Context) error {
 		return err
 	}
 
-	client, err := a.dial()
+	resp, err := callAdmin(c.Context, a, func(ctx context.Context, client *adminClient) (*adminv1.BatchCreateEntryResponse, error) {
+		return client.entries.BatchCreateEntry(ctx, &adminv1.BatchCreateEntryRequest{Entries: []*adminv1.Entry{adminv1.EntryFromDomain(e)}})
+	})
 	if err != nil {
 		return err
-	}
-	defer client.Close()
-	ctx, cancel := client.callContext(c.Context)
-	defer cancel()
-	resp, err := client.entries.BatchCreateEntry(ctx, &adminv1.BatchCreateEntryRequest{Entries: []*adminv1.Entry{adminv1.EntryFromDomain(e)}})
-	if err != nil {
-		return client.callError(err)
 	}
 	if len(resp.GetResults()) != 1 {
 		return fmt.Errorf("server returned %d results for 1 entry", len(resp.GetResults()))
@@ -442,16 +438,11 @@ func entryShow(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	client, err := a.dial()
+	e, err := callAdmin(c.Context, a, func(ctx context.Context, client *adminClient) (*adminv1.Entry, error) {
+		return client.entries.GetEntry(ctx, &adminv1.GetEntryRequest{Id: id})
+	})
 	if err != nil {
 		return err
-	}
-	defer client.Close()
-	ctx, cancel := client.callContext(c.Context)
-	defer cancel()
-	e, err := client.entries.GetEntry(ctx, &adminv1.GetEntryRequest{Id: id})
-	if err != nil {
-		return client.callError(err)
 	}
 	return writeEntry(a, e)
 }
@@ -480,16 +471,11 @@ func entryUpdate(c *cli.Context) error {
 	}
 	e.ID = id
 
-	client, err := a.dial()
+	updated, err := callAdmin(c.Context, a, func(ctx context.Context, client *adminClient) (*adminv1.Entry, error) {
+		return client.entries.UpdateEntry(ctx, &adminv1.UpdateEntryRequest{Entry: adminv1.EntryFromDomain(e), UpdateMask: mask})
+	})
 	if err != nil {
 		return err
-	}
-	defer client.Close()
-	ctx, cancel := client.callContext(c.Context)
-	defer cancel()
-	updated, err := client.entries.UpdateEntry(ctx, &adminv1.UpdateEntryRequest{Entry: adminv1.EntryFromDomain(e), UpdateMask: mask})
-	if err != nil {
-		return client.callError(err)
 	}
 	return writeEntry(a, updated)
 }
@@ -503,16 +489,11 @@ func entryDelete(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	client, err := a.dial()
+	e, err := callAdmin(c.Context, a, func(ctx context.Context, client *adminClient) (*adminv1.Entry, error) {
+		return client.entries.DeleteEntry(ctx, &adminv1.DeleteEntryRequest{Id: id})
+	})
 	if err != nil {
 		return err
-	}
-	defer client.Close()
-	ctx, cancel := client.callContext(c.Context)
-	defer cancel()
-	e, err := client.entries.DeleteEntry(ctx, &adminv1.DeleteEntryRequest{Id: id})
-	if err != nil {
-		return client.callError(err)
 	}
 	if a.format == jsonOutput {
 		return writeJSON(c.App.Writer, entryToJSON(e))
