@@ -458,7 +458,7 @@ func testUser(t testing.TB) (uid, gid uint32) {
 	requireRoot(t)
 	u, err := user.Lookup("writ-test")
 	if err != nil {
-		out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "writ-test").CombinedOutput()
+		out, err := useradd()
 		if err != nil && !strings.Contains(string(out), "already exists") {
 			t.Fatalf("useradd writ-test: %v: %s", err, out)
 		}
@@ -527,3 +527,15 @@ var (
 	_ workloadapi.Cache    = (*svidcache.Cache)(nil)
 	_ workloadapi.Attestor = (*unixattest.Attestor)(nil)
 )
+
+// useradd creates writ-test, retrying while another test process holds
+// the passwd lock.
+func useradd() ([]byte, error) {
+	for i := 0; ; i++ {
+		out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "writ-test").CombinedOutput()
+		if err == nil || i == 20 || !strings.Contains(string(out), "lock") {
+			return out, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}

@@ -469,8 +469,15 @@ func testUser(t *testing.T) (uint32, uint32) {
 	t.Helper()
 	u, err := user.Lookup("writ-test")
 	if err != nil {
-		if out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "writ-test").CombinedOutput(); err != nil {
-			t.Fatalf("useradd: %v %s", err, out)
+		for i := 0; ; i++ {
+			out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "writ-test").CombinedOutput()
+			if err == nil || strings.Contains(string(out), "already exists") {
+				break
+			}
+			if i == 20 || !strings.Contains(string(out), "lock") {
+				t.Fatalf("useradd: %v %s", err, out)
+			}
+			time.Sleep(100 * time.Millisecond) // another test process holds the passwd lock
 		}
 		if u, err = user.Lookup("writ-test"); err != nil {
 			t.Fatal(err)

@@ -423,7 +423,7 @@ func testUser(t testing.TB) (uid, gid uint32) {
 	requireRoot(t)
 	u, err := user.Lookup("writ-test")
 	if err != nil {
-		out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "writ-test").CombinedOutput()
+		out, err := useradd()
 		if err != nil && !strings.Contains(string(out), "already exists") {
 			t.Fatalf("useradd writ-test: %v: %s", err, out)
 		}
@@ -504,4 +504,16 @@ func resolved(t testing.TB, path string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// useradd creates writ-test, retrying while another test process holds
+// the passwd lock.
+func useradd() ([]byte, error) {
+	for i := 0; ; i++ {
+		out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "writ-test").CombinedOutput()
+		if err == nil || i == 20 || !strings.Contains(string(out), "lock") {
+			return out, err
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 }
