@@ -6,7 +6,7 @@ PROTOS    := $(shell find ca/api -name '*.proto')
 FUZZTIME  ?= 10s
 GOLANGCI_VERSION := v2.6.2
 
-.PHONY: all build test integration bench fuzz lint vet fmt-check generate generate-check tidy-check tools clean
+.PHONY: all build test integration bench bench-smoke bench-go fuzz lint vet fmt-check generate generate-check tidy-check tools clean
 
 all: lint test
 
@@ -19,7 +19,18 @@ test:
 integration:
 	$(GO) test -race -timeout 20m -run Integration ./...
 
+# bench measures Writ's real server and agent against this machine's
+# limits and writes bench-results/ (report.md, results.json, SVG charts);
+# bench-smoke checks that every figure is produced (not its value), in
+# under 2 minutes, writing to bench-results/smoke; bench-go runs the Go
+# benchmarks of every package.
 bench:
+	$(GO) run ./cmd/writ-bench --out bench-results
+
+bench-smoke:
+	$(GO) run ./cmd/writ-bench --smoke --out bench-results/smoke
+
+bench-go:
 	$(GO) test -run '^$$' -bench . -benchmem -timeout 30m ./...
 
 fuzz:
