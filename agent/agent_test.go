@@ -22,6 +22,7 @@ import (
 	"writ.dev/writ/agent"
 	"writ.dev/writ/agent/internal/fakenode"
 	"writ.dev/writ/agent/nodeclient"
+	"writ.dev/writ/agent/rotate"
 	"writ.dev/writ/agent/svidcache"
 	nodev1 "writ.dev/writ/ca/api/node/v1"
 )
@@ -300,12 +301,15 @@ func TestRotationAtHalfLife(t *testing.T) {
 	e.ready(r)
 	sel := mustSels(t, "unix:uid:1")
 	s := svidFor(r.a.Cache(), w.Id, sel)
-	life := s.NotAfter.Sub(s.NotBefore)
+	// The lifetime counts from receipt (the fake clock has not moved
+	// since), not from the backdated NotBefore.
+	start := rotate.Start(s.NotBefore, e.clk.Now())
+	life := s.NotAfter.Sub(start)
 
 	// Just before the earliest rotation time (half life minus the
 	// largest jitter): nothing.
 	e.waitTimers(3)
-	e.clk.Set(s.NotBefore.Add(life/2 - life/10 - time.Second))
+	e.clk.Set(start.Add(life/2 - life/10 - time.Second))
 	e.waitTimers(3)
 	time.Sleep(50 * time.Millisecond)
 	if n := e.srv.Signed(w.Id); n != 1 {
@@ -315,7 +319,7 @@ func TestRotationAtHalfLife(t *testing.T) {
 		t.Fatal("SVID replaced before the threshold")
 	}
 	// Just after half life: rotated.
-	e.clk.Set(s.NotBefore.Add(life/2 + time.Second))
+	e.clk.Set(start.Add(life/2 + time.Second))
 	eventually(t, "rotation", func() bool { return e.srv.Signed(w.Id) == 2 })
 	eventually(t, "the new SVID in the cache", func() bool {
 		got := svidFor(r.a.Cache(), w.Id, sel)
@@ -343,17 +347,18 @@ func TestAgentSVIDRenewedAtHalfLife(t *testing.T) {
 	r := e.start(e.attestConfig())
 	e.ready(r)
 	old := readAgentCert(t, e.dir)
-	life := old.NotAfter.Sub(old.NotBefore)
+	start := rotate.Start(old.NotBefore, e.clk.Now()) // received at the current fake time
+	life := old.NotAfter.Sub(start)
 	syncs := e.srv.Stats().Syncs
 
 	e.waitTimers(3)
-	e.clk.Set(old.NotBefore.Add(life/2 - life/10 - time.Second))
+	e.clk.Set(start.Add(life/2 - life/10 - time.Second))
 	e.waitTimers(3)
 	time.Sleep(50 * time.Millisecond)
 	if n := e.srv.Stats().Renewals; n != 0 {
 		t.Fatalf("renewed before the threshold")
 	}
-	e.clk.Set(old.NotBefore.Add(life/2 + time.Second))
+	e.clk.Set(start.Add(life/2 + time.Second))
 	eventually(t, "renewal", func() bool { return e.srv.Stats().Renewals == 1 })
 	// It reconnects with the new certificate.
 	eventually(t, "reconnection", func() bool { return e.srv.Stats().Syncs > syncs })
