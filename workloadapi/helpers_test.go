@@ -8,15 +8,13 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
-	"os/user"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"writ.dev/writ/internal/testuser"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -438,42 +436,6 @@ func (w tWriter) Write(b []byte) (int, error) {
 
 // ---- Other users ------------------------------------------------------
 
-// requireRoot skips the test unless it runs as root; in CI, which runs as
-// root, it fails instead.
-func requireRoot(t testing.TB) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test needs root, and CI runs as root")
-	}
-	t.Skip("needs root to run a process as another uid")
-}
-
-// testUser returns the ids of the unprivileged user writ-test, creating
-// it if needed. Other packages' tests may create it at the same time.
-func testUser(t testing.TB) (uid, gid uint32) {
-	t.Helper()
-	requireRoot(t)
-	u, err := user.Lookup("writ-test")
-	if err != nil {
-		out, err := useradd()
-		if err != nil && !strings.Contains(string(out), "already exists") {
-			t.Fatalf("useradd writ-test: %v: %s", err, out)
-		}
-		if u, err = user.Lookup("writ-test"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	id, err1 := strconv.ParseUint(u.Uid, 10, 32)
-	g, err2 := strconv.ParseUint(u.Gid, 10, 32)
-	if err := errors.Join(err1, err2); err != nil {
-		t.Fatal(err)
-	}
-	return uint32(id), uint32(g)
-}
-
 var (
 	pubBinOnce sync.Once
 	pubBinDir  string
@@ -528,14 +490,6 @@ var (
 	_ workloadapi.Attestor = (*unixattest.Attestor)(nil)
 )
 
-// useradd creates writ-test, retrying while another test process holds
-// the passwd lock.
-func useradd() ([]byte, error) {
-	for i := 0; ; i++ {
-		out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "writ-test").CombinedOutput()
-		if err == nil || i == 20 || !strings.Contains(string(out), "lock") {
-			return out, err
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-}
+func requireRoot(t testing.TB) { testuser.RequireRoot(t) }
+
+func testUser(t testing.TB) (uid, gid uint32) { return testuser.Lookup(t) }

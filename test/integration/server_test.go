@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
-	"os/user"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 	"syscall"
 	"testing"
 	"time"
+	"writ.dev/writ/internal/testuser"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -463,27 +463,4 @@ func TestIntegrationAdminSocketUID(t *testing.T) {
 	}
 }
 
-// testUser returns the uid and gid of an unprivileged user, creating
-// "writ-test" if needed.
-func testUser(t *testing.T) (uint32, uint32) {
-	t.Helper()
-	u, err := user.Lookup("writ-test")
-	if err != nil {
-		for i := 0; ; i++ {
-			out, err := exec.Command("useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "writ-test").CombinedOutput()
-			if err == nil || strings.Contains(string(out), "already exists") {
-				break
-			}
-			if i == 20 || !strings.Contains(string(out), "lock") {
-				t.Fatalf("useradd: %v %s", err, out)
-			}
-			time.Sleep(100 * time.Millisecond) // another test process holds the passwd lock
-		}
-		if u, err = user.Lookup("writ-test"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	uid, _ := strconv.Atoi(u.Uid)
-	gid, _ := strconv.Atoi(u.Gid)
-	return uint32(uid), uint32(gid)
-}
+func testUser(t *testing.T) (uint32, uint32) { return testuser.Lookup(t) }
