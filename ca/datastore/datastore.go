@@ -156,6 +156,9 @@ const (
 	// CAKeyRetired keys no longer sign and stay in the bundle until what
 	// they signed has expired.
 	CAKeyRetired CAKeyState = "retired"
+	// CAKeyTainted keys must no longer be relied on: they never sign
+	// again, and what they signed is re-signed by another key.
+	CAKeyTainted CAKeyState = "tainted"
 )
 
 // CAKey is the metadata of one CA signing key. The private key itself is
@@ -165,6 +168,10 @@ type CAKey struct {
 	ID    string
 	Kind  CAKeyKind
 	State CAKeyState
+	// ServerID names the server that holds the private key. Several
+	// servers sharing a datastore each hold their own keys; a key's
+	// record is changed only by its owner.
+	ServerID string
 	// KeyType is the key algorithm, such as "ec-p256".
 	KeyType string
 	// CertDER is the CA certificate (X.509 keys).

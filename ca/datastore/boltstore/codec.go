@@ -455,6 +455,7 @@ func encodeCAKey(k *datastore.CAKey) []byte {
 	e.bytes(k.PublicKeyDER)
 	e.time(k.NotBefore)
 	e.time(k.NotAfter)
+	e.str(k.ServerID)
 	return e.finish()
 }
 
@@ -469,6 +470,10 @@ func decodeCAKey(b []byte) (*datastore.CAKey, error) {
 		PublicKeyDER: d.bytes(),
 		NotBefore:    d.time(),
 		NotAfter:     d.time(),
+	}
+	// Records written before keys had owners end here.
+	if d.err == nil && len(d.b) > 0 {
+		k.ServerID = d.str()
 	}
 	if err := d.done(); err != nil {
 		return nil, err

@@ -81,9 +81,25 @@ func TestCodecRoundTrip(t *testing.T) {
 	key := &datastore.CAKey{
 		ID: "k", Kind: datastore.CAKeyX509, State: datastore.CAKeyRetired, KeyType: "ec-p256",
 		CertDER: []byte{1, 2, 3}, PublicKeyDER: []byte{4}, NotBefore: testT0, NotAfter: testT0.Add(time.Hour),
+		ServerID: "server-1",
 	}
 	if got, err := decodeCAKey(encodeCAKey(key)); err != nil || !reflect.DeepEqual(got, key) {
 		t.Errorf("CA key: got %+v, %v; want %+v", got, err, key)
+	}
+	// A record written before keys had owners decodes with no owner.
+	old := newEncoder(64)
+	old.str(key.ID)
+	old.str(string(key.Kind))
+	old.str(string(key.State))
+	old.str(key.KeyType)
+	old.bytes(key.CertDER)
+	old.bytes(key.PublicKeyDER)
+	old.time(key.NotBefore)
+	old.time(key.NotAfter)
+	ownerless := *key
+	ownerless.ServerID = ""
+	if got, err := decodeCAKey(old.finish()); err != nil || !reflect.DeepEqual(got, &ownerless) {
+		t.Errorf("CA key without owner: got %+v, %v; want %+v", got, err, &ownerless)
 	}
 	for _, b := range testBundles(t) {
 		enc, err := encodeBundle(b)

@@ -439,11 +439,11 @@ func testCAKeys(t *testing.T, newStore NewStoreFunc) {
 	ctx := t.Context()
 	cert, _ := newCA(t, td)
 	x509Key := &datastore.CAKey{
-		ID: "x509-1", Kind: datastore.CAKeyX509, State: datastore.CAKeyActive, KeyType: "ec-p256",
+		ID: "x509-1", Kind: datastore.CAKeyX509, State: datastore.CAKeyActive, KeyType: "ec-p256", ServerID: "server-a",
 		CertDER: cert.Raw, NotBefore: cert.NotBefore, NotAfter: cert.NotAfter,
 	}
 	jwtKey := &datastore.CAKey{
-		ID: "jwt-1", Kind: datastore.CAKeyJWT, State: datastore.CAKeyPrepared, KeyType: "ec-p256",
+		ID: "jwt-1", Kind: datastore.CAKeyJWT, State: datastore.CAKeyTainted, KeyType: "ec-p256", ServerID: "server-b",
 		PublicKeyDER: cert.RawSubjectPublicKeyInfo, NotBefore: t0, NotAfter: t0.Add(time.Hour),
 	}
 	list, err := s.ListCAKeys(ctx)
