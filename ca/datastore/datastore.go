@@ -182,6 +182,20 @@ type CAKey struct {
 	NotAfter     time.Time
 }
 
+// Server is one CA server sharing the datastore, as it last reported
+// itself. Servers write their own record at start and then as a
+// heartbeat; writing it records no event.
+type Server struct {
+	// ID is the server's stable identifier, kept in its data directory.
+	ID string
+	// Address is the node API address the server serves agents on.
+	Address   string
+	Version   string
+	StartedAt time.Time
+	// Heartbeat is when the server last reported itself.
+	Heartbeat time.Time
+}
+
 // EventKind says what kind of record an Event is about.
 type EventKind uint8
 
