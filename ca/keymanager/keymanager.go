@@ -1,19 +1,16 @@
 package keymanager
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -24,18 +21,29 @@ import (
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/jwtsvid"
+	"writ.dev/writ/ca/keymanager/keystore"
 	"writ.dev/writ/ca/x509ca"
-	"writ.dev/writ/internal/datadir"
 )
 
-// ErrInconsistent means the key files and the datastore disagree; the
-// server must not start.
+// ErrInconsistent means this server's key store and the datastore
+// disagree; the server must not start.
 var ErrInconsistent = errors.New("CA state inconsistent")
+
+// ErrConfig means the Config is not usable.
+var ErrConfig = errors.New("keymanager: invalid configuration")
 
 // DefaultRefreshHint is the bundle refresh hint published to consumers.
 const DefaultRefreshHint = 5 * time.Minute
 
-// Store is the part of the datastore the key manager uses.
+// retryAfter is how long Run waits after a failed rotation step.
+const retryAfter = time.Minute
+
+// maxRounds bounds the policy evaluations of one rotation step. A step
+// needs at most three (prepare, activate, nothing left to do).
+const maxRounds = 8
+
+// Store is the part of the datastore the key manager uses. Several servers
+// may share it.
 type Store interface {
 	ListCAKeys(ctx context.Context) ([]*datastore.CAKey, error)
 	PutCAKey(ctx context.Context, k *datastore.CAKey) error
@@ -44,10 +52,32 @@ type Store interface {
 	UpdateBundle(ctx context.Context, td spiffeid.TrustDomain, fn func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error)) (*spiffebundle.Bundle, error)
 }
 
+// KeyStore holds this server's CA private keys by ID (32 lowercase hex
+// digits). The keys never leave it except as a crypto.Signer, and never
+// enter the datastore. Implementations return keystore.ErrNotFound,
+// keystore.ErrExists and keystore.ErrCorrupt (wrapped) and pass
+// keystoretest.Run; see package keystore.
+type KeyStore interface {
+	// Generate makes and keeps a new key of keyType (see x509ca.KeyTypes).
+	Generate(ctx context.Context, id, keyType string) (crypto.Signer, error)
+	// Load returns a key Generate made earlier, perhaps in another process.
+	Load(ctx context.Context, id string) (crypto.Signer, error)
+	// Delete destroys a key.
+	Delete(ctx context.Context, id string) error
+	// List returns the IDs of every key held.
+	List(ctx context.Context) ([]string, error)
+}
+
 // Config configures a Manager.
 type Config struct {
-	// KeyDir holds the private key files; it is created 0700.
-	KeyDir      string
+	// ServerID names this server among those sharing Store; it owns the
+	// keys it creates. Required, and must be stable across restarts.
+	ServerID string
+	// KeyStore holds this server's private keys. Required.
+	KeyStore KeyStore
+	// Authority makes the certificate of each new X.509 CA key;
+	// SelfSigned if nil.
+	Authority   Authority
 	TrustDomain spiffeid.TrustDomain
 	// KeyType of new keys: ec-p256, ec-p384 or rsa-2048.
 	KeyType string
@@ -68,22 +98,25 @@ type Active struct {
 	JWTNotAfter time.Time
 }
 
-// Manager holds the CA keys and rotates them.
+// Manager holds this server's CA keys and rotates them.
 type Manager struct {
 	cfg    Config
-	mu     sync.Mutex // guards keys; held across a whole rotation step
-	keys   []*key
+	mu     sync.Mutex // guards own; held across a whole rotation step
+	own    map[string]*ownKey
 	active atomic.Pointer[Active]
 }
 
-type key struct {
-	meta   *datastore.CAKey
+// ownKey is one of this server's keys, loaded from the key store.
+type ownKey struct {
 	signer crypto.Signer
-	cert   *x509.Certificate // X.509 keys only
+	// X.509 keys only: the CA certificate and the issuer chain sent after
+	// each leaf (see x509ca.Issuer.Chain).
+	cert  *x509.Certificate
+	chain []*x509.Certificate
 }
 
-// New loads the CA keys, or creates them on a first start, and publishes
-// them in the bundle.
+// New loads this server's CA keys, or creates them when it has none, and
+// publishes them in the shared bundle.
 func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.RefreshHint == 0 {
 		cfg.RefreshHint = DefaultRefreshHint
@@ -94,16 +127,26 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real()
 	}
+	if cfg.Authority == nil {
+		cfg.Authority = SelfSigned{}
+	}
+	switch {
+	case cfg.ServerID == "":
+		return nil, fmt.Errorf("%w: no server ID", ErrConfig)
+	case cfg.KeyStore == nil:
+		return nil, fmt.Errorf("%w: no key store", ErrConfig)
+	case cfg.Store == nil:
+		return nil, fmt.Errorf("%w: no datastore", ErrConfig)
+	case cfg.TrustDomain.IsZero():
+		return nil, fmt.Errorf("%w: no trust domain", ErrConfig)
+	}
 	if _, err := x509ca.ParseKeyType(cfg.KeyType); err != nil {
 		return nil, err
 	}
 	if cfg.CATTL < time.Minute {
 		return nil, fmt.Errorf("CA TTL %s is too short (minimum 1m)", cfg.CATTL)
 	}
-	if err := datadir.MkdirPrivate(cfg.KeyDir); err != nil {
-		return nil, err
-	}
-	m := &Manager{cfg: cfg}
+	m := &Manager{cfg: cfg, own: make(map[string]*ownKey)}
 	if err := m.load(ctx); err != nil {
 		return nil, err
 	}
@@ -123,7 +166,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		next, err := m.rotate(ctx)
 		if err != nil {
 			m.cfg.Logger.Error("CA key rotation failed; retrying", "error", err)
-			next = m.cfg.Clock.Now().Add(time.Minute)
+			next = m.cfg.Clock.Now().Add(retryAfter)
 		}
 		t := m.cfg.Clock.NewTimer(next.Sub(m.cfg.Clock.Now()))
 		select {
@@ -135,269 +178,385 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 }
 
-// load reads the key metadata and files and checks they agree.
+// load reads this server's keys and checks that the key store and the
+// datastore agree. It changes nothing unless they do.
 func (m *Manager) load(ctx context.Context) error {
-	metas, err := m.cfg.Store.ListCAKeys(ctx)
+	// The bundle is read before the records: servers record a key before
+	// they publish it, so a bundle seen here has its records listed below
+	// even while another server is starting.
+	_, err := m.cfg.Store.FetchBundle(ctx, m.cfg.TrustDomain)
+	haveBundle := err == nil
+	if err != nil && !errors.Is(err, datastore.ErrNotFound) {
+		return fmt.Errorf("fetch bundle: %w", err)
+	}
+	records, err := m.cfg.Store.ListCAKeys(ctx)
 	if err != nil {
 		return fmt.Errorf("list CA keys: %w", err)
 	}
-	if len(metas) == 0 {
-		if _, err := m.cfg.Store.FetchBundle(ctx, m.cfg.TrustDomain); err == nil {
-			return fmt.Errorf("%w: the datastore holds a trust bundle for %s but no CA keys; refusing to create a new CA over existing state", ErrInconsistent, m.cfg.TrustDomain.Name())
-		} else if !errors.Is(err, datastore.ErrNotFound) {
-			return fmt.Errorf("fetch bundle: %w", err)
-		}
-		return m.removeOrphans(nil)
+	if len(records) == 0 && haveBundle {
+		return fmt.Errorf("%w: the datastore holds a trust bundle for %s but no CA keys; refusing to create a new CA over existing state", ErrInconsistent, m.cfg.TrustDomain.Name())
 	}
-	for _, meta := range metas {
-		k, err := m.loadKey(meta)
-		if err != nil {
-			return err
-		}
-		m.keys = append(m.keys, k)
-	}
-	return m.removeOrphans(metas)
-}
-
-func (m *Manager) loadKey(meta *datastore.CAKey) (*key, error) {
-	if !validKeyID(meta.ID) {
-		return nil, fmt.Errorf("%w: datastore names a CA key with an invalid ID %q", ErrInconsistent, meta.ID)
-	}
-	path := m.keyPath(meta.ID)
-	data, err := datadir.ReadFile(path)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, fmt.Errorf("%w: CA key %s is in the datastore but its key file %s is missing; restore it from backup (a new CA would be trusted by no agent)", ErrInconsistent, meta.ID, path)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("CA key file: %w", err)
-	}
-	signer, err := parseKey(data)
-	if err != nil {
-		return nil, fmt.Errorf("%w: CA key file %s is corrupt: %v", ErrInconsistent, path, err)
-	}
-	k := &key{meta: meta, signer: signer}
-	var pub []byte
-	switch meta.Kind {
-	case datastore.CAKeyX509:
-		k.cert, err = x509.ParseCertificate(meta.CertDER)
-		if err != nil {
-			return nil, fmt.Errorf("%w: CA certificate of key %s in the datastore is corrupt: %v", ErrInconsistent, meta.ID, err)
-		}
-		pub = k.cert.RawSubjectPublicKeyInfo
-	case datastore.CAKeyJWT:
-		pub = meta.PublicKeyDER
-	default:
-		return nil, fmt.Errorf("%w: CA key %s has unknown kind %q", ErrInconsistent, meta.ID, meta.Kind)
-	}
-	filePub, err := x509.MarshalPKIXPublicKey(signer.Public())
-	if err != nil || !slices.Equal(filePub, pub) {
-		return nil, fmt.Errorf("%w: key file %s does not match CA key %s in the datastore", ErrInconsistent, path, meta.ID)
-	}
-	return k, nil
-}
-
-// removeOrphans deletes key files the datastore does not know: keys made
-// by a first start that crashed before recording them.
-func (m *Manager) removeOrphans(metas []*datastore.CAKey) error {
-	files, err := filepath.Glob(filepath.Join(m.cfg.KeyDir, "*.pem"))
-	if err != nil {
-		return err
-	}
-	for _, f := range files {
-		id := strings.TrimSuffix(filepath.Base(f), ".pem")
-		if slices.ContainsFunc(metas, func(k *datastore.CAKey) bool { return k.ID == id }) {
+	var adopt []*datastore.CAKey
+	for _, r := range records {
+		switch r.ServerID {
+		case m.cfg.ServerID:
+		case "":
+			// Recorded before keys had owners, by the one server there
+			// was: this one, if it holds the key.
+			adopt = append(adopt, r)
+		default:
 			continue
 		}
-		m.cfg.Logger.Warn("removing CA key file the datastore does not know (interrupted key creation)", "file", f)
-		if err := os.Remove(f); err != nil {
+		k, err := m.loadKey(ctx, r)
+		if err != nil {
 			return err
+		}
+		m.own[r.ID] = k
+	}
+	if err := m.removeOrphans(ctx, records); err != nil {
+		return err
+	}
+	for _, r := range adopt {
+		c := *r
+		c.ServerID = m.cfg.ServerID
+		if err := m.cfg.Store.PutCAKey(ctx, &c); err != nil {
+			return fmt.Errorf("record owner of CA key %s: %w", r.ID, err)
 		}
 	}
 	return nil
 }
 
-// rotate brings both kinds of key to where the schedule says they should
-// be, publishes the bundle, and returns when it next needs to run.
+// loadKey loads the private key of one of this server's records and
+// checks it matches the record.
+func (m *Manager) loadKey(ctx context.Context, r *datastore.CAKey) (*ownKey, error) {
+	if !keystore.ValidID(r.ID) {
+		return nil, fmt.Errorf("%w: datastore names a CA key with an invalid ID %q", ErrInconsistent, r.ID)
+	}
+	signer, err := m.cfg.KeyStore.Load(ctx, r.ID)
+	switch {
+	case errors.Is(err, keystore.ErrNotFound):
+		return nil, fmt.Errorf("%w: CA key %s of this server is in the datastore but not in its key store (%w); restore it from backup (a new CA would be trusted by no agent)", ErrInconsistent, r.ID, err)
+	case errors.Is(err, keystore.ErrCorrupt):
+		return nil, fmt.Errorf("%w: %w", ErrInconsistent, err)
+	case err != nil:
+		return nil, fmt.Errorf("CA key %s: %w", r.ID, err)
+	}
+	k := &ownKey{signer: signer}
+	var pub []byte
+	switch r.Kind {
+	case datastore.CAKeyX509:
+		k.cert, k.chain, err = parseCAChain(r.CertDER)
+		if err != nil {
+			return nil, fmt.Errorf("%w: CA certificate of key %s in the datastore: %w", ErrInconsistent, r.ID, err)
+		}
+		pub = k.cert.RawSubjectPublicKeyInfo
+	case datastore.CAKeyJWT:
+		pub = r.PublicKeyDER
+	default:
+		return nil, fmt.Errorf("%w: CA key %s has unknown kind %q", ErrInconsistent, r.ID, r.Kind)
+	}
+	storedPub, err := x509.MarshalPKIXPublicKey(signer.Public())
+	if err != nil || !bytes.Equal(storedPub, pub) {
+		return nil, fmt.Errorf("%w: the key store's key %s does not match CA key %s in the datastore", ErrInconsistent, r.ID, r.ID)
+	}
+	return k, nil
+}
+
+// removeOrphans deletes keys of this server's key store that no record
+// names: keys made by a step that failed or crashed before recording them,
+// or whose records were removed. Keys that records name as another
+// server's are left alone.
+func (m *Manager) removeOrphans(ctx context.Context, records []*datastore.CAKey) error {
+	ids, err := m.cfg.KeyStore.List(ctx)
+	if err != nil {
+		return fmt.Errorf("list key store: %w", err)
+	}
+	for _, id := range ids {
+		i := slices.IndexFunc(records, func(r *datastore.CAKey) bool { return r.ID == id })
+		switch {
+		case i < 0:
+			m.cfg.Logger.Warn("removing CA key the datastore does not know (interrupted key creation)", "key_id", id)
+			if err := m.cfg.KeyStore.Delete(ctx, id); err != nil && !errors.Is(err, keystore.ErrNotFound) {
+				return fmt.Errorf("remove orphan CA key %s: %w", id, err)
+			}
+		case records[i].ServerID != m.cfg.ServerID && records[i].ServerID != "":
+			m.cfg.Logger.Warn("key store holds a CA key the datastore says is another server's; leaving it alone", "key_id", id, "owner", records[i].ServerID)
+		}
+	}
+	return nil
+}
+
+// rotate applies the rotation policy until it has nothing left to do,
+// publishes the bundle, and returns when it next needs to run.
 func (m *Manager) rotate(ctx context.Context) (time.Time, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := m.cfg.Clock.Now()
-	next := now.Add(24 * time.Hour)
-	var retired []*key
-	for _, kind := range []datastore.CAKeyKind{datastore.CAKeyX509, datastore.CAKeyJWT} {
-		n, gone, err := m.rotateKind(ctx, kind, now)
+	for range maxRounds {
+		records, err := m.cfg.Store.ListCAKeys(ctx)
 		if err != nil {
+			return time.Time{}, fmt.Errorf("list CA keys: %w", err)
+		}
+		if err := m.reconcile(ctx, records); err != nil {
 			return time.Time{}, err
 		}
-		if n.Before(next) {
-			next = n
+		plan := Decide(now, m.cfg.ServerID, records)
+		if len(plan.Decisions) == 0 {
+			if err := m.publish(ctx, now, records, nil, nil); err != nil {
+				return time.Time{}, err
+			}
+			if err := m.setActive(now, records); err != nil {
+				return time.Time{}, err
+			}
+			return plan.Next, nil
 		}
-		retired = append(retired, gone...)
-	}
-	if err := m.publish(ctx, retired); err != nil {
-		return time.Time{}, err
-	}
-	// Forget expired keys only once the bundle no longer lists them.
-	for _, k := range retired {
-		if err := m.cfg.Store.DeleteCAKey(ctx, k.meta.ID); err != nil {
-			return time.Time{}, fmt.Errorf("delete CA key %s: %w", k.meta.ID, err)
-		}
-		if err := os.Remove(m.keyPath(k.meta.ID)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		if err := m.apply(ctx, now, records, plan); err != nil {
 			return time.Time{}, err
 		}
-		m.cfg.Logger.Info("expired CA key removed", "key_id", k.meta.ID, "kind", string(k.meta.Kind))
 	}
-	m.keys = slices.DeleteFunc(m.keys, func(k *key) bool { return slices.Contains(retired, k) })
-	m.setActive()
-	return next, nil
+	return time.Time{}, errors.New("CA key rotation did not settle")
 }
 
-// rotateKind advances the keys of one kind. It returns when it next needs
-// to run and the expired keys to drop.
-func (m *Manager) rotateKind(ctx context.Context, kind datastore.CAKeyKind, now time.Time) (time.Time, []*key, error) {
-	var active, prepared *key
-	var expired []*key
-	for _, k := range m.keys {
-		if k.meta.Kind != kind {
+// reconcile brings the loaded keys in line with this server's records:
+// a record that appeared is loaded, and a key whose record is gone (pruned
+// or removed by another server) is forgotten and destroyed.
+func (m *Manager) reconcile(ctx context.Context, records []*datastore.CAKey) error {
+	for _, r := range records {
+		if r.ServerID != m.cfg.ServerID || m.own[r.ID] != nil {
 			continue
 		}
-		switch {
-		case !now.Before(k.meta.NotAfter):
-			expired = append(expired, k)
-		case k.meta.State == datastore.CAKeyActive && (active == nil || k.meta.NotAfter.After(active.meta.NotAfter)):
-			active = k
-		case k.meta.State == datastore.CAKeyPrepared && (prepared == nil || k.meta.NotAfter.After(prepared.meta.NotAfter)):
-			prepared = k
+		k, err := m.loadKey(ctx, r)
+		if err != nil {
+			return err
 		}
+		m.own[r.ID] = k
 	}
-	// No usable active key: first start, an interrupted activation, or a
-	// server that was down until its CA expired.
-	if active == nil {
-		if prepared == nil {
-			var err error
-			if prepared, err = m.newKey(ctx, kind, now); err != nil {
-				return time.Time{}, nil, err
-			}
+	for id := range m.own {
+		if slices.ContainsFunc(records, func(r *datastore.CAKey) bool { return r.ID == id }) {
+			continue
 		}
-		if err := m.activate(ctx, prepared, nil); err != nil {
-			return time.Time{}, nil, err
+		if err := m.cfg.KeyStore.Delete(ctx, id); err != nil && !errors.Is(err, keystore.ErrNotFound) {
+			return fmt.Errorf("destroy CA key %s: %w", id, err)
 		}
-		active, prepared = prepared, nil
+		delete(m.own, id)
+		m.cfg.Logger.Info("CA key destroyed: its record was removed", "key_id", id)
 	}
-	life := active.meta.NotAfter.Sub(active.meta.NotBefore)
-	prepareAt := active.meta.NotBefore.Add(life / 2)
-	activateAt := active.meta.NotAfter.Add(-life / 6)
-	if prepared == nil && !now.Before(prepareAt) {
-		var err error
-		if prepared, err = m.newKey(ctx, kind, now); err != nil {
-			return time.Time{}, nil, err
-		}
-	}
-	if prepared != nil && !now.Before(activateAt) {
-		if err := m.activate(ctx, prepared, active); err != nil {
-			return time.Time{}, nil, err
-		}
-		active, prepared = prepared, nil
-		life = active.meta.NotAfter.Sub(active.meta.NotBefore)
-		prepareAt = active.meta.NotBefore.Add(life / 2)
-		activateAt = active.meta.NotAfter.Add(-life / 6)
-	}
-	// Other active keys (left by an interrupted activation) retire.
-	for _, k := range m.keys {
-		if k.meta.Kind == kind && k != active && k.meta.State == datastore.CAKeyActive && !slices.Contains(expired, k) {
-			if err := m.setState(ctx, k, datastore.CAKeyRetired); err != nil {
-				return time.Time{}, nil, err
-			}
-		}
-	}
-	next := activateAt
-	if prepared == nil {
-		next = prepareAt
-	}
-	for _, k := range m.keys {
-		if k.meta.Kind == kind && k.meta.NotAfter.After(now) && k.meta.NotAfter.Before(next) {
-			next = k.meta.NotAfter
-		}
-	}
-	return next, expired, nil
+	return nil
 }
 
-// newKey creates a prepared key: the key file first, then its metadata,
-// so that the datastore never names a key that has no file.
-func (m *Manager) newKey(ctx context.Context, kind datastore.CAKeyKind, now time.Time) (*key, error) {
-	signer, err := x509ca.GenerateKey(m.cfg.KeyType)
-	if err != nil {
-		return nil, err
+// apply carries out one plan. Drops come last: the bundle stops listing
+// the keys first, then their records go, then (for this server's keys)
+// the private keys.
+func (m *Manager) apply(ctx context.Context, now time.Time, records []*datastore.CAKey, plan Plan) error {
+	byID := func(id string) *datastore.CAKey {
+		i := slices.IndexFunc(records, func(r *datastore.CAKey) bool { return r.ID == id })
+		if i < 0 {
+			return nil
+		}
+		return records[i]
 	}
-	meta := &datastore.CAKey{
-		ID:        newKeyID(),
+	for _, d := range plan.Decisions {
+		switch d.Action {
+		case Prepare:
+			r, err := m.prepare(ctx, now, d.Kind, records)
+			if err != nil {
+				return err
+			}
+			records = append(records, r)
+		case Activate, Retire:
+			r := byID(d.KeyID)
+			state := datastore.CAKeyActive
+			if d.Action == Retire {
+				state = datastore.CAKeyRetired
+			}
+			if err := m.setState(ctx, r, state); err != nil {
+				return err
+			}
+			m.cfg.Logger.Info("CA key "+d.Action.String()+"d", "key_id", r.ID, "kind", string(r.Kind))
+		}
+	}
+	drop := plan.dropped()
+	if len(drop) == 0 {
+		return nil
+	}
+	if err := m.publish(ctx, now, records, drop, nil); err != nil {
+		return err
+	}
+	for _, id := range drop {
+		r := byID(id)
+		// Another server may have pruned it first.
+		if err := m.cfg.Store.DeleteCAKey(ctx, id); err != nil && !errors.Is(err, datastore.ErrNotFound) {
+			return fmt.Errorf("delete CA key %s: %w", id, err)
+		}
+		if m.own[id] != nil {
+			if err := m.cfg.KeyStore.Delete(ctx, id); err != nil && !errors.Is(err, keystore.ErrNotFound) {
+				return fmt.Errorf("destroy CA key %s: %w", id, err)
+			}
+			delete(m.own, id)
+		}
+		m.cfg.Logger.Info("expired CA key removed", "key_id", id, "kind", string(r.Kind), "owner", r.ServerID)
+	}
+	return nil
+}
+
+// prepare creates a key of kind, records it, and publishes it: the key
+// first, then its record, so the datastore never names a key that does
+// not exist; and the bundle before it can sign.
+func (m *Manager) prepare(ctx context.Context, now time.Time, kind datastore.CAKeyKind, records []*datastore.CAKey) (*datastore.CAKey, error) {
+	id := newKeyID()
+	signer, err := m.cfg.KeyStore.Generate(ctx, id, m.cfg.KeyType)
+	if err != nil {
+		return nil, fmt.Errorf("generate CA key: %w", err)
+	}
+	recorded := false
+	defer func() {
+		if !recorded {
+			// Best effort; a later start removes it as an orphan otherwise.
+			if err := m.cfg.KeyStore.Delete(ctx, id); err != nil && !errors.Is(err, keystore.ErrNotFound) {
+				m.cfg.Logger.Warn("cannot destroy an unrecorded CA key", "key_id", id, "error", err)
+			}
+		}
+	}()
+	r := &datastore.CAKey{
+		ID:        id,
 		Kind:      kind,
 		State:     datastore.CAKeyPrepared,
+		ServerID:  m.cfg.ServerID,
 		KeyType:   m.cfg.KeyType,
 		NotBefore: now.Add(-x509ca.Backdate),
 		NotAfter:  now.Add(m.cfg.CATTL),
 	}
-	k := &key{meta: meta, signer: signer}
+	k := &ownKey{signer: signer}
+	var anchors []*x509.Certificate
 	switch kind {
 	case datastore.CAKeyX509:
-		k.cert, err = x509ca.NewSelfSignedCA(now, m.cfg.TrustDomain, signer, m.cfg.CATTL)
+		ca, err := m.cfg.Authority.MintCA(ctx, CARequest{TrustDomain: m.cfg.TrustDomain, Signer: signer, Now: now, TTL: m.cfg.CATTL})
 		if err != nil {
+			return nil, fmt.Errorf("mint CA certificate: %w", err)
+		}
+		if err := checkCA(now, m.cfg.TrustDomain, signer, ca); err != nil {
 			return nil, err
 		}
-		meta.CertDER = k.cert.Raw
-		meta.NotBefore, meta.NotAfter = k.cert.NotBefore, k.cert.NotAfter
+		k.cert, anchors = ca.Cert, ca.TrustAnchors
+		if !slices.ContainsFunc(anchors, ca.Cert.Equal) {
+			k.chain = append([]*x509.Certificate{ca.Cert}, ca.Chain...)
+		}
+		r.CertDER = slices.Clone(ca.Cert.Raw)
+		for _, c := range ca.Chain {
+			r.CertDER = append(r.CertDER, c.Raw...)
+		}
+		r.NotBefore, r.NotAfter = ca.Cert.NotBefore, ca.Cert.NotAfter
 	case datastore.CAKeyJWT:
-		meta.PublicKeyDER, err = x509.MarshalPKIXPublicKey(signer.Public())
-		if err != nil {
+		if r.PublicKeyDER, err = x509.MarshalPKIXPublicKey(signer.Public()); err != nil {
 			return nil, err
 		}
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(signer)
-	if err != nil {
-		return nil, err
-	}
-	if err := datadir.WriteFile(m.keyPath(meta.ID), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil {
-		return nil, err
-	}
-	if err := m.cfg.Store.PutCAKey(ctx, meta); err != nil {
+	if err := m.cfg.Store.PutCAKey(ctx, r); err != nil {
 		return nil, fmt.Errorf("record CA key: %w", err)
 	}
-	m.keys = append(m.keys, k)
-	m.cfg.Logger.Info("CA key prepared", "key_id", meta.ID, "kind", string(kind), "not_after", meta.NotAfter)
-	// Publish before it can sign.
-	if err := m.publish(ctx, nil); err != nil {
+	recorded = true
+	m.own[id] = k
+	m.cfg.Logger.Info("CA key prepared", "key_id", id, "kind", string(kind), "not_after", r.NotAfter)
+	if err := m.publish(ctx, now, append(slices.Clip(records), r), nil, anchors); err != nil {
 		return nil, err
 	}
-	return k, nil
+	return r, nil
 }
 
-func (m *Manager) activate(ctx context.Context, next, prev *key) error {
-	if err := m.setState(ctx, next, datastore.CAKeyActive); err != nil {
-		return err
+// checkCA checks what an Authority returned before it is recorded.
+func checkCA(now time.Time, td spiffeid.TrustDomain, signer crypto.Signer, ca *CA) error {
+	switch {
+	case ca == nil || ca.Cert == nil:
+		return errors.New("authority returned no CA certificate")
+	case len(ca.TrustAnchors) == 0:
+		return errors.New("authority returned no trust anchors")
+	case !ca.Cert.IsCA || ca.Cert.KeyUsage&x509.KeyUsageCertSign == 0:
+		return errors.New("authority returned a certificate that is not a signing CA")
+	case !now.Before(ca.Cert.NotAfter):
+		return errors.New("authority returned an expired CA certificate")
 	}
-	if prev != nil {
-		if err := m.setState(ctx, prev, datastore.CAKeyRetired); err != nil {
-			return err
+	pub, err := x509.MarshalPKIXPublicKey(signer.Public())
+	if err != nil || !bytes.Equal(pub, ca.Cert.RawSubjectPublicKeyInfo) {
+		return errors.New("authority returned a CA certificate for another key")
+	}
+	// The chain must verify to the anchors, as every SVID it signs will.
+	roots, inter := x509.NewCertPool(), x509.NewCertPool()
+	for _, c := range ca.TrustAnchors {
+		roots.AddCert(c)
+	}
+	for _, c := range ca.Chain {
+		inter.AddCert(c)
+	}
+	if _, err := ca.Cert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Errorf("authority's CA certificate does not verify to its trust anchors: %w", err)
+	}
+	for _, u := range ca.Cert.URIs {
+		if u.String() != td.IDString() {
+			return fmt.Errorf("authority's CA certificate is not for trust domain %s", td.Name())
 		}
 	}
-	m.cfg.Logger.Info("CA key activated", "key_id", next.meta.ID, "kind", string(next.meta.Kind))
 	return nil
 }
 
-func (m *Manager) setState(ctx context.Context, k *key, state datastore.CAKeyState) error {
-	meta := *k.meta
-	meta.State = state
-	if err := m.cfg.Store.PutCAKey(ctx, &meta); err != nil {
-		return fmt.Errorf("update CA key %s: %w", meta.ID, err)
+func (m *Manager) setState(ctx context.Context, r *datastore.CAKey, state datastore.CAKeyState) error {
+	c := *r
+	c.State = state
+	if err := m.cfg.Store.PutCAKey(ctx, &c); err != nil {
+		return fmt.Errorf("update CA key %s: %w", r.ID, err)
 	}
-	k.meta = &meta
+	*r = c
 	return nil
 }
 
-// publish makes the local bundle list every current key and none of drop,
-// leaving authorities it does not own alone. The sequence number grows
-// only when the content changes.
-func (m *Manager) publish(ctx context.Context, drop []*key) error {
+// publish makes the shared bundle list every published key of every server
+// (see Published), plus anchors, and none of drop; it also prunes X.509
+// authorities that have expired. It leaves every other authority alone and
+// runs as one atomic update, so servers publishing at once never drop each
+// other's keys. The sequence number grows only when the content changes.
+func (m *Manager) publish(ctx context.Context, now time.Time, records []*datastore.CAKey, drop []string, anchors []*x509.Certificate) error {
+	var addX509, dropX509 []*x509.Certificate
+	type jwtKey struct {
+		id  string
+		pub crypto.PublicKey
+	}
+	var addJWT []jwtKey
+	for _, r := range records {
+		dropped := slices.Contains(drop, r.ID)
+		if !dropped && !Published(now, r) {
+			continue
+		}
+		switch r.Kind {
+		case datastore.CAKeyX509:
+			cert, chain, err := parseCAChain(r.CertDER)
+			if err != nil {
+				m.cfg.Logger.Warn("CA key record has a corrupt certificate; not publishing it", "key_id", r.ID, "owner", r.ServerID, "error", err)
+				continue
+			}
+			switch {
+			case dropped:
+				dropX509 = append(dropX509, cert)
+			case len(chain) == 0:
+				// A self-signed CA is its own trust anchor; other CAs'
+				// anchors were published when they were prepared.
+				addX509 = append(addX509, cert)
+			}
+		case datastore.CAKeyJWT:
+			if dropped {
+				continue
+			}
+			pub, err := x509.ParsePKIXPublicKey(r.PublicKeyDER)
+			if err != nil {
+				m.cfg.Logger.Warn("CA key record has a corrupt public key; not publishing it", "key_id", r.ID, "owner", r.ServerID, "error", err)
+				continue
+			}
+			addJWT = append(addJWT, jwtKey{r.ID, pub})
+		}
+	}
+	for _, a := range anchors {
+		if now.Before(a.NotAfter) {
+			addX509 = append(addX509, a)
+		}
+	}
 	_, err := m.cfg.Store.UpdateBundle(ctx, m.cfg.TrustDomain, func(old *spiffebundle.Bundle) (*spiffebundle.Bundle, error) {
 		b := spiffebundle.New(m.cfg.TrustDomain)
 		var seq uint64
@@ -405,23 +564,25 @@ func (m *Manager) publish(ctx context.Context, drop []*key) error {
 			b = old.Clone()
 			seq, _ = old.SequenceNumber()
 		}
-		for _, k := range drop {
-			if k.cert != nil {
-				b.RemoveX509Authority(k.cert)
-			} else {
-				b.RemoveJWTAuthority(k.meta.ID)
+		for _, c := range b.X509Authorities() {
+			if !now.Before(c.NotAfter) {
+				b.RemoveX509Authority(c)
 			}
 		}
-		for _, k := range m.keys {
-			if slices.Contains(drop, k) {
-				continue
+		for _, c := range dropX509 {
+			b.RemoveX509Authority(c)
+		}
+		for _, id := range drop {
+			b.RemoveJWTAuthority(id)
+		}
+		for _, c := range addX509 {
+			if !b.HasX509Authority(c) {
+				b.AddX509Authority(c)
 			}
-			if k.cert != nil {
-				if !b.HasX509Authority(k.cert) {
-					b.AddX509Authority(k.cert)
-				}
-			} else if !b.HasJWTAuthority(k.meta.ID) {
-				if err := b.AddJWTAuthority(k.meta.ID, k.signer.Public()); err != nil {
+		}
+		for _, k := range addJWT {
+			if !b.HasJWTAuthority(k.id) {
+				if err := b.AddJWTAuthority(k.id, k.pub); err != nil {
 					return nil, err
 				}
 			}
@@ -440,23 +601,48 @@ func (m *Manager) publish(ctx context.Context, drop []*key) error {
 	return nil
 }
 
-func (m *Manager) setActive() {
+// setActive publishes, for Active, the keys the policy says sign now.
+func (m *Manager) setActive(now time.Time, records []*datastore.CAKey) error {
 	a := &Active{}
-	for _, k := range m.keys {
-		if k.meta.State != datastore.CAKeyActive {
-			continue
+	for _, kind := range Kinds {
+		r := Signing(now, m.cfg.ServerID, records, kind)
+		if r == nil || m.own[r.ID] == nil {
+			return fmt.Errorf("no active %s CA key after rotation", kind)
 		}
-		if k.cert != nil {
-			a.X509 = &x509ca.Issuer{Cert: k.cert, Signer: k.signer}
-		} else {
-			a.JWT = jwtsvid.Key{ID: k.meta.ID, Signer: k.signer}
-			a.JWTNotAfter = k.meta.NotAfter
+		k := m.own[r.ID]
+		switch kind {
+		case datastore.CAKeyX509:
+			a.X509 = &x509ca.Issuer{Cert: k.cert, Signer: k.signer, Chain: k.chain}
+		case datastore.CAKeyJWT:
+			a.JWT = jwtsvid.Key{ID: r.ID, Signer: k.signer}
+			a.JWTNotAfter = r.NotAfter
 		}
 	}
+	if cur := m.active.Load(); cur != nil && cur.X509.Cert == a.X509.Cert && cur.JWT.ID == a.JWT.ID {
+		return nil
+	}
 	m.active.Store(a)
+	return nil
 }
 
-func (m *Manager) keyPath(id string) string { return filepath.Join(m.cfg.KeyDir, id+".pem") }
+// parseCAChain parses a record's CertDER: the CA certificate followed by
+// the intermediates above it. It returns the certificate and the issuer
+// chain sent after each leaf: empty for a self-signed CA (its own trust
+// anchor), otherwise the certificate and the intermediates.
+func parseCAChain(der []byte) (*x509.Certificate, []*x509.Certificate, error) {
+	certs, err := x509.ParseCertificates(der)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(certs) == 0 {
+		return nil, nil, errors.New("no certificate")
+	}
+	cert := certs[0]
+	if len(certs) == 1 && bytes.Equal(cert.RawIssuer, cert.RawSubject) && cert.CheckSignatureFrom(cert) == nil {
+		return cert, nil, nil
+	}
+	return cert, certs, nil
+}
 
 func newKeyID() string {
 	var b [16]byte
@@ -464,24 +650,4 @@ func newKeyID() string {
 		panic("keymanager: crypto/rand failed: " + err.Error())
 	}
 	return hex.EncodeToString(b[:])
-}
-
-func validKeyID(id string) bool {
-	return len(id) == 32 && strings.Trim(id, "0123456789abcdef") == ""
-}
-
-func parseKey(data []byte) (crypto.Signer, error) {
-	block, rest := pem.Decode(data)
-	if block == nil || block.Type != "PRIVATE KEY" || len(strings.TrimSpace(string(rest))) != 0 {
-		return nil, errors.New("not a single PKCS#8 PEM block")
-	}
-	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
-	if err != nil {
-		return nil, err
-	}
-	s, ok := k.(crypto.Signer)
-	if !ok {
-		return nil, fmt.Errorf("key of type %T cannot sign", k)
-	}
-	return s, nil
 }

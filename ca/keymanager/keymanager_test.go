@@ -15,6 +15,7 @@ import (
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/datastore/boltstore"
 	"writ.dev/writ/ca/keymanager"
+	"writ.dev/writ/ca/keymanager/keystore"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -39,8 +40,18 @@ func newEnv(t *testing.T) *env {
 }
 
 func (e *env) config() keymanager.Config {
+	return e.serverConfig("server-a", filepath.Join(e.dir, "keys"))
+}
+
+// serverConfig configures server id with its keys in keyDir, on e's store.
+func (e *env) serverConfig(id, keyDir string) keymanager.Config {
+	ks, err := keystore.NewDisk(keyDir)
+	if err != nil {
+		panic(err)
+	}
 	return keymanager.Config{
-		KeyDir:      filepath.Join(e.dir, "keys"),
+		ServerID:    id,
+		KeyStore:    ks,
 		TrustDomain: td,
 		KeyType:     "ec-p256",
 		CATTL:       24 * time.Hour,

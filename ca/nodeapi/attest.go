@@ -102,7 +102,7 @@ func (h *handler) Attest(ctx context.Context, req *nodev1.AttestRequest) (*nodev
 		return nil, status.Error(codes.PermissionDenied, msgNoIdentity)
 	}
 
-	der, leaf, err := s.signAgentSVID(now, id, pub)
+	chain, leaf, err := s.signAgentSVID(now, id, pub)
 	if err != nil {
 		return nil, s.internal(ctx, c, "sign agent SVID", err)
 	}
@@ -115,7 +115,7 @@ func (h *handler) Attest(ctx context.Context, req *nodev1.AttestRequest) (*nodev
 		return nil, s.internal(ctx, c, "store agent", err)
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "agent attested", peerAddr(ctx), slog.String(KeySPIFFEID, id.String()), slog.String(KeySerial, serial), slog.Time(KeyNotAfter, leaf.NotAfter))
-	return &nodev1.AttestResponse{SvidChain: [][]byte{der}, Bundle: b.json}, nil
+	return &nodev1.AttestResponse{SvidChain: chain, Bundle: b.json}, nil
 }
 
 func (s *Service) refuseAttest(ctx context.Context, reason string) {
@@ -177,8 +177,9 @@ func (s *Service) putAttestedAgent(ctx context.Context, id spiffeid.ID, serial s
 	return errors.New("agent record keeps changing")
 }
 
-// signAgentSVID signs an agent X.509-SVID for id.
-func (s *Service) signAgentSVID(now time.Time, id spiffeid.ID, pub crypto.PublicKey) ([]byte, *x509.Certificate, error) {
+// signAgentSVID signs an agent X.509-SVID for id and returns its chain
+// (leaf first, no root) and the parsed leaf.
+func (s *Service) signAgentSVID(now time.Time, id spiffeid.ID, pub crypto.PublicKey) ([][]byte, *x509.Certificate, error) {
 	a := s.km.Active()
 	if a == nil || a.X509 == nil {
 		return nil, nil, errors.New("no active X.509 CA")
@@ -191,7 +192,7 @@ func (s *Service) signAgentSVID(now time.Time, id spiffeid.ID, pub crypto.Public
 	if err != nil {
 		return nil, nil, fmt.Errorf("parse agent SVID: %w", err)
 	}
-	return der, leaf, nil
+	return a.X509.SVIDChain(der), leaf, nil
 }
 
 // RenewAgent signs a new agent SVID for the caller and records it as the
@@ -208,7 +209,7 @@ func (h *handler) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest)
 		return nil, invalidArg("invalid CSR", err)
 	}
 	now := s.clock.Now()
-	der, leaf, err := s.signAgentSVID(now, c.id, pub)
+	chain, leaf, err := s.signAgentSVID(now, c.id, pub)
 	if err != nil {
 		return nil, s.internal(ctx, c, "sign agent SVID", err)
 	}
@@ -237,5 +238,5 @@ func (h *handler) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest)
 		return nil, s.internal(ctx, c, "update agent", err)
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "agent SVID renewed", slog.String(KeySPIFFEID, c.id.String()), slog.String(KeySerial, serial), slog.String("prev_serial", c.serial), slog.Time(KeyNotAfter, leaf.NotAfter))
-	return &nodev1.RenewAgentResponse{SvidChain: [][]byte{der}}, nil
+	return &nodev1.RenewAgentResponse{SvidChain: chain}, nil
 }

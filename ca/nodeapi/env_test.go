@@ -38,6 +38,7 @@ import (
 	"writ.dev/writ/ca/datastore/boltstore"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/keymanager"
+	"writ.dev/writ/ca/keymanager/keystore"
 	"writ.dev/writ/ca/nodeapi"
 )
 
@@ -137,6 +138,8 @@ type envOptions struct {
 	discardLogs bool
 	// extra registers more services on the server.
 	extra func(*grpc.Server)
+	// authority makes the CA certificates (self-signed if nil).
+	authority keymanager.Authority
 }
 
 // testStart is the fake clock's start: near real time, so that go-spiffe,
@@ -157,8 +160,14 @@ func newEnv(t testing.TB, opts envOptions) *env {
 	})
 	e := &env{t: t, dir: dir, store: &testStore{Store: bs}, clock: fakeclock.New(testStart()), logs: newLogRecorder(t, opts.discardLogs)}
 	log := slog.New(e.logs)
+	ks, err := keystore.NewDisk(filepath.Join(dir, "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	km, err := keymanager.New(context.Background(), keymanager.Config{
-		KeyDir:      filepath.Join(dir, "keys"),
+		ServerID:    "server-a",
+		KeyStore:    ks,
+		Authority:   opts.authority,
 		TrustDomain: td,
 		KeyType:     "ec-p256",
 		CATTL:       24 * time.Hour,

@@ -12,6 +12,7 @@ import (
 
 	"writ.dev/writ/ca/datastore/boltstore"
 	"writ.dev/writ/ca/keymanager"
+	"writ.dev/writ/ca/keymanager/keystore"
 	"writ.dev/writ/ca/nodeapi"
 )
 
@@ -30,7 +31,7 @@ func Example() {
 	store := bs
 	ctx, cancel := context.WithCancel(context.Background())
 	km, err := keymanager.New(ctx, keymanager.Config{
-		KeyDir: filepath.Join(dir, "keys"), TrustDomain: td, KeyType: "ec-p256", CATTL: 24 * time.Hour, Store: store,
+		ServerID: "server-a", KeyStore: keystore.NewMemory(), TrustDomain: td, KeyType: "ec-p256", CATTL: 24 * time.Hour, Store: store,
 	})
 	if err != nil {
 		panic(err)

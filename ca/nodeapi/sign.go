@@ -102,7 +102,7 @@ func (h *handler) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX5
 		}
 		signed.Add(1)
 		res.Status = itemStatus(codes.OK, "")
-		res.SvidChain = [][]byte{der}
+		res.SvidChain = a.X509.SVIDChain(der)
 	}
 	// Signing is CPU-bound (a CSR check and a signature, each with an
 	// ECDSA or RSA operation): spread a large batch over the CPUs. Each

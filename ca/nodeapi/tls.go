@@ -165,7 +165,7 @@ func (s *Service) issueServerCert(now time.Time) (*serverCert, error) {
 	}
 	sc := &serverCert{
 		cert: &tls.Certificate{
-			Certificate: [][]byte{der},
+			Certificate: a.X509.SVIDChain(der),
 			PrivateKey:  key,
 			Leaf:        leaf,
 		},

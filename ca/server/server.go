@@ -146,15 +146,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer store.Close()
 
-	km, err := keymanager.New(ctx, keymanager.Config{
-		KeyDir:      dir.Join(KeysDir),
-		TrustDomain: s.cfg.TrustDomain,
-		KeyType:     s.cfg.CAKeyType,
-		CATTL:       s.cfg.CATTL,
-		Store:       store,
-		Clock:       s.cfg.Clock,
-		Logger:      log,
-	})
+	km, err := newKeyManager(ctx, dir, s.cfg, store)
 	if err != nil {
 		return err
 	}

@@ -19,6 +19,7 @@
 //		TTL:       time.Hour,
 //		PublicKey: pub,
 //	})
+//	chain := iss.SVIDChain(der) // leaf, then iss.Chain: what to send
 //
 // Caveats:
 //
@@ -28,6 +29,10 @@
 //   - A leaf never outlives its issuer: NotAfter is capped at the issuer's
 //     NotAfter, so a leaf issued near the end of the CA's life is shorter
 //     than asked. Callers rotate the CA well before it expires.
+//   - An issuer whose certificate is signed by an upstream CA carries its
+//     Chain (Cert and the intermediates above it, never the trust anchor);
+//     SVIDChain appends it to each leaf, so relying parties need only the
+//     trust anchor in their bundle.
 //   - SignX509SVID refuses an issuer that is not yet valid at now, so every
 //     leaf is valid at the time it is issued.
 //   - One key policy (ECDSA P-256/P-384, RSA 2048/3072/4096 with e=65537)

@@ -52,6 +52,23 @@ const Organization = "Writ"
 type Issuer struct {
 	Cert   *x509.Certificate
 	Signer crypto.Signer
+	// Chain is what every certificate this issuer signs is sent with,
+	// after the leaf: the certificates from Cert up to, not including, the
+	// trust anchor. It is empty when Cert is itself the trust anchor (a
+	// self-signed CA); otherwise it starts with Cert.
+	Chain []*x509.Certificate
+}
+
+// SVIDChain returns leaf (a DER certificate this issuer signed) followed
+// by the issuer's chain: the X.509-SVID chain to send, leaf first, without
+// the trust anchor.
+func (i *Issuer) SVIDChain(leaf []byte) [][]byte {
+	out := make([][]byte, 0, 1+len(i.Chain))
+	out = append(out, leaf)
+	for _, c := range i.Chain {
+		out = append(out, c.Raw)
+	}
+	return out
 }
 
 // NewSelfSignedCA makes a self-signed CA certificate for trust domain td,
@@ -98,7 +115,74 @@ func NewSelfSignedCA(now time.Time, td spiffeid.TrustDomain, signer crypto.Signe
 	if !tmpl.NotAfter.After(now) {
 		return nil, fmt.Errorf("%w: CA TTL %v is too short", ErrParams, ttl)
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, signer)
+	return createCA(tmpl, tmpl, pub, signer)
+}
+
+// SignCA makes a CA certificate for trust domain td and public key pub,
+// signed by iss: an intermediate CA below an upstream one. The profile is
+// NewSelfSignedCA's, with AuthorityKeyId = the issuer's SubjectKeyId; the
+// validity is capped at the issuer's, as for a leaf. It returns
+// ErrIssuerExpired or ErrIssuerNotYetValid if iss is not valid at now.
+func SignCA(now time.Time, td spiffeid.TrustDomain, pub crypto.PublicKey, iss *Issuer, ttl time.Duration) (*x509.Certificate, error) {
+	switch {
+	case now.IsZero():
+		return nil, fmt.Errorf("%w: zero time", ErrParams)
+	case td.IsZero():
+		return nil, fmt.Errorf("%w: no trust domain", ErrParams)
+	case ttl <= 0:
+		return nil, fmt.Errorf("%w: CA TTL %v is not positive", ErrParams, ttl)
+	case iss == nil || iss.Cert == nil || iss.Signer == nil:
+		return nil, fmt.Errorf("%w: missing certificate or signer", ErrIssuer)
+	}
+	ic := iss.Cert
+	switch {
+	case !ic.BasicConstraintsValid || !ic.IsCA || ic.KeyUsage&x509.KeyUsageCertSign == 0:
+		return nil, fmt.Errorf("%w: certificate is not a signing CA", ErrIssuer)
+	case !now.Before(ic.NotAfter):
+		return nil, fmt.Errorf("%w: at %s (NotAfter %s)", ErrIssuerExpired, now.UTC().Format(time.RFC3339), ic.NotAfter.UTC().Format(time.RFC3339))
+	case now.Before(ic.NotBefore):
+		return nil, fmt.Errorf("%w: at %s (NotBefore %s)", ErrIssuerNotYetValid, now.UTC().Format(time.RFC3339), ic.NotBefore.UTC().Format(time.RFC3339))
+	}
+	if err := checkIssuerDomain(ic, td); err != nil {
+		return nil, err
+	}
+	bits, err := publicKeyBits(pub)
+	if err != nil {
+		return nil, fmt.Errorf("CA key: %w", err)
+	}
+	serial, err := newSerial()
+	if err != nil {
+		return nil, err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: serial,
+		Subject: pkix.Name{
+			Organization: []string{Organization},
+			SerialNumber: serial.String(),
+		},
+		NotBefore:             now.Add(-Backdate).Truncate(time.Second),
+		NotAfter:              now.Add(ttl).Truncate(time.Second),
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
+		URIs:                  []*url.URL{td.ID().URL()},
+		SubjectKeyId:          subjectKeyID(bits),
+		AuthorityKeyId:        ic.SubjectKeyId,
+	}
+	if tmpl.NotBefore.Before(ic.NotBefore) {
+		tmpl.NotBefore = ic.NotBefore
+	}
+	if tmpl.NotAfter.After(ic.NotAfter) {
+		tmpl.NotAfter = ic.NotAfter
+	}
+	if !tmpl.NotAfter.After(now) {
+		return nil, fmt.Errorf("%w: CA TTL %v is too short", ErrParams, ttl)
+	}
+	return createCA(tmpl, ic, pub, iss.Signer)
+}
+
+func createCA(tmpl, parent *x509.Certificate, pub crypto.PublicKey, signer crypto.Signer) (*x509.Certificate, error) {
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, parent, pub, signer)
 	if err != nil {
 		return nil, fmt.Errorf("x509ca: create CA certificate: %w", err)
 	}
