@@ -43,6 +43,10 @@ type Options struct {
 	// ForeignServerCA makes the server present a certificate from a CA
 	// that is not in its bundle.
 	ForeignServerCA bool
+	// UpstreamRoot makes the signing CA an intermediate below a root: the
+	// bundle holds only the root, and every X.509-SVID (the server's
+	// too) is sent with the CA certificate after the leaf.
+	UpstreamRoot bool
 	// Logf receives a line per call (e.g. t.Logf).
 	Logf func(format string, args ...any)
 }
@@ -56,6 +60,7 @@ type Server struct {
 	td       spiffeid.TrustDomain
 	clk      clock.Clock
 	ca       *x509ca.Issuer
+	root     *x509.Certificate // the trust anchor: ca.Cert unless UpstreamRoot
 	jwtKey   jwtsvid.Key
 	caNotAft time.Time
 	bundle   []byte
@@ -126,9 +131,15 @@ func Start(t testing.TB, opts Options) *Server {
 	key := must(x509ca.GenerateKey(x509ca.KeyTypeECP256))
 	caCert := must(x509ca.NewSelfSignedCA(now, s.td, key, 7*24*time.Hour))
 	s.ca = &x509ca.Issuer{Cert: caCert, Signer: key}
-	s.caNotAft = caCert.NotAfter
+	s.root = caCert
+	if opts.UpstreamRoot {
+		interKey := must(x509ca.GenerateKey(x509ca.KeyTypeECP256))
+		inter := must(x509ca.SignCA(now, s.td, interKey.Public(), s.ca, 7*24*time.Hour))
+		s.ca = &x509ca.Issuer{Cert: inter, Signer: interKey, Chain: []*x509.Certificate{inter}}
+	}
+	s.caNotAft = s.ca.Cert.NotAfter
 	s.jwtKey = jwtsvid.Key{ID: "jwt-key-1", Signer: must(x509ca.GenerateKey(x509ca.KeyTypeECP256))}
-	b := spiffebundle.FromX509Authorities(s.td, []*x509.Certificate{caCert})
+	b := spiffebundle.FromX509Authorities(s.td, []*x509.Certificate{s.root})
 	if err := b.AddJWTAuthority(s.jwtKey.ID, s.jwtKey.Signer.Public()); err != nil {
 		t.Fatal(err)
 	}
@@ -161,12 +172,15 @@ func (s *Server) TrustDomain() spiffeid.TrustDomain { return s.td }
 // AgentID is the SPIFFE ID attested agents get.
 func (s *Server) AgentID() spiffeid.ID { return s.agentID }
 
-// CA returns the CA certificate.
+// CA returns the signing CA certificate.
 func (s *Server) CA() *x509.Certificate { return s.ca.Cert }
 
-// CAPEM returns the CA certificate in PEM, for --trust-bundle.
+// Root returns the trust anchor: the root with UpstreamRoot, else the CA.
+func (s *Server) Root() *x509.Certificate { return s.root }
+
+// CAPEM returns the trust anchor in PEM, for --trust-bundle.
 func (s *Server) CAPEM() []byte {
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.ca.Cert.Raw})
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: s.root.Raw})
 }
 
 // BundleJSON returns the SPIFFE bundle it serves.
@@ -194,7 +208,7 @@ func (s *Server) serverCert() (*tls.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}, nil
+	return &tls.Certificate{Certificate: iss.SVIDChain(der), PrivateKey: key}, nil
 }
 
 func (s *Server) serve(lis net.Listener) {
@@ -367,7 +381,8 @@ func (s *Server) Signed(entryID string) int {
 
 // ---- NodeService ----
 
-func (s *Server) signSVID(id spiffeid.ID, dns []string, ttl time.Duration, csr []byte) ([]byte, error) {
+// signSVID signs an X.509-SVID and returns its chain, leaf first.
+func (s *Server) signSVID(id spiffeid.ID, dns []string, ttl time.Duration, csr []byte) ([][]byte, error) {
 	pub, err := x509ca.CheckCSR(csr)
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "CSR: %v", err)
@@ -376,7 +391,7 @@ func (s *Server) signSVID(id spiffeid.ID, dns []string, ttl time.Duration, csr [
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "sign: %v", err)
 	}
-	return der, nil
+	return s.ca.SVIDChain(der), nil
 }
 
 // Attest implements NodeService.
@@ -395,7 +410,7 @@ func (s *Server) Attest(_ context.Context, req *nodev1.AttestRequest) (*nodev1.A
 	if err != nil {
 		return nil, err
 	}
-	return &nodev1.AttestResponse{SvidChain: [][]byte{der}, Bundle: s.bundle}, nil
+	return &nodev1.AttestResponse{SvidChain: der, Bundle: s.bundle}, nil
 }
 
 // authorize checks the caller is the attested, not evicted agent.
@@ -433,7 +448,7 @@ func (s *Server) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest) 
 	if err != nil {
 		return nil, err
 	}
-	return &nodev1.RenewAgentResponse{SvidChain: [][]byte{der}}, nil
+	return &nodev1.RenewAgentResponse{SvidChain: der}, nil
 }
 
 // Sync implements NodeService.
@@ -522,7 +537,7 @@ func (s *Server) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX50
 			res.Status = &nodev1.Status{Code: int32(st.Code()), Message: st.Message()}
 			continue
 		}
-		res.SvidChain = [][]byte{der}
+		res.SvidChain = der
 		s.mu.Lock()
 		s.signed[e.GetId()]++
 		s.lastSigned[e.GetId()] = s.clk.Now()
