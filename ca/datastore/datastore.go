@@ -174,7 +174,9 @@ type CAKey struct {
 	ServerID string
 	// KeyType is the key algorithm, such as "ec-p256".
 	KeyType string
-	// CertDER is the CA certificate (X.509 keys).
+	// CertDER is the CA certificate (X.509 keys), followed by the
+	// intermediates above it up to, not including, the trust anchor
+	// (concatenated DER; none for a self-signed CA).
 	CertDER []byte
 	// PublicKeyDER is the PKIX public key (JWT keys).
 	PublicKeyDER []byte

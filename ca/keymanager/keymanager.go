@@ -32,6 +32,10 @@ var ErrInconsistent = errors.New("CA state inconsistent")
 // ErrConfig means the Config is not usable.
 var ErrConfig = errors.New("keymanager: invalid configuration")
 
+// ErrAuthority means the Authority failed or returned a CA certificate
+// that is not usable; nothing was recorded.
+var ErrAuthority = errors.New("keymanager: CA authority failed")
+
 // DefaultRefreshHint is the bundle refresh hint published to consumers.
 const DefaultRefreshHint = 5 * time.Minute
 
@@ -432,10 +436,10 @@ func (m *Manager) prepare(ctx context.Context, now time.Time, kind datastore.CAK
 	case datastore.CAKeyX509:
 		ca, err := m.cfg.Authority.MintCA(ctx, CARequest{TrustDomain: m.cfg.TrustDomain, Signer: signer, Now: now, TTL: m.cfg.CATTL})
 		if err != nil {
-			return nil, fmt.Errorf("mint CA certificate: %w", err)
+			return nil, fmt.Errorf("%w: %w", ErrAuthority, err)
 		}
 		if err := checkCA(now, m.cfg.TrustDomain, signer, ca); err != nil {
-			return nil, err
+			return nil, fmt.Errorf("%w: %w", ErrAuthority, err)
 		}
 		k.cert, anchors = ca.Cert, ca.TrustAnchors
 		if !slices.ContainsFunc(anchors, ca.Cert.Equal) {
