@@ -1,7 +1,8 @@
 // Package pgtest gives tests a throwaway PostgreSQL server: a new cluster
 // in a temporary directory, made with the machine's PostgreSQL binaries
 // (/usr/lib/postgresql/<version>/bin, or pg_config --bindir), listening
-// only on a Unix socket in that directory, with fsync off, and stopped
+// only on a Unix socket in that directory, with fsync off (commits still
+// reach the kernel, so Stop, a crash of the server, loses nothing), and stopped
 // and removed when the tests end. Each test gets a database of its own.
 //
 //	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }

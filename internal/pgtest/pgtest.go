@@ -185,7 +185,6 @@ unix_socket_directories = '%s'
 unix_socket_permissions = 0700
 port = %d
 fsync = off
-synchronous_commit = off
 full_page_writes = off
 max_connections = 200
 logging_collector = off
