@@ -81,7 +81,7 @@ func Shared(t testing.TB) *Cluster {
 			shared = &Cluster{dsn: dsn, external: true}
 			return
 		}
-		shared, sharedErr = start()
+		shared, sharedErr = start(false)
 	})
 	if sharedErr != nil {
 		fail(t, sharedErr)
@@ -94,10 +94,22 @@ func Shared(t testing.TB) *Cluster {
 // test is skipped.
 func New(t testing.TB) *Cluster {
 	t.Helper()
+	return newCluster(t, false)
+}
+
+// NewDurable is New with fsync on, as in production, for benchmarks of
+// durable writes.
+func NewDurable(t testing.TB) *Cluster {
+	t.Helper()
+	return newCluster(t, true)
+}
+
+func newCluster(t testing.TB, durable bool) *Cluster {
+	t.Helper()
 	if os.Getenv(EnvDSN) != "" {
-		t.Skipf("%s is set: this test needs a cluster it can stop and start", EnvDSN)
+		t.Skipf("%s is set: this test needs a cluster of its own", EnvDSN)
 	}
-	c, err := start()
+	c, err := start(durable)
 	if err != nil {
 		fail(t, err)
 	}
@@ -142,8 +154,8 @@ func isExecutable(path string) bool {
 	return err == nil && fi.Mode().IsRegular() && fi.Mode().Perm()&0o111 != 0
 }
 
-// start makes and starts a new cluster.
-func start() (_ *Cluster, err error) {
+// start makes and starts a new cluster; durable leaves fsync on.
+func start(durable bool) (_ *Cluster, err error) {
 	binDir, err := findBinDir()
 	if err != nil {
 		return nil, err
@@ -184,11 +196,14 @@ listen_addresses = ''
 unix_socket_directories = '%s'
 unix_socket_permissions = 0700
 port = %d
-fsync = off
-full_page_writes = off
 max_connections = 200
 logging_collector = off
 `, dir, port)
+	if !durable {
+		// Commits still reach the kernel, so a stop (a crash of the
+		// server, not of the machine) loses nothing.
+		conf += "fsync = off\nfull_page_writes = off\n"
+	}
 	if err := c.appendFile("postgresql.conf", conf); err != nil {
 		return nil, err
 	}
