@@ -3,7 +3,9 @@
 // (/usr/lib/postgresql/<version>/bin, or pg_config --bindir), listening
 // only on a Unix socket in that directory, with fsync off (commits still
 // reach the kernel, so Stop, a crash of the server, loses nothing), and stopped
-// and removed when the tests end. Each test gets a database of its own.
+// and removed when the tests end (a cluster left behind by a test process
+// that was killed is removed by the next one to start a cluster). Each
+// test gets a database of its own.
 //
 //	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 //

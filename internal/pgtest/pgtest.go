@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -160,8 +161,9 @@ func start(durable bool) (_ *Cluster, err error) {
 	if err != nil {
 		return nil, err
 	}
+	reapOrphans(binDir)
 	// A short path: the socket's path must fit in sun_path.
-	dir, err := os.MkdirTemp("", "wpg")
+	dir, err := os.MkdirTemp("", dirPrefix)
 	if err != nil {
 		return nil, err
 	}
@@ -172,6 +174,9 @@ func start(durable bool) (_ *Cluster, err error) {
 		}
 	}()
 	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
 		return nil, err
 	}
 	if os.Geteuid() == 0 {
@@ -218,6 +223,40 @@ logging_collector = off
 		return nil, err
 	}
 	return c, nil
+}
+
+const (
+	// dirPrefix starts the name of every cluster's directory.
+	dirPrefix = "wpg"
+	// ownerFile holds the PID of the test process that made the cluster.
+	ownerFile = "owner"
+)
+
+// reapOrphans stops and removes the clusters of test processes that died
+// without removing them (killed, or timed out).
+func reapOrphans(binDir string) {
+	owners, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*", ownerFile))
+	for _, f := range owners {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 || pid == os.Getpid() || syscall.Kill(pid, 0) != syscall.ESRCH {
+			continue
+		}
+		dir := filepath.Dir(f)
+		c := &Cluster{binDir: binDir, dir: dir, dataDir: filepath.Join(dir, "data"), running: true}
+		if fi, err := os.Stat(c.dataDir); err == nil {
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok && int(st.Uid) != os.Geteuid() {
+				if u, err := user.LookupId(strconv.Itoa(int(st.Uid))); err == nil {
+					c.runAs = u.Username
+				}
+			}
+		}
+		_ = c.stop() // fails harmlessly if the server is not running
+		_ = os.RemoveAll(dir)
+	}
 }
 
 // run runs a PostgreSQL program as the server's user.
