@@ -51,8 +51,10 @@ const (
 // Config configures Open.
 type Config struct {
 	// ConnString is a PostgreSQL connection string, URL or keyword/value
-	// form, as libpq takes it. The password may also come from
-	// PGPASSWORD or a PGPASSFILE.
+	// form, as libpq takes it, plus pgx's pool settings such as
+	// pool_max_conns (default: 4, or the number of CPUs if more). The
+	// password may also come from PGPASSWORD or a PGPASSFILE. Each Store
+	// holds one more connection for its change feed.
 	ConnString string
 	// Password, if set, replaces the connection string's.
 	Password string
