@@ -25,7 +25,6 @@ const (
 	logKeyHost     = "host"
 	logKeyDatabase = "database"
 	logKeyError    = "error"
-	logKeyRevision = "revision"
 )
 
 const (
