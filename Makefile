@@ -6,15 +6,33 @@ PROTOS    := $(shell find ca/api -name '*.proto')
 FUZZTIME  ?= 10s
 GOLANGCI_VERSION := v2.6.2
 
-.PHONY: all build test integration bench bench-smoke bench-go fuzz lint vet fmt-check generate generate-check tidy-check tools clean
+.PHONY: all build test test-deps integration bench bench-smoke bench-go fuzz lint vet fmt-check generate generate-check tidy-check tools clean
 
 all: lint test
 
 build:
 	$(GO) build -o $(BIN)/writ ./cmd/writ
 
-test:
+test: test-deps
 	$(GO) test -race -timeout 20m ./...
+
+# test-deps installs the PostgreSQL server that the pgstore tests start
+# throwaway clusters of (internal/pgtest), if no initdb is found and make
+# runs as root with apt-get; without it those tests skip (fail if
+# CI=true). No cluster of the package's own is created or started.
+test-deps:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	    { command -v pg_config >/dev/null && [ -x "$$(pg_config --bindir)/initdb" ]; }; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing the PostgreSQL server (for the pgstore tests)"; \
+	  mkdir -p /etc/postgresql-common; \
+	  [ -e /etc/postgresql-common/createcluster.conf ] || echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.conf; \
+	  apt-get update -qq >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql-15 >/dev/null 2>&1 || \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
+	else \
+	  echo "no PostgreSQL server found: the pgstore tests will skip (apt-get install postgresql)"; \
+	fi
 
 integration:
 	$(GO) test -race -timeout 20m -run Integration ./...

@@ -41,6 +41,8 @@
 //     not here.
 //   - BanAgent and UnbanAgent change the agent record atomically
 //     (Store.UpdateAgent), so a concurrent renewal cannot undo them.
-//     UpdateEntry reads, merges the masked fields and replaces the entry:
-//     two concurrent updates of one entry can lose one's fields.
+//     UpdateEntry merges the masked fields into the entry as stored, inside
+//     the store's read-modify-write (Store.UpdateEntry), so concurrent
+//     updates of different fields of one entry, through this server or
+//     another sharing the datastore, keep each other's fields.
 package admin

@@ -188,19 +188,23 @@ func (es *entryService) UpdateEntry(ctx context.Context, req *adminv1.UpdateEntr
 			return nil, err
 		}
 	}
-	old, err := s.store.FetchEntry(ctx, id)
-	if err != nil {
-		return nil, s.storeError(ctx, "fetch entry", err, msgEntryNotFound(id), "")
+	// The masked fields are merged into the entry as stored inside the
+	// store's read-modify-write, so that a concurrent update of other
+	// fields is kept. checkErr is the refusal of the merged entry.
+	var checkErr error
+	updated, err := s.store.UpdateEntry(ctx, id, func(e *entry.Entry) error {
+		for _, f := range fields {
+			f.copy(e, &patch)
+		}
+		if checkErr = s.checkEntry(e); checkErr != nil {
+			return checkErr
+		}
+		c.spiffeID = e.SPIFFEID.String()
+		return nil
+	})
+	if checkErr != nil {
+		return nil, checkErr
 	}
-	e := old.Clone()
-	for _, f := range fields {
-		f.copy(e, &patch)
-	}
-	if err := s.checkEntry(e); err != nil {
-		return nil, err
-	}
-	c.spiffeID = e.SPIFFEID.String()
-	updated, err := s.store.UpdateEntry(ctx, e)
 	if err != nil {
 		return nil, s.storeError(ctx, "update entry", err, msgEntryNotFound(id), msgDuplicateEntry)
 	}

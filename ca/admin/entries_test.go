@@ -7,6 +7,7 @@ import (
 	"math"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"unicode"
 	"unicode/utf8"
@@ -652,5 +653,47 @@ func TestErrorMessagesBounded(t *testing.T) {
 	})
 	if status.Code(err) != codes.InvalidArgument || len(status.Convert(err).Message()) > 512 {
 		t.Errorf("UpdateEntry with a huge mask name: %v", err)
+	}
+}
+
+// TestUpdateEntryConcurrentFields updates two fields of one entry from two
+// callers at once: each update is merged into the entry as stored, so
+// neither undoes the other's field.
+func TestUpdateEntryConcurrentFields(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	orig := e.create(t, validEntry(1))
+	const rounds = 20
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := range rounds {
+			_, err := e.entries.UpdateEntry(ctxT(t), &adminv1.UpdateEntryRequest{
+				Entry:      &adminv1.Entry{Id: orig.GetId(), X509SvidTtl: int64(3600 + i)},
+				UpdateMask: []string{"x509_svid_ttl"},
+			})
+			if err != nil {
+				t.Errorf("UpdateEntry x509_svid_ttl: %v", err)
+				return
+			}
+		}
+	})
+	wg.Go(func() {
+		for i := range rounds {
+			_, err := e.entries.UpdateEntry(ctxT(t), &adminv1.UpdateEntryRequest{
+				Entry:      &adminv1.Entry{Id: orig.GetId(), DnsNames: []string{fmt.Sprintf("n%d.example.org", i)}},
+				UpdateMask: []string{"dns_names"},
+			})
+			if err != nil {
+				t.Errorf("UpdateEntry dns_names: %v", err)
+				return
+			}
+		}
+	})
+	wg.Wait()
+	got, err := e.entries.GetEntry(ctxT(t), &adminv1.GetEntryRequest{Id: orig.GetId()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.GetX509SvidTtl() != 3600+rounds-1 || !slices.Equal(got.GetDnsNames(), []string{fmt.Sprintf("n%d.example.org", rounds-1)}) {
+		t.Errorf("after concurrent updates: x509_svid_ttl %d, dns_names %v; want %d and the last name", got.GetX509SvidTtl(), got.GetDnsNames(), 3600+rounds-1)
 	}
 }

@@ -18,6 +18,10 @@ import (
 // goes to the log.
 const internalMessage = "internal error"
 
+// unavailableMessage is the message of Unavailable, for a datastore that
+// cannot be reached for now.
+const unavailableMessage = "datastore unavailable, retry later"
+
 // invalidPrefix starts the text of every error entry's parsers return.
 var invalidPrefix = entry.ErrInvalid.Error() + ": "
 
@@ -62,8 +66,9 @@ func (s *Service) storeError(ctx context.Context, op string, err error, notFound
 }
 
 // internal logs err once and returns the error the caller sees: Canceled
-// or DeadlineExceeded if the call's context ended, otherwise Internal
-// with a generic message.
+// or DeadlineExceeded if the call's context ended, Unavailable if the
+// datastore cannot be reached for now, otherwise Internal with a generic
+// message.
 func (s *Service) internal(ctx context.Context, op string, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil && errors.Is(err, ctxErr) {
 		return status.FromContextError(ctxErr).Err()
@@ -71,6 +76,10 @@ func (s *Service) internal(ctx context.Context, op string, err error) error {
 	attrs := []slog.Attr{slog.String("op", op), slog.String(KeyError, err.Error())}
 	if c, ok := ctx.Value(callKey{}).(*call); ok && c != nil {
 		attrs = append(callerAttrs(c), attrs...)
+	}
+	if errors.Is(err, datastore.ErrUnavailable) {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "admin call failed", attrs...)
+		return status.Error(codes.Unavailable, unavailableMessage)
 	}
 	s.log.LogAttrs(ctx, slog.LevelError, "admin call failed", attrs...)
 	return status.Error(codes.Internal, internalMessage)

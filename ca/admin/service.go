@@ -56,7 +56,7 @@ type Store interface {
 	CreateEntries(ctx context.Context, entries []*entry.Entry) ([]datastore.EntryResult, error)
 	FetchEntry(ctx context.Context, id string) (*entry.Entry, error)
 	ListEntries(ctx context.Context, f datastore.EntryFilter) ([]*entry.Entry, error)
-	UpdateEntry(ctx context.Context, e *entry.Entry) (*entry.Entry, error)
+	UpdateEntry(ctx context.Context, id string, fn func(*entry.Entry) error) (*entry.Entry, error)
 	DeleteEntry(ctx context.Context, id string) (*entry.Entry, error)
 
 	FetchAgent(ctx context.Context, id spiffeid.ID) (*datastore.Agent, error)

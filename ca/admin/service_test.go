@@ -3,6 +3,7 @@ package admin_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -74,7 +75,7 @@ func (f failingStore) FetchEntry(context.Context, string) (*entry.Entry, error) 
 func (f failingStore) ListEntries(context.Context, datastore.EntryFilter) ([]*entry.Entry, error) {
 	return nil, f.err
 }
-func (f failingStore) UpdateEntry(context.Context, *entry.Entry) (*entry.Entry, error) {
+func (f failingStore) UpdateEntry(context.Context, string, func(*entry.Entry) error) (*entry.Entry, error) {
 	return nil, f.err
 }
 func (f failingStore) DeleteEntry(context.Context, string) (*entry.Entry, error) { return nil, f.err }
@@ -117,6 +118,23 @@ func TestStoreFailureIsInternal(t *testing.T) {
 			}
 			if n != 1 {
 				t.Errorf("detail logged %d times, want once", n)
+			}
+		})
+	}
+}
+
+// TestStoreUnavailableIsUnavailable checks that a datastore that cannot
+// be reached for now reaches the caller as Unavailable, so that clients
+// retry.
+func TestStoreUnavailableIsUnavailable(t *testing.T) {
+	for _, c := range adminCalls() {
+		t.Run(strings.TrimPrefix(c.method, "/writ.admin.v1."), func(t *testing.T) {
+			e := newEnv(t, envOptions{wrap: func(s admin.Store) admin.Store {
+				return failingStore{Store: s, err: fmt.Errorf("connect: %w", datastore.ErrUnavailable)}
+			}})
+			err := c.call(ctxT(t), e.conn)
+			if status.Code(err) != codes.Unavailable {
+				t.Fatalf("%v, want Unavailable", err)
 			}
 		})
 	}

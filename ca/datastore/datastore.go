@@ -27,10 +27,31 @@ var (
 	ErrInUse = errors.New("datastore: in use by another process")
 	// ErrCorrupt means the stored data cannot be read.
 	ErrCorrupt = errors.New("datastore: corrupt")
+	// ErrUnavailable means the datastore cannot be reached for now (a
+	// database server is down or the connection to it was lost); the
+	// same call may succeed later, on the same Store.
+	ErrUnavailable = errors.New("datastore: unavailable")
 )
 
 // Store is the CA server's persistent state. All methods are safe for
 // concurrent use. Every write that returns without error is durable.
+//
+// Several Store handles may share one database (several CA servers on one
+// PostgreSQL database, for instance): every guarantee below then holds
+// across handles as it does within one.
+//
+// Changes of entries, agents and bundles take revisions, which become
+// visible in commit order: once a reader has seen revision n (through
+// Events, Snapshot or a returned Entry.Revision), it never afterwards
+// finds a change with a revision at or below n that it did not see. A
+// reader can therefore follow the store with Events from the last
+// revision it applied.
+//
+// Watch is a hint to do that catch-up read, not the change feed itself:
+// on a signal a consumer reads Events after its last revision. A signal
+// may be late, spurious or coalesced, and a backend whose change feed
+// from other handles broke signals again once it is restored, so that
+// consumers re-read whatever they may have missed.
 type Store interface {
 	// CreateEntries stores new entries in one transaction. An entry with
 	// an empty ID is given one. The result has one EntryResult per input,
@@ -39,9 +60,15 @@ type Store interface {
 	CreateEntries(ctx context.Context, entries []*entry.Entry) ([]EntryResult, error)
 	FetchEntry(ctx context.Context, id string) (*entry.Entry, error)
 	ListEntries(ctx context.Context, f EntryFilter) ([]*entry.Entry, error)
-	// UpdateEntry replaces the entry with e.ID (ErrNotFound if none;
-	// ErrAlreadyExists if the change makes it a duplicate).
-	UpdateEntry(ctx context.Context, e *entry.Entry) (*entry.Entry, error)
+	// UpdateEntry atomically reads the entry with this ID (ErrNotFound if
+	// none), lets fn change a copy of it and stores the result with a new
+	// revision (ErrAlreadyExists if the change makes it a duplicate).
+	// Concurrent updates, from this or another handle, never lose each
+	// other's changes. fn must be quick and must not call the store; if it
+	// returns an error nothing is written and that error is returned
+	// (wrapped). fn may not change the ID; what it sets in Revision is
+	// ignored.
+	UpdateEntry(ctx context.Context, id string, fn func(*entry.Entry) error) (*entry.Entry, error)
 	// DeleteEntry removes the entry and returns it as it was.
 	DeleteEntry(ctx context.Context, id string) (*entry.Entry, error)
 
@@ -89,8 +116,10 @@ type Store interface {
 	// Snapshot returns every entry and the revision they are current at.
 	Snapshot(ctx context.Context) (*Snapshot, error)
 	// Watch returns a channel that receives a value after each change is
-	// committed (coalesced: buffered one, never blocking the writer), and a
-	// function that stops the watch.
+	// committed, through this handle or another sharing the database
+	// (coalesced: buffered one, never blocking the writer), and a function
+	// that stops the watch. It also receives a value when a broken change
+	// feed is restored; see the Store comment.
 	Watch() (<-chan struct{}, func())
 
 	Close() error

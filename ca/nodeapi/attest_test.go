@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -218,4 +219,14 @@ func TestAttestRefusesServerID(t *testing.T) {
 	if _, err := e.store.FetchAgent(context.Background(), spiffeid.RequireFromString("spiffe://example.org/writ/server")); !errors.Is(err, datastore.ErrNotFound) {
 		t.Errorf("agent record for the server ID: %v", err)
 	}
+}
+
+// TestAttestDatastoreUnavailable: a datastore that cannot be reached for
+// now is Unavailable to the agent, which retries, not Internal.
+func TestAttestDatastoreUnavailable(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	down := fmt.Errorf("connect: %w", datastore.ErrUnavailable)
+	e.store.consumeErr.Store(&down)
+	_, err := e.client(nil).Attest(ctxT(t), &nodev1.AttestRequest{JoinToken: e.newToken(agentA, time.Hour), Csr: newCSR(t, newKey(t))})
+	wantCode(t, err, codes.Unavailable, "")
 }

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	nodev1 "writ.dev/writ/ca/api/node/v1"
+	"writ.dev/writ/ca/datastore"
 )
 
 // Messages callers see when refused. They say what failed but not which
@@ -28,6 +29,7 @@ const (
 	msgStopping      = "node API is stopping"
 	msgNoPolicy      = "permission denied: method has no access policy"
 	msgInternal      = "internal error"
+	msgUnavailable   = "datastore unavailable, retry later"
 	msgNoInterceptor = "permission denied"
 )
 
@@ -191,7 +193,8 @@ func peerChain(ctx context.Context) []*x509.Certificate {
 
 // internal logs err once and returns the error the caller sees:
 // Canceled or DeadlineExceeded if the call's context ended, otherwise
-// Internal with a generic message.
+// Internal with a generic message (Unavailable if the datastore cannot be
+// reached for now).
 func (s *Service) internal(ctx context.Context, c *caller, op string, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil && errors.Is(err, ctxErr) {
 		return status.FromContextError(ctxErr).Err()
@@ -202,6 +205,10 @@ func (s *Service) internal(ctx context.Context, c *caller, op string, err error)
 		if !c.id.IsZero() {
 			attrs = append(attrs, slog.String(KeySPIFFEID, c.id.String()))
 		}
+	}
+	if errors.Is(err, datastore.ErrUnavailable) {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "node API call failed", attrs...)
+		return status.Error(codes.Unavailable, msgUnavailable)
 	}
 	s.log.LogAttrs(ctx, slog.LevelError, "node API call failed", attrs...)
 	return status.Error(codes.Internal, msgInternal)

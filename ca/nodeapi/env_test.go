@@ -74,6 +74,15 @@ type testStore struct {
 	eventsGate atomic.Pointer[chan struct{}]
 	// eventsErr, if set, fails Events.
 	eventsErr atomic.Pointer[error]
+	// consumeErr, if set, fails ConsumeJoinToken.
+	consumeErr atomic.Pointer[error]
+}
+
+func (s *testStore) ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (*datastore.JoinToken, error) {
+	if err := s.consumeErr.Load(); err != nil {
+		return nil, *err
+	}
+	return s.Store.ConsumeJoinToken(ctx, hash, now)
 }
 
 func (s *testStore) UpdateAgent(ctx context.Context, id spiffeid.ID, fn func(*datastore.Agent) error) (*datastore.Agent, error) {

@@ -200,7 +200,10 @@ func TestSyncChanges(t *testing.T) {
 	// Update.
 	upd := en.Clone()
 	upd.DNSNames = []string{"w.example.org"}
-	upd, err := e.store.UpdateEntry(context.Background(), upd)
+	upd, err := e.store.UpdateEntry(context.Background(), upd.ID, func(cur *entry.Entry) error {
+		cur.DNSNames = upd.DNSNames
+		return nil
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,7 +215,10 @@ func TestSyncChanges(t *testing.T) {
 	// Move to agent b: deleted for a, created for b.
 	moved := upd.Clone()
 	moved.ParentID = spiffeid.RequireFromString(agentB)
-	if _, err := e.store.UpdateEntry(context.Background(), moved); err != nil {
+	if _, err := e.store.UpdateEntry(context.Background(), moved.ID, func(cur *entry.Entry) error {
+		cur.ParentID = moved.ParentID
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 	m = sa.next()
@@ -224,7 +230,10 @@ func TestSyncChanges(t *testing.T) {
 	// And back.
 	back := moved.Clone()
 	back.ParentID = spiffeid.RequireFromString(agentA)
-	if _, err := e.store.UpdateEntry(context.Background(), back); err != nil {
+	if _, err := e.store.UpdateEntry(context.Background(), back.ID, func(cur *entry.Entry) error {
+		cur.ParentID = back.ParentID
+		return nil
+	}); err != nil {
 		t.Fatal(err)
 	}
 	sa.until("a gets it back", func() bool { return sa.have[en.ID] != nil })

@@ -287,19 +287,29 @@ func matches(f datastore.EntryFilter, e *entry.Entry) bool {
 		entry.Match(f.Selectors, e.Selectors)
 }
 
-// UpdateEntry replaces the entry with e.ID by e, with a new revision, and
-// returns it as stored. Every field but Revision is taken from e.
-func (s *Store) UpdateEntry(ctx context.Context, e *entry.Entry) (*entry.Entry, error) {
-	if err := checkEntry(e); err != nil {
-		return nil, fmt.Errorf("update entry: %w", err)
-	}
+// UpdateEntry atomically reads the entry with this ID, lets fn change a
+// copy of it and stores the result with a new revision. fn runs inside
+// the write transaction: it must be quick and must not call the store.
+// fn's error is returned wrapped, and nothing is written.
+func (s *Store) UpdateEntry(ctx context.Context, id string, fn func(*entry.Entry) error) (*entry.Entry, error) {
 	var out *entry.Entry
 	err := s.update(ctx, func(w *writer) error {
-		old, seq, err := w.getEntry(e.ID)
+		old, seq, err := w.getEntry(id)
 		if err != nil {
 			return err
 		}
-		n := e.Clone()
+		n := old.Clone()
+		if err := fn(n); err != nil {
+			return err
+		}
+		if n.ID != id {
+			return invalid("an update may not change the entry's ID")
+		}
+		if err := checkEntry(n); err != nil {
+			return err
+		}
+		// Nothing of fn's may stay shared with the stored entry.
+		n = n.Clone()
 		key := n.UniqueKey()
 		if other := w.unique.Get(key[:]); other != nil && string(other) != n.ID {
 			return fmt.Errorf("entry would duplicate entry %s (same SPIFFE ID, parent ID and selectors): %w", entry.Printable(string(other)), datastore.ErrAlreadyExists)
@@ -313,7 +323,7 @@ func (s *Store) UpdateEntry(ctx context.Context, e *entry.Entry) (*entry.Entry, 
 		if err := w.putEntry(n, seq, key); err != nil {
 			return err
 		}
-		out = n
+		out = n.Clone()
 		return nil
 	})
 	if err != nil {

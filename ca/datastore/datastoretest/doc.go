@@ -20,7 +20,15 @@
 // nothing, a failing fn writes nothing), CA keys, the event log, snapshots
 // consistent with it under concurrent writes, Watch, copies (nothing
 // returned or passed in aliases stored state) and context cancellation.
-// Conditions are checked with errors.Is, never by message.
+// Conditions are checked with errors.Is, never by message. Concurrent
+// updates of different fields of one entry lose none, and a reader of
+// Events never sees a revision appear below one it has already seen.
+//
+// RunShared runs the tests of two handles on one database, for backends
+// that allow it (pgstore; boltstore locks its file): changes through one
+// handle reach the other's Watch, Events and Snapshot, a join token is
+// consumed once across both, and UpdateEntry, UpdateAgent and
+// UpdateBundle lose nothing when called through both at once.
 //
 // Where datastore.Store leaves a case open, the suite settles it, so that
 // all backends agree:
@@ -31,7 +39,8 @@
 //     and fails an entry with entry.ErrInvalid (alone) if it has no SPIFFE
 //     ID or parent ID, if its selectors are not sorted and unique, or if
 //     its given ID is not of the entry.NewID form.
-//   - UpdateEntry takes every field but Revision from its argument.
+//   - UpdateEntry stores every field fn sets but Revision; fn may not
+//     change the ID (entry.ErrInvalid).
 //   - Revisions are above zero, so Events(ctx, 0, n) starts at the
 //     beginning; only entry, agent and bundle changes log events.
 //   - A token expiring exactly at now has expired.

@@ -284,7 +284,7 @@ func testUpdateEntry(t *testing.T, newStore NewStoreFunc) {
 		for _, missing := range []string{entry.NewID(), ""} {
 			e := newEntry(t, "/w/b", "/agent/1", "unix:uid:1")
 			e.ID = missing
-			_, err := s.UpdateEntry(t.Context(), e)
+			_, err := replace(t.Context(), s, e)
 			requireErrorIs(t, fmt.Sprintf("UpdateEntry(%q)", missing), err, datastore.ErrNotFound)
 		}
 		if evs := allEvents(t, s, rev); len(evs) != 0 {
@@ -304,7 +304,7 @@ func testUpdateEntry(t *testing.T, newStore NewStoreFunc) {
 		upd.Admin = true
 		upd.Downstream = false
 		upd.CreatedAt = t0.Add(-24 * time.Hour)
-		got, err := s.UpdateEntry(t.Context(), upd)
+		got, err := replace(t.Context(), s, upd)
 		requireNoError(t, "UpdateEntry", err)
 		requireEntry(t, "updated", withoutStoreFields(upd), withoutStoreFields(got))
 		if got.ID != old.ID {
@@ -348,7 +348,7 @@ func testUpdateEntry(t *testing.T, newStore NewStoreFunc) {
 		upd := newEntry(t, "/w/a", "/agent/1", "unix:uid:1")
 		upd.ID = entries[1].ID
 		upd.DNSNames = []string{"new.example.org"}
-		_, err := s.UpdateEntry(t.Context(), upd)
+		_, err := replace(t.Context(), s, upd)
 		requireErrorIs(t, "UpdateEntry", err, datastore.ErrAlreadyExists)
 		requireSameEntries(t, "after failed update", entries, listAll(t, s))
 		if evs := allEvents(t, s, rev); len(evs) != 0 {
@@ -362,7 +362,7 @@ func testUpdateEntry(t *testing.T, newStore NewStoreFunc) {
 		upd := old.Clone()
 		upd.DNSNames = []string{"new.example.org"}
 		upd.JWTSVIDTTL = time.Minute
-		got, err := s.UpdateEntry(t.Context(), upd)
+		got, err := replace(t.Context(), s, upd)
 		requireNoError(t, "UpdateEntry", err)
 		requireEntry(t, "updated", withoutStoreFields(upd), withoutStoreFields(got))
 		if got.Revision <= old.Revision {
@@ -370,12 +370,48 @@ func testUpdateEntry(t *testing.T, newStore NewStoreFunc) {
 		}
 	})
 
+	t.Run("fn's error writes nothing", func(t *testing.T) {
+		s := newStore(t)
+		old := create(t, s, newEntry(t, "/w/a", "/agent/1", "unix:uid:1"))[0]
+		_, err := s.UpdateEntry(t.Context(), old.ID, func(e *entry.Entry) error {
+			e.Admin = true
+			return errTest
+		})
+		requireErrorIs(t, "UpdateEntry with a failing fn", err, errTest)
+		_, err = s.UpdateEntry(t.Context(), old.ID, func(e *entry.Entry) error {
+			e.ID = entry.NewID()
+			return nil
+		})
+		requireErrorIs(t, "UpdateEntry changing the ID", err, entry.ErrInvalid)
+		requireSameEntries(t, "after failed updates", []*entry.Entry{old}, listAll(t, s))
+		if evs := allEvents(t, s, old.Revision); len(evs) != 0 {
+			t.Errorf("failed updates logged events: %+v", evs)
+		}
+	})
+
+	t.Run("fn sees the stored entry", func(t *testing.T) {
+		s := newStore(t)
+		old := create(t, s, newEntry(t, "/w/a", "/agent/1", "unix:uid:1"))[0]
+		var seen *entry.Entry
+		got, err := s.UpdateEntry(t.Context(), old.ID, func(e *entry.Entry) error {
+			seen = e.Clone()
+			e.DNSNames = append(e.DNSNames, "more.example.org")
+			return nil
+		})
+		requireNoError(t, "UpdateEntry", err)
+		requireEntry(t, "entry passed to fn", old, seen)
+		want := old.Clone()
+		want.DNSNames = append(want.DNSNames, "more.example.org")
+		want.Revision = got.Revision
+		requireEntry(t, "updated", want, got)
+	})
+
 	t.Run("unsorted selectors are refused", func(t *testing.T) {
 		s := newStore(t)
 		old := create(t, s, newEntry(t, "/w/a", "/agent/1", "unix:uid:1"))[0]
 		upd := old.Clone()
 		upd.Selectors = []entry.Selector{{Type: "unix", Value: "uid:2"}, {Type: "unix", Value: "uid:1"}}
-		_, err := s.UpdateEntry(t.Context(), upd)
+		_, err := replace(t.Context(), s, upd)
 		requireErrorIs(t, "UpdateEntry", err, entry.ErrInvalid)
 		requireSameEntries(t, "after failed update", []*entry.Entry{old}, listAll(t, s))
 	})

@@ -37,7 +37,7 @@ func testEvents(t *testing.T, newStore NewStoreFunc) {
 	requireErrorIs(t, "CreateEntries of a duplicate", res[0].Err, datastore.ErrAlreadyExists)
 	upd := entries[0].Clone()
 	upd.DNSNames = []string{"new.example.org"}
-	updated, err := s.UpdateEntry(ctx, upd)
+	updated, err := replace(ctx, s, upd)
 	requireNoError(t, "UpdateEntry", err)
 	entryEvent(updated)
 	_, err = s.DeleteEntry(ctx, entries[1].ID)
@@ -214,7 +214,7 @@ func testSnapshot(t *testing.T, newStore NewStoreFunc) {
 	// More changes of every kind.
 	upd := entries[0].Clone()
 	upd.Admin = true
-	_, err = s.UpdateEntry(ctx, upd)
+	_, err = replace(ctx, s, upd)
 	requireNoError(t, "UpdateEntry", err)
 	_, err = s.DeleteEntry(ctx, entries[1].ID)
 	requireNoError(t, "DeleteEntry", err)

@@ -62,7 +62,7 @@ func testReturnsCopies(t *testing.T, newStore NewStoreFunc) {
 
 	upd := want.Clone()
 	upd.Admin = true
-	updated, err := s.UpdateEntry(ctx, upd)
+	updated, err := replace(ctx, s, upd)
 	requireNoError(t, "UpdateEntry", err)
 	want = updated.Clone()
 	mutate(upd)
@@ -166,7 +166,7 @@ func testContextCanceled(t *testing.T, newStore NewStoreFunc) {
 			_, err := s.ListEntries(ctx, datastore.EntryFilter{ParentID: e.ParentID})
 			return err
 		}},
-		{"UpdateEntry", func(ctx context.Context) error { _, err := s.UpdateEntry(ctx, upd); return err }},
+		{"UpdateEntry", func(ctx context.Context) error { _, err := replace(ctx, s, upd); return err }},
 		{"DeleteEntry", func(ctx context.Context) error { _, err := s.DeleteEntry(ctx, e.ID); return err }},
 		{"CreateAgent", func(ctx context.Context) error { return s.CreateAgent(ctx, newAgent("/agent/2")) }},
 		{"FetchAgent", func(ctx context.Context) error { _, err := s.FetchAgent(ctx, agent.SPIFFEID); return err }},

@@ -49,8 +49,10 @@ func Run(t *testing.T, newStore func(t *testing.T) datastore.Store) {
 		{"FetchEntry", testFetchEntry},
 		{"ListEntries", testListEntries},
 		{"UpdateEntry", testUpdateEntry},
+		{"UpdateEntryConcurrent", onOne(testUpdateEntryFields)},
 		{"DeleteEntry", testDeleteEntry},
 		{"ConcurrentWriters", testConcurrentWriters},
+		{"RevisionsInCommitOrder", onOne(testRevisionsInCommitOrder)},
 		{"Agents", testAgents},
 		{"JoinTokens", testJoinTokens},
 		{"ConsumeJoinTokenRace", testConsumeJoinTokenRace},
@@ -424,4 +426,13 @@ func within(t testing.TB, what string, fn func()) {
 	case <-time.After(waitTimeout):
 		t.Fatalf("%s: still blocked after %s", what, waitTimeout)
 	}
+}
+
+// replace stores e in place of the entry with e.ID, through UpdateEntry:
+// every field but ID and Revision is taken from e.
+func replace(ctx context.Context, s datastore.Store, e *entry.Entry) (*entry.Entry, error) {
+	return s.UpdateEntry(ctx, e.ID, func(cur *entry.Entry) error {
+		*cur = *e.Clone()
+		return nil
+	})
 }
