@@ -92,7 +92,13 @@
 // # Limits
 //
 // MaxConnections (1024) bounds open connections, and so pinned processes
-// (two file descriptors each): more are closed as soon as accepted.
+// (two file descriptors each), and MaxConnectionsPerUID (128, an eighth)
+// those of any one uid, by the connection's peer credentials: more are
+// closed as soon as accepted. A connection that is not served (its
+// latest call was refused with "no identity issued", or it has made no
+// call) is closed once it has had no call in progress for 2 s (10 s
+// before its first call) on the Clock; its client reconnects on its next
+// call.
 // MaxConcurrentStreams (64) bounds calls per connection; MaxRecvMsgSize
 // (64 KiB) requests; MaxSendMsgSize (4 MiB, the clients' default receive
 // limit) responses, larger ones failing with ResourceExhausted. Request
@@ -114,8 +120,8 @@
 //
 // # Caveats
 //
-//   - A local user can open MaxConnections connections and hold them,
-//     locking out others until it closes them; there is no per-uid quota.
+//   - A uid with an identity can hold MaxConnectionsPerUID connections
+//     with open streams; eight such uids together fill MaxConnections.
 //   - Attestation is by uid, gid and executable (see unixattest): path
 //     and hash selectors cannot separate processes of one uid.
 //   - Stop: open streams end with Unavailable at once; unary calls in

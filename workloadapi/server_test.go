@@ -784,7 +784,7 @@ func TestSlowReader(t *testing.T) {
 // TestConnectionLimit: connections beyond MaxConnections are closed at
 // once; a slot frees when a connection closes.
 func TestConnectionLimit(t *testing.T) {
-	e := newEnv(t, withConfig(func(c *workloadapi.Config) { c.MaxConnections = 2 }))
+	e := newEnv(t, withConfig(func(c *workloadapi.Config) { c.MaxConnections, c.MaxConnectionsPerUID = 2, 2 }))
 	e.add("/a")
 	hold := func() (func(), error) {
 		c, conn := e.raw()
