@@ -16,6 +16,7 @@ import (
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/internal/peercred"
+	"writ.dev/writ/internal/unixsock"
 	"writ.dev/writ/workloadapi/unixattest"
 )
 
@@ -25,7 +26,7 @@ import (
 // ones beyond that as soon as they are accepted, so that they fail fast
 // instead of waiting in the kernel's backlog.
 type limitListener struct {
-	*net.UnixListener
+	*unixsock.Listener
 	max, perUID int
 	clk         clock.Clock
 	log         *slog.Logger
@@ -39,9 +40,9 @@ type limitListener struct {
 	fullUID map[uint32]bool
 }
 
-func newLimitListener(l *net.UnixListener, max, perUID int, clk clock.Clock, log *slog.Logger) *limitListener {
+func newLimitListener(l *unixsock.Listener, max, perUID int, clk clock.Clock, log *slog.Logger) *limitListener {
 	return &limitListener{
-		UnixListener: l, max: max, perUID: perUID, clk: clk, log: log,
+		Listener: l, max: max, perUID: perUID, clk: clk, log: log,
 		byUID: make(map[uint32]int), fullUID: make(map[uint32]bool),
 	}
 }

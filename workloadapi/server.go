@@ -250,8 +250,12 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer sock.close()
-	lis := newLimitListener(sock.l, s.maxConns, s.maxConnsPerUID, s.clk, s.log)
+	defer func() {
+		if err := sock.Close(); err != nil {
+			s.log.Warn("cannot remove the Workload API socket", "socket_path", s.socketPath, "err", err)
+		}
+	}()
+	lis := newLimitListener(sock, s.maxConns, s.maxConnsPerUID, s.clk, s.log)
 
 	gs := grpc.NewServer(
 		grpc.Creds(transportCreds{s: s}),
