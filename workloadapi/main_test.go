@@ -83,8 +83,13 @@ func childPassConn(addr string) int {
 		fmt.Fprintln(os.Stderr, "child:", err)
 		return 2
 	}
-	// Let the server pin this process before it exits.
-	time.Sleep(100 * time.Millisecond)
+	// The server pins this process in its transport handshake, then sends
+	// its HTTP/2 settings: wait for them (peeking, so that they stay for
+	// the parent's client) before exiting.
+	if _, _, err := unix.Recvfrom(int(raw.Fd()), make([]byte, 1), unix.MSG_PEEK); err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 2
+	}
 	if err := unix.Sendmsg(3, []byte{'c'}, unix.UnixRights(int(raw.Fd())), nil, 0); err != nil {
 		fmt.Fprintln(os.Stderr, "child:", err)
 		return 2
