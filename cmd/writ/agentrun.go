@@ -96,6 +96,10 @@ func agentRun(c *cli.Context) error {
 			}
 		}
 	}
+	perUID := c.Int("workload-max-connections-per-uid")
+	if perUID < 1 || perUID > workloadapi.DefaultMaxConnections {
+		return usagef(c, "--workload-max-connections-per-uid %d must be between 1 and %d (the bound on all connections)", perUID, workloadapi.DefaultMaxConnections)
+	}
 	a, err := agent.New(agent.Config{
 		ServerAddress:     c.String("server-address"),
 		TrustDomain:       td,
@@ -122,7 +126,7 @@ func agentRun(c *cli.Context) error {
 		TrustDomain: td,
 		Logger:      logger.With("component", "workloadapi"),
 
-		MaxConnectionsPerUID: c.Int("workload-max-connections-per-uid"),
+		MaxConnectionsPerUID: perUID,
 	})
 	if err != nil {
 		return usagef(c, "%v", err)

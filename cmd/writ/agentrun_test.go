@@ -49,6 +49,8 @@ func TestAgentRunFlags(t *testing.T) {
 		{"config file", []string{"agent", "run", "--config", cfgFile}, nil, exitError, "--join-token"},
 		{"token without trust", []string{"agent", "run", "--config", cfgFile}, map[string]string{"WRIT_JOIN_TOKEN": "secret-token-value"}, exitError, "--trust-bundle"},
 		{"unexpected argument", []string{"agent", "run", "--config", cfgFile, "extra"}, nil, exitUsage, "unexpected argument"},
+		{"per-uid connections above the total", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", data, "--workload-max-connections-per-uid", "1025"}, nil, exitUsage, "--workload-max-connections-per-uid 1025 must be between 1 and 1024"},
+		{"no per-uid connections", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", data, "--workload-max-connections-per-uid", "0"}, nil, exitUsage, "--workload-max-connections-per-uid 0 must be"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for k, v := range tc.env {
