@@ -26,7 +26,9 @@ import (
 func TestFloodByUserWithoutIdentity(t *testing.T) {
 	uid, gid := testUser(t)
 	const maxConns = 16
-	e := newEnv(t, withPublicDir(), withConfig(func(c *workloadapi.Config) { c.MaxConnections = maxConns }))
+	// On a fake clock that stays put, refused connections are never
+	// closed for idleness: only the per-uid bound keeps the flood out.
+	e := newEnv(t, withFakeClock(), withPublicDir(), withConfig(func(c *workloadapi.Config) { c.MaxConnections = maxConns }))
 	e.add("/mine")
 
 	cmd := exec.Command(publicBin(t))
