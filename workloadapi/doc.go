@@ -75,8 +75,10 @@
 //
 // # Socket
 //
-// Run creates the socket's directory if it is missing (mode 0755, so that
-// workloads of every user can reach the socket), and refuses a path that
+// Run listens through internal/unixsock, whose rules the CA server's and
+// the agent's admin sockets share. It creates the socket's directory if
+// it is missing (mode 0755, so that workloads of every user can reach the
+// socket), and refuses a path that
 // another user could redirect: every directory above the socket, along the
 // path as written and along its resolved target, must be owned by this
 // user or root and not be writable by group or others unless sticky (like
