@@ -249,7 +249,7 @@ func BenchmarkStreamMemory(b *testing.B) {
 	} {
 		for _, target := range []string{"writ", "stub"} {
 			b.Run(target+"/"+tc.name, func(b *testing.B) {
-				e := newEnv(b, withQuietLog(), withConfig(func(c *workloadapi.Config) { c.MaxConnections = tc.conns + 16 }))
+				e := newEnv(b, withQuietLog(), withConfig(func(c *workloadapi.Config) { c.MaxConnections, c.MaxConnectionsPerUID = tc.conns+16, tc.conns+16 }))
 				e.add("/svc")
 				addr := e.addr
 				if target == "stub" {
