@@ -2,16 +2,14 @@ package agent
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io/fs"
-	"net"
-	"os"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+
+	"writ.dev/writ/internal/unixsock"
 )
 
 // healthService answers from the agent's state at call time: SERVING
@@ -34,41 +32,28 @@ func (h healthService) Check(_ context.Context, req *healthpb.HealthCheckRequest
 }
 
 type healthServer struct {
-	g    *grpc.Server
-	lis  net.Listener
-	path string
+	g   *grpc.Server
+	lis *unixsock.Listener
 }
 
-// serveHealth listens on the admin socket in the data dir. The data dir's
-// 0700 mode keeps other users out.
+// serveHealth listens on the admin socket in the data dir, with
+// internal/unixsock's rules; the socket is mode 0600 and the data dir's
+// 0700 mode keeps other users out too.
 func (a *Agent) serveHealth() (*healthServer, error) {
-	path := a.adminSocket
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("admin socket path %s exists and is not a socket; refusing to replace it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale admin socket: %w", err)
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
-		return nil, err
-	}
-	lis, err := net.Listen("unix", path)
+	lis, err := unixsock.Listen(a.adminSocket, unixsock.Options{Mode: 0o600})
 	if err != nil {
-		return nil, fmt.Errorf("listen on admin socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		lis.Close()
-		return nil, err
+		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	g := grpc.NewServer(grpc.MaxRecvMsgSize(4 << 10))
 	healthpb.RegisterHealthServer(g, healthService{a: a})
-	return &healthServer{g: g, lis: lis, path: path}, nil
+	return &healthServer{g: g, lis: lis}, nil
 }
 
 func (h *healthServer) serve() { _ = h.g.Serve(h.lis) }
 
+// stop stops serving and removes the socket if it is still the one
+// serveHealth created.
 func (h *healthServer) stop() {
 	h.g.Stop()
-	_ = os.Remove(h.path)
+	_ = h.lis.Close()
 }

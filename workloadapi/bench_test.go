@@ -22,6 +22,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/types/known/structpb"
 
+	"writ.dev/writ/agent/svidcache"
+	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/workloadapi"
 )
 
@@ -247,7 +249,7 @@ func BenchmarkStreamMemory(b *testing.B) {
 	} {
 		for _, target := range []string{"writ", "stub"} {
 			b.Run(target+"/"+tc.name, func(b *testing.B) {
-				e := newEnv(b, withQuietLog(), withConfig(func(c *workloadapi.Config) { c.MaxConnections = tc.conns + 16 }))
+				e := newEnv(b, withQuietLog(), withConfig(func(c *workloadapi.Config) { c.MaxConnections, c.MaxConnectionsPerUID = tc.conns+16, tc.conns+16 }))
 				e.add("/svc")
 				addr := e.addr
 				if target == "stub" {
@@ -329,4 +331,32 @@ func measureStreams(b *testing.B, addr string, conns, streams int) {
 	b.ReportMetric(float64(after.StackInuse-before.StackInuse)/n, "stack-B/stream")
 	b.ReportMetric(float64(g1-g0)/n, "goroutines/stream")
 	b.ReportMetric(opened.Seconds(), "s-to-open")
+}
+
+// BenchmarkFetchX509SVIDs101Among10000: a caller entitled to 101 SVIDs
+// fetches all while the agent holds 10,000 other entries (and their
+// SVIDs) for other workloads: the per-call cost should not grow with
+// them.
+func BenchmarkFetchX509SVIDs101Among10000(b *testing.B) {
+	f := newBenchFixture(b, 101)
+	var others []*entry.Entry
+	for i := range 10000 {
+		others = append(others, newEntry(b, fmt.Sprintf("/other/%05d", i), fmt.Sprintf("unix:uid:%d", 100000+i%500), fmt.Sprintf("unix:gid:%d", 200000+i)))
+	}
+	f.e.cache.Apply(svidcache.Update{Entries: others})
+	for _, en := range others {
+		f.e.sign(en, time.Hour)
+	}
+	ctx := context.Background()
+	for _, t := range targets(f) {
+		b.Run(t.name, func(b *testing.B) {
+			runCallers(b, t.addr, 1, func(c *spiffewl.Client) error {
+				svids, err := c.FetchX509SVIDs(ctx)
+				if err == nil && len(svids) != 101 {
+					err = fmt.Errorf("%d SVIDs", len(svids))
+				}
+				return err
+			})
+		})
+	}
 }

@@ -8,29 +8,43 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 
+	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/internal/peercred"
+	"writ.dev/writ/internal/unixsock"
 	"writ.dev/writ/workloadapi/unixattest"
 )
 
-// limitListener accepts at most max connections at once; it closes the
+// limitListener accepts at most max connections at once, and at most
+// perUID from any one uid (by the peer credentials the kernel recorded at
+// connect), so that no local user can take every slot; it closes the
 // ones beyond that as soon as they are accepted, so that they fail fast
 // instead of waiting in the kernel's backlog.
 type limitListener struct {
-	*net.UnixListener
-	max    int64
-	active atomic.Int64
-	log    *slog.Logger
-	// full is set while connections are being refused, so that the
-	// warning is logged once per episode.
-	full atomic.Bool
+	*unixsock.Listener
+	max, perUID int
+	clk         clock.Clock
+	log         *slog.Logger
+
+	mu     sync.Mutex // guards active, byUID, full, fullUID
+	active int
+	byUID  map[uint32]int
+	// full and fullUID are set while connections are being refused, so
+	// that the warning is logged once per episode.
+	full    bool
+	fullUID map[uint32]bool
 }
 
-func newLimitListener(l *net.UnixListener, max int, log *slog.Logger) *limitListener {
-	return &limitListener{UnixListener: l, max: int64(max), log: log}
+func newLimitListener(l *unixsock.Listener, max, perUID int, clk clock.Clock, log *slog.Logger) *limitListener {
+	return &limitListener{
+		Listener: l, max: max, perUID: perUID, clk: clk, log: log,
+		byUID: make(map[uint32]int), fullUID: make(map[uint32]bool),
+	}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -39,28 +53,83 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if l.active.Add(1) > l.max {
-			l.active.Add(-1)
+		cred, err := peercred.FromConn(c)
+		if err != nil {
+			// Without credentials no call could be answered.
+			l.log.Debug("Workload API connection without peer credentials; closing it", "err", err)
 			c.Close()
-			if l.full.CompareAndSwap(false, true) {
-				l.log.Warn("Workload API connection limit reached; refusing new connections", "max_connections", l.max)
-			}
 			continue
 		}
-		l.full.Store(false)
-		return &serverConn{UnixConn: c, l: l}, nil
+		if !l.admit(cred.UID) {
+			c.Close()
+			continue
+		}
+		return &serverConn{UnixConn: c, l: l, uid: cred.UID, done: make(chan struct{})}, nil
+	}
+}
+
+// admit takes a slot for a connection of uid, or reports false if uid
+// holds its share already or every slot is taken.
+func (l *limitListener) admit(uid uint32) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.byUID[uid] >= l.perUID {
+		if !l.fullUID[uid] {
+			l.fullUID[uid] = true
+			l.log.Warn("Workload API per-uid connection limit reached; refusing this uid's new connections", keyUID, uid, "max_connections_per_uid", l.perUID)
+		}
+		return false
+	}
+	if l.active >= l.max {
+		if !l.full {
+			l.full = true
+			l.log.Warn("Workload API connection limit reached; refusing new connections", "max_connections", l.max)
+		}
+		return false
+	}
+	delete(l.fullUID, uid)
+	l.full = false
+	l.active++
+	l.byUID[uid]++
+	return true
+}
+
+func (l *limitListener) release(uid uint32) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.active--
+	if l.byUID[uid]--; l.byUID[uid] <= 0 {
+		delete(l.byUID, uid)
 	}
 }
 
 // serverConn is an accepted connection. Closing it releases its slot and
 // the pinned process.
+//
+// A connection that has not been served (no call on it got an identity's
+// SVIDs, bundles or validation, or the latest call was refused with "no
+// identity issued") is closed once it has had no call in progress for a
+// while: firstCallTimeout after connecting, refusedLinger after its last
+// call. Its client reconnects on its next call; a caller without identity
+// cannot sit on a slot.
 type serverConn struct {
 	*net.UnixConn
-	l *limitListener
+	l    *limitListener
+	uid  uint32
+	done chan struct{} // closed by Close
 
-	mu     sync.Mutex // guards closed, state
+	mu     sync.Mutex // guards closed, state, calls, served, deadline, timer
 	closed bool
 	state  *connState
+	// calls is the number of calls in progress.
+	calls int
+	// served: the latest call that ended was answered with an
+	// identity's data.
+	served bool
+	// deadline is when the connection is closed if still idle and not
+	// served; zero while no close is pending.
+	deadline time.Time
+	timer    clock.Timer
 }
 
 func (c *serverConn) Close() error {
@@ -70,7 +139,8 @@ func (c *serverConn) Close() error {
 	c.closed = true
 	c.mu.Unlock()
 	if !closed {
-		c.l.active.Add(-1)
+		close(c.done)
+		c.l.release(c.uid)
 		if st != nil && st.proc != nil {
 			st.proc.Close()
 		}
@@ -78,8 +148,9 @@ func (c *serverConn) Close() error {
 	return err
 }
 
-// setState records the connection's attestation state; it reports false
-// if the connection is already closed.
+// setState records the connection's attestation state and starts the
+// close of an idle connection that is never served; it reports false if
+// the connection is already closed.
 func (c *serverConn) setState(st *connState) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -87,7 +158,70 @@ func (c *serverConn) setState(st *connState) bool {
 		return false
 	}
 	c.state = st
+	st.conn = c
+	clk := c.l.clk
+	c.deadline = clk.Now().Add(firstCallTimeout)
+	c.timer = clk.NewTimer(firstCallTimeout)
+	go c.closeWhenIdle(c.timer)
 	return true
+}
+
+// closeWhenIdle closes the connection when its deadline passes while it
+// is idle and not served; it returns once the connection is closed.
+func (c *serverConn) closeWhenIdle(t clock.Timer) {
+	for {
+		select {
+		case <-c.done:
+			t.Stop()
+			return
+		case <-t.C():
+		}
+		c.mu.Lock()
+		due := !c.deadline.IsZero() && c.calls == 0 && !c.served && !c.l.clk.Now().Before(c.deadline)
+		c.mu.Unlock()
+		if due {
+			c.l.log.Debug("closing an idle Workload API connection that was not served", keyUID, c.uid)
+			c.Close()
+			<-c.done
+			return
+		}
+	}
+}
+
+// callStarted notes a call in progress: the connection stays open.
+func (c *serverConn) callStarted() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls++
+	if !c.deadline.IsZero() {
+		c.deadline = time.Time{}
+		c.timer.Stop()
+	}
+}
+
+// callEnded notes the end of a call, whether it was served (true),
+// refused for want of identity (false), or neither (nil: an invalid
+// request, a cancelled wait), and arms the close of an idle connection
+// that is not served.
+func (c *serverConn) callEnded(served *bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.calls--
+	if served != nil {
+		c.served = *served
+	}
+	if c.calls > 0 || c.served || c.closed {
+		return
+	}
+	c.deadline = c.l.clk.Now().Add(refusedLinger)
+	c.timer.Reset(refusedLinger)
+}
+
+// markServed notes that a call in progress has sent an identity's data.
+func (c *serverConn) markServed() {
+	c.mu.Lock()
+	c.served = true
+	c.mu.Unlock()
 }
 
 // connState is what is known of the process at the other end of a
@@ -97,6 +231,8 @@ type connState struct {
 	proc *unixattest.Process
 	// pinErr is why pinning failed; every call is refused with it.
 	pinErr error
+	// conn is the connection; set once, by setState.
+	conn *serverConn
 	// sel are the process's selectors, once computed.
 	sel atomic.Pointer[[]entry.Selector]
 }

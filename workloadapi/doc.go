@@ -75,8 +75,10 @@
 //
 // # Socket
 //
-// Run creates the socket's directory if it is missing (mode 0755, so that
-// workloads of every user can reach the socket), and refuses a path that
+// Run listens through internal/unixsock, whose rules the CA server's and
+// the agent's admin sockets share. It creates the socket's directory if
+// it is missing (mode 0755, so that workloads of every user can reach the
+// socket), and refuses a path that
 // another user could redirect: every directory above the socket, along the
 // path as written and along its resolved target, must be owned by this
 // user or root and not be writable by group or others unless sticky (like
@@ -92,7 +94,13 @@
 // # Limits
 //
 // MaxConnections (1024) bounds open connections, and so pinned processes
-// (two file descriptors each): more are closed as soon as accepted.
+// (two file descriptors each), and MaxConnectionsPerUID (128, an eighth)
+// those of any one uid, by the connection's peer credentials: more are
+// closed as soon as accepted. A connection that is not served (its
+// latest call was refused with "no identity issued", or it has made no
+// call) is closed once it has had no call in progress for 2 s (10 s
+// before its first call) on the Clock; its client reconnects on its next
+// call.
 // MaxConcurrentStreams (64) bounds calls per connection; MaxRecvMsgSize
 // (64 KiB) requests; MaxSendMsgSize (4 MiB, the clients' default receive
 // limit) responses, larger ones failing with ResourceExhausted. Request
@@ -114,8 +122,8 @@
 //
 // # Caveats
 //
-//   - A local user can open MaxConnections connections and hold them,
-//     locking out others until it closes them; there is no per-uid quota.
+//   - A uid with an identity can hold MaxConnectionsPerUID connections
+//     with open streams; eight such uids together fill MaxConnections.
 //   - Attestation is by uid, gid and executable (see unixattest): path
 //     and hash selectors cannot separate processes of one uid.
 //   - Stop: open streams end with Unavailable at once; unary calls in

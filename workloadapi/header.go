@@ -56,6 +56,62 @@ func streamHeaderCheck(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, 
 	return handler(srv, ss)
 }
 
+// unaryTrack and streamTrack tell the call's connection when a call
+// starts and ends, and whether it was served (it returned a response, or
+// a stream sent a message) or refused for want of identity: a connection
+// that is not served is closed once idle (serverConn).
+func unaryTrack(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	st := connStateFrom(ctx)
+	if st == nil || st.conn == nil {
+		return handler(ctx, req)
+	}
+	st.conn.callStarted()
+	resp, err := handler(ctx, req)
+	st.conn.callEnded(outcome(err == nil, err))
+	return resp, err
+}
+
+func streamTrack(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	st := connStateFrom(ss.Context())
+	if st == nil || st.conn == nil {
+		return handler(srv, ss)
+	}
+	st.conn.callStarted()
+	ts := &trackedStream{ServerStream: ss, conn: st.conn}
+	err := handler(srv, ts)
+	st.conn.callEnded(outcome(ts.sent, err))
+	return err
+}
+
+// outcome is what callEnded is told: served if the call answered, refused
+// if it failed for want of identity, nil otherwise.
+func outcome(served bool, err error) *bool {
+	switch {
+	case errors.Is(err, errNoIdentity):
+		refused := false
+		return &refused
+	case served:
+		return &served
+	}
+	return nil
+}
+
+// trackedStream notes the first message sent.
+type trackedStream struct {
+	grpc.ServerStream
+	conn *serverConn
+	sent bool // only the handler's goroutine sends
+}
+
+func (s *trackedStream) SendMsg(m any) error {
+	err := s.ServerStream.SendMsg(m)
+	if err == nil && !s.sent {
+		s.sent = true
+		s.conn.markServed()
+	}
+	return err
+}
+
 // contextStatus is the status of a call whose context ended.
 func contextStatus(err error) error {
 	if errors.Is(err, context.DeadlineExceeded) {

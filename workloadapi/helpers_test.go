@@ -404,13 +404,17 @@ func next[T any](t testing.TB, ch <-chan recvResult[T]) recvResult[T] {
 	panic("unreachable")
 }
 
-// quiet fails if the recvLoop yields anything within d.
-func quiet[T any](t testing.TB, ch <-chan recvResult[T], d time.Duration) {
-	t.Helper()
-	select {
-	case r := <-ch:
-		t.Fatalf("unexpected message or end: %+v", r)
-	case <-time.After(d):
+// waitSubscriptions waits until the cache has n subscriptions: a stream
+// the server handles subscribes before it sends or waits. The server
+// offers no event for it, so this polls, with a deadline.
+func (e *env) waitSubscriptions(n int) {
+	e.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for e.cache.Stats().Subscriptions < n {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%d cache subscriptions after 10s, want %d", e.cache.Stats().Subscriptions, n)
+		}
+		time.Sleep(time.Millisecond)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 )
@@ -49,6 +50,13 @@ func childMain(mode string) int {
 		return childFetch(addr)
 	case "passconn":
 		return childPassConn(addr)
+	case "flood":
+		conns, err := strconv.Atoi(os.Getenv(envConns))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "child: bad count")
+			return 2
+		}
+		return childFlood(addr, conns)
 	case "streams":
 		conns, err1 := strconv.Atoi(os.Getenv(envConns))
 		streams, err2 := strconv.Atoi(os.Getenv(envStreams))
@@ -75,12 +83,59 @@ func childPassConn(addr string) int {
 		fmt.Fprintln(os.Stderr, "child:", err)
 		return 2
 	}
-	// Let the server pin this process before it exits.
-	time.Sleep(100 * time.Millisecond)
+	// The server pins this process in its transport handshake, then sends
+	// its HTTP/2 settings: wait for them (peeking, so that they stay for
+	// the parent's client) before exiting.
+	if _, _, err := unix.Recvfrom(int(raw.Fd()), make([]byte, 1), unix.MSG_PEEK); err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 2
+	}
 	if err := unix.Sendmsg(3, []byte{'c'}, unix.UnixRights(int(raw.Fd())), nil, 0); err != nil {
 		fmt.Fprintln(os.Stderr, "child:", err)
 		return 2
 	}
+	return 0
+}
+
+// childFlood opens conns connections, each making one FetchX509SVID
+// call, prints "denied <n> other <n>" (the calls refused with
+// PermissionDenied, the others), and holds the connections until stdin
+// closes: a caller without identity trying to take every slot.
+func childFlood(addr string, conns int) int {
+	ctx, cancel := context.WithTimeout(withHeader(context.Background()), 30*time.Second)
+	defer cancel()
+	var (
+		wg            sync.WaitGroup
+		mu            sync.Mutex
+		denied, other int
+	)
+	for range conns {
+		conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "child:", err)
+			return 2
+		}
+		defer conn.Close()
+		c := workload.NewSpiffeWorkloadAPIClient(conn)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s, err := c.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+			if err == nil {
+				_, err = s.Recv()
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if status.Code(err) == codes.PermissionDenied {
+				denied++
+			} else {
+				other++
+			}
+		}()
+	}
+	wg.Wait()
+	fmt.Println("denied", denied, "other", other)
+	io.Copy(io.Discard, bufio.NewReader(os.Stdin))
 	return 0
 }
 

@@ -28,6 +28,11 @@ const (
 	// DefaultMaxConnections bounds the open connections, and so the
 	// processes pinned (two file descriptors each) at once.
 	DefaultMaxConnections = 1024
+	// DefaultMaxConnectionsPerUID bounds the open connections of one uid,
+	// an eighth of DefaultMaxConnections, so that no one local user can
+	// take every slot. With MaxConnections set and MaxConnectionsPerUID
+	// not, the per-uid bound is an eighth of MaxConnections (at least 1).
+	DefaultMaxConnectionsPerUID = DefaultMaxConnections / 8
 	// DefaultMaxConcurrentStreams bounds the calls open at once on one
 	// connection. A go-spiffe X509Source and JWTSource use one each.
 	DefaultMaxConcurrentStreams = 64
@@ -53,6 +58,14 @@ const (
 	// handshakeTimeout bounds the gRPC connection preface. The transport
 	// handshake itself reads nothing from the peer.
 	handshakeTimeout = 10 * time.Second
+	// firstCallTimeout is how long a new connection may stay without a
+	// call before it is closed.
+	firstCallTimeout = 10 * time.Second
+	// refusedLinger is how long a connection that was not served (its
+	// latest call was refused for want of identity) stays open once it
+	// has no call in progress: long enough for the refusal to reach the
+	// client, whose next call then connects afresh.
+	refusedLinger = 2 * time.Second
 	// shutdownGrace is how long Run waits for calls in flight (unary
 	// calls waiting on the server for a JWT-SVID) before closing every
 	// connection. Streams end at once.
@@ -107,6 +120,12 @@ type Config struct {
 	// MaxConnections bounds the open connections; more are closed as
 	// soon as they are accepted. Zero means DefaultMaxConnections.
 	MaxConnections int
+	// MaxConnectionsPerUID bounds the open connections of any one uid
+	// (by the peer credentials of the connection); more are closed as
+	// soon as they are accepted. Zero means an eighth of MaxConnections
+	// (at least 1): DefaultMaxConnectionsPerUID by default. It may not
+	// exceed MaxConnections.
+	MaxConnectionsPerUID int
 	// MaxConcurrentStreams bounds the calls open at once on one
 	// connection. Zero means DefaultMaxConcurrentStreams.
 	MaxConcurrentStreams int
@@ -138,6 +157,7 @@ type Server struct {
 	// signatures it has verified.
 	verifier        *jwtsvid.Verifier
 	maxConns        int
+	maxConnsPerUID  int
 	maxStreams      int
 	maxRecv         int
 	maxSend         int
@@ -168,7 +188,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("%w: no attestor", ErrConfig)
 	case cfg.TrustDomain.IsZero():
 		return nil, fmt.Errorf("%w: no trust domain", ErrConfig)
-	case cfg.MaxConnections < 0, cfg.MaxConcurrentStreams < 0, cfg.MaxRecvMsgSize < 0, cfg.MaxSendMsgSize < 0:
+	case cfg.MaxConnections < 0, cfg.MaxConnectionsPerUID < 0, cfg.MaxConcurrentStreams < 0, cfg.MaxRecvMsgSize < 0, cfg.MaxSendMsgSize < 0:
 		return nil, fmt.Errorf("%w: negative limit", ErrConfig)
 	case cfg.MaxConcurrentStreams > 1<<20:
 		return nil, fmt.Errorf("%w: MaxConcurrentStreams %d is too large", ErrConfig, cfg.MaxConcurrentStreams)
@@ -192,6 +212,10 @@ func New(cfg Config) (*Server, error) {
 		allowVerifiers: cfg.AllowVerifiersWithoutIdentity,
 		ready:          make(chan struct{}),
 		stopping:       make(chan struct{}),
+	}
+	s.maxConnsPerUID = cmpOr(cfg.MaxConnectionsPerUID, max(1, s.maxConns/8))
+	if s.maxConnsPerUID > s.maxConns {
+		return nil, fmt.Errorf("%w: MaxConnectionsPerUID %d exceeds MaxConnections %d", ErrConfig, s.maxConnsPerUID, s.maxConns)
 	}
 	if s.clk == nil {
 		s.clk = clock.Real()
@@ -226,8 +250,12 @@ func (s *Server) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	defer sock.close()
-	lis := newLimitListener(sock.l, s.maxConns, s.log)
+	defer func() {
+		if err := sock.Close(); err != nil {
+			s.log.Warn("cannot remove the Workload API socket", "socket_path", s.socketPath, "err", err)
+		}
+	}()
+	lis := newLimitListener(sock, s.maxConns, s.maxConnsPerUID, s.clk, s.log)
 
 	gs := grpc.NewServer(
 		grpc.Creds(transportCreds{s: s}),
@@ -242,8 +270,8 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.ConnectionTimeout(handshakeTimeout),
 		// Clients may ping idle connections, but not flood.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.UnaryInterceptor(unaryHeaderCheck),
-		grpc.StreamInterceptor(streamHeaderCheck),
+		grpc.ChainUnaryInterceptor(unaryTrack, unaryHeaderCheck),
+		grpc.ChainStreamInterceptor(streamTrack, streamHeaderCheck),
 		grpc.WaitForHandlers(true),
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(gs, &handler{s: s})

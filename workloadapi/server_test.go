@@ -513,10 +513,12 @@ func TestStreamWaitsForSigning(t *testing.T) {
 		t.Fatal(err)
 	}
 	ch := recvLoop[workload.X509SVIDResponse](s)
-	quiet(t, ch, 200*time.Millisecond)
+	// Once the stream follows the cache, whatever it sent before the
+	// SVID was signed would come first.
+	e.waitSubscriptions(1)
 	e.sign(en, time.Hour)
 	if r := next(t, ch); r.err != nil || len(r.msg.GetSvids()) != 1 {
-		t.Fatalf("%v %v", r.msg, r.err)
+		t.Fatalf("first message: %v %v; want the SVID signed while it waited", r.msg, r.err)
 	}
 }
 
@@ -557,10 +559,16 @@ func TestExpiredNeverSent(t *testing.T) {
 		t.Fatal(err)
 	}
 	ch2 := recvLoop[workload.X509SVIDResponse](s2)
-	// Entitled but nothing valid: it waits, sending nothing.
-	quiet(t, ch2, 200*time.Millisecond)
 	// The open stream is told it lost its last SVID.
 	wantCode(t, next(t, ch).err, codes.PermissionDenied)
+	// Entitled but nothing valid: the new stream waits, sending nothing,
+	// so its first message is the SVID signed once it follows the cache.
+	e.waitSubscriptions(1)
+	fresh := e.sign(long, time.Hour)
+	r = next(t, ch2)
+	if r.err != nil || len(r.msg.GetSvids()) != 1 || leafSerial(t, r.msg.Svids[0]) != fresh.Leaf().SerialNumber.String() {
+		t.Fatalf("first message of the new stream: %v %v; want only the fresh SVID", svidIDs(r.msg), r.err)
+	}
 }
 
 // TestBundleStreams: bundle streams send the bundle at once and again on
@@ -611,9 +619,17 @@ func TestBundleStreams(t *testing.T) {
 	if j := next(t, jch); j.err != nil {
 		t.Fatal(j.err)
 	}
-	// An equal bundle changes nothing.
+	// An equal bundle changes nothing: the next message is that of the
+	// next real change.
 	e.cache.Apply(svidcache.Update{Bundle: nb.Clone()})
-	quiet(t, xch, 100*time.Millisecond)
+	third := newTestCA(t, time.Now())
+	nb3 := nb.Clone()
+	nb3.AddX509Authority(third.iss.Cert)
+	e.cache.Apply(svidcache.Update{Bundle: nb3})
+	x = next(t, xch)
+	if got, err := x509.ParseCertificates(x.msg.GetBundles()["spiffe://example.org"]); err != nil || len(got) != 3 {
+		t.Fatalf("after an equal bundle and a new one: %d authorities, %v; want 3 (the equal bundle sent nothing)", len(got), err)
+	}
 }
 
 // TestFetchJWTSVID covers the request checks and entitlement rules.
@@ -784,7 +800,7 @@ func TestSlowReader(t *testing.T) {
 // TestConnectionLimit: connections beyond MaxConnections are closed at
 // once; a slot frees when a connection closes.
 func TestConnectionLimit(t *testing.T) {
-	e := newEnv(t, withConfig(func(c *workloadapi.Config) { c.MaxConnections = 2 }))
+	e := newEnv(t, withConfig(func(c *workloadapi.Config) { c.MaxConnections, c.MaxConnectionsPerUID = 2, 2 }))
 	e.add("/a")
 	hold := func() (func(), error) {
 		c, conn := e.raw()

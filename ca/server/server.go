@@ -26,6 +26,7 @@ import (
 	"writ.dev/writ/ca/x509ca"
 	"writ.dev/writ/internal/datadir"
 	"writ.dev/writ/internal/peercred"
+	"writ.dev/writ/internal/unixsock"
 )
 
 // Names inside the data directory.
@@ -266,31 +267,18 @@ func checkState(dir *datadir.Dir) error {
 	return nil
 }
 
-// listenUnix listens on a Unix socket at path, replacing a stale socket
-// file but nothing else (and never following a symbolic link).
+// listenUnix listens on the admin socket at path with internal/unixsock's
+// rules: missing directories are created 0700, a stale socket is replaced
+// but nothing else (and a symbolic link is never followed), and the
+// directories above it must be safe from other users. The socket is mode
+// 0666: who may call is decided per call from the peer's uid, and its
+// reachability is governed by its directory.
 func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
-		return nil, err
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode().Type() != fs.ModeSocket {
-			return nil, fmt.Errorf("admin socket path %s exists and is not a socket; refusing to replace it", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("remove stale admin socket: %w", err)
-		}
-	}
-	lis, err := net.Listen("unix", path)
+	l, err := unixsock.Listen(path, unixsock.Options{Mode: 0o666, DirMode: 0o700})
 	if err != nil {
-		return nil, fmt.Errorf("listen on admin socket: %w", err)
+		return nil, fmt.Errorf("admin socket: %w", err)
 	}
-	// Who may call is decided per call from the peer's uid; the socket's
-	// reachability is governed by its directory.
-	if err := os.Chmod(path, 0o666); err != nil {
-		lis.Close()
-		return nil, err
-	}
-	return lis, nil
+	return l, nil
 }
 
 func stopGracefully(g *grpc.Server, timeout time.Duration) {

@@ -160,6 +160,10 @@ func (b *bench) startPair(ctx context.Context, bin, sub string) (*writEnv, error
 	w.agent, err = b.startWrit(bin, sub+"-agent", []string{"WRIT_JOIN_TOKEN=" + strings.TrimSpace(token)},
 		"agent", "run", "--server-address", addr, "--trust-domain", benchTD.Name(),
 		"--data-dir", agentDir, "--socket-path", w.wlSock, "--trust-bundle", bundlePath,
+		// The stream figure opens Streams/streamsPerConn connections
+		// from this one uid, more than the default per-uid share (128):
+		// allow it all 1,024.
+		"--workload-max-connections-per-uid", "1024",
 		"--log-format", "json", "--log-level", "debug")
 	if err != nil {
 		return nil, err

@@ -41,6 +41,7 @@ func agentRunCommand() *cli.Command {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "trust-domain", Usage: "the trust domain of the server, e.g. example.org (required)", EnvVars: []string{"WRIT_TRUST_DOMAIN"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "data-dir", Value: defaultAgentDataDir, Usage: "directory of the agent's SVID, key and bundle (created 0700)", EnvVars: []string{"WRIT_AGENT_DATA_DIR"}, TakesFile: true}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "socket-path", Value: defaultWorkloadSocket, Usage: "path of the Workload API socket; its directory must be reachable by the workloads (not inside the 0700 data dir)", EnvVars: []string{"WRIT_AGENT_SOCKET_PATH"}, TakesFile: true}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "workload-max-connections-per-uid", Value: workloadapi.DefaultMaxConnectionsPerUID, Usage: "most Workload API connections one local uid may hold open at once (of 1024 in all); more are closed at once", EnvVars: []string{"WRIT_WORKLOAD_MAX_CONNECTIONS_PER_UID"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "join-token", Usage: "one-time token to attest with when the agent has no valid SVID (ignored otherwise); prefer the environment variable, as command lines are visible to other users", EnvVars: []string{"WRIT_JOIN_TOKEN"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "trust-bundle", Usage: "PEM `FILE` of the CA certificates that authenticate the server at attestation", EnvVars: []string{"WRIT_TRUST_BUNDLE"}, TakesFile: true}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "insecure-bootstrap", Usage: "attest without authenticating the server, and trust the bundle it returns (unsafe outside tests)", EnvVars: []string{"WRIT_INSECURE_BOOTSTRAP"}}),
@@ -95,6 +96,10 @@ func agentRun(c *cli.Context) error {
 			}
 		}
 	}
+	perUID := c.Int("workload-max-connections-per-uid")
+	if perUID < 1 || perUID > workloadapi.DefaultMaxConnections {
+		return usagef(c, "--workload-max-connections-per-uid %d must be between 1 and %d (the bound on all connections)", perUID, workloadapi.DefaultMaxConnections)
+	}
 	a, err := agent.New(agent.Config{
 		ServerAddress:     c.String("server-address"),
 		TrustDomain:       td,
@@ -120,6 +125,8 @@ func agentRun(c *cli.Context) error {
 		Attestor:    unixattest.New(unixattest.Config{Logger: logger.With("component", "unixattest")}),
 		TrustDomain: td,
 		Logger:      logger.With("component", "workloadapi"),
+
+		MaxConnectionsPerUID: perUID,
 	})
 	if err != nil {
 		return usagef(c, "%v", err)

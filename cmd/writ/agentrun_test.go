@@ -25,8 +25,11 @@ func shortTempDir(t *testing.T) string {
 func TestAgentRunFlags(t *testing.T) {
 	dir := shortTempDir(t)
 	data := filepath.Join(dir, "data")
+	// Every case names its own socket: the default one may be a running
+	// agent's.
+	sock := filepath.Join(dir, "api.sock")
 	cfgFile := filepath.Join(dir, "agent.yaml")
-	if err := os.WriteFile(cfgFile, []byte("trust-domain: example.org\ndata-dir: "+data+"\nserver-address: 127.0.0.1:1\n"), 0o600); err != nil {
+	if err := os.WriteFile(cfgFile, []byte("trust-domain: example.org\ndata-dir: "+data+"\nsocket-path: "+sock+"\nserver-address: 127.0.0.1:1\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct {
@@ -36,16 +39,18 @@ func TestAgentRunFlags(t *testing.T) {
 		code   int
 		stderr string
 	}{
-		{"no trust domain", []string{"agent", "run", "--data-dir", data}, nil, exitUsage, "--trust-domain is required"},
-		{"bad trust domain", []string{"agent", "run", "--trust-domain", "Example.org", "--data-dir", data}, nil, exitUsage, "not a valid trust domain"},
-		{"bad server address", []string{"agent", "run", "--trust-domain", "example.org", "--data-dir", data, "--server-address", "nohost"}, nil, exitUsage, "server address"},
+		{"no trust domain", []string{"agent", "run", "--socket-path", sock, "--data-dir", data}, nil, exitUsage, "--trust-domain is required"},
+		{"bad trust domain", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "Example.org", "--data-dir", data}, nil, exitUsage, "not a valid trust domain"},
+		{"bad server address", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", data, "--server-address", "nohost"}, nil, exitUsage, "server address"},
 		{"socket path too long", []string{"agent", "run", "--trust-domain", "example.org", "--data-dir", data, "--socket-path", "/" + strings.Repeat("s", 120)}, nil, exitUsage, "longer than the 103"},
-		{"data dir too long for the admin socket", []string{"agent", "run", "--trust-domain", "example.org", "--data-dir", "/" + strings.Repeat("d", 100)}, nil, exitUsage, "--data-dir"},
-		{"both bootstraps", []string{"agent", "run", "--trust-domain", "example.org", "--data-dir", data, "--trust-bundle", "x.pem", "--insecure-bootstrap"}, nil, exitUsage, "exclude each other"},
-		{"no identity", []string{"agent", "run", "--trust-domain", "example.org", "--data-dir", data, "--server-address", "127.0.0.1:1"}, nil, exitError, "--join-token"},
+		{"data dir too long for the admin socket", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", "/" + strings.Repeat("d", 100)}, nil, exitUsage, "--data-dir"},
+		{"both bootstraps", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", data, "--trust-bundle", "x.pem", "--insecure-bootstrap"}, nil, exitUsage, "exclude each other"},
+		{"no identity", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", data, "--server-address", "127.0.0.1:1"}, nil, exitError, "--join-token"},
 		{"config file", []string{"agent", "run", "--config", cfgFile}, nil, exitError, "--join-token"},
 		{"token without trust", []string{"agent", "run", "--config", cfgFile}, map[string]string{"WRIT_JOIN_TOKEN": "secret-token-value"}, exitError, "--trust-bundle"},
 		{"unexpected argument", []string{"agent", "run", "--config", cfgFile, "extra"}, nil, exitUsage, "unexpected argument"},
+		{"per-uid connections above the total", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", data, "--workload-max-connections-per-uid", "1025"}, nil, exitUsage, "--workload-max-connections-per-uid 1025 must be between 1 and 1024"},
+		{"no per-uid connections", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", data, "--workload-max-connections-per-uid", "0"}, nil, exitUsage, "--workload-max-connections-per-uid 0 must be"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for k, v := range tc.env {

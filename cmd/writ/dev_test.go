@@ -37,19 +37,22 @@ func TestDevUserSegment(t *testing.T) {
 func TestDevFlags(t *testing.T) {
 	dir := shortTempDir(t)
 	data := filepath.Join(dir, "data")
+	// Every case names its own data dir and socket: the defaults may be a
+	// running `writ dev`'s.
+	sock := filepath.Join(dir, "api.sock")
 	for _, tc := range []struct {
 		name   string
 		args   []string
 		code   int
 		stderr string
 	}{
-		{"bad trust domain", []string{"dev", "--data-dir", data, "--trust-domain", "Example.org"}, exitUsage, "not a valid trust domain"},
+		{"bad trust domain", []string{"dev", "--socket-path", sock, "--data-dir", data, "--trust-domain", "Example.org"}, exitUsage, "not a valid trust domain"},
 		{"socket in the data dir", []string{"dev", "--data-dir", data, "--socket-path", filepath.Join(data, "api.sock")}, exitUsage, "inside the data dir"},
 		{"socket path too long", []string{"dev", "--data-dir", data, "--socket-path", "/" + strings.Repeat("s", 120)}, exitUsage, "longer than the 103"},
 		{"data dir too deep", []string{"dev", "--data-dir", "/" + strings.Repeat("d", 100), "--socket-path", filepath.Join(dir, "s.sock")}, exitUsage, "too deep"},
-		{"empty data dir", []string{"dev", "--data-dir", ""}, exitUsage, "--data-dir"},
-		{"bad log level", []string{"dev", "--data-dir", data, "--log-level", "loud"}, exitUsage, "--log-level"},
-		{"unexpected argument", []string{"dev", "now"}, exitUsage, "unexpected argument"},
+		{"empty data dir", []string{"dev", "--socket-path", sock, "--data-dir", ""}, exitUsage, "--data-dir"},
+		{"bad log level", []string{"dev", "--socket-path", sock, "--data-dir", data, "--log-level", "loud"}, exitUsage, "--log-level"},
+		{"unexpected argument", []string{"dev", "--data-dir", data, "--socket-path", sock, "now"}, exitUsage, "unexpected argument"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runCLI(t, "", tc.args...)

@@ -146,7 +146,7 @@ func TestIntegrationAgentsAttestRestartEvict(t *testing.T) {
 	tok := e.token("spiffe://example.org/host/c")
 	startAgent(t, e.addr, filepath.Join(e.dir, "c"), e.bundle, tok).stop()
 	out, errOut, code := runWrit(t, nil, "agent", "run", "--server-address", e.addr, "--trust-domain", "example.org",
-		"--data-dir", filepath.Join(e.dir, "c2"), "--trust-bundle", e.bundle, "--join-token", tok)
+		"--data-dir", filepath.Join(e.dir, "c2"), "--socket-path", filepath.Join(e.dir, "c2.sock"), "--trust-bundle", e.bundle, "--join-token", tok)
 	if code == 0 || !strings.Contains(out+errOut, "join token") || strings.Contains(out+errOut, tok) {
 		t.Fatalf("reused token: exit %d, output leaks the token or says nothing clear:\n%s%s", code, out, errOut)
 	}
@@ -178,7 +178,7 @@ func TestIntegrationAgentRefusesUntrustedServer(t *testing.T) {
 	other := newNodeEnv(t)
 	tok := e.token("spiffe://example.org/host/a")
 	out, errOut, code := runWrit(t, nil, "agent", "run", "--server-address", e.addr, "--trust-domain", "example.org",
-		"--data-dir", filepath.Join(e.dir, "a"), "--trust-bundle", other.bundle, "--join-token", tok)
+		"--data-dir", filepath.Join(e.dir, "a"), "--socket-path", filepath.Join(e.dir, "a.sock"), "--trust-bundle", other.bundle, "--join-token", tok)
 	if code == 0 {
 		t.Fatalf("agent trusted a server outside its bundle:\n%s%s", out, errOut)
 	}

@@ -1,0 +1,410 @@
+package unixsock_test
+
+import (
+	"errors"
+	"io/fs"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"writ.dev/writ/internal/testuser"
+	"writ.dev/writ/internal/unixsock"
+)
+
+// publicOpts are the Workload API's options: the strictest directory
+// rules apply to every caller alike.
+var publicOpts = unixsock.Options{Mode: 0o777, DirMode: 0o755}
+
+// tempDir returns a new short directory (sun_path is short).
+func tempDir(t *testing.T) string {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "us")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
+}
+
+// listenBriefly listens at path, runs whileListening, closes, and checks
+// that the socket is gone.
+func listenBriefly(t *testing.T, path string, opts unixsock.Options, whileListening func(*unixsock.Listener)) error {
+	t.Helper()
+	l, err := unixsock.Listen(path, opts)
+	if err != nil {
+		return err
+	}
+	if whileListening != nil {
+		whileListening(l)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := l.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if _, err := os.Lstat(path); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("socket left behind: %v", err)
+	}
+	return nil
+}
+
+// staleSocket leaves a socket nobody listens on at path.
+func staleSocket(t *testing.T, path string) {
+	t.Helper()
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.SetUnlinkOnClose(false)
+	l.Close()
+}
+
+func TestCheckPath(t *testing.T) {
+	for _, tc := range []struct {
+		name, path string
+		ok         bool
+	}{
+		{"empty", "", false},
+		{"abstract", "@writ", false},
+		{"NUL", "/tmp/a\x00b", false},
+		{"too long", "/" + strings.Repeat("s", unixsock.MaxPathLen), false},
+		{"longest", "/" + strings.Repeat("s", unixsock.MaxPathLen-1), true},
+		{"relative", "s", true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := unixsock.CheckPath(tc.path)
+			if (err == nil) != tc.ok || (err != nil && !errors.Is(err, unixsock.ErrPath)) {
+				t.Fatalf("CheckPath: %v, want ok %v", err, tc.ok)
+			}
+		})
+	}
+	// Listen checks the length before creating anything.
+	dir := tempDir(t)
+	long := filepath.Join(dir, strings.Repeat("d", 60), strings.Repeat("s", 60))
+	_, err := unixsock.Listen(long, publicOpts)
+	if !errors.Is(err, unixsock.ErrPath) || !strings.Contains(err.Error(), "longer than the 103") {
+		t.Fatalf("long path: %v", err)
+	}
+	if _, err := os.Lstat(filepath.Dir(long)); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("directory created for a path that cannot be used: %v", err)
+	}
+}
+
+func TestModes(t *testing.T) {
+	old := syscall.Umask(0o077)
+	defer syscall.Umask(old)
+	for _, tc := range []struct {
+		name          string
+		opts          unixsock.Options
+		mode, dirMode fs.FileMode
+	}{
+		{"public", publicOpts, 0o777, 0o755},
+		{"admin", unixsock.Options{Mode: 0o666, DirMode: 0o700}, 0o666, 0o700},
+		{"owner only", unixsock.Options{Mode: 0o600, DirMode: 0o700}, 0o600, 0o700},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(tempDir(t), "a", "b", "s")
+			err := listenBriefly(t, path, tc.opts, func(*unixsock.Listener) {
+				fi, err := os.Lstat(path)
+				if err != nil || fi.Mode().Type() != fs.ModeSocket || fi.Mode().Perm() != tc.mode {
+					t.Errorf("socket %v, %v; want mode %v", fi.Mode(), err, tc.mode)
+				}
+				for _, d := range []string{filepath.Dir(path), filepath.Dir(filepath.Dir(path))} {
+					di, err := os.Stat(d)
+					if err != nil || di.Mode().Perm() != tc.dirMode {
+						t.Errorf("directory %s %v, %v; want %v", d, di.Mode(), err, tc.dirMode)
+					}
+				}
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	t.Run("missing directory without DirMode", func(t *testing.T) {
+		path := filepath.Join(tempDir(t), "missing", "s")
+		if _, err := unixsock.Listen(path, unixsock.Options{Mode: 0o600}); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("got %v, want ErrNotExist", err)
+		}
+	})
+	t.Run("no mode", func(t *testing.T) {
+		if _, err := unixsock.Listen(filepath.Join(tempDir(t), "s"), unixsock.Options{}); err == nil {
+			t.Fatal("listened without a mode")
+		}
+	})
+}
+
+func TestStaleAndLive(t *testing.T) {
+	t.Run("stale socket replaced", func(t *testing.T) {
+		path := filepath.Join(tempDir(t), "s")
+		staleSocket(t, path)
+		if err := listenBriefly(t, path, publicOpts, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("live socket refused", func(t *testing.T) {
+		path := filepath.Join(tempDir(t), "s")
+		l, err := unixsock.Listen(path, publicOpts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		if _, err := unixsock.Listen(path, publicOpts); !errors.Is(err, unixsock.ErrInUse) {
+			t.Fatalf("got %v, want ErrInUse", err)
+		}
+		if _, err := os.Lstat(path); err != nil {
+			t.Errorf("the live socket was removed: %v", err)
+		}
+	})
+	t.Run("close leaves a replacement alone", func(t *testing.T) {
+		path := filepath.Join(tempDir(t), "s")
+		l, err := unixsock.Listen(path, publicOpts)
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Someone (this user) replaced the socket with another file.
+		if err := os.Remove(path); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte("keep"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := l.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if b, err := os.ReadFile(path); err != nil || string(b) != "keep" {
+			t.Errorf("replacement changed: %q %v", b, err)
+		}
+	})
+}
+
+func TestRefused(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(t *testing.T, path string)
+		check func(t *testing.T, path string)
+	}{
+		{
+			name: "symlink to a file",
+			setup: func(t *testing.T, path string) {
+				target := filepath.Join(filepath.Dir(path), "target")
+				if err := os.WriteFile(target, []byte("keep"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.Symlink(target, path); err != nil {
+					t.Fatal(err)
+				}
+			},
+			check: func(t *testing.T, path string) {
+				if b, err := os.ReadFile(filepath.Join(filepath.Dir(path), "target")); err != nil || string(b) != "keep" {
+					t.Errorf("target changed: %q %v", b, err)
+				}
+				if fi, err := os.Lstat(path); err != nil || fi.Mode().Type() != fs.ModeSymlink {
+					t.Errorf("link changed: %v", err)
+				}
+			},
+		},
+		{
+			name: "dangling symlink",
+			setup: func(t *testing.T, path string) {
+				if err := os.Symlink(filepath.Join(filepath.Dir(path), "nowhere"), path); err != nil {
+					t.Fatal(err)
+				}
+			},
+			check: func(t *testing.T, path string) {
+				if _, err := os.Lstat(filepath.Join(filepath.Dir(path), "nowhere")); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("created through the link: %v", err)
+				}
+			},
+		},
+		{
+			name: "symlink to a stale socket",
+			setup: func(t *testing.T, path string) {
+				target := filepath.Join(filepath.Dir(path), "real")
+				l, err := net.ListenUnix("unix", &net.UnixAddr{Name: target, Net: "unix"})
+				if err != nil {
+					t.Fatal(err)
+				}
+				l.SetUnlinkOnClose(false)
+				l.Close()
+				if err := os.Symlink(target, path); err != nil {
+					t.Fatal(err)
+				}
+			},
+			check: func(t *testing.T, path string) {
+				if _, err := os.Lstat(filepath.Join(filepath.Dir(path), "real")); err != nil {
+					t.Errorf("link target removed: %v", err)
+				}
+			},
+		},
+		{
+			name: "regular file",
+			setup: func(t *testing.T, path string) {
+				if err := os.WriteFile(path, []byte("keep"), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+			check: func(t *testing.T, path string) {
+				if b, err := os.ReadFile(path); err != nil || string(b) != "keep" {
+					t.Errorf("file changed: %q %v", b, err)
+				}
+			},
+		},
+		{
+			name: "directory",
+			setup: func(t *testing.T, path string) {
+				if err := os.Mkdir(path, 0o755); err != nil {
+					t.Fatal(err)
+				}
+			},
+		},
+		{
+			name: "directory writable by others",
+			setup: func(t *testing.T, path string) {
+				if err := os.Chmod(filepath.Dir(path), 0o777); err != nil {
+					t.Fatal(err)
+				}
+			},
+		},
+		{
+			name: "group-writable directory",
+			setup: func(t *testing.T, path string) {
+				if err := os.Chmod(filepath.Dir(path), 0o775); err != nil {
+					t.Fatal(err)
+				}
+			},
+		},
+		{
+			name: "parent is a file",
+			setup: func(t *testing.T, path string) {
+				if err := os.Remove(filepath.Dir(path)); err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Dir(path), nil, 0o644); err != nil {
+					t.Fatal(err)
+				}
+			},
+		},
+	} {
+		t.Run(tc.name+" refused", func(t *testing.T) {
+			path := filepath.Join(tempDir(t), "d", "s")
+			if err := os.Mkdir(filepath.Dir(path), 0o700); err != nil {
+				t.Fatal(err)
+			}
+			tc.setup(t, path)
+			err := listenBriefly(t, path, publicOpts, nil)
+			if !errors.Is(err, unixsock.ErrPath) {
+				t.Fatalf("got %v, want ErrSocketPath", err)
+			}
+			t.Log(err)
+			if tc.check != nil {
+				tc.check(t, path)
+			}
+		})
+	}
+	t.Run("world-writable ancestor refused, nothing created", func(t *testing.T) {
+		open := filepath.Join(tempDir(t), "open")
+		if err := os.Mkdir(open, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(open, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(open, "a", "b", "s")
+		if err := listenBriefly(t, path, publicOpts, nil); !errors.Is(err, unixsock.ErrPath) {
+			t.Fatalf("got %v", err)
+		}
+		if _, err := os.Lstat(filepath.Join(open, "a")); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("created under an untrusted directory: %v", err)
+		}
+	})
+	t.Run("symlinked directory", func(t *testing.T) {
+		dir := tempDir(t)
+		real := filepath.Join(dir, "real")
+		if err := os.Mkdir(real, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(dir, "link")
+		if err := os.Symlink(real, link); err != nil {
+			t.Fatal(err)
+		}
+		// A link of this user to a trusted directory is fine.
+		if err := listenBriefly(t, filepath.Join(link, "s"), publicOpts, nil); err != nil {
+			t.Fatal(err)
+		}
+		// A link into an untrusted directory is not.
+		open := filepath.Join(dir, "open")
+		if err := os.Mkdir(open, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(open, 0o777); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Mkdir(filepath.Join(open, "d"), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		link2 := filepath.Join(dir, "link2")
+		if err := os.Symlink(filepath.Join(open, "d"), link2); err != nil {
+			t.Fatal(err)
+		}
+		if err := listenBriefly(t, filepath.Join(link2, "s"), publicOpts, nil); !errors.Is(err, unixsock.ErrPath) {
+			t.Fatalf("link into a world-writable directory: %v", err)
+		}
+	})
+	t.Run("sticky world-writable directory accepted", func(t *testing.T) {
+		dir := tempDir(t)
+		if err := os.Chmod(dir, 0o777|fs.ModeSticky); err != nil {
+			t.Fatal(err)
+		}
+		if err := listenBriefly(t, filepath.Join(dir, "s"), publicOpts, nil); err != nil {
+			t.Fatal(err)
+		}
+	})
+	t.Run("other users' socket or directory refused", func(t *testing.T) {
+		uid, gid := testuser.Lookup(t)
+		dir := tempDir(t)
+		path := filepath.Join(dir, "s")
+		l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l.SetUnlinkOnClose(false)
+		l.Close()
+		if err := os.Lchown(path, int(uid), int(gid)); err != nil {
+			t.Fatal(err)
+		}
+		if err := listenBriefly(t, path, publicOpts, nil); !errors.Is(err, unixsock.ErrPath) || !strings.Contains(err.Error(), "owned by uid") {
+			t.Fatalf("socket of another user: %v", err)
+		}
+		sub := filepath.Join(dir, "theirs")
+		if err := os.Mkdir(sub, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chown(sub, int(uid), int(gid)); err != nil {
+			t.Fatal(err)
+		}
+		if err := listenBriefly(t, filepath.Join(sub, "s"), publicOpts, nil); !errors.Is(err, unixsock.ErrPath) {
+			t.Fatalf("directory of another user: %v", err)
+		}
+		// A symbolic link of another user, even to a trusted directory:
+		// they could point it elsewhere.
+		mine := filepath.Join(dir, "mine")
+		if err := os.Mkdir(mine, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		link := filepath.Join(dir, "their-link")
+		if err := os.Symlink(mine, link); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(link, int(uid), int(gid)); err != nil {
+			t.Fatal(err)
+		}
+		if err := listenBriefly(t, filepath.Join(link, "s"), publicOpts, nil); !errors.Is(err, unixsock.ErrPath) {
+			t.Fatalf("link of another user: %v", err)
+		}
+	})
+}
