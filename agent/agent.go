@@ -115,6 +115,7 @@ type Agent struct {
 
 	// Owned by Run's goroutine.
 	dir        *datadir.Dir
+	state      *stateStore
 	joinToken  string // unused join token, for re-attestation
 	synced     atomic.Bool
 	lastErrMsg string
@@ -265,6 +266,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer dir.Close()
 	a.dir = dir
+	a.state = newStateStore(dir)
 	if err := a.start(ctx); err != nil {
 		return err
 	}
@@ -294,7 +296,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // with the join token when there is no valid SVID.
 func (a *Agent) start(ctx context.Context) error {
 	now := a.clk.Now()
-	st, err := loadState(a.dir, a.td, now)
+	st, err := a.state.load(a.td, now)
 	if err != nil {
 		return err
 	}
@@ -395,10 +397,7 @@ func (a *Agent) attest(ctx context.Context, token string, trust []*x509.Certific
 	if err != nil {
 		return fmt.Errorf("attestation: %w: %w", nodeclient.ErrProtocol, err)
 	}
-	if err := saveBundle(a.dir, bundle); err != nil {
-		return err
-	}
-	if err := saveSVID(a.dir, svid); err != nil {
+	if err := a.state.save(svid, bundle); err != nil {
 		return err
 	}
 	a.bundle.Store(bundle)

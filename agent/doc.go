@@ -18,8 +18,13 @@
 //
 // # Identity and trust
 //
-// The data directory (datadir: 0700, locked, atomic writes) holds
-// agent_svid.pem, agent_key.pem (PKCS#8, 0600) and bundle.json. Started
+// The data directory (datadir: 0700, locked) holds agent_state.json
+// (0600): the agent's key, its SVID chain and the bundle in one file,
+// replaced as a whole (temporary file, fsync, rename, fsync of the
+// directory), so that a crash during a renewal leaves the old identity
+// or the new one, never a key beside another key's SVID. The earlier
+// layout (agent_svid.pem, agent_key.pem, bundle.json) is read once and
+// moved into it. Started
 // with a valid saved SVID, the agent reconnects without a token (a token
 // given is ignored, and used only if the server refuses the saved SVID).
 // Without one it attests with the token, authenticating the server first

@@ -165,7 +165,7 @@ func (a *Agent) parseBundle(raw []byte) *spiffebundle.Bundle {
 		return b
 	}
 	a.bundle.Store(b)
-	if err := saveBundle(a.dir, b); err != nil {
+	if err := a.state.saveBundle(b); err != nil {
 		a.log.Error("cannot save the bundle", "error", err)
 	} else {
 		seq, _ := b.SequenceNumber()
@@ -316,7 +316,7 @@ func (a *Agent) renew(ctx context.Context, c *nodeclient.Client) error {
 	if s.id != old.id {
 		return fmt.Errorf("renew agent SVID: %w: it names %s, not %s", nodeclient.ErrProtocol, s.id, old.id)
 	}
-	if err := saveSVID(a.dir, s); err != nil {
+	if err := a.state.saveSVID(s); err != nil {
 		return fmt.Errorf("save renewed agent SVID: %w", err)
 	}
 	a.setSVID(s)
