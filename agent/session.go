@@ -137,8 +137,9 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse) {
 	res := a.cache.Apply(u)
 	a.sched.remove(res.Removed...)
 	a.sched.enqueue(res.Sign...)
-	if len(res.Sign) > 0 || len(res.Removed) > 0 {
-		a.log.Debug("entries synced", "full", u.Full, "to_sign", len(res.Sign), "removed", len(res.Removed))
+	a.sched.enqueueAt(prioBacklog, res.Backlog...)
+	if len(res.Sign) > 0 || len(res.Removed) > 0 || len(res.Backlog) > 0 {
+		a.log.Debug("entries synced", "full", u.Full, "to_sign", len(res.Sign), "backlog", len(res.Backlog), "removed", len(res.Removed))
 	}
 }
 
@@ -180,7 +181,7 @@ func (a *Agent) parseBundle(raw []byte) *spiffebundle.Bundle {
 // call go in the next one.
 func (a *Agent) signLoop(ctx context.Context, c *nodeclient.Client) error {
 	for {
-		ids := a.sched.take(MaxBatch)
+		ids := a.sched.take(MaxBatch, a.cache.Room())
 		if len(ids) == 0 {
 			a.markReady()
 			select {

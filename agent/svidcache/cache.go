@@ -2,6 +2,7 @@ package svidcache
 
 import (
 	"container/heap"
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -24,6 +25,10 @@ const (
 	// DefaultMaxJWTSVIDs bounds the JWT-SVIDs the cache keeps when
 	// Config.MaxJWTSVIDs is zero.
 	DefaultMaxJWTSVIDs = 10000
+	// DefaultMaxX509SVIDs bounds the X.509-SVIDs the cache keeps for
+	// entries no subscribed workload matches, when Config.MaxX509SVIDs
+	// is zero.
+	DefaultMaxX509SVIDs = 1000
 	// maxMemoGroups bounds the memoized lookups of selector sets nobody
 	// subscribes to; past it they are all forgotten.
 	maxMemoGroups = 1024
@@ -71,17 +76,24 @@ type Config struct {
 	JWTSigner JWTSigner
 	// MaxJWTSVIDs bounds the cached JWT-SVIDs (DefaultMaxJWTSVIDs if 0).
 	MaxJWTSVIDs int
+	// MaxX509SVIDs bounds the X.509-SVIDs kept for entries that no
+	// subscription matches (DefaultMaxX509SVIDs if 0); past it the least
+	// recently used are dropped, to be signed again when a workload asks.
+	// SVIDs of entries a subscription matches are always kept.
+	MaxX509SVIDs int
 }
 
 // Cache holds the node's registration entries, their X.509-SVIDs, cached
 // JWT-SVIDs and the trust bundle. It is safe for concurrent use.
 type Cache struct {
-	td     spiffeid.TrustDomain
-	clk    clock.Clock
-	log    *slog.Logger
-	signer JWTSigner
-	maxJWT int
-	kick   chan struct{} // buffered 1: the earliest expiry may have changed
+	td      spiffeid.TrustDomain
+	clk     clock.Clock
+	log     *slog.Logger
+	signer  JWTSigner
+	maxJWT  int
+	maxX509 int
+	kick    chan struct{} // buffered 1: the earliest expiry may have changed
+	want    chan struct{} // buffered 1: wanted became non-empty
 
 	mu sync.Mutex // guards every field below
 	// items are the entries by ID.
@@ -103,6 +115,12 @@ type Cache struct {
 	jwts     map[spiffeid.ID]map[string]*JWTSVID
 	njwt     int
 	jwtCalls map[jwtKey]*jwtCall
+	// unmatched holds the items with an SVID that no subscription
+	// matches (demand 0), most recently used first.
+	unmatched list.List
+	// wanted are the IDs of entries a subscription matches that have no
+	// SVID, not yet taken by TakeWanted.
+	wanted map[string]struct{}
 }
 
 type item struct {
@@ -110,6 +128,9 @@ type item struct {
 	svid    *X509SVID // nil until signed, and after expiry
 	heapIdx int       // index in Cache.expiry, -1 if absent
 	idx     int       // index in byFirst[entry.Selectors[0]]
+	// demand counts the subscribed groups whose matches hold the item.
+	demand int
+	lru    *list.Element // in Cache.unmatched, or nil
 }
 
 // group is a selector set with its memoized matches and subscribers.
@@ -118,6 +139,7 @@ type group struct {
 	selectors []entry.Selector
 	matched   []*item // sorted by SPIFFE ID, then entry ID; valid if fresh
 	fresh     bool
+	counted   bool // matched items count this group in their demand
 	subs      map[*Subscription]struct{}
 }
 
@@ -135,13 +157,19 @@ func New(cfg Config) (*Cache, error) {
 	if cfg.MaxJWTSVIDs <= 0 {
 		cfg.MaxJWTSVIDs = DefaultMaxJWTSVIDs
 	}
+	if cfg.MaxX509SVIDs <= 0 {
+		cfg.MaxX509SVIDs = DefaultMaxX509SVIDs
+	}
 	return &Cache{
 		td:       cfg.TrustDomain,
 		clk:      cfg.Clock,
 		log:      cfg.Logger,
 		signer:   cfg.JWTSigner,
 		maxJWT:   cfg.MaxJWTSVIDs,
+		maxX509:  cfg.MaxX509SVIDs,
 		kick:     make(chan struct{}, 1),
+		want:     make(chan struct{}, 1),
+		wanted:   make(map[string]struct{}),
 		items:    make(map[string]*item),
 		byFirst:  make(map[entry.Selector][]*item),
 		groups:   make(map[string]*group),
@@ -173,11 +201,17 @@ type Update struct {
 
 // Applied tells the producer what Apply changed.
 type Applied struct {
-	// Sign are the IDs of entries that need a new X.509-SVID: new
-	// entries, entries without a current SVID, and entries whose SPIFFE
-	// ID, DNS names or X.509-SVID TTL changed. When the SPIFFE ID or DNS
-	// names changed, the old SVID is already gone.
+	// Sign are the IDs of entries to sign first: in an update that is
+	// not Full, new entries (at most the cache's X.509-SVID bound of
+	// them; the rest go to Backlog), and entries whose SPIFFE ID, DNS
+	// names or X.509-SVID TTL changed while they held an SVID or while a
+	// subscription matched them. When the SPIFFE ID or DNS names
+	// changed, the old SVID is already gone.
 	Sign []string
+	// Backlog are the IDs of the other entries without an SVID: they
+	// are worth signing only while Room is positive. Entries a
+	// subscription comes to match are reported by Wanted instead.
+	Backlog []string
 	// Removed are the IDs of entries that were removed.
 	Removed []string
 }
@@ -200,9 +234,20 @@ func (c *Cache) Apply(u Update) Applied {
 			}
 		}
 	}
+	fresh := 0
 	for _, e := range u.Entries {
-		if c.upsertLocked(e, touched) {
+		switch c.upsertLocked(e, touched) {
+		case signNow:
 			res.Sign = append(res.Sign, e.ID)
+		case signNew:
+			if !u.Full && fresh < c.maxX509 {
+				fresh++
+				res.Sign = append(res.Sign, e.ID)
+			} else {
+				res.Backlog = append(res.Backlog, e.ID)
+			}
+		case signLater:
+			res.Backlog = append(res.Backlog, e.ID)
 		}
 	}
 	for _, id := range u.Deleted {
@@ -210,6 +255,7 @@ func (c *Cache) Apply(u Update) Applied {
 			c.removeLocked(it, touched)
 			res.Removed = append(res.Removed, id)
 			res.Sign = slices.DeleteFunc(res.Sign, func(s string) bool { return s == id })
+			res.Backlog = slices.DeleteFunc(res.Backlog, func(s string) bool { return s == id })
 		}
 	}
 	if u.Bundle != nil && (c.bundle == nil || !c.bundle.Equal(u.Bundle)) {
@@ -224,16 +270,27 @@ func (c *Cache) Apply(u Update) Applied {
 	return res
 }
 
+// signing says whether and how soon an upserted entry needs an SVID.
+type signing int
+
+const (
+	signNone  signing = iota // it has a current SVID
+	signNow                  // it changed while held or wanted
+	signNew                  // it is new
+	signLater                // it has no SVID, and nobody is known to want one
+)
+
 // upsertLocked stores e and reports whether it needs a new X.509-SVID.
-func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) bool {
+func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) signing {
 	it := c.items[e.ID]
 	if it == nil {
 		it = &item{entry: e, heapIdx: -1}
 		c.items[e.ID] = it
 		c.indexLocked(it)
 		c.touchLocked(e.Selectors, true, touched)
-		return true
+		return signNew
 	}
+	held := it.svid != nil || it.demand > 0
 	old := it.entry
 	selChanged := !slices.Equal(old.Selectors, e.Selectors)
 	idChanged := old.SPIFFEID != e.SPIFFEID
@@ -259,9 +316,18 @@ func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) bool {
 		if idChanged {
 			c.dropJWTsLocked(old.SPIFFEID)
 		}
-		return true
+		if held {
+			return signNow
+		}
+		return signLater
 	}
-	return it.svid == nil || old.X509SVIDTTL != e.X509SVIDTTL
+	switch {
+	case it.svid != nil && old.X509SVIDTTL != e.X509SVIDTTL, it.svid == nil && it.demand > 0:
+		return signNow
+	case it.svid == nil:
+		return signLater
+	}
+	return signNone
 }
 
 func (c *Cache) removeLocked(it *item, touched map[*group]struct{}) {
@@ -358,6 +424,10 @@ func (c *Cache) SetX509SVID(s *X509SVID) error {
 	} else {
 		heap.Push(&c.expiry, it)
 	}
+	if it.demand == 0 {
+		c.usedLocked(it)
+		c.evictLocked()
+	}
 	select {
 	case c.kick <- struct{}{}:
 	default:
@@ -372,6 +442,10 @@ func (c *Cache) dropSVIDLocked(it *item) {
 	it.svid = nil
 	if it.heapIdx >= 0 {
 		heap.Remove(&c.expiry, it.heapIdx)
+	}
+	if it.lru != nil {
+		c.unmatched.Remove(it.lru)
+		it.lru = nil
 	}
 }
 
@@ -394,6 +468,9 @@ func (c *Cache) X509SVID(entryID string) (*X509SVID, bool) {
 	it := c.items[entryID]
 	if it == nil || it.svid == nil || it.svid.Expired(now) {
 		return nil, false
+	}
+	if it.lru != nil {
+		c.usedLocked(it)
 	}
 	return it.svid, true
 }
@@ -448,6 +525,9 @@ type Stats struct {
 	JWTSVIDs      int
 	Subscriptions int
 	Groups        int // selector sets memoized or subscribed to
+	// UnmatchedX509SVIDs are the X.509-SVIDs held for entries no
+	// subscription matches (at most Config.MaxX509SVIDs).
+	UnmatchedX509SVIDs int
 }
 
 // Stats returns the cache's current counts.
@@ -460,6 +540,8 @@ func (c *Cache) Stats() Stats {
 		JWTSVIDs:      c.njwt,
 		Subscriptions: c.subs,
 		Groups:        len(c.groups),
+
+		UnmatchedX509SVIDs: c.unmatched.Len(),
 	}
 }
 
@@ -506,10 +588,17 @@ func (c *Cache) deleteGroupLocked(g *group) {
 }
 
 // refreshLocked recomputes g's matches if they are stale. Only the
-// entries filed under one of g's selectors are looked at.
+// entries filed under one of g's selectors are looked at. A subscribed
+// group's matches count in their items' demand.
 func (c *Cache) refreshLocked(g *group) {
 	if g.fresh {
+		if !g.counted && len(g.subs) > 0 {
+			c.countLocked(g, 1)
+		}
 		return
+	}
+	if g.counted {
+		c.countLocked(g, -1)
 	}
 	g.matched = g.matched[:0]
 	for _, s := range g.selectors {
@@ -529,6 +618,9 @@ func (c *Cache) refreshLocked(g *group) {
 		g.matched = slices.Clip(g.matched)
 	}
 	g.fresh = true
+	if len(g.subs) > 0 {
+		c.countLocked(g, 1)
+	}
 }
 
 func (c *Cache) svidsLocked(g *group, now time.Time) []*X509SVID {
@@ -537,6 +629,9 @@ func (c *Cache) svidsLocked(g *group, now time.Time) []*X509SVID {
 	for _, it := range g.matched {
 		if it.svid != nil && !it.svid.Expired(now) {
 			out = append(out, it.svid)
+			if it.lru != nil {
+				c.usedLocked(it)
+			}
 		}
 	}
 	return out
@@ -580,6 +675,9 @@ func (c *Cache) expireLocked(now time.Time) time.Time {
 		c.log.Info("X.509-SVID expired; no longer served", "entry_id", it.entry.ID, "spiffe_id", it.entry.SPIFFEID.String(), "not_after", it.svid.NotAfter)
 		c.dropSVIDLocked(it)
 		c.touchLocked(it.entry.Selectors, false, touched)
+		if it.demand > 0 {
+			c.wantLocked(it)
+		}
 	}
 	notify(touched)
 	if c.expiry.Len() == 0 {
