@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -45,6 +46,10 @@ type Options struct {
 	ForeignServerCA bool
 	// Logf receives a line per call (e.g. t.Logf).
 	Logf func(format string, args ...any)
+	// OnBatch, if set, is called with the entry IDs of each
+	// BatchSignX509SVID call before it is answered; the call waits for
+	// it to return.
+	OnBatch func(entryIDs []string)
 }
 
 // Server is a fake node API server.
@@ -448,6 +453,8 @@ func (s *Server) Sync(_ *nodev1.SyncRequest, stream grpc.ServerStreamingServer[n
 	for _, e := range s.entries {
 		full.Entries = append(full.Entries, e)
 	}
+	// In entry ID order, so that tests know which entries come last.
+	slices.SortFunc(full.Entries, func(a, b *nodev1.Entry) int { return strings.Compare(a.GetId(), b.GetId()) })
 	s.streams[ch] = struct{}{}
 	s.mu.Unlock()
 	s.opts.Logf("fakenode: Sync (%d entries)", len(full.Entries))
@@ -493,6 +500,13 @@ func (s *Server) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX50
 	}
 	if err := s.delay(); err != nil {
 		return nil, err
+	}
+	if s.opts.OnBatch != nil {
+		ids := make([]string, len(req.GetRequests()))
+		for i, r := range req.GetRequests() {
+			ids[i] = r.GetEntryId()
+		}
+		s.opts.OnBatch(ids)
 	}
 	s.mu.Lock()
 	s.batchSizes = append(s.batchSizes, len(req.GetRequests()))
