@@ -11,6 +11,7 @@ import (
 	"time"
 
 	spiffewl "github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/protobuf/proto"
 
 	"writ.dev/writ/agent"
 	"writ.dev/writ/agent/internal/fakenode"
@@ -107,8 +108,8 @@ func TestNewEntrySignedBeforeBacklog(t *testing.T) {
 }
 
 // TestUnmatchedSVIDsBounded: with more entries than the cache keeps and
-// no workload connected, the agent signs only as many as the bound, new
-// entries evict the least recently used, and the bound holds.
+// no workload connected, the agent signs only as many as the bound, and
+// the bound holds as entries come and change.
 func TestUnmatchedSVIDsBounded(t *testing.T) {
 	const n, bound = 3000, 100
 	e := newEnv(t, fakenode.Options{})
@@ -131,21 +132,50 @@ func TestUnmatchedSVIDsBounded(t *testing.T) {
 		added = append(added, ne)
 	}
 	e.srv.Push(&nodev1.SyncResponse{Entries: added})
-	// Each new entry's SVID is in the cache (none evicted for another),
-	// and the bound holds.
-	eventually(t, "the new entries' SVIDs in the cache", func() bool {
+	// The cache is full: new entries nobody asks for wait for a
+	// workload. One that is changed after it was signed is re-signed
+	// at once, and the bound holds.
+	eventually(t, "the new entries in the cache", func() bool {
 		for _, ne := range added {
-			if _, ok := r.a.Cache().X509SVID(ne.Id); !ok {
+			if _, ok := r.a.Cache().Entry(ne.Id); !ok {
 				return false
 			}
 		}
 		return true
 	})
+	var held *nodev1.Entry
+	for _, w := range e.srv.Entries() {
+		if _, ok := r.a.Cache().X509SVID(w.Id); ok {
+			held = w
+			break
+		}
+	}
+	if held == nil {
+		t.Fatal("no SVID held")
+	}
+	before, _ := r.a.Cache().X509SVID(held.Id)
+	// A longer TTL: the entry keeps its SVID until the new one arrives,
+	// so no room opens meanwhile.
+	changed := proto.Clone(held).(*nodev1.Entry)
+	changed.X509SvidTtl = 2 * held.GetX509SvidTtl()
+	changed.Revision++
+	e.srv.Store(changed)
+	e.srv.Push(&nodev1.SyncResponse{Entries: []*nodev1.Entry{changed}})
+	eventually(t, "the changed entry re-signed", func() bool { return e.srv.Signed(changed.Id) == 2 })
+	eventually(t, "its new SVID in the cache", func() bool {
+		s, ok := r.a.Cache().X509SVID(changed.Id)
+		return ok && s.NotAfter.After(before.NotAfter)
+	})
 	if st := r.a.Cache().Stats(); st.X509SVIDs != bound || st.UnmatchedX509SVIDs != bound {
 		t.Fatalf("cache after new entries: %+v, want %d SVIDs", st, bound)
 	}
-	if got := signedTotal(e.srv); got != bound+len(added) {
-		t.Fatalf("%d SVIDs signed, want %d", got, bound+len(added))
+	for _, ne := range added {
+		if e.srv.Signed(ne.Id) != 0 {
+			t.Fatal("a new entry was signed with the cache full and no workload asking")
+		}
+	}
+	if got := signedTotal(e.srv); got != bound+1 {
+		t.Fatalf("%d SVIDs signed, want %d", got, bound+1)
 	}
 }
 

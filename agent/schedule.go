@@ -23,14 +23,17 @@ type priority uint8
 const (
 	// prioWanted: a connected workload matches the entry and waits.
 	prioWanted priority = iota
-	// prioNow: new or changed entries, and failed batches.
+	// prioNow: changed entries, and failed batches.
 	prioNow
+	// prioNew: entries created since the last full sync, signed while
+	// the cache has room for them.
+	prioNew
 	// prioDue: rotations and retries, signed now if the cache still
 	// holds the entry's SVID or a workload wants it (see keep), else
 	// moved to the backlog.
 	prioDue
 	// prioBacklog: entries nobody asked for, signed only while the
-	// cache has room for them.
+	// cache has room for them, after new ones.
 	prioBacklog
 	numPriorities
 )
@@ -135,8 +138,8 @@ func (s *scheduler) reset() {
 }
 
 // take removes and returns up to n pending IDs, by priority, then oldest
-// first. At most room of them are backlog entries; due entries that keep
-// refuses move to the backlog.
+// first. At most room of them are new or backlog entries; due entries
+// that keep refuses move to the backlog.
 func (s *scheduler) take(n, room int) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -149,7 +152,7 @@ func (s *scheduler) take(n, room int) []string {
 			if cur, ok := s.pending[id]; !ok || cur != p {
 				continue
 			}
-			if p == prioBacklog {
+			if p == prioNew || p == prioBacklog {
 				if room <= 0 {
 					break
 				}

@@ -201,16 +201,18 @@ type Update struct {
 
 // Applied tells the producer what Apply changed.
 type Applied struct {
-	// Sign are the IDs of entries to sign first: in an update that is
-	// not Full, new entries (at most the cache's X.509-SVID bound of
-	// them; the rest go to Backlog), and entries whose SPIFFE ID, DNS
-	// names or X.509-SVID TTL changed while they held an SVID or while a
-	// subscription matched them. When the SPIFFE ID or DNS names
+	// Sign are the IDs of entries to sign now: entries whose SPIFFE ID,
+	// DNS names or X.509-SVID TTL changed while they held an SVID or
+	// while a subscription matched them, and entries a subscription
+	// matches that have no SVID. When the SPIFFE ID or DNS names
 	// changed, the old SVID is already gone.
 	Sign []string
+	// New are the IDs of entries new in an update that is not Full:
+	// they come next, while Room is positive.
+	New []string
 	// Backlog are the IDs of the other entries without an SVID: they
-	// are worth signing only while Room is positive. Entries a
-	// subscription comes to match are reported by Wanted instead.
+	// are worth signing only while Room is positive, after New ones.
+	// Entries a subscription comes to match are reported by Wanted.
 	Backlog []string
 	// Removed are the IDs of entries that were removed.
 	Removed []string
@@ -234,17 +236,15 @@ func (c *Cache) Apply(u Update) Applied {
 			}
 		}
 	}
-	fresh := 0
 	for _, e := range u.Entries {
 		switch c.upsertLocked(e, touched) {
 		case signNow:
 			res.Sign = append(res.Sign, e.ID)
 		case signNew:
-			if !u.Full && fresh < c.maxX509 {
-				fresh++
-				res.Sign = append(res.Sign, e.ID)
-			} else {
+			if u.Full {
 				res.Backlog = append(res.Backlog, e.ID)
+			} else {
+				res.New = append(res.New, e.ID)
 			}
 		case signLater:
 			res.Backlog = append(res.Backlog, e.ID)
@@ -255,6 +255,7 @@ func (c *Cache) Apply(u Update) Applied {
 			c.removeLocked(it, touched)
 			res.Removed = append(res.Removed, id)
 			res.Sign = slices.DeleteFunc(res.Sign, func(s string) bool { return s == id })
+			res.New = slices.DeleteFunc(res.New, func(s string) bool { return s == id })
 			res.Backlog = slices.DeleteFunc(res.Backlog, func(s string) bool { return s == id })
 		}
 	}

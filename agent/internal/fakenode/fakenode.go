@@ -322,6 +322,17 @@ func (s *Server) SetEntries(es ...*nodev1.Entry) {
 	s.pushLocked(msg)
 }
 
+// Entries returns the agent's entries, in no order.
+func (s *Server) Entries() []*nodev1.Entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*nodev1.Entry, 0, len(s.entries))
+	for _, e := range s.entries {
+		out = append(out, e)
+	}
+	return out
+}
+
 // Store adds entries to the server's state without pushing anything.
 func (s *Server) Store(es ...*nodev1.Entry) {
 	s.mu.Lock()
