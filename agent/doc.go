@@ -39,7 +39,14 @@
 // skipped) -> sign what is missing at once and what is due at its time.
 // Signing is batched without delay: everything pending when the signer
 // looks (up to MaxBatch) goes in one BatchSignX509SVID, and what arrives
-// during that call goes in the next. Workload keys (ECDSA P-256) are made
+// during that call goes in the next. Pending entries are taken by
+// priority: entries a connected workload matches that have no SVID
+// (svidcache.Cache.Wanted), changed entries, new entries, due rotations,
+// then the backlog. The cache keeps at most Config.MaxX509SVIDs SVIDs of
+// entries no workload matches (least recently used dropped first), so new
+// and backlog entries are signed only while it has room, and a rotation
+// falls due only for an SVID still held; the rest are signed when a
+// workload asks. Keys are made per batch, never for the whole backlog. Workload keys (ECDSA P-256) are made
 // here and never leave the node except to their workload. Rotation is at
 // half life minus a per-SVID jitter (agent/rotate), armed on the injected
 // clock. The agent SVID is renewed the same way; the agent then
