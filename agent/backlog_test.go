@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -94,7 +95,10 @@ func TestNewEntrySignedBeforeBacklog(t *testing.T) {
 	ne := e.srv.Entry("/new", "unix:uid:1")
 	e.srv.Store(ne)
 	e.srv.Push(&nodev1.SyncResponse{Entries: []*nodev1.Entry{ne}})
-	eventually(t, "the new entry in the cache", func() bool { _, ok := r.a.Cache().Entry(ne.Id); return ok })
+	// Logged once it is queued for signing.
+	eventually(t, "the new entry queued", func() bool {
+		return strings.Contains(e.logs.text(), "entries synced full=false to_sign=0 new=1 ")
+	})
 	rec.releaseFirst()
 
 	second := rec.next(t)
