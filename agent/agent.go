@@ -188,7 +188,7 @@ func New(cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.sched.keep = a.cache.Holds
+	a.sched.keep, a.sched.unsigned = a.cache.Holds, a.cache.Unsigned
 	return a, nil
 }
 

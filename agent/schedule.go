@@ -3,6 +3,7 @@ package agent
 import (
 	"container/heap"
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -32,10 +33,9 @@ const (
 	// holds the entry's SVID or a workload wants it (see keep), else
 	// moved to the backlog.
 	prioDue
-	// prioBacklog: entries nobody asked for, signed only while the
-	// cache has room for them, after new ones.
-	prioBacklog
 	numPriorities
+	// The backlog, entries nobody asked for, comes last: they are signed
+	// only while the cache has room for them, after new ones.
 )
 
 // scheduler decides which entries are signed next: pending entries are
@@ -47,15 +47,21 @@ type scheduler struct {
 	wake chan struct{} // buffered 1: pending became non-empty
 	kick chan struct{} // buffered 1: the earliest due time changed
 	// keep reports whether a due entry is still worth signing; nil keeps
-	// all. Set before run starts.
-	keep func(id string) bool
+	// all. unsigned reports whether a backlog entry still needs an SVID;
+	// nil means yes. Both are set before run starts.
+	keep, unsigned func(id string) bool
 
 	mu sync.Mutex // guards the fields below
 	// pending entries with their priority; queues (one per priority, in
 	// FIFO order) may hold IDs no longer pending at that priority,
 	// skipped by take.
-	pending  map[string]priority
-	queues   [numPriorities][]string
+	pending map[string]priority
+	queues  [numPriorities][]string
+	// backlog holds entries without an SVID in FIFO order, possibly
+	// twice, and possibly some that no longer need one (unsigned, the
+	// pending map and the due heap tell). It has no map of its own: it
+	// may hold every entry of the node.
+	backlog  []string
 	due      dueHeap
 	dueByID  map[string]*dueItem
 	failures map[string]int // consecutive signing failures by entry
@@ -114,6 +120,21 @@ func (s *scheduler) enqueueLocked(id string, p priority) {
 	s.queues[p] = append(s.queues[p], id)
 }
 
+// addBacklog adds ids to the backlog; full replaces it (ids are then
+// every entry without an SVID).
+func (s *scheduler) addBacklog(full bool, ids []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if full {
+		s.backlog = slices.Clone(ids)
+	} else {
+		s.backlog = append(s.backlog, ids...)
+	}
+	if len(ids) > 0 {
+		signal(s.wake)
+	}
+}
+
 // remove forgets ids (removed entries).
 func (s *scheduler) remove(ids ...string) {
 	s.mu.Lock()
@@ -134,6 +155,7 @@ func (s *scheduler) reset() {
 	clear(s.dueByID)
 	clear(s.failures)
 	s.queues = [numPriorities][]string{}
+	s.backlog = nil
 	s.due = nil
 }
 
@@ -152,7 +174,7 @@ func (s *scheduler) take(n, room int) []string {
 			if cur, ok := s.pending[id]; !ok || cur != p {
 				continue
 			}
-			if p == prioNew || p == prioBacklog {
+			if p == prioNew {
 				if room <= 0 {
 					break
 				}
@@ -162,8 +184,7 @@ func (s *scheduler) take(n, room int) []string {
 			if p == prioDue && s.keep != nil && !s.keep(id) {
 				// Nobody holds or wants its SVID any more: sign it
 				// only if there is room.
-				s.pending[id] = prioBacklog
-				s.queues[prioBacklog] = append(s.queues[prioBacklog], id)
+				s.backlog = append(s.backlog, id)
 				continue
 			}
 			out = append(out, id)
@@ -174,6 +195,26 @@ func (s *scheduler) take(n, room int) []string {
 			q = nil
 		}
 		s.queues[p] = q
+	}
+	i := 0
+	for ; i < len(s.backlog) && len(out) < n && room > 0; i++ {
+		id := s.backlog[i]
+		if _, ok := s.pending[id]; ok {
+			continue // taken at a higher priority
+		}
+		if _, ok := s.dueByID[id]; ok {
+			continue // signed, or failed and waiting to retry
+		}
+		if s.unsigned != nil && !s.unsigned(id) {
+			continue
+		}
+		room--
+		out = append(out, id)
+	}
+	clear(s.backlog[:i])
+	s.backlog = s.backlog[i:]
+	if len(s.backlog) == 0 {
+		s.backlog = nil
 	}
 	return out
 }

@@ -138,7 +138,7 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse) {
 	a.sched.remove(res.Removed...)
 	a.sched.enqueue(res.Sign...)
 	a.sched.enqueueAt(prioNew, res.New...)
-	a.sched.enqueueAt(prioBacklog, res.Backlog...)
+	a.sched.addBacklog(u.Full, res.Backlog)
 	if len(res.Sign) > 0 || len(res.Removed) > 0 || len(res.New) > 0 || len(res.Backlog) > 0 {
 		a.log.Debug("entries synced", "full", u.Full, "to_sign", len(res.Sign), "new", len(res.New), "backlog", len(res.Backlog), "removed", len(res.Removed))
 	}

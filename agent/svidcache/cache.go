@@ -100,9 +100,10 @@ type Cache struct {
 	items map[string]*item
 	// byFirst indexes items by their first selector: an entry can match
 	// a selector set only if the set holds the entry's first selector.
-	// (Slices, not sets: most hold one item, and a map would cost more
-	// than the rest of the index.)
-	byFirst map[entry.Selector][]*item
+	// Each value heads a list linked through item.next and item.prev
+	// (most hold one item: a slice or a set per selector would cost more
+	// than the rest of the index).
+	byFirst map[entry.Selector]*item
 	// groups are selector sets that were looked up or subscribed to, by
 	// selectorKey; groupIdx indexes them by each of their selectors.
 	groups   map[string]*group
@@ -124,13 +125,14 @@ type Cache struct {
 }
 
 type item struct {
-	entry   *entry.Entry
-	svid    *X509SVID // nil until signed, and after expiry
-	heapIdx int       // index in Cache.expiry, -1 if absent
-	idx     int       // index in byFirst[entry.Selectors[0]]
+	entry *entry.Entry
+	svid  *X509SVID     // nil until signed, and after expiry
+	lru   *list.Element // in Cache.unmatched, or nil
+	// next and prev link the items of byFirst[entry.Selectors[0]].
+	next, prev *item
+	heapIdx    int32 // index in Cache.expiry, -1 if absent
 	// demand counts the subscribed groups whose matches hold the item.
-	demand int
-	lru    *list.Element // in Cache.unmatched, or nil
+	demand int32
 }
 
 // group is a selector set with its memoized matches and subscribers.
@@ -171,7 +173,7 @@ func New(cfg Config) (*Cache, error) {
 		want:     make(chan struct{}, 1),
 		wanted:   make(map[string]struct{}),
 		items:    make(map[string]*item),
-		byFirst:  make(map[entry.Selector][]*item),
+		byFirst:  make(map[entry.Selector]*item),
 		groups:   make(map[string]*group),
 		groupIdx: make(map[entry.Selector]map[*group]struct{}),
 		jwts:     make(map[spiffeid.ID]map[string]*JWTSVID),
@@ -346,8 +348,12 @@ func (c *Cache) indexLocked(it *item) {
 		return // matches nothing
 	}
 	s := it.entry.Selectors[0]
-	it.idx = len(c.byFirst[s])
-	c.byFirst[s] = append(c.byFirst[s], it)
+	head := c.byFirst[s]
+	it.prev, it.next = nil, head
+	if head != nil {
+		head.prev = it
+	}
+	c.byFirst[s] = it
 }
 
 func (c *Cache) unindexLocked(it *item) {
@@ -355,23 +361,20 @@ func (c *Cache) unindexLocked(it *item) {
 		return
 	}
 	s := it.entry.Selectors[0]
-	list := c.byFirst[s]
-	last := len(list) - 1
-	if it.idx > last || list[it.idx] != it {
-		panic("svidcache: selector index out of step")
-	}
-	list[it.idx] = list[last]
-	list[it.idx].idx = it.idx
-	list[last] = nil
-	list = list[:last]
 	switch {
-	case len(list) == 0:
+	case it.prev != nil:
+		it.prev.next = it.next
+	case c.byFirst[s] != it:
+		panic("svidcache: selector index out of step")
+	case it.next == nil:
 		delete(c.byFirst, s)
-	case cap(list) > 4*len(list)+4:
-		c.byFirst[s] = slices.Clip(slices.Clone(list))
 	default:
-		c.byFirst[s] = list
+		c.byFirst[s] = it.next
 	}
+	if it.next != nil {
+		it.next.prev = it.prev
+	}
+	it.next, it.prev = nil, nil
 }
 
 // touchLocked adds to touched the subscribed groups whose selector sets
@@ -421,7 +424,7 @@ func (c *Cache) SetX509SVID(s *X509SVID) error {
 	}
 	it.svid = s
 	if it.heapIdx >= 0 {
-		heap.Fix(&c.expiry, it.heapIdx)
+		heap.Fix(&c.expiry, int(it.heapIdx))
 	} else {
 		heap.Push(&c.expiry, it)
 	}
@@ -442,7 +445,7 @@ func (c *Cache) SetX509SVID(s *X509SVID) error {
 func (c *Cache) dropSVIDLocked(it *item) {
 	it.svid = nil
 	if it.heapIdx >= 0 {
-		heap.Remove(&c.expiry, it.heapIdx)
+		heap.Remove(&c.expiry, int(it.heapIdx))
 	}
 	if it.lru != nil {
 		c.unmatched.Remove(it.lru)
@@ -603,7 +606,7 @@ func (c *Cache) refreshLocked(g *group) {
 	}
 	g.matched = g.matched[:0]
 	for _, s := range g.selectors {
-		for _, it := range c.byFirst[s] {
+		for it := c.byFirst[s]; it != nil; it = it.next {
 			if entry.Match(it.entry.Selectors, g.selectors) {
 				g.matched = append(g.matched, it)
 			}
@@ -732,12 +735,12 @@ func (h expiryHeap) Less(i, j int) bool {
 }
 func (h expiryHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx = i
-	h[j].heapIdx = j
+	h[i].heapIdx = int32(i)
+	h[j].heapIdx = int32(j)
 }
 func (h *expiryHeap) Push(x any) {
 	it := x.(*item)
-	it.heapIdx = len(*h)
+	it.heapIdx = int32(len(*h))
 	*h = append(*h, it)
 }
 func (h *expiryHeap) Pop() any {

@@ -10,14 +10,14 @@ package svidcache
 // Room is positive.
 
 // countLocked adds d (1 or -1) to the demand of every item g matches.
-func (c *Cache) countLocked(g *group, d int) {
+func (c *Cache) countLocked(g *group, d int32) {
 	for _, it := range g.matched {
 		c.demandLocked(it, d)
 	}
 	g.counted = d > 0
 }
 
-func (c *Cache) demandLocked(it *item, d int) {
+func (c *Cache) demandLocked(it *item, d int32) {
 	before := it.demand
 	it.demand += d
 	switch {
@@ -107,4 +107,12 @@ func (c *Cache) Holds(entryID string) bool {
 	defer c.mu.Unlock()
 	it := c.items[entryID]
 	return it != nil && (it.svid != nil || it.demand > 0)
+}
+
+// Unsigned reports whether the entry exists and has no X.509-SVID.
+func (c *Cache) Unsigned(entryID string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	it := c.items[entryID]
+	return it != nil && it.svid == nil
 }
