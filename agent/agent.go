@@ -87,8 +87,12 @@ type Config struct {
 	// InsecureBootstrap attests without authenticating the server, and
 	// trusts the bundle it returns from then on.
 	InsecureBootstrap bool
-	Clock             clock.Clock
-	Logger            *slog.Logger
+	// MaxX509SVIDs bounds the X.509-SVIDs kept for entries no connected
+	// workload matches (svidcache.DefaultMaxX509SVIDs if 0); others are
+	// signed when a workload asks for them.
+	MaxX509SVIDs int
+	Clock        clock.Clock
+	Logger       *slog.Logger
 }
 
 // Agent is a node agent: it attests to the CA server, keeps the node's
@@ -115,6 +119,7 @@ type Agent struct {
 
 	// Owned by Run's goroutine.
 	dir        *datadir.Dir
+	state      *stateStore
 	joinToken  string // unused join token, for re-attestation
 	synced     atomic.Bool
 	lastErrMsg string
@@ -134,6 +139,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if err := checkHostPort(cfg.ServerAddress); err != nil {
 		return nil, fmt.Errorf("%w: server address %q: %v", ErrConfig, cfg.ServerAddress, err)
+	}
+	if cfg.MaxX509SVIDs < 0 {
+		return nil, fmt.Errorf("%w: the X.509-SVID cache size must not be negative", ErrConfig)
 	}
 	if cfg.TrustBundlePath != "" && cfg.InsecureBootstrap {
 		return nil, fmt.Errorf("%w: give a trust bundle or insecure bootstrap, not both", ErrConfig)
@@ -174,10 +182,13 @@ func New(cfg Config) (*Agent, error) {
 		Clock:       cfg.Clock,
 		Logger:      cfg.Logger,
 		JWTSigner:   jwtSigner{a},
+
+		MaxX509SVIDs: cfg.MaxX509SVIDs,
 	})
 	if err != nil {
 		return nil, err
 	}
+	a.sched.keep, a.sched.unsigned = a.cache.Holds, a.cache.Unsigned
 	return a, nil
 }
 
@@ -265,6 +276,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	defer dir.Close()
 	a.dir = dir
+	a.state = newStateStore(dir)
 	if err := a.start(ctx); err != nil {
 		return err
 	}
@@ -278,6 +290,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { _ = a.cache.Run(ctx) })
 	wg.Go(func() { a.sched.run(ctx) })
+	wg.Go(func() { a.signWanted(ctx) })
 	wg.Go(func() { health.serve() })
 	a.log.Info("agent started", "spiffe_id", a.ID().String(), "server_address", a.cfg.ServerAddress,
 		"data_dir", dir.Path(), "admin_socket", a.adminSocket, "socket_path", a.cfg.SocketPath)
@@ -294,7 +307,7 @@ func (a *Agent) Run(ctx context.Context) error {
 // with the join token when there is no valid SVID.
 func (a *Agent) start(ctx context.Context) error {
 	now := a.clk.Now()
-	st, err := loadState(a.dir, a.td, now)
+	st, err := a.state.load(a.td, now)
 	if err != nil {
 		return err
 	}
@@ -395,10 +408,7 @@ func (a *Agent) attest(ctx context.Context, token string, trust []*x509.Certific
 	if err != nil {
 		return fmt.Errorf("attestation: %w: %w", nodeclient.ErrProtocol, err)
 	}
-	if err := saveBundle(a.dir, bundle); err != nil {
-		return err
-	}
-	if err := saveSVID(a.dir, svid); err != nil {
+	if err := a.state.save(svid, bundle); err != nil {
 		return err
 	}
 	a.bundle.Store(bundle)

@@ -3,7 +3,7 @@ package agent_test
 import (
 	"context"
 	"crypto/x509"
-	"encoding/pem"
+	"encoding/json"
 	"errors"
 	"log/slog"
 	"os"
@@ -40,7 +40,7 @@ func TestAttestThenRestartWithoutToken(t *testing.T) {
 	if svidFor(r.a.Cache(), w.Id, mustSels(t, "unix:uid:1000")) == nil {
 		t.Fatal("entry's SVID not in the cache")
 	}
-	for _, name := range []string{agent.SVIDFile, agent.KeyFile, agent.BundleFile} {
+	for _, name := range []string{agent.StateFile} {
 		fi, err := os.Stat(filepath.Join(e.dir, name))
 		if err != nil {
 			t.Fatal(err)
@@ -99,7 +99,7 @@ func TestRefusesUnauthenticatedServer(t *testing.T) {
 			if n := e.srv.Stats().Attests; n != 0 {
 				t.Fatalf("the server received %d Attest calls: the token was sent to an unauthenticated server", n)
 			}
-			if _, err := os.Stat(filepath.Join(e.dir, agent.SVIDFile)); err == nil {
+			if _, err := os.Stat(filepath.Join(e.dir, agent.StateFile)); err == nil {
 				t.Fatal("SVID saved")
 			}
 		})
@@ -149,7 +149,7 @@ func TestInsecureBootstrap(t *testing.T) {
 	if !e.logs.has(slog.LevelWarn, "insecure bootstrap") {
 		t.Fatal("no WARN about insecure bootstrap")
 	}
-	saved, err := os.ReadFile(filepath.Join(e.dir, agent.BundleFile))
+	saved, err := os.ReadFile(filepath.Join(e.dir, agent.StateFile))
 	if err != nil || !strings.Contains(string(saved), "x509-svid") {
 		t.Fatalf("bundle not saved: %v", err)
 	}
@@ -329,16 +329,11 @@ func TestRotationAtHalfLife(t *testing.T) {
 
 func readAgentCert(t *testing.T, dir string) *x509.Certificate {
 	t.Helper()
-	data, err := os.ReadFile(filepath.Join(dir, agent.SVIDFile))
+	chain, err := agent.SavedSVID(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := pem.Decode(data)
-	c, err := x509.ParseCertificate(b.Bytes)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return chain[0]
 }
 
 func TestAgentSVIDRenewedAtHalfLife(t *testing.T) {
@@ -519,14 +514,27 @@ func TestInconsistentDataDir(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Remove(filepath.Join(e.dir, agent.KeyFile)); err != nil {
+	state := filepath.Join(e.dir, agent.StateFile)
+	data, err := os.ReadFile(state)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var j map[string]any
+	if err := json.Unmarshal(data, &j); err != nil {
+		t.Fatal(err)
+	}
+	delete(j, "key")
+	if data, err = json.Marshal(j); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(state, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.runErr(e.config()); !errors.Is(err, agent.ErrInconsistentState) {
 		t.Fatalf("missing key: %v", err)
 	}
 	// Looser permissions are refused too.
-	if err := os.WriteFile(filepath.Join(e.dir, agent.KeyFile), []byte("x"), 0o644); err != nil {
+	if err := os.Chmod(state, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	if err := e.runErr(e.config()); err == nil || !strings.Contains(err.Error(), "open to other users") {

@@ -18,8 +18,13 @@
 //
 // # Identity and trust
 //
-// The data directory (datadir: 0700, locked, atomic writes) holds
-// agent_svid.pem, agent_key.pem (PKCS#8, 0600) and bundle.json. Started
+// The data directory (datadir: 0700, locked) holds agent_state.json
+// (0600): the agent's key, its SVID chain and the bundle in one file,
+// replaced as a whole (temporary file, fsync, rename, fsync of the
+// directory), so that a crash during a renewal leaves the old identity
+// or the new one, never a key beside another key's SVID. The earlier
+// layout (agent_svid.pem, agent_key.pem, bundle.json) is read once and
+// moved into it. Started
 // with a valid saved SVID, the agent reconnects without a token (a token
 // given is ignored, and used only if the server refuses the saved SVID).
 // Without one it attests with the token, authenticating the server first
@@ -34,7 +39,14 @@
 // skipped) -> sign what is missing at once and what is due at its time.
 // Signing is batched without delay: everything pending when the signer
 // looks (up to MaxBatch) goes in one BatchSignX509SVID, and what arrives
-// during that call goes in the next. Workload keys (ECDSA P-256) are made
+// during that call goes in the next. Pending entries are taken by
+// priority: entries a connected workload matches that have no SVID
+// (svidcache.Cache.Wanted), changed entries, new entries, due rotations,
+// then the backlog. The cache keeps at most Config.MaxX509SVIDs SVIDs of
+// entries no workload matches (least recently used dropped first), so new
+// and backlog entries are signed only while it has room, and a rotation
+// falls due only for an SVID still held; the rest are signed when a
+// workload asks. Keys are made per batch, never for the whole backlog. Workload keys (ECDSA P-256) are made
 // here and never leave the node except to their workload. Rotation is at
 // half life minus a per-SVID jitter (agent/rotate), armed on the injected
 // clock. The agent SVID is renewed the same way; the agent then

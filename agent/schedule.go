@@ -3,6 +3,7 @@ package agent
 import (
 	"container/heap"
 	"context"
+	"slices"
 	"sync"
 	"time"
 
@@ -17,19 +18,50 @@ const maxTimerWait = time.Minute
 // retryBackoff spaces the retries of an entry the server refused to sign.
 var retryBackoff = rotate.Backoff{Base: time.Second, Max: 5 * time.Minute}
 
+// priority orders pending entries: lower is signed first.
+type priority uint8
+
+const (
+	// prioWanted: a connected workload matches the entry and waits.
+	prioWanted priority = iota
+	// prioNow: changed entries, and failed batches.
+	prioNow
+	// prioNew: entries created since the last full sync, signed while
+	// the cache has room for them.
+	prioNew
+	// prioDue: rotations and retries, signed now if the cache still
+	// holds the entry's SVID or a workload wants it (see keep), else
+	// moved to the backlog.
+	prioDue
+	numPriorities
+	// The backlog, entries nobody asked for, comes last: they are signed
+	// only while the cache has room for them, after new ones.
+)
+
 // scheduler decides which entries are signed next: pending entries are
-// signed as soon as a connection can take them; others wait in a heap for
-// their rotation (or retry) time, and a timer moves them to pending then.
+// signed as soon as a connection can take them, by priority then in FIFO
+// order; others wait in a heap for their rotation (or retry) time, and a
+// timer moves them to pending then.
 type scheduler struct {
 	clk  clock.Clock
 	wake chan struct{} // buffered 1: pending became non-empty
 	kick chan struct{} // buffered 1: the earliest due time changed
+	// keep reports whether a due entry is still worth signing; nil keeps
+	// all. unsigned reports whether a backlog entry still needs an SVID;
+	// nil means yes. Both are set before run starts.
+	keep, unsigned func(id string) bool
 
 	mu sync.Mutex // guards the fields below
-	// pending entries in FIFO order; queue may hold IDs no longer in
-	// pending, skipped by take.
-	pending  map[string]struct{}
-	queue    []string
+	// pending entries with their priority; queues (one per priority, in
+	// FIFO order) may hold IDs no longer pending at that priority,
+	// skipped by take.
+	pending map[string]priority
+	queues  [numPriorities][]string
+	// backlog holds entries without an SVID in FIFO order, possibly
+	// twice, and possibly some that no longer need one (unsigned, the
+	// pending map and the due heap tell). It has no map of its own: it
+	// may hold every entry of the node.
+	backlog  []string
 	due      dueHeap
 	dueByID  map[string]*dueItem
 	failures map[string]int // consecutive signing failures by entry
@@ -46,7 +78,7 @@ func newScheduler(clk clock.Clock) *scheduler {
 		clk:      clk,
 		wake:     make(chan struct{}, 1),
 		kick:     make(chan struct{}, 1),
-		pending:  make(map[string]struct{}),
+		pending:  make(map[string]priority),
 		dueByID:  make(map[string]*dueItem),
 		failures: make(map[string]int),
 	}
@@ -59,26 +91,48 @@ func signal(ch chan struct{}) {
 	}
 }
 
-// enqueue makes ids pending now.
-func (s *scheduler) enqueue(ids ...string) {
+// enqueue makes ids pending now, to be signed first.
+func (s *scheduler) enqueue(ids ...string) { s.enqueueAt(prioNow, ids...) }
+
+// enqueueAt makes ids pending at priority p (or keeps a higher one they
+// have).
+func (s *scheduler) enqueueAt(p priority, ids ...string) {
 	if len(ids) == 0 {
 		return
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, id := range ids {
-		s.enqueueLocked(id)
+		s.enqueueLocked(id, p)
 	}
+	s.compactLocked()
 	signal(s.wake)
 }
 
-func (s *scheduler) enqueueLocked(id string) {
-	s.unscheduleLocked(id)
-	if _, ok := s.pending[id]; ok {
+func (s *scheduler) enqueueLocked(id string, p priority) {
+	if cur, ok := s.pending[id]; ok && cur <= p {
 		return
 	}
-	s.pending[id] = struct{}{}
-	s.queue = append(s.queue, id)
+	if p != prioDue {
+		s.unscheduleLocked(id)
+	}
+	s.pending[id] = p
+	s.queues[p] = append(s.queues[p], id)
+}
+
+// addBacklog adds ids to the backlog; full replaces it (ids are then
+// every entry without an SVID).
+func (s *scheduler) addBacklog(full bool, ids []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if full {
+		s.backlog = slices.Clone(ids)
+	} else {
+		s.backlog = append(s.backlog, ids...)
+	}
+	if len(ids) > 0 {
+		signal(s.wake)
+	}
 }
 
 // remove forgets ids (removed entries).
@@ -100,55 +154,97 @@ func (s *scheduler) reset() {
 	clear(s.pending)
 	clear(s.dueByID)
 	clear(s.failures)
-	s.queue = nil
+	s.queues = [numPriorities][]string{}
+	s.backlog = nil
 	s.due = nil
 }
 
-// take removes and returns up to n pending IDs, oldest first.
-func (s *scheduler) take(n int) []string {
+// take removes and returns up to n pending IDs, by priority, then oldest
+// first. At most room of them are new or backlog entries; due entries
+// that keep refuses move to the backlog.
+func (s *scheduler) take(n, room int) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []string
-	i := 0
-	for ; i < len(s.queue) && len(out) < n; i++ {
-		id := s.queue[i]
-		if _, ok := s.pending[id]; ok {
+	for p := range numPriorities {
+		q := s.queues[p]
+		i := 0
+		for ; i < len(q) && len(out) < n; i++ {
+			id := q[i]
+			if cur, ok := s.pending[id]; !ok || cur != p {
+				continue
+			}
+			if p == prioNew {
+				if room <= 0 {
+					break
+				}
+				room--
+			}
 			delete(s.pending, id)
+			if p == prioDue && s.keep != nil && !s.keep(id) {
+				// Nobody holds or wants its SVID any more: sign it
+				// only if there is room.
+				s.backlog = append(s.backlog, id)
+				continue
+			}
 			out = append(out, id)
 		}
+		clear(q[:i])
+		q = q[i:]
+		if len(q) == 0 {
+			q = nil
+		}
+		s.queues[p] = q
 	}
-	s.queue = s.queue[i:]
-	if len(s.queue) == 0 {
-		s.queue = nil
+	i := 0
+	for ; i < len(s.backlog) && len(out) < n && room > 0; i++ {
+		id := s.backlog[i]
+		if _, ok := s.pending[id]; ok {
+			continue // taken at a higher priority
+		}
+		if _, ok := s.dueByID[id]; ok {
+			continue // signed, or failed and waiting to retry
+		}
+		if s.unsigned != nil && !s.unsigned(id) {
+			continue
+		}
+		room--
+		out = append(out, id)
+	}
+	clear(s.backlog[:i])
+	s.backlog = s.backlog[i:]
+	if len(s.backlog) == 0 {
+		s.backlog = nil
 	}
 	return out
 }
 
-// pendingCount returns how many entries are pending.
-func (s *scheduler) pendingCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.pending)
-}
-
-// compactLocked drops queue slots of IDs no longer pending when they
-// outnumber the pending ones.
+// compactLocked drops queue slots of IDs no longer pending at that
+// queue's priority when they outnumber the pending ones.
 func (s *scheduler) compactLocked() {
-	if len(s.queue) <= 2*len(s.pending)+64 {
+	total := 0
+	for _, q := range s.queues {
+		total += len(q)
+	}
+	if total <= 2*len(s.pending)+64 {
 		return
 	}
-	q := s.queue[:0]
-	seen := make(map[string]struct{}, len(s.pending))
-	for _, id := range s.queue {
-		if _, ok := s.pending[id]; ok {
-			if _, dup := seen[id]; !dup {
-				seen[id] = struct{}{}
-				q = append(q, id)
+	for p, q := range s.queues {
+		kept := q[:0]
+		for _, id := range q {
+			if cur, ok := s.pending[id]; ok && cur == priority(p) {
+				// Mark it taken in this pass, so that a duplicate
+				// slot is dropped.
+				s.pending[id] = numPriorities
+				kept = append(kept, id)
 			}
 		}
+		for _, id := range kept {
+			s.pending[id] = priority(p)
+		}
+		clear(q[len(kept):])
+		s.queues[p] = kept
 	}
-	clear(s.queue[len(q):])
-	s.queue = q
 }
 
 // signedAt records a successful signing: the entry is due again at at.
@@ -173,8 +269,8 @@ func (s *scheduler) failed(id string, r float64) time.Duration {
 	return d
 }
 
-// requeue makes ids pending again at the front (a batch whose call
-// failed).
+// requeue makes ids pending again at the front of the wanted ones (a
+// batch whose call failed).
 func (s *scheduler) requeue(ids []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -186,10 +282,10 @@ func (s *scheduler) requeue(ids []string) {
 		if _, ok := s.dueByID[id]; ok {
 			continue // rescheduled meanwhile
 		}
-		s.pending[id] = struct{}{}
+		s.pending[id] = prioWanted
 		front = append(front, id)
 	}
-	s.queue = append(front, s.queue...)
+	s.queues[prioWanted] = append(front, s.queues[prioWanted]...)
 	if len(s.pending) > 0 {
 		signal(s.wake)
 	}
@@ -239,7 +335,7 @@ func (s *scheduler) run(ctx context.Context) {
 		for len(s.due) > 0 && !s.due[0].at.After(now) {
 			d := heap.Pop(&s.due).(*dueItem)
 			delete(s.dueByID, d.id)
-			s.enqueueLocked(d.id)
+			s.enqueueLocked(d.id, prioDue)
 			moved = true
 		}
 		if len(s.due) > 0 {
@@ -281,4 +377,18 @@ func (h *dueHeap) Pop() any {
 	*h = old[:len(old)-1]
 	d.idx = -1
 	return d
+}
+
+// signWanted makes the entries that connected workloads match and that
+// have no X.509-SVID (svidcache.Cache.Wanted) pending first, until ctx
+// ends.
+func (a *Agent) signWanted(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-a.cache.Wanted():
+			a.sched.enqueueAt(prioWanted, a.cache.TakeWanted()...)
+		}
+	}
 }

@@ -137,8 +137,10 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse) {
 	res := a.cache.Apply(u)
 	a.sched.remove(res.Removed...)
 	a.sched.enqueue(res.Sign...)
-	if len(res.Sign) > 0 || len(res.Removed) > 0 {
-		a.log.Debug("entries synced", "full", u.Full, "to_sign", len(res.Sign), "removed", len(res.Removed))
+	a.sched.enqueueAt(prioNew, res.New...)
+	a.sched.addBacklog(u.Full, res.Backlog)
+	if len(res.Sign) > 0 || len(res.Removed) > 0 || len(res.New) > 0 || len(res.Backlog) > 0 {
+		a.log.Debug("entries synced", "full", u.Full, "to_sign", len(res.Sign), "new", len(res.New), "backlog", len(res.Backlog), "removed", len(res.Removed))
 	}
 }
 
@@ -165,7 +167,7 @@ func (a *Agent) parseBundle(raw []byte) *spiffebundle.Bundle {
 		return b
 	}
 	a.bundle.Store(b)
-	if err := saveBundle(a.dir, b); err != nil {
+	if err := a.state.saveBundle(b); err != nil {
 		a.log.Error("cannot save the bundle", "error", err)
 	} else {
 		seq, _ := b.SequenceNumber()
@@ -180,7 +182,7 @@ func (a *Agent) parseBundle(raw []byte) *spiffebundle.Bundle {
 // call go in the next one.
 func (a *Agent) signLoop(ctx context.Context, c *nodeclient.Client) error {
 	for {
-		ids := a.sched.take(MaxBatch)
+		ids := a.sched.take(MaxBatch, a.cache.Room())
 		if len(ids) == 0 {
 			a.markReady()
 			select {
@@ -316,7 +318,7 @@ func (a *Agent) renew(ctx context.Context, c *nodeclient.Client) error {
 	if s.id != old.id {
 		return fmt.Errorf("renew agent SVID: %w: it names %s, not %s", nodeclient.ErrProtocol, s.id, old.id)
 	}
-	if err := saveSVID(a.dir, s); err != nil {
+	if err := a.state.saveSVID(s); err != nil {
 		return fmt.Errorf("save renewed agent SVID: %w", err)
 	}
 	a.setSVID(s)

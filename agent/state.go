@@ -25,9 +25,9 @@ import (
 
 // Files in the data directory.
 const (
-	SVIDFile   = "agent_svid.pem" // the agent's X.509-SVID chain, leaf first
-	KeyFile    = "agent_key.pem"  // its private key, PKCS#8
-	BundleFile = "bundle.json"    // the trust domain's SPIFFE bundle
+	// StateFile holds the agent's key, its X.509-SVID chain and the trust
+	// domain's bundle in one file, replaced as a whole (see stateStore).
+	StateFile = "agent_state.json"
 	// AdminSocketName is the health service's socket in the data dir.
 	AdminSocketName = "agent-admin.sock"
 	// WorkloadSocketName is the default Workload API socket in the data dir.
@@ -119,80 +119,6 @@ func newKeyAndCSR() (crypto.Signer, []byte, error) {
 	return key, csr, nil
 }
 
-// savedState is what the data directory holds.
-type savedState struct {
-	svid *agentSVID // nil if none
-	// svidErr says why a saved SVID is not usable (expired, mismatched).
-	svidErr error
-	expired bool
-	bundle  *spiffebundle.Bundle // nil if none
-}
-
-// loadState reads the agent's files. It refuses a directory where an SVID
-// exists without its key or bundle: that is lost state, not a first start.
-// A key without an SVID (a crash during the first attestation) counts as
-// no SVID.
-func loadState(dir *datadir.Dir, td spiffeid.TrustDomain, now time.Time) (*savedState, error) {
-	svidPEM, err := readOptional(dir.Join(SVIDFile))
-	if err != nil {
-		return nil, err
-	}
-	keyPEM, err := readOptional(dir.Join(KeyFile))
-	if err != nil {
-		return nil, err
-	}
-	bundleJSON, err := readOptional(dir.Join(BundleFile))
-	if err != nil {
-		return nil, err
-	}
-	st := &savedState{}
-	if bundleJSON != nil {
-		b, err := spiffebundle.Parse(td, bundleJSON)
-		if err != nil {
-			return nil, fmt.Errorf("%w: %s: %w", ErrInconsistentState, dir.Join(BundleFile), err)
-		}
-		if len(b.X509Authorities()) == 0 {
-			return nil, fmt.Errorf("%w: %s has no X.509 authorities", ErrInconsistentState, dir.Join(BundleFile))
-		}
-		st.bundle = b
-	}
-	if svidPEM == nil {
-		return st, nil
-	}
-	if keyPEM == nil || st.bundle == nil {
-		missing := KeyFile
-		if st.bundle == nil {
-			missing = BundleFile
-		}
-		return nil, fmt.Errorf("%w: %s exists but %s is missing; restore it, or remove %s, %s and %s to attest again with a new join token",
-			ErrInconsistentState, dir.Join(SVIDFile), dir.Join(missing), SVIDFile, KeyFile, BundleFile)
-	}
-	chain, err := decodeCerts(svidPEM)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrInconsistentState, dir.Join(SVIDFile), err)
-	}
-	key, err := decodeKey(keyPEM)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrInconsistentState, dir.Join(KeyFile), err)
-	}
-	leaf, err := x509.ParseCertificate(chain[0])
-	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrInconsistentState, dir.Join(SVIDFile), err)
-	}
-	if !now.Before(leaf.NotAfter) {
-		st.expired = true
-		st.svidErr = fmt.Errorf("%w: the agent SVID in %s expired at %s", ErrAgentSVIDExpired, dir.Join(SVIDFile), leaf.NotAfter.UTC().Format(time.RFC3339))
-		return st, nil
-	}
-	svid, err := newAgentSVID(td, chain, key, st.bundle, now)
-	if err != nil {
-		st.svidErr = fmt.Errorf("%w: the agent SVID in %s is not usable: %w", ErrInconsistentState, dir.Join(SVIDFile), err)
-		return st, nil
-	}
-	st.svid = svid
-	return st, nil
-}
-
 func readOptional(path string) ([]byte, error) {
 	if _, err := os.Lstat(path); errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -252,26 +178,6 @@ func encodeCerts(chain [][]byte) []byte {
 		_ = pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: der})
 	}
 	return buf.Bytes()
-}
-
-// saveSVID writes the key, then the chain: each file atomically.
-func saveSVID(dir *datadir.Dir, s *agentSVID) error {
-	der, err := x509.MarshalPKCS8PrivateKey(s.key)
-	if err != nil {
-		return err
-	}
-	if err := datadir.WriteFile(dir.Join(KeyFile), pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})); err != nil {
-		return err
-	}
-	return datadir.WriteFile(dir.Join(SVIDFile), encodeCerts(s.chain))
-}
-
-func saveBundle(dir *datadir.Dir, b *spiffebundle.Bundle) error {
-	data, err := b.Marshal()
-	if err != nil {
-		return err
-	}
-	return datadir.WriteFile(dir.Join(BundleFile), data)
 }
 
 // readTrustBundle reads --trust-bundle: PEM CA certificates.

@@ -2,6 +2,7 @@ package svidcache
 
 import (
 	"container/heap"
+	"container/list"
 	"context"
 	"errors"
 	"fmt"
@@ -24,6 +25,10 @@ const (
 	// DefaultMaxJWTSVIDs bounds the JWT-SVIDs the cache keeps when
 	// Config.MaxJWTSVIDs is zero.
 	DefaultMaxJWTSVIDs = 10000
+	// DefaultMaxX509SVIDs bounds the X.509-SVIDs the cache keeps for
+	// entries no subscribed workload matches, when Config.MaxX509SVIDs
+	// is zero.
+	DefaultMaxX509SVIDs = 1000
 	// maxMemoGroups bounds the memoized lookups of selector sets nobody
 	// subscribes to; past it they are all forgotten.
 	maxMemoGroups = 1024
@@ -71,26 +76,34 @@ type Config struct {
 	JWTSigner JWTSigner
 	// MaxJWTSVIDs bounds the cached JWT-SVIDs (DefaultMaxJWTSVIDs if 0).
 	MaxJWTSVIDs int
+	// MaxX509SVIDs bounds the X.509-SVIDs kept for entries that no
+	// subscription matches (DefaultMaxX509SVIDs if 0); past it the least
+	// recently used are dropped, to be signed again when a workload asks.
+	// SVIDs of entries a subscription matches are always kept.
+	MaxX509SVIDs int
 }
 
 // Cache holds the node's registration entries, their X.509-SVIDs, cached
 // JWT-SVIDs and the trust bundle. It is safe for concurrent use.
 type Cache struct {
-	td     spiffeid.TrustDomain
-	clk    clock.Clock
-	log    *slog.Logger
-	signer JWTSigner
-	maxJWT int
-	kick   chan struct{} // buffered 1: the earliest expiry may have changed
+	td      spiffeid.TrustDomain
+	clk     clock.Clock
+	log     *slog.Logger
+	signer  JWTSigner
+	maxJWT  int
+	maxX509 int
+	kick    chan struct{} // buffered 1: the earliest expiry may have changed
+	want    chan struct{} // buffered 1: wanted became non-empty
 
 	mu sync.Mutex // guards every field below
 	// items are the entries by ID.
 	items map[string]*item
 	// byFirst indexes items by their first selector: an entry can match
 	// a selector set only if the set holds the entry's first selector.
-	// (Slices, not sets: most hold one item, and a map would cost more
-	// than the rest of the index.)
-	byFirst map[entry.Selector][]*item
+	// Each value heads a list linked through item.next and item.prev
+	// (most hold one item: a slice or a set per selector would cost more
+	// than the rest of the index).
+	byFirst map[entry.Selector]*item
 	// groups are selector sets that were looked up or subscribed to, by
 	// selectorKey; groupIdx indexes them by each of their selectors.
 	groups   map[string]*group
@@ -103,13 +116,23 @@ type Cache struct {
 	jwts     map[spiffeid.ID]map[string]*JWTSVID
 	njwt     int
 	jwtCalls map[jwtKey]*jwtCall
+	// unmatched holds the items with an SVID that no subscription
+	// matches (demand 0), most recently used first.
+	unmatched list.List
+	// wanted are the IDs of entries a subscription matches that have no
+	// SVID, not yet taken by TakeWanted.
+	wanted map[string]struct{}
 }
 
 type item struct {
-	entry   *entry.Entry
-	svid    *X509SVID // nil until signed, and after expiry
-	heapIdx int       // index in Cache.expiry, -1 if absent
-	idx     int       // index in byFirst[entry.Selectors[0]]
+	entry *entry.Entry
+	svid  *X509SVID     // nil until signed, and after expiry
+	lru   *list.Element // in Cache.unmatched, or nil
+	// next and prev link the items of byFirst[entry.Selectors[0]].
+	next, prev *item
+	heapIdx    int32 // index in Cache.expiry, -1 if absent
+	// demand counts the subscribed groups whose matches hold the item.
+	demand int32
 }
 
 // group is a selector set with its memoized matches and subscribers.
@@ -118,6 +141,7 @@ type group struct {
 	selectors []entry.Selector
 	matched   []*item // sorted by SPIFFE ID, then entry ID; valid if fresh
 	fresh     bool
+	counted   bool // matched items count this group in their demand
 	subs      map[*Subscription]struct{}
 }
 
@@ -135,15 +159,21 @@ func New(cfg Config) (*Cache, error) {
 	if cfg.MaxJWTSVIDs <= 0 {
 		cfg.MaxJWTSVIDs = DefaultMaxJWTSVIDs
 	}
+	if cfg.MaxX509SVIDs <= 0 {
+		cfg.MaxX509SVIDs = DefaultMaxX509SVIDs
+	}
 	return &Cache{
 		td:       cfg.TrustDomain,
 		clk:      cfg.Clock,
 		log:      cfg.Logger,
 		signer:   cfg.JWTSigner,
 		maxJWT:   cfg.MaxJWTSVIDs,
+		maxX509:  cfg.MaxX509SVIDs,
 		kick:     make(chan struct{}, 1),
+		want:     make(chan struct{}, 1),
+		wanted:   make(map[string]struct{}),
 		items:    make(map[string]*item),
-		byFirst:  make(map[entry.Selector][]*item),
+		byFirst:  make(map[entry.Selector]*item),
 		groups:   make(map[string]*group),
 		groupIdx: make(map[entry.Selector]map[*group]struct{}),
 		jwts:     make(map[spiffeid.ID]map[string]*JWTSVID),
@@ -173,11 +203,19 @@ type Update struct {
 
 // Applied tells the producer what Apply changed.
 type Applied struct {
-	// Sign are the IDs of entries that need a new X.509-SVID: new
-	// entries, entries without a current SVID, and entries whose SPIFFE
-	// ID, DNS names or X.509-SVID TTL changed. When the SPIFFE ID or DNS
-	// names changed, the old SVID is already gone.
+	// Sign are the IDs of entries to sign now: entries whose SPIFFE ID,
+	// DNS names or X.509-SVID TTL changed while they held an SVID or
+	// while a subscription matched them, and entries a subscription
+	// matches that have no SVID. When the SPIFFE ID or DNS names
+	// changed, the old SVID is already gone.
 	Sign []string
+	// New are the IDs of entries new in an update that is not Full:
+	// they come next, while Room is positive.
+	New []string
+	// Backlog are the IDs of the other entries without an SVID: they
+	// are worth signing only while Room is positive, after New ones.
+	// Entries a subscription comes to match are reported by Wanted.
+	Backlog []string
 	// Removed are the IDs of entries that were removed.
 	Removed []string
 }
@@ -201,8 +239,17 @@ func (c *Cache) Apply(u Update) Applied {
 		}
 	}
 	for _, e := range u.Entries {
-		if c.upsertLocked(e, touched) {
+		switch c.upsertLocked(e, touched) {
+		case signNow:
 			res.Sign = append(res.Sign, e.ID)
+		case signNew:
+			if u.Full {
+				res.Backlog = append(res.Backlog, e.ID)
+			} else {
+				res.New = append(res.New, e.ID)
+			}
+		case signLater:
+			res.Backlog = append(res.Backlog, e.ID)
 		}
 	}
 	for _, id := range u.Deleted {
@@ -210,6 +257,8 @@ func (c *Cache) Apply(u Update) Applied {
 			c.removeLocked(it, touched)
 			res.Removed = append(res.Removed, id)
 			res.Sign = slices.DeleteFunc(res.Sign, func(s string) bool { return s == id })
+			res.New = slices.DeleteFunc(res.New, func(s string) bool { return s == id })
+			res.Backlog = slices.DeleteFunc(res.Backlog, func(s string) bool { return s == id })
 		}
 	}
 	if u.Bundle != nil && (c.bundle == nil || !c.bundle.Equal(u.Bundle)) {
@@ -224,16 +273,27 @@ func (c *Cache) Apply(u Update) Applied {
 	return res
 }
 
+// signing says whether and how soon an upserted entry needs an SVID.
+type signing int
+
+const (
+	signNone  signing = iota // it has a current SVID
+	signNow                  // it changed while held or wanted
+	signNew                  // it is new
+	signLater                // it has no SVID, and nobody is known to want one
+)
+
 // upsertLocked stores e and reports whether it needs a new X.509-SVID.
-func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) bool {
+func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) signing {
 	it := c.items[e.ID]
 	if it == nil {
 		it = &item{entry: e, heapIdx: -1}
 		c.items[e.ID] = it
 		c.indexLocked(it)
 		c.touchLocked(e.Selectors, true, touched)
-		return true
+		return signNew
 	}
+	held := it.svid != nil || it.demand > 0
 	old := it.entry
 	selChanged := !slices.Equal(old.Selectors, e.Selectors)
 	idChanged := old.SPIFFEID != e.SPIFFEID
@@ -259,9 +319,18 @@ func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) bool {
 		if idChanged {
 			c.dropJWTsLocked(old.SPIFFEID)
 		}
-		return true
+		if held {
+			return signNow
+		}
+		return signLater
 	}
-	return it.svid == nil || old.X509SVIDTTL != e.X509SVIDTTL
+	switch {
+	case it.svid != nil && old.X509SVIDTTL != e.X509SVIDTTL, it.svid == nil && it.demand > 0:
+		return signNow
+	case it.svid == nil:
+		return signLater
+	}
+	return signNone
 }
 
 func (c *Cache) removeLocked(it *item, touched map[*group]struct{}) {
@@ -279,8 +348,12 @@ func (c *Cache) indexLocked(it *item) {
 		return // matches nothing
 	}
 	s := it.entry.Selectors[0]
-	it.idx = len(c.byFirst[s])
-	c.byFirst[s] = append(c.byFirst[s], it)
+	head := c.byFirst[s]
+	it.prev, it.next = nil, head
+	if head != nil {
+		head.prev = it
+	}
+	c.byFirst[s] = it
 }
 
 func (c *Cache) unindexLocked(it *item) {
@@ -288,23 +361,20 @@ func (c *Cache) unindexLocked(it *item) {
 		return
 	}
 	s := it.entry.Selectors[0]
-	list := c.byFirst[s]
-	last := len(list) - 1
-	if it.idx > last || list[it.idx] != it {
-		panic("svidcache: selector index out of step")
-	}
-	list[it.idx] = list[last]
-	list[it.idx].idx = it.idx
-	list[last] = nil
-	list = list[:last]
 	switch {
-	case len(list) == 0:
+	case it.prev != nil:
+		it.prev.next = it.next
+	case c.byFirst[s] != it:
+		panic("svidcache: selector index out of step")
+	case it.next == nil:
 		delete(c.byFirst, s)
-	case cap(list) > 4*len(list)+4:
-		c.byFirst[s] = slices.Clip(slices.Clone(list))
 	default:
-		c.byFirst[s] = list
+		c.byFirst[s] = it.next
 	}
+	if it.next != nil {
+		it.next.prev = it.prev
+	}
+	it.next, it.prev = nil, nil
 }
 
 // touchLocked adds to touched the subscribed groups whose selector sets
@@ -354,9 +424,13 @@ func (c *Cache) SetX509SVID(s *X509SVID) error {
 	}
 	it.svid = s
 	if it.heapIdx >= 0 {
-		heap.Fix(&c.expiry, it.heapIdx)
+		heap.Fix(&c.expiry, int(it.heapIdx))
 	} else {
 		heap.Push(&c.expiry, it)
+	}
+	if it.demand == 0 {
+		c.usedLocked(it)
+		c.evictLocked()
 	}
 	select {
 	case c.kick <- struct{}{}:
@@ -371,7 +445,11 @@ func (c *Cache) SetX509SVID(s *X509SVID) error {
 func (c *Cache) dropSVIDLocked(it *item) {
 	it.svid = nil
 	if it.heapIdx >= 0 {
-		heap.Remove(&c.expiry, it.heapIdx)
+		heap.Remove(&c.expiry, int(it.heapIdx))
+	}
+	if it.lru != nil {
+		c.unmatched.Remove(it.lru)
+		it.lru = nil
 	}
 }
 
@@ -394,6 +472,9 @@ func (c *Cache) X509SVID(entryID string) (*X509SVID, bool) {
 	it := c.items[entryID]
 	if it == nil || it.svid == nil || it.svid.Expired(now) {
 		return nil, false
+	}
+	if it.lru != nil {
+		c.usedLocked(it)
 	}
 	return it.svid, true
 }
@@ -448,6 +529,9 @@ type Stats struct {
 	JWTSVIDs      int
 	Subscriptions int
 	Groups        int // selector sets memoized or subscribed to
+	// UnmatchedX509SVIDs are the X.509-SVIDs held for entries no
+	// subscription matches (at most Config.MaxX509SVIDs).
+	UnmatchedX509SVIDs int
 }
 
 // Stats returns the cache's current counts.
@@ -460,6 +544,8 @@ func (c *Cache) Stats() Stats {
 		JWTSVIDs:      c.njwt,
 		Subscriptions: c.subs,
 		Groups:        len(c.groups),
+
+		UnmatchedX509SVIDs: c.unmatched.Len(),
 	}
 }
 
@@ -506,14 +592,21 @@ func (c *Cache) deleteGroupLocked(g *group) {
 }
 
 // refreshLocked recomputes g's matches if they are stale. Only the
-// entries filed under one of g's selectors are looked at.
+// entries filed under one of g's selectors are looked at. A subscribed
+// group's matches count in their items' demand.
 func (c *Cache) refreshLocked(g *group) {
 	if g.fresh {
+		if !g.counted && len(g.subs) > 0 {
+			c.countLocked(g, 1)
+		}
 		return
+	}
+	if g.counted {
+		c.countLocked(g, -1)
 	}
 	g.matched = g.matched[:0]
 	for _, s := range g.selectors {
-		for _, it := range c.byFirst[s] {
+		for it := c.byFirst[s]; it != nil; it = it.next {
 			if entry.Match(it.entry.Selectors, g.selectors) {
 				g.matched = append(g.matched, it)
 			}
@@ -529,6 +622,9 @@ func (c *Cache) refreshLocked(g *group) {
 		g.matched = slices.Clip(g.matched)
 	}
 	g.fresh = true
+	if len(g.subs) > 0 {
+		c.countLocked(g, 1)
+	}
 }
 
 func (c *Cache) svidsLocked(g *group, now time.Time) []*X509SVID {
@@ -537,6 +633,9 @@ func (c *Cache) svidsLocked(g *group, now time.Time) []*X509SVID {
 	for _, it := range g.matched {
 		if it.svid != nil && !it.svid.Expired(now) {
 			out = append(out, it.svid)
+			if it.lru != nil {
+				c.usedLocked(it)
+			}
 		}
 	}
 	return out
@@ -580,6 +679,9 @@ func (c *Cache) expireLocked(now time.Time) time.Time {
 		c.log.Info("X.509-SVID expired; no longer served", "entry_id", it.entry.ID, "spiffe_id", it.entry.SPIFFEID.String(), "not_after", it.svid.NotAfter)
 		c.dropSVIDLocked(it)
 		c.touchLocked(it.entry.Selectors, false, touched)
+		if it.demand > 0 {
+			c.wantLocked(it)
+		}
 	}
 	notify(touched)
 	if c.expiry.Len() == 0 {
@@ -633,12 +735,12 @@ func (h expiryHeap) Less(i, j int) bool {
 }
 func (h expiryHeap) Swap(i, j int) {
 	h[i], h[j] = h[j], h[i]
-	h[i].heapIdx = i
-	h[j].heapIdx = j
+	h[i].heapIdx = int32(i)
+	h[j].heapIdx = int32(j)
 }
 func (h *expiryHeap) Push(x any) {
 	it := x.(*item)
-	it.heapIdx = len(*h)
+	it.heapIdx = int32(len(*h))
 	*h = append(*h, it)
 }
 func (h *expiryHeap) Pop() any {

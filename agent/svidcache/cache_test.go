@@ -281,9 +281,15 @@ func TestEntryChanges(t *testing.T) {
 	ca := newTestCA(t, t0)
 	c := newCache(t, clk, nil)
 	e := newEntry(t, "/w", "unix:uid:1")
+	// New in a full update: backlog; new in a delta: before the backlog.
 	res := c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{e}})
-	if !slices.Equal(res.Sign, []string{e.ID}) {
-		t.Fatalf("new entry: Sign = %v", res.Sign)
+	if len(res.Sign) != 0 || !slices.Equal(res.Backlog, []string{e.ID}) {
+		t.Fatalf("new entry in a full update: %+v", res)
+	}
+	res = c.Apply(svidcache.Update{Full: true})
+	res = c.Apply(svidcache.Update{Entries: []*entry.Entry{e}})
+	if len(res.Sign) != 0 || !slices.Equal(res.New, []string{e.ID}) {
+		t.Fatalf("new entry in a delta: %+v", res)
 	}
 	if err := c.SetX509SVID(ca.svid(t, e, t0, time.Hour)); err != nil {
 		t.Fatal(err)

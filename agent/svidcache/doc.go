@@ -71,8 +71,12 @@
 //     dropped at once (a workload never gets an identity the entry no
 //     longer grants); when it is removed, its SVID and its SPIFFE ID's
 //     cached JWT-SVIDs go too.
-//   - Memory: per entry, the entry, the chain's DER, the key and its
-//     PKCS#8 form, about 1.7 KB in all; the chain is parsed on demand
+//   - Bounded SVIDs: a subscription's entries count as wanted; their
+//     SVIDs are always kept, and those without one are reported by
+//     Wanted. At most Config.MaxX509SVIDs other SVIDs are kept, least
+//     recently used dropped first (Room says how many more fit).
+//   - Memory: per entry with an SVID, the entry, the chain's DER, the key
+//     and its PKCS#8 form, about 1.7 KB in all; the chain is parsed on demand
 //     (Certificates, Leaf) because a parsed certificate alone would cost
 //     3.5 KB. JWT-SVIDs are bounded by Config.MaxJWTSVIDs and memoized
 //     lookups by a fixed bound.

@@ -23,13 +23,14 @@ func ExampleCache_Identities() {
 		Selectors: []entry.Selector{{Type: "unix", Value: "path:/bin/admin"}, {Type: "unix", Value: "uid:1000"}},
 	}
 	res := c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{web, admin}})
-	fmt.Println("to sign:", len(res.Sign))
+	// A full set: nothing is urgent; all may be signed as room allows.
+	fmt.Println("to sign first:", len(res.Sign), "backlog:", len(res.Backlog))
 
 	workload := []entry.Selector{{Type: "unix", Value: "uid:1000"}, {Type: "unix", Value: "gid:1000"}}
 	for _, id := range c.Identities(workload) {
 		fmt.Println(id.ID)
 	}
 	// Output:
-	// to sign: 2
+	// to sign first: 0 backlog: 2
 	// spiffe://example.org/web
 }

@@ -45,8 +45,14 @@ func TestMemoryPerEntry(t *testing.T) {
 	clk := fakeclock.New(t0)
 	ca := newTestCA(t, t0)
 	before := heapInUse()
-	c := newCache(t, clk, nil)
+	c, err := svidcache.New(svidcache.Config{TrustDomain: td, Clock: clk, MaxX509SVIDs: n})
+	if err != nil {
+		t.Fatal(err)
+	}
 	fill(t, c, ca, n)
+	if got := c.Stats().X509SVIDs; got != n {
+		t.Fatalf("%d SVIDs held, want %d", got, n)
+	}
 	after := heapInUse()
 	per := float64(after-before) / n
 	t.Logf("live heap for %d entries with X.509-SVIDs: %.1f MiB, %.0f bytes per entry", n, float64(after-before)/(1<<20), per)
@@ -62,7 +68,10 @@ func TestMemoryPerEntry(t *testing.T) {
 func BenchmarkX509SVIDs10k(b *testing.B) {
 	clk := fakeclock.New(t0)
 	ca := newTestCA(b, t0)
-	c := newCache(b, clk, nil)
+	c, err := svidcache.New(svidcache.Config{TrustDomain: td, Clock: clk, MaxX509SVIDs: 10000})
+	if err != nil {
+		b.Fatal(err)
+	}
 	es := fill(b, c, ca, 10000)
 	w := sels(b, "unix:uid:500", "unix:path:/bin/app5003", "unix:gid:0")
 	b.Run("cold", func(b *testing.B) {

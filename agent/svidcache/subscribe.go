@@ -37,6 +37,9 @@ func (c *Cache) Subscribe(selectors []entry.Selector) *Subscription {
 	g.subs[s] = struct{}{}
 	s.g = g
 	c.subs++
+	// Count the group's matches in their demand now, so that entries it
+	// matches without an SVID are signed first (see Wanted).
+	c.refreshLocked(g)
 	return s
 }
 
@@ -88,5 +91,8 @@ func (s *Subscription) Close() {
 	if len(g.subs) == 0 {
 		// Keep its matches as a memo, within the memo bound.
 		s.c.memo++
+		if g.counted {
+			s.c.countLocked(g, -1)
+		}
 	}
 }

@@ -106,6 +106,10 @@ const (
 	figAgentSyncRate   = "agent.sync_sign_rate"
 	figAgentRSSStreams = "memory.agent.rss.streams"
 	figAgentPerStream  = "memory.agent.per_stream"
+	figBacklogP50      = "backlog.new_entry.p50"
+	figBacklogMax      = "backlog.new_entry.max"
+	figBacklogRSS      = "backlog.memory.agent.rss"
+	figBacklogAnon     = "backlog.memory.agent.rss_anon"
 )
 
 // Workload API scenarios, measured on the stub and on Writ.
@@ -237,6 +241,11 @@ func catalogue(cfg Config) []*Figure {
 	add(figRegAdmin, unitEntriesPerSec, fmt.Sprintf("entries created per second through the admin API's BatchCreateEntry (batches of %d, %s entries, server pushing to an attested agent)", cfg.Batch, count(cfg.EntriesLarge)), nil, nil)
 	add(figRegCLI, unitEntriesPerSec, fmt.Sprintf("entries created per second by `writ entry create --file` (%s entries, CLI and a fresh server together)", count(cfg.CLIEntries)), nil, nil)
 	add(figAgentSyncRate, unitSVIDsPerSec, fmt.Sprintf("X.509-SVIDs per second from registering %s entries to the agent holding all their SVIDs (server signing, agent keys and CSRs)", count(cfg.EntriesLarge-cfg.EntriesSmall)), nil, nil)
+	bl := fmt.Sprintf("with %s entries for the agent, more than its SVID cache keeps (default --svid-cache-size)", count(cfg.BacklogEntries))
+	add(figBacklogP50, unitMS, "time from the admin API's BatchCreateEntry returning to a watching go-spiffe Workload API client receiving the new entry's SVID, "+bl+": median", nil, nil)
+	add(figBacklogMax, unitMS, "the same: maximum", nil, below(1000, "< 1 s"))
+	add(figBacklogRSS, unitMiB, "agent RSS (VmRSS) "+bl+", after the new entries", nil, below(200, "< 200 MiB"))
+	add(figBacklogAnon, unitMiB, "agent anonymous RSS (RssAnon) "+bl+", after the new entries", nil, nil)
 	return fs
 }
 

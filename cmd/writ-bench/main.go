@@ -43,6 +43,10 @@ type Config struct {
 	// CLIEntries is the number of entries `writ entry create --file`
 	// imports.
 	CLIEntries int
+	// BacklogEntries is the number of entries of the agent of the
+	// backlog case (more than its SVID cache keeps), and BacklogSamples
+	// the new entries timed there.
+	BacklogEntries, BacklogSamples int
 	// Timeout bounds every wait for a process or an SVID.
 	Timeout time.Duration
 }
@@ -61,13 +65,16 @@ func fullConfig() Config {
 		Streams:      10000,
 		CLIEntries:   10000,
 		Timeout:      2 * time.Minute,
+
+		BacklogEntries: 300000,
+		BacklogSamples: 10,
 	}
 }
 
 // smokeConfig is `make bench-smoke`: every figure, from few samples, in
 // well under 2 minutes. The entry counts are the full run's, so that the
 // memory and propagation figures keep their meaning; only durations,
-// sample counts and streams shrink.
+// sample counts, streams and the backlog case's entries shrink.
 func smokeConfig() Config {
 	c := fullConfig()
 	c.Smoke = true
@@ -78,6 +85,8 @@ func smokeConfig() Config {
 	c.PropSamples = 5
 	c.Streams = 500
 	c.CLIEntries = 2000
+	c.BacklogEntries = 5000
+	c.BacklogSamples = 3
 	c.Timeout = time.Minute
 	return c
 }

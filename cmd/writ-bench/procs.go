@@ -124,6 +124,8 @@ type logWatch struct {
 	// signLines counts "X.509-SVIDs signed" records: with none, the log
 	// format has changed and signed means nothing.
 	signLines int
+	// synced counts the entries of "entries synced" records.
+	synced int
 }
 
 func newLogWatch(f *os.File) *logWatch { return &logWatch{file: f, tail: newTailBuffer(40)} }
@@ -151,6 +153,9 @@ func (w *logWatch) parse(line []byte) {
 		Msg         string `json:"msg"`
 		BindAddress string `json:"bind_address"`
 		Signed      *int   `json:"signed"`
+		ToSign      int    `json:"to_sign"`
+		New         int    `json:"new"`
+		Backlog     int    `json:"backlog"`
 	}
 	if json.Unmarshal(line, &rec) != nil {
 		return
@@ -158,6 +163,8 @@ func (w *logWatch) parse(line []byte) {
 	switch rec.Msg {
 	case "server ready":
 		w.bindAddr = rec.BindAddress
+	case "entries synced":
+		w.synced += rec.ToSign + rec.New + rec.Backlog
 	case "X.509-SVIDs signed":
 		if rec.Signed != nil {
 			w.signed += *rec.Signed
@@ -170,6 +177,14 @@ func (w *logWatch) bindAddress() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.bindAddr
+}
+
+// syncedCount returns how many new or unsigned entries the agent logged
+// as synced.
+func (w *logWatch) syncedCount() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.synced
 }
 
 func (w *logWatch) signedCount() (n, records int) {

@@ -289,6 +289,8 @@ func renderReport(r *Results, charts []Chart) string {
 		{"Agent RSS, 10,000 entries", "memory.agent.rss." + memE10k},
 		{"Server RSS, idle", "memory.server.rss." + memIdle},
 		{"Server RSS, 10,000 entries", "memory.server.rss." + memE10k},
+		{"New entry among the backlog, max", figBacklogMax},
+		{"Agent RSS with the backlog", figBacklogRSS},
 		{"Stub, 1 caller, calls/s", "stub." + scX509C1 + ".rate"},
 		{"Stub, 16 callers, calls/s", "stub." + scX509C16 + ".rate"},
 	}

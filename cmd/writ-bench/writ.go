@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -50,7 +51,7 @@ func (b *bench) phases(ctx context.Context, o Options) {
 		return
 	}
 	if buildErr != nil {
-		b.fail(buildErr, "propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate)
+		b.fail(buildErr, "propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.")
 		return
 	}
 	b.measureWritScale(ctx, bin, wlErr)
@@ -60,6 +61,18 @@ func (b *bench) phases(ctx context.Context, o Options) {
 	if err := b.measureCLIImport(ctx, bin); err != nil {
 		b.fail(err, figRegCLI)
 	}
+	if ctx.Err() != nil {
+		return
+	}
+	if err := b.measureBacklog(ctx, bin); err != nil {
+		b.fail(err, "backlog.")
+	}
+}
+
+// allSigned are the agent flags that keep every SVID of the entries the
+// memory and propagation figures count signed.
+func allSigned(cfg Config) []string {
+	return []string{"--svid-cache-size", strconv.Itoa(2*cfg.EntriesLarge + 1000)}
 }
 
 // writEnv is a running server and agent.
@@ -82,7 +95,7 @@ type writEnv struct {
 func (b *bench) measureWritScale(ctx context.Context, bin string, wlErr error) {
 	b.prog.phase("Writ at scale: a new writ server run and writ agent run")
 	scalePrefixes := []string{"propagation.", "memory.", figRegAdmin, figAgentSyncRate}
-	w, err := b.startPair(ctx, bin, "B")
+	w, err := b.startPair(ctx, bin, "B", allSigned(b.cfg)...)
 	if err != nil {
 		b.fail(err, scalePrefixes...)
 		return
@@ -133,7 +146,7 @@ func (b *bench) measureWritScale(ctx context.Context, bin string, wlErr error) {
 // startPair starts a server, gets a join token, and starts an agent
 // attested with it, all in the subdirectory sub of the temporary
 // directory.
-func (b *bench) startPair(ctx context.Context, bin, sub string) (*writEnv, error) {
+func (b *bench) startPair(ctx context.Context, bin, sub string, agentArgs ...string) (*writEnv, error) {
 	dir := filepath.Join(b.tmp, sub)
 	if err := os.Mkdir(dir, 0o700); err != nil {
 		return nil, err
@@ -157,14 +170,14 @@ func (b *bench) startPair(ctx context.Context, bin, sub string) (*writEnv, error
 		return nil, err
 	}
 	agentDir := filepath.Join(dir, "a")
-	w.agent, err = b.startWrit(bin, sub+"-agent", []string{"WRIT_JOIN_TOKEN=" + strings.TrimSpace(token)},
-		"agent", "run", "--server-address", addr, "--trust-domain", benchTD.Name(),
+	args := []string{"agent", "run", "--server-address", addr, "--trust-domain", benchTD.Name(),
 		"--data-dir", agentDir, "--socket-path", w.wlSock, "--trust-bundle", bundlePath,
 		// The stream figure opens Streams/streamsPerConn connections
 		// from this one uid, more than the default per-uid share (128):
 		// allow it all 1,024.
 		"--workload-max-connections-per-uid", "1024",
-		"--log-format", "json", "--log-level", "debug")
+		"--log-format", "json", "--log-level", "debug"}
+	w.agent, err = b.startWrit(bin, sub+"-agent", []string{"WRIT_JOIN_TOKEN=" + strings.TrimSpace(token)}, append(args, agentArgs...)...)
 	if err != nil {
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"writ.dev/writ/agent"
+	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/workloadapi"
 	"writ.dev/writ/workloadapi/unixattest"
 )
@@ -45,6 +46,7 @@ func agentRunCommand() *cli.Command {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "join-token", Usage: "one-time token to attest with when the agent has no valid SVID (ignored otherwise); prefer the environment variable, as command lines are visible to other users", EnvVars: []string{"WRIT_JOIN_TOKEN"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "trust-bundle", Usage: "PEM `FILE` of the CA certificates that authenticate the server at attestation", EnvVars: []string{"WRIT_TRUST_BUNDLE"}, TakesFile: true}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "insecure-bootstrap", Usage: "attest without authenticating the server, and trust the bundle it returns (unsafe outside tests)", EnvVars: []string{"WRIT_INSECURE_BOOTSTRAP"}}),
+		altsrc.NewIntFlag(&cli.IntFlag{Name: "svid-cache-size", Value: svidcache.DefaultMaxX509SVIDs, Usage: "most X.509-SVIDs kept for entries no connected workload matches (least recently used dropped first); others are signed when a workload asks", EnvVars: []string{"WRIT_SVID_CACHE_SIZE"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"WRIT_LOG_FORMAT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"WRIT_LOG_LEVEL"}}),
 	}
@@ -108,6 +110,7 @@ func agentRun(c *cli.Context) error {
 		JoinToken:         c.String("join-token"),
 		TrustBundlePath:   c.String("trust-bundle"),
 		InsecureBootstrap: c.Bool("insecure-bootstrap"),
+		MaxX509SVIDs:      c.Int("svid-cache-size"),
 		Logger:            logger,
 	})
 	if err != nil {

@@ -25,8 +25,6 @@ package main
 
 import (
 	"context"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
@@ -456,18 +454,13 @@ func (env *devEnv) bundle(ctx context.Context, admin *adminClient) (*spiffebundl
 // one. An identity from another CA (the server's state was reset without
 // the agent's) is an error: the agent could not authenticate the server.
 func (env *devEnv) joinToken(ctx context.Context, admin *adminClient, bundle *spiffebundle.Bundle) (string, error) {
-	svidFile := filepath.Join(env.agentDir, agent.SVIDFile)
-	data, err := os.ReadFile(svidFile)
+	chain, err := agent.SavedSVID(env.agentDir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
 		env.log.Info("first start of the agent: attesting with a join token", "spiffe_id", env.agentID.String())
 	case err != nil:
 		return "", err
 	default:
-		chain, perr := parsePEMCerts(data)
-		if perr != nil {
-			return "", fmt.Errorf("%s: %w", svidFile, perr)
-		}
 		now := time.Now()
 		if now.Add(devRenewMargin).Before(chain[0].NotAfter) {
 			if _, verr := x509ca.VerifyX509SVID(chain, bundle.X509Authorities(), now); verr != nil {
@@ -487,29 +480,6 @@ func (env *devEnv) joinToken(ctx context.Context, admin *adminClient, bundle *sp
 		return "", fmt.Errorf("generate a join token for the agent: %w", admin.callError(err))
 	}
 	return resp.GetToken(), nil
-}
-
-func parsePEMCerts(data []byte) ([]*x509.Certificate, error) {
-	var certs []*x509.Certificate
-	for {
-		var block *pem.Block
-		block, data = pem.Decode(data)
-		if block == nil {
-			break
-		}
-		if block.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(block.Bytes)
-		if err != nil {
-			return nil, err
-		}
-		certs = append(certs, c)
-	}
-	if len(certs) == 0 {
-		return nil, errors.New("no certificate")
-	}
-	return certs, nil
 }
 
 // registerUser creates the user's entry; one left by an earlier run is

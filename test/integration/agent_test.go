@@ -134,7 +134,7 @@ func TestIntegrationAgentsAttestRestartEvict(t *testing.T) {
 		t.Fatalf("agent list: %v", got)
 	}
 	for _, p := range []*agentProc{a, b} {
-		for name, want := range map[string]os.FileMode{"agent_key.pem": 0o600, "": 0o700} {
+		for name, want := range map[string]os.FileMode{"agent_state.json": 0o600, "": 0o700} {
 			fi, err := os.Stat(filepath.Join(p.dataDir, name))
 			if err != nil || fi.Mode().Perm() != want {
 				t.Errorf("%s/%s: %v %v", p.dataDir, name, fi.Mode(), err)

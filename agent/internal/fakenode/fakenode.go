@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"net"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -49,6 +50,10 @@ type Options struct {
 	UpstreamRoot bool
 	// Logf receives a line per call (e.g. t.Logf).
 	Logf func(format string, args ...any)
+	// OnBatch, if set, is called with the entry IDs of each
+	// BatchSignX509SVID call before it is answered; the call waits for
+	// it to return.
+	OnBatch func(entryIDs []string)
 }
 
 // Server is a fake node API server.
@@ -331,6 +336,17 @@ func (s *Server) SetEntries(es ...*nodev1.Entry) {
 	s.pushLocked(msg)
 }
 
+// Entries returns the agent's entries, in no order.
+func (s *Server) Entries() []*nodev1.Entry {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*nodev1.Entry, 0, len(s.entries))
+	for _, e := range s.entries {
+		out = append(out, e)
+	}
+	return out
+}
+
 // Store adds entries to the server's state without pushing anything.
 func (s *Server) Store(es ...*nodev1.Entry) {
 	s.mu.Lock()
@@ -463,6 +479,8 @@ func (s *Server) Sync(_ *nodev1.SyncRequest, stream grpc.ServerStreamingServer[n
 	for _, e := range s.entries {
 		full.Entries = append(full.Entries, e)
 	}
+	// In entry ID order, so that tests know which entries come last.
+	slices.SortFunc(full.Entries, func(a, b *nodev1.Entry) int { return strings.Compare(a.GetId(), b.GetId()) })
 	s.streams[ch] = struct{}{}
 	s.mu.Unlock()
 	s.opts.Logf("fakenode: Sync (%d entries)", len(full.Entries))
@@ -508,6 +526,13 @@ func (s *Server) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX50
 	}
 	if err := s.delay(); err != nil {
 		return nil, err
+	}
+	if s.opts.OnBatch != nil {
+		ids := make([]string, len(req.GetRequests()))
+		for i, r := range req.GetRequests() {
+			ids[i] = r.GetEntryId()
+		}
+		s.opts.OnBatch(ids)
 	}
 	s.mu.Lock()
 	s.batchSizes = append(s.batchSizes, len(req.GetRequests()))
