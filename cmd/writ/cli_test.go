@@ -32,7 +32,7 @@ func statusError(msg string) error { return status.Error(codes.Unavailable, msg)
 func sampleAgents() []*adminv1.Agent {
 	return []*adminv1.Agent{
 		{
-			SpiffeId:        "spiffe://example.org/agent/node1",
+			SpiffeId:        "spiffe://example.org/writ/agent/node1",
 			AttestationType: "join_token",
 			SerialNumber:    "129481203948120398",
 			CertNotAfter:    fakeCreatedAt + 3600,
@@ -40,7 +40,7 @@ func sampleAgents() []*adminv1.Agent {
 			UpdatedAt:       fakeCreatedAt + 1800,
 		},
 		{
-			SpiffeId:        "spiffe://example.org/agent/node2",
+			SpiffeId:        "spiffe://example.org/writ/agent/node2",
 			AttestationType: "x509pop",
 			SerialNumber:    "77",
 			CertNotAfter:    fakeCreatedAt + 7200,
@@ -52,7 +52,7 @@ func sampleAgents() []*adminv1.Agent {
 }
 
 func TestAgent(t *testing.T) {
-	node1 := "spiffe://example.org/agent/node1"
+	node1 := "spiffe://example.org/writ/agent/node1"
 	for _, c := range []struct {
 		name string
 		args []string
@@ -61,7 +61,7 @@ func TestAgent(t *testing.T) {
 		{"agent_show", []string{"agent", "show", "--spiffe-id", node1}},
 		{"agent_evict", []string{"agent", "evict", "--spiffe-id", node1}},
 		{"agent_ban", []string{"agent", "ban", "--spiffe-id", node1}},
-		{"agent_unban", []string{"agent", "unban", "--spiffe-id", "spiffe://example.org/agent/node2"}},
+		{"agent_unban", []string{"agent", "unban", "--spiffe-id", "spiffe://example.org/writ/agent/node2"}},
 	} {
 		for _, output := range []string{"text", "json"} {
 			t.Run(c.name+"."+output, func(t *testing.T) {
@@ -87,18 +87,18 @@ func TestAgent(t *testing.T) {
 
 func TestTokenGenerate(t *testing.T) {
 	f := startFake(t)
-	r := runCLI(t, "", f.args("token", "generate", "--spiffe-id", "spiffe://example.org/agent/node3", "--ttl", "10m")...)
+	r := runCLI(t, "", f.args("token", "generate", "--spiffe-id", "spiffe://example.org/writ/agent/node3", "--ttl", "10m")...)
 	if want := (cliResult{stdout: "2b6f0cc904d137be2e1730235f5664094b831186\n"}); r != want {
 		t.Errorf("got %+v, want the token alone: %+v", r, want)
 	}
 	f.mu.Lock()
 	req := f.lastToken
 	f.mu.Unlock()
-	if req.GetSpiffeId() != "spiffe://example.org/agent/node3" || req.GetTtl() != 600 {
+	if req.GetSpiffeId() != "spiffe://example.org/writ/agent/node3" || req.GetTtl() != 600 {
 		t.Errorf("request %v", req)
 	}
 
-	r = runCLI(t, "", f.args("token", "generate", "--spiffe-id", "spiffe://example.org/agent/node3", "--output", "json")...)
+	r = runCLI(t, "", f.args("token", "generate", "--spiffe-id", "spiffe://example.org/writ/agent/node3", "--output", "json")...)
 	if r.code != 0 {
 		t.Fatalf("%+v", r)
 	}
@@ -245,7 +245,7 @@ func mustID(s string) spiffeid.ID { return spiffeid.RequireFromString(s) }
 func TestBadInputRefusedBeforeDialing(t *testing.T) {
 	const (
 		web   = "spiffe://example.org/web"
-		agent = "spiffe://example.org/agent/node1"
+		agent = "spiffe://example.org/writ/agent/node1"
 		id    = "6f1c7a52-3c7e-4a51-9a53-0d2f1d0c9e11"
 	)
 	create := func(extra ...string) []string {
@@ -406,12 +406,12 @@ func TestOutputEscapesControlCharacters(t *testing.T) {
 	evil := &adminv1.Entry{
 		Id:        "6f1c7a52-3c7e-4a51-9a53-0d2f1d0c9e11\x1b]0;owned\x07",
 		SpiffeId:  "spiffe://example.org/\x1b[2Jweb",
-		ParentId:  "spiffe://example.org/agent\r\x7f",
+		ParentId:  "spiffe://example.org/writ/agent\r\x7f",
 		Selectors: []string{"docker:label:\u009b31m", "unix:path:/bin/\u0085x"},
 		DnsNames:  []string{"a\x00.example.org"},
 	}
 	f.seed(evil)
-	f.setAgents([]*adminv1.Agent{{SpiffeId: "spiffe://example.org/agent\x1b[1m", AttestationType: "x\tpop", SerialNumber: "1\u0085"}})
+	f.setAgents([]*adminv1.Agent{{SpiffeId: "spiffe://example.org/writ/agent\x1b[1m", AttestationType: "x\tpop", SerialNumber: "1\u0085"}})
 
 	for _, args := range [][]string{
 		{"entry", "list"},
