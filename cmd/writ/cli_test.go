@@ -306,13 +306,22 @@ func TestBadInputRefusedBeforeDialing(t *testing.T) {
 		{"agent ban without path", []string{"agent", "ban", "--spiffe-id", "spiffe://example.org"},
 			"", 1, errorOf(entry.ParseIDInDomain(spiffeid.RequireTrustDomainFromString("example.org"), "spiffe://example.org"))},
 
-		// Import files: checked whole before anything is sent.
+		// Import files: checked whole before anything is sent; the
+		// entries read before a syntax error are checked too.
 		{"import: not an array", []string{"entry", "create", "--file", "-"}, `{"spiffe_id": "x"}`, 1,
 			"writ: stdin:1: want a JSON array of entries\n"},
 		{"import: empty", []string{"entry", "create", "--file", "-"}, "  \n", 1,
 			"writ: stdin: empty: want a JSON array of entries\n"},
 		{"import: unknown field", []string{"entry", "create", "--file", "-"}, "[\n{\"spiffe_id\": \"spiffe://example.org/a\"},\n  {\"spiffe_id\": \"spiffe://example.org/a\", \"ttl\": 5}\n]", 1,
-			"writ: stdin:3: entry 1: unknown field \"ttl\"\n"},
+			"writ: entry 0 (spiffe_id spiffe://example.org/a): invalid: entry has no parent ID\nwrit: stdin:3: entry 1: unknown field \"ttl\"\n"},
+		{"import: duplicate key", []string{"entry", "create", "--file", "-"}, "[\n{\"spiffe_id\": \"spiffe://example.org/a\"},\n {\"spiffe_id\": \"spiffe://example.org/a\",\n  \"selectors\": [], \"spiffe_id\": \"spiffe://example.org/b\"}\n]", 1,
+			"writ: entry 0 (spiffe_id spiffe://example.org/a): invalid: entry has no parent ID\nwrit: stdin:3: entry 1: field \"spiffe_id\" is given twice\n"},
+		{"import: duplicate escaped key", []string{"entry", "create", "--file", "-"}, `[{"admin": true, "\u0061dmin": false}]`, 1,
+			"writ: stdin:1: entry 0: field \"admin\" is given twice\n"},
+		{"import: key in another case", []string{"entry", "create", "--file", "-"}, `[{"Spiffe_ID": "spiffe://example.org/a"}]`, 1,
+			"writ: stdin:1: entry 0: unknown field \"Spiffe_ID\"\n"},
+		{"import: null entry", []string{"entry", "create", "--file", "-"}, `[null]`, 1,
+			"writ: stdin:1: entry 0: want a JSON object, got null\n"},
 		{"import: wrong type", []string{"entry", "create", "--file", "-"}, `[{"x509_svid_ttl": "1h"}]`, 1,
 			"writ: stdin:1: entry 0: x509_svid_ttl: want a whole number, got string\n"},
 		{"import: fractional seconds", []string{"entry", "create", "--file", "-"}, `[{"jwt_svid_ttl": 1.5}]`, 1,
@@ -320,7 +329,7 @@ func TestBadInputRefusedBeforeDialing(t *testing.T) {
 		{"import: not an object", []string{"entry", "create", "--file", "-"}, `[1]`, 1,
 			"writ: stdin:1: entry 0: want a JSON object, got number\n"},
 		{"import: syntax error", []string{"entry", "create", "--file", "-"}, "[\n{\"spiffe_id\": \"spiffe://example.org/a\"}\n{}]", 1,
-			"writ: stdin:3: entry 1: expected comma after array element\n"},
+			"writ: entry 0 (spiffe_id spiffe://example.org/a): invalid: entry has no parent ID\nwrit: stdin:3: entry 1: expected comma after array element\n"},
 		{"import: truncated", []string{"entry", "create", "--file", "-"}, `[{"spiffe_id": "spiffe://ex`, 1,
 			"writ: stdin:1: entry 0: unexpected end of input\n"},
 		{"import: data after the array", []string{"entry", "create", "--file", "-"}, `[] []`, 1,

@@ -314,7 +314,9 @@ func TestIntegrationBadInput(t *testing.T) {
 		{"oversized selector", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a", "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "k8s:" + strings.Repeat("x", 2000)}, "longer than"},
 		{"unknown entry", []string{"entry", "show", "--id", "00000000-0000-4000-8000-000000000000"}, "not found"},
 		{"malformed entry id", []string{"entry", "delete", "--id", "../../etc"}, "entry id"},
-		{"token outside trust domain", []string{"token", "generate", "--spiffe-id", "spiffe://other.org/host/x"}, "trust domain"},
+		{"entry with an agent's ID", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/writ/agent/b", "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "unix:uid:1"}, "reserved"},
+		{"token for a workload ID", []string{"token", "generate", "--spiffe-id", "spiffe://example.org/web"}, "not an agent id"},
+		{"token outside trust domain", []string{"token", "generate", "--spiffe-id", "spiffe://other.org/writ/agent/x"}, "trust domain"},
 		{"token bad ttl", []string{"token", "generate", "--spiffe-id", "spiffe://example.org/writ/agent/x", "--ttl", "-5m"}, "ttl"},
 		{"control characters", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a\x1b[31m", "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "unix:uid:1"}, "spiffe"},
 	} {
