@@ -35,7 +35,7 @@ var (
 )
 
 const (
-	agentID = "spiffe://example.org/agent/node1"
+	agentID = "spiffe://example.org/writ/agent/node1"
 	// unlistedMethod is registered on the test server but has no policy.
 	unlistedMethod = "/writ.test.v1.Unlisted/Call"
 )

@@ -14,8 +14,8 @@ import (
 )
 
 const (
-	agent2ID  = "spiffe://example.org/agent/node2"
-	unknownID = "spiffe://example.org/agent/none"
+	agent2ID  = "spiffe://example.org/writ/agent/node2"
+	unknownID = "spiffe://example.org/writ/agent/none"
 )
 
 // seedAgents stores two agents and returns them as the API shows them.

@@ -28,7 +28,7 @@ var entryFields = []entryField{
 	{
 		name: fieldSPIFFEID,
 		parse: func(s *Service, dst *entry.Entry, w *adminv1.Entry) (err error) {
-			dst.SPIFFEID, err = s.parseIssuableID(fieldSPIFFEID, w.GetSpiffeId())
+			dst.SPIFFEID, err = s.parseWorkloadID(fieldSPIFFEID, w.GetSpiffeId())
 			return err
 		},
 		copy: func(dst, src *entry.Entry) { dst.SPIFFEID = src.SPIFFEID },
@@ -122,21 +122,24 @@ func (s *Service) parseID(field, v string) (spiffeid.ID, error) {
 	return id, nil
 }
 
-// parseIssuableID parses a SPIFFE ID that the server may issue to an
-// entry or agent: in its trust domain and not its own.
-func (s *Service) parseIssuableID(field, v string) (spiffeid.ID, error) {
-	id, err := s.parseID(field, v)
+// parseWorkloadID parses the SPIFFE ID of an entry: in the server's
+// trust domain and outside the path reserved for agents and the server.
+func (s *Service) parseWorkloadID(field, v string) (spiffeid.ID, error) {
+	id, err := entry.ParseWorkloadID(s.td, v)
 	if err != nil {
-		return spiffeid.ID{}, err
-	}
-	if id == s.serverID {
-		return spiffeid.ID{}, errServerID(field, id)
+		return spiffeid.ID{}, invalidField(field, err)
 	}
 	return id, nil
 }
 
-func errServerID(field string, id spiffeid.ID) error {
-	return invalidf("invalid %s: %q is the server's own SPIFFE ID", field, id.String())
+// parseAgentID parses the SPIFFE ID of an agent: in the server's trust
+// domain and under the agent path.
+func (s *Service) parseAgentID(field, v string) (spiffeid.ID, error) {
+	id, err := entry.ParseAgentID(s.td, v)
+	if err != nil {
+		return spiffeid.ID{}, invalidField(field, err)
+	}
+	return id, nil
 }
 
 func parseEntryID(field, v string) (string, error) {
@@ -203,9 +206,6 @@ func (s *Service) checkEntry(e *entry.Entry) error {
 	e.Normalize()
 	if err := e.Validate(s.td); err != nil {
 		return invalidField("entry", err)
-	}
-	if e.SPIFFEID == s.serverID {
-		return errServerID(fieldSPIFFEID, e.SPIFFEID)
 	}
 	return nil
 }

@@ -139,7 +139,16 @@ func badEntries() []struct {
 	}
 	return append(tests,
 		tc{"server's own ID", "spiffe_id", func(w *adminv1.Entry) { w.SpiffeId = admin.ServerID(td).String() }},
-		tc{"spiffe_id same as parent_id", "entry", func(w *adminv1.Entry) { w.SpiffeId = w.ParentId }},
+		tc{"spiffe_id same as parent_id", "entry", func(w *adminv1.Entry) {
+			w.SpiffeId, w.ParentId = "spiffe://example.org/same", "spiffe://example.org/same"
+		}},
+		// Agent IDs and workload IDs never collide: /writ/ is reserved.
+		tc{"an agent's ID", "spiffe_id", func(w *adminv1.Entry) { w.SpiffeId = agent2ID }},
+		tc{"an agent's ID under another agent", "spiffe_id", func(w *adminv1.Entry) {
+			w.SpiffeId, w.ParentId = "spiffe://example.org/writ/agent/b", "spiffe://example.org/writ/agent/a"
+		}},
+		tc{"the reserved path itself", "spiffe_id", func(w *adminv1.Entry) { w.SpiffeId = "spiffe://example.org/writ" }},
+		tc{"under the reserved path", "spiffe_id", func(w *adminv1.Entry) { w.SpiffeId = "spiffe://example.org/writ/web" }},
 		tc{"no selectors", "entry", func(w *adminv1.Entry) { w.Selectors = nil }},
 		tc{"duplicate selector", "entry", func(w *adminv1.Entry) { w.Selectors = []string{"unix:uid:1", "unix:uid:1"} }},
 		tc{"too many selectors", "selectors", func(w *adminv1.Entry) {
@@ -393,7 +402,7 @@ func TestListEntries(t *testing.T) {
 	for i := range n {
 		w := validEntry(i)
 		if i%2 == 1 {
-			w.ParentId = "spiffe://example.org/agent/node2"
+			w.ParentId = "spiffe://example.org/writ/agent/node2"
 			w.Selectors = []string{"unix:uid:1000", "k8s:ns:odd"}
 		}
 		batch = append(batch, w)
@@ -409,7 +418,7 @@ func TestListEntries(t *testing.T) {
 	}{
 		{"all", &adminv1.ListEntriesRequest{}, []int{500, 500, 201}},
 		{"by spiffe_id", &adminv1.ListEntriesRequest{SpiffeId: "spiffe://example.org/workload/7"}, []int{1}},
-		{"by parent_id", &adminv1.ListEntriesRequest{ParentId: "spiffe://example.org/agent/node2"}, []int{500, 100}},
+		{"by parent_id", &adminv1.ListEntriesRequest{ParentId: "spiffe://example.org/writ/agent/node2"}, []int{500, 100}},
 		{"by selectors", &adminv1.ListEntriesRequest{Selectors: []string{"k8s:ns:odd", "unix:uid:1000"}}, []int{500, 100}},
 		{"by all", &adminv1.ListEntriesRequest{SpiffeId: "spiffe://example.org/workload/7", ParentId: agentID}, nil},
 		{"none", &adminv1.ListEntriesRequest{Selectors: []string{"k8s:ns:none"}}, nil},
@@ -535,12 +544,12 @@ func TestUpdateEntry(t *testing.T) {
 			name: "spiffe_id and parent_id",
 			entry: update(func(w *adminv1.Entry) {
 				w.SpiffeId = "spiffe://example.org/api"
-				w.ParentId = "spiffe://example.org/agent/node2"
+				w.ParentId = "spiffe://example.org/writ/agent/node2"
 			}),
 			mask: []string{"parent_id", "spiffe_id"},
 			want: codes.OK,
 			check: func(t *testing.T, got *adminv1.Entry) {
-				if got.GetSpiffeId() != "spiffe://example.org/api" || got.GetParentId() != "spiffe://example.org/agent/node2" {
+				if got.GetSpiffeId() != "spiffe://example.org/api" || got.GetParentId() != "spiffe://example.org/writ/agent/node2" {
 					t.Errorf("updated entry %v", got)
 				}
 			},
@@ -561,7 +570,10 @@ func TestUpdateEntry(t *testing.T) {
 		{name: "bad dns name", entry: update(func(w *adminv1.Entry) { w.DnsNames = []string{"a..b"} }), mask: []string{"dns_names"}, want: codes.InvalidArgument, field: "dns_names[0]"},
 		{name: "bad spiffe_id", entry: update(func(w *adminv1.Entry) { w.SpiffeId = "spiffe://example.org/a/../b" }), mask: []string{"spiffe_id"}, want: codes.InvalidArgument, field: "spiffe_id"},
 		{name: "server's own ID", entry: update(func(w *adminv1.Entry) { w.SpiffeId = admin.ServerID(td).String() }), mask: []string{"spiffe_id"}, want: codes.InvalidArgument, field: "spiffe_id"},
-		{name: "spiffe_id same as parent_id", entry: update(func(w *adminv1.Entry) { w.SpiffeId, w.ParentId = agentID, agentID }), mask: []string{"spiffe_id", "parent_id"}, want: codes.InvalidArgument, field: "entry"},
+		{name: "spiffe_id same as parent_id", entry: update(func(w *adminv1.Entry) {
+			w.SpiffeId, w.ParentId = "spiffe://example.org/same", "spiffe://example.org/same"
+		}), mask: []string{"spiffe_id", "parent_id"}, want: codes.InvalidArgument, field: "entry"},
+		{name: "an agent's ID", entry: update(func(w *adminv1.Entry) { w.SpiffeId = agent2ID }), mask: []string{"spiffe_id"}, want: codes.InvalidArgument, field: "spiffe_id"},
 		{
 			name: "duplicate of another entry",
 			entry: update(func(w *adminv1.Entry) {

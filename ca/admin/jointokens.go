@@ -15,7 +15,7 @@ type joinTokenService struct {
 }
 
 // GenerateJoinToken makes a one-time token for an agent to attest as
-// spiffe_id and stores its hash. The token is in the response only: it is
+// spiffe_id, which must be under /writ/agent/, and stores its hash. The token is in the response only: it is
 // never stored or logged.
 func (js *joinTokenService) GenerateJoinToken(ctx context.Context, req *adminv1.GenerateJoinTokenRequest) (*adminv1.GenerateJoinTokenResponse, error) {
 	s := js.s
@@ -23,7 +23,7 @@ func (js *joinTokenService) GenerateJoinToken(ctx context.Context, req *adminv1.
 	if err != nil {
 		return nil, err
 	}
-	id, err := s.parseIssuableID("spiffe_id", req.GetSpiffeId())
+	id, err := s.parseAgentID("spiffe_id", req.GetSpiffeId())
 	if err != nil {
 		return nil, err
 	}

@@ -97,6 +97,10 @@ func TestGenerateJoinTokenInvalid(t *testing.T) {
 	}
 	tests = append(tests,
 		tc{"server's own ID", &adminv1.GenerateJoinTokenRequest{SpiffeId: admin.ServerID(td).String()}, "spiffe_id"},
+		// Agents live under /writ/agent/, where no workload entry can be.
+		tc{"a workload path", &adminv1.GenerateJoinTokenRequest{SpiffeId: "spiffe://example.org/host/node1"}, "spiffe_id"},
+		tc{"the agent path itself", &adminv1.GenerateJoinTokenRequest{SpiffeId: "spiffe://example.org/writ/agent"}, "spiffe_id"},
+		tc{"another reserved path", &adminv1.GenerateJoinTokenRequest{SpiffeId: "spiffe://example.org/writ/agentx/a"}, "spiffe_id"},
 		tc{"ttl min int", &adminv1.GenerateJoinTokenRequest{SpiffeId: agentID, Ttl: math.MinInt64 + 1}, "ttl"},
 	)
 	for _, tt := range tests {

@@ -37,18 +37,11 @@ const (
 	DefaultJoinTokenTTL = 10 * time.Minute
 )
 
-// serverIDPath is the path of the CA server's own SPIFFE ID.
-const serverIDPath = "/writ/server"
-
 // ServerID returns the SPIFFE ID of the Writ server of trust domain td,
 // spiffe://<td>/writ/server. No entry or join token may be given it. It
 // returns the zero ID if td is zero.
 func ServerID(td spiffeid.TrustDomain) spiffeid.ID {
-	id, err := spiffeid.FromPath(td, serverIDPath)
-	if err != nil {
-		return spiffeid.ID{}
-	}
-	return id
+	return entry.ServerID(td)
 }
 
 // Store is the part of datastore.Store the admin API uses.
@@ -96,7 +89,6 @@ type Config struct {
 // registered with; without them every admin call is refused.
 type Service struct {
 	td           spiffeid.TrustDomain
-	serverID     spiffeid.ID
 	store        Store
 	clock        clock.Clock
 	log          *slog.Logger
@@ -132,7 +124,6 @@ func New(cfg Config) (*Service, error) {
 	}
 	return &Service{
 		td:           cfg.TrustDomain,
-		serverID:     ServerID(cfg.TrustDomain),
 		store:        cfg.Store,
 		clock:        cfg.Clock,
 		log:          cfg.Logger,

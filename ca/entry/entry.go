@@ -73,7 +73,8 @@ func ParseEntryID(s string) (string, error) {
 }
 
 // Validate checks e against the rules every entry must meet in trust
-// domain td: IDs in td with a path, at least one selector, valid and
+// domain td: IDs in td with a path, a SPIFFE ID outside the reserved
+// path (CheckWorkloadID), at least one selector, valid and
 // unique selectors and DNS names, TTLs zero or within bounds. Selectors
 // must already be sorted (see Normalize).
 func (e *Entry) Validate(td spiffeid.TrustDomain) error {
@@ -90,6 +91,9 @@ func (e *Entry) Validate(td spiffeid.TrustDomain) error {
 		if id.Path() == "" {
 			return invalid("SPIFFE ID %q has no path", id.String())
 		}
+	}
+	if err := CheckWorkloadID(e.SPIFFEID); err != nil {
+		return err
 	}
 	if e.SPIFFEID == e.ParentID {
 		return invalid("entry's SPIFFE ID and parent ID are the same")

@@ -21,7 +21,7 @@ func sel(s string) entry.Selector {
 func validEntry() *entry.Entry {
 	return &entry.Entry{
 		SPIFFEID:  spiffeid.RequireFromString("spiffe://example.org/web"),
-		ParentID:  spiffeid.RequireFromString("spiffe://example.org/host/node1"),
+		ParentID:  spiffeid.RequireFromString("spiffe://example.org/writ/agent/node1"),
 		Selectors: []entry.Selector{sel("unix:uid:1000"), sel("unix:gid:1000")},
 		DNSNames:  []string{"web.example.org"},
 	}
@@ -37,6 +37,11 @@ func TestValidate(t *testing.T) {
 		{name: "ttls", mutate: func(e *entry.Entry) { e.X509SVIDTTL, e.JWTSVIDTTL = time.Hour, 5*time.Minute }, ok: true},
 		{name: "no spiffe id", mutate: func(e *entry.Entry) { e.SPIFFEID = spiffeid.ID{} }},
 		{name: "no parent", mutate: func(e *entry.Entry) { e.ParentID = spiffeid.ID{} }},
+		{name: "an agent's id", mutate: func(e *entry.Entry) { e.SPIFFEID = spiffeid.RequireFromString("spiffe://example.org/writ/agent/node2") }},
+		{name: "the server's id", mutate: func(e *entry.Entry) { e.SPIFFEID = spiffeid.RequireFromString("spiffe://example.org/writ/server") }},
+		{name: "under /writ", mutate: func(e *entry.Entry) { e.SPIFFEID = spiffeid.RequireFromString("spiffe://example.org/writ") }},
+		{name: "writ as a later segment", mutate: func(e *entry.Entry) { e.SPIFFEID = spiffeid.RequireFromString("spiffe://example.org/app/writ/agent/x") }, ok: true},
+		{name: "writ prefix of a segment", mutate: func(e *entry.Entry) { e.SPIFFEID = spiffeid.RequireFromString("spiffe://example.org/writer") }, ok: true},
 		{name: "other domain", mutate: func(e *entry.Entry) { e.SPIFFEID = spiffeid.RequireFromString("spiffe://other.org/web") }},
 		{name: "parent other domain", mutate: func(e *entry.Entry) { e.ParentID = spiffeid.RequireFromString("spiffe://other.org/n") }},
 		{name: "trust domain id", mutate: func(e *entry.Entry) { e.SPIFFEID = spiffeid.RequireFromString("spiffe://example.org") }},

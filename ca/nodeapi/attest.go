@@ -18,6 +18,7 @@ import (
 	nodev1 "writ.dev/writ/ca/api/node/v1"
 	"writ.dev/writ/ca/attest/jointoken"
 	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/x509ca"
 )
 
@@ -123,8 +124,8 @@ func (s *Service) refuseAttest(ctx context.Context, reason string) {
 }
 
 // checkAgentID refuses agent IDs the server must never issue, whatever a
-// join token says: IDs of another trust domain, without a path, or the
-// server's own.
+// join token says: IDs of another trust domain, or outside /writ/agent/
+// (which also excludes the server's own and every workload's).
 func (s *Service) checkAgentID(id spiffeid.ID) error {
 	switch {
 	case id.IsZero():
@@ -135,6 +136,8 @@ func (s *Service) checkAgentID(id spiffeid.ID) error {
 		return fmt.Errorf("SPIFFE ID %q has no path", id.String())
 	case id == s.serverID:
 		return fmt.Errorf("SPIFFE ID %q is the server's", id.String())
+	case !entry.IsAgentID(id):
+		return fmt.Errorf("SPIFFE ID %q is not under %s", id.String(), entry.AgentPathPrefix)
 	}
 	return nil
 }

@@ -22,8 +22,8 @@ import (
 )
 
 const (
-	agentA = "spiffe://example.org/agent/a"
-	agentB = "spiffe://example.org/agent/b"
+	agentA = "spiffe://example.org/writ/agent/a"
+	agentB = "spiffe://example.org/writ/agent/b"
 	// msgBadToken is the one message for wrong, expired and used tokens.
 	msgBadToken = "join token is invalid, expired or already used"
 )
@@ -209,15 +209,20 @@ func TestReattestReplacesRecord(t *testing.T) {
 	}
 }
 
-// TestAttestRefusesServerID: a token naming the server's own ID (which
-// the admin API never issues) yields no identity.
+// TestAttestRefusesServerID: a token naming the server's own ID, or any
+// ID outside /writ/agent/ (which the admin API never issues a token for;
+// a token stored by an earlier version may), yields no identity.
 func TestAttestRefusesServerID(t *testing.T) {
-	e := newEnv(t, envOptions{})
-	tok := e.newToken("spiffe://example.org/writ/server", time.Hour)
-	_, err := e.client(nil).Attest(ctxT(t), &nodev1.AttestRequest{JoinToken: tok, Csr: newCSR(t, newKey(t))})
-	wantCode(t, err, codes.PermissionDenied, "no identity issued")
-	if _, err := e.store.FetchAgent(context.Background(), spiffeid.RequireFromString("spiffe://example.org/writ/server")); !errors.Is(err, datastore.ErrNotFound) {
-		t.Errorf("agent record for the server ID: %v", err)
+	for _, id := range []string{"spiffe://example.org/writ/server", "spiffe://example.org/host/node1", "spiffe://example.org/writ/agent"} {
+		t.Run(id, func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			tok := e.newToken(id, time.Hour)
+			_, err := e.client(nil).Attest(ctxT(t), &nodev1.AttestRequest{JoinToken: tok, Csr: newCSR(t, newKey(t))})
+			wantCode(t, err, codes.PermissionDenied, "no identity issued")
+			if _, err := e.store.FetchAgent(context.Background(), spiffeid.RequireFromString(id)); !errors.Is(err, datastore.ErrNotFound) {
+				t.Errorf("agent record for %s: %v", id, err)
+			}
+		})
 	}
 }
 

@@ -54,7 +54,7 @@ func BenchmarkPropagation(b *testing.B) {
 	e := newEnv(b, envOptions{discardLogs: true})
 	var all []*agent
 	for i := range agents {
-		all = append(all, e.attest(fmt.Sprintf("spiffe://example.org/agent/%d", i)))
+		all = append(all, e.attest(fmt.Sprintf("spiffe://example.org/writ/agent/%d", i)))
 	}
 	ctx := context.Background()
 	for i, a := range all {

@@ -212,13 +212,30 @@ func (ix *index) load(ctx context.Context) error {
 	}
 	entries := make(map[string]*entry.Entry, len(snap.Entries))
 	byParent := make(map[spiffeid.ID]map[string]*entry.Entry)
+	var reserved []string
 	for _, e := range snap.Entries {
+		if entry.IsReserved(e.SPIFFEID) {
+			reserved = append(reserved, e.ID)
+			continue
+		}
 		entries[e.ID] = e
 		addToParent(byParent, e)
 	}
+	if len(reserved) > 0 {
+		ix.log.Warn("entries with a SPIFFE ID under the reserved path "+entry.ReservedPath+"/ are not issued; delete them and register their workloads under another path",
+			"count", len(reserved), KeyEntryIDs, firstIDs(reserved))
+	}
 	agentMap := make(map[spiffeid.ID]*datastore.Agent, len(agents))
+	var legacy []string
 	for _, a := range agents {
 		agentMap[a.SPIFFEID] = a
+		if !entry.IsAgentID(a.SPIFFEID) && !a.Banned {
+			legacy = append(legacy, a.SPIFFEID.String())
+		}
+	}
+	if len(legacy) > 0 {
+		ix.log.Warn("agents with a SPIFFE ID outside "+entry.AgentPathPrefix+" may share it with a workload entry; attest them again with a join token for an ID under "+entry.AgentPathPrefix+" and evict the old ones",
+			"count", len(legacy), KeySPIFFEIDs, firstIDs(legacy))
 	}
 	ix.mu.Lock()
 	ix.entries, ix.byParent, ix.agents = entries, byParent, agentMap
@@ -332,6 +349,10 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 		if e := ev.Entry; e != nil {
 			if e.ID != ev.Key {
 				ix.log.Warn("ignoring entry event whose entry has another ID", KeyRevision, ev.Revision)
+				continue
+			}
+			if entry.IsReserved(e.SPIFFEID) {
+				ix.log.Warn("entry with a SPIFFE ID under the reserved path "+entry.ReservedPath+"/ is not issued", KeyEntryID, e.ID, KeyRevision, ev.Revision)
 				continue
 			}
 			ix.entries[e.ID] = e
@@ -563,4 +584,12 @@ func (s *subscriber) take() (full bool, pending map[string]struct{}) {
 	full, pending = s.full, s.pending
 	s.full, s.pending = false, nil
 	return full, pending
+}
+
+// maxLoggedIDs bounds the IDs one log record lists.
+const maxLoggedIDs = 100
+
+// firstIDs returns up to maxLoggedIDs of ids for a log record.
+func firstIDs(ids []string) []string {
+	return ids[:min(len(ids), maxLoggedIDs)]
 }

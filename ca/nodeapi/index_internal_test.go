@@ -16,8 +16,8 @@ import (
 )
 
 var (
-	parentA = spiffeid.RequireFromString("spiffe://example.org/agent/a")
-	parentB = spiffeid.RequireFromString("spiffe://example.org/agent/b")
+	parentA = spiffeid.RequireFromString("spiffe://example.org/writ/agent/a")
+	parentB = spiffeid.RequireFromString("spiffe://example.org/writ/agent/b")
 )
 
 func newTestEntry(id string, parent spiffeid.ID, rev uint64) *entry.Entry {

@@ -45,12 +45,15 @@ const (
 const (
 	KeySPIFFEID = "spiffe_id"
 	KeyEntryID  = "entry_id"
-	KeySerial   = "serial"
-	KeyMethod   = "method"
-	KeyCode     = "code"
-	KeyReason   = "reason"
-	KeyRevision = "revision"
-	KeyNotAfter = "not_after"
+	// KeyEntryIDs and KeySPIFFEIDs list several entries or agents.
+	KeyEntryIDs  = "entry_ids"
+	KeySPIFFEIDs = "spiffe_ids"
+	KeySerial    = "serial"
+	KeyMethod    = "method"
+	KeyCode      = "code"
+	KeyReason    = "reason"
+	KeyRevision  = "revision"
+	KeyNotAfter  = "not_after"
 	// KeyError holds the detail of an internal error.
 	KeyError = "error"
 )

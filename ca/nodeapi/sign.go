@@ -30,7 +30,7 @@ func (s *Service) authorizedEntry(c *caller, id string) *entry.Entry {
 	if e == nil || e.ParentID != c.id {
 		return nil
 	}
-	if e.SPIFFEID.TrustDomain() != s.td || e.SPIFFEID.Path() == "" || e.SPIFFEID == s.serverID {
+	if e.SPIFFEID.TrustDomain() != s.td || e.SPIFFEID.Path() == "" || entry.IsReserved(e.SPIFFEID) {
 		s.log.Error("refusing to sign for an entry with an ID the server must not issue", KeyEntryID, e.ID, KeySPIFFEID, e.SPIFFEID.String())
 		return nil
 	}

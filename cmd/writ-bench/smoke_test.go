@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,9 +15,8 @@ import (
 )
 
 // TestSmoke runs `writ-bench --smoke` end to end: it builds writ, starts
-// real servers and agents, and requires every figure. Where the agent
-// does not serve the Workload API yet, it skips, except in CI
-// (CI=true), where that is a failure.
+// real servers and agents, and requires every figure: a missing one,
+// whatever the reason, is a failure.
 func TestSmoke(t *testing.T) {
 	if testing.Short() {
 		t.Skip("the smoke run takes about a minute")
@@ -26,22 +24,17 @@ func TestSmoke(t *testing.T) {
 	if runtime.GOOS != "linux" {
 		t.Skip("the benchmark reads /proc and attests by Linux peer credentials")
 	}
-	ci := os.Getenv("CI") == "true"
 	if _, err := exec.LookPath("go"); err != nil {
-		if ci {
-			t.Fatal("the go tool is needed to build writ")
-		}
-		t.Skip("no go tool to build writ")
+		t.Fatal("the go tool is needed to build writ")
 	}
 	out := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	res, err := run(ctx, Options{Out: out, Smoke: true}, &testWriter{t: t})
-	if err != nil && errors.Is(err, errNoWorkloadAPI) && res != nil && onlyWorkloadAPIMissing(res) {
-		if ci {
-			t.Fatalf("CI requires every figure: %v", err)
+	if err != nil && res != nil {
+		for _, f := range res.missing() {
+			t.Errorf("figure %s missing: %s", f.Name, f.Error)
 		}
-		t.Skipf("every figure but those of the agent's Workload API was produced; they are missing because %s", res.missing()[0].Error)
 	}
 	if err != nil {
 		t.Fatal(err)
@@ -82,17 +75,6 @@ func TestSmoke(t *testing.T) {
 			t.Errorf("report.md does not show %s", c)
 		}
 	}
-}
-
-// onlyWorkloadAPIMissing reports whether every missing figure is missing
-// because the agent does not serve the Workload API.
-func onlyWorkloadAPIMissing(r *Results) bool {
-	for _, f := range r.missing() {
-		if !strings.HasPrefix(f.Error, errNoWorkloadAPI.Error()) {
-			return false
-		}
-	}
-	return true
 }
 
 // testWriter sends the benchmark's progress to the test log.

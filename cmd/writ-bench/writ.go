@@ -23,7 +23,7 @@ import (
 var errNoWorkloadAPI = errors.New("the agent's Workload API is not available")
 
 const (
-	agentID = "spiffe://bench.test/agent"
+	agentID = "spiffe://bench.test/writ/agent/bench"
 	// bulkUIDBase is the first uid of the selectors of bulk entries: no
 	// process of this benchmark runs as it, so they match nobody here
 	// but still make the agent sign, cache and index them.
@@ -367,7 +367,7 @@ func (b *bench) measureCLIImport(ctx context.Context, bin string) error {
 	for i := range es {
 		es[i] = fileEntry{
 			SPIFFEID:  fmt.Sprintf("spiffe://%s/import/w%d", benchTD.Name(), i),
-			ParentID:  fmt.Sprintf("spiffe://%s/host/n%d", benchTD.Name(), i%100),
+			ParentID:  fmt.Sprintf("spiffe://%s/writ/agent/n%d", benchTD.Name(), i%100),
 			Selectors: []string{fmt.Sprintf("unix:uid:%d", bulkUIDBase+i)},
 		}
 	}

@@ -13,9 +13,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"writ.dev/writ/agent"
 	"writ.dev/writ/agent/svidcache"
@@ -167,19 +164,11 @@ func agentHealthcheck(c *cli.Context) error {
 	if socket == "" {
 		socket = filepath.Join(c.String("data-dir"), agent.AdminSocketName)
 	}
-	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
-	defer cancel()
-	conn, err := grpc.NewClient("unix:"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
+	if err := checkHealth(c.Context, "agent", socket, c.Duration("timeout")); err != nil {
+		if errors.Is(err, errNotServing) {
+			return fmt.Errorf("agent is not healthy: %w: it has no valid agent SVID, or the server refused it", err)
+		}
 		return fmt.Errorf("agent is not healthy: %w", err)
-	}
-	defer conn.Close()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{})
-	if err != nil {
-		return fmt.Errorf("agent is not healthy: %w", err)
-	}
-	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		return fmt.Errorf("agent is not healthy: %s (no valid agent SVID, or refused by the server)", resp.GetStatus())
 	}
 	fmt.Fprintln(c.App.Writer, "agent is serving")
 	return nil

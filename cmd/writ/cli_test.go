@@ -32,7 +32,7 @@ func statusError(msg string) error { return status.Error(codes.Unavailable, msg)
 func sampleAgents() []*adminv1.Agent {
 	return []*adminv1.Agent{
 		{
-			SpiffeId:        "spiffe://example.org/agent/node1",
+			SpiffeId:        "spiffe://example.org/writ/agent/node1",
 			AttestationType: "join_token",
 			SerialNumber:    "129481203948120398",
 			CertNotAfter:    fakeCreatedAt + 3600,
@@ -40,7 +40,7 @@ func sampleAgents() []*adminv1.Agent {
 			UpdatedAt:       fakeCreatedAt + 1800,
 		},
 		{
-			SpiffeId:        "spiffe://example.org/agent/node2",
+			SpiffeId:        "spiffe://example.org/writ/agent/node2",
 			AttestationType: "x509pop",
 			SerialNumber:    "77",
 			CertNotAfter:    fakeCreatedAt + 7200,
@@ -52,7 +52,7 @@ func sampleAgents() []*adminv1.Agent {
 }
 
 func TestAgent(t *testing.T) {
-	node1 := "spiffe://example.org/agent/node1"
+	node1 := "spiffe://example.org/writ/agent/node1"
 	for _, c := range []struct {
 		name string
 		args []string
@@ -61,7 +61,7 @@ func TestAgent(t *testing.T) {
 		{"agent_show", []string{"agent", "show", "--spiffe-id", node1}},
 		{"agent_evict", []string{"agent", "evict", "--spiffe-id", node1}},
 		{"agent_ban", []string{"agent", "ban", "--spiffe-id", node1}},
-		{"agent_unban", []string{"agent", "unban", "--spiffe-id", "spiffe://example.org/agent/node2"}},
+		{"agent_unban", []string{"agent", "unban", "--spiffe-id", "spiffe://example.org/writ/agent/node2"}},
 	} {
 		for _, output := range []string{"text", "json"} {
 			t.Run(c.name+"."+output, func(t *testing.T) {
@@ -87,18 +87,18 @@ func TestAgent(t *testing.T) {
 
 func TestTokenGenerate(t *testing.T) {
 	f := startFake(t)
-	r := runCLI(t, "", f.args("token", "generate", "--spiffe-id", "spiffe://example.org/agent/node3", "--ttl", "10m")...)
+	r := runCLI(t, "", f.args("token", "generate", "--spiffe-id", "spiffe://example.org/writ/agent/node3", "--ttl", "10m")...)
 	if want := (cliResult{stdout: "2b6f0cc904d137be2e1730235f5664094b831186\n"}); r != want {
 		t.Errorf("got %+v, want the token alone: %+v", r, want)
 	}
 	f.mu.Lock()
 	req := f.lastToken
 	f.mu.Unlock()
-	if req.GetSpiffeId() != "spiffe://example.org/agent/node3" || req.GetTtl() != 600 {
+	if req.GetSpiffeId() != "spiffe://example.org/writ/agent/node3" || req.GetTtl() != 600 {
 		t.Errorf("request %v", req)
 	}
 
-	r = runCLI(t, "", f.args("token", "generate", "--spiffe-id", "spiffe://example.org/agent/node3", "--output", "json")...)
+	r = runCLI(t, "", f.args("token", "generate", "--spiffe-id", "spiffe://example.org/writ/agent/node3", "--output", "json")...)
 	if r.code != 0 {
 		t.Fatalf("%+v", r)
 	}
@@ -245,7 +245,7 @@ func mustID(s string) spiffeid.ID { return spiffeid.RequireFromString(s) }
 func TestBadInputRefusedBeforeDialing(t *testing.T) {
 	const (
 		web   = "spiffe://example.org/web"
-		agent = "spiffe://example.org/agent/node1"
+		agent = "spiffe://example.org/writ/agent/node1"
 		id    = "6f1c7a52-3c7e-4a51-9a53-0d2f1d0c9e11"
 	)
 	create := func(extra ...string) []string {
@@ -306,13 +306,22 @@ func TestBadInputRefusedBeforeDialing(t *testing.T) {
 		{"agent ban without path", []string{"agent", "ban", "--spiffe-id", "spiffe://example.org"},
 			"", 1, errorOf(entry.ParseIDInDomain(spiffeid.RequireTrustDomainFromString("example.org"), "spiffe://example.org"))},
 
-		// Import files: checked whole before anything is sent.
+		// Import files: checked whole before anything is sent; the
+		// entries read before a syntax error are checked too.
 		{"import: not an array", []string{"entry", "create", "--file", "-"}, `{"spiffe_id": "x"}`, 1,
 			"writ: stdin:1: want a JSON array of entries\n"},
 		{"import: empty", []string{"entry", "create", "--file", "-"}, "  \n", 1,
 			"writ: stdin: empty: want a JSON array of entries\n"},
 		{"import: unknown field", []string{"entry", "create", "--file", "-"}, "[\n{\"spiffe_id\": \"spiffe://example.org/a\"},\n  {\"spiffe_id\": \"spiffe://example.org/a\", \"ttl\": 5}\n]", 1,
-			"writ: stdin:3: entry 1: unknown field \"ttl\"\n"},
+			"writ: entry 0 (spiffe_id spiffe://example.org/a): invalid: entry has no parent ID\nwrit: stdin:3: entry 1: unknown field \"ttl\"\n"},
+		{"import: duplicate key", []string{"entry", "create", "--file", "-"}, "[\n{\"spiffe_id\": \"spiffe://example.org/a\"},\n {\"spiffe_id\": \"spiffe://example.org/a\",\n  \"selectors\": [], \"spiffe_id\": \"spiffe://example.org/b\"}\n]", 1,
+			"writ: entry 0 (spiffe_id spiffe://example.org/a): invalid: entry has no parent ID\nwrit: stdin:3: entry 1: field \"spiffe_id\" is given twice\n"},
+		{"import: duplicate escaped key", []string{"entry", "create", "--file", "-"}, `[{"admin": true, "\u0061dmin": false}]`, 1,
+			"writ: stdin:1: entry 0: field \"admin\" is given twice\n"},
+		{"import: key in another case", []string{"entry", "create", "--file", "-"}, `[{"Spiffe_ID": "spiffe://example.org/a"}]`, 1,
+			"writ: stdin:1: entry 0: unknown field \"Spiffe_ID\"\n"},
+		{"import: null entry", []string{"entry", "create", "--file", "-"}, `[null]`, 1,
+			"writ: stdin:1: entry 0: want a JSON object, got null\n"},
 		{"import: wrong type", []string{"entry", "create", "--file", "-"}, `[{"x509_svid_ttl": "1h"}]`, 1,
 			"writ: stdin:1: entry 0: x509_svid_ttl: want a whole number, got string\n"},
 		{"import: fractional seconds", []string{"entry", "create", "--file", "-"}, `[{"jwt_svid_ttl": 1.5}]`, 1,
@@ -320,7 +329,7 @@ func TestBadInputRefusedBeforeDialing(t *testing.T) {
 		{"import: not an object", []string{"entry", "create", "--file", "-"}, `[1]`, 1,
 			"writ: stdin:1: entry 0: want a JSON object, got number\n"},
 		{"import: syntax error", []string{"entry", "create", "--file", "-"}, "[\n{\"spiffe_id\": \"spiffe://example.org/a\"}\n{}]", 1,
-			"writ: stdin:3: entry 1: expected comma after array element\n"},
+			"writ: entry 0 (spiffe_id spiffe://example.org/a): invalid: entry has no parent ID\nwrit: stdin:3: entry 1: expected comma after array element\n"},
 		{"import: truncated", []string{"entry", "create", "--file", "-"}, `[{"spiffe_id": "spiffe://ex`, 1,
 			"writ: stdin:1: entry 0: unexpected end of input\n"},
 		{"import: data after the array", []string{"entry", "create", "--file", "-"}, `[] []`, 1,
@@ -406,12 +415,12 @@ func TestOutputEscapesControlCharacters(t *testing.T) {
 	evil := &adminv1.Entry{
 		Id:        "6f1c7a52-3c7e-4a51-9a53-0d2f1d0c9e11\x1b]0;owned\x07",
 		SpiffeId:  "spiffe://example.org/\x1b[2Jweb",
-		ParentId:  "spiffe://example.org/agent\r\x7f",
+		ParentId:  "spiffe://example.org/writ/agent\r\x7f",
 		Selectors: []string{"docker:label:\u009b31m", "unix:path:/bin/\u0085x"},
 		DnsNames:  []string{"a\x00.example.org"},
 	}
 	f.seed(evil)
-	f.setAgents([]*adminv1.Agent{{SpiffeId: "spiffe://example.org/agent\x1b[1m", AttestationType: "x\tpop", SerialNumber: "1\u0085"}})
+	f.setAgents([]*adminv1.Agent{{SpiffeId: "spiffe://example.org/writ/agent\x1b[1m", AttestationType: "x\tpop", SerialNumber: "1\u0085"}})
 
 	for _, args := range [][]string{
 		{"entry", "list"},

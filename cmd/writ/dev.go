@@ -15,7 +15,7 @@ package main
 // /tmp/writ-dev-<uid>/public/api.sock), where workloads can reach it.
 //
 // On the first start the server creates the CA; `writ dev` generates a
-// join token for the agent (spiffe://<td>/dev/agent), which attests with
+// join token for the agent (spiffe://<td>/writ/agent/dev), which attests with
 // it, and registers spiffe://<td>/dev/<user> for this uid under that
 // agent (through the admin API, so that the same checks apply as for
 // `writ entry create`). Later starts reuse the CA and the agent's saved
@@ -25,6 +25,7 @@ package main
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -71,7 +72,7 @@ const (
 	devBundleFile = "bootstrap-bundle.pem"
 	// devAgentPath is the path of the dev agent's SPIFFE ID; the user's
 	// entry is /dev/<user>.
-	devAgentPath = "/dev/agent"
+	devAgentPath = entry.AgentPathPrefix + "dev"
 	// devJoinTokenTTL is the lifetime of the join token `writ dev` makes
 	// for its own agent, which redeems it at once.
 	devJoinTokenTTL = 5 * time.Minute
@@ -462,6 +463,17 @@ func (env *devEnv) joinToken(ctx context.Context, admin *adminClient, bundle *sp
 		return "", err
 	default:
 		now := time.Now()
+		if id, ok := svidID(chain[0]); !ok || id != env.agentID {
+			// The agent of an earlier writ dev, whose ID was outside
+			// /writ/agent/: drop its identity so that it attests again.
+			env.log.Info("the agent's saved identity is not its current ID: attesting again with a join token", "spiffe_id", env.agentID.String())
+			for _, f := range []string{agent.StateFile, "agent_svid.pem", "agent_key.pem"} {
+				if err := os.Remove(filepath.Join(env.agentDir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+					return "", err
+				}
+			}
+			break
+		}
 		if now.Add(devRenewMargin).Before(chain[0].NotAfter) {
 			if _, verr := x509ca.VerifyX509SVID(chain, bundle.X509Authorities(), now); verr != nil {
 				return "", fmt.Errorf("the agent's identity in %s was not issued by this CA (was %s reset?): %v; remove %s to attest the agent again", env.agentDir, env.serverDir, verr, env.agentDir)
@@ -558,4 +570,13 @@ In another terminal, from the repository:
 
 Ctrl-C stops writ dev; running it again resumes with the same CA and entries.
 `, env.td.Name(), p(env.dataDir), env.userID, env.uid, p(env.socket), p(env.adminSocket), p(addr), p(env.adminSocket))
+}
+
+// svidID returns the SPIFFE ID in cert's URI SAN, if it has exactly one.
+func svidID(cert *x509.Certificate) (spiffeid.ID, bool) {
+	if len(cert.URIs) != 1 {
+		return spiffeid.ID{}, false
+	}
+	id, err := spiffeid.FromURI(cert.URIs[0])
+	return id, err == nil
 }

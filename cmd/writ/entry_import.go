@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"os"
 	"reflect"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -26,8 +28,12 @@ const (
 	// entries under gRPC's default 4 MiB receive limit.
 	importBatchEntries = 1000
 	importBatchBytes   = 3 << 20
-	// maxImportInput bounds the file read.
-	maxImportInput = 256 << 20
+	// maxImportStdin bounds what is read from standard input, which is
+	// spooled to a temporary file so that it can be read twice.
+	maxImportStdin = 1 << 30
+	// maxImportEntryBytes bounds one entry of the file: the decoder holds
+	// one entry at a time, and this keeps that one small.
+	maxImportEntryBytes = 1 << 20
 )
 
 // importResult is the outcome of one imported entry, as --output json
@@ -40,155 +46,238 @@ type importResult struct {
 }
 
 // importEntries creates the entries of the JSON array in path ("-" for
-// standard input). Every entry is read and checked before the first is
-// sent: if any is invalid, none are.
+// standard input). The file is read twice, one entry at a time, so that
+// memory does not grow with it: first every entry is checked, and if any
+// is invalid none is sent; then the entries are sent in batches and each
+// one's outcome is written as its batch returns.
 func importEntries(a *adminCmd, path string) error {
 	c := a.cli
 	name := entry.Printable(path)
-	var r io.Reader
+	var f *os.File
 	if path == "-" {
 		name = "stdin"
-		r = c.App.Reader
-	} else {
-		f, err := os.Open(path) //nolint:gosec // the operator names the file to import
-		if err != nil {
+		var err error
+		if f, err = spoolStdin(c.App.Reader); err != nil {
 			return err
 		}
-		defer f.Close()
-		r = f
+	} else {
+		var err error
+		if f, err = os.Open(path); err != nil { //nolint:gosec // the operator names the file to import
+			return err
+		}
 	}
-	data, err := io.ReadAll(io.LimitReader(r, maxImportInput+1))
-	if err != nil {
-		return fmt.Errorf("read %s: %w", name, err)
-	}
-	if len(data) > maxImportInput {
-		return fmt.Errorf("%s is larger than %d MiB: split it", name, maxImportInput>>20)
-	}
-	raw, err := decodeEntries(data)
+	defer f.Close()
+
+	// Pass 1: check every entry.
+	total, invalid := 0, 0
+	err := scanEntries(f, func(i int, j *jsonEntry) error {
+		total++
+		if _, err := entryFromJSON(j); err != nil {
+			invalid++
+			fmt.Fprintf(c.App.ErrWriter, "writ: %s: %s\n", entryLabel(i, j.SPIFFEID), entry.Printable(err.Error()))
+		}
+		return nil
+	})
 	if err != nil {
 		return fmt.Errorf("%s%w", name, err)
 	}
-
-	entries := make([]*adminv1.Entry, len(raw))
-	invalid := 0
-	for i, j := range raw {
-		e, err := entryFromJSON(j)
-		if err != nil {
-			invalid++
-			fmt.Fprintf(c.App.ErrWriter, "writ: %s: %s\n", entryLabel(i, j.SPIFFEID), entry.Printable(err.Error()))
-			continue
-		}
-		entries[i] = adminv1.EntryFromDomain(e)
-	}
 	if invalid > 0 {
-		return fmt.Errorf("%s: %d of %d entries are invalid; none were sent", name, invalid, len(raw))
+		return fmt.Errorf("%s: %d of %d entries are invalid; none were sent", name, invalid, total)
 	}
 
-	results, stopErr := sendEntries(a, entries)
-	failed := 0
-	for _, r := range results {
-		if r.Status != "ok" {
-			failed++
-		}
+	// Pass 2: send them.
+	if _, err := f.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("read %s again: %w", name, err)
 	}
-	if err := writeImportResults(a, results, raw, len(entries)); err != nil {
+	out := newImportWriter(a)
+	stopErr := sendEntries(a, f, name, total, out)
+	if err := out.finish(total); err != nil {
 		return err
 	}
 	switch {
 	case stopErr != nil:
 		return stopErr
-	case failed > 0 && a.format == jsonOutput:
-		return fmt.Errorf("%d of %d entries failed", failed, len(entries))
-	case failed > 0:
+	case out.failed > 0 && a.format == jsonOutput:
+		return fmt.Errorf("%d of %d entries failed", out.failed, total)
+	case out.failed > 0:
 		// The text report already says what failed.
 		return cli.Exit("", exitError)
 	}
 	return nil
 }
 
-// sendEntries creates entries in batches and returns the result of each
-// entry sent. If a batch fails as a whole, it stops and returns the
-// results so far and the error.
-func sendEntries(a *adminCmd, entries []*adminv1.Entry) ([]importResult, error) {
-	results := make([]importResult, 0, len(entries))
-	if len(entries) == 0 {
-		return results, nil
+// spoolStdin copies r, at most maxImportStdin bytes, to an unlinked
+// temporary file and returns it positioned at its start.
+func spoolStdin(r io.Reader) (*os.File, error) {
+	f, err := os.CreateTemp("", "writ-import-*.json")
+	if err != nil {
+		return nil, fmt.Errorf("spool stdin: %w", err)
+	}
+	// Unlinked at once: the open file is all that is needed, and nothing
+	// is left behind whatever happens.
+	if err := os.Remove(f.Name()); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("spool stdin: %w", err)
+	}
+	n, err := io.Copy(f, io.LimitReader(r, maxImportStdin+1))
+	if err == nil && n > maxImportStdin {
+		err = fmt.Errorf("stdin is larger than %d MiB: import from a file", maxImportStdin>>20)
+	}
+	if err == nil {
+		_, err = f.Seek(0, io.SeekStart)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("spool stdin: %w", err)
+	}
+	return f, nil
+}
+
+// sendEntries reads the (already checked) entries of f and creates them in
+// batches, handing each entry's result to out. If a batch fails as a
+// whole, it stops and returns the error.
+func sendEntries(a *adminCmd, f *os.File, name string, total int, out *importWriter) error {
+	if total == 0 {
+		return nil
 	}
 	client, err := a.dial()
 	if err != nil {
-		return results, err
+		return err
 	}
 	defer client.Close()
 	progress := terminalOf(a.cli.App.ErrWriter)
+	endProgress := func() {
+		if progress != nil {
+			fmt.Fprintln(progress)
+		}
+	}
 
-	for start := 0; start < len(entries); {
-		end := batchEnd(entries, start)
+	var (
+		batch []*adminv1.Entry
+		size  int
+		sent  int // entries sent before batch
+	)
+	flush := func() error {
+		if len(batch) == 0 {
+			return nil
+		}
 		ctx, cancel := client.callContext(a.cli.Context)
-		resp, err := client.entries.BatchCreateEntry(ctx, &adminv1.BatchCreateEntryRequest{Entries: entries[start:end]})
+		resp, err := client.entries.BatchCreateEntry(ctx, &adminv1.BatchCreateEntryRequest{Entries: batch})
 		cancel()
-		if err == nil && len(resp.GetResults()) != end-start {
-			err = fmt.Errorf("server returned %d results for %d entries", len(resp.GetResults()), end-start)
+		if err == nil && len(resp.GetResults()) != len(batch) {
+			err = fmt.Errorf("server returned %d results for %d entries", len(resp.GetResults()), len(batch))
 		}
 		if err != nil {
-			if progress != nil {
-				fmt.Fprintln(progress)
-			}
-			return results, fmt.Errorf("import stopped at entry %d of %d: %w", start, len(entries), client.callError(err))
+			endProgress()
+			return fmt.Errorf("import stopped at entry %d of %d: %w", sent, total, client.callError(err))
 		}
 		for k, res := range resp.GetResults() {
-			i := start + k
-			r := importResult{Index: i, Status: "ok", Entry: entryToJSON(entries[i])}
+			r := importResult{Index: sent + k, Status: "ok", Entry: entryToJSON(batch[k])}
 			if code := codes.Code(res.GetStatus().GetCode()); code != codes.OK {
 				r.Status = code.String()
 				r.Message = res.GetStatus().GetMessage()
 			} else if res.GetEntry() != nil {
 				r.Entry = entryToJSON(res.GetEntry())
 			}
-			results = append(results, r)
+			if err := out.add(&r); err != nil {
+				return err
+			}
 		}
-		start = end
+		sent += len(batch)
+		clear(batch)
+		batch, size = batch[:0], 0
 		if progress != nil {
-			fmt.Fprintf(progress, "\rimported %d/%d", start, len(entries))
+			fmt.Fprintf(progress, "\rimported %d/%d", sent, total)
 		}
+		return out.flush()
 	}
-	if progress != nil {
-		fmt.Fprintln(progress)
-	}
-	return results, nil
-}
-
-// batchEnd returns the end of the batch that starts at entries[start]:
-// at most importBatchEntries entries and importBatchBytes bytes, and at
-// least one entry.
-func batchEnd(entries []*adminv1.Entry, start int) int {
-	end, size := start, 0
-	for end < len(entries) && end-start < importBatchEntries {
-		n := proto.Size(entries[end]) + 8 // field tag and length
-		if end > start && size+n > importBatchBytes {
-			break
+	err = scanEntries(f, func(_ int, j *jsonEntry) error {
+		e, err := entryFromJSON(j)
+		if err != nil {
+			// The file changed since it was checked.
+			return err
 		}
+		w := adminv1.EntryFromDomain(e)
+		n := proto.Size(w) + 8 // field tag and length
+		if len(batch) == importBatchEntries || (len(batch) > 0 && size+n > importBatchBytes) {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+		batch = append(batch, w)
 		size += n
-		end++
+		return nil
+	})
+	if err == nil {
+		err = flush()
+	} else if !strings.HasPrefix(err.Error(), "import stopped") {
+		endProgress()
+		err = fmt.Errorf("%s changed while it was imported%w", name, err)
 	}
-	return end
+	if err != nil {
+		return err
+	}
+	endProgress()
+	return nil
 }
 
-func writeImportResults(a *adminCmd, results []importResult, raw []*jsonEntry, total int) error {
-	w := a.cli.App.Writer
-	if a.format == jsonOutput {
-		return writeJSON(w, results)
+// importWriter writes each entry's result as it comes: in text, a line
+// per failure and a count at the end; in JSON, an array of results.
+type importWriter struct {
+	json    bool
+	w       *bufio.Writer
+	created int
+	failed  int
+	n       int // results written
+}
+
+func newImportWriter(a *adminCmd) *importWriter {
+	return &importWriter{json: a.format == jsonOutput, w: bufio.NewWriter(a.cli.App.Writer)}
+}
+
+func (iw *importWriter) add(r *importResult) error {
+	if r.Status == "ok" {
+		iw.created++
+	} else {
+		iw.failed++
 	}
-	t := newTextWriter(w)
-	created := 0
-	for _, r := range results {
-		if r.Status == "ok" {
-			created++
-			continue
+	defer func() { iw.n++ }()
+	if !iw.json {
+		if r.Status != "ok" {
+			fmt.Fprintf(iw.w, "%s: %s\n", entryLabel(r.Index, r.Entry.SPIFFEID), entry.Printable(r.Message))
 		}
-		t.line("%s: %s", entryLabel(r.Index, raw[r.Index].SPIFFEID), entry.Printable(r.Message))
+		return nil
 	}
-	t.line("created %d of %d entries", created, total)
-	return t.Flush()
+	// The same bytes as writeJSON of the whole array.
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	enc.SetIndent("  ", "  ")
+	if err := enc.Encode(r); err != nil {
+		return err
+	}
+	sep := ",\n  "
+	if iw.n == 0 {
+		sep = "[\n  "
+	}
+	iw.w.WriteString(sep)
+	_, err := iw.w.Write(escapeJSONControls(bytes.TrimSuffix(buf.Bytes(), []byte("\n"))))
+	return err
+}
+
+func (iw *importWriter) flush() error { return iw.w.Flush() }
+
+// finish ends the output after the last result.
+func (iw *importWriter) finish(total int) error {
+	switch {
+	case !iw.json:
+		fmt.Fprintf(iw.w, "created %d of %d entries\n", iw.created, total)
+	case iw.n == 0:
+		iw.w.WriteString("[]\n")
+	default:
+		iw.w.WriteString("\n]\n")
+	}
+	return iw.w.Flush()
 }
 
 // entryLabel names the entry at index i of an import in messages.
@@ -214,63 +303,197 @@ func (e *inputError) Error() string {
 	return ": " + e.msg
 }
 
-func inputErrorf(data []byte, off int64, format string, args ...any) *inputError {
-	return &inputError{line: lineAt(data, off), msg: fmt.Sprintf(format, args...)}
-}
+// jsonEntryKeys are the keys an imported entry may have, exactly as
+// --output json prints them.
+var jsonEntryKeys = func() map[string]bool {
+	keys := map[string]bool{}
+	t := reflect.TypeFor[jsonEntry]()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ",")
+		keys[name] = true
+	}
+	return keys
+}()
 
-// decodeEntries reads a JSON array of entries in the shape --output json
-// prints. Unknown fields are errors.
-func decodeEntries(data []byte) ([]*jsonEntry, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
+// scanEntries reads a JSON array of entries in the shape --output json
+// prints from r, one entry at a time, and calls fn with each entry and its
+// index. Unknown keys (matched exactly, not ignoring case) and keys given
+// twice in an entry are errors. It stops at the first error, its own or
+// fn's.
+func scanEntries(r io.ReaderAt, fn func(i int, j *jsonEntry) error) error {
+	sr := io.NewSectionReader(r, 0, 1<<62)
+	dec := json.NewDecoder(bufio.NewReaderSize(sr, 64<<10))
+	errAt := func(off int64, format string, args ...any) error {
+		return &inputError{line: lineAt(r, off), msg: fmt.Sprintf(format, args...)}
+	}
 	tok, err := dec.Token()
 	if errors.Is(err, io.EOF) {
-		return nil, &inputError{msg: "empty: want a JSON array of entries"}
+		return &inputError{msg: "empty: want a JSON array of entries"}
 	}
 	if err != nil {
-		return nil, inputErrorf(data, dec.InputOffset(), "%s", describeJSONError(err))
+		return errAt(dec.InputOffset(), "%s", describeJSONError(err))
 	}
 	if d, ok := tok.(json.Delim); !ok || d != '[' {
-		return nil, inputErrorf(data, 0, "want a JSON array of entries")
+		return errAt(0, "want a JSON array of entries")
 	}
-	out := []*jsonEntry{}
-	for dec.More() {
-		start := skipJSONSeparators(data, dec.InputOffset())
-		var j jsonEntry
-		if err := dec.Decode(&j); err != nil {
-			off := start
+	for i := 0; dec.More(); i++ {
+		before := dec.InputOffset()
+		var raw json.RawMessage
+		if err := dec.Decode(&raw); err != nil {
+			off := before
 			if se, ok := errors.AsType[*json.SyntaxError](err); ok {
 				off = se.Offset
 			}
-			return nil, inputErrorf(data, off, "entry %d: %s", len(out), describeJSONError(err))
+			return errAt(off, "entry %d: %s", i, describeJSONError(err))
 		}
-		out = append(out, &j)
+		start := dec.InputOffset() - int64(len(raw))
+		if len(raw) > maxImportEntryBytes {
+			return errAt(start, "entry %d is larger than %d KiB", i, maxImportEntryBytes>>10)
+		}
+		var j jsonEntry
+		if err := decodeEntry(raw, &j); err != nil {
+			return errAt(start, "entry %d: %s", i, err)
+		}
+		if err := fn(i, &j); err != nil {
+			return err
+		}
 	}
 	if _, err := dec.Token(); err != nil {
-		return nil, inputErrorf(data, dec.InputOffset(), "after entry %d: %s", len(out), describeJSONError(err))
+		return errAt(dec.InputOffset(), "%s", describeJSONError(err))
 	}
 	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, inputErrorf(data, dec.InputOffset(), "unexpected data after the array of entries")
+		return errAt(dec.InputOffset(), "unexpected data after the array of entries")
+	}
+	return nil
+}
+
+// decodeEntry decodes one entry object, refusing keys that are unknown or
+// given twice (encoding/json would keep the last). raw is one complete,
+// well-formed JSON value, as json.Decoder returns it.
+func decodeEntry(raw json.RawMessage, j *jsonEntry) error {
+	if len(raw) == 0 || raw[0] != '{' {
+		return fmt.Errorf("want a JSON object, got %s", jsonKindOf(raw))
+	}
+	var seen [16]string
+	n := 0
+	for _, key := range topLevelKeys(raw) {
+		if !jsonEntryKeys[key] {
+			return fmt.Errorf("unknown field %q", entry.Printable(key))
+		}
+		for _, k := range seen[:n] {
+			if k == key {
+				return fmt.Errorf("field %q is given twice", key)
+			}
+		}
+		if n < len(seen) {
+			seen[n] = key
+			n++
+		}
+	}
+	strict := json.NewDecoder(bytes.NewReader(raw))
+	strict.DisallowUnknownFields()
+	if err := strict.Decode(j); err != nil {
+		return errors.New(describeJSONError(err))
+	}
+	return nil
+}
+
+// topLevelKeys returns the keys of the JSON object obj, which must be
+// well-formed, in order and unescaped.
+func topLevelKeys(obj []byte) []string {
+	var keys []string
+	depth := 0
+	for i := 0; i < len(obj); i++ {
+		switch obj[i] {
+		case '{', '[':
+			depth++
+		case '}', ']':
+			depth--
+		case '"':
+			end := i + 1
+			for end < len(obj) && obj[end] != '"' {
+				if obj[end] == '\\' {
+					end++
+				}
+				end++
+			}
+			if depth == 1 && isKey(obj[end+1:]) {
+				s := string(obj[i+1 : end])
+				if bytes.IndexByte(obj[i+1:end], '\\') >= 0 {
+					// An escaped key: json.Unmarshal decodes it as
+					// the field name it matches.
+					if err := json.Unmarshal(obj[i:end+1], &s); err != nil {
+						s = string(obj[i+1 : end])
+					}
+				}
+				keys = append(keys, s)
+			}
+			i = end
+		}
+	}
+	return keys
+}
+
+// isKey reports whether what follows a string is ':', making it a key.
+func isKey(rest []byte) bool {
+	for _, c := range rest {
+		switch c {
+		case ' ', '\t', '\r', '\n':
+			continue
+		case ':':
+			return true
+		}
+		return false
+	}
+	return false
+}
+
+// jsonKindOf names the JSON type of a well-formed value for messages.
+func jsonKindOf(raw []byte) string {
+	if len(raw) == 0 {
+		return "nothing"
+	}
+	switch raw[0] {
+	case 'n':
+		return "null"
+	case 't', 'f':
+		return "bool"
+	case '"':
+		return "string"
+	case '[':
+		return "array"
+	}
+	return "number"
+}
+
+// decodeEntries reads a whole JSON array of entries held in memory, as
+// scanEntries does.
+func decodeEntries(data []byte) ([]*jsonEntry, error) {
+	out := []*jsonEntry{}
+	err := scanEntries(bytes.NewReader(data), func(_ int, j *jsonEntry) error {
+		out = append(out, j)
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	return out, nil
 }
 
-func skipJSONSeparators(data []byte, off int64) int64 {
-	for off < int64(len(data)) {
-		switch data[off] {
-		case ' ', '\t', '\r', '\n', ',':
-			off++
-		default:
-			return off
+// lineAt returns the line number, from 1, of byte offset off in r.
+func lineAt(r io.ReaderAt, off int64) int {
+	off = max(off, 0)
+	br := bufio.NewReader(io.NewSectionReader(r, 0, off))
+	lines := 1
+	for {
+		b, err := br.ReadByte()
+		if err != nil {
+			return lines
+		}
+		if b == '\n' {
+			lines++
 		}
 	}
-	return off
-}
-
-// lineAt returns the line number, from 1, of byte offset off in data.
-func lineAt(data []byte, off int64) int {
-	off = min(max(off, 0), int64(len(data)))
-	return bytes.Count(data[:off], []byte("\n")) + 1
 }
 
 // describeJSONError explains a decoding error without Go type names.

@@ -21,7 +21,7 @@ func sampleEntries() []*adminv1.Entry {
 		{
 			Id:          "6f1c7a52-3c7e-4a51-9a53-0d2f1d0c9e11",
 			SpiffeId:    "spiffe://example.org/web",
-			ParentId:    "spiffe://example.org/agent/node1",
+			ParentId:    "spiffe://example.org/writ/agent/node1",
 			Selectors:   []string{"unix:gid:100", "unix:uid:1000"},
 			X509SvidTtl: 3600,
 			JwtSvidTtl:  300,
@@ -32,7 +32,7 @@ func sampleEntries() []*adminv1.Entry {
 		{
 			Id:         "0a9e2f4b-7d1c-4c2e-8f3a-5b6d7e8f9a0b",
 			SpiffeId:   "spiffe://example.org/db",
-			ParentId:   "spiffe://example.org/agent/node2",
+			ParentId:   "spiffe://example.org/writ/agent/node2",
 			Selectors:  []string{"unix:user:postgres"},
 			Admin:      true,
 			Downstream: true,
@@ -42,7 +42,7 @@ func sampleEntries() []*adminv1.Entry {
 		{
 			Id:          "c3d4e5f6-a7b8-4c9d-8e0f-1a2b3c4d5e6f",
 			SpiffeId:    "spiffe://example.org/web",
-			ParentId:    "spiffe://example.org/agent/node2",
+			ParentId:    "spiffe://example.org/writ/agent/node2",
 			Selectors:   []string{"unix:uid:1000"},
 			X509SvidTtl: 5400,
 			CreatedAt:   fakeCreatedAt + 120,
@@ -55,7 +55,7 @@ func TestEntryCreate(t *testing.T) {
 	f := startFake(t)
 	flags := []string{"entry", "create",
 		"--spiffe-id", "spiffe://example.org/web",
-		"--parent-id", "spiffe://example.org/agent/node1",
+		"--parent-id", "spiffe://example.org/writ/agent/node1",
 		"--selector", "unix:uid:1000",
 		"--selector", "unix:gid:100",
 		"--x509-ttl", "1h",
@@ -79,7 +79,7 @@ func TestEntryCreate(t *testing.T) {
 	want := &adminv1.Entry{
 		Id:          fakeEntryID(1),
 		SpiffeId:    "spiffe://example.org/web",
-		ParentId:    "spiffe://example.org/agent/node1",
+		ParentId:    "spiffe://example.org/writ/agent/node1",
 		Selectors:   []string{"unix:gid:100", "unix:uid:1000"}, // normalized
 		X509SvidTtl: 3600,
 		JwtSvidTtl:  300,
@@ -123,14 +123,14 @@ func writeFile(t *testing.T, name, content string) string {
 const importFile = `[
   {
     "spiffe_id": "spiffe://example.org/a",
-    "parent_id": "spiffe://example.org/agent/node1",
+    "parent_id": "spiffe://example.org/writ/agent/node1",
     "selectors": ["unix:uid:1001"],
     "x509_svid_ttl": 600
   },
   {
     "id": "6f1c7a52-3c7e-4a51-9a53-0d2f1d0c9e11",
     "spiffe_id": "spiffe://example.org/web",
-    "parent_id": "spiffe://example.org/agent/node1",
+    "parent_id": "spiffe://example.org/writ/agent/node1",
     "selectors": ["unix:uid:1000", "unix:gid:100"],
     "x509_svid_ttl": 3600,
     "jwt_svid_ttl": 300,
@@ -142,7 +142,7 @@ const importFile = `[
   },
   {
     "spiffe_id": "spiffe://example.org/b",
-    "parent_id": "spiffe://example.org/agent/node1",
+    "parent_id": "spiffe://example.org/writ/agent/node1",
     "selectors": ["docker:label:app:b"],
     "dns_names": ["b.example.org"],
     "downstream": true
@@ -210,7 +210,7 @@ func TestEntryImportLarge(t *testing.T) {
 	for i := range entries {
 		entries[i] = jsonEntry{
 			SPIFFEID:    fmt.Sprintf("spiffe://example.org/workload/%d", i),
-			ParentID:    "spiffe://example.org/agent/node1",
+			ParentID:    "spiffe://example.org/writ/agent/node1",
 			Selectors:   []string{fmt.Sprintf("unix:uid:%d", 10000+i), "unix:gid:100"},
 			X509SVIDTTL: 3600,
 			DNSNames:    []string{fmt.Sprintf("w%d.example.org", i)},
@@ -282,17 +282,17 @@ func TestEntryList(t *testing.T) {
 		},
 		{
 			name:  "by parent ID",
-			args:  []string{"--parent-id", "spiffe://example.org/agent/node2"},
-			want:  &adminv1.ListEntriesRequest{ParentId: "spiffe://example.org/agent/node2"},
+			args:  []string{"--parent-id", "spiffe://example.org/writ/agent/node2"},
+			want:  &adminv1.ListEntriesRequest{ParentId: "spiffe://example.org/writ/agent/node2"},
 			count: 2,
 		},
 		{
 			name: "by all",
-			args: []string{"--spiffe-id", "spiffe://example.org/web", "--parent-id", "spiffe://example.org/agent/node1",
+			args: []string{"--spiffe-id", "spiffe://example.org/web", "--parent-id", "spiffe://example.org/writ/agent/node1",
 				"--selector", "unix:uid:1000", "--selector", "unix:gid:100"},
 			want: &adminv1.ListEntriesRequest{
 				SpiffeId:  "spiffe://example.org/web",
-				ParentId:  "spiffe://example.org/agent/node1",
+				ParentId:  "spiffe://example.org/writ/agent/node1",
 				Selectors: []string{"unix:uid:1000", "unix:gid:100"},
 			},
 			count: 1,
@@ -404,11 +404,11 @@ func TestEntryUpdate(t *testing.T) {
 		{
 			name: "everything",
 			args: []string{"--downstream=false", "--admin", "--dns-name", "x.example.org", "--jwt-ttl", "60",
-				"--x509-ttl", "60", "--selector", "k8s:ns:default", "--parent-id", "spiffe://example.org/agent/node9",
+				"--x509-ttl", "60", "--selector", "k8s:ns:default", "--parent-id", "spiffe://example.org/writ/agent/node9",
 				"--spiffe-id", "spiffe://example.org/x"},
 			wantMask: []string{"spiffe_id", "parent_id", "selectors", "x509_svid_ttl", "jwt_svid_ttl", "dns_names", "admin", "downstream"},
 			want: &adminv1.Entry{
-				SpiffeId: "spiffe://example.org/x", ParentId: "spiffe://example.org/agent/node9",
+				SpiffeId: "spiffe://example.org/x", ParentId: "spiffe://example.org/writ/agent/node9",
 				Selectors: []string{"k8s:ns:default"}, X509SvidTtl: 60, JwtSvidTtl: 60,
 				DnsNames: []string{"x.example.org"}, Admin: true,
 			},

@@ -51,14 +51,15 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		DisableSliceFlagSeparator: true,
 		// Errors are reported, and the process exits, in run alone.
 		ExitErrHandler: func(*cli.Context, error) {},
-		Action:         groupAction,
+		Action:         versionFlagAction(groupAction),
+		Flags:          []cli.Flag{&cli.BoolFlag{Name: "version", Usage: "print the version and exit"}},
 	}
 
 	// ---- Subcommands -------------------------------------------------
 	// `server` is defined in server.go (serverCommand); `agent` in
 	// agent.go, where further agent subcommands (such as `agent run`) are
 	// appended to agentCommand's Subcommands.
-	app.Commands = []*cli.Command{serverCommand(), entryCommand(), agentCommand(), tokenCommand(), bundleCommand(), svidCommand(), jwtCommand(), devCommand()}
+	app.Commands = []*cli.Command{serverCommand(), entryCommand(), agentCommand(), tokenCommand(), bundleCommand(), svidCommand(), jwtCommand(), devCommand(), versionCommand()}
 	// ------------------------------------------------------------------
 
 	app.OnUsageError = onUsageError

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -14,9 +13,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"writ.dev/writ/ca/server"
 )
@@ -72,6 +68,9 @@ func loadConfigFile(flags []cli.Flag) cli.BeforeFunc {
 	return func(c *cli.Context) error {
 		if c.String("config") == "" {
 			return nil
+		}
+		if err := checkConfigKeys(c.String("config"), flags); err != nil {
+			return fmt.Errorf("config file %s: %w", c.String("config"), err)
 		}
 		if err := fromFile(c); err != nil {
 			return fmt.Errorf("config file %s: %w", c.String("config"), err)
@@ -129,19 +128,8 @@ func serverHealthcheck(c *cli.Context) error {
 	if socket == "" {
 		socket = filepath.Join(c.String("data-dir"), server.AdminSocket)
 	}
-	ctx, cancel := context.WithTimeout(c.Context, c.Duration("timeout"))
-	defer cancel()
-	conn, err := grpc.NewClient("unix:"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
+	if err := checkHealth(c.Context, "server", socket, c.Duration("timeout")); err != nil {
 		return fmt.Errorf("server is not healthy: %w", err)
-	}
-	defer conn.Close()
-	resp, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}, grpc.WaitForReady(true))
-	if err != nil {
-		return fmt.Errorf("server is not healthy: %w", err)
-	}
-	if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
-		return fmt.Errorf("server is not healthy: %s", resp.GetStatus())
 	}
 	fmt.Fprintln(c.App.Writer, "server is serving")
 	return nil

@@ -3,6 +3,7 @@ package main
 import (
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/urfave/cli/v2"
 
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
@@ -21,9 +22,10 @@ func tokenCommand() *cli.Command {
 				Name:  "generate",
 				Usage: "generate a one-time join token for an agent",
 				Description: "Prints the token alone on a line, so that TOKEN=$(writ token generate ...)\n" +
-					"works. The agent that redeems it is given exactly --spiffe-id.",
+					"works. The agent that redeems it is given exactly --spiffe-id, which must be under\n" +
+					"spiffe://<trust domain>/writ/agent/ (the path Writ reserves for agents).",
 				Flags: withAdminFlags(
-					&cli.StringFlag{Name: flagSPIFFEID, Usage: "the SPIFFE `ID` the agent will have (required)"},
+					&cli.StringFlag{Name: flagSPIFFEID, Usage: "the SPIFFE `ID` the agent will have, under /writ/agent/ (required)"},
 					&cli.StringFlag{Name: flagTTL, Usage: "time until the token expires (a `TTL`), such as 10m or 600 (seconds)", DefaultText: "the server's default"},
 				),
 				Action: tokenGenerate,
@@ -47,7 +49,7 @@ func tokenGenerate(c *cli.Context) error {
 	if !c.IsSet(flagSPIFFEID) {
 		return usagef(c, "missing required flag --%s", flagSPIFFEID)
 	}
-	id, err := parseAgentID(c.String(flagSPIFFEID))
+	id, err := parseNewAgentID(c.String(flagSPIFFEID))
 	if err != nil {
 		return err
 	}
@@ -82,4 +84,14 @@ func tokenGenerate(c *cli.Context) error {
 	t := newTextWriter(c.App.Writer)
 	t.line("%s", entry.Printable(resp.GetToken()))
 	return t.Flush()
+}
+
+// parseNewAgentID parses the SPIFFE ID of the agent a join token is for:
+// canonical, under /writ/agent/ of its trust domain.
+func parseNewAgentID(s string) (spiffeid.ID, error) {
+	id, err := entry.ParseID(s)
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	return entry.ParseAgentID(id.TrustDomain(), s)
 }

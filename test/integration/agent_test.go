@@ -128,9 +128,9 @@ func (e *nodeEnv) agentIDs() []string {
 
 func TestIntegrationAgentsAttestRestartEvict(t *testing.T) {
 	e := newNodeEnv(t)
-	a := startAgent(t, e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token("spiffe://example.org/host/a"))
-	b := startAgent(t, e.addr, filepath.Join(e.dir, "b"), e.bundle, e.token("spiffe://example.org/host/b"))
-	if got := e.agentIDs(); !slices.Equal(got, []string{"spiffe://example.org/host/a", "spiffe://example.org/host/b"}) {
+	a := startAgent(t, e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token("spiffe://example.org/writ/agent/a"))
+	b := startAgent(t, e.addr, filepath.Join(e.dir, "b"), e.bundle, e.token("spiffe://example.org/writ/agent/b"))
+	if got := e.agentIDs(); !slices.Equal(got, []string{"spiffe://example.org/writ/agent/a", "spiffe://example.org/writ/agent/b"}) {
 		t.Fatalf("agent list: %v", got)
 	}
 	for _, p := range []*agentProc{a, b} {
@@ -143,7 +143,7 @@ func TestIntegrationAgentsAttestRestartEvict(t *testing.T) {
 	}
 
 	// A reused token is refused with a clear message.
-	tok := e.token("spiffe://example.org/host/c")
+	tok := e.token("spiffe://example.org/writ/agent/c")
 	startAgent(t, e.addr, filepath.Join(e.dir, "c"), e.bundle, tok).stop()
 	out, errOut, code := runWrit(t, nil, "agent", "run", "--server-address", e.addr, "--trust-domain", "example.org",
 		"--data-dir", filepath.Join(e.dir, "c2"), "--socket-path", filepath.Join(e.dir, "c2.sock"), "--trust-bundle", e.bundle, "--join-token", tok)
@@ -160,10 +160,10 @@ func TestIntegrationAgentsAttestRestartEvict(t *testing.T) {
 
 	// Evict b: it loses access at once.
 	start := time.Now()
-	e.server.admin("agent", "evict", "--spiffe-id", "spiffe://example.org/host/b")
+	e.server.admin("agent", "evict", "--spiffe-id", "spiffe://example.org/writ/agent/b")
 	b.waitHealthy(false, 5*time.Second)
 	t.Logf("evicted agent unhealthy after %s", time.Since(start))
-	if got := e.agentIDs(); slices.Contains(got, "spiffe://example.org/host/b") {
+	if got := e.agentIDs(); slices.Contains(got, "spiffe://example.org/writ/agent/b") {
 		t.Fatalf("evicted agent still listed: %v", got)
 	}
 	if !a.healthy() {
@@ -176,7 +176,7 @@ func TestIntegrationAgentsAttestRestartEvict(t *testing.T) {
 func TestIntegrationAgentRefusesUntrustedServer(t *testing.T) {
 	e := newNodeEnv(t)
 	other := newNodeEnv(t)
-	tok := e.token("spiffe://example.org/host/a")
+	tok := e.token("spiffe://example.org/writ/agent/a")
 	out, errOut, code := runWrit(t, nil, "agent", "run", "--server-address", e.addr, "--trust-domain", "example.org",
 		"--data-dir", filepath.Join(e.dir, "a"), "--socket-path", filepath.Join(e.dir, "a.sock"), "--trust-bundle", other.bundle, "--join-token", tok)
 	if code == 0 {

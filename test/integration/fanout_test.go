@@ -214,7 +214,7 @@ func (f *fanout) close() {
 	})
 }
 
-func fanAgentID(i int) string { return fmt.Sprintf("spiffe://example.org/fan/agent-%d", i) }
+func fanAgentID(i int) string { return fmt.Sprintf("spiffe://example.org/writ/agent/fan-%d", i) }
 
 func fanEntryID(agent, j int) string { return fmt.Sprintf("%s/w%d", fanAgentID(agent), j) }
 

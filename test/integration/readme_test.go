@@ -27,15 +27,16 @@ const (
 	readmeDev          = "go run ./cmd/writ dev"
 	readmeSVIDFetch    = "go run ./cmd/writ svid fetch"
 	readmeJWTFetch     = "go run ./cmd/writ jwt fetch --audience greeter"
-	readmeServer       = "go run ./cmd/examples/greeter-server &"
-	readmeClient       = "go run ./cmd/examples/greeter-client"
-	readmeIntruder     = "go run ./cmd/writ entry create --spiffe-id spiffe://example.org/dev/$(id -un)/intruder --parent-id spiffe://example.org/dev/agent --selector unix:uid:$(id -u)"
-	readmeIntruderCall = "go run ./cmd/examples/greeter-client --spiffe-id spiffe://example.org/dev/$(id -un)/intruder"
+	readmeBuildServer  = "go build -o /tmp/greeter-server ./cmd/examples/greeter-server"
+	readmeBuildClient  = "go build -o /tmp/greeter-client ./cmd/examples/greeter-client"
+	readmeServer       = "/tmp/greeter-server &"
+	readmeClient       = "/tmp/greeter-client"
+	readmeIntruder     = "go run ./cmd/writ entry create --spiffe-id spiffe://example.org/dev/$(id -un)/intruder --parent-id spiffe://example.org/writ/agent/dev --selector unix:uid:$(id -u)"
+	readmeIntruderCall = "/tmp/greeter-client --spiffe-id spiffe://example.org/dev/$(id -un)/intruder"
 	readmeOther        = "OTHER=nobody"
-	readmeOtherEntry   = "go run ./cmd/writ entry create --spiffe-id spiffe://example.org/dev/$OTHER --parent-id spiffe://example.org/dev/agent --selector unix:uid:$(id -u $OTHER)"
-	readmeOtherList    = "go run ./cmd/writ entry list --parent-id spiffe://example.org/dev/agent"
-	readmeOtherBuild   = "go build -o /tmp/greeter-client ./cmd/examples/greeter-client"
-	readmeOtherCall    = "sudo -u $OTHER env SPIFFE_ENDPOINT_SOCKET=$SPIFFE_ENDPOINT_SOCKET /tmp/greeter-client --server-id spiffe://example.org/dev/$(id -un)"
+	readmeOtherEntry   = "go run ./cmd/writ entry create --spiffe-id spiffe://example.org/dev/$OTHER --parent-id spiffe://example.org/writ/agent/dev --selector unix:uid:$(id -u $OTHER)"
+	readmeOtherList    = "go run ./cmd/writ entry list --parent-id spiffe://example.org/writ/agent/dev"
+	readmeOtherCall    = "runuser -u $OTHER -- env SPIFFE_ENDPOINT_SOCKET=$SPIFFE_ENDPOINT_SOCKET /tmp/greeter-client --server-id spiffe://example.org/dev/$(id -un)"
 )
 
 var (
@@ -292,7 +293,14 @@ func TestIntegrationReadmeWalkthrough(t *testing.T) {
 		t.Fatalf("jwt fetch printed no JWT: %q", out)
 	}
 
-	// 3. The greeter pair: mTLS and JWT-SVID.
+	// 3. The greeter pair, built first (go run would not pass on the
+	// signal that stops the server): mTLS and JWT-SVID. The binaries go
+	// to the test's directory, not /tmp.
+	w.subst = append(w.subst,
+		[2]string{"/tmp/greeter-server", filepath.Join(w.dir, "greeter-server")},
+		[2]string{"/tmp/greeter-client", filepath.Join(w.dir, "greeter-client")})
+	w.mustRun(readmeBuildServer, "")
+	w.mustRun(readmeBuildClient, "")
 	mtls, jwt := freePort(t), freePort(t)
 	ports := " --mtls-addr " + mtls + " --jwt-addr " + jwt
 	server := w.start(readmeServer, ports)
@@ -395,17 +403,14 @@ func (w *walkthrough) otherUID(t *testing.T, me, ports string) {
 	if err := os.Chmod(w.dir, 0o711); err != nil {
 		t.Fatal(err)
 	}
-	// The binary goes to the test's directory, not /tmp.
-	w.subst = append(w.subst, [2]string{"/tmp/greeter-client", filepath.Join(w.dir, "greeter-client")})
-	if _, err := exec.LookPath("sudo"); err != nil {
-		// Without sudo, runuser does the same as root.
-		if _, err := exec.LookPath("runuser"); err != nil {
-			t.Log("neither sudo nor runuser: the client is not run as another uid")
+	if _, err := exec.LookPath("runuser"); err != nil {
+		// Without runuser, sudo does the same, as the README says.
+		if _, err := exec.LookPath("sudo"); err != nil {
+			t.Log("neither runuser nor sudo: the client is not run as another uid")
 			return
 		}
-		w.subst = append(w.subst, [2]string{"sudo -u $OTHER ", "runuser -u $OTHER -- "})
+		w.subst = append(w.subst, [2]string{"runuser -u $OTHER -- ", "sudo -u $OTHER "})
 	}
-	w.mustRun(readmeOtherBuild, "")
 	var out, errOut string
 	var code int
 	waitFor(t, 20*time.Second, func() bool {

@@ -48,14 +48,14 @@ func TestIntegrationServerLifecycle(t *testing.T) {
 	}
 
 	// Create: text prints the ID alone; json prints the entry.
-	id := strings.TrimSpace(p.admin("entry", "create", "--spiffe-id", "spiffe://example.org/web", "--parent-id", "spiffe://example.org/host/a", "--selector", "unix:uid:1000"))
+	id := strings.TrimSpace(p.admin("entry", "create", "--spiffe-id", "spiffe://example.org/web", "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "unix:uid:1000"))
 	if len(id) != 36 || strings.Contains(id, "\n") {
 		t.Fatalf("entry create printed %q, want an entry ID", id)
 	}
 	var created jsonEntry
-	p.adminJSON(&created, "entry", "create", "--spiffe-id", "spiffe://example.org/db", "--parent-id", "spiffe://example.org/host/b",
+	p.adminJSON(&created, "entry", "create", "--spiffe-id", "spiffe://example.org/db", "--parent-id", "spiffe://example.org/writ/agent/b",
 		"--selector", "unix:uid:1001", "--selector", "unix:gid:50", "--x509-ttl", "30m", "--jwt-ttl", "2m", "--dns-name", "db.example.org", "--admin")
-	want := jsonEntry{ID: created.ID, SPIFFEID: "spiffe://example.org/db", ParentID: "spiffe://example.org/host/b", Selectors: []string{"unix:gid:50", "unix:uid:1001"},
+	want := jsonEntry{ID: created.ID, SPIFFEID: "spiffe://example.org/db", ParentID: "spiffe://example.org/writ/agent/b", Selectors: []string{"unix:gid:50", "unix:uid:1001"},
 		X509SVIDTTL: 1800, JWTSVIDTTL: 120, DNSNames: []string{"db.example.org"}, Admin: true}
 	if fmt.Sprint(created) != fmt.Sprint(want) {
 		t.Fatalf("created entry\n got %+v\nwant %+v", created, want)
@@ -71,7 +71,7 @@ func TestIntegrationServerLifecycle(t *testing.T) {
 	}{
 		{nil, []string{created.ID, id}},
 		{[]string{"--spiffe-id", "spiffe://example.org/web"}, []string{id}},
-		{[]string{"--parent-id", "spiffe://example.org/host/b"}, []string{created.ID}},
+		{[]string{"--parent-id", "spiffe://example.org/writ/agent/b"}, []string{created.ID}},
 		{[]string{"--selector", "unix:gid:50"}, []string{created.ID}},
 		{[]string{"--selector", "unix:uid:9"}, nil},
 	} {
@@ -105,8 +105,8 @@ func TestIntegrationServerLifecycle(t *testing.T) {
 	}
 
 	// Join tokens are fresh and printed alone.
-	tok1 := strings.TrimSpace(p.admin("token", "generate", "--spiffe-id", "spiffe://example.org/host/c"))
-	tok2 := strings.TrimSpace(p.admin("token", "generate", "--spiffe-id", "spiffe://example.org/host/c", "--ttl", "1m"))
+	tok1 := strings.TrimSpace(p.admin("token", "generate", "--spiffe-id", "spiffe://example.org/writ/agent/c"))
+	tok2 := strings.TrimSpace(p.admin("token", "generate", "--spiffe-id", "spiffe://example.org/writ/agent/c", "--ttl", "1m"))
 	if len(tok1) < 32 || tok1 == tok2 || strings.ContainsAny(tok1, " \n") {
 		t.Fatalf("tokens %q, %q", tok1, tok2)
 	}
@@ -166,7 +166,7 @@ func writeEntriesTB(t testing.TB, path string, n int, extra ...map[string]any) {
 	for i := range n {
 		entries = append(entries, map[string]any{
 			"spiffe_id": fmt.Sprintf("spiffe://example.org/batch/w%d", i),
-			"parent_id": fmt.Sprintf("spiffe://example.org/host/n%d", i%100),
+			"parent_id": fmt.Sprintf("spiffe://example.org/writ/agent/n%d", i%100),
 			"selectors": []string{fmt.Sprintf("unix:uid:%d", 10000+i)},
 		})
 	}
@@ -201,8 +201,8 @@ func TestIntegrationBatchImport(t *testing.T) {
 	// A file with a duplicate and an invalid entry: per-entry results,
 	// non-zero exit, the good entry created.
 	writeEntries(t, file, 0,
-		map[string]any{"spiffe_id": "spiffe://example.org/batch/w1", "parent_id": "spiffe://example.org/host/n1", "selectors": []string{"unix:uid:10001"}},
-		map[string]any{"spiffe_id": "spiffe://example.org/new", "parent_id": "spiffe://example.org/host/n1", "selectors": []string{"unix:uid:1"}},
+		map[string]any{"spiffe_id": "spiffe://example.org/batch/w1", "parent_id": "spiffe://example.org/writ/agent/n1", "selectors": []string{"unix:uid:10001"}},
+		map[string]any{"spiffe_id": "spiffe://example.org/new", "parent_id": "spiffe://example.org/writ/agent/n1", "selectors": []string{"unix:uid:1"}},
 		map[string]any{"spiffe_id": "spiffe://other.org/x", "parent_id": "spiffe://other.org/host/n1", "selectors": []string{"unix:uid:2"}},
 	)
 	out, errOut, code := runWrit(t, nil, "entry", "create", "--file", file, "--admin-socket", p.socket)
@@ -216,8 +216,8 @@ func TestIntegrationBatchImport(t *testing.T) {
 
 	// A malformed entry anywhere in the file: nothing is sent.
 	writeEntries(t, file, 0,
-		map[string]any{"spiffe_id": "spiffe://example.org/fine", "parent_id": "spiffe://example.org/host/n1", "selectors": []string{"unix:uid:3"}},
-		map[string]any{"spiffe_id": "spiffe://example.org/bad", "parent_id": "spiffe://example.org/host/n1", "selectors": []string{"unix:nope:3"}},
+		map[string]any{"spiffe_id": "spiffe://example.org/fine", "parent_id": "spiffe://example.org/writ/agent/n1", "selectors": []string{"unix:uid:3"}},
+		map[string]any{"spiffe_id": "spiffe://example.org/bad", "parent_id": "spiffe://example.org/writ/agent/n1", "selectors": []string{"unix:nope:3"}},
 	)
 	if out, errOut, code := runWrit(t, nil, "entry", "create", "--file", file, "--admin-socket", p.socket); code == 0 || !strings.Contains(errOut, "unknown unix key") {
 		t.Fatalf("malformed import: exit %d\n%s%s", code, out, errOut)
@@ -252,7 +252,7 @@ func TestIntegrationCrashDurability(t *testing.T) {
 				default:
 				}
 				out, _, code := runWrit(t, nil, "entry", "create", "--admin-socket", p.socket,
-					"--spiffe-id", fmt.Sprintf("spiffe://example.org/crash/%d/%d", w, i), "--parent-id", "spiffe://example.org/host/a", "--selector", "unix:uid:1")
+					"--spiffe-id", fmt.Sprintf("spiffe://example.org/crash/%d/%d", w, i), "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "unix:uid:1")
 				if code != 0 {
 					return // the server is gone
 				}
@@ -292,31 +292,33 @@ func TestIntegrationCrashDurability(t *testing.T) {
 
 func TestIntegrationBadInput(t *testing.T) {
 	p := startServer(t, filepath.Join(shortTempDir(t), "data"))
-	base := []string{"--parent-id", "spiffe://example.org/host/a", "--selector", "unix:uid:1000"}
+	base := []string{"--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "unix:uid:1000"}
 	p.admin(append([]string{"entry", "create", "--spiffe-id", "spiffe://example.org/dup"}, base...)...)
 	for _, tc := range []struct {
 		name string
 		args []string
 		msg  string // part of the message, lowercase
 	}{
-		{"dot segments", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a/../b", "--parent-id", "spiffe://example.org/host/a", "--selector", "unix:uid:1"}, "spiffe"},
-		{"uppercase trust domain", []string{"entry", "create", "--spiffe-id", "spiffe://Example.org/a", "--parent-id", "spiffe://example.org/host/a", "--selector", "unix:uid:1"}, "spiffe"},
-		{"trailing slash", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a/", "--parent-id", "spiffe://example.org/host/a", "--selector", "unix:uid:1"}, "spiffe"},
-		{"percent encoding", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/%61", "--parent-id", "spiffe://example.org/host/a", "--selector", "unix:uid:1"}, "spiffe"},
-		{"other trust domain", []string{"entry", "create", "--spiffe-id", "spiffe://other.org/a", "--parent-id", "spiffe://example.org/host/a", "--selector", "unix:uid:1"}, "trust domain"},
+		{"dot segments", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a/../b", "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "unix:uid:1"}, "spiffe"},
+		{"uppercase trust domain", []string{"entry", "create", "--spiffe-id", "spiffe://Example.org/a", "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "unix:uid:1"}, "spiffe"},
+		{"trailing slash", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a/", "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "unix:uid:1"}, "spiffe"},
+		{"percent encoding", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/%61", "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "unix:uid:1"}, "spiffe"},
+		{"other trust domain", []string{"entry", "create", "--spiffe-id", "spiffe://other.org/a", "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "unix:uid:1"}, "trust domain"},
 		{"parent other trust domain", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a", "--parent-id", "spiffe://other.org/host/a", "--selector", "unix:uid:1"}, "trust domain"},
-		{"selector without value", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a", "--parent-id", "spiffe://example.org/host/a", "--selector", "unix"}, "type:value"},
-		{"unknown unix key", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a", "--parent-id", "spiffe://example.org/host/a", "--selector", "unix:foo:1"}, "unknown unix key"},
+		{"selector without value", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a", "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "unix"}, "type:value"},
+		{"unknown unix key", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a", "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "unix:foo:1"}, "unknown unix key"},
 		{"negative ttl", append([]string{"entry", "create", "--spiffe-id", "spiffe://example.org/a", "--x509-ttl", "-1h"}, base...), "ttl"},
 		{"absurd ttl", append([]string{"entry", "create", "--spiffe-id", "spiffe://example.org/a", "--jwt-ttl", "100000h"}, base...), "ttl"},
 		{"invalid dns name", append([]string{"entry", "create", "--spiffe-id", "spiffe://example.org/a", "--dns-name", "bad_name.example.org"}, base...), "dns name"},
 		{"duplicate entry", append([]string{"entry", "create", "--spiffe-id", "spiffe://example.org/dup"}, base...), "already exists"},
-		{"oversized selector", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a", "--parent-id", "spiffe://example.org/host/a", "--selector", "k8s:" + strings.Repeat("x", 2000)}, "longer than"},
+		{"oversized selector", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a", "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "k8s:" + strings.Repeat("x", 2000)}, "longer than"},
 		{"unknown entry", []string{"entry", "show", "--id", "00000000-0000-4000-8000-000000000000"}, "not found"},
 		{"malformed entry id", []string{"entry", "delete", "--id", "../../etc"}, "entry id"},
-		{"token outside trust domain", []string{"token", "generate", "--spiffe-id", "spiffe://other.org/host/x"}, "trust domain"},
-		{"token bad ttl", []string{"token", "generate", "--spiffe-id", "spiffe://example.org/host/x", "--ttl", "-5m"}, "ttl"},
-		{"control characters", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a\x1b[31m", "--parent-id", "spiffe://example.org/host/a", "--selector", "unix:uid:1"}, "spiffe"},
+		{"entry with an agent's ID", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/writ/agent/b", "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "unix:uid:1"}, "reserved"},
+		{"token for a workload ID", []string{"token", "generate", "--spiffe-id", "spiffe://example.org/web"}, "not an agent id"},
+		{"token outside trust domain", []string{"token", "generate", "--spiffe-id", "spiffe://other.org/writ/agent/x"}, "trust domain"},
+		{"token bad ttl", []string{"token", "generate", "--spiffe-id", "spiffe://example.org/writ/agent/x", "--ttl", "-5m"}, "ttl"},
+		{"control characters", []string{"entry", "create", "--spiffe-id", "spiffe://example.org/a\x1b[31m", "--parent-id", "spiffe://example.org/writ/agent/a", "--selector", "unix:uid:1"}, "spiffe"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out, errOut, code := runWrit(t, nil, append(tc.args, "--admin-socket", p.socket)...)
@@ -444,7 +446,7 @@ func TestIntegrationAdminSocketUID(t *testing.T) {
 	if code == 0 || !strings.Contains(strings.ToLower(out), "permission") {
 		t.Fatalf("uid %d was not refused: exit %d %q", uid, code, out)
 	}
-	out, code = asOther("token", "generate", "--spiffe-id", "spiffe://example.org/host/x")
+	out, code = asOther("token", "generate", "--spiffe-id", "spiffe://example.org/writ/agent/x")
 	if code == 0 {
 		t.Fatalf("uid %d generated a token: %q", uid, out)
 	}

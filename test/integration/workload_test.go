@@ -66,12 +66,12 @@ func waitSVIDs(t *testing.T, p *agentProc, want []string) {
 // identity is refused.
 func TestIntegrationWorkloadAPI(t *testing.T) {
 	e := newNodeEnv(t)
-	a := startAgent(t, e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token("spiffe://example.org/host/a"))
-	b := startAgent(t, e.addr, filepath.Join(e.dir, "b"), e.bundle, e.token("spiffe://example.org/host/b"))
-	c := startAgent(t, e.addr, filepath.Join(e.dir, "c"), e.bundle, e.token("spiffe://example.org/host/c"))
-	e.entry("spiffe://example.org/web", "spiffe://example.org/host/a", "--dns-name", "web.example.org")
-	dbID := e.entry("spiffe://example.org/db", "spiffe://example.org/host/b")
-	e.entry("spiffe://example.org/intruder", "spiffe://example.org/host/c")
+	a := startAgent(t, e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token("spiffe://example.org/writ/agent/a"))
+	b := startAgent(t, e.addr, filepath.Join(e.dir, "b"), e.bundle, e.token("spiffe://example.org/writ/agent/b"))
+	c := startAgent(t, e.addr, filepath.Join(e.dir, "c"), e.bundle, e.token("spiffe://example.org/writ/agent/c"))
+	e.entry("spiffe://example.org/web", "spiffe://example.org/writ/agent/a", "--dns-name", "web.example.org")
+	dbID := e.entry("spiffe://example.org/db", "spiffe://example.org/writ/agent/b")
+	e.entry("spiffe://example.org/intruder", "spiffe://example.org/writ/agent/c")
 	waitSVIDs(t, a, []string{"spiffe://example.org/web"})
 	waitSVIDs(t, b, []string{"spiffe://example.org/db"})
 	waitSVIDs(t, c, []string{"spiffe://example.org/intruder"})
@@ -195,8 +195,8 @@ func TestMTLSClientHelper(t *testing.T) {
 // they expire, and rotation resumes by itself when the server returns.
 func TestIntegrationServerOutage(t *testing.T) {
 	e := newNodeEnv(t, "--default-x509-svid-ttl", "60s")
-	a := startAgent(t, e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token("spiffe://example.org/host/a"))
-	e.entry("spiffe://example.org/short", "spiffe://example.org/host/a", "--x509-ttl", "8s")
+	a := startAgent(t, e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token("spiffe://example.org/writ/agent/a"))
+	e.entry("spiffe://example.org/short", "spiffe://example.org/writ/agent/a", "--x509-ttl", "8s")
 	waitSVIDs(t, a, []string{"spiffe://example.org/short"})
 	// An 8s SVID is renewed about every 4s, not in a loop (the server
 	// backdates NotBefore by more than the TTL).
