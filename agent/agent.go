@@ -69,7 +69,7 @@ var (
 // Config configures an Agent.
 type Config struct {
 	// ServerAddress is the CA server's node API, host:port. With
-	// ServerAddresses, it is one more server, tried first in the list.
+	// ServerAddresses, it is one more server, first in the list.
 	ServerAddress string
 	// ServerAddresses are the node APIs of several servers sharing one
 	// datastore, host:port each. The agent holds one connection, to one
