@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -67,9 +68,18 @@ var (
 
 // Config configures an Agent.
 type Config struct {
-	// ServerAddress is the CA server's node API, host:port
-	// (DefaultServerAddress if empty).
+	// ServerAddress is the CA server's node API, host:port. With
+	// ServerAddresses, it is one more server, first in the list.
 	ServerAddress string
+	// ServerAddresses are the node APIs of several servers sharing one
+	// datastore, host:port each. The agent holds one connection, to one
+	// of them, and fails over to the next when it is lost; a host name
+	// counts as every address it resolves to. If neither ServerAddress
+	// nor ServerAddresses is set, DefaultServerAddress is used.
+	ServerAddresses []string
+	// Resolver looks up the servers' host names (net.DefaultResolver if
+	// nil).
+	Resolver Resolver
 	// TrustDomain is the trust domain of the server and of every SVID.
 	TrustDomain spiffeid.TrustDomain
 	// DataDir holds the agent's SVID, key and bundle (created 0700).
@@ -118,11 +128,14 @@ type Agent struct {
 	revoked atomic.Bool                       // the server refused the agent
 
 	// Owned by Run's goroutine.
-	dir        *datadir.Dir
-	state      *stateStore
-	joinToken  string // unused join token, for re-attestation
-	synced     atomic.Bool
-	lastErrMsg string
+	servers *serverPicker
+	// connectedTo is the server of the last session that synced.
+	connectedTo string
+	dir         *datadir.Dir
+	state       *stateStore
+	joinToken   string // unused join token, for re-attestation
+	synced      atomic.Bool
+	lastErrMsg  string
 }
 
 // New checks cfg, fills in defaults and returns an agent. It does no
@@ -134,15 +147,23 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.DataDir == "" {
 		return nil, fmt.Errorf("%w: data directory is required", ErrConfig)
 	}
-	if cfg.ServerAddress == "" {
-		cfg.ServerAddress = DefaultServerAddress
+	var servers []string
+	for _, addr := range append([]string{cfg.ServerAddress}, cfg.ServerAddresses...) {
+		if addr == "" || slices.Contains(servers, addr) {
+			continue
+		}
+		if err := checkHostPort(addr); err != nil {
+			return nil, fmt.Errorf("%w: server address %q: %v", ErrConfig, addr, err)
+		}
+		servers = append(servers, addr)
 	}
-	if err := checkHostPort(cfg.ServerAddress); err != nil {
-		return nil, fmt.Errorf("%w: server address %q: %v", ErrConfig, cfg.ServerAddress, err)
+	if len(servers) == 0 {
+		servers = []string{DefaultServerAddress}
 	}
 	if cfg.MaxX509SVIDs < 0 {
 		return nil, fmt.Errorf("%w: the X.509-SVID cache size must not be negative", ErrConfig)
 	}
+	cfg.ServerAddress, cfg.ServerAddresses = servers[0], servers
 	if cfg.TrustBundlePath != "" && cfg.InsecureBootstrap {
 		return nil, fmt.Errorf("%w: give a trust bundle or insecure bootstrap, not both", ErrConfig)
 	}
@@ -176,6 +197,7 @@ func New(cfg Config) (*Agent, error) {
 		adminSocket: adminSocket,
 		sched:       newScheduler(cfg.Clock),
 		ready:       make(chan struct{}),
+		servers:     newServerPicker(servers, cfg.Resolver, cfg.Logger),
 	}
 	a.cache, err = svidcache.New(svidcache.Config{
 		TrustDomain: cfg.TrustDomain,
@@ -292,7 +314,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	wg.Go(func() { a.sched.run(ctx) })
 	wg.Go(func() { a.signWanted(ctx) })
 	wg.Go(func() { health.serve() })
-	a.log.Info("agent started", "spiffe_id", a.ID().String(), "server_address", a.cfg.ServerAddress,
+	a.log.Info("agent started", "spiffe_id", a.ID().String(), "server_addresses", a.cfg.ServerAddresses,
 		"data_dir", dir.Path(), "admin_socket", a.adminSocket, "socket_path", a.cfg.SocketPath)
 
 	err = a.loop(ctx)
@@ -356,24 +378,26 @@ func (a *Agent) bootstrapTrust(saved *spiffebundle.Bundle) ([]*x509.Certificate,
 // authenticated, a refused token, a malformed answer.
 func (a *Agent) attestWithRetry(ctx context.Context, token string, trust []*x509.Certificate, insecure bool) error {
 	for attempt := 0; ; attempt++ {
-		err := a.attest(ctx, token, trust, insecure)
+		addr := a.servers.pick(ctx)
+		err := a.attest(ctx, addr, token, trust, insecure)
 		if err == nil || !errors.Is(err, nodeclient.ErrUnavailable) {
 			return err
 		}
-		d := ReconnectBackoff.Delay(attempt, rand.Float64())
-		a.log.Warn("attestation: server unavailable; retrying", "error", err, "retry_in", d)
+		// Every server once before backing off further.
+		d := ReconnectBackoff.Delay(attempt/a.servers.size(), rand.Float64())
+		a.log.Warn("attestation: server unavailable; retrying", "server_address", addr, "error", err, "retry_in", d)
 		if err := a.sleep(ctx, d); err != nil {
 			return err
 		}
 	}
 }
 
-func (a *Agent) attest(ctx context.Context, token string, trust []*x509.Certificate, insecure bool) error {
+func (a *Agent) attest(ctx context.Context, addr, token string, trust []*x509.Certificate, insecure bool) error {
 	if insecure {
-		a.log.Warn("insecure bootstrap: the server is NOT authenticated for this attestation; the join token goes to whichever server answers at " + a.cfg.ServerAddress + ", and the bundle it returns is trusted from now on")
+		a.log.Warn("insecure bootstrap: the server is NOT authenticated for this attestation; the join token goes to whichever server answers at " + addr + ", and the bundle it returns is trusted from now on")
 	}
 	c, err := nodeclient.New(nodeclient.Config{
-		Address:           a.cfg.ServerAddress,
+		Address:           addr,
 		TrustDomain:       a.td,
 		Authorities:       func() []*x509.Certificate { return trust },
 		InsecureBootstrap: insecure,
@@ -415,7 +439,7 @@ func (a *Agent) attest(ctx context.Context, token string, trust []*x509.Certific
 	a.setSVID(svid)
 	a.revoked.Store(false)
 	a.joinToken = ""
-	a.log.Info("agent attested", "spiffe_id", svid.id.String(), "not_after", svid.notAfter)
+	a.log.Info("agent attested", "spiffe_id", svid.id.String(), "not_after", svid.notAfter, "server_address", addr)
 	return nil
 }
 
@@ -445,7 +469,8 @@ func (a *Agent) loop(ctx context.Context) error {
 			return err
 		}
 		began := a.clk.Now()
-		healthy, err := a.session(ctx)
+		addr := a.servers.pick(ctx)
+		healthy, err := a.session(ctx, addr)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -453,7 +478,8 @@ func (a *Agent) loop(ctx context.Context) error {
 		switch {
 		case errors.Is(err, errRenewed):
 			attempt = 0
-			continue // reconnect at once with the new certificate
+			a.servers.again()
+			continue // reconnect at once, to the same server, with the new certificate
 		case errors.Is(err, nodeclient.ErrPermissionDenied):
 			a.onRevoked(err)
 			if a.joinToken != "" {
@@ -473,29 +499,31 @@ func (a *Agent) loop(ctx context.Context) error {
 			wait = ReconnectBackoff.Delay(attempt, rand.Float64())
 			attempt++
 		case healthy:
-			a.log.Warn("connection to the server lost; serving cached SVIDs until it is back", "error", err)
+			a.log.Warn("connection to the server lost; serving cached SVIDs until one is back", "server_address", addr, "error", err)
 			// A random delay first, so that agents that lost a restarted
-			// server together come back spread out. Connections that
-			// keep breaking soon after they start back off as failures.
+			// server together come back spread out (to the next server,
+			// when there are several). Connections that keep breaking
+			// soon after they start back off as failures.
 			if a.clk.Now().Sub(began) >= stableSession {
 				attempt = 0
 			}
 			wait = time.Duration(rand.Float64() * float64(ReconnectSpread))
 			if attempt > 0 {
-				wait = max(wait, ReconnectBackoff.Delay(attempt, rand.Float64()))
+				wait = max(wait, ReconnectBackoff.Delay(attempt/a.servers.size(), rand.Float64()))
 			}
 			attempt++
 		default:
-			msg := err.Error()
+			msg := addr + ": " + err.Error()
 			if msg != a.lastErrMsg && errors.Is(err, nodeclient.ErrServerNotTrusted) {
-				a.log.Error("the server's certificate does not verify against the trust bundle; not talking to it", "error", err, "attempt", attempt+1)
+				a.log.Error("the server's certificate does not verify against the trust bundle; not talking to it", "server_address", addr, "error", err, "attempt", attempt+1)
 			} else if msg != a.lastErrMsg || attempt == 0 {
-				a.log.Warn("cannot reach the server; retrying", "error", err, "attempt", attempt+1)
+				a.log.Warn("cannot reach the server; retrying", "server_address", addr, "error", err, "attempt", attempt+1)
 			} else {
-				a.log.Debug("cannot reach the server; retrying", "error", err, "attempt", attempt+1)
+				a.log.Debug("cannot reach the server; retrying", "server_address", addr, "error", err, "attempt", attempt+1)
 			}
 			a.lastErrMsg = msg
-			wait = ReconnectBackoff.Delay(attempt, rand.Float64())
+			// Every server once before backing off further.
+			wait = ReconnectBackoff.Delay(attempt/a.servers.size(), rand.Float64())
 			attempt++
 		}
 		if err := a.sleep(ctx, wait); err != nil {

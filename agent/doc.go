@@ -59,6 +59,20 @@
 // restarted server all at once; the first start has no delay. The full
 // Sync message after reconnecting replaces the cache's entries.
 //
+// # Several servers
+//
+// Config.ServerAddresses lists servers that share one datastore (and so
+// one agent list and bundle). The agent holds one connection, to one of
+// them, starting at a random one; each new attempt, after a lost
+// connection or a failed one, goes to the next in turn, a host name
+// counting as each address it resolves to (resolved again every round).
+// Backoff grows once per round of all servers. Every server is
+// authenticated as the one server is (its SVID, for the trust domain's
+// server ID, against the bundle); the agent keeps its agent SVID and key
+// (no re-attestation), the cache keeps serving, and signing goes to the
+// server connected at the time. A renewed agent SVID reconnects to the
+// same server.
+//
 // # Revocation and health
 //
 // When the server refuses the agent (PermissionDenied: evicted, banned),

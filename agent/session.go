@@ -30,9 +30,9 @@ var errNoFirstMessage = errors.New("no first Sync message from the server in tim
 // session runs one connection: renew the agent SVID if due, open Sync,
 // apply its messages, sign what is pending and renew on time. healthy
 // reports whether it got as far as the first full Sync message.
-func (a *Agent) session(ctx context.Context) (healthy bool, err error) {
+func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err error) {
 	c, err := nodeclient.New(nodeclient.Config{
-		Address:     a.cfg.ServerAddress,
+		Address:     addr,
 		TrustDomain: a.td,
 		Authorities: a.authorities,
 		Certificate: &a.cert,
@@ -66,7 +66,11 @@ func (a *Agent) session(ctx context.Context) (healthy bool, err error) {
 		return false, fmt.Errorf("%w: first Sync message is not a full one", nodeclient.ErrProtocol)
 	}
 	if a.revoked.Swap(false) {
-		a.log.Info("the server accepts the agent again")
+		a.log.Info("the server accepts the agent again", "server_address", addr)
+	}
+	if a.connectedTo != addr {
+		a.log.Info("connected to the server", "server_address", addr)
+		a.connectedTo = addr
 	}
 	a.applySync(msg)
 	a.client.Store(c)

@@ -71,6 +71,7 @@ type env struct {
 	agents  adminv1.AgentServiceClient
 	tokens  adminv1.JoinTokenServiceClient
 	bundles adminv1.BundleServiceClient
+	servers adminv1.ServerServiceClient
 	health  healthpb.HealthClient
 	// unlistedCalled is set if the handler of unlistedMethod ran.
 	unlistedCalled atomic.Bool
@@ -165,6 +166,7 @@ func newEnv(t *testing.T, opts envOptions) *env {
 	e.agents = adminv1.NewAgentServiceClient(conn)
 	e.tokens = adminv1.NewJoinTokenServiceClient(conn)
 	e.bundles = adminv1.NewBundleServiceClient(conn)
+	e.servers = adminv1.NewServerServiceClient(conn)
 	e.health = healthpb.NewHealthClient(conn)
 	return e
 }

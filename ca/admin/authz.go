@@ -43,6 +43,8 @@ var rules = map[string]rule{
 
 	adminv1.BundleService_GetBundle_FullMethodName: {},
 
+	adminv1.ServerService_ListServers_FullMethodName: {},
+
 	healthpb.Health_Check_FullMethodName: {public: true},
 	healthpb.Health_Watch_FullMethodName: {public: true},
 }

@@ -22,6 +22,7 @@ func TestRulesCoverAdminAPI(t *testing.T) {
 		adminv1.AgentService_ServiceDesc,
 		adminv1.JoinTokenService_ServiceDesc,
 		adminv1.BundleService_ServiceDesc,
+		adminv1.ServerService_ServiceDesc,
 	} {
 		var names []string
 		for _, m := range desc.Methods {

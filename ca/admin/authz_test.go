@@ -93,6 +93,10 @@ func adminCalls() []adminCall {
 			_, err := adminv1.NewBundleServiceClient(c).GetBundle(ctx, &adminv1.GetBundleRequest{})
 			return err
 		}},
+		{adminv1.ServerService_ListServers_FullMethodName, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adminv1.NewServerServiceClient(c).ListServers(ctx, &adminv1.ListServersRequest{})
+			return err
+		}},
 	}
 }
 

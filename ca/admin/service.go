@@ -60,6 +60,8 @@ type Store interface {
 	CreateJoinToken(ctx context.Context, t *datastore.JoinToken) error
 
 	FetchBundle(ctx context.Context, td spiffeid.TrustDomain) (*spiffebundle.Bundle, error)
+
+	ListServers(ctx context.Context) ([]*datastore.Server, error)
 }
 
 // Config configures a Service.
@@ -159,4 +161,5 @@ func (s *Service) Register(g *grpc.Server) {
 	adminv1.RegisterAgentServiceServer(g, &agentService{s: s})
 	adminv1.RegisterJoinTokenServiceServer(g, &joinTokenService{s: s})
 	adminv1.RegisterBundleServiceServer(g, &bundleService{s: s})
+	adminv1.RegisterServerServiceServer(g, &serverService{s: s})
 }

@@ -93,6 +93,7 @@ func (f failingStore) CreateJoinToken(context.Context, *datastore.JoinToken) err
 func (f failingStore) FetchBundle(context.Context, spiffeid.TrustDomain) (*spiffebundle.Bundle, error) {
 	return nil, f.err
 }
+func (f failingStore) ListServers(context.Context) ([]*datastore.Server, error) { return nil, f.err }
 
 // TestStoreFailureIsInternal checks that a store failure reaches the
 // caller as a bare Internal and its detail is logged once.

@@ -21,6 +21,7 @@ type testStore interface {
 	CreateAgent(ctx context.Context, a *datastore.Agent) error
 	ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (*datastore.JoinToken, error)
 	UpdateBundle(ctx context.Context, td spiffeid.TrustDomain, fn func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error)) (*spiffebundle.Bundle, error)
+	PutServer(ctx context.Context, s *datastore.Server) error
 }
 
 // newStore opens a boltstore in t's temporary directory. At cleanup it

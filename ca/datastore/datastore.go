@@ -110,6 +110,13 @@ type Store interface {
 	ListCAKeys(ctx context.Context) ([]*CAKey, error)
 	DeleteCAKey(ctx context.Context, id string) error
 
+	// PutServer creates or replaces the record of the server with s.ID.
+	// It records no event and wakes no watcher: it is a heartbeat, not a
+	// change agents see.
+	PutServer(ctx context.Context, s *Server) error
+	// ListServers returns every server record, in ID order.
+	ListServers(ctx context.Context) ([]*Server, error)
+
 	// Events returns up to limit events with revisions above after, in
 	// revision order. ErrEventsPruned means some were dropped.
 	Events(ctx context.Context, after uint64, limit int) ([]Event, error)

@@ -19,7 +19,7 @@ import (
 
 	"writ.dev/writ/ca/admin"
 	"writ.dev/writ/ca/clock"
-	"writ.dev/writ/ca/datastore/boltstore"
+	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/keymanager"
 	"writ.dev/writ/ca/nodeapi"
@@ -62,6 +62,15 @@ type Config struct {
 	AdminUIDs []uint32
 	Logger    *slog.Logger
 	Clock     clock.Clock
+
+	// Datastore names the datastore (see ParseDatastore): empty or "bolt"
+	// for the bbolt file in DataDir, or a postgres:// URL, which
+	// OpenPostgres opens with DatastorePassword.
+	Datastore         string
+	DatastorePassword string
+	// OpenPostgres opens a PostgreSQL datastore. Without it a postgres://
+	// Datastore is refused with ErrDatastoreUnavailable.
+	OpenPostgres func(ctx context.Context, connString, password string) (datastore.Store, error)
 }
 
 // Server is a CA server.
@@ -112,6 +121,9 @@ func New(cfg Config) (*Server, error) {
 	if len(cfg.AdminSocket) > 100 {
 		return nil, fmt.Errorf("admin socket path %s is too long for a Unix socket (%d bytes, at most 100)", cfg.AdminSocket, len(cfg.AdminSocket))
 	}
+	if _, err := ParseDatastore(cfg.Datastore); err != nil {
+		return nil, err
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -138,10 +150,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	defer dir.Close()
-	if err := checkState(dir); err != nil {
-		return err
-	}
-	store, err := boltstore.Open(dir.Join(DatastoreFile), boltstore.Options{Logger: log})
+	store, err := s.openStore(ctx, dir)
 	if err != nil {
 		return err
 	}
@@ -169,6 +178,14 @@ func (s *Server) Run(ctx context.Context) error {
 		return fmt.Errorf("listen on %s: %w", s.cfg.BindAddress, err)
 	}
 	defer nodeLis.Close()
+	serverID, err := LoadOrCreateServerID(dir.Path())
+	if err != nil {
+		return err
+	}
+	reg := newRegistry(store, s.cfg.Clock, log, serverID, advertisedAddress(s.cfg.BindAddress, nodeLis.Addr()))
+	if err := reg.register(ctx); err != nil {
+		return fmt.Errorf("register server %s in the datastore: %w", serverID, err)
+	}
 	nodeGRPC := grpc.NewServer(nodeSvc.ServerOptions()...)
 	nodeSvc.Register(nodeGRPC)
 
@@ -203,7 +220,7 @@ func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 4)
+	errc := make(chan error, 5)
 	run := func(name string, fn func() error) {
 		wg.Add(1)
 		go func() {
@@ -215,6 +232,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	run("key manager", func() error { return km.Run(ctx) })
 	run("node API", func() error { return nodeSvc.Run(ctx) })
+	run("server registry", func() error { return reg.run(ctx) })
 	select {
 	case <-nodeSvc.Ready():
 	case err := <-errc:
@@ -228,7 +246,7 @@ func (s *Server) Run(ctx context.Context) error {
 	run("node API listener", func() error { return nodeGRPC.Serve(nodeLis) })
 	run("admin API", func() error { return adminGRPC.Serve(adminLis) })
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	log.Info("server ready", "trust_domain", s.cfg.TrustDomain.Name(), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", nodeLis.Addr().String())
+	log.Info("server ready", "trust_domain", s.cfg.TrustDomain.Name(), "server_id", serverID, "datastore", RedactDatastore(s.cfg.Datastore), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", nodeLis.Addr().String())
 
 	var runErr error
 	select {

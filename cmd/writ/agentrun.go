@@ -35,7 +35,7 @@ const agentMemoryLimit = 32 << 20
 func agentRunCommand() *cli.Command {
 	flags := []cli.Flag{
 		&cli.StringFlag{Name: "config", Usage: "YAML file of flag values (keys are flag names); flags and environment variables override it", EnvVars: []string{"WRIT_CONFIG"}, TakesFile: true},
-		altsrc.NewStringFlag(&cli.StringFlag{Name: "server-address", Value: agent.DefaultServerAddress, Usage: "host:port of the CA server's node API", EnvVars: []string{"WRIT_SERVER_ADDRESS"}}),
+		newMultiValueFlag(&cli.StringSliceFlag{Name: "server-address", DefaultText: agent.DefaultServerAddress, Usage: "host:port of a CA server's node API; repeat the flag, or separate with commas, for several servers sharing a datastore (the agent fails over between them)", EnvVars: []string{"WRIT_SERVER_ADDRESS"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "trust-domain", Usage: "the trust domain of the server, e.g. example.org (required)", EnvVars: []string{"WRIT_TRUST_DOMAIN"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "data-dir", Value: defaultAgentDataDir, Usage: "directory of the agent's SVID, key and bundle (created 0700)", EnvVars: []string{"WRIT_AGENT_DATA_DIR"}, TakesFile: true}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "socket-path", Value: defaultWorkloadSocket, Usage: "path of the Workload API socket; its directory must be reachable by the workloads (not inside the 0700 data dir)", EnvVars: []string{"WRIT_AGENT_SOCKET_PATH"}, TakesFile: true}),
@@ -100,7 +100,7 @@ func agentRun(c *cli.Context) error {
 		return usagef(c, "--workload-max-connections-per-uid %d must be between 1 and %d (the bound on all connections)", perUID, workloadapi.DefaultMaxConnections)
 	}
 	a, err := agent.New(agent.Config{
-		ServerAddress:     c.String("server-address"),
+		ServerAddresses:   splitList(c.StringSlice("server-address")),
 		TrustDomain:       td,
 		DataDir:           dataDir,
 		SocketPath:        socket,

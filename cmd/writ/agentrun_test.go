@@ -28,6 +28,10 @@ func TestAgentRunFlags(t *testing.T) {
 	// Every case names its own socket: the default one may be a running
 	// agent's.
 	sock := filepath.Join(dir, "api.sock")
+	listCfg := filepath.Join(dir, "agent-list.yaml")
+	if err := os.WriteFile(listCfg, []byte("trust-domain: example.org\ndata-dir: "+data+"\nsocket-path: "+sock+"\nserver-address:\n  - 127.0.0.1:1\n  - second-nohost\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cfgFile := filepath.Join(dir, "agent.yaml")
 	if err := os.WriteFile(cfgFile, []byte("trust-domain: example.org\ndata-dir: "+data+"\nsocket-path: "+sock+"\nserver-address: 127.0.0.1:1\n"), 0o600); err != nil {
 		t.Fatal(err)
@@ -42,6 +46,12 @@ func TestAgentRunFlags(t *testing.T) {
 		{"no trust domain", []string{"agent", "run", "--socket-path", sock, "--data-dir", data}, nil, exitUsage, "--trust-domain is required"},
 		{"bad trust domain", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "Example.org", "--data-dir", data}, nil, exitUsage, "not a valid trust domain"},
 		{"bad server address", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", data, "--server-address", "nohost"}, nil, exitUsage, "server address"},
+		{"second server address repeated", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", data, "--server-address", "127.0.0.1:1", "--server-address", "second-nohost"}, nil, exitUsage, `server address "second-nohost"`},
+		{"second server address after a comma", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", data, "--server-address", "127.0.0.1:1, second-nohost"}, nil, exitUsage, `server address "second-nohost"`},
+		{"second server address in the environment", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", data}, map[string]string{"WRIT_SERVER_ADDRESS": "127.0.0.1:1,second-nohost"}, exitUsage, `server address "second-nohost"`},
+		{"second server address in a config file list", []string{"agent", "run", "--config", listCfg}, nil, exitUsage, `server address "second-nohost"`},
+		{"flag overrides the config file list", []string{"agent", "run", "--config", listCfg, "--server-address", "127.0.0.1:1"}, nil, exitError, "--join-token"},
+		{"several good server addresses", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", data, "--server-address", "127.0.0.1:1,127.0.0.1:2", "--server-address", "localhost:3"}, nil, exitError, "--join-token"},
 		{"socket path too long", []string{"agent", "run", "--trust-domain", "example.org", "--data-dir", data, "--socket-path", "/" + strings.Repeat("s", 120)}, nil, exitUsage, "longer than the 103"},
 		{"data dir too long for the admin socket", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", "/" + strings.Repeat("d", 100)}, nil, exitUsage, "--data-dir"},
 		{"both bootstraps", []string{"agent", "run", "--socket-path", sock, "--trust-domain", "example.org", "--data-dir", data, "--trust-bundle", "x.pem", "--insecure-bootstrap"}, nil, exitUsage, "exclude each other"},

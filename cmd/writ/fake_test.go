@@ -30,6 +30,7 @@ type fakeAdmin struct {
 	adminv1.UnimplementedAgentServiceServer
 	adminv1.UnimplementedJoinTokenServiceServer
 	adminv1.UnimplementedBundleServiceServer
+	adminv1.UnimplementedServerServiceServer
 
 	socket string
 
@@ -44,6 +45,7 @@ type fakeAdmin struct {
 	lastToken  *adminv1.GenerateJoinTokenRequest
 	agents     []*adminv1.Agent
 	bundle     *adminv1.GetBundleResponse
+	servers    []*adminv1.Server
 	// fail, when set, is returned by every call.
 	fail error
 	// forget makes BatchCreateEntry answer as if it created every entry
@@ -86,6 +88,7 @@ func startFake(t *testing.T) *fakeAdmin {
 	adminv1.RegisterAgentServiceServer(s, f)
 	adminv1.RegisterJoinTokenServiceServer(s, f)
 	adminv1.RegisterBundleServiceServer(s, f)
+	adminv1.RegisterServerServiceServer(s, f)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -115,6 +118,22 @@ func (f *fakeAdmin) setAgents(agents []*adminv1.Agent) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.agents = agents
+}
+
+func (f *fakeAdmin) setServers(servers []*adminv1.Server) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.servers = servers
+}
+
+func (f *fakeAdmin) ListServers(context.Context, *adminv1.ListServersRequest) (*adminv1.ListServersResponse, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make([]*adminv1.Server, len(f.servers))
+	for i, s := range f.servers {
+		out[i] = proto.Clone(s).(*adminv1.Server)
+	}
+	return &adminv1.ListServersResponse{Servers: out}, nil
 }
 
 func (f *fakeAdmin) setBundle(b *adminv1.GetBundleResponse) {

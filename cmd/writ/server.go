@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -9,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	ds "writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/datastore/pgstore"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/urfave/cli/v2"
@@ -32,6 +35,8 @@ func serverCommand() *cli.Command {
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "default-x509-svid-ttl", Value: server.DefaultX509SVIDTTL, Usage: "X.509-SVID lifetime for entries that set none", EnvVars: []string{"WRIT_DEFAULT_X509_SVID_TTL"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "default-jwt-svid-ttl", Value: server.DefaultJWTSVIDTTL, Usage: "JWT-SVID lifetime for entries that set none", EnvVars: []string{"WRIT_DEFAULT_JWT_SVID_TTL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "ca-key-type", Value: server.DefaultKeyType, Usage: "key type of new CA keys: ec-p256, ec-p384 or rsa-2048", EnvVars: []string{"WRIT_CA_KEY_TYPE"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "datastore", Value: server.BackendBolt, Usage: "where the server keeps its state: bolt (a file in the data dir)", EnvVars: []string{"WRIT_DATASTORE"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "datastore-password-file", Usage: "`FILE` holding the datastore password (not readable by group or others)", EnvVars: []string{"WRIT_DATASTORE_PASSWORD_FILE"}, TakesFile: true}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "admin-uid", Usage: "uid allowed to call the admin API besides root and the server's own uid (repeatable)", EnvVars: []string{"WRIT_ADMIN_UIDS"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"WRIT_LOG_FORMAT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"WRIT_LOG_LEVEL"}}),
@@ -57,6 +62,7 @@ func serverCommand() *cli.Command {
 				},
 				Action: serverHealthcheck,
 			},
+			serverListCommand(),
 		},
 	}
 }
@@ -102,6 +108,20 @@ func serverRun(c *cli.Context) error {
 			uids = append(uids, uint32(uid))
 		}
 	}
+	datastore := c.String("datastore")
+	backend, err := server.ParseDatastore(datastore)
+	if err != nil {
+		return usagef(c, "--datastore: %v", err)
+	}
+	var password string
+	if path := c.String("datastore-password-file"); path != "" {
+		if backend == server.BackendBolt {
+			return usagef(c, "--datastore-password-file is for a database datastore, not %s", server.BackendBolt)
+		}
+		if password, err = readPasswordFile(path); err != nil {
+			return fmt.Errorf("--datastore-password-file: %w", err)
+		}
+	}
 	srv, err := server.New(server.Config{
 		TrustDomain:        td,
 		DataDir:            c.String("data-dir"),
@@ -113,6 +133,11 @@ func serverRun(c *cli.Context) error {
 		CAKeyType:          c.String("ca-key-type"),
 		AdminUIDs:          uids,
 		Logger:             logger,
+		Datastore:          datastore,
+		DatastorePassword:  password,
+		OpenPostgres: func(ctx context.Context, connString, password string) (ds.Store, error) {
+			return pgstore.Open(ctx, pgstore.Config{ConnString: connString, Password: password, Logger: logger})
+		},
 	})
 	if err != nil {
 		return usagef(c, "%v", err)

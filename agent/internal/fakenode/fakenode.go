@@ -161,6 +161,33 @@ func Start(t testing.TB, opts Options) *Server {
 	return s
 }
 
+// StartPeer starts a second fake server on 127.0.0.1:0 that shares p's
+// trust domain, CA, JWT key, bundle and agent ID, as servers sharing a
+// datastore do: an agent attested by one is accepted by the other. Its
+// entries, join tokens, eviction and recorded calls are its own. It stops
+// at the end of the test.
+func StartPeer(t testing.TB, p *Server) *Server {
+	t.Helper()
+	s := &Server{
+		t: t, opts: p.opts, td: p.td, clk: p.clk,
+		ca: p.ca, jwtKey: p.jwtKey, caNotAft: p.caNotAft, bundle: p.bundle,
+		agentID: p.agentID, serverID: p.serverID,
+		tokens:     make(map[string]bool),
+		entries:    make(map[string]*nodev1.Entry),
+		streams:    make(map[chan *nodev1.SyncResponse]struct{}),
+		signed:     make(map[string]int),
+		lastSigned: make(map[string]time.Time),
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.addr = lis.Addr().String()
+	s.serve(lis)
+	t.Cleanup(s.Stop)
+	return s
+}
+
 func must[T any](v T, err error) T {
 	if err != nil {
 		panic(err)
@@ -280,6 +307,14 @@ func (s *Server) AddJoinToken() string {
 	s.tokens[tok] = true
 	s.mu.Unlock()
 	return tok
+}
+
+// AllowJoinToken makes tok a valid one-time join token of this server
+// (a token of a peer, say).
+func (s *Server) AllowJoinToken(tok string) {
+	s.mu.Lock()
+	s.tokens[tok] = true
+	s.mu.Unlock()
 }
 
 // Evict makes the server refuse the agent with PermissionDenied (evicted

@@ -481,6 +481,33 @@ func decodeCAKey(b []byte) (*datastore.CAKey, error) {
 	return k, nil
 }
 
+// Servers.
+
+func encodeServer(s *datastore.Server) []byte {
+	e := newEncoder(64 + len(s.ID) + len(s.Address) + len(s.Version))
+	e.str(s.ID)
+	e.str(s.Address)
+	e.str(s.Version)
+	e.time(s.StartedAt)
+	e.time(s.Heartbeat)
+	return e.finish()
+}
+
+func decodeServer(b []byte) (*datastore.Server, error) {
+	d := newDecoder(b)
+	s := &datastore.Server{
+		ID:        d.str(),
+		Address:   d.str(),
+		Version:   d.str(),
+		StartedAt: d.time(),
+		Heartbeat: d.time(),
+	}
+	if err := d.done(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
 // Bundles are stored field by field rather than as the JWKS document of
 // the SPIFFE bundle format: the JWKS form cannot hold an empty bundle,
 // rounds the refresh hint to seconds and orders JWT keys at random. Here

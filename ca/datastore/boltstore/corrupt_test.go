@@ -37,6 +37,25 @@ func newFile(t *testing.T, n int) string {
 	return path
 }
 
+// newFileWithServer makes a datastore holding one server record and
+// returns its path.
+func newFileWithServer(t *testing.T) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "writ.db")
+	s, err := boltstore.Open(path, boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if err := s.PutServer(t.Context(), &datastore.Server{ID: "0123456789abcdef", Address: "127.0.0.1:8081", Version: "v1", StartedAt: now, Heartbeat: now}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
 func randomBytes(n int) []byte {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
@@ -132,6 +151,24 @@ func TestCorruptFile(t *testing.T) {
 			copyFile(t, newFile(t, 10), path)
 			editBolt(t, path, func(tx *bbolt.Tx) error {
 				return tx.Bucket(boltstore.BucketBySelector).Put([]byte("\x01x\x01y-no-such-entry"), []byte{1})
+			})
+		}},
+		{"server record garbage", func(t *testing.T, path string) {
+			copyFile(t, newFileWithServer(t), path)
+			editBolt(t, path, func(tx *bbolt.Tx) error {
+				b := tx.Bucket(boltstore.BucketServers)
+				k, v := b.Cursor().First()
+				v = bytes.Clone(v)
+				v[len(v)/2] ^= 0x01
+				return b.Put(bytes.Clone(k), v)
+			})
+		}},
+		{"server record under another ID", func(t *testing.T, path string) {
+			copyFile(t, newFileWithServer(t), path)
+			editBolt(t, path, func(tx *bbolt.Tx) error {
+				b := tx.Bucket(boltstore.BucketServers)
+				_, v := b.Cursor().First()
+				return b.Put([]byte("0000000000000000"), bytes.Clone(v))
 			})
 		}},
 		{"event missing from the log", func(t *testing.T, path string) {
@@ -301,4 +338,32 @@ func TestEveryLivePageDamaged(t *testing.T) {
 		}
 	}
 	t.Logf("%d live pages refused, %d free pages accepted", len(live), min(len(free), 5))
+}
+
+// TestOpenAddsServersBucket checks that a file written before server
+// records existed opens, gains the bucket, and keeps its entries.
+func TestOpenAddsServersBucket(t *testing.T) {
+	path := newFile(t, 10)
+	editBolt(t, path, func(tx *bbolt.Tx) error {
+		return tx.DeleteBucket(boltstore.BucketServers)
+	})
+	s, err := boltstore.Open(path, boltstore.Options{Logger: testLogger(t)})
+	if err != nil {
+		t.Fatalf("Open of a file without the servers bucket: %v", err)
+	}
+	defer s.Close()
+	ctx := t.Context()
+	if list, err := s.ListServers(ctx); err != nil || len(list) != 0 {
+		t.Fatalf("ListServers: %v, %v; want none", list, err)
+	}
+	now := time.Now()
+	if err := s.PutServer(ctx, &datastore.Server{ID: "0123456789abcdef", Address: "127.0.0.1:8081", StartedAt: now, Heartbeat: now}); err != nil {
+		t.Fatalf("PutServer: %v", err)
+	}
+	if list, err := s.ListServers(ctx); err != nil || len(list) != 1 {
+		t.Fatalf("ListServers: %v, %v; want one", list, err)
+	}
+	if entries, err := s.ListEntries(ctx, datastore.EntryFilter{}); err != nil || len(entries) != 10 {
+		t.Fatalf("ListEntries: %d entries, %v; want 10", len(entries), err)
+	}
 }

@@ -6,5 +6,6 @@ var (
 	BucketEntries    = bucketEntries
 	BucketBySelector = bucketBySelector
 	BucketEvents     = bucketEvents
+	BucketServers    = bucketServers
 	KeyFormat        = keyFormat
 )

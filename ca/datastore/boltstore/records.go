@@ -457,3 +457,52 @@ func (s *Store) DeleteCAKey(ctx context.Context, id string) error {
 	}
 	return nil
 }
+
+// Servers, keyed by server ID.
+
+// errNoServersBucket is returned if the servers bucket is missing from
+// an open store; Open creates it, so only damage removes it.
+var errNoServersBucket = fmt.Errorf("%w: bucket %q is missing", datastore.ErrCorrupt, bucketServers)
+
+// PutServer creates or replaces the record of the server with srv.ID. It
+// logs no event and wakes no watcher.
+func (s *Store) PutServer(ctx context.Context, srv *datastore.Server) error {
+	if srv == nil || srv.ID == "" || len(srv.ID) > maxKeyLength {
+		return fmt.Errorf("put server: %w", invalid("server ID is empty or longer than %d bytes", maxKeyLength))
+	}
+	err := s.update(ctx, func(w *writer) error {
+		if w.servers == nil {
+			return errNoServersBucket
+		}
+		return w.servers.Put([]byte(srv.ID), encodeServer(srv))
+	})
+	if err != nil {
+		return fmt.Errorf("put server: %w", err)
+	}
+	return nil
+}
+
+// ListServers returns every server record, in ID order.
+func (s *Store) ListServers(ctx context.Context) ([]*datastore.Server, error) {
+	var out []*datastore.Server
+	err := s.view(ctx, func(r *reader) error {
+		if r.servers == nil {
+			return errNoServersBucket
+		}
+		return r.servers.ForEach(func(k, v []byte) error {
+			srv, err := decodeServer(v)
+			if err == nil && srv.ID != string(k) {
+				err = fmt.Errorf("%w: stored under another ID", errDecode)
+			}
+			if err != nil {
+				return corrupt(fmt.Sprintf("server %q", k), err)
+			}
+			out = append(out, srv)
+			return nil
+		})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("list servers: %w", err)
+	}
+	return out, nil
+}

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"syscall"
 	"time"
@@ -59,6 +60,7 @@ const (
 //	join_tokens           hash -> token record
 //	bundles               trust domain -> bundle record
 //	ca_keys               ID -> CA key record
+//	servers               server ID -> server record
 //	meta                  format, revision, pruned
 var (
 	bucketMeta       = []byte("meta")
@@ -73,12 +75,17 @@ var (
 	bucketBundles    = []byte("bundles")
 	bucketCAKeys     = []byte("ca_keys")
 	bucketEvents     = []byte("events")
+	// bucketServers came after format 1 was first written: files made
+	// before it have no such bucket, and Open adds it.
+	bucketServers = []byte("servers")
 
 	allBuckets = [][]byte{
 		bucketMeta, bucketEntries, bucketEntryIDs, bucketBySPIFFEID, bucketByParentID,
 		bucketBySelector, bucketUnique, bucketAgents, bucketJoinTokens,
 		bucketBundles, bucketCAKeys, bucketEvents,
 	}
+	// addedBuckets are created by Open in files that lack them.
+	addedBuckets = [][]byte{bucketServers}
 )
 
 // Keys of the meta bucket.
@@ -188,6 +195,10 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := addBuckets(db); err != nil {
+		_ = db.Close()
+		return nil, fmt.Errorf("open datastore %s: %w", path, err)
+	}
 	log.Debug("opened datastore", logKeyPath, path)
 	return &Store{
 		db:        db,
@@ -221,7 +232,7 @@ func create(path string) (err error) {
 	}
 	// bbolt syncs the file on commit.
 	err = db.Update(func(tx *bbolt.Tx) error {
-		for _, name := range allBuckets {
+		for _, name := range slices.Concat(allBuckets, addedBuckets) {
 			if _, err := tx.CreateBucket(name); err != nil {
 				return err
 			}
@@ -257,6 +268,29 @@ func syncDir(dir string) error {
 		err = cerr
 	}
 	return err
+}
+
+// addBuckets creates the addedBuckets a file made by an earlier writ
+// lacks. It writes nothing when they all exist.
+func addBuckets(db *bbolt.DB) error {
+	missing := false
+	_ = db.View(func(tx *bbolt.Tx) error {
+		for _, name := range addedBuckets {
+			missing = missing || tx.Bucket(name) == nil
+		}
+		return nil
+	})
+	if !missing {
+		return nil
+	}
+	return db.Update(func(tx *bbolt.Tx) error {
+		for _, name := range addedBuckets {
+			if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }
 
 // openBolt opens an existing bbolt file and classifies failures.
@@ -433,6 +467,9 @@ type reader struct {
 	bySPIFFEID, byParentID, bySelector      *bbolt.Bucket
 	unique, agents, tokens, bundles, caKeys *bbolt.Bucket
 	events                                  *bbolt.Bucket
+	// servers is nil only while Open verifies a file made before it
+	// existed.
+	servers *bbolt.Bucket
 }
 
 func newReader(ctx context.Context, tx *bbolt.Tx) (*reader, error) {
@@ -458,6 +495,7 @@ func newReader(ctx context.Context, tx *bbolt.Tx) (*reader, error) {
 			return nil, fmt.Errorf("%w: bucket %q is missing", datastore.ErrCorrupt, b.name)
 		}
 	}
+	r.servers = tx.Bucket(bucketServers)
 	return r, nil
 }
 

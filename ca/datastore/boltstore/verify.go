@@ -193,13 +193,26 @@ func (r *reader) verify() error {
 	if err != nil {
 		return err
 	}
-	return r.caKeys.ForEach(func(k, v []byte) error {
+	err = r.caKeys.ForEach(func(k, v []byte) error {
 		key, err := decodeCAKey(v)
 		if err == nil && key.ID != string(k) {
 			err = fmt.Errorf("stored under ID %q", k)
 		}
 		if err != nil {
 			return fmt.Errorf("CA key %q: %w", k, err)
+		}
+		return nil
+	})
+	if err != nil || r.servers == nil {
+		return err
+	}
+	return r.servers.ForEach(func(k, v []byte) error {
+		srv, err := decodeServer(v)
+		if err == nil && srv.ID != string(k) {
+			err = fmt.Errorf("the record names server %q", srv.ID)
+		}
+		if err != nil {
+			return fmt.Errorf("server %q: %w", k, err)
 		}
 		return nil
 	})

@@ -17,7 +17,7 @@
 // against stored entries, revisions, each filter, index upkeep on update
 // and delete), agents, join tokens (exactly one winner among concurrent
 // consumers, expiry, pruning), bundles (concurrent read-modify-writes lose
-// nothing, a failing fn writes nothing), CA keys, the event log, snapshots
+// nothing, a failing fn writes nothing), CA keys, server records, the event log, snapshots
 // consistent with it under concurrent writes, Watch, copies (nothing
 // returned or passed in aliases stored state) and context cancellation.
 // Conditions are checked with errors.Is, never by message. Concurrent
@@ -44,6 +44,7 @@
 //   - Revisions are above zero, so Events(ctx, 0, n) starts at the
 //     beginning; only entry, agent and bundle changes log events.
 //   - A token expiring exactly at now has expired.
+//   - PutServer refuses an empty server ID with entry.ErrInvalid.
 //   - UpdateBundle refuses a bundle of another trust domain.
 //   - Close may be called more than once.
 //

@@ -60,6 +60,7 @@ func Run(t *testing.T, newStore func(t *testing.T) datastore.Store) {
 		{"UpdateBundleConcurrent", testUpdateBundleConcurrent},
 		{"UpdateAgentConcurrent", testUpdateAgentConcurrent},
 		{"CAKeys", testCAKeys},
+		{"Servers", testServers},
 		{"Events", testEvents},
 		{"EventsPruned", testEventsPruned},
 		{"Snapshot", testSnapshot},

@@ -1151,6 +1151,167 @@ func (x *GetBundleResponse) GetSequence() uint64 {
 	return 0
 }
 
+// A CA server sharing the datastore, as it last reported itself. Times are
+// Unix seconds.
+type Server struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The node API address the server serves agents on.
+	Address   string `protobuf:"bytes,2,opt,name=address,proto3" json:"address,omitempty"`
+	Version   string `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	StartedAt int64  `protobuf:"varint,4,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// When the server last wrote its record (every 10 seconds while it
+	// runs).
+	Heartbeat     int64 `protobuf:"varint,5,opt,name=heartbeat,proto3" json:"heartbeat,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Server) Reset() {
+	*x = Server{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Server) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Server) ProtoMessage() {}
+
+func (x *Server) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Server.ProtoReflect.Descriptor instead.
+func (*Server) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *Server) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Server) GetAddress() string {
+	if x != nil {
+		return x.Address
+	}
+	return ""
+}
+
+func (x *Server) GetVersion() string {
+	if x != nil {
+		return x.Version
+	}
+	return ""
+}
+
+func (x *Server) GetStartedAt() int64 {
+	if x != nil {
+		return x.StartedAt
+	}
+	return 0
+}
+
+func (x *Server) GetHeartbeat() int64 {
+	if x != nil {
+		return x.Heartbeat
+	}
+	return 0
+}
+
+type ListServersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListServersRequest) Reset() {
+	*x = ListServersRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListServersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListServersRequest) ProtoMessage() {}
+
+func (x *ListServersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListServersRequest.ProtoReflect.Descriptor instead.
+func (*ListServersRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+type ListServersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Servers       []*Server              `protobuf:"bytes,1,rep,name=servers,proto3" json:"servers,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListServersResponse) Reset() {
+	*x = ListServersResponse{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListServersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListServersResponse) ProtoMessage() {}
+
+func (x *ListServersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListServersResponse.ProtoReflect.Descriptor instead.
+func (*ListServersResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *ListServersResponse) GetServers() []*Server {
+	if x != nil {
+		return x.Servers
+	}
+	return nil
+}
+
 var File_ca_api_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
@@ -1230,7 +1391,17 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x11GetBundleResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12#\n" +
 	"\rspiffe_bundle\x18\x02 \x01(\fR\fspiffeBundle\x12\x1a\n" +
-	"\bsequence\x18\x03 \x01(\x04R\bsequence2\x9d\x03\n" +
+	"\bsequence\x18\x03 \x01(\x04R\bsequence\"\x89\x01\n" +
+	"\x06Server\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\aaddress\x18\x02 \x01(\tR\aaddress\x12\x18\n" +
+	"\aversion\x18\x03 \x01(\tR\aversion\x12\x1d\n" +
+	"\n" +
+	"started_at\x18\x04 \x01(\x03R\tstartedAt\x12\x1c\n" +
+	"\theartbeat\x18\x05 \x01(\x03R\theartbeat\"\x14\n" +
+	"\x12ListServersRequest\"F\n" +
+	"\x13ListServersResponse\x12/\n" +
+	"\aservers\x18\x01 \x03(\v2\x15.writ.admin.v1.ServerR\aservers2\x9d\x03\n" +
 	"\fEntryService\x12c\n" +
 	"\x10BatchCreateEntry\x12&.writ.admin.v1.BatchCreateEntryRequest\x1a'.writ.admin.v1.BatchCreateEntryResponse\x12@\n" +
 	"\bGetEntry\x12\x1e.writ.admin.v1.GetEntryRequest\x1a\x14.writ.admin.v1.Entry\x12V\n" +
@@ -1249,7 +1420,9 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x10JoinTokenService\x12f\n" +
 	"\x11GenerateJoinToken\x12'.writ.admin.v1.GenerateJoinTokenRequest\x1a(.writ.admin.v1.GenerateJoinTokenResponse2_\n" +
 	"\rBundleService\x12N\n" +
-	"\tGetBundle\x12\x1f.writ.admin.v1.GetBundleRequest\x1a .writ.admin.v1.GetBundleResponseB'Z%writ.dev/writ/ca/api/admin/v1;adminv1b\x06proto3"
+	"\tGetBundle\x12\x1f.writ.admin.v1.GetBundleRequest\x1a .writ.admin.v1.GetBundleResponse2e\n" +
+	"\rServerService\x12T\n" +
+	"\vListServers\x12!.writ.admin.v1.ListServersRequest\x1a\".writ.admin.v1.ListServersResponseB'Z%writ.dev/writ/ca/api/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_ca_api_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1263,7 +1436,7 @@ func file_ca_api_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ca_api_admin_v1_admin_proto_rawDescData
 }
 
-var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_ca_api_admin_v1_admin_proto_goTypes = []any{
 	(*Entry)(nil),                     // 0: writ.admin.v1.Entry
 	(*Status)(nil),                    // 1: writ.admin.v1.Status
@@ -1286,6 +1459,9 @@ var file_ca_api_admin_v1_admin_proto_goTypes = []any{
 	(*GenerateJoinTokenResponse)(nil), // 18: writ.admin.v1.GenerateJoinTokenResponse
 	(*GetBundleRequest)(nil),          // 19: writ.admin.v1.GetBundleRequest
 	(*GetBundleResponse)(nil),         // 20: writ.admin.v1.GetBundleResponse
+	(*Server)(nil),                    // 21: writ.admin.v1.Server
+	(*ListServersRequest)(nil),        // 22: writ.admin.v1.ListServersRequest
+	(*ListServersResponse)(nil),       // 23: writ.admin.v1.ListServersResponse
 }
 var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: writ.admin.v1.BatchCreateEntryRequest.entries:type_name -> writ.admin.v1.Entry
@@ -1295,35 +1471,38 @@ var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 4: writ.admin.v1.ListEntriesResponse.entries:type_name -> writ.admin.v1.Entry
 	0,  // 5: writ.admin.v1.UpdateEntryRequest.entry:type_name -> writ.admin.v1.Entry
 	10, // 6: writ.admin.v1.ListAgentsResponse.agents:type_name -> writ.admin.v1.Agent
-	2,  // 7: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
-	5,  // 8: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
-	6,  // 9: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
-	8,  // 10: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
-	9,  // 11: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
-	11, // 12: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
-	13, // 13: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
-	14, // 14: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
-	15, // 15: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
-	16, // 16: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
-	17, // 17: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
-	19, // 18: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
-	4,  // 19: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
-	0,  // 20: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
-	7,  // 21: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
-	0,  // 22: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
-	0,  // 23: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
-	12, // 24: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
-	10, // 25: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
-	10, // 26: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
-	10, // 27: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
-	10, // 28: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
-	18, // 29: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
-	20, // 30: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
-	19, // [19:31] is the sub-list for method output_type
-	7,  // [7:19] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	21, // 7: writ.admin.v1.ListServersResponse.servers:type_name -> writ.admin.v1.Server
+	2,  // 8: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
+	5,  // 9: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
+	6,  // 10: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
+	8,  // 11: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
+	9,  // 12: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
+	11, // 13: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
+	13, // 14: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
+	14, // 15: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
+	15, // 16: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
+	16, // 17: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
+	17, // 18: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
+	19, // 19: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
+	22, // 20: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
+	4,  // 21: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
+	0,  // 22: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
+	7,  // 23: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
+	0,  // 24: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
+	0,  // 25: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
+	12, // 26: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
+	10, // 27: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
+	10, // 28: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
+	10, // 29: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
+	10, // 30: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
+	18, // 31: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
+	20, // 32: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
+	23, // 33: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
+	21, // [21:34] is the sub-list for method output_type
+	8,  // [8:21] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_ca_api_admin_v1_admin_proto_init() }
@@ -1337,9 +1516,9 @@ func file_ca_api_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_admin_v1_admin_proto_rawDesc), len(file_ca_api_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   24,
 			NumExtensions: 0,
-			NumServices:   4,
+			NumServices:   5,
 		},
 		GoTypes:           file_ca_api_admin_v1_admin_proto_goTypes,
 		DependencyIndexes: file_ca_api_admin_v1_admin_proto_depIdxs,
