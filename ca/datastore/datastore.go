@@ -182,6 +182,12 @@ type CAKey struct {
 	PublicKeyDER []byte
 	NotBefore    time.Time
 	NotAfter     time.Time
+	// SignedUntil is when the key stopped signing: set when an Active key
+	// retires, and to NotBefore when a Prepared key (which never signed)
+	// is tainted. Zero while the key may still sign, and for records
+	// written before Writ kept it (then only NotAfter bounds what the
+	// key signed).
+	SignedUntil time.Time
 }
 
 // Server is one CA server sharing the datastore, as it last reported
