@@ -145,6 +145,7 @@ type adminClient struct {
 	agents  adminv1.AgentServiceClient
 	tokens  adminv1.JoinTokenServiceClient
 	bundles adminv1.BundleServiceClient
+	ca      adminv1.CAServiceClient
 
 	mu sync.Mutex // guards dialErr
 	// dialErr is the last error connecting to the socket, reported in
@@ -187,6 +188,7 @@ func dialAdmin(path string, timeout time.Duration) (*adminClient, error) {
 	c.agents = adminv1.NewAgentServiceClient(conn)
 	c.tokens = adminv1.NewJoinTokenServiceClient(conn)
 	c.bundles = adminv1.NewBundleServiceClient(conn)
+	c.ca = adminv1.NewCAServiceClient(conn)
 	return c, nil
 }
 

@@ -30,6 +30,7 @@ type fakeAdmin struct {
 	adminv1.UnimplementedAgentServiceServer
 	adminv1.UnimplementedJoinTokenServiceServer
 	adminv1.UnimplementedBundleServiceServer
+	adminv1.UnimplementedCAServiceServer
 
 	socket string
 
@@ -44,6 +45,10 @@ type fakeAdmin struct {
 	lastToken  *adminv1.GenerateJoinTokenRequest
 	agents     []*adminv1.Agent
 	bundle     *adminv1.GetBundleResponse
+	// authorities are what ListAuthorities returns; lastCA is the last
+	// CAService request.
+	authorities []*adminv1.Authority
+	lastCA      proto.Message
 	// fail, when set, is returned by every call.
 	fail error
 }
@@ -83,6 +88,7 @@ func startFake(t *testing.T) *fakeAdmin {
 	adminv1.RegisterAgentServiceServer(s, f)
 	adminv1.RegisterJoinTokenServiceServer(s, f)
 	adminv1.RegisterBundleServiceServer(s, f)
+	adminv1.RegisterCAServiceServer(s, f)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
