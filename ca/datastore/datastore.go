@@ -170,7 +170,8 @@ type CAKey struct {
 	State CAKeyState
 	// ServerID names the server that holds the private key. Several
 	// servers sharing a datastore each hold their own keys; a key's
-	// record is changed only by its owner.
+	// record is changed only by its owner, except that an operator may
+	// taint a retired key or revoke a tainted one through any server.
 	ServerID string
 	// KeyType is the key algorithm, such as "ec-p256".
 	KeyType string
