@@ -4,7 +4,9 @@ import (
 	"context"
 	"encoding/hex"
 	"errors"
+	"log/slog"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 
@@ -285,5 +287,71 @@ func TestRevokeWhilePublishing(t *testing.T) {
 	}
 	if e.bundle(t).HasX509Authority(oldCert) {
 		t.Fatal("a key revoked while another server published is back in the bundle")
+	}
+}
+
+// signalHandler is a slog.Handler that closes ch at the first record
+// with message msg.
+type signalHandler struct {
+	msg  string
+	once sync.Once
+	ch   chan struct{}
+}
+
+func (h *signalHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h *signalHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == h.msg {
+		h.once.Do(func() { close(h.ch) })
+	}
+	return nil
+}
+func (h *signalHandler) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *signalHandler) WithGroup(string) slog.Handler      { return h }
+
+// A server learns, without waiting for its schedule, that one of its keys
+// was revoked through another server, and destroys the private key.
+func TestRunSeesRevokeByAnotherServer(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	e := newEnv(t)
+	a, err := keymanager.New(ctx, e.config())
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &signalHandler{msg: "CA key destroyed: its record was removed", ch: make(chan struct{})}
+	cfgB := e.serverConfig("server-b", filepath.Join(e.dir, "keys-b"))
+	cfgB.Logger = slog.New(h)
+	b, err := keymanager.New(ctx, cfgB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := activeX509ID(b)
+	if _, err := b.Rotate(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- b.Run(ctx) }()
+	// Run has evaluated and armed its timer: from here only a store
+	// change can wake it before the schedule.
+	if err := e.clk.WaitForTimers(ctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Taint(ctx, datastore.CAKeyX509, old); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Revoke(ctx, datastore.CAKeyX509, old, keymanager.RevokeOptions{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-h.ch:
+	case <-time.After(10 * time.Second):
+		t.Fatal("server B did not destroy its revoked key")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if files := mustGlob(t, filepath.Join(e.dir, "keys-b", "*.pem")); len(files) != 3 {
+		t.Fatalf("server B holds %d keys, want 3", len(files))
 	}
 }
