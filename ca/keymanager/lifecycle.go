@@ -352,7 +352,7 @@ func (m *Manager) Rotate(ctx context.Context, beforeActivate func(context.Contex
 // sequence number is raised so that every server and agent sees the
 // change.
 func (m *Manager) Taint(ctx context.Context, kind datastore.CAKeyKind, id string) (KeyInfo, error) {
-	now, records, err := m.begin(ctx, kind)
+	_, records, err := m.begin(ctx, kind)
 	if err != nil {
 		return KeyInfo{}, err
 	}
@@ -364,6 +364,10 @@ func (m *Manager) Taint(ctx context.Context, kind datastore.CAKeyKind, id string
 	c := *r
 	switch r.State {
 	case datastore.CAKeyTainted:
+		// Announce again, in case the first announcement failed.
+		if err := m.announce(ctx); err != nil {
+			return KeyInfo{}, err
+		}
 		return Info(r)
 	case datastore.CAKeyActive:
 		return KeyInfo{}, fmt.Errorf("%w: %s key %s is active (on server %s); rotate first, then taint it", ErrKeyState, kind, id, r.ServerID)
@@ -383,7 +387,7 @@ func (m *Manager) Taint(ctx context.Context, kind datastore.CAKeyKind, id string
 	}
 	*r = c
 	m.cfg.Logger.Warn("CA key tainted", "key_id", r.ID, "kind", string(kind), "owner", r.ServerID)
-	if err := m.announce(ctx, now); err != nil {
+	if err := m.announce(ctx); err != nil {
 		return KeyInfo{}, err
 	}
 	m.poke()
@@ -475,7 +479,7 @@ func (m *Manager) unpublish(ctx context.Context, records []*datastore.CAKey) err
 // announce raises the bundle's sequence number, so that every server and
 // agent sees a change of the CA's state that leaves the bundle's keys as
 // they are (a taint).
-func (m *Manager) announce(ctx context.Context, _ time.Time) error {
+func (m *Manager) announce(ctx context.Context) error {
 	_, err := m.cfg.Store.UpdateBundle(ctx, m.cfg.TrustDomain, func(old *spiffebundle.Bundle) (*spiffebundle.Bundle, error) {
 		if old == nil {
 			return nil, fmt.Errorf("%w: no bundle", datastore.ErrNotFound)
