@@ -166,12 +166,6 @@ func (m *Manager) Keys(ctx context.Context) ([]KeyInfo, error) {
 	return out, nil
 }
 
-// ServerID returns the ID of the server this manager keys.
-func (m *Manager) ServerID() string { return m.cfg.ServerID }
-
-// RefreshHint returns the bundle refresh hint the manager publishes.
-func (m *Manager) RefreshHint() time.Duration { return m.cfg.RefreshHint }
-
 // begin takes the manager's lock and reads the records. The caller must
 // unlock m.mu.
 func (m *Manager) begin(ctx context.Context, kind datastore.CAKeyKind) (time.Time, []*datastore.CAKey, error) {
