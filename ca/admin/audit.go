@@ -16,7 +16,11 @@ const (
 	KeyPID      = "pid"
 	KeySPIFFEID = "spiffe_id"
 	KeyEntryID  = "entry_id"
-	KeyCode     = "code"
+	// KeyKeyKind, KeyKeyID and KeyForced describe CA key mutations.
+	KeyKeyKind = "key_kind"
+	KeyKeyID   = "key_id"
+	KeyForced  = "forced"
+	KeyCode    = "code"
 	// KeyError holds the detail of an internal error.
 	KeyError = "error"
 )
@@ -56,6 +60,15 @@ func (s *Service) audit(ctx context.Context, c *call, code codes.Code, spiffeID,
 	}
 	if entryID != "" {
 		attrs = append(attrs, slog.String(KeyEntryID, entryID))
+	}
+	if c.keyKind != "" {
+		attrs = append(attrs, slog.String(KeyKeyKind, c.keyKind))
+	}
+	if c.keyID != "" {
+		attrs = append(attrs, slog.String(KeyKeyID, c.keyID))
+	}
+	if c.forced {
+		attrs = append(attrs, slog.Bool(KeyForced, true))
 	}
 	attrs = append(attrs, slog.String(KeyCode, code.String()))
 	s.log.LogAttrs(ctx, slog.LevelInfo, auditMessage, attrs...)

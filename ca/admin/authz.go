@@ -43,7 +43,13 @@ var rules = map[string]rule{
 
 	adminv1.BundleService_GetBundle_FullMethodName: {},
 
-	adminv1.ServerService_ListServers_FullMethodName: {},
+	adminv1.ServerService_ListServers_FullMethodName:   {},
+	adminv1.CAService_ListAuthorities_FullMethodName:   {},
+	adminv1.CAService_PrepareAuthority_FullMethodName:  {mutation: true},
+	adminv1.CAService_ActivateAuthority_FullMethodName: {mutation: true},
+	adminv1.CAService_TaintAuthority_FullMethodName:    {mutation: true},
+	adminv1.CAService_RevokeAuthority_FullMethodName:   {mutation: true},
+	adminv1.CAService_Rotate_FullMethodName:            {mutation: true},
 
 	healthpb.Health_Check_FullMethodName: {public: true},
 	healthpb.Health_Watch_FullMethodName: {public: true},
@@ -62,6 +68,12 @@ type call struct {
 	// spiffeID and entryID name what a mutation acted on, once parsed.
 	spiffeID string
 	entryID  string
+	// keyKind and keyID name the CA key a CAService mutation acted on
+	// (Rotate: the keys it activated, comma-separated); forced is set if
+	// the caller forced it.
+	keyKind string
+	keyID   string
+	forced  bool
 	// items, if any, replace the call's single audit record with one per
 	// item (BatchCreateEntry).
 	items []auditItem

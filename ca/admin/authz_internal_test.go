@@ -15,6 +15,8 @@ func TestRulesCoverAdminAPI(t *testing.T) {
 		"BatchCreateEntry": true, "UpdateEntry": true, "DeleteEntry": true,
 		"EvictAgent": true, "BanAgent": true, "UnbanAgent": true,
 		"GenerateJoinToken": true,
+		"PrepareAuthority":  true, "ActivateAuthority": true, "TaintAuthority": true,
+		"RevokeAuthority": true, "Rotate": true,
 	}
 	seen := make(map[string]bool)
 	for _, desc := range []grpc.ServiceDesc{
@@ -23,6 +25,7 @@ func TestRulesCoverAdminAPI(t *testing.T) {
 		adminv1.JoinTokenService_ServiceDesc,
 		adminv1.BundleService_ServiceDesc,
 		adminv1.ServerService_ServiceDesc,
+		adminv1.CAService_ServiceDesc,
 	} {
 		var names []string
 		for _, m := range desc.Methods {

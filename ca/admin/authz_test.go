@@ -97,6 +97,30 @@ func adminCalls() []adminCall {
 			_, err := adminv1.NewServerServiceClient(c).ListServers(ctx, &adminv1.ListServersRequest{})
 			return err
 		}},
+		{adminv1.CAService_ListAuthorities_FullMethodName, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adminv1.NewCAServiceClient(c).ListAuthorities(ctx, &adminv1.ListAuthoritiesRequest{})
+			return err
+		}},
+		{adminv1.CAService_PrepareAuthority_FullMethodName, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adminv1.NewCAServiceClient(c).PrepareAuthority(ctx, &adminv1.PrepareAuthorityRequest{Kind: "x509"})
+			return err
+		}},
+		{adminv1.CAService_ActivateAuthority_FullMethodName, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adminv1.NewCAServiceClient(c).ActivateAuthority(ctx, &adminv1.ActivateAuthorityRequest{Kind: "x509", Id: "ab"})
+			return err
+		}},
+		{adminv1.CAService_TaintAuthority_FullMethodName, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adminv1.NewCAServiceClient(c).TaintAuthority(ctx, &adminv1.TaintAuthorityRequest{Kind: "x509", Id: "ab"})
+			return err
+		}},
+		{adminv1.CAService_RevokeAuthority_FullMethodName, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adminv1.NewCAServiceClient(c).RevokeAuthority(ctx, &adminv1.RevokeAuthorityRequest{Kind: "x509", Id: "ab"})
+			return err
+		}},
+		{adminv1.CAService_Rotate_FullMethodName, func(ctx context.Context, c *grpc.ClientConn) error {
+			_, err := adminv1.NewCAServiceClient(c).Rotate(ctx, &adminv1.RotateRequest{})
+			return err
+		}},
 	}
 }
 

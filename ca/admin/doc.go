@@ -1,6 +1,7 @@
 // Package admin serves the CA server's admin API (ca/api/admin/v1):
-// registration entries, agents, join tokens and the trust bundle, on the
-// server's local admin Unix socket.
+// registration entries, agents, join tokens, the trust bundle and the CA's
+// signing keys (CAService, through Config.CA, the server's key manager), on
+// the server's local admin Unix socket.
 //
 // Every string a caller sends is parsed with the strict parsers of
 // ca/entry, so the API accepts exactly what the CLI accepts; input that is
@@ -16,8 +17,10 @@
 // method without a policy is refused, whatever is registered on the
 // server. The gRPC health service is public. Every mutation is written to
 // the audit log at Info, with the caller's uid and pid and the outcome
-// code, under the Key* constants; join tokens and selectors are never
-// logged.
+// code, under the Key* constants (CA key mutations add the key's kind and
+// ID, and whether it was forced); join tokens and selectors are never
+// logged. Key manager refusals (wrong state, too early, another server's
+// key) are FailedPrecondition with the key manager's message.
 //
 //	svc, err := admin.New(admin.Config{
 //		TrustDomain: td, Store: store, Logger: logger,

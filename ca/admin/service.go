@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -84,6 +85,16 @@ type Config struct {
 	// AllowedUIDs may call the admin API, besides root and the uid the
 	// server runs as.
 	AllowedUIDs []uint32
+	// CA is the server's key manager; without it CAService answers
+	// Unavailable.
+	CA CAManager
+	// BundlePusher, if set, lets Rotate wait until agents were sent the
+	// new bundle.
+	BundlePusher BundlePusher
+	// DefaultX509SVIDTTL is the lifetime of X.509-SVIDs whose entry sets
+	// none; with the entries' TTLs it bounds how long after a CA key
+	// stopped signing its X.509-SVIDs may be valid. Defaults to an hour.
+	DefaultX509SVIDTTL time.Duration
 }
 
 // Service serves the admin API: entries, agents, join tokens and the
@@ -95,6 +106,9 @@ type Service struct {
 	clock        clock.Clock
 	log          *slog.Logger
 	joinTokenTTL time.Duration
+	ca           CAManager
+	pusher       BundlePusher
+	x509SVIDTTL  time.Duration
 	// allowed is the set of uids that may call admin methods. It is only
 	// read once the service serves.
 	allowed map[uint32]bool
@@ -130,6 +144,9 @@ func New(cfg Config) (*Service, error) {
 		clock:        cfg.Clock,
 		log:          cfg.Logger,
 		joinTokenTTL: cfg.DefaultJoinTokenTTL,
+		ca:           cfg.CA,
+		pusher:       cfg.BundlePusher,
+		x509SVIDTTL:  cmp.Or(cfg.DefaultX509SVIDTTL, time.Hour),
 		allowed:      allowed,
 	}, nil
 }
@@ -162,4 +179,5 @@ func (s *Service) Register(g *grpc.Server) {
 	adminv1.RegisterJoinTokenServiceServer(g, &joinTokenService{s: s})
 	adminv1.RegisterBundleServiceServer(g, &bundleService{s: s})
 	adminv1.RegisterServerServiceServer(g, &serverService{s: s})
+	adminv1.RegisterCAServiceServer(g, &caService{s: s})
 }

@@ -206,7 +206,8 @@ type CAKey struct {
 	State CAKeyState
 	// ServerID names the server that holds the private key. Several
 	// servers sharing a datastore each hold their own keys; a key's
-	// record is changed only by its owner.
+	// record is changed only by its owner, except that an operator may
+	// taint a retired key or revoke a tainted one through any server.
 	ServerID string
 	// KeyType is the key algorithm, such as "ec-p256".
 	KeyType string
@@ -218,6 +219,12 @@ type CAKey struct {
 	PublicKeyDER []byte
 	NotBefore    time.Time
 	NotAfter     time.Time
+	// SignedUntil is when the key stopped signing: set when an Active key
+	// retires, and to NotBefore when a Prepared key (which never signed)
+	// is tainted. Zero while the key may still sign, and for records
+	// written before Writ kept it (then only NotAfter bounds what the
+	// key signed).
+	SignedUntil time.Time
 }
 
 // Server is one CA server sharing the datastore, as it last reported

@@ -65,6 +65,26 @@
 // has expired. A server with no keys of its own on a datastore where
 // others have keys makes its own CA for the same trust domain.
 //
+// # Operators
+//
+// Prepare, Activate and Rotate act on this server's own keys: a prepared
+// key is published at once and activated only after it has been in the
+// bundle for the refresh hint (unless forced); Rotate prepares and
+// activates in one step, optionally waiting (beforeActivate) until agents
+// were sent the new bundle. Taint and Revoke may name any server's key,
+// with two limits that keep concurrent writers of one record apart: the
+// active key cannot be tainted (rotate first), and another server's
+// prepared key (which its owner may activate) is tainted only through its
+// owner. Tainted and retired records are written by no one else. A taint
+// raises the bundle's sequence number so that every server and agent sees
+// it; Revoke deletes the record before removing the authority from the
+// bundle, and publish removes again any key it re-added whose record was
+// deleted meanwhile. Run re-evaluates when the bundle's sequence number
+// changes, which is how the owner of a key learns of a taint or revoke made
+// through another server (it then destroys the private key of a revoked
+// key). CAKey.SignedUntil records when a key stopped signing, which bounds
+// when an X.509 key may be revoked (RevocableAt).
+//
 // # Refusals
 //
 // New returns ErrInconsistent, changing nothing, when one of this server's

@@ -108,6 +108,13 @@ type Manager struct {
 	mu     sync.Mutex // guards own; held across a whole rotation step
 	own    map[string]*ownKey
 	active atomic.Pointer[Active]
+	// kick asks Run to evaluate the policy now (buffered one).
+	kick chan struct{}
+}
+
+// watcher is implemented by stores that signal each committed change.
+type watcher interface {
+	Watch() (<-chan struct{}, func())
 }
 
 // ownKey is one of this server's keys, loaded from the key store.
@@ -150,7 +157,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.CATTL < time.Minute {
 		return nil, fmt.Errorf("CA TTL %s is too short (minimum 1m)", cfg.CATTL)
 	}
-	m := &Manager{cfg: cfg, own: make(map[string]*ownKey)}
+	m := &Manager{cfg: cfg, own: make(map[string]*ownKey), kick: make(chan struct{}, 1)}
 	if err := m.load(ctx); err != nil {
 		return nil, err
 	}
@@ -164,22 +171,57 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 func (m *Manager) Active() *Active { return m.active.Load() }
 
 // Run rotates keys on schedule until ctx ends. A failed step is retried
-// after a minute; the current keys keep signing meanwhile.
+// after a minute; the current keys keep signing meanwhile. It also
+// evaluates the policy again after an operator's change (Prepare,
+// Activate, Taint, Revoke) and, if the store signals changes, whenever the
+// bundle's sequence number changes: that is how it learns of changes to
+// its keys' records made through other servers (a taint raises the
+// sequence number, a revoke removes an authority).
 func (m *Manager) Run(ctx context.Context) error {
+	var watch <-chan struct{}
+	if w, ok := m.cfg.Store.(watcher); ok {
+		ch, stop := w.Watch()
+		defer stop()
+		watch = ch
+	}
 	for {
 		next, err := m.rotate(ctx)
 		if err != nil {
 			m.cfg.Logger.Error("CA key rotation failed; retrying", "error", err)
 			next = m.cfg.Clock.Now().Add(retryAfter)
 		}
+		seen := m.bundleSequence(ctx)
 		t := m.cfg.Clock.NewTimer(next.Sub(m.cfg.Clock.Now()))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C():
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C():
+				break wait
+			case <-m.kick:
+				t.Stop()
+				break wait
+			case <-watch:
+				if m.bundleSequence(ctx) != seen {
+					t.Stop()
+					break wait
+				}
+			}
 		}
 	}
+}
+
+// bundleSequence returns the shared bundle's sequence number, or 0 if it
+// cannot be read.
+func (m *Manager) bundleSequence(ctx context.Context) uint64 {
+	b, err := m.cfg.Store.FetchBundle(ctx, m.cfg.TrustDomain)
+	if err != nil {
+		return 0
+	}
+	seq, _ := b.SequenceNumber()
+	return seq
 }
 
 // load reads this server's keys and checks that the key store and the
@@ -373,7 +415,7 @@ func (m *Manager) apply(ctx context.Context, now time.Time, records []*datastore
 			if d.Action == Retire {
 				state = datastore.CAKeyRetired
 			}
-			if err := m.setState(ctx, r, state); err != nil {
+			if err := m.setState(ctx, now, r, state); err != nil {
 				return err
 			}
 			m.cfg.Logger.Info("CA key "+d.Action.String()+"d", "key_id", r.ID, "kind", string(r.Kind))
@@ -502,8 +544,12 @@ func checkCA(now time.Time, td spiffeid.TrustDomain, signer crypto.Signer, ca *C
 	return nil
 }
 
-func (m *Manager) setState(ctx context.Context, r *datastore.CAKey, state datastore.CAKeyState) error {
+// setState records r's new state; a key that stops signing records when.
+func (m *Manager) setState(ctx context.Context, now time.Time, r *datastore.CAKey, state datastore.CAKeyState) error {
 	c := *r
+	if r.State == datastore.CAKeyActive && state != datastore.CAKeyActive {
+		c.SignedUntil = now
+	}
 	c.State = state
 	if err := m.cfg.Store.PutCAKey(ctx, &c); err != nil {
 		return fmt.Errorf("update CA key %s: %w", r.ID, err)
@@ -518,11 +564,18 @@ func (m *Manager) setState(ctx context.Context, r *datastore.CAKey, state datast
 // runs as one atomic update, so servers publishing at once never drop each
 // other's keys. The sequence number grows only when the content changes.
 func (m *Manager) publish(ctx context.Context, now time.Time, records []*datastore.CAKey, drop []string, anchors []*x509.Certificate) error {
-	var addX509, dropX509 []*x509.Certificate
+	var dropX509 []*x509.Certificate
+	// Authorities to add, with the ID of the record they come from (none
+	// for anchors).
+	type x509Key struct {
+		id   string
+		cert *x509.Certificate
+	}
 	type jwtKey struct {
 		id  string
 		pub crypto.PublicKey
 	}
+	var addX509 []x509Key
 	var addJWT []jwtKey
 	for _, r := range records {
 		dropped := slices.Contains(drop, r.ID)
@@ -542,7 +595,7 @@ func (m *Manager) publish(ctx context.Context, now time.Time, records []*datasto
 			case len(chain) == 0:
 				// A self-signed CA is its own trust anchor; other CAs'
 				// anchors were published when they were prepared.
-				addX509 = append(addX509, cert)
+				addX509 = append(addX509, x509Key{r.ID, cert})
 			}
 		case datastore.CAKeyJWT:
 			if dropped {
@@ -558,10 +611,14 @@ func (m *Manager) publish(ctx context.Context, now time.Time, records []*datasto
 	}
 	for _, a := range anchors {
 		if now.Before(a.NotAfter) {
-			addX509 = append(addX509, a)
+			addX509 = append(addX509, x509Key{"", a})
 		}
 	}
+	// added names the records whose authority this update put back in the
+	// bundle (of the attempt that was stored: fn may run more than once).
+	var added []string
 	_, err := m.cfg.Store.UpdateBundle(ctx, m.cfg.TrustDomain, func(old *spiffebundle.Bundle) (*spiffebundle.Bundle, error) {
+		added = added[:0]
 		b := spiffebundle.New(m.cfg.TrustDomain)
 		var seq uint64
 		if old != nil {
@@ -579,9 +636,12 @@ func (m *Manager) publish(ctx context.Context, now time.Time, records []*datasto
 		for _, id := range drop {
 			b.RemoveJWTAuthority(id)
 		}
-		for _, c := range addX509 {
-			if !b.HasX509Authority(c) {
-				b.AddX509Authority(c)
+		for _, k := range addX509 {
+			if !b.HasX509Authority(k.cert) {
+				b.AddX509Authority(k.cert)
+				if k.id != "" {
+					added = append(added, k.id)
+				}
 			}
 		}
 		for _, k := range addJWT {
@@ -589,6 +649,7 @@ func (m *Manager) publish(ctx context.Context, now time.Time, records []*datasto
 				if err := b.AddJWTAuthority(k.id, k.pub); err != nil {
 					return nil, err
 				}
+				added = append(added, k.id)
 			}
 		}
 		hint, _ := b.RefreshHint()
@@ -602,7 +663,36 @@ func (m *Manager) publish(ctx context.Context, now time.Time, records []*datasto
 	if err != nil {
 		return fmt.Errorf("publish bundle: %w", err)
 	}
-	return nil
+	return m.unpublishRevoked(ctx, records, added)
+}
+
+// unpublishRevoked undoes the publication of keys whose record was
+// removed (revoked) while publish ran: their records were read before the
+// removal, their authorities added after it. Whoever revokes removes the
+// record before the authority, so a record read after the publication
+// shows whether a re-added key was revoked meanwhile.
+func (m *Manager) unpublishRevoked(ctx context.Context, records []*datastore.CAKey, added []string) error {
+	if len(added) == 0 {
+		return nil
+	}
+	now, err := m.cfg.Store.ListCAKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("list CA keys: %w", err)
+	}
+	var gone []*datastore.CAKey
+	for _, id := range added {
+		if slices.ContainsFunc(now, func(r *datastore.CAKey) bool { return r.ID == id }) {
+			continue
+		}
+		if i := slices.IndexFunc(records, func(r *datastore.CAKey) bool { return r.ID == id }); i >= 0 {
+			gone = append(gone, records[i])
+			m.cfg.Logger.Warn("CA key was revoked while being published; removing it from the bundle again", "key_id", id)
+		}
+	}
+	if len(gone) == 0 {
+		return nil
+	}
+	return m.unpublish(ctx, gone)
 }
 
 // setActive publishes, for Active, the keys the policy says sign now.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,9 +14,11 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	nodev1 "writ.dev/writ/ca/api/node/v1"
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/keymanager"
 )
 
 const (
@@ -47,6 +50,11 @@ type bundleState struct {
 	json []byte
 	// roots are the X.509 authorities that verify agent SVIDs.
 	roots []*x509.Certificate
+	// seq is the bundle's sequence number (0 if none).
+	seq uint64
+	// tainted are the tainted authorities when the bundle was read (a
+	// taint raises the bundle's sequence number). Never modified.
+	tainted *nodev1.TaintedAuthorities
 }
 
 // agentStatus is what the index says of an agent certificate.
@@ -91,6 +99,11 @@ type index struct {
 	kick chan struct{}
 	// done is closed when run returns.
 	done chan struct{}
+
+	sentMu sync.Mutex // guards sentCh
+	// sentCh is closed and replaced when a stream has sent a new bundle
+	// or closed (see WaitBundleSent).
+	sentCh chan struct{}
 }
 
 func newIndex(store Store, td spiffeid.TrustDomain, clk clock.Clock, log *slog.Logger) *index {
@@ -105,6 +118,7 @@ func newIndex(store Store, td spiffeid.TrustDomain, clk clock.Clock, log *slog.L
 		subs:     make(map[spiffeid.ID]map[*subscriber]struct{}),
 		kick:     make(chan struct{}, 1),
 		done:     make(chan struct{}),
+		sentCh:   make(chan struct{}),
 	}
 }
 
@@ -416,6 +430,10 @@ func (ix *index) refreshBundle(ctx context.Context) error {
 			return fmt.Errorf("marshal local bundle: %w", err)
 		}
 		st.roots = b.X509Authorities()
+		st.seq, _ = b.SequenceNumber()
+	}
+	if st.tainted, err = ix.taintedAuthorities(ctx); err != nil {
+		return err
 	}
 	ix.bundle.Store(st)
 	return nil
@@ -507,12 +525,72 @@ func (ix *index) subscribe(agent spiffeid.ID) *subscriber {
 
 func (ix *index) unsubscribe(sub *subscriber) {
 	ix.mu.Lock()
-	defer ix.mu.Unlock()
 	set := ix.subs[sub.agent]
 	delete(set, sub)
 	if len(set) == 0 {
 		delete(ix.subs, sub.agent)
 	}
+	ix.mu.Unlock()
+	ix.broadcastSent()
+}
+
+// taintedAuthorities reads the tainted CA keys.
+func (ix *index) taintedAuthorities(ctx context.Context) (*nodev1.TaintedAuthorities, error) {
+	keys, err := ix.store.ListCAKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list CA keys: %w", err)
+	}
+	t := &nodev1.TaintedAuthorities{}
+	for _, k := range keys {
+		if k.State != datastore.CAKeyTainted {
+			continue
+		}
+		id, err := keymanager.DisplayID(k)
+		if err != nil {
+			ix.log.Warn("CA key record is corrupt; cannot tell agents it is tainted", "key_id", k.ID, KeyError, err.Error())
+			continue
+		}
+		switch k.Kind {
+		case datastore.CAKeyX509:
+			t.X509AuthorityIds = append(t.X509AuthorityIds, id)
+		case datastore.CAKeyJWT:
+			t.JwtKeyIds = append(t.JwtKeyIds, id)
+		}
+	}
+	slices.Sort(t.X509AuthorityIds)
+	slices.Sort(t.JwtKeyIds)
+	return t, nil
+}
+
+// sentChan returns the channel closed when a stream next sends a bundle
+// or closes.
+func (ix *index) sentChan() <-chan struct{} {
+	ix.sentMu.Lock()
+	defer ix.sentMu.Unlock()
+	return ix.sentCh
+}
+
+func (ix *index) broadcastSent() {
+	ix.sentMu.Lock()
+	close(ix.sentCh)
+	ix.sentCh = make(chan struct{})
+	ix.sentMu.Unlock()
+}
+
+// bundleSentStatus returns the number of open streams and how many of
+// them have not been sent a bundle with sequence number seq or later.
+func (ix *index) bundleSentStatus(seq uint64) (streams, pending int) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	for _, set := range ix.subs {
+		for sub := range set {
+			streams++
+			if sub.sentSeq.Load() < seq {
+				pending++
+			}
+		}
+	}
+	return streams, pending
 }
 
 // subscribers returns the number of open streams (for tests).
@@ -532,6 +610,8 @@ func (ix *index) subscribers() int {
 type subscriber struct {
 	agent  spiffeid.ID
 	notify chan struct{}
+	// sentSeq is the sequence number of the last bundle the stream sent.
+	sentSeq atomic.Uint64
 
 	mu sync.Mutex // guards pending, full
 	// pending are entry IDs under this agent, now or before, that changed

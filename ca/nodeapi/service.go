@@ -78,6 +78,8 @@ type Store interface {
 	UpdateAgent(ctx context.Context, id spiffeid.ID, fn func(*datastore.Agent) error) (*datastore.Agent, error)
 
 	FetchBundle(ctx context.Context, td spiffeid.TrustDomain) (*spiffebundle.Bundle, error)
+	// ListCAKeys is read with each new bundle, for the tainted keys.
+	ListCAKeys(ctx context.Context) ([]*datastore.CAKey, error)
 
 	Events(ctx context.Context, after uint64, limit int) ([]datastore.Event, error)
 	Snapshot(ctx context.Context) (*datastore.Snapshot, error)

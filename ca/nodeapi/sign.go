@@ -100,6 +100,9 @@ func (h *handler) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX5
 			res.Status = itemStatus(codes.Internal, msgInternal)
 			return
 		}
+		if ttl := defaultTTL(e.X509SVIDTTL, s.x509TTL); now.Add(ttl).After(a.X509.Cert.NotAfter) {
+			s.log.LogAttrs(ctx, slog.LevelDebug, "X.509-SVID lifetime cut to its CA's", slog.String(KeyEntryID, e.ID), slog.Duration("ttl", ttl), slog.Time("ca_not_after", a.X509.Cert.NotAfter))
+		}
 		signed.Add(1)
 		res.Status = itemStatus(codes.OK, "")
 		res.SvidChain = a.X509.SVIDChain(der)
@@ -181,9 +184,13 @@ func (h *handler) SignJWTSVID(ctx context.Context, req *nodev1.SignJWTSVIDReques
 	if a == nil || a.JWT.Signer == nil {
 		return nil, status.Error(codes.Unavailable, msgNoCA)
 	}
-	token, exp, err := jwtsvid.Sign(s.clock.Now(), a.JWT, e.SPIFFEID, req.GetAudience(), defaultTTL(e.JWTSVIDTTL, s.jwtTTL), a.JWTNotAfter)
+	now, ttl := s.clock.Now(), defaultTTL(e.JWTSVIDTTL, s.jwtTTL)
+	token, exp, err := jwtsvid.Sign(now, a.JWT, e.SPIFFEID, req.GetAudience(), ttl, a.JWTNotAfter)
 	if err != nil {
 		return nil, s.internal(ctx, c, "sign JWT-SVID", err)
+	}
+	if now.Add(ttl).After(a.JWTNotAfter) {
+		s.log.LogAttrs(ctx, slog.LevelDebug, "JWT-SVID lifetime cut to its key's", slog.String(KeyEntryID, e.ID), slog.Duration("ttl", ttl), slog.Time("key_not_after", a.JWTNotAfter))
 	}
 	return &nodev1.SignJWTSVIDResponse{Token: token, ExpiresAt: exp.Unix()}, nil
 }

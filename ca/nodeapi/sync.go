@@ -2,6 +2,7 @@ package nodeapi
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -30,8 +31,10 @@ type streamState struct {
 	// sent maps the ID of each entry the agent has to the revision it
 	// was sent at.
 	sent map[string]uint64
-	// bundleSent is the version of the bundle last sent.
+	// bundleSent is the version of the bundle last sent, bundleSeq its
+	// sequence number.
 	bundleSent uint64
+	bundleSeq  uint64
 	// verified is the bundle version the caller's certificate was last
 	// verified against.
 	verified uint64
@@ -82,6 +85,10 @@ func (h *handler) Sync(_ *nodev1.SyncRequest, stream nodev1.NodeService_SyncServ
 			if err := stream.Send(m); err != nil {
 				return err
 			}
+		}
+		if sub.sentSeq.Load() != st.bundleSeq {
+			sub.sentSeq.Store(st.bundleSeq)
+			s.idx.broadcastSent()
 		}
 	}
 }
@@ -136,12 +143,12 @@ func (s *Service) nextMessages(ctx context.Context, c *caller, sub *subscriber, 
 	slices.Sort(deleted)
 	if full {
 		st.sent = make(map[string]uint64, len(changed))
-		msg := &nodev1.SyncResponse{Full: true, Entries: make([]*nodev1.Entry, len(changed)), Bundle: b.json}
+		msg := &nodev1.SyncResponse{Full: true, Entries: make([]*nodev1.Entry, len(changed)), Bundle: b.json, Tainted: b.tainted}
 		for i, e := range changed {
 			msg.Entries[i] = s.entryToWire(e)
 			st.sent[e.ID] = e.Revision
 		}
-		st.bundleSent = b.version
+		st.bundleSent, st.bundleSeq = b.version, b.seq
 		return []*nodev1.SyncResponse{msg}, nil
 	}
 	if len(changed) == 0 && len(deleted) == 0 && b.version == st.bundleSent {
@@ -151,7 +158,8 @@ func (s *Service) nextMessages(ctx context.Context, c *caller, sub *subscriber, 
 	cur := &nodev1.SyncResponse{}
 	if b.version != st.bundleSent {
 		cur.Bundle = b.json
-		st.bundleSent = b.version
+		cur.Tainted = b.tainted
+		st.bundleSent, st.bundleSeq = b.version, b.seq
 	}
 	size, n := len(cur.Bundle), 0
 	flush := func() {
@@ -199,5 +207,30 @@ func (s *Service) entryToWire(e *entry.Entry) *nodev1.Entry {
 		Admin:       e.Admin,
 		Downstream:  e.Downstream,
 		Revision:    e.Revision,
+	}
+}
+
+// WaitBundleSent returns once every open Sync stream has been sent a
+// bundle with sequence number seq or later (streams that close meanwhile
+// no longer count), with the number of streams then open. Agents do not
+// acknowledge what they receive: "sent" means handed to the stream's
+// transport, not applied by the agent.
+func (s *Service) WaitBundleSent(ctx context.Context, seq uint64) (int, error) {
+	// The index must have read the bundle first (streams only send what
+	// it has).
+	if err := s.idx.catchUp(ctx); err != nil {
+		return 0, err
+	}
+	for {
+		ch := s.idx.sentChan()
+		streams, pending := s.idx.bundleSentStatus(seq)
+		if pending == 0 {
+			return streams, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, fmt.Errorf("%d of %d agent streams have not been sent bundle %d: %w", pending, streams, seq, ctx.Err())
+		}
 	}
 }

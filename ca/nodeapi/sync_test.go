@@ -31,6 +31,8 @@ type syncStream struct {
 	// leave it.
 	have   map[string]*nodev1.Entry
 	bundle []byte
+	// lastTainted is the last tainted set received.
+	lastTainted *nodev1.TaintedAuthorities
 }
 
 func (e *env) sync(a *agent) *syncStream {
@@ -76,6 +78,9 @@ func (s *syncStream) next() *nodev1.SyncResponse {
 		}
 		if m.Bundle != nil {
 			s.bundle = m.Bundle
+		}
+		if m.Tainted != nil {
+			s.lastTainted = m.Tainted
 		}
 		return m
 	case err := <-s.err:

@@ -196,6 +196,9 @@ func (s *Server) Run(ctx context.Context) error {
 		Logger:              log,
 		DefaultJoinTokenTTL: DefaultJoinTokenTTL,
 		AllowedUIDs:         s.cfg.AdminUIDs,
+		CA:                  km,
+		BundlePusher:        nodeSvc,
+		DefaultX509SVIDTTL:  s.cfg.DefaultX509SVIDTTL,
 	})
 	if err != nil {
 		return err

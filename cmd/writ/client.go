@@ -146,6 +146,7 @@ type adminClient struct {
 	tokens  adminv1.JoinTokenServiceClient
 	bundles adminv1.BundleServiceClient
 	servers adminv1.ServerServiceClient
+	ca      adminv1.CAServiceClient
 
 	mu sync.Mutex // guards dialErr
 	// dialErr is the last error connecting to the socket, reported in
@@ -189,6 +190,7 @@ func dialAdmin(path string, timeout time.Duration) (*adminClient, error) {
 	c.tokens = adminv1.NewJoinTokenServiceClient(conn)
 	c.bundles = adminv1.NewBundleServiceClient(conn)
 	c.servers = adminv1.NewServerServiceClient(conn)
+	c.ca = adminv1.NewCAServiceClient(conn)
 	return c, nil
 }
 

@@ -31,6 +31,7 @@ type fakeAdmin struct {
 	adminv1.UnimplementedJoinTokenServiceServer
 	adminv1.UnimplementedBundleServiceServer
 	adminv1.UnimplementedServerServiceServer
+	adminv1.UnimplementedCAServiceServer
 
 	socket string
 
@@ -46,6 +47,10 @@ type fakeAdmin struct {
 	agents     []*adminv1.Agent
 	bundle     *adminv1.GetBundleResponse
 	servers    []*adminv1.Server
+	// authorities are what ListAuthorities returns; lastCA is the last
+	// CAService request.
+	authorities []*adminv1.Authority
+	lastCA      proto.Message
 	// fail, when set, is returned by every call.
 	fail error
 	// forget makes BatchCreateEntry answer as if it created every entry
@@ -89,6 +94,7 @@ func startFake(t *testing.T) *fakeAdmin {
 	adminv1.RegisterJoinTokenServiceServer(s, f)
 	adminv1.RegisterBundleServiceServer(s, f)
 	adminv1.RegisterServerServiceServer(s, f)
+	adminv1.RegisterCAServiceServer(s, f)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)

@@ -456,6 +456,7 @@ func encodeCAKey(k *datastore.CAKey) []byte {
 	e.time(k.NotBefore)
 	e.time(k.NotAfter)
 	e.str(k.ServerID)
+	e.time(k.SignedUntil)
 	return e.finish()
 }
 
@@ -474,6 +475,10 @@ func decodeCAKey(b []byte) (*datastore.CAKey, error) {
 	// Records written before keys had owners end here.
 	if d.err == nil && len(d.b) > 0 {
 		k.ServerID = d.str()
+	}
+	// Records written before SignedUntil was kept end here.
+	if d.err == nil && len(d.b) > 0 {
+		k.SignedUntil = d.time()
 	}
 	if err := d.done(); err != nil {
 		return nil, err

@@ -445,6 +445,7 @@ func testCAKeys(t *testing.T, newStore NewStoreFunc) {
 	jwtKey := &datastore.CAKey{
 		ID: "jwt-1", Kind: datastore.CAKeyJWT, State: datastore.CAKeyTainted, KeyType: "ec-p256", ServerID: "server-b",
 		PublicKeyDER: cert.RawSubjectPublicKeyInfo, NotBefore: t0, NotAfter: t0.Add(time.Hour),
+		SignedUntil: t0.Add(time.Minute),
 	}
 	list, err := s.ListCAKeys(ctx)
 	requireNoError(t, "ListCAKeys", err)

@@ -306,6 +306,7 @@ func normCAKey(k *datastore.CAKey) *datastore.CAKey {
 	c := *k
 	c.NotBefore = normTime(c.NotBefore)
 	c.NotAfter = normTime(c.NotAfter)
+	c.SignedUntil = normTime(c.SignedUntil)
 	if len(c.CertDER) == 0 {
 		c.CertDER = nil
 	}

@@ -248,6 +248,7 @@ type caKeyRecord struct {
 	PublicKeyDER []byte `json:"public_key_der,omitempty"`
 	NotBefore    stamp  `json:"not_before"`
 	NotAfter     stamp  `json:"not_after"`
+	SignedUntil  stamp  `json:"signed_until"`
 }
 
 func checkCAKeyStrings(k *datastore.CAKey) error {
@@ -263,6 +264,7 @@ func encodeCAKey(k *datastore.CAKey) []byte {
 	return mustJSON(caKeyRecord{
 		ID: k.ID, Kind: string(k.Kind), State: string(k.State), ServerID: k.ServerID, KeyType: k.KeyType,
 		CertDER: k.CertDER, PublicKeyDER: k.PublicKeyDER, NotBefore: stamp{k.NotBefore}, NotAfter: stamp{k.NotAfter},
+		SignedUntil: stamp{k.SignedUntil},
 	})
 }
 
@@ -274,6 +276,7 @@ func decodeCAKey(b []byte) (*datastore.CAKey, error) {
 	return &datastore.CAKey{
 		ID: r.ID, Kind: datastore.CAKeyKind(r.Kind), State: datastore.CAKeyState(r.State), ServerID: r.ServerID,
 		KeyType: r.KeyType, CertDER: r.CertDER, PublicKeyDER: r.PublicKeyDER, NotBefore: r.NotBefore.Time, NotAfter: r.NotAfter.Time,
+		SignedUntil: r.SignedUntil.Time,
 	}, nil
 }
 

@@ -1312,6 +1312,522 @@ func (x *ListServersResponse) GetServers() []*Server {
 	return nil
 }
 
+// An X.509 or JWT authority.
+type Authority struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "x509" or "jwt".
+	Kind string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	// X.509: the CA certificate's subject key ID (lowercase hex). JWT: the
+	// key ID (kid).
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// "prepared", "active", "old" (retired: no longer signs, still
+	// published) or "tainted".
+	State string `protobuf:"bytes,3,opt,name=state,proto3" json:"state,omitempty"`
+	// Unix seconds.
+	NotBefore int64 `protobuf:"varint,4,opt,name=not_before,json=notBefore,proto3" json:"not_before,omitempty"`
+	NotAfter  int64 `protobuf:"varint,5,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	// X.509: subjects of the certificates from the CA certificate's issuer
+	// up to the trust anchor, when an upstream CA signed it.
+	UpstreamChain []string `protobuf:"bytes,6,rep,name=upstream_chain,json=upstreamChain,proto3" json:"upstream_chain,omitempty"`
+	// The server that holds the private key.
+	ServerId string `protobuf:"bytes,7,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// When the key stopped signing (Unix seconds); 0 if unknown or still
+	// signing.
+	SignedUntil   int64 `protobuf:"varint,8,opt,name=signed_until,json=signedUntil,proto3" json:"signed_until,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Authority) Reset() {
+	*x = Authority{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Authority) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Authority) ProtoMessage() {}
+
+func (x *Authority) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Authority.ProtoReflect.Descriptor instead.
+func (*Authority) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *Authority) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *Authority) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *Authority) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *Authority) GetNotBefore() int64 {
+	if x != nil {
+		return x.NotBefore
+	}
+	return 0
+}
+
+func (x *Authority) GetNotAfter() int64 {
+	if x != nil {
+		return x.NotAfter
+	}
+	return 0
+}
+
+func (x *Authority) GetUpstreamChain() []string {
+	if x != nil {
+		return x.UpstreamChain
+	}
+	return nil
+}
+
+func (x *Authority) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *Authority) GetSignedUntil() int64 {
+	if x != nil {
+		return x.SignedUntil
+	}
+	return 0
+}
+
+type ListAuthoritiesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "x509", "jwt", or empty for both.
+	Kind          string `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuthoritiesRequest) Reset() {
+	*x = ListAuthoritiesRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuthoritiesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuthoritiesRequest) ProtoMessage() {}
+
+func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
+func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListAuthoritiesRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+type ListAuthoritiesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Authorities   []*Authority           `protobuf:"bytes,1,rep,name=authorities,proto3" json:"authorities,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListAuthoritiesResponse) Reset() {
+	*x = ListAuthoritiesResponse{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListAuthoritiesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListAuthoritiesResponse) ProtoMessage() {}
+
+func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
+func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
+	if x != nil {
+		return x.Authorities
+	}
+	return nil
+}
+
+type PrepareAuthorityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PrepareAuthorityRequest) Reset() {
+	*x = PrepareAuthorityRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PrepareAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PrepareAuthorityRequest) ProtoMessage() {}
+
+func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PrepareAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*PrepareAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *PrepareAuthorityRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+type ActivateAuthorityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Force         bool                   `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateAuthorityRequest) Reset() {
+	*x = ActivateAuthorityRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateAuthorityRequest) ProtoMessage() {}
+
+func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*ActivateAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ActivateAuthorityRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ActivateAuthorityRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *ActivateAuthorityRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type TaintAuthorityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaintAuthorityRequest) Reset() {
+	*x = TaintAuthorityRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaintAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaintAuthorityRequest) ProtoMessage() {}
+
+func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaintAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*TaintAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *TaintAuthorityRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *TaintAuthorityRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type RevokeAuthorityRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          string                 `protobuf:"bytes,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	Id            string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	Force         bool                   `protobuf:"varint,3,opt,name=force,proto3" json:"force,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeAuthorityRequest) Reset() {
+	*x = RevokeAuthorityRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeAuthorityRequest) ProtoMessage() {}
+
+func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*RevokeAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RevokeAuthorityRequest) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *RevokeAuthorityRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *RevokeAuthorityRequest) GetForce() bool {
+	if x != nil {
+		return x.Force
+	}
+	return false
+}
+
+type RotateRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Wait          bool                   `protobuf:"varint,1,opt,name=wait,proto3" json:"wait,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RotateRequest) Reset() {
+	*x = RotateRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateRequest) ProtoMessage() {}
+
+func (x *RotateRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
+func (*RotateRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RotateRequest) GetWait() bool {
+	if x != nil {
+		return x.Wait
+	}
+	return false
+}
+
+type RotateResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The authorities now active, X.509 first.
+	Activated []*Authority `protobuf:"bytes,1,rep,name=activated,proto3" json:"activated,omitempty"`
+	// With wait: the number of agent Sync streams that were sent the bundle
+	// holding the new keys before they were activated.
+	StreamsNotified int32 `protobuf:"varint,2,opt,name=streams_notified,json=streamsNotified,proto3" json:"streams_notified,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *RotateResponse) Reset() {
+	*x = RotateResponse{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RotateResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RotateResponse) ProtoMessage() {}
+
+func (x *RotateResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RotateResponse.ProtoReflect.Descriptor instead.
+func (*RotateResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RotateResponse) GetActivated() []*Authority {
+	if x != nil {
+		return x.Activated
+	}
+	return nil
+}
+
+func (x *RotateResponse) GetStreamsNotified() int32 {
+	if x != nil {
+		return x.StreamsNotified
+	}
+	return 0
+}
+
 var File_ca_api_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
@@ -1401,7 +1917,39 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\theartbeat\x18\x05 \x01(\x03R\theartbeat\"\x14\n" +
 	"\x12ListServersRequest\"F\n" +
 	"\x13ListServersResponse\x12/\n" +
-	"\aservers\x18\x01 \x03(\v2\x15.writ.admin.v1.ServerR\aservers2\x9d\x03\n" +
+	"\aservers\x18\x01 \x03(\v2\x15.writ.admin.v1.ServerR\aservers\"\xe8\x01\n" +
+	"\tAuthority\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n" +
+	"\x05state\x18\x03 \x01(\tR\x05state\x12\x1d\n" +
+	"\n" +
+	"not_before\x18\x04 \x01(\x03R\tnotBefore\x12\x1b\n" +
+	"\tnot_after\x18\x05 \x01(\x03R\bnotAfter\x12%\n" +
+	"\x0eupstream_chain\x18\x06 \x03(\tR\rupstreamChain\x12\x1b\n" +
+	"\tserver_id\x18\a \x01(\tR\bserverId\x12!\n" +
+	"\fsigned_until\x18\b \x01(\x03R\vsignedUntil\",\n" +
+	"\x16ListAuthoritiesRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\"U\n" +
+	"\x17ListAuthoritiesResponse\x12:\n" +
+	"\vauthorities\x18\x01 \x03(\v2\x18.writ.admin.v1.AuthorityR\vauthorities\"-\n" +
+	"\x17PrepareAuthorityRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\"T\n" +
+	"\x18ActivateAuthorityRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\";\n" +
+	"\x15TaintAuthorityRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\"R\n" +
+	"\x16RevokeAuthorityRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"#\n" +
+	"\rRotateRequest\x12\x12\n" +
+	"\x04wait\x18\x01 \x01(\bR\x04wait\"s\n" +
+	"\x0eRotateResponse\x126\n" +
+	"\tactivated\x18\x01 \x03(\v2\x18.writ.admin.v1.AuthorityR\tactivated\x12)\n" +
+	"\x10streams_notified\x18\x02 \x01(\x05R\x0fstreamsNotified2\x9d\x03\n" +
 	"\fEntryService\x12c\n" +
 	"\x10BatchCreateEntry\x12&.writ.admin.v1.BatchCreateEntryRequest\x1a'.writ.admin.v1.BatchCreateEntryResponse\x12@\n" +
 	"\bGetEntry\x12\x1e.writ.admin.v1.GetEntryRequest\x1a\x14.writ.admin.v1.Entry\x12V\n" +
@@ -1422,7 +1970,14 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\rBundleService\x12N\n" +
 	"\tGetBundle\x12\x1f.writ.admin.v1.GetBundleRequest\x1a .writ.admin.v1.GetBundleResponse2e\n" +
 	"\rServerService\x12T\n" +
-	"\vListServers\x12!.writ.admin.v1.ListServersRequest\x1a\".writ.admin.v1.ListServersResponseB'Z%writ.dev/writ/ca/api/admin/v1;adminv1b\x06proto3"
+	"\vListServers\x12!.writ.admin.v1.ListServersRequest\x1a\".writ.admin.v1.ListServersResponse2\x88\x04\n" +
+	"\tCAService\x12`\n" +
+	"\x0fListAuthorities\x12%.writ.admin.v1.ListAuthoritiesRequest\x1a&.writ.admin.v1.ListAuthoritiesResponse\x12T\n" +
+	"\x10PrepareAuthority\x12&.writ.admin.v1.PrepareAuthorityRequest\x1a\x18.writ.admin.v1.Authority\x12V\n" +
+	"\x11ActivateAuthority\x12'.writ.admin.v1.ActivateAuthorityRequest\x1a\x18.writ.admin.v1.Authority\x12P\n" +
+	"\x0eTaintAuthority\x12$.writ.admin.v1.TaintAuthorityRequest\x1a\x18.writ.admin.v1.Authority\x12R\n" +
+	"\x0fRevokeAuthority\x12%.writ.admin.v1.RevokeAuthorityRequest\x1a\x18.writ.admin.v1.Authority\x12E\n" +
+	"\x06Rotate\x12\x1c.writ.admin.v1.RotateRequest\x1a\x1d.writ.admin.v1.RotateResponseB'Z%writ.dev/writ/ca/api/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_ca_api_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1436,7 +1991,7 @@ func file_ca_api_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ca_api_admin_v1_admin_proto_rawDescData
 }
 
-var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_ca_api_admin_v1_admin_proto_goTypes = []any{
 	(*Entry)(nil),                     // 0: writ.admin.v1.Entry
 	(*Status)(nil),                    // 1: writ.admin.v1.Status
@@ -1462,6 +2017,15 @@ var file_ca_api_admin_v1_admin_proto_goTypes = []any{
 	(*Server)(nil),                    // 21: writ.admin.v1.Server
 	(*ListServersRequest)(nil),        // 22: writ.admin.v1.ListServersRequest
 	(*ListServersResponse)(nil),       // 23: writ.admin.v1.ListServersResponse
+	(*Authority)(nil),                 // 24: writ.admin.v1.Authority
+	(*ListAuthoritiesRequest)(nil),    // 25: writ.admin.v1.ListAuthoritiesRequest
+	(*ListAuthoritiesResponse)(nil),   // 26: writ.admin.v1.ListAuthoritiesResponse
+	(*PrepareAuthorityRequest)(nil),   // 27: writ.admin.v1.PrepareAuthorityRequest
+	(*ActivateAuthorityRequest)(nil),  // 28: writ.admin.v1.ActivateAuthorityRequest
+	(*TaintAuthorityRequest)(nil),     // 29: writ.admin.v1.TaintAuthorityRequest
+	(*RevokeAuthorityRequest)(nil),    // 30: writ.admin.v1.RevokeAuthorityRequest
+	(*RotateRequest)(nil),             // 31: writ.admin.v1.RotateRequest
+	(*RotateResponse)(nil),            // 32: writ.admin.v1.RotateResponse
 }
 var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: writ.admin.v1.BatchCreateEntryRequest.entries:type_name -> writ.admin.v1.Entry
@@ -1472,37 +2036,51 @@ var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 5: writ.admin.v1.UpdateEntryRequest.entry:type_name -> writ.admin.v1.Entry
 	10, // 6: writ.admin.v1.ListAgentsResponse.agents:type_name -> writ.admin.v1.Agent
 	21, // 7: writ.admin.v1.ListServersResponse.servers:type_name -> writ.admin.v1.Server
-	2,  // 8: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
-	5,  // 9: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
-	6,  // 10: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
-	8,  // 11: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
-	9,  // 12: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
-	11, // 13: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
-	13, // 14: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
-	14, // 15: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
-	15, // 16: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
-	16, // 17: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
-	17, // 18: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
-	19, // 19: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
-	22, // 20: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
-	4,  // 21: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
-	0,  // 22: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
-	7,  // 23: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
-	0,  // 24: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
-	0,  // 25: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
-	12, // 26: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
-	10, // 27: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
-	10, // 28: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
-	10, // 29: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
-	10, // 30: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
-	18, // 31: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
-	20, // 32: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
-	23, // 33: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
-	21, // [21:34] is the sub-list for method output_type
-	8,  // [8:21] is the sub-list for method input_type
-	8,  // [8:8] is the sub-list for extension type_name
-	8,  // [8:8] is the sub-list for extension extendee
-	0,  // [0:8] is the sub-list for field type_name
+	24, // 8: writ.admin.v1.ListAuthoritiesResponse.authorities:type_name -> writ.admin.v1.Authority
+	24, // 9: writ.admin.v1.RotateResponse.activated:type_name -> writ.admin.v1.Authority
+	2,  // 10: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
+	5,  // 11: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
+	6,  // 12: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
+	8,  // 13: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
+	9,  // 14: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
+	11, // 15: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
+	13, // 16: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
+	14, // 17: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
+	15, // 18: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
+	16, // 19: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
+	17, // 20: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
+	19, // 21: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
+	22, // 22: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
+	25, // 23: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
+	27, // 24: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
+	28, // 25: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
+	29, // 26: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
+	30, // 27: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
+	31, // 28: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
+	4,  // 29: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
+	0,  // 30: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
+	7,  // 31: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
+	0,  // 32: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
+	0,  // 33: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
+	12, // 34: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
+	10, // 35: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
+	10, // 36: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
+	10, // 37: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
+	10, // 38: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
+	18, // 39: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
+	20, // 40: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
+	23, // 41: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
+	26, // 42: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
+	24, // 43: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
+	24, // 44: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
+	24, // 45: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
+	24, // 46: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
+	32, // 47: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
+	29, // [29:48] is the sub-list for method output_type
+	10, // [10:29] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_ca_api_admin_v1_admin_proto_init() }
@@ -1516,9 +2094,9 @@ func file_ca_api_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_admin_v1_admin_proto_rawDesc), len(file_ca_api_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   24,
+			NumMessages:   33,
 			NumExtensions: 0,
-			NumServices:   5,
+			NumServices:   6,
 		},
 		GoTypes:           file_ca_api_admin_v1_admin_proto_goTypes,
 		DependencyIndexes: file_ca_api_admin_v1_admin_proto_depIdxs,

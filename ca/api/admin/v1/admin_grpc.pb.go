@@ -857,3 +857,339 @@ var ServerService_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "ca/api/admin/v1/admin.proto",
 }
+
+const (
+	CAService_ListAuthorities_FullMethodName   = "/writ.admin.v1.CAService/ListAuthorities"
+	CAService_PrepareAuthority_FullMethodName  = "/writ.admin.v1.CAService/PrepareAuthority"
+	CAService_ActivateAuthority_FullMethodName = "/writ.admin.v1.CAService/ActivateAuthority"
+	CAService_TaintAuthority_FullMethodName    = "/writ.admin.v1.CAService/TaintAuthority"
+	CAService_RevokeAuthority_FullMethodName   = "/writ.admin.v1.CAService/RevokeAuthority"
+	CAService_Rotate_FullMethodName            = "/writ.admin.v1.CAService/Rotate"
+)
+
+// CAServiceClient is the client API for CAService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// CAService shows and changes the CA's signing keys ("authorities"): the
+// X.509 CAs that sign X.509-SVIDs and the keys that sign JWT-SVIDs, of
+// every server sharing the datastore. Prepare, Activate and Rotate act on
+// the keys of the server that receives the call; Taint and Revoke may name
+// any server's key (they change only its record and the bundle), except
+// that another server's prepared key is tainted through that server.
+type CAServiceClient interface {
+	// ListAuthorities returns the authorities of one kind, or of both.
+	ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error)
+	// PrepareAuthority makes a new key now and publishes it in the bundle
+	// without signing with it.
+	PrepareAuthority(ctx context.Context, in *PrepareAuthorityRequest, opts ...grpc.CallOption) (*Authority, error)
+	// ActivateAuthority makes a prepared key sign; the active key retires.
+	// Refused until the key has been published for the bundle refresh hint,
+	// unless force is set.
+	ActivateAuthority(ctx context.Context, in *ActivateAuthorityRequest, opts ...grpc.CallOption) (*Authority, error)
+	// TaintAuthority marks a key tainted: it never signs again and agents
+	// re-sign what it signed. Refused for the active key.
+	TaintAuthority(ctx context.Context, in *TaintAuthorityRequest, opts ...grpc.CallOption) (*Authority, error)
+	// RevokeAuthority deletes a tainted key's record and removes it from the
+	// bundle. For X.509, refused until every X.509-SVID it could have signed
+	// has expired, unless force is set.
+	RevokeAuthority(ctx context.Context, in *RevokeAuthorityRequest, opts ...grpc.CallOption) (*Authority, error)
+	// Rotate prepares (or takes the prepared) key of both kinds and
+	// activates them at once. With wait, it activates only after every
+	// connected agent's Sync stream has been sent the bundle that holds the
+	// new keys.
+	Rotate(ctx context.Context, in *RotateRequest, opts ...grpc.CallOption) (*RotateResponse, error)
+}
+
+type cAServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewCAServiceClient(cc grpc.ClientConnInterface) CAServiceClient {
+	return &cAServiceClient{cc}
+}
+
+func (c *cAServiceClient) ListAuthorities(ctx context.Context, in *ListAuthoritiesRequest, opts ...grpc.CallOption) (*ListAuthoritiesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListAuthoritiesResponse)
+	err := c.cc.Invoke(ctx, CAService_ListAuthorities_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cAServiceClient) PrepareAuthority(ctx context.Context, in *PrepareAuthorityRequest, opts ...grpc.CallOption) (*Authority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Authority)
+	err := c.cc.Invoke(ctx, CAService_PrepareAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cAServiceClient) ActivateAuthority(ctx context.Context, in *ActivateAuthorityRequest, opts ...grpc.CallOption) (*Authority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Authority)
+	err := c.cc.Invoke(ctx, CAService_ActivateAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cAServiceClient) TaintAuthority(ctx context.Context, in *TaintAuthorityRequest, opts ...grpc.CallOption) (*Authority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Authority)
+	err := c.cc.Invoke(ctx, CAService_TaintAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cAServiceClient) RevokeAuthority(ctx context.Context, in *RevokeAuthorityRequest, opts ...grpc.CallOption) (*Authority, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Authority)
+	err := c.cc.Invoke(ctx, CAService_RevokeAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *cAServiceClient) Rotate(ctx context.Context, in *RotateRequest, opts ...grpc.CallOption) (*RotateResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RotateResponse)
+	err := c.cc.Invoke(ctx, CAService_Rotate_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// CAServiceServer is the server API for CAService service.
+// All implementations must embed UnimplementedCAServiceServer
+// for forward compatibility.
+//
+// CAService shows and changes the CA's signing keys ("authorities"): the
+// X.509 CAs that sign X.509-SVIDs and the keys that sign JWT-SVIDs, of
+// every server sharing the datastore. Prepare, Activate and Rotate act on
+// the keys of the server that receives the call; Taint and Revoke may name
+// any server's key (they change only its record and the bundle), except
+// that another server's prepared key is tainted through that server.
+type CAServiceServer interface {
+	// ListAuthorities returns the authorities of one kind, or of both.
+	ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error)
+	// PrepareAuthority makes a new key now and publishes it in the bundle
+	// without signing with it.
+	PrepareAuthority(context.Context, *PrepareAuthorityRequest) (*Authority, error)
+	// ActivateAuthority makes a prepared key sign; the active key retires.
+	// Refused until the key has been published for the bundle refresh hint,
+	// unless force is set.
+	ActivateAuthority(context.Context, *ActivateAuthorityRequest) (*Authority, error)
+	// TaintAuthority marks a key tainted: it never signs again and agents
+	// re-sign what it signed. Refused for the active key.
+	TaintAuthority(context.Context, *TaintAuthorityRequest) (*Authority, error)
+	// RevokeAuthority deletes a tainted key's record and removes it from the
+	// bundle. For X.509, refused until every X.509-SVID it could have signed
+	// has expired, unless force is set.
+	RevokeAuthority(context.Context, *RevokeAuthorityRequest) (*Authority, error)
+	// Rotate prepares (or takes the prepared) key of both kinds and
+	// activates them at once. With wait, it activates only after every
+	// connected agent's Sync stream has been sent the bundle that holds the
+	// new keys.
+	Rotate(context.Context, *RotateRequest) (*RotateResponse, error)
+	mustEmbedUnimplementedCAServiceServer()
+}
+
+// UnimplementedCAServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedCAServiceServer struct{}
+
+func (UnimplementedCAServiceServer) ListAuthorities(context.Context, *ListAuthoritiesRequest) (*ListAuthoritiesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListAuthorities not implemented")
+}
+func (UnimplementedCAServiceServer) PrepareAuthority(context.Context, *PrepareAuthorityRequest) (*Authority, error) {
+	return nil, status.Error(codes.Unimplemented, "method PrepareAuthority not implemented")
+}
+func (UnimplementedCAServiceServer) ActivateAuthority(context.Context, *ActivateAuthorityRequest) (*Authority, error) {
+	return nil, status.Error(codes.Unimplemented, "method ActivateAuthority not implemented")
+}
+func (UnimplementedCAServiceServer) TaintAuthority(context.Context, *TaintAuthorityRequest) (*Authority, error) {
+	return nil, status.Error(codes.Unimplemented, "method TaintAuthority not implemented")
+}
+func (UnimplementedCAServiceServer) RevokeAuthority(context.Context, *RevokeAuthorityRequest) (*Authority, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeAuthority not implemented")
+}
+func (UnimplementedCAServiceServer) Rotate(context.Context, *RotateRequest) (*RotateResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Rotate not implemented")
+}
+func (UnimplementedCAServiceServer) mustEmbedUnimplementedCAServiceServer() {}
+func (UnimplementedCAServiceServer) testEmbeddedByValue()                   {}
+
+// UnsafeCAServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to CAServiceServer will
+// result in compilation errors.
+type UnsafeCAServiceServer interface {
+	mustEmbedUnimplementedCAServiceServer()
+}
+
+func RegisterCAServiceServer(s grpc.ServiceRegistrar, srv CAServiceServer) {
+	// If the following call panics, it indicates UnimplementedCAServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&CAService_ServiceDesc, srv)
+}
+
+func _CAService_ListAuthorities_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListAuthoritiesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServiceServer).ListAuthorities(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CAService_ListAuthorities_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServiceServer).ListAuthorities(ctx, req.(*ListAuthoritiesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CAService_PrepareAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PrepareAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServiceServer).PrepareAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CAService_PrepareAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServiceServer).PrepareAuthority(ctx, req.(*PrepareAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CAService_ActivateAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ActivateAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServiceServer).ActivateAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CAService_ActivateAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServiceServer).ActivateAuthority(ctx, req.(*ActivateAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CAService_TaintAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(TaintAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServiceServer).TaintAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CAService_TaintAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServiceServer).TaintAuthority(ctx, req.(*TaintAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CAService_RevokeAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServiceServer).RevokeAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CAService_RevokeAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServiceServer).RevokeAuthority(ctx, req.(*RevokeAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _CAService_Rotate_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RotateRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(CAServiceServer).Rotate(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: CAService_Rotate_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(CAServiceServer).Rotate(ctx, req.(*RotateRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// CAService_ServiceDesc is the grpc.ServiceDesc for CAService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var CAService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "writ.admin.v1.CAService",
+	HandlerType: (*CAServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "ListAuthorities",
+			Handler:    _CAService_ListAuthorities_Handler,
+		},
+		{
+			MethodName: "PrepareAuthority",
+			Handler:    _CAService_PrepareAuthority_Handler,
+		},
+		{
+			MethodName: "ActivateAuthority",
+			Handler:    _CAService_ActivateAuthority_Handler,
+		},
+		{
+			MethodName: "TaintAuthority",
+			Handler:    _CAService_TaintAuthority_Handler,
+		},
+		{
+			MethodName: "RevokeAuthority",
+			Handler:    _CAService_RevokeAuthority_Handler,
+		},
+		{
+			MethodName: "Rotate",
+			Handler:    _CAService_Rotate_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "ca/api/admin/v1/admin.proto",
+}

@@ -377,7 +377,12 @@ type SyncResponse struct {
 	DeletedEntryIds []string `protobuf:"bytes,3,rep,name=deleted_entry_ids,json=deletedEntryIds,proto3" json:"deleted_entry_ids,omitempty"`
 	// The local trust domain's SPIFFE bundle (JSON), sent in full messages
 	// and whenever it changes; empty otherwise.
-	Bundle        []byte `protobuf:"bytes,4,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	Bundle []byte `protobuf:"bytes,4,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// Sent with every bundle: the complete set of tainted authorities of
+	// the trust domain at that bundle (it replaces the previous set). The
+	// agent must at once re-sign every SVID that a tainted authority
+	// signed, and stop serving JWT-SVIDs signed with a tainted key.
+	Tainted       *TaintedAuthorities `protobuf:"bytes,5,opt,name=tainted,proto3" json:"tainted,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -436,6 +441,13 @@ func (x *SyncResponse) GetDeletedEntryIds() []string {
 func (x *SyncResponse) GetBundle() []byte {
 	if x != nil {
 		return x.Bundle
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetTainted() *TaintedAuthorities {
+	if x != nil {
+		return x.Tainted
 	}
 	return nil
 }
@@ -799,6 +811,63 @@ func (x *SignJWTSVIDResponse) GetExpiresAt() int64 {
 	return 0
 }
 
+// Authorities that must no longer be relied on. They may still be in the
+// bundle until revoked, but sign nothing new.
+type TaintedAuthorities struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// X.509 CAs, by subject key ID (lowercase hex): an X.509-SVID whose
+	// AuthorityKeyId is one of these was signed by a tainted CA.
+	X509AuthorityIds []string `protobuf:"bytes,1,rep,name=x509_authority_ids,json=x509AuthorityIds,proto3" json:"x509_authority_ids,omitempty"`
+	// JWT signing keys, by key ID (the kid in JWT-SVID headers).
+	JwtKeyIds     []string `protobuf:"bytes,2,rep,name=jwt_key_ids,json=jwtKeyIds,proto3" json:"jwt_key_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TaintedAuthorities) Reset() {
+	*x = TaintedAuthorities{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TaintedAuthorities) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TaintedAuthorities) ProtoMessage() {}
+
+func (x *TaintedAuthorities) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TaintedAuthorities.ProtoReflect.Descriptor instead.
+func (*TaintedAuthorities) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *TaintedAuthorities) GetX509AuthorityIds() []string {
+	if x != nil {
+		return x.X509AuthorityIds
+	}
+	return nil
+}
+
+func (x *TaintedAuthorities) GetJwtKeyIds() []string {
+	if x != nil {
+		return x.JwtKeyIds
+	}
+	return nil
+}
+
 var File_ca_api_node_v1_node_proto protoreflect.FileDescriptor
 
 const file_ca_api_node_v1_node_proto_rawDesc = "" +
@@ -830,12 +899,13 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\n" +
 	"downstream\x18\b \x01(\bR\n" +
 	"downstream\x12\x1a\n" +
-	"\brevision\x18\t \x01(\x04R\brevision\"\x95\x01\n" +
+	"\brevision\x18\t \x01(\x04R\brevision\"\xd1\x01\n" +
 	"\fSyncResponse\x12\x12\n" +
 	"\x04full\x18\x01 \x01(\bR\x04full\x12-\n" +
 	"\aentries\x18\x02 \x03(\v2\x13.writ.node.v1.EntryR\aentries\x12*\n" +
 	"\x11deleted_entry_ids\x18\x03 \x03(\tR\x0fdeletedEntryIds\x12\x16\n" +
-	"\x06bundle\x18\x04 \x01(\fR\x06bundle\">\n" +
+	"\x06bundle\x18\x04 \x01(\fR\x06bundle\x12:\n" +
+	"\atainted\x18\x05 \x01(\v2 .writ.node.v1.TaintedAuthoritiesR\atainted\">\n" +
 	"\x0fX509SVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\"6\n" +
@@ -857,7 +927,10 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\x13SignJWTSVIDResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\x03R\texpiresAt2\x9e\x03\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"b\n" +
+	"\x12TaintedAuthorities\x12,\n" +
+	"\x12x509_authority_ids\x18\x01 \x03(\tR\x10x509AuthorityIds\x12\x1e\n" +
+	"\vjwt_key_ids\x18\x02 \x03(\tR\tjwtKeyIds2\x9e\x03\n" +
 	"\vNodeService\x12C\n" +
 	"\x06Attest\x12\x1b.writ.node.v1.AttestRequest\x1a\x1c.writ.node.v1.AttestResponse\x12O\n" +
 	"\n" +
@@ -878,7 +951,7 @@ func file_ca_api_node_v1_node_proto_rawDescGZIP() []byte {
 	return file_ca_api_node_v1_node_proto_rawDescData
 }
 
-var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*AttestRequest)(nil),             // 0: writ.node.v1.AttestRequest
 	(*AttestResponse)(nil),            // 1: writ.node.v1.AttestResponse
@@ -894,27 +967,29 @@ var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*BatchSignX509SVIDResponse)(nil), // 11: writ.node.v1.BatchSignX509SVIDResponse
 	(*SignJWTSVIDRequest)(nil),        // 12: writ.node.v1.SignJWTSVIDRequest
 	(*SignJWTSVIDResponse)(nil),       // 13: writ.node.v1.SignJWTSVIDResponse
+	(*TaintedAuthorities)(nil),        // 14: writ.node.v1.TaintedAuthorities
 }
 var file_ca_api_node_v1_node_proto_depIdxs = []int32{
 	5,  // 0: writ.node.v1.SyncResponse.entries:type_name -> writ.node.v1.Entry
-	8,  // 1: writ.node.v1.X509SVIDResult.status:type_name -> writ.node.v1.Status
-	7,  // 2: writ.node.v1.BatchSignX509SVIDRequest.requests:type_name -> writ.node.v1.X509SVIDRequest
-	9,  // 3: writ.node.v1.BatchSignX509SVIDResponse.results:type_name -> writ.node.v1.X509SVIDResult
-	0,  // 4: writ.node.v1.NodeService.Attest:input_type -> writ.node.v1.AttestRequest
-	2,  // 5: writ.node.v1.NodeService.RenewAgent:input_type -> writ.node.v1.RenewAgentRequest
-	4,  // 6: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
-	10, // 7: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
-	12, // 8: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
-	1,  // 9: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
-	3,  // 10: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
-	6,  // 11: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
-	11, // 12: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
-	13, // 13: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
-	9,  // [9:14] is the sub-list for method output_type
-	4,  // [4:9] is the sub-list for method input_type
-	4,  // [4:4] is the sub-list for extension type_name
-	4,  // [4:4] is the sub-list for extension extendee
-	0,  // [0:4] is the sub-list for field type_name
+	14, // 1: writ.node.v1.SyncResponse.tainted:type_name -> writ.node.v1.TaintedAuthorities
+	8,  // 2: writ.node.v1.X509SVIDResult.status:type_name -> writ.node.v1.Status
+	7,  // 3: writ.node.v1.BatchSignX509SVIDRequest.requests:type_name -> writ.node.v1.X509SVIDRequest
+	9,  // 4: writ.node.v1.BatchSignX509SVIDResponse.results:type_name -> writ.node.v1.X509SVIDResult
+	0,  // 5: writ.node.v1.NodeService.Attest:input_type -> writ.node.v1.AttestRequest
+	2,  // 6: writ.node.v1.NodeService.RenewAgent:input_type -> writ.node.v1.RenewAgentRequest
+	4,  // 7: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
+	10, // 8: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
+	12, // 9: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
+	1,  // 10: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
+	3,  // 11: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
+	6,  // 12: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
+	11, // 13: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
+	13, // 14: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
+	10, // [10:15] is the sub-list for method output_type
+	5,  // [5:10] is the sub-list for method input_type
+	5,  // [5:5] is the sub-list for extension type_name
+	5,  // [5:5] is the sub-list for extension extendee
+	0,  // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_ca_api_node_v1_node_proto_init() }
@@ -928,7 +1003,7 @@ func file_ca_api_node_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_node_v1_node_proto_rawDesc), len(file_ca_api_node_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
