@@ -74,6 +74,12 @@
 // that no record names (an interrupted creation) are destroyed; keys whose
 // record names another server are left alone.
 //
+// With Config.Volatile (a key store that does not outlive the process,
+// such as keystore.Memory) a missing key of this server is not refused: it
+// was lost with the previous process. Its record is retired, so it never
+// signs again, and it stays in the bundle until it expires (what it signed
+// keeps verifying until then); the server makes a new CA at once.
+//
 // Records written before keys had owners (no ServerID) are adopted by the
 // first server that holds their keys.
 package keymanager

@@ -61,6 +61,9 @@ type Config struct {
 	AdminUIDs []uint32
 	Logger    *slog.Logger
 	Clock     clock.Clock
+
+	// Keys chooses where CA keys live and who signs the CA (keys.go).
+	Keys KeysConfig
 }
 
 // Server is a CA server.
@@ -98,6 +101,9 @@ func New(cfg Config) (*Server, error) {
 		cfg.CAKeyType = DefaultKeyType
 	}
 	if _, err := x509ca.ParseKeyType(cfg.CAKeyType); err != nil {
+		return nil, err
+	}
+	if err := cfg.Keys.check(); err != nil {
 		return nil, err
 	}
 	for name, ttl := range map[string]time.Duration{"default X.509-SVID TTL": cfg.DefaultX509SVIDTTL, "default JWT-SVID TTL": cfg.DefaultJWTSVIDTTL} {

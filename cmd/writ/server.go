@@ -40,6 +40,7 @@ func serverCommand() *cli.Command {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"WRIT_LOG_FORMAT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"WRIT_LOG_LEVEL"}}),
 	}
+	flags = append(flags, keyFlags()...)
 	return &cli.Command{
 		Name:  "server",
 		Usage: "run and check the CA server",
@@ -114,6 +115,7 @@ func serverRun(c *cli.Context) error {
 		CAKeyType:          c.String("ca-key-type"),
 		AdminUIDs:          uids,
 		Logger:             logger,
+		Keys:               keysConfig(c),
 	})
 	if err != nil {
 		return usagef(c, "%v", err)
