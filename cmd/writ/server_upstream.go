@@ -12,6 +12,10 @@ import (
 // each has an environment variable and a config file key (its name).
 func keyFlags() []cli.Flag {
 	return []cli.Flag{
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "upstream-authority", Usage: "who signs the server's CA certificates: empty (self-signed) or disk (the CA in --upstream-cert and --upstream-key)", EnvVars: []string{"WRIT_UPSTREAM_AUTHORITY"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "upstream-cert", Usage: "PEM file of the upstream CA certificate, then the intermediates above it", EnvVars: []string{"WRIT_UPSTREAM_CERT"}, TakesFile: true}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "upstream-key", Usage: "PEM file of the upstream CA's private key (no group or other access)", EnvVars: []string{"WRIT_UPSTREAM_KEY"}, TakesFile: true}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "upstream-bundle", Usage: "PEM file of the upstream root certificate(s), published as trust anchors (default: the last certificate of --upstream-cert, if self-signed)", EnvVars: []string{"WRIT_UPSTREAM_BUNDLE"}, TakesFile: true}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "key-manager", Value: server.KeyManagerDisk, Usage: "where CA private keys live: disk (files in the data dir) or memory (lost on exit: a restart makes a new CA)", EnvVars: []string{"WRIT_KEY_MANAGER"}}),
 	}
 }
@@ -19,6 +23,10 @@ func keyFlags() []cli.Flag {
 // keysConfig reads the key flags.
 func keysConfig(c *cli.Context) server.KeysConfig {
 	return server.KeysConfig{
-		KeyManager: c.String("key-manager"),
+		KeyManager:        c.String("key-manager"),
+		UpstreamAuthority: c.String("upstream-authority"),
+		UpstreamCert:      c.String("upstream-cert"),
+		UpstreamKey:       c.String("upstream-key"),
+		UpstreamBundle:    c.String("upstream-bundle"),
 	}
 }
