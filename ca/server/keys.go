@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 
 	"writ.dev/writ/ca/keymanager"
 	"writ.dev/writ/ca/keymanager/keystore"
+	"writ.dev/writ/ca/keymanager/keystore/pkcs11store"
 	"writ.dev/writ/ca/keymanager/upstream"
 	"writ.dev/writ/internal/datadir"
 )
@@ -20,6 +22,10 @@ const (
 	// new CA; the old CA's certificates and JWT keys stay in the bundle
 	// until they expire.
 	KeyManagerMemory = "memory"
+	// KeyManagerPKCS11 generates and keeps keys in a PKCS#11 token
+	// (KeysConfig.PKCS11Module, PKCS11TokenLabel, PKCS11PINFile); they
+	// never leave it and sign there.
+	KeyManagerPKCS11 = "pkcs11"
 )
 
 // UpstreamDisk is the upstream authority whose CA certificate and key are
@@ -28,8 +34,15 @@ const UpstreamDisk = "disk"
 
 // KeysConfig chooses where the server's CA keys live.
 type KeysConfig struct {
-	// KeyManager is KeyManagerDisk (if empty) or KeyManagerMemory.
+	// KeyManager is KeyManagerDisk (if empty), KeyManagerMemory or
+	// KeyManagerPKCS11.
 	KeyManager string
+	// PKCS11Module is the path of the PKCS#11 module, PKCS11TokenLabel
+	// the token's label and PKCS11PINFile a file (no group or other
+	// access) holding the user PIN. Only for KeyManagerPKCS11.
+	PKCS11Module     string
+	PKCS11TokenLabel string
+	PKCS11PINFile    string
 	// UpstreamAuthority is empty (the server's CA is self-signed) or
 	// UpstreamDisk: each CA certificate is signed by the CA in
 	// UpstreamCert (then its intermediates, PEM) with UpstreamKey, and the
@@ -43,10 +56,18 @@ type KeysConfig struct {
 
 // check validates c without I/O.
 func (c KeysConfig) check() error {
+	pkcs11 := c.PKCS11Module != "" || c.PKCS11TokenLabel != "" || c.PKCS11PINFile != ""
 	switch c.KeyManager {
 	case "", KeyManagerDisk, KeyManagerMemory:
+		if pkcs11 {
+			return errors.New("PKCS#11 module, token label or PIN file given without the pkcs11 key manager (use --key-manager pkcs11)")
+		}
+	case KeyManagerPKCS11:
+		if c.PKCS11Module == "" || c.PKCS11TokenLabel == "" || c.PKCS11PINFile == "" {
+			return errors.New("the pkcs11 key manager needs a module, a token label and a PIN file (--pkcs11-module, --pkcs11-token-label, --pkcs11-pin-file)")
+		}
 	default:
-		return fmt.Errorf("unknown key manager %q (use %s or %s)", c.KeyManager, KeyManagerDisk, KeyManagerMemory)
+		return fmt.Errorf("unknown key manager %q (use %s, %s or %s)", c.KeyManager, KeyManagerDisk, KeyManagerMemory, KeyManagerPKCS11)
 	}
 	switch c.UpstreamAuthority {
 	case "":
@@ -86,29 +107,38 @@ func newAuthority(cfg Config) (keymanager.Authority, error) {
 
 // newKeyManager starts the key manager of the server whose data directory
 // is dir: it owns the CA keys recorded under the server's ID and keeps
-// their private keys where cfg.Keys says.
-func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keymanager.Store) (*keymanager.Manager, error) {
+// their private keys where cfg.Keys says. The returned function releases
+// the key store once nothing signs any more.
+func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keymanager.Store) (*keymanager.Manager, func(), error) {
 	id, err := LoadOrCreateServerID(dir.Path())
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	var ks keymanager.KeyStore
+	closeKeys := func() {}
 	volatile := false
 	switch cfg.Keys.KeyManager {
 	case "", KeyManagerDisk:
 		if ks, err = keystore.NewDisk(dir.Join(KeysDir)); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 	case KeyManagerMemory:
 		ks, volatile = keystore.NewMemory(), true
+	case KeyManagerPKCS11:
+		p, err := openPKCS11(ctx, cfg.Keys)
+		if err != nil {
+			return nil, nil, err
+		}
+		ks, closeKeys = p, func() { p.Close() }
 	default:
-		return nil, cfg.Keys.check()
+		return nil, nil, cfg.Keys.check()
 	}
 	auth, err := newAuthority(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("upstream authority: %w", err)
+		closeKeys()
+		return nil, nil, fmt.Errorf("upstream authority: %w", err)
 	}
-	return keymanager.New(ctx, keymanager.Config{
+	km, err := keymanager.New(ctx, keymanager.Config{
 		ServerID:    id,
 		KeyStore:    ks,
 		Authority:   auth,
@@ -119,5 +149,23 @@ func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keym
 		Store:       store,
 		Clock:       cfg.Clock,
 		Logger:      cfg.Logger,
+	})
+	if err != nil {
+		closeKeys()
+		return nil, nil, err
+	}
+	return km, closeKeys, nil
+}
+
+// openPKCS11 opens the token c names, reading the PIN from its file.
+func openPKCS11(ctx context.Context, c KeysConfig) (*pkcs11store.Store, error) {
+	pin, err := datadir.ReadFile(c.PKCS11PINFile)
+	if err != nil {
+		return nil, fmt.Errorf("PKCS#11 PIN file: %w", err)
+	}
+	return pkcs11store.Open(ctx, pkcs11store.Config{
+		Module:     c.PKCS11Module,
+		TokenLabel: c.PKCS11TokenLabel,
+		PIN:        strings.TrimSpace(string(pin)),
 	})
 }

@@ -152,10 +152,11 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer store.Close()
 
-	km, err := newKeyManager(ctx, dir, s.cfg, store)
+	km, closeKeys, err := newKeyManager(ctx, dir, s.cfg, store)
 	if err != nil {
 		return err
 	}
+	defer closeKeys()
 
 	nodeSvc, err := nodeapi.New(nodeapi.Config{
 		TrustDomain:        s.cfg.TrustDomain,
