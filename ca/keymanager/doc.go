@@ -41,7 +41,8 @@
 // KeyStore holds this server's private keys (generate, load, delete, list
 // IDs; they sign as crypto.Signer and never enter the datastore). Package
 // keystore has Disk (PKCS#8 PEM files, 0600, in a 0700 directory) and
-// Memory; keystoretest.Run is the suite every store passes.
+// Memory, and package pkcs11store keeps keys in a PKCS#11 token;
+// keystoretest.Run is the suite every store passes.
 //
 // Authority makes the certificate of each new X.509 CA key, with its chain
 // (intermediates up to, not including, the trust anchor) and the trust
@@ -49,8 +50,9 @@
 // empty); Upstream signs it with an upstream CA held in memory, so the
 // bundle holds the upstream root and SVIDs are sent with the CA
 // certificate and intermediates after the leaf (x509ca.Issuer.Chain).
-// The CA certificate and its intermediates are recorded together in
-// CAKey.CertDER (concatenated DER).
+// Package upstream's Disk is such an upstream read from files and
+// checked before use. The CA certificate and its intermediates are
+// recorded together in CAKey.CertDER (concatenated DER).
 //
 // # Several servers
 //

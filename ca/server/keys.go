@@ -130,6 +130,10 @@ func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keym
 			return nil, nil, err
 		}
 		ks, closeKeys = p, func() { p.Close() }
+		if err := checkTokenState(ctx, p, store); err != nil {
+			closeKeys()
+			return nil, nil, err
+		}
 	default:
 		return nil, nil, cfg.Keys.check()
 	}
@@ -168,4 +172,22 @@ func openPKCS11(ctx context.Context, c KeysConfig) (*pkcs11store.Store, error) {
 		TokenLabel: c.PKCS11TokenLabel,
 		PIN:        strings.TrimSpace(string(pin)),
 	})
+}
+
+// checkTokenState refuses a token holding Writ keys when the datastore
+// records no CA keys at all: the datastore was lost (the key manager would
+// destroy the keys as orphans and start a CA no agent trusts).
+func checkTokenState(ctx context.Context, ks keymanager.KeyStore, store keymanager.Store) error {
+	ids, err := ks.List(ctx)
+	if err != nil {
+		return err
+	}
+	records, err := store.ListCAKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("list CA keys: %w", err)
+	}
+	if len(ids) > 0 && len(records) == 0 {
+		return fmt.Errorf("%w: the PKCS#11 token holds %d Writ CA keys but the datastore records none; restore the datastore from backup (to start a new CA on purpose, delete the token's writ-* keys)", keymanager.ErrInconsistent, len(ids))
+	}
+	return nil
 }

@@ -108,4 +108,18 @@ func TestIntegrationPKCS11KeyManager(t *testing.T) {
 	if again := s.admin("bundle", "show"); again != bundle {
 		t.Fatalf("restart changed the bundle:\n%s", again)
 	}
+	s.stop()
+
+	// A lost datastore is refused, and the token's keys are left alone.
+	if err := os.Remove(filepath.Join(dir, "datastore.db")); err != nil {
+		t.Fatal(err)
+	}
+	_, errOut, code := runWrit(t, nil, append([]string{"server", "run", "--trust-domain", "example.org", "--data-dir", dir, "--bind-address", "127.0.0.1:0"}, args...)...)
+	if code == 0 || !strings.Contains(errOut, "datastore records none") {
+		t.Fatalf("server over a lost datastore: exit %d\n%s", code, errOut)
+	}
+	after, err := exec.Command("pkcs11-tool", "--module", tok.Module, "--token-label", tok.Label, "--login", "--pin", tok.PIN, "--list-objects").CombinedOutput()
+	if err != nil || !strings.Contains(string(after), label) {
+		t.Fatalf("the CA key left the token after a refused start: %v\n%s", err, after)
+	}
 }
