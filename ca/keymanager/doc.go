@@ -41,7 +41,8 @@
 // KeyStore holds this server's private keys (generate, load, delete, list
 // IDs; they sign as crypto.Signer and never enter the datastore). Package
 // keystore has Disk (PKCS#8 PEM files, 0600, in a 0700 directory) and
-// Memory; keystoretest.Run is the suite every store passes.
+// Memory, and package pkcs11store keeps keys in a PKCS#11 token;
+// keystoretest.Run is the suite every store passes.
 //
 // Authority makes the certificate of each new X.509 CA key, with its chain
 // (intermediates up to, not including, the trust anchor) and the trust
@@ -49,8 +50,9 @@
 // empty); Upstream signs it with an upstream CA held in memory, so the
 // bundle holds the upstream root and SVIDs are sent with the CA
 // certificate and intermediates after the leaf (x509ca.Issuer.Chain).
-// The CA certificate and its intermediates are recorded together in
-// CAKey.CertDER (concatenated DER).
+// Package upstream's Disk is such an upstream read from files and
+// checked before use. The CA certificate and its intermediates are
+// recorded together in CAKey.CertDER (concatenated DER).
 //
 // # Several servers
 //
@@ -93,6 +95,12 @@
 // over existing state would be trusted by no agent. Keys in the key store
 // that no record names (an interrupted creation) are destroyed; keys whose
 // record names another server are left alone.
+//
+// With Config.Volatile (a key store that does not outlive the process,
+// such as keystore.Memory) a missing key of this server is not refused: it
+// was lost with the previous process. Its record is retired, so it never
+// signs again, and it stays in the bundle until it expires (what it signed
+// keeps verifying until then); the server makes a new CA at once.
 //
 // Records written before keys had owners (no ServerID) are adopted by the
 // first server that holds their keys.

@@ -79,6 +79,12 @@ type Config struct {
 	ServerID string
 	// KeyStore holds this server's private keys. Required.
 	KeyStore KeyStore
+	// Volatile says KeyStore does not outlive the process (keystore.Memory):
+	// on start, this server's records whose keys are missing are not an
+	// inconsistency but keys lost with the last process. They are retired
+	// (they never sign again) and stay published until they expire, so
+	// what they signed keeps verifying; then the policy drops them.
+	Volatile bool
 	// Authority makes the certificate of each new X.509 CA key;
 	// SelfSigned if nil.
 	Authority   Authority
@@ -104,9 +110,12 @@ type Active struct {
 
 // Manager holds this server's CA keys and rotates them.
 type Manager struct {
-	cfg    Config
-	mu     sync.Mutex // guards own; held across a whole rotation step
-	own    map[string]*ownKey
+	cfg Config
+	mu  sync.Mutex // guards own and lost; held across a whole rotation step
+	own map[string]*ownKey
+	// lost names this server's records whose keys a Volatile key store
+	// lost with an earlier process; they are never loaded.
+	lost   map[string]bool
 	active atomic.Pointer[Active]
 	// kick asks Run to evaluate the policy now (buffered one).
 	kick chan struct{}
@@ -157,7 +166,7 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 	if cfg.CATTL < time.Minute {
 		return nil, fmt.Errorf("CA TTL %s is too short (minimum 1m)", cfg.CATTL)
 	}
-	m := &Manager{cfg: cfg, own: make(map[string]*ownKey), kick: make(chan struct{}, 1)}
+	m := &Manager{cfg: cfg, own: make(map[string]*ownKey), kick: make(chan struct{}, 1), lost: make(map[string]bool)}
 	if err := m.load(ctx); err != nil {
 		return nil, err
 	}
@@ -254,6 +263,12 @@ func (m *Manager) load(ctx context.Context) error {
 			continue
 		}
 		k, err := m.loadKey(ctx, r)
+		if m.cfg.Volatile && r.ServerID == m.cfg.ServerID && errors.Is(err, keystore.ErrNotFound) {
+			if err := m.retireLost(ctx, r); err != nil {
+				return err
+			}
+			continue
+		}
 		if err != nil {
 			return err
 		}
@@ -270,6 +285,18 @@ func (m *Manager) load(ctx context.Context) error {
 		}
 	}
 	return nil
+}
+
+// retireLost marks r, one of this server's records whose key a Volatile
+// key store lost, so that it never signs again: it is retired and stays
+// published until it expires.
+func (m *Manager) retireLost(ctx context.Context, r *datastore.CAKey) error {
+	m.lost[r.ID] = true
+	m.cfg.Logger.Warn("CA key lost with an earlier process (volatile key store); it stays published until it expires", "key_id", r.ID, "kind", string(r.Kind), "not_after", r.NotAfter)
+	if r.State == datastore.CAKeyRetired || r.State == datastore.CAKeyTainted {
+		return nil
+	}
+	return m.setState(ctx, m.cfg.Clock.Now(), r, datastore.CAKeyRetired)
 }
 
 // loadKey loads the private key of one of this server's records and
@@ -368,7 +395,7 @@ func (m *Manager) rotate(ctx context.Context) (time.Time, error) {
 // or removed by another server) is forgotten and destroyed.
 func (m *Manager) reconcile(ctx context.Context, records []*datastore.CAKey) error {
 	for _, r := range records {
-		if r.ServerID != m.cfg.ServerID || m.own[r.ID] != nil {
+		if r.ServerID != m.cfg.ServerID || m.own[r.ID] != nil || m.lost[r.ID] {
 			continue
 		}
 		k, err := m.loadKey(ctx, r)
@@ -440,6 +467,7 @@ func (m *Manager) apply(ctx context.Context, now time.Time, records []*datastore
 			}
 			delete(m.own, id)
 		}
+		delete(m.lost, id)
 		m.cfg.Logger.Info("expired CA key removed", "key_id", id, "kind", string(r.Kind), "owner", r.ServerID)
 	}
 	return nil

@@ -1,6 +1,7 @@
 package keymanager_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
 	"errors"
@@ -303,5 +304,77 @@ func TestMemoryKeyStore(t *testing.T) {
 	cfg.KeyStore = keystore.NewMemory()
 	if _, err := keymanager.New(ctx, cfg); !errors.Is(err, keymanager.ErrInconsistent) {
 		t.Fatalf("restart without the keys = %v, want ErrInconsistent", err)
+	}
+}
+
+// TestVolatileRestart: with Volatile set, a new process on the in-memory
+// key store makes a new CA; the lost keys never sign again, stay in the
+// bundle (X.509 and JWT) until they expire, and are then dropped.
+func TestVolatileRestart(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	cfg := e.config()
+	cfg.KeyStore = keystore.NewMemory()
+	cfg.Volatile = true
+	m1, err := keymanager.New(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := m1.Active()
+	// A leaf signed before the restart.
+	e.clk.Advance(time.Hour)
+	leaf := signSVID(t, old, e.clk.Now())
+
+	cfg.KeyStore = keystore.NewMemory()
+	m2, err := keymanager.New(ctx, cfg)
+	if err != nil {
+		t.Fatalf("restart on a volatile key store: %v", err)
+	}
+	cur := m2.Active()
+	if cur.X509.Cert.Equal(old.X509.Cert) || cur.JWT.ID == old.JWT.ID {
+		t.Fatal("restart kept signing with the lost keys")
+	}
+	b := e.bundle(t)
+	if !b.HasX509Authority(old.X509.Cert) || !b.HasJWTAuthority(old.JWT.ID) {
+		t.Fatal("lost keys left the bundle before expiring")
+	}
+	if !b.HasX509Authority(cur.X509.Cert) || !b.HasJWTAuthority(cur.JWT.ID) {
+		t.Fatal("new keys not published")
+	}
+	certs := make([]*x509.Certificate, len(leaf))
+	for i, der := range leaf {
+		if certs[i], err = x509.ParseCertificate(der); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := x509ca.VerifyX509SVID(certs, b.X509Authorities(), e.clk.Now()); err != nil {
+		t.Fatalf("SVID signed before the restart no longer verifies: %v", err)
+	}
+	records, err := e.store.ListCAKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(records) != 4 {
+		t.Fatalf("%d CA key records, want the 2 lost and the 2 new", len(records))
+	}
+	for _, r := range records {
+		isNew := r.ID == cur.JWT.ID || r.Kind == datastore.CAKeyX509 && bytes.HasPrefix(r.CertDER, cur.X509.Cert.Raw)
+		if !isNew && r.State != datastore.CAKeyRetired {
+			t.Fatalf("lost key %s is %s, want retired", r.ID, r.State)
+		}
+	}
+
+	// Once the lost keys expire, the running manager drops them.
+	runCtx, cancel := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- m2.Run(runCtx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	advanceTo(t, e, old.X509.Cert.NotAfter.Add(time.Second))
+	b = e.bundle(t)
+	if b.HasX509Authority(old.X509.Cert) || b.HasJWTAuthority(old.JWT.ID) {
+		t.Fatal("expired lost keys still published")
+	}
+	if !b.HasX509Authority(m2.Active().X509.Cert) {
+		t.Fatal("active CA not published")
 	}
 }

@@ -71,6 +71,8 @@ type Config struct {
 	// OpenPostgres opens a PostgreSQL datastore. Without it a postgres://
 	// Datastore is refused with ErrDatastoreUnavailable.
 	OpenPostgres func(ctx context.Context, connString, password string) (datastore.Store, error)
+	// Keys chooses where CA keys live and who signs the CA (keys.go).
+	Keys KeysConfig
 }
 
 // Server is a CA server.
@@ -108,6 +110,9 @@ func New(cfg Config) (*Server, error) {
 		cfg.CAKeyType = DefaultKeyType
 	}
 	if _, err := x509ca.ParseKeyType(cfg.CAKeyType); err != nil {
+		return nil, err
+	}
+	if err := cfg.Keys.check(); err != nil {
 		return nil, err
 	}
 	for name, ttl := range map[string]time.Duration{"default X.509-SVID TTL": cfg.DefaultX509SVIDTTL, "default JWT-SVID TTL": cfg.DefaultJWTSVIDTTL} {
@@ -156,10 +161,11 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer store.Close()
 
-	km, err := newKeyManager(ctx, dir, s.cfg, store)
+	km, closeKeys, err := newKeyManager(ctx, dir, s.cfg, store)
 	if err != nil {
 		return err
 	}
+	defer closeKeys()
 
 	nodeSvc, err := nodeapi.New(nodeapi.Config{
 		TrustDomain:        s.cfg.TrustDomain,

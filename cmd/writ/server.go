@@ -41,6 +41,7 @@ func serverCommand() *cli.Command {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"WRIT_LOG_FORMAT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"WRIT_LOG_LEVEL"}}),
 	}
+	flags = append(flags, keyFlags()...)
 	return &cli.Command{
 		Name:  "server",
 		Usage: "run and check the CA server",
@@ -138,6 +139,7 @@ func serverRun(c *cli.Context) error {
 		OpenPostgres: func(ctx context.Context, connString, password string) (ds.Store, error) {
 			return pgstore.Open(ctx, pgstore.Config{ConnString: connString, Password: password, Logger: logger})
 		},
+		Keys: keysConfig(c),
 	})
 	if err != nil {
 		return usagef(c, "%v", err)
