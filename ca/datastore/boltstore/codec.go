@@ -560,7 +560,7 @@ func decodeBundle(td spiffeid.TrustDomain, b []byte) (*spiffebundle.Bundle, erro
 	bundle := spiffebundle.New(td)
 	n := d.count(1)
 	for range n {
-		c, err := x509.ParseCertificate(d.raw())
+		c, err := x509.ParseCertificate(d.bytes())
 		if d.err != nil {
 			break
 		}
@@ -575,7 +575,7 @@ func decodeBundle(td spiffeid.TrustDomain, b []byte) (*spiffebundle.Bundle, erro
 		n := d.count(2)
 		for range n {
 			id := d.str()
-			key, err := x509.ParsePKIXPublicKey(d.raw())
+			key, err := x509.ParsePKIXPublicKey(d.bytes())
 			if d.err != nil {
 				break
 			}
