@@ -230,10 +230,8 @@ func TestEntryImportLarge(t *testing.T) {
 	if code != 0 || stdout.String() != "created 10000 of 10000 entries\n" {
 		t.Fatalf("code %d, stdout %q, stderr %q", code, stdout.String(), stderr.String())
 	}
+	// The rate is measured by make bench, not asserted here.
 	t.Logf("imported %d entries in %v", n, elapsed)
-	if elapsed > 5*time.Second {
-		t.Errorf("import of %d entries took %v, want well under 5s", n, elapsed)
-	}
 	f.mu.Lock()
 	sizes := slices.Clone(f.batchSizes)
 	f.mu.Unlock()
