@@ -58,7 +58,7 @@ func killOnDirEvent(t *testing.T, p *agentProc, dir string, mask uint32) <-chan 
 // without a join token: it must come back with its identity each time.
 func TestIntegrationAgentKilledDuringRenewal(t *testing.T) {
 	e := newNodeEnv(t, "--default-x509-svid-ttl", "6s")
-	const id = "spiffe://example.org/host/crash"
+	const id = "spiffe://example.org/writ/agent/crash"
 	dataDir := filepath.Join(e.dir, "a")
 	p := startAgent(t, e.addr, dataDir, e.bundle, e.token(id))
 	for i, mask := range []uint32{syscall.IN_MOVED_TO, syscall.IN_CREATE, syscall.IN_MOVED_TO, syscall.IN_CREATE} {

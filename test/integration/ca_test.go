@@ -61,7 +61,7 @@ func (e *nodeEnv) bundleSKIDs() map[string]bool {
 // connected, then taint and revoke the old CA.
 func TestIntegrationCARotateTaintRevoke(t *testing.T) {
 	e := newNodeEnv(t)
-	startAgent(t, e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token("spiffe://example.org/host/a"))
+	startAgent(t, e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token("spiffe://example.org/writ/agent/a"))
 
 	before := e.x509Authorities()
 	if len(before) != 1 {

@@ -94,8 +94,8 @@ func TestIntegrationAgentSkipsUnreachableServer(t *testing.T) {
 	}
 	dead := lis.Addr().String()
 	lis.Close()
-	a := startAgent(t, dead+","+e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token("spiffe://example.org/host/a"))
-	if got := e.agentIDs(); len(got) != 1 || got[0] != "spiffe://example.org/host/a" {
+	a := startAgent(t, dead+","+e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token("spiffe://example.org/writ/agent/a"))
+	if got := e.agentIDs(); len(got) != 1 || got[0] != "spiffe://example.org/writ/agent/a" {
 		t.Fatalf("agent list: %v", got)
 	}
 	deadline := time.Now().Add(30 * time.Second)

@@ -105,8 +105,8 @@ func TestIntegrationUpstreamDisk(t *testing.T) {
 		t.Fatalf("bundle is not the upstream root alone:\n%s", published)
 	}
 	// The agent is given the root file only.
-	a := startAgent(t, e.addr, filepath.Join(e.dir, "a"), rootFile, e.token("spiffe://example.org/host/a"))
-	e.entry("spiffe://example.org/web", "spiffe://example.org/host/a")
+	a := startAgent(t, e.addr, filepath.Join(e.dir, "a"), rootFile, e.token("spiffe://example.org/writ/agent/a"))
+	e.entry("spiffe://example.org/web", "spiffe://example.org/writ/agent/a")
 	waitSVIDs(t, a, []string{"spiffe://example.org/web"})
 
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
