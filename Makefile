@@ -6,7 +6,7 @@ PROTOS    := $(shell find ca/api -name '*.proto')
 FUZZTIME  ?= 10s
 GOLANGCI_VERSION := v2.6.2
 
-.PHONY: all build test test-deps integration bench bench-smoke bench-go fuzz lint vet fmt-check generate generate-check tidy-check tools clean
+.PHONY: all build docs docs-check test test-deps integration bench bench-smoke bench-go fuzz lint vet fmt-check generate generate-check tidy-check tools clean
 
 all: lint test
 
@@ -90,3 +90,12 @@ tidy-check:
 
 clean:
 	rm -rf $(BIN)
+
+# docs regenerates docs/config.md from the command definitions;
+# docs-check (run by make test through TestConfigReference as well) fails
+# when it is out of date.
+docs:
+	WRIT_UPDATE_DOCS=1 $(GO) test -count=1 -run '^TestConfigReference$$' ./cmd/writ
+
+docs-check:
+	$(GO) test -count=1 -run '^TestConfigReference$$' ./cmd/writ
