@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"os"
@@ -95,7 +96,21 @@ type Config struct {
 	// none; with the entries' TTLs it bounds how long after a CA key
 	// stopped signing its X.509-SVIDs may be valid. Defaults to an hour.
 	DefaultX509SVIDTTL time.Duration
+	// Backup, if set, writes a backup of the server for ServerService's
+	// Backup; without it Backup answers FailedPrecondition.
+	Backup Backuper
 }
+
+// Backuper writes a backup archive of the server to w. It fails with
+// ErrBackupUnsupported when the server's state cannot be backed up this
+// way (a shared database).
+type Backuper interface {
+	WriteBackup(ctx context.Context, w io.Writer) error
+}
+
+// ErrBackupUnsupported means the server cannot write a backup of its
+// state itself; its message says what to do instead.
+var ErrBackupUnsupported = errors.New("backup not supported")
 
 // Service serves the admin API: entries, agents, join tokens and the
 // bundle. Its interceptors must be installed on the server it is
@@ -112,6 +127,9 @@ type Service struct {
 	// allowed is the set of uids that may call admin methods. It is only
 	// read once the service serves.
 	allowed map[uint32]bool
+	// self is the uid the server runs as.
+	self   uint32
+	backup Backuper
 }
 
 // New returns a Service for cfg.
@@ -148,6 +166,8 @@ func New(cfg Config) (*Service, error) {
 		pusher:       cfg.BundlePusher,
 		x509SVIDTTL:  cmp.Or(cfg.DefaultX509SVIDTTL, time.Hour),
 		allowed:      allowed,
+		self:         uint32(os.Getuid()),
+		backup:       cfg.Backup,
 	}, nil
 }
 

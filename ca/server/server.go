@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -205,6 +206,7 @@ func (s *Server) Run(ctx context.Context) error {
 		CA:                  km,
 		BundlePusher:        nodeSvc,
 		DefaultX509SVIDTTL:  s.cfg.DefaultX509SVIDTTL,
+		Backup:              &backuper{store: store, dir: dir, td: s.cfg.TrustDomain, serverID: serverID, keyManager: cmp.Or(s.cfg.Keys.KeyManager, KeyManagerDisk), clock: s.cfg.Clock},
 	})
 	if err != nil {
 		return err

@@ -64,6 +64,8 @@ func serverCommand() *cli.Command {
 				Action: serverHealthcheck,
 			},
 			serverListCommand(),
+			serverBackupCommand(),
+			serverRestoreCommand(),
 		},
 	}
 }

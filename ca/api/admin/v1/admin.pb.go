@@ -1232,6 +1232,87 @@ func (x *Server) GetHeartbeat() int64 {
 	return 0
 }
 
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+// BackupChunk is the next piece of the archive, in order.
+type BackupChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupChunk) Reset() {
+	*x = BackupChunk{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupChunk) ProtoMessage() {}
+
+func (x *BackupChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
+func (*BackupChunk) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *BackupChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type ListServersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1240,7 +1321,7 @@ type ListServersRequest struct {
 
 func (x *ListServersRequest) Reset() {
 	*x = ListServersRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1333,7 @@ func (x *ListServersRequest) String() string {
 func (*ListServersRequest) ProtoMessage() {}
 
 func (x *ListServersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1346,7 @@ func (x *ListServersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServersRequest.ProtoReflect.Descriptor instead.
 func (*ListServersRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 type ListServersResponse struct {
@@ -1277,7 +1358,7 @@ type ListServersResponse struct {
 
 func (x *ListServersResponse) Reset() {
 	*x = ListServersResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1370,7 @@ func (x *ListServersResponse) String() string {
 func (*ListServersResponse) ProtoMessage() {}
 
 func (x *ListServersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1383,7 @@ func (x *ListServersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServersResponse.ProtoReflect.Descriptor instead.
 func (*ListServersResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListServersResponse) GetServers() []*Server {
@@ -1340,7 +1421,7 @@ type Authority struct {
 
 func (x *Authority) Reset() {
 	*x = Authority{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1433,7 @@ func (x *Authority) String() string {
 func (*Authority) ProtoMessage() {}
 
 func (x *Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1446,7 @@ func (x *Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authority.ProtoReflect.Descriptor instead.
 func (*Authority) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Authority) GetKind() string {
@@ -1434,7 +1515,7 @@ type ListAuthoritiesRequest struct {
 
 func (x *ListAuthoritiesRequest) Reset() {
 	*x = ListAuthoritiesRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1527,7 @@ func (x *ListAuthoritiesRequest) String() string {
 func (*ListAuthoritiesRequest) ProtoMessage() {}
 
 func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1540,7 @@ func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ListAuthoritiesRequest) GetKind() string {
@@ -1478,7 +1559,7 @@ type ListAuthoritiesResponse struct {
 
 func (x *ListAuthoritiesResponse) Reset() {
 	*x = ListAuthoritiesResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1571,7 @@ func (x *ListAuthoritiesResponse) String() string {
 func (*ListAuthoritiesResponse) ProtoMessage() {}
 
 func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1584,7 @@ func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
@@ -1522,7 +1603,7 @@ type PrepareAuthorityRequest struct {
 
 func (x *PrepareAuthorityRequest) Reset() {
 	*x = PrepareAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1534,7 +1615,7 @@ func (x *PrepareAuthorityRequest) String() string {
 func (*PrepareAuthorityRequest) ProtoMessage() {}
 
 func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1547,7 +1628,7 @@ func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *PrepareAuthorityRequest) GetKind() string {
@@ -1568,7 +1649,7 @@ type ActivateAuthorityRequest struct {
 
 func (x *ActivateAuthorityRequest) Reset() {
 	*x = ActivateAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1661,7 @@ func (x *ActivateAuthorityRequest) String() string {
 func (*ActivateAuthorityRequest) ProtoMessage() {}
 
 func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1674,7 @@ func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*ActivateAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ActivateAuthorityRequest) GetKind() string {
@@ -1627,7 +1708,7 @@ type TaintAuthorityRequest struct {
 
 func (x *TaintAuthorityRequest) Reset() {
 	*x = TaintAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +1720,7 @@ func (x *TaintAuthorityRequest) String() string {
 func (*TaintAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +1733,7 @@ func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *TaintAuthorityRequest) GetKind() string {
@@ -1680,7 +1761,7 @@ type RevokeAuthorityRequest struct {
 
 func (x *RevokeAuthorityRequest) Reset() {
 	*x = RevokeAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1692,7 +1773,7 @@ func (x *RevokeAuthorityRequest) String() string {
 func (*RevokeAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1705,7 +1786,7 @@ func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RevokeAuthorityRequest) GetKind() string {
@@ -1738,7 +1819,7 @@ type RotateRequest struct {
 
 func (x *RotateRequest) Reset() {
 	*x = RotateRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +1831,7 @@ func (x *RotateRequest) String() string {
 func (*RotateRequest) ProtoMessage() {}
 
 func (x *RotateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +1844,7 @@ func (x *RotateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
 func (*RotateRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RotateRequest) GetWait() bool {
@@ -1786,7 +1867,7 @@ type RotateResponse struct {
 
 func (x *RotateResponse) Reset() {
 	*x = RotateResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +1879,7 @@ func (x *RotateResponse) String() string {
 func (*RotateResponse) ProtoMessage() {}
 
 func (x *RotateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +1892,7 @@ func (x *RotateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateResponse.ProtoReflect.Descriptor instead.
 func (*RotateResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RotateResponse) GetActivated() []*Authority {
@@ -1914,7 +1995,10 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x1d\n" +
 	"\n" +
 	"started_at\x18\x04 \x01(\x03R\tstartedAt\x12\x1c\n" +
-	"\theartbeat\x18\x05 \x01(\x03R\theartbeat\"\x14\n" +
+	"\theartbeat\x18\x05 \x01(\x03R\theartbeat\"\x0f\n" +
+	"\rBackupRequest\"!\n" +
+	"\vBackupChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\x14\n" +
 	"\x12ListServersRequest\"F\n" +
 	"\x13ListServersResponse\x12/\n" +
 	"\aservers\x18\x01 \x03(\v2\x15.writ.admin.v1.ServerR\aservers\"\xe8\x01\n" +
@@ -1968,9 +2052,10 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x10JoinTokenService\x12f\n" +
 	"\x11GenerateJoinToken\x12'.writ.admin.v1.GenerateJoinTokenRequest\x1a(.writ.admin.v1.GenerateJoinTokenResponse2_\n" +
 	"\rBundleService\x12N\n" +
-	"\tGetBundle\x12\x1f.writ.admin.v1.GetBundleRequest\x1a .writ.admin.v1.GetBundleResponse2e\n" +
+	"\tGetBundle\x12\x1f.writ.admin.v1.GetBundleRequest\x1a .writ.admin.v1.GetBundleResponse2\xab\x01\n" +
 	"\rServerService\x12T\n" +
-	"\vListServers\x12!.writ.admin.v1.ListServersRequest\x1a\".writ.admin.v1.ListServersResponse2\x88\x04\n" +
+	"\vListServers\x12!.writ.admin.v1.ListServersRequest\x1a\".writ.admin.v1.ListServersResponse\x12D\n" +
+	"\x06Backup\x12\x1c.writ.admin.v1.BackupRequest\x1a\x1a.writ.admin.v1.BackupChunk0\x012\x88\x04\n" +
 	"\tCAService\x12`\n" +
 	"\x0fListAuthorities\x12%.writ.admin.v1.ListAuthoritiesRequest\x1a&.writ.admin.v1.ListAuthoritiesResponse\x12T\n" +
 	"\x10PrepareAuthority\x12&.writ.admin.v1.PrepareAuthorityRequest\x1a\x18.writ.admin.v1.Authority\x12V\n" +
@@ -1991,7 +2076,7 @@ func file_ca_api_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ca_api_admin_v1_admin_proto_rawDescData
 }
 
-var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
 var file_ca_api_admin_v1_admin_proto_goTypes = []any{
 	(*Entry)(nil),                     // 0: writ.admin.v1.Entry
 	(*Status)(nil),                    // 1: writ.admin.v1.Status
@@ -2015,17 +2100,19 @@ var file_ca_api_admin_v1_admin_proto_goTypes = []any{
 	(*GetBundleRequest)(nil),          // 19: writ.admin.v1.GetBundleRequest
 	(*GetBundleResponse)(nil),         // 20: writ.admin.v1.GetBundleResponse
 	(*Server)(nil),                    // 21: writ.admin.v1.Server
-	(*ListServersRequest)(nil),        // 22: writ.admin.v1.ListServersRequest
-	(*ListServersResponse)(nil),       // 23: writ.admin.v1.ListServersResponse
-	(*Authority)(nil),                 // 24: writ.admin.v1.Authority
-	(*ListAuthoritiesRequest)(nil),    // 25: writ.admin.v1.ListAuthoritiesRequest
-	(*ListAuthoritiesResponse)(nil),   // 26: writ.admin.v1.ListAuthoritiesResponse
-	(*PrepareAuthorityRequest)(nil),   // 27: writ.admin.v1.PrepareAuthorityRequest
-	(*ActivateAuthorityRequest)(nil),  // 28: writ.admin.v1.ActivateAuthorityRequest
-	(*TaintAuthorityRequest)(nil),     // 29: writ.admin.v1.TaintAuthorityRequest
-	(*RevokeAuthorityRequest)(nil),    // 30: writ.admin.v1.RevokeAuthorityRequest
-	(*RotateRequest)(nil),             // 31: writ.admin.v1.RotateRequest
-	(*RotateResponse)(nil),            // 32: writ.admin.v1.RotateResponse
+	(*BackupRequest)(nil),             // 22: writ.admin.v1.BackupRequest
+	(*BackupChunk)(nil),               // 23: writ.admin.v1.BackupChunk
+	(*ListServersRequest)(nil),        // 24: writ.admin.v1.ListServersRequest
+	(*ListServersResponse)(nil),       // 25: writ.admin.v1.ListServersResponse
+	(*Authority)(nil),                 // 26: writ.admin.v1.Authority
+	(*ListAuthoritiesRequest)(nil),    // 27: writ.admin.v1.ListAuthoritiesRequest
+	(*ListAuthoritiesResponse)(nil),   // 28: writ.admin.v1.ListAuthoritiesResponse
+	(*PrepareAuthorityRequest)(nil),   // 29: writ.admin.v1.PrepareAuthorityRequest
+	(*ActivateAuthorityRequest)(nil),  // 30: writ.admin.v1.ActivateAuthorityRequest
+	(*TaintAuthorityRequest)(nil),     // 31: writ.admin.v1.TaintAuthorityRequest
+	(*RevokeAuthorityRequest)(nil),    // 32: writ.admin.v1.RevokeAuthorityRequest
+	(*RotateRequest)(nil),             // 33: writ.admin.v1.RotateRequest
+	(*RotateResponse)(nil),            // 34: writ.admin.v1.RotateResponse
 }
 var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: writ.admin.v1.BatchCreateEntryRequest.entries:type_name -> writ.admin.v1.Entry
@@ -2036,8 +2123,8 @@ var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 5: writ.admin.v1.UpdateEntryRequest.entry:type_name -> writ.admin.v1.Entry
 	10, // 6: writ.admin.v1.ListAgentsResponse.agents:type_name -> writ.admin.v1.Agent
 	21, // 7: writ.admin.v1.ListServersResponse.servers:type_name -> writ.admin.v1.Server
-	24, // 8: writ.admin.v1.ListAuthoritiesResponse.authorities:type_name -> writ.admin.v1.Authority
-	24, // 9: writ.admin.v1.RotateResponse.activated:type_name -> writ.admin.v1.Authority
+	26, // 8: writ.admin.v1.ListAuthoritiesResponse.authorities:type_name -> writ.admin.v1.Authority
+	26, // 9: writ.admin.v1.RotateResponse.activated:type_name -> writ.admin.v1.Authority
 	2,  // 10: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
 	5,  // 11: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
 	6,  // 12: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
@@ -2050,34 +2137,36 @@ var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	16, // 19: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
 	17, // 20: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
 	19, // 21: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
-	22, // 22: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
-	25, // 23: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
-	27, // 24: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
-	28, // 25: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
-	29, // 26: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
-	30, // 27: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
-	31, // 28: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
-	4,  // 29: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
-	0,  // 30: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
-	7,  // 31: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
-	0,  // 32: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
-	0,  // 33: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
-	12, // 34: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
-	10, // 35: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
-	10, // 36: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
-	10, // 37: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
-	10, // 38: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
-	18, // 39: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
-	20, // 40: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
-	23, // 41: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
-	26, // 42: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
-	24, // 43: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
-	24, // 44: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
-	24, // 45: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
-	24, // 46: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
-	32, // 47: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
-	29, // [29:48] is the sub-list for method output_type
-	10, // [10:29] is the sub-list for method input_type
+	24, // 22: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
+	22, // 23: writ.admin.v1.ServerService.Backup:input_type -> writ.admin.v1.BackupRequest
+	27, // 24: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
+	29, // 25: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
+	30, // 26: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
+	31, // 27: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
+	32, // 28: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
+	33, // 29: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
+	4,  // 30: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
+	0,  // 31: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
+	7,  // 32: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
+	0,  // 33: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
+	0,  // 34: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
+	12, // 35: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
+	10, // 36: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
+	10, // 37: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
+	10, // 38: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
+	10, // 39: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
+	18, // 40: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
+	20, // 41: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
+	25, // 42: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
+	23, // 43: writ.admin.v1.ServerService.Backup:output_type -> writ.admin.v1.BackupChunk
+	28, // 44: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
+	26, // 45: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
+	26, // 46: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
+	26, // 47: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
+	26, // 48: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
+	34, // 49: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
+	30, // [30:50] is the sub-list for method output_type
+	10, // [10:30] is the sub-list for method input_type
 	10, // [10:10] is the sub-list for extension type_name
 	10, // [10:10] is the sub-list for extension extendee
 	0,  // [0:10] is the sub-list for field type_name
@@ -2094,7 +2183,7 @@ func file_ca_api_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_admin_v1_admin_proto_rawDesc), len(file_ca_api_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   35,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

@@ -754,6 +754,7 @@ var BundleService_ServiceDesc = grpc.ServiceDesc{
 
 const (
 	ServerService_ListServers_FullMethodName = "/writ.admin.v1.ServerService/ListServers"
+	ServerService_Backup_FullMethodName      = "/writ.admin.v1.ServerService/Backup"
 )
 
 // ServerServiceClient is the client API for ServerService service.
@@ -763,6 +764,13 @@ type ServerServiceClient interface {
 	// Lists the servers that share the datastore, in ID order. Stopped
 	// servers stay listed with their last heartbeat.
 	ListServers(ctx context.Context, in *ListServersRequest, opts ...grpc.CallOption) (*ListServersResponse, error)
+	// Backup streams a backup of the server that receives the call: a tar
+	// archive of a consistent datastore snapshot and, with the disk key
+	// store, the CA private keys its records name. Signing goes on while it
+	// runs. Only root and the server's own uid may call it (it holds private
+	// keys); FailedPrecondition for a datastore it cannot snapshot
+	// (PostgreSQL: use pg_dump).
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error)
 }
 
 type serverServiceClient struct {
@@ -783,6 +791,25 @@ func (c *serverServiceClient) ListServers(ctx context.Context, in *ListServersRe
 	return out, nil
 }
 
+func (c *serverServiceClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ServerService_ServiceDesc.Streams[0], ServerService_Backup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupRequest, BackupChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ServerService_BackupClient = grpc.ServerStreamingClient[BackupChunk]
+
 // ServerServiceServer is the server API for ServerService service.
 // All implementations must embed UnimplementedServerServiceServer
 // for forward compatibility.
@@ -790,6 +817,13 @@ type ServerServiceServer interface {
 	// Lists the servers that share the datastore, in ID order. Stopped
 	// servers stay listed with their last heartbeat.
 	ListServers(context.Context, *ListServersRequest) (*ListServersResponse, error)
+	// Backup streams a backup of the server that receives the call: a tar
+	// archive of a consistent datastore snapshot and, with the disk key
+	// store, the CA private keys its records name. Signing goes on while it
+	// runs. Only root and the server's own uid may call it (it holds private
+	// keys); FailedPrecondition for a datastore it cannot snapshot
+	// (PostgreSQL: use pg_dump).
+	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error
 	mustEmbedUnimplementedServerServiceServer()
 }
 
@@ -802,6 +836,9 @@ type UnimplementedServerServiceServer struct{}
 
 func (UnimplementedServerServiceServer) ListServers(context.Context, *ListServersRequest) (*ListServersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListServers not implemented")
+}
+func (UnimplementedServerServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error {
+	return status.Error(codes.Unimplemented, "method Backup not implemented")
 }
 func (UnimplementedServerServiceServer) mustEmbedUnimplementedServerServiceServer() {}
 func (UnimplementedServerServiceServer) testEmbeddedByValue()                       {}
@@ -842,6 +879,17 @@ func _ServerService_ListServers_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ServerService_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ServerServiceServer).Backup(m, &grpc.GenericServerStream[BackupRequest, BackupChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ServerService_BackupServer = grpc.ServerStreamingServer[BackupChunk]
+
 // ServerService_ServiceDesc is the grpc.ServiceDesc for ServerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -854,7 +902,13 @@ var ServerService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _ServerService_ListServers_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Backup",
+			Handler:       _ServerService_Backup_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "ca/api/admin/v1/admin.proto",
 }
 
