@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -24,6 +25,7 @@ import (
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/keymanager"
 	"writ.dev/writ/ca/nodeapi"
+	"writ.dev/writ/ca/ui"
 	"writ.dev/writ/ca/x509ca"
 	"writ.dev/writ/internal/datadir"
 	"writ.dev/writ/internal/peercred"
@@ -74,6 +76,10 @@ type Config struct {
 	OpenPostgres func(ctx context.Context, connString, password string) (datastore.Store, error)
 	// Keys chooses where CA keys live and who signs the CA (keys.go).
 	Keys KeysConfig
+	// UIAddress, if set, is the host:port of the read-only status page
+	// (package ui); UIToken is the token its requests must carry.
+	UIAddress string
+	UIToken   string
 }
 
 // Server is a CA server.
@@ -130,6 +136,9 @@ func New(cfg Config) (*Server, error) {
 	if _, err := ParseDatastore(cfg.Datastore); err != nil {
 		return nil, err
 	}
+	if cfg.UIAddress != "" && len(cfg.UIToken) < ui.MinTokenLength {
+		return nil, fmt.Errorf("status page token must be at least %d characters", ui.MinTokenLength)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -150,6 +159,12 @@ func (s *Server) Run(ctx context.Context) error {
 	s.running = true
 	s.mu.Unlock()
 	log := s.cfg.Logger
+	var audit *ui.AuditLog
+	if s.cfg.UIAddress != "" {
+		// The status page shows the recent audit records.
+		audit = ui.NewAuditLog(recentAuditEvents)
+		log = slog.New(audit.Handler(log.Handler(), admin.KeyAudit))
+	}
 
 	dir, err := datadir.Open(s.cfg.DataDir)
 	if err != nil {
@@ -228,6 +243,14 @@ func (s *Server) Run(ctx context.Context) error {
 	adminSvc.Register(adminGRPC)
 	healthpb.RegisterHealthServer(adminGRPC, healthSrv)
 
+	uiSrv, uiLis, err := s.statusPage(store, nodeSvc, audit, serverID)
+	if err != nil {
+		return err
+	}
+	if uiLis != nil {
+		defer uiLis.Close()
+	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -256,8 +279,18 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	run("node API listener", func() error { return nodeGRPC.Serve(nodeLis) })
 	run("admin API", func() error { return adminGRPC.Serve(adminLis) })
+	readyAttrs := []any{"trust_domain", s.cfg.TrustDomain.Name(), "server_id", serverID, "datastore", RedactDatastore(s.cfg.Datastore), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", nodeLis.Addr().String()}
+	if uiSrv != nil {
+		run("status page", func() error {
+			if err := uiSrv.Serve(uiLis); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+		readyAttrs = append(readyAttrs, "ui_address", uiLis.Addr().String())
+	}
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	log.Info("server ready", "trust_domain", s.cfg.TrustDomain.Name(), "server_id", serverID, "datastore", RedactDatastore(s.cfg.Datastore), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", nodeLis.Addr().String())
+	log.Info("server ready", readyAttrs...)
 
 	var runErr error
 	select {
@@ -269,6 +302,11 @@ func (s *Server) Run(ctx context.Context) error {
 	cancel() // ends open Sync streams, so the graceful stops do not wait on them
 	stopGracefully(nodeGRPC, 5*time.Second)
 	stopGracefully(adminGRPC, 5*time.Second)
+	if uiSrv != nil {
+		shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = uiSrv.Shutdown(shutdownCtx)
+		cancelShutdown()
+	}
 	wg.Wait()
 	_ = os.Remove(s.cfg.AdminSocket)
 	log.Info("server stopped")

@@ -42,6 +42,7 @@ func serverCommand() *cli.Command {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"WRIT_LOG_LEVEL"}}),
 	}
 	flags = append(flags, keyFlags()...)
+	flags = append(flags, uiFlags()...)
 	return &cli.Command{
 		Name:  "server",
 		Usage: "run and check the CA server",
@@ -125,7 +126,13 @@ func serverRun(c *cli.Context) error {
 			return fmt.Errorf("--datastore-password-file: %w", err)
 		}
 	}
+	uiAddress, uiToken, err := uiSettings(c)
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(server.Config{
+		UIAddress:          uiAddress,
+		UIToken:            uiToken,
 		TrustDomain:        td,
 		DataDir:            c.String("data-dir"),
 		BindAddress:        c.String("bind-address"),
