@@ -53,7 +53,9 @@ func newTestHandler(t *testing.T, audit *AuditLog) (*Handler, *fakeStore) {
 		},
 	}
 	h, err := New(Config{TrustDomain: td, Store: store, Token: token, Audit: audit, ServerID: "s1", Clock: fakeclock.New(t0),
-		Connected: func() map[spiffeid.ID]int { return map[spiffeid.ID]int{spiffeid.RequireFromString("spiffe://example.org/writ/agent/n1"): 1} }})
+		Connected: func() map[spiffeid.ID]int {
+			return map[spiffeid.ID]int{spiffeid.RequireFromString("spiffe://example.org/writ/agent/n1"): 1}
+		}})
 	if err != nil {
 		t.Fatal(err)
 	}
