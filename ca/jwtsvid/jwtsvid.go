@@ -89,6 +89,9 @@ var b64 = base64.RawURLEncoding.Strict()
 type Key struct {
 	ID     string
 	Signer crypto.Signer
+	// Issuer, if set, is the iss claim of the tokens the key signs (the
+	// issuer URL that OIDC discovery publishes).
+	Issuer string
 }
 
 // BundleSource supplies JWT bundles by trust domain. It is go-spiffe's
@@ -113,6 +116,7 @@ type Claims struct {
 
 // claims is the payload Sign writes.
 type claims struct {
+	Issuer   string `json:"iss,omitempty"`
 	Subject  string `json:"sub"`
 	Audience any    `json:"aud"`
 	Expiry   int64  `json:"exp"`
@@ -124,7 +128,7 @@ type claims struct {
 // RS256 for RSA), kid = key.ID and typ "JWT". The claims are sub = id,
 // aud (a string for one audience, an array for several; each non-empty),
 // exp = min(now+ttl, notAfter) in whole seconds rounded down, and
-// iat = now in whole seconds. notAfter is the end of the key's validity and
+// iat = now in whole seconds, and iss = key.Issuer if set. notAfter is the end of the key's validity and
 // is required: a token never outlives its key.
 func Sign(now time.Time, key Key, id spiffeid.ID, audience []string, ttl time.Duration, notAfter time.Time) (string, time.Time, error) {
 	switch {
@@ -158,7 +162,7 @@ func Sign(now time.Time, key Key, id spiffeid.ID, audience []string, ttl time.Du
 	if !exp.After(now) {
 		return "", time.Time{}, fmt.Errorf("%w: token would expire within a second (TTL %v, key valid until %s)", ErrInvalid, ttl, notAfter.UTC().Format(time.RFC3339))
 	}
-	c := claims{Subject: id.String(), Expiry: exp.Unix(), IssuedAt: now.Unix()}
+	c := claims{Issuer: key.Issuer, Subject: id.String(), Expiry: exp.Unix(), IssuedAt: now.Unix()}
 	if len(audience) == 1 {
 		c.Audience = audience[0]
 	} else {

@@ -97,6 +97,8 @@ type Config struct {
 	Store       Store
 	Clock       clock.Clock
 	Logger      *slog.Logger
+	// JWTIssuer, if set, is the iss claim of every JWT-SVID.
+	JWTIssuer string
 }
 
 // Active is what signs now. It never changes once published; rotation
@@ -736,7 +738,7 @@ func (m *Manager) setActive(now time.Time, records []*datastore.CAKey) error {
 		case datastore.CAKeyX509:
 			a.X509 = &x509ca.Issuer{Cert: k.cert, Signer: k.signer, Chain: k.chain}
 		case datastore.CAKeyJWT:
-			a.JWT = jwtsvid.Key{ID: r.ID, Signer: k.signer}
+			a.JWT = jwtsvid.Key{ID: r.ID, Signer: k.signer, Issuer: m.cfg.JWTIssuer}
 			a.JWTNotAfter = r.NotAfter
 		}
 	}

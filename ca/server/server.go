@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -80,6 +79,37 @@ type Config struct {
 	// (package ui); UIToken is the token its requests must carry.
 	UIAddress string
 	UIToken   string
+	// JWTIssuer, if set, is the iss claim of JWT-SVIDs and the issuer
+	// that OIDC discovery publishes: an absolute http(s) URL.
+	JWTIssuer string
+	// Federation configures the SPIFFE bundle endpoint, OIDC the OIDC
+	// discovery endpoint; each is off without a BindAddress.
+	Federation FederationConfig
+	OIDC       OIDCConfig
+}
+
+// FederationConfig configures the SPIFFE bundle endpoint that other trust
+// domains fetch this trust domain's bundle from.
+type FederationConfig struct {
+	BindAddress string
+	// Profile is ProfileHTTPSSPIFFE (the default: the server's own
+	// X.509-SVID authenticates it; EndpointID, if set, must be its ID) or
+	// ProfileHTTPSWeb (CertFile and KeyFile, reloaded when they change).
+	Profile    string
+	EndpointID spiffeid.ID
+	CertFile   string
+	KeyFile    string
+}
+
+// OIDCConfig configures OIDC discovery and the JWKS.
+type OIDCConfig struct {
+	BindAddress string
+	// CertFile and KeyFile serve HTTPS (reloaded when they change);
+	// InsecureHTTP serves plain HTTP instead, for a TLS-terminating proxy
+	// or CDN in front.
+	CertFile     string
+	KeyFile      string
+	InsecureHTTP bool
 }
 
 // Server is a CA server.
@@ -134,6 +164,9 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("admin socket path %s is too long for a Unix socket (%d bytes, at most 100)", cfg.AdminSocket, len(cfg.AdminSocket))
 	}
 	if _, err := ParseDatastore(cfg.Datastore); err != nil {
+		return nil, err
+	}
+	if err := cfg.checkPublishing(); err != nil {
 		return nil, err
 	}
 	if cfg.UIAddress != "" && len(cfg.UIToken) < ui.MinTokenLength {
@@ -243,12 +276,12 @@ func (s *Server) Run(ctx context.Context) error {
 	adminSvc.Register(adminGRPC)
 	healthpb.RegisterHealthServer(adminGRPC, healthSrv)
 
-	uiSrv, uiLis, err := s.statusPage(store, nodeSvc, audit, serverID)
+	endpoints, err := s.httpEndpoints(store, nodeSvc, audit, serverID)
 	if err != nil {
 		return err
 	}
-	if uiLis != nil {
-		defer uiLis.Close()
+	for _, ep := range endpoints {
+		defer ep.lis.Close()
 	}
 
 	ctx, cancel := context.WithCancel(ctx)
@@ -280,14 +313,12 @@ func (s *Server) Run(ctx context.Context) error {
 	run("node API listener", func() error { return nodeGRPC.Serve(nodeLis) })
 	run("admin API", func() error { return adminGRPC.Serve(adminLis) })
 	readyAttrs := []any{"trust_domain", s.cfg.TrustDomain.Name(), "server_id", serverID, "datastore", RedactDatastore(s.cfg.Datastore), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", nodeLis.Addr().String()}
-	if uiSrv != nil {
-		run("status page", func() error {
-			if err := uiSrv.Serve(uiLis); !errors.Is(err, http.ErrServerClosed) {
-				return err
-			}
-			return nil
-		})
-		readyAttrs = append(readyAttrs, "ui_address", uiLis.Addr().String())
+	for _, ep := range endpoints {
+		if ep.start != nil {
+			run(ep.name+" bundle source", func() error { return ep.start(ctx) })
+		}
+		run(ep.name, ep.serve)
+		readyAttrs = append(readyAttrs, ep.logKey, ep.lis.Addr().String())
 	}
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	log.Info("server ready", readyAttrs...)
@@ -302,10 +333,8 @@ func (s *Server) Run(ctx context.Context) error {
 	cancel() // ends open Sync streams, so the graceful stops do not wait on them
 	stopGracefully(nodeGRPC, 5*time.Second)
 	stopGracefully(adminGRPC, 5*time.Second)
-	if uiSrv != nil {
-		shutdownCtx, cancelShutdown := context.WithTimeout(context.Background(), 5*time.Second)
-		_ = uiSrv.Shutdown(shutdownCtx)
-		cancelShutdown()
+	for _, ep := range endpoints {
+		ep.shutdown()
 	}
 	wg.Wait()
 	_ = os.Remove(s.cfg.AdminSocket)

@@ -43,6 +43,7 @@ func serverCommand() *cli.Command {
 	}
 	flags = append(flags, keyFlags()...)
 	flags = append(flags, uiFlags()...)
+	flags = append(flags, publishFlags()...)
 	return &cli.Command{
 		Name:  "server",
 		Usage: "run and check the CA server",
@@ -130,9 +131,16 @@ func serverRun(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	jwtIssuer, federation, oidc, err := publishConfig(c)
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(server.Config{
 		UIAddress:          uiAddress,
 		UIToken:            uiToken,
+		JWTIssuer:          jwtIssuer,
+		Federation:         federation,
+		OIDC:               oidc,
 		TrustDomain:        td,
 		DataDir:            c.String("data-dir"),
 		BindAddress:        c.String("bind-address"),
