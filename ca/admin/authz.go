@@ -45,7 +45,10 @@ var rules = map[string]rule{
 
 	adminv1.JoinTokenService_GenerateJoinToken_FullMethodName: {mutation: true},
 
-	adminv1.BundleService_GetBundle_FullMethodName: {},
+	adminv1.BundleService_GetBundle_FullMethodName:             {},
+	adminv1.BundleService_SetFederatedBundle_FullMethodName:    {mutation: true},
+	adminv1.BundleService_ListFederatedBundles_FullMethodName:  {},
+	adminv1.BundleService_DeleteFederatedBundle_FullMethodName: {mutation: true},
 
 	adminv1.ServerService_ListServers_FullMethodName:   {},
 	adminv1.ServerService_Backup_FullMethodName:        {secret: true},

@@ -62,6 +62,9 @@ type Store interface {
 	CreateJoinToken(ctx context.Context, t *datastore.JoinToken) error
 
 	FetchBundle(ctx context.Context, td spiffeid.TrustDomain) (*spiffebundle.Bundle, error)
+	ListBundles(ctx context.Context) ([]*spiffebundle.Bundle, error)
+	UpdateBundle(ctx context.Context, td spiffeid.TrustDomain, fn func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error)) (*spiffebundle.Bundle, error)
+	DeleteBundle(ctx context.Context, td spiffeid.TrustDomain) error
 
 	ListServers(ctx context.Context) ([]*datastore.Server, error)
 }

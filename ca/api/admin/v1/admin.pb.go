@@ -1055,7 +1055,9 @@ func (x *GenerateJoinTokenResponse) GetExpiresAt() int64 {
 }
 
 type GetBundleRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty for the local trust domain.
+	TrustDomain   string `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1090,6 +1092,226 @@ func (*GetBundleRequest) Descriptor() ([]byte, []int) {
 	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
+func (x *GetBundleRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type SetFederatedBundleRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// The bundle in SPIFFE bundle format.
+	SpiffeBundle  []byte `protobuf:"bytes,2,opt,name=spiffe_bundle,json=spiffeBundle,proto3" json:"spiffe_bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetFederatedBundleRequest) Reset() {
+	*x = SetFederatedBundleRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetFederatedBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetFederatedBundleRequest) ProtoMessage() {}
+
+func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetFederatedBundleRequest.ProtoReflect.Descriptor instead.
+func (*SetFederatedBundleRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SetFederatedBundleRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *SetFederatedBundleRequest) GetSpiffeBundle() []byte {
+	if x != nil {
+		return x.SpiffeBundle
+	}
+	return nil
+}
+
+type ListFederatedBundlesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederatedBundlesRequest) Reset() {
+	*x = ListFederatedBundlesRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederatedBundlesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederatedBundlesRequest) ProtoMessage() {}
+
+func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederatedBundlesRequest.ProtoReflect.Descriptor instead.
+func (*ListFederatedBundlesRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+type ListFederatedBundlesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bundles       []*GetBundleResponse   `protobuf:"bytes,1,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederatedBundlesResponse) Reset() {
+	*x = ListFederatedBundlesResponse{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederatedBundlesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederatedBundlesResponse) ProtoMessage() {}
+
+func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederatedBundlesResponse.ProtoReflect.Descriptor instead.
+func (*ListFederatedBundlesResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListFederatedBundlesResponse) GetBundles() []*GetBundleResponse {
+	if x != nil {
+		return x.Bundles
+	}
+	return nil
+}
+
+type DeleteFederatedBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederatedBundleRequest) Reset() {
+	*x = DeleteFederatedBundleRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederatedBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederatedBundleRequest) ProtoMessage() {}
+
+func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
+func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type DeleteFederatedBundleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederatedBundleResponse) Reset() {
+	*x = DeleteFederatedBundleResponse{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederatedBundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederatedBundleResponse) ProtoMessage() {}
+
+func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
+func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
 type GetBundleResponse struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
@@ -1102,7 +1324,7 @@ type GetBundleResponse struct {
 
 func (x *GetBundleResponse) Reset() {
 	*x = GetBundleResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1336,7 @@ func (x *GetBundleResponse) String() string {
 func (*GetBundleResponse) ProtoMessage() {}
 
 func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1349,7 @@ func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetBundleResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetBundleResponse) GetTrustDomain() string {
@@ -1169,7 +1391,7 @@ type Server struct {
 
 func (x *Server) Reset() {
 	*x = Server{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1181,7 +1403,7 @@ func (x *Server) String() string {
 func (*Server) ProtoMessage() {}
 
 func (x *Server) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1194,7 +1416,7 @@ func (x *Server) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Server.ProtoReflect.Descriptor instead.
 func (*Server) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Server) GetId() string {
@@ -1240,7 +1462,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1474,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1487,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 // BackupChunk is the next piece of the archive, in order.
@@ -1278,7 +1500,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1290,7 +1512,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1303,7 +1525,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *BackupChunk) GetData() []byte {
@@ -1321,7 +1543,7 @@ type ListServersRequest struct {
 
 func (x *ListServersRequest) Reset() {
 	*x = ListServersRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1333,7 +1555,7 @@ func (x *ListServersRequest) String() string {
 func (*ListServersRequest) ProtoMessage() {}
 
 func (x *ListServersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1346,7 +1568,7 @@ func (x *ListServersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServersRequest.ProtoReflect.Descriptor instead.
 func (*ListServersRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 type ListServersResponse struct {
@@ -1358,7 +1580,7 @@ type ListServersResponse struct {
 
 func (x *ListServersResponse) Reset() {
 	*x = ListServersResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1370,7 +1592,7 @@ func (x *ListServersResponse) String() string {
 func (*ListServersResponse) ProtoMessage() {}
 
 func (x *ListServersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1383,7 +1605,7 @@ func (x *ListServersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServersResponse.ProtoReflect.Descriptor instead.
 func (*ListServersResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListServersResponse) GetServers() []*Server {
@@ -1421,7 +1643,7 @@ type Authority struct {
 
 func (x *Authority) Reset() {
 	*x = Authority{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1433,7 +1655,7 @@ func (x *Authority) String() string {
 func (*Authority) ProtoMessage() {}
 
 func (x *Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1446,7 +1668,7 @@ func (x *Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authority.ProtoReflect.Descriptor instead.
 func (*Authority) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Authority) GetKind() string {
@@ -1515,7 +1737,7 @@ type ListAuthoritiesRequest struct {
 
 func (x *ListAuthoritiesRequest) Reset() {
 	*x = ListAuthoritiesRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1527,7 +1749,7 @@ func (x *ListAuthoritiesRequest) String() string {
 func (*ListAuthoritiesRequest) ProtoMessage() {}
 
 func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1540,7 +1762,7 @@ func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListAuthoritiesRequest) GetKind() string {
@@ -1559,7 +1781,7 @@ type ListAuthoritiesResponse struct {
 
 func (x *ListAuthoritiesResponse) Reset() {
 	*x = ListAuthoritiesResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1571,7 +1793,7 @@ func (x *ListAuthoritiesResponse) String() string {
 func (*ListAuthoritiesResponse) ProtoMessage() {}
 
 func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1584,7 +1806,7 @@ func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
@@ -1603,7 +1825,7 @@ type PrepareAuthorityRequest struct {
 
 func (x *PrepareAuthorityRequest) Reset() {
 	*x = PrepareAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1615,7 +1837,7 @@ func (x *PrepareAuthorityRequest) String() string {
 func (*PrepareAuthorityRequest) ProtoMessage() {}
 
 func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1628,7 +1850,7 @@ func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PrepareAuthorityRequest) GetKind() string {
@@ -1649,7 +1871,7 @@ type ActivateAuthorityRequest struct {
 
 func (x *ActivateAuthorityRequest) Reset() {
 	*x = ActivateAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1661,7 +1883,7 @@ func (x *ActivateAuthorityRequest) String() string {
 func (*ActivateAuthorityRequest) ProtoMessage() {}
 
 func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1674,7 +1896,7 @@ func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*ActivateAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ActivateAuthorityRequest) GetKind() string {
@@ -1708,7 +1930,7 @@ type TaintAuthorityRequest struct {
 
 func (x *TaintAuthorityRequest) Reset() {
 	*x = TaintAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1720,7 +1942,7 @@ func (x *TaintAuthorityRequest) String() string {
 func (*TaintAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1733,7 +1955,7 @@ func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TaintAuthorityRequest) GetKind() string {
@@ -1761,7 +1983,7 @@ type RevokeAuthorityRequest struct {
 
 func (x *RevokeAuthorityRequest) Reset() {
 	*x = RevokeAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1773,7 +1995,7 @@ func (x *RevokeAuthorityRequest) String() string {
 func (*RevokeAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1786,7 +2008,7 @@ func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RevokeAuthorityRequest) GetKind() string {
@@ -1819,7 +2041,7 @@ type RotateRequest struct {
 
 func (x *RotateRequest) Reset() {
 	*x = RotateRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1831,7 +2053,7 @@ func (x *RotateRequest) String() string {
 func (*RotateRequest) ProtoMessage() {}
 
 func (x *RotateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1844,7 +2066,7 @@ func (x *RotateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
 func (*RotateRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RotateRequest) GetWait() bool {
@@ -1867,7 +2089,7 @@ type RotateResponse struct {
 
 func (x *RotateResponse) Reset() {
 	*x = RotateResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1879,7 +2101,7 @@ func (x *RotateResponse) String() string {
 func (*RotateResponse) ProtoMessage() {}
 
 func (x *RotateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1892,7 +2114,7 @@ func (x *RotateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateResponse.ProtoReflect.Descriptor instead.
 func (*RotateResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RotateResponse) GetActivated() []*Authority {
@@ -1983,8 +2205,18 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"\x12\n" +
-	"\x10GetBundleRequest\"w\n" +
+	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"5\n" +
+	"\x10GetBundleRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"c\n" +
+	"\x19SetFederatedBundleRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12#\n" +
+	"\rspiffe_bundle\x18\x02 \x01(\fR\fspiffeBundle\"\x1d\n" +
+	"\x1bListFederatedBundlesRequest\"Z\n" +
+	"\x1cListFederatedBundlesResponse\x12:\n" +
+	"\abundles\x18\x01 \x03(\v2 .writ.admin.v1.GetBundleResponseR\abundles\"A\n" +
+	"\x1cDeleteFederatedBundleRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x1f\n" +
+	"\x1dDeleteFederatedBundleResponse\"w\n" +
 	"\x11GetBundleResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12#\n" +
 	"\rspiffe_bundle\x18\x02 \x01(\fR\fspiffeBundle\x12\x1a\n" +
@@ -2050,9 +2282,12 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"UnbanAgent\x12 .writ.admin.v1.UnbanAgentRequest\x1a\x14.writ.admin.v1.Agent2z\n" +
 	"\x10JoinTokenService\x12f\n" +
-	"\x11GenerateJoinToken\x12'.writ.admin.v1.GenerateJoinTokenRequest\x1a(.writ.admin.v1.GenerateJoinTokenResponse2_\n" +
+	"\x11GenerateJoinToken\x12'.writ.admin.v1.GenerateJoinTokenRequest\x1a(.writ.admin.v1.GenerateJoinTokenResponse2\xa6\x03\n" +
 	"\rBundleService\x12N\n" +
-	"\tGetBundle\x12\x1f.writ.admin.v1.GetBundleRequest\x1a .writ.admin.v1.GetBundleResponse2\xab\x01\n" +
+	"\tGetBundle\x12\x1f.writ.admin.v1.GetBundleRequest\x1a .writ.admin.v1.GetBundleResponse\x12`\n" +
+	"\x12SetFederatedBundle\x12(.writ.admin.v1.SetFederatedBundleRequest\x1a .writ.admin.v1.GetBundleResponse\x12o\n" +
+	"\x14ListFederatedBundles\x12*.writ.admin.v1.ListFederatedBundlesRequest\x1a+.writ.admin.v1.ListFederatedBundlesResponse\x12r\n" +
+	"\x15DeleteFederatedBundle\x12+.writ.admin.v1.DeleteFederatedBundleRequest\x1a,.writ.admin.v1.DeleteFederatedBundleResponse2\xab\x01\n" +
 	"\rServerService\x12T\n" +
 	"\vListServers\x12!.writ.admin.v1.ListServersRequest\x1a\".writ.admin.v1.ListServersResponse\x12D\n" +
 	"\x06Backup\x12\x1c.writ.admin.v1.BackupRequest\x1a\x1a.writ.admin.v1.BackupChunk0\x012\x88\x04\n" +
@@ -2076,43 +2311,48 @@ func file_ca_api_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ca_api_admin_v1_admin_proto_rawDescData
 }
 
-var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 35)
+var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_ca_api_admin_v1_admin_proto_goTypes = []any{
-	(*Entry)(nil),                     // 0: writ.admin.v1.Entry
-	(*Status)(nil),                    // 1: writ.admin.v1.Status
-	(*BatchCreateEntryRequest)(nil),   // 2: writ.admin.v1.BatchCreateEntryRequest
-	(*EntryResult)(nil),               // 3: writ.admin.v1.EntryResult
-	(*BatchCreateEntryResponse)(nil),  // 4: writ.admin.v1.BatchCreateEntryResponse
-	(*GetEntryRequest)(nil),           // 5: writ.admin.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),        // 6: writ.admin.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),       // 7: writ.admin.v1.ListEntriesResponse
-	(*UpdateEntryRequest)(nil),        // 8: writ.admin.v1.UpdateEntryRequest
-	(*DeleteEntryRequest)(nil),        // 9: writ.admin.v1.DeleteEntryRequest
-	(*Agent)(nil),                     // 10: writ.admin.v1.Agent
-	(*ListAgentsRequest)(nil),         // 11: writ.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),        // 12: writ.admin.v1.ListAgentsResponse
-	(*GetAgentRequest)(nil),           // 13: writ.admin.v1.GetAgentRequest
-	(*EvictAgentRequest)(nil),         // 14: writ.admin.v1.EvictAgentRequest
-	(*BanAgentRequest)(nil),           // 15: writ.admin.v1.BanAgentRequest
-	(*UnbanAgentRequest)(nil),         // 16: writ.admin.v1.UnbanAgentRequest
-	(*GenerateJoinTokenRequest)(nil),  // 17: writ.admin.v1.GenerateJoinTokenRequest
-	(*GenerateJoinTokenResponse)(nil), // 18: writ.admin.v1.GenerateJoinTokenResponse
-	(*GetBundleRequest)(nil),          // 19: writ.admin.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),         // 20: writ.admin.v1.GetBundleResponse
-	(*Server)(nil),                    // 21: writ.admin.v1.Server
-	(*BackupRequest)(nil),             // 22: writ.admin.v1.BackupRequest
-	(*BackupChunk)(nil),               // 23: writ.admin.v1.BackupChunk
-	(*ListServersRequest)(nil),        // 24: writ.admin.v1.ListServersRequest
-	(*ListServersResponse)(nil),       // 25: writ.admin.v1.ListServersResponse
-	(*Authority)(nil),                 // 26: writ.admin.v1.Authority
-	(*ListAuthoritiesRequest)(nil),    // 27: writ.admin.v1.ListAuthoritiesRequest
-	(*ListAuthoritiesResponse)(nil),   // 28: writ.admin.v1.ListAuthoritiesResponse
-	(*PrepareAuthorityRequest)(nil),   // 29: writ.admin.v1.PrepareAuthorityRequest
-	(*ActivateAuthorityRequest)(nil),  // 30: writ.admin.v1.ActivateAuthorityRequest
-	(*TaintAuthorityRequest)(nil),     // 31: writ.admin.v1.TaintAuthorityRequest
-	(*RevokeAuthorityRequest)(nil),    // 32: writ.admin.v1.RevokeAuthorityRequest
-	(*RotateRequest)(nil),             // 33: writ.admin.v1.RotateRequest
-	(*RotateResponse)(nil),            // 34: writ.admin.v1.RotateResponse
+	(*Entry)(nil),                         // 0: writ.admin.v1.Entry
+	(*Status)(nil),                        // 1: writ.admin.v1.Status
+	(*BatchCreateEntryRequest)(nil),       // 2: writ.admin.v1.BatchCreateEntryRequest
+	(*EntryResult)(nil),                   // 3: writ.admin.v1.EntryResult
+	(*BatchCreateEntryResponse)(nil),      // 4: writ.admin.v1.BatchCreateEntryResponse
+	(*GetEntryRequest)(nil),               // 5: writ.admin.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),            // 6: writ.admin.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),           // 7: writ.admin.v1.ListEntriesResponse
+	(*UpdateEntryRequest)(nil),            // 8: writ.admin.v1.UpdateEntryRequest
+	(*DeleteEntryRequest)(nil),            // 9: writ.admin.v1.DeleteEntryRequest
+	(*Agent)(nil),                         // 10: writ.admin.v1.Agent
+	(*ListAgentsRequest)(nil),             // 11: writ.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),            // 12: writ.admin.v1.ListAgentsResponse
+	(*GetAgentRequest)(nil),               // 13: writ.admin.v1.GetAgentRequest
+	(*EvictAgentRequest)(nil),             // 14: writ.admin.v1.EvictAgentRequest
+	(*BanAgentRequest)(nil),               // 15: writ.admin.v1.BanAgentRequest
+	(*UnbanAgentRequest)(nil),             // 16: writ.admin.v1.UnbanAgentRequest
+	(*GenerateJoinTokenRequest)(nil),      // 17: writ.admin.v1.GenerateJoinTokenRequest
+	(*GenerateJoinTokenResponse)(nil),     // 18: writ.admin.v1.GenerateJoinTokenResponse
+	(*GetBundleRequest)(nil),              // 19: writ.admin.v1.GetBundleRequest
+	(*SetFederatedBundleRequest)(nil),     // 20: writ.admin.v1.SetFederatedBundleRequest
+	(*ListFederatedBundlesRequest)(nil),   // 21: writ.admin.v1.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),  // 22: writ.admin.v1.ListFederatedBundlesResponse
+	(*DeleteFederatedBundleRequest)(nil),  // 23: writ.admin.v1.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 24: writ.admin.v1.DeleteFederatedBundleResponse
+	(*GetBundleResponse)(nil),             // 25: writ.admin.v1.GetBundleResponse
+	(*Server)(nil),                        // 26: writ.admin.v1.Server
+	(*BackupRequest)(nil),                 // 27: writ.admin.v1.BackupRequest
+	(*BackupChunk)(nil),                   // 28: writ.admin.v1.BackupChunk
+	(*ListServersRequest)(nil),            // 29: writ.admin.v1.ListServersRequest
+	(*ListServersResponse)(nil),           // 30: writ.admin.v1.ListServersResponse
+	(*Authority)(nil),                     // 31: writ.admin.v1.Authority
+	(*ListAuthoritiesRequest)(nil),        // 32: writ.admin.v1.ListAuthoritiesRequest
+	(*ListAuthoritiesResponse)(nil),       // 33: writ.admin.v1.ListAuthoritiesResponse
+	(*PrepareAuthorityRequest)(nil),       // 34: writ.admin.v1.PrepareAuthorityRequest
+	(*ActivateAuthorityRequest)(nil),      // 35: writ.admin.v1.ActivateAuthorityRequest
+	(*TaintAuthorityRequest)(nil),         // 36: writ.admin.v1.TaintAuthorityRequest
+	(*RevokeAuthorityRequest)(nil),        // 37: writ.admin.v1.RevokeAuthorityRequest
+	(*RotateRequest)(nil),                 // 38: writ.admin.v1.RotateRequest
+	(*RotateResponse)(nil),                // 39: writ.admin.v1.RotateResponse
 }
 var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: writ.admin.v1.BatchCreateEntryRequest.entries:type_name -> writ.admin.v1.Entry
@@ -2122,54 +2362,61 @@ var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 4: writ.admin.v1.ListEntriesResponse.entries:type_name -> writ.admin.v1.Entry
 	0,  // 5: writ.admin.v1.UpdateEntryRequest.entry:type_name -> writ.admin.v1.Entry
 	10, // 6: writ.admin.v1.ListAgentsResponse.agents:type_name -> writ.admin.v1.Agent
-	21, // 7: writ.admin.v1.ListServersResponse.servers:type_name -> writ.admin.v1.Server
-	26, // 8: writ.admin.v1.ListAuthoritiesResponse.authorities:type_name -> writ.admin.v1.Authority
-	26, // 9: writ.admin.v1.RotateResponse.activated:type_name -> writ.admin.v1.Authority
-	2,  // 10: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
-	5,  // 11: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
-	6,  // 12: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
-	8,  // 13: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
-	9,  // 14: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
-	11, // 15: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
-	13, // 16: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
-	14, // 17: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
-	15, // 18: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
-	16, // 19: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
-	17, // 20: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
-	19, // 21: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
-	24, // 22: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
-	22, // 23: writ.admin.v1.ServerService.Backup:input_type -> writ.admin.v1.BackupRequest
-	27, // 24: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
-	29, // 25: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
-	30, // 26: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
-	31, // 27: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
-	32, // 28: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
-	33, // 29: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
-	4,  // 30: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
-	0,  // 31: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
-	7,  // 32: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
-	0,  // 33: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
-	0,  // 34: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
-	12, // 35: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
-	10, // 36: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
-	10, // 37: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
-	10, // 38: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
-	10, // 39: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
-	18, // 40: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
-	20, // 41: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
-	25, // 42: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
-	23, // 43: writ.admin.v1.ServerService.Backup:output_type -> writ.admin.v1.BackupChunk
-	28, // 44: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
-	26, // 45: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
-	26, // 46: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
-	26, // 47: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
-	26, // 48: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
-	34, // 49: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
-	30, // [30:50] is the sub-list for method output_type
-	10, // [10:30] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	25, // 7: writ.admin.v1.ListFederatedBundlesResponse.bundles:type_name -> writ.admin.v1.GetBundleResponse
+	26, // 8: writ.admin.v1.ListServersResponse.servers:type_name -> writ.admin.v1.Server
+	31, // 9: writ.admin.v1.ListAuthoritiesResponse.authorities:type_name -> writ.admin.v1.Authority
+	31, // 10: writ.admin.v1.RotateResponse.activated:type_name -> writ.admin.v1.Authority
+	2,  // 11: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
+	5,  // 12: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
+	6,  // 13: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
+	8,  // 14: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
+	9,  // 15: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
+	11, // 16: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
+	13, // 17: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
+	14, // 18: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
+	15, // 19: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
+	16, // 20: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
+	17, // 21: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
+	19, // 22: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
+	20, // 23: writ.admin.v1.BundleService.SetFederatedBundle:input_type -> writ.admin.v1.SetFederatedBundleRequest
+	21, // 24: writ.admin.v1.BundleService.ListFederatedBundles:input_type -> writ.admin.v1.ListFederatedBundlesRequest
+	23, // 25: writ.admin.v1.BundleService.DeleteFederatedBundle:input_type -> writ.admin.v1.DeleteFederatedBundleRequest
+	29, // 26: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
+	27, // 27: writ.admin.v1.ServerService.Backup:input_type -> writ.admin.v1.BackupRequest
+	32, // 28: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
+	34, // 29: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
+	35, // 30: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
+	36, // 31: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
+	37, // 32: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
+	38, // 33: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
+	4,  // 34: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
+	0,  // 35: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
+	7,  // 36: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
+	0,  // 37: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
+	0,  // 38: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
+	12, // 39: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
+	10, // 40: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
+	10, // 41: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
+	10, // 42: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
+	10, // 43: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
+	18, // 44: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
+	25, // 45: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
+	25, // 46: writ.admin.v1.BundleService.SetFederatedBundle:output_type -> writ.admin.v1.GetBundleResponse
+	22, // 47: writ.admin.v1.BundleService.ListFederatedBundles:output_type -> writ.admin.v1.ListFederatedBundlesResponse
+	24, // 48: writ.admin.v1.BundleService.DeleteFederatedBundle:output_type -> writ.admin.v1.DeleteFederatedBundleResponse
+	30, // 49: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
+	28, // 50: writ.admin.v1.ServerService.Backup:output_type -> writ.admin.v1.BackupChunk
+	33, // 51: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
+	31, // 52: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
+	31, // 53: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
+	31, // 54: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
+	31, // 55: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
+	39, // 56: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
+	34, // [34:57] is the sub-list for method output_type
+	11, // [11:34] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_ca_api_admin_v1_admin_proto_init() }
@@ -2183,7 +2430,7 @@ func file_ca_api_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_admin_v1_admin_proto_rawDesc), len(file_ca_api_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   35,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   6,
 		},

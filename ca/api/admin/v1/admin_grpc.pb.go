@@ -649,15 +649,26 @@ var JoinTokenService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	BundleService_GetBundle_FullMethodName = "/writ.admin.v1.BundleService/GetBundle"
+	BundleService_GetBundle_FullMethodName             = "/writ.admin.v1.BundleService/GetBundle"
+	BundleService_SetFederatedBundle_FullMethodName    = "/writ.admin.v1.BundleService/SetFederatedBundle"
+	BundleService_ListFederatedBundles_FullMethodName  = "/writ.admin.v1.BundleService/ListFederatedBundles"
+	BundleService_DeleteFederatedBundle_FullMethodName = "/writ.admin.v1.BundleService/DeleteFederatedBundle"
 )
 
 // BundleServiceClient is the client API for BundleService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type BundleServiceClient interface {
-	// Returns the local trust domain's bundle.
+	// Returns the local trust domain's bundle, or a federated one.
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error)
+	// Sets the bundle of another trust domain (a static federated bundle,
+	// as with SPIRE's bundle set). InvalidArgument for the local trust
+	// domain or a bundle that does not parse for the trust domain.
+	SetFederatedBundle(ctx context.Context, in *SetFederatedBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error)
+	// Lists the federated bundles, in trust domain order.
+	ListFederatedBundles(ctx context.Context, in *ListFederatedBundlesRequest, opts ...grpc.CallOption) (*ListFederatedBundlesResponse, error)
+	// Deletes a federated bundle; NotFound if there is none.
+	DeleteFederatedBundle(ctx context.Context, in *DeleteFederatedBundleRequest, opts ...grpc.CallOption) (*DeleteFederatedBundleResponse, error)
 }
 
 type bundleServiceClient struct {
@@ -678,12 +689,50 @@ func (c *bundleServiceClient) GetBundle(ctx context.Context, in *GetBundleReques
 	return out, nil
 }
 
+func (c *bundleServiceClient) SetFederatedBundle(ctx context.Context, in *SetFederatedBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetBundleResponse)
+	err := c.cc.Invoke(ctx, BundleService_SetFederatedBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *bundleServiceClient) ListFederatedBundles(ctx context.Context, in *ListFederatedBundlesRequest, opts ...grpc.CallOption) (*ListFederatedBundlesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFederatedBundlesResponse)
+	err := c.cc.Invoke(ctx, BundleService_ListFederatedBundles_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *bundleServiceClient) DeleteFederatedBundle(ctx context.Context, in *DeleteFederatedBundleRequest, opts ...grpc.CallOption) (*DeleteFederatedBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteFederatedBundleResponse)
+	err := c.cc.Invoke(ctx, BundleService_DeleteFederatedBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BundleServiceServer is the server API for BundleService service.
 // All implementations must embed UnimplementedBundleServiceServer
 // for forward compatibility.
 type BundleServiceServer interface {
-	// Returns the local trust domain's bundle.
+	// Returns the local trust domain's bundle, or a federated one.
 	GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error)
+	// Sets the bundle of another trust domain (a static federated bundle,
+	// as with SPIRE's bundle set). InvalidArgument for the local trust
+	// domain or a bundle that does not parse for the trust domain.
+	SetFederatedBundle(context.Context, *SetFederatedBundleRequest) (*GetBundleResponse, error)
+	// Lists the federated bundles, in trust domain order.
+	ListFederatedBundles(context.Context, *ListFederatedBundlesRequest) (*ListFederatedBundlesResponse, error)
+	// Deletes a federated bundle; NotFound if there is none.
+	DeleteFederatedBundle(context.Context, *DeleteFederatedBundleRequest) (*DeleteFederatedBundleResponse, error)
 	mustEmbedUnimplementedBundleServiceServer()
 }
 
@@ -696,6 +745,15 @@ type UnimplementedBundleServiceServer struct{}
 
 func (UnimplementedBundleServiceServer) GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetBundle not implemented")
+}
+func (UnimplementedBundleServiceServer) SetFederatedBundle(context.Context, *SetFederatedBundleRequest) (*GetBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetFederatedBundle not implemented")
+}
+func (UnimplementedBundleServiceServer) ListFederatedBundles(context.Context, *ListFederatedBundlesRequest) (*ListFederatedBundlesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFederatedBundles not implemented")
+}
+func (UnimplementedBundleServiceServer) DeleteFederatedBundle(context.Context, *DeleteFederatedBundleRequest) (*DeleteFederatedBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteFederatedBundle not implemented")
 }
 func (UnimplementedBundleServiceServer) mustEmbedUnimplementedBundleServiceServer() {}
 func (UnimplementedBundleServiceServer) testEmbeddedByValue()                       {}
@@ -736,6 +794,60 @@ func _BundleService_GetBundle_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BundleService_SetFederatedBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetFederatedBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BundleServiceServer).SetFederatedBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BundleService_SetFederatedBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BundleServiceServer).SetFederatedBundle(ctx, req.(*SetFederatedBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BundleService_ListFederatedBundles_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFederatedBundlesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BundleServiceServer).ListFederatedBundles(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BundleService_ListFederatedBundles_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BundleServiceServer).ListFederatedBundles(ctx, req.(*ListFederatedBundlesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BundleService_DeleteFederatedBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteFederatedBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BundleServiceServer).DeleteFederatedBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BundleService_DeleteFederatedBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BundleServiceServer).DeleteFederatedBundle(ctx, req.(*DeleteFederatedBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BundleService_ServiceDesc is the grpc.ServiceDesc for BundleService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -746,6 +858,18 @@ var BundleService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetBundle",
 			Handler:    _BundleService_GetBundle_Handler,
+		},
+		{
+			MethodName: "SetFederatedBundle",
+			Handler:    _BundleService_SetFederatedBundle_Handler,
+		},
+		{
+			MethodName: "ListFederatedBundles",
+			Handler:    _BundleService_ListFederatedBundles_Handler,
+		},
+		{
+			MethodName: "DeleteFederatedBundle",
+			Handler:    _BundleService_DeleteFederatedBundle_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
