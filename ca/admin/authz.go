@@ -50,6 +50,13 @@ var rules = map[string]rule{
 	adminv1.BundleService_ListFederatedBundles_FullMethodName:  {},
 	adminv1.BundleService_DeleteFederatedBundle_FullMethodName: {mutation: true},
 
+	adminv1.FederationService_CreateFederation_FullMethodName:  {mutation: true},
+	adminv1.FederationService_UpdateFederation_FullMethodName:  {mutation: true},
+	adminv1.FederationService_GetFederation_FullMethodName:     {},
+	adminv1.FederationService_ListFederations_FullMethodName:   {},
+	adminv1.FederationService_DeleteFederation_FullMethodName:  {mutation: true},
+	adminv1.FederationService_RefreshFederation_FullMethodName: {mutation: true},
+
 	adminv1.ServerService_ListServers_FullMethodName:   {},
 	adminv1.ServerService_Backup_FullMethodName:        {secret: true},
 	adminv1.CAService_ListAuthorities_FullMethodName:   {},

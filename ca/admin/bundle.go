@@ -10,6 +10,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/federation"
 
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
 )
@@ -89,8 +90,8 @@ func (bs *bundleService) SetFederatedBundle(ctx context.Context, req *adminv1.Se
 	if err != nil {
 		return nil, invalidf("bundle of %s: %s", td.Name(), entry.Printable(err.Error()))
 	}
-	if len(b.X509Authorities()) == 0 && len(b.JWTAuthorities()) == 0 {
-		return nil, invalidf("bundle of %s holds no X.509 or JWT authority", td.Name())
+	if err := federation.CheckBundle(td, b); err != nil {
+		return nil, invalidf("%s", entry.Printable(err.Error()))
 	}
 	stored, err := s.store.UpdateBundle(ctx, td, func(old *spiffebundle.Bundle) (*spiffebundle.Bundle, error) {
 		nb := b.Clone()

@@ -19,6 +19,7 @@ import (
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/federation"
 )
 
 // Limits on what one call may ask for.
@@ -67,6 +68,10 @@ type Store interface {
 	DeleteBundle(ctx context.Context, td spiffeid.TrustDomain) error
 
 	ListServers(ctx context.Context) ([]*datastore.Server, error)
+
+	PutFederation(ctx context.Context, r *datastore.Federation) error
+	ListFederations(ctx context.Context) ([]*datastore.Federation, error)
+	DeleteFederation(ctx context.Context, td spiffeid.TrustDomain) error
 }
 
 // Config configures a Service.
@@ -99,6 +104,9 @@ type Config struct {
 	// none; with the entries' TTLs it bounds how long after a CA key
 	// stopped signing its X.509-SVIDs may be valid. Defaults to an hour.
 	DefaultX509SVIDTTL time.Duration
+	// Federation, if set, fetches federated bundles; RefreshFederation
+	// and the status in FederationService's answers come from it.
+	Federation FederationFetcher
 	// Backup, if set, writes a backup of the server for ServerService's
 	// Backup; without it Backup answers FailedPrecondition.
 	Backup Backuper
@@ -131,8 +139,17 @@ type Service struct {
 	// read once the service serves.
 	allowed map[uint32]bool
 	// self is the uid the server runs as.
-	self   uint32
-	backup Backuper
+	self       uint32
+	backup     Backuper
+	federation FederationFetcher
+}
+
+// FederationFetcher is the server's federated bundle fetcher
+// (federation.Fetcher).
+type FederationFetcher interface {
+	Refresh(ctx context.Context, r *datastore.Federation) error
+	Status(td spiffeid.TrustDomain) (federation.Status, bool)
+	Kick()
 }
 
 // New returns a Service for cfg.
@@ -171,6 +188,7 @@ func New(cfg Config) (*Service, error) {
 		allowed:      allowed,
 		self:         uint32(os.Getuid()),
 		backup:       cfg.Backup,
+		federation:   cfg.Federation,
 	}, nil
 }
 
@@ -203,4 +221,5 @@ func (s *Service) Register(g *grpc.Server) {
 	adminv1.RegisterBundleServiceServer(g, &bundleService{s: s})
 	adminv1.RegisterServerServiceServer(g, &serverService{s: s})
 	adminv1.RegisterCAServiceServer(g, &caService{s: s})
+	adminv1.RegisterFederationServiceServer(g, &federationService{s: s})
 }

@@ -22,6 +22,7 @@ import (
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/federation"
 	"writ.dev/writ/ca/keymanager"
 	"writ.dev/writ/ca/nodeapi"
 	"writ.dev/writ/ca/ui"
@@ -244,7 +245,9 @@ func (s *Server) Run(ctx context.Context) error {
 	nodeGRPC := grpc.NewServer(nodeSvc.ServerOptions()...)
 	nodeSvc.Register(nodeGRPC)
 
+	fetcher := federation.New(federation.Config{Store: store, Clock: s.cfg.Clock, Logger: log})
 	adminSvc, err := admin.New(admin.Config{
+		Federation:          fetcher,
 		TrustDomain:         s.cfg.TrustDomain,
 		Store:               store,
 		Clock:               s.cfg.Clock,
@@ -287,7 +290,7 @@ func (s *Server) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 5)
+	errc := make(chan error, 16) // more than the goroutines Run starts
 	run := func(name string, fn func() error) {
 		wg.Add(1)
 		go func() {
@@ -300,6 +303,7 @@ func (s *Server) Run(ctx context.Context) error {
 	run("key manager", func() error { return km.Run(ctx) })
 	run("node API", func() error { return nodeSvc.Run(ctx) })
 	run("server registry", func() error { return reg.run(ctx) })
+	run("federation", func() error { return fetcher.Run(ctx) })
 	select {
 	case <-nodeSvc.Ready():
 	case err := <-errc:

@@ -2131,6 +2131,311 @@ func (x *RotateResponse) GetStreamsNotified() int32 {
 	return 0
 }
 
+type Federation struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain       string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	BundleEndpointUrl string                 `protobuf:"bytes,2,opt,name=bundle_endpoint_url,json=bundleEndpointUrl,proto3" json:"bundle_endpoint_url,omitempty"`
+	// https_spiffe or https_web.
+	Profile string `protobuf:"bytes,3,opt,name=profile,proto3" json:"profile,omitempty"`
+	// The SPIFFE ID the https_spiffe endpoint authenticates as.
+	EndpointSpiffeId string `protobuf:"bytes,4,opt,name=endpoint_spiffe_id,json=endpointSpiffeId,proto3" json:"endpoint_spiffe_id,omitempty"`
+	// In requests only: a bundle of the trust domain in SPIFFE format, to
+	// store before the first fetch (bootstrapping https_spiffe).
+	TrustBundle []byte `protobuf:"bytes,5,opt,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
+	CreatedAt   int64  `protobuf:"varint,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt   int64  `protobuf:"varint,7,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// In responses: what the answering server knows of its fetches.
+	Status        *FederationStatus `protobuf:"bytes,8,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Federation) Reset() {
+	*x = Federation{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Federation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Federation) ProtoMessage() {}
+
+func (x *Federation) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Federation.ProtoReflect.Descriptor instead.
+func (*Federation) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *Federation) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *Federation) GetBundleEndpointUrl() string {
+	if x != nil {
+		return x.BundleEndpointUrl
+	}
+	return ""
+}
+
+func (x *Federation) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *Federation) GetEndpointSpiffeId() string {
+	if x != nil {
+		return x.EndpointSpiffeId
+	}
+	return ""
+}
+
+func (x *Federation) GetTrustBundle() []byte {
+	if x != nil {
+		return x.TrustBundle
+	}
+	return nil
+}
+
+func (x *Federation) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+func (x *Federation) GetUpdatedAt() int64 {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return 0
+}
+
+func (x *Federation) GetStatus() *FederationStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+type FederationStatus struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	LastAttempt    int64                  `protobuf:"varint,1,opt,name=last_attempt,json=lastAttempt,proto3" json:"last_attempt,omitempty"`
+	LastSuccess    int64                  `protobuf:"varint,2,opt,name=last_success,json=lastSuccess,proto3" json:"last_success,omitempty"`
+	LastError      string                 `protobuf:"bytes,3,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	BundleSequence uint64                 `protobuf:"varint,4,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	NextFetch      int64                  `protobuf:"varint,5,opt,name=next_fetch,json=nextFetch,proto3" json:"next_fetch,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FederationStatus) Reset() {
+	*x = FederationStatus{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederationStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederationStatus) ProtoMessage() {}
+
+func (x *FederationStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederationStatus.ProtoReflect.Descriptor instead.
+func (*FederationStatus) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *FederationStatus) GetLastAttempt() int64 {
+	if x != nil {
+		return x.LastAttempt
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetLastSuccess() int64 {
+	if x != nil {
+		return x.LastSuccess
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *FederationStatus) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetNextFetch() int64 {
+	if x != nil {
+		return x.NextFetch
+	}
+	return 0
+}
+
+type GetFederationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFederationRequest) Reset() {
+	*x = GetFederationRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFederationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFederationRequest) ProtoMessage() {}
+
+func (x *GetFederationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFederationRequest.ProtoReflect.Descriptor instead.
+func (*GetFederationRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *GetFederationRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type ListFederationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederationsRequest) Reset() {
+	*x = ListFederationsRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederationsRequest) ProtoMessage() {}
+
+func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
+func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+type ListFederationsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Federations   []*Federation          `protobuf:"bytes,1,rep,name=federations,proto3" json:"federations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederationsResponse) Reset() {
+	*x = ListFederationsResponse{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederationsResponse) ProtoMessage() {}
+
+func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
+func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ListFederationsResponse) GetFederations() []*Federation {
+	if x != nil {
+		return x.Federations
+	}
+	return nil
+}
+
 var File_ca_api_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
@@ -2265,7 +2570,32 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x04wait\x18\x01 \x01(\bR\x04wait\"s\n" +
 	"\x0eRotateResponse\x126\n" +
 	"\tactivated\x18\x01 \x03(\v2\x18.writ.admin.v1.AuthorityR\tactivated\x12)\n" +
-	"\x10streams_notified\x18\x02 \x01(\x05R\x0fstreamsNotified2\x9d\x03\n" +
+	"\x10streams_notified\x18\x02 \x01(\x05R\x0fstreamsNotified\"\xc1\x02\n" +
+	"\n" +
+	"Federation\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12.\n" +
+	"\x13bundle_endpoint_url\x18\x02 \x01(\tR\x11bundleEndpointUrl\x12\x18\n" +
+	"\aprofile\x18\x03 \x01(\tR\aprofile\x12,\n" +
+	"\x12endpoint_spiffe_id\x18\x04 \x01(\tR\x10endpointSpiffeId\x12!\n" +
+	"\ftrust_bundle\x18\x05 \x01(\fR\vtrustBundle\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\x03R\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"updated_at\x18\a \x01(\x03R\tupdatedAt\x127\n" +
+	"\x06status\x18\b \x01(\v2\x1f.writ.admin.v1.FederationStatusR\x06status\"\xbf\x01\n" +
+	"\x10FederationStatus\x12!\n" +
+	"\flast_attempt\x18\x01 \x01(\x03R\vlastAttempt\x12!\n" +
+	"\flast_success\x18\x02 \x01(\x03R\vlastSuccess\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x03 \x01(\tR\tlastError\x12'\n" +
+	"\x0fbundle_sequence\x18\x04 \x01(\x04R\x0ebundleSequence\x12\x1d\n" +
+	"\n" +
+	"next_fetch\x18\x05 \x01(\x03R\tnextFetch\"9\n" +
+	"\x14GetFederationRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x18\n" +
+	"\x16ListFederationsRequest\"V\n" +
+	"\x17ListFederationsResponse\x12;\n" +
+	"\vfederations\x18\x01 \x03(\v2\x19.writ.admin.v1.FederationR\vfederations2\x9d\x03\n" +
 	"\fEntryService\x12c\n" +
 	"\x10BatchCreateEntry\x12&.writ.admin.v1.BatchCreateEntryRequest\x1a'.writ.admin.v1.BatchCreateEntryResponse\x12@\n" +
 	"\bGetEntry\x12\x1e.writ.admin.v1.GetEntryRequest\x1a\x14.writ.admin.v1.Entry\x12V\n" +
@@ -2297,7 +2627,14 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x11ActivateAuthority\x12'.writ.admin.v1.ActivateAuthorityRequest\x1a\x18.writ.admin.v1.Authority\x12P\n" +
 	"\x0eTaintAuthority\x12$.writ.admin.v1.TaintAuthorityRequest\x1a\x18.writ.admin.v1.Authority\x12R\n" +
 	"\x0fRevokeAuthority\x12%.writ.admin.v1.RevokeAuthorityRequest\x1a\x18.writ.admin.v1.Authority\x12E\n" +
-	"\x06Rotate\x12\x1c.writ.admin.v1.RotateRequest\x1a\x1d.writ.admin.v1.RotateResponseB'Z%writ.dev/writ/ca/api/admin/v1;adminv1b\x06proto3"
+	"\x06Rotate\x12\x1c.writ.admin.v1.RotateRequest\x1a\x1d.writ.admin.v1.RotateResponse2\x83\x04\n" +
+	"\x11FederationService\x12H\n" +
+	"\x10CreateFederation\x12\x19.writ.admin.v1.Federation\x1a\x19.writ.admin.v1.Federation\x12H\n" +
+	"\x10UpdateFederation\x12\x19.writ.admin.v1.Federation\x1a\x19.writ.admin.v1.Federation\x12O\n" +
+	"\rGetFederation\x12#.writ.admin.v1.GetFederationRequest\x1a\x19.writ.admin.v1.Federation\x12`\n" +
+	"\x0fListFederations\x12%.writ.admin.v1.ListFederationsRequest\x1a&.writ.admin.v1.ListFederationsResponse\x12R\n" +
+	"\x10DeleteFederation\x12#.writ.admin.v1.GetFederationRequest\x1a\x19.writ.admin.v1.Federation\x12S\n" +
+	"\x11RefreshFederation\x12#.writ.admin.v1.GetFederationRequest\x1a\x19.writ.admin.v1.FederationB'Z%writ.dev/writ/ca/api/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_ca_api_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -2311,7 +2648,7 @@ func file_ca_api_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ca_api_admin_v1_admin_proto_rawDescData
 }
 
-var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
+var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_ca_api_admin_v1_admin_proto_goTypes = []any{
 	(*Entry)(nil),                         // 0: writ.admin.v1.Entry
 	(*Status)(nil),                        // 1: writ.admin.v1.Status
@@ -2353,6 +2690,11 @@ var file_ca_api_admin_v1_admin_proto_goTypes = []any{
 	(*RevokeAuthorityRequest)(nil),        // 37: writ.admin.v1.RevokeAuthorityRequest
 	(*RotateRequest)(nil),                 // 38: writ.admin.v1.RotateRequest
 	(*RotateResponse)(nil),                // 39: writ.admin.v1.RotateResponse
+	(*Federation)(nil),                    // 40: writ.admin.v1.Federation
+	(*FederationStatus)(nil),              // 41: writ.admin.v1.FederationStatus
+	(*GetFederationRequest)(nil),          // 42: writ.admin.v1.GetFederationRequest
+	(*ListFederationsRequest)(nil),        // 43: writ.admin.v1.ListFederationsRequest
+	(*ListFederationsResponse)(nil),       // 44: writ.admin.v1.ListFederationsResponse
 }
 var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: writ.admin.v1.BatchCreateEntryRequest.entries:type_name -> writ.admin.v1.Entry
@@ -2366,57 +2708,71 @@ var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	26, // 8: writ.admin.v1.ListServersResponse.servers:type_name -> writ.admin.v1.Server
 	31, // 9: writ.admin.v1.ListAuthoritiesResponse.authorities:type_name -> writ.admin.v1.Authority
 	31, // 10: writ.admin.v1.RotateResponse.activated:type_name -> writ.admin.v1.Authority
-	2,  // 11: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
-	5,  // 12: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
-	6,  // 13: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
-	8,  // 14: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
-	9,  // 15: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
-	11, // 16: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
-	13, // 17: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
-	14, // 18: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
-	15, // 19: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
-	16, // 20: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
-	17, // 21: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
-	19, // 22: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
-	20, // 23: writ.admin.v1.BundleService.SetFederatedBundle:input_type -> writ.admin.v1.SetFederatedBundleRequest
-	21, // 24: writ.admin.v1.BundleService.ListFederatedBundles:input_type -> writ.admin.v1.ListFederatedBundlesRequest
-	23, // 25: writ.admin.v1.BundleService.DeleteFederatedBundle:input_type -> writ.admin.v1.DeleteFederatedBundleRequest
-	29, // 26: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
-	27, // 27: writ.admin.v1.ServerService.Backup:input_type -> writ.admin.v1.BackupRequest
-	32, // 28: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
-	34, // 29: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
-	35, // 30: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
-	36, // 31: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
-	37, // 32: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
-	38, // 33: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
-	4,  // 34: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
-	0,  // 35: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
-	7,  // 36: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
-	0,  // 37: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
-	0,  // 38: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
-	12, // 39: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
-	10, // 40: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
-	10, // 41: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
-	10, // 42: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
-	10, // 43: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
-	18, // 44: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
-	25, // 45: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
-	25, // 46: writ.admin.v1.BundleService.SetFederatedBundle:output_type -> writ.admin.v1.GetBundleResponse
-	22, // 47: writ.admin.v1.BundleService.ListFederatedBundles:output_type -> writ.admin.v1.ListFederatedBundlesResponse
-	24, // 48: writ.admin.v1.BundleService.DeleteFederatedBundle:output_type -> writ.admin.v1.DeleteFederatedBundleResponse
-	30, // 49: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
-	28, // 50: writ.admin.v1.ServerService.Backup:output_type -> writ.admin.v1.BackupChunk
-	33, // 51: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
-	31, // 52: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
-	31, // 53: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
-	31, // 54: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
-	31, // 55: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
-	39, // 56: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
-	34, // [34:57] is the sub-list for method output_type
-	11, // [11:34] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	41, // 11: writ.admin.v1.Federation.status:type_name -> writ.admin.v1.FederationStatus
+	40, // 12: writ.admin.v1.ListFederationsResponse.federations:type_name -> writ.admin.v1.Federation
+	2,  // 13: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
+	5,  // 14: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
+	6,  // 15: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
+	8,  // 16: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
+	9,  // 17: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
+	11, // 18: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
+	13, // 19: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
+	14, // 20: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
+	15, // 21: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
+	16, // 22: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
+	17, // 23: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
+	19, // 24: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
+	20, // 25: writ.admin.v1.BundleService.SetFederatedBundle:input_type -> writ.admin.v1.SetFederatedBundleRequest
+	21, // 26: writ.admin.v1.BundleService.ListFederatedBundles:input_type -> writ.admin.v1.ListFederatedBundlesRequest
+	23, // 27: writ.admin.v1.BundleService.DeleteFederatedBundle:input_type -> writ.admin.v1.DeleteFederatedBundleRequest
+	29, // 28: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
+	27, // 29: writ.admin.v1.ServerService.Backup:input_type -> writ.admin.v1.BackupRequest
+	32, // 30: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
+	34, // 31: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
+	35, // 32: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
+	36, // 33: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
+	37, // 34: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
+	38, // 35: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
+	40, // 36: writ.admin.v1.FederationService.CreateFederation:input_type -> writ.admin.v1.Federation
+	40, // 37: writ.admin.v1.FederationService.UpdateFederation:input_type -> writ.admin.v1.Federation
+	42, // 38: writ.admin.v1.FederationService.GetFederation:input_type -> writ.admin.v1.GetFederationRequest
+	43, // 39: writ.admin.v1.FederationService.ListFederations:input_type -> writ.admin.v1.ListFederationsRequest
+	42, // 40: writ.admin.v1.FederationService.DeleteFederation:input_type -> writ.admin.v1.GetFederationRequest
+	42, // 41: writ.admin.v1.FederationService.RefreshFederation:input_type -> writ.admin.v1.GetFederationRequest
+	4,  // 42: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
+	0,  // 43: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
+	7,  // 44: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
+	0,  // 45: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
+	0,  // 46: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
+	12, // 47: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
+	10, // 48: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
+	10, // 49: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
+	10, // 50: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
+	10, // 51: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
+	18, // 52: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
+	25, // 53: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
+	25, // 54: writ.admin.v1.BundleService.SetFederatedBundle:output_type -> writ.admin.v1.GetBundleResponse
+	22, // 55: writ.admin.v1.BundleService.ListFederatedBundles:output_type -> writ.admin.v1.ListFederatedBundlesResponse
+	24, // 56: writ.admin.v1.BundleService.DeleteFederatedBundle:output_type -> writ.admin.v1.DeleteFederatedBundleResponse
+	30, // 57: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
+	28, // 58: writ.admin.v1.ServerService.Backup:output_type -> writ.admin.v1.BackupChunk
+	33, // 59: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
+	31, // 60: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
+	31, // 61: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
+	31, // 62: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
+	31, // 63: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
+	39, // 64: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
+	40, // 65: writ.admin.v1.FederationService.CreateFederation:output_type -> writ.admin.v1.Federation
+	40, // 66: writ.admin.v1.FederationService.UpdateFederation:output_type -> writ.admin.v1.Federation
+	40, // 67: writ.admin.v1.FederationService.GetFederation:output_type -> writ.admin.v1.Federation
+	44, // 68: writ.admin.v1.FederationService.ListFederations:output_type -> writ.admin.v1.ListFederationsResponse
+	40, // 69: writ.admin.v1.FederationService.DeleteFederation:output_type -> writ.admin.v1.Federation
+	40, // 70: writ.admin.v1.FederationService.RefreshFederation:output_type -> writ.admin.v1.Federation
+	42, // [42:71] is the sub-list for method output_type
+	13, // [13:42] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_ca_api_admin_v1_admin_proto_init() }
@@ -2430,9 +2786,9 @@ func file_ca_api_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_admin_v1_admin_proto_rawDesc), len(file_ca_api_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   40,
+			NumMessages:   45,
 			NumExtensions: 0,
-			NumServices:   6,
+			NumServices:   7,
 		},
 		GoTypes:           file_ca_api_admin_v1_admin_proto_goTypes,
 		DependencyIndexes: file_ca_api_admin_v1_admin_proto_depIdxs,

@@ -1371,3 +1371,319 @@ var CAService_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "ca/api/admin/v1/admin.proto",
 }
+
+const (
+	FederationService_CreateFederation_FullMethodName  = "/writ.admin.v1.FederationService/CreateFederation"
+	FederationService_UpdateFederation_FullMethodName  = "/writ.admin.v1.FederationService/UpdateFederation"
+	FederationService_GetFederation_FullMethodName     = "/writ.admin.v1.FederationService/GetFederation"
+	FederationService_ListFederations_FullMethodName   = "/writ.admin.v1.FederationService/ListFederations"
+	FederationService_DeleteFederation_FullMethodName  = "/writ.admin.v1.FederationService/DeleteFederation"
+	FederationService_RefreshFederation_FullMethodName = "/writ.admin.v1.FederationService/RefreshFederation"
+)
+
+// FederationServiceClient is the client API for FederationService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// FederationService manages federation relationships: trust domains whose
+// bundles every server fetches from their SPIFFE bundle endpoints and
+// keeps in the datastore. Times are Unix seconds.
+type FederationServiceClient interface {
+	// Creates a relationship; AlreadyExists if there is one with the trust
+	// domain. With the https_spiffe profile a trust bundle of the trust
+	// domain must be given (or already stored) to authenticate its endpoint.
+	CreateFederation(ctx context.Context, in *Federation, opts ...grpc.CallOption) (*Federation, error)
+	// Replaces the endpoint settings of a relationship; NotFound if none.
+	UpdateFederation(ctx context.Context, in *Federation, opts ...grpc.CallOption) (*Federation, error)
+	GetFederation(ctx context.Context, in *GetFederationRequest, opts ...grpc.CallOption) (*Federation, error)
+	ListFederations(ctx context.Context, in *ListFederationsRequest, opts ...grpc.CallOption) (*ListFederationsResponse, error)
+	// Deletes a relationship; the trust domain's bundle stays (delete it
+	// with BundleService.DeleteFederatedBundle).
+	DeleteFederation(ctx context.Context, in *GetFederationRequest, opts ...grpc.CallOption) (*Federation, error)
+	// Fetches the trust domain's bundle now, on the server that receives
+	// the call; FailedPrecondition with the reason if it was refused.
+	RefreshFederation(ctx context.Context, in *GetFederationRequest, opts ...grpc.CallOption) (*Federation, error)
+}
+
+type federationServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewFederationServiceClient(cc grpc.ClientConnInterface) FederationServiceClient {
+	return &federationServiceClient{cc}
+}
+
+func (c *federationServiceClient) CreateFederation(ctx context.Context, in *Federation, opts ...grpc.CallOption) (*Federation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Federation)
+	err := c.cc.Invoke(ctx, FederationService_CreateFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *federationServiceClient) UpdateFederation(ctx context.Context, in *Federation, opts ...grpc.CallOption) (*Federation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Federation)
+	err := c.cc.Invoke(ctx, FederationService_UpdateFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *federationServiceClient) GetFederation(ctx context.Context, in *GetFederationRequest, opts ...grpc.CallOption) (*Federation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Federation)
+	err := c.cc.Invoke(ctx, FederationService_GetFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *federationServiceClient) ListFederations(ctx context.Context, in *ListFederationsRequest, opts ...grpc.CallOption) (*ListFederationsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFederationsResponse)
+	err := c.cc.Invoke(ctx, FederationService_ListFederations_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *federationServiceClient) DeleteFederation(ctx context.Context, in *GetFederationRequest, opts ...grpc.CallOption) (*Federation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Federation)
+	err := c.cc.Invoke(ctx, FederationService_DeleteFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *federationServiceClient) RefreshFederation(ctx context.Context, in *GetFederationRequest, opts ...grpc.CallOption) (*Federation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Federation)
+	err := c.cc.Invoke(ctx, FederationService_RefreshFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// FederationServiceServer is the server API for FederationService service.
+// All implementations must embed UnimplementedFederationServiceServer
+// for forward compatibility.
+//
+// FederationService manages federation relationships: trust domains whose
+// bundles every server fetches from their SPIFFE bundle endpoints and
+// keeps in the datastore. Times are Unix seconds.
+type FederationServiceServer interface {
+	// Creates a relationship; AlreadyExists if there is one with the trust
+	// domain. With the https_spiffe profile a trust bundle of the trust
+	// domain must be given (or already stored) to authenticate its endpoint.
+	CreateFederation(context.Context, *Federation) (*Federation, error)
+	// Replaces the endpoint settings of a relationship; NotFound if none.
+	UpdateFederation(context.Context, *Federation) (*Federation, error)
+	GetFederation(context.Context, *GetFederationRequest) (*Federation, error)
+	ListFederations(context.Context, *ListFederationsRequest) (*ListFederationsResponse, error)
+	// Deletes a relationship; the trust domain's bundle stays (delete it
+	// with BundleService.DeleteFederatedBundle).
+	DeleteFederation(context.Context, *GetFederationRequest) (*Federation, error)
+	// Fetches the trust domain's bundle now, on the server that receives
+	// the call; FailedPrecondition with the reason if it was refused.
+	RefreshFederation(context.Context, *GetFederationRequest) (*Federation, error)
+	mustEmbedUnimplementedFederationServiceServer()
+}
+
+// UnimplementedFederationServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedFederationServiceServer struct{}
+
+func (UnimplementedFederationServiceServer) CreateFederation(context.Context, *Federation) (*Federation, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateFederation not implemented")
+}
+func (UnimplementedFederationServiceServer) UpdateFederation(context.Context, *Federation) (*Federation, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateFederation not implemented")
+}
+func (UnimplementedFederationServiceServer) GetFederation(context.Context, *GetFederationRequest) (*Federation, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetFederation not implemented")
+}
+func (UnimplementedFederationServiceServer) ListFederations(context.Context, *ListFederationsRequest) (*ListFederationsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFederations not implemented")
+}
+func (UnimplementedFederationServiceServer) DeleteFederation(context.Context, *GetFederationRequest) (*Federation, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteFederation not implemented")
+}
+func (UnimplementedFederationServiceServer) RefreshFederation(context.Context, *GetFederationRequest) (*Federation, error) {
+	return nil, status.Error(codes.Unimplemented, "method RefreshFederation not implemented")
+}
+func (UnimplementedFederationServiceServer) mustEmbedUnimplementedFederationServiceServer() {}
+func (UnimplementedFederationServiceServer) testEmbeddedByValue()                           {}
+
+// UnsafeFederationServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to FederationServiceServer will
+// result in compilation errors.
+type UnsafeFederationServiceServer interface {
+	mustEmbedUnimplementedFederationServiceServer()
+}
+
+func RegisterFederationServiceServer(s grpc.ServiceRegistrar, srv FederationServiceServer) {
+	// If the following call panics, it indicates UnimplementedFederationServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&FederationService_ServiceDesc, srv)
+}
+
+func _FederationService_CreateFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(Federation)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServiceServer).CreateFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FederationService_CreateFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServiceServer).CreateFederation(ctx, req.(*Federation))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FederationService_UpdateFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(Federation)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServiceServer).UpdateFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FederationService_UpdateFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServiceServer).UpdateFederation(ctx, req.(*Federation))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FederationService_GetFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServiceServer).GetFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FederationService_GetFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServiceServer).GetFederation(ctx, req.(*GetFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FederationService_ListFederations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFederationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServiceServer).ListFederations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FederationService_ListFederations_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServiceServer).ListFederations(ctx, req.(*ListFederationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FederationService_DeleteFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServiceServer).DeleteFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FederationService_DeleteFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServiceServer).DeleteFederation(ctx, req.(*GetFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FederationService_RefreshFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServiceServer).RefreshFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FederationService_RefreshFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServiceServer).RefreshFederation(ctx, req.(*GetFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// FederationService_ServiceDesc is the grpc.ServiceDesc for FederationService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var FederationService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "writ.admin.v1.FederationService",
+	HandlerType: (*FederationServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CreateFederation",
+			Handler:    _FederationService_CreateFederation_Handler,
+		},
+		{
+			MethodName: "UpdateFederation",
+			Handler:    _FederationService_UpdateFederation_Handler,
+		},
+		{
+			MethodName: "GetFederation",
+			Handler:    _FederationService_GetFederation_Handler,
+		},
+		{
+			MethodName: "ListFederations",
+			Handler:    _FederationService_ListFederations_Handler,
+		},
+		{
+			MethodName: "DeleteFederation",
+			Handler:    _FederationService_DeleteFederation_Handler,
+		},
+		{
+			MethodName: "RefreshFederation",
+			Handler:    _FederationService_RefreshFederation_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "ca/api/admin/v1/admin.proto",
+}
