@@ -66,7 +66,7 @@ type Status struct {
 	LastError string
 	// Sequence is the sequence number of the stored bundle after the last
 	// success.
-	Sequence uint64
+	Sequence  uint64
 	NextFetch time.Time
 }
 
