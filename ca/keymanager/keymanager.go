@@ -196,12 +196,14 @@ func (m *Manager) Run(ctx context.Context) error {
 		watch = ch
 	}
 	for {
+		// The sequence is read before rotate looks at the store, so that a
+		// change made while rotate runs still wakes the loop.
+		seen := m.bundleSequence(ctx)
 		next, err := m.rotate(ctx)
 		if err != nil {
 			m.cfg.Logger.Error("CA key rotation failed; retrying", "error", err)
 			next = m.cfg.Clock.Now().Add(retryAfter)
 		}
-		seen := m.bundleSequence(ctx)
 		t := m.cfg.Clock.NewTimer(next.Sub(m.cfg.Clock.Now()))
 	wait:
 		for {
