@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -15,9 +14,9 @@ import (
 	"github.com/urfave/cli/v2/altsrc"
 
 	"writ.dev/writ/agent"
+	"writ.dev/writ/agent/agentproc"
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/workloadapi"
-	"writ.dev/writ/workloadapi/unixattest"
 )
 
 // defaultAgentDataDir is where the agent keeps its state unless told
@@ -99,51 +98,32 @@ func agentRun(c *cli.Context) error {
 	if perUID < 1 || perUID > workloadapi.DefaultMaxConnections {
 		return usagef(c, "--workload-max-connections-per-uid %d must be between 1 and %d (the bound on all connections)", perUID, workloadapi.DefaultMaxConnections)
 	}
-	a, err := agent.New(agent.Config{
-		ServerAddresses:   splitList(c.StringSlice("server-address")),
-		TrustDomain:       td,
-		DataDir:           dataDir,
-		SocketPath:        socket,
-		JoinToken:         c.String("join-token"),
-		TrustBundlePath:   c.String("trust-bundle"),
-		InsecureBootstrap: c.Bool("insecure-bootstrap"),
-		MaxX509SVIDs:      c.Int("svid-cache-size"),
-		Logger:            logger,
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(agentMemoryLimit)
+	}
+	p, err := agentproc.New(agentproc.Config{
+		Agent: agent.Config{
+			ServerAddresses:   splitList(c.StringSlice("server-address")),
+			TrustDomain:       td,
+			DataDir:           dataDir,
+			SocketPath:        socket,
+			JoinToken:         c.String("join-token"),
+			TrustBundlePath:   c.String("trust-bundle"),
+			InsecureBootstrap: c.Bool("insecure-bootstrap"),
+			MaxX509SVIDs:      c.Int("svid-cache-size"),
+		},
+		MaxConnectionsPerUID: perUID,
+		Logger:               logger,
 	})
 	if err != nil {
-		if errors.Is(err, agent.ErrConfig) {
+		if errors.Is(err, agent.ErrConfig) || errors.Is(err, workloadapi.ErrConfig) || errors.Is(err, workloadapi.ErrSocketPath) {
 			return usagef(c, "%v", err)
 		}
 		return err
 	}
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(agentMemoryLimit)
-	}
-	wl, err := workloadapi.New(workloadapi.Config{
-		SocketPath:  a.SocketPath(),
-		Cache:       a.Cache(),
-		Attestor:    unixattest.New(unixattest.Config{Logger: logger.With("component", "unixattest")}),
-		TrustDomain: td,
-		Logger:      logger.With("component", "workloadapi"),
-
-		MaxConnectionsPerUID: perUID,
-	})
-	if err != nil {
-		return usagef(c, "%v", err)
-	}
 	// The agent and its Workload API run together: whichever stops first
 	// stops the other.
-	ctx, cancel := context.WithCancel(c.Context)
-	defer cancel()
-	errc := make(chan error, 2)
-	go func() { errc <- a.Run(ctx) }() // its errors say "agent: ..."
-	go func() { errc <- wl.Run(ctx) }()
-	err = <-errc
-	cancel()
-	if err2 := <-errc; err == nil {
-		err = err2
-	}
-	return err
+	return p.Run(c.Context)
 }
 
 func agentHealthcheckCommand() *cli.Command {
