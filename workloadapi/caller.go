@@ -94,3 +94,7 @@ func (s *Server) streamHeader(srv any, ss grpc.ServerStream, info *grpc.StreamSe
 	}
 	return streamHeaderCheck(srv, ss, info, handler)
 }
+
+// Stopping is closed when Run begins to stop: registered services end
+// their streams then, as the Workload API's do.
+func (s *Server) Stopping() <-chan struct{} { return s.stopping }

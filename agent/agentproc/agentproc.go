@@ -8,8 +8,13 @@ import (
 
 	"writ.dev/writ/agent"
 	"writ.dev/writ/workloadapi"
+	"writ.dev/writ/workloadapi/sdsv3"
 	"writ.dev/writ/workloadapi/unixattest"
 )
+
+// sdsMaxRecvMsgSize bounds a request on the Workload API socket, which
+// serves SDS too.
+const sdsMaxRecvMsgSize = 1 << 20
 
 // Config configures a Process.
 type Config struct {
@@ -19,6 +24,9 @@ type Config struct {
 	// MaxConnectionsPerUID bounds the Workload API connections of one
 	// uid; zero means workloadapi's default.
 	MaxConnectionsPerUID int
+	// SDS configures Envoy's secret discovery service on the Workload
+	// API socket; its Socket, Cache and Logger are filled in.
+	SDS sdsv3.Config
 	// Logger receives the parts' logs, each with a "component"
 	// attribute. Nil discards them.
 	Logger *slog.Logger
@@ -56,10 +64,20 @@ func New(cfg Config) (*Process, error) {
 		Logger:      log.With("component", "workloadapi"),
 
 		MaxConnectionsPerUID: cfg.MaxConnectionsPerUID,
+		// Envoy's requests carry its node description, tens of KiB with
+		// its list of extensions.
+		MaxRecvMsgSize: sdsMaxRecvMsgSize,
 	})
 	if err != nil {
 		return nil, err
 	}
+	sc := cfg.SDS
+	sc.Socket, sc.Cache, sc.Logger = wl, a.Cache(), log.With("component", "sds")
+	sds, err := sdsv3.New(sc)
+	if err != nil {
+		return nil, err
+	}
+	sds.Register(wl)
 	return &Process{agent: a, wl: wl}, nil
 }
 

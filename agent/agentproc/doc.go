@@ -13,7 +13,10 @@
 //	if err != nil { ... }
 //	err = p.Run(ctx) // until ctx ends or a part fails
 //
-// The agent serves its own health service on its admin socket.
+// The Workload API socket serves Envoy's secret discovery service
+// (workloadapi/sdsv3) beside the SPIFFE Workload API, with the same
+// attestation of each connection. The agent serves its own health
+// service on its admin socket.
 //
 // Caveat: Run may be called once, like the parts' own Run.
 package agentproc

@@ -17,6 +17,7 @@ import (
 	"writ.dev/writ/agent/agentproc"
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/workloadapi"
+	"writ.dev/writ/workloadapi/sdsv3"
 )
 
 // defaultAgentDataDir is where the agent keeps its state unless told
@@ -43,6 +44,10 @@ func agentRunCommand() *cli.Command {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "trust-bundle", Usage: "PEM `FILE` of the CA certificates that authenticate the server at attestation", EnvVars: []string{"WRIT_TRUST_BUNDLE"}, TakesFile: true}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "insecure-bootstrap", Usage: "attest without authenticating the server, and trust the bundle it returns (unsafe outside tests)", EnvVars: []string{"WRIT_INSECURE_BOOTSTRAP"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "svid-cache-size", Value: svidcache.DefaultMaxX509SVIDs, Usage: "most X.509-SVIDs kept for entries no connected workload matches (least recently used dropped first); others are signed when a workload asks", EnvVars: []string{"WRIT_SVID_CACHE_SIZE"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "sds-default-svid-name", Value: sdsv3.DefaultSVIDName, Usage: "Envoy SDS resource name of the caller's first X.509-SVID", EnvVars: []string{"WRIT_SDS_DEFAULT_SVID_NAME"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "sds-default-bundle-name", Value: sdsv3.DefaultBundleName, Usage: "Envoy SDS resource name of the trust domain's bundle", EnvVars: []string{"WRIT_SDS_DEFAULT_BUNDLE_NAME"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "sds-default-all-bundles-name", Value: sdsv3.DefaultAllBundlesName, Usage: "Envoy SDS resource name of every trust domain's bundle, for Envoy's SPIFFE validator", EnvVars: []string{"WRIT_SDS_DEFAULT_ALL_BUNDLES_NAME"}}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "sds-disable-spiffe-cert-validation", Usage: "serve Envoy SDS bundles as trusted_ca, never for Envoy's SPIFFE validator (the all-bundles name is then not served)", EnvVars: []string{"WRIT_SDS_DISABLE_SPIFFE_CERT_VALIDATION"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"WRIT_LOG_FORMAT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"WRIT_LOG_LEVEL"}}),
 	}
@@ -113,7 +118,13 @@ func agentRun(c *cli.Context) error {
 			MaxX509SVIDs:      c.Int("svid-cache-size"),
 		},
 		MaxConnectionsPerUID: perUID,
-		Logger:               logger,
+		SDS: sdsv3.Config{
+			DefaultSVIDName:             c.String("sds-default-svid-name"),
+			DefaultBundleName:           c.String("sds-default-bundle-name"),
+			DefaultAllBundlesName:       c.String("sds-default-all-bundles-name"),
+			DisableSPIFFECertValidation: c.Bool("sds-disable-spiffe-cert-validation"),
+		},
+		Logger: logger,
 	})
 	if err != nil {
 		if errors.Is(err, agent.ErrConfig) || errors.Is(err, workloadapi.ErrConfig) || errors.Is(err, workloadapi.ErrSocketPath) {
