@@ -59,7 +59,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	// `server` is defined in server.go (serverCommand); `agent` in
 	// agent.go, where further agent subcommands (such as `agent run`) are
 	// appended to agentCommand's Subcommands.
-	app.Commands = []*cli.Command{serverCommand(), entryCommand(), agentCommand(), tokenCommand(), bundleCommand(), caCommand(), svidCommand(), jwtCommand(), devCommand(), versionCommand()}
+	app.Commands = []*cli.Command{serverCommand(), entryCommand(), agentCommand(), tokenCommand(), bundleCommand(), caCommand(), svidCommand(), jwtCommand(), helperCommand(), devCommand(), versionCommand()}
 	// ------------------------------------------------------------------
 
 	app.OnUsageError = onUsageError
