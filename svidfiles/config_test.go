@@ -197,7 +197,6 @@ func TestWriteAtomicModes(t *testing.T) {
 	}
 }
 
-
 func FuzzParseHCL(f *testing.F) {
 	for _, s := range []string{
 		`agent_address = "/tmp/a.sock"`,
