@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"encoding/pem"
 	"fmt"
 	"net"
@@ -16,13 +17,19 @@ import (
 	"testing"
 	"time"
 
+	bootstrapv3 "github.com/envoyproxy/go-control-plane/envoy/config/bootstrap/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/tcp_proxy/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
+	_ "github.com/envoyproxy/go-control-plane/envoy/extensions/upstreams/http/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/known/anypb"
+	"gopkg.in/yaml.v3"
 )
 
 // helperProc is a running `writ helper run`.
@@ -383,5 +390,67 @@ func TestIntegrationSDS(t *testing.T) {
 	}
 	if len(cfg.TrustDomains) != 1 || cfg.TrustDomains[0].Name != "example.org" || !bytes.Contains(bundlePEM, bytes.TrimSpace(cfg.TrustDomains[0].GetTrustBundle().GetInlineBytes())) {
 		t.Fatalf("ALL trust domains: %v, want example.org with the server's bundle", cfg.TrustDomains)
+	}
+}
+
+// TestReadmeEnvoyBootstrap parses the README's Envoy bootstrap into
+// go-control-plane's Bootstrap message and runs its generated
+// validation, so that the snippet at least has Envoy's schema.
+func TestReadmeEnvoyBootstrap(t *testing.T) {
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := strings.Cut(string(readme), "```yaml\nstatic_resources:")
+	if !ok {
+		t.Fatal("README.md has no Envoy bootstrap (```yaml block starting with static_resources:)")
+	}
+	block, _, ok := strings.Cut(rest, "```")
+	if !ok {
+		t.Fatal("unterminated yaml block")
+	}
+	var doc any
+	if err := yaml.Unmarshal([]byte("static_resources:"+block), &doc); err != nil {
+		t.Fatalf("README bootstrap is not YAML: %v", err)
+	}
+	js, err := json.Marshal(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bootstrapv3.Bootstrap
+	if err := protojson.Unmarshal(js, &b); err != nil {
+		t.Fatalf("README bootstrap is not an Envoy v3 Bootstrap: %v", err)
+	}
+	if err := b.ValidateAll(); err != nil {
+		t.Fatalf("README bootstrap fails validation: %v", err)
+	}
+	// The typed configs inside Any fields are validated too.
+	for _, c := range b.GetStaticResources().GetClusters() {
+		for _, a := range c.GetTypedExtensionProtocolOptions() {
+			checkAny(t, a)
+		}
+	}
+	for _, l := range b.GetStaticResources().GetListeners() {
+		for _, fc := range l.GetFilterChains() {
+			checkAny(t, fc.GetTransportSocket().GetTypedConfig())
+			for _, f := range fc.GetFilters() {
+				checkAny(t, f.GetTypedConfig())
+			}
+		}
+	}
+}
+
+func checkAny(t *testing.T, a *anypb.Any) {
+	t.Helper()
+	m, err := a.UnmarshalNew()
+	if err != nil {
+		t.Fatalf("%s: %v", a.GetTypeUrl(), err)
+	}
+	v, ok := m.(interface{ ValidateAll() error })
+	if !ok {
+		t.Fatalf("%s has no validation", a.GetTypeUrl())
+	}
+	if err := v.ValidateAll(); err != nil {
+		t.Fatalf("%s: %v", a.GetTypeUrl(), err)
 	}
 }
