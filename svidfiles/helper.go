@@ -16,6 +16,8 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	spiffewl "github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/workloadapi"
@@ -148,7 +150,7 @@ func (w watcher) OnX509ContextUpdate(x *spiffewl.X509Context) {
 }
 
 func (w watcher) OnX509ContextWatchError(err error) {
-	if status := err.Error(); !strings.Contains(status, "context canceled") {
+	if status.Code(err) != codes.Canceled {
 		w.log.Warn("Workload API watch failed; retrying", "err", err)
 	}
 }

@@ -141,8 +141,12 @@ func TestIntegrationHelper(t *testing.T) {
 		t.Fatalf("helper --daemon-mode=false: exit %d: %s", code, errOut)
 	}
 	opensslVerify(t, once)
-	if fi, err := os.Stat(filepath.Join(once, "svid_key.pem")); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Fatalf("svid_key.pem: %v, mode %v; want 0600", err, fi.Mode().Perm())
+	fi, err := os.Stat(filepath.Join(once, "svid_key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("svid_key.pem mode %v, want 0600", fi.Mode().Perm())
 	}
 
 	// A daemon configured by a spiffe-helper file, running a program
