@@ -48,8 +48,9 @@
 // A name the caller has no secret for is left out of responses, not
 // refused: Envoy waits for it (its initial_fetch_timeout), and it is
 // pushed when it exists (an entry registered, an SVID signed). Nothing is
-// sent while no requested name exists. Other resource types than Secret
-// are refused with InvalidArgument. A caller that matches no entry gets
+// sent while no requested name exists. Other resource types than Secret,
+// and requests of more than MaxResourceNames (1024) names, are refused
+// with InvalidArgument. A caller that matches no entry gets
 // PermissionDenied, also when it loses its last entry mid-stream.
 //
 // # Caveats

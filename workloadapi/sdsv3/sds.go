@@ -86,8 +86,9 @@ var (
 	// ErrConfig: the Config is incomplete.
 	ErrConfig = errors.New("sdsv3: invalid configuration")
 
-	errWrongType = status.Error(codes.InvalidArgument, "only "+SecretTypeURL+" resources are served")
-	errStopping  = status.Error(codes.Unavailable, "the agent is shutting down")
+	errWrongType    = status.Error(codes.InvalidArgument, "only "+SecretTypeURL+" resources are served")
+	errStopping     = status.Error(codes.Unavailable, "the agent is shutting down")
+	errTooManyNames = status.Errorf(codes.InvalidArgument, "more than %d resource names", MaxResourceNames)
 )
 
 // Handler serves Envoy's SecretDiscoveryService. Register it on the
@@ -190,7 +191,7 @@ func (h *Handler) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Disc
 		force := false // answer even if the secrets did not change
 		select {
 		case req := <-reqs:
-			if err := checkType(req); err != nil {
+			if err := checkRequest(req); err != nil {
 				return err
 			}
 			if req.GetNode() != nil {
@@ -280,7 +281,7 @@ func (h *Handler) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryRe
 	if len(h.cache.Identities(caller.Selectors)) == 0 {
 		return nil, caller.Refused("SDS caller matches no entry")
 	}
-	if err := checkType(req); err != nil {
+	if err := checkRequest(req); err != nil {
 		return nil, err
 	}
 	svids := h.cache.X509SVIDs(caller.Selectors)

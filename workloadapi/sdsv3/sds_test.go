@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"testing"
 	"time"
@@ -228,6 +229,23 @@ func TestWrongTypeIsRefused(t *testing.T) {
 	_, err := e.client().FetchSecrets(ctxTimeout(t), &discoveryv3.DiscoveryRequest{TypeUrl: "type.googleapis.com/envoy.config.cluster.v3.Cluster"})
 	if grpcstatus.Code(err) != codes.InvalidArgument {
 		t.Fatalf("FetchSecrets of clusters: %v, want InvalidArgument", err)
+	}
+}
+
+func TestTooManyNamesAreRefused(t *testing.T) {
+	e := newEnv(t, sdsv3.Config{})
+	e.add("/svc/a")
+	names := make([]string, sdsv3.MaxResourceNames+1)
+	for i := range names {
+		names[i] = fmt.Sprintf("n%d", i)
+	}
+	_, err := e.client().FetchSecrets(ctxTimeout(t), &discoveryv3.DiscoveryRequest{ResourceNames: names})
+	if grpcstatus.Code(err) != codes.InvalidArgument {
+		t.Fatalf("FetchSecrets with %d names: %v, want InvalidArgument", len(names), err)
+	}
+	_, err = e.client().FetchSecrets(ctxTimeout(t), &discoveryv3.DiscoveryRequest{ResourceNames: names[:sdsv3.MaxResourceNames]})
+	if err != nil {
+		t.Fatalf("FetchSecrets with %d names: %v", sdsv3.MaxResourceNames, err)
 	}
 }
 

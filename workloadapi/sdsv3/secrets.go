@@ -196,10 +196,18 @@ func (h *Handler) spiffeValidator(node *corev3.Node) bool {
 // for trusted_ca instead of the SPIFFE validator.
 const disableValidatorKey = "disable_spiffe_cert_validation"
 
-// checkType refuses requests for other resource types than Secret.
-func checkType(req *discoveryv3.DiscoveryRequest) error {
+// MaxResourceNames bounds the names of one request: each costs a lookup
+// on every change the stream sees.
+const MaxResourceNames = 1024
+
+// checkRequest refuses requests for other resource types than Secret,
+// and requests of more than MaxResourceNames names.
+func checkRequest(req *discoveryv3.DiscoveryRequest) error {
 	if t := req.GetTypeUrl(); t != "" && t != SecretTypeURL {
 		return errWrongType
+	}
+	if len(req.GetResourceNames()) > MaxResourceNames {
+		return errTooManyNames
 	}
 	return nil
 }
