@@ -19,7 +19,9 @@ test: test-deps
 # test-deps installs the PostgreSQL server that the pgstore tests start
 # throwaway clusters of (internal/pgtest), if no initdb is found and make
 # runs as root with apt-get; without it those tests skip (fail if
-# CI=true). No cluster of the package's own is created or started.
+# CI=true). No cluster of the package's own is created or started. It
+# installs nginx the same way, for the `writ helper` integration test
+# (no nginx service is started: the test runs its own on loopback).
 test-deps:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	    { command -v pg_config >/dev/null && [ -x "$$(pg_config --bindir)/initdb" ]; }; then :; \
@@ -32,6 +34,17 @@ test-deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	else \
 	  echo "no PostgreSQL server found: the pgstore tests will skip (apt-get install postgresql)"; \
+	fi
+	@# nginx, for the integration test of `writ helper run` serving mTLS
+	@# (skipped without it, failed if CI=true).
+	@if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing nginx (for the writ helper integration test)"; \
+	  apt-get update -qq >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null 2>&1 || \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
+	else \
+	  echo "no nginx found: the writ helper nginx test will skip (apt-get install nginx)"; \
 	fi
 
 integration:

@@ -167,6 +167,9 @@ type Server struct {
 
 	bundles atomic.Pointer[bundleResp] // of the latest bundle seen
 	x509    x509RespCache
+	// extra are the services registered with RegisterService, before
+	// Run; read-only once Run starts.
+	extra []registration
 }
 
 // Errors returned by New and Run.
@@ -270,11 +273,14 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.ConnectionTimeout(handshakeTimeout),
 		// Clients may ping idle connections, but not flood.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(unaryTrack, unaryHeaderCheck),
-		grpc.ChainStreamInterceptor(streamTrack, streamHeaderCheck),
+		grpc.ChainUnaryInterceptor(unaryTrack, s.unaryHeader),
+		grpc.ChainStreamInterceptor(streamTrack, s.streamHeader),
 		grpc.WaitForHandlers(true),
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(gs, &handler{s: s})
+	for _, r := range s.extra {
+		gs.RegisterService(r.desc, r.impl)
+	}
 	reflection.Register(gs)
 
 	served := make(chan error, 1)
