@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -273,6 +274,10 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.ChainUnaryInterceptor(unaryTrack, unaryHeaderCheck),
 		grpc.ChainStreamInterceptor(streamTrack, streamHeaderCheck),
 		grpc.WaitForHandlers(true),
+		// Calls run on long-lived workers whose stacks have grown to
+		// the handlers' depth, not on new goroutines that grow theirs
+		// on every call.
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(gs, &handler{s: s})
 	reflection.Register(gs)

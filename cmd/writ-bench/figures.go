@@ -120,7 +120,10 @@ const (
 	scJWT       = "fetch_jwtsvid"        // stub: fixed token
 	scJWTFirst  = "fetch_jwtsvid.first"  // Writ: new audience each call
 	scJWTCached = "fetch_jwtsvid.cached" // Writ: same audience
-	scValidate  = "validate_jwtsvid"
+	// scJWTFirstC16: Writ, a new audience each call from 16 callers: the
+	// JWT-SVID signing ceiling through the agent.
+	scJWTFirstC16 = "fetch_jwtsvid.first.c16"
+	scValidate    = "validate_jwtsvid"
 )
 
 // stubScenario is the stub scenario a Writ scenario is compared with.
@@ -194,6 +197,10 @@ func catalogue(cfg Config) []*Figure {
 		}
 		add("writ."+s.sc+".ratio_to_stub", unitRatio, desc, nil, tgt)
 	}
+	first16 := "FetchJWTSVID with a new audience each call, 16 concurrent callers (one connection each): the JWT-SVID signing ceiling through the agent"
+	add("writ."+scJWTFirstC16+".p50", unitMS, first16+": median latency", nil, nil)
+	add("writ."+scJWTFirstC16+".p99", unitMS, first16+": 99th percentile latency", nil, nil)
+	add("writ."+scJWTFirstC16+".rate", unitCallsPerSec, first16+": calls per second", nil, atLeast(10000, ">= 10,000/s"))
 
 	for _, p := range []struct {
 		key  string
