@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"reflect"
 	"testing"
 )
 
@@ -65,6 +66,27 @@ func FuzzDecodeObject(f *testing.F) {
 		}
 		if !maps.EqualFunc(got, want, func(a, b json.RawMessage) bool { return bytes.Equal(a, b) }) {
 			t.Fatalf("decodeObject(%q) = %q, reference %q", data, got, want)
+		}
+	})
+}
+
+// FuzzDecodeAny: decodeAny gives what encoding/json gives for an any.
+func FuzzDecodeAny(f *testing.F) {
+	for _, s := range []string{`"a"`, `"a\"b"`, "\"\xff\"", `1`, `-1.5e3`, `1e999`, `[1,"x"]`, `{"a":null}`, `true`, `null`} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if !json.Valid(data) {
+			return
+		}
+		got, err := decodeAny(data)
+		var want any
+		werr := json.Unmarshal(data, &want)
+		if (err == nil) != (werr == nil) {
+			t.Fatalf("decodeAny(%q): error %v, encoding/json %v", data, err, werr)
+		}
+		if err == nil && !reflect.DeepEqual(got, want) {
+			t.Fatalf("decodeAny(%q) = %#v, encoding/json %#v", data, got, want)
 		}
 	})
 }

@@ -300,7 +300,7 @@ func parse(token string) (*parsedToken, error) {
 	}
 
 	// 2. Form.
-	if i := strings.IndexFunc(token, notTokenChar); i >= 0 {
+	if i := indexNotTokenChar(token); i >= 0 {
 		return nil, fmt.Errorf("%w: unexpected character at offset %d (not a compact JWS)", ErrMalformed, i)
 	}
 	dot1 := strings.IndexByte(token, '.')
@@ -455,8 +455,13 @@ func (t *parsedToken) checkClaims(now time.Time, audience []string, withRaw bool
 	if !withRaw {
 		return c, nil
 	}
-	if err := json.Unmarshal(t.payload, &c.Raw); err != nil {
-		return nil, fmt.Errorf("%w: payload: %w", ErrMalformed, err)
+	c.Raw = make(map[string]any, len(t.claims))
+	for name, raw := range t.claims {
+		v, err := decodeAny(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%w: payload: %s: %w", ErrMalformed, name, err)
+		}
+		c.Raw[name] = v
 	}
 	return c, nil
 }
@@ -484,9 +489,35 @@ func checkAudience(c *Claims, audience []string) error {
 	return nil
 }
 
-// notTokenChar reports runes outside the base64url alphabet and '.'.
-func notTokenChar(r rune) bool {
+// notTokenChar reports bytes outside the base64url alphabet and '.'.
+func notTokenChar(r byte) bool {
 	return !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
+}
+
+// indexNotTokenChar returns the offset of the first byte of s outside the
+// base64url alphabet and '.', or -1.
+func indexNotTokenChar(s string) int {
+	for i := 0; i < len(s); i++ {
+		if notTokenChar(s[i]) {
+			return i
+		}
+	}
+	return -1
+}
+
+// plainString returns the value of a JSON string (raw, quotes included,
+// already known to be valid JSON) that has no escapes and is valid UTF-8,
+// as encoding/json would decode it; ok is false for other strings, which
+// must be decoded by encoding/json.
+func plainString(raw []byte) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	in := raw[1 : len(raw)-1]
+	if bytes.IndexByte(in, '\\') >= 0 || !utf8.Valid(in) {
+		return "", false
+	}
+	return string(in), true
 }
 
 // decodeObject decodes a JSON object into its members, refusing duplicate
@@ -574,6 +605,10 @@ func stringMember(m map[string]json.RawMessage, name string, s *string) error {
 	}
 	if len(raw) == 0 || raw[0] != '"' {
 		return fmt.Errorf("%s is not a string", name)
+	}
+	if plain, ok := plainString(raw); ok {
+		*s = plain
+		return nil
 	}
 	if err := json.Unmarshal(raw, s); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
@@ -683,7 +718,11 @@ func audienceClaim(m map[string]json.RawMessage) ([]string, error) {
 	var aud []string
 	switch {
 	case len(raw) > 0 && raw[0] == '"':
-		var s string
+		s, ok := plainString(raw)
+		if ok {
+			aud = []string{s}
+			break
+		}
 		if err := json.Unmarshal(raw, &s); err != nil {
 			return nil, fmt.Errorf("%w: aud: %w", ErrAudience, err)
 		}
@@ -752,4 +791,20 @@ func rawECDSASignature(der []byte, size int) ([]byte, error) {
 	rs.R.FillBytes(out[:size])
 	rs.S.FillBytes(out[size:])
 	return out, nil
+}
+
+// decodeAny decodes a JSON value (valid JSON) as json.Unmarshal into an
+// any does, without its reflection for plain strings and numbers.
+func decodeAny(raw json.RawMessage) (any, error) {
+	if str, ok := plainString(raw); ok {
+		return str, nil
+	}
+	if len(raw) > 0 && (raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9') {
+		if f, err := strconv.ParseFloat(string(raw), 64); err == nil {
+			return f, nil
+		}
+	}
+	var v any
+	err := json.Unmarshal(raw, &v)
+	return v, err
 }
