@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -276,6 +277,10 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.ChainUnaryInterceptor(unaryTrack, s.unaryHeader),
 		grpc.ChainStreamInterceptor(streamTrack, s.streamHeader),
 		grpc.WaitForHandlers(true),
+		// Calls run on long-lived workers whose stacks have grown to
+		// the handlers' depth, not on new goroutines that grow theirs
+		// on every call.
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(gs, &handler{s: s})
 	for _, r := range s.extra {

@@ -16,6 +16,7 @@ import (
 	"writ.dev/writ/agent"
 	"writ.dev/writ/agent/agentproc"
 	"writ.dev/writ/agent/svidcache"
+	"writ.dev/writ/internal/unixsock"
 	"writ.dev/writ/workloadapi"
 	"writ.dev/writ/workloadapi/sdsv3"
 )
@@ -85,12 +86,12 @@ func agentRun(c *cli.Context) error {
 		return usagef(c, "--socket-path must not be empty")
 	}
 	if abs, err := filepath.Abs(dataDir); err == nil {
-		if err := agent.CheckSocketPath(filepath.Join(abs, agent.AdminSocketName)); err != nil {
+		if err := unixsock.CheckPath(filepath.Join(abs, agent.AdminSocketName)); err != nil {
 			return usagef(c, "--data-dir: %v", err)
 		}
 	}
 	if abs, err := filepath.Abs(socket); err == nil {
-		if err := agent.CheckSocketPath(abs); err != nil {
+		if err := unixsock.CheckPath(abs); err != nil {
 			return usagef(c, "--socket-path: %v", err)
 		}
 		if absData, err := filepath.Abs(dataDir); err == nil {
