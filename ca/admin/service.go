@@ -95,6 +95,9 @@ type Config struct {
 	// none; with the entries' TTLs it bounds how long after a CA key
 	// stopped signing its X.509-SVIDs may be valid. Defaults to an hour.
 	DefaultX509SVIDTTL time.Duration
+	// TemplateReports, if set, tells ListTemplateIssued what agents
+	// report their template entries issue.
+	TemplateReports TemplateReports
 }
 
 // Service serves the admin API: entries, agents, join tokens and the
@@ -108,6 +111,7 @@ type Service struct {
 	joinTokenTTL time.Duration
 	ca           CAManager
 	pusher       BundlePusher
+	reports      TemplateReports
 	x509SVIDTTL  time.Duration
 	// allowed is the set of uids that may call admin methods. It is only
 	// read once the service serves.
@@ -146,6 +150,7 @@ func New(cfg Config) (*Service, error) {
 		joinTokenTTL: cfg.DefaultJoinTokenTTL,
 		ca:           cfg.CA,
 		pusher:       cfg.BundlePusher,
+		reports:      cfg.TemplateReports,
 		x509SVIDTTL:  cmp.Or(cfg.DefaultX509SVIDTTL, time.Hour),
 		allowed:      allowed,
 	}, nil

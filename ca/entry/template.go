@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -363,4 +364,13 @@ func InstanceID(entryID string, id spiffeid.ID) string {
 // other ID.
 func SplitInstanceID(s string) (entryID, spiffeID string, ok bool) {
 	return strings.Cut(s, InstanceIDSeparator)
+}
+
+// Issued is what one agent last reported a template entry issues: the
+// SPIFFE IDs (at most a bounded number listed) and how many there are.
+type Issued struct {
+	AgentID    spiffeid.ID
+	SPIFFEIDs  []string
+	Count      int
+	ReportedAt time.Time
 }

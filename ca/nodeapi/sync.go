@@ -207,6 +207,7 @@ func (s *Service) entryToWire(e *entry.Entry) *nodev1.Entry {
 		Admin:       e.Admin,
 		Downstream:  e.Downstream,
 		Revision:    e.Revision,
+		Template:    e.Template,
 	}
 }
 

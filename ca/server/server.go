@@ -204,6 +204,7 @@ func (s *Server) Run(ctx context.Context) error {
 		AllowedUIDs:         s.cfg.AdminUIDs,
 		CA:                  km,
 		BundlePusher:        nodeSvc,
+		TemplateReports:     nodeSvc,
 		DefaultX509SVIDTTL:  s.cfg.DefaultX509SVIDTTL,
 	})
 	if err != nil {

@@ -28,18 +28,23 @@ const (
 // A registration entry. Selectors are "type:value" strings; TTLs are whole
 // seconds, 0 meaning the server's default; times are Unix seconds.
 type Entry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	SpiffeId      string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	ParentId      string                 `protobuf:"bytes,3,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
-	Selectors     []string               `protobuf:"bytes,4,rep,name=selectors,proto3" json:"selectors,omitempty"`
-	X509SvidTtl   int64                  `protobuf:"varint,5,opt,name=x509_svid_ttl,json=x509SvidTtl,proto3" json:"x509_svid_ttl,omitempty"`
-	JwtSvidTtl    int64                  `protobuf:"varint,6,opt,name=jwt_svid_ttl,json=jwtSvidTtl,proto3" json:"jwt_svid_ttl,omitempty"`
-	DnsNames      []string               `protobuf:"bytes,7,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
-	Admin         bool                   `protobuf:"varint,8,opt,name=admin,proto3" json:"admin,omitempty"`
-	Downstream    bool                   `protobuf:"varint,9,opt,name=downstream,proto3" json:"downstream,omitempty"`
-	CreatedAt     int64                  `protobuf:"varint,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	Revision      uint64                 `protobuf:"varint,11,opt,name=revision,proto3" json:"revision,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	SpiffeId    string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	ParentId    string                 `protobuf:"bytes,3,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	Selectors   []string               `protobuf:"bytes,4,rep,name=selectors,proto3" json:"selectors,omitempty"`
+	X509SvidTtl int64                  `protobuf:"varint,5,opt,name=x509_svid_ttl,json=x509SvidTtl,proto3" json:"x509_svid_ttl,omitempty"`
+	JwtSvidTtl  int64                  `protobuf:"varint,6,opt,name=jwt_svid_ttl,json=jwtSvidTtl,proto3" json:"jwt_svid_ttl,omitempty"`
+	DnsNames    []string               `protobuf:"bytes,7,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
+	Admin       bool                   `protobuf:"varint,8,opt,name=admin,proto3" json:"admin,omitempty"`
+	Downstream  bool                   `protobuf:"varint,9,opt,name=downstream,proto3" json:"downstream,omitempty"`
+	CreatedAt   int64                  `protobuf:"varint,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Revision    uint64                 `protobuf:"varint,11,opt,name=revision,proto3" json:"revision,omitempty"`
+	// template, when set, makes this a template entry: a SPIFFE ID pattern
+	// such as spiffe://example.org/user/{{unix.user}} that agents fill from
+	// each matching caller's selectors. spiffe_id is then its literal
+	// prefix (output; on input empty or that prefix).
+	Template      string `protobuf:"bytes,12,opt,name=template,proto3" json:"template,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -151,6 +156,13 @@ func (x *Entry) GetRevision() uint64 {
 	return 0
 }
 
+func (x *Entry) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
 // The outcome of one item of a batch: a gRPC status code and message.
 type Status struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -204,6 +216,164 @@ func (x *Status) GetMessage() string {
 	return ""
 }
 
+type ListTemplateIssuedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTemplateIssuedRequest) Reset() {
+	*x = ListTemplateIssuedRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTemplateIssuedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTemplateIssuedRequest) ProtoMessage() {}
+
+func (x *ListTemplateIssuedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTemplateIssuedRequest.ProtoReflect.Descriptor instead.
+func (*ListTemplateIssuedRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListTemplateIssuedRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type TemplateIssued struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AgentId string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	// At most a bounded number are listed; count is how many there are.
+	SpiffeIds []string `protobuf:"bytes,2,rep,name=spiffe_ids,json=spiffeIds,proto3" json:"spiffe_ids,omitempty"`
+	Count     int64    `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	// When the agent reported, Unix seconds.
+	ReportedAt    int64 `protobuf:"varint,4,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TemplateIssued) Reset() {
+	*x = TemplateIssued{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TemplateIssued) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TemplateIssued) ProtoMessage() {}
+
+func (x *TemplateIssued) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TemplateIssued.ProtoReflect.Descriptor instead.
+func (*TemplateIssued) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TemplateIssued) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *TemplateIssued) GetSpiffeIds() []string {
+	if x != nil {
+		return x.SpiffeIds
+	}
+	return nil
+}
+
+func (x *TemplateIssued) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *TemplateIssued) GetReportedAt() int64 {
+	if x != nil {
+		return x.ReportedAt
+	}
+	return 0
+}
+
+type ListTemplateIssuedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Agents        []*TemplateIssued      `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTemplateIssuedResponse) Reset() {
+	*x = ListTemplateIssuedResponse{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTemplateIssuedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTemplateIssuedResponse) ProtoMessage() {}
+
+func (x *ListTemplateIssuedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTemplateIssuedResponse.ProtoReflect.Descriptor instead.
+func (*ListTemplateIssuedResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ListTemplateIssuedResponse) GetAgents() []*TemplateIssued {
+	if x != nil {
+		return x.Agents
+	}
+	return nil
+}
+
 type BatchCreateEntryRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
@@ -213,7 +383,7 @@ type BatchCreateEntryRequest struct {
 
 func (x *BatchCreateEntryRequest) Reset() {
 	*x = BatchCreateEntryRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -225,7 +395,7 @@ func (x *BatchCreateEntryRequest) String() string {
 func (*BatchCreateEntryRequest) ProtoMessage() {}
 
 func (x *BatchCreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -238,7 +408,7 @@ func (x *BatchCreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*BatchCreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *BatchCreateEntryRequest) GetEntries() []*Entry {
@@ -258,7 +428,7 @@ type EntryResult struct {
 
 func (x *EntryResult) Reset() {
 	*x = EntryResult{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -270,7 +440,7 @@ func (x *EntryResult) String() string {
 func (*EntryResult) ProtoMessage() {}
 
 func (x *EntryResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -283,7 +453,7 @@ func (x *EntryResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EntryResult.ProtoReflect.Descriptor instead.
 func (*EntryResult) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EntryResult) GetStatus() *Status {
@@ -309,7 +479,7 @@ type BatchCreateEntryResponse struct {
 
 func (x *BatchCreateEntryResponse) Reset() {
 	*x = BatchCreateEntryResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -321,7 +491,7 @@ func (x *BatchCreateEntryResponse) String() string {
 func (*BatchCreateEntryResponse) ProtoMessage() {}
 
 func (x *BatchCreateEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -334,7 +504,7 @@ func (x *BatchCreateEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateEntryResponse.ProtoReflect.Descriptor instead.
 func (*BatchCreateEntryResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *BatchCreateEntryResponse) GetResults() []*EntryResult {
@@ -353,7 +523,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +535,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,7 +548,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -400,7 +570,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +582,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +595,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListEntriesRequest) GetSpiffeId() string {
@@ -458,7 +628,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +640,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +653,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -507,7 +677,7 @@ type UpdateEntryRequest struct {
 
 func (x *UpdateEntryRequest) Reset() {
 	*x = UpdateEntryRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -519,7 +689,7 @@ func (x *UpdateEntryRequest) String() string {
 func (*UpdateEntryRequest) ProtoMessage() {}
 
 func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -532,7 +702,7 @@ func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEntryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UpdateEntryRequest) GetEntry() *Entry {
@@ -558,7 +728,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +740,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +753,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -608,7 +778,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +790,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +803,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Agent) GetSpiffeId() string {
@@ -693,7 +863,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +875,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +888,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 type ListAgentsResponse struct {
@@ -730,7 +900,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +912,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +925,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -774,7 +944,7 @@ type GetAgentRequest struct {
 
 func (x *GetAgentRequest) Reset() {
 	*x = GetAgentRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +956,7 @@ func (x *GetAgentRequest) String() string {
 func (*GetAgentRequest) ProtoMessage() {}
 
 func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +969,7 @@ func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
 func (*GetAgentRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetAgentRequest) GetSpiffeId() string {
@@ -818,7 +988,7 @@ type EvictAgentRequest struct {
 
 func (x *EvictAgentRequest) Reset() {
 	*x = EvictAgentRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +1000,7 @@ func (x *EvictAgentRequest) String() string {
 func (*EvictAgentRequest) ProtoMessage() {}
 
 func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +1013,7 @@ func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentRequest.ProtoReflect.Descriptor instead.
 func (*EvictAgentRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *EvictAgentRequest) GetSpiffeId() string {
@@ -862,7 +1032,7 @@ type BanAgentRequest struct {
 
 func (x *BanAgentRequest) Reset() {
 	*x = BanAgentRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +1044,7 @@ func (x *BanAgentRequest) String() string {
 func (*BanAgentRequest) ProtoMessage() {}
 
 func (x *BanAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +1057,7 @@ func (x *BanAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanAgentRequest.ProtoReflect.Descriptor instead.
 func (*BanAgentRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *BanAgentRequest) GetSpiffeId() string {
@@ -906,7 +1076,7 @@ type UnbanAgentRequest struct {
 
 func (x *UnbanAgentRequest) Reset() {
 	*x = UnbanAgentRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +1088,7 @@ func (x *UnbanAgentRequest) String() string {
 func (*UnbanAgentRequest) ProtoMessage() {}
 
 func (x *UnbanAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +1101,7 @@ func (x *UnbanAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnbanAgentRequest.ProtoReflect.Descriptor instead.
 func (*UnbanAgentRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UnbanAgentRequest) GetSpiffeId() string {
@@ -952,7 +1122,7 @@ type GenerateJoinTokenRequest struct {
 
 func (x *GenerateJoinTokenRequest) Reset() {
 	*x = GenerateJoinTokenRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -964,7 +1134,7 @@ func (x *GenerateJoinTokenRequest) String() string {
 func (*GenerateJoinTokenRequest) ProtoMessage() {}
 
 func (x *GenerateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -977,7 +1147,7 @@ func (x *GenerateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*GenerateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GenerateJoinTokenRequest) GetSpiffeId() string {
@@ -1005,7 +1175,7 @@ type GenerateJoinTokenResponse struct {
 
 func (x *GenerateJoinTokenResponse) Reset() {
 	*x = GenerateJoinTokenResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1187,7 @@ func (x *GenerateJoinTokenResponse) String() string {
 func (*GenerateJoinTokenResponse) ProtoMessage() {}
 
 func (x *GenerateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1200,7 @@ func (x *GenerateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*GenerateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GenerateJoinTokenResponse) GetToken() string {
@@ -1062,7 +1232,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1074,7 +1244,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1087,7 +1257,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 type GetBundleResponse struct {
@@ -1102,7 +1272,7 @@ type GetBundleResponse struct {
 
 func (x *GetBundleResponse) Reset() {
 	*x = GetBundleResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1284,7 @@ func (x *GetBundleResponse) String() string {
 func (*GetBundleResponse) ProtoMessage() {}
 
 func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1297,7 @@ func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetBundleResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *GetBundleResponse) GetTrustDomain() string {
@@ -1169,7 +1339,7 @@ type Server struct {
 
 func (x *Server) Reset() {
 	*x = Server{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1181,7 +1351,7 @@ func (x *Server) String() string {
 func (*Server) ProtoMessage() {}
 
 func (x *Server) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1194,7 +1364,7 @@ func (x *Server) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Server.ProtoReflect.Descriptor instead.
 func (*Server) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *Server) GetId() string {
@@ -1240,7 +1410,7 @@ type ListServersRequest struct {
 
 func (x *ListServersRequest) Reset() {
 	*x = ListServersRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1422,7 @@ func (x *ListServersRequest) String() string {
 func (*ListServersRequest) ProtoMessage() {}
 
 func (x *ListServersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1435,7 @@ func (x *ListServersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServersRequest.ProtoReflect.Descriptor instead.
 func (*ListServersRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 type ListServersResponse struct {
@@ -1277,7 +1447,7 @@ type ListServersResponse struct {
 
 func (x *ListServersResponse) Reset() {
 	*x = ListServersResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1459,7 @@ func (x *ListServersResponse) String() string {
 func (*ListServersResponse) ProtoMessage() {}
 
 func (x *ListServersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1472,7 @@ func (x *ListServersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServersResponse.ProtoReflect.Descriptor instead.
 func (*ListServersResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ListServersResponse) GetServers() []*Server {
@@ -1340,7 +1510,7 @@ type Authority struct {
 
 func (x *Authority) Reset() {
 	*x = Authority{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1522,7 @@ func (x *Authority) String() string {
 func (*Authority) ProtoMessage() {}
 
 func (x *Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1535,7 @@ func (x *Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authority.ProtoReflect.Descriptor instead.
 func (*Authority) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *Authority) GetKind() string {
@@ -1434,7 +1604,7 @@ type ListAuthoritiesRequest struct {
 
 func (x *ListAuthoritiesRequest) Reset() {
 	*x = ListAuthoritiesRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1616,7 @@ func (x *ListAuthoritiesRequest) String() string {
 func (*ListAuthoritiesRequest) ProtoMessage() {}
 
 func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1629,7 @@ func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ListAuthoritiesRequest) GetKind() string {
@@ -1478,7 +1648,7 @@ type ListAuthoritiesResponse struct {
 
 func (x *ListAuthoritiesResponse) Reset() {
 	*x = ListAuthoritiesResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1660,7 @@ func (x *ListAuthoritiesResponse) String() string {
 func (*ListAuthoritiesResponse) ProtoMessage() {}
 
 func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1673,7 @@ func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
@@ -1522,7 +1692,7 @@ type PrepareAuthorityRequest struct {
 
 func (x *PrepareAuthorityRequest) Reset() {
 	*x = PrepareAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1534,7 +1704,7 @@ func (x *PrepareAuthorityRequest) String() string {
 func (*PrepareAuthorityRequest) ProtoMessage() {}
 
 func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1547,7 +1717,7 @@ func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *PrepareAuthorityRequest) GetKind() string {
@@ -1568,7 +1738,7 @@ type ActivateAuthorityRequest struct {
 
 func (x *ActivateAuthorityRequest) Reset() {
 	*x = ActivateAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1750,7 @@ func (x *ActivateAuthorityRequest) String() string {
 func (*ActivateAuthorityRequest) ProtoMessage() {}
 
 func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1763,7 @@ func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*ActivateAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ActivateAuthorityRequest) GetKind() string {
@@ -1627,7 +1797,7 @@ type TaintAuthorityRequest struct {
 
 func (x *TaintAuthorityRequest) Reset() {
 	*x = TaintAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +1809,7 @@ func (x *TaintAuthorityRequest) String() string {
 func (*TaintAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +1822,7 @@ func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *TaintAuthorityRequest) GetKind() string {
@@ -1680,7 +1850,7 @@ type RevokeAuthorityRequest struct {
 
 func (x *RevokeAuthorityRequest) Reset() {
 	*x = RevokeAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1692,7 +1862,7 @@ func (x *RevokeAuthorityRequest) String() string {
 func (*RevokeAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1705,7 +1875,7 @@ func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RevokeAuthorityRequest) GetKind() string {
@@ -1738,7 +1908,7 @@ type RotateRequest struct {
 
 func (x *RotateRequest) Reset() {
 	*x = RotateRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +1920,7 @@ func (x *RotateRequest) String() string {
 func (*RotateRequest) ProtoMessage() {}
 
 func (x *RotateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +1933,7 @@ func (x *RotateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
 func (*RotateRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RotateRequest) GetWait() bool {
@@ -1786,7 +1956,7 @@ type RotateResponse struct {
 
 func (x *RotateResponse) Reset() {
 	*x = RotateResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +1968,7 @@ func (x *RotateResponse) String() string {
 func (*RotateResponse) ProtoMessage() {}
 
 func (x *RotateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +1981,7 @@ func (x *RotateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateResponse.ProtoReflect.Descriptor instead.
 func (*RotateResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RotateResponse) GetActivated() []*Authority {
@@ -1832,7 +2002,7 @@ var File_ca_api_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1bca/api/admin/v1/admin.proto\x12\rwrit.admin.v1\"\xc3\x02\n" +
+	"\x1bca/api/admin/v1/admin.proto\x12\rwrit.admin.v1\"\xdf\x02\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1b\n" +
@@ -1849,10 +2019,22 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\n" +
 	" \x01(\x03R\tcreatedAt\x12\x1a\n" +
-	"\brevision\x18\v \x01(\x04R\brevision\"6\n" +
+	"\brevision\x18\v \x01(\x04R\brevision\x12\x1a\n" +
+	"\btemplate\x18\f \x01(\tR\btemplate\"6\n" +
 	"\x06Status\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"I\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"+\n" +
+	"\x19ListTemplateIssuedRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x81\x01\n" +
+	"\x0eTemplateIssued\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x1d\n" +
+	"\n" +
+	"spiffe_ids\x18\x02 \x03(\tR\tspiffeIds\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x03R\x05count\x12\x1f\n" +
+	"\vreported_at\x18\x04 \x01(\x03R\n" +
+	"reportedAt\"S\n" +
+	"\x1aListTemplateIssuedResponse\x125\n" +
+	"\x06agents\x18\x01 \x03(\v2\x1d.writ.admin.v1.TemplateIssuedR\x06agents\"I\n" +
 	"\x17BatchCreateEntryRequest\x12.\n" +
 	"\aentries\x18\x01 \x03(\v2\x14.writ.admin.v1.EntryR\aentries\"h\n" +
 	"\vEntryResult\x12-\n" +
@@ -1949,13 +2131,14 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x04wait\x18\x01 \x01(\bR\x04wait\"s\n" +
 	"\x0eRotateResponse\x126\n" +
 	"\tactivated\x18\x01 \x03(\v2\x18.writ.admin.v1.AuthorityR\tactivated\x12)\n" +
-	"\x10streams_notified\x18\x02 \x01(\x05R\x0fstreamsNotified2\x9d\x03\n" +
+	"\x10streams_notified\x18\x02 \x01(\x05R\x0fstreamsNotified2\x88\x04\n" +
 	"\fEntryService\x12c\n" +
 	"\x10BatchCreateEntry\x12&.writ.admin.v1.BatchCreateEntryRequest\x1a'.writ.admin.v1.BatchCreateEntryResponse\x12@\n" +
 	"\bGetEntry\x12\x1e.writ.admin.v1.GetEntryRequest\x1a\x14.writ.admin.v1.Entry\x12V\n" +
 	"\vListEntries\x12!.writ.admin.v1.ListEntriesRequest\x1a\".writ.admin.v1.ListEntriesResponse0\x01\x12F\n" +
 	"\vUpdateEntry\x12!.writ.admin.v1.UpdateEntryRequest\x1a\x14.writ.admin.v1.Entry\x12F\n" +
-	"\vDeleteEntry\x12!.writ.admin.v1.DeleteEntryRequest\x1a\x14.writ.admin.v1.Entry2\xf1\x02\n" +
+	"\vDeleteEntry\x12!.writ.admin.v1.DeleteEntryRequest\x1a\x14.writ.admin.v1.Entry\x12i\n" +
+	"\x12ListTemplateIssued\x12(.writ.admin.v1.ListTemplateIssuedRequest\x1a).writ.admin.v1.ListTemplateIssuedResponse2\xf1\x02\n" +
 	"\fAgentService\x12Q\n" +
 	"\n" +
 	"ListAgents\x12 .writ.admin.v1.ListAgentsRequest\x1a!.writ.admin.v1.ListAgentsResponse\x12@\n" +
@@ -1991,96 +2174,102 @@ func file_ca_api_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ca_api_admin_v1_admin_proto_rawDescData
 }
 
-var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_ca_api_admin_v1_admin_proto_goTypes = []any{
-	(*Entry)(nil),                     // 0: writ.admin.v1.Entry
-	(*Status)(nil),                    // 1: writ.admin.v1.Status
-	(*BatchCreateEntryRequest)(nil),   // 2: writ.admin.v1.BatchCreateEntryRequest
-	(*EntryResult)(nil),               // 3: writ.admin.v1.EntryResult
-	(*BatchCreateEntryResponse)(nil),  // 4: writ.admin.v1.BatchCreateEntryResponse
-	(*GetEntryRequest)(nil),           // 5: writ.admin.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),        // 6: writ.admin.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),       // 7: writ.admin.v1.ListEntriesResponse
-	(*UpdateEntryRequest)(nil),        // 8: writ.admin.v1.UpdateEntryRequest
-	(*DeleteEntryRequest)(nil),        // 9: writ.admin.v1.DeleteEntryRequest
-	(*Agent)(nil),                     // 10: writ.admin.v1.Agent
-	(*ListAgentsRequest)(nil),         // 11: writ.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),        // 12: writ.admin.v1.ListAgentsResponse
-	(*GetAgentRequest)(nil),           // 13: writ.admin.v1.GetAgentRequest
-	(*EvictAgentRequest)(nil),         // 14: writ.admin.v1.EvictAgentRequest
-	(*BanAgentRequest)(nil),           // 15: writ.admin.v1.BanAgentRequest
-	(*UnbanAgentRequest)(nil),         // 16: writ.admin.v1.UnbanAgentRequest
-	(*GenerateJoinTokenRequest)(nil),  // 17: writ.admin.v1.GenerateJoinTokenRequest
-	(*GenerateJoinTokenResponse)(nil), // 18: writ.admin.v1.GenerateJoinTokenResponse
-	(*GetBundleRequest)(nil),          // 19: writ.admin.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),         // 20: writ.admin.v1.GetBundleResponse
-	(*Server)(nil),                    // 21: writ.admin.v1.Server
-	(*ListServersRequest)(nil),        // 22: writ.admin.v1.ListServersRequest
-	(*ListServersResponse)(nil),       // 23: writ.admin.v1.ListServersResponse
-	(*Authority)(nil),                 // 24: writ.admin.v1.Authority
-	(*ListAuthoritiesRequest)(nil),    // 25: writ.admin.v1.ListAuthoritiesRequest
-	(*ListAuthoritiesResponse)(nil),   // 26: writ.admin.v1.ListAuthoritiesResponse
-	(*PrepareAuthorityRequest)(nil),   // 27: writ.admin.v1.PrepareAuthorityRequest
-	(*ActivateAuthorityRequest)(nil),  // 28: writ.admin.v1.ActivateAuthorityRequest
-	(*TaintAuthorityRequest)(nil),     // 29: writ.admin.v1.TaintAuthorityRequest
-	(*RevokeAuthorityRequest)(nil),    // 30: writ.admin.v1.RevokeAuthorityRequest
-	(*RotateRequest)(nil),             // 31: writ.admin.v1.RotateRequest
-	(*RotateResponse)(nil),            // 32: writ.admin.v1.RotateResponse
+	(*Entry)(nil),                      // 0: writ.admin.v1.Entry
+	(*Status)(nil),                     // 1: writ.admin.v1.Status
+	(*ListTemplateIssuedRequest)(nil),  // 2: writ.admin.v1.ListTemplateIssuedRequest
+	(*TemplateIssued)(nil),             // 3: writ.admin.v1.TemplateIssued
+	(*ListTemplateIssuedResponse)(nil), // 4: writ.admin.v1.ListTemplateIssuedResponse
+	(*BatchCreateEntryRequest)(nil),    // 5: writ.admin.v1.BatchCreateEntryRequest
+	(*EntryResult)(nil),                // 6: writ.admin.v1.EntryResult
+	(*BatchCreateEntryResponse)(nil),   // 7: writ.admin.v1.BatchCreateEntryResponse
+	(*GetEntryRequest)(nil),            // 8: writ.admin.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),         // 9: writ.admin.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),        // 10: writ.admin.v1.ListEntriesResponse
+	(*UpdateEntryRequest)(nil),         // 11: writ.admin.v1.UpdateEntryRequest
+	(*DeleteEntryRequest)(nil),         // 12: writ.admin.v1.DeleteEntryRequest
+	(*Agent)(nil),                      // 13: writ.admin.v1.Agent
+	(*ListAgentsRequest)(nil),          // 14: writ.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),         // 15: writ.admin.v1.ListAgentsResponse
+	(*GetAgentRequest)(nil),            // 16: writ.admin.v1.GetAgentRequest
+	(*EvictAgentRequest)(nil),          // 17: writ.admin.v1.EvictAgentRequest
+	(*BanAgentRequest)(nil),            // 18: writ.admin.v1.BanAgentRequest
+	(*UnbanAgentRequest)(nil),          // 19: writ.admin.v1.UnbanAgentRequest
+	(*GenerateJoinTokenRequest)(nil),   // 20: writ.admin.v1.GenerateJoinTokenRequest
+	(*GenerateJoinTokenResponse)(nil),  // 21: writ.admin.v1.GenerateJoinTokenResponse
+	(*GetBundleRequest)(nil),           // 22: writ.admin.v1.GetBundleRequest
+	(*GetBundleResponse)(nil),          // 23: writ.admin.v1.GetBundleResponse
+	(*Server)(nil),                     // 24: writ.admin.v1.Server
+	(*ListServersRequest)(nil),         // 25: writ.admin.v1.ListServersRequest
+	(*ListServersResponse)(nil),        // 26: writ.admin.v1.ListServersResponse
+	(*Authority)(nil),                  // 27: writ.admin.v1.Authority
+	(*ListAuthoritiesRequest)(nil),     // 28: writ.admin.v1.ListAuthoritiesRequest
+	(*ListAuthoritiesResponse)(nil),    // 29: writ.admin.v1.ListAuthoritiesResponse
+	(*PrepareAuthorityRequest)(nil),    // 30: writ.admin.v1.PrepareAuthorityRequest
+	(*ActivateAuthorityRequest)(nil),   // 31: writ.admin.v1.ActivateAuthorityRequest
+	(*TaintAuthorityRequest)(nil),      // 32: writ.admin.v1.TaintAuthorityRequest
+	(*RevokeAuthorityRequest)(nil),     // 33: writ.admin.v1.RevokeAuthorityRequest
+	(*RotateRequest)(nil),              // 34: writ.admin.v1.RotateRequest
+	(*RotateResponse)(nil),             // 35: writ.admin.v1.RotateResponse
 }
 var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
-	0,  // 0: writ.admin.v1.BatchCreateEntryRequest.entries:type_name -> writ.admin.v1.Entry
-	1,  // 1: writ.admin.v1.EntryResult.status:type_name -> writ.admin.v1.Status
-	0,  // 2: writ.admin.v1.EntryResult.entry:type_name -> writ.admin.v1.Entry
-	3,  // 3: writ.admin.v1.BatchCreateEntryResponse.results:type_name -> writ.admin.v1.EntryResult
-	0,  // 4: writ.admin.v1.ListEntriesResponse.entries:type_name -> writ.admin.v1.Entry
-	0,  // 5: writ.admin.v1.UpdateEntryRequest.entry:type_name -> writ.admin.v1.Entry
-	10, // 6: writ.admin.v1.ListAgentsResponse.agents:type_name -> writ.admin.v1.Agent
-	21, // 7: writ.admin.v1.ListServersResponse.servers:type_name -> writ.admin.v1.Server
-	24, // 8: writ.admin.v1.ListAuthoritiesResponse.authorities:type_name -> writ.admin.v1.Authority
-	24, // 9: writ.admin.v1.RotateResponse.activated:type_name -> writ.admin.v1.Authority
-	2,  // 10: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
-	5,  // 11: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
-	6,  // 12: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
-	8,  // 13: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
-	9,  // 14: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
-	11, // 15: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
-	13, // 16: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
-	14, // 17: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
-	15, // 18: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
-	16, // 19: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
-	17, // 20: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
-	19, // 21: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
-	22, // 22: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
-	25, // 23: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
-	27, // 24: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
-	28, // 25: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
-	29, // 26: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
-	30, // 27: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
-	31, // 28: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
-	4,  // 29: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
-	0,  // 30: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
-	7,  // 31: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
-	0,  // 32: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
-	0,  // 33: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
-	12, // 34: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
-	10, // 35: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
-	10, // 36: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
-	10, // 37: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
-	10, // 38: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
-	18, // 39: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
-	20, // 40: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
-	23, // 41: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
-	26, // 42: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
-	24, // 43: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
-	24, // 44: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
-	24, // 45: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
-	24, // 46: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
-	32, // 47: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
-	29, // [29:48] is the sub-list for method output_type
-	10, // [10:29] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	3,  // 0: writ.admin.v1.ListTemplateIssuedResponse.agents:type_name -> writ.admin.v1.TemplateIssued
+	0,  // 1: writ.admin.v1.BatchCreateEntryRequest.entries:type_name -> writ.admin.v1.Entry
+	1,  // 2: writ.admin.v1.EntryResult.status:type_name -> writ.admin.v1.Status
+	0,  // 3: writ.admin.v1.EntryResult.entry:type_name -> writ.admin.v1.Entry
+	6,  // 4: writ.admin.v1.BatchCreateEntryResponse.results:type_name -> writ.admin.v1.EntryResult
+	0,  // 5: writ.admin.v1.ListEntriesResponse.entries:type_name -> writ.admin.v1.Entry
+	0,  // 6: writ.admin.v1.UpdateEntryRequest.entry:type_name -> writ.admin.v1.Entry
+	13, // 7: writ.admin.v1.ListAgentsResponse.agents:type_name -> writ.admin.v1.Agent
+	24, // 8: writ.admin.v1.ListServersResponse.servers:type_name -> writ.admin.v1.Server
+	27, // 9: writ.admin.v1.ListAuthoritiesResponse.authorities:type_name -> writ.admin.v1.Authority
+	27, // 10: writ.admin.v1.RotateResponse.activated:type_name -> writ.admin.v1.Authority
+	5,  // 11: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
+	8,  // 12: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
+	9,  // 13: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
+	11, // 14: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
+	12, // 15: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
+	2,  // 16: writ.admin.v1.EntryService.ListTemplateIssued:input_type -> writ.admin.v1.ListTemplateIssuedRequest
+	14, // 17: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
+	16, // 18: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
+	17, // 19: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
+	18, // 20: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
+	19, // 21: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
+	20, // 22: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
+	22, // 23: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
+	25, // 24: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
+	28, // 25: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
+	30, // 26: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
+	31, // 27: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
+	32, // 28: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
+	33, // 29: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
+	34, // 30: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
+	7,  // 31: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
+	0,  // 32: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
+	10, // 33: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
+	0,  // 34: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
+	0,  // 35: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
+	4,  // 36: writ.admin.v1.EntryService.ListTemplateIssued:output_type -> writ.admin.v1.ListTemplateIssuedResponse
+	15, // 37: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
+	13, // 38: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
+	13, // 39: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
+	13, // 40: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
+	13, // 41: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
+	21, // 42: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
+	23, // 43: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
+	26, // 44: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
+	29, // 45: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
+	27, // 46: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
+	27, // 47: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
+	27, // 48: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
+	27, // 49: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
+	35, // 50: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
+	31, // [31:51] is the sub-list for method output_type
+	11, // [11:31] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_ca_api_admin_v1_admin_proto_init() }
@@ -2094,7 +2283,7 @@ func file_ca_api_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_admin_v1_admin_proto_rawDesc), len(file_ca_api_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   6,
 		},
