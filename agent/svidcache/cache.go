@@ -122,6 +122,10 @@ type Cache struct {
 	// wanted are the IDs of entries a subscription matches that have no
 	// SVID, not yet taken by TakeWanted.
 	wanted map[string]struct{}
+	// node are the agent's node selectors, for node.* template fields.
+	node []entry.Selector
+	// ninst counts template instances.
+	ninst int
 }
 
 type item struct {
@@ -133,6 +137,15 @@ type item struct {
 	heapIdx    int32 // index in Cache.expiry, -1 if absent
 	// demand counts the subscribed groups whose matches hold the item.
 	demand int32
+	// tmpl is set on a template entry's item: it never has an SVID
+	// itself; its instances (one per filled SPIFFE ID, by instance ID)
+	// do. An instance has parent set and is not in byFirst.
+	tmpl   *entry.Template
+	insts  map[string]*item
+	parent *item
+	// moreSel are further selector sets of an instance, when callers
+	// with different selectors fill the same ID (see touchItemLocked).
+	moreSel [][]entry.Selector
 }
 
 // group is a selector set with its memoized matches and subscribers.
@@ -232,14 +245,22 @@ func (c *Cache) Apply(u Update) Applied {
 			keep[e.ID] = struct{}{}
 		}
 		for id, it := range c.items {
+			if it.parent != nil {
+				continue // goes with its template
+			}
 			if _, ok := keep[id]; !ok {
-				c.removeLocked(it, touched)
+				res.Removed = append(res.Removed, c.removeLocked(it, touched)...)
 				res.Removed = append(res.Removed, id)
 			}
 		}
 	}
 	for _, e := range u.Entries {
-		switch c.upsertLocked(e, touched) {
+		if it := c.items[e.ID]; it != nil && it.parent != nil {
+			continue // not an entry ID
+		}
+		sig, gone := c.upsertLocked(e, touched)
+		res.Removed = append(res.Removed, gone...)
+		switch sig {
 		case signNow:
 			res.Sign = append(res.Sign, e.ID)
 		case signNew:
@@ -253,8 +274,8 @@ func (c *Cache) Apply(u Update) Applied {
 		}
 	}
 	for _, id := range u.Deleted {
-		if it := c.items[id]; it != nil {
-			c.removeLocked(it, touched)
+		if it := c.items[id]; it != nil && it.parent == nil {
+			res.Removed = append(res.Removed, c.removeLocked(it, touched)...)
 			res.Removed = append(res.Removed, id)
 			res.Sign = slices.DeleteFunc(res.Sign, func(s string) bool { return s == id })
 			res.New = slices.DeleteFunc(res.New, func(s string) bool { return s == id })
@@ -283,16 +304,28 @@ const (
 	signLater                // it has no SVID, and nobody is known to want one
 )
 
-// upsertLocked stores e and reports whether it needs a new X.509-SVID.
-func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) signing {
+// upsertLocked stores e and reports whether it needs a new X.509-SVID,
+// and the IDs of the template instances it removed.
+func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) (signing, []string) {
 	it := c.items[e.ID]
+	if it != nil && (it.tmpl != nil || e.Template != "") {
+		return c.upsertTemplateLocked(it, e, touched)
+	}
 	if it == nil {
 		it = &item{entry: e, heapIdx: -1}
+		if e.Template != "" {
+			return c.upsertTemplateLocked(nil, e, touched)
+		}
 		c.items[e.ID] = it
 		c.indexLocked(it)
 		c.touchLocked(e.Selectors, true, touched)
-		return signNew
+		return signNew, nil
 	}
+	return c.upsertPlainLocked(it, e, touched), nil
+}
+
+// upsertPlainLocked updates it, a plain entry's item, to e.
+func (c *Cache) upsertPlainLocked(it *item, e *entry.Entry, touched map[*group]struct{}) signing {
 	held := it.svid != nil || it.demand > 0
 	old := it.entry
 	selChanged := !slices.Equal(old.Selectors, e.Selectors)
@@ -333,18 +366,31 @@ func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) signin
 	return signNone
 }
 
-func (c *Cache) removeLocked(it *item, touched map[*group]struct{}) {
+// removeLocked removes it, and its instances if it is a template; it
+// returns the instances' IDs.
+func (c *Cache) removeLocked(it *item, touched map[*group]struct{}) []string {
+	gone := c.dropInstancesLocked(it, touched)
 	delete(c.items, it.entry.ID)
 	c.unindexLocked(it)
 	if it.svid != nil {
 		c.dropSVIDLocked(it)
 	}
-	c.dropJWTsLocked(it.entry.SPIFFEID)
-	c.touchLocked(it.entry.Selectors, true, touched)
+	if it.tmpl == nil {
+		c.dropJWTsLocked(it.entry.SPIFFEID)
+	}
+	c.touchItemLocked(it, true, touched)
+	if it.parent != nil {
+		delete(it.parent.insts, it.entry.ID)
+		c.ninst--
+		if it.demand == 0 {
+			delete(c.wanted, it.entry.ID)
+		}
+	}
+	return gone
 }
 
 func (c *Cache) indexLocked(it *item) {
-	if len(it.entry.Selectors) == 0 {
+	if len(it.entry.Selectors) == 0 || it.parent != nil {
 		return // matches nothing
 	}
 	s := it.entry.Selectors[0]
@@ -357,7 +403,7 @@ func (c *Cache) indexLocked(it *item) {
 }
 
 func (c *Cache) unindexLocked(it *item) {
-	if len(it.entry.Selectors) == 0 {
+	if len(it.entry.Selectors) == 0 || it.parent != nil {
 		return
 	}
 	s := it.entry.Selectors[0]
@@ -437,7 +483,7 @@ func (c *Cache) SetX509SVID(s *X509SVID) error {
 	default:
 	}
 	touched := make(map[*group]struct{})
-	c.touchLocked(it.entry.Selectors, false, touched)
+	c.touchItemLocked(it, false, touched)
 	notify(touched)
 	return nil
 }
@@ -532,6 +578,9 @@ type Stats struct {
 	// UnmatchedX509SVIDs are the X.509-SVIDs held for entries no
 	// subscription matches (at most Config.MaxX509SVIDs).
 	UnmatchedX509SVIDs int
+	// TemplateInstances are the IDs filled from template entries that
+	// the cache tracks (counted in Entries too).
+	TemplateInstances int
 }
 
 // Stats returns the cache's current counts.
@@ -546,6 +595,7 @@ func (c *Cache) Stats() Stats {
 		Groups:        len(c.groups),
 
 		UnmatchedX509SVIDs: c.unmatched.Len(),
+		TemplateInstances:  c.ninst,
 	}
 }
 
@@ -561,6 +611,9 @@ func (c *Cache) groupLocked(sel []entry.Selector, key string) *group {
 				c.deleteGroupLocked(g)
 			}
 		}
+		// Only subscribed groups are left: instances they do not hold
+		// and that have no SVID are referenced by nothing.
+		c.collectInstancesLocked()
 	}
 	g := &group{key: key, selectors: sel}
 	c.groups[key] = g
@@ -607,9 +660,16 @@ func (c *Cache) refreshLocked(g *group) {
 	g.matched = g.matched[:0]
 	for _, s := range g.selectors {
 		for it := c.byFirst[s]; it != nil; it = it.next {
-			if entry.Match(it.entry.Selectors, g.selectors) {
-				g.matched = append(g.matched, it)
+			if !entry.Match(it.entry.Selectors, g.selectors) {
+				continue
 			}
+			if it.tmpl != nil {
+				if inst := c.instanceLocked(it, g.selectors); inst != nil {
+					g.matched = append(g.matched, inst)
+				}
+				continue
+			}
+			g.matched = append(g.matched, it)
 		}
 	}
 	slices.SortFunc(g.matched, func(a, b *item) int {
@@ -678,7 +738,7 @@ func (c *Cache) expireLocked(now time.Time) time.Time {
 		}
 		c.log.Info("X.509-SVID expired; no longer served", "entry_id", it.entry.ID, "spiffe_id", it.entry.SPIFFEID.String(), "not_after", it.svid.NotAfter)
 		c.dropSVIDLocked(it)
-		c.touchLocked(it.entry.Selectors, false, touched)
+		c.touchItemLocked(it, false, touched)
 		if it.demand > 0 {
 			c.wantLocked(it)
 		}

@@ -68,6 +68,12 @@ func (c *Cache) evictLocked() {
 	for c.unmatched.Len() > c.maxX509 {
 		it := c.unmatched.Back().Value.(*item)
 		c.dropSVIDLocked(it)
+		if it.parent != nil && c.items[it.entry.ID] == it {
+			// Its callers are gone: forget the instance too. Only memo
+			// groups can hold it (no subscription does: its demand is
+			// zero); they recompute.
+			c.removeLocked(it, make(map[*group]struct{}))
+		}
 	}
 }
 
