@@ -205,4 +205,3 @@ func (c *Cache) TemplatesIssued() []TemplateIssued {
 	slices.SortFunc(out, func(a, b TemplateIssued) int { return strings.Compare(a.EntryID, b.EntryID) })
 	return out
 }
-
