@@ -94,6 +94,7 @@ type Cache struct {
 	maxX509 int
 	kick    chan struct{} // buffered 1: the earliest expiry may have changed
 	want    chan struct{} // buffered 1: wanted became non-empty
+	issued  chan struct{} // buffered 1: what templates issue may have changed
 
 	mu sync.Mutex // guards every field below
 	// items are the entries by ID.
@@ -184,6 +185,7 @@ func New(cfg Config) (*Cache, error) {
 		maxX509:  cfg.MaxX509SVIDs,
 		kick:     make(chan struct{}, 1),
 		want:     make(chan struct{}, 1),
+		issued:   make(chan struct{}, 1),
 		wanted:   make(map[string]struct{}),
 		items:    make(map[string]*item),
 		byFirst:  make(map[entry.Selector]*item),
@@ -382,6 +384,7 @@ func (c *Cache) removeLocked(it *item, touched map[*group]struct{}) []string {
 	if it.parent != nil {
 		delete(it.parent.insts, it.entry.ID)
 		c.ninst--
+		c.issuedLocked()
 		if it.demand == 0 {
 			delete(c.wanted, it.entry.ID)
 		}
@@ -467,6 +470,9 @@ func (c *Cache) SetX509SVID(s *X509SVID) error {
 	}
 	if s.Expired(c.clk.Now()) {
 		return fmt.Errorf("%w: entry %s, NotAfter %s", ErrExpired, s.EntryID, s.NotAfter.UTC().Format(time.RFC3339))
+	}
+	if it.parent != nil && it.svid == nil {
+		c.issuedLocked()
 	}
 	it.svid = s
 	if it.heapIdx >= 0 {

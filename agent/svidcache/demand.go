@@ -20,6 +20,9 @@ func (c *Cache) countLocked(g *group, d int32) {
 func (c *Cache) demandLocked(it *item, d int32) {
 	before := it.demand
 	it.demand += d
+	if it.parent != nil && (before == 0) != (it.demand == 0) {
+		c.issuedLocked()
+	}
 	switch {
 	case before == 0 && it.demand > 0:
 		if it.lru != nil {

@@ -205,3 +205,15 @@ func (c *Cache) TemplatesIssued() []TemplateIssued {
 	slices.SortFunc(out, func(a, b TemplateIssued) int { return strings.Compare(a.EntryID, b.EntryID) })
 	return out
 }
+
+// IssuedChanged is signalled when what template entries issue
+// (TemplatesIssued) may have changed. It has a buffer of one and is
+// never closed.
+func (c *Cache) IssuedChanged() <-chan struct{} { return c.issued }
+
+func (c *Cache) issuedLocked() {
+	select {
+	case c.issued <- struct{}{}:
+	default:
+	}
+}

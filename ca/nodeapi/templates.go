@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"sync"
-	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -20,22 +19,40 @@ const (
 	MaxReportedTemplates = 1000
 	// MaxReportedIDs bounds the SPIFFE IDs listed per template.
 	MaxReportedIDs = 1000
-	// maxReportAge: reports older than this are dropped when read (an
-	// agent that went away stops reporting).
-	maxReportAge = 10 * time.Minute
 )
 
 // templateReports holds each agent's latest report in memory, by agent
 // and template entry ID. Nothing is stored: a restarted server learns
 // again from the agents' next reports.
+// A report lasts while the agent has a Sync stream open to this server.
 type templateReports struct {
-	mu sync.Mutex // guards byAgent
+	mu sync.Mutex // guards byAgent and streams
 	// byAgent holds each agent's latest report by template entry ID.
 	byAgent map[spiffeid.ID]agentReport
+	// streams counts each agent's open Sync streams.
+	streams map[spiffeid.ID]int
+}
+
+// streamOpened counts a Sync stream of agent id; the returned function
+// uncounts it, dropping the agent's report after its last stream.
+func (r *templateReports) streamOpened(id spiffeid.ID) func() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.streams == nil {
+		r.streams = make(map[spiffeid.ID]int)
+	}
+	r.streams[id]++
+	return func() {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if r.streams[id]--; r.streams[id] <= 0 {
+			delete(r.streams, id)
+			delete(r.byAgent, id)
+		}
+	}
 }
 
 type agentReport struct {
-	at        time.Time
 	templates map[string]entry.Issued
 }
 
@@ -52,7 +69,7 @@ func (h *handler) ReportTemplates(ctx context.Context, req *nodev1.ReportTemplat
 		return nil, status.Errorf(codes.InvalidArgument, "too many templates: %d (at most %d)", len(req.GetTemplates()), MaxReportedTemplates)
 	}
 	now := s.clock.Now()
-	rep := agentReport{at: now, templates: make(map[string]entry.Issued, len(req.GetTemplates()))}
+	rep := agentReport{templates: make(map[string]entry.Issued, len(req.GetTemplates()))}
 	dropped := 0
 	for _, t := range req.GetTemplates() {
 		if len(t.GetSpiffeIds()) > MaxReportedIDs {
@@ -81,7 +98,7 @@ func (h *handler) ReportTemplates(ctx context.Context, req *nodev1.ReportTemplat
 	if s.reports.byAgent == nil {
 		s.reports.byAgent = make(map[spiffeid.ID]agentReport)
 	}
-	if len(rep.templates) == 0 {
+	if len(rep.templates) == 0 || s.reports.streams[c.id] == 0 {
 		delete(s.reports.byAgent, c.id)
 	} else {
 		s.reports.byAgent[c.id] = rep
@@ -89,19 +106,14 @@ func (h *handler) ReportTemplates(ctx context.Context, req *nodev1.ReportTemplat
 	return &nodev1.ReportTemplatesResponse{}, nil
 }
 
-// TemplateIssued returns what each agent last reported template entry
-// entryID issues, in no particular order. Reports older than ten minutes
-// are left out.
+// TemplateIssued returns what each agent with a Sync stream open to
+// this server last reported template entry entryID issues, in no
+// particular order.
 func (s *Service) TemplateIssued(entryID string) []entry.Issued {
-	now := s.clock.Now()
 	s.reports.mu.Lock()
 	defer s.reports.mu.Unlock()
 	var out []entry.Issued
-	for id, r := range s.reports.byAgent {
-		if now.Sub(r.at) > maxReportAge {
-			delete(s.reports.byAgent, id)
-			continue
-		}
+	for _, r := range s.reports.byAgent {
 		if is, ok := r.templates[entryID]; ok {
 			out = append(out, is)
 		}
