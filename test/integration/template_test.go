@@ -96,6 +96,15 @@ func TestIntegrationTemplates(t *testing.T) {
 		t.Fatal("cannot create a user outside the group")
 	}
 
+	// The README's command, with this test's agent and group.
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const readmeCmd = "./writ entry create --template --spiffe-id 'spiffe://example.org/user/{{unix.user}}' --parent-id spiffe://example.org/writ/agent/node1 --selector unix:gid:1000"
+	if !strings.Contains(strings.Join(strings.Fields(strings.ReplaceAll(string(readme), "\\\n", " ")), " "), readmeCmd) {
+		t.Fatalf("README.md does not hold %q", readmeCmd)
+	}
 	id := strings.TrimSpace(e.server.admin("entry", "create", "--template",
 		"--spiffe-id", "spiffe://example.org/user/{{unix.user}}",
 		"--parent-id", agentID, "--selector", fmt.Sprintf("unix:gid:%d", gid)))
