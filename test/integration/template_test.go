@@ -2,6 +2,7 @@ package integration_test
 
 import (
 	"context"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -42,6 +43,35 @@ func fetchAs(t *testing.T, p *agentProc, uid, gid uint32) (ids, hints []string) 
 		hints = append(hints, s.Hint)
 	}
 	return ids, hints
+}
+
+// jwtSubjectAs runs `writ jwt fetch` as uid/gid and returns the
+// token's subject ("" if it fails).
+func jwtSubjectAs(t *testing.T, p *agentProc, uid, gid uint32) string {
+	t.Helper()
+	cmd := exec.Command(writBin, "jwt", "fetch", "--audience", "api", "--socket-path", p.socket)
+	cmd.Env = cleanEnv()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
+	out, err := cmd.Output()
+	if err != nil {
+		t.Logf("jwt fetch as uid %d: %v", uid, err)
+		return ""
+	}
+	parts := strings.Split(strings.TrimSpace(string(out)), ".")
+	if len(parts) != 3 {
+		t.Fatalf("jwt fetch printed %q", out)
+	}
+	payload, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var claims struct {
+		Sub string `json:"sub"`
+	}
+	if err := json.Unmarshal(payload, &claims); err != nil {
+		t.Fatal(err)
+	}
+	return claims.Sub
 }
 
 // waitFetchAs polls fetchAs until it gives want.
@@ -113,6 +143,10 @@ func TestIntegrationTemplates(t *testing.T) {
 		if want := "writ-template:" + id; !slices.Equal(hints, []string{want}) {
 			t.Errorf("%s: hints %v, want %s", m.name, hints, want)
 		}
+	}
+	// JWT-SVIDs: the same ID.
+	if sub := jwtSubjectAs(t, a, members[1].uid, members[1].gid); sub != "spiffe://example.org/user/"+members[1].name {
+		t.Errorf("JWT-SVID subject %q", sub)
 	}
 	if got, _ := fetchAs(t, a, outUID, outGID); len(got) != 0 {
 		t.Errorf("user outside the group got %v", got)
