@@ -291,8 +291,6 @@ func renderReport(r *Results, charts []Chart) string {
 		{"Server RSS, 10,000 entries", "memory.server.rss." + memE10k},
 		{"New entry among the backlog, max", figBacklogMax},
 		{"Agent RSS with the backlog", figBacklogRSS},
-		{"Template, first fetch of a new caller, p50", figTmplP50},
-		{"Template, first fetch of a new caller, p99", figTmplP99},
 		{"Stub, 1 caller, calls/s", "stub." + scX509C1 + ".rate"},
 		{"Stub, 16 callers, calls/s", "stub." + scX509C16 + ".rate"},
 	}
