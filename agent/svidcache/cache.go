@@ -156,7 +156,10 @@ type group struct {
 	matched   []*item // sorted by SPIFFE ID, then entry ID; valid if fresh
 	fresh     bool
 	counted   bool // matched items count this group in their demand
-	subs      map[*Subscription]struct{}
+	// warned: a template gave this set no identity and it was logged;
+	// later refusals are logged at debug level only.
+	warned bool
+	subs   map[*Subscription]struct{}
 }
 
 // New returns an empty cache. Its expiry loop runs in Run.
@@ -670,7 +673,7 @@ func (c *Cache) refreshLocked(g *group) {
 				continue
 			}
 			if it.tmpl != nil {
-				if inst := c.instanceLocked(it, g.selectors); inst != nil {
+				if inst := c.instanceLocked(it, g); inst != nil {
 					g.matched = append(g.matched, inst)
 				}
 				continue

@@ -1,6 +1,8 @@
 package svidcache
 
 import (
+	"context"
+	"log/slog"
 	"slices"
 	"strings"
 
@@ -79,14 +81,21 @@ func (c *Cache) dropInstancesLocked(it *item, touched map[*group]struct{}) []str
 	return gone
 }
 
-// instanceLocked returns the instance of template item t that the
-// normalized selector set sel fills, creating it if needed, or nil if
-// sel fills no valid ID.
-func (c *Cache) instanceLocked(t *item, sel []entry.Selector) *item {
-	id, used, err := t.tmpl.Fill(sel, c.node)
+// instanceLocked returns the instance of template item t that group g's
+// selector set fills, creating it if needed, or nil if it fills no
+// valid ID.
+func (c *Cache) instanceLocked(t *item, g *group) *item {
+	id, used, err := t.tmpl.Fill(g.selectors, c.node)
 	if err != nil {
-		// The reason names the field, never the value.
-		c.log.Warn("template gives the caller no identity", "entry_id", t.entry.ID, "error", err)
+		// The reason names the field, never the value. Once per selector
+		// set at warning level, so that a caller reconnecting in a loop
+		// does not flood the log.
+		level := slog.LevelWarn
+		if g.warned {
+			level = slog.LevelDebug
+		}
+		g.warned = true
+		c.log.Log(context.Background(), level, "template gives the caller no identity", "entry_id", t.entry.ID, "error", err)
 		return nil
 	}
 	iid := entry.InstanceID(t.entry.ID, id)

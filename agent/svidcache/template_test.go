@@ -1,9 +1,13 @@
 package svidcache_test
 
 import (
+	"bytes"
 	"context"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -65,7 +69,11 @@ func svidIDs(svids []*svidcache.X509SVID) []string {
 func TestTemplateOneIDPerCaller(t *testing.T) {
 	clk := fakeclock.New(t0)
 	ca := newTestCA(t, t0)
-	c := newCache(t, clk, nil)
+	var logs syncBuffer
+	c, err := svidcache.New(svidcache.Config{TrustDomain: td, Clock: clk, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
 	tm := newTemplate(t, "spiffe://example.org/user/{{unix.user}}", "unix:gid:1000")
 	res := c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
 	if len(res.Sign)+len(res.New)+len(res.Backlog) != 0 {
@@ -100,6 +108,9 @@ func TestTemplateOneIDPerCaller(t *testing.T) {
 	}
 	if got := bad.State().X509SVIDs; len(got) != 0 {
 		t.Errorf("caller with an invalid name sees %v", svidIDs(got))
+	}
+	if l := logs.String(); strings.Count(l, "template gives the caller no identity") != 1 || !strings.Contains(l, "unix.user") || strings.Contains(l, "a%2Fb") {
+		t.Errorf("want one log record naming the field, not the value:\n%s", l)
 	}
 	if st := c.Stats(); st.Entries != 4 || st.TemplateInstances != 3 {
 		t.Errorf("stats %+v, want 1 entry and 3 instances", st)
@@ -310,4 +321,22 @@ func TestTemplateJWT(t *testing.T) {
 	if j.ID != alice {
 		t.Errorf("JWT-SVID for %s", j.ID)
 	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu  sync.Mutex // guards buf
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }
