@@ -23,6 +23,7 @@ import (
 	"writ.dev/writ/agent/rotate"
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/ca/clock"
+	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/internal/datadir"
 	"writ.dev/writ/internal/unixsock"
 )
@@ -98,8 +99,11 @@ type Config struct {
 	// workload matches (svidcache.DefaultMaxX509SVIDs if 0); others are
 	// signed when a workload asks for them.
 	MaxX509SVIDs int
-	Clock        clock.Clock
-	Logger       *slog.Logger
+	// NodeSelectors are the node's own selectors (from node attestation),
+	// which fill the node.* fields of template entries.
+	NodeSelectors []entry.Selector
+	Clock         clock.Clock
+	Logger        *slog.Logger
 }
 
 // Agent is a node agent: it attests to the CA server, keeps the node's
@@ -208,7 +212,16 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.sched.keep, a.sched.unsigned = a.cache.Holds, a.cache.Unsigned
+	a.cache.SetNodeSelectors(cfg.NodeSelectors)
 	return a, nil
+}
+
+// SetNodeSelectors replaces the node selectors that fill the node.*
+// fields of template entries (after node attestation, for example). The
+// IDs filled from the old ones stop being served at once; connected
+// workloads get the new ones signed.
+func (a *Agent) SetNodeSelectors(sel []entry.Selector) {
+	a.sched.remove(a.cache.SetNodeSelectors(sel)...)
 }
 
 func checkHostPort(addr string) error {

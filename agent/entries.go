@@ -24,6 +24,9 @@ func parseEntry(td spiffeid.TrustDomain, parent spiffeid.ID, w *nodev1.Entry) (*
 	if err != nil {
 		return nil, err
 	}
+	// A template is checked by Validate below: parsed, and sid its
+	// literal prefix.
+	tmpl := w.GetTemplate()
 	if len(w.GetSelectors()) == 0 {
 		return nil, fmt.Errorf("%w: entry has no selectors", entry.ErrInvalid)
 	}
@@ -63,6 +66,7 @@ func parseEntry(td spiffeid.TrustDomain, parent spiffeid.ID, w *nodev1.Entry) (*
 	e := &entry.Entry{
 		ID:          id,
 		SPIFFEID:    sid,
+		Template:    tmpl,
 		ParentID:    parent,
 		Selectors:   sels,
 		X509SVIDTTL: x509TTL,

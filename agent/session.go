@@ -87,6 +87,7 @@ func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err err
 			cancel(err)
 		}
 	})
+	wg.Go(func() { a.reportTemplates(sctx, c) })
 	for {
 		msg, err = stream.Recv()
 		if err != nil {

@@ -133,6 +133,7 @@
 //   - Stop: open streams end with Unavailable at once; unary calls in
 //     flight (a JWT-SVID waiting for the server) get 5 s on the Clock,
 //     then their connections are closed.
-//   - Hints are always empty: entries carry none.
+//   - Hints are empty, except on SVIDs issued by a template entry:
+//     "writ-template:<entry ID>" (TemplateHintPrefix).
 //   - Linux only, like unixattest and peercred.
 package workloadapi

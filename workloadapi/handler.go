@@ -192,7 +192,7 @@ func (h *handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest
 			return nil, status.Error(codes.Internal, "cannot issue a JWT-SVID")
 		}
 		done = id.ID
-		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id.ID.String(), Svid: j.Token})
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id.ID.String(), Svid: j.Token, Hint: svidHint(id.EntryID)})
 	}
 	if len(resp.Svids) == 0 {
 		if !want.IsZero() {

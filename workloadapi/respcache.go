@@ -240,6 +240,7 @@ func (s *Server) buildX509Resp(svids []*svidcache.X509SVID, br *bundleResp) (*x5
 			X509Svid:    sv.ChainDER,
 			X509SvidKey: sv.PrivateKeyDER,
 			Bundle:      br.x509DER,
+			Hint:        svidHint(sv.EntryID),
 		}
 	}
 	m, err := encode(resp)

@@ -20,6 +20,7 @@ import (
 
 	nodev1 "writ.dev/writ/ca/api/node/v1"
 	"writ.dev/writ/ca/clock"
+	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/x509ca"
 )
 
@@ -312,6 +313,10 @@ func (c *Client) BatchSign(ctx context.Context, reqs []SignRequest) ([]SignResul
 	in := &nodev1.BatchSignX509SVIDRequest{Requests: make([]*nodev1.X509SVIDRequest, len(reqs))}
 	for i, r := range reqs {
 		in.Requests[i] = &nodev1.X509SVIDRequest{EntryId: r.EntryID, Csr: r.CSR}
+		// A template instance: the template's entry ID and the ID filled.
+		if tid, sid, ok := entry.SplitInstanceID(r.EntryID); ok {
+			in.Requests[i].EntryId, in.Requests[i].SpiffeId = tid, sid
+		}
 	}
 	cctx, cancel := context.WithTimeout(ctx, SignTimeout+time.Duration(len(reqs))*perItemTimeout)
 	defer cancel()
@@ -326,7 +331,7 @@ func (c *Client) BatchSign(ctx context.Context, reqs []SignRequest) ([]SignResul
 	out := make([]SignResult, len(reqs))
 	for i, r := range results {
 		out[i] = SignResult{EntryID: reqs[i].EntryID}
-		if r.GetEntryId() != reqs[i].EntryID {
+		if r.GetEntryId() != in.Requests[i].GetEntryId() {
 			out[i].Err = fmt.Errorf("%w: result %d is for entry %q, want %q", ErrProtocol, i, r.GetEntryId(), reqs[i].EntryID)
 			continue
 		}
@@ -352,7 +357,11 @@ func (c *Client) SignJWT(ctx context.Context, entryID string, audience []string)
 	}
 	cctx, cancel := context.WithTimeout(ctx, SignTimeout)
 	defer cancel()
-	resp, err := c.node.SignJWTSVID(cctx, &nodev1.SignJWTSVIDRequest{EntryId: entryID, Audience: audience})
+	req := &nodev1.SignJWTSVIDRequest{EntryId: entryID, Audience: audience}
+	if tid, sid, ok := entry.SplitInstanceID(entryID); ok {
+		req.EntryId, req.SpiffeId = tid, sid
+	}
+	resp, err := c.node.SignJWTSVID(cctx, req)
 	if err != nil {
 		return "", time.Time{}, c.mapError(ctx, err)
 	}
@@ -360,4 +369,32 @@ func (c *Client) SignJWT(ctx context.Context, entryID string, audience []string)
 		return "", time.Time{}, fmt.Errorf("%w: empty JWT-SVID", ErrProtocol)
 	}
 	return resp.GetToken(), time.Unix(resp.GetExpiresAt(), 0), nil
+}
+
+// TemplateReport is what one template entry issues on the agent.
+type TemplateReport struct {
+	EntryID   string
+	SPIFFEIDs []string // at most MaxReportedIDs are sent
+	Count     int
+}
+
+// MaxReportedIDs bounds the SPIFFE IDs sent per template.
+const MaxReportedIDs = 1000
+
+// ReportTemplates sends the agent's complete template report.
+func (c *Client) ReportTemplates(ctx context.Context, reports []TemplateReport) error {
+	in := &nodev1.ReportTemplatesRequest{Templates: make([]*nodev1.TemplateReport, len(reports))}
+	for i, r := range reports {
+		ids := r.SPIFFEIDs
+		if len(ids) > MaxReportedIDs {
+			ids = ids[:MaxReportedIDs]
+		}
+		in.Templates[i] = &nodev1.TemplateReport{EntryId: r.EntryID, SpiffeIds: ids, Count: int64(r.Count)}
+	}
+	cctx, cancel := context.WithTimeout(ctx, SignTimeout)
+	defer cancel()
+	if _, err := c.node.ReportTemplates(cctx, in); err != nil {
+		return c.mapError(ctx, err)
+	}
+	return nil
 }

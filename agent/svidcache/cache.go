@@ -95,6 +95,7 @@ type Cache struct {
 	maxX509 int
 	kick    chan struct{} // buffered 1: the earliest expiry may have changed
 	want    chan struct{} // buffered 1: wanted became non-empty
+	issued  chan struct{} // buffered 1: what templates issue may have changed
 
 	mu sync.Mutex // guards every field below
 	// items are the entries by ID.
@@ -123,6 +124,10 @@ type Cache struct {
 	// wanted are the IDs of entries a subscription matches that have no
 	// SVID, not yet taken by TakeWanted.
 	wanted map[string]struct{}
+	// node are the agent's node selectors, for node.* template fields.
+	node []entry.Selector
+	// ninst counts template instances.
+	ninst int
 }
 
 type item struct {
@@ -134,6 +139,15 @@ type item struct {
 	heapIdx    int32 // index in Cache.expiry, -1 if absent
 	// demand counts the subscribed groups whose matches hold the item.
 	demand int32
+	// tmpl is set on a template entry's item: it never has an SVID
+	// itself; its instances (one per filled SPIFFE ID, by instance ID)
+	// do. An instance has parent set and is not in byFirst.
+	tmpl   *entry.Template
+	insts  map[string]*item
+	parent *item
+	// moreSel are further selector sets of an instance, when callers
+	// with different selectors fill the same ID (see touchItemLocked).
+	moreSel [][]entry.Selector
 }
 
 // group is a selector set with its memoized matches and subscribers.
@@ -143,7 +157,10 @@ type group struct {
 	matched   []*item // sorted by SPIFFE ID, then entry ID; valid if fresh
 	fresh     bool
 	counted   bool // matched items count this group in their demand
-	subs      map[*Subscription]struct{}
+	// warned: a template gave this set no identity and it was logged;
+	// later refusals are logged at debug level only.
+	warned bool
+	subs   map[*Subscription]struct{}
 }
 
 // New returns an empty cache. Its expiry loop runs in Run.
@@ -172,6 +189,7 @@ func New(cfg Config) (*Cache, error) {
 		maxX509:  cfg.MaxX509SVIDs,
 		kick:     make(chan struct{}, 1),
 		want:     make(chan struct{}, 1),
+		issued:   make(chan struct{}, 1),
 		wanted:   make(map[string]struct{}),
 		items:    make(map[string]*item),
 		byFirst:  make(map[entry.Selector]*item),
@@ -233,14 +251,22 @@ func (c *Cache) Apply(u Update) Applied {
 			keep[e.ID] = struct{}{}
 		}
 		for id, it := range c.items {
+			if it.parent != nil {
+				continue // goes with its template
+			}
 			if _, ok := keep[id]; !ok {
-				c.removeLocked(it, touched)
+				res.Removed = append(res.Removed, c.removeLocked(it, touched)...)
 				res.Removed = append(res.Removed, id)
 			}
 		}
 	}
 	for _, e := range u.Entries {
-		switch c.upsertLocked(e, touched) {
+		if it := c.items[e.ID]; it != nil && it.parent != nil {
+			continue // not an entry ID
+		}
+		sig, gone := c.upsertLocked(e, touched)
+		res.Removed = append(res.Removed, gone...)
+		switch sig {
 		case signNow:
 			res.Sign = append(res.Sign, e.ID)
 		case signNew:
@@ -254,8 +280,8 @@ func (c *Cache) Apply(u Update) Applied {
 		}
 	}
 	for _, id := range u.Deleted {
-		if it := c.items[id]; it != nil {
-			c.removeLocked(it, touched)
+		if it := c.items[id]; it != nil && it.parent == nil {
+			res.Removed = append(res.Removed, c.removeLocked(it, touched)...)
 			res.Removed = append(res.Removed, id)
 			res.Sign = slices.DeleteFunc(res.Sign, func(s string) bool { return s == id })
 			res.New = slices.DeleteFunc(res.New, func(s string) bool { return s == id })
@@ -284,16 +310,28 @@ const (
 	signLater                // it has no SVID, and nobody is known to want one
 )
 
-// upsertLocked stores e and reports whether it needs a new X.509-SVID.
-func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) signing {
+// upsertLocked stores e and reports whether it needs a new X.509-SVID,
+// and the IDs of the template instances it removed.
+func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) (signing, []string) {
 	it := c.items[e.ID]
+	if it != nil && (it.tmpl != nil || e.Template != "") {
+		return c.upsertTemplateLocked(it, e, touched)
+	}
 	if it == nil {
 		it = &item{entry: e, heapIdx: -1}
+		if e.Template != "" {
+			return c.upsertTemplateLocked(nil, e, touched)
+		}
 		c.items[e.ID] = it
 		c.indexLocked(it)
 		c.touchLocked(e.Selectors, true, touched)
-		return signNew
+		return signNew, nil
 	}
+	return c.upsertPlainLocked(it, e, touched), nil
+}
+
+// upsertPlainLocked updates it, a plain entry's item, to e.
+func (c *Cache) upsertPlainLocked(it *item, e *entry.Entry, touched map[*group]struct{}) signing {
 	held := it.svid != nil || it.demand > 0
 	old := it.entry
 	selChanged := !slices.Equal(old.Selectors, e.Selectors)
@@ -334,18 +372,32 @@ func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) signin
 	return signNone
 }
 
-func (c *Cache) removeLocked(it *item, touched map[*group]struct{}) {
+// removeLocked removes it, and its instances if it is a template; it
+// returns the instances' IDs.
+func (c *Cache) removeLocked(it *item, touched map[*group]struct{}) []string {
+	gone := c.dropInstancesLocked(it, touched)
 	delete(c.items, it.entry.ID)
 	c.unindexLocked(it)
 	if it.svid != nil {
 		c.dropSVIDLocked(it)
 	}
-	c.dropJWTsLocked(it.entry.SPIFFEID)
-	c.touchLocked(it.entry.Selectors, true, touched)
+	if it.tmpl == nil {
+		c.dropJWTsLocked(it.entry.SPIFFEID)
+	}
+	c.touchItemLocked(it, true, touched)
+	if it.parent != nil {
+		delete(it.parent.insts, it.entry.ID)
+		c.ninst--
+		c.issuedLocked()
+		if it.demand == 0 {
+			delete(c.wanted, it.entry.ID)
+		}
+	}
+	return gone
 }
 
 func (c *Cache) indexLocked(it *item) {
-	if len(it.entry.Selectors) == 0 {
+	if len(it.entry.Selectors) == 0 || it.parent != nil {
 		return // matches nothing
 	}
 	s := it.entry.Selectors[0]
@@ -358,7 +410,7 @@ func (c *Cache) indexLocked(it *item) {
 }
 
 func (c *Cache) unindexLocked(it *item) {
-	if len(it.entry.Selectors) == 0 {
+	if len(it.entry.Selectors) == 0 || it.parent != nil {
 		return
 	}
 	s := it.entry.Selectors[0]
@@ -423,6 +475,9 @@ func (c *Cache) SetX509SVID(s *X509SVID) error {
 	if s.Expired(c.clk.Now()) {
 		return fmt.Errorf("%w: entry %s, NotAfter %s", ErrExpired, s.EntryID, s.NotAfter.UTC().Format(time.RFC3339))
 	}
+	if it.parent != nil && it.svid == nil {
+		c.issuedLocked()
+	}
 	it.svid = s
 	if it.heapIdx >= 0 {
 		heap.Fix(&c.expiry, int(it.heapIdx))
@@ -438,7 +493,7 @@ func (c *Cache) SetX509SVID(s *X509SVID) error {
 	default:
 	}
 	touched := make(map[*group]struct{})
-	c.touchLocked(it.entry.Selectors, false, touched)
+	c.touchItemLocked(it, false, touched)
 	notify(touched)
 	return nil
 }
@@ -533,6 +588,9 @@ type Stats struct {
 	// UnmatchedX509SVIDs are the X.509-SVIDs held for entries no
 	// subscription matches (at most Config.MaxX509SVIDs).
 	UnmatchedX509SVIDs int
+	// TemplateInstances are the IDs filled from template entries that
+	// the cache tracks (counted in Entries too).
+	TemplateInstances int
 }
 
 // Stats returns the cache's current counts.
@@ -547,6 +605,7 @@ func (c *Cache) Stats() Stats {
 		Groups:        len(c.groups),
 
 		UnmatchedX509SVIDs: c.unmatched.Len(),
+		TemplateInstances:  c.ninst,
 	}
 }
 
@@ -562,6 +621,9 @@ func (c *Cache) groupLocked(sel []entry.Selector, key string) *group {
 				c.deleteGroupLocked(g)
 			}
 		}
+		// Only subscribed groups are left: instances they do not hold
+		// and that have no SVID are referenced by nothing.
+		c.collectInstancesLocked()
 	}
 	g := &group{key: key, selectors: sel}
 	c.groups[key] = g
@@ -608,9 +670,16 @@ func (c *Cache) refreshLocked(g *group) {
 	g.matched = g.matched[:0]
 	for _, s := range g.selectors {
 		for it := c.byFirst[s]; it != nil; it = it.next {
-			if entry.Match(it.entry.Selectors, g.selectors) {
-				g.matched = append(g.matched, it)
+			if !entry.Match(it.entry.Selectors, g.selectors) {
+				continue
 			}
+			if it.tmpl != nil {
+				if inst := c.instanceLocked(it, g); inst != nil {
+					g.matched = append(g.matched, inst)
+				}
+				continue
+			}
+			g.matched = append(g.matched, it)
 		}
 	}
 	slices.SortFunc(g.matched, func(a, b *item) int {
@@ -679,7 +748,7 @@ func (c *Cache) expireLocked(now time.Time) time.Time {
 		}
 		c.log.Info("X.509-SVID expired; no longer served", "entry_id", it.entry.ID, "spiffe_id", it.entry.SPIFFEID.String(), "not_after", it.svid.NotAfter)
 		c.dropSVIDLocked(it)
-		c.touchLocked(it.entry.Selectors, false, touched)
+		c.touchItemLocked(it, false, touched)
 		if it.demand > 0 {
 			c.wantLocked(it)
 		}

@@ -80,6 +80,12 @@
 //     (Certificates, Leaf) because a parsed certificate alone would cost
 //     3.5 KB. JWT-SVIDs are bounded by Config.MaxJWTSVIDs and memoized
 //     lookups by a fixed bound.
+//   - Template entries (entry.Entry.Template) never hold an SVID: a
+//     selector set they match gets the instance of the ID the template
+//     fills from it (and from SetNodeSelectors), with the ID
+//     entry.InstanceID(template ID, filled ID); instances are signed,
+//     kept and evicted like entries, go when their template changes, and
+//     TemplatesIssued reports them (see template.go).
 //   - Only the local trust domain's bundle for now; federated bundles
 //     will be added to State beside it, never merged into it.
 package svidcache

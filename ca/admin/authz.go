@@ -31,11 +31,12 @@ type rule struct {
 // method that is not here is refused, whatever else is registered on the
 // server.
 var rules = map[string]rule{
-	adminv1.EntryService_BatchCreateEntry_FullMethodName: {mutation: true},
-	adminv1.EntryService_GetEntry_FullMethodName:         {},
-	adminv1.EntryService_ListEntries_FullMethodName:      {},
-	adminv1.EntryService_UpdateEntry_FullMethodName:      {mutation: true},
-	adminv1.EntryService_DeleteEntry_FullMethodName:      {mutation: true},
+	adminv1.EntryService_BatchCreateEntry_FullMethodName:   {mutation: true},
+	adminv1.EntryService_GetEntry_FullMethodName:           {},
+	adminv1.EntryService_ListEntries_FullMethodName:        {},
+	adminv1.EntryService_UpdateEntry_FullMethodName:        {mutation: true},
+	adminv1.EntryService_DeleteEntry_FullMethodName:        {mutation: true},
+	adminv1.EntryService_ListTemplateIssued_FullMethodName: {},
 
 	adminv1.AgentService_ListAgents_FullMethodName: {},
 	adminv1.AgentService_GetAgent_FullMethodName:   {},

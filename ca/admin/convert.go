@@ -28,10 +28,15 @@ var entryFields = []entryField{
 	{
 		name: fieldSPIFFEID,
 		parse: func(s *Service, dst *entry.Entry, w *adminv1.Entry) (err error) {
+			if w.GetTemplate() != "" {
+				return s.parseTemplate(dst, w)
+			}
 			dst.SPIFFEID, err = s.parseWorkloadID(fieldSPIFFEID, w.GetSpiffeId())
+			dst.Template = ""
 			return err
 		},
-		copy: func(dst, src *entry.Entry) { dst.SPIFFEID = src.SPIFFEID },
+		// spiffe_id and template are one field: setting it sets both.
+		copy: func(dst, src *entry.Entry) { dst.SPIFFEID, dst.Template = src.SPIFFEID, src.Template },
 	},
 	{
 		name: "parent_id",
@@ -130,6 +135,20 @@ func (s *Service) parseWorkloadID(field, v string) (spiffeid.ID, error) {
 		return spiffeid.ID{}, invalidField(field, err)
 	}
 	return id, nil
+}
+
+// parseTemplate sets dst's template and SPIFFE ID (the template's
+// literal prefix) from w. w's spiffe_id must be empty or that prefix.
+func (s *Service) parseTemplate(dst *entry.Entry, w *adminv1.Entry) error {
+	t, err := entry.ParseTemplate(s.td, w.GetTemplate())
+	if err != nil {
+		return invalidField("template", err)
+	}
+	if v := w.GetSpiffeId(); v != "" && v != t.Prefix().String() {
+		return invalidf("invalid spiffe_id: with a template it must be empty or the template's literal prefix %s", t.Prefix())
+	}
+	dst.SPIFFEID, dst.Template = t.Prefix(), t.String()
+	return nil
 }
 
 // parseAgentID parses the SPIFFE ID of an agent: in the server's trust

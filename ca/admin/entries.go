@@ -59,6 +59,22 @@ func (es *entryService) BatchCreateEntry(ctx context.Context, req *adminv1.Batch
 		index = append(index, i)
 	}
 	if len(valid) > 0 {
+		overlaps, err := s.checkOverlaps(ctx, valid)
+		if err != nil {
+			return nil, s.internal(ctx, "check template overlaps", err)
+		}
+		keep, keepIndex := valid[:0:0], index[:0:0]
+		for j, oerr := range overlaps {
+			if oerr != nil {
+				results[index[j]] = &adminv1.EntryResult{Status: wireStatus(oerr)}
+				items[index[j]] = auditItem{spiffeID: valid[j].SPIFFEID.String(), code: status.Code(oerr)}
+				continue
+			}
+			keep, keepIndex = append(keep, valid[j]), append(keepIndex, index[j])
+		}
+		valid, index = keep, keepIndex
+	}
+	if len(valid) > 0 {
 		created, err := s.store.CreateEntries(ctx, valid)
 		if err != nil {
 			return nil, s.internal(ctx, "create entries", err)
@@ -188,6 +204,15 @@ func (es *entryService) UpdateEntry(ctx context.Context, req *adminv1.UpdateEntr
 			return nil, err
 		}
 	}
+	// A new SPIFFE ID or template must not overlap another entry's.
+	var others []*entry.Entry
+	for _, f := range fields {
+		if f.name == fieldSPIFFEID {
+			if others, err = s.overlapCandidates(ctx, &patch); err != nil {
+				return nil, s.internal(ctx, "check template overlaps", err)
+			}
+		}
+	}
 	// The masked fields are merged into the entry as stored inside the
 	// store's read-modify-write, so that a concurrent update of other
 	// fields is kept. checkErr is the refusal of the merged entry.
@@ -198,6 +223,18 @@ func (es *entryService) UpdateEntry(ctx context.Context, req *adminv1.UpdateEntr
 		}
 		if checkErr = s.checkEntry(e); checkErr != nil {
 			return checkErr
+		}
+		for _, o := range others {
+			if o.ID == e.ID {
+				continue
+			}
+			if checkErr = entry.CheckTemplateOverlap(s.td, e, o); checkErr == nil {
+				checkErr = entry.CheckTemplateOverlap(s.td, o, e)
+			}
+			if checkErr != nil {
+				checkErr = invalidField("spiffe_id", checkErr)
+				return checkErr
+			}
 		}
 		c.spiffeID = e.SPIFFEID.String()
 		return nil

@@ -110,6 +110,9 @@ type Config struct {
 	// Backup, if set, writes a backup of the server for ServerService's
 	// Backup; without it Backup answers FailedPrecondition.
 	Backup Backuper
+	// TemplateReports, if set, tells ListTemplateIssued what agents
+	// report their template entries issue.
+	TemplateReports TemplateReports
 }
 
 // Backuper writes a backup archive of the server to w. It fails with
@@ -134,6 +137,7 @@ type Service struct {
 	joinTokenTTL time.Duration
 	ca           CAManager
 	pusher       BundlePusher
+	reports      TemplateReports
 	x509SVIDTTL  time.Duration
 	// allowed is the set of uids that may call admin methods. It is only
 	// read once the service serves.
@@ -184,6 +188,7 @@ func New(cfg Config) (*Service, error) {
 		joinTokenTTL: cfg.DefaultJoinTokenTTL,
 		ca:           cfg.CA,
 		pusher:       cfg.BundlePusher,
+		reports:      cfg.TemplateReports,
 		x509SVIDTTL:  cmp.Or(cfg.DefaultX509SVIDTTL, time.Hour),
 		allowed:      allowed,
 		self:         uint32(os.Getuid()),

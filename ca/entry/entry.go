@@ -16,8 +16,14 @@ import (
 // SVID for SPIFFEID.
 type Entry struct {
 	// ID is the entry's unique, server-assigned identifier.
-	ID       string
+	ID string
+	// SPIFFEID is the ID the entry issues; for a template entry, the
+	// template's literal prefix (Template.Prefix).
 	SPIFFEID spiffeid.ID
+	// Template, when set, makes this a template entry: a SPIFFE ID
+	// pattern (see ParseTemplate) that the agent fills from each matching
+	// caller's attestation data, issuing one ID per caller.
+	Template string
 	ParentID spiffeid.ID
 	// Selectors are sorted and free of duplicates (see Normalize).
 	Selectors []Selector
@@ -95,6 +101,18 @@ func (e *Entry) Validate(td spiffeid.TrustDomain) error {
 	if err := CheckWorkloadID(e.SPIFFEID); err != nil {
 		return err
 	}
+	if e.Template != "" {
+		t, err := ParseTemplate(td, e.Template)
+		if err != nil {
+			return err
+		}
+		if t.Prefix() != e.SPIFFEID {
+			return invalid("template entry's SPIFFE ID %q is not its template's literal prefix %q", e.SPIFFEID.String(), t.Prefix().String())
+		}
+		if e.Admin || e.Downstream {
+			return invalid("a template entry cannot be admin or downstream")
+		}
+	}
 	if e.SPIFFEID == e.ParentID {
 		return invalid("entry's SPIFFE ID and parent ID are the same")
 	}
@@ -164,6 +182,11 @@ func (e *Entry) UniqueKey() [sha256.Size]byte {
 		h.Write([]byte(s))
 	}
 	field(e.SPIFFEID.String())
+	if e.Template != "" {
+		// Plain entries keep the key they always had.
+		field("template")
+		field(e.Template)
+	}
 	field(e.ParentID.String())
 	for _, s := range e.Selectors {
 		field(s.Type)

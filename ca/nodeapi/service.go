@@ -127,6 +127,8 @@ type Service struct {
 	jwtTTL   time.Duration
 
 	idx *index
+	// reports are the agents' template reports (see ReportTemplates).
+	reports templateReports
 
 	// cert is the server's current TLS certificate; nil until the first
 	// one is signed.

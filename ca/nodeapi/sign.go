@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -35,6 +36,32 @@ func (s *Service) authorizedEntry(c *caller, id string) *entry.Entry {
 		return nil
 	}
 	return e
+}
+
+// issuedID returns the SPIFFE ID to sign for entry e (nil if it is not
+// authorized) when the agent asks for requested. A plain entry issues its
+// own ID (requested is empty or that ID). A template entry issues the ID
+// the agent filled in, which must conform to the template: its literal
+// segments and shape, outside the reserved path. The caller's selectors
+// stay on the agent, which is trusted to match them, as for plain
+// entries; the template bounds what a compromised agent can ask for.
+func (s *Service) issuedID(e *entry.Entry, requested string) (spiffeid.ID, bool) {
+	if e == nil {
+		return spiffeid.ID{}, false
+	}
+	if e.Template == "" {
+		return e.SPIFFEID, requested == "" || requested == e.SPIFFEID.String()
+	}
+	t, err := entry.ParseTemplate(s.td, e.Template)
+	if err != nil {
+		s.log.Error("refusing to sign for a template entry whose template does not parse", KeyEntryID, e.ID, KeyError, err.Error())
+		return spiffeid.ID{}, false
+	}
+	id, err := entry.ParseWorkloadID(s.td, requested)
+	if err != nil || !t.Conforms(id) {
+		return spiffeid.ID{}, false
+	}
+	return id, true
 }
 
 // logEntryID is how an entry ID from a request is logged: escaped, and
@@ -77,7 +104,8 @@ func (h *handler) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX5
 		res := &nodev1.X509SVIDResult{EntryId: r.GetEntryId()}
 		resp.Results[i] = res
 		e := s.authorizedEntry(c, r.GetEntryId())
-		if e == nil {
+		sid, ok := s.issuedID(e, r.GetSpiffeId())
+		if !ok {
 			unauthorized.Add(1)
 			id := r.GetEntryId()
 			firstUnauthorized.CompareAndSwap(nil, &id)
@@ -90,7 +118,7 @@ func (h *handler) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX5
 			return
 		}
 		der, err := x509ca.SignX509SVID(now, a.X509, x509ca.SVIDParams{
-			ID:        e.SPIFFEID,
+			ID:        sid,
 			DNSNames:  e.DNSNames,
 			TTL:       defaultTTL(e.X509SVIDTTL, s.x509TTL),
 			PublicKey: pub,
@@ -173,8 +201,9 @@ func (h *handler) SignJWTSVID(ctx context.Context, req *nodev1.SignJWTSVIDReques
 		return nil, err
 	}
 	e := s.authorizedEntry(c, req.GetEntryId())
-	if e == nil {
-		s.log.LogAttrs(ctx, slog.LevelWarn, "JWT-SVID refused", slog.String(KeySPIFFEID, c.id.String()), slog.String(KeyEntryID, logEntryID(req.GetEntryId())), slog.String(KeyReason, "entry missing or not the agent's"))
+	sid, ok := s.issuedID(e, req.GetSpiffeId())
+	if !ok {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "JWT-SVID refused", slog.String(KeySPIFFEID, c.id.String()), slog.String(KeyEntryID, logEntryID(req.GetEntryId())), slog.String(KeyReason, "entry missing or not the agent's, or an ID its template does not fill"))
 		return nil, status.Error(codes.PermissionDenied, msgEntryNotAuthorized)
 	}
 	if err := checkAudience(req.GetAudience()); err != nil {
@@ -185,7 +214,7 @@ func (h *handler) SignJWTSVID(ctx context.Context, req *nodev1.SignJWTSVIDReques
 		return nil, status.Error(codes.Unavailable, msgNoCA)
 	}
 	now, ttl := s.clock.Now(), defaultTTL(e.JWTSVIDTTL, s.jwtTTL)
-	token, exp, err := jwtsvid.Sign(now, a.JWT, e.SPIFFEID, req.GetAudience(), ttl, a.JWTNotAfter)
+	token, exp, err := jwtsvid.Sign(now, a.JWT, sid, req.GetAudience(), ttl, a.JWTNotAfter)
 	if err != nil {
 		return nil, s.internal(ctx, c, "sign JWT-SVID", err)
 	}

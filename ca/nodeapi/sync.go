@@ -53,6 +53,7 @@ func (h *handler) Sync(_ *nodev1.SyncRequest, stream nodev1.NodeService_SyncServ
 	}
 	sub := s.idx.subscribe(c.id)
 	defer s.idx.unsubscribe(sub)
+	defer s.reports.streamOpened(c.id)()
 	expiry := s.clock.NewTimer(c.chain[0].NotAfter.Sub(s.clock.Now()))
 	defer expiry.Stop()
 	// verified starts at zero (bundle versions start at one), so the
@@ -207,6 +208,7 @@ func (s *Service) entryToWire(e *entry.Entry) *nodev1.Entry {
 		Admin:       e.Admin,
 		Downstream:  e.Downstream,
 		Revision:    e.Revision,
+		Template:    e.Template,
 	}
 }
 

@@ -256,6 +256,7 @@ func (s *Server) Run(ctx context.Context) error {
 		AllowedUIDs:         s.cfg.AdminUIDs,
 		CA:                  km,
 		BundlePusher:        nodeSvc,
+		TemplateReports:     nodeSvc,
 		DefaultX509SVIDTTL:  s.cfg.DefaultX509SVIDTTL,
 		Backup:              &backuper{store: store, dir: dir, td: s.cfg.TrustDomain, serverID: serverID, keyManager: cmp.Or(s.cfg.Keys.KeyManager, KeyManagerDisk), clock: s.cfg.Clock},
 	})

@@ -44,6 +44,8 @@ func runChild(mode string) int {
 			err = runStubChild(socket, n)
 		case "streams":
 			err = runStreamsChild(socket, n)
+		case tmplChild:
+			err = runTemplateCaller(socket)
 		default:
 			err = fmt.Errorf("unknown child mode %q", mode)
 		}

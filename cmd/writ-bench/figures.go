@@ -262,6 +262,7 @@ func catalogue(cfg Config) []*Figure {
 	add(figBacklogMax, unitMS, "the same: maximum", nil, below(1000, "< 1 s"))
 	add(figBacklogRSS, unitMiB, "agent RSS (VmRSS) "+bl+", after the new entries", nil, below(200, "< 200 MiB"))
 	add(figBacklogAnon, unitMiB, "agent anonymous RSS (RssAnon) "+bl+", after the new entries", nil, nil)
+	templateFigures(cfg, add)
 	return fs
 }
 

@@ -47,6 +47,9 @@ type Config struct {
 	// backlog case (more than its SVID cache keeps), and BacklogSamples
 	// the new entries timed there.
 	BacklogEntries, BacklogSamples int
+	// TemplateCallers is the number of distinct callers of the template
+	// case.
+	TemplateCallers int
 	// Timeout bounds every wait for a process or an SVID.
 	Timeout time.Duration
 }
@@ -68,6 +71,8 @@ func fullConfig() Config {
 
 		BacklogEntries: 300000,
 		BacklogSamples: 10,
+
+		TemplateCallers: 10000,
 	}
 }
 
@@ -87,6 +92,7 @@ func smokeConfig() Config {
 	c.CLIEntries = 2000
 	c.BacklogEntries = 5000
 	c.BacklogSamples = 3
+	c.TemplateCallers = 100
 	c.Timeout = time.Minute
 	return c
 }

@@ -51,7 +51,7 @@ func (b *bench) phases(ctx context.Context, o Options) {
 		return
 	}
 	if buildErr != nil {
-		b.fail(buildErr, "propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.")
+		b.fail(buildErr, "propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.", "template.")
 		return
 	}
 	b.measureWritScale(ctx, bin, wlErr)
@@ -66,6 +66,12 @@ func (b *bench) phases(ctx context.Context, o Options) {
 	}
 	if err := b.measureBacklog(ctx, bin); err != nil {
 		b.fail(err, "backlog.")
+	}
+	if ctx.Err() != nil {
+		return
+	}
+	if err := b.measureTemplates(ctx, bin); err != nil {
+		b.fail(err, "template.")
 	}
 }
 

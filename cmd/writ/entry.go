@@ -29,6 +29,7 @@ const (
 	flagDownstream    = "downstream"
 	flagFile          = "file"
 	flagClearDNSNames = "clear-dns-names"
+	flagTemplate      = "template"
 )
 
 // Field names of adminv1.Entry, as UpdateEntryRequest.update_mask names
@@ -134,6 +135,7 @@ func entryFlags(update bool) []cli.Flag {
 	}
 	flags := []cli.Flag{
 		&cli.StringFlag{Name: flagSPIFFEID, Usage: "the SPIFFE `ID` the entry issues" + req},
+		&cli.BoolFlag{Name: flagTemplate, Usage: "--spiffe-id is a template such as spiffe://example.org/user/{{unix.user}}, filled for each matching caller (see the README)"},
 		&cli.StringFlag{Name: flagParentID, Usage: "the SPIFFE `ID` of the agent (or parent entry) that serves it" + req},
 		listFlag(flagSelector, "a selector `TYPE:VALUE` the workload must have; repeat for several"+req),
 		&cli.StringFlag{Name: flagX509TTL, Usage: "X509-SVID lifetime (a `TTL`), such as 90s, 1h or 3600 (seconds)"},
@@ -179,9 +181,19 @@ func parseEntryFlags(c *cli.Context) (*entry.Entry, []string, error) {
 		mask []string
 		err  error
 	)
+	if c.Bool(flagTemplate) && !c.IsSet(flagSPIFFEID) {
+		return nil, nil, usagef(c, "--%s needs --%s with the template", flagTemplate, flagSPIFFEID)
+	}
 	if c.IsSet(flagSPIFFEID) {
 		mask = append(mask, fieldSPIFFEID)
-		if e.SPIFFEID, err = parseOptionalID(c.String(flagSPIFFEID)); err != nil {
+		if c.Bool(flagTemplate) {
+			if err := setTemplate(&e, c.String(flagSPIFFEID)); err != nil {
+				return nil, nil, err
+			}
+		} else if e.SPIFFEID, err = parseOptionalID(c.String(flagSPIFFEID)); err != nil {
+			if strings.Contains(c.String(flagSPIFFEID), "{{") {
+				return nil, nil, fmt.Errorf("%w (a template needs --%s)", err, flagTemplate)
+			}
 			return nil, nil, err
 		}
 	}
@@ -224,6 +236,23 @@ func parseEntryFlags(c *cli.Context) (*entry.Entry, []string, error) {
 		e.Downstream = c.Bool(flagDownstream)
 	}
 	return &e, mask, nil
+}
+
+// setTemplate parses s as a template in the trust domain it names and
+// sets e's template and SPIFFE ID (its literal prefix).
+func setTemplate(e *entry.Entry, s string) error {
+	rest, ok := strings.CutPrefix(s, "spiffe://")
+	name, _, _ := strings.Cut(rest, "/")
+	td, err := spiffeid.TrustDomainFromString(name)
+	if !ok || err != nil {
+		return fmt.Errorf("%w: template %q does not start with spiffe://<trust domain>/", entry.ErrInvalid, entry.Printable(s))
+	}
+	t, err := entry.ParseTemplate(td, s)
+	if err != nil {
+		return err
+	}
+	e.Template, e.SPIFFEID = t.String(), t.Prefix()
+	return nil
 }
 
 func parseOptionalID(s string) (spiffeid.ID, error) {
@@ -444,7 +473,16 @@ func entryShow(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
-	return writeEntry(a, e)
+	if e.GetTemplate() == "" {
+		return writeEntry(a, e)
+	}
+	issued, err := callAdmin(c.Context, a, func(ctx context.Context, client *adminClient) (*adminv1.ListTemplateIssuedResponse, error) {
+		return client.entries.ListTemplateIssued(ctx, &adminv1.ListTemplateIssuedRequest{Id: id})
+	})
+	if err != nil {
+		return err
+	}
+	return writeTemplateEntry(a, e, issued.GetAgents())
 }
 
 func entryUpdate(c *cli.Context) error {

@@ -536,7 +536,14 @@ func entryFromJSON(j *jsonEntry) (*entry.Entry, error) {
 		e   entry.Entry
 		err error
 	)
-	if e.SPIFFEID, err = parseOptionalID(j.SPIFFEID); err != nil {
+	if j.Template != "" {
+		if err := setTemplate(&e, j.Template); err != nil {
+			return nil, err
+		}
+		if j.SPIFFEID != "" && j.SPIFFEID != e.SPIFFEID.String() {
+			return nil, fmt.Errorf("%w: spiffe_id %q is not the template's literal prefix %q", entry.ErrInvalid, entry.Printable(j.SPIFFEID), e.SPIFFEID.String())
+		}
+	} else if e.SPIFFEID, err = parseOptionalID(j.SPIFFEID); err != nil {
 		return nil, err
 	}
 	if e.ParentID, err = parseOptionalID(j.ParentID); err != nil {

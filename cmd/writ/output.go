@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -46,6 +47,9 @@ type jsonEntry struct {
 	Downstream  bool     `json:"downstream"`
 	CreatedAt   int64    `json:"created_at"` // Unix seconds
 	Revision    uint64   `json:"revision"`
+	// Template is set for template entries (SPIFFEID is then its literal
+	// prefix).
+	Template string `json:"template,omitempty"`
 }
 
 func entryToJSON(e *adminv1.Entry) *jsonEntry {
@@ -61,6 +65,7 @@ func entryToJSON(e *adminv1.Entry) *jsonEntry {
 		Downstream:  e.GetDownstream(),
 		CreatedAt:   e.GetCreatedAt(),
 		Revision:    e.GetRevision(),
+		Template:    e.GetTemplate(),
 	}
 }
 
@@ -164,7 +169,11 @@ func (t *textWriter) Flush() error { return t.w.Flush() }
 
 func (t *textWriter) entry(e *adminv1.Entry) {
 	t.field("Entry ID", e.GetId())
-	t.field("SPIFFE ID", e.GetSpiffeId())
+	if tm := e.GetTemplate(); tm != "" {
+		t.field("Template", tm)
+	} else {
+		t.field("SPIFFE ID", e.GetSpiffeId())
+	}
 	t.field("Parent ID", e.GetParentId())
 	for _, s := range e.GetSelectors() {
 		t.field("Selector", s)
@@ -224,4 +233,46 @@ func formatUnix(secs int64) string {
 		return "-"
 	}
 	return time.Unix(secs, 0).UTC().Format(time.RFC3339)
+}
+
+// jsonTemplateEntry is a template entry as writ entry show prints it:
+// the entry and what agents report it issues.
+type jsonTemplateEntry struct {
+	*jsonEntry
+	Issued []jsonIssued `json:"issued"`
+}
+
+type jsonIssued struct {
+	AgentID    string   `json:"agent_id"`
+	SPIFFEIDs  []string `json:"spiffe_ids"`
+	Count      int64    `json:"count"`
+	ReportedAt int64    `json:"reported_at"` // Unix seconds
+}
+
+// writeTemplateEntry prints a template entry and, per agent connected to
+// the server, the SPIFFE IDs it issues there.
+func writeTemplateEntry(a *adminCmd, e *adminv1.Entry, issued []*adminv1.TemplateIssued) error {
+	slices.SortFunc(issued, func(x, y *adminv1.TemplateIssued) int { return strings.Compare(x.GetAgentId(), y.GetAgentId()) })
+	if a.format == jsonOutput {
+		out := jsonTemplateEntry{jsonEntry: entryToJSON(e), Issued: []jsonIssued{}}
+		for _, is := range issued {
+			out.Issued = append(out.Issued, jsonIssued{AgentID: is.GetAgentId(), SPIFFEIDs: nonNil(is.GetSpiffeIds()), Count: is.GetCount(), ReportedAt: is.GetReportedAt()})
+		}
+		return writeJSON(a.cli.App.Writer, out)
+	}
+	t := newTextWriter(a.cli.App.Writer)
+	t.entry(e)
+	if len(issued) == 0 {
+		t.field("Issued", "nothing reported by agents connected to this server")
+	}
+	for _, is := range issued {
+		t.field("Issued on", fmt.Sprintf("%s: %d ID(s)", is.GetAgentId(), is.GetCount()))
+		for _, id := range is.GetSpiffeIds() {
+			t.field("  SPIFFE ID", id)
+		}
+		if n := int64(len(is.GetSpiffeIds())); n < is.GetCount() {
+			t.field("  ...", fmt.Sprintf("%d more", is.GetCount()-n))
+		}
+	}
+	return t.Flush()
 }

@@ -319,6 +319,9 @@ func svidFetch(c *cli.Context) error {
 		if j.Hint != "" {
 			t.field("Hint", j.Hint)
 		}
+		if tid, ok := strings.CutPrefix(j.Hint, workloadapi.TemplateHintPrefix); ok {
+			t.field("Template entry", tid)
+		}
 		t.field("Not before", j.NotBefore)
 		t.field("Not after", j.NotAfter)
 		for _, n := range j.DNSNames {

@@ -268,7 +268,9 @@ func corrupt(what string, err error) error {
 
 // Entries.
 
-const entryFlagAdmin, entryFlagDownstream = 1, 2
+// entryFlagTemplate says a template string follows the revision; records
+// without it are read as they always were.
+const entryFlagAdmin, entryFlagDownstream, entryFlagTemplate = 1, 2, 4
 
 func encodeEntry(e *entry.Entry) []byte {
 	enc := newEncoder(128 + 32*len(e.Selectors))
@@ -298,9 +300,15 @@ func (e *encoder) entry(en *entry.Entry) {
 	if en.Downstream {
 		flags |= entryFlagDownstream
 	}
+	if en.Template != "" {
+		flags |= entryFlagTemplate
+	}
 	e.byte(flags)
 	e.time(en.CreatedAt)
 	e.uvarint(en.Revision)
+	if en.Template != "" {
+		e.str(en.Template)
+	}
 }
 
 func decodeEntry(b []byte) (*entry.Entry, error) {
@@ -333,13 +341,18 @@ func (d *decoder) entry() *entry.Entry {
 		}
 	}
 	flags := d.byte()
-	if flags&^(entryFlagAdmin|entryFlagDownstream) != 0 {
+	if flags&^(entryFlagAdmin|entryFlagDownstream|entryFlagTemplate) != 0 {
 		d.fail("unknown entry flags")
 	}
 	e.Admin = flags&entryFlagAdmin != 0
 	e.Downstream = flags&entryFlagDownstream != 0
 	e.CreatedAt = d.time()
 	e.Revision = d.uvarint()
+	if flags&entryFlagTemplate != 0 {
+		if e.Template = d.str(); d.err == nil && e.Template == "" {
+			d.fail("template flag without a template")
+		}
+	}
 	if d.err == nil && (e.ID == "" || e.SPIFFEID.IsZero() || e.ParentID.IsZero()) {
 		d.fail("entry without ID, SPIFFE ID or parent ID")
 	}

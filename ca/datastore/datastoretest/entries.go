@@ -215,6 +215,23 @@ func testFetchEntry(t *testing.T, newStore NewStoreFunc) {
 		_, err := s.FetchEntry(t.Context(), missing)
 		requireErrorIs(t, fmt.Sprintf("FetchEntry(%q)", missing), err, datastore.ErrNotFound)
 	}
+	// A template entry keeps its template, and is no duplicate of the
+	// plain entry with its prefix.
+	plain := newEntry(t, "/user", "/agent/1", "unix:gid:1")
+	tmpl := newEntry(t, "/user", "/agent/1", "unix:gid:1")
+	tmpl.Template = "spiffe://example.org/user/{{unix.user}}"
+	stored := create(t, s, plain, tmpl)
+	got, err = s.FetchEntry(t.Context(), stored[1].ID)
+	requireNoError(t, "FetchEntry", err)
+	requireEntry(t, "fetched template", stored[1], got)
+	if got.Template != tmpl.Template {
+		t.Fatalf("template %q, want %q", got.Template, tmpl.Template)
+	}
+	list, err := s.ListEntries(t.Context(), datastore.EntryFilter{SPIFFEID: id("/user")})
+	requireNoError(t, "ListEntries", err)
+	if len(list) != 2 {
+		t.Fatalf("ListEntries by the template's prefix: %d entries, want 2", len(list))
+	}
 }
 
 func testListEntries(t *testing.T, newStore NewStoreFunc) {

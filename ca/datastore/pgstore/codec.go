@@ -67,6 +67,7 @@ type entryRecord struct {
 	Downstream  bool             `json:"downstream,omitempty"`
 	CreatedAt   stamp            `json:"created_at"`
 	Revision    uint64           `json:"revision"`
+	Template    string           `json:"template,omitempty"`
 }
 
 func encodeEntry(e *entry.Entry) []byte {
@@ -81,6 +82,7 @@ func encodeEntry(e *entry.Entry) []byte {
 		Downstream:  e.Downstream,
 		CreatedAt:   stamp{e.CreatedAt},
 		Revision:    e.Revision,
+		Template:    e.Template,
 	}
 	for _, s := range e.Selectors {
 		r.Selectors = append(r.Selectors, selectorRecord{s.Type, s.Value})
@@ -102,6 +104,7 @@ func decodeEntry(b []byte) (*entry.Entry, error) {
 		Downstream:  r.Downstream,
 		CreatedAt:   r.CreatedAt.Time,
 		Revision:    r.Revision,
+		Template:    r.Template,
 	}
 	var err error
 	if e.SPIFFEID, err = spiffeid.FromString(r.SPIFFEID); err != nil {
@@ -132,7 +135,7 @@ func selectorKeys(sels []entry.Selector) [][]byte {
 
 // validUTF8 reports whether every string of e is valid UTF-8.
 func validUTF8(e *entry.Entry) bool {
-	if !utf8.ValidString(e.ID) {
+	if !utf8.ValidString(e.ID) || !utf8.ValidString(e.Template) {
 		return false
 	}
 	for _, s := range e.Selectors {

@@ -28,18 +28,23 @@ const (
 // A registration entry. Selectors are "type:value" strings; TTLs are whole
 // seconds, 0 meaning the server's default; times are Unix seconds.
 type Entry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	SpiffeId      string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	ParentId      string                 `protobuf:"bytes,3,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
-	Selectors     []string               `protobuf:"bytes,4,rep,name=selectors,proto3" json:"selectors,omitempty"`
-	X509SvidTtl   int64                  `protobuf:"varint,5,opt,name=x509_svid_ttl,json=x509SvidTtl,proto3" json:"x509_svid_ttl,omitempty"`
-	JwtSvidTtl    int64                  `protobuf:"varint,6,opt,name=jwt_svid_ttl,json=jwtSvidTtl,proto3" json:"jwt_svid_ttl,omitempty"`
-	DnsNames      []string               `protobuf:"bytes,7,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
-	Admin         bool                   `protobuf:"varint,8,opt,name=admin,proto3" json:"admin,omitempty"`
-	Downstream    bool                   `protobuf:"varint,9,opt,name=downstream,proto3" json:"downstream,omitempty"`
-	CreatedAt     int64                  `protobuf:"varint,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
-	Revision      uint64                 `protobuf:"varint,11,opt,name=revision,proto3" json:"revision,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	SpiffeId    string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	ParentId    string                 `protobuf:"bytes,3,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
+	Selectors   []string               `protobuf:"bytes,4,rep,name=selectors,proto3" json:"selectors,omitempty"`
+	X509SvidTtl int64                  `protobuf:"varint,5,opt,name=x509_svid_ttl,json=x509SvidTtl,proto3" json:"x509_svid_ttl,omitempty"`
+	JwtSvidTtl  int64                  `protobuf:"varint,6,opt,name=jwt_svid_ttl,json=jwtSvidTtl,proto3" json:"jwt_svid_ttl,omitempty"`
+	DnsNames    []string               `protobuf:"bytes,7,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
+	Admin       bool                   `protobuf:"varint,8,opt,name=admin,proto3" json:"admin,omitempty"`
+	Downstream  bool                   `protobuf:"varint,9,opt,name=downstream,proto3" json:"downstream,omitempty"`
+	CreatedAt   int64                  `protobuf:"varint,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	Revision    uint64                 `protobuf:"varint,11,opt,name=revision,proto3" json:"revision,omitempty"`
+	// template, when set, makes this a template entry: a SPIFFE ID pattern
+	// such as spiffe://example.org/user/{{unix.user}} that agents fill from
+	// each matching caller's selectors. spiffe_id is then its literal
+	// prefix (output; on input empty or that prefix).
+	Template      string `protobuf:"bytes,12,opt,name=template,proto3" json:"template,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -151,6 +156,13 @@ func (x *Entry) GetRevision() uint64 {
 	return 0
 }
 
+func (x *Entry) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
 // The outcome of one item of a batch: a gRPC status code and message.
 type Status struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -204,6 +216,164 @@ func (x *Status) GetMessage() string {
 	return ""
 }
 
+type ListTemplateIssuedRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTemplateIssuedRequest) Reset() {
+	*x = ListTemplateIssuedRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTemplateIssuedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTemplateIssuedRequest) ProtoMessage() {}
+
+func (x *ListTemplateIssuedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTemplateIssuedRequest.ProtoReflect.Descriptor instead.
+func (*ListTemplateIssuedRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ListTemplateIssuedRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+type TemplateIssued struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	AgentId string                 `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	// At most a bounded number are listed; count is how many there are.
+	SpiffeIds []string `protobuf:"bytes,2,rep,name=spiffe_ids,json=spiffeIds,proto3" json:"spiffe_ids,omitempty"`
+	Count     int64    `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	// When the agent reported, Unix seconds.
+	ReportedAt    int64 `protobuf:"varint,4,opt,name=reported_at,json=reportedAt,proto3" json:"reported_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TemplateIssued) Reset() {
+	*x = TemplateIssued{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TemplateIssued) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TemplateIssued) ProtoMessage() {}
+
+func (x *TemplateIssued) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TemplateIssued.ProtoReflect.Descriptor instead.
+func (*TemplateIssued) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *TemplateIssued) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *TemplateIssued) GetSpiffeIds() []string {
+	if x != nil {
+		return x.SpiffeIds
+	}
+	return nil
+}
+
+func (x *TemplateIssued) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *TemplateIssued) GetReportedAt() int64 {
+	if x != nil {
+		return x.ReportedAt
+	}
+	return 0
+}
+
+type ListTemplateIssuedResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Agents        []*TemplateIssued      `protobuf:"bytes,1,rep,name=agents,proto3" json:"agents,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListTemplateIssuedResponse) Reset() {
+	*x = ListTemplateIssuedResponse{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListTemplateIssuedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListTemplateIssuedResponse) ProtoMessage() {}
+
+func (x *ListTemplateIssuedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListTemplateIssuedResponse.ProtoReflect.Descriptor instead.
+func (*ListTemplateIssuedResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *ListTemplateIssuedResponse) GetAgents() []*TemplateIssued {
+	if x != nil {
+		return x.Agents
+	}
+	return nil
+}
+
 type BatchCreateEntryRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Entries       []*Entry               `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
@@ -213,7 +383,7 @@ type BatchCreateEntryRequest struct {
 
 func (x *BatchCreateEntryRequest) Reset() {
 	*x = BatchCreateEntryRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -225,7 +395,7 @@ func (x *BatchCreateEntryRequest) String() string {
 func (*BatchCreateEntryRequest) ProtoMessage() {}
 
 func (x *BatchCreateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[2]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -238,7 +408,7 @@ func (x *BatchCreateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateEntryRequest.ProtoReflect.Descriptor instead.
 func (*BatchCreateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{2}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *BatchCreateEntryRequest) GetEntries() []*Entry {
@@ -258,7 +428,7 @@ type EntryResult struct {
 
 func (x *EntryResult) Reset() {
 	*x = EntryResult{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -270,7 +440,7 @@ func (x *EntryResult) String() string {
 func (*EntryResult) ProtoMessage() {}
 
 func (x *EntryResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[3]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -283,7 +453,7 @@ func (x *EntryResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EntryResult.ProtoReflect.Descriptor instead.
 func (*EntryResult) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{3}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *EntryResult) GetStatus() *Status {
@@ -309,7 +479,7 @@ type BatchCreateEntryResponse struct {
 
 func (x *BatchCreateEntryResponse) Reset() {
 	*x = BatchCreateEntryResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -321,7 +491,7 @@ func (x *BatchCreateEntryResponse) String() string {
 func (*BatchCreateEntryResponse) ProtoMessage() {}
 
 func (x *BatchCreateEntryResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[4]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -334,7 +504,7 @@ func (x *BatchCreateEntryResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchCreateEntryResponse.ProtoReflect.Descriptor instead.
 func (*BatchCreateEntryResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{4}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *BatchCreateEntryResponse) GetResults() []*EntryResult {
@@ -353,7 +523,7 @@ type GetEntryRequest struct {
 
 func (x *GetEntryRequest) Reset() {
 	*x = GetEntryRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -365,7 +535,7 @@ func (x *GetEntryRequest) String() string {
 func (*GetEntryRequest) ProtoMessage() {}
 
 func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[5]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -378,7 +548,7 @@ func (x *GetEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetEntryRequest.ProtoReflect.Descriptor instead.
 func (*GetEntryRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{5}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetEntryRequest) GetId() string {
@@ -400,7 +570,7 @@ type ListEntriesRequest struct {
 
 func (x *ListEntriesRequest) Reset() {
 	*x = ListEntriesRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +582,7 @@ func (x *ListEntriesRequest) String() string {
 func (*ListEntriesRequest) ProtoMessage() {}
 
 func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[6]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +595,7 @@ func (x *ListEntriesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesRequest.ProtoReflect.Descriptor instead.
 func (*ListEntriesRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{6}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ListEntriesRequest) GetSpiffeId() string {
@@ -458,7 +628,7 @@ type ListEntriesResponse struct {
 
 func (x *ListEntriesResponse) Reset() {
 	*x = ListEntriesResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +640,7 @@ func (x *ListEntriesResponse) String() string {
 func (*ListEntriesResponse) ProtoMessage() {}
 
 func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[7]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +653,7 @@ func (x *ListEntriesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListEntriesResponse.ProtoReflect.Descriptor instead.
 func (*ListEntriesResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{7}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListEntriesResponse) GetEntries() []*Entry {
@@ -507,7 +677,7 @@ type UpdateEntryRequest struct {
 
 func (x *UpdateEntryRequest) Reset() {
 	*x = UpdateEntryRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -519,7 +689,7 @@ func (x *UpdateEntryRequest) String() string {
 func (*UpdateEntryRequest) ProtoMessage() {}
 
 func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[8]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -532,7 +702,7 @@ func (x *UpdateEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateEntryRequest.ProtoReflect.Descriptor instead.
 func (*UpdateEntryRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{8}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *UpdateEntryRequest) GetEntry() *Entry {
@@ -558,7 +728,7 @@ type DeleteEntryRequest struct {
 
 func (x *DeleteEntryRequest) Reset() {
 	*x = DeleteEntryRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -570,7 +740,7 @@ func (x *DeleteEntryRequest) String() string {
 func (*DeleteEntryRequest) ProtoMessage() {}
 
 func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[9]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -583,7 +753,7 @@ func (x *DeleteEntryRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteEntryRequest.ProtoReflect.Descriptor instead.
 func (*DeleteEntryRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{9}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *DeleteEntryRequest) GetId() string {
@@ -608,7 +778,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +790,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[10]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +803,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{10}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Agent) GetSpiffeId() string {
@@ -693,7 +863,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +875,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[11]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +888,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{11}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
 type ListAgentsResponse struct {
@@ -730,7 +900,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -742,7 +912,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[12]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -755,7 +925,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{12}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -774,7 +944,7 @@ type GetAgentRequest struct {
 
 func (x *GetAgentRequest) Reset() {
 	*x = GetAgentRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -786,7 +956,7 @@ func (x *GetAgentRequest) String() string {
 func (*GetAgentRequest) ProtoMessage() {}
 
 func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[13]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -799,7 +969,7 @@ func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
 func (*GetAgentRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{13}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetAgentRequest) GetSpiffeId() string {
@@ -818,7 +988,7 @@ type EvictAgentRequest struct {
 
 func (x *EvictAgentRequest) Reset() {
 	*x = EvictAgentRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -830,7 +1000,7 @@ func (x *EvictAgentRequest) String() string {
 func (*EvictAgentRequest) ProtoMessage() {}
 
 func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[14]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -843,7 +1013,7 @@ func (x *EvictAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EvictAgentRequest.ProtoReflect.Descriptor instead.
 func (*EvictAgentRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{14}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *EvictAgentRequest) GetSpiffeId() string {
@@ -862,7 +1032,7 @@ type BanAgentRequest struct {
 
 func (x *BanAgentRequest) Reset() {
 	*x = BanAgentRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +1044,7 @@ func (x *BanAgentRequest) String() string {
 func (*BanAgentRequest) ProtoMessage() {}
 
 func (x *BanAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[15]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +1057,7 @@ func (x *BanAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BanAgentRequest.ProtoReflect.Descriptor instead.
 func (*BanAgentRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{15}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *BanAgentRequest) GetSpiffeId() string {
@@ -906,7 +1076,7 @@ type UnbanAgentRequest struct {
 
 func (x *UnbanAgentRequest) Reset() {
 	*x = UnbanAgentRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -918,7 +1088,7 @@ func (x *UnbanAgentRequest) String() string {
 func (*UnbanAgentRequest) ProtoMessage() {}
 
 func (x *UnbanAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[16]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -931,7 +1101,7 @@ func (x *UnbanAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UnbanAgentRequest.ProtoReflect.Descriptor instead.
 func (*UnbanAgentRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{16}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UnbanAgentRequest) GetSpiffeId() string {
@@ -952,7 +1122,7 @@ type GenerateJoinTokenRequest struct {
 
 func (x *GenerateJoinTokenRequest) Reset() {
 	*x = GenerateJoinTokenRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -964,7 +1134,7 @@ func (x *GenerateJoinTokenRequest) String() string {
 func (*GenerateJoinTokenRequest) ProtoMessage() {}
 
 func (x *GenerateJoinTokenRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[17]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -977,7 +1147,7 @@ func (x *GenerateJoinTokenRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateJoinTokenRequest.ProtoReflect.Descriptor instead.
 func (*GenerateJoinTokenRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{17}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GenerateJoinTokenRequest) GetSpiffeId() string {
@@ -1005,7 +1175,7 @@ type GenerateJoinTokenResponse struct {
 
 func (x *GenerateJoinTokenResponse) Reset() {
 	*x = GenerateJoinTokenResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1017,7 +1187,7 @@ func (x *GenerateJoinTokenResponse) String() string {
 func (*GenerateJoinTokenResponse) ProtoMessage() {}
 
 func (x *GenerateJoinTokenResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[18]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1030,7 +1200,7 @@ func (x *GenerateJoinTokenResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GenerateJoinTokenResponse.ProtoReflect.Descriptor instead.
 func (*GenerateJoinTokenResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{18}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GenerateJoinTokenResponse) GetToken() string {
@@ -1064,7 +1234,7 @@ type GetBundleRequest struct {
 
 func (x *GetBundleRequest) Reset() {
 	*x = GetBundleRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1076,7 +1246,7 @@ func (x *GetBundleRequest) String() string {
 func (*GetBundleRequest) ProtoMessage() {}
 
 func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[19]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1089,7 +1259,7 @@ func (x *GetBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleRequest.ProtoReflect.Descriptor instead.
 func (*GetBundleRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{19}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *GetBundleRequest) GetTrustDomain() string {
@@ -1110,7 +1280,7 @@ type SetFederatedBundleRequest struct {
 
 func (x *SetFederatedBundleRequest) Reset() {
 	*x = SetFederatedBundleRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1122,7 +1292,7 @@ func (x *SetFederatedBundleRequest) String() string {
 func (*SetFederatedBundleRequest) ProtoMessage() {}
 
 func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1135,7 +1305,7 @@ func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SetFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*SetFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *SetFederatedBundleRequest) GetTrustDomain() string {
@@ -1160,7 +1330,7 @@ type ListFederatedBundlesRequest struct {
 
 func (x *ListFederatedBundlesRequest) Reset() {
 	*x = ListFederatedBundlesRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1172,7 +1342,7 @@ func (x *ListFederatedBundlesRequest) String() string {
 func (*ListFederatedBundlesRequest) ProtoMessage() {}
 
 func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1185,7 +1355,7 @@ func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesRequest.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 type ListFederatedBundlesResponse struct {
@@ -1197,7 +1367,7 @@ type ListFederatedBundlesResponse struct {
 
 func (x *ListFederatedBundlesResponse) Reset() {
 	*x = ListFederatedBundlesResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1209,7 +1379,7 @@ func (x *ListFederatedBundlesResponse) String() string {
 func (*ListFederatedBundlesResponse) ProtoMessage() {}
 
 func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1222,7 +1392,7 @@ func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederatedBundlesResponse.ProtoReflect.Descriptor instead.
 func (*ListFederatedBundlesResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ListFederatedBundlesResponse) GetBundles() []*GetBundleResponse {
@@ -1241,7 +1411,7 @@ type DeleteFederatedBundleRequest struct {
 
 func (x *DeleteFederatedBundleRequest) Reset() {
 	*x = DeleteFederatedBundleRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1253,7 +1423,7 @@ func (x *DeleteFederatedBundleRequest) String() string {
 func (*DeleteFederatedBundleRequest) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1266,7 +1436,7 @@ func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
@@ -1284,7 +1454,7 @@ type DeleteFederatedBundleResponse struct {
 
 func (x *DeleteFederatedBundleResponse) Reset() {
 	*x = DeleteFederatedBundleResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1296,7 +1466,7 @@ func (x *DeleteFederatedBundleResponse) String() string {
 func (*DeleteFederatedBundleResponse) ProtoMessage() {}
 
 func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1309,7 +1479,7 @@ func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
 func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 type GetBundleResponse struct {
@@ -1324,7 +1494,7 @@ type GetBundleResponse struct {
 
 func (x *GetBundleResponse) Reset() {
 	*x = GetBundleResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1336,7 +1506,7 @@ func (x *GetBundleResponse) String() string {
 func (*GetBundleResponse) ProtoMessage() {}
 
 func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1349,7 +1519,7 @@ func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetBundleResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetBundleResponse) GetTrustDomain() string {
@@ -1391,7 +1561,7 @@ type Server struct {
 
 func (x *Server) Reset() {
 	*x = Server{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1403,7 +1573,7 @@ func (x *Server) String() string {
 func (*Server) ProtoMessage() {}
 
 func (x *Server) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1416,7 +1586,7 @@ func (x *Server) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Server.ProtoReflect.Descriptor instead.
 func (*Server) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *Server) GetId() string {
@@ -1462,7 +1632,7 @@ type BackupRequest struct {
 
 func (x *BackupRequest) Reset() {
 	*x = BackupRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1474,7 +1644,7 @@ func (x *BackupRequest) String() string {
 func (*BackupRequest) ProtoMessage() {}
 
 func (x *BackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1487,7 +1657,7 @@ func (x *BackupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
 func (*BackupRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 // BackupChunk is the next piece of the archive, in order.
@@ -1500,7 +1670,7 @@ type BackupChunk struct {
 
 func (x *BackupChunk) Reset() {
 	*x = BackupChunk{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1512,7 +1682,7 @@ func (x *BackupChunk) String() string {
 func (*BackupChunk) ProtoMessage() {}
 
 func (x *BackupChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1525,7 +1695,7 @@ func (x *BackupChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
 func (*BackupChunk) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *BackupChunk) GetData() []byte {
@@ -1543,7 +1713,7 @@ type ListServersRequest struct {
 
 func (x *ListServersRequest) Reset() {
 	*x = ListServersRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1555,7 +1725,7 @@ func (x *ListServersRequest) String() string {
 func (*ListServersRequest) ProtoMessage() {}
 
 func (x *ListServersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1568,7 +1738,7 @@ func (x *ListServersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServersRequest.ProtoReflect.Descriptor instead.
 func (*ListServersRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 type ListServersResponse struct {
@@ -1580,7 +1750,7 @@ type ListServersResponse struct {
 
 func (x *ListServersResponse) Reset() {
 	*x = ListServersResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1592,7 +1762,7 @@ func (x *ListServersResponse) String() string {
 func (*ListServersResponse) ProtoMessage() {}
 
 func (x *ListServersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1605,7 +1775,7 @@ func (x *ListServersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServersResponse.ProtoReflect.Descriptor instead.
 func (*ListServersResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListServersResponse) GetServers() []*Server {
@@ -1643,7 +1813,7 @@ type Authority struct {
 
 func (x *Authority) Reset() {
 	*x = Authority{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1825,7 @@ func (x *Authority) String() string {
 func (*Authority) ProtoMessage() {}
 
 func (x *Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1838,7 @@ func (x *Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authority.ProtoReflect.Descriptor instead.
 func (*Authority) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *Authority) GetKind() string {
@@ -1737,7 +1907,7 @@ type ListAuthoritiesRequest struct {
 
 func (x *ListAuthoritiesRequest) Reset() {
 	*x = ListAuthoritiesRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1749,7 +1919,7 @@ func (x *ListAuthoritiesRequest) String() string {
 func (*ListAuthoritiesRequest) ProtoMessage() {}
 
 func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1762,7 +1932,7 @@ func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ListAuthoritiesRequest) GetKind() string {
@@ -1781,7 +1951,7 @@ type ListAuthoritiesResponse struct {
 
 func (x *ListAuthoritiesResponse) Reset() {
 	*x = ListAuthoritiesResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1793,7 +1963,7 @@ func (x *ListAuthoritiesResponse) String() string {
 func (*ListAuthoritiesResponse) ProtoMessage() {}
 
 func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[33]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1806,7 +1976,7 @@ func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{33}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
@@ -1825,7 +1995,7 @@ type PrepareAuthorityRequest struct {
 
 func (x *PrepareAuthorityRequest) Reset() {
 	*x = PrepareAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1837,7 +2007,7 @@ func (x *PrepareAuthorityRequest) String() string {
 func (*PrepareAuthorityRequest) ProtoMessage() {}
 
 func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[34]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1850,7 +2020,7 @@ func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{34}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *PrepareAuthorityRequest) GetKind() string {
@@ -1871,7 +2041,7 @@ type ActivateAuthorityRequest struct {
 
 func (x *ActivateAuthorityRequest) Reset() {
 	*x = ActivateAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1883,7 +2053,7 @@ func (x *ActivateAuthorityRequest) String() string {
 func (*ActivateAuthorityRequest) ProtoMessage() {}
 
 func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[35]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1896,7 +2066,7 @@ func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*ActivateAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{35}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ActivateAuthorityRequest) GetKind() string {
@@ -1930,7 +2100,7 @@ type TaintAuthorityRequest struct {
 
 func (x *TaintAuthorityRequest) Reset() {
 	*x = TaintAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1942,7 +2112,7 @@ func (x *TaintAuthorityRequest) String() string {
 func (*TaintAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[36]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1955,7 +2125,7 @@ func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{36}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *TaintAuthorityRequest) GetKind() string {
@@ -1983,7 +2153,7 @@ type RevokeAuthorityRequest struct {
 
 func (x *RevokeAuthorityRequest) Reset() {
 	*x = RevokeAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1995,7 +2165,7 @@ func (x *RevokeAuthorityRequest) String() string {
 func (*RevokeAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[37]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2008,7 +2178,7 @@ func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{37}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *RevokeAuthorityRequest) GetKind() string {
@@ -2041,7 +2211,7 @@ type RotateRequest struct {
 
 func (x *RotateRequest) Reset() {
 	*x = RotateRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2053,7 +2223,7 @@ func (x *RotateRequest) String() string {
 func (*RotateRequest) ProtoMessage() {}
 
 func (x *RotateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[38]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2066,7 +2236,7 @@ func (x *RotateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
 func (*RotateRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{38}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *RotateRequest) GetWait() bool {
@@ -2089,7 +2259,7 @@ type RotateResponse struct {
 
 func (x *RotateResponse) Reset() {
 	*x = RotateResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[39]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2101,7 +2271,7 @@ func (x *RotateResponse) String() string {
 func (*RotateResponse) ProtoMessage() {}
 
 func (x *RotateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[39]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2114,7 +2284,7 @@ func (x *RotateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateResponse.ProtoReflect.Descriptor instead.
 func (*RotateResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{39}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *RotateResponse) GetActivated() []*Authority {
@@ -2152,7 +2322,7 @@ type Federation struct {
 
 func (x *Federation) Reset() {
 	*x = Federation{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[40]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2164,7 +2334,7 @@ func (x *Federation) String() string {
 func (*Federation) ProtoMessage() {}
 
 func (x *Federation) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[40]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2177,7 +2347,7 @@ func (x *Federation) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Federation.ProtoReflect.Descriptor instead.
 func (*Federation) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{40}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *Federation) GetTrustDomain() string {
@@ -2249,7 +2419,7 @@ type FederationStatus struct {
 
 func (x *FederationStatus) Reset() {
 	*x = FederationStatus{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[41]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2261,7 +2431,7 @@ func (x *FederationStatus) String() string {
 func (*FederationStatus) ProtoMessage() {}
 
 func (x *FederationStatus) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[41]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2274,7 +2444,7 @@ func (x *FederationStatus) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FederationStatus.ProtoReflect.Descriptor instead.
 func (*FederationStatus) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{41}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *FederationStatus) GetLastAttempt() int64 {
@@ -2321,7 +2491,7 @@ type GetFederationRequest struct {
 
 func (x *GetFederationRequest) Reset() {
 	*x = GetFederationRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[42]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2333,7 +2503,7 @@ func (x *GetFederationRequest) String() string {
 func (*GetFederationRequest) ProtoMessage() {}
 
 func (x *GetFederationRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[42]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2346,7 +2516,7 @@ func (x *GetFederationRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetFederationRequest.ProtoReflect.Descriptor instead.
 func (*GetFederationRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{42}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetFederationRequest) GetTrustDomain() string {
@@ -2364,7 +2534,7 @@ type ListFederationsRequest struct {
 
 func (x *ListFederationsRequest) Reset() {
 	*x = ListFederationsRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[43]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2376,7 +2546,7 @@ func (x *ListFederationsRequest) String() string {
 func (*ListFederationsRequest) ProtoMessage() {}
 
 func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[43]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2389,7 +2559,7 @@ func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
 func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{43}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{46}
 }
 
 type ListFederationsResponse struct {
@@ -2401,7 +2571,7 @@ type ListFederationsResponse struct {
 
 func (x *ListFederationsResponse) Reset() {
 	*x = ListFederationsResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[44]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2413,7 +2583,7 @@ func (x *ListFederationsResponse) String() string {
 func (*ListFederationsResponse) ProtoMessage() {}
 
 func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[44]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2426,7 +2596,7 @@ func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
 func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{44}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *ListFederationsResponse) GetFederations() []*Federation {
@@ -2440,7 +2610,7 @@ var File_ca_api_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1bca/api/admin/v1/admin.proto\x12\rwrit.admin.v1\"\xc3\x02\n" +
+	"\x1bca/api/admin/v1/admin.proto\x12\rwrit.admin.v1\"\xdf\x02\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1b\n" +
@@ -2457,10 +2627,22 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\n" +
 	" \x01(\x03R\tcreatedAt\x12\x1a\n" +
-	"\brevision\x18\v \x01(\x04R\brevision\"6\n" +
+	"\brevision\x18\v \x01(\x04R\brevision\x12\x1a\n" +
+	"\btemplate\x18\f \x01(\tR\btemplate\"6\n" +
 	"\x06Status\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
-	"\amessage\x18\x02 \x01(\tR\amessage\"I\n" +
+	"\amessage\x18\x02 \x01(\tR\amessage\"+\n" +
+	"\x19ListTemplateIssuedRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x81\x01\n" +
+	"\x0eTemplateIssued\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x1d\n" +
+	"\n" +
+	"spiffe_ids\x18\x02 \x03(\tR\tspiffeIds\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x03R\x05count\x12\x1f\n" +
+	"\vreported_at\x18\x04 \x01(\x03R\n" +
+	"reportedAt\"S\n" +
+	"\x1aListTemplateIssuedResponse\x125\n" +
+	"\x06agents\x18\x01 \x03(\v2\x1d.writ.admin.v1.TemplateIssuedR\x06agents\"I\n" +
 	"\x17BatchCreateEntryRequest\x12.\n" +
 	"\aentries\x18\x01 \x03(\v2\x14.writ.admin.v1.EntryR\aentries\"h\n" +
 	"\vEntryResult\x12-\n" +
@@ -2595,13 +2777,14 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x18\n" +
 	"\x16ListFederationsRequest\"V\n" +
 	"\x17ListFederationsResponse\x12;\n" +
-	"\vfederations\x18\x01 \x03(\v2\x19.writ.admin.v1.FederationR\vfederations2\x9d\x03\n" +
+	"\vfederations\x18\x01 \x03(\v2\x19.writ.admin.v1.FederationR\vfederations2\x88\x04\n" +
 	"\fEntryService\x12c\n" +
 	"\x10BatchCreateEntry\x12&.writ.admin.v1.BatchCreateEntryRequest\x1a'.writ.admin.v1.BatchCreateEntryResponse\x12@\n" +
 	"\bGetEntry\x12\x1e.writ.admin.v1.GetEntryRequest\x1a\x14.writ.admin.v1.Entry\x12V\n" +
 	"\vListEntries\x12!.writ.admin.v1.ListEntriesRequest\x1a\".writ.admin.v1.ListEntriesResponse0\x01\x12F\n" +
 	"\vUpdateEntry\x12!.writ.admin.v1.UpdateEntryRequest\x1a\x14.writ.admin.v1.Entry\x12F\n" +
-	"\vDeleteEntry\x12!.writ.admin.v1.DeleteEntryRequest\x1a\x14.writ.admin.v1.Entry2\xf1\x02\n" +
+	"\vDeleteEntry\x12!.writ.admin.v1.DeleteEntryRequest\x1a\x14.writ.admin.v1.Entry\x12i\n" +
+	"\x12ListTemplateIssued\x12(.writ.admin.v1.ListTemplateIssuedRequest\x1a).writ.admin.v1.ListTemplateIssuedResponse2\xf1\x02\n" +
 	"\fAgentService\x12Q\n" +
 	"\n" +
 	"ListAgents\x12 .writ.admin.v1.ListAgentsRequest\x1a!.writ.admin.v1.ListAgentsResponse\x12@\n" +
@@ -2648,131 +2831,137 @@ func file_ca_api_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ca_api_admin_v1_admin_proto_rawDescData
 }
 
-var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_ca_api_admin_v1_admin_proto_goTypes = []any{
 	(*Entry)(nil),                         // 0: writ.admin.v1.Entry
 	(*Status)(nil),                        // 1: writ.admin.v1.Status
-	(*BatchCreateEntryRequest)(nil),       // 2: writ.admin.v1.BatchCreateEntryRequest
-	(*EntryResult)(nil),                   // 3: writ.admin.v1.EntryResult
-	(*BatchCreateEntryResponse)(nil),      // 4: writ.admin.v1.BatchCreateEntryResponse
-	(*GetEntryRequest)(nil),               // 5: writ.admin.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),            // 6: writ.admin.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),           // 7: writ.admin.v1.ListEntriesResponse
-	(*UpdateEntryRequest)(nil),            // 8: writ.admin.v1.UpdateEntryRequest
-	(*DeleteEntryRequest)(nil),            // 9: writ.admin.v1.DeleteEntryRequest
-	(*Agent)(nil),                         // 10: writ.admin.v1.Agent
-	(*ListAgentsRequest)(nil),             // 11: writ.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),            // 12: writ.admin.v1.ListAgentsResponse
-	(*GetAgentRequest)(nil),               // 13: writ.admin.v1.GetAgentRequest
-	(*EvictAgentRequest)(nil),             // 14: writ.admin.v1.EvictAgentRequest
-	(*BanAgentRequest)(nil),               // 15: writ.admin.v1.BanAgentRequest
-	(*UnbanAgentRequest)(nil),             // 16: writ.admin.v1.UnbanAgentRequest
-	(*GenerateJoinTokenRequest)(nil),      // 17: writ.admin.v1.GenerateJoinTokenRequest
-	(*GenerateJoinTokenResponse)(nil),     // 18: writ.admin.v1.GenerateJoinTokenResponse
-	(*GetBundleRequest)(nil),              // 19: writ.admin.v1.GetBundleRequest
-	(*SetFederatedBundleRequest)(nil),     // 20: writ.admin.v1.SetFederatedBundleRequest
-	(*ListFederatedBundlesRequest)(nil),   // 21: writ.admin.v1.ListFederatedBundlesRequest
-	(*ListFederatedBundlesResponse)(nil),  // 22: writ.admin.v1.ListFederatedBundlesResponse
-	(*DeleteFederatedBundleRequest)(nil),  // 23: writ.admin.v1.DeleteFederatedBundleRequest
-	(*DeleteFederatedBundleResponse)(nil), // 24: writ.admin.v1.DeleteFederatedBundleResponse
-	(*GetBundleResponse)(nil),             // 25: writ.admin.v1.GetBundleResponse
-	(*Server)(nil),                        // 26: writ.admin.v1.Server
-	(*BackupRequest)(nil),                 // 27: writ.admin.v1.BackupRequest
-	(*BackupChunk)(nil),                   // 28: writ.admin.v1.BackupChunk
-	(*ListServersRequest)(nil),            // 29: writ.admin.v1.ListServersRequest
-	(*ListServersResponse)(nil),           // 30: writ.admin.v1.ListServersResponse
-	(*Authority)(nil),                     // 31: writ.admin.v1.Authority
-	(*ListAuthoritiesRequest)(nil),        // 32: writ.admin.v1.ListAuthoritiesRequest
-	(*ListAuthoritiesResponse)(nil),       // 33: writ.admin.v1.ListAuthoritiesResponse
-	(*PrepareAuthorityRequest)(nil),       // 34: writ.admin.v1.PrepareAuthorityRequest
-	(*ActivateAuthorityRequest)(nil),      // 35: writ.admin.v1.ActivateAuthorityRequest
-	(*TaintAuthorityRequest)(nil),         // 36: writ.admin.v1.TaintAuthorityRequest
-	(*RevokeAuthorityRequest)(nil),        // 37: writ.admin.v1.RevokeAuthorityRequest
-	(*RotateRequest)(nil),                 // 38: writ.admin.v1.RotateRequest
-	(*RotateResponse)(nil),                // 39: writ.admin.v1.RotateResponse
-	(*Federation)(nil),                    // 40: writ.admin.v1.Federation
-	(*FederationStatus)(nil),              // 41: writ.admin.v1.FederationStatus
-	(*GetFederationRequest)(nil),          // 42: writ.admin.v1.GetFederationRequest
-	(*ListFederationsRequest)(nil),        // 43: writ.admin.v1.ListFederationsRequest
-	(*ListFederationsResponse)(nil),       // 44: writ.admin.v1.ListFederationsResponse
+	(*ListTemplateIssuedRequest)(nil),     // 2: writ.admin.v1.ListTemplateIssuedRequest
+	(*TemplateIssued)(nil),                // 3: writ.admin.v1.TemplateIssued
+	(*ListTemplateIssuedResponse)(nil),    // 4: writ.admin.v1.ListTemplateIssuedResponse
+	(*BatchCreateEntryRequest)(nil),       // 5: writ.admin.v1.BatchCreateEntryRequest
+	(*EntryResult)(nil),                   // 6: writ.admin.v1.EntryResult
+	(*BatchCreateEntryResponse)(nil),      // 7: writ.admin.v1.BatchCreateEntryResponse
+	(*GetEntryRequest)(nil),               // 8: writ.admin.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),            // 9: writ.admin.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),           // 10: writ.admin.v1.ListEntriesResponse
+	(*UpdateEntryRequest)(nil),            // 11: writ.admin.v1.UpdateEntryRequest
+	(*DeleteEntryRequest)(nil),            // 12: writ.admin.v1.DeleteEntryRequest
+	(*Agent)(nil),                         // 13: writ.admin.v1.Agent
+	(*ListAgentsRequest)(nil),             // 14: writ.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),            // 15: writ.admin.v1.ListAgentsResponse
+	(*GetAgentRequest)(nil),               // 16: writ.admin.v1.GetAgentRequest
+	(*EvictAgentRequest)(nil),             // 17: writ.admin.v1.EvictAgentRequest
+	(*BanAgentRequest)(nil),               // 18: writ.admin.v1.BanAgentRequest
+	(*UnbanAgentRequest)(nil),             // 19: writ.admin.v1.UnbanAgentRequest
+	(*GenerateJoinTokenRequest)(nil),      // 20: writ.admin.v1.GenerateJoinTokenRequest
+	(*GenerateJoinTokenResponse)(nil),     // 21: writ.admin.v1.GenerateJoinTokenResponse
+	(*GetBundleRequest)(nil),              // 22: writ.admin.v1.GetBundleRequest
+	(*SetFederatedBundleRequest)(nil),     // 23: writ.admin.v1.SetFederatedBundleRequest
+	(*ListFederatedBundlesRequest)(nil),   // 24: writ.admin.v1.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),  // 25: writ.admin.v1.ListFederatedBundlesResponse
+	(*DeleteFederatedBundleRequest)(nil),  // 26: writ.admin.v1.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 27: writ.admin.v1.DeleteFederatedBundleResponse
+	(*GetBundleResponse)(nil),             // 28: writ.admin.v1.GetBundleResponse
+	(*Server)(nil),                        // 29: writ.admin.v1.Server
+	(*BackupRequest)(nil),                 // 30: writ.admin.v1.BackupRequest
+	(*BackupChunk)(nil),                   // 31: writ.admin.v1.BackupChunk
+	(*ListServersRequest)(nil),            // 32: writ.admin.v1.ListServersRequest
+	(*ListServersResponse)(nil),           // 33: writ.admin.v1.ListServersResponse
+	(*Authority)(nil),                     // 34: writ.admin.v1.Authority
+	(*ListAuthoritiesRequest)(nil),        // 35: writ.admin.v1.ListAuthoritiesRequest
+	(*ListAuthoritiesResponse)(nil),       // 36: writ.admin.v1.ListAuthoritiesResponse
+	(*PrepareAuthorityRequest)(nil),       // 37: writ.admin.v1.PrepareAuthorityRequest
+	(*ActivateAuthorityRequest)(nil),      // 38: writ.admin.v1.ActivateAuthorityRequest
+	(*TaintAuthorityRequest)(nil),         // 39: writ.admin.v1.TaintAuthorityRequest
+	(*RevokeAuthorityRequest)(nil),        // 40: writ.admin.v1.RevokeAuthorityRequest
+	(*RotateRequest)(nil),                 // 41: writ.admin.v1.RotateRequest
+	(*RotateResponse)(nil),                // 42: writ.admin.v1.RotateResponse
+	(*Federation)(nil),                    // 43: writ.admin.v1.Federation
+	(*FederationStatus)(nil),              // 44: writ.admin.v1.FederationStatus
+	(*GetFederationRequest)(nil),          // 45: writ.admin.v1.GetFederationRequest
+	(*ListFederationsRequest)(nil),        // 46: writ.admin.v1.ListFederationsRequest
+	(*ListFederationsResponse)(nil),       // 47: writ.admin.v1.ListFederationsResponse
 }
 var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
-	0,  // 0: writ.admin.v1.BatchCreateEntryRequest.entries:type_name -> writ.admin.v1.Entry
-	1,  // 1: writ.admin.v1.EntryResult.status:type_name -> writ.admin.v1.Status
-	0,  // 2: writ.admin.v1.EntryResult.entry:type_name -> writ.admin.v1.Entry
-	3,  // 3: writ.admin.v1.BatchCreateEntryResponse.results:type_name -> writ.admin.v1.EntryResult
-	0,  // 4: writ.admin.v1.ListEntriesResponse.entries:type_name -> writ.admin.v1.Entry
-	0,  // 5: writ.admin.v1.UpdateEntryRequest.entry:type_name -> writ.admin.v1.Entry
-	10, // 6: writ.admin.v1.ListAgentsResponse.agents:type_name -> writ.admin.v1.Agent
-	25, // 7: writ.admin.v1.ListFederatedBundlesResponse.bundles:type_name -> writ.admin.v1.GetBundleResponse
-	26, // 8: writ.admin.v1.ListServersResponse.servers:type_name -> writ.admin.v1.Server
-	31, // 9: writ.admin.v1.ListAuthoritiesResponse.authorities:type_name -> writ.admin.v1.Authority
-	31, // 10: writ.admin.v1.RotateResponse.activated:type_name -> writ.admin.v1.Authority
-	41, // 11: writ.admin.v1.Federation.status:type_name -> writ.admin.v1.FederationStatus
-	40, // 12: writ.admin.v1.ListFederationsResponse.federations:type_name -> writ.admin.v1.Federation
-	2,  // 13: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
-	5,  // 14: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
-	6,  // 15: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
-	8,  // 16: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
-	9,  // 17: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
-	11, // 18: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
-	13, // 19: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
-	14, // 20: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
-	15, // 21: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
-	16, // 22: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
-	17, // 23: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
-	19, // 24: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
-	20, // 25: writ.admin.v1.BundleService.SetFederatedBundle:input_type -> writ.admin.v1.SetFederatedBundleRequest
-	21, // 26: writ.admin.v1.BundleService.ListFederatedBundles:input_type -> writ.admin.v1.ListFederatedBundlesRequest
-	23, // 27: writ.admin.v1.BundleService.DeleteFederatedBundle:input_type -> writ.admin.v1.DeleteFederatedBundleRequest
-	29, // 28: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
-	27, // 29: writ.admin.v1.ServerService.Backup:input_type -> writ.admin.v1.BackupRequest
-	32, // 30: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
-	34, // 31: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
-	35, // 32: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
-	36, // 33: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
-	37, // 34: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
-	38, // 35: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
-	40, // 36: writ.admin.v1.FederationService.CreateFederation:input_type -> writ.admin.v1.Federation
-	40, // 37: writ.admin.v1.FederationService.UpdateFederation:input_type -> writ.admin.v1.Federation
-	42, // 38: writ.admin.v1.FederationService.GetFederation:input_type -> writ.admin.v1.GetFederationRequest
-	43, // 39: writ.admin.v1.FederationService.ListFederations:input_type -> writ.admin.v1.ListFederationsRequest
-	42, // 40: writ.admin.v1.FederationService.DeleteFederation:input_type -> writ.admin.v1.GetFederationRequest
-	42, // 41: writ.admin.v1.FederationService.RefreshFederation:input_type -> writ.admin.v1.GetFederationRequest
-	4,  // 42: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
-	0,  // 43: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
-	7,  // 44: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
-	0,  // 45: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
-	0,  // 46: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
-	12, // 47: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
-	10, // 48: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
-	10, // 49: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
-	10, // 50: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
-	10, // 51: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
-	18, // 52: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
-	25, // 53: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
-	25, // 54: writ.admin.v1.BundleService.SetFederatedBundle:output_type -> writ.admin.v1.GetBundleResponse
-	22, // 55: writ.admin.v1.BundleService.ListFederatedBundles:output_type -> writ.admin.v1.ListFederatedBundlesResponse
-	24, // 56: writ.admin.v1.BundleService.DeleteFederatedBundle:output_type -> writ.admin.v1.DeleteFederatedBundleResponse
-	30, // 57: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
-	28, // 58: writ.admin.v1.ServerService.Backup:output_type -> writ.admin.v1.BackupChunk
-	33, // 59: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
-	31, // 60: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
-	31, // 61: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
-	31, // 62: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
-	31, // 63: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
-	39, // 64: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
-	40, // 65: writ.admin.v1.FederationService.CreateFederation:output_type -> writ.admin.v1.Federation
-	40, // 66: writ.admin.v1.FederationService.UpdateFederation:output_type -> writ.admin.v1.Federation
-	40, // 67: writ.admin.v1.FederationService.GetFederation:output_type -> writ.admin.v1.Federation
-	44, // 68: writ.admin.v1.FederationService.ListFederations:output_type -> writ.admin.v1.ListFederationsResponse
-	40, // 69: writ.admin.v1.FederationService.DeleteFederation:output_type -> writ.admin.v1.Federation
-	40, // 70: writ.admin.v1.FederationService.RefreshFederation:output_type -> writ.admin.v1.Federation
-	42, // [42:71] is the sub-list for method output_type
-	13, // [13:42] is the sub-list for method input_type
-	13, // [13:13] is the sub-list for extension type_name
-	13, // [13:13] is the sub-list for extension extendee
-	0,  // [0:13] is the sub-list for field type_name
+	3,  // 0: writ.admin.v1.ListTemplateIssuedResponse.agents:type_name -> writ.admin.v1.TemplateIssued
+	0,  // 1: writ.admin.v1.BatchCreateEntryRequest.entries:type_name -> writ.admin.v1.Entry
+	1,  // 2: writ.admin.v1.EntryResult.status:type_name -> writ.admin.v1.Status
+	0,  // 3: writ.admin.v1.EntryResult.entry:type_name -> writ.admin.v1.Entry
+	6,  // 4: writ.admin.v1.BatchCreateEntryResponse.results:type_name -> writ.admin.v1.EntryResult
+	0,  // 5: writ.admin.v1.ListEntriesResponse.entries:type_name -> writ.admin.v1.Entry
+	0,  // 6: writ.admin.v1.UpdateEntryRequest.entry:type_name -> writ.admin.v1.Entry
+	13, // 7: writ.admin.v1.ListAgentsResponse.agents:type_name -> writ.admin.v1.Agent
+	28, // 8: writ.admin.v1.ListFederatedBundlesResponse.bundles:type_name -> writ.admin.v1.GetBundleResponse
+	29, // 9: writ.admin.v1.ListServersResponse.servers:type_name -> writ.admin.v1.Server
+	34, // 10: writ.admin.v1.ListAuthoritiesResponse.authorities:type_name -> writ.admin.v1.Authority
+	34, // 11: writ.admin.v1.RotateResponse.activated:type_name -> writ.admin.v1.Authority
+	44, // 12: writ.admin.v1.Federation.status:type_name -> writ.admin.v1.FederationStatus
+	43, // 13: writ.admin.v1.ListFederationsResponse.federations:type_name -> writ.admin.v1.Federation
+	5,  // 14: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
+	8,  // 15: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
+	9,  // 16: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
+	11, // 17: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
+	12, // 18: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
+	2,  // 19: writ.admin.v1.EntryService.ListTemplateIssued:input_type -> writ.admin.v1.ListTemplateIssuedRequest
+	14, // 20: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
+	16, // 21: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
+	17, // 22: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
+	18, // 23: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
+	19, // 24: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
+	20, // 25: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
+	22, // 26: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
+	23, // 27: writ.admin.v1.BundleService.SetFederatedBundle:input_type -> writ.admin.v1.SetFederatedBundleRequest
+	24, // 28: writ.admin.v1.BundleService.ListFederatedBundles:input_type -> writ.admin.v1.ListFederatedBundlesRequest
+	26, // 29: writ.admin.v1.BundleService.DeleteFederatedBundle:input_type -> writ.admin.v1.DeleteFederatedBundleRequest
+	32, // 30: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
+	30, // 31: writ.admin.v1.ServerService.Backup:input_type -> writ.admin.v1.BackupRequest
+	35, // 32: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
+	37, // 33: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
+	38, // 34: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
+	39, // 35: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
+	40, // 36: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
+	41, // 37: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
+	43, // 38: writ.admin.v1.FederationService.CreateFederation:input_type -> writ.admin.v1.Federation
+	43, // 39: writ.admin.v1.FederationService.UpdateFederation:input_type -> writ.admin.v1.Federation
+	45, // 40: writ.admin.v1.FederationService.GetFederation:input_type -> writ.admin.v1.GetFederationRequest
+	46, // 41: writ.admin.v1.FederationService.ListFederations:input_type -> writ.admin.v1.ListFederationsRequest
+	45, // 42: writ.admin.v1.FederationService.DeleteFederation:input_type -> writ.admin.v1.GetFederationRequest
+	45, // 43: writ.admin.v1.FederationService.RefreshFederation:input_type -> writ.admin.v1.GetFederationRequest
+	7,  // 44: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
+	0,  // 45: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
+	10, // 46: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
+	0,  // 47: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
+	0,  // 48: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
+	4,  // 49: writ.admin.v1.EntryService.ListTemplateIssued:output_type -> writ.admin.v1.ListTemplateIssuedResponse
+	15, // 50: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
+	13, // 51: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
+	13, // 52: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
+	13, // 53: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
+	13, // 54: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
+	21, // 55: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
+	28, // 56: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
+	28, // 57: writ.admin.v1.BundleService.SetFederatedBundle:output_type -> writ.admin.v1.GetBundleResponse
+	25, // 58: writ.admin.v1.BundleService.ListFederatedBundles:output_type -> writ.admin.v1.ListFederatedBundlesResponse
+	27, // 59: writ.admin.v1.BundleService.DeleteFederatedBundle:output_type -> writ.admin.v1.DeleteFederatedBundleResponse
+	33, // 60: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
+	31, // 61: writ.admin.v1.ServerService.Backup:output_type -> writ.admin.v1.BackupChunk
+	36, // 62: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
+	34, // 63: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
+	34, // 64: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
+	34, // 65: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
+	34, // 66: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
+	42, // 67: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
+	43, // 68: writ.admin.v1.FederationService.CreateFederation:output_type -> writ.admin.v1.Federation
+	43, // 69: writ.admin.v1.FederationService.UpdateFederation:output_type -> writ.admin.v1.Federation
+	43, // 70: writ.admin.v1.FederationService.GetFederation:output_type -> writ.admin.v1.Federation
+	47, // 71: writ.admin.v1.FederationService.ListFederations:output_type -> writ.admin.v1.ListFederationsResponse
+	43, // 72: writ.admin.v1.FederationService.DeleteFederation:output_type -> writ.admin.v1.Federation
+	43, // 73: writ.admin.v1.FederationService.RefreshFederation:output_type -> writ.admin.v1.Federation
+	44, // [44:74] is the sub-list for method output_type
+	14, // [14:44] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_ca_api_admin_v1_admin_proto_init() }
@@ -2786,7 +2975,7 @@ func file_ca_api_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_admin_v1_admin_proto_rawDesc), len(file_ca_api_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   45,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   7,
 		},

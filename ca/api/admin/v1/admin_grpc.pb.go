@@ -23,11 +23,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	EntryService_BatchCreateEntry_FullMethodName = "/writ.admin.v1.EntryService/BatchCreateEntry"
-	EntryService_GetEntry_FullMethodName         = "/writ.admin.v1.EntryService/GetEntry"
-	EntryService_ListEntries_FullMethodName      = "/writ.admin.v1.EntryService/ListEntries"
-	EntryService_UpdateEntry_FullMethodName      = "/writ.admin.v1.EntryService/UpdateEntry"
-	EntryService_DeleteEntry_FullMethodName      = "/writ.admin.v1.EntryService/DeleteEntry"
+	EntryService_BatchCreateEntry_FullMethodName   = "/writ.admin.v1.EntryService/BatchCreateEntry"
+	EntryService_GetEntry_FullMethodName           = "/writ.admin.v1.EntryService/GetEntry"
+	EntryService_ListEntries_FullMethodName        = "/writ.admin.v1.EntryService/ListEntries"
+	EntryService_UpdateEntry_FullMethodName        = "/writ.admin.v1.EntryService/UpdateEntry"
+	EntryService_DeleteEntry_FullMethodName        = "/writ.admin.v1.EntryService/DeleteEntry"
+	EntryService_ListTemplateIssued_FullMethodName = "/writ.admin.v1.EntryService/ListTemplateIssued"
 )
 
 // EntryServiceClient is the client API for EntryService service.
@@ -41,6 +42,9 @@ type EntryServiceClient interface {
 	ListEntries(ctx context.Context, in *ListEntriesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[ListEntriesResponse], error)
 	UpdateEntry(ctx context.Context, in *UpdateEntryRequest, opts ...grpc.CallOption) (*Entry, error)
 	DeleteEntry(ctx context.Context, in *DeleteEntryRequest, opts ...grpc.CallOption) (*Entry, error)
+	// Lists the SPIFFE IDs a template entry currently issues on each agent
+	// connected to this server, as the agents last reported them.
+	ListTemplateIssued(ctx context.Context, in *ListTemplateIssuedRequest, opts ...grpc.CallOption) (*ListTemplateIssuedResponse, error)
 }
 
 type entryServiceClient struct {
@@ -110,6 +114,16 @@ func (c *entryServiceClient) DeleteEntry(ctx context.Context, in *DeleteEntryReq
 	return out, nil
 }
 
+func (c *entryServiceClient) ListTemplateIssued(ctx context.Context, in *ListTemplateIssuedRequest, opts ...grpc.CallOption) (*ListTemplateIssuedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListTemplateIssuedResponse)
+	err := c.cc.Invoke(ctx, EntryService_ListTemplateIssued_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // EntryServiceServer is the server API for EntryService service.
 // All implementations must embed UnimplementedEntryServiceServer
 // for forward compatibility.
@@ -121,6 +135,9 @@ type EntryServiceServer interface {
 	ListEntries(*ListEntriesRequest, grpc.ServerStreamingServer[ListEntriesResponse]) error
 	UpdateEntry(context.Context, *UpdateEntryRequest) (*Entry, error)
 	DeleteEntry(context.Context, *DeleteEntryRequest) (*Entry, error)
+	// Lists the SPIFFE IDs a template entry currently issues on each agent
+	// connected to this server, as the agents last reported them.
+	ListTemplateIssued(context.Context, *ListTemplateIssuedRequest) (*ListTemplateIssuedResponse, error)
 	mustEmbedUnimplementedEntryServiceServer()
 }
 
@@ -145,6 +162,9 @@ func (UnimplementedEntryServiceServer) UpdateEntry(context.Context, *UpdateEntry
 }
 func (UnimplementedEntryServiceServer) DeleteEntry(context.Context, *DeleteEntryRequest) (*Entry, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteEntry not implemented")
+}
+func (UnimplementedEntryServiceServer) ListTemplateIssued(context.Context, *ListTemplateIssuedRequest) (*ListTemplateIssuedResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListTemplateIssued not implemented")
 }
 func (UnimplementedEntryServiceServer) mustEmbedUnimplementedEntryServiceServer() {}
 func (UnimplementedEntryServiceServer) testEmbeddedByValue()                      {}
@@ -250,6 +270,24 @@ func _EntryService_DeleteEntry_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _EntryService_ListTemplateIssued_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListTemplateIssuedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(EntryServiceServer).ListTemplateIssued(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: EntryService_ListTemplateIssued_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(EntryServiceServer).ListTemplateIssued(ctx, req.(*ListTemplateIssuedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // EntryService_ServiceDesc is the grpc.ServiceDesc for EntryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -272,6 +310,10 @@ var EntryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteEntry",
 			Handler:    _EntryService_DeleteEntry_Handler,
+		},
+		{
+			MethodName: "ListTemplateIssued",
+			Handler:    _EntryService_ListTemplateIssued_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -30,5 +30,6 @@ func EntryFromDomain(e *entry.Entry) *Entry {
 		Downstream:  e.Downstream,
 		CreatedAt:   created,
 		Revision:    e.Revision,
+		Template:    e.Template,
 	}
 }

@@ -260,16 +260,20 @@ func (*SyncRequest) Descriptor() ([]byte, []int) {
 // A registration entry as an agent sees it. TTLs are seconds, already
 // resolved to the server's defaults when the entry sets none.
 type Entry struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
-	SpiffeId      string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
-	Selectors     []string               `protobuf:"bytes,3,rep,name=selectors,proto3" json:"selectors,omitempty"`
-	X509SvidTtl   int64                  `protobuf:"varint,4,opt,name=x509_svid_ttl,json=x509SvidTtl,proto3" json:"x509_svid_ttl,omitempty"`
-	JwtSvidTtl    int64                  `protobuf:"varint,5,opt,name=jwt_svid_ttl,json=jwtSvidTtl,proto3" json:"jwt_svid_ttl,omitempty"`
-	DnsNames      []string               `protobuf:"bytes,6,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
-	Admin         bool                   `protobuf:"varint,7,opt,name=admin,proto3" json:"admin,omitempty"`
-	Downstream    bool                   `protobuf:"varint,8,opt,name=downstream,proto3" json:"downstream,omitempty"`
-	Revision      uint64                 `protobuf:"varint,9,opt,name=revision,proto3" json:"revision,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	SpiffeId    string                 `protobuf:"bytes,2,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	Selectors   []string               `protobuf:"bytes,3,rep,name=selectors,proto3" json:"selectors,omitempty"`
+	X509SvidTtl int64                  `protobuf:"varint,4,opt,name=x509_svid_ttl,json=x509SvidTtl,proto3" json:"x509_svid_ttl,omitempty"`
+	JwtSvidTtl  int64                  `protobuf:"varint,5,opt,name=jwt_svid_ttl,json=jwtSvidTtl,proto3" json:"jwt_svid_ttl,omitempty"`
+	DnsNames    []string               `protobuf:"bytes,6,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
+	Admin       bool                   `protobuf:"varint,7,opt,name=admin,proto3" json:"admin,omitempty"`
+	Downstream  bool                   `protobuf:"varint,8,opt,name=downstream,proto3" json:"downstream,omitempty"`
+	Revision    uint64                 `protobuf:"varint,9,opt,name=revision,proto3" json:"revision,omitempty"`
+	// template, when set, makes this a template entry: spiffe_id is its
+	// literal prefix and the agent fills the template from each matching
+	// caller's selectors.
+	Template      string `protobuf:"bytes,10,opt,name=template,proto3" json:"template,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -367,6 +371,13 @@ func (x *Entry) GetRevision() uint64 {
 	return 0
 }
 
+func (x *Entry) GetTemplate() string {
+	if x != nil {
+		return x.Template
+	}
+	return ""
+}
+
 type SyncResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// full: entries is the complete set the agent is authorized for and
@@ -456,7 +467,10 @@ type X509SVIDRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	EntryId string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
 	// PKCS#10 CSR (DER); only its public key is used.
-	Csr           []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	Csr []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	// For a template entry, the SPIFFE ID the agent filled in; it must
+	// conform to the template. Empty for other entries.
+	SpiffeId      string `protobuf:"bytes,3,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -503,6 +517,13 @@ func (x *X509SVIDRequest) GetCsr() []byte {
 		return x.Csr
 	}
 	return nil
+}
+
+func (x *X509SVIDRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
 }
 
 type Status struct {
@@ -708,9 +729,11 @@ func (x *BatchSignX509SVIDResponse) GetResults() []*X509SVIDResult {
 }
 
 type SignJWTSVIDRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
-	Audience      []string               `protobuf:"bytes,2,rep,name=audience,proto3" json:"audience,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	EntryId  string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	Audience []string               `protobuf:"bytes,2,rep,name=audience,proto3" json:"audience,omitempty"`
+	// For a template entry, the SPIFFE ID the agent filled in.
+	SpiffeId      string `protobuf:"bytes,3,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -759,6 +782,156 @@ func (x *SignJWTSVIDRequest) GetAudience() []string {
 	return nil
 }
 
+func (x *SignJWTSVIDRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+// The SPIFFE IDs one template entry issues on the agent: at most
+// spiffe_ids are listed, count is how many there are.
+type TemplateReport struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	EntryId       string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	SpiffeIds     []string               `protobuf:"bytes,2,rep,name=spiffe_ids,json=spiffeIds,proto3" json:"spiffe_ids,omitempty"`
+	Count         int64                  `protobuf:"varint,3,opt,name=count,proto3" json:"count,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *TemplateReport) Reset() {
+	*x = TemplateReport{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *TemplateReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*TemplateReport) ProtoMessage() {}
+
+func (x *TemplateReport) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use TemplateReport.ProtoReflect.Descriptor instead.
+func (*TemplateReport) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *TemplateReport) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *TemplateReport) GetSpiffeIds() []string {
+	if x != nil {
+		return x.SpiffeIds
+	}
+	return nil
+}
+
+func (x *TemplateReport) GetCount() int64 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+type ReportTemplatesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The complete current report (templates issuing nothing are left out).
+	Templates     []*TemplateReport `protobuf:"bytes,1,rep,name=templates,proto3" json:"templates,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportTemplatesRequest) Reset() {
+	*x = ReportTemplatesRequest{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportTemplatesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportTemplatesRequest) ProtoMessage() {}
+
+func (x *ReportTemplatesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportTemplatesRequest.ProtoReflect.Descriptor instead.
+func (*ReportTemplatesRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *ReportTemplatesRequest) GetTemplates() []*TemplateReport {
+	if x != nil {
+		return x.Templates
+	}
+	return nil
+}
+
+type ReportTemplatesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReportTemplatesResponse) Reset() {
+	*x = ReportTemplatesResponse{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReportTemplatesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReportTemplatesResponse) ProtoMessage() {}
+
+func (x *ReportTemplatesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReportTemplatesResponse.ProtoReflect.Descriptor instead.
+func (*ReportTemplatesResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{15}
+}
+
 type SignJWTSVIDResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Token         string                 `protobuf:"bytes,1,opt,name=token,proto3" json:"token,omitempty"`
@@ -769,7 +942,7 @@ type SignJWTSVIDResponse struct {
 
 func (x *SignJWTSVIDResponse) Reset() {
 	*x = SignJWTSVIDResponse{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[13]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -781,7 +954,7 @@ func (x *SignJWTSVIDResponse) String() string {
 func (*SignJWTSVIDResponse) ProtoMessage() {}
 
 func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[13]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -794,7 +967,7 @@ func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{13}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *SignJWTSVIDResponse) GetToken() string {
@@ -826,7 +999,7 @@ type TaintedAuthorities struct {
 
 func (x *TaintedAuthorities) Reset() {
 	*x = TaintedAuthorities{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +1011,7 @@ func (x *TaintedAuthorities) String() string {
 func (*TaintedAuthorities) ProtoMessage() {}
 
 func (x *TaintedAuthorities) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +1024,7 @@ func (x *TaintedAuthorities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintedAuthorities.ProtoReflect.Descriptor instead.
 func (*TaintedAuthorities) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{14}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *TaintedAuthorities) GetX509AuthorityIds() []string {
@@ -886,7 +1059,7 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\x12RenewAgentResponse\x12\x1d\n" +
 	"\n" +
 	"svid_chain\x18\x01 \x03(\fR\tsvidChain\"\r\n" +
-	"\vSyncRequest\"\x87\x02\n" +
+	"\vSyncRequest\"\xa3\x02\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1c\n" +
@@ -899,16 +1072,19 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\n" +
 	"downstream\x18\b \x01(\bR\n" +
 	"downstream\x12\x1a\n" +
-	"\brevision\x18\t \x01(\x04R\brevision\"\xd1\x01\n" +
+	"\brevision\x18\t \x01(\x04R\brevision\x12\x1a\n" +
+	"\btemplate\x18\n" +
+	" \x01(\tR\btemplate\"\xd1\x01\n" +
 	"\fSyncResponse\x12\x12\n" +
 	"\x04full\x18\x01 \x01(\bR\x04full\x12-\n" +
 	"\aentries\x18\x02 \x03(\v2\x13.writ.node.v1.EntryR\aentries\x12*\n" +
 	"\x11deleted_entry_ids\x18\x03 \x03(\tR\x0fdeletedEntryIds\x12\x16\n" +
 	"\x06bundle\x18\x04 \x01(\fR\x06bundle\x12:\n" +
-	"\atainted\x18\x05 \x01(\v2 .writ.node.v1.TaintedAuthoritiesR\atainted\">\n" +
+	"\atainted\x18\x05 \x01(\v2 .writ.node.v1.TaintedAuthoritiesR\atainted\"[\n" +
 	"\x0fX509SVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
-	"\x03csr\x18\x02 \x01(\fR\x03csr\"6\n" +
+	"\x03csr\x18\x02 \x01(\fR\x03csr\x12\x1b\n" +
+	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId\"6\n" +
 	"\x06Status\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"x\n" +
@@ -920,24 +1096,34 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\x18BatchSignX509SVIDRequest\x129\n" +
 	"\brequests\x18\x01 \x03(\v2\x1d.writ.node.v1.X509SVIDRequestR\brequests\"S\n" +
 	"\x19BatchSignX509SVIDResponse\x126\n" +
-	"\aresults\x18\x01 \x03(\v2\x1c.writ.node.v1.X509SVIDResultR\aresults\"K\n" +
+	"\aresults\x18\x01 \x03(\v2\x1c.writ.node.v1.X509SVIDResultR\aresults\"h\n" +
 	"\x12SignJWTSVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x1a\n" +
-	"\baudience\x18\x02 \x03(\tR\baudience\"J\n" +
+	"\baudience\x18\x02 \x03(\tR\baudience\x12\x1b\n" +
+	"\tspiffe_id\x18\x03 \x01(\tR\bspiffeId\"`\n" +
+	"\x0eTemplateReport\x12\x19\n" +
+	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x1d\n" +
+	"\n" +
+	"spiffe_ids\x18\x02 \x03(\tR\tspiffeIds\x12\x14\n" +
+	"\x05count\x18\x03 \x01(\x03R\x05count\"T\n" +
+	"\x16ReportTemplatesRequest\x12:\n" +
+	"\ttemplates\x18\x01 \x03(\v2\x1c.writ.node.v1.TemplateReportR\ttemplates\"\x19\n" +
+	"\x17ReportTemplatesResponse\"J\n" +
 	"\x13SignJWTSVIDResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"b\n" +
 	"\x12TaintedAuthorities\x12,\n" +
 	"\x12x509_authority_ids\x18\x01 \x03(\tR\x10x509AuthorityIds\x12\x1e\n" +
-	"\vjwt_key_ids\x18\x02 \x03(\tR\tjwtKeyIds2\x9e\x03\n" +
+	"\vjwt_key_ids\x18\x02 \x03(\tR\tjwtKeyIds2\xfe\x03\n" +
 	"\vNodeService\x12C\n" +
 	"\x06Attest\x12\x1b.writ.node.v1.AttestRequest\x1a\x1c.writ.node.v1.AttestResponse\x12O\n" +
 	"\n" +
 	"RenewAgent\x12\x1f.writ.node.v1.RenewAgentRequest\x1a .writ.node.v1.RenewAgentResponse\x12?\n" +
 	"\x04Sync\x12\x19.writ.node.v1.SyncRequest\x1a\x1a.writ.node.v1.SyncResponse0\x01\x12d\n" +
 	"\x11BatchSignX509SVID\x12&.writ.node.v1.BatchSignX509SVIDRequest\x1a'.writ.node.v1.BatchSignX509SVIDResponse\x12R\n" +
-	"\vSignJWTSVID\x12 .writ.node.v1.SignJWTSVIDRequest\x1a!.writ.node.v1.SignJWTSVIDResponseB%Z#writ.dev/writ/ca/api/node/v1;nodev1b\x06proto3"
+	"\vSignJWTSVID\x12 .writ.node.v1.SignJWTSVIDRequest\x1a!.writ.node.v1.SignJWTSVIDResponse\x12^\n" +
+	"\x0fReportTemplates\x12$.writ.node.v1.ReportTemplatesRequest\x1a%.writ.node.v1.ReportTemplatesResponseB%Z#writ.dev/writ/ca/api/node/v1;nodev1b\x06proto3"
 
 var (
 	file_ca_api_node_v1_node_proto_rawDescOnce sync.Once
@@ -951,7 +1137,7 @@ func file_ca_api_node_v1_node_proto_rawDescGZIP() []byte {
 	return file_ca_api_node_v1_node_proto_rawDescData
 }
 
-var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*AttestRequest)(nil),             // 0: writ.node.v1.AttestRequest
 	(*AttestResponse)(nil),            // 1: writ.node.v1.AttestResponse
@@ -966,30 +1152,36 @@ var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*BatchSignX509SVIDRequest)(nil),  // 10: writ.node.v1.BatchSignX509SVIDRequest
 	(*BatchSignX509SVIDResponse)(nil), // 11: writ.node.v1.BatchSignX509SVIDResponse
 	(*SignJWTSVIDRequest)(nil),        // 12: writ.node.v1.SignJWTSVIDRequest
-	(*SignJWTSVIDResponse)(nil),       // 13: writ.node.v1.SignJWTSVIDResponse
-	(*TaintedAuthorities)(nil),        // 14: writ.node.v1.TaintedAuthorities
+	(*TemplateReport)(nil),            // 13: writ.node.v1.TemplateReport
+	(*ReportTemplatesRequest)(nil),    // 14: writ.node.v1.ReportTemplatesRequest
+	(*ReportTemplatesResponse)(nil),   // 15: writ.node.v1.ReportTemplatesResponse
+	(*SignJWTSVIDResponse)(nil),       // 16: writ.node.v1.SignJWTSVIDResponse
+	(*TaintedAuthorities)(nil),        // 17: writ.node.v1.TaintedAuthorities
 }
 var file_ca_api_node_v1_node_proto_depIdxs = []int32{
 	5,  // 0: writ.node.v1.SyncResponse.entries:type_name -> writ.node.v1.Entry
-	14, // 1: writ.node.v1.SyncResponse.tainted:type_name -> writ.node.v1.TaintedAuthorities
+	17, // 1: writ.node.v1.SyncResponse.tainted:type_name -> writ.node.v1.TaintedAuthorities
 	8,  // 2: writ.node.v1.X509SVIDResult.status:type_name -> writ.node.v1.Status
 	7,  // 3: writ.node.v1.BatchSignX509SVIDRequest.requests:type_name -> writ.node.v1.X509SVIDRequest
 	9,  // 4: writ.node.v1.BatchSignX509SVIDResponse.results:type_name -> writ.node.v1.X509SVIDResult
-	0,  // 5: writ.node.v1.NodeService.Attest:input_type -> writ.node.v1.AttestRequest
-	2,  // 6: writ.node.v1.NodeService.RenewAgent:input_type -> writ.node.v1.RenewAgentRequest
-	4,  // 7: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
-	10, // 8: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
-	12, // 9: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
-	1,  // 10: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
-	3,  // 11: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
-	6,  // 12: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
-	11, // 13: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
-	13, // 14: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
-	10, // [10:15] is the sub-list for method output_type
-	5,  // [5:10] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	13, // 5: writ.node.v1.ReportTemplatesRequest.templates:type_name -> writ.node.v1.TemplateReport
+	0,  // 6: writ.node.v1.NodeService.Attest:input_type -> writ.node.v1.AttestRequest
+	2,  // 7: writ.node.v1.NodeService.RenewAgent:input_type -> writ.node.v1.RenewAgentRequest
+	4,  // 8: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
+	10, // 9: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
+	12, // 10: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
+	14, // 11: writ.node.v1.NodeService.ReportTemplates:input_type -> writ.node.v1.ReportTemplatesRequest
+	1,  // 12: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
+	3,  // 13: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
+	6,  // 14: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
+	11, // 15: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
+	16, // 16: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
+	15, // 17: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
+	12, // [12:18] is the sub-list for method output_type
+	6,  // [6:12] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_ca_api_node_v1_node_proto_init() }
@@ -1003,7 +1195,7 @@ func file_ca_api_node_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_node_v1_node_proto_rawDesc), len(file_ca_api_node_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	NodeService_Sync_FullMethodName              = "/writ.node.v1.NodeService/Sync"
 	NodeService_BatchSignX509SVID_FullMethodName = "/writ.node.v1.NodeService/BatchSignX509SVID"
 	NodeService_SignJWTSVID_FullMethodName       = "/writ.node.v1.NodeService/SignJWTSVID"
+	NodeService_ReportTemplates_FullMethodName   = "/writ.node.v1.NodeService/ReportTemplates"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -48,6 +49,10 @@ type NodeServiceClient interface {
 	BatchSignX509SVID(ctx context.Context, in *BatchSignX509SVIDRequest, opts ...grpc.CallOption) (*BatchSignX509SVIDResponse, error)
 	// SignJWTSVID signs a JWT-SVID for one of the calling agent's entries.
 	SignJWTSVID(ctx context.Context, in *SignJWTSVIDRequest, opts ...grpc.CallOption) (*SignJWTSVIDResponse, error)
+	// ReportTemplates tells the server which SPIFFE IDs the calling
+	// agent's template entries currently issue. Each call replaces the
+	// agent's previous report; the server keeps it in memory only.
+	ReportTemplates(ctx context.Context, in *ReportTemplatesRequest, opts ...grpc.CallOption) (*ReportTemplatesResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -117,6 +122,16 @@ func (c *nodeServiceClient) SignJWTSVID(ctx context.Context, in *SignJWTSVIDRequ
 	return out, nil
 }
 
+func (c *nodeServiceClient) ReportTemplates(ctx context.Context, in *ReportTemplatesRequest, opts ...grpc.CallOption) (*ReportTemplatesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ReportTemplatesResponse)
+	err := c.cc.Invoke(ctx, NodeService_ReportTemplates_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -134,6 +149,10 @@ type NodeServiceServer interface {
 	BatchSignX509SVID(context.Context, *BatchSignX509SVIDRequest) (*BatchSignX509SVIDResponse, error)
 	// SignJWTSVID signs a JWT-SVID for one of the calling agent's entries.
 	SignJWTSVID(context.Context, *SignJWTSVIDRequest) (*SignJWTSVIDResponse, error)
+	// ReportTemplates tells the server which SPIFFE IDs the calling
+	// agent's template entries currently issue. Each call replaces the
+	// agent's previous report; the server keeps it in memory only.
+	ReportTemplates(context.Context, *ReportTemplatesRequest) (*ReportTemplatesResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -158,6 +177,9 @@ func (UnimplementedNodeServiceServer) BatchSignX509SVID(context.Context, *BatchS
 }
 func (UnimplementedNodeServiceServer) SignJWTSVID(context.Context, *SignJWTSVIDRequest) (*SignJWTSVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SignJWTSVID not implemented")
+}
+func (UnimplementedNodeServiceServer) ReportTemplates(context.Context, *ReportTemplatesRequest) (*ReportTemplatesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReportTemplates not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -263,6 +285,24 @@ func _NodeService_SignJWTSVID_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_ReportTemplates_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ReportTemplatesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).ReportTemplates(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_ReportTemplates_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).ReportTemplates(ctx, req.(*ReportTemplatesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -285,6 +325,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SignJWTSVID",
 			Handler:    _NodeService_SignJWTSVID_Handler,
+		},
+		{
+			MethodName: "ReportTemplates",
+			Handler:    _NodeService_ReportTemplates_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

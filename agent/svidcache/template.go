@@ -1,0 +1,228 @@
+package svidcache
+
+import (
+	"context"
+	"log/slog"
+	"slices"
+	"strings"
+
+	"writ.dev/writ/ca/entry"
+)
+
+// Template entries.
+//
+// A template entry's item is indexed like any entry, so that lookups
+// find it by its selectors; it never holds an SVID. When a selector set
+// matches it, the template is filled from that set (and the agent's node
+// selectors) and the set matches the instance of that filled ID: an item
+// with an entry of its own (ID entry.InstanceID(template ID, filled ID),
+// the template's selectors plus the ones the values came from), which is
+// signed, kept, counted and evicted like any other. A set the template
+// gives no ID (a missing or invalid value) matches nothing from it, and
+// one log line says why, without the value.
+//
+// Instances live while a subscription holds them or while they keep an
+// SVID within the bound on unmatched SVIDs; past it they go with their
+// SVID. A change to the template, or its removal, removes every instance
+// at once: subscribers recompute and get the IDs the new template fills.
+
+// upsertTemplateLocked stores e, where it (nil if new) or e is a
+// template entry. Any change to a template drops its instances; a
+// template never needs signing itself.
+func (c *Cache) upsertTemplateLocked(it *item, e *entry.Entry, touched map[*group]struct{}) (signing, []string) {
+	var gone []string
+	if it != nil {
+		if it.tmpl != nil && sameTemplate(it.entry, e) {
+			it.entry = e // only the revision changed
+			return signNone, nil
+		}
+		gone = append(c.removeLocked(it, touched), it.entry.ID)
+	}
+	it = &item{entry: e, heapIdx: -1}
+	if e.Template == "" {
+		c.items[e.ID] = it
+		c.indexLocked(it)
+		c.touchLocked(e.Selectors, true, touched)
+		return signNew, gone
+	}
+	t, err := entry.ParseTemplate(c.td, e.Template)
+	if err != nil {
+		// Entries are validated before they reach the cache.
+		c.log.Error("template entry with an invalid template; ignored", "entry_id", e.ID, "error", err)
+		return signNone, gone
+	}
+	it.tmpl = t
+	it.insts = make(map[string]*item)
+	c.items[e.ID] = it
+	c.indexLocked(it)
+	c.touchLocked(e.Selectors, true, touched)
+	return signNone, gone
+}
+
+// sameTemplate reports whether b changes nothing of a that instances
+// depend on.
+func sameTemplate(a, b *entry.Entry) bool {
+	return a.Template == b.Template && slices.Equal(a.Selectors, b.Selectors) &&
+		slices.Equal(a.DNSNames, b.DNSNames) && a.X509SVIDTTL == b.X509SVIDTTL &&
+		a.JWTSVIDTTL == b.JWTSVIDTTL && a.Admin == b.Admin && a.Downstream == b.Downstream
+}
+
+// dropInstancesLocked removes every instance of it (if it is a
+// template) and returns their IDs.
+func (c *Cache) dropInstancesLocked(it *item, touched map[*group]struct{}) []string {
+	if len(it.insts) == 0 {
+		return nil
+	}
+	gone := make([]string, 0, len(it.insts))
+	for id, inst := range it.insts {
+		c.removeLocked(inst, touched)
+		gone = append(gone, id)
+	}
+	return gone
+}
+
+// instanceLocked returns the instance of template item t that group g's
+// selector set fills, creating it if needed, or nil if it fills no
+// valid ID.
+func (c *Cache) instanceLocked(t *item, g *group) *item {
+	id, used, err := t.tmpl.Fill(g.selectors, c.node)
+	if err != nil {
+		// The reason names the field, never the value. Once per selector
+		// set at warning level, so that a caller reconnecting in a loop
+		// does not flood the log.
+		level := slog.LevelWarn
+		if g.warned {
+			level = slog.LevelDebug
+		}
+		g.warned = true
+		c.log.Log(context.Background(), level, "template gives the caller no identity", "entry_id", t.entry.ID, "error", err)
+		return nil
+	}
+	iid := entry.InstanceID(t.entry.ID, id)
+	own := mergeSelectors(t.entry.Selectors, used)
+	if inst := t.insts[iid]; inst != nil {
+		if !slices.Equal(inst.entry.Selectors, own) && !slices.ContainsFunc(inst.moreSel, func(s []entry.Selector) bool { return slices.Equal(s, own) }) {
+			// Another caller fills the same ID from other values (the
+			// base filter): it must hear of this instance's SVID too.
+			inst.moreSel = append(inst.moreSel, own)
+		}
+		return inst
+	}
+	e := t.entry.Clone()
+	e.ID, e.SPIFFEID, e.Template, e.Selectors = iid, id, "", own
+	inst := &item{entry: e, heapIdx: -1, parent: t}
+	t.insts[iid] = inst
+	c.items[iid] = inst
+	c.ninst++
+	return inst
+}
+
+// mergeSelectors returns the sorted union of a (sorted) and b.
+func mergeSelectors(a, b []entry.Selector) []entry.Selector {
+	out := slices.Clone(a)
+	for _, s := range b {
+		if _, ok := slices.BinarySearchFunc(out, s, entry.Selector.Compare); !ok {
+			out = append(out, s)
+		}
+	}
+	slices.SortFunc(out, entry.Selector.Compare)
+	return out
+}
+
+// touchItemLocked is touchLocked for every selector set that matches it:
+// its entry's, and an instance's further ones.
+func (c *Cache) touchItemLocked(it *item, invalidate bool, touched map[*group]struct{}) {
+	c.touchLocked(it.entry.Selectors, invalidate, touched)
+	for _, s := range it.moreSel {
+		c.touchLocked(s, invalidate, touched)
+	}
+}
+
+// collectInstancesLocked removes the instances no subscription holds and
+// that have no SVID. Call it only when no memo group is left.
+func (c *Cache) collectInstancesLocked() {
+	for _, it := range c.items {
+		if it.tmpl == nil {
+			continue
+		}
+		for id, inst := range it.insts {
+			if inst.demand == 0 && inst.svid == nil {
+				delete(it.insts, id)
+				delete(c.items, id)
+				delete(c.wanted, id)
+				c.dropJWTsLocked(inst.entry.SPIFFEID)
+				c.ninst--
+			}
+		}
+	}
+}
+
+// SetNodeSelectors sets the agent's node selectors, which fill the
+// node.* fields of templates. Instances of templates that use them are
+// dropped and filled again. It returns the IDs of the dropped instances.
+func (c *Cache) SetNodeSelectors(sel []entry.Selector) []string {
+	sel = slices.Clone(sel)
+	slices.SortFunc(sel, entry.Selector.Compare)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if slices.Equal(sel, c.node) {
+		return nil
+	}
+	c.node = sel
+	touched := make(map[*group]struct{})
+	var gone []string
+	for _, it := range c.items {
+		if it.tmpl == nil || !it.tmpl.UsesNode() {
+			continue
+		}
+		gone = append(gone, c.dropInstancesLocked(it, touched)...)
+		c.touchLocked(it.entry.Selectors, true, touched)
+	}
+	notify(touched)
+	return gone
+}
+
+// TemplateIssued is what one template entry currently issues on this
+// agent: the SPIFFE IDs of its instances that a connected workload holds
+// or that have an SVID, sorted.
+type TemplateIssued struct {
+	EntryID   string
+	SPIFFEIDs []string
+}
+
+// TemplatesIssued returns, for each template entry issuing at least one
+// ID, what it issues, ordered by entry ID.
+func (c *Cache) TemplatesIssued() []TemplateIssued {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var out []TemplateIssued
+	for id, it := range c.items {
+		if it.tmpl == nil {
+			continue
+		}
+		ti := TemplateIssued{EntryID: id}
+		for _, inst := range it.insts {
+			if inst.demand > 0 || inst.svid != nil {
+				ti.SPIFFEIDs = append(ti.SPIFFEIDs, inst.entry.SPIFFEID.String())
+			}
+		}
+		if len(ti.SPIFFEIDs) > 0 {
+			slices.Sort(ti.SPIFFEIDs)
+			out = append(out, ti)
+		}
+	}
+	slices.SortFunc(out, func(a, b TemplateIssued) int { return strings.Compare(a.EntryID, b.EntryID) })
+	return out
+}
+
+// IssuedChanged is signalled when what template entries issue
+// (TemplatesIssued) may have changed. It has a buffer of one and is
+// never closed.
+func (c *Cache) IssuedChanged() <-chan struct{} { return c.issued }
+
+func (c *Cache) issuedLocked() {
+	select {
+	case c.issued <- struct{}{}:
+	default:
+	}
+}

@@ -1,0 +1,342 @@
+package svidcache_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"writ.dev/writ/agent/svidcache"
+	"writ.dev/writ/ca/clock/fakeclock"
+	"writ.dev/writ/ca/entry"
+)
+
+// newTemplate returns a valid template entry.
+func newTemplate(t testing.TB, tmpl string, selectors ...string) *entry.Entry {
+	t.Helper()
+	tm, err := entry.ParseTemplate(td, tmpl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &entry.Entry{ID: entry.NewID(), SPIFFEID: tm.Prefix(), Template: tmpl, ParentID: agent, Selectors: sels(t, selectors...)}
+	e.Normalize()
+	if err := e.Validate(td); err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func caller(t testing.TB, uid int, user string) []entry.Selector {
+	return sels(t, fmt.Sprintf("unix:uid:%d", uid), "unix:gid:1000", "unix:user:"+user)
+}
+
+// signWanted signs every wanted entry as the agent would, by the entry
+// the cache gives for the ID.
+func signWanted(t *testing.T, c *svidcache.Cache, ca *testCA, now time.Time) []string {
+	t.Helper()
+	ids := c.TakeWanted()
+	slices.Sort(ids)
+	for _, id := range ids {
+		e, ok := c.Entry(id)
+		if !ok {
+			t.Fatalf("wanted entry %s is unknown", id)
+		}
+		if err := c.SetX509SVID(ca.svid(t, e, now, time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return ids
+}
+
+func svidIDs(svids []*svidcache.X509SVID) []string {
+	out := make([]string, len(svids))
+	for i, s := range svids {
+		out[i] = s.ID.String()
+	}
+	return out
+}
+
+// TestTemplateOneIDPerCaller: one template entry gives each matching
+// caller its own ID, signed on demand; callers outside its selectors or
+// whose values are no valid segment get nothing.
+func TestTemplateOneIDPerCaller(t *testing.T) {
+	clk := fakeclock.New(t0)
+	ca := newTestCA(t, t0)
+	var logs syncBuffer
+	c, err := svidcache.New(svidcache.Config{TrustDomain: td, Clock: clk, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tm := newTemplate(t, "spiffe://example.org/user/{{unix.user}}", "unix:gid:1000")
+	res := c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
+	if len(res.Sign)+len(res.New)+len(res.Backlog) != 0 {
+		t.Fatalf("a template entry is to be signed itself: %+v", res)
+	}
+	users := []string{"alice", "bob", "carol"}
+	subs := make([]*svidcache.Subscription, len(users))
+	for i, u := range users {
+		subs[i] = c.Subscribe(caller(t, 2000+i, u))
+		defer subs[i].Close()
+	}
+	outside := c.Subscribe(sels(t, "unix:uid:3000", "unix:gid:2000", "unix:user:dave"))
+	defer outside.Close()
+	// A name that is no valid segment (possible from an attestor, not
+	// from ParseSelector).
+	bad := c.Subscribe([]entry.Selector{{Type: "unix", Value: "gid:1000"}, {Type: "unix", Value: "user:a%2Fb"}})
+	defer bad.Close()
+
+	waitWanted(t, c)
+	signed := signWanted(t, c, ca, t0)
+	if len(signed) != 3 {
+		t.Fatalf("signed %v, want one instance per user", signed)
+	}
+	for i, u := range users {
+		got := svidIDs(subs[i].State().X509SVIDs)
+		if want := []string{"spiffe://example.org/user/" + u}; !slices.Equal(got, want) {
+			t.Errorf("%s sees %v, want %v", u, got, want)
+		}
+	}
+	if got := outside.State().X509SVIDs; len(got) != 0 {
+		t.Errorf("caller outside the group sees %v", svidIDs(got))
+	}
+	if got := bad.State().X509SVIDs; len(got) != 0 {
+		t.Errorf("caller with an invalid name sees %v", svidIDs(got))
+	}
+	if l := logs.String(); strings.Count(l, "template gives the caller no identity") != 1 || !strings.Contains(l, "unix.user") || strings.Contains(l, "a%2Fb") {
+		t.Errorf("want one log record naming the field, not the value:\n%s", l)
+	}
+	if st := c.Stats(); st.Entries != 4 || st.TemplateInstances != 3 {
+		t.Errorf("stats %+v, want 1 entry and 3 instances", st)
+	}
+	is := c.TemplatesIssued()
+	if len(is) != 1 || is[0].EntryID != tm.ID || len(is[0].SPIFFEIDs) != 3 {
+		t.Errorf("TemplatesIssued = %+v", is)
+	}
+	// Instance IDs name the template and the filled ID.
+	tid, sid, ok := entry.SplitInstanceID(subs[0].State().X509SVIDs[0].EntryID)
+	if !ok || tid != tm.ID || sid != "spiffe://example.org/user/alice" {
+		t.Errorf("instance ID splits into %q %q %v", tid, sid, ok)
+	}
+}
+
+// TestTemplateChangeAndDelete: a changed template drops its instances'
+// SVIDs at once and fills new IDs; deleting it removes them.
+func TestTemplateChangeAndDelete(t *testing.T) {
+	clk := fakeclock.New(t0)
+	ca := newTestCA(t, t0)
+	c := newCache(t, clk, nil)
+	tm := newTemplate(t, "spiffe://example.org/user/{{unix.user}}", "unix:gid:1000")
+	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
+	sub := c.Subscribe(caller(t, 2000, "alice"))
+	defer sub.Close()
+	waitWanted(t, c)
+	signWanted(t, c, ca, t0)
+	first := sub.State().X509SVIDs
+	if len(first) != 1 {
+		t.Fatalf("got %d SVIDs", len(first))
+	}
+	drain(sub)
+
+	// The same entry again (a full sync after reconnecting) keeps it.
+	res := c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}})
+	if len(res.Removed) != 0 || len(sub.State().X509SVIDs) != 1 {
+		t.Fatalf("an unchanged template dropped its instances: %+v", res)
+	}
+
+	changed := tm.Clone()
+	changed.Template = "spiffe://example.org/uid/{{unix.uid}}"
+	changed.SPIFFEID = spiffeid.RequireFromString("spiffe://example.org/uid")
+	res = c.Apply(svidcache.Update{Entries: []*entry.Entry{changed}})
+	if !slices.Contains(res.Removed, first[0].EntryID) {
+		t.Errorf("Removed %v lacks the old instance", res.Removed)
+	}
+	select {
+	case <-sub.Changed():
+	default:
+		t.Fatal("subscriber not told of the template change")
+	}
+	if got := sub.State().X509SVIDs; len(got) != 0 {
+		t.Fatalf("old ID still served after the template changed: %v", svidIDs(got))
+	}
+	waitWanted(t, c)
+	signWanted(t, c, ca, t0)
+	if got := svidIDs(sub.State().X509SVIDs); !slices.Equal(got, []string{"spiffe://example.org/uid/2000"}) {
+		t.Fatalf("after the change: %v", got)
+	}
+	drain(sub)
+
+	c.Apply(svidcache.Update{Deleted: []string{tm.ID}})
+	select {
+	case <-sub.Changed():
+	default:
+		t.Fatal("subscriber not told of the deletion")
+	}
+	if got := sub.State().X509SVIDs; len(got) != 0 {
+		t.Fatalf("SVID served after the template was deleted: %v", svidIDs(got))
+	}
+	if st := c.Stats(); st.Entries != 0 || st.TemplateInstances != 0 || st.X509SVIDs != 0 {
+		t.Errorf("stats after deletion %+v", st)
+	}
+}
+
+func waitWanted(t *testing.T, c *svidcache.Cache) {
+	t.Helper()
+	select {
+	case <-c.Wanted():
+	case <-time.After(5 * time.Second):
+		t.Fatal("nothing wanted")
+	}
+}
+
+func drain(s *svidcache.Subscription) {
+	select {
+	case <-s.Changed():
+	default:
+	}
+}
+
+// TestTemplateCallersGone: instances of callers that left keep their SVID
+// only within the bound on unmatched SVIDs, and go with it.
+func TestTemplateCallersGone(t *testing.T) {
+	const bound, n = 5, 40
+	clk := fakeclock.New(t0)
+	ca := newTestCA(t, t0)
+	c := boundedCache(t, clk, bound)
+	tm := newTemplate(t, "spiffe://example.org/uid/{{unix.uid}}", "unix:gid:1000")
+	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
+	for i := range n {
+		sub := c.Subscribe(caller(t, 5000+i, fmt.Sprintf("u%d", i)))
+		waitWanted(t, c)
+		signWanted(t, c, ca, t0)
+		if len(sub.State().X509SVIDs) != 1 {
+			t.Fatalf("caller %d got no SVID", i)
+		}
+		sub.Close()
+		if st := c.Stats(); st.X509SVIDs > bound || st.TemplateInstances > bound+1 {
+			t.Fatalf("after %d callers left: %+v (bound %d)", i+1, st, bound)
+		}
+	}
+	if is := c.TemplatesIssued(); len(is) != 1 || len(is[0].SPIFFEIDs) != bound {
+		t.Errorf("TemplatesIssued = %+v, want the %d kept", is, bound)
+	}
+}
+
+// TestTemplateBaseSharesInstance: two callers filling the same ID from
+// different paths (the base filter) share one instance, and both hear
+// of its SVID.
+func TestTemplateBaseSharesInstance(t *testing.T) {
+	clk := fakeclock.New(t0)
+	ca := newTestCA(t, t0)
+	c := newCache(t, clk, nil)
+	tm := newTemplate(t, "spiffe://example.org/svc/{{unix.path | base}}", "unix:gid:1000")
+	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
+	a := c.Subscribe(sels(t, "unix:gid:1000", "unix:path:/a/web"))
+	defer a.Close()
+	b := c.Subscribe(sels(t, "unix:gid:1000", "unix:path:/b/web"))
+	defer b.Close()
+	// Injection: a path with a '..' element fills only its base.
+	d := c.Subscribe([]entry.Selector{{Type: "unix", Value: "gid:1000"}, {Type: "unix", Value: "path:/x/../.."}})
+	defer d.Close()
+	waitWanted(t, c)
+	drain(a)
+	drain(b)
+	if got := signWanted(t, c, ca, t0); len(got) != 1 {
+		t.Fatalf("signed %v, want one shared instance", got)
+	}
+	for _, s := range []*svidcache.Subscription{a, b} {
+		select {
+		case <-s.Changed():
+		default:
+			t.Fatal("a caller of the shared instance was not told of its SVID")
+		}
+		if got := svidIDs(s.State().X509SVIDs); !slices.Equal(got, []string{"spiffe://example.org/svc/web"}) {
+			t.Errorf("got %v", got)
+		}
+	}
+	if got := d.State().X509SVIDs; len(got) != 0 {
+		t.Errorf("a '..' path got %v", svidIDs(got))
+	}
+}
+
+// TestTemplateNodeSelectors: node.* fields come from the agent's node
+// selectors; changing them refills.
+func TestTemplateNodeSelectors(t *testing.T) {
+	clk := fakeclock.New(t0)
+	ca := newTestCA(t, t0)
+	c := newCache(t, clk, nil)
+	tm := newTemplate(t, "spiffe://example.org/node/{{node.x509pop.subject.cn}}/uid/{{unix.uid}}", "unix:gid:1000")
+	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
+	sub := c.Subscribe(caller(t, 2000, "alice"))
+	defer sub.Close()
+	if got := c.Identities(caller(t, 2000, "alice")); len(got) != 0 {
+		t.Fatalf("identities without node selectors: %v", got)
+	}
+	c.SetNodeSelectors([]entry.Selector{{Type: "x509pop", Value: "subject:cn:n1"}})
+	// The subscriber is told, reads, and so asks for the new instance.
+	<-sub.Changed()
+	if len(sub.State().X509SVIDs) != 0 {
+		t.Fatal("an SVID before signing")
+	}
+	waitWanted(t, c)
+	signWanted(t, c, ca, t0)
+	if got := svidIDs(sub.State().X509SVIDs); !slices.Equal(got, []string{"spiffe://example.org/node/n1/uid/2000"}) {
+		t.Fatalf("got %v", got)
+	}
+	if gone := c.SetNodeSelectors([]entry.Selector{{Type: "x509pop", Value: "subject:cn:n2"}}); len(gone) != 1 {
+		t.Fatalf("SetNodeSelectors dropped %v", gone)
+	}
+	if got := sub.State().X509SVIDs; len(got) != 0 {
+		t.Fatalf("old node ID still served: %v", svidIDs(got))
+	}
+	got := c.Identities(caller(t, 2000, "alice"))
+	if len(got) != 1 || got[0].ID.String() != "spiffe://example.org/node/n2/uid/2000" {
+		t.Fatalf("identities %v", got)
+	}
+}
+
+// TestTemplateJWT: JWT-SVIDs are fetched by instance ID like any entry.
+func TestTemplateJWT(t *testing.T) {
+	clk := fakeclock.New(t0)
+	ca := newTestCA(t, t0)
+	tm := newTemplate(t, "spiffe://example.org/user/{{unix.user}}", "unix:gid:1000")
+	alice := spiffeid.RequireFromString("spiffe://example.org/user/alice")
+	s := &jwtSigner{ca: ca, clk: clk, ttl: 5 * time.Minute, ids: map[string]spiffeid.ID{entry.InstanceID(tm.ID, alice): alice}}
+	c := newCache(t, clk, s)
+	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
+	ids := c.Identities(caller(t, 2000, "alice"))
+	if len(ids) != 1 || ids[0].ID != alice {
+		t.Fatalf("identities %v", ids)
+	}
+	j, err := c.FetchJWTSVID(context.Background(), ids[0].EntryID, []string{"db"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if j.ID != alice {
+		t.Errorf("JWT-SVID for %s", j.ID)
+	}
+}
+
+// syncBuffer is a bytes.Buffer safe for concurrent use.
+type syncBuffer struct {
+	mu  sync.Mutex // guards buf
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
