@@ -73,6 +73,9 @@ type Config struct {
 	OpenPostgres func(ctx context.Context, connString, password string) (datastore.Store, error)
 	// Keys chooses where CA keys live and who signs the CA (keys.go).
 	Keys KeysConfig
+	// NodeAttestors are the node attestation methods enabled besides
+	// join tokens (built in cmd/ from configuration).
+	NodeAttestors []nodeapi.NodeAttestor
 }
 
 // Server is a CA server.
@@ -175,6 +178,7 @@ func (s *Server) Run(ctx context.Context) error {
 		Logger:             log,
 		DefaultX509SVIDTTL: s.cfg.DefaultX509SVIDTTL,
 		DefaultJWTSVIDTTL:  s.cfg.DefaultJWTSVIDTTL,
+		NodeAttestors:      s.cfg.NodeAttestors,
 	})
 	if err != nil {
 		return err
