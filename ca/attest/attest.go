@@ -42,10 +42,6 @@ type Result struct {
 	// Selectors are the node's selectors, sorted and without
 	// duplicates.
 	Selectors []entry.Selector
-	// CanReattest is true when the credential stays on the node
-	// (x509pop, sshpop): an agent that lost its SVID, or was evicted,
-	// attests again by itself. Join tokens are used once.
-	CanReattest bool
 }
 
 // Challenger sends one challenge to the agent and returns its answer.

@@ -47,6 +47,9 @@ const KeyAttestationType = "attestation_type"
 var (
 	errAgentBanned  = errors.New("agent is banned")
 	errAgentChanged = errors.New("agent record names another certificate")
+	// errAgentOtherType: the agent ID belongs to an agent attested by
+	// another method, which this attestation may not take over.
+	errAgentOtherType = errors.New("agent ID is held by an agent of another attestation type")
 )
 
 // maxMessage bounds error messages that quote a parser's detail.
@@ -260,6 +263,10 @@ func (s *Service) attestNode(ctx context.Context, c *caller, typ string, payload
 			s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(KeyAttestationType, typ), slog.String(KeySPIFFEID, id.String()), slog.String(KeyReason, reason))
 			return nil, status.Error(codes.PermissionDenied, msgBanned)
 		}
+		if errors.Is(err, errAgentOtherType) {
+			s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(KeyAttestationType, typ), slog.String(KeySPIFFEID, id.String()), slog.String(KeyReason, err.Error()+"; evict that agent first to hand its ID over"))
+			return nil, status.Errorf(codes.PermissionDenied, "%s: the agent ID is held by an agent of another attestation type", msgNoIdentity)
+		}
 		return nil, s.internal(ctx, c, "store agent", err)
 	}
 	msg := "agent attested"
@@ -302,13 +309,18 @@ func (s *Service) checkAgentID(id spiffeid.ID) error {
 }
 
 // putAttestedAgent creates the agent's record, or replaces it unless it
-// is banned, and reports whether it replaced one. A replaced record keeps
+// is banned or was attested by another method (so that an x509pop path
+// template cannot take over a join-token agent's ID), and reports whether
+// it replaced one. A replaced record keeps
 // its CreatedAt and no longer names any earlier certificate.
 func (s *Service) putAttestedAgent(ctx context.Context, id spiffeid.ID, typ string, sel []entry.Selector, serial string, notAfter, now time.Time) (bool, error) {
 	for range 3 {
 		_, err := s.store.UpdateAgent(ctx, id, func(a *datastore.Agent) error {
 			if a.Banned {
 				return errAgentBanned
+			}
+			if a.AttestationType != "" && a.AttestationType != typ {
+				return errAgentOtherType
 			}
 			*a = datastore.Agent{
 				SPIFFEID:        id,

@@ -330,3 +330,32 @@ func TestNodeAlias(t *testing.T) {
 	s2.until("web2 lost them", func() bool { return len(s2.ids()) == 0 })
 	t.Logf("alias selector change delivered in %v", time.Since(start))
 }
+
+// TestAttestNodeNoTakeover: an x509pop path template that names a join
+// token agent's ID does not take that agent over.
+func TestAttestNodeNoTakeover(t *testing.T) {
+	now := testStart()
+	ca := nodepki.NewCA(t, "org CA", now)
+	e := newEnv(t, envOptions{nodeAttestors: func(clk clock.Clock) []nodeapi.NodeAttestor {
+		tmpl, err := x509pop.ParsePathTemplate("{{ .Subject.CommonName }}")
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err := x509pop.NewVerifier(x509pop.Config{TrustDomain: td, Roots: func() []*x509.Certificate { return []*x509.Certificate{ca.Cert} }, PathTemplate: tmpl, Clock: clk})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []nodeapi.NodeAttestor{v}
+	}})
+	a := e.attest(agentA)
+	_, _, err := e.attestNode(ca.Issue(t, nodepki.Node{CN: "a"}, now), nil)
+	wantCode(t, err, codes.PermissionDenied, "no identity issued: the agent ID is held by an agent of another attestation type")
+	if rec := e.fetchAgent(a.id); rec.AttestationType != nodeapi.AttestationTypeJoinToken || rec.SerialNumber != a.serial() {
+		t.Errorf("join token agent changed: %+v", rec)
+	}
+	// A fresh CN makes a new x509pop agent under the template's path.
+	_, b, err := e.attestNode(ca.Issue(t, nodepki.Node{CN: "web1"}, now), nil)
+	if err != nil || b.id.String() != "spiffe://example.org/writ/agent/web1" {
+		t.Fatalf("templated agent: %v %v", b, err)
+	}
+}

@@ -55,7 +55,7 @@ func x509popID(c *x509.Certificate) string {
 // bad credential is refused with a clear message and creates no agent; a
 // node alias delivers its workloads to both web hosts and not the third,
 // and follows its selectors; an agent that lost its SVID attests again by
-// itself; a banned one stays out.
+// itself, as does an evicted one; a banned one stays out.
 func TestIntegrationNodeAttestation(t *testing.T) {
 	dir := shortTempDir(t)
 	pki := filepath.Join(dir, "pki")
@@ -189,11 +189,24 @@ func TestIntegrationNodeAttestation(t *testing.T) {
 		t.Fatalf("agents after re-attestation %v, want %v", got, want)
 	}
 
+	// An evicted x509pop agent attests again by itself (banning is what
+	// keeps one out).
+	before := strings.Count(a2.log.String(), `msg="agent attested"`)
+	e.server.admin("agent", "evict", "--spiffe-id", x509popID(web2.Cert))
+	deadline := time.Now().Add(15 * time.Second)
+	for strings.Count(a2.log.String(), `msg="agent attested"`) == before || !slices.Contains(e.agentIDs(), x509popID(web2.Cert)) {
+		if time.Now().After(deadline) {
+			t.Fatalf("evicted agent did not attest again:\n%s", tail(a2.log.String(), 20))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	a2.waitHealthy(true, 10*time.Second)
+
 	// A banned agent stays banned: it is refused at once and its
 	// re-attestations are refused too.
 	e.server.admin("agent", "ban", "--spiffe-id", x509popID(db1.Cert))
 	a3.waitHealthy(false, 10*time.Second)
-	deadline := time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(10 * time.Second)
 	for !strings.Contains(a3.log.String(), `msg="re-attestation failed" error="x509pop attestation refused`) || !strings.Contains(a3.log.String(), "agent is banned") {
 		if time.Now().After(deadline) {
 			t.Fatalf("banned agent's re-attestation not refused:\n%s", tail(a3.log.String(), 20))

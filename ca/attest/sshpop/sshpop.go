@@ -92,7 +92,7 @@ func (v *Verifier) Attest(ctx context.Context, raw []byte, challenge attest.Chal
 	}
 	vals = append(vals, "ca:fingerprint:"+Fingerprint(ca))
 	sel, _ := attest.Selectors(Type, vals)
-	return &attest.Result{AgentID: id, Selectors: sel, CanReattest: true}, nil
+	return &attest.Result{AgentID: id, Selectors: sel}, nil
 }
 
 // check verifies cert and returns the CA key that signed it.

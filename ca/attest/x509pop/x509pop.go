@@ -160,7 +160,7 @@ func (v *Verifier) Attest(ctx context.Context, raw []byte, challenge attest.Chal
 	if err != nil {
 		return nil, err
 	}
-	return &attest.Result{AgentID: id, Selectors: Selectors(leaf, chain), CanReattest: true}, nil
+	return &attest.Result{AgentID: id, Selectors: Selectors(leaf, chain)}, nil
 }
 
 // verify checks leaf against the roots and returns the verified chain
