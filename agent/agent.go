@@ -365,7 +365,7 @@ func (a *Agent) start(ctx context.Context) error {
 		if st.svidErr != nil {
 			return fmt.Errorf("%w; attest again: run the agent with --join-token and a new token (writ token generate)", st.svidErr)
 		}
-		return fmt.Errorf("%w in %s: run the agent with --join-token and a token from `writ token generate`", ErrNoIdentity, a.dir.Path())
+		return fmt.Errorf("%w in %s: run the agent with --join-token and a token from `writ token generate`, or with --node-attestor x509pop or sshpop", ErrNoIdentity, a.dir.Path())
 	}
 	if st.svidErr != nil {
 		a.log.Info("attesting again with the join token", "reason", st.svidErr.Error())
