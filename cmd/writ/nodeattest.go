@@ -260,10 +260,11 @@ type fileReloader[T any] struct {
 	parse      func([]byte) ([]T, error)
 	log        *slog.Logger
 
-	mu sync.Mutex // guards stamp, val
-	// stamp identifies the version of the file val was read from.
-	stamp fileStamp
-	val   []T
+	mu sync.Mutex // guards stamp, bad, val
+	// stamp identifies the version of the file val was read from, bad
+	// the last version that failed (logged once).
+	stamp, bad fileStamp
+	val        []T
 }
 
 type fileStamp struct {
@@ -286,7 +287,7 @@ func (r *fileReloader[T]) load() error {
 		return err
 	}
 	stamp := fileStamp{size: st.Size(), modTime: st.ModTime(), ino: inode(st)}
-	if stamp == r.stamp && r.val != nil {
+	if stamp == r.stamp && r.val != nil || stamp == r.bad {
 		return nil
 	}
 	data, err := os.ReadFile(r.path)
@@ -295,6 +296,7 @@ func (r *fileReloader[T]) load() error {
 	}
 	val, err := r.parse(data)
 	if err != nil {
+		r.bad = stamp
 		return fmt.Errorf("%s: %w", r.path, err)
 	}
 	if r.val != nil {

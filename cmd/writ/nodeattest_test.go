@@ -63,3 +63,54 @@ func TestNodeAttestFlags(t *testing.T) {
 		})
 	}
 }
+
+// TestCABundleReloaded: the x509pop CA bundle is read again when the file
+// changes, whether rewritten in place or replaced by a rename; a bad
+// version keeps the last good one.
+func TestCABundleReloaded(t *testing.T) {
+	dir := t.TempDir()
+	now := time.Now()
+	a, b := nodepki.NewCA(t, "A", now), nodepki.NewCA(t, "B", now)
+	path := filepath.Join(dir, "ca.pem")
+	nodepki.WriteBundle(t, path, a)
+	var logs strings.Builder
+	log, err := newLogger(&logs, "text", "info")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := newFileReloader(path, "--x509pop-ca-bundle", parseCABundle, log)
+	if err != nil {
+		t.Fatal(err)
+	}
+	subjects := func() string {
+		var names []string
+		for _, c := range r.get() {
+			names = append(names, c.Subject.CommonName)
+		}
+		return strings.Join(names, ",")
+	}
+	if got := subjects(); got != "A" {
+		t.Fatalf("first read: %s", got)
+	}
+	nodepki.WriteBundle(t, path, a, b) // in place
+	if got := subjects(); got != "A,B" {
+		t.Fatalf("after rewriting: %s", got)
+	}
+	tmp := filepath.Join(dir, "new.pem")
+	nodepki.WriteBundle(t, tmp, b)
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+	if got := subjects(); got != "B" {
+		t.Fatalf("after rename: %s", got)
+	}
+	if err := os.WriteFile(path, []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if got := subjects(); got != "B" {
+		t.Fatalf("a bad file replaced the good one: %s", got)
+	}
+	if !strings.Contains(logs.String(), "keeping the last good one") {
+		t.Errorf("bad file not logged: %s", logs.String())
+	}
+}
