@@ -217,3 +217,40 @@ func TestIntegrationNodeAttestation(t *testing.T) {
 		t.Error("banned agent healthy again")
 	}
 }
+
+// TestIntegrationX509popOutageLongerThanTTL: an x509pop agent whose SVID
+// expired while the server was down attests again by itself once the
+// server is back, where a join-token agent would need a new token.
+func TestIntegrationX509popOutageLongerThanTTL(t *testing.T) {
+	dir := shortTempDir(t)
+	now := time.Now()
+	ca := nodepki.NewCA(t, "org CA", now)
+	bundle := filepath.Join(dir, "org-ca.pem")
+	nodepki.WriteBundle(t, bundle, ca)
+	certFile, keyFile := ca.Issue(t, nodepki.Node{CN: "web1"}, now).Write(t, dir, "web1")
+	const ttl = 5 * time.Second
+	args := []string{"--x509pop-ca-bundle", bundle, "--default-x509-svid-ttl", ttl.String()}
+	s := startServer(t, filepath.Join(dir, "server"), args...)
+	addr := s.nodeAddress()
+	trust := filepath.Join(dir, "bundle.pem")
+	if err := os.WriteFile(trust, []byte(s.admin("bundle", "show")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a := startAgentWith(t, addr, filepath.Join(dir, "a"), trust, nil, "--node-attestor", "x509pop", "--x509pop-cert", certFile, "--x509pop-key", keyFile)
+	s.stop()
+	a.waitHealthy(false, 3*ttl)
+	deadline := time.Now().Add(3 * ttl)
+	for !strings.Contains(a.log.String(), "agent SVID expired; attesting again") {
+		if time.Now().After(deadline) {
+			t.Fatalf("agent did not notice its SVID expired:\n%s", tail(a.log.String(), 20))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	startServer(t, filepath.Join(dir, "server"), append(args, "--bind-address", addr)...)
+	start := time.Now()
+	a.waitHealthy(true, 60*time.Second)
+	t.Logf("agent attested again %v after the server came back", time.Since(start))
+	if strings.Count(a.log.String(), `msg="agent attested"`) != 2 {
+		t.Errorf("agent attested %d times, want 2", strings.Count(a.log.String(), `msg="agent attested"`))
+	}
+}
