@@ -92,6 +92,8 @@ const (
 	// challengeTimeout is how long the server waits for the agent's
 	// answer to a challenge.
 	challengeTimeout = 10 * time.Second
+	// maxAttestationType bounds the attestation type's name.
+	maxAttestationType = 64
 )
 
 // joinTokenAttestor redeems join tokens: the payload is the token, which
@@ -153,8 +155,8 @@ func (h *handler) AttestNode(stream nodev1.NodeService_AttestNodeServer) error {
 	if err != nil {
 		return err
 	}
-	if first.GetAttestationType() == "" || len(first.GetChallengeResponse()) != 0 {
-		return status.Error(codes.InvalidArgument, "the first message must name the attestation type and carry no challenge response")
+	if typ := first.GetAttestationType(); typ == "" || len(typ) > maxAttestationType || len(first.GetChallengeResponse()) != 0 {
+		return status.Error(codes.InvalidArgument, "the first message must name the attestation type (at most 64 bytes) and carry no challenge response")
 	}
 	if len(first.GetPayload()) > attest.MaxPayload {
 		return status.Errorf(codes.InvalidArgument, "attestation payload is larger than %d bytes", attest.MaxPayload)
