@@ -89,6 +89,10 @@ type Config struct {
 	// JoinToken attests the agent when it has no valid saved SVID; it is
 	// ignored otherwise.
 	JoinToken string
+	// NodeAttestor attests the agent when it has no valid saved SVID,
+	// and again when the server no longer recognizes it. It excludes
+	// JoinToken.
+	NodeAttestor NodeAttestor
 	// TrustBundlePath is a PEM file of the CA certificates that
 	// authenticate the server at attestation.
 	TrustBundlePath string
@@ -127,6 +131,8 @@ type Agent struct {
 	bundle  atomic.Pointer[spiffebundle.Bundle]
 	client  atomic.Pointer[nodeclient.Client] // the connected session's; nil otherwise
 	revoked atomic.Bool                       // the server refused the agent
+	// nodeSelectors are the agent's node selectors as the server said.
+	nodeSelectors atomic.Pointer[[]string]
 
 	// Owned by Run's goroutine.
 	servers *serverPicker
@@ -165,6 +171,9 @@ func New(cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("%w: the X.509-SVID cache size must not be negative", ErrConfig)
 	}
 	cfg.ServerAddress, cfg.ServerAddresses = servers[0], servers
+	if cfg.JoinToken != "" && cfg.NodeAttestor != nil {
+		return nil, fmt.Errorf("%w: give a join token or a node attestor, not both", ErrConfig)
+	}
 	if cfg.TrustBundlePath != "" && cfg.InsecureBootstrap {
 		return nil, fmt.Errorf("%w: give a trust bundle or insecure bootstrap, not both", ErrConfig)
 	}
@@ -344,11 +353,21 @@ func (a *Agent) start(ctx context.Context) error {
 		}
 		return nil
 	}
+	if att := a.cfg.NodeAttestor; att != nil {
+		if st.svidErr != nil {
+			a.log.Info("attesting again with the node attestor", "attestation_type", att.Type(), "reason", st.svidErr.Error())
+		}
+		trust, insecure, err := a.bootstrapTrust(st.bundle)
+		if err != nil {
+			return err
+		}
+		return a.attestWithRetry(ctx, att, trust, insecure)
+	}
 	if a.cfg.JoinToken == "" {
 		if st.svidErr != nil {
 			return fmt.Errorf("%w; attest again: run the agent with --join-token and a new token (writ token generate)", st.svidErr)
 		}
-		return fmt.Errorf("%w in %s: run the agent with --join-token and a token from `writ token generate`", ErrNoIdentity, a.dir.Path())
+		return fmt.Errorf("%w in %s: run the agent with --join-token and a token from `writ token generate`, or with --node-attestor x509pop or sshpop", ErrNoIdentity, a.dir.Path())
 	}
 	if st.svidErr != nil {
 		a.log.Info("attesting again with the join token", "reason", st.svidErr.Error())
@@ -357,7 +376,7 @@ func (a *Agent) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return a.attestWithRetry(ctx, a.cfg.JoinToken, trust, insecure)
+	return a.attestWithRetry(ctx, joinTokenAttestor(a.cfg.JoinToken), trust, insecure)
 }
 
 // bootstrapTrust chooses what authenticates the server at attestation:
@@ -378,10 +397,10 @@ func (a *Agent) bootstrapTrust(saved *spiffebundle.Bundle) ([]*x509.Certificate,
 // attestWithRetry attests, retrying with backoff while the server is
 // unreachable. It fails on anything else: a server that cannot be
 // authenticated, a refused token, a malformed answer.
-func (a *Agent) attestWithRetry(ctx context.Context, token string, trust []*x509.Certificate, insecure bool) error {
+func (a *Agent) attestWithRetry(ctx context.Context, att NodeAttestor, trust []*x509.Certificate, insecure bool) error {
 	for attempt := 0; ; attempt++ {
 		addr := a.servers.pick(ctx)
-		err := a.attest(ctx, addr, token, trust, insecure)
+		err := a.attest(ctx, addr, att, trust, insecure)
 		if err == nil || !errors.Is(err, nodeclient.ErrUnavailable) {
 			return err
 		}
@@ -394,9 +413,9 @@ func (a *Agent) attestWithRetry(ctx context.Context, token string, trust []*x509
 	}
 }
 
-func (a *Agent) attest(ctx context.Context, addr, token string, trust []*x509.Certificate, insecure bool) error {
+func (a *Agent) attest(ctx context.Context, addr string, att NodeAttestor, trust []*x509.Certificate, insecure bool) error {
 	if insecure {
-		a.log.Warn("insecure bootstrap: the server is NOT authenticated for this attestation; the join token goes to whichever server answers at " + addr + ", and the bundle it returns is trusted from now on")
+		a.log.Warn("insecure bootstrap: the server is NOT authenticated for this attestation; the " + att.Type() + " attestation goes to whichever server answers at " + addr + ", and the bundle it returns is trusted from now on")
 	}
 	c, err := nodeclient.New(nodeclient.Config{
 		Address:           addr,
@@ -413,11 +432,23 @@ func (a *Agent) attest(ctx context.Context, addr, token string, trust []*x509.Ce
 	if err != nil {
 		return err
 	}
-	res, err := c.Attest(ctx, token, csr)
-	if err != nil {
+	var res *nodeclient.AttestResult
+	if token, ok := att.(joinTokenAttestor); ok {
+		res, err = c.Attest(ctx, string(token), csr)
 		if errors.Is(err, nodeclient.ErrPermissionDenied) {
 			return fmt.Errorf("attestation refused: the join token is unknown, expired or already used; generate a new one (%w)", err)
 		}
+	} else {
+		var payload []byte
+		if payload, err = att.Payload(ctx); err != nil {
+			return fmt.Errorf("attestation: %s: %w", att.Type(), err)
+		}
+		res, err = c.AttestNode(ctx, att.Type(), payload, csr, att.Respond)
+		if errors.Is(err, nodeclient.ErrPermissionDenied) {
+			return fmt.Errorf("%s attestation refused: %w", att.Type(), err)
+		}
+	}
+	if err != nil {
 		return fmt.Errorf("attestation: %w", err)
 	}
 	bundle, err := spiffebundle.Parse(a.td, res.Bundle)
@@ -441,7 +472,8 @@ func (a *Agent) attest(ctx context.Context, addr, token string, trust []*x509.Ce
 	a.setSVID(svid)
 	a.revoked.Store(false)
 	a.joinToken = ""
-	a.log.Info("agent attested", "spiffe_id", svid.id.String(), "not_after", svid.notAfter, "server_address", addr)
+	a.setNodeSelectors(res.NodeSelectors)
+	a.log.Info("agent attested", "attestation_type", att.Type(), "spiffe_id", svid.id.String(), "not_after", svid.notAfter, "server_address", addr, "node_selectors", len(res.NodeSelectors))
 	return nil
 }
 
@@ -465,7 +497,17 @@ func (a *Agent) sleep(ctx context.Context, d time.Duration) error {
 func (a *Agent) loop(ctx context.Context) error {
 	attempt := 0
 	for {
-		if s := a.svid.Load(); s.expired(a.clk.Now()) {
+		if s := a.svid.Load(); s.expired(a.clk.Now()) && a.cfg.NodeAttestor != nil {
+			a.log.Warn("agent SVID expired; attesting again with the node attestor", "attestation_type", a.cfg.NodeAttestor.Type(), "not_after", s.notAfter)
+			if err := a.reattest(ctx); err != nil {
+				a.log.Error("re-attestation failed", "error", err)
+				if err := a.sleep(ctx, ReconnectBackoff.Delay(attempt, rand.Float64())); err != nil {
+					return nil
+				}
+				attempt++
+			}
+			continue
+		} else if s.expired(a.clk.Now()) {
 			err := fmt.Errorf("%w at %s: the server can no longer recognize this agent; restart it with --join-token and a new token", ErrAgentSVIDExpired, s.notAfter.UTC().Format(time.RFC3339))
 			a.log.Error("agent SVID expired", "error", err)
 			return err
@@ -484,13 +526,23 @@ func (a *Agent) loop(ctx context.Context) error {
 			continue // reconnect at once, to the same server, with the new certificate
 		case errors.Is(err, nodeclient.ErrPermissionDenied):
 			a.onRevoked(err)
-			if a.joinToken != "" {
+			if a.cfg.NodeAttestor != nil {
+				// The credential stays on the node: attest again (a banned
+				// agent is refused). The backoff is not reset, so that two
+				// nodes sharing a credential take turns slowly.
+				a.log.Info("the server refused the agent SVID; attesting again with the node attestor", "attestation_type", a.cfg.NodeAttestor.Type())
+				if rerr := a.reattest(ctx); rerr == nil {
+					continue
+				} else {
+					a.log.Error("re-attestation failed", "error", rerr)
+				}
+			} else if a.joinToken != "" {
 				tok := a.joinToken
 				a.joinToken = ""
 				a.log.Info("the server refused the saved agent SVID; attesting with the join token given")
 				trust, insecure, terr := a.bootstrapTrust(a.bundle.Load())
 				if terr == nil {
-					terr = a.attestWithRetry(ctx, tok, trust, insecure)
+					terr = a.attestWithRetry(ctx, joinTokenAttestor(tok), trust, insecure)
 				}
 				if terr == nil {
 					attempt = 0
@@ -532,6 +584,15 @@ func (a *Agent) loop(ctx context.Context) error {
 			return nil
 		}
 	}
+}
+
+// reattest attests again with the configured node attestor.
+func (a *Agent) reattest(ctx context.Context) error {
+	trust, insecure, err := a.bootstrapTrust(a.bundle.Load())
+	if err != nil {
+		return err
+	}
+	return a.attestWithRetry(ctx, a.cfg.NodeAttestor, trust, insecure)
 }
 
 // onRevoked handles the server refusing the agent (evicted, banned): the

@@ -1,5 +1,7 @@
 // Package agent is Writ's node agent. It attests to the CA server with a
-// join token, keeps the node's registration entries and their X.509-SVIDs
+// join token or a NodeAttestor (x509pop, sshpop: a credential the host
+// keeps, used again whenever the agent has no valid SVID or the server
+// stops recognizing it), keeps the node's registration entries and their X.509-SVIDs
 // in a svidcache.Cache for the Workload API, and renews everything on
 // time, on its own, through server outages.
 //
@@ -15,6 +17,7 @@
 //	go a.Run(ctx)
 //	<-a.Ready()
 //	svids := a.Cache().X509SVIDs(selectors)
+//	nodeSel := a.NodeSelectors() // "x509pop:subject:cn:web1", ... as the server recorded them
 //
 // # Identity and trust
 //

@@ -115,6 +115,9 @@ func causeOr(ctx context.Context, err error) error {
 func (a *Agent) applySync(msg *nodev1.SyncResponse) {
 	parent := a.ID()
 	u := svidcache.Update{Full: msg.GetFull()}
+	if u.Full {
+		a.setNodeSelectors(msg.GetNodeSelectors())
+	}
 	for _, w := range msg.GetEntries() {
 		e, err := parseEntry(a.td, parent, w)
 		if err != nil {

@@ -233,6 +233,53 @@ type AttestResult struct {
 	Chain [][]byte
 	// Bundle is the trust domain's SPIFFE bundle (JSON).
 	Bundle []byte
+	// NodeSelectors are the node selectors the server recorded for the
+	// agent (AttestNode only), unparsed.
+	NodeSelectors []string
+}
+
+// maxChallenges bounds the challenges AttestNode answers.
+const maxChallenges = 4
+
+// AttestNode attests with the node attestor typ: it sends payload and the
+// CSR (DER), answers each challenge with respond, and returns the SVID.
+// Nothing is sent before the server is authenticated.
+func (c *Client) AttestNode(ctx context.Context, typ string, payload, csr []byte, respond func(ctx context.Context, challenge []byte) ([]byte, error)) (*AttestResult, error) {
+	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	defer cancel()
+	stream, err := c.node.AttestNode(cctx)
+	if err != nil {
+		return nil, c.mapError(ctx, err)
+	}
+	if err := stream.Send(&nodev1.AttestNodeRequest{AttestationType: typ, Payload: payload, Csr: csr}); err != nil {
+		_, err = stream.Recv() // the status explains a failed Send
+		return nil, c.mapError(ctx, err)
+	}
+	for n := 0; ; n++ {
+		resp, err := stream.Recv()
+		if err != nil {
+			return nil, c.mapError(ctx, err)
+		}
+		if ch := resp.GetChallenge(); len(ch) > 0 {
+			if n >= maxChallenges {
+				return nil, fmt.Errorf("%w: more than %d attestation challenges", ErrProtocol, maxChallenges)
+			}
+			r, err := respond(cctx, ch)
+			if err != nil {
+				return nil, fmt.Errorf("answer the %s challenge: %w", typ, err)
+			}
+			if err := stream.Send(&nodev1.AttestNodeRequest{ChallengeResponse: r}); err != nil {
+				_, err = stream.Recv()
+				return nil, c.mapError(ctx, err)
+			}
+			continue
+		}
+		_ = stream.CloseSend()
+		if len(resp.GetSvidChain()) == 0 || len(resp.GetBundle()) == 0 {
+			return nil, fmt.Errorf("%w: attestation answer without SVID or bundle", ErrProtocol)
+		}
+		return &AttestResult{Chain: resp.GetSvidChain(), Bundle: resp.GetBundle(), NodeSelectors: resp.GetNodeSelectors()}, nil
+	}
 }
 
 // Attest redeems joinToken with a CSR (DER) for the agent's key.

@@ -287,7 +287,16 @@ func agentToWire(a *datastore.Agent) *adminv1.Agent {
 		Banned:          a.Banned,
 		CreatedAt:       unixSeconds(a.CreatedAt),
 		UpdatedAt:       unixSeconds(a.UpdatedAt),
+		NodeSelectors:   selectorStrings(a.Selectors),
 	}
+}
+
+func selectorStrings(sel []entry.Selector) []string {
+	var out []string
+	for _, x := range sel {
+		out = append(out, x.String())
+	}
+	return out
 }
 
 // unixSeconds is t in Unix seconds, 0 for the zero time.

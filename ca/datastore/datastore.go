@@ -160,8 +160,13 @@ type EntryFilter struct {
 // Agent is an attested node agent.
 type Agent struct {
 	SPIFFEID spiffeid.ID
-	// AttestationType names how the agent proved its node ("join_token").
+	// AttestationType names how the agent proved its node ("join_token",
+	// "x509pop", "sshpop").
 	AttestationType string
+	// Selectors are the node selectors its attestation found, sorted and
+	// without duplicates: entries parented to a node alias whose
+	// selectors are all among them are the agent's too.
+	Selectors []entry.Selector
 	// SerialNumber is the serial of the agent's current SVID (decimal);
 	// only a certificate with this serial (or the previous one, during
 	// renewal) authenticates the agent.

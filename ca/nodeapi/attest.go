@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"time"
 
@@ -16,7 +17,9 @@ import (
 	"google.golang.org/grpc/status"
 
 	nodev1 "writ.dev/writ/ca/api/node/v1"
+	"writ.dev/writ/ca/attest"
 	"writ.dev/writ/ca/attest/jointoken"
+	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/x509ca"
@@ -37,10 +40,16 @@ const (
 // KeyPeer is the log key of the caller's network address.
 const KeyPeer = "peer_addr"
 
+// KeyAttestationType is the log key of a node attestation method.
+const KeyAttestationType = "attestation_type"
+
 // Errors that agent record updates return from inside UpdateAgent.
 var (
 	errAgentBanned  = errors.New("agent is banned")
 	errAgentChanged = errors.New("agent record names another certificate")
+	// errAgentOtherType: the agent ID belongs to an agent attested by
+	// another method, which this attestation may not take over.
+	errAgentOtherType = errors.New("agent ID is held by an agent of another attestation type")
 )
 
 // maxMessage bounds error messages that quote a parser's detail.
@@ -61,66 +70,225 @@ func peerAddr(ctx context.Context) slog.Attr {
 	return slog.String(KeyPeer, "")
 }
 
-// Attest redeems a join token for an agent SVID. The CSR is checked before
-// the token is consumed, so a bad CSR does not use the token up; a token
-// for a banned agent is consumed all the same.
+// NodeAttestor is the server half of a node attestation method: it reads
+// the payload the agent sent first, may challenge the agent (each call of
+// challenge sends one challenge and returns the agent's answer), and
+// returns the agent's SPIFFE ID and node selectors. Refusals wrap one of
+// the ca/attest errors (or ErrBadJoinToken); their detail is logged, not
+// shown to the agent.
+type NodeAttestor interface {
+	Type() string
+	Attest(ctx context.Context, payload []byte, challenge attest.Challenger) (*attest.Result, error)
+}
+
+// ErrBadJoinToken: the join token does not exist, has expired or has been
+// used.
+var ErrBadJoinToken = errors.New("join token is invalid, expired or already used")
+
+// Bounds of an AttestNode stream.
+const (
+	// maxChallenges is the most challenges one attestation may send.
+	maxChallenges = 4
+	// challengeTimeout is how long the server waits for the agent's
+	// answer to a challenge.
+	challengeTimeout = 10 * time.Second
+	// maxAttestationType bounds the attestation type's name.
+	maxAttestationType = 64
+)
+
+// joinTokenAttestor redeems join tokens: the payload is the token, which
+// is consumed (once) from the store.
+type joinTokenAttestor struct {
+	store interface {
+		ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (*datastore.JoinToken, error)
+	}
+	clock clock.Clock
+}
+
+func (j *joinTokenAttestor) Type() string { return AttestationTypeJoinToken }
+
+func (j *joinTokenAttestor) Attest(ctx context.Context, payload []byte, _ attest.Challenger) (*attest.Result, error) {
+	if len(payload) == 0 || len(payload) > maxJoinTokenLength {
+		return nil, fmt.Errorf("%w: malformed join token", ErrBadJoinToken)
+	}
+	jt, err := j.store.ConsumeJoinToken(ctx, jointoken.Hash(string(payload)), j.clock.Now())
+	switch {
+	case errors.Is(err, datastore.ErrNotFound):
+		return nil, fmt.Errorf("%w: unknown or already used join token", ErrBadJoinToken)
+	case errors.Is(err, datastore.ErrExpired):
+		return nil, fmt.Errorf("%w: expired join token", ErrBadJoinToken)
+	case err != nil:
+		return nil, fmt.Errorf("consume join token: %w", err)
+	}
+	return &attest.Result{AgentID: jt.SPIFFEID}, nil
+}
+
+// Attest redeems a join token for an agent SVID (the join_token attestor
+// without a stream, for agents that predate AttestNode). The CSR is
+// checked before the token is consumed, so a bad CSR does not use the
+// token up; a token for a banned agent is consumed all the same.
 func (h *handler) Attest(ctx context.Context, req *nodev1.AttestRequest) (*nodev1.AttestResponse, error) {
-	s := h.s
-	c, err := s.callerFrom(ctx, false)
+	c, err := h.s.callerFrom(ctx, false)
 	if err != nil {
 		return nil, err
 	}
-	pub, err := x509ca.CheckCSR(req.GetCsr())
+	res, err := h.s.attestNode(ctx, c, AttestationTypeJoinToken, []byte(req.GetJoinToken()), req.GetCsr(), func(context.Context, []byte) ([]byte, error) {
+		return nil, fmt.Errorf("%w: the join token attestor sent a challenge", attest.ErrInvalidPayload)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &nodev1.AttestResponse{SvidChain: res.SvidChain, Bundle: res.Bundle}, nil
+}
+
+// AttestNode attests the agent's node with the attestor its first message
+// names, sending the attestor's challenges over the stream, and ends with
+// the agent's SVID.
+func (h *handler) AttestNode(stream nodev1.NodeService_AttestNodeServer) error {
+	s := h.s
+	ctx := stream.Context()
+	c, err := s.callerFrom(ctx, false)
+	if err != nil {
+		return err
+	}
+	first, err := s.recvWithin(stream)
+	if err != nil {
+		return err
+	}
+	if typ := first.GetAttestationType(); typ == "" || len(typ) > maxAttestationType || len(first.GetChallengeResponse()) != 0 {
+		return status.Error(codes.InvalidArgument, "the first message must name the attestation type (at most 64 bytes) and carry no challenge response")
+	}
+	if len(first.GetPayload()) > attest.MaxPayload {
+		return status.Errorf(codes.InvalidArgument, "attestation payload is larger than %d bytes", attest.MaxPayload)
+	}
+	n := 0
+	challenge := func(ctx context.Context, ch []byte) ([]byte, error) {
+		if n++; n > maxChallenges {
+			return nil, fmt.Errorf("%w: more than %d challenges", attest.ErrInvalidPayload, maxChallenges)
+		}
+		if err := stream.Send(&nodev1.AttestNodeResponse{Challenge: ch}); err != nil {
+			return nil, fmt.Errorf("%w: send challenge: %w", attest.ErrInvalidPayload, err)
+		}
+		m, err := s.recvWithin(stream)
+		if err != nil {
+			return nil, fmt.Errorf("%w: no answer to the challenge: %w", attest.ErrInvalidPayload, err)
+		}
+		r := m.GetChallengeResponse()
+		if len(r) == 0 || len(r) > attest.MaxPayload || m.GetAttestationType() != "" || len(m.GetPayload()) != 0 || len(m.GetCsr()) != 0 {
+			return nil, fmt.Errorf("%w: malformed challenge response", attest.ErrInvalidPayload)
+		}
+		return r, nil
+	}
+	res, err := s.attestNode(ctx, c, first.GetAttestationType(), first.GetPayload(), first.GetCsr(), challenge)
+	if err != nil {
+		return err
+	}
+	return stream.Send(res)
+}
+
+// recvWithin receives the next message of an AttestNode stream, waiting at
+// most challengeTimeout.
+func (s *Service) recvWithin(stream nodev1.NodeService_AttestNodeServer) (*nodev1.AttestNodeRequest, error) {
+	type result struct {
+		m   *nodev1.AttestNodeRequest
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		m, err := stream.Recv()
+		ch <- result{m, err}
+	}()
+	t := s.clock.NewTimer(challengeTimeout)
+	defer t.Stop()
+	select {
+	case r := <-ch:
+		return r.m, r.err
+	case <-t.C():
+		// Returning ends the stream, which ends the Recv.
+		return nil, status.Error(codes.DeadlineExceeded, "no attestation message within "+challengeTimeout.String())
+	}
+}
+
+// attestNode runs the attestor typ and signs the agent's SVID.
+func (s *Service) attestNode(ctx context.Context, c *caller, typ string, payload, csr []byte, challenge attest.Challenger) (*nodev1.AttestNodeResponse, error) {
+	a, ok := s.attestors[typ]
+	if !ok {
+		s.refuseAttest(ctx, typ, "attestation type not enabled on this server")
+		return nil, status.Errorf(codes.PermissionDenied, "%s: node attestation type %q is not enabled on this server", msgNoIdentity, entry.Printable(typ))
+	}
+	pub, err := x509ca.CheckCSR(csr)
 	if err != nil {
 		return nil, invalidArg("invalid CSR", err)
 	}
-	// Refuse before consuming the token if the server could not finish.
+	// Refuse before consuming a token if the server could not finish.
 	b := s.idx.bundle.Load()
-	if a := s.km.Active(); a == nil || a.X509 == nil || b == nil || b.json == nil {
+	if act := s.km.Active(); act == nil || act.X509 == nil || b == nil || b.json == nil {
 		return nil, status.Error(codes.Unavailable, msgNoCA)
 	}
-
-	token := req.GetJoinToken()
-	if token == "" || len(token) > maxJoinTokenLength {
-		s.refuseAttest(ctx, "malformed join token")
-		return nil, status.Error(codes.PermissionDenied, msgBadToken)
+	res, err := a.Attest(ctx, payload, challenge)
+	if err != nil {
+		s.refuseAttest(ctx, typ, err.Error())
+		switch {
+		case errors.Is(err, ErrBadJoinToken):
+			return nil, status.Error(codes.PermissionDenied, msgBadToken)
+		case errors.Is(err, attest.ErrNotTrusted):
+			return nil, status.Errorf(codes.PermissionDenied, "%s: the %s credential is not trusted by the server (expired, another CA, wrong kind or key usage; the server log says which)", msgNoIdentity, typ)
+		case errors.Is(err, attest.ErrProofFailed):
+			return nil, status.Errorf(codes.PermissionDenied, "%s: %s proof of possession failed", msgNoIdentity, typ)
+		case errors.Is(err, attest.ErrInvalidPayload):
+			return nil, status.Errorf(codes.PermissionDenied, "%s: malformed %s attestation", msgNoIdentity, typ)
+		case errors.Is(err, attest.ErrBadAgentID):
+			return nil, status.Errorf(codes.PermissionDenied, "%s: the %s credential makes no valid agent ID", msgNoIdentity, typ)
+		}
+		return nil, s.internal(ctx, c, "attest node", err)
 	}
-	now := s.clock.Now()
-	jt, err := s.store.ConsumeJoinToken(ctx, jointoken.Hash(token), now)
-	switch {
-	case errors.Is(err, datastore.ErrNotFound):
-		s.refuseAttest(ctx, "unknown or already used join token")
-		return nil, status.Error(codes.PermissionDenied, msgBadToken)
-	case errors.Is(err, datastore.ErrExpired):
-		s.refuseAttest(ctx, "expired join token")
-		return nil, status.Error(codes.PermissionDenied, msgBadToken)
-	case err != nil:
-		return nil, s.internal(ctx, c, "consume join token", err)
-	}
-	id := jt.SPIFFEID
+	id := res.AgentID
 	if err := s.checkAgentID(id); err != nil {
-		s.log.LogAttrs(ctx, slog.LevelError, "join token names an invalid agent ID; no identity issued", peerAddr(ctx), slog.String(KeyReason, err.Error()))
+		s.log.LogAttrs(ctx, slog.LevelError, "node attestor named an invalid agent ID; no identity issued", peerAddr(ctx), slog.String(KeyAttestationType, typ), slog.String(KeyReason, err.Error()))
 		return nil, status.Error(codes.PermissionDenied, msgNoIdentity)
 	}
+	sel := attest.SortSelectors(slices.Clone(res.Selectors))
 
+	now := s.clock.Now()
 	chain, leaf, err := s.signAgentSVID(now, id, pub)
 	if err != nil {
 		return nil, s.internal(ctx, c, "sign agent SVID", err)
 	}
 	serial := leaf.SerialNumber.String()
-	if err := s.putAttestedAgent(ctx, id, serial, leaf.NotAfter, now); err != nil {
+	reattested, err := s.putAttestedAgent(ctx, id, typ, sel, serial, leaf.NotAfter, now)
+	if err != nil {
 		if errors.Is(err, errAgentBanned) {
-			s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(KeySPIFFEID, id.String()), slog.String(KeyReason, "agent is banned; its join token is used up"))
+			reason := "agent is banned"
+			if typ == AttestationTypeJoinToken {
+				reason += "; its join token is used up"
+			}
+			s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(KeyAttestationType, typ), slog.String(KeySPIFFEID, id.String()), slog.String(KeyReason, reason))
 			return nil, status.Error(codes.PermissionDenied, msgBanned)
+		}
+		if errors.Is(err, errAgentOtherType) {
+			s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(KeyAttestationType, typ), slog.String(KeySPIFFEID, id.String()), slog.String(KeyReason, err.Error()+"; evict that agent first to hand its ID over"))
+			return nil, status.Errorf(codes.PermissionDenied, "%s: the agent ID is held by an agent of another attestation type", msgNoIdentity)
 		}
 		return nil, s.internal(ctx, c, "store agent", err)
 	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, "agent attested", peerAddr(ctx), slog.String(KeySPIFFEID, id.String()), slog.String(KeySerial, serial), slog.Time(KeyNotAfter, leaf.NotAfter))
-	return &nodev1.AttestResponse{SvidChain: chain, Bundle: b.json}, nil
+	msg := "agent attested"
+	if reattested {
+		msg = "agent attested again; its earlier SVIDs no longer authenticate it"
+	}
+	s.log.LogAttrs(ctx, slog.LevelInfo, msg, peerAddr(ctx), slog.String(KeyAttestationType, typ), slog.String(KeySPIFFEID, id.String()), slog.String(KeySerial, serial), slog.Time(KeyNotAfter, leaf.NotAfter), slog.Int("node_selectors", len(sel)))
+	return &nodev1.AttestNodeResponse{SvidChain: chain, Bundle: b.json, NodeSelectors: selectorStrings(sel)}, nil
 }
 
-func (s *Service) refuseAttest(ctx context.Context, reason string) {
-	s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(KeyReason, reason))
+func selectorStrings(sel []entry.Selector) []string {
+	out := make([]string, len(sel))
+	for i, x := range sel {
+		out[i] = x.String()
+	}
+	return out
+}
+
+func (s *Service) refuseAttest(ctx context.Context, typ, reason string) {
+	s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(KeyAttestationType, entry.Printable(typ)), slog.String(KeyReason, reason))
 }
 
 // checkAgentID refuses agent IDs the server must never issue, whatever a
@@ -143,17 +311,23 @@ func (s *Service) checkAgentID(id spiffeid.ID) error {
 }
 
 // putAttestedAgent creates the agent's record, or replaces it unless it
-// is banned. A replaced record keeps its CreatedAt and no longer names any
-// earlier certificate.
-func (s *Service) putAttestedAgent(ctx context.Context, id spiffeid.ID, serial string, notAfter, now time.Time) error {
+// is banned or was attested by another method (so that an x509pop path
+// template cannot take over a join-token agent's ID), and reports whether
+// it replaced one. A replaced record keeps
+// its CreatedAt and no longer names any earlier certificate.
+func (s *Service) putAttestedAgent(ctx context.Context, id spiffeid.ID, typ string, sel []entry.Selector, serial string, notAfter, now time.Time) (bool, error) {
 	for range 3 {
 		_, err := s.store.UpdateAgent(ctx, id, func(a *datastore.Agent) error {
 			if a.Banned {
 				return errAgentBanned
 			}
+			if a.AttestationType != "" && a.AttestationType != typ {
+				return errAgentOtherType
+			}
 			*a = datastore.Agent{
 				SPIFFEID:        id,
-				AttestationType: AttestationTypeJoinToken,
+				AttestationType: typ,
+				Selectors:       sel,
 				SerialNumber:    serial,
 				CertNotAfter:    notAfter,
 				CreatedAt:       a.CreatedAt,
@@ -162,22 +336,23 @@ func (s *Service) putAttestedAgent(ctx context.Context, id spiffeid.ID, serial s
 			return nil
 		})
 		if !errors.Is(err, datastore.ErrNotFound) {
-			return err
+			return err == nil, err
 		}
 		err = s.store.CreateAgent(ctx, &datastore.Agent{
 			SPIFFEID:        id,
-			AttestationType: AttestationTypeJoinToken,
+			AttestationType: typ,
+			Selectors:       sel,
 			SerialNumber:    serial,
 			CertNotAfter:    notAfter,
 			CreatedAt:       now,
 			UpdatedAt:       now,
 		})
 		if !errors.Is(err, datastore.ErrAlreadyExists) {
-			return err
+			return false, err
 		}
 		// Created meanwhile by another attestation: update that.
 	}
-	return errors.New("agent record keeps changing")
+	return false, errors.New("agent record keeps changing")
 }
 
 // signAgentSVID signs an agent X.509-SVID for id and returns its chain

@@ -45,6 +45,7 @@ type rule struct {
 // server.
 var rules = map[string]rule{
 	nodev1.NodeService_Attest_FullMethodName:            {public: true},
+	nodev1.NodeService_AttestNode_FullMethodName:        {public: true},
 	nodev1.NodeService_RenewAgent_FullMethodName:        {},
 	nodev1.NodeService_Sync_FullMethodName:              {},
 	nodev1.NodeService_BatchSignX509SVID_FullMethodName: {},

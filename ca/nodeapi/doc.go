@@ -1,12 +1,24 @@
 // Package nodeapi serves the node API (writ.node.v1.NodeService): the
 // protocol between the CA server and the agents that run on every host.
 //
-// Agents attest once with a join token over server-authenticated TLS and
-// receive an agent X.509-SVID. Every later call presents that SVID as the
-// TLS client certificate. Over a Sync stream the agent receives the
-// entries it is the parent of and the trust bundle, first in full and then
-// every change as it is committed. The agent then signs X.509-SVIDs and
-// JWT-SVIDs for those entries.
+// Agents attest over server-authenticated TLS and receive an agent
+// X.509-SVID. Attestation goes through a NodeAttestor chosen by the type
+// the agent names: join tokens (always enabled, redeemed once from the
+// store) or those given in Config.NodeAttestors (ca/attest/x509pop,
+// ca/attest/sshpop), which may challenge the agent over the AttestNode
+// stream and return its SPIFFE ID and node selectors; the selectors are
+// stored with the agent record. Every later call presents the agent SVID
+// as the TLS client certificate. Over a Sync stream the agent receives the
+// entries it is the parent of, those parented to the node aliases it is a
+// member of, and the trust bundle, first in full and then every change as
+// it is committed. The agent then signs X.509-SVIDs and JWT-SVIDs for
+// those entries.
+//
+// A node alias is an entry whose parent ID is the server's own
+// (spiffe://<td>/writ/server): an agent whose node selectors include all
+// of its selectors is a member of its SPIFFE ID. When an alias or an
+// agent's node selectors change, the streams of agents whose membership
+// changed are sent their full set again.
 //
 // The service keeps, in memory, every entry (indexed by parent), every
 // agent record and the local bundle. It loads them from a store snapshot
@@ -37,7 +49,7 @@
 // active CA. It is renewed at half its life, and as soon as the key manager
 // activates another CA. A failed renewal keeps the current certificate.
 //
-// Attest needs no client certificate. Every other method needs one that
+// Attest and AttestNode need no client certificate. Every other method needs one that
 // passes four checks: it verifies against the current bundle at the
 // current time (on the handshake, on resumed sessions, and again on each
 // call); its SPIFFE ID has an agent record; its serial is the record's
@@ -56,6 +68,9 @@
 //
 //   - A join token for a banned agent is used up: the token is consumed
 //     before the agent record is checked.
+//   - Two hosts with one x509pop or sshpop credential are one agent: each
+//     attestation replaces the record, so the later one wins and the
+//     other's SVID stops authenticating.
 //   - Re-attesting an existing agent replaces its record. It keeps
 //     CreatedAt and drops both serials, so certificates from earlier
 //     attestations stop working.

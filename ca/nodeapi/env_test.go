@@ -31,6 +31,7 @@ import (
 	"writ.dev/writ/ca/admin"
 	nodev1 "writ.dev/writ/ca/api/node/v1"
 	"writ.dev/writ/ca/attest/jointoken"
+	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/clock/fakeclock"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/datastore/boltstore"
@@ -134,6 +135,8 @@ type envOptions struct {
 	extra func(*grpc.Server)
 	// authority makes the CA certificates (self-signed if nil).
 	authority keymanager.Authority
+	// nodeAttestors, if set, returns the node attestors to enable.
+	nodeAttestors func(clock.Clock) []nodeapi.NodeAttestor
 }
 
 // testStart is the fake clock's start: near real time, so that go-spiffe,
@@ -173,12 +176,17 @@ func newEnv(t testing.TB, opts envOptions) *env {
 		t.Fatalf("key manager: %v", err)
 	}
 	e.km = &switchKM{Manager: km}
+	var attestors []nodeapi.NodeAttestor
+	if opts.nodeAttestors != nil {
+		attestors = opts.nodeAttestors(e.clock)
+	}
 	svc, err := nodeapi.New(nodeapi.Config{
-		TrustDomain: td,
-		Store:       e.store,
-		KeyManager:  e.km,
-		Clock:       e.clock,
-		Logger:      log,
+		NodeAttestors: attestors,
+		TrustDomain:   td,
+		Store:         e.store,
+		KeyManager:    e.km,
+		Clock:         e.clock,
+		Logger:        log,
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)

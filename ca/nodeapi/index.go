@@ -81,13 +81,20 @@ type index struct {
 	clock clock.Clock
 	log   *slog.Logger
 
-	mu sync.RWMutex // guards loaded, rev, entries, byParent, agents, subs
+	// serverID is the parent of node alias entries.
+	serverID spiffeid.ID
+
+	mu sync.RWMutex // guards loaded, rev, entries, byParent, agents, aliasesOf, membersOf, subs
 	// loaded is set once the first snapshot is in.
 	loaded   bool
 	rev      uint64
 	entries  map[string]*entry.Entry
 	byParent map[spiffeid.ID]map[string]*entry.Entry
 	agents   map[spiffeid.ID]*datastore.Agent
+	// aliasesOf are the node alias IDs each agent is a member of (sorted),
+	// membersOf the agents of each alias ID (see alias.go).
+	aliasesOf map[spiffeid.ID][]spiffeid.ID
+	membersOf map[spiffeid.ID]map[spiffeid.ID]struct{}
 	// subs are the open Sync streams, by agent.
 	subs map[spiffeid.ID]map[*subscriber]struct{}
 
@@ -111,17 +118,19 @@ type index struct {
 
 func newIndex(store Store, td spiffeid.TrustDomain, clk clock.Clock, log *slog.Logger) *index {
 	return &index{
-		store:    store,
-		td:       td,
-		clock:    clk,
-		log:      log,
-		entries:  make(map[string]*entry.Entry),
-		byParent: make(map[spiffeid.ID]map[string]*entry.Entry),
-		agents:   make(map[spiffeid.ID]*datastore.Agent),
-		subs:     make(map[spiffeid.ID]map[*subscriber]struct{}),
-		kick:     make(chan struct{}, 1),
-		done:     make(chan struct{}),
-		sentCh:   make(chan struct{}),
+		store:     store,
+		td:        td,
+		clock:     clk,
+		log:       log,
+		entries:   make(map[string]*entry.Entry),
+		byParent:  make(map[spiffeid.ID]map[string]*entry.Entry),
+		agents:    make(map[spiffeid.ID]*datastore.Agent),
+		aliasesOf: make(map[spiffeid.ID][]spiffeid.ID),
+		membersOf: make(map[spiffeid.ID]map[spiffeid.ID]struct{}),
+		subs:      make(map[spiffeid.ID]map[*subscriber]struct{}),
+		kick:      make(chan struct{}, 1),
+		done:      make(chan struct{}),
+		sentCh:    make(chan struct{}),
 	}
 }
 
@@ -256,6 +265,11 @@ func (ix *index) load(ctx context.Context) error {
 	}
 	ix.mu.Lock()
 	ix.entries, ix.byParent, ix.agents = entries, byParent, agentMap
+	ix.aliasesOf = make(map[spiffeid.ID][]spiffeid.ID)
+	ix.membersOf = make(map[spiffeid.ID]map[spiffeid.ID]struct{})
+	for id := range agentMap {
+		ix.setAliasesLocked(id)
+	}
 	ix.rev = snap.Revision
 	ix.loaded = true
 	for _, set := range ix.subs {
@@ -351,6 +365,7 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 	// touched: entry IDs to re-examine, by the parent they were or are
 	// under.
 	touched := make(map[spiffeid.ID][]string)
+	aliasChanged := false
 	ix.mu.Lock()
 	defer ix.mu.Unlock()
 	for _, ev := range events {
@@ -358,6 +373,9 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 			continue
 		}
 		old := ix.entries[ev.Key]
+		if old != nil && old.ParentID == ix.serverID || ev.Entry != nil && ev.Entry.ParentID == ix.serverID {
+			aliasChanged = true
+		}
 		if old != nil {
 			removeFromParent(ix.byParent, old)
 			delete(ix.entries, ev.Key)
@@ -388,9 +406,27 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 	}
 	ix.rev = events[len(events)-1].Revision
 
+	// Agents whose alias membership changes get their full set; the
+	// others hear of the entries under them or their aliases.
+	if aliasChanged {
+		ix.resyncAliasesLocked(ix.allAgentsLocked)
+	} else {
+		ix.resyncAliasesLocked(func(yield func(spiffeid.ID) bool) {
+			for id := range agents {
+				if !yield(id) {
+					return
+				}
+			}
+		})
+	}
 	for parent, ids := range touched {
 		for sub := range ix.subs[parent] {
 			sub.add(ids)
+		}
+		for member := range ix.membersOf[parent] {
+			for sub := range ix.subs[member] {
+				sub.add(ids)
+			}
 		}
 	}
 	for id := range agents {

@@ -111,6 +111,10 @@ type Config struct {
 	// DefaultJWTSVIDTTL is the lifetime of JWT-SVIDs whose entry sets
 	// none. Defaults to DefaultJWTSVIDTTL.
 	DefaultJWTSVIDTTL time.Duration
+	// NodeAttestors are the node attestation methods agents may use
+	// besides join tokens, which are always accepted. Their types must
+	// be distinct and not "join_token".
+	NodeAttestors []NodeAttestor
 }
 
 // Service serves the node API (writ.node.v1.NodeService) over TLS. Create
@@ -129,6 +133,9 @@ type Service struct {
 	idx *index
 	// reports are the agents' template reports (see ReportTemplates).
 	reports templateReports
+
+	// attestors are the node attestors by type, join_token included.
+	attestors map[string]NodeAttestor
 
 	// cert is the server's current TLS certificate; nil until the first
 	// one is signed.
@@ -189,6 +196,17 @@ func New(cfg Config) (*Service, error) {
 		ready:     make(chan struct{}),
 	}
 	s.idx = newIndex(cfg.Store, cfg.TrustDomain, cfg.Clock, cfg.Logger)
+	s.idx.serverID = s.serverID
+	s.attestors = map[string]NodeAttestor{AttestationTypeJoinToken: &joinTokenAttestor{store: cfg.Store, clock: cfg.Clock}}
+	for _, a := range cfg.NodeAttestors {
+		if a == nil || a.Type() == "" {
+			return nil, errors.New("nodeapi: node attestor without a type")
+		}
+		if _, dup := s.attestors[a.Type()]; dup {
+			return nil, fmt.Errorf("nodeapi: node attestor %q given twice", a.Type())
+		}
+		s.attestors[a.Type()] = a
+	}
 	return s, nil
 }
 

@@ -24,11 +24,12 @@ import (
 const msgEntryNotAuthorized = "entry is not authorized for this agent"
 
 // authorizedEntry returns the entry with this ID if the caller may sign
-// for it: it exists, the caller is its parent, and its SPIFFE ID is one
+// for it: it exists, the caller is its parent (or a member of the node alias that
+// is), and its SPIFFE ID is one
 // the server may issue.
 func (s *Service) authorizedEntry(c *caller, id string) *entry.Entry {
-	e := s.idx.entry(id)
-	if e == nil || e.ParentID != c.id {
+	e := s.idx.entryForAgent(id, c.id)
+	if e == nil {
 		return nil
 	}
 	if e.SPIFFEID.TrustDomain() != s.td || e.SPIFFEID.Path() == "" || entry.IsReserved(e.SPIFFEID) {

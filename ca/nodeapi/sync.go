@@ -120,15 +120,16 @@ func (s *Service) nextMessages(ctx context.Context, c *caller, sub *subscriber, 
 		s.idx.mu.RUnlock()
 		return nil, s.deny(ctx, c.method, c.id, c.serial, "agent was evicted or its SVID rotated away", msgNotAttested)
 	}
-	bucket := s.idx.byParent[c.id]
+	var nodeSelectors []string
 	if full {
-		changed = make([]*entry.Entry, 0, len(bucket))
-		for _, e := range bucket {
-			changed = append(changed, e)
+		changed = make([]*entry.Entry, 0, len(s.idx.byParent[c.id]))
+		s.idx.entriesForAgentLocked(c.id, func(e *entry.Entry) { changed = append(changed, e) })
+		if a := s.idx.agents[c.id]; a != nil {
+			nodeSelectors = selectorStrings(a.Selectors)
 		}
 	} else {
 		for id := range pending {
-			if e := bucket[id]; e != nil {
+			if e := s.idx.entries[id]; e != nil && s.idx.forAgentLocked(e, c.id) {
 				if rev, ok := st.sent[id]; !ok || rev != e.Revision {
 					changed = append(changed, e)
 				}
@@ -144,7 +145,7 @@ func (s *Service) nextMessages(ctx context.Context, c *caller, sub *subscriber, 
 	slices.Sort(deleted)
 	if full {
 		st.sent = make(map[string]uint64, len(changed))
-		msg := &nodev1.SyncResponse{Full: true, Entries: make([]*nodev1.Entry, len(changed)), Bundle: b.json, Tainted: b.tainted}
+		msg := &nodev1.SyncResponse{Full: true, Entries: make([]*nodev1.Entry, len(changed)), Bundle: b.json, Tainted: b.tainted, NodeSelectors: nodeSelectors}
 		for i, e := range changed {
 			msg.Entries[i] = s.entryToWire(e)
 			st.sent[e.ID] = e.Revision

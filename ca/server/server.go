@@ -87,6 +87,9 @@ type Config struct {
 	// discovery endpoint; each is off without a BindAddress.
 	Federation FederationConfig
 	OIDC       OIDCConfig
+	// NodeAttestors are the node attestation methods enabled besides
+	// join tokens (built in cmd/ from configuration).
+	NodeAttestors []nodeapi.NodeAttestor
 }
 
 // FederationConfig configures the SPIFFE bundle endpoint that other trust
@@ -225,6 +228,7 @@ func (s *Server) Run(ctx context.Context) error {
 		Logger:             log,
 		DefaultX509SVIDTTL: s.cfg.DefaultX509SVIDTTL,
 		DefaultJWTSVIDTTL:  s.cfg.DefaultJWTSVIDTTL,
+		NodeAttestors:      s.cfg.NodeAttestors,
 	})
 	if err != nil {
 		return err

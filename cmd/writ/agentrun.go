@@ -52,6 +52,7 @@ func agentRunCommand() *cli.Command {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"WRIT_LOG_FORMAT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"WRIT_LOG_LEVEL"}}),
 	}
+	flags = append(flags, agentNodeAttestFlags()...)
 	return &cli.Command{
 		Name:   "run",
 		Usage:  "run the node agent until SIGINT or SIGTERM",
@@ -107,8 +108,13 @@ func agentRun(c *cli.Context) error {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(agentMemoryLimit)
 	}
+	nodeAttestor, err := agentNodeAttestor(c)
+	if err != nil {
+		return usagef(c, "%v", err)
+	}
 	p, err := agentproc.New(agentproc.Config{
 		Agent: agent.Config{
+			NodeAttestor:      nodeAttestor,
 			ServerAddresses:   splitList(c.StringSlice("server-address")),
 			TrustDomain:       td,
 			DataDir:           dataDir,

@@ -21,6 +21,7 @@ const (
 	flagID            = "id"
 	flagSPIFFEID      = "spiffe-id"
 	flagParentID      = "parent-id"
+	flagNode          = "node"
 	flagSelector      = "selector"
 	flagX509TTL       = "x509-ttl"
 	flagJWTTTL        = "jwt-ttl"
@@ -154,6 +155,10 @@ func entryFlags(update bool) []cli.Flag {
 	if update {
 		flags = append(flags, &cli.BoolFlag{Name: flagClearDNSNames, Usage: "remove all DNS names"})
 	} else {
+		flags = append(flags, &cli.BoolFlag{
+			Name:  flagNode,
+			Usage: "make a node alias instead of a workload entry: every agent whose node selectors (x509pop:..., sshpop:...) include all of --selector is a member of --spiffe-id, and entries with that ID as --parent-id go to each member (no --parent-id)",
+		})
 		flags = append(flags, &cli.StringFlag{
 			Name:      flagFile,
 			Usage:     "import the JSON array of entries in `FILE` (- for standard input) instead of the entry flags",
@@ -340,14 +345,21 @@ func entryCreate(c *cli.Context) error {
 		return err
 	}
 	if c.IsSet(flagFile) {
-		for _, f := range entryFieldFlags {
+		for _, f := range append(entryFieldFlags, flagNode) {
 			if c.IsSet(f) {
 				return usagef(c, "--%s cannot be combined with --%s: give entries either in the file or as flags", flagFile, f)
 			}
 		}
 		return importEntries(a, c.String(flagFile))
 	}
-	for _, f := range []string{flagSPIFFEID, flagParentID, flagSelector} {
+	required := []string{flagSPIFFEID, flagParentID, flagSelector}
+	if c.Bool(flagNode) {
+		if c.IsSet(flagParentID) {
+			return usagef(c, "--%s and --%s exclude each other: a node alias's parent is the server", flagNode, flagParentID)
+		}
+		required = []string{flagSPIFFEID, flagSelector}
+	}
+	for _, f := range required {
 		if !c.IsSet(f) {
 			return usagef(c, "missing required flag --%s (or --%s)", f, flagFile)
 		}
@@ -355,6 +367,10 @@ func entryCreate(c *cli.Context) error {
 	e, _, err := parseEntryFlags(c)
 	if err != nil {
 		return err
+	}
+	if c.Bool(flagNode) && !e.SPIFFEID.IsZero() {
+		// A node alias is an entry parented to the server's own ID.
+		e.ParentID = entry.ServerID(e.SPIFFEID.TrustDomain())
 	}
 	if err := checkEntry(e); err != nil {
 		return err

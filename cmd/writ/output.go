@@ -78,6 +78,8 @@ type jsonAgent struct {
 	Banned          bool   `json:"banned"`
 	CreatedAt       int64  `json:"created_at"` // Unix seconds
 	UpdatedAt       int64  `json:"updated_at"` // Unix seconds
+	// NodeSelectors are set for x509pop and sshpop agents.
+	NodeSelectors []string `json:"node_selectors,omitempty"`
 }
 
 func agentToJSON(a *adminv1.Agent) *jsonAgent {
@@ -89,6 +91,7 @@ func agentToJSON(a *adminv1.Agent) *jsonAgent {
 		Banned:          a.GetBanned(),
 		CreatedAt:       a.GetCreatedAt(),
 		UpdatedAt:       a.GetUpdatedAt(),
+		NodeSelectors:   a.GetNodeSelectors(),
 	}
 }
 
@@ -197,6 +200,9 @@ func (t *textWriter) agent(a *adminv1.Agent) {
 	t.field("Banned", fmt.Sprint(a.GetBanned()))
 	t.field("Created at", formatUnix(a.GetCreatedAt()))
 	t.field("Updated at", formatUnix(a.GetUpdatedAt()))
+	for _, s := range a.GetNodeSelectors() {
+		t.field("Node selector", s)
+	}
 }
 
 // count writes "Found N things" with the right plural.

@@ -44,6 +44,7 @@ func serverCommand() *cli.Command {
 	flags = append(flags, keyFlags()...)
 	flags = append(flags, uiFlags()...)
 	flags = append(flags, publishFlags()...)
+	flags = append(flags, serverNodeAttestFlags()...)
 	return &cli.Command{
 		Name:  "server",
 		Usage: "run and check the CA server",
@@ -135,7 +136,12 @@ func serverRun(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	nodeAttestors, err := serverNodeAttestors(c, td, logger)
+	if err != nil {
+		return usagef(c, "%v", err)
+	}
 	srv, err := server.New(server.Config{
+		NodeAttestors:      nodeAttestors,
 		UIAddress:          uiAddress,
 		UIToken:            uiToken,
 		JWTIssuer:          jwtIssuer,

@@ -26,15 +26,24 @@ type agentProc struct {
 // holds a valid agent SVID. token may be empty (a restarted agent).
 func startAgent(t testing.TB, addr, dataDir, bundlePEM, token string) *agentProc {
 	t.Helper()
+	var env []string
+	if token != "" {
+		env = append(env, "WRIT_JOIN_TOKEN="+token)
+	}
+	return startAgentWith(t, addr, dataDir, bundlePEM, env)
+}
+
+// startAgentWith starts an agent with more environment variables and
+// flags (such as a node attestor's) and waits until it holds a valid
+// agent SVID.
+func startAgentWith(t testing.TB, addr, dataDir, bundlePEM string, env []string, extra ...string) *agentProc {
+	t.Helper()
 	p := &agentProc{t: t, log: &syncBuffer{}, dataDir: dataDir, socket: filepath.Join(dataDir+"-public", "api.sock"), done: make(chan struct{})}
 	args := []string{"agent", "run", "--server-address", addr, "--trust-domain", "example.org", "--data-dir", dataDir,
 		"--socket-path", p.socket, "--trust-bundle", bundlePEM, "--log-level", "debug"}
-	p.cmd = exec.Command(writBin, args...)
+	p.cmd = exec.Command(writBin, append(args, extra...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
-	p.cmd.Env = cleanEnv()
-	if token != "" {
-		p.cmd.Env = append(p.cmd.Env, "WRIT_JOIN_TOKEN="+token)
-	}
+	p.cmd.Env = append(cleanEnv(), env...)
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

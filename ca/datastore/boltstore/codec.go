@@ -410,6 +410,15 @@ func encodeAgent(a *datastore.Agent) []byte {
 	e.bool(a.Banned)
 	e.time(a.CreatedAt)
 	e.time(a.UpdatedAt)
+	// Node selectors come last: records written before agents had them
+	// end here.
+	if len(a.Selectors) > 0 {
+		e.uvarint(uint64(len(a.Selectors)))
+		for _, x := range a.Selectors {
+			e.str(x.Type)
+			e.str(x.Value)
+		}
+	}
 	return e.finish()
 }
 
@@ -424,6 +433,14 @@ func decodeAgent(b []byte) (*datastore.Agent, error) {
 		Banned:           d.bool(),
 		CreatedAt:        d.time(),
 		UpdatedAt:        d.time(),
+	}
+	if d.err == nil && len(d.b) > 0 {
+		if n := d.count(2); n > 0 {
+			a.Selectors = make([]entry.Selector, n)
+			for i := range a.Selectors {
+				a.Selectors[i] = entry.Selector{Type: d.str(), Value: d.str()}
+			}
+		}
 	}
 	if err := d.done(); err != nil {
 		return nil, err

@@ -17,6 +17,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/entry"
 )
 
 func testAgents(t *testing.T, newStore NewStoreFunc) {
@@ -90,6 +91,62 @@ func testAgents(t *testing.T, newStore NewStoreFunc) {
 	requireAgents(t, "listed after delete", []*datastore.Agent{a2}, list)
 	// The SPIFFE ID is free again.
 	requireNoError(t, "CreateAgent after delete", s.CreateAgent(ctx, a1))
+}
+
+// testAgentNodeSelectors: an agent's node selectors survive create,
+// update, fetch, list and delete unchanged and in order; an update may
+// replace or remove them.
+func testAgentNodeSelectors(t *testing.T, newStore NewStoreFunc) {
+	s := newStore(t)
+	ctx := t.Context()
+	a := newAgent("/writ/agent/x509pop/0a1b")
+	a.AttestationType = "x509pop"
+	a.Selectors = []entry.Selector{
+		{Type: "x509pop", Value: "ca:fingerprint:00ff"},
+		{Type: "x509pop", Value: "san:dns:web1.example.org"},
+		{Type: "x509pop", Value: "subject:cn:web1"},
+		{Type: "x509pop", Value: "subject:ou:web"},
+	}
+	plain := newAgent("/writ/agent/join_token/n1")
+	requireNoError(t, "CreateAgent", s.CreateAgent(ctx, a))
+	requireNoError(t, "CreateAgent", s.CreateAgent(ctx, plain))
+	got, err := s.FetchAgent(ctx, a.SPIFFEID)
+	requireNoError(t, "FetchAgent", err)
+	requireAgent(t, "fetched with node selectors", a, got)
+	got, err = s.FetchAgent(ctx, plain.SPIFFEID)
+	requireNoError(t, "FetchAgent", err)
+	if len(got.Selectors) != 0 {
+		t.Fatalf("agent created without node selectors has %v", got.Selectors)
+	}
+	list, err := s.ListAgents(ctx)
+	requireNoError(t, "ListAgents", err)
+	requireAgents(t, "listed with node selectors", []*datastore.Agent{a, plain}, list)
+
+	moved := []entry.Selector{{Type: "x509pop", Value: "subject:ou:db"}}
+	returned, err := s.UpdateAgent(ctx, a.SPIFFEID, func(x *datastore.Agent) error {
+		requireAgent(t, "passed to UpdateAgent's fn", a, x)
+		x.Selectors = moved
+		return nil
+	})
+	requireNoError(t, "UpdateAgent", err)
+	want := *a
+	want.Selectors = moved
+	requireAgent(t, "returned by UpdateAgent", &want, returned)
+	got, err = s.FetchAgent(ctx, a.SPIFFEID)
+	requireNoError(t, "FetchAgent", err)
+	requireAgent(t, "after replacing node selectors", &want, got)
+
+	_, err = s.UpdateAgent(ctx, a.SPIFFEID, func(x *datastore.Agent) error { x.Selectors = nil; return nil })
+	requireNoError(t, "UpdateAgent", err)
+	got, err = s.FetchAgent(ctx, a.SPIFFEID)
+	requireNoError(t, "FetchAgent", err)
+	if len(got.Selectors) != 0 {
+		t.Fatalf("node selectors after removing them: %v", got.Selectors)
+	}
+	want.Selectors = nil
+	deleted, err := s.DeleteAgent(ctx, a.SPIFFEID)
+	requireNoError(t, "DeleteAgent", err)
+	requireAgent(t, "returned by DeleteAgent", &want, deleted)
 }
 
 func requireAgents(t testing.TB, what string, want, got []*datastore.Agent) {

@@ -54,6 +54,7 @@ func Run(t *testing.T, newStore func(t *testing.T) datastore.Store) {
 		{"ConcurrentWriters", testConcurrentWriters},
 		{"RevisionsInCommitOrder", onOne(testRevisionsInCommitOrder)},
 		{"Agents", testAgents},
+		{"AgentNodeSelectors", testAgentNodeSelectors},
 		{"JoinTokens", testJoinTokens},
 		{"ConsumeJoinTokenRace", testConsumeJoinTokenRace},
 		{"Bundles", testBundles},
@@ -280,6 +281,9 @@ func normAgent(a *datastore.Agent) *datastore.Agent {
 	c.CertNotAfter = normTime(c.CertNotAfter)
 	c.CreatedAt = normTime(c.CreatedAt)
 	c.UpdatedAt = normTime(c.UpdatedAt)
+	if len(c.Selectors) == 0 {
+		c.Selectors = nil
+	}
 	return &c
 }
 

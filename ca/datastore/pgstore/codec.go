@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -160,9 +161,16 @@ type agentRecord struct {
 	Banned           bool   `json:"banned,omitempty"`
 	CreatedAt        stamp  `json:"created_at"`
 	UpdatedAt        stamp  `json:"updated_at"`
+	// Selectors are the node selectors, type:value (schema version 2).
+	Selectors []string `json:"selectors,omitempty"`
 }
 
 func checkAgentStrings(a *datastore.Agent) error {
+	for _, x := range a.Selectors {
+		if !utf8.ValidString(x.Type) || !utf8.ValidString(x.Value) || strings.Contains(x.Type, ":") {
+			return invalid("agent has a node selector that is not valid UTF-8 or whose type holds ':'")
+		}
+	}
 	if !utf8.ValidString(a.AttestationType) || !utf8.ValidString(a.SerialNumber) || !utf8.ValidString(a.PrevSerialNumber) {
 		return invalid("agent has a field that is not valid UTF-8")
 	}
@@ -179,7 +187,19 @@ func encodeAgent(a *datastore.Agent) []byte {
 		Banned:           a.Banned,
 		CreatedAt:        stamp{a.CreatedAt},
 		UpdatedAt:        stamp{a.UpdatedAt},
+		Selectors:        selectorStrings(a.Selectors),
 	})
+}
+
+func selectorStrings(sel []entry.Selector) []string {
+	if len(sel) == 0 {
+		return nil
+	}
+	out := make([]string, len(sel))
+	for i, x := range sel {
+		out[i] = x.String()
+	}
+	return out
 }
 
 func decodeAgent(b []byte) (*datastore.Agent, error) {
@@ -191,8 +211,17 @@ func decodeAgent(b []byte) (*datastore.Agent, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: SPIFFE ID: %w", errDecode, err)
 	}
+	var sel []entry.Selector
+	for _, x := range r.Selectors {
+		typ, val, ok := strings.Cut(x, ":")
+		if !ok {
+			return nil, fmt.Errorf("%w: node selector is not type:value", errDecode)
+		}
+		sel = append(sel, entry.Selector{Type: typ, Value: val})
+	}
 	return &datastore.Agent{
 		SPIFFEID:         id,
+		Selectors:        sel,
 		AttestationType:  r.AttestationType,
 		SerialNumber:     r.SerialNumber,
 		PrevSerialNumber: r.PrevSerialNumber,

@@ -772,8 +772,10 @@ type Agent struct {
 	Banned          bool                   `protobuf:"varint,5,opt,name=banned,proto3" json:"banned,omitempty"`
 	CreatedAt       int64                  `protobuf:"varint,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	UpdatedAt       int64                  `protobuf:"varint,7,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The node selectors of its attestation (x509pop, sshpop), sorted.
+	NodeSelectors []string `protobuf:"bytes,8,rep,name=node_selectors,json=nodeSelectors,proto3" json:"node_selectors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Agent) Reset() {
@@ -853,6 +855,13 @@ func (x *Agent) GetUpdatedAt() int64 {
 		return x.UpdatedAt
 	}
 	return 0
+}
+
+func (x *Agent) GetNodeSelectors() []string {
+	if x != nil {
+		return x.NodeSelectors
+	}
+	return nil
 }
 
 type ListAgentsRequest struct {
@@ -2663,7 +2672,7 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\vupdate_mask\x18\x02 \x03(\tR\n" +
 	"updateMask\"$\n" +
 	"\x12DeleteEntryRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xf0\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\x97\x02\n" +
 	"\x05Agent\x12\x1b\n" +
 	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12)\n" +
 	"\x10attestation_type\x18\x02 \x01(\tR\x0fattestationType\x12#\n" +
@@ -2673,7 +2682,8 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"created_at\x18\x06 \x01(\x03R\tcreatedAt\x12\x1d\n" +
 	"\n" +
-	"updated_at\x18\a \x01(\x03R\tupdatedAt\"\x13\n" +
+	"updated_at\x18\a \x01(\x03R\tupdatedAt\x12%\n" +
+	"\x0enode_selectors\x18\b \x03(\tR\rnodeSelectors\"\x13\n" +
 	"\x11ListAgentsRequest\"B\n" +
 	"\x12ListAgentsResponse\x12,\n" +
 	"\x06agents\x18\x01 \x03(\v2\x14.writ.admin.v1.AgentR\x06agents\".\n" +

@@ -133,6 +133,151 @@ func (x *AttestResponse) GetBundle() []byte {
 	return nil
 }
 
+type AttestNodeRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// First message only: the attestor's name ("join_token", "x509pop",
+	// "sshpop"), its payload, and a PKCS#10 CSR (DER) for the agent's key.
+	AttestationType string `protobuf:"bytes,1,opt,name=attestation_type,json=attestationType,proto3" json:"attestation_type,omitempty"`
+	Payload         []byte `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	Csr             []byte `protobuf:"bytes,3,opt,name=csr,proto3" json:"csr,omitempty"`
+	// Later messages: the answer to the last challenge.
+	ChallengeResponse []byte `protobuf:"bytes,4,opt,name=challenge_response,json=challengeResponse,proto3" json:"challenge_response,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *AttestNodeRequest) Reset() {
+	*x = AttestNodeRequest{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestNodeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestNodeRequest) ProtoMessage() {}
+
+func (x *AttestNodeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestNodeRequest.ProtoReflect.Descriptor instead.
+func (*AttestNodeRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *AttestNodeRequest) GetAttestationType() string {
+	if x != nil {
+		return x.AttestationType
+	}
+	return ""
+}
+
+func (x *AttestNodeRequest) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *AttestNodeRequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *AttestNodeRequest) GetChallengeResponse() []byte {
+	if x != nil {
+		return x.ChallengeResponse
+	}
+	return nil
+}
+
+type AttestNodeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A challenge to answer (nothing else is set), or else the result.
+	Challenge []byte `protobuf:"bytes,1,opt,name=challenge,proto3" json:"challenge,omitempty"`
+	// The agent's X.509-SVID chain, leaf first (DER).
+	SvidChain [][]byte `protobuf:"bytes,2,rep,name=svid_chain,json=svidChain,proto3" json:"svid_chain,omitempty"`
+	// The local trust domain's SPIFFE bundle (JSON).
+	Bundle []byte `protobuf:"bytes,3,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// The node selectors the attestor found ("x509pop:subject:cn:web1"),
+	// sorted; entries parented to a node alias whose selectors are all
+	// among them are the agent's too.
+	NodeSelectors []string `protobuf:"bytes,4,rep,name=node_selectors,json=nodeSelectors,proto3" json:"node_selectors,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttestNodeResponse) Reset() {
+	*x = AttestNodeResponse{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestNodeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestNodeResponse) ProtoMessage() {}
+
+func (x *AttestNodeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestNodeResponse.ProtoReflect.Descriptor instead.
+func (*AttestNodeResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *AttestNodeResponse) GetChallenge() []byte {
+	if x != nil {
+		return x.Challenge
+	}
+	return nil
+}
+
+func (x *AttestNodeResponse) GetSvidChain() [][]byte {
+	if x != nil {
+		return x.SvidChain
+	}
+	return nil
+}
+
+func (x *AttestNodeResponse) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
+func (x *AttestNodeResponse) GetNodeSelectors() []string {
+	if x != nil {
+		return x.NodeSelectors
+	}
+	return nil
+}
+
 type RenewAgentRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Csr           []byte                 `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
@@ -142,7 +287,7 @@ type RenewAgentRequest struct {
 
 func (x *RenewAgentRequest) Reset() {
 	*x = RenewAgentRequest{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[2]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -154,7 +299,7 @@ func (x *RenewAgentRequest) String() string {
 func (*RenewAgentRequest) ProtoMessage() {}
 
 func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[2]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -167,7 +312,7 @@ func (x *RenewAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentRequest.ProtoReflect.Descriptor instead.
 func (*RenewAgentRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{2}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RenewAgentRequest) GetCsr() []byte {
@@ -186,7 +331,7 @@ type RenewAgentResponse struct {
 
 func (x *RenewAgentResponse) Reset() {
 	*x = RenewAgentResponse{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[3]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -198,7 +343,7 @@ func (x *RenewAgentResponse) String() string {
 func (*RenewAgentResponse) ProtoMessage() {}
 
 func (x *RenewAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[3]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -211,7 +356,7 @@ func (x *RenewAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RenewAgentResponse.ProtoReflect.Descriptor instead.
 func (*RenewAgentResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{3}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RenewAgentResponse) GetSvidChain() [][]byte {
@@ -229,7 +374,7 @@ type SyncRequest struct {
 
 func (x *SyncRequest) Reset() {
 	*x = SyncRequest{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[4]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -241,7 +386,7 @@ func (x *SyncRequest) String() string {
 func (*SyncRequest) ProtoMessage() {}
 
 func (x *SyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[4]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -254,7 +399,7 @@ func (x *SyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncRequest.ProtoReflect.Descriptor instead.
 func (*SyncRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{4}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{6}
 }
 
 // A registration entry as an agent sees it. TTLs are seconds, already
@@ -280,7 +425,7 @@ type Entry struct {
 
 func (x *Entry) Reset() {
 	*x = Entry{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[5]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -292,7 +437,7 @@ func (x *Entry) String() string {
 func (*Entry) ProtoMessage() {}
 
 func (x *Entry) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[5]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -305,7 +450,7 @@ func (x *Entry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Entry.ProtoReflect.Descriptor instead.
 func (*Entry) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{5}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Entry) GetId() string {
@@ -393,14 +538,17 @@ type SyncResponse struct {
 	// the trust domain at that bundle (it replaces the previous set). The
 	// agent must at once re-sign every SVID that a tainted authority
 	// signed, and stop serving JWT-SVIDs signed with a tainted key.
-	Tainted       *TaintedAuthorities `protobuf:"bytes,5,opt,name=tainted,proto3" json:"tainted,omitempty"`
+	Tainted *TaintedAuthorities `protobuf:"bytes,5,opt,name=tainted,proto3" json:"tainted,omitempty"`
+	// Sent with full messages: the agent's node selectors as the server
+	// recorded them at its last attestation, sorted.
+	NodeSelectors []string `protobuf:"bytes,6,rep,name=node_selectors,json=nodeSelectors,proto3" json:"node_selectors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncResponse) Reset() {
 	*x = SyncResponse{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[6]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -412,7 +560,7 @@ func (x *SyncResponse) String() string {
 func (*SyncResponse) ProtoMessage() {}
 
 func (x *SyncResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[6]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -425,7 +573,7 @@ func (x *SyncResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncResponse.ProtoReflect.Descriptor instead.
 func (*SyncResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{6}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SyncResponse) GetFull() bool {
@@ -463,6 +611,13 @@ func (x *SyncResponse) GetTainted() *TaintedAuthorities {
 	return nil
 }
 
+func (x *SyncResponse) GetNodeSelectors() []string {
+	if x != nil {
+		return x.NodeSelectors
+	}
+	return nil
+}
+
 type X509SVIDRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	EntryId string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
@@ -477,7 +632,7 @@ type X509SVIDRequest struct {
 
 func (x *X509SVIDRequest) Reset() {
 	*x = X509SVIDRequest{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[7]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -489,7 +644,7 @@ func (x *X509SVIDRequest) String() string {
 func (*X509SVIDRequest) ProtoMessage() {}
 
 func (x *X509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[7]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -502,7 +657,7 @@ func (x *X509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*X509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{7}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *X509SVIDRequest) GetEntryId() string {
@@ -536,7 +691,7 @@ type Status struct {
 
 func (x *Status) Reset() {
 	*x = Status{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[8]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -548,7 +703,7 @@ func (x *Status) String() string {
 func (*Status) ProtoMessage() {}
 
 func (x *Status) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[8]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -561,7 +716,7 @@ func (x *Status) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Status.ProtoReflect.Descriptor instead.
 func (*Status) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{8}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Status) GetCode() int32 {
@@ -590,7 +745,7 @@ type X509SVIDResult struct {
 
 func (x *X509SVIDResult) Reset() {
 	*x = X509SVIDResult{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[9]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -602,7 +757,7 @@ func (x *X509SVIDResult) String() string {
 func (*X509SVIDResult) ProtoMessage() {}
 
 func (x *X509SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[9]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -615,7 +770,7 @@ func (x *X509SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDResult.ProtoReflect.Descriptor instead.
 func (*X509SVIDResult) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{9}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *X509SVIDResult) GetEntryId() string {
@@ -648,7 +803,7 @@ type BatchSignX509SVIDRequest struct {
 
 func (x *BatchSignX509SVIDRequest) Reset() {
 	*x = BatchSignX509SVIDRequest{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[10]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +815,7 @@ func (x *BatchSignX509SVIDRequest) String() string {
 func (*BatchSignX509SVIDRequest) ProtoMessage() {}
 
 func (x *BatchSignX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[10]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +828,7 @@ func (x *BatchSignX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchSignX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*BatchSignX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{10}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *BatchSignX509SVIDRequest) GetRequests() []*X509SVIDRequest {
@@ -693,7 +848,7 @@ type BatchSignX509SVIDResponse struct {
 
 func (x *BatchSignX509SVIDResponse) Reset() {
 	*x = BatchSignX509SVIDResponse{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[11]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -705,7 +860,7 @@ func (x *BatchSignX509SVIDResponse) String() string {
 func (*BatchSignX509SVIDResponse) ProtoMessage() {}
 
 func (x *BatchSignX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[11]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -718,7 +873,7 @@ func (x *BatchSignX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchSignX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*BatchSignX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{11}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BatchSignX509SVIDResponse) GetResults() []*X509SVIDResult {
@@ -740,7 +895,7 @@ type SignJWTSVIDRequest struct {
 
 func (x *SignJWTSVIDRequest) Reset() {
 	*x = SignJWTSVIDRequest{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[12]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -752,7 +907,7 @@ func (x *SignJWTSVIDRequest) String() string {
 func (*SignJWTSVIDRequest) ProtoMessage() {}
 
 func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[12]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -765,7 +920,7 @@ func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{12}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *SignJWTSVIDRequest) GetEntryId() string {
@@ -802,7 +957,7 @@ type TemplateReport struct {
 
 func (x *TemplateReport) Reset() {
 	*x = TemplateReport{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[13]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -814,7 +969,7 @@ func (x *TemplateReport) String() string {
 func (*TemplateReport) ProtoMessage() {}
 
 func (x *TemplateReport) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[13]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -827,7 +982,7 @@ func (x *TemplateReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TemplateReport.ProtoReflect.Descriptor instead.
 func (*TemplateReport) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{13}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *TemplateReport) GetEntryId() string {
@@ -861,7 +1016,7 @@ type ReportTemplatesRequest struct {
 
 func (x *ReportTemplatesRequest) Reset() {
 	*x = ReportTemplatesRequest{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -873,7 +1028,7 @@ func (x *ReportTemplatesRequest) String() string {
 func (*ReportTemplatesRequest) ProtoMessage() {}
 
 func (x *ReportTemplatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -886,7 +1041,7 @@ func (x *ReportTemplatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportTemplatesRequest.ProtoReflect.Descriptor instead.
 func (*ReportTemplatesRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{14}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ReportTemplatesRequest) GetTemplates() []*TemplateReport {
@@ -904,7 +1059,7 @@ type ReportTemplatesResponse struct {
 
 func (x *ReportTemplatesResponse) Reset() {
 	*x = ReportTemplatesResponse{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[15]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -916,7 +1071,7 @@ func (x *ReportTemplatesResponse) String() string {
 func (*ReportTemplatesResponse) ProtoMessage() {}
 
 func (x *ReportTemplatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[15]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -929,7 +1084,7 @@ func (x *ReportTemplatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportTemplatesResponse.ProtoReflect.Descriptor instead.
 func (*ReportTemplatesResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{15}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{17}
 }
 
 type SignJWTSVIDResponse struct {
@@ -942,7 +1097,7 @@ type SignJWTSVIDResponse struct {
 
 func (x *SignJWTSVIDResponse) Reset() {
 	*x = SignJWTSVIDResponse{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[16]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -954,7 +1109,7 @@ func (x *SignJWTSVIDResponse) String() string {
 func (*SignJWTSVIDResponse) ProtoMessage() {}
 
 func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[16]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -967,7 +1122,7 @@ func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{16}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *SignJWTSVIDResponse) GetToken() string {
@@ -999,7 +1154,7 @@ type TaintedAuthorities struct {
 
 func (x *TaintedAuthorities) Reset() {
 	*x = TaintedAuthorities{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[17]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1011,7 +1166,7 @@ func (x *TaintedAuthorities) String() string {
 func (*TaintedAuthorities) ProtoMessage() {}
 
 func (x *TaintedAuthorities) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[17]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1024,7 +1179,7 @@ func (x *TaintedAuthorities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintedAuthorities.ProtoReflect.Descriptor instead.
 func (*TaintedAuthorities) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{17}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *TaintedAuthorities) GetX509AuthorityIds() []string {
@@ -1053,7 +1208,18 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\x0eAttestResponse\x12\x1d\n" +
 	"\n" +
 	"svid_chain\x18\x01 \x03(\fR\tsvidChain\x12\x16\n" +
-	"\x06bundle\x18\x02 \x01(\fR\x06bundle\"%\n" +
+	"\x06bundle\x18\x02 \x01(\fR\x06bundle\"\x99\x01\n" +
+	"\x11AttestNodeRequest\x12)\n" +
+	"\x10attestation_type\x18\x01 \x01(\tR\x0fattestationType\x12\x18\n" +
+	"\apayload\x18\x02 \x01(\fR\apayload\x12\x10\n" +
+	"\x03csr\x18\x03 \x01(\fR\x03csr\x12-\n" +
+	"\x12challenge_response\x18\x04 \x01(\fR\x11challengeResponse\"\x90\x01\n" +
+	"\x12AttestNodeResponse\x12\x1c\n" +
+	"\tchallenge\x18\x01 \x01(\fR\tchallenge\x12\x1d\n" +
+	"\n" +
+	"svid_chain\x18\x02 \x03(\fR\tsvidChain\x12\x16\n" +
+	"\x06bundle\x18\x03 \x01(\fR\x06bundle\x12%\n" +
+	"\x0enode_selectors\x18\x04 \x03(\tR\rnodeSelectors\"%\n" +
 	"\x11RenewAgentRequest\x12\x10\n" +
 	"\x03csr\x18\x01 \x01(\fR\x03csr\"3\n" +
 	"\x12RenewAgentResponse\x12\x1d\n" +
@@ -1074,13 +1240,14 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"downstream\x12\x1a\n" +
 	"\brevision\x18\t \x01(\x04R\brevision\x12\x1a\n" +
 	"\btemplate\x18\n" +
-	" \x01(\tR\btemplate\"\xd1\x01\n" +
+	" \x01(\tR\btemplate\"\xf8\x01\n" +
 	"\fSyncResponse\x12\x12\n" +
 	"\x04full\x18\x01 \x01(\bR\x04full\x12-\n" +
 	"\aentries\x18\x02 \x03(\v2\x13.writ.node.v1.EntryR\aentries\x12*\n" +
 	"\x11deleted_entry_ids\x18\x03 \x03(\tR\x0fdeletedEntryIds\x12\x16\n" +
 	"\x06bundle\x18\x04 \x01(\fR\x06bundle\x12:\n" +
-	"\atainted\x18\x05 \x01(\v2 .writ.node.v1.TaintedAuthoritiesR\atainted\"[\n" +
+	"\atainted\x18\x05 \x01(\v2 .writ.node.v1.TaintedAuthoritiesR\atainted\x12%\n" +
+	"\x0enode_selectors\x18\x06 \x03(\tR\rnodeSelectors\"[\n" +
 	"\x0fX509SVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\x12\x1b\n" +
@@ -1115,9 +1282,11 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"b\n" +
 	"\x12TaintedAuthorities\x12,\n" +
 	"\x12x509_authority_ids\x18\x01 \x03(\tR\x10x509AuthorityIds\x12\x1e\n" +
-	"\vjwt_key_ids\x18\x02 \x03(\tR\tjwtKeyIds2\xfe\x03\n" +
+	"\vjwt_key_ids\x18\x02 \x03(\tR\tjwtKeyIds2\xd3\x04\n" +
 	"\vNodeService\x12C\n" +
-	"\x06Attest\x12\x1b.writ.node.v1.AttestRequest\x1a\x1c.writ.node.v1.AttestResponse\x12O\n" +
+	"\x06Attest\x12\x1b.writ.node.v1.AttestRequest\x1a\x1c.writ.node.v1.AttestResponse\x12S\n" +
+	"\n" +
+	"AttestNode\x12\x1f.writ.node.v1.AttestNodeRequest\x1a .writ.node.v1.AttestNodeResponse(\x010\x01\x12O\n" +
 	"\n" +
 	"RenewAgent\x12\x1f.writ.node.v1.RenewAgentRequest\x1a .writ.node.v1.RenewAgentResponse\x12?\n" +
 	"\x04Sync\x12\x19.writ.node.v1.SyncRequest\x1a\x1a.writ.node.v1.SyncResponse0\x01\x12d\n" +
@@ -1137,48 +1306,52 @@ func file_ca_api_node_v1_node_proto_rawDescGZIP() []byte {
 	return file_ca_api_node_v1_node_proto_rawDescData
 }
 
-var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*AttestRequest)(nil),             // 0: writ.node.v1.AttestRequest
 	(*AttestResponse)(nil),            // 1: writ.node.v1.AttestResponse
-	(*RenewAgentRequest)(nil),         // 2: writ.node.v1.RenewAgentRequest
-	(*RenewAgentResponse)(nil),        // 3: writ.node.v1.RenewAgentResponse
-	(*SyncRequest)(nil),               // 4: writ.node.v1.SyncRequest
-	(*Entry)(nil),                     // 5: writ.node.v1.Entry
-	(*SyncResponse)(nil),              // 6: writ.node.v1.SyncResponse
-	(*X509SVIDRequest)(nil),           // 7: writ.node.v1.X509SVIDRequest
-	(*Status)(nil),                    // 8: writ.node.v1.Status
-	(*X509SVIDResult)(nil),            // 9: writ.node.v1.X509SVIDResult
-	(*BatchSignX509SVIDRequest)(nil),  // 10: writ.node.v1.BatchSignX509SVIDRequest
-	(*BatchSignX509SVIDResponse)(nil), // 11: writ.node.v1.BatchSignX509SVIDResponse
-	(*SignJWTSVIDRequest)(nil),        // 12: writ.node.v1.SignJWTSVIDRequest
-	(*TemplateReport)(nil),            // 13: writ.node.v1.TemplateReport
-	(*ReportTemplatesRequest)(nil),    // 14: writ.node.v1.ReportTemplatesRequest
-	(*ReportTemplatesResponse)(nil),   // 15: writ.node.v1.ReportTemplatesResponse
-	(*SignJWTSVIDResponse)(nil),       // 16: writ.node.v1.SignJWTSVIDResponse
-	(*TaintedAuthorities)(nil),        // 17: writ.node.v1.TaintedAuthorities
+	(*AttestNodeRequest)(nil),         // 2: writ.node.v1.AttestNodeRequest
+	(*AttestNodeResponse)(nil),        // 3: writ.node.v1.AttestNodeResponse
+	(*RenewAgentRequest)(nil),         // 4: writ.node.v1.RenewAgentRequest
+	(*RenewAgentResponse)(nil),        // 5: writ.node.v1.RenewAgentResponse
+	(*SyncRequest)(nil),               // 6: writ.node.v1.SyncRequest
+	(*Entry)(nil),                     // 7: writ.node.v1.Entry
+	(*SyncResponse)(nil),              // 8: writ.node.v1.SyncResponse
+	(*X509SVIDRequest)(nil),           // 9: writ.node.v1.X509SVIDRequest
+	(*Status)(nil),                    // 10: writ.node.v1.Status
+	(*X509SVIDResult)(nil),            // 11: writ.node.v1.X509SVIDResult
+	(*BatchSignX509SVIDRequest)(nil),  // 12: writ.node.v1.BatchSignX509SVIDRequest
+	(*BatchSignX509SVIDResponse)(nil), // 13: writ.node.v1.BatchSignX509SVIDResponse
+	(*SignJWTSVIDRequest)(nil),        // 14: writ.node.v1.SignJWTSVIDRequest
+	(*TemplateReport)(nil),            // 15: writ.node.v1.TemplateReport
+	(*ReportTemplatesRequest)(nil),    // 16: writ.node.v1.ReportTemplatesRequest
+	(*ReportTemplatesResponse)(nil),   // 17: writ.node.v1.ReportTemplatesResponse
+	(*SignJWTSVIDResponse)(nil),       // 18: writ.node.v1.SignJWTSVIDResponse
+	(*TaintedAuthorities)(nil),        // 19: writ.node.v1.TaintedAuthorities
 }
 var file_ca_api_node_v1_node_proto_depIdxs = []int32{
-	5,  // 0: writ.node.v1.SyncResponse.entries:type_name -> writ.node.v1.Entry
-	17, // 1: writ.node.v1.SyncResponse.tainted:type_name -> writ.node.v1.TaintedAuthorities
-	8,  // 2: writ.node.v1.X509SVIDResult.status:type_name -> writ.node.v1.Status
-	7,  // 3: writ.node.v1.BatchSignX509SVIDRequest.requests:type_name -> writ.node.v1.X509SVIDRequest
-	9,  // 4: writ.node.v1.BatchSignX509SVIDResponse.results:type_name -> writ.node.v1.X509SVIDResult
-	13, // 5: writ.node.v1.ReportTemplatesRequest.templates:type_name -> writ.node.v1.TemplateReport
+	7,  // 0: writ.node.v1.SyncResponse.entries:type_name -> writ.node.v1.Entry
+	19, // 1: writ.node.v1.SyncResponse.tainted:type_name -> writ.node.v1.TaintedAuthorities
+	10, // 2: writ.node.v1.X509SVIDResult.status:type_name -> writ.node.v1.Status
+	9,  // 3: writ.node.v1.BatchSignX509SVIDRequest.requests:type_name -> writ.node.v1.X509SVIDRequest
+	11, // 4: writ.node.v1.BatchSignX509SVIDResponse.results:type_name -> writ.node.v1.X509SVIDResult
+	15, // 5: writ.node.v1.ReportTemplatesRequest.templates:type_name -> writ.node.v1.TemplateReport
 	0,  // 6: writ.node.v1.NodeService.Attest:input_type -> writ.node.v1.AttestRequest
-	2,  // 7: writ.node.v1.NodeService.RenewAgent:input_type -> writ.node.v1.RenewAgentRequest
-	4,  // 8: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
-	10, // 9: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
-	12, // 10: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
-	14, // 11: writ.node.v1.NodeService.ReportTemplates:input_type -> writ.node.v1.ReportTemplatesRequest
-	1,  // 12: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
-	3,  // 13: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
-	6,  // 14: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
-	11, // 15: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
-	16, // 16: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
-	15, // 17: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
-	12, // [12:18] is the sub-list for method output_type
-	6,  // [6:12] is the sub-list for method input_type
+	2,  // 7: writ.node.v1.NodeService.AttestNode:input_type -> writ.node.v1.AttestNodeRequest
+	4,  // 8: writ.node.v1.NodeService.RenewAgent:input_type -> writ.node.v1.RenewAgentRequest
+	6,  // 9: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
+	12, // 10: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
+	14, // 11: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
+	16, // 12: writ.node.v1.NodeService.ReportTemplates:input_type -> writ.node.v1.ReportTemplatesRequest
+	1,  // 13: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
+	3,  // 14: writ.node.v1.NodeService.AttestNode:output_type -> writ.node.v1.AttestNodeResponse
+	5,  // 15: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
+	8,  // 16: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
+	13, // 17: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
+	18, // 18: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
+	17, // 19: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
+	13, // [13:20] is the sub-list for method output_type
+	6,  // [6:13] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -1195,7 +1368,7 @@ func file_ca_api_node_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_node_v1_node_proto_rawDesc), len(file_ca_api_node_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

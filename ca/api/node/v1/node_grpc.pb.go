@@ -25,6 +25,7 @@ const _ = grpc.SupportPackageIsVersion9
 
 const (
 	NodeService_Attest_FullMethodName            = "/writ.node.v1.NodeService/Attest"
+	NodeService_AttestNode_FullMethodName        = "/writ.node.v1.NodeService/AttestNode"
 	NodeService_RenewAgent_FullMethodName        = "/writ.node.v1.NodeService/RenewAgent"
 	NodeService_Sync_FullMethodName              = "/writ.node.v1.NodeService/Sync"
 	NodeService_BatchSignX509SVID_FullMethodName = "/writ.node.v1.NodeService/BatchSignX509SVID"
@@ -40,6 +41,13 @@ type NodeServiceClient interface {
 	// for the SPIFFE ID the token was generated for. Needs no client
 	// certificate.
 	Attest(ctx context.Context, in *AttestRequest, opts ...grpc.CallOption) (*AttestResponse, error)
+	// AttestNode attests the agent's node with one of the server's node
+	// attestors (join_token, x509pop, sshpop) and returns the agent's
+	// X.509-SVID. The agent's first message names the attestor and carries
+	// its payload and the CSR; the server may answer with challenges, each
+	// answered by one message carrying challenge_response, and ends with
+	// the result. Needs no client certificate.
+	AttestNode(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AttestNodeRequest, AttestNodeResponse], error)
 	// RenewAgent signs a new agent X.509-SVID for the calling agent.
 	RenewAgent(ctx context.Context, in *RenewAgentRequest, opts ...grpc.CallOption) (*RenewAgentResponse, error)
 	// Sync streams the entries authorized for the calling agent and the
@@ -73,6 +81,19 @@ func (c *nodeServiceClient) Attest(ctx context.Context, in *AttestRequest, opts 
 	return out, nil
 }
 
+func (c *nodeServiceClient) AttestNode(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[AttestNodeRequest, AttestNodeResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[0], NodeService_AttestNode_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[AttestNodeRequest, AttestNodeResponse]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_AttestNodeClient = grpc.BidiStreamingClient[AttestNodeRequest, AttestNodeResponse]
+
 func (c *nodeServiceClient) RenewAgent(ctx context.Context, in *RenewAgentRequest, opts ...grpc.CallOption) (*RenewAgentResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RenewAgentResponse)
@@ -85,7 +106,7 @@ func (c *nodeServiceClient) RenewAgent(ctx context.Context, in *RenewAgentReques
 
 func (c *nodeServiceClient) Sync(ctx context.Context, in *SyncRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[SyncResponse], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[0], NodeService_Sync_FullMethodName, cOpts...)
+	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[1], NodeService_Sync_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -140,6 +161,13 @@ type NodeServiceServer interface {
 	// for the SPIFFE ID the token was generated for. Needs no client
 	// certificate.
 	Attest(context.Context, *AttestRequest) (*AttestResponse, error)
+	// AttestNode attests the agent's node with one of the server's node
+	// attestors (join_token, x509pop, sshpop) and returns the agent's
+	// X.509-SVID. The agent's first message names the attestor and carries
+	// its payload and the CSR; the server may answer with challenges, each
+	// answered by one message carrying challenge_response, and ends with
+	// the result. Needs no client certificate.
+	AttestNode(grpc.BidiStreamingServer[AttestNodeRequest, AttestNodeResponse]) error
 	// RenewAgent signs a new agent X.509-SVID for the calling agent.
 	RenewAgent(context.Context, *RenewAgentRequest) (*RenewAgentResponse, error)
 	// Sync streams the entries authorized for the calling agent and the
@@ -165,6 +193,9 @@ type UnimplementedNodeServiceServer struct{}
 
 func (UnimplementedNodeServiceServer) Attest(context.Context, *AttestRequest) (*AttestResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Attest not implemented")
+}
+func (UnimplementedNodeServiceServer) AttestNode(grpc.BidiStreamingServer[AttestNodeRequest, AttestNodeResponse]) error {
+	return status.Error(codes.Unimplemented, "method AttestNode not implemented")
 }
 func (UnimplementedNodeServiceServer) RenewAgent(context.Context, *RenewAgentRequest) (*RenewAgentResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RenewAgent not implemented")
@@ -219,6 +250,13 @@ func _NodeService_Attest_Handler(srv interface{}, ctx context.Context, dec func(
 	}
 	return interceptor(ctx, in, info, handler)
 }
+
+func _NodeService_AttestNode_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(NodeServiceServer).AttestNode(&grpc.GenericServerStream[AttestNodeRequest, AttestNodeResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type NodeService_AttestNodeServer = grpc.BidiStreamingServer[AttestNodeRequest, AttestNodeResponse]
 
 func _NodeService_RenewAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RenewAgentRequest)
@@ -332,6 +370,12 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		},
 	},
 	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "AttestNode",
+			Handler:       _NodeService_AttestNode_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
 		{
 			StreamName:    "Sync",
 			Handler:       _NodeService_Sync_Handler,

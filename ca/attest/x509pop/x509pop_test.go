@@ -1,0 +1,127 @@
+package x509pop_test
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"writ.dev/writ/ca/attest"
+	"writ.dev/writ/ca/attest/x509pop"
+	"writ.dev/writ/ca/clock/fakeclock"
+	"writ.dev/writ/internal/nodepki"
+)
+
+var td = spiffeid.RequireTrustDomainFromString("example.org")
+
+// run attests cert with the verifier, answering with the agent half.
+func run(t *testing.T, v *x509pop.Verifier, cert *nodepki.Cert) (*attest.Result, error) {
+	t.Helper()
+	a, err := x509pop.NewAgent([][]byte{cert.Cert.Raw}, cert.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := a.Payload(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v.Attest(context.Background(), p, a.Respond)
+}
+
+func TestPathTemplate(t *testing.T) {
+	now := time.Now()
+	ca := nodepki.NewCA(t, "org CA", now)
+	tests := []struct {
+		name, tmpl, cn string
+		want           string
+		err            error
+	}{
+		{name: "subject CN", tmpl: "{{ .PluginName }}/{{ .Subject.CommonName }}", cn: "web1", want: "spiffe://example.org/writ/agent/x509pop/web1"},
+		{name: "OU and CN", tmpl: "nodes/{{ index .Subject.OrganizationalUnit 0 }}/{{ .Subject.CommonName }}", cn: "web1", want: "spiffe://example.org/writ/agent/nodes/web/web1"},
+		{name: "dot-dot is not repaired", tmpl: "x/{{ .Subject.CommonName }}", cn: "..", err: attest.ErrBadAgentID},
+		{name: "space refused", tmpl: "x/{{ .Subject.CommonName }}", cn: "web 1", err: attest.ErrBadAgentID},
+		{name: "empty segment", tmpl: "x/{{ .Subject.CommonName }}/y", cn: "", err: attest.ErrBadAgentID},
+		{name: "unknown field", tmpl: "{{ .Nope }}", cn: "web1", err: attest.ErrBadAgentID},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			tmpl, err := x509pop.ParsePathTemplate(tt.tmpl)
+			if err != nil {
+				t.Fatal(err)
+			}
+			v, err := x509pop.NewVerifier(x509pop.Config{TrustDomain: td, Roots: func() []*x509.Certificate { return []*x509.Certificate{ca.Cert} }, PathTemplate: tmpl, Clock: fakeclock.New(now)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			res, err := run(t, v, ca.Issue(t, nodepki.Node{CN: tt.cn, OU: []string{"web"}}, now))
+			if tt.err != nil {
+				if !errors.Is(err, tt.err) {
+					t.Fatalf("err %v, want %v", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if res.AgentID.String() != tt.want {
+				t.Errorf("got %s, want %s", res.AgentID, tt.want)
+			}
+		})
+	}
+}
+
+// TestRootsReloaded: the verifier asks for the roots at each attestation,
+// so a CA added to the bundle is trusted at once and a removed one no
+// longer is.
+func TestRootsReloaded(t *testing.T) {
+	now := time.Now()
+	a, b := nodepki.NewCA(t, "A", now), nodepki.NewCA(t, "B", now)
+	roots := []*x509.Certificate{a.Cert}
+	v, err := x509pop.NewVerifier(x509pop.Config{TrustDomain: td, Roots: func() []*x509.Certificate { return roots }, Clock: fakeclock.New(now)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeB := b.Issue(t, nodepki.Node{CN: "n"}, now)
+	if _, err := run(t, v, nodeB); !errors.Is(err, attest.ErrNotTrusted) {
+		t.Fatalf("untrusted CA: %v", err)
+	}
+	roots = []*x509.Certificate{b.Cert}
+	if _, err := run(t, v, nodeB); err != nil {
+		t.Fatalf("after adding B: %v", err)
+	}
+	if _, err := run(t, v, a.Issue(t, nodepki.Node{CN: "n"}, now)); !errors.Is(err, attest.ErrNotTrusted) {
+		t.Fatalf("after removing A: %v", err)
+	}
+}
+
+// TestValidityFollowsClock: a certificate valid now stops attesting once
+// the clock passes its NotAfter.
+func TestValidityFollowsClock(t *testing.T) {
+	now := time.Now()
+	ca := nodepki.NewCA(t, "A", now)
+	clk := fakeclock.New(now)
+	v, err := x509pop.NewVerifier(x509pop.Config{TrustDomain: td, Roots: func() []*x509.Certificate { return []*x509.Certificate{ca.Cert} }, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := ca.Issue(t, nodepki.Node{CN: "n", NotAfter: now.Add(time.Minute)}, now)
+	if _, err := run(t, v, node); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Minute + time.Second)
+	if _, err := run(t, v, node); !errors.Is(err, attest.ErrNotTrusted) {
+		t.Fatalf("after NotAfter: %v", err)
+	}
+}
+
+func TestNewAgentKeyMismatch(t *testing.T) {
+	now := time.Now()
+	ca := nodepki.NewCA(t, "A", now)
+	n1, n2 := ca.Issue(t, nodepki.Node{CN: "1"}, now), ca.Issue(t, nodepki.Node{CN: "2"}, now)
+	if _, err := x509pop.NewAgent([][]byte{n1.Cert.Raw}, n2.Key); err == nil {
+		t.Fatal("NewAgent accepted another certificate's key")
+	}
+}
