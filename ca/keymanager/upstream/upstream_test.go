@@ -87,7 +87,7 @@ func certs(cs ...*ca) []*x509.Certificate {
 
 // mintWrit has the upstream sign a Writ CA, signs an SVID with it and
 // verifies the SVID with go-spiffe against roots alone.
-func mintWrit(t *testing.T, up *upstream.Disk, roots []*x509.Certificate, ttl time.Duration) *keymanager.CA {
+func mintWrit(t *testing.T, up keymanager.Authority, roots []*x509.Certificate, ttl time.Duration) *keymanager.CA {
 	t.Helper()
 	key, err := x509ca.GenerateKey(x509ca.KeyTypeECP256)
 	if err != nil {
