@@ -306,6 +306,11 @@ func checkChained(t *testing.T, dir, rootFile string, serverArgs ...string) {
 			if id != s.ID {
 				t.Fatalf("verified %s, want %s", id, s.ID)
 			}
+			// The leaf, Writ's CA, the upstream's intermediate; no root.
+			if n := len(s.Certificates); n != 3 || !s.Certificates[1].IsCA || !s.Certificates[2].IsCA || s.Certificates[2].Subject.String() == s.Certificates[2].Issuer.String() {
+				t.Fatalf("SVID chain of %d certificates, want leaf, Writ CA, upstream intermediate", n)
+			}
+			t.Logf("SVID %s: Writ CA %q (URIs %v) issued by %q, valid until %s", s.ID, s.Certificates[1].Subject, s.Certificates[1].URIs, s.Certificates[1].Issuer, s.Certificates[1].NotAfter.UTC().Format(time.RFC3339))
 		}
 		return slices.Equal(got, []string{"spiffe://example.org/web"})
 	})
