@@ -138,8 +138,8 @@ func printable(s string) string {
 // the key pub of a Writ CA of trust domain td: cert must be a signing CA
 // for pub naming no other SPIFFE ID than td's, chain (its issuer first,
 // then each issuer's issuer, up to but not including a root) must be
-// signing CAs whose path length leaves room for cert, and cert must
-// verify through chain to one of roots.
+// signing CAs whose path length leaves room for cert, cert must verify
+// through chain to one of roots, and it must not outlive any of them.
 func checkIssued(now time.Time, td spiffeid.TrustDomain, pub crypto.PublicKey, cert *x509.Certificate, chain, roots []*x509.Certificate) error {
 	der, err := x509.MarshalPKIXPublicKey(pub)
 	if err != nil || !bytes.Equal(der, cert.RawSubjectPublicKeyInfo) {
@@ -173,6 +173,8 @@ func checkIssued(now time.Time, td spiffeid.TrustDomain, pub crypto.PublicKey, c
 			continue
 		}
 		switch {
+		case cert.NotAfter.After(c.NotAfter):
+			return fmt.Errorf("%w: issued CA certificate %s outlives %s %s (%s after %s)", ErrValidity, name(cert), role, name(c), cert.NotAfter.UTC().Format(time.RFC3339), c.NotAfter.UTC().Format(time.RFC3339))
 		case !c.BasicConstraintsValid || !c.IsCA:
 			return fmt.Errorf("%w: %s %s has no CA:TRUE basic constraint", ErrNotCA, role, name(c))
 		case c.KeyUsage != 0 && c.KeyUsage&x509.KeyUsageCertSign == 0:
@@ -202,6 +204,9 @@ func checkIssued(now time.Time, td spiffeid.TrustDomain, pub crypto.PublicKey, c
 	// below it and Writ's CA.
 	for _, p := range paths {
 		root := p[len(p)-1]
+		if cert.NotAfter.After(root.NotAfter) {
+			return fmt.Errorf("%w: issued CA certificate %s outlives upstream root %s", ErrValidity, name(cert), name(root))
+		}
 		if below := len(p) - 1; root.MaxPathLen >= 0 && root.BasicConstraintsValid && root.MaxPathLen < below && len(p) > 1 {
 			return fmt.Errorf("%w: upstream root %s has path length %d; it needs at least %d (Writ's CA signs below it)", ErrPathLen, name(root), root.MaxPathLen, below)
 		}

@@ -229,6 +229,12 @@ func TestStepBadAnswers(t *testing.T) {
 				answer(w, http.StatusCreated, map[string]any{"crt": pemOf(c), "certChain": []string{pemOf(c), pemOf(p.inter.cert)}})
 			}
 		}, want: upstream.ErrValidity},
+		{name: "outlives the intermediate", setup: func(p *stepPeer) {
+			p.sign = func(w http.ResponseWriter, csr *x509.CertificateRequest) {
+				c := issue(t, csr, p.inter, func(c *x509.Certificate) { c.NotAfter = p.inter.cert.NotAfter.Add(time.Hour) })
+				answer(w, http.StatusCreated, map[string]any{"crt": pemOf(c), "certChain": []string{pemOf(c), pemOf(p.inter.cert)}})
+			}
+		}, want: upstream.ErrValidity, text: "outlives"},
 		{name: "refused", setup: func(p *stepPeer) {
 			p.sign = func(w http.ResponseWriter, _ *x509.CertificateRequest) {
 				answer(w, http.StatusForbidden, map[string]any{"status": 403, "message": "requested duration of 12h is more than the authorized maximum\x1b[31m"})
