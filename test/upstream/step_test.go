@@ -172,6 +172,7 @@ func TestStepCARefused(t *testing.T) {
 			if code == 0 || !strings.Contains(errOut, tc.want) {
 				t.Fatalf("exit %d, want an error containing %q:\n%s", code, tc.want, errOut)
 			}
+			t.Logf("refused: %s", tail(errOut, 1))
 		})
 	}
 }
