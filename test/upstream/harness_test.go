@@ -9,6 +9,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -230,37 +231,51 @@ func waitFor(t *testing.T, p *proc, timeout time.Duration, what string, cond fun
 	}
 }
 
+// chained is a writ server under an upstream, with an agent trusting
+// only the upstream root.
+type chained struct {
+	t        *testing.T
+	server   *proc
+	agent    *proc
+	admin    string // the admin socket
+	socket   string // the agent's Workload API socket
+	rootFile string
+}
+
+// run runs an admin command and returns its stdout, stderr and exit code.
+func (c *chained) run(args ...string) (string, string, int) {
+	c.t.Helper()
+	return runWrit(c.t, append(args, "--admin-socket", c.admin)...)
+}
+
+// mustRun runs an admin command that must succeed.
+func (c *chained) mustRun(args ...string) string {
+	c.t.Helper()
+	out, errOut, code := c.run(args...)
+	if code != 0 {
+		c.t.Fatalf("writ %v: exit %d: %s", args, code, errOut)
+	}
+	return out
+}
+
 // checkChained runs a writ server with serverArgs (an upstream
 // authority), an agent trusting only rootFile, and a workload entry; the
 // workload's X.509-SVID must verify with go-spiffe against a bundle built
 // from rootFile alone, and the server's published bundle must be that
 // root alone.
-func checkChained(t *testing.T, dir, rootFile string, serverArgs ...string) {
+func checkChained(t *testing.T, dir, rootFile string, serverArgs ...string) *chained {
 	t.Helper()
 	data := filepath.Join(dir, "server")
-	admin := filepath.Join(data, "admin.sock")
+	c := &chained{t: t, admin: filepath.Join(data, "admin.sock"), socket: filepath.Join(dir, "api.sock"), rootFile: rootFile}
 	args := append([]string{"server", "run", "--trust-domain", "example.org", "--data-dir", data, "--bind-address", "127.0.0.1:0", "--log-level", "debug"}, serverArgs...)
-	server := launch(t, nil, args...)
-	waitFor(t, server, 60*time.Second, "server healthy", func() bool {
-		_, _, code := runWrit(t, "server", "healthcheck", "--admin-socket", admin, "--timeout", "1s")
+	c.server = launch(t, nil, args...)
+	waitFor(t, c.server, 60*time.Second, "server healthy", func() bool {
+		_, _, code := runWrit(t, "server", "healthcheck", "--admin-socket", c.admin, "--timeout", "1s")
 		return code == 0
 	})
-	adminRun := func(args ...string) string {
-		out, errOut, code := runWrit(t, append(args, "--admin-socket", admin)...)
-		if code != 0 {
-			t.Fatalf("writ %v: exit %d: %s", args, code, errOut)
-		}
-		return out
-	}
-	rootPEM, err := os.ReadFile(rootFile)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if published := adminRun("bundle", "show"); strings.TrimSpace(published) != strings.TrimSpace(string(rootPEM)) {
-		t.Fatalf("published bundle is not the upstream root alone:\n%s", published)
-	}
+	c.checkBundle()
 	addr := ""
-	for _, line := range strings.Split(server.log.String(), "\n") {
+	for _, line := range strings.Split(c.server.log.String(), "\n") {
 		if strings.Contains(line, `msg="server ready"`) {
 			for _, f := range strings.Fields(line) {
 				if v, ok := strings.CutPrefix(f, "bind_address="); ok {
@@ -270,29 +285,48 @@ func checkChained(t *testing.T, dir, rootFile string, serverArgs ...string) {
 		}
 	}
 	if addr == "" {
-		t.Fatalf("server logged no bind address\n%s", tail(server.log.String(), 20))
+		t.Fatalf("server logged no bind address\n%s", tail(c.server.log.String(), 20))
 	}
 	agentID := "spiffe://example.org/writ/agent/a"
-	token := strings.TrimSpace(adminRun("token", "generate", "--spiffe-id", agentID))
+	token := strings.TrimSpace(c.mustRun("token", "generate", "--spiffe-id", agentID))
 	agentData := filepath.Join(dir, "a")
-	socket := filepath.Join(dir, "api.sock")
-	agent := launch(t, []string{"WRIT_JOIN_TOKEN=" + token}, "agent", "run", "--server-address", addr, "--trust-domain", "example.org",
-		"--data-dir", agentData, "--socket-path", socket, "--trust-bundle", rootFile, "--log-level", "debug")
-	waitFor(t, agent, 60*time.Second, "agent healthy", func() bool {
+	c.agent = launch(t, []string{"WRIT_JOIN_TOKEN=" + token}, "agent", "run", "--server-address", addr, "--trust-domain", "example.org",
+		"--data-dir", agentData, "--socket-path", c.socket, "--trust-bundle", rootFile, "--log-level", "debug")
+	waitFor(t, c.agent, 60*time.Second, "agent healthy", func() bool {
 		_, _, code := runWrit(t, "agent", "healthcheck", "--data-dir", agentData, "--timeout", "1s")
 		return code == 0
 	})
-	adminRun("entry", "create", "--spiffe-id", "spiffe://example.org/web", "--parent-id", agentID, "--selector", "unix:uid:"+strconv.Itoa(os.Getuid()))
+	c.mustRun("entry", "create", "--spiffe-id", "spiffe://example.org/web", "--parent-id", agentID, "--selector", "unix:uid:"+strconv.Itoa(os.Getuid()))
+	c.checkSVIDs()
+	return c
+}
 
-	roots, err := x509bundle.Load(spiffeid.RequireTrustDomainFromString("example.org"), rootFile)
+// checkBundle requires the published bundle to be the upstream root alone.
+func (c *chained) checkBundle() {
+	c.t.Helper()
+	rootPEM, err := os.ReadFile(c.rootFile)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if published := c.mustRun("bundle", "show"); strings.TrimSpace(published) != strings.TrimSpace(string(rootPEM)) {
+		c.t.Fatalf("published bundle is not the upstream root alone:\n%s", published)
+	}
+}
+
+// checkSVIDs waits until the agent serves the workload its SVID, and
+// verifies it with go-spiffe against the upstream root alone.
+func (c *chained) checkSVIDs() {
+	t := c.t
+	t.Helper()
+	roots, err := x509bundle.Load(spiffeid.RequireTrustDomainFromString("example.org"), c.rootFile)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var got []string
-	waitFor(t, agent, 30*time.Second, "workload SVID", func() bool {
+	waitFor(t, c.agent, 30*time.Second, "workload SVID", func() bool {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		svids, err := workloadapi.FetchX509SVIDs(ctx, workloadapi.WithAddr("unix://"+socket))
+		svids, err := workloadapi.FetchX509SVIDs(ctx, workloadapi.WithAddr("unix://"+c.socket))
 		if err != nil {
 			return false
 		}
@@ -314,4 +348,21 @@ func checkChained(t *testing.T, dir, rootFile string, serverArgs ...string) {
 		}
 		return slices.Equal(got, []string{"spiffe://example.org/web"})
 	})
+}
+
+// x509Authorities lists the server's X.509 CA keys.
+func (c *chained) x509Authorities() []jsonAuthority {
+	c.t.Helper()
+	var out []jsonAuthority
+	if err := json.Unmarshal([]byte(c.mustRun("ca", "x509", "show", "--output", "json")), &out); err != nil {
+		c.t.Fatal(err)
+	}
+	return out
+}
+
+// jsonAuthority is a CA key as `writ ca x509 show --output json` prints it.
+type jsonAuthority struct {
+	ID            string   `json:"id"`
+	State         string   `json:"state"`
+	UpstreamChain []string `json:"upstream_chain"`
 }

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -30,6 +31,7 @@ type stepCA struct {
 	url      string
 	rootFile string
 	password string
+	stop     func()
 }
 
 // startStepCA starts step-ca in-process with a root, an intermediate of
@@ -101,10 +103,14 @@ func startStepCA(t *testing.T, dir string, interPathLen int, tmpl string) *stepC
 	}
 	done := make(chan error, 1)
 	go func() { done <- server.Run() }()
-	t.Cleanup(func() {
-		server.Stop()
-		<-done
-	})
+	var once sync.Once
+	s.stop = func() {
+		once.Do(func() {
+			server.Stop()
+			<-done
+		})
+	}
+	t.Cleanup(s.stop)
 	// Wait until step-ca answers its health check over TLS to the root.
 	pool := x509.NewCertPool()
 	pool.AddCert(root)
@@ -144,6 +150,45 @@ func TestStepCA(t *testing.T) {
 	dir := shortTempDir(t)
 	s := startStepCA(t, dir, 1, caTemplate)
 	checkChained(t, dir, s.rootFile, s.args(t, dir)...)
+}
+
+// TestStepCARotationAndOutage: each new Writ CA is a new request to
+// step-ca; while step-ca is down a new CA cannot be made, the server says
+// why and keeps signing with the current one.
+func TestStepCARotationAndOutage(t *testing.T) {
+	dir := shortTempDir(t)
+	s := startStepCA(t, dir, 1, caTemplate)
+	c := checkChained(t, dir, s.rootFile, s.args(t, dir)...)
+
+	c.mustRun("ca", "x509", "prepare")
+	auths := c.x509Authorities()
+	if len(auths) != 2 {
+		t.Fatalf("%d X.509 authorities after prepare, want 2", len(auths))
+	}
+	prepared := ""
+	for _, a := range auths {
+		if len(a.UpstreamChain) == 0 || a.UpstreamChain[0] != "CN=Step Intermediate CA" {
+			t.Fatalf("authority %s has upstream chain %v, want step-ca's intermediate first", a.ID, a.UpstreamChain)
+		}
+		if a.State == "prepared" {
+			prepared = a.ID
+		}
+	}
+	c.checkBundle()
+	c.mustRun("ca", "x509", "activate", "--id", prepared, "--force")
+	c.checkSVIDs()
+
+	s.stop()
+	_, errOut, code := c.run("ca", "x509", "prepare")
+	if code == 0 || !strings.Contains(errOut, "upstream unavailable") {
+		t.Fatalf("prepare with step-ca down: exit %d: %s", code, errOut)
+	}
+	t.Logf("with step-ca down: %s", strings.TrimSpace(errOut))
+	if n := len(c.x509Authorities()); n != 2 {
+		t.Fatalf("%d X.509 authorities after a failed prepare, want 2", n)
+	}
+	c.checkBundle()
+	c.checkSVIDs()
 }
 
 // TestStepCARefused: the server refuses to start, saying why, when
