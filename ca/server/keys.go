@@ -131,8 +131,10 @@ func (c KeysConfig) check() error {
 func newAuthority(cfg Config) (keymanager.Authority, error) {
 	switch cfg.Keys.UpstreamAuthority {
 	case UpstreamStep:
+		cfg.Logger.Info("CA certificates are signed by the upstream authority", "upstream", UpstreamStep, "url", cfg.Keys.StepCAURL, "provisioner", cfg.Keys.StepProvisioner)
 		return newStep(cfg.Keys)
 	case UpstreamCFSSL:
+		cfg.Logger.Info("CA certificates are signed by the upstream authority", "upstream", UpstreamCFSSL, "url", cfg.Keys.CFSSLURL, "profile", cfg.Keys.CFSSLProfile)
 		return newCFSSL(cfg.Keys)
 	case UpstreamDisk:
 	default:

@@ -64,7 +64,7 @@ func NewCFSSL(cfg CFSSLConfig) (*CFSSL, error) {
 	u.Path = strings.TrimSuffix(u.Path, "/")
 	client := cfg.Client
 	if client == nil {
-		client = &http.Client{Timeout: requestTimeout}
+		client = &http.Client{Timeout: requestTimeout, CheckRedirect: noRedirects}
 	}
 	return &CFSSL{base: u, key: key, profile: cfg.Profile, roots: slices.Clone(cfg.Roots), client: client}, nil
 }

@@ -162,6 +162,12 @@ func TestCFSSLBadAnswers(t *testing.T) {
 			}
 		}, want: upstream.ErrUnavailable},
 		{name: "unreachable", setup: func(p *cfsslPeer) { p.srv.Close() }, want: upstream.ErrUnavailable},
+		{name: "redirect not followed", setup: func(p *cfsslPeer) {
+			p.sign = func(w http.ResponseWriter, _ *x509.CertificateRequest) {
+				w.Header().Set("Location", "/api/v1/cfssl/info")
+				w.WriteHeader(http.StatusTemporaryRedirect)
+			}
+		}, want: upstream.ErrRejected, text: "307"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := newCFSSLPeer(t)

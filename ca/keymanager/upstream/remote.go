@@ -44,6 +44,10 @@ const maxAnswer = 1 << 20
 // requestTimeout bounds one HTTP exchange with a remote upstream.
 const requestTimeout = 30 * time.Second
 
+// noRedirects makes an HTTP client return a redirect as the answer: a
+// request (with its token) goes only to the configured URL.
+func noRedirects(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+
 // newCSR makes the certificate request for a Writ CA of trust domain td,
 // signed by signer (proof of possession): subject CN the trust domain
 // name, URI SAN the trust domain's SPIFFE ID.

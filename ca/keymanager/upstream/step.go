@@ -76,7 +76,7 @@ func NewStep(cfg StepConfig) (*Step, error) {
 		pool.AddCert(cfg.Root)
 		t := http.DefaultTransport.(*http.Transport).Clone()
 		t.TLSClientConfig = &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
-		client = &http.Client{Transport: t, Timeout: requestTimeout}
+		client = &http.Client{Transport: t, Timeout: requestTimeout, CheckRedirect: noRedirects}
 	}
 	sum := sha256.Sum256(cfg.Root.Raw)
 	return &Step{
