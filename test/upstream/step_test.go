@@ -19,12 +19,7 @@ import (
 
 // caTemplate is the x509 template of the step-ca provisioner that issues
 // Writ's CA certificates (the one the README shows).
-const caTemplate = `{
-	"subject": {{ toJson .Subject }},
-	"sans": {{ toJson .SANs }},
-	"keyUsage": ["certSign", "crlSign"],
-	"basicConstraints": {"isCA": true, "maxPathLen": 0}
-}`
+const caTemplate = `{"subject": {{ toJson .Subject }}, "sans": {{ toJson .SANs }}, "keyUsage": ["certSign", "crlSign"], "basicConstraints": {"isCA": true, "maxPathLen": 0}}`
 
 // stepCA is a real step-ca serving on loopback.
 type stepCA struct {
