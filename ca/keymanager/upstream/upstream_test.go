@@ -42,7 +42,7 @@ var serial int64
 
 // mint makes a CA certificate named cn signed by parent (self-signed if
 // parent is nil), valid a year around now unless edit changes it.
-func mint(t *testing.T, cn string, parent *ca, edit func(*x509.Certificate)) *ca {
+func mint(t testing.TB, cn string, parent *ca, edit func(*x509.Certificate)) *ca {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
