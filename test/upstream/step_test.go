@@ -187,8 +187,9 @@ func TestStepCARotationAndOutage(t *testing.T) {
 }
 
 // TestStepCARefused: the server refuses to start, saying why, when
-// step-ca's answer cannot sign SVIDs: the default leaf template (not a
-// CA), an intermediate of path length 0, a wrong password.
+// step-ca's answer cannot sign SVIDs: a leaf template (not a CA), an
+// intermediate of path length 0, a CA of another trust domain, a wrong
+// password.
 func TestStepCARefused(t *testing.T) {
 	for _, tc := range []struct {
 		name    string
@@ -199,6 +200,7 @@ func TestStepCARefused(t *testing.T) {
 	}{
 		{name: "leaf template", pathLen: 1, tmpl: `{"subject": {{ toJson .Subject }}, "sans": {{ toJson .SANs }}, "keyUsage": ["digitalSignature"], "extKeyUsage": ["serverAuth", "clientAuth"]}`, want: "not a signing CA"},
 		{name: "intermediate path length 0", pathLen: 0, tmpl: caTemplate, want: "path length"},
+		{name: "another trust domain", pathLen: 1, tmpl: `{"subject": {{ toJson .Subject }}, "uris": ["spiffe://evil.example"], "keyUsage": ["certSign", "crlSign"], "basicConstraints": {"isCA": true, "maxPathLen": 0}}`, want: "naming spiffe://evil.example, not spiffe://example.org"},
 		{name: "wrong password", pathLen: 1, tmpl: caTemplate, edit: func(t *testing.T, args []string) { writeFile(t, args[len(args)-1], []byte("wrong")) }, want: "wrong provisioner password"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
