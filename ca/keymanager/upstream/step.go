@@ -100,10 +100,9 @@ func (s *Step) endpoint(path string) string {
 
 // stepProvisioner is the part of a step-ca provisioner Writ reads.
 type stepProvisioner struct {
-	Type         string          `json:"type"`
-	Name         string          `json:"name"`
-	Key          json.RawMessage `json:"key"`
-	EncryptedKey string          `json:"encryptedKey"`
+	Type         string `json:"type"`
+	Name         string `json:"name"`
+	EncryptedKey string `json:"encryptedKey"`
 }
 
 // stepMessage extracts the message of a step-ca error answer.
