@@ -6,7 +6,7 @@ PROTOS    := $(shell find ca/api -name '*.proto')
 FUZZTIME  ?= 10s
 GOLANGCI_VERSION := v2.6.2
 
-.PHONY: all build test test-deps test-upstream integration bench bench-smoke bench-go fuzz lint vet fmt-check generate generate-check tidy-check tools clean
+.PHONY: all build docs docs-check test test-deps test-upstream integration bench bench-smoke bench-go fuzz lint vet fmt-check generate generate-check tidy-check tools clean
 
 all: lint test
 
@@ -26,7 +26,9 @@ test-upstream:
 # test-deps installs the PostgreSQL server that the pgstore tests start
 # throwaway clusters of (internal/pgtest), if no initdb is found and make
 # runs as root with apt-get; without it those tests skip (fail if
-# CI=true). No cluster of the package's own is created or started.
+# CI=true). No cluster of the package's own is created or started. It
+# installs nginx the same way, for the `writ helper` integration test
+# (no nginx service is started: the test runs its own on loopback).
 test-deps:
 	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
 	    { command -v pg_config >/dev/null && [ -x "$$(pg_config --bindir)/initdb" ]; }; then :; \
@@ -39,6 +41,17 @@ test-deps:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null; \
 	else \
 	  echo "no PostgreSQL server found: the pgstore tests will skip (apt-get install postgresql)"; \
+	fi
+	@# nginx, for the integration test of `writ helper run` serving mTLS
+	@# (skipped without it, failed if CI=true).
+	@if command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing nginx (for the writ helper integration test)"; \
+	  apt-get update -qq >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null 2>&1 || \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; \
+	else \
+	  echo "no nginx found: the writ helper nginx test will skip (apt-get install nginx)"; \
 	fi
 
 integration:
@@ -98,3 +111,12 @@ tidy-check:
 
 clean:
 	rm -rf $(BIN)
+
+# docs regenerates docs/config.md from the command definitions;
+# docs-check (run by make test through TestConfigReference as well) fails
+# when it is out of date.
+docs:
+	WRIT_UPDATE_DOCS=1 $(GO) test -count=1 -run '^TestConfigReference$$' ./cmd/writ
+
+docs-check:
+	$(GO) test -count=1 -run '^TestConfigReference$$' ./cmd/writ

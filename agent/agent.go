@@ -24,15 +24,12 @@ import (
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/internal/datadir"
+	"writ.dev/writ/internal/unixsock"
 )
 
 // Defaults and limits.
 const (
 	DefaultServerAddress = "127.0.0.1:8081"
-	// MaxSocketPath is the longest Unix socket path accepted: sun_path
-	// holds 104 bytes (with the terminating NUL) on the BSDs and macOS,
-	// 108 on Linux.
-	MaxSocketPath = 103
 	// MaxBatch is the most X.509-SVIDs asked for in one call.
 	MaxBatch = 500
 	// ReconnectSpread bounds the random delay before reconnecting after
@@ -179,7 +176,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	adminSocket := filepath.Join(dataDir, AdminSocketName)
 	for _, p := range []string{cfg.SocketPath, adminSocket} {
-		if err := CheckSocketPath(p); err != nil {
+		if err := unixsock.CheckPath(p); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 		}
 	}
@@ -212,14 +209,6 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.sched.keep, a.sched.unsigned = a.cache.Holds, a.cache.Unsigned
 	return a, nil
-}
-
-// CheckSocketPath reports whether path fits in a Unix socket address.
-func CheckSocketPath(path string) error {
-	if len(path) > MaxSocketPath {
-		return fmt.Errorf("socket path %s is %d bytes, longer than the %d a Unix socket allows; choose a shorter path", path, len(path), MaxSocketPath)
-	}
-	return nil
 }
 
 func checkHostPort(addr string) error {

@@ -244,11 +244,7 @@ func TestOutageServesCacheUntilExpiryThenRecovers(t *testing.T) {
 	// Recovery without restart.
 	syncs := e.srv.Stats().Syncs
 	e.srv.Restart()
-	eventually(t, "reconnection", func() bool {
-		e.clk.Advance(agent.ReconnectBackoff.Max)
-		time.Sleep(5 * time.Millisecond)
-		return e.srv.Stats().Syncs > syncs
-	})
+	e.advanceUntil("reconnection", agent.ReconnectBackoff.Max, func() bool { return e.srv.Stats().Syncs > syncs })
 	eventually(t, "a new SVID", func() bool { return svidFor(r.a.Cache(), w.Id, sel) != nil })
 	if got := svidFor(r.a.Cache(), w.Id, sel); !got.NotAfter.After(s.NotAfter) {
 		t.Fatal("not a new SVID")
@@ -274,16 +270,13 @@ func TestReconnectConvergesAndSpreads(t *testing.T) {
 	e.srv.Restart()
 	syncs := e.srv.Stats().Syncs
 	// No immediate reconnection after a broken connection: a random
-	// delay on the agent's clock comes first.
-	time.Sleep(200 * time.Millisecond)
+	// delay on the agent's clock comes first. Once the agent waits on
+	// it, it has not reconnected.
+	e.waitTimerWithin(agent.ReconnectSpread)
 	if n := e.srv.Stats().Syncs; n != syncs {
 		t.Fatal("reconnected without the random delay")
 	}
-	eventually(t, "reconnection", func() bool {
-		e.clk.Advance(agent.ReconnectSpread)
-		time.Sleep(5 * time.Millisecond)
-		return e.srv.Stats().Syncs > syncs
-	})
+	e.advanceUntil("reconnection", agent.ReconnectSpread, func() bool { return e.srv.Stats().Syncs > syncs })
 	eventually(t, "convergence", func() bool {
 		got := r.a.Cache().X509SVIDs(sel)
 		return len(got) == 2 && svidFor(r.a.Cache(), added.Id, sel) != nil && svidFor(r.a.Cache(), keep.Id, sel) != nil
@@ -310,8 +303,9 @@ func TestRotationAtHalfLife(t *testing.T) {
 	// largest jitter): nothing.
 	e.waitTimers(3)
 	e.clk.Set(start.Add(life/2 - life/10 - time.Second))
+	// The agent's loops have handled the move and wait on their timers
+	// again: whatever they were to do at this time is done.
 	e.waitTimers(3)
-	time.Sleep(50 * time.Millisecond)
 	if n := e.srv.Signed(w.Id); n != 1 {
 		t.Fatalf("rotated before the threshold (%d signings)", n)
 	}
@@ -348,8 +342,9 @@ func TestAgentSVIDRenewedAtHalfLife(t *testing.T) {
 
 	e.waitTimers(3)
 	e.clk.Set(start.Add(life/2 - life/10 - time.Second))
+	// The agent's loops have handled the move and wait on their timers
+	// again: whatever they were to do at this time is done.
 	e.waitTimers(3)
-	time.Sleep(50 * time.Millisecond)
 	if n := e.srv.Stats().Renewals; n != 0 {
 		t.Fatalf("renewed before the threshold")
 	}
@@ -378,10 +373,7 @@ func TestEvictedAgentDropsSVIDsAndReportsUnhealthy(t *testing.T) {
 	}
 
 	e.srv.Evict(true)
-	eventually(t, "eviction handled", func() bool {
-		e.clk.Advance(agent.ReconnectSpread)
-		return !r.a.Healthy()
-	})
+	e.advanceUntil("eviction handled", agent.ReconnectSpread, func() bool { return !r.a.Healthy() })
 	if got := r.a.Cache().X509SVIDs(sel); len(got) != 0 {
 		t.Fatal("SVIDs still served after eviction")
 	}
@@ -393,9 +385,7 @@ func TestEvictedAgentDropsSVIDsAndReportsUnhealthy(t *testing.T) {
 	}
 	// Unbanned: it recovers on its own.
 	e.srv.Evict(false)
-	eventually(t, "recovery", func() bool {
-		e.clk.Advance(agent.ReconnectBackoff.Max)
-		time.Sleep(5 * time.Millisecond)
+	e.advanceUntil("recovery", agent.ReconnectBackoff.Max, func() bool {
 		return r.a.Healthy() && svidFor(r.a.Cache(), w.Id, sel) != nil
 	})
 }
@@ -493,12 +483,11 @@ func TestAgentSVIDExpiryDuringOutageStopsRun(t *testing.T) {
 	r := e.start(e.attestConfig())
 	e.ready(r)
 	e.srv.Stop()
-	eventually(t, "Run to end", func() bool {
-		e.clk.Advance(10 * time.Minute)
+	e.advanceUntil("Run to end", 10*time.Minute, func() bool {
 		select {
 		case <-r.done:
 			return true
-		case <-time.After(5 * time.Millisecond):
+		default:
 			return false
 		}
 	})

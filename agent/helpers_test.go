@@ -140,6 +140,37 @@ func (e *env) waitTimers(n int) {
 	}
 }
 
+// advanceUntil drives the agent's clock until cond holds: each time the
+// agent has armed a timer due within d (it is then waiting on it), the
+// clock moves by d. It fails the test after 15 s.
+func (e *env) advanceUntil(what string, d time.Duration, cond func() bool) {
+	e.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("timed out waiting for %s", what)
+		}
+		// A bounded wait, so that cond is looked at again when what it
+		// waits for needs no timer.
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		err := e.clk.WaitForTimerWithin(ctx, d)
+		cancel()
+		if err == nil {
+			e.clk.Advance(d)
+		}
+	}
+}
+
+// waitTimerWithin waits until the agent has armed a timer due within d.
+func (e *env) waitTimerWithin(d time.Duration) {
+	e.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := e.clk.WaitForTimerWithin(ctx, d); err != nil {
+		e.t.Fatalf("waiting for a timer within %s: %v", d, err)
+	}
+}
+
 func eventually(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)

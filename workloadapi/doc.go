@@ -23,13 +23,17 @@
 //
 //  1. The metadata must hold "workload.spiffe.io" exactly once, with
 //     the value "true"; otherwise InvalidArgument, before anything else.
-//     This holds for every service on the socket, reflection included.
+//     This holds for the Workload API and reflection; services registered
+//     with RegisterService (Envoy's SDS) are exempt, as their clients
+//     cannot send it.
 //  2. The caller is attested. Its process was pinned once, when the
 //     connection was accepted (in the gRPC transport handshake); each call
 //     checks that it is still the same process, with the same uid, gid and
 //     executable (Process.Check), and uses its selectors, computed on the
 //     connection's first call. Any failure: PermissionDenied "no identity
 //     issued", with the detail in the debug log only.
+//     Services registered with RegisterService identify their callers the
+//     same way, with Server.Attest.
 //  3. The answer comes from memory: the cache, and responses marshaled
 //     once and shared (below).
 //

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"sync/atomic"
 	"time"
 
@@ -167,6 +168,9 @@ type Server struct {
 
 	bundles atomic.Pointer[bundleResp] // of the latest bundle seen
 	x509    x509RespCache
+	// extra are the services registered with RegisterService, before
+	// Run; read-only once Run starts.
+	extra []registration
 }
 
 // Errors returned by New and Run.
@@ -270,11 +274,18 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.ConnectionTimeout(handshakeTimeout),
 		// Clients may ping idle connections, but not flood.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(unaryTrack, unaryHeaderCheck),
-		grpc.ChainStreamInterceptor(streamTrack, streamHeaderCheck),
+		grpc.ChainUnaryInterceptor(unaryTrack, s.unaryHeader),
+		grpc.ChainStreamInterceptor(streamTrack, s.streamHeader),
 		grpc.WaitForHandlers(true),
+		// Calls run on long-lived workers whose stacks have grown to
+		// the handlers' depth, not on new goroutines that grow theirs
+		// on every call.
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(gs, &handler{s: s})
+	for _, r := range s.extra {
+		gs.RegisterService(r.desc, r.impl)
+	}
 	reflection.Register(gs)
 
 	served := make(chan error, 1)

@@ -49,8 +49,9 @@ var (
 	// ErrUnavailable: a JWT-SVID could not be signed because the server
 	// cannot be reached. JWTSigner implementations wrap it.
 	ErrUnavailable = errors.New("svidcache: server unavailable")
-	// ErrInvalidJWT: the signer returned a token that does not validate
-	// against the cache's bundle for the entry and audience asked for.
+	// ErrInvalidJWT: the signer returned a token whose claims do not
+	// check against the cache's bundle for the entry and audience asked
+	// for (jwtsvid.Inspect).
 	ErrInvalidJWT = errors.New("svidcache: invalid JWT-SVID from signer")
 	// ErrInvalidAudience: the audience is empty or has an empty value.
 	ErrInvalidAudience = errors.New("svidcache: invalid audience")

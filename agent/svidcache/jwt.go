@@ -28,9 +28,9 @@ type jwtCall struct {
 // FetchJWTSVID returns a JWT-SVID for entry entryID and audience. A
 // cached token for the entry's SPIFFE ID and the same audience set is
 // reused until half its lifetime has passed; otherwise the JWTSigner signs
-// one, which is validated against the cache's bundle (signature, sub =
-// the entry's SPIFFE ID, aud = audience, exp) before it is cached and
-// returned. Concurrent requests for one token share a single signing
+// one, whose claims are checked against the cache's bundle
+// (jwtsvid.Inspect: the key named is in the bundle, sub = the entry's
+// SPIFFE ID, aud = audience, exp) before it is cached and returned. Concurrent requests for one token share a single signing
 // call.
 //
 // Errors: ErrInvalidAudience, ErrUnknownEntry (the entry is not in the
@@ -91,14 +91,21 @@ func (c *Cache) signJWT(ctx context.Context, entryID string, id spiffeid.ID, aud
 	}
 	now := c.clk.Now()
 	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.bundle == nil {
-		return nil, fmt.Errorf("%w: no bundle to validate it with", ErrInvalidJWT)
+	bundle := c.bundle
+	c.mu.Unlock()
+	if bundle == nil {
+		return nil, fmt.Errorf("%w: no bundle to check it with", ErrInvalidJWT)
 	}
-	claims, err := jwtsvid.Validate(token, c.bundle, aud, now)
+	// The token comes from the server, authenticated by mTLS, which holds
+	// the signing key: its claims are checked, and that its key is in
+	// the bundle, but its signature is not verified again here (it
+	// would cost twice the signing).
+	claims, err := jwtsvid.Inspect(token, bundle, aud, now)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidJWT, err)
 	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
 	got := slices.Clone(claims.Audience)
 	slices.Sort(got)
 	got = slices.Compact(got)

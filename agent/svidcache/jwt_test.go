@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -97,35 +98,36 @@ func TestJWTErrors(t *testing.T) {
 }
 
 func TestJWTConcurrentFetchesShareOneCall(t *testing.T) {
-	c, _, s, e := jwtSetup(t)
-	gate := make(chan struct{})
-	s.mu.Lock()
-	s.gate = gate
-	s.mu.Unlock()
-	var wg sync.WaitGroup
-	results := make([]*svidcache.JWTSVID, 20)
-	for i := range results {
-		wg.Go(func() {
-			j, err := c.FetchJWTSVID(context.Background(), e.ID, []string{"a"})
-			if err != nil {
-				t.Error(err)
-			}
-			results[i] = j
-		})
-	}
-	time.Sleep(50 * time.Millisecond)
-	close(gate)
-	wg.Wait()
-	if n := s.calls.Load(); n != 1 {
-		// Callers arriving after the first call ended use the cache; only
-		// one call is ever made.
-		t.Fatalf("%d signing calls, want 1", n)
-	}
-	for _, j := range results {
-		if j != results[0] {
-			t.Fatal("callers got different tokens")
+	// In a bubble, so that synctest.Wait tells when every caller waits.
+	synctest.Test(t, func(t *testing.T) {
+		c, _, s, e := jwtSetup(t)
+		gate := make(chan struct{})
+		s.mu.Lock()
+		s.gate = gate
+		s.mu.Unlock()
+		var wg sync.WaitGroup
+		results := make([]*svidcache.JWTSVID, 20)
+		for i := range results {
+			wg.Go(func() {
+				j, err := c.FetchJWTSVID(context.Background(), e.ID, []string{"a"})
+				if err != nil {
+					t.Error(err)
+				}
+				results[i] = j
+			})
 		}
-	}
+		synctest.Wait() // one caller in the signer, held by the gate; the others waiting for it
+		close(gate)
+		wg.Wait()
+		if n := s.calls.Load(); n != 1 {
+			t.Fatalf("%d signing calls, want 1", n)
+		}
+		for _, j := range results {
+			if j != results[0] {
+				t.Fatal("callers got different tokens")
+			}
+		}
+	})
 }
 
 func TestJWTCacheBounded(t *testing.T) {

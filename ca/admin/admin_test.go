@@ -3,12 +3,10 @@ package admin_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -26,6 +24,7 @@ import (
 	"writ.dev/writ/ca/admin"
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
 	"writ.dev/writ/ca/clock/fakeclock"
+	"writ.dev/writ/internal/leakcheck"
 	"writ.dev/writ/internal/peercred"
 )
 
@@ -41,22 +40,7 @@ const (
 )
 
 // TestMain fails the run if the tests leave goroutines behind.
-func TestMain(m *testing.M) {
-	before := runtime.NumGoroutine()
-	code := m.Run()
-	if code == 0 {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			buf := make([]byte, 1<<20)
-			fmt.Fprintf(os.Stderr, "leaked goroutines: %d before, %d after\n%s\n", before, n, buf[:runtime.Stack(buf, true)])
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(leakcheck.Main(m)) }
 
 // env is an admin API server on a real Unix socket with a client
 // connected to it.

@@ -39,7 +39,7 @@ type auditItem struct {
 // returned: one record for the call, or, if the call succeeded and the
 // handler listed items, one per item.
 func (s *Service) finish(ctx context.Context, c *call, err error) {
-	if !c.rule.mutation {
+	if !c.rule.mutation && !c.rule.secret {
 		return
 	}
 	if err != nil || len(c.items) == 0 {

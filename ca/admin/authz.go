@@ -21,6 +21,10 @@ type rule struct {
 	public bool
 	// mutation methods change state; every call is audit-logged.
 	mutation bool
+	// secret methods hand out private keys: only root and the server's
+	// own uid may call them (not the uids of Config.AllowedUIDs), and every
+	// call is audit-logged.
+	secret bool
 }
 
 // rules maps each method, by its canonical full name, to its policy. A
@@ -41,9 +45,20 @@ var rules = map[string]rule{
 
 	adminv1.JoinTokenService_GenerateJoinToken_FullMethodName: {mutation: true},
 
-	adminv1.BundleService_GetBundle_FullMethodName: {},
+	adminv1.BundleService_GetBundle_FullMethodName:             {},
+	adminv1.BundleService_SetFederatedBundle_FullMethodName:    {mutation: true},
+	adminv1.BundleService_ListFederatedBundles_FullMethodName:  {},
+	adminv1.BundleService_DeleteFederatedBundle_FullMethodName: {mutation: true},
+
+	adminv1.FederationService_CreateFederation_FullMethodName:  {mutation: true},
+	adminv1.FederationService_UpdateFederation_FullMethodName:  {mutation: true},
+	adminv1.FederationService_GetFederation_FullMethodName:     {},
+	adminv1.FederationService_ListFederations_FullMethodName:   {},
+	adminv1.FederationService_DeleteFederation_FullMethodName:  {mutation: true},
+	adminv1.FederationService_RefreshFederation_FullMethodName: {mutation: true},
 
 	adminv1.ServerService_ListServers_FullMethodName:   {},
+	adminv1.ServerService_Backup_FullMethodName:        {secret: true},
 	adminv1.CAService_ListAuthorities_FullMethodName:   {},
 	adminv1.CAService_PrepareAuthority_FullMethodName:  {mutation: true},
 	adminv1.CAService_ActivateAuthority_FullMethodName: {mutation: true},
@@ -147,10 +162,12 @@ func (s *Service) authorize(ctx context.Context, method string) (*call, error) {
 		err = status.Error(codes.PermissionDenied, "permission denied: caller's peer credentials are unknown")
 	case !s.allowed[cred.UID]:
 		err = status.Errorf(codes.PermissionDenied, "permission denied: uid %d may not call the admin API", cred.UID)
+	case r.secret && cred.UID != 0 && cred.UID != s.self:
+		err = status.Errorf(codes.PermissionDenied, "permission denied: only root and the server's uid may call %s", method)
 	default:
 		return c, nil
 	}
-	if r.mutation {
+	if r.mutation || r.secret {
 		s.audit(ctx, c, codes.PermissionDenied, "", "")
 	} else {
 		attrs := append(callerAttrs(c), slog.String(KeyCode, codes.PermissionDenied.String()))

@@ -17,6 +17,8 @@ func TestRulesCoverAdminAPI(t *testing.T) {
 		"GenerateJoinToken": true,
 		"PrepareAuthority":  true, "ActivateAuthority": true, "TaintAuthority": true,
 		"RevokeAuthority": true, "Rotate": true,
+		"SetFederatedBundle": true, "DeleteFederatedBundle": true,
+		"CreateFederation": true, "UpdateFederation": true, "DeleteFederation": true, "RefreshFederation": true,
 	}
 	seen := make(map[string]bool)
 	for _, desc := range []grpc.ServiceDesc{
@@ -26,6 +28,7 @@ func TestRulesCoverAdminAPI(t *testing.T) {
 		adminv1.BundleService_ServiceDesc,
 		adminv1.ServerService_ServiceDesc,
 		adminv1.CAService_ServiceDesc,
+		adminv1.FederationService_ServiceDesc,
 	} {
 		var names []string
 		for _, m := range desc.Methods {

@@ -2,6 +2,10 @@ package admin
 
 import (
 	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
 	"writ.dev/writ/ca/datastore"
@@ -38,4 +42,64 @@ func serverToWire(s *datastore.Server) *adminv1.Server {
 		StartedAt: unixSeconds(s.StartedAt),
 		Heartbeat: unixSeconds(s.Heartbeat),
 	}
+}
+
+// backupChunkSize is the size of the pieces Backup sends.
+const backupChunkSize = 256 << 10
+
+// Backup streams the server's backup archive.
+func (ss *serverService) Backup(_ *adminv1.BackupRequest, stream adminv1.ServerService_BackupServer) error {
+	s := ss.s
+	ctx := stream.Context()
+	if _, err := s.begin(ctx); err != nil {
+		return err
+	}
+	if s.backup == nil {
+		return status.Error(codes.FailedPrecondition, "this server cannot write backups")
+	}
+	w := &chunkWriter{send: func(b []byte) error { return stream.Send(&adminv1.BackupChunk{Data: b}) }, buf: make([]byte, 0, backupChunkSize)}
+	err := s.backup.WriteBackup(ctx, w)
+	if err == nil {
+		err = w.flush()
+	}
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, ErrBackupUnsupported):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case status.Code(err) != codes.Unknown || ctx.Err() != nil:
+		return err // the stream broke or the caller left
+	default:
+		return s.internal(ctx, "backup", err)
+	}
+}
+
+// chunkWriter buffers writes into chunks of its buffer's capacity.
+type chunkWriter struct {
+	send func([]byte) error
+	buf  []byte
+}
+
+func (w *chunkWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		k := min(len(p), cap(w.buf)-len(w.buf))
+		w.buf = append(w.buf, p[:k]...)
+		p = p[k:]
+		if len(w.buf) == cap(w.buf) {
+			if err := w.flush(); err != nil {
+				return 0, err
+			}
+		}
+	}
+	return n, nil
+}
+
+func (w *chunkWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	err := w.send(w.buf)
+	w.buf = w.buf[:0]
+	return err
 }

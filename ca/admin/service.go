@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math"
 	"os"
@@ -18,6 +19,7 @@ import (
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/federation"
 )
 
 // Limits on what one call may ask for.
@@ -61,8 +63,15 @@ type Store interface {
 	CreateJoinToken(ctx context.Context, t *datastore.JoinToken) error
 
 	FetchBundle(ctx context.Context, td spiffeid.TrustDomain) (*spiffebundle.Bundle, error)
+	ListBundles(ctx context.Context) ([]*spiffebundle.Bundle, error)
+	UpdateBundle(ctx context.Context, td spiffeid.TrustDomain, fn func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error)) (*spiffebundle.Bundle, error)
+	DeleteBundle(ctx context.Context, td spiffeid.TrustDomain) error
 
 	ListServers(ctx context.Context) ([]*datastore.Server, error)
+
+	PutFederation(ctx context.Context, r *datastore.Federation) error
+	ListFederations(ctx context.Context) ([]*datastore.Federation, error)
+	DeleteFederation(ctx context.Context, td spiffeid.TrustDomain) error
 }
 
 // Config configures a Service.
@@ -95,7 +104,24 @@ type Config struct {
 	// none; with the entries' TTLs it bounds how long after a CA key
 	// stopped signing its X.509-SVIDs may be valid. Defaults to an hour.
 	DefaultX509SVIDTTL time.Duration
+	// Federation, if set, fetches federated bundles; RefreshFederation
+	// and the status in FederationService's answers come from it.
+	Federation FederationFetcher
+	// Backup, if set, writes a backup of the server for ServerService's
+	// Backup; without it Backup answers FailedPrecondition.
+	Backup Backuper
 }
+
+// Backuper writes a backup archive of the server to w. It fails with
+// ErrBackupUnsupported when the server's state cannot be backed up this
+// way (a shared database).
+type Backuper interface {
+	WriteBackup(ctx context.Context, w io.Writer) error
+}
+
+// ErrBackupUnsupported means the server cannot write a backup of its
+// state itself; its message says what to do instead.
+var ErrBackupUnsupported = errors.New("backup not supported")
 
 // Service serves the admin API: entries, agents, join tokens and the
 // bundle. Its interceptors must be installed on the server it is
@@ -112,6 +138,18 @@ type Service struct {
 	// allowed is the set of uids that may call admin methods. It is only
 	// read once the service serves.
 	allowed map[uint32]bool
+	// self is the uid the server runs as.
+	self       uint32
+	backup     Backuper
+	federation FederationFetcher
+}
+
+// FederationFetcher is the server's federated bundle fetcher
+// (federation.Fetcher).
+type FederationFetcher interface {
+	Refresh(ctx context.Context, r *datastore.Federation) error
+	Status(td spiffeid.TrustDomain) (federation.Status, bool)
+	Kick()
 }
 
 // New returns a Service for cfg.
@@ -148,6 +186,9 @@ func New(cfg Config) (*Service, error) {
 		pusher:       cfg.BundlePusher,
 		x509SVIDTTL:  cmp.Or(cfg.DefaultX509SVIDTTL, time.Hour),
 		allowed:      allowed,
+		self:         uint32(os.Getuid()),
+		backup:       cfg.Backup,
+		federation:   cfg.Federation,
 	}, nil
 }
 
@@ -180,4 +221,5 @@ func (s *Service) Register(g *grpc.Server) {
 	adminv1.RegisterBundleServiceServer(g, &bundleService{s: s})
 	adminv1.RegisterServerServiceServer(g, &serverService{s: s})
 	adminv1.RegisterCAServiceServer(g, &caService{s: s})
+	adminv1.RegisterFederationServiceServer(g, &federationService{s: s})
 }

@@ -117,6 +117,16 @@ type Store interface {
 	// ListServers returns every server record, in ID order.
 	ListServers(ctx context.Context) ([]*Server, error)
 
+	// PutFederation creates or replaces the federation relationship with
+	// r.TrustDomain.
+	PutFederation(ctx context.Context, r *Federation) error
+	// ListFederations returns every federation relationship, in trust
+	// domain order.
+	ListFederations(ctx context.Context) ([]*Federation, error)
+	// DeleteFederation removes the relationship with td (ErrNotFound if
+	// there is none). The trust domain's bundle stays.
+	DeleteFederation(ctx context.Context, td spiffeid.TrustDomain) error
+
 	// Events returns up to limit events with revisions above after, in
 	// revision order. ErrEventsPruned means some were dropped.
 	Events(ctx context.Context, after uint64, limit int) ([]Event, error)
@@ -225,6 +235,23 @@ type CAKey struct {
 	// written before Writ kept it (then only NotAfter bounds what the
 	// key signed).
 	SignedUntil time.Time
+}
+
+// Federation is a federation relationship: a trust domain whose bundle
+// the servers fetch from its SPIFFE bundle endpoint and keep in the
+// datastore.
+type Federation struct {
+	TrustDomain spiffeid.TrustDomain
+	// BundleEndpointURL is the https URL of the trust domain's bundle
+	// endpoint.
+	BundleEndpointURL string
+	// Profile is "https_spiffe" (the endpoint authenticates with an
+	// X.509-SVID of EndpointSPIFFEID, verified against the trust domain's
+	// stored bundle) or "https_web" (Web PKI).
+	Profile          string
+	EndpointSPIFFEID spiffeid.ID
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
 }
 
 // Server is one CA server sharing the datastore, as it last reported

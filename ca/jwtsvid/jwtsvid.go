@@ -5,20 +5,22 @@ import (
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/rsa"
+	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
+	"math/big"
 	"slices"
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/go-jose/go-jose/v4"
-	"github.com/go-jose/go-jose/v4/cryptosigner"
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
@@ -89,6 +91,9 @@ var b64 = base64.RawURLEncoding.Strict()
 type Key struct {
 	ID     string
 	Signer crypto.Signer
+	// Issuer, if set, is the iss claim of the tokens the key signs (the
+	// issuer URL that OIDC discovery publishes).
+	Issuer string
 }
 
 // BundleSource supplies JWT bundles by trust domain. It is go-spiffe's
@@ -113,6 +118,7 @@ type Claims struct {
 
 // claims is the payload Sign writes.
 type claims struct {
+	Issuer   string `json:"iss,omitempty"`
 	Subject  string `json:"sub"`
 	Audience any    `json:"aud"`
 	Expiry   int64  `json:"exp"`
@@ -124,7 +130,7 @@ type claims struct {
 // RS256 for RSA), kid = key.ID and typ "JWT". The claims are sub = id,
 // aud (a string for one audience, an array for several; each non-empty),
 // exp = min(now+ttl, notAfter) in whole seconds rounded down, and
-// iat = now in whole seconds. notAfter is the end of the key's validity and
+// iat = now in whole seconds, and iss = key.Issuer if set. notAfter is the end of the key's validity and
 // is required: a token never outlives its key.
 func Sign(now time.Time, key Key, id spiffeid.ID, audience []string, ttl time.Duration, notAfter time.Time) (string, time.Time, error) {
 	switch {
@@ -158,7 +164,7 @@ func Sign(now time.Time, key Key, id spiffeid.ID, audience []string, ttl time.Du
 	if !exp.After(now) {
 		return "", time.Time{}, fmt.Errorf("%w: token would expire within a second (TTL %v, key valid until %s)", ErrInvalid, ttl, notAfter.UTC().Format(time.RFC3339))
 	}
-	c := claims{Subject: id.String(), Expiry: exp.Unix(), IssuedAt: now.Unix()}
+	c := claims{Issuer: key.Issuer, Subject: id.String(), Expiry: exp.Unix(), IssuedAt: now.Unix()}
 	if len(audience) == 1 {
 		c.Audience = audience[0]
 	} else {
@@ -169,27 +175,9 @@ func Sign(now time.Time, key Key, id spiffeid.ID, audience []string, ttl time.Du
 		return "", time.Time{}, fmt.Errorf("jwtsvid: encode claims: %w", err)
 	}
 
-	var signingKey any
-	switch k := key.Signer.(type) {
-	case *ecdsa.PrivateKey, *rsa.PrivateKey:
-		signingKey = k
-	default:
-		signingKey = cryptosigner.Opaque(k)
-	}
-	signer, err := jose.NewSigner(
-		jose.SigningKey{Algorithm: alg, Key: jose.JSONWebKey{Key: signingKey, KeyID: key.ID}},
-		(&jose.SignerOptions{}).WithType("JWT"),
-	)
+	token, err := signCompact(key, alg, payload)
 	if err != nil {
-		return "", time.Time{}, fmt.Errorf("jwtsvid: signer: %w", err)
-	}
-	jws, err := signer.Sign(payload)
-	if err != nil {
-		return "", time.Time{}, fmt.Errorf("jwtsvid: sign: %w", err)
-	}
-	token, err := jws.CompactSerialize()
-	if err != nil {
-		return "", time.Time{}, fmt.Errorf("jwtsvid: serialize: %w", err)
+		return "", time.Time{}, err
 	}
 	if len(token) > MaxTokenSize {
 		return "", time.Time{}, fmt.Errorf("%w: token of %d bytes exceeds %d", ErrInvalid, len(token), MaxTokenSize)
@@ -244,29 +232,92 @@ func signingAlg(pub crypto.PublicKey) (jose.SignatureAlgorithm, error) {
 // audience lists the audiences the caller accepts; it must be non-empty,
 // without empty strings (ErrInvalid).
 func Validate(token string, bundles BundleSource, audience []string, now time.Time) (*Claims, error) {
+	if err := checkArgs(bundles, audience, now); err != nil {
+		return nil, err
+	}
+	t, err := parse(token)
+	if err != nil {
+		return nil, err
+	}
+	key, err := t.findKey(bundles)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.verify(key); err != nil {
+		return nil, err
+	}
+	return t.checkClaims(now, audience, true)
+}
+
+// Inspect decodes a JWT-SVID received from its issuer over an
+// authenticated channel and checks everything Validate checks except the
+// signature: form, header, sub, that a key of the token's kid and fitting
+// its alg is in the bundle of sub's trust domain, exp, nbf, iat and aud
+// (which must hold one of audience). It is for an agent that has just
+// asked the server that holds the signing key for this very token, where
+// verifying the signature would only repeat the server's work; a token
+// from anyone else must go through Validate. The Claims have no Raw.
+func Inspect(token string, bundles BundleSource, audience []string, now time.Time) (*Claims, error) {
+	if err := checkArgs(bundles, audience, now); err != nil {
+		return nil, err
+	}
+	t, err := parse(token)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := t.findKey(bundles); err != nil {
+		return nil, err
+	}
+	return t.checkClaims(now, audience, false)
+}
+
+func checkArgs(bundles BundleSource, audience []string, now time.Time) error {
 	switch {
 	case now.IsZero():
-		return nil, fmt.Errorf("%w: zero time", ErrInvalid)
+		return fmt.Errorf("%w: zero time", ErrInvalid)
 	case bundles == nil:
-		return nil, fmt.Errorf("%w: no bundle source", ErrInvalid)
+		return fmt.Errorf("%w: no bundle source", ErrInvalid)
 	case len(audience) == 0:
-		return nil, fmt.Errorf("%w: no expected audience", ErrInvalid)
+		return fmt.Errorf("%w: no expected audience", ErrInvalid)
 	case slices.Contains(audience, ""):
-		return nil, fmt.Errorf("%w: empty expected audience", ErrInvalid)
+		return fmt.Errorf("%w: empty expected audience", ErrInvalid)
 	}
+	return nil
+}
+
+// parsedToken is a JWT-SVID decoded once and checked up to, not
+// including, its key and signature (steps 1 to 4 of Validate).
+type parsedToken struct {
+	alg     jose.SignatureAlgorithm
+	kid     string
+	id      spiffeid.ID
+	claims  map[string]json.RawMessage
+	payload []byte
+	signed  string // the signing input: header "." payload, as received
+	sig     []byte
+}
+
+// parse runs steps 1 to 4 of Validate.
+func parse(token string) (*parsedToken, error) {
 	if len(token) > MaxTokenSize {
 		return nil, fmt.Errorf("%w: %d bytes (limit %d)", ErrTooLarge, len(token), MaxTokenSize)
 	}
 
 	// 2. Form.
-	if i := strings.IndexFunc(token, notTokenChar); i >= 0 {
+	if i := indexNotTokenChar(token); i >= 0 {
 		return nil, fmt.Errorf("%w: unexpected character at offset %d (not a compact JWS)", ErrMalformed, i)
 	}
-	parts := strings.Split(token, ".")
-	if len(parts) != 3 {
-		return nil, fmt.Errorf("%w: %d parts (a compact JWS has 3)", ErrMalformed, len(parts))
+	dot1 := strings.IndexByte(token, '.')
+	dot2 := -1
+	if dot1 >= 0 {
+		if i := strings.IndexByte(token[dot1+1:], '.'); i >= 0 {
+			dot2 = dot1 + 1 + i
+		}
 	}
-	headerJSON, err := b64.DecodeString(parts[0])
+	if dot1 < 0 || dot2 < 0 || strings.IndexByte(token[dot2+1:], '.') >= 0 {
+		return nil, fmt.Errorf("%w: %d parts (a compact JWS has 3)", ErrMalformed, strings.Count(token, ".")+1)
+	}
+	headerJSON, err := b64.DecodeString(token[:dot1])
 	if err != nil {
 		return nil, fmt.Errorf("%w: header: %w", ErrMalformed, err)
 	}
@@ -274,7 +325,7 @@ func Validate(token string, bundles BundleSource, audience []string, now time.Ti
 	if err != nil {
 		return nil, fmt.Errorf("%w: header: %w", ErrMalformed, err)
 	}
-	payload, err := b64.DecodeString(parts[1])
+	payload, err := b64.DecodeString(token[dot1+1 : dot2])
 	if err != nil {
 		return nil, fmt.Errorf("%w: payload: %w", ErrMalformed, err)
 	}
@@ -288,8 +339,12 @@ func Validate(token string, bundles BundleSource, audience []string, now time.Ti
 	if err != nil {
 		return nil, err
 	}
-	if parts[2] == "" {
+	if dot2 == len(token)-1 {
 		return nil, fmt.Errorf("%w: no signature", ErrMalformed)
+	}
+	sig, err := b64.DecodeString(token[dot2+1:])
+	if err != nil {
+		return nil, fmt.Errorf("%w: signature: %w", ErrMalformed, err)
 	}
 
 	// 4. Subject, only to choose the bundle.
@@ -301,9 +356,13 @@ func Validate(token string, bundles BundleSource, audience []string, now time.Ti
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrSubject, err)
 	}
+	return &parsedToken{alg: alg, kid: kid, id: id, claims: claimSet, payload: payload, signed: token[:dot2], sig: sig}, nil
+}
 
-	// 5. Key, by kid, in the subject's trust domain only.
-	td := id.TrustDomain()
+// findKey runs step 5 of Validate: the key of the token's kid in the
+// bundle of its subject's trust domain, fitting its alg.
+func (t *parsedToken) findKey(bundles BundleSource) (crypto.PublicKey, error) {
+	td := t.id.TrustDomain()
 	bundle, err := bundles.GetJWTBundleForTrustDomain(td)
 	if err != nil {
 		return nil, fmt.Errorf("%w: no bundle for trust domain %q: %w", ErrKeyNotFound, td.Name(), err)
@@ -311,40 +370,78 @@ func Validate(token string, bundles BundleSource, audience []string, now time.Ti
 	if bundle == nil || bundle.TrustDomain() != td {
 		return nil, fmt.Errorf("%w: no bundle for trust domain %q", ErrKeyNotFound, td.Name())
 	}
-	key, ok := bundle.FindJWTAuthority(kid)
+	key, ok := bundle.FindJWTAuthority(t.kid)
 	if !ok {
-		return nil, fmt.Errorf("%w: no key %q in trust domain %q", ErrKeyNotFound, kid, td.Name())
+		return nil, fmt.Errorf("%w: no key %q in trust domain %q", ErrKeyNotFound, t.kid, td.Name())
 	}
-	if err := checkKeyAlg(key, alg); err != nil {
+	if err := checkKeyAlg(key, t.alg); err != nil {
 		return nil, err
 	}
+	return key, nil
+}
 
-	// 6. Signature.
-	jws, err := jose.ParseSignedCompact(token, []jose.SignatureAlgorithm{alg})
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrMalformed, err)
+// verify runs step 6 of Validate on the parts parse decoded; key has
+// passed checkKeyAlg for the token's alg.
+func (t *parsedToken) verify(key crypto.PublicKey) error {
+	h := algHash(t.alg)
+	hh := h.New()
+	hh.Write([]byte(t.signed))
+	digest := hh.Sum(nil)
+	switch k := key.(type) {
+	case *ecdsa.PublicKey:
+		size := (k.Curve.Params().BitSize + 7) / 8
+		if len(t.sig) != 2*size {
+			return fmt.Errorf("%w: %d-byte signature for %s", ErrSignature, len(t.sig), t.alg)
+		}
+		r := new(big.Int).SetBytes(t.sig[:size])
+		s := new(big.Int).SetBytes(t.sig[size:])
+		if !ecdsa.Verify(k, digest, r, s) {
+			return fmt.Errorf("%w: %s signature does not verify", ErrSignature, t.alg)
+		}
+		return nil
+	case *rsa.PublicKey:
+		var err error
+		switch t.alg {
+		case jose.PS256, jose.PS384, jose.PS512:
+			err = rsa.VerifyPSS(k, h, digest, t.sig, nil)
+		default:
+			err = rsa.VerifyPKCS1v15(k, h, digest, t.sig)
+		}
+		if err != nil {
+			return fmt.Errorf("%w: %s signature does not verify", ErrSignature, t.alg)
+		}
+		return nil
 	}
-	verified, err := jws.Verify(key)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrSignature, err)
-	}
-	if !bytes.Equal(verified, payload) {
-		// Cannot happen: both decode the same base64url.
-		return nil, fmt.Errorf("%w: payload differs from the verified one", ErrSignature)
-	}
+	return fmt.Errorf("%w: %s with a %s", ErrKeyMismatch, t.alg, describeKey(key))
+}
 
+// algHash is the hash of an allowed alg.
+func algHash(alg jose.SignatureAlgorithm) crypto.Hash {
+	switch alg {
+	case jose.ES384, jose.RS384, jose.PS384:
+		return crypto.SHA384
+	case jose.ES512, jose.RS512, jose.PS512:
+		return crypto.SHA512
+	}
+	return crypto.SHA256
+}
+
+// checkClaims runs steps 7 and 8 of Validate and returns the claims, with
+// Raw if withRaw.
+func (t *parsedToken) checkClaims(now time.Time, audience []string, withRaw bool) (*Claims, error) {
 	// 7. Times.
-	c := &Claims{ID: id, KeyID: kid}
-	if _, ok := claimSet["exp"]; !ok {
+	c := &Claims{ID: t.id, KeyID: t.kid}
+	if _, ok := t.claims["exp"]; !ok {
 		return nil, fmt.Errorf("%w: no exp", ErrClaims)
 	}
-	if c.Expiry, err = numericDate(claimSet, "exp"); err != nil {
+	var err error
+	if c.Expiry, err = numericDate(t.claims, "exp"); err != nil {
 		return nil, err
 	}
-	if c.NotBefore, err = numericDate(claimSet, "nbf"); err != nil {
+	if c.NotBefore, err = numericDate(t.claims, "nbf"); err != nil {
 		return nil, err
 	}
-	if c.IssuedAt, err = numericDate(claimSet, "iat"); err != nil {
+	if c.IssuedAt, err = numericDate(t.claims, "iat"); err != nil {
 		return nil, err
 	}
 	if err := checkTimes(c, now); err != nil {
@@ -352,15 +449,23 @@ func Validate(token string, bundles BundleSource, audience []string, now time.Ti
 	}
 
 	// 8. Audience.
-	if c.Audience, err = audienceClaim(claimSet); err != nil {
+	if c.Audience, err = audienceClaim(t.claims); err != nil {
 		return nil, err
 	}
 	if err := checkAudience(c, audience); err != nil {
 		return nil, err
 	}
 
-	if err := json.Unmarshal(payload, &c.Raw); err != nil {
-		return nil, fmt.Errorf("%w: payload: %w", ErrMalformed, err)
+	if !withRaw {
+		return c, nil
+	}
+	c.Raw = make(map[string]any, len(t.claims))
+	for name, raw := range t.claims {
+		v, err := decodeAny(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%w: payload: %s: %w", ErrMalformed, name, err)
+		}
+		c.Raw[name] = v
 	}
 	return c, nil
 }
@@ -388,48 +493,112 @@ func checkAudience(c *Claims, audience []string) error {
 	return nil
 }
 
-// notTokenChar reports runes outside the base64url alphabet and '.'.
-func notTokenChar(r rune) bool {
+// notTokenChar reports bytes outside the base64url alphabet and '.'.
+func notTokenChar(r byte) bool {
 	return !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
 }
 
-// decodeObject decodes a JSON object into its members, refusing duplicate
-// member names and anything after the object.
-func decodeObject(data []byte) (map[string]json.RawMessage, error) {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	tok, err := dec.Token()
-	if err != nil {
-		return nil, err
+// indexNotTokenChar returns the offset of the first byte of s outside the
+// base64url alphabet and '.', or -1.
+func indexNotTokenChar(s string) int {
+	for i := 0; i < len(s); i++ {
+		if notTokenChar(s[i]) {
+			return i
+		}
 	}
-	if d, ok := tok.(json.Delim); !ok || d != '{' {
+	return -1
+}
+
+// plainString returns the value of a JSON string (raw, quotes included,
+// already known to be valid JSON) that has no escapes and is valid UTF-8,
+// as encoding/json would decode it; ok is false for other strings, which
+// must be decoded by encoding/json.
+func plainString(raw []byte) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	in := raw[1 : len(raw)-1]
+	if bytes.IndexByte(in, '\\') >= 0 || !utf8.Valid(in) {
+		return "", false
+	}
+	return string(in), true
+}
+
+// decodeObject decodes a JSON object into its members, refusing duplicate
+// member names and anything after the object. The data is checked with
+// json.Valid first, so that the scan below can rely on its form.
+func decodeObject(data []byte) (map[string]json.RawMessage, error) {
+	if !json.Valid(data) {
+		return nil, errors.New("not valid JSON")
+	}
+	i := skipSpace(data, 0)
+	if i >= len(data) || data[i] != '{' {
 		return nil, errors.New("not a JSON object")
 	}
-	m := make(map[string]json.RawMessage)
-	for dec.More() {
-		tok, err := dec.Token()
-		if err != nil {
+	m := make(map[string]json.RawMessage, 8)
+	i = skipSpace(data, i+1)
+	for i < len(data) && data[i] != '}' {
+		if data[i] == ',' {
+			i = skipSpace(data, i+1)
+		}
+		end := skipValue(data, i) // the name, a string
+		var name string
+		if raw := data[i+1 : end-1]; bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
+			name = string(raw)
+		} else if err := json.Unmarshal(data[i:end], &name); err != nil {
 			return nil, err
 		}
-		name, ok := tok.(string)
-		if !ok {
-			return nil, errors.New("member name is not a string")
-		}
+		i = skipSpace(data, end)
+		i = skipSpace(data, i+1) // the ':'
+		end = skipValue(data, i)
 		if _, dup := m[name]; dup {
 			return nil, fmt.Errorf("duplicate member %q", name)
 		}
-		var v json.RawMessage
-		if err := dec.Decode(&v); err != nil {
-			return nil, err
-		}
-		m[name] = v
-	}
-	if _, err := dec.Token(); err != nil { // the closing '}'
-		return nil, err
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return nil, errors.New("data after the JSON object")
+		m[name] = json.RawMessage(data[i:end])
+		i = skipSpace(data, end)
 	}
 	return m, nil
+}
+
+func skipSpace(data []byte, i int) int {
+	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') {
+		i++
+	}
+	return i
+}
+
+// skipValue returns the end of the JSON value that starts at i in data,
+// which json.Valid has accepted.
+func skipValue(data []byte, i int) int {
+	depth := 0
+	for ; i < len(data); i++ {
+		switch c := data[i]; c {
+		case '"':
+			for i++; data[i] != '"'; i++ {
+				if data[i] == '\\' {
+					i++
+				}
+			}
+			if depth == 0 {
+				return i + 1
+			}
+		case '{', '[':
+			depth++
+		case '}', ']':
+			if depth == 0 { // the end of the enclosing object or array
+				return i
+			}
+			depth--
+			if depth == 0 {
+				return i + 1
+			}
+		case ',', ' ', '\t', '\n', '\r', ':':
+			if depth == 0 {
+				return i
+			}
+		}
+	}
+	return i
 }
 
 // stringMember decodes member name of m, which must be a JSON string.
@@ -440,6 +609,10 @@ func stringMember(m map[string]json.RawMessage, name string, s *string) error {
 	}
 	if len(raw) == 0 || raw[0] != '"' {
 		return fmt.Errorf("%s is not a string", name)
+	}
+	if plain, ok := plainString(raw); ok {
+		*s = plain
+		return nil
 	}
 	if err := json.Unmarshal(raw, s); err != nil {
 		return fmt.Errorf("%s: %w", name, err)
@@ -549,7 +722,11 @@ func audienceClaim(m map[string]json.RawMessage) ([]string, error) {
 	var aud []string
 	switch {
 	case len(raw) > 0 && raw[0] == '"':
-		var s string
+		s, ok := plainString(raw)
+		if ok {
+			aud = []string{s}
+			break
+		}
 		if err := json.Unmarshal(raw, &s); err != nil {
 			return nil, fmt.Errorf("%w: aud: %w", ErrAudience, err)
 		}
@@ -568,4 +745,70 @@ func audienceClaim(m map[string]json.RawMessage) ([]string, error) {
 		return nil, fmt.Errorf("%w: aud has an empty value", ErrAudience)
 	}
 	return aud, nil
+}
+
+// signCompact signs payload with key as a compact JWS whose protected
+// header is alg, kid and typ "JWT". ECDSA signatures are converted from
+// the ASN.1 form crypto.Signer returns to the fixed-size R || S of JWS.
+func signCompact(key Key, alg jose.SignatureAlgorithm, payload []byte) (string, error) {
+	header, err := json.Marshal(struct {
+		Alg string `json:"alg"`
+		Kid string `json:"kid"`
+		Typ string `json:"typ"`
+	}{string(alg), key.ID, "JWT"})
+	if err != nil {
+		return "", fmt.Errorf("jwtsvid: encode header: %w", err)
+	}
+	buf := make([]byte, 0, b64.EncodedLen(len(header))+b64.EncodedLen(len(payload))+2+b64.EncodedLen(132))
+	buf = b64.AppendEncode(buf, header)
+	buf = append(buf, '.')
+	buf = b64.AppendEncode(buf, payload)
+	h := algHash(alg)
+	hh := h.New()
+	hh.Write(buf)
+	sig, err := key.Signer.Sign(rand.Reader, hh.Sum(nil), h)
+	if err != nil {
+		return "", fmt.Errorf("jwtsvid: sign: %w", err)
+	}
+	if pub, ok := key.Signer.Public().(*ecdsa.PublicKey); ok {
+		if sig, err = rawECDSASignature(sig, (pub.Curve.Params().BitSize+7)/8); err != nil {
+			return "", fmt.Errorf("jwtsvid: sign: %w", err)
+		}
+	}
+	buf = append(buf, '.')
+	buf = b64.AppendEncode(buf, sig)
+	return string(buf), nil
+}
+
+// rawECDSASignature converts an ASN.1 ECDSA signature to R || S, each
+// size bytes.
+func rawECDSASignature(der []byte, size int) ([]byte, error) {
+	var rs struct{ R, S *big.Int }
+	rest, err := asn1.Unmarshal(der, &rs)
+	if err != nil || len(rest) > 0 || rs.R == nil || rs.S == nil || rs.R.Sign() <= 0 || rs.S.Sign() <= 0 {
+		return nil, errors.New("signer returned a malformed ECDSA signature")
+	}
+	if (rs.R.BitLen()+7)/8 > size || (rs.S.BitLen()+7)/8 > size {
+		return nil, errors.New("signer returned an ECDSA signature too large for its curve")
+	}
+	out := make([]byte, 2*size)
+	rs.R.FillBytes(out[:size])
+	rs.S.FillBytes(out[size:])
+	return out, nil
+}
+
+// decodeAny decodes a JSON value (valid JSON) as json.Unmarshal into an
+// any does, without its reflection for plain strings and numbers.
+func decodeAny(raw json.RawMessage) (any, error) {
+	if str, ok := plainString(raw); ok {
+		return str, nil
+	}
+	if len(raw) > 0 && (raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9') {
+		if f, err := strconv.ParseFloat(string(raw), 64); err == nil {
+			return f, nil
+		}
+	}
+	var v any
+	err := json.Unmarshal(raw, &v)
+	return v, err
 }

@@ -2,8 +2,8 @@ package jwtsvid
 
 import (
 	"crypto"
+	"crypto/sha256"
 	"fmt"
-	"slices"
 	"sync"
 	"time"
 
@@ -15,47 +15,60 @@ import (
 const DefaultVerifierSize = 4096
 
 // Verifier validates JWT-SVIDs exactly as Validate does, and remembers
-// the tokens whose signature it has verified. Clients present the same
-// JWT-SVID until it is half spent, so a repeated token then costs a map
-// lookup and the expiry and audience checks instead of a signature
-// verification.
+// the tokens that validated, by the SHA-256 of their exact bytes. Clients
+// present the same JWT-SVID until it is half spent, so a repeated token
+// then costs a hash, a map lookup and the checks whose outcome can change
+// instead of a signature verification. A token seen for the first time is
+// decoded once and verified on the decoded parts, as Validate does.
 //
-// A remembered token is accepted again only if it is the same string
-// byte for byte and the key that verified it is still, unchanged, in the
-// JWT bundle of its subject's trust domain; expiry, not-before and
-// audience are checked on every call. A Verifier is safe for concurrent
-// use.
+// A remembered token is accepted again only if the key that verified it
+// is still, unchanged, in the JWT bundle of its subject's trust domain
+// under the same kid (dropping a key from the bundle invalidates its
+// tokens at once); exp, nbf, iat (with Leeway) and the audience are
+// checked on every call. Signature, header and subject cannot change for
+// the same bytes. Invalid tokens are never remembered, so a flood of bad
+// tokens costs full validations, as without a Verifier. A Verifier is safe
+// for concurrent use.
 type Verifier struct {
 	max int
 
-	mu   sync.Mutex // guards seen
-	seen map[string]*verified
+	mu   sync.RWMutex // guards seen
+	seen map[[sha256.Size]byte]*verified
 }
 
 type verified struct {
 	claims *Claims
-	key    crypto.PublicKey
+	key    crypto.PublicKey // the key that verified the signature
 }
 
 // NewVerifier returns a Verifier that remembers up to size tokens
-// (DefaultVerifierSize if size <= 0).
+// (DefaultVerifierSize if size <= 0). When full, it forgets expired
+// tokens first, then an arbitrary eighth of them.
 func NewVerifier(size int) *Verifier {
 	if size <= 0 {
 		size = DefaultVerifierSize
 	}
-	return &Verifier{max: size, seen: make(map[string]*verified)}
+	return &Verifier{max: size, seen: make(map[[sha256.Size]byte]*verified)}
 }
 
-// Validate validates token like the package-level Validate. The returned
-// Claims may be shared between calls: callers must not modify them.
+// Validate validates token like the package-level Validate, with the same
+// errors. The returned Claims may be shared between calls: callers must
+// not modify them.
 func (v *Verifier) Validate(token string, bundles BundleSource, audience []string, now time.Time) (*Claims, error) {
-	v.mu.Lock()
-	hit := v.seen[token]
-	v.mu.Unlock()
-	if hit != nil && bundles != nil && len(audience) > 0 && !slices.Contains(audience, "") && !now.IsZero() {
+	if err := checkArgs(bundles, audience, now); err != nil {
+		return nil, err
+	}
+	if len(token) > MaxTokenSize {
+		return nil, fmt.Errorf("%w: %d bytes (limit %d)", ErrTooLarge, len(token), MaxTokenSize)
+	}
+	sum := sha256.Sum256([]byte(token))
+	v.mu.RLock()
+	hit := v.seen[sum]
+	v.mu.RUnlock()
+	if hit != nil {
 		if sameKey(bundles, hit.claims.ID.TrustDomain(), hit.claims.KeyID, hit.key) {
 			if err := checkTimes(hit.claims, now); err != nil {
-				v.forget(token)
+				v.forget(sum)
 				return nil, err
 			}
 			if err := checkAudience(hit.claims, audience); err != nil {
@@ -63,22 +76,35 @@ func (v *Verifier) Validate(token string, bundles BundleSource, audience []strin
 			}
 			return hit.claims, nil
 		}
-		v.forget(token) // the key left the bundle or changed: validate afresh
+		v.forget(sum) // the key left the bundle or changed: validate afresh
 	}
-	c, err := Validate(token, bundles, audience, now)
+
+	t, err := parse(token)
 	if err != nil {
 		return nil, err
 	}
-	b, err := bundles.GetJWTBundleForTrustDomain(c.ID.TrustDomain())
+	key, err := t.findKey(bundles)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrKeyNotFound, err)
+		return nil, err
 	}
-	key, ok := b.FindJWTAuthority(c.KeyID)
-	if !ok {
-		return nil, fmt.Errorf("%w: key %q left the bundle", ErrKeyNotFound, c.KeyID)
+	if err := t.verify(key); err != nil {
+		return nil, err
 	}
-	v.remember(token, &verified{claims: c, key: key}, now)
+	c, err := t.checkClaims(now, audience, true)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := key.(interface{ Equal(crypto.PublicKey) bool }); ok {
+		v.remember(sum, &verified{claims: c, key: key}, now)
+	}
 	return c, nil
+}
+
+// Len returns the number of tokens v remembers.
+func (v *Verifier) Len() int {
+	v.mu.RLock()
+	defer v.mu.RUnlock()
+	return len(v.seen)
 }
 
 func sameKey(bundles BundleSource, td spiffeid.TrustDomain, kid string, key crypto.PublicKey) bool {
@@ -94,28 +120,34 @@ func sameKey(bundles BundleSource, td spiffeid.TrustDomain, kid string, key cryp
 	return ok && eq.Equal(key)
 }
 
-func (v *Verifier) remember(token string, e *verified, now time.Time) {
+// remember adds e. When full it first drops expired tokens, then, if
+// still full, an arbitrary eighth (map order), so that the cost of making
+// room is spread over many insertions.
+func (v *Verifier) remember(sum [sha256.Size]byte, e *verified, now time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	if len(v.seen) >= v.max {
-		for t, old := range v.seen {
-			if checkTimes(old.claims, now) != nil {
-				delete(v.seen, t)
+	if _, ok := v.seen[sum]; !ok && len(v.seen) >= v.max {
+		for k, old := range v.seen {
+			if !now.Before(old.claims.Expiry.Add(Leeway)) {
+				delete(v.seen, k)
 			}
 		}
-		// Still full: forget an arbitrary half.
-		for t := range v.seen {
-			if len(v.seen) < v.max/2 {
-				break
+		if drop := len(v.seen) - v.max + 1; drop > 0 {
+			drop = max(drop, v.max/8)
+			for k := range v.seen {
+				if drop == 0 {
+					break
+				}
+				delete(v.seen, k)
+				drop--
 			}
-			delete(v.seen, t)
 		}
 	}
-	v.seen[token] = e
+	v.seen[sum] = e
 }
 
-func (v *Verifier) forget(token string) {
+func (v *Verifier) forget(sum [sha256.Size]byte) {
 	v.mu.Lock()
-	delete(v.seen, token)
+	delete(v.seen, sum)
 	v.mu.Unlock()
 }

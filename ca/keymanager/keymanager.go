@@ -102,6 +102,8 @@ type Config struct {
 	Store       Store
 	Clock       clock.Clock
 	Logger      *slog.Logger
+	// JWTIssuer, if set, is the iss claim of every JWT-SVID.
+	JWTIssuer string
 }
 
 // Active is what signs now. It never changes once published; rotation
@@ -206,6 +208,9 @@ func (m *Manager) Run(ctx context.Context) error {
 	}
 	retry := retryAfter
 	for {
+		// The sequence is read before rotate looks at the store, so that a
+		// change made while rotate runs still wakes the loop.
+		seen := m.bundleSequence(ctx)
 		next, err := m.rotate(ctx)
 		if err != nil {
 			m.cfg.Logger.Error("CA key rotation failed; retrying", "error", err, "retry_in", retry)
@@ -214,7 +219,6 @@ func (m *Manager) Run(ctx context.Context) error {
 		} else {
 			retry = retryAfter
 		}
-		seen := m.bundleSequence(ctx)
 		t := m.cfg.Clock.NewTimer(next.Sub(m.cfg.Clock.Now()))
 	wait:
 		for {
@@ -760,7 +764,7 @@ func (m *Manager) setActive(now time.Time, records []*datastore.CAKey) error {
 		case datastore.CAKeyX509:
 			a.X509 = &x509ca.Issuer{Cert: k.cert, Signer: k.signer, Chain: k.chain}
 		case datastore.CAKeyJWT:
-			a.JWT = jwtsvid.Key{ID: r.ID, Signer: k.signer}
+			a.JWT = jwtsvid.Key{ID: r.ID, Signer: k.signer, Issuer: m.cfg.JWTIssuer}
 			a.JWTNotAfter = r.NotAfter
 		}
 	}

@@ -20,6 +20,7 @@ import (
 	"writ.dev/writ/ca/keymanager"
 	"writ.dev/writ/ca/keymanager/keystore"
 	"writ.dev/writ/ca/x509ca"
+	"writ.dev/writ/internal/testca"
 )
 
 // signSVID signs an X.509-SVID with the active CA of m and returns the
@@ -225,17 +226,11 @@ func advanceTo(t *testing.T, e *env, at time.Time) {
 func TestUpstreamChain(t *testing.T) {
 	e := newEnv(t)
 	ctx := context.Background()
-	rootKey, err := x509ca.GenerateKey("ec-p256")
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := x509ca.NewSelfSignedCA(t0, td, rootKey, 365*24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rootCA := testca.New(t, td, t0, 365*24*time.Hour)
+	root := rootCA.Cert
 	cfg := func() keymanager.Config {
 		c := e.config()
-		c.Authority = &keymanager.Upstream{Issuer: &x509ca.Issuer{Cert: root, Signer: rootKey}, Roots: []*x509.Certificate{root}}
+		c.Authority = &keymanager.Upstream{Issuer: rootCA.Issuer(), Roots: []*x509.Certificate{root}}
 		return c
 	}
 	m, err := keymanager.New(ctx, cfg())

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"log/slog"
+	"runtime"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -250,6 +251,9 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 		grpc.SharedWriteBuffer(true),
 		grpc.ReadBufferSize(connBufferSize),
 		grpc.WriteBufferSize(connBufferSize),
+		// Calls run on long-lived workers whose stacks have grown to
+		// the handlers' depth (see workloadapi).
+		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
 	}
 }
 

@@ -22,6 +22,7 @@ import (
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/nodeapi"
 	"writ.dev/writ/ca/x509ca"
+	"writ.dev/writ/internal/testca"
 )
 
 const msgNotAttested = "agent is not attested"
@@ -57,19 +58,14 @@ func TestNoClientCertOnlyAttest(t *testing.T) {
 // foreignCA is a CA of the same trust domain that is not in the bundle.
 func foreignCA(t *testing.T, now time.Time) *x509ca.Issuer {
 	t.Helper()
-	key := newKey(t)
-	cert, err := x509ca.NewSelfSignedCA(now, td, key, 24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &x509ca.Issuer{Cert: cert, Signer: key}
+	return testca.New(t, td, now, 24*time.Hour).Issuer()
 }
 
 // svidFrom signs an SVID for id with iss and returns it as a client
 // certificate.
 func svidFrom(t *testing.T, now time.Time, iss *x509ca.Issuer, id string, ttl time.Duration) *tls.Certificate {
 	t.Helper()
-	key := newKey(t)
+	key := testca.NewKey(t)
 	der, err := x509ca.SignX509SVID(now, iss, x509ca.SVIDParams{ID: spiffeid.RequireFromString(id), TTL: ttl, PublicKey: key.Public()})
 	if err != nil {
 		t.Fatal(err)

@@ -10,7 +10,7 @@ import (
 
 	nodev1 "writ.dev/writ/ca/api/node/v1"
 	"writ.dev/writ/ca/keymanager"
-	"writ.dev/writ/ca/x509ca"
+	"writ.dev/writ/internal/testca"
 )
 
 // TestChainedCA: with a CA signed under an upstream root, every SVID the
@@ -18,16 +18,10 @@ import (
 // the server's own TLS certificate) carries its chain, leaf first and
 // without the root, and verifies against a bundle holding only the root.
 func TestChainedCA(t *testing.T) {
-	rootKey, err := x509ca.GenerateKey("ec-p256")
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := x509ca.NewSelfSignedCA(testStart().Add(-time.Hour), td, rootKey, 365*24*time.Hour)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rootCA := testca.New(t, td, testStart().Add(-time.Hour), 365*24*time.Hour)
+	root := rootCA.Cert
 	e := newEnv(t, envOptions{authority: &keymanager.Upstream{
-		Issuer: &x509ca.Issuer{Cert: root, Signer: rootKey},
+		Issuer: rootCA.Issuer(),
 		Roots:  []*x509.Certificate{root},
 	}})
 	if auths := e.bundle().X509Authorities(); len(auths) != 1 || !auths[0].Equal(root) {

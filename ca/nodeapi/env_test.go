@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto"
 	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
@@ -15,7 +14,6 @@ import (
 	"net"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -40,27 +38,14 @@ import (
 	"writ.dev/writ/ca/keymanager"
 	"writ.dev/writ/ca/keymanager/keystore"
 	"writ.dev/writ/ca/nodeapi"
+	"writ.dev/writ/internal/leakcheck"
+	"writ.dev/writ/internal/testca"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
 
 // TestMain fails the run if the tests leave goroutines behind.
-func TestMain(m *testing.M) {
-	before := runtime.NumGoroutine()
-	code := m.Run()
-	if code == 0 {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			buf := make([]byte, 1<<20)
-			fmt.Fprintf(os.Stderr, "leaked goroutines: %d before, %d after\n%s\n", before, n, buf[:runtime.Stack(buf, true)])
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(leakcheck.Main(m)) }
 
 // boltstore is the store the node API is served from.
 var _ nodeapi.Store = (*boltstore.Store)(nil)
@@ -324,13 +309,7 @@ func (e *env) newToken(id string, ttl time.Duration) string {
 	return tok
 }
 
-func newKey(t testing.TB) *ecdsa.PrivateKey {
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
+func newKey(t testing.TB) *ecdsa.PrivateKey { return testca.NewKey(t) }
 
 func newCSR(t testing.TB, key crypto.Signer) []byte {
 	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)

@@ -55,6 +55,9 @@ type bundleState struct {
 	// tainted are the tainted authorities when the bundle was read (a
 	// taint raises the bundle's sequence number). Never modified.
 	tainted *nodev1.TaintedAuthorities
+	// peers remembers the client chains verified against roots (the
+	// only part of a bundleState that changes after it is published).
+	peers peerCache
 }
 
 // agentStatus is what the index says of an agent certificate.

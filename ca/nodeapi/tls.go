@@ -9,6 +9,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -86,7 +88,67 @@ func (s *Service) verifyPeer(chain []*x509.Certificate) (spiffeid.ID, error) {
 	if b == nil || len(b.roots) == 0 {
 		return spiffeid.ID{}, errNoBundle
 	}
-	return x509ca.VerifyX509SVID(chain, b.roots, s.clock.Now())
+	now := s.clock.Now()
+	if id, ok := b.peers.lookup(chain, now); ok {
+		return id, nil
+	}
+	id, err := x509ca.VerifyX509SVID(chain, b.roots, now)
+	if err != nil {
+		return spiffeid.ID{}, err
+	}
+	b.peers.add(chain, b.roots, id)
+	return id, nil
+}
+
+// maxVerifiedPeers bounds a peerCache; when full it starts afresh.
+const maxVerifiedPeers = 4096
+
+// peerCache remembers the client certificate chains that verified against
+// one bundleState's roots, by their leaf. A TLS connection presents the
+// same parsed chain (the same *x509.Certificate values) on every call, so
+// its calls after the first skip the chain's signature checks. A hit needs
+// the very same certificates in the same order and a time inside the
+// validity of every certificate of the chain and of every root, so the
+// answer is the one x509ca.VerifyX509SVID would give; a new bundle is a
+// new bundleState with an empty cache. Agent status (ban, eviction,
+// renewal) is checked on every call apart from this.
+type peerCache struct {
+	mu sync.Mutex // guards m
+	m  map[*x509.Certificate]*verifiedPeer
+}
+
+type verifiedPeer struct {
+	chain               []*x509.Certificate
+	id                  spiffeid.ID
+	notBefore, notAfter time.Time
+}
+
+func (c *peerCache) lookup(chain []*x509.Certificate, now time.Time) (spiffeid.ID, bool) {
+	c.mu.Lock()
+	v := c.m[chain[0]]
+	c.mu.Unlock()
+	if v == nil || !slices.Equal(v.chain, chain) || now.Before(v.notBefore) || now.After(v.notAfter) {
+		return spiffeid.ID{}, false
+	}
+	return v.id, true
+}
+
+func (c *peerCache) add(chain, roots []*x509.Certificate, id spiffeid.ID) {
+	v := &verifiedPeer{chain: slices.Clone(chain), id: id}
+	for i, cert := range slices.Concat(chain, roots) {
+		if i == 0 || cert.NotBefore.After(v.notBefore) {
+			v.notBefore = cert.NotBefore
+		}
+		if i == 0 || cert.NotAfter.Before(v.notAfter) {
+			v.notAfter = cert.NotAfter
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxVerifiedPeers {
+		c.m = make(map[*x509.Certificate]*verifiedPeer)
+	}
+	c.m[chain[0]] = v
 }
 
 func (s *Service) kickRenewer() {

@@ -203,6 +203,7 @@ func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keym
 		Store:       store,
 		Clock:       cfg.Clock,
 		Logger:      cfg.Logger,
+		JWTIssuer:   cfg.JWTIssuer,
 	})
 	if err != nil {
 		closeKeys()

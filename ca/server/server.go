@@ -1,6 +1,7 @@
 package server
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -21,8 +22,10 @@ import (
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/federation"
 	"writ.dev/writ/ca/keymanager"
 	"writ.dev/writ/ca/nodeapi"
+	"writ.dev/writ/ca/ui"
 	"writ.dev/writ/ca/x509ca"
 	"writ.dev/writ/internal/datadir"
 	"writ.dev/writ/internal/peercred"
@@ -73,6 +76,41 @@ type Config struct {
 	OpenPostgres func(ctx context.Context, connString, password string) (datastore.Store, error)
 	// Keys chooses where CA keys live and who signs the CA (keys.go).
 	Keys KeysConfig
+	// UIAddress, if set, is the host:port of the read-only status page
+	// (package ui); UIToken is the token its requests must carry.
+	UIAddress string
+	UIToken   string
+	// JWTIssuer, if set, is the iss claim of JWT-SVIDs and the issuer
+	// that OIDC discovery publishes: an absolute http(s) URL.
+	JWTIssuer string
+	// Federation configures the SPIFFE bundle endpoint, OIDC the OIDC
+	// discovery endpoint; each is off without a BindAddress.
+	Federation FederationConfig
+	OIDC       OIDCConfig
+}
+
+// FederationConfig configures the SPIFFE bundle endpoint that other trust
+// domains fetch this trust domain's bundle from.
+type FederationConfig struct {
+	BindAddress string
+	// Profile is ProfileHTTPSSPIFFE (the default: the server's own
+	// X.509-SVID authenticates it; EndpointID, if set, must be its ID) or
+	// ProfileHTTPSWeb (CertFile and KeyFile, reloaded when they change).
+	Profile    string
+	EndpointID spiffeid.ID
+	CertFile   string
+	KeyFile    string
+}
+
+// OIDCConfig configures OIDC discovery and the JWKS.
+type OIDCConfig struct {
+	BindAddress string
+	// CertFile and KeyFile serve HTTPS (reloaded when they change);
+	// InsecureHTTP serves plain HTTP instead, for a TLS-terminating proxy
+	// or CDN in front.
+	CertFile     string
+	KeyFile      string
+	InsecureHTTP bool
 }
 
 // Server is a CA server.
@@ -129,6 +167,12 @@ func New(cfg Config) (*Server, error) {
 	if _, err := ParseDatastore(cfg.Datastore); err != nil {
 		return nil, err
 	}
+	if err := cfg.checkPublishing(); err != nil {
+		return nil, err
+	}
+	if cfg.UIAddress != "" && len(cfg.UIToken) < ui.MinTokenLength {
+		return nil, fmt.Errorf("status page token must be at least %d characters", ui.MinTokenLength)
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -149,6 +193,12 @@ func (s *Server) Run(ctx context.Context) error {
 	s.running = true
 	s.mu.Unlock()
 	log := s.cfg.Logger
+	var audit *ui.AuditLog
+	if s.cfg.UIAddress != "" {
+		// The status page shows the recent audit records.
+		audit = ui.NewAuditLog(recentAuditEvents)
+		log = slog.New(audit.Handler(log.Handler(), admin.KeyAudit))
+	}
 
 	dir, err := datadir.Open(s.cfg.DataDir)
 	if err != nil {
@@ -195,7 +245,9 @@ func (s *Server) Run(ctx context.Context) error {
 	nodeGRPC := grpc.NewServer(nodeSvc.ServerOptions()...)
 	nodeSvc.Register(nodeGRPC)
 
+	fetcher := federation.New(federation.Config{Store: store, Clock: s.cfg.Clock, Logger: log})
 	adminSvc, err := admin.New(admin.Config{
+		Federation:          fetcher,
 		TrustDomain:         s.cfg.TrustDomain,
 		Store:               store,
 		Clock:               s.cfg.Clock,
@@ -205,6 +257,7 @@ func (s *Server) Run(ctx context.Context) error {
 		CA:                  km,
 		BundlePusher:        nodeSvc,
 		DefaultX509SVIDTTL:  s.cfg.DefaultX509SVIDTTL,
+		Backup:              &backuper{store: store, dir: dir, td: s.cfg.TrustDomain, serverID: serverID, keyManager: cmp.Or(s.cfg.Keys.KeyManager, KeyManagerDisk), clock: s.cfg.Clock},
 	})
 	if err != nil {
 		return err
@@ -226,10 +279,18 @@ func (s *Server) Run(ctx context.Context) error {
 	adminSvc.Register(adminGRPC)
 	healthpb.RegisterHealthServer(adminGRPC, healthSrv)
 
+	endpoints, err := s.httpEndpoints(store, nodeSvc, audit, serverID)
+	if err != nil {
+		return err
+	}
+	for _, ep := range endpoints {
+		defer ep.lis.Close()
+	}
+
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, 5)
+	errc := make(chan error, 16) // more than the goroutines Run starts
 	run := func(name string, fn func() error) {
 		wg.Add(1)
 		go func() {
@@ -242,6 +303,7 @@ func (s *Server) Run(ctx context.Context) error {
 	run("key manager", func() error { return km.Run(ctx) })
 	run("node API", func() error { return nodeSvc.Run(ctx) })
 	run("server registry", func() error { return reg.run(ctx) })
+	run("federation", func() error { return fetcher.Run(ctx) })
 	select {
 	case <-nodeSvc.Ready():
 	case err := <-errc:
@@ -254,8 +316,16 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	run("node API listener", func() error { return nodeGRPC.Serve(nodeLis) })
 	run("admin API", func() error { return adminGRPC.Serve(adminLis) })
+	readyAttrs := []any{"trust_domain", s.cfg.TrustDomain.Name(), "server_id", serverID, "datastore", RedactDatastore(s.cfg.Datastore), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", nodeLis.Addr().String()}
+	for _, ep := range endpoints {
+		if ep.start != nil {
+			run(ep.name+" bundle source", func() error { return ep.start(ctx) })
+		}
+		run(ep.name, ep.serve)
+		readyAttrs = append(readyAttrs, ep.logKey, ep.lis.Addr().String())
+	}
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	log.Info("server ready", "trust_domain", s.cfg.TrustDomain.Name(), "server_id", serverID, "datastore", RedactDatastore(s.cfg.Datastore), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", nodeLis.Addr().String())
+	log.Info("server ready", readyAttrs...)
 
 	var runErr error
 	select {
@@ -267,6 +337,9 @@ func (s *Server) Run(ctx context.Context) error {
 	cancel() // ends open Sync streams, so the graceful stops do not wait on them
 	stopGracefully(nodeGRPC, 5*time.Second)
 	stopGracefully(adminGRPC, 5*time.Second)
+	for _, ep := range endpoints {
+		ep.shutdown()
+	}
 	wg.Wait()
 	_ = os.Remove(s.cfg.AdminSocket)
 	log.Info("server stopped")

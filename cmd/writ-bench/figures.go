@@ -114,13 +114,21 @@ const (
 
 // Workload API scenarios, measured on the stub and on Writ.
 const (
-	scX509C1    = "fetch_x509svid.c1"
-	scX509C16   = "fetch_x509svid.c16"
-	scX509S101  = "fetch_x509svids.s101"
-	scJWT       = "fetch_jwtsvid"        // stub: fixed token
-	scJWTFirst  = "fetch_jwtsvid.first"  // Writ: new audience each call
-	scJWTCached = "fetch_jwtsvid.cached" // Writ: same audience
-	scValidate  = "validate_jwtsvid"
+	scX509C1   = "fetch_x509svid.c1"
+	scX509C16  = "fetch_x509svid.c16"
+	scX509S101 = "fetch_x509svids.s101"
+	// scX509S101E10k and scX509S101E10kC16: the same 101 SVIDs, from an
+	// agent that also holds EntriesLarge entries for other workloads, 1
+	// and 16 callers.
+	scX509S101E10k    = "fetch_x509svids.s101.e10k"
+	scX509S101E10kC16 = "fetch_x509svids.s101.e10k.c16"
+	scJWT             = "fetch_jwtsvid"        // stub: fixed token
+	scJWTFirst        = "fetch_jwtsvid.first"  // Writ: new audience each call
+	scJWTCached       = "fetch_jwtsvid.cached" // Writ: same audience
+	// scJWTFirstC16: Writ, a new audience each call from 16 callers: the
+	// JWT-SVID signing ceiling through the agent.
+	scJWTFirstC16 = "fetch_jwtsvid.first.c16"
+	scValidate    = "validate_jwtsvid"
 )
 
 // stubScenario is the stub scenario a Writ scenario is compared with.
@@ -168,6 +176,8 @@ func catalogue(cfg Config) []*Figure {
 		{sc: scX509S101, what: "FetchX509SVID one-shot calls parsing all SVIDs (Client.FetchX509SVIDs), 1 caller, 101-SVID response"},
 		{sc: scJWT, what: "FetchJWTSVID (Client.FetchJWTSVID), 1 caller, fixed token"},
 		{sc: scValidate, what: "ValidateJWTSVID (Client.ValidateJWTSVID), 1 caller, fixed answer"},
+		{sc: scX509S101E10k, what: "FetchX509SVID one-shot calls parsing all SVIDs, 1 caller, 101-SVID response (measured beside the agent holding other entries)"},
+		{sc: scX509S101E10kC16, what: "FetchX509SVID one-shot calls parsing all SVIDs, 16 callers, 101-SVID response (measured beside the agent holding other entries)"},
 	}
 	writScs := []wl{
 		{sc: scX509C1, what: "FetchX509SVID one-shot calls (go-spiffe Client.FetchX509SVID) on the agent, 1 caller entitled to 1 SVID", writP50: spire(0.5), writRate: spire(1800)},
@@ -176,6 +186,8 @@ func catalogue(cfg Config) []*Figure {
 		{sc: scJWTFirst, what: "FetchJWTSVID with a new audience each call (the agent gets each token signed by the server)", writP50: spire(1.25)},
 		{sc: scJWTCached, what: "FetchJWTSVID with the same audience (served from the agent's cache)", writP50: spire(0.45)},
 		{sc: scValidate, what: "ValidateJWTSVID of a token from the agent, 1 caller", writP50: spire(0.57)},
+		{sc: scX509S101E10k, what: fmt.Sprintf("FetchX509SVID one-shot calls parsing all SVIDs, 1 caller entitled to 101 SVIDs, on an agent that also holds %s entries for other workloads", count(cfg.EntriesLarge))},
+		{sc: scX509S101E10kC16, what: fmt.Sprintf("FetchX509SVID one-shot calls parsing all SVIDs, 16 callers entitled to 101 SVIDs, on an agent that also holds %s entries for other workloads", count(cfg.EntriesLarge))},
 	}
 	for _, s := range stubScs {
 		add("stub."+s.sc+".p50", unitMS, "stub: "+s.what+": median latency", s.stubP50, nil)
@@ -194,6 +206,10 @@ func catalogue(cfg Config) []*Figure {
 		}
 		add("writ."+s.sc+".ratio_to_stub", unitRatio, desc, nil, tgt)
 	}
+	first16 := "FetchJWTSVID with a new audience each call, 16 concurrent callers (one connection each): the JWT-SVID signing ceiling through the agent"
+	add("writ."+scJWTFirstC16+".p50", unitMS, first16+": median latency", nil, nil)
+	add("writ."+scJWTFirstC16+".p99", unitMS, first16+": 99th percentile latency", nil, nil)
+	add("writ."+scJWTFirstC16+".rate", unitCallsPerSec, first16+": calls per second", nil, atLeast(10000, ">= 10,000/s"))
 
 	for _, p := range []struct {
 		key  string

@@ -83,6 +83,10 @@ type wlScenario struct {
 	callers int    // each with its own client, and so connection
 	// newCall returns caller k's call on client c.
 	newCall func(ctx context.Context, c *workloadapi.Client, k int) (callFunc, error)
+	// minSlice, if set, is the shortest measurement of a round: calls
+	// that each take tens of milliseconds need longer than a smoke run's
+	// slices to complete in one.
+	minSlice time.Duration
 }
 
 // x509One calls FetchX509SVID: the first SVID, parsed.
@@ -210,6 +214,9 @@ func (b *bench) measureWorkload(ctx context.Context, targets ...wlTarget) {
 		runs = append(runs, r)
 	}
 	slice := b.cfg.LoadDur / time.Duration(b.cfg.Rounds)
+	for _, t := range targets {
+		slice = max(slice, t.sc.minSlice)
+	}
 	for round := range b.cfg.Rounds {
 		warmup := b.cfg.Warmup
 		if round > 0 {

@@ -141,6 +141,33 @@ func (b *bench) measureWritScale(ctx context.Context, bin string, wlErr error) {
 	if err := b.measureStreams(ctx, w); err != nil {
 		b.fail(err, figAgentRSSStreams, figAgentPerStream)
 	}
+	b.measureMany(ctx, w, watch)
+}
+
+// measureMany measures FetchX509SVID for a caller entitled to 101 SVIDs
+// on an agent that holds w.registered entries for other workloads, 1 and
+// 16 callers, alternately with a stub serving 101 SVIDs: the cost of a
+// call must not grow with the entries the agent holds.
+func (b *bench) measureMany(ctx context.Context, w *writEnv, watch *watcher) {
+	names := []string{"stub." + scX509S101E10k + ".", "stub." + scX509S101E10kC16 + ".", "writ." + scX509S101E10k + ".", "writ." + scX509S101E10kC16 + "."}
+	b.prog.phase(fmt.Sprintf("FetchX509SVID of 101 SVIDs with %s other entries on the agent, and the stub", count(w.registered)))
+	stubSock := filepath.Join(b.tmp, "stub101b.sock")
+	s, err := b.startStub(ctx, stubSock, 101)
+	if err != nil {
+		b.fail(err, names...)
+		return
+	}
+	defer s.stop()
+	if err := entitle100(ctx, b.cfg, w, watch); err != nil {
+		b.fail(err, names...)
+		return
+	}
+	for _, sc := range []wlScenario{
+		{name: scX509S101E10k, callers: 1, newCall: x509All(101)},
+		{name: scX509S101E10kC16, callers: 16, newCall: x509All(101), minSlice: 2 * time.Second},
+	} {
+		b.measureWorkload(ctx, wlTarget{prefix: "stub", socket: stubSock, sc: sc}, wlTarget{prefix: "writ", socket: w.wlSock, sc: sc})
+	}
 }
 
 // startPair starts a server, gets a join token, and starts an agent

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -15,9 +14,11 @@ import (
 	"github.com/urfave/cli/v2/altsrc"
 
 	"writ.dev/writ/agent"
+	"writ.dev/writ/agent/agentproc"
 	"writ.dev/writ/agent/svidcache"
+	"writ.dev/writ/internal/unixsock"
 	"writ.dev/writ/workloadapi"
-	"writ.dev/writ/workloadapi/unixattest"
+	"writ.dev/writ/workloadapi/sdsv3"
 )
 
 // defaultAgentDataDir is where the agent keeps its state unless told
@@ -44,6 +45,10 @@ func agentRunCommand() *cli.Command {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "trust-bundle", Usage: "PEM `FILE` of the CA certificates that authenticate the server at attestation", EnvVars: []string{"WRIT_TRUST_BUNDLE"}, TakesFile: true}),
 		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "insecure-bootstrap", Usage: "attest without authenticating the server, and trust the bundle it returns (unsafe outside tests)", EnvVars: []string{"WRIT_INSECURE_BOOTSTRAP"}}),
 		altsrc.NewIntFlag(&cli.IntFlag{Name: "svid-cache-size", Value: svidcache.DefaultMaxX509SVIDs, Usage: "most X.509-SVIDs kept for entries no connected workload matches (least recently used dropped first); others are signed when a workload asks", EnvVars: []string{"WRIT_SVID_CACHE_SIZE"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "sds-default-svid-name", Value: sdsv3.DefaultSVIDName, Usage: "Envoy SDS resource name of the caller's first X.509-SVID", EnvVars: []string{"WRIT_SDS_DEFAULT_SVID_NAME"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "sds-default-bundle-name", Value: sdsv3.DefaultBundleName, Usage: "Envoy SDS resource name of the trust domain's bundle", EnvVars: []string{"WRIT_SDS_DEFAULT_BUNDLE_NAME"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "sds-default-all-bundles-name", Value: sdsv3.DefaultAllBundlesName, Usage: "Envoy SDS resource name of every trust domain's bundle, for Envoy's SPIFFE validator", EnvVars: []string{"WRIT_SDS_DEFAULT_ALL_BUNDLES_NAME"}}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "sds-disable-spiffe-cert-validation", Usage: "serve Envoy SDS bundles as trusted_ca, never for Envoy's SPIFFE validator (the all-bundles name is then not served)", EnvVars: []string{"WRIT_SDS_DISABLE_SPIFFE_CERT_VALIDATION"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"WRIT_LOG_FORMAT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"WRIT_LOG_LEVEL"}}),
 	}
@@ -81,12 +86,12 @@ func agentRun(c *cli.Context) error {
 		return usagef(c, "--socket-path must not be empty")
 	}
 	if abs, err := filepath.Abs(dataDir); err == nil {
-		if err := agent.CheckSocketPath(filepath.Join(abs, agent.AdminSocketName)); err != nil {
+		if err := unixsock.CheckPath(filepath.Join(abs, agent.AdminSocketName)); err != nil {
 			return usagef(c, "--data-dir: %v", err)
 		}
 	}
 	if abs, err := filepath.Abs(socket); err == nil {
-		if err := agent.CheckSocketPath(abs); err != nil {
+		if err := unixsock.CheckPath(abs); err != nil {
 			return usagef(c, "--socket-path: %v", err)
 		}
 		if absData, err := filepath.Abs(dataDir); err == nil {
@@ -99,51 +104,38 @@ func agentRun(c *cli.Context) error {
 	if perUID < 1 || perUID > workloadapi.DefaultMaxConnections {
 		return usagef(c, "--workload-max-connections-per-uid %d must be between 1 and %d (the bound on all connections)", perUID, workloadapi.DefaultMaxConnections)
 	}
-	a, err := agent.New(agent.Config{
-		ServerAddresses:   splitList(c.StringSlice("server-address")),
-		TrustDomain:       td,
-		DataDir:           dataDir,
-		SocketPath:        socket,
-		JoinToken:         c.String("join-token"),
-		TrustBundlePath:   c.String("trust-bundle"),
-		InsecureBootstrap: c.Bool("insecure-bootstrap"),
-		MaxX509SVIDs:      c.Int("svid-cache-size"),
-		Logger:            logger,
+	if os.Getenv("GOMEMLIMIT") == "" {
+		debug.SetMemoryLimit(agentMemoryLimit)
+	}
+	p, err := agentproc.New(agentproc.Config{
+		Agent: agent.Config{
+			ServerAddresses:   splitList(c.StringSlice("server-address")),
+			TrustDomain:       td,
+			DataDir:           dataDir,
+			SocketPath:        socket,
+			JoinToken:         c.String("join-token"),
+			TrustBundlePath:   c.String("trust-bundle"),
+			InsecureBootstrap: c.Bool("insecure-bootstrap"),
+			MaxX509SVIDs:      c.Int("svid-cache-size"),
+		},
+		MaxConnectionsPerUID: perUID,
+		SDS: sdsv3.Config{
+			DefaultSVIDName:             c.String("sds-default-svid-name"),
+			DefaultBundleName:           c.String("sds-default-bundle-name"),
+			DefaultAllBundlesName:       c.String("sds-default-all-bundles-name"),
+			DisableSPIFFECertValidation: c.Bool("sds-disable-spiffe-cert-validation"),
+		},
+		Logger: logger,
 	})
 	if err != nil {
-		if errors.Is(err, agent.ErrConfig) {
+		if errors.Is(err, agent.ErrConfig) || errors.Is(err, workloadapi.ErrConfig) || errors.Is(err, workloadapi.ErrSocketPath) {
 			return usagef(c, "%v", err)
 		}
 		return err
 	}
-	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(agentMemoryLimit)
-	}
-	wl, err := workloadapi.New(workloadapi.Config{
-		SocketPath:  a.SocketPath(),
-		Cache:       a.Cache(),
-		Attestor:    unixattest.New(unixattest.Config{Logger: logger.With("component", "unixattest")}),
-		TrustDomain: td,
-		Logger:      logger.With("component", "workloadapi"),
-
-		MaxConnectionsPerUID: perUID,
-	})
-	if err != nil {
-		return usagef(c, "%v", err)
-	}
 	// The agent and its Workload API run together: whichever stops first
 	// stops the other.
-	ctx, cancel := context.WithCancel(c.Context)
-	defer cancel()
-	errc := make(chan error, 2)
-	go func() { errc <- a.Run(ctx) }() // its errors say "agent: ..."
-	go func() { errc <- wl.Run(ctx) }()
-	err = <-errc
-	cancel()
-	if err2 := <-errc; err == nil {
-		err = err2
-	}
-	return err
+	return p.Run(c.Context)
 }
 
 func agentHealthcheckCommand() *cli.Command {

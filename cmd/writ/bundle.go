@@ -19,18 +19,43 @@ const flagFormat = "format"
 func bundleCommand() *cli.Command {
 	return &cli.Command{
 		Name:   "bundle",
-		Usage:  "show the trust bundle",
+		Usage:  "show the trust bundle; set, list and delete federated bundles",
 		Action: groupAction,
 		Subcommands: []*cli.Command{
 			{
 				Name:  "show",
-				Usage: "print the local trust domain's bundle",
+				Usage: "print the local trust domain's bundle, or a federated one with --trust-domain",
 				Description: "--format pem prints the X.509 authorities as PEM certificates; --format spiffe\n" +
 					"prints the SPIFFE bundle (a JWKS). --output json is the same as --format spiffe.",
 				Flags: withAdminFlags(
 					&cli.StringFlag{Name: flagFormat, Value: "pem", Usage: "`FORMAT` of the output: pem or spiffe"},
+					&cli.StringFlag{Name: "trust-domain", Usage: "a federated trust domain whose bundle to print (default: the local one)"},
 				),
 				Action: bundleShow,
+			},
+			{
+				Name:  "set",
+				Usage: "set the bundle of another trust domain (a static federated bundle)",
+				Description: "--file holds the bundle in SPIFFE format (a JWKS, as bundle show --format spiffe prints)\n" +
+					"or as PEM certificates (X.509 authorities only); --format says which, else it is detected.",
+				Flags: withAdminFlags(
+					&cli.StringFlag{Name: "trust-domain", Usage: "the federated trust domain, e.g. partner.example", Required: true},
+					&cli.StringFlag{Name: "file", Usage: "`FILE` holding the bundle, or - for standard input", Required: true, TakesFile: true},
+					&cli.StringFlag{Name: flagFormat, Usage: "`FORMAT` of the file: spiffe or pem (default: detected)"},
+				),
+				Action: bundleSet,
+			},
+			{
+				Name:   "list",
+				Usage:  "list the federated bundles",
+				Flags:  withAdminFlags(),
+				Action: bundleList,
+			},
+			{
+				Name:   "delete",
+				Usage:  "delete the bundle of a federated trust domain",
+				Flags:  withAdminFlags(&cli.StringFlag{Name: "trust-domain", Usage: "the federated trust domain", Required: true}),
+				Action: bundleDelete,
 			},
 		},
 	}
@@ -55,7 +80,7 @@ func bundleShow(c *cli.Context) error {
 	}
 
 	resp, err := callAdmin(c.Context, a, func(ctx context.Context, client *adminClient) (*adminv1.GetBundleResponse, error) {
-		return client.bundles.GetBundle(ctx, &adminv1.GetBundleRequest{})
+		return client.bundles.GetBundle(ctx, &adminv1.GetBundleRequest{TrustDomain: c.String("trust-domain")})
 	})
 	if err != nil {
 		return err

@@ -2,14 +2,9 @@ package main
 
 import (
 	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
-	"math/big"
-	"net/url"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -25,6 +20,7 @@ import (
 
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/internal/testca"
 )
 
 func statusError(msg string) error { return status.Error(codes.Unavailable, msg) }
@@ -112,38 +108,16 @@ func TestTokenGenerate(t *testing.T) {
 }
 
 // mintCA makes a self-signed CA certificate for td.
-func mintCA(t *testing.T, td spiffeid.TrustDomain, serial int64) (*x509.Certificate, *ecdsa.PrivateKey) {
+func mintCA(t *testing.T, td spiffeid.TrustDomain) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	now := time.Now()
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(serial),
-		Subject:               pkix.Name{CommonName: "writ test CA"},
-		NotBefore:             now.Add(-time.Minute),
-		NotAfter:              now.Add(time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageCRLSign,
-		URIs:                  []*url.URL{td.ID().URL()},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return cert, key
+	ca := testca.New(t, td, time.Now(), time.Hour)
+	return ca.Cert, ca.Key
 }
 
 func TestBundleShow(t *testing.T) {
 	td := spiffeid.RequireTrustDomainFromString("example.org")
-	ca1, key := mintCA(t, td, 1)
-	ca2, _ := mintCA(t, td, 2)
+	ca1, key := mintCA(t, td)
+	ca2, _ := mintCA(t, td)
 	b := spiffebundle.New(td)
 	b.AddX509Authority(ca1)
 	b.AddX509Authority(ca2)

@@ -148,6 +148,8 @@ type adminClient struct {
 	servers adminv1.ServerServiceClient
 	ca      adminv1.CAServiceClient
 
+	federations adminv1.FederationServiceClient
+
 	mu sync.Mutex // guards dialErr
 	// dialErr is the last error connecting to the socket, reported in
 	// place of gRPC's Unavailable message.
@@ -191,6 +193,7 @@ func dialAdmin(path string, timeout time.Duration) (*adminClient, error) {
 	c.bundles = adminv1.NewBundleServiceClient(conn)
 	c.servers = adminv1.NewServerServiceClient(conn)
 	c.ca = adminv1.NewCAServiceClient(conn)
+	c.federations = adminv1.NewFederationServiceClient(conn)
 	return c, nil
 }
 

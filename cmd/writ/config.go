@@ -50,15 +50,14 @@ func checkConfigKeys(path string, flags []cli.Flag) error {
 	return nil
 }
 
-// configKeys returns the names a config file may set: every flag's names
-// but "config".
+// configKeys returns the names a config file may set: every name of each
+// flag that reads the file (configurable), so that a key naming a flag the
+// file cannot set is refused rather than ignored.
 func configKeys(flags []cli.Flag) []string {
 	var keys []string
 	for _, f := range flags {
-		for _, n := range f.Names() {
-			if n != "config" {
-				keys = append(keys, n)
-			}
+		if configurable(f) {
+			keys = append(keys, f.Names()...)
 		}
 	}
 	return keys

@@ -51,13 +51,13 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"writ.dev/writ/agent"
+	"writ.dev/writ/agent/agentproc"
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/server"
 	"writ.dev/writ/ca/x509ca"
 	"writ.dev/writ/internal/datadir"
 	"writ.dev/writ/workloadapi"
-	"writ.dev/writ/workloadapi/unixattest"
 )
 
 const (
@@ -273,30 +273,21 @@ func (env *devEnv) run(ctx context.Context, out io.Writer) error {
 	}
 
 	// 3. The agent and its Workload API.
-	a, err := agent.New(agent.Config{
-		ServerAddress:   addr,
-		TrustDomain:     env.td,
-		DataDir:         env.agentDir,
-		SocketPath:      env.socket,
-		JoinToken:       token,
-		TrustBundlePath: bundlePath,
-		Logger:          env.log.With("component", "agent"),
+	p, err := agentproc.New(agentproc.Config{
+		Agent: agent.Config{
+			ServerAddress:   addr,
+			TrustDomain:     env.td,
+			DataDir:         env.agentDir,
+			SocketPath:      env.socket,
+			JoinToken:       token,
+			TrustBundlePath: bundlePath,
+		},
+		Logger: env.log,
 	})
 	if err != nil {
 		return g.stop(err)
 	}
-	wl, err := workloadapi.New(workloadapi.Config{
-		SocketPath:  a.SocketPath(),
-		Cache:       a.Cache(),
-		Attestor:    unixattest.New(unixattest.Config{Logger: env.log.With("component", "unixattest")}),
-		TrustDomain: env.td,
-		Logger:      env.log.With("component", "workloadapi"),
-	})
-	if err != nil {
-		return g.stop(err)
-	}
-	g.run(a.Run) // its errors say "agent: ..."
-	g.run(func(ctx context.Context) error { return prefixErr("Workload API", wl.Run(ctx)) })
+	g.run(p.Run) // its errors say "agent: ..." or "Workload API: ..."
 
 	// 4. Ready once this user's SVID is served on the socket.
 	if err := env.waitSVID(g); err != nil {

@@ -46,6 +46,8 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 		Writer:      stdout,
 		ErrWriter:   stderr,
 		HideVersion: true,
+		// `writ completion` scripts ask the binary for completions.
+		EnableBashCompletion: true,
 		// Flag values are taken exactly as given: no splitting of repeated
 		// flags on commas (selector values may contain them).
 		DisableSliceFlagSeparator: true,
@@ -59,7 +61,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	// `server` is defined in server.go (serverCommand); `agent` in
 	// agent.go, where further agent subcommands (such as `agent run`) are
 	// appended to agentCommand's Subcommands.
-	app.Commands = []*cli.Command{serverCommand(), entryCommand(), agentCommand(), tokenCommand(), bundleCommand(), caCommand(), svidCommand(), jwtCommand(), devCommand(), versionCommand()}
+	app.Commands = []*cli.Command{serverCommand(), entryCommand(), agentCommand(), tokenCommand(), bundleCommand(), federationCommand(), caCommand(), svidCommand(), jwtCommand(), helperCommand(), devCommand(), versionCommand(), completionCommand()}
 	// ------------------------------------------------------------------
 
 	app.OnUsageError = onUsageError

@@ -35,13 +35,15 @@ func serverCommand() *cli.Command {
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "default-x509-svid-ttl", Value: server.DefaultX509SVIDTTL, Usage: "X.509-SVID lifetime for entries that set none", EnvVars: []string{"WRIT_DEFAULT_X509_SVID_TTL"}}),
 		altsrc.NewDurationFlag(&cli.DurationFlag{Name: "default-jwt-svid-ttl", Value: server.DefaultJWTSVIDTTL, Usage: "JWT-SVID lifetime for entries that set none", EnvVars: []string{"WRIT_DEFAULT_JWT_SVID_TTL"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "ca-key-type", Value: server.DefaultKeyType, Usage: "key type of new CA keys: ec-p256, ec-p384 or rsa-2048", EnvVars: []string{"WRIT_CA_KEY_TYPE"}}),
-		altsrc.NewStringFlag(&cli.StringFlag{Name: "datastore", Value: server.BackendBolt, Usage: "where the server keeps its state: bolt (a file in the data dir)", EnvVars: []string{"WRIT_DATASTORE"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "datastore", Value: server.BackendBolt, Usage: "where the server keeps its state: bolt (a file in the data dir) or a postgres:// URL (PostgreSQL, shared by several servers)", EnvVars: []string{"WRIT_DATASTORE"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "datastore-password-file", Usage: "`FILE` holding the datastore password (not readable by group or others)", EnvVars: []string{"WRIT_DATASTORE_PASSWORD_FILE"}, TakesFile: true}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "admin-uid", Usage: "uid allowed to call the admin API besides root and the server's own uid (repeatable)", EnvVars: []string{"WRIT_ADMIN_UIDS"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"WRIT_LOG_FORMAT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"WRIT_LOG_LEVEL"}}),
 	}
 	flags = append(flags, keyFlags()...)
+	flags = append(flags, uiFlags()...)
+	flags = append(flags, publishFlags()...)
 	return &cli.Command{
 		Name:  "server",
 		Usage: "run and check the CA server",
@@ -64,6 +66,8 @@ func serverCommand() *cli.Command {
 				Action: serverHealthcheck,
 			},
 			serverListCommand(),
+			serverBackupCommand(),
+			serverRestoreCommand(),
 		},
 	}
 }
@@ -123,7 +127,20 @@ func serverRun(c *cli.Context) error {
 			return fmt.Errorf("--datastore-password-file: %w", err)
 		}
 	}
+	uiAddress, uiToken, err := uiSettings(c)
+	if err != nil {
+		return err
+	}
+	jwtIssuer, federation, oidc, err := publishConfig(c)
+	if err != nil {
+		return err
+	}
 	srv, err := server.New(server.Config{
+		UIAddress:          uiAddress,
+		UIToken:            uiToken,
+		JWTIssuer:          jwtIssuer,
+		Federation:         federation,
+		OIDC:               oidc,
 		TrustDomain:        td,
 		DataDir:            c.String("data-dir"),
 		BindAddress:        c.String("bind-address"),

@@ -463,6 +463,10 @@ func TestIntegrationAdminSocketUID(t *testing.T) {
 	if out, code := asOther("entry", "list"); code != 0 {
 		t.Fatalf("uid %d listed with --admin-uid: exit %d %q", uid, code, out)
 	}
+	// A backup holds CA private keys: an --admin-uid may not take one.
+	if out, code := asOther("server", "backup", "--file", "-"); code == 0 || !strings.Contains(out, "only root and the server's uid") {
+		t.Fatalf("backup as --admin-uid %d: exit %d %q", uid, code, out)
+	}
 }
 
 func testUser(t *testing.T) (uint32, uint32) { return testuser.Lookup(t) }

@@ -72,10 +72,11 @@
 //
 // Token cache: a full validation costs about one ECDSA verification plus
 // parsing, and clients reuse a JWT-SVID for half its lifetime, so a
-// JWTAuthorizer remembers the tokens that validated (by SHA-256 of the
-// exact token, bounded by JWTConfig.TokenCacheSize). A remembered token is
-// accepted only if, now, it has not expired (exp plus jwtsvid.Leeway, nbf,
-// iat) and the very key that verified it is still in the bundle of its
+// JWTAuthorizer remembers the tokens that validated in a jwtsvid.Verifier
+// (by SHA-256 of the exact token, bounded by JWTConfig.TokenCacheSize),
+// the same cache and rules as the Workload API's ValidateJWTSVID. A
+// remembered token is accepted only if, now, it has not expired (exp plus
+// jwtsvid.Leeway, nbf, iat) and the very key that verified it is still in the bundle of its
 // subject's trust domain under the same kid: dropping a key from the
 // bundle invalidates its tokens at once. Signature, header, subject and
 // audience cannot change for the same bytes. The policy is applied on

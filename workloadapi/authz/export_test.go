@@ -5,5 +5,5 @@ func (a *JWTAuthorizer) CacheLen() int {
 	if a.cache == nil {
 		return 0
 	}
-	return a.cache.len()
+	return a.cache.Len()
 }

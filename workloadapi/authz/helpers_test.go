@@ -5,10 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
-	"flag"
-	"fmt"
 	"os"
-	"runtime"
 	"testing"
 	"time"
 
@@ -19,25 +16,12 @@ import (
 
 	"writ.dev/writ/ca/jwtsvid"
 	"writ.dev/writ/ca/x509ca"
+	"writ.dev/writ/internal/leakcheck"
+	"writ.dev/writ/internal/testca"
 )
 
 // TestMain fails the run if the tests leave goroutines behind.
-func TestMain(m *testing.M) {
-	before := runtime.NumGoroutine()
-	code := m.Run()
-	if f := flag.Lookup("test.fuzz"); code == 0 && (f == nil || f.Value.String() == "") {
-		deadline := time.Now().Add(5 * time.Second)
-		for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
-			time.Sleep(20 * time.Millisecond)
-		}
-		if n := runtime.NumGoroutine(); n > before {
-			buf := make([]byte, 1<<20)
-			fmt.Fprintf(os.Stderr, "leaked goroutines: %d before, %d after\n%s\n", before, n, buf[:runtime.Stack(buf, true)])
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(leakcheck.Main(m)) }
 
 var (
 	td      = spiffeid.RequireTrustDomainFromString("example.org")
@@ -56,13 +40,8 @@ type pki struct {
 
 func newPKI(tb testing.TB, td spiffeid.TrustDomain) *pki {
 	tb.Helper()
-	now := time.Now()
-	caKey := mustKey(tb)
-	caCert, err := x509ca.NewSelfSignedCA(now, td, caKey, 24*time.Hour)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	return &pki{td: td, ca: &x509ca.Issuer{Cert: caCert, Signer: caKey}, jwtKey: jwtsvid.Key{ID: "k-" + td.Name(), Signer: mustKey(tb)}}
+	ca := testca.New(tb, td, time.Now(), 24*time.Hour)
+	return &pki{td: td, ca: ca.Issuer(), jwtKey: jwtsvid.Key{ID: "k-" + td.Name(), Signer: mustKey(tb)}}
 }
 
 func mustKey(tb testing.TB) crypto.Signer {

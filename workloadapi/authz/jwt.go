@@ -1,13 +1,10 @@
 package authz
 
 import (
-	"crypto"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
-	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
@@ -18,7 +15,7 @@ import (
 
 // DefaultTokenCacheSize is the number of validated tokens a
 // JWTAuthorizer remembers unless JWTConfig.TokenCacheSize says otherwise.
-const DefaultTokenCacheSize = 4096
+const DefaultTokenCacheSize = jwtsvid.DefaultVerifierSize
 
 // Log keys.
 const (
@@ -59,7 +56,7 @@ type JWTAuthorizer struct {
 	policy   Policy
 	clock    Clock
 	log      *slog.Logger
-	cache    *tokenCache // nil when disabled
+	cache    *jwtsvid.Verifier // nil when disabled
 }
 
 // NewJWTAuthorizer checks cfg and returns a JWTAuthorizer.
@@ -89,9 +86,9 @@ func NewJWTAuthorizer(cfg JWTConfig) (*JWTAuthorizer, error) {
 	}
 	switch n := cfg.TokenCacheSize; {
 	case n == 0:
-		a.cache = newTokenCache(DefaultTokenCacheSize)
+		a.cache = jwtsvid.NewVerifier(DefaultTokenCacheSize)
 	case n > 0:
-		a.cache = newTokenCache(n)
+		a.cache = jwtsvid.NewVerifier(n)
 	}
 	return a, nil
 }
@@ -120,151 +117,19 @@ func (a *JWTAuthorizer) Authenticate(authorization string) (spiffeid.ID, error) 
 	return id, nil
 }
 
-// validate validates token with jwtsvid.Validate, or finds it in the
-// cache of tokens validated before and still valid now.
+// validate validates token with jwtsvid.Validate, or with the
+// authorizer's jwtsvid.Verifier, which remembers the tokens that validated.
 func (a *JWTAuthorizer) validate(token string) (spiffeid.ID, error) {
 	now := a.clock.Now()
+	var c *jwtsvid.Claims
+	var err error
 	if a.cache == nil {
-		c, err := jwtsvid.Validate(token, a.bundles, a.audience, now)
-		if err != nil {
-			return spiffeid.ID{}, err
-		}
-		return c.ID, nil
+		c, err = jwtsvid.Validate(token, a.bundles, a.audience, now)
+	} else {
+		c, err = a.cache.Validate(token, a.bundles, a.audience, now)
 	}
-	sum := sha256.Sum256([]byte(token))
-	if v := a.cache.get(sum); v != nil {
-		if v.stillValid(now, a.bundles) {
-			return v.id, nil
-		}
-		a.cache.remove(sum)
-	}
-	rec := &recordingSource{src: a.bundles}
-	c, err := jwtsvid.Validate(token, rec, a.audience, now)
 	if err != nil {
 		return spiffeid.ID{}, err
 	}
-	if key := rec.keyOf(c); key != nil {
-		a.cache.put(sum, &verdict{id: c.ID, kid: c.KeyID, key: key, exp: c.Expiry, nbf: c.NotBefore, iat: c.IssuedAt}, now)
-	}
 	return c.ID, nil
-}
-
-// recordingSource remembers the bundle it gave Validate, so that the key
-// cached with a verdict is the very key that verified the token, even if
-// the source changes meanwhile.
-type recordingSource struct {
-	src    jwtbundle.Source
-	bundle *jwtbundle.Bundle
-}
-
-func (r *recordingSource) GetJWTBundleForTrustDomain(td spiffeid.TrustDomain) (*jwtbundle.Bundle, error) {
-	b, err := r.src.GetJWTBundleForTrustDomain(td)
-	r.bundle = b
-	return b, err
-}
-
-// keyOf returns the key that verified c, or nil if it cannot be compared
-// with later bundles' keys (then c is not cached).
-func (r *recordingSource) keyOf(c *jwtsvid.Claims) crypto.PublicKey {
-	if r.bundle == nil || r.bundle.TrustDomain() != c.ID.TrustDomain() {
-		return nil
-	}
-	key, ok := r.bundle.FindJWTAuthority(c.KeyID)
-	if !ok {
-		return nil
-	}
-	if _, ok := key.(interface{ Equal(crypto.PublicKey) bool }); !ok {
-		return nil
-	}
-	return key
-}
-
-// verdict is what a successful validation established about a token.
-type verdict struct {
-	id            spiffeid.ID
-	kid           string
-	key           crypto.PublicKey // the key that verified the signature
-	exp, nbf, iat time.Time
-}
-
-// stillValid repeats, at now, the checks of jwtsvid.Validate whose
-// outcome can change after a token validated: the time claims, and that
-// the key that verified it is still in the bundle of the subject's trust
-// domain under the same kid (a key removed from the bundle, as when a
-// compromised key is dropped, invalidates every token it signed). The
-// signature, header, subject and audience cannot change: the cache is
-// keyed by the token's exact bytes, and the audience is the authorizer's.
-func (v *verdict) stillValid(now time.Time, bundles jwtbundle.Source) bool {
-	if !now.Before(v.exp.Add(jwtsvid.Leeway)) || v.nbf.After(now.Add(jwtsvid.Leeway)) || v.iat.After(now.Add(jwtsvid.Leeway)) {
-		return false
-	}
-	b, err := bundles.GetJWTBundleForTrustDomain(v.id.TrustDomain())
-	if err != nil || b == nil || b.TrustDomain() != v.id.TrustDomain() {
-		return false
-	}
-	key, ok := b.FindJWTAuthority(v.kid)
-	if !ok {
-		return false
-	}
-	eq, ok := key.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && eq.Equal(v.key)
-}
-
-// tokenCache remembers verdicts by the SHA-256 of the token. Only tokens
-// that validated in full are put in it.
-type tokenCache struct {
-	max int
-
-	mu sync.RWMutex // guards m
-	m  map[[sha256.Size]byte]*verdict
-}
-
-func newTokenCache(max int) *tokenCache {
-	return &tokenCache{max: max, m: make(map[[sha256.Size]byte]*verdict)}
-}
-
-func (c *tokenCache) get(sum [sha256.Size]byte) *verdict {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return c.m[sum]
-}
-
-func (c *tokenCache) remove(sum [sha256.Size]byte) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	delete(c.m, sum)
-}
-
-// put adds v. When the cache is full it first drops expired verdicts,
-// then, if still full, an arbitrary eighth of them (map order), so that
-// the cost of making room is spread over many insertions.
-func (c *tokenCache) put(sum [sha256.Size]byte, v *verdict, now time.Time) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if _, ok := c.m[sum]; !ok && len(c.m) >= c.max {
-		for k, old := range c.m {
-			if !now.Before(old.exp.Add(jwtsvid.Leeway)) {
-				delete(c.m, k)
-			}
-		}
-		drop := len(c.m) - c.max + 1
-		if drop > 0 {
-			drop = max(drop, c.max/8)
-			for k := range c.m {
-				if drop == 0 {
-					break
-				}
-				delete(c.m, k)
-				drop--
-			}
-		}
-	}
-	c.m[sum] = v
-}
-
-// len returns the number of verdicts (for tests).
-func (c *tokenCache) len() int {
-	c.mu.RLock()
-	defer c.mu.RUnlock()
-	return len(c.m)
 }

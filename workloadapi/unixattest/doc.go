@@ -51,7 +51,11 @@
 // that of the opened file, and the hash is of its content. Hashes are
 // cached by (device, inode, size, mtime, ctime); one binary is hashed once
 // however many processes run it, and at most Config.MaxConcurrentHashes
-// are hashed at once.
+// are hashed at once. A process's selectors are remembered for a minute
+// by its pinned identity (PID and start time, effective uid and gid,
+// executable device and inode) and its executable's content key, so its
+// further connections skip their computation; a reused PID has another
+// start time, and every connection is pinned and checked as usual.
 //
 // # What fails closed
 //

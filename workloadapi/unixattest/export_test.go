@@ -13,3 +13,14 @@ func HashCount(a *Attestor) int64 { return a.hashCount.Load() }
 
 // CachedHashes returns how many hashes a's cache holds.
 func CachedHashes(a *Attestor) int { return a.hashes.len() }
+
+// ComputeCount returns how many times a has computed a process's selectors.
+func ComputeCount(a *Attestor) int64 { return a.computeCount.Load() }
+
+// ForgetIdentities empties a's cache of selectors by process identity, so
+// that the next attestation of the same process computes them again.
+func ForgetIdentities(a *Attestor) {
+	a.identities.mu.Lock()
+	defer a.identities.mu.Unlock()
+	clear(a.identities.m)
+}

@@ -309,13 +309,26 @@ func (p *Process) Selectors(ctx context.Context) ([]entry.Selector, error) {
 	case <-ctx.Done():
 		return nil, ctx.Err()
 	}
+	var fresh bool
+	var exe fileKey
 	if !p.selDone {
-		sel, err := p.computeSelectors(ctx)
-		if err != nil && !permanent(err) {
-			<-p.selLock
-			return nil, err
+		var cached []entry.Selector
+		var ok bool
+		exe, ok = p.exeKey()
+		if ok {
+			cached, ok = p.a.identities.get(p.identity(), exe, p.a.clock.Now())
 		}
-		p.sel, p.selErr, p.selDone = sel, err, true
+		if ok {
+			p.sel, p.selErr, p.selDone = cached, nil, true
+		} else {
+			sel, err := p.computeSelectors(ctx)
+			if err != nil && !permanent(err) {
+				<-p.selLock
+				return nil, err
+			}
+			p.sel, p.selErr, p.selDone = sel, err, true
+			fresh = err == nil
+		}
 	}
 	sel, err := p.sel, p.selErr
 	<-p.selLock
@@ -325,7 +338,39 @@ func (p *Process) Selectors(ctx context.Context) ([]entry.Selector, error) {
 	if err := p.Check(); err != nil {
 		return nil, err
 	}
+	// Shared with the process's other connections only once it is known
+	// to be alive and unchanged, for an executable whose change time has
+	// settled (as for the hash cache).
+	if fresh && exe != (fileKey{}) && p.a.clock.Now().Sub(time.Unix(0, exe.ctime)) >= ctimeSettle {
+		if now, ok := p.exeKey(); ok && now == exe {
+			p.a.identities.put(p.identity(), exe, sel, p.a.clock.Now())
+		}
+	}
 	return slices.Clone(sel), nil
+}
+
+// identity is the process's identity as pinned.
+func (p *Process) identity() procIdentity {
+	return procIdentity{pid: p.cred.PID, start: p.start, uid: p.cred.UID, gid: p.cred.GID, exeDev: p.exeDev, exeIno: p.exeIno}
+}
+
+// exeKey returns the content key of the executable the process runs, if
+// it is still the inode it was pinned with.
+func (p *Process) exeKey() (fileKey, bool) {
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.fds == nil {
+		return fileKey{}, false
+	}
+	var st unix.Stat_t
+	if err := fstatat(p.fds.dirfd, "exe", &st); err != nil {
+		return fileKey{}, false
+	}
+	k := keyOf(&st)
+	if k.dev != p.exeDev || k.ino != p.exeIno {
+		return fileKey{}, false
+	}
+	return k, true
 }
 
 // errBadPath means the executable's path cannot be a unix:path selector
@@ -358,6 +403,7 @@ const (
 )
 
 func (p *Process) computeSelectors(ctx context.Context) ([]entry.Selector, error) {
+	p.a.computeCount.Add(1)
 	pid := p.cred.PID
 	// Read what is needed through the /proc directory, then let go of it
 	// so that Close need not wait for hashing.

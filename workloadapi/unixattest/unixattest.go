@@ -98,10 +98,13 @@ type Attestor struct {
 	hashSlots chan struct{}
 	// noPidfd is set once pidfd_open has been found unavailable; Pin then
 	// pins by /proc directory only.
-	noPidfd    atomic.Bool
-	warnPidfd  sync.Once
-	hashCount  atomic.Int64 // executables hashed; for tests
-	selfFDPath string       // procRoot + "/self/fd/"
+	noPidfd   atomic.Bool
+	warnPidfd sync.Once
+	hashCount atomic.Int64 // executables hashed; for tests
+	// identities remembers selectors by pinned process identity.
+	identities   identityCache
+	computeCount atomic.Int64 // selector computations; for tests
+	selfFDPath   string       // procRoot + "/self/fd/"
 }
 
 // New returns an Attestor configured by cfg.

@@ -90,6 +90,32 @@ func (c *Clock) WaitForTimers(ctx context.Context, n int) error {
 	}
 }
 
+// WaitForTimerWithin blocks until a timer is armed that fires at most d
+// after the clock's current time, or ctx ends: the code under test is
+// then waiting on it, and Advance(d) fires it.
+func (c *Clock) WaitForTimerWithin(ctx context.Context, d time.Duration) error {
+	for {
+		c.mu.Lock()
+		limit, armed := c.now.Add(d), c.armed
+		found := false
+		for _, t := range c.timers {
+			if !t.when.After(limit) {
+				found = true
+				break
+			}
+		}
+		c.mu.Unlock()
+		if found {
+			return nil
+		}
+		select {
+		case <-armed:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
 type timer struct {
 	c    *Clock
 	ch   chan time.Time

@@ -82,3 +82,25 @@ func TestWaitForTimers(t *testing.T) {
 		t.Fatal("WaitForTimers(2) returned with one timer armed")
 	}
 }
+
+// TestWaitForTimerWithin: it returns only once a timer due within d is
+// armed; a later timer does not count.
+func TestWaitForTimerWithin(t *testing.T) {
+	c := fakeclock.New(t0)
+	c.NewTimer(time.Hour)
+	// With a canceled context it still looks at the armed timers first.
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	if err := c.WaitForTimerWithin(ctx, time.Hour); err != nil {
+		t.Fatalf("a timer due in an hour, waiting for one within an hour: %v", err)
+	}
+	if err := c.WaitForTimerWithin(ctx, time.Minute); err == nil {
+		t.Fatal("returned with only a timer an hour away")
+	}
+	done := make(chan error, 1)
+	go func() { done <- c.WaitForTimerWithin(context.Background(), time.Minute) }()
+	c.NewTimer(time.Minute)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}

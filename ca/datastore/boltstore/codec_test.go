@@ -2,15 +2,9 @@ package boltstore
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/binary"
 	"errors"
 	"hash/crc32"
-	"math/big"
 	"reflect"
 	"testing"
 	"time"
@@ -20,6 +14,7 @@ import (
 
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/internal/testca"
 )
 
 var (
@@ -122,22 +117,8 @@ func TestCodecRoundTrip(t *testing.T) {
 }
 
 func testBundles(t testing.TB) []*spiffebundle.Bundle {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca"},
-		NotBefore: testT0, NotAfter: testT0.Add(time.Hour), IsCA: true, BasicConstraintsValid: true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ca := testca.New(t, testTD, testT0, time.Hour)
+	cert, key := ca.Cert, ca.Key
 	full := spiffebundle.New(testTD)
 	full.AddX509Authority(cert)
 	for _, kid := range []string{"c", "a", "b"} {

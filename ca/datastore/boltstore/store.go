@@ -61,6 +61,7 @@ const (
 //	bundles               trust domain -> bundle record
 //	ca_keys               ID -> CA key record
 //	servers               server ID -> server record
+//	federations           trust domain -> federation relationship (JSON)
 //	meta                  format, revision, pruned
 var (
 	bucketMeta       = []byte("meta")
@@ -78,6 +79,8 @@ var (
 	// bucketServers came after format 1 was first written: files made
 	// before it have no such bucket, and Open adds it.
 	bucketServers = []byte("servers")
+	// bucketFederations came after bucketServers, the same way.
+	bucketFederations = []byte("federations")
 
 	allBuckets = [][]byte{
 		bucketMeta, bucketEntries, bucketEntryIDs, bucketBySPIFFEID, bucketByParentID,
@@ -85,7 +88,7 @@ var (
 		bucketBundles, bucketCAKeys, bucketEvents,
 	}
 	// addedBuckets are created by Open in files that lack them.
-	addedBuckets = [][]byte{bucketServers}
+	addedBuckets = [][]byte{bucketServers, bucketFederations}
 )
 
 // Keys of the meta bucket.
@@ -470,6 +473,8 @@ type reader struct {
 	// servers is nil only while Open verifies a file made before it
 	// existed.
 	servers *bbolt.Bucket
+	// federations is nil in the same case.
+	federations *bbolt.Bucket
 }
 
 func newReader(ctx context.Context, tx *bbolt.Tx) (*reader, error) {
@@ -496,6 +501,7 @@ func newReader(ctx context.Context, tx *bbolt.Tx) (*reader, error) {
 		}
 	}
 	r.servers = tx.Bucket(bucketServers)
+	r.federations = tx.Bucket(bucketFederations)
 	return r, nil
 }
 

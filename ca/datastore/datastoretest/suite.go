@@ -61,6 +61,7 @@ func Run(t *testing.T, newStore func(t *testing.T) datastore.Store) {
 		{"UpdateAgentConcurrent", testUpdateAgentConcurrent},
 		{"CAKeys", testCAKeys},
 		{"Servers", testServers},
+		{"Federations", testFederations},
 		{"Events", testEvents},
 		{"EventsPruned", testEventsPruned},
 		{"Snapshot", testSnapshot},

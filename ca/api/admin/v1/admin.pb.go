@@ -1055,7 +1055,9 @@ func (x *GenerateJoinTokenResponse) GetExpiresAt() int64 {
 }
 
 type GetBundleRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Empty for the local trust domain.
+	TrustDomain   string `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1090,6 +1092,226 @@ func (*GetBundleRequest) Descriptor() ([]byte, []int) {
 	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{19}
 }
 
+func (x *GetBundleRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type SetFederatedBundleRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// The bundle in SPIFFE bundle format.
+	SpiffeBundle  []byte `protobuf:"bytes,2,opt,name=spiffe_bundle,json=spiffeBundle,proto3" json:"spiffe_bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SetFederatedBundleRequest) Reset() {
+	*x = SetFederatedBundleRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SetFederatedBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SetFederatedBundleRequest) ProtoMessage() {}
+
+func (x *SetFederatedBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SetFederatedBundleRequest.ProtoReflect.Descriptor instead.
+func (*SetFederatedBundleRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *SetFederatedBundleRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *SetFederatedBundleRequest) GetSpiffeBundle() []byte {
+	if x != nil {
+		return x.SpiffeBundle
+	}
+	return nil
+}
+
+type ListFederatedBundlesRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederatedBundlesRequest) Reset() {
+	*x = ListFederatedBundlesRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederatedBundlesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederatedBundlesRequest) ProtoMessage() {}
+
+func (x *ListFederatedBundlesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederatedBundlesRequest.ProtoReflect.Descriptor instead.
+func (*ListFederatedBundlesRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+type ListFederatedBundlesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Bundles       []*GetBundleResponse   `protobuf:"bytes,1,rep,name=bundles,proto3" json:"bundles,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederatedBundlesResponse) Reset() {
+	*x = ListFederatedBundlesResponse{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederatedBundlesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederatedBundlesResponse) ProtoMessage() {}
+
+func (x *ListFederatedBundlesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederatedBundlesResponse.ProtoReflect.Descriptor instead.
+func (*ListFederatedBundlesResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *ListFederatedBundlesResponse) GetBundles() []*GetBundleResponse {
+	if x != nil {
+		return x.Bundles
+	}
+	return nil
+}
+
+type DeleteFederatedBundleRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederatedBundleRequest) Reset() {
+	*x = DeleteFederatedBundleRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederatedBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederatedBundleRequest) ProtoMessage() {}
+
+func (x *DeleteFederatedBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederatedBundleRequest.ProtoReflect.Descriptor instead.
+func (*DeleteFederatedBundleRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DeleteFederatedBundleRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type DeleteFederatedBundleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteFederatedBundleResponse) Reset() {
+	*x = DeleteFederatedBundleResponse{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteFederatedBundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteFederatedBundleResponse) ProtoMessage() {}
+
+func (x *DeleteFederatedBundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteFederatedBundleResponse.ProtoReflect.Descriptor instead.
+func (*DeleteFederatedBundleResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
 type GetBundleResponse struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	TrustDomain string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
@@ -1102,7 +1324,7 @@ type GetBundleResponse struct {
 
 func (x *GetBundleResponse) Reset() {
 	*x = GetBundleResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1336,7 @@ func (x *GetBundleResponse) String() string {
 func (*GetBundleResponse) ProtoMessage() {}
 
 func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[20]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1349,7 @@ func (x *GetBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetBundleResponse.ProtoReflect.Descriptor instead.
 func (*GetBundleResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{20}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *GetBundleResponse) GetTrustDomain() string {
@@ -1169,7 +1391,7 @@ type Server struct {
 
 func (x *Server) Reset() {
 	*x = Server{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1181,7 +1403,7 @@ func (x *Server) String() string {
 func (*Server) ProtoMessage() {}
 
 func (x *Server) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[21]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1194,7 +1416,7 @@ func (x *Server) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Server.ProtoReflect.Descriptor instead.
 func (*Server) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *Server) GetId() string {
@@ -1232,6 +1454,87 @@ func (x *Server) GetHeartbeat() int64 {
 	return 0
 }
 
+type BackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupRequest) Reset() {
+	*x = BackupRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupRequest) ProtoMessage() {}
+
+func (x *BackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupRequest.ProtoReflect.Descriptor instead.
+func (*BackupRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+}
+
+// BackupChunk is the next piece of the archive, in order.
+type BackupChunk struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Data          []byte                 `protobuf:"bytes,1,opt,name=data,proto3" json:"data,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BackupChunk) Reset() {
+	*x = BackupChunk{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BackupChunk) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BackupChunk) ProtoMessage() {}
+
+func (x *BackupChunk) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BackupChunk.ProtoReflect.Descriptor instead.
+func (*BackupChunk) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *BackupChunk) GetData() []byte {
+	if x != nil {
+		return x.Data
+	}
+	return nil
+}
+
 type ListServersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -1240,7 +1543,7 @@ type ListServersRequest struct {
 
 func (x *ListServersRequest) Reset() {
 	*x = ListServersRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1252,7 +1555,7 @@ func (x *ListServersRequest) String() string {
 func (*ListServersRequest) ProtoMessage() {}
 
 func (x *ListServersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[22]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1265,7 +1568,7 @@ func (x *ListServersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServersRequest.ProtoReflect.Descriptor instead.
 func (*ListServersRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 type ListServersResponse struct {
@@ -1277,7 +1580,7 @@ type ListServersResponse struct {
 
 func (x *ListServersResponse) Reset() {
 	*x = ListServersResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1289,7 +1592,7 @@ func (x *ListServersResponse) String() string {
 func (*ListServersResponse) ProtoMessage() {}
 
 func (x *ListServersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[23]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1302,7 +1605,7 @@ func (x *ListServersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListServersResponse.ProtoReflect.Descriptor instead.
 func (*ListServersResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ListServersResponse) GetServers() []*Server {
@@ -1340,7 +1643,7 @@ type Authority struct {
 
 func (x *Authority) Reset() {
 	*x = Authority{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1352,7 +1655,7 @@ func (x *Authority) String() string {
 func (*Authority) ProtoMessage() {}
 
 func (x *Authority) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[24]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1365,7 +1668,7 @@ func (x *Authority) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Authority.ProtoReflect.Descriptor instead.
 func (*Authority) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Authority) GetKind() string {
@@ -1434,7 +1737,7 @@ type ListAuthoritiesRequest struct {
 
 func (x *ListAuthoritiesRequest) Reset() {
 	*x = ListAuthoritiesRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1446,7 +1749,7 @@ func (x *ListAuthoritiesRequest) String() string {
 func (*ListAuthoritiesRequest) ProtoMessage() {}
 
 func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[25]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1459,7 +1762,7 @@ func (x *ListAuthoritiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesRequest.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ListAuthoritiesRequest) GetKind() string {
@@ -1478,7 +1781,7 @@ type ListAuthoritiesResponse struct {
 
 func (x *ListAuthoritiesResponse) Reset() {
 	*x = ListAuthoritiesResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1490,7 +1793,7 @@ func (x *ListAuthoritiesResponse) String() string {
 func (*ListAuthoritiesResponse) ProtoMessage() {}
 
 func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[26]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1503,7 +1806,7 @@ func (x *ListAuthoritiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAuthoritiesResponse.ProtoReflect.Descriptor instead.
 func (*ListAuthoritiesResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ListAuthoritiesResponse) GetAuthorities() []*Authority {
@@ -1522,7 +1825,7 @@ type PrepareAuthorityRequest struct {
 
 func (x *PrepareAuthorityRequest) Reset() {
 	*x = PrepareAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1534,7 +1837,7 @@ func (x *PrepareAuthorityRequest) String() string {
 func (*PrepareAuthorityRequest) ProtoMessage() {}
 
 func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[27]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1547,7 +1850,7 @@ func (x *PrepareAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PrepareAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*PrepareAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *PrepareAuthorityRequest) GetKind() string {
@@ -1568,7 +1871,7 @@ type ActivateAuthorityRequest struct {
 
 func (x *ActivateAuthorityRequest) Reset() {
 	*x = ActivateAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1580,7 +1883,7 @@ func (x *ActivateAuthorityRequest) String() string {
 func (*ActivateAuthorityRequest) ProtoMessage() {}
 
 func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[28]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1593,7 +1896,7 @@ func (x *ActivateAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ActivateAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*ActivateAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *ActivateAuthorityRequest) GetKind() string {
@@ -1627,7 +1930,7 @@ type TaintAuthorityRequest struct {
 
 func (x *TaintAuthorityRequest) Reset() {
 	*x = TaintAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1639,7 +1942,7 @@ func (x *TaintAuthorityRequest) String() string {
 func (*TaintAuthorityRequest) ProtoMessage() {}
 
 func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[29]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1652,7 +1955,7 @@ func (x *TaintAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*TaintAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *TaintAuthorityRequest) GetKind() string {
@@ -1680,7 +1983,7 @@ type RevokeAuthorityRequest struct {
 
 func (x *RevokeAuthorityRequest) Reset() {
 	*x = RevokeAuthorityRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1692,7 +1995,7 @@ func (x *RevokeAuthorityRequest) String() string {
 func (*RevokeAuthorityRequest) ProtoMessage() {}
 
 func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[30]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1705,7 +2008,7 @@ func (x *RevokeAuthorityRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RevokeAuthorityRequest.ProtoReflect.Descriptor instead.
 func (*RevokeAuthorityRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RevokeAuthorityRequest) GetKind() string {
@@ -1738,7 +2041,7 @@ type RotateRequest struct {
 
 func (x *RotateRequest) Reset() {
 	*x = RotateRequest{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1750,7 +2053,7 @@ func (x *RotateRequest) String() string {
 func (*RotateRequest) ProtoMessage() {}
 
 func (x *RotateRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[31]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1763,7 +2066,7 @@ func (x *RotateRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateRequest.ProtoReflect.Descriptor instead.
 func (*RotateRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RotateRequest) GetWait() bool {
@@ -1786,7 +2089,7 @@ type RotateResponse struct {
 
 func (x *RotateResponse) Reset() {
 	*x = RotateResponse{}
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1798,7 +2101,7 @@ func (x *RotateResponse) String() string {
 func (*RotateResponse) ProtoMessage() {}
 
 func (x *RotateResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[32]
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1811,7 +2114,7 @@ func (x *RotateResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RotateResponse.ProtoReflect.Descriptor instead.
 func (*RotateResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *RotateResponse) GetActivated() []*Authority {
@@ -1826,6 +2129,311 @@ func (x *RotateResponse) GetStreamsNotified() int32 {
 		return x.StreamsNotified
 	}
 	return 0
+}
+
+type Federation struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain       string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	BundleEndpointUrl string                 `protobuf:"bytes,2,opt,name=bundle_endpoint_url,json=bundleEndpointUrl,proto3" json:"bundle_endpoint_url,omitempty"`
+	// https_spiffe or https_web.
+	Profile string `protobuf:"bytes,3,opt,name=profile,proto3" json:"profile,omitempty"`
+	// The SPIFFE ID the https_spiffe endpoint authenticates as.
+	EndpointSpiffeId string `protobuf:"bytes,4,opt,name=endpoint_spiffe_id,json=endpointSpiffeId,proto3" json:"endpoint_spiffe_id,omitempty"`
+	// In requests only: a bundle of the trust domain in SPIFFE format, to
+	// store before the first fetch (bootstrapping https_spiffe).
+	TrustBundle []byte `protobuf:"bytes,5,opt,name=trust_bundle,json=trustBundle,proto3" json:"trust_bundle,omitempty"`
+	CreatedAt   int64  `protobuf:"varint,6,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt   int64  `protobuf:"varint,7,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	// In responses: what the answering server knows of its fetches.
+	Status        *FederationStatus `protobuf:"bytes,8,opt,name=status,proto3" json:"status,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Federation) Reset() {
+	*x = Federation{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Federation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Federation) ProtoMessage() {}
+
+func (x *Federation) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Federation.ProtoReflect.Descriptor instead.
+func (*Federation) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{40}
+}
+
+func (x *Federation) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+func (x *Federation) GetBundleEndpointUrl() string {
+	if x != nil {
+		return x.BundleEndpointUrl
+	}
+	return ""
+}
+
+func (x *Federation) GetProfile() string {
+	if x != nil {
+		return x.Profile
+	}
+	return ""
+}
+
+func (x *Federation) GetEndpointSpiffeId() string {
+	if x != nil {
+		return x.EndpointSpiffeId
+	}
+	return ""
+}
+
+func (x *Federation) GetTrustBundle() []byte {
+	if x != nil {
+		return x.TrustBundle
+	}
+	return nil
+}
+
+func (x *Federation) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+func (x *Federation) GetUpdatedAt() int64 {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return 0
+}
+
+func (x *Federation) GetStatus() *FederationStatus {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+type FederationStatus struct {
+	state          protoimpl.MessageState `protogen:"open.v1"`
+	LastAttempt    int64                  `protobuf:"varint,1,opt,name=last_attempt,json=lastAttempt,proto3" json:"last_attempt,omitempty"`
+	LastSuccess    int64                  `protobuf:"varint,2,opt,name=last_success,json=lastSuccess,proto3" json:"last_success,omitempty"`
+	LastError      string                 `protobuf:"bytes,3,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	BundleSequence uint64                 `protobuf:"varint,4,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	NextFetch      int64                  `protobuf:"varint,5,opt,name=next_fetch,json=nextFetch,proto3" json:"next_fetch,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *FederationStatus) Reset() {
+	*x = FederationStatus{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[41]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FederationStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FederationStatus) ProtoMessage() {}
+
+func (x *FederationStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[41]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FederationStatus.ProtoReflect.Descriptor instead.
+func (*FederationStatus) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{41}
+}
+
+func (x *FederationStatus) GetLastAttempt() int64 {
+	if x != nil {
+		return x.LastAttempt
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetLastSuccess() int64 {
+	if x != nil {
+		return x.LastSuccess
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *FederationStatus) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
+func (x *FederationStatus) GetNextFetch() int64 {
+	if x != nil {
+		return x.NextFetch
+	}
+	return 0
+}
+
+type GetFederationRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	TrustDomain   string                 `protobuf:"bytes,1,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetFederationRequest) Reset() {
+	*x = GetFederationRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[42]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetFederationRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetFederationRequest) ProtoMessage() {}
+
+func (x *GetFederationRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[42]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetFederationRequest.ProtoReflect.Descriptor instead.
+func (*GetFederationRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{42}
+}
+
+func (x *GetFederationRequest) GetTrustDomain() string {
+	if x != nil {
+		return x.TrustDomain
+	}
+	return ""
+}
+
+type ListFederationsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederationsRequest) Reset() {
+	*x = ListFederationsRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederationsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederationsRequest) ProtoMessage() {}
+
+func (x *ListFederationsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederationsRequest.ProtoReflect.Descriptor instead.
+func (*ListFederationsRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{43}
+}
+
+type ListFederationsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Federations   []*Federation          `protobuf:"bytes,1,rep,name=federations,proto3" json:"federations,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListFederationsResponse) Reset() {
+	*x = ListFederationsResponse{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListFederationsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListFederationsResponse) ProtoMessage() {}
+
+func (x *ListFederationsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListFederationsResponse.ProtoReflect.Descriptor instead.
+func (*ListFederationsResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *ListFederationsResponse) GetFederations() []*Federation {
+	if x != nil {
+		return x.Federations
+	}
+	return nil
 }
 
 var File_ca_api_admin_v1_admin_proto protoreflect.FileDescriptor
@@ -1902,8 +2510,18 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"\x12\n" +
-	"\x10GetBundleRequest\"w\n" +
+	"expires_at\x18\x03 \x01(\x03R\texpiresAt\"5\n" +
+	"\x10GetBundleRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"c\n" +
+	"\x19SetFederatedBundleRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12#\n" +
+	"\rspiffe_bundle\x18\x02 \x01(\fR\fspiffeBundle\"\x1d\n" +
+	"\x1bListFederatedBundlesRequest\"Z\n" +
+	"\x1cListFederatedBundlesResponse\x12:\n" +
+	"\abundles\x18\x01 \x03(\v2 .writ.admin.v1.GetBundleResponseR\abundles\"A\n" +
+	"\x1cDeleteFederatedBundleRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x1f\n" +
+	"\x1dDeleteFederatedBundleResponse\"w\n" +
 	"\x11GetBundleResponse\x12!\n" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12#\n" +
 	"\rspiffe_bundle\x18\x02 \x01(\fR\fspiffeBundle\x12\x1a\n" +
@@ -1914,7 +2532,10 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12\x1d\n" +
 	"\n" +
 	"started_at\x18\x04 \x01(\x03R\tstartedAt\x12\x1c\n" +
-	"\theartbeat\x18\x05 \x01(\x03R\theartbeat\"\x14\n" +
+	"\theartbeat\x18\x05 \x01(\x03R\theartbeat\"\x0f\n" +
+	"\rBackupRequest\"!\n" +
+	"\vBackupChunk\x12\x12\n" +
+	"\x04data\x18\x01 \x01(\fR\x04data\"\x14\n" +
 	"\x12ListServersRequest\"F\n" +
 	"\x13ListServersResponse\x12/\n" +
 	"\aservers\x18\x01 \x03(\v2\x15.writ.admin.v1.ServerR\aservers\"\xe8\x01\n" +
@@ -1949,7 +2570,32 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x04wait\x18\x01 \x01(\bR\x04wait\"s\n" +
 	"\x0eRotateResponse\x126\n" +
 	"\tactivated\x18\x01 \x03(\v2\x18.writ.admin.v1.AuthorityR\tactivated\x12)\n" +
-	"\x10streams_notified\x18\x02 \x01(\x05R\x0fstreamsNotified2\x9d\x03\n" +
+	"\x10streams_notified\x18\x02 \x01(\x05R\x0fstreamsNotified\"\xc1\x02\n" +
+	"\n" +
+	"Federation\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\x12.\n" +
+	"\x13bundle_endpoint_url\x18\x02 \x01(\tR\x11bundleEndpointUrl\x12\x18\n" +
+	"\aprofile\x18\x03 \x01(\tR\aprofile\x12,\n" +
+	"\x12endpoint_spiffe_id\x18\x04 \x01(\tR\x10endpointSpiffeId\x12!\n" +
+	"\ftrust_bundle\x18\x05 \x01(\fR\vtrustBundle\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\x06 \x01(\x03R\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"updated_at\x18\a \x01(\x03R\tupdatedAt\x127\n" +
+	"\x06status\x18\b \x01(\v2\x1f.writ.admin.v1.FederationStatusR\x06status\"\xbf\x01\n" +
+	"\x10FederationStatus\x12!\n" +
+	"\flast_attempt\x18\x01 \x01(\x03R\vlastAttempt\x12!\n" +
+	"\flast_success\x18\x02 \x01(\x03R\vlastSuccess\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\x03 \x01(\tR\tlastError\x12'\n" +
+	"\x0fbundle_sequence\x18\x04 \x01(\x04R\x0ebundleSequence\x12\x1d\n" +
+	"\n" +
+	"next_fetch\x18\x05 \x01(\x03R\tnextFetch\"9\n" +
+	"\x14GetFederationRequest\x12!\n" +
+	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x18\n" +
+	"\x16ListFederationsRequest\"V\n" +
+	"\x17ListFederationsResponse\x12;\n" +
+	"\vfederations\x18\x01 \x03(\v2\x19.writ.admin.v1.FederationR\vfederations2\x9d\x03\n" +
 	"\fEntryService\x12c\n" +
 	"\x10BatchCreateEntry\x12&.writ.admin.v1.BatchCreateEntryRequest\x1a'.writ.admin.v1.BatchCreateEntryResponse\x12@\n" +
 	"\bGetEntry\x12\x1e.writ.admin.v1.GetEntryRequest\x1a\x14.writ.admin.v1.Entry\x12V\n" +
@@ -1966,18 +2612,29 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"UnbanAgent\x12 .writ.admin.v1.UnbanAgentRequest\x1a\x14.writ.admin.v1.Agent2z\n" +
 	"\x10JoinTokenService\x12f\n" +
-	"\x11GenerateJoinToken\x12'.writ.admin.v1.GenerateJoinTokenRequest\x1a(.writ.admin.v1.GenerateJoinTokenResponse2_\n" +
+	"\x11GenerateJoinToken\x12'.writ.admin.v1.GenerateJoinTokenRequest\x1a(.writ.admin.v1.GenerateJoinTokenResponse2\xa6\x03\n" +
 	"\rBundleService\x12N\n" +
-	"\tGetBundle\x12\x1f.writ.admin.v1.GetBundleRequest\x1a .writ.admin.v1.GetBundleResponse2e\n" +
+	"\tGetBundle\x12\x1f.writ.admin.v1.GetBundleRequest\x1a .writ.admin.v1.GetBundleResponse\x12`\n" +
+	"\x12SetFederatedBundle\x12(.writ.admin.v1.SetFederatedBundleRequest\x1a .writ.admin.v1.GetBundleResponse\x12o\n" +
+	"\x14ListFederatedBundles\x12*.writ.admin.v1.ListFederatedBundlesRequest\x1a+.writ.admin.v1.ListFederatedBundlesResponse\x12r\n" +
+	"\x15DeleteFederatedBundle\x12+.writ.admin.v1.DeleteFederatedBundleRequest\x1a,.writ.admin.v1.DeleteFederatedBundleResponse2\xab\x01\n" +
 	"\rServerService\x12T\n" +
-	"\vListServers\x12!.writ.admin.v1.ListServersRequest\x1a\".writ.admin.v1.ListServersResponse2\x88\x04\n" +
+	"\vListServers\x12!.writ.admin.v1.ListServersRequest\x1a\".writ.admin.v1.ListServersResponse\x12D\n" +
+	"\x06Backup\x12\x1c.writ.admin.v1.BackupRequest\x1a\x1a.writ.admin.v1.BackupChunk0\x012\x88\x04\n" +
 	"\tCAService\x12`\n" +
 	"\x0fListAuthorities\x12%.writ.admin.v1.ListAuthoritiesRequest\x1a&.writ.admin.v1.ListAuthoritiesResponse\x12T\n" +
 	"\x10PrepareAuthority\x12&.writ.admin.v1.PrepareAuthorityRequest\x1a\x18.writ.admin.v1.Authority\x12V\n" +
 	"\x11ActivateAuthority\x12'.writ.admin.v1.ActivateAuthorityRequest\x1a\x18.writ.admin.v1.Authority\x12P\n" +
 	"\x0eTaintAuthority\x12$.writ.admin.v1.TaintAuthorityRequest\x1a\x18.writ.admin.v1.Authority\x12R\n" +
 	"\x0fRevokeAuthority\x12%.writ.admin.v1.RevokeAuthorityRequest\x1a\x18.writ.admin.v1.Authority\x12E\n" +
-	"\x06Rotate\x12\x1c.writ.admin.v1.RotateRequest\x1a\x1d.writ.admin.v1.RotateResponseB'Z%writ.dev/writ/ca/api/admin/v1;adminv1b\x06proto3"
+	"\x06Rotate\x12\x1c.writ.admin.v1.RotateRequest\x1a\x1d.writ.admin.v1.RotateResponse2\x83\x04\n" +
+	"\x11FederationService\x12H\n" +
+	"\x10CreateFederation\x12\x19.writ.admin.v1.Federation\x1a\x19.writ.admin.v1.Federation\x12H\n" +
+	"\x10UpdateFederation\x12\x19.writ.admin.v1.Federation\x1a\x19.writ.admin.v1.Federation\x12O\n" +
+	"\rGetFederation\x12#.writ.admin.v1.GetFederationRequest\x1a\x19.writ.admin.v1.Federation\x12`\n" +
+	"\x0fListFederations\x12%.writ.admin.v1.ListFederationsRequest\x1a&.writ.admin.v1.ListFederationsResponse\x12R\n" +
+	"\x10DeleteFederation\x12#.writ.admin.v1.GetFederationRequest\x1a\x19.writ.admin.v1.Federation\x12S\n" +
+	"\x11RefreshFederation\x12#.writ.admin.v1.GetFederationRequest\x1a\x19.writ.admin.v1.FederationB'Z%writ.dev/writ/ca/api/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_ca_api_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -1991,41 +2648,53 @@ func file_ca_api_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ca_api_admin_v1_admin_proto_rawDescData
 }
 
-var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_ca_api_admin_v1_admin_proto_goTypes = []any{
-	(*Entry)(nil),                     // 0: writ.admin.v1.Entry
-	(*Status)(nil),                    // 1: writ.admin.v1.Status
-	(*BatchCreateEntryRequest)(nil),   // 2: writ.admin.v1.BatchCreateEntryRequest
-	(*EntryResult)(nil),               // 3: writ.admin.v1.EntryResult
-	(*BatchCreateEntryResponse)(nil),  // 4: writ.admin.v1.BatchCreateEntryResponse
-	(*GetEntryRequest)(nil),           // 5: writ.admin.v1.GetEntryRequest
-	(*ListEntriesRequest)(nil),        // 6: writ.admin.v1.ListEntriesRequest
-	(*ListEntriesResponse)(nil),       // 7: writ.admin.v1.ListEntriesResponse
-	(*UpdateEntryRequest)(nil),        // 8: writ.admin.v1.UpdateEntryRequest
-	(*DeleteEntryRequest)(nil),        // 9: writ.admin.v1.DeleteEntryRequest
-	(*Agent)(nil),                     // 10: writ.admin.v1.Agent
-	(*ListAgentsRequest)(nil),         // 11: writ.admin.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),        // 12: writ.admin.v1.ListAgentsResponse
-	(*GetAgentRequest)(nil),           // 13: writ.admin.v1.GetAgentRequest
-	(*EvictAgentRequest)(nil),         // 14: writ.admin.v1.EvictAgentRequest
-	(*BanAgentRequest)(nil),           // 15: writ.admin.v1.BanAgentRequest
-	(*UnbanAgentRequest)(nil),         // 16: writ.admin.v1.UnbanAgentRequest
-	(*GenerateJoinTokenRequest)(nil),  // 17: writ.admin.v1.GenerateJoinTokenRequest
-	(*GenerateJoinTokenResponse)(nil), // 18: writ.admin.v1.GenerateJoinTokenResponse
-	(*GetBundleRequest)(nil),          // 19: writ.admin.v1.GetBundleRequest
-	(*GetBundleResponse)(nil),         // 20: writ.admin.v1.GetBundleResponse
-	(*Server)(nil),                    // 21: writ.admin.v1.Server
-	(*ListServersRequest)(nil),        // 22: writ.admin.v1.ListServersRequest
-	(*ListServersResponse)(nil),       // 23: writ.admin.v1.ListServersResponse
-	(*Authority)(nil),                 // 24: writ.admin.v1.Authority
-	(*ListAuthoritiesRequest)(nil),    // 25: writ.admin.v1.ListAuthoritiesRequest
-	(*ListAuthoritiesResponse)(nil),   // 26: writ.admin.v1.ListAuthoritiesResponse
-	(*PrepareAuthorityRequest)(nil),   // 27: writ.admin.v1.PrepareAuthorityRequest
-	(*ActivateAuthorityRequest)(nil),  // 28: writ.admin.v1.ActivateAuthorityRequest
-	(*TaintAuthorityRequest)(nil),     // 29: writ.admin.v1.TaintAuthorityRequest
-	(*RevokeAuthorityRequest)(nil),    // 30: writ.admin.v1.RevokeAuthorityRequest
-	(*RotateRequest)(nil),             // 31: writ.admin.v1.RotateRequest
-	(*RotateResponse)(nil),            // 32: writ.admin.v1.RotateResponse
+	(*Entry)(nil),                         // 0: writ.admin.v1.Entry
+	(*Status)(nil),                        // 1: writ.admin.v1.Status
+	(*BatchCreateEntryRequest)(nil),       // 2: writ.admin.v1.BatchCreateEntryRequest
+	(*EntryResult)(nil),                   // 3: writ.admin.v1.EntryResult
+	(*BatchCreateEntryResponse)(nil),      // 4: writ.admin.v1.BatchCreateEntryResponse
+	(*GetEntryRequest)(nil),               // 5: writ.admin.v1.GetEntryRequest
+	(*ListEntriesRequest)(nil),            // 6: writ.admin.v1.ListEntriesRequest
+	(*ListEntriesResponse)(nil),           // 7: writ.admin.v1.ListEntriesResponse
+	(*UpdateEntryRequest)(nil),            // 8: writ.admin.v1.UpdateEntryRequest
+	(*DeleteEntryRequest)(nil),            // 9: writ.admin.v1.DeleteEntryRequest
+	(*Agent)(nil),                         // 10: writ.admin.v1.Agent
+	(*ListAgentsRequest)(nil),             // 11: writ.admin.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),            // 12: writ.admin.v1.ListAgentsResponse
+	(*GetAgentRequest)(nil),               // 13: writ.admin.v1.GetAgentRequest
+	(*EvictAgentRequest)(nil),             // 14: writ.admin.v1.EvictAgentRequest
+	(*BanAgentRequest)(nil),               // 15: writ.admin.v1.BanAgentRequest
+	(*UnbanAgentRequest)(nil),             // 16: writ.admin.v1.UnbanAgentRequest
+	(*GenerateJoinTokenRequest)(nil),      // 17: writ.admin.v1.GenerateJoinTokenRequest
+	(*GenerateJoinTokenResponse)(nil),     // 18: writ.admin.v1.GenerateJoinTokenResponse
+	(*GetBundleRequest)(nil),              // 19: writ.admin.v1.GetBundleRequest
+	(*SetFederatedBundleRequest)(nil),     // 20: writ.admin.v1.SetFederatedBundleRequest
+	(*ListFederatedBundlesRequest)(nil),   // 21: writ.admin.v1.ListFederatedBundlesRequest
+	(*ListFederatedBundlesResponse)(nil),  // 22: writ.admin.v1.ListFederatedBundlesResponse
+	(*DeleteFederatedBundleRequest)(nil),  // 23: writ.admin.v1.DeleteFederatedBundleRequest
+	(*DeleteFederatedBundleResponse)(nil), // 24: writ.admin.v1.DeleteFederatedBundleResponse
+	(*GetBundleResponse)(nil),             // 25: writ.admin.v1.GetBundleResponse
+	(*Server)(nil),                        // 26: writ.admin.v1.Server
+	(*BackupRequest)(nil),                 // 27: writ.admin.v1.BackupRequest
+	(*BackupChunk)(nil),                   // 28: writ.admin.v1.BackupChunk
+	(*ListServersRequest)(nil),            // 29: writ.admin.v1.ListServersRequest
+	(*ListServersResponse)(nil),           // 30: writ.admin.v1.ListServersResponse
+	(*Authority)(nil),                     // 31: writ.admin.v1.Authority
+	(*ListAuthoritiesRequest)(nil),        // 32: writ.admin.v1.ListAuthoritiesRequest
+	(*ListAuthoritiesResponse)(nil),       // 33: writ.admin.v1.ListAuthoritiesResponse
+	(*PrepareAuthorityRequest)(nil),       // 34: writ.admin.v1.PrepareAuthorityRequest
+	(*ActivateAuthorityRequest)(nil),      // 35: writ.admin.v1.ActivateAuthorityRequest
+	(*TaintAuthorityRequest)(nil),         // 36: writ.admin.v1.TaintAuthorityRequest
+	(*RevokeAuthorityRequest)(nil),        // 37: writ.admin.v1.RevokeAuthorityRequest
+	(*RotateRequest)(nil),                 // 38: writ.admin.v1.RotateRequest
+	(*RotateResponse)(nil),                // 39: writ.admin.v1.RotateResponse
+	(*Federation)(nil),                    // 40: writ.admin.v1.Federation
+	(*FederationStatus)(nil),              // 41: writ.admin.v1.FederationStatus
+	(*GetFederationRequest)(nil),          // 42: writ.admin.v1.GetFederationRequest
+	(*ListFederationsRequest)(nil),        // 43: writ.admin.v1.ListFederationsRequest
+	(*ListFederationsResponse)(nil),       // 44: writ.admin.v1.ListFederationsResponse
 }
 var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: writ.admin.v1.BatchCreateEntryRequest.entries:type_name -> writ.admin.v1.Entry
@@ -2035,52 +2704,75 @@ var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	0,  // 4: writ.admin.v1.ListEntriesResponse.entries:type_name -> writ.admin.v1.Entry
 	0,  // 5: writ.admin.v1.UpdateEntryRequest.entry:type_name -> writ.admin.v1.Entry
 	10, // 6: writ.admin.v1.ListAgentsResponse.agents:type_name -> writ.admin.v1.Agent
-	21, // 7: writ.admin.v1.ListServersResponse.servers:type_name -> writ.admin.v1.Server
-	24, // 8: writ.admin.v1.ListAuthoritiesResponse.authorities:type_name -> writ.admin.v1.Authority
-	24, // 9: writ.admin.v1.RotateResponse.activated:type_name -> writ.admin.v1.Authority
-	2,  // 10: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
-	5,  // 11: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
-	6,  // 12: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
-	8,  // 13: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
-	9,  // 14: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
-	11, // 15: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
-	13, // 16: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
-	14, // 17: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
-	15, // 18: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
-	16, // 19: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
-	17, // 20: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
-	19, // 21: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
-	22, // 22: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
-	25, // 23: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
-	27, // 24: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
-	28, // 25: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
-	29, // 26: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
-	30, // 27: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
-	31, // 28: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
-	4,  // 29: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
-	0,  // 30: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
-	7,  // 31: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
-	0,  // 32: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
-	0,  // 33: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
-	12, // 34: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
-	10, // 35: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
-	10, // 36: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
-	10, // 37: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
-	10, // 38: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
-	18, // 39: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
-	20, // 40: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
-	23, // 41: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
-	26, // 42: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
-	24, // 43: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
-	24, // 44: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
-	24, // 45: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
-	24, // 46: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
-	32, // 47: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
-	29, // [29:48] is the sub-list for method output_type
-	10, // [10:29] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	25, // 7: writ.admin.v1.ListFederatedBundlesResponse.bundles:type_name -> writ.admin.v1.GetBundleResponse
+	26, // 8: writ.admin.v1.ListServersResponse.servers:type_name -> writ.admin.v1.Server
+	31, // 9: writ.admin.v1.ListAuthoritiesResponse.authorities:type_name -> writ.admin.v1.Authority
+	31, // 10: writ.admin.v1.RotateResponse.activated:type_name -> writ.admin.v1.Authority
+	41, // 11: writ.admin.v1.Federation.status:type_name -> writ.admin.v1.FederationStatus
+	40, // 12: writ.admin.v1.ListFederationsResponse.federations:type_name -> writ.admin.v1.Federation
+	2,  // 13: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
+	5,  // 14: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
+	6,  // 15: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
+	8,  // 16: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
+	9,  // 17: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
+	11, // 18: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
+	13, // 19: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
+	14, // 20: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
+	15, // 21: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
+	16, // 22: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
+	17, // 23: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
+	19, // 24: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
+	20, // 25: writ.admin.v1.BundleService.SetFederatedBundle:input_type -> writ.admin.v1.SetFederatedBundleRequest
+	21, // 26: writ.admin.v1.BundleService.ListFederatedBundles:input_type -> writ.admin.v1.ListFederatedBundlesRequest
+	23, // 27: writ.admin.v1.BundleService.DeleteFederatedBundle:input_type -> writ.admin.v1.DeleteFederatedBundleRequest
+	29, // 28: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
+	27, // 29: writ.admin.v1.ServerService.Backup:input_type -> writ.admin.v1.BackupRequest
+	32, // 30: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
+	34, // 31: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
+	35, // 32: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
+	36, // 33: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
+	37, // 34: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
+	38, // 35: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
+	40, // 36: writ.admin.v1.FederationService.CreateFederation:input_type -> writ.admin.v1.Federation
+	40, // 37: writ.admin.v1.FederationService.UpdateFederation:input_type -> writ.admin.v1.Federation
+	42, // 38: writ.admin.v1.FederationService.GetFederation:input_type -> writ.admin.v1.GetFederationRequest
+	43, // 39: writ.admin.v1.FederationService.ListFederations:input_type -> writ.admin.v1.ListFederationsRequest
+	42, // 40: writ.admin.v1.FederationService.DeleteFederation:input_type -> writ.admin.v1.GetFederationRequest
+	42, // 41: writ.admin.v1.FederationService.RefreshFederation:input_type -> writ.admin.v1.GetFederationRequest
+	4,  // 42: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
+	0,  // 43: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
+	7,  // 44: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
+	0,  // 45: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
+	0,  // 46: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
+	12, // 47: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
+	10, // 48: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
+	10, // 49: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
+	10, // 50: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
+	10, // 51: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
+	18, // 52: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
+	25, // 53: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
+	25, // 54: writ.admin.v1.BundleService.SetFederatedBundle:output_type -> writ.admin.v1.GetBundleResponse
+	22, // 55: writ.admin.v1.BundleService.ListFederatedBundles:output_type -> writ.admin.v1.ListFederatedBundlesResponse
+	24, // 56: writ.admin.v1.BundleService.DeleteFederatedBundle:output_type -> writ.admin.v1.DeleteFederatedBundleResponse
+	30, // 57: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
+	28, // 58: writ.admin.v1.ServerService.Backup:output_type -> writ.admin.v1.BackupChunk
+	33, // 59: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
+	31, // 60: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
+	31, // 61: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
+	31, // 62: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
+	31, // 63: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
+	39, // 64: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
+	40, // 65: writ.admin.v1.FederationService.CreateFederation:output_type -> writ.admin.v1.Federation
+	40, // 66: writ.admin.v1.FederationService.UpdateFederation:output_type -> writ.admin.v1.Federation
+	40, // 67: writ.admin.v1.FederationService.GetFederation:output_type -> writ.admin.v1.Federation
+	44, // 68: writ.admin.v1.FederationService.ListFederations:output_type -> writ.admin.v1.ListFederationsResponse
+	40, // 69: writ.admin.v1.FederationService.DeleteFederation:output_type -> writ.admin.v1.Federation
+	40, // 70: writ.admin.v1.FederationService.RefreshFederation:output_type -> writ.admin.v1.Federation
+	42, // [42:71] is the sub-list for method output_type
+	13, // [13:42] is the sub-list for method input_type
+	13, // [13:13] is the sub-list for extension type_name
+	13, // [13:13] is the sub-list for extension extendee
+	0,  // [0:13] is the sub-list for field type_name
 }
 
 func init() { file_ca_api_admin_v1_admin_proto_init() }
@@ -2094,9 +2786,9 @@ func file_ca_api_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_admin_v1_admin_proto_rawDesc), len(file_ca_api_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   33,
+			NumMessages:   45,
 			NumExtensions: 0,
-			NumServices:   6,
+			NumServices:   7,
 		},
 		GoTypes:           file_ca_api_admin_v1_admin_proto_goTypes,
 		DependencyIndexes: file_ca_api_admin_v1_admin_proto_depIdxs,

@@ -649,15 +649,26 @@ var JoinTokenService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	BundleService_GetBundle_FullMethodName = "/writ.admin.v1.BundleService/GetBundle"
+	BundleService_GetBundle_FullMethodName             = "/writ.admin.v1.BundleService/GetBundle"
+	BundleService_SetFederatedBundle_FullMethodName    = "/writ.admin.v1.BundleService/SetFederatedBundle"
+	BundleService_ListFederatedBundles_FullMethodName  = "/writ.admin.v1.BundleService/ListFederatedBundles"
+	BundleService_DeleteFederatedBundle_FullMethodName = "/writ.admin.v1.BundleService/DeleteFederatedBundle"
 )
 
 // BundleServiceClient is the client API for BundleService service.
 //
 // For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
 type BundleServiceClient interface {
-	// Returns the local trust domain's bundle.
+	// Returns the local trust domain's bundle, or a federated one.
 	GetBundle(ctx context.Context, in *GetBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error)
+	// Sets the bundle of another trust domain (a static federated bundle,
+	// as with SPIRE's bundle set). InvalidArgument for the local trust
+	// domain or a bundle that does not parse for the trust domain.
+	SetFederatedBundle(ctx context.Context, in *SetFederatedBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error)
+	// Lists the federated bundles, in trust domain order.
+	ListFederatedBundles(ctx context.Context, in *ListFederatedBundlesRequest, opts ...grpc.CallOption) (*ListFederatedBundlesResponse, error)
+	// Deletes a federated bundle; NotFound if there is none.
+	DeleteFederatedBundle(ctx context.Context, in *DeleteFederatedBundleRequest, opts ...grpc.CallOption) (*DeleteFederatedBundleResponse, error)
 }
 
 type bundleServiceClient struct {
@@ -678,12 +689,50 @@ func (c *bundleServiceClient) GetBundle(ctx context.Context, in *GetBundleReques
 	return out, nil
 }
 
+func (c *bundleServiceClient) SetFederatedBundle(ctx context.Context, in *SetFederatedBundleRequest, opts ...grpc.CallOption) (*GetBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetBundleResponse)
+	err := c.cc.Invoke(ctx, BundleService_SetFederatedBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *bundleServiceClient) ListFederatedBundles(ctx context.Context, in *ListFederatedBundlesRequest, opts ...grpc.CallOption) (*ListFederatedBundlesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFederatedBundlesResponse)
+	err := c.cc.Invoke(ctx, BundleService_ListFederatedBundles_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *bundleServiceClient) DeleteFederatedBundle(ctx context.Context, in *DeleteFederatedBundleRequest, opts ...grpc.CallOption) (*DeleteFederatedBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteFederatedBundleResponse)
+	err := c.cc.Invoke(ctx, BundleService_DeleteFederatedBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // BundleServiceServer is the server API for BundleService service.
 // All implementations must embed UnimplementedBundleServiceServer
 // for forward compatibility.
 type BundleServiceServer interface {
-	// Returns the local trust domain's bundle.
+	// Returns the local trust domain's bundle, or a federated one.
 	GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error)
+	// Sets the bundle of another trust domain (a static federated bundle,
+	// as with SPIRE's bundle set). InvalidArgument for the local trust
+	// domain or a bundle that does not parse for the trust domain.
+	SetFederatedBundle(context.Context, *SetFederatedBundleRequest) (*GetBundleResponse, error)
+	// Lists the federated bundles, in trust domain order.
+	ListFederatedBundles(context.Context, *ListFederatedBundlesRequest) (*ListFederatedBundlesResponse, error)
+	// Deletes a federated bundle; NotFound if there is none.
+	DeleteFederatedBundle(context.Context, *DeleteFederatedBundleRequest) (*DeleteFederatedBundleResponse, error)
 	mustEmbedUnimplementedBundleServiceServer()
 }
 
@@ -696,6 +745,15 @@ type UnimplementedBundleServiceServer struct{}
 
 func (UnimplementedBundleServiceServer) GetBundle(context.Context, *GetBundleRequest) (*GetBundleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetBundle not implemented")
+}
+func (UnimplementedBundleServiceServer) SetFederatedBundle(context.Context, *SetFederatedBundleRequest) (*GetBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method SetFederatedBundle not implemented")
+}
+func (UnimplementedBundleServiceServer) ListFederatedBundles(context.Context, *ListFederatedBundlesRequest) (*ListFederatedBundlesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFederatedBundles not implemented")
+}
+func (UnimplementedBundleServiceServer) DeleteFederatedBundle(context.Context, *DeleteFederatedBundleRequest) (*DeleteFederatedBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteFederatedBundle not implemented")
 }
 func (UnimplementedBundleServiceServer) mustEmbedUnimplementedBundleServiceServer() {}
 func (UnimplementedBundleServiceServer) testEmbeddedByValue()                       {}
@@ -736,6 +794,60 @@ func _BundleService_GetBundle_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BundleService_SetFederatedBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SetFederatedBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BundleServiceServer).SetFederatedBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BundleService_SetFederatedBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BundleServiceServer).SetFederatedBundle(ctx, req.(*SetFederatedBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BundleService_ListFederatedBundles_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFederatedBundlesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BundleServiceServer).ListFederatedBundles(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BundleService_ListFederatedBundles_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BundleServiceServer).ListFederatedBundles(ctx, req.(*ListFederatedBundlesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BundleService_DeleteFederatedBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteFederatedBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BundleServiceServer).DeleteFederatedBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BundleService_DeleteFederatedBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BundleServiceServer).DeleteFederatedBundle(ctx, req.(*DeleteFederatedBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // BundleService_ServiceDesc is the grpc.ServiceDesc for BundleService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -747,6 +859,18 @@ var BundleService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "GetBundle",
 			Handler:    _BundleService_GetBundle_Handler,
 		},
+		{
+			MethodName: "SetFederatedBundle",
+			Handler:    _BundleService_SetFederatedBundle_Handler,
+		},
+		{
+			MethodName: "ListFederatedBundles",
+			Handler:    _BundleService_ListFederatedBundles_Handler,
+		},
+		{
+			MethodName: "DeleteFederatedBundle",
+			Handler:    _BundleService_DeleteFederatedBundle_Handler,
+		},
 	},
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "ca/api/admin/v1/admin.proto",
@@ -754,6 +878,7 @@ var BundleService_ServiceDesc = grpc.ServiceDesc{
 
 const (
 	ServerService_ListServers_FullMethodName = "/writ.admin.v1.ServerService/ListServers"
+	ServerService_Backup_FullMethodName      = "/writ.admin.v1.ServerService/Backup"
 )
 
 // ServerServiceClient is the client API for ServerService service.
@@ -763,6 +888,13 @@ type ServerServiceClient interface {
 	// Lists the servers that share the datastore, in ID order. Stopped
 	// servers stay listed with their last heartbeat.
 	ListServers(ctx context.Context, in *ListServersRequest, opts ...grpc.CallOption) (*ListServersResponse, error)
+	// Backup streams a backup of the server that receives the call: a tar
+	// archive of a consistent datastore snapshot and, with the disk key
+	// store, the CA private keys its records name. Signing goes on while it
+	// runs. Only root and the server's own uid may call it (it holds private
+	// keys); FailedPrecondition for a datastore it cannot snapshot
+	// (PostgreSQL: use pg_dump).
+	Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error)
 }
 
 type serverServiceClient struct {
@@ -783,6 +915,25 @@ func (c *serverServiceClient) ListServers(ctx context.Context, in *ListServersRe
 	return out, nil
 }
 
+func (c *serverServiceClient) Backup(ctx context.Context, in *BackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[BackupChunk], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &ServerService_ServiceDesc.Streams[0], ServerService_Backup_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[BackupRequest, BackupChunk]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ServerService_BackupClient = grpc.ServerStreamingClient[BackupChunk]
+
 // ServerServiceServer is the server API for ServerService service.
 // All implementations must embed UnimplementedServerServiceServer
 // for forward compatibility.
@@ -790,6 +941,13 @@ type ServerServiceServer interface {
 	// Lists the servers that share the datastore, in ID order. Stopped
 	// servers stay listed with their last heartbeat.
 	ListServers(context.Context, *ListServersRequest) (*ListServersResponse, error)
+	// Backup streams a backup of the server that receives the call: a tar
+	// archive of a consistent datastore snapshot and, with the disk key
+	// store, the CA private keys its records name. Signing goes on while it
+	// runs. Only root and the server's own uid may call it (it holds private
+	// keys); FailedPrecondition for a datastore it cannot snapshot
+	// (PostgreSQL: use pg_dump).
+	Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error
 	mustEmbedUnimplementedServerServiceServer()
 }
 
@@ -802,6 +960,9 @@ type UnimplementedServerServiceServer struct{}
 
 func (UnimplementedServerServiceServer) ListServers(context.Context, *ListServersRequest) (*ListServersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListServers not implemented")
+}
+func (UnimplementedServerServiceServer) Backup(*BackupRequest, grpc.ServerStreamingServer[BackupChunk]) error {
+	return status.Error(codes.Unimplemented, "method Backup not implemented")
 }
 func (UnimplementedServerServiceServer) mustEmbedUnimplementedServerServiceServer() {}
 func (UnimplementedServerServiceServer) testEmbeddedByValue()                       {}
@@ -842,6 +1003,17 @@ func _ServerService_ListServers_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ServerService_Backup_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(BackupRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(ServerServiceServer).Backup(m, &grpc.GenericServerStream[BackupRequest, BackupChunk]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type ServerService_BackupServer = grpc.ServerStreamingServer[BackupChunk]
+
 // ServerService_ServiceDesc is the grpc.ServiceDesc for ServerService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -854,7 +1026,13 @@ var ServerService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _ServerService_ListServers_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Backup",
+			Handler:       _ServerService_Backup_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "ca/api/admin/v1/admin.proto",
 }
 
@@ -1188,6 +1366,322 @@ var CAService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Rotate",
 			Handler:    _CAService_Rotate_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "ca/api/admin/v1/admin.proto",
+}
+
+const (
+	FederationService_CreateFederation_FullMethodName  = "/writ.admin.v1.FederationService/CreateFederation"
+	FederationService_UpdateFederation_FullMethodName  = "/writ.admin.v1.FederationService/UpdateFederation"
+	FederationService_GetFederation_FullMethodName     = "/writ.admin.v1.FederationService/GetFederation"
+	FederationService_ListFederations_FullMethodName   = "/writ.admin.v1.FederationService/ListFederations"
+	FederationService_DeleteFederation_FullMethodName  = "/writ.admin.v1.FederationService/DeleteFederation"
+	FederationService_RefreshFederation_FullMethodName = "/writ.admin.v1.FederationService/RefreshFederation"
+)
+
+// FederationServiceClient is the client API for FederationService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// FederationService manages federation relationships: trust domains whose
+// bundles every server fetches from their SPIFFE bundle endpoints and
+// keeps in the datastore. Times are Unix seconds.
+type FederationServiceClient interface {
+	// Creates a relationship; AlreadyExists if there is one with the trust
+	// domain. With the https_spiffe profile a trust bundle of the trust
+	// domain must be given (or already stored) to authenticate its endpoint.
+	CreateFederation(ctx context.Context, in *Federation, opts ...grpc.CallOption) (*Federation, error)
+	// Replaces the endpoint settings of a relationship; NotFound if none.
+	UpdateFederation(ctx context.Context, in *Federation, opts ...grpc.CallOption) (*Federation, error)
+	GetFederation(ctx context.Context, in *GetFederationRequest, opts ...grpc.CallOption) (*Federation, error)
+	ListFederations(ctx context.Context, in *ListFederationsRequest, opts ...grpc.CallOption) (*ListFederationsResponse, error)
+	// Deletes a relationship; the trust domain's bundle stays (delete it
+	// with BundleService.DeleteFederatedBundle).
+	DeleteFederation(ctx context.Context, in *GetFederationRequest, opts ...grpc.CallOption) (*Federation, error)
+	// Fetches the trust domain's bundle now, on the server that receives
+	// the call; FailedPrecondition with the reason if it was refused.
+	RefreshFederation(ctx context.Context, in *GetFederationRequest, opts ...grpc.CallOption) (*Federation, error)
+}
+
+type federationServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewFederationServiceClient(cc grpc.ClientConnInterface) FederationServiceClient {
+	return &federationServiceClient{cc}
+}
+
+func (c *federationServiceClient) CreateFederation(ctx context.Context, in *Federation, opts ...grpc.CallOption) (*Federation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Federation)
+	err := c.cc.Invoke(ctx, FederationService_CreateFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *federationServiceClient) UpdateFederation(ctx context.Context, in *Federation, opts ...grpc.CallOption) (*Federation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Federation)
+	err := c.cc.Invoke(ctx, FederationService_UpdateFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *federationServiceClient) GetFederation(ctx context.Context, in *GetFederationRequest, opts ...grpc.CallOption) (*Federation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Federation)
+	err := c.cc.Invoke(ctx, FederationService_GetFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *federationServiceClient) ListFederations(ctx context.Context, in *ListFederationsRequest, opts ...grpc.CallOption) (*ListFederationsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListFederationsResponse)
+	err := c.cc.Invoke(ctx, FederationService_ListFederations_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *federationServiceClient) DeleteFederation(ctx context.Context, in *GetFederationRequest, opts ...grpc.CallOption) (*Federation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Federation)
+	err := c.cc.Invoke(ctx, FederationService_DeleteFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *federationServiceClient) RefreshFederation(ctx context.Context, in *GetFederationRequest, opts ...grpc.CallOption) (*Federation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Federation)
+	err := c.cc.Invoke(ctx, FederationService_RefreshFederation_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// FederationServiceServer is the server API for FederationService service.
+// All implementations must embed UnimplementedFederationServiceServer
+// for forward compatibility.
+//
+// FederationService manages federation relationships: trust domains whose
+// bundles every server fetches from their SPIFFE bundle endpoints and
+// keeps in the datastore. Times are Unix seconds.
+type FederationServiceServer interface {
+	// Creates a relationship; AlreadyExists if there is one with the trust
+	// domain. With the https_spiffe profile a trust bundle of the trust
+	// domain must be given (or already stored) to authenticate its endpoint.
+	CreateFederation(context.Context, *Federation) (*Federation, error)
+	// Replaces the endpoint settings of a relationship; NotFound if none.
+	UpdateFederation(context.Context, *Federation) (*Federation, error)
+	GetFederation(context.Context, *GetFederationRequest) (*Federation, error)
+	ListFederations(context.Context, *ListFederationsRequest) (*ListFederationsResponse, error)
+	// Deletes a relationship; the trust domain's bundle stays (delete it
+	// with BundleService.DeleteFederatedBundle).
+	DeleteFederation(context.Context, *GetFederationRequest) (*Federation, error)
+	// Fetches the trust domain's bundle now, on the server that receives
+	// the call; FailedPrecondition with the reason if it was refused.
+	RefreshFederation(context.Context, *GetFederationRequest) (*Federation, error)
+	mustEmbedUnimplementedFederationServiceServer()
+}
+
+// UnimplementedFederationServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedFederationServiceServer struct{}
+
+func (UnimplementedFederationServiceServer) CreateFederation(context.Context, *Federation) (*Federation, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateFederation not implemented")
+}
+func (UnimplementedFederationServiceServer) UpdateFederation(context.Context, *Federation) (*Federation, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateFederation not implemented")
+}
+func (UnimplementedFederationServiceServer) GetFederation(context.Context, *GetFederationRequest) (*Federation, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetFederation not implemented")
+}
+func (UnimplementedFederationServiceServer) ListFederations(context.Context, *ListFederationsRequest) (*ListFederationsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListFederations not implemented")
+}
+func (UnimplementedFederationServiceServer) DeleteFederation(context.Context, *GetFederationRequest) (*Federation, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteFederation not implemented")
+}
+func (UnimplementedFederationServiceServer) RefreshFederation(context.Context, *GetFederationRequest) (*Federation, error) {
+	return nil, status.Error(codes.Unimplemented, "method RefreshFederation not implemented")
+}
+func (UnimplementedFederationServiceServer) mustEmbedUnimplementedFederationServiceServer() {}
+func (UnimplementedFederationServiceServer) testEmbeddedByValue()                           {}
+
+// UnsafeFederationServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to FederationServiceServer will
+// result in compilation errors.
+type UnsafeFederationServiceServer interface {
+	mustEmbedUnimplementedFederationServiceServer()
+}
+
+func RegisterFederationServiceServer(s grpc.ServiceRegistrar, srv FederationServiceServer) {
+	// If the following call panics, it indicates UnimplementedFederationServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&FederationService_ServiceDesc, srv)
+}
+
+func _FederationService_CreateFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(Federation)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServiceServer).CreateFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FederationService_CreateFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServiceServer).CreateFederation(ctx, req.(*Federation))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FederationService_UpdateFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(Federation)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServiceServer).UpdateFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FederationService_UpdateFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServiceServer).UpdateFederation(ctx, req.(*Federation))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FederationService_GetFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServiceServer).GetFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FederationService_GetFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServiceServer).GetFederation(ctx, req.(*GetFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FederationService_ListFederations_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListFederationsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServiceServer).ListFederations(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FederationService_ListFederations_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServiceServer).ListFederations(ctx, req.(*ListFederationsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FederationService_DeleteFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServiceServer).DeleteFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FederationService_DeleteFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServiceServer).DeleteFederation(ctx, req.(*GetFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _FederationService_RefreshFederation_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetFederationRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(FederationServiceServer).RefreshFederation(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: FederationService_RefreshFederation_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(FederationServiceServer).RefreshFederation(ctx, req.(*GetFederationRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// FederationService_ServiceDesc is the grpc.ServiceDesc for FederationService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var FederationService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "writ.admin.v1.FederationService",
+	HandlerType: (*FederationServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CreateFederation",
+			Handler:    _FederationService_CreateFederation_Handler,
+		},
+		{
+			MethodName: "UpdateFederation",
+			Handler:    _FederationService_UpdateFederation_Handler,
+		},
+		{
+			MethodName: "GetFederation",
+			Handler:    _FederationService_GetFederation_Handler,
+		},
+		{
+			MethodName: "ListFederations",
+			Handler:    _FederationService_ListFederations_Handler,
+		},
+		{
+			MethodName: "DeleteFederation",
+			Handler:    _FederationService_DeleteFederation_Handler,
+		},
+		{
+			MethodName: "RefreshFederation",
+			Handler:    _FederationService_RefreshFederation_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

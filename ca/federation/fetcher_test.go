@@ -1,0 +1,222 @@
+package federation_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/datastore/boltstore"
+	"writ.dev/writ/ca/federation"
+)
+
+var partner = spiffeid.RequireTrustDomainFromString("partner.test")
+
+// ca is a CA certificate and key of a trust domain.
+type ca struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
+func newCA(t *testing.T, td spiffeid.TrustDomain) *ca {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "ca " + td.Name()}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign, URIs: []*url.URL{td.ID().URL()}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	return &ca{cert: cert, key: key}
+}
+
+// svid returns a TLS certificate for id, signed by c, valid for 127.0.0.1.
+func (c *ca) svid(t *testing.T, id spiffeid.ID) tls.Certificate {
+	t.Helper()
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, URIs: []*url.URL{id.URL()}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, c.cert, key.Public(), c.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func bundleOf(c *ca, seq uint64) *spiffebundle.Bundle {
+	b := spiffebundle.FromX509Authorities(partner, []*x509.Certificate{c.cert})
+	b.SetSequenceNumber(seq)
+	b.SetRefreshHint(time.Minute)
+	return b
+}
+
+// endpoint is a bundle endpoint whose answer the test sets.
+type endpoint struct {
+	srv    *httptest.Server
+	answer atomic.Pointer[func(http.ResponseWriter, *http.Request)]
+}
+
+func newEndpoint(t *testing.T, cert tls.Certificate) *endpoint {
+	e := &endpoint{}
+	e.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*e.answer.Load())(w, r) }))
+	e.srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	e.srv.StartTLS()
+	t.Cleanup(e.srv.Close)
+	return e
+}
+
+func (e *endpoint) serve(body []byte) {
+	fn := func(w http.ResponseWriter, _ *http.Request) { w.Write(body) }
+	e.answer.Store(&fn)
+}
+
+func (e *endpoint) serveBundle(t *testing.T, b *spiffebundle.Bundle) {
+	t.Helper()
+	doc, err := b.Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.serve(doc)
+}
+
+func TestFetcherHTTPSSPIFFE(t *testing.T) {
+	ctx := context.Background()
+	store, err := boltstore.Open(filepath.Join(t.TempDir(), "db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	pca := newCA(t, partner)
+	serverID := spiffeid.RequireFromString("spiffe://partner.test/writ/server")
+	ep := newEndpoint(t, pca.svid(t, serverID))
+	rel := &datastore.Federation{TrustDomain: partner, BundleEndpointURL: ep.srv.URL + "/", Profile: datastore.ProfileHTTPSSPIFFE, EndpointSPIFFEID: serverID}
+	f := federation.New(federation.Config{Store: store, Timeout: 500 * time.Millisecond})
+
+	// Without a bootstrap bundle the endpoint cannot be authenticated.
+	ep.serveBundle(t, bundleOf(pca, 5))
+	if err := f.Refresh(ctx, rel); err == nil || !strings.Contains(err.Error(), "no bundle of partner.test") {
+		t.Fatalf("refresh without a trust bundle: %v", err)
+	}
+	if _, err := store.UpdateBundle(ctx, partner, func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error) { return bundleOf(pca, 1), nil }); err != nil {
+		t.Fatal(err)
+	}
+
+	// A good bundle is stored.
+	next := bundleOf(pca, 5)
+	other := newCA(t, partner) // the partner publishes its next CA
+	next.AddX509Authority(other.cert)
+	ep.serveBundle(t, next)
+	if err := f.Refresh(ctx, rel); err != nil {
+		t.Fatalf("refresh: %v", err)
+	}
+	stored := requireStored(t, store, 5, 2)
+
+	bad := map[string]func(){
+		"a sequence number going backwards": func() { ep.serveBundle(t, bundleOf(pca, 4)) },
+		"an authority of another trust domain": func() {
+			b := bundleOf(pca, 6)
+			b.AddX509Authority(newCA(t, spiffeid.RequireTrustDomainFromString("evil.test")).cert)
+			ep.serveBundle(t, b)
+		},
+		"an oversized body": func() { ep.serve([]byte(`{"keys":[` + strings.Repeat(" ", federation.MaxBundleSize) + `]}`)) },
+		"a malformed body":  func() { ep.serve([]byte(`{"keys":[{"kty":"EC","use":"x509-svid","x5c":["bm90IGEgY2VydA=="]}]}`)) },
+		"an empty bundle":   func() { ep.serve([]byte(`{"keys":[]}`)) },
+		"a slow endpoint": func() {
+			fn := func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }
+			ep.answer.Store(&fn)
+		},
+		"an error status": func() {
+			fn := func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusInternalServerError) }
+			ep.answer.Store(&fn)
+		},
+	}
+	for name, serve := range bad {
+		serve()
+		start := time.Now()
+		if err := f.Refresh(ctx, rel); err == nil {
+			t.Errorf("%s: accepted", name)
+		} else {
+			t.Logf("%s: %v", name, err)
+		}
+		if time.Since(start) > 5*time.Second {
+			t.Errorf("%s: the refresh took %s", name, time.Since(start))
+		}
+		if got := requireStored(t, store, 5, 2); !got.Equal(stored) {
+			t.Errorf("%s: the stored bundle changed", name)
+		}
+	}
+	if st, ok := f.Status(partner); !ok || st.LastError == "" || st.Sequence != 5 {
+		t.Errorf("status after failures: %+v", st)
+	}
+
+	// An endpoint that authenticates as another SPIFFE ID is refused.
+	imposter := newEndpoint(t, pca.svid(t, spiffeid.RequireFromString("spiffe://partner.test/somebody")))
+	imposter.serveBundle(t, bundleOf(pca, 9))
+	rel2 := *rel
+	rel2.BundleEndpointURL = imposter.srv.URL
+	if err := f.Refresh(ctx, &rel2); err == nil {
+		t.Fatal("an endpoint with the wrong SPIFFE ID was accepted")
+	}
+	requireStored(t, store, 5, 2)
+}
+
+func requireStored(t *testing.T, store *boltstore.Store, seq uint64, authorities int) *spiffebundle.Bundle {
+	t.Helper()
+	b, err := store.FetchBundle(context.Background(), partner)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := b.SequenceNumber(); got != seq || len(b.X509Authorities()) != authorities {
+		t.Fatalf("stored bundle: sequence %d with %d authorities, want %d with %d", got, len(b.X509Authorities()), seq, authorities)
+	}
+	return b
+}
+
+func TestFetcherHTTPSWeb(t *testing.T) {
+	ctx := context.Background()
+	store, err := boltstore.Open(filepath.Join(t.TempDir(), "db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	webCA := newCA(t, spiffeid.RequireTrustDomainFromString("web.test"))
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(3), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, webCA.cert, key.Public(), webCA.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := newEndpoint(t, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key})
+	ep.serveBundle(t, bundleOf(newCA(t, partner), 3))
+	rel := &datastore.Federation{TrustDomain: partner, BundleEndpointURL: ep.srv.URL, Profile: datastore.ProfileHTTPSWeb}
+
+	// Not trusted by the system roots.
+	if err := federation.New(federation.Config{Store: store}).Refresh(ctx, rel); err == nil {
+		t.Fatal("an endpoint with an untrusted certificate was accepted")
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(webCA.cert)
+	if err := federation.New(federation.Config{Store: store, RootCAs: roots}).Refresh(ctx, rel); err != nil {
+		t.Fatalf("https_web refresh: %v", err)
+	}
+	requireStored(t, store, 3, 1)
+}

@@ -1,0 +1,224 @@
+package svidfiles
+
+import (
+	"errors"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"reflect"
+	"slices"
+	"testing"
+)
+
+func TestApplyConfig(t *testing.T) {
+	tests := []struct {
+		name string
+		src  string
+		want func(*Config)
+		err  error
+	}{
+		{
+			name: "spiffe-helper example",
+			src: `agent_address = "/tmp/spire-agent/public/api.sock"
+cmd = "ghostunnel"
+cmd_args = "server --listen localhost:8002 --keystore certs/svid_key.pem"
+cert_dir = "certs"
+renew_signal = "SIGUSR1"
+svid_file_name = "svid.pem"
+svid_key_file_name = "svid_key.pem"
+svid_bundle_file_name = "svid_bundle.pem"
+jwt_svids = [{jwt_audience="your-audience",jwt_extra_audiences=["extra-1", "extra-2"], jwt_svid_file_name="jwt_svid.token"}]
+jwt_bundle_file_name = "bundle.json"
+cert_file_mode = 0444
+key_file_mode = 0400
+jwt_bundle_file_mode = 0444
+jwt_svid_file_mode = 0440
+`,
+			want: func(c *Config) {
+				c.SocketPath = "/tmp/spire-agent/public/api.sock"
+				c.Cmd = "ghostunnel"
+				c.CmdArgs = "server --listen localhost:8002 --keystore certs/svid_key.pem"
+				c.CertDir = "certs"
+				c.RenewSignal = "SIGUSR1"
+				c.SVIDBundleFileName = "svid_bundle.pem"
+				c.JWTSVIDs = []JWTSVID{{Audience: "your-audience", ExtraAudiences: []string{"extra-1", "extra-2"}, FileName: "jwt_svid.token"}}
+				c.JWTBundleFileName = "bundle.json"
+				c.CertFileMode, c.KeyFileMode, c.JWTBundleFileMode, c.JWTSVIDFileMode = 0o444, 0o400, 0o444, 0o440
+			},
+		},
+		{
+			name: "comments, booleans, multi-line list",
+			src: `# a comment
+// another
+/* a block
+   comment */
+daemon_mode = false   # trailing
+add_intermediates_to_bundle = true
+include_federated_domains = true
+file_format = "der"
+jwt_svids = [
+  {jwt_audience = "a", jwt_svid_file_name = "a.jwt"},
+  {
+    jwt_audience = "b"
+    jwt_svid_file_name = "b.jwt"
+  },
+]
+`,
+			want: func(c *Config) {
+				c.DaemonMode = false
+				c.AddIntermediatesToBundle = true
+				c.IncludeFederatedDomains = true
+				c.Format = DER
+				c.JWTSVIDs = []JWTSVID{{Audience: "a", FileName: "a.jwt"}, {Audience: "b", FileName: "b.jwt"}}
+			},
+		},
+		{name: "escapes", src: `cmd_args = "a \"b c\" d\\e"`, want: func(c *Config) { c.CmdArgs = `a "b c" d\e` }},
+		{name: "unknown key", src: `nope = 1`, err: ErrConfig},
+		{name: "unsupported key", src: `hint = "x"`, err: ErrConfig},
+		{name: "block", src: "health_checks {\n listener_enabled = true\n}", err: ErrSyntax},
+		{name: "duplicate", src: "cmd = \"a\"\ncmd = \"b\"", err: ErrSyntax},
+		{name: "wrong type", src: `daemon_mode = "false"`, err: ErrConfig},
+		{name: "unquoted", src: `cmd = ghostunnel`, err: ErrSyntax},
+		{name: "unterminated string", src: `cmd = "a`, err: ErrSyntax},
+		{name: "unterminated list", src: `jwt_svids = [{jwt_audience = "a"}`, err: ErrSyntax},
+		{name: "two on a line", src: `cmd = "a" cmd_args = "b"`, err: ErrSyntax},
+		{name: "bad mode", src: `key_file_mode = 01777`, err: ErrConfig},
+		{name: "float", src: `key_file_mode = 1.5`, err: ErrSyntax},
+		{name: "deep", src: `jwt_svids = [[[[[[[[[[]]]]]]]]]]`, err: ErrSyntax},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got := DefaultConfig()
+			_, err := applyConfig([]byte(tt.src), &got)
+			if tt.err != nil {
+				if !errors.Is(err, tt.err) {
+					t.Fatalf("err = %v, want %v", err, tt.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := DefaultConfig()
+			tt.want(&want)
+			if !reflect.DeepEqual(got, want) {
+				t.Fatalf("got  %+v\nwant %+v", got, want)
+			}
+		})
+	}
+}
+
+func TestSplitArgs(t *testing.T) {
+	tests := []struct {
+		in   string
+		want []string
+		bad  bool
+	}{
+		{in: "", want: nil},
+		{in: "  -g  'daemon off;' ", want: []string{"-g", "daemon off;"}},
+		{in: `a "b \"c\" $d" e\ f`, want: []string{"a", `b "c" $d`, "e f"}},
+		{in: `''`, want: []string{""}},
+		{in: `"unterminated`, bad: true},
+		{in: `trailing\`, bad: true},
+	}
+	for _, tt := range tests {
+		got, err := splitArgs(tt.in)
+		if tt.bad != (err != nil) || !slices.Equal(got, tt.want) {
+			t.Errorf("splitArgs(%q) = %q, %v; want %q (error %v)", tt.in, got, err, tt.want, tt.bad)
+		}
+	}
+}
+
+func TestCheck(t *testing.T) {
+	base := func() Config {
+		c := DefaultConfig()
+		c.SocketPath, c.CertDir = "/s", "/d"
+		return c
+	}
+	tests := []struct {
+		name string
+		mod  func(*Config)
+		ok   bool
+	}{
+		{name: "minimal", mod: func(*Config) {}, ok: true},
+		{name: "no socket", mod: func(c *Config) { c.SocketPath = "" }},
+		{name: "no dir", mod: func(c *Config) { c.CertDir = "" }},
+		{name: "signal without target", mod: func(c *Config) { c.RenewSignal = "SIGHUP" }},
+		{name: "signal with pid file", mod: func(c *Config) { c.RenewSignal, c.PIDFileName = "HUP", "/p" }, ok: true},
+		{name: "unknown signal", mod: func(c *Config) { c.RenewSignal, c.PIDFileName = "SIGFOO", "/p" }},
+		{name: "pid file without signal", mod: func(c *Config) { c.PIDFileName = "/p" }},
+		{name: "cmd without daemon", mod: func(c *Config) { c.Cmd, c.DaemonMode = "x", false }},
+		{name: "path in a name", mod: func(c *Config) { c.SVIDFileName = "../x" }},
+		{name: "same name twice", mod: func(c *Config) { c.SVIDKeyFileName = c.SVIDFileName }},
+		{name: "jwt without audience", mod: func(c *Config) { c.JWTSVIDs = []JWTSVID{{FileName: "t"}} }},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := base()
+			tt.mod(&c)
+			err := c.Check()
+			if tt.ok != (err == nil) {
+				t.Fatalf("Check: %v, want ok=%v", err, tt.ok)
+			}
+			if err != nil && !errors.Is(err, ErrConfig) {
+				t.Fatalf("Check: %v is not ErrConfig", err)
+			}
+		})
+	}
+}
+
+func TestWriteAtomicModes(t *testing.T) {
+	dir := t.TempDir()
+	files := []file{{name: "k", data: []byte("key"), mode: 0o600}, {name: "c", data: []byte("cert"), mode: 0o644}}
+	changed, err := writeFiles(dir, files)
+	if err != nil || !changed {
+		t.Fatalf("first write: changed %v, %v", changed, err)
+	}
+	changed, err = writeFiles(dir, files)
+	if err != nil || changed {
+		t.Fatalf("same content again: changed %v, %v; want unchanged", changed, err)
+	}
+	files[0].data = []byte("key2")
+	if changed, err = writeFiles(dir, files); err != nil || !changed {
+		t.Fatalf("new content: changed %v, %v", changed, err)
+	}
+	for _, f := range files {
+		fi, err := lstat(dir, f.name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != f.mode {
+			t.Errorf("%s: mode %v, want %v", f.name, fi.Mode().Perm(), f.mode)
+		}
+	}
+	entries, _ := readDir(dir)
+	if len(entries) != 2 {
+		t.Errorf("%d files in the directory, want 2 (temporary files left behind?)", len(entries))
+	}
+}
+
+func FuzzParseHCL(f *testing.F) {
+	for _, s := range []string{
+		`agent_address = "/tmp/a.sock"`,
+		"jwt_svids = [{jwt_audience=\"a\", jwt_extra_audiences=[\"b\"], jwt_svid_file_name=\"t\"}]\n",
+		"/* c */ daemon_mode = false # x\nkey_file_mode = 0600",
+		`cmd_args = "a \"b\""`,
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, src []byte) {
+		m, err := parseHCL(src)
+		if err != nil && !errors.Is(err, ErrSyntax) {
+			t.Fatalf("error %v is not ErrSyntax", err)
+		}
+		if err == nil && m == nil {
+			t.Fatal("nil map without error")
+		}
+		c := DefaultConfig()
+		_, _ = applyConfig(src, &c)
+	})
+}
+
+func lstat(dir, name string) (fs.FileInfo, error) { return os.Lstat(filepath.Join(dir, name)) }
+
+func readDir(dir string) ([]fs.DirEntry, error) { return os.ReadDir(dir) }

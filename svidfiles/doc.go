@@ -1,0 +1,35 @@
+// Package svidfiles keeps a workload's X.509-SVID, private key and trust
+// bundles, and optionally JWT-SVIDs, in files, for software that does not
+// speak SPIFFE (nginx, PostgreSQL, Java keystores): `writ helper run`,
+// the equivalent of spiffe-helper in the writ binary.
+//
+//	cfg := svidfiles.DefaultConfig()
+//	cfg.SocketPath, cfg.CertDir = "/tmp/writ-agent/public/api.sock", "/etc/nginx/svid"
+//	cfg.RenewSignal, cfg.PIDFileName = "SIGHUP", "/run/nginx.pid"
+//	h, err := svidfiles.New(cfg, nil, log)
+//	if err != nil { ... }
+//	err = h.Run(ctx) // until ctx ends
+//
+// The helper follows the Workload API's X.509 stream (go-spiffe's
+// client) and on every change writes the default SVID (the first) as
+// svid.pem (chain, leaf first), svid_key.pem (PKCS#8, 0600) and
+// bundle.pem (the SVID's trust domain's X.509 authorities), plus
+// federated_bundle.<trust domain>.pem for each federated trust domain;
+// PEM or DER. Each file is replaced atomically (a temporary file in the
+// same directory, fsync, rename, fsync of the directory), and only if its
+// content or mode changed. After a change it sends the renew signal to
+// the command it runs, or to the pid in the pid file; the command is
+// started after the first write, and when it exits the helper returns
+// ErrCmdExited (restarting is the supervisor's job). JWT-SVID files are
+// fetched again at half their remaining lifetime, on the Clock.
+//
+// Configuration comes from flags or from spiffe-helper's HCL file: a
+// small parser reads the flat subset it uses (key = value, strings,
+// integers with octal modes, booleans, lists, and the objects of
+// jwt_svids); ConfigKeys lists the keys understood. Others, such as
+// hint or health_checks, are refused rather than ignored.
+//
+// Caveats: with a JWT bundle file and several trust domains, the file is
+// a JSON object of trust domain names to JWKS; with one, a JWKS. Only the
+// default SVID is written (hints are not supported).
+package svidfiles

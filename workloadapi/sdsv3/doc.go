@@ -1,0 +1,66 @@
+// Package sdsv3 serves Envoy's secret discovery service (SDS, xDS v3:
+// envoy.service.secret.v3.SecretDiscoveryService, StreamSecrets and
+// FetchSecrets) on the agent's Workload API socket, so that Envoy gets
+// X.509-SVIDs and trust bundles without speaking SPIFFE. The caller is
+// identified exactly as on the Workload API (workloadapi.Server.Attest:
+// the connection's peer credentials, attested once per connection);
+// SDS calls need not carry the Workload API's security header, which
+// Envoy does not send.
+//
+//	h, err := sdsv3.New(sdsv3.Config{Socket: wl, Cache: cache, Logger: log})
+//	if err != nil { ... }
+//	h.Register(wl) // before wl.Run
+//
+// # Resource names
+//
+// As SPIRE's agent serves them, so that Envoy configurations written for
+// it work unchanged:
+//
+//   - a SPIFFE ID of one of the caller's SVIDs: that SVID as a
+//     TlsCertificate (PEM chain, leaf first, and PKCS#8 key);
+//   - "default" (Config.DefaultSVIDName): the caller's first SVID, in the
+//     Workload API's order (by SPIFFE ID, then entry ID);
+//   - a trust domain, "spiffe://example.org": its bundle as a validation
+//     context;
+//   - "ROOTCA" (DefaultBundleName): the local trust domain's bundle;
+//   - "ALL" (DefaultAllBundlesName): every trust domain's bundle in one
+//     SPIFFECertValidatorConfig, each under its own name, for Envoy's
+//     SPIFFE validator.
+//
+// Validation contexts use the SPIFFE validator
+// (envoy.tls.cert_validator.spiffe) for Envoy 1.18 and later (by the
+// node's user_agent_build_version), and trusted_ca otherwise, or when
+// Config.DisableSPIFFECertValidation is set or the node's metadata holds
+// disable_spiffe_cert_validation: true. "ALL" exists only in the SPIFFE
+// validator form: trusted_ca cannot keep trust domains apart. An empty
+// list of names (a wildcard request) means every SVID by SPIFFE ID and
+// every trust domain.
+//
+// # xDS
+//
+// Each response carries a new version_info (a counter per stream) and a
+// new nonce. A request that replies to an older nonce is ignored; a NACK
+// (error_detail set) is logged as a warning and not answered, since the
+// same secrets would be rejected again; the next change is sent. A
+// response is pushed when the requested names change and whenever the
+// secrets for the requested names change (an SVID rotated, added or
+// removed, the bundle changed); changes to other SVIDs send nothing.
+// A name the caller has no secret for is left out of responses, not
+// refused: Envoy waits for it (its initial_fetch_timeout), and it is
+// pushed when it exists (an entry registered, an SVID signed). Nothing is
+// sent while no requested name exists. Other resource types than Secret,
+// and requests of more than MaxResourceNames (1024) names, are refused
+// with InvalidArgument. A caller that matches no entry gets
+// PermissionDenied, also when it loses its last entry mid-stream.
+//
+// # Caveats
+//
+//   - Federated trust domains are served as soon as the agent's cache
+//     holds them; today it holds the local trust domain only.
+//   - DeltaSecrets (incremental xDS) is Unimplemented; Envoy uses
+//     StreamSecrets unless configured for delta.
+//   - The socket's limits apply: MaxConcurrentStreams (64) per
+//     connection; Envoy opens one stream per SDS secret.
+//   - The tests play Envoy with go-control-plane's generated client; no
+//     Envoy binary runs in them.
+package sdsv3
