@@ -6,15 +6,22 @@ PROTOS    := $(shell find ca/api -name '*.proto')
 FUZZTIME  ?= 10s
 GOLANGCI_VERSION := v2.6.2
 
-.PHONY: all build docs docs-check test test-deps integration bench bench-smoke bench-go fuzz lint vet fmt-check generate generate-check tidy-check tools clean
+.PHONY: all build docs docs-check test test-deps test-upstream integration bench bench-smoke bench-go fuzz lint vet fmt-check generate generate-check tidy-check tools clean
 
 all: lint test
 
 build:
 	$(GO) build -o $(BIN)/writ ./cmd/writ
 
-test: test-deps
+test: test-deps test-upstream
 	$(GO) test -race -timeout 20m ./...
+
+# test-upstream runs the tests against real upstream CAs (step-ca, cfssl,
+# started in-process), which live in their own module, test/upstream, so
+# that Writ's module never requires them; go test ./... does not descend
+# into it.
+test-upstream:
+	cd test/upstream && $(GO) vet ./... && $(GO) test -race -timeout 20m ./...
 
 # test-deps installs the PostgreSQL server that the pgstore tests start
 # throwaway clusters of (internal/pgtest), if no initdb is found and make
@@ -99,7 +106,8 @@ generate-check: generate
 
 tidy-check:
 	$(GO) mod tidy
-	@git diff --exit-code -- go.mod go.sum || { echo "go.mod/go.sum not tidy"; exit 1; }
+	cd test/upstream && $(GO) mod tidy
+	@git diff --exit-code -- go.mod go.sum test/upstream/go.mod test/upstream/go.sum || { echo "go.mod/go.sum not tidy"; exit 1; }
 
 clean:
 	rm -rf $(BIN)

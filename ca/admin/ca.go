@@ -102,6 +102,10 @@ func (s *Service) caError(ctx context.Context, op string, err error) error {
 		return status.Error(codes.NotFound, boundMessage(err.Error()))
 	case errors.Is(err, keymanager.ErrKeyState), errors.Is(err, keymanager.ErrTooEarly), errors.Is(err, keymanager.ErrNotOwner):
 		return status.Error(codes.FailedPrecondition, boundMessage(err.Error()))
+	case errors.Is(err, keymanager.ErrAuthority):
+		// An upstream CA that is down or refused: the operator needs to
+		// know which (the message names no secret).
+		return status.Error(codes.Unavailable, boundMessage(err.Error()))
 	}
 	return s.internal(ctx, op, err)
 }

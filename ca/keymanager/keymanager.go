@@ -39,8 +39,13 @@ var ErrAuthority = errors.New("keymanager: CA authority failed")
 // DefaultRefreshHint is the bundle refresh hint published to consumers.
 const DefaultRefreshHint = 5 * time.Minute
 
-// retryAfter is how long Run waits after a failed rotation step.
-const retryAfter = time.Minute
+// After a failed rotation step Run waits retryAfter, doubling with each
+// further failure up to maxRetryAfter; a success resets it. An upstream
+// authority that is down is thus asked again soon, then less often.
+const (
+	retryAfter    = time.Minute
+	maxRetryAfter = 16 * time.Minute
+)
 
 // maxRounds bounds the policy evaluations of one rotation step. A step
 // needs at most three (prepare, activate, nothing left to do).
@@ -173,7 +178,12 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 		return nil, err
 	}
 	if _, err := m.rotate(ctx); err != nil {
-		return nil, err
+		// An authority that fails (an upstream down) while keys that can
+		// still sign exist: sign with them; Run retries.
+		if !errors.Is(err, ErrAuthority) || m.Active() == nil {
+			return nil, err
+		}
+		m.cfg.Logger.Warn("CA authority failed at start; signing with the current CA keys and retrying", "error", err)
 	}
 	return m, nil
 }
@@ -182,7 +192,8 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 func (m *Manager) Active() *Active { return m.active.Load() }
 
 // Run rotates keys on schedule until ctx ends. A failed step is retried
-// after a minute; the current keys keep signing meanwhile. It also
+// after a minute, then after twice as long each time it fails again (at
+// most 16 minutes); the current keys keep signing meanwhile. It also
 // evaluates the policy again after an operator's change (Prepare,
 // Activate, Taint, Revoke) and, if the store signals changes, whenever the
 // bundle's sequence number changes: that is how it learns of changes to
@@ -195,14 +206,18 @@ func (m *Manager) Run(ctx context.Context) error {
 		defer stop()
 		watch = ch
 	}
+	retry := retryAfter
 	for {
 		// The sequence is read before rotate looks at the store, so that a
 		// change made while rotate runs still wakes the loop.
 		seen := m.bundleSequence(ctx)
 		next, err := m.rotate(ctx)
 		if err != nil {
-			m.cfg.Logger.Error("CA key rotation failed; retrying", "error", err)
-			next = m.cfg.Clock.Now().Add(retryAfter)
+			m.cfg.Logger.Error("CA key rotation failed; retrying", "error", err, "retry_in", retry)
+			next = m.cfg.Clock.Now().Add(retry)
+			retry = min(2*retry, maxRetryAfter)
+		} else {
+			retry = retryAfter
 		}
 		t := m.cfg.Clock.NewTimer(next.Sub(m.cfg.Clock.Now()))
 	wait:
@@ -388,6 +403,15 @@ func (m *Manager) rotate(ctx context.Context) (time.Time, error) {
 			return plan.Next, nil
 		}
 		if err := m.apply(ctx, now, records, plan); err != nil {
+			if errors.Is(err, ErrAuthority) && m.active.Load() == nil {
+				// At start, with the authority failing: sign with the keys
+				// that were active, if they still can.
+				if records, lerr := m.cfg.Store.ListCAKeys(ctx); lerr == nil {
+					if aerr := m.setActive(now, records); aerr != nil {
+						m.cfg.Logger.Debug("no CA keys to sign with while the authority fails", "error", aerr)
+					}
+				}
+			}
 			return time.Time{}, err
 		}
 	}

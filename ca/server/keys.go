@@ -28,9 +28,18 @@ const (
 	KeyManagerPKCS11 = "pkcs11"
 )
 
-// UpstreamDisk is the upstream authority whose CA certificate and key are
-// files (KeysConfig.UpstreamCert, UpstreamKey, UpstreamBundle).
-const UpstreamDisk = "disk"
+// Upstream authorities: who signs the server's CA certificates.
+const (
+	// UpstreamDisk is the upstream authority whose CA certificate and key
+	// are files (KeysConfig.UpstreamCert, UpstreamKey, UpstreamBundle).
+	UpstreamDisk = "disk"
+	// UpstreamStep is a step-ca reached with a JWK provisioner's one-time
+	// tokens (KeysConfig.Step*).
+	UpstreamStep = "step"
+	// UpstreamCFSSL is a cfssl server's authenticated signing endpoint
+	// (KeysConfig.CFSSL*, and UpstreamBundle for its root).
+	UpstreamCFSSL = "cfssl"
+)
 
 // KeysConfig chooses where the server's CA keys live.
 type KeysConfig struct {
@@ -52,6 +61,19 @@ type KeysConfig struct {
 	UpstreamCert      string
 	UpstreamKey       string
 	UpstreamBundle    string
+	// StepCAURL, StepRoot (a PEM file), StepProvisioner and
+	// StepProvisionerPasswordFile (no group or other access) configure
+	// UpstreamStep.
+	StepCAURL                   string
+	StepRoot                    string
+	StepProvisioner             string
+	StepProvisionerPasswordFile string
+	// CFSSLURL, CFSSLAuthKeyFile (hex digits, no group or other access)
+	// and CFSSLProfile (empty: cfssl's default) configure UpstreamCFSSL,
+	// whose root(s) are in UpstreamBundle.
+	CFSSLURL         string
+	CFSSLAuthKeyFile string
+	CFSSLProfile     string
 }
 
 // check validates c without I/O.
@@ -69,17 +91,37 @@ func (c KeysConfig) check() error {
 	default:
 		return fmt.Errorf("unknown key manager %q (use %s, %s or %s)", c.KeyManager, KeyManagerDisk, KeyManagerMemory, KeyManagerPKCS11)
 	}
+	disk := c.UpstreamCert != "" || c.UpstreamKey != ""
+	step := c.StepCAURL != "" || c.StepRoot != "" || c.StepProvisioner != "" || c.StepProvisionerPasswordFile != ""
+	cfssl := c.CFSSLURL != "" || c.CFSSLAuthKeyFile != "" || c.CFSSLProfile != ""
 	switch c.UpstreamAuthority {
 	case "":
-		if c.UpstreamCert != "" || c.UpstreamKey != "" || c.UpstreamBundle != "" {
-			return errors.New("upstream certificate, key or bundle given without an upstream authority (use --upstream-authority disk)")
+		if disk || step || cfssl || c.UpstreamBundle != "" {
+			return errors.New("upstream options given without an upstream authority (use --upstream-authority disk, step or cfssl)")
 		}
 	case UpstreamDisk:
 		if c.UpstreamCert == "" || c.UpstreamKey == "" {
 			return errors.New("the disk upstream authority needs an upstream certificate and key (--upstream-cert, --upstream-key)")
 		}
+		if step || cfssl {
+			return errors.New("step-ca or cfssl options given with the disk upstream authority")
+		}
+	case UpstreamStep:
+		if c.StepCAURL == "" || c.StepRoot == "" || c.StepProvisioner == "" || c.StepProvisionerPasswordFile == "" {
+			return errors.New("the step upstream authority needs --step-ca-url, --step-root, --step-provisioner and --step-provisioner-password-file")
+		}
+		if disk || cfssl || c.UpstreamBundle != "" {
+			return errors.New("disk or cfssl upstream options given with the step upstream authority (its root is --step-root)")
+		}
+	case UpstreamCFSSL:
+		if c.CFSSLURL == "" || c.CFSSLAuthKeyFile == "" || c.UpstreamBundle == "" {
+			return errors.New("the cfssl upstream authority needs --cfssl-url, --cfssl-auth-key-file and the upstream root(s) in --upstream-bundle")
+		}
+		if disk || step {
+			return errors.New("disk or step-ca upstream options given with the cfssl upstream authority")
+		}
 	default:
-		return fmt.Errorf("unknown upstream authority %q (use %s)", c.UpstreamAuthority, UpstreamDisk)
+		return fmt.Errorf("unknown upstream authority %q (use %s, %s or %s)", c.UpstreamAuthority, UpstreamDisk, UpstreamStep, UpstreamCFSSL)
 	}
 	return nil
 }
@@ -87,7 +129,15 @@ func (c KeysConfig) check() error {
 // newAuthority returns the Authority cfg.Keys names (nil: self-signed),
 // checked at the current time.
 func newAuthority(cfg Config) (keymanager.Authority, error) {
-	if cfg.Keys.UpstreamAuthority != UpstreamDisk {
+	switch cfg.Keys.UpstreamAuthority {
+	case UpstreamStep:
+		cfg.Logger.Info("CA certificates are signed by the upstream authority", "upstream", UpstreamStep, "url", cfg.Keys.StepCAURL, "provisioner", cfg.Keys.StepProvisioner)
+		return newStep(cfg.Keys)
+	case UpstreamCFSSL:
+		cfg.Logger.Info("CA certificates are signed by the upstream authority", "upstream", UpstreamCFSSL, "url", cfg.Keys.CFSSLURL, "profile", cfg.Keys.CFSSLProfile)
+		return newCFSSL(cfg.Keys)
+	case UpstreamDisk:
+	default:
 		return nil, nil
 	}
 	up, err := upstream.LoadDisk(upstream.Files{Cert: cfg.Keys.UpstreamCert, Key: cfg.Keys.UpstreamKey, Bundle: cfg.Keys.UpstreamBundle})

@@ -24,4 +24,27 @@
 // Caveats: the upstream key is held in this process's memory while it
 // runs. When the upstream certificate expires, rotation fails (and is
 // logged) until it is replaced and the server restarted.
+//
+// Step and CFSSL are remote upstreams, reached over HTTP with clients of
+// Writ's own (no step-ca or cfssl code is linked):
+//
+//	step, err := upstream.NewStep(upstream.StepConfig{
+//		URL: "https://ca.example.org:9000", Root: root,
+//		Provisioner: "writ", Password: password, // a JWK provisioner
+//	})
+//	cfssl, err := upstream.NewCFSSL(upstream.CFSSLConfig{
+//		URL: "http://cfssl.internal:8888", AuthKey: hexKey, Roots: roots,
+//	})
+//
+// For each CA key, Step decrypts the JWK provisioner's key with the
+// password, signs a one-time token and posts a CSR to step-ca's
+// /1.0/sign; CFSSL posts the CSR to cfssl's /api/v1/cfssl/authsign with
+// an HMAC-SHA256 token, and fetches cfssl's signing certificate from
+// /api/v1/cfssl/info when a root did not sign directly. Every answer is
+// verified as for Disk (a signing CA for the key asked about, a chain to
+// the given roots with room in every path length, no other trust domain's
+// SPIFFE ID, valid now and not outliving the chain) before use; failures
+// wrap ErrUnavailable (worth retrying), ErrRejected, ErrBadAnswer,
+// ErrConfig or one of the chain errors. Retrying is the key manager's:
+// it keeps signing with the current CA meanwhile.
 package upstream

@@ -315,3 +315,20 @@ func readFile(path string, private bool) ([]byte, error) {
 	}
 	return data, nil
 }
+
+// ReadCertificates reads a PEM file of certificates (a root or a bundle).
+func ReadCertificates(path string) ([]*x509.Certificate, error) { return readCerts(path) }
+
+// ReadSecret reads a secret file (a password, an auth key), which must
+// have no group or other permissions, without its trailing line break.
+func ReadSecret(path string) ([]byte, error) {
+	data, err := readFile(path, true)
+	if err != nil {
+		return nil, err
+	}
+	data = bytes.TrimRight(data, "\r\n")
+	if len(data) == 0 {
+		return nil, fmt.Errorf("%w: %s is empty", ErrFile, path)
+	}
+	return data, nil
+}

@@ -42,7 +42,7 @@ var serial int64
 
 // mint makes a CA certificate named cn signed by parent (self-signed if
 // parent is nil), valid a year around now unless edit changes it.
-func mint(t *testing.T, cn string, parent *ca, edit func(*x509.Certificate)) *ca {
+func mint(t testing.TB, cn string, parent *ca, edit func(*x509.Certificate)) *ca {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -87,7 +87,7 @@ func certs(cs ...*ca) []*x509.Certificate {
 
 // mintWrit has the upstream sign a Writ CA, signs an SVID with it and
 // verifies the SVID with go-spiffe against roots alone.
-func mintWrit(t *testing.T, up *upstream.Disk, roots []*x509.Certificate, ttl time.Duration) *keymanager.CA {
+func mintWrit(t *testing.T, up keymanager.Authority, roots []*x509.Certificate, ttl time.Duration) *keymanager.CA {
 	t.Helper()
 	key, err := x509ca.GenerateKey(x509ca.KeyTypeECP256)
 	if err != nil {
