@@ -126,6 +126,14 @@ type Agent struct {
 	bundle  atomic.Pointer[spiffebundle.Bundle]
 	client  atomic.Pointer[nodeclient.Client] // the connected session's; nil otherwise
 	revoked atomic.Bool                       // the server refused the agent
+	// taintGen counts the changes of the tainted authorities, so that an
+	// SVID asked for before a taint and signed by a tainted CA is asked
+	// for again at once (see signBatch).
+	taintGen atomic.Uint64
+	// taintRenewed is the agent SVID obtained by the last renewal made
+	// because a tainted CA signed the previous one: it is not renewed
+	// for that reason again.
+	taintRenewed atomic.Pointer[agentSVID]
 
 	// Owned by Run's goroutine.
 	servers *serverPicker

@@ -25,6 +25,9 @@ import (
 // next connection presents the new certificate.
 var errRenewed = errors.New("agent SVID renewed; reconnecting")
 
+// errTaintedIssuer: an SVID was stored but a tainted CA signed it.
+var errTaintedIssuer = errors.New("signed by a tainted CA")
+
 var errNoFirstMessage = errors.New("no first Sync message from the server in time")
 
 // session runs one connection: renew the agent SVID if due, open Sync,
@@ -133,12 +136,22 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse) {
 		}
 		u.Deleted = append(u.Deleted, id)
 	}
+	var tainted *nodev1.TaintedAuthorities
 	if raw := msg.GetBundle(); len(raw) > 0 {
 		if b := a.parseBundle(raw); b != nil {
 			u.Bundle = b
+			// The tainted set comes with every bundle and replaces
+			// the last one.
+			tainted = msg.GetTainted()
+			if tainted == nil {
+				tainted = &nodev1.TaintedAuthorities{}
+			}
 		}
 	}
 	res := a.cache.Apply(u)
+	if tainted != nil {
+		a.applyTaint(tainted)
+	}
 	a.sched.remove(res.Removed...)
 	a.sched.enqueue(res.Sign...)
 	a.sched.enqueueAt(prioNew, res.New...)
@@ -189,6 +202,11 @@ func (a *Agent) signLoop(ctx context.Context, c *nodeclient.Client) error {
 		ids := a.sched.take(MaxBatch, a.cache.Room())
 		if len(ids) == 0 {
 			a.markReady()
+			if a.agentSVIDTainted() {
+				// Workload SVIDs first: once renewed, the agent's old
+				// certificate, which this session uses, is refused.
+				return a.renewTainted(ctx, c)
+			}
 			select {
 			case <-ctx.Done():
 				return nil
@@ -228,6 +246,7 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 		return nil
 	}
 	start := time.Now()
+	gen := a.taintGen.Load()
 	results, err := c.BatchSign(ctx, reqs)
 	if err != nil {
 		return fmt.Errorf("sign X.509-SVIDs: %w", err)
@@ -245,6 +264,17 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 			// Removed while being signed.
 		case errors.Is(r.Err, svidcache.ErrStale):
 			a.sched.enqueue(id) // changed while being signed
+		case errors.Is(r.Err, errTaintedIssuer):
+			// Stored, but a tainted CA signed it: asked for before the
+			// taint arrived, again at once; otherwise the server still
+			// signs with it, so with backoff.
+			if a.taintGen.Load() != gen {
+				a.sched.enqueue(id)
+				signed++
+				continue
+			}
+			d := a.sched.failed(id, rand.Float64())
+			a.log.Warn("X.509-SVID signed by a tainted CA; asking again later", "entry_id", id, "retry_in", d)
 		default:
 			if _, ok := a.cache.Entry(id); !ok {
 				continue
@@ -270,6 +300,9 @@ func (a *Agent) storeSVID(id string, chain [][]byte, key crypto.Signer) error {
 	}
 	if err := a.cache.SetX509SVID(svid); err != nil {
 		return err
+	}
+	if a.cache.TaintedAuthority(svid.AuthorityID) {
+		return errTaintedIssuer
 	}
 	start := rotate.Start(svid.NotBefore, now)
 	jitter := rotate.NewJitter(start, svid.NotAfter)

@@ -122,6 +122,8 @@ type Cache struct {
 	// wanted are the IDs of entries a subscription matches that have no
 	// SVID, not yet taken by TakeWanted.
 	wanted map[string]struct{}
+	// taintedX509 and taintedJWT are the tainted authorities (see Taint).
+	taintedX509, taintedJWT map[string]struct{}
 }
 
 type item struct {
