@@ -75,11 +75,13 @@ func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err err
 		a.log.Info("connected to the server", "server_address", addr)
 		a.connectedTo = addr
 	}
-	a.applySync(msg)
+	acks := make(chan uint64, 1)
+	a.applySync(msg, acks)
 	a.client.Store(c)
 	defer a.client.CompareAndSwap(c, nil)
 
 	var wg sync.WaitGroup
+	wg.Go(func() { a.ackLoop(sctx, c, acks) })
 	wg.Go(func() {
 		if err := a.signLoop(sctx, c); err != nil {
 			cancel(err)
@@ -95,7 +97,7 @@ func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err err
 		if err != nil {
 			break
 		}
-		a.applySync(msg)
+		a.applySync(msg, acks)
 	}
 	err = causeOr(sctx, err)
 	cancel(err)
@@ -113,8 +115,9 @@ func causeOr(ctx context.Context, err error) error {
 
 // applySync parses a Sync message with the ca/entry parsers and applies
 // it to the cache; malformed entries are logged and skipped (and an
-// earlier version of one is dropped).
-func (a *Agent) applySync(msg *nodev1.SyncResponse) {
+// earlier version of one is dropped). Once a bundle is applied, its
+// sequence number goes to acks (buffered one, latest wins).
+func (a *Agent) applySync(msg *nodev1.SyncResponse, acks chan uint64) {
 	parent := a.ID()
 	u := svidcache.Update{Full: msg.GetFull()}
 	for _, w := range msg.GetEntries() {
@@ -151,6 +154,15 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse) {
 	res := a.cache.Apply(u)
 	if tainted != nil {
 		a.applyTaint(tainted)
+	}
+	if u.Bundle != nil && acks != nil {
+		if seq, ok := u.Bundle.SequenceNumber(); ok {
+			select {
+			case <-acks:
+			default:
+			}
+			acks <- seq
+		}
 	}
 	a.sched.remove(res.Removed...)
 	a.sched.enqueue(res.Sign...)

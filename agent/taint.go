@@ -3,6 +3,9 @@ package agent
 import (
 	"context"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"writ.dev/writ/agent/nodeclient"
 	nodev1 "writ.dev/writ/ca/api/node/v1"
 )
@@ -47,4 +50,28 @@ func (a *Agent) renewTainted(ctx context.Context, c *nodeclient.Client) error {
 		a.log.Error("the renewed agent SVID is signed by a tainted CA too; it renews again at its rotation time", "spiffe_id", s.id.String())
 	}
 	return errRenewed
+}
+
+// ackLoop acknowledges to the server each bundle the session applied (the
+// latest when several came meanwhile), until ctx ends. A server without
+// AckBundle is not asked again in this session.
+func (a *Agent) ackLoop(ctx context.Context, c *nodeclient.Client, acks <-chan uint64) {
+	for {
+		var seq uint64
+		select {
+		case <-ctx.Done():
+			return
+		case seq = <-acks:
+		}
+		err := c.AckBundle(ctx, seq)
+		switch {
+		case err == nil, ctx.Err() != nil:
+		case status.Code(err) == codes.Unimplemented:
+			a.log.Debug("the server does not take bundle acknowledgements")
+			return
+		default:
+			// The session's other calls report a lost server.
+			a.log.Debug("cannot acknowledge the bundle", "sequence", seq, "error", err)
+		}
+	}
 }

@@ -31,12 +31,14 @@ func TestTaintResignsAtOnceInOneBatch(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	eventually(t, "the first bundle acknowledged", func() bool { return e.srv.Acked() == e.srv.BundleSequence() })
 	oldCA, oldKid := e.srv.RotateKeys()
 	newCA := hex.EncodeToString(e.srv.CA().SubjectKeyId)
-	eventually(t, "the new bundle", func() bool {
-		b := c.Bundle()
-		return b != nil && len(b.X509Authorities()) == 2
-	})
+	// The agent acknowledges the new bundle once its cache has it.
+	eventually(t, "the new bundle acknowledged", func() bool { return e.srv.Acked() == e.srv.BundleSequence() })
+	if b := c.Bundle(); b == nil || len(b.X509Authorities()) != 2 {
+		t.Fatal("bundle acknowledged before the cache had it")
+	}
 	before := e.srv.Stats()
 	if len(before.BatchSizes) == 0 || before.Renewals != 0 {
 		t.Fatalf("stats before the taint: %+v", before)

@@ -361,3 +361,13 @@ func (c *Client) SignJWT(ctx context.Context, entryID string, audience []string)
 	}
 	return resp.GetToken(), time.Unix(resp.GetExpiresAt(), 0), nil
 }
+
+// AckBundle tells the server the sequence number of the newest bundle the
+// agent has applied. It fails within SignTimeout. A server without the
+// call answers codes.Unimplemented (status.Code works on the error).
+func (c *Client) AckBundle(ctx context.Context, seq uint64) error {
+	cctx, cancel := context.WithTimeout(ctx, SignTimeout)
+	defer cancel()
+	_, err := c.node.AckBundle(cctx, &nodev1.AckBundleRequest{BundleSequence: seq})
+	return c.mapError(ctx, err)
+}

@@ -6,7 +6,9 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"path/filepath"
+	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -173,5 +175,46 @@ func waitLog(t *testing.T, buf *syncBuffer, sub string, timeout time.Duration) {
 			t.Fatalf("no %q in the log within %s:\n%s", sub, timeout, tail(buf.String(), 30))
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestIntegrationRotateWaitsForAcknowledgements: rotate --wait activates
+// only once every connected agent acknowledged the new bundle; with an
+// agent that cannot (stopped), it times out naming how many have not,
+// and the keys stay prepared until a second rotate.
+func TestIntegrationRotateWaitsForAcknowledgements(t *testing.T) {
+	e := newNodeEnv(t)
+	startAgent(t, e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token("spiffe://example.org/writ/agent/a"))
+	b := startAgent(t, e.addr, filepath.Join(e.dir, "b"), e.bundle, e.token("spiffe://example.org/writ/agent/b"))
+
+	if err := b.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	stopped := true
+	defer func() {
+		if stopped {
+			b.cmd.Process.Signal(syscall.SIGCONT)
+		}
+	}()
+	before := e.authoritiesByState("x509")["active"]
+	_, errOut, code := runWrit(t, nil, "ca", "rotate", "--wait", "--wait-timeout", "1s", "--admin-socket", e.server.socket)
+	if code == 0 || !strings.Contains(errOut, "1 of 2 agents connected to this server have not acknowledged") || !strings.Contains(errOut, "not activated") {
+		t.Fatalf("rotate --wait with a stopped agent: exit %d: %s", code, errOut)
+	}
+	states := e.authoritiesByState("x509")
+	if !slices.Equal(states["active"], before) || len(states["prepared"]) != 1 {
+		t.Fatalf("after the timeout: %v, want %v still active and one prepared", states, before)
+	}
+
+	if err := b.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	stopped = false
+	out, errOut, code := runWrit(t, nil, "ca", "rotate", "--wait", "--admin-socket", e.server.socket)
+	if code != 0 || !strings.Contains(out, "acknowledged by every agent connected to this server (2)") {
+		t.Fatalf("rotate --wait: exit %d\n%s%s", code, out, errOut)
+	}
+	if got := e.authoritiesByState("x509")["active"]; len(got) != 1 || got[0] != states["prepared"][0] {
+		t.Fatalf("active after the second rotate: %v, want the prepared %v", got, states["prepared"])
 	}
 }

@@ -90,6 +90,7 @@ type Server struct {
 	signed     map[string]int // entry ID -> X.509-SVIDs signed
 	lastSigned map[string]time.Time
 	jwtCalls   int
+	acked      uint64 // highest bundle sequence number acknowledged
 	// signDelay delays BatchSignX509SVID and SignJWTSVID.
 	signDelay time.Duration
 	failSign  error
@@ -697,3 +698,24 @@ func (s *Server) SignJWTSVID(ctx context.Context, req *nodev1.SignJWTSVIDRequest
 	}
 	return &nodev1.SignJWTSVIDResponse{Token: tok, ExpiresAt: exp.Unix()}, nil
 }
+
+// AckBundle implements NodeService.
+func (s *Server) AckBundle(ctx context.Context, req *nodev1.AckBundleRequest) (*nodev1.AckBundleResponse, error) {
+	if err := s.authorize(ctx); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.acked = max(s.acked, req.GetBundleSequence())
+	s.mu.Unlock()
+	return &nodev1.AckBundleResponse{}, nil
+}
+
+// Acked returns the highest bundle sequence number the agent acknowledged.
+func (s *Server) Acked() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.acked
+}
+
+// BundleSequence returns the sequence number of the bundle it serves.
+func (s *Server) BundleSequence() uint64 { return s.keys.Load().seq }

@@ -811,6 +811,87 @@ func (x *SignJWTSVIDResponse) GetExpiresAt() int64 {
 	return 0
 }
 
+type AckBundleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bundle's spiffe_sequence.
+	BundleSequence uint64 `protobuf:"varint,1,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AckBundleRequest) Reset() {
+	*x = AckBundleRequest{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckBundleRequest) ProtoMessage() {}
+
+func (x *AckBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckBundleRequest.ProtoReflect.Descriptor instead.
+func (*AckBundleRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *AckBundleRequest) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
+type AckBundleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckBundleResponse) Reset() {
+	*x = AckBundleResponse{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckBundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckBundleResponse) ProtoMessage() {}
+
+func (x *AckBundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckBundleResponse.ProtoReflect.Descriptor instead.
+func (*AckBundleResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{15}
+}
+
 // Authorities that must no longer be relied on. They may still be in the
 // bundle until revoked, but sign nothing new.
 type TaintedAuthorities struct {
@@ -826,7 +907,7 @@ type TaintedAuthorities struct {
 
 func (x *TaintedAuthorities) Reset() {
 	*x = TaintedAuthorities{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -838,7 +919,7 @@ func (x *TaintedAuthorities) String() string {
 func (*TaintedAuthorities) ProtoMessage() {}
 
 func (x *TaintedAuthorities) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -851,7 +932,7 @@ func (x *TaintedAuthorities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintedAuthorities.ProtoReflect.Descriptor instead.
 func (*TaintedAuthorities) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{14}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TaintedAuthorities) GetX509AuthorityIds() []string {
@@ -927,17 +1008,21 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\x13SignJWTSVIDResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"b\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt\";\n" +
+	"\x10AckBundleRequest\x12'\n" +
+	"\x0fbundle_sequence\x18\x01 \x01(\x04R\x0ebundleSequence\"\x13\n" +
+	"\x11AckBundleResponse\"b\n" +
 	"\x12TaintedAuthorities\x12,\n" +
 	"\x12x509_authority_ids\x18\x01 \x03(\tR\x10x509AuthorityIds\x12\x1e\n" +
-	"\vjwt_key_ids\x18\x02 \x03(\tR\tjwtKeyIds2\x9e\x03\n" +
+	"\vjwt_key_ids\x18\x02 \x03(\tR\tjwtKeyIds2\xec\x03\n" +
 	"\vNodeService\x12C\n" +
 	"\x06Attest\x12\x1b.writ.node.v1.AttestRequest\x1a\x1c.writ.node.v1.AttestResponse\x12O\n" +
 	"\n" +
 	"RenewAgent\x12\x1f.writ.node.v1.RenewAgentRequest\x1a .writ.node.v1.RenewAgentResponse\x12?\n" +
 	"\x04Sync\x12\x19.writ.node.v1.SyncRequest\x1a\x1a.writ.node.v1.SyncResponse0\x01\x12d\n" +
 	"\x11BatchSignX509SVID\x12&.writ.node.v1.BatchSignX509SVIDRequest\x1a'.writ.node.v1.BatchSignX509SVIDResponse\x12R\n" +
-	"\vSignJWTSVID\x12 .writ.node.v1.SignJWTSVIDRequest\x1a!.writ.node.v1.SignJWTSVIDResponseB%Z#writ.dev/writ/ca/api/node/v1;nodev1b\x06proto3"
+	"\vSignJWTSVID\x12 .writ.node.v1.SignJWTSVIDRequest\x1a!.writ.node.v1.SignJWTSVIDResponse\x12L\n" +
+	"\tAckBundle\x12\x1e.writ.node.v1.AckBundleRequest\x1a\x1f.writ.node.v1.AckBundleResponseB%Z#writ.dev/writ/ca/api/node/v1;nodev1b\x06proto3"
 
 var (
 	file_ca_api_node_v1_node_proto_rawDescOnce sync.Once
@@ -951,7 +1036,7 @@ func file_ca_api_node_v1_node_proto_rawDescGZIP() []byte {
 	return file_ca_api_node_v1_node_proto_rawDescData
 }
 
-var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*AttestRequest)(nil),             // 0: writ.node.v1.AttestRequest
 	(*AttestResponse)(nil),            // 1: writ.node.v1.AttestResponse
@@ -967,11 +1052,13 @@ var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*BatchSignX509SVIDResponse)(nil), // 11: writ.node.v1.BatchSignX509SVIDResponse
 	(*SignJWTSVIDRequest)(nil),        // 12: writ.node.v1.SignJWTSVIDRequest
 	(*SignJWTSVIDResponse)(nil),       // 13: writ.node.v1.SignJWTSVIDResponse
-	(*TaintedAuthorities)(nil),        // 14: writ.node.v1.TaintedAuthorities
+	(*AckBundleRequest)(nil),          // 14: writ.node.v1.AckBundleRequest
+	(*AckBundleResponse)(nil),         // 15: writ.node.v1.AckBundleResponse
+	(*TaintedAuthorities)(nil),        // 16: writ.node.v1.TaintedAuthorities
 }
 var file_ca_api_node_v1_node_proto_depIdxs = []int32{
 	5,  // 0: writ.node.v1.SyncResponse.entries:type_name -> writ.node.v1.Entry
-	14, // 1: writ.node.v1.SyncResponse.tainted:type_name -> writ.node.v1.TaintedAuthorities
+	16, // 1: writ.node.v1.SyncResponse.tainted:type_name -> writ.node.v1.TaintedAuthorities
 	8,  // 2: writ.node.v1.X509SVIDResult.status:type_name -> writ.node.v1.Status
 	7,  // 3: writ.node.v1.BatchSignX509SVIDRequest.requests:type_name -> writ.node.v1.X509SVIDRequest
 	9,  // 4: writ.node.v1.BatchSignX509SVIDResponse.results:type_name -> writ.node.v1.X509SVIDResult
@@ -980,13 +1067,15 @@ var file_ca_api_node_v1_node_proto_depIdxs = []int32{
 	4,  // 7: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
 	10, // 8: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
 	12, // 9: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
-	1,  // 10: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
-	3,  // 11: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
-	6,  // 12: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
-	11, // 13: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
-	13, // 14: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
-	10, // [10:15] is the sub-list for method output_type
-	5,  // [5:10] is the sub-list for method input_type
+	14, // 10: writ.node.v1.NodeService.AckBundle:input_type -> writ.node.v1.AckBundleRequest
+	1,  // 11: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
+	3,  // 12: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
+	6,  // 13: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
+	11, // 14: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
+	13, // 15: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
+	15, // 16: writ.node.v1.NodeService.AckBundle:output_type -> writ.node.v1.AckBundleResponse
+	11, // [11:17] is the sub-list for method output_type
+	5,  // [5:11] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -1003,7 +1092,7 @@ func file_ca_api_node_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_node_v1_node_proto_rawDesc), len(file_ca_api_node_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

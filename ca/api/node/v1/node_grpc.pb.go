@@ -29,6 +29,7 @@ const (
 	NodeService_Sync_FullMethodName              = "/writ.node.v1.NodeService/Sync"
 	NodeService_BatchSignX509SVID_FullMethodName = "/writ.node.v1.NodeService/BatchSignX509SVID"
 	NodeService_SignJWTSVID_FullMethodName       = "/writ.node.v1.NodeService/SignJWTSVID"
+	NodeService_AckBundle_FullMethodName         = "/writ.node.v1.NodeService/AckBundle"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -48,6 +49,13 @@ type NodeServiceClient interface {
 	BatchSignX509SVID(ctx context.Context, in *BatchSignX509SVIDRequest, opts ...grpc.CallOption) (*BatchSignX509SVIDResponse, error)
 	// SignJWTSVID signs a JWT-SVID for one of the calling agent's entries.
 	SignJWTSVID(ctx context.Context, in *SignJWTSVIDRequest, opts ...grpc.CallOption) (*SignJWTSVIDResponse, error)
+	// AckBundle reports the sequence number of the newest trust bundle the
+	// calling agent has applied: its workloads are being sent it, and the
+	// SVIDs of the tainted authorities that came with it are being signed
+	// again. The server records it on the caller's open Sync streams, for
+	// `writ ca rotate --wait`. Agents call it after each bundle a Sync
+	// stream brings.
+	AckBundle(ctx context.Context, in *AckBundleRequest, opts ...grpc.CallOption) (*AckBundleResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -117,6 +125,16 @@ func (c *nodeServiceClient) SignJWTSVID(ctx context.Context, in *SignJWTSVIDRequ
 	return out, nil
 }
 
+func (c *nodeServiceClient) AckBundle(ctx context.Context, in *AckBundleRequest, opts ...grpc.CallOption) (*AckBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AckBundleResponse)
+	err := c.cc.Invoke(ctx, NodeService_AckBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -134,6 +152,13 @@ type NodeServiceServer interface {
 	BatchSignX509SVID(context.Context, *BatchSignX509SVIDRequest) (*BatchSignX509SVIDResponse, error)
 	// SignJWTSVID signs a JWT-SVID for one of the calling agent's entries.
 	SignJWTSVID(context.Context, *SignJWTSVIDRequest) (*SignJWTSVIDResponse, error)
+	// AckBundle reports the sequence number of the newest trust bundle the
+	// calling agent has applied: its workloads are being sent it, and the
+	// SVIDs of the tainted authorities that came with it are being signed
+	// again. The server records it on the caller's open Sync streams, for
+	// `writ ca rotate --wait`. Agents call it after each bundle a Sync
+	// stream brings.
+	AckBundle(context.Context, *AckBundleRequest) (*AckBundleResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -158,6 +183,9 @@ func (UnimplementedNodeServiceServer) BatchSignX509SVID(context.Context, *BatchS
 }
 func (UnimplementedNodeServiceServer) SignJWTSVID(context.Context, *SignJWTSVIDRequest) (*SignJWTSVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method SignJWTSVID not implemented")
+}
+func (UnimplementedNodeServiceServer) AckBundle(context.Context, *AckBundleRequest) (*AckBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AckBundle not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -263,6 +291,24 @@ func _NodeService_SignJWTSVID_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_AckBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AckBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).AckBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_AckBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).AckBundle(ctx, req.(*AckBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -285,6 +331,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SignJWTSVID",
 			Handler:    _NodeService_SignJWTSVID_Handler,
+		},
+		{
+			MethodName: "AckBundle",
+			Handler:    _NodeService_AckBundle_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
