@@ -131,9 +131,11 @@ type Agent struct {
 	// for again at once (see signBatch).
 	taintGen atomic.Uint64
 	// taintRenewed is the agent SVID obtained by the last renewal made
-	// because a tainted CA signed the previous one: it is not renewed
-	// for that reason again.
-	taintRenewed atomic.Pointer[agentSVID]
+	// because a tainted CA signed the previous one, if a tainted CA
+	// signed it too, and taintRenewedGen the taintGen then: it is not
+	// renewed for that reason again until the tainted set changes.
+	taintRenewed    atomic.Pointer[agentSVID]
+	taintRenewedGen atomic.Uint64
 
 	// Owned by Run's goroutine.
 	servers *serverPicker

@@ -31,23 +31,30 @@ func (a *Agent) applyTaint(t *nodev1.TaintedAuthorities) {
 }
 
 // agentSVIDTainted reports whether a tainted CA signed the agent SVID and
-// it was not itself obtained by renewing for that reason.
+// it was not itself obtained by renewing for that reason under the same
+// tainted set (a server that keeps signing with a tainted CA must not
+// make the agent renew in a loop).
 func (a *Agent) agentSVIDTainted() bool {
 	s := a.svid.Load()
-	return s != nil && s != a.taintRenewed.Load() && a.cache.TaintedAuthority(s.authorityID)
+	if s == nil || !a.cache.TaintedAuthority(s.authorityID) {
+		return false
+	}
+	return s != a.taintRenewed.Load() || a.taintGen.Load() != a.taintRenewedGen.Load()
 }
 
 // renewTainted renews the agent SVID because a tainted CA signed it, and
 // returns errRenewed (or the failure) to end the session.
 func (a *Agent) renewTainted(ctx context.Context, c *nodeclient.Client) error {
 	a.log.Info("renewing the agent SVID: a tainted CA signed it", "spiffe_id", a.ID().String())
+	gen := a.taintGen.Load()
 	if err := a.renew(ctx, c); err != nil {
 		return err
 	}
 	s := a.svid.Load()
-	a.taintRenewed.Store(s)
 	if a.cache.TaintedAuthority(s.authorityID) {
-		a.log.Error("the renewed agent SVID is signed by a tainted CA too; it renews again at its rotation time", "spiffe_id", s.id.String())
+		a.taintRenewedGen.Store(gen)
+		a.taintRenewed.Store(s)
+		a.log.Error("the renewed agent SVID is signed by a tainted CA too; it is renewed again at its rotation time or when the tainted authorities change", "spiffe_id", s.id.String())
 	}
 	return errRenewed
 }

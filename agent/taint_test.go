@@ -75,4 +75,19 @@ func TestTaintResignsAtOnceInOneBatch(t *testing.T) {
 	if n := e.srv.Stats().Renewals; n != 1 {
 		t.Fatalf("%d agent renewals, want 1", n)
 	}
+
+	// A second rotation and taint: the renewed agent SVID is renewed
+	// again, the workload SVIDs re-signed again.
+	second, _ := e.srv.RotateKeys()
+	third := hex.EncodeToString(e.srv.CA().SubjectKeyId)
+	if second != newCA {
+		t.Fatalf("RotateKeys replaced %s, want %s", second, newCA)
+	}
+	eventually(t, "the third bundle acknowledged", func() bool { return e.srv.Acked() == e.srv.BundleSequence() })
+	e.srv.Taint([]string{oldCA, newCA}, nil)
+	eventually(t, "every SVID re-signed by the third CA", func() bool {
+		svids := c.X509SVIDs(sel)
+		return len(svids) == len(es) && !slices.ContainsFunc(svids, func(s *svidcache.X509SVID) bool { return s.AuthorityID != third })
+	})
+	eventually(t, "the agent SVID renewed again", func() bool { return e.srv.Stats().Renewals == 2 })
 }
