@@ -213,9 +213,9 @@ func (s *Service) entryToWire(e *entry.Entry) *nodev1.Entry {
 
 // WaitBundleSent returns once every open Sync stream has been sent a
 // bundle with sequence number seq or later (streams that close meanwhile
-// no longer count), with the number of streams then open. Agents do not
-// acknowledge what they receive: "sent" means handed to the stream's
-// transport, not applied by the agent.
+// no longer count), with the number of streams then open. "Sent" means
+// handed to the stream's transport, not applied by the agent: see
+// WaitBundleAcked for that.
 func (s *Service) WaitBundleSent(ctx context.Context, seq uint64) (int, error) {
 	// The index must have read the bundle first (streams only send what
 	// it has).
