@@ -263,12 +263,31 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 	if err != nil {
 		return fmt.Errorf("sign X.509-SVIDs: %w", err)
 	}
+	// Check every SVID, then store them together: workloads get one
+	// message for the batch.
+	errs := make([]error, len(results))
+	var svids []*svidcache.X509SVID
+	var at []int
+	for i, r := range results {
+		if errs[i] = r.Err; r.Err != nil {
+			continue
+		}
+		svid, err := a.checkSVID(pend[i].id, r.Chain, pend[i].key)
+		if errs[i] = err; err == nil {
+			svids = append(svids, svid)
+			at = append(at, i)
+		}
+	}
+	for j, err := range a.cache.SetX509SVIDs(svids) {
+		if err == nil {
+			err = a.scheduleSVID(svids[j])
+		}
+		errs[at[j]] = err
+	}
 	signed := 0
 	for i, r := range results {
 		id := pend[i].id
-		if r.Err == nil {
-			r.Err = a.storeSVID(id, r.Chain, pend[i].key)
-		}
+		r.Err = errs[i]
 		switch {
 		case r.Err == nil:
 			signed++
@@ -299,26 +318,28 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 	return nil
 }
 
-// storeSVID checks an SVID from the server (it verifies to the bundle,
-// certifies our key) and puts it in the cache, scheduling its rotation.
-func (a *Agent) storeSVID(id string, chain [][]byte, key crypto.Signer) error {
+// checkSVID checks an SVID from the server: it verifies to the bundle and
+// certifies our key.
+func (a *Agent) checkSVID(id string, chain [][]byte, key crypto.Signer) (*svidcache.X509SVID, error) {
 	svid, err := svidcache.NewX509SVID(id, chain, key)
 	if err != nil {
-		return fmt.Errorf("%w: %w", nodeclient.ErrProtocol, err)
+		return nil, fmt.Errorf("%w: %w", nodeclient.ErrProtocol, err)
 	}
-	now := a.clk.Now()
-	if _, err := x509ca.VerifyX509SVID(svid.Certificates(), a.authorities(), now); err != nil {
-		return fmt.Errorf("%w: %w", nodeclient.ErrProtocol, err)
+	if _, err := x509ca.VerifyX509SVID(svid.Certificates(), a.authorities(), a.clk.Now()); err != nil {
+		return nil, fmt.Errorf("%w: %w", nodeclient.ErrProtocol, err)
 	}
-	if err := a.cache.SetX509SVID(svid); err != nil {
-		return err
-	}
+	return svid, nil
+}
+
+// scheduleSVID schedules the rotation of an SVID the cache now holds, or
+// returns errTaintedIssuer if a tainted CA signed it.
+func (a *Agent) scheduleSVID(svid *svidcache.X509SVID) error {
 	if a.cache.TaintedAuthority(svid.AuthorityID) {
 		return errTaintedIssuer
 	}
-	start := rotate.Start(svid.NotBefore, now)
+	start := rotate.Start(svid.NotBefore, a.clk.Now())
 	jitter := rotate.NewJitter(start, svid.NotAfter)
-	a.sched.signedAt(id, rotate.RotateAt(start, svid.NotAfter, jitter))
+	a.sched.signedAt(svid.EntryID, rotate.RotateAt(start, svid.NotAfter, jitter))
 	return nil
 }
 

@@ -2,6 +2,7 @@ package svidcache_test
 
 import (
 	"encoding/hex"
+	"errors"
 	"slices"
 	"testing"
 	"time"
@@ -90,5 +91,36 @@ func TestTaintDropsJWTSVIDsOfTaintedKeys(t *testing.T) {
 	}
 	if n := c.Stats().JWTSVIDs; n != 0 {
 		t.Fatalf("token of a tainted key cached (%d)", n)
+	}
+}
+
+func TestSetX509SVIDsReportsEachSVID(t *testing.T) {
+	clk := fakeclock.New(t0)
+	ca := newTestCA(t, t0)
+	a := newEntry(t, "/a", "unix:uid:1")
+	b := newEntry(t, "/b", "unix:uid:1")
+	gone := newEntry(t, "/gone", "unix:uid:1")
+	c := newCache(t, clk, nil)
+	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{a, b}, Bundle: ca.bundle})
+	sub := c.Subscribe(sels(t, "unix:uid:1"))
+	defer sub.Close()
+
+	stale := ca.svid(t, b, t0, time.Hour)
+	c.Apply(svidcache.Update{Entries: []*entry.Entry{func() *entry.Entry { e := *b; e.SPIFFEID = a.SPIFFEID; return &e }()}})
+	select {
+	case <-sub.Changed():
+	default:
+	}
+	errs := c.SetX509SVIDs([]*svidcache.X509SVID{ca.svid(t, a, t0, time.Hour), stale, ca.svid(t, gone, t0, time.Hour)})
+	if errs[0] != nil || !errors.Is(errs[1], svidcache.ErrStale) || !errors.Is(errs[2], svidcache.ErrUnknownEntry) {
+		t.Fatalf("errors %v", errs)
+	}
+	select {
+	case <-sub.Changed():
+	default:
+		t.Fatal("subscription not woken")
+	}
+	if got := ids(sub.State().X509SVIDs); !slices.Equal(got, []string{a.ID}) {
+		t.Fatalf("served %v, want only %s", got, a.ID)
 	}
 }

@@ -47,7 +47,7 @@ func lifecycleConfig(cfg Config) lifecycleCounts {
 	if cfg.Smoke {
 		return lifecycleCounts{SVIDs: 40, TaintSamples: 3, DeleteSamples: 5, BanSamples: 3}
 	}
-	return lifecycleCounts{SVIDs: 1000, TaintSamples: 20, DeleteSamples: 50, BanSamples: 20}
+	return lifecycleCounts{SVIDs: 1000, TaintSamples: 20, DeleteSamples: 50, BanSamples: 10}
 }
 
 // lifecycleFigures are the catalogue's lifecycle figures.
@@ -478,17 +478,26 @@ func startSVIDWatcher(ctx context.Context, socket string) (*svidWatcher, error) 
 
 func (w *svidWatcher) recv(stream grpc.ServerStreamingClient[workload.X509SVIDResponse]) {
 	defer close(w.done)
+	// Issuers by certificate chain: only SVIDs new since the last
+	// message are parsed, so that the watcher keeps up with the stream.
+	known := map[string]string{}
 	for {
 		resp, err := stream.Recv()
 		at := time.Now()
 		svids := map[string]string{}
+		next := make(map[string]string, len(resp.GetSvids()))
 		for _, s := range resp.GetSvids() {
-			aki := ""
-			if certs, err := x509.ParseCertificates(s.GetX509Svid()); err == nil && len(certs) > 0 {
-				aki = hex.EncodeToString(certs[0].AuthorityKeyId)
+			chain := string(s.GetX509Svid())
+			aki, ok := known[chain]
+			if !ok {
+				if certs, err := x509.ParseCertificates(s.GetX509Svid()); err == nil && len(certs) > 0 {
+					aki = hex.EncodeToString(certs[0].AuthorityKeyId)
+				}
 			}
+			next[chain] = aki
 			svids[s.GetSpiffeId()] = aki
 		}
+		known = next
 		w.mu.Lock()
 		if err != nil {
 			w.svids, w.ended = map[string]string{}, true
