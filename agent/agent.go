@@ -133,6 +133,16 @@ type Agent struct {
 	revoked atomic.Bool                       // the server refused the agent
 	// nodeSelectors are the agent's node selectors as the server said.
 	nodeSelectors atomic.Pointer[[]string]
+	// taintGen counts the changes of the tainted authorities, so that an
+	// SVID asked for before a taint and signed by a tainted CA is asked
+	// for again at once (see signBatch).
+	taintGen atomic.Uint64
+	// taintRenewed is the agent SVID obtained by the last renewal made
+	// because a tainted CA signed the previous one, if a tainted CA
+	// signed it too, and taintRenewedGen the taintGen then: it is not
+	// renewed for that reason again until the tainted set changes.
+	taintRenewed    atomic.Pointer[agentSVID]
+	taintRenewedGen atomic.Uint64
 
 	// Owned by Run's goroutine.
 	servers *serverPicker

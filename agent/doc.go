@@ -76,6 +76,21 @@
 // server connected at the time. A renewed agent SVID reconnects to the
 // same server.
 //
+// # Bundles and tainted authorities
+//
+// Every bundle a Sync stream brings goes to the cache, which wakes every
+// Workload API stream at once, and is then acknowledged to the server
+// (AckBundle, the latest one when several came), which `writ ca rotate
+// --wait` waits for. With each bundle comes the set of tainted
+// authorities: every X.509-SVID a tainted CA signed (svidcache
+// X509SVID.AuthorityID, the leaf's authority key ID) is signed again at
+// once, ahead of everything else and in as few batches as MaxBatch
+// allows, while the old one is served until replaced; cached JWT-SVIDs of
+// a tainted key are dropped and signed again on demand. Once nothing is
+// pending, an agent SVID a tainted CA signed is renewed (after the
+// workload SVIDs: the renewal makes the server refuse the old
+// certificate this session uses), and the agent reconnects with it.
+//
 // # Revocation and health
 //
 // When the server refuses the agent (PermissionDenied: evicted, banned),

@@ -25,6 +25,9 @@ import (
 // next connection presents the new certificate.
 var errRenewed = errors.New("agent SVID renewed; reconnecting")
 
+// errTaintedIssuer: an SVID was stored but a tainted CA signed it.
+var errTaintedIssuer = errors.New("signed by a tainted CA")
+
 var errNoFirstMessage = errors.New("no first Sync message from the server in time")
 
 // session runs one connection: renew the agent SVID if due, open Sync,
@@ -72,11 +75,13 @@ func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err err
 		a.log.Info("connected to the server", "server_address", addr)
 		a.connectedTo = addr
 	}
-	a.applySync(msg)
+	acks := make(chan uint64, 1)
+	a.applySync(msg, acks)
 	a.client.Store(c)
 	defer a.client.CompareAndSwap(c, nil)
 
 	var wg sync.WaitGroup
+	wg.Go(func() { a.ackLoop(sctx, c, acks) })
 	wg.Go(func() {
 		if err := a.signLoop(sctx, c); err != nil {
 			cancel(err)
@@ -93,7 +98,7 @@ func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err err
 		if err != nil {
 			break
 		}
-		a.applySync(msg)
+		a.applySync(msg, acks)
 	}
 	err = causeOr(sctx, err)
 	cancel(err)
@@ -111,8 +116,9 @@ func causeOr(ctx context.Context, err error) error {
 
 // applySync parses a Sync message with the ca/entry parsers and applies
 // it to the cache; malformed entries are logged and skipped (and an
-// earlier version of one is dropped).
-func (a *Agent) applySync(msg *nodev1.SyncResponse) {
+// earlier version of one is dropped). Once a bundle is applied, its
+// sequence number goes to acks (buffered one, latest wins).
+func (a *Agent) applySync(msg *nodev1.SyncResponse, acks chan uint64) {
 	parent := a.ID()
 	u := svidcache.Update{Full: msg.GetFull()}
 	if u.Full {
@@ -137,12 +143,31 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse) {
 		}
 		u.Deleted = append(u.Deleted, id)
 	}
+	var tainted *nodev1.TaintedAuthorities
 	if raw := msg.GetBundle(); len(raw) > 0 {
 		if b := a.parseBundle(raw); b != nil {
 			u.Bundle = b
+			// The tainted set comes with every bundle and replaces
+			// the last one.
+			tainted = msg.GetTainted()
+			if tainted == nil {
+				tainted = &nodev1.TaintedAuthorities{}
+			}
 		}
 	}
 	res := a.cache.Apply(u)
+	if tainted != nil {
+		a.applyTaint(tainted)
+	}
+	if u.Bundle != nil && acks != nil {
+		if seq, ok := u.Bundle.SequenceNumber(); ok {
+			select {
+			case <-acks:
+			default:
+			}
+			acks <- seq
+		}
+	}
 	a.sched.remove(res.Removed...)
 	a.sched.enqueue(res.Sign...)
 	a.sched.enqueueAt(prioNew, res.New...)
@@ -193,6 +218,11 @@ func (a *Agent) signLoop(ctx context.Context, c *nodeclient.Client) error {
 		ids := a.sched.take(MaxBatch, a.cache.Room())
 		if len(ids) == 0 {
 			a.markReady()
+			if a.agentSVIDTainted() {
+				// Workload SVIDs first: once renewed, the agent's old
+				// certificate, which this session uses, is refused.
+				return a.renewTainted(ctx, c)
+			}
 			select {
 			case <-ctx.Done():
 				return nil
@@ -232,16 +262,36 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 		return nil
 	}
 	start := time.Now()
+	gen := a.taintGen.Load()
 	results, err := c.BatchSign(ctx, reqs)
 	if err != nil {
 		return fmt.Errorf("sign X.509-SVIDs: %w", err)
 	}
+	// Check every SVID, then store them together: workloads get one
+	// message for the batch.
+	errs := make([]error, len(results))
+	var svids []*svidcache.X509SVID
+	var at []int
+	for i, r := range results {
+		if errs[i] = r.Err; r.Err != nil {
+			continue
+		}
+		svid, err := a.checkSVID(pend[i].id, r.Chain, pend[i].key)
+		if errs[i] = err; err == nil {
+			svids = append(svids, svid)
+			at = append(at, i)
+		}
+	}
+	for j, err := range a.cache.SetX509SVIDs(svids) {
+		if err == nil {
+			err = a.scheduleSVID(svids[j])
+		}
+		errs[at[j]] = err
+	}
 	signed := 0
 	for i, r := range results {
 		id := pend[i].id
-		if r.Err == nil {
-			r.Err = a.storeSVID(id, r.Chain, pend[i].key)
-		}
+		r.Err = errs[i]
 		switch {
 		case r.Err == nil:
 			signed++
@@ -249,6 +299,17 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 			// Removed while being signed.
 		case errors.Is(r.Err, svidcache.ErrStale):
 			a.sched.enqueue(id) // changed while being signed
+		case errors.Is(r.Err, errTaintedIssuer):
+			// Stored, but a tainted CA signed it: asked for before the
+			// taint arrived, again at once; otherwise the server still
+			// signs with it, so with backoff.
+			if a.taintGen.Load() != gen {
+				a.sched.enqueue(id)
+				signed++
+				continue
+			}
+			d := a.sched.failed(id, rand.Float64())
+			a.log.Warn("X.509-SVID signed by a tainted CA; asking again later", "entry_id", id, "retry_in", d)
 		default:
 			if _, ok := a.cache.Entry(id); !ok {
 				continue
@@ -261,23 +322,28 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 	return nil
 }
 
-// storeSVID checks an SVID from the server (it verifies to the bundle,
-// certifies our key) and puts it in the cache, scheduling its rotation.
-func (a *Agent) storeSVID(id string, chain [][]byte, key crypto.Signer) error {
+// checkSVID checks an SVID from the server: it verifies to the bundle and
+// certifies our key.
+func (a *Agent) checkSVID(id string, chain [][]byte, key crypto.Signer) (*svidcache.X509SVID, error) {
 	svid, err := svidcache.NewX509SVID(id, chain, key)
 	if err != nil {
-		return fmt.Errorf("%w: %w", nodeclient.ErrProtocol, err)
+		return nil, fmt.Errorf("%w: %w", nodeclient.ErrProtocol, err)
 	}
-	now := a.clk.Now()
-	if _, err := x509ca.VerifyX509SVID(svid.Certificates(), a.authorities(), now); err != nil {
-		return fmt.Errorf("%w: %w", nodeclient.ErrProtocol, err)
+	if _, err := x509ca.VerifyX509SVID(svid.Certificates(), a.authorities(), a.clk.Now()); err != nil {
+		return nil, fmt.Errorf("%w: %w", nodeclient.ErrProtocol, err)
 	}
-	if err := a.cache.SetX509SVID(svid); err != nil {
-		return err
+	return svid, nil
+}
+
+// scheduleSVID schedules the rotation of an SVID the cache now holds, or
+// returns errTaintedIssuer if a tainted CA signed it.
+func (a *Agent) scheduleSVID(svid *svidcache.X509SVID) error {
+	if a.cache.TaintedAuthority(svid.AuthorityID) {
+		return errTaintedIssuer
 	}
-	start := rotate.Start(svid.NotBefore, now)
+	start := rotate.Start(svid.NotBefore, a.clk.Now())
 	jitter := rotate.NewJitter(start, svid.NotAfter)
-	a.sched.signedAt(id, rotate.RotateAt(start, svid.NotAfter, jitter))
+	a.sched.signedAt(svid.EntryID, rotate.RotateAt(start, svid.NotAfter, jitter))
 	return nil
 }
 

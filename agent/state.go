@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -53,6 +54,9 @@ type agentSVID struct {
 	notAfter time.Time
 	jitter   time.Duration // rotation jitter, chosen once
 	cert     *tls.Certificate
+	// authorityID names the CA that signed it, as svidcache.X509SVID's
+	// AuthorityID does.
+	authorityID string
 }
 
 func (s *agentSVID) rotateAt() time.Time { return rotate.RotateAt(s.start, s.notAfter, s.jitter) }
@@ -100,7 +104,21 @@ func newAgentSVID(td spiffeid.TrustDomain, chain [][]byte, key crypto.Signer, bu
 		notAfter:  leaf.NotAfter,
 		jitter:    rotate.NewJitter(leaf.NotBefore, leaf.NotAfter),
 		cert:      &tls.Certificate{Certificate: chain, PrivateKey: key, Leaf: leaf},
+
+		authorityID: authorityID(certs),
 	}, nil
+}
+
+// authorityID returns the ID of the CA that signed chain[0]: its
+// AuthorityKeyId, else the SubjectKeyId of chain[1], in lowercase hex.
+func authorityID(chain []*x509.Certificate) string {
+	if aki := chain[0].AuthorityKeyId; len(aki) > 0 {
+		return hex.EncodeToString(aki)
+	}
+	if len(chain) > 1 {
+		return hex.EncodeToString(chain[1].SubjectKeyId)
+	}
+	return ""
 }
 
 var errKeyMismatch = errors.New("agent key does not match the agent SVID")

@@ -445,3 +445,13 @@ func (c *Client) ReportTemplates(ctx context.Context, reports []TemplateReport) 
 	}
 	return nil
 }
+
+// AckBundle tells the server the sequence number of the newest bundle the
+// agent has applied. It fails within SignTimeout. A server without the
+// call answers codes.Unimplemented (status.Code works on the error).
+func (c *Client) AckBundle(ctx context.Context, seq uint64) error {
+	cctx, cancel := context.WithTimeout(ctx, SignTimeout)
+	defer cancel()
+	_, err := c.node.AckBundle(cctx, &nodev1.AckBundleRequest{BundleSequence: seq})
+	return c.mapError(ctx, err)
+}

@@ -128,6 +128,8 @@ type Cache struct {
 	node []entry.Selector
 	// ninst counts template instances.
 	ninst int
+	// taintedX509 and taintedJWT are the tainted authorities (see Taint).
+	taintedX509, taintedJWT map[string]struct{}
 }
 
 type item struct {
@@ -463,8 +465,36 @@ func notify(touched map[*group]struct{}) {
 // the entry is gone, ErrStale if s's SPIFFE ID or DNS names are not the
 // entry's, and ErrExpired if s is already expired.
 func (c *Cache) SetX509SVID(s *X509SVID) error {
+	return c.SetX509SVIDs([]*X509SVID{s})[0]
+}
+
+// SetX509SVIDs stores several X.509-SVIDs as SetX509SVID does, and wakes
+// each subscription that sees any of them once, after storing them all:
+// a workload is sent one message for a batch, not one per SVID. It
+// returns an error (or nil) per SVID, in order.
+func (c *Cache) SetX509SVIDs(ss []*X509SVID) []error {
+	errs := make([]error, len(ss))
+	now := c.clk.Now()
+	touched := make(map[*group]struct{})
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	stored := false
+	for i, s := range ss {
+		if errs[i] = c.setLocked(s, now, touched); errs[i] == nil {
+			stored = true
+		}
+	}
+	if stored {
+		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+	}
+	notify(touched)
+	return errs
+}
+
+func (c *Cache) setLocked(s *X509SVID, now time.Time, touched map[*group]struct{}) error {
 	it := c.items[s.EntryID]
 	if it == nil {
 		return fmt.Errorf("%w: %s", ErrUnknownEntry, s.EntryID)
@@ -472,7 +502,7 @@ func (c *Cache) SetX509SVID(s *X509SVID) error {
 	if s.ID != it.entry.SPIFFEID || !slices.Equal(s.dnsNames, it.entry.DNSNames) {
 		return fmt.Errorf("%w: entry %s", ErrStale, s.EntryID)
 	}
-	if s.Expired(c.clk.Now()) {
+	if s.Expired(now) {
 		return fmt.Errorf("%w: entry %s, NotAfter %s", ErrExpired, s.EntryID, s.NotAfter.UTC().Format(time.RFC3339))
 	}
 	if it.parent != nil && it.svid == nil {
@@ -492,9 +522,7 @@ func (c *Cache) SetX509SVID(s *X509SVID) error {
 	case c.kick <- struct{}{}:
 	default:
 	}
-	touched := make(map[*group]struct{})
 	c.touchItemLocked(it, false, touched)
-	notify(touched)
 	return nil
 }
 

@@ -121,12 +121,14 @@ func (c *Cache) signJWT(ctx context.Context, entryID string, id spiffeid.ID, aud
 	if issued.IsZero() || issued.After(now) {
 		issued = now
 	}
-	j := &JWTSVID{Token: token, ID: id, Audience: aud, IssuedAt: issued, ExpiresAt: claims.Expiry}
+	j := &JWTSVID{Token: token, ID: id, Audience: aud, KeyID: claims.KeyID, IssuedAt: issued, ExpiresAt: claims.Expiry}
 	// Cache only if the entry still exists with the same SPIFFE ID.
 	if it := c.items[entryID]; it == nil || it.entry.SPIFFEID != id {
 		return nil, fmt.Errorf("%w: %s (removed or changed while signing)", ErrUnknownEntry, entryID)
 	}
-	c.storeJWTLocked(j, ak, now)
+	if _, tainted := c.taintedJWT[j.KeyID]; !tainted {
+		c.storeJWTLocked(j, ak, now)
+	}
 	return j, nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"time"
@@ -37,6 +38,11 @@ type X509SVID struct {
 	PrivateKeyDER []byte
 	// NotBefore and NotAfter are the leaf's validity.
 	NotBefore, NotAfter time.Time
+	// AuthorityID identifies the CA that signed the leaf: its
+	// AuthorityKeyId (the issuing CA's SubjectKeyId) in lowercase hex,
+	// as the node API names tainted X.509 authorities. Empty if the leaf
+	// has none.
+	AuthorityID string
 
 	leafLen  int      // length of the leaf's DER at the start of ChainDER
 	dnsNames []string // the leaf's DNS SANs
@@ -140,9 +146,23 @@ func NewX509SVID(entryID string, chain [][]byte, key crypto.Signer) (*X509SVID, 
 		PrivateKeyDER: pkcs8,
 		NotBefore:     leaf.NotBefore,
 		NotAfter:      leaf.NotAfter,
+		AuthorityID:   authorityID(certs),
 		leafLen:       len(leaf.Raw),
 		dnsNames:      leaf.DNSNames,
 	}, nil
+}
+
+// authorityID returns the ID of the CA that signed the first certificate
+// of chain: the leaf's AuthorityKeyId, else the SubjectKeyId of the next
+// certificate, in lowercase hex.
+func authorityID(chain []*x509.Certificate) string {
+	if aki := chain[0].AuthorityKeyId; len(aki) > 0 {
+		return hex.EncodeToString(aki)
+	}
+	if len(chain) > 1 {
+		return hex.EncodeToString(chain[1].SubjectKeyId)
+	}
+	return ""
 }
 
 // JWTSVID is a JWT-SVID held by the cache. It is immutable.
@@ -153,6 +173,8 @@ type JWTSVID struct {
 	ID spiffeid.ID
 	// Audience is the sorted, duplicate-free audience it was requested for.
 	Audience []string
+	// KeyID is the kid of the key that signed it.
+	KeyID string
 	// IssuedAt is the token's iat, or when the cache received it if it
 	// has none or a later one; ExpiresAt is its exp.
 	IssuedAt, ExpiresAt time.Time

@@ -26,11 +26,17 @@ type CAManager interface {
 	Revoke(ctx context.Context, kind datastore.CAKeyKind, id string, opts keymanager.RevokeOptions) (keymanager.KeyInfo, error)
 }
 
-// BundlePusher reports when agents' Sync streams have been sent a bundle
-// (nodeapi.Service).
+// BundlePusher reports when the agents with a Sync stream open to this
+// server have acknowledged a bundle (nodeapi.Service).
 type BundlePusher interface {
-	WaitBundleSent(ctx context.Context, seq uint64) (int, error)
+	WaitBundleAcked(ctx context.Context, seq uint64) (int, error)
 }
+
+// Bounds of RotateRequest.wait_timeout_ms.
+const (
+	DefaultRotateWaitTimeout = 30 * time.Second
+	MaxRotateWaitTimeout     = time.Hour
+)
 
 // State names shown to operators; a retired key is "old".
 const (
@@ -255,7 +261,14 @@ func (cs *caService) Rotate(ctx context.Context, req *adminv1.RotateRequest) (*a
 	var before func(context.Context) error
 	if req.GetWait() {
 		if s.pusher == nil {
-			return nil, status.Error(codes.Unavailable, "this server cannot report what agents were sent")
+			return nil, status.Error(codes.Unavailable, "this server cannot report what agents acknowledged")
+		}
+		timeout := time.Duration(req.GetWaitTimeoutMs()) * time.Millisecond
+		switch {
+		case req.GetWaitTimeoutMs() < 0 || timeout > MaxRotateWaitTimeout:
+			return nil, invalidf("wait timeout must be positive and at most %s", MaxRotateWaitTimeout)
+		case timeout == 0:
+			timeout = DefaultRotateWaitTimeout
 		}
 		before = func(ctx context.Context) error {
 			b, err := s.store.FetchBundle(ctx, s.td)
@@ -263,9 +276,11 @@ func (cs *caService) Rotate(ctx context.Context, req *adminv1.RotateRequest) (*a
 				return fmt.Errorf("fetch bundle: %w", err)
 			}
 			seq, _ := b.SequenceNumber()
-			n, err := s.pusher.WaitBundleSent(ctx, seq)
+			wctx, cancel := context.WithTimeout(ctx, timeout)
+			defer cancel()
+			n, err := s.pusher.WaitBundleAcked(wctx, seq)
 			if err != nil {
-				return errWaitPush{err}
+				return errWaitPush{fmt.Errorf("after %s, %w", timeout, err)}
 			}
 			resp.StreamsNotified = int32(min(n, 1<<30))
 			return nil
@@ -274,7 +289,7 @@ func (cs *caService) Rotate(ctx context.Context, req *adminv1.RotateRequest) (*a
 	keys, err := s.ca.Rotate(ctx, before)
 	var werr errWaitPush
 	if errors.As(err, &werr) {
-		return nil, status.Errorf(codes.DeadlineExceeded, "new keys prepared and published but not activated: %s; run writ ca rotate again (it takes the prepared keys)", boundMessage(werr.err.Error()))
+		return nil, status.Errorf(codes.DeadlineExceeded, "%s; the new keys are published but not activated: run writ ca rotate again (it takes the prepared keys), with a longer --wait-timeout or without --wait", boundMessage(werr.err.Error()))
 	}
 	if err != nil {
 		return nil, s.caError(ctx, "rotate CA keys", err)

@@ -111,8 +111,9 @@ type index struct {
 	done chan struct{}
 
 	sentMu sync.Mutex // guards sentCh
-	// sentCh is closed and replaced when a stream has sent a new bundle
-	// or closed (see WaitBundleSent).
+	// sentCh is closed and replaced when a stream has sent a new bundle,
+	// an agent acknowledged one, or a stream closed (see WaitBundleSent
+	// and WaitBundleAcked).
 	sentCh chan struct{}
 }
 
@@ -632,6 +633,43 @@ func (ix *index) bundleSentStatus(seq uint64) (streams, pending int) {
 	return streams, pending
 }
 
+// ack records that agent applied the bundle with sequence number seq on
+// each of its open streams, and returns how many it has.
+func (ix *index) ack(agent spiffeid.ID, seq uint64) int {
+	ix.mu.RLock()
+	n := 0
+	for sub := range ix.subs[agent] {
+		n++
+		for {
+			cur := sub.ackedSeq.Load()
+			if cur >= seq || sub.ackedSeq.CompareAndSwap(cur, seq) {
+				break
+			}
+		}
+	}
+	ix.mu.RUnlock()
+	if n > 0 {
+		ix.broadcastSent()
+	}
+	return n
+}
+
+// bundleAckedStatus returns the number of open streams and how many of
+// them have not acknowledged a bundle with sequence number seq or later.
+func (ix *index) bundleAckedStatus(seq uint64) (streams, pending int) {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	for _, set := range ix.subs {
+		for sub := range set {
+			streams++
+			if sub.ackedSeq.Load() < seq {
+				pending++
+			}
+		}
+	}
+	return streams, pending
+}
+
 // subscribers returns the number of open streams (for tests).
 func (ix *index) subscribers() int {
 	ix.mu.RLock()
@@ -651,6 +689,9 @@ type subscriber struct {
 	notify chan struct{}
 	// sentSeq is the sequence number of the last bundle the stream sent.
 	sentSeq atomic.Uint64
+	// ackedSeq is the highest bundle sequence number the agent
+	// acknowledged (AckBundle) while the stream was open.
+	ackedSeq atomic.Uint64
 
 	mu sync.Mutex // guards pending, full
 	// pending are entry IDs under this agent, now or before, that changed

@@ -2,6 +2,7 @@ package nodeapi
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -215,9 +216,9 @@ func (s *Service) entryToWire(e *entry.Entry) *nodev1.Entry {
 
 // WaitBundleSent returns once every open Sync stream has been sent a
 // bundle with sequence number seq or later (streams that close meanwhile
-// no longer count), with the number of streams then open. Agents do not
-// acknowledge what they receive: "sent" means handed to the stream's
-// transport, not applied by the agent.
+// no longer count), with the number of streams then open. "Sent" means
+// handed to the stream's transport, not applied by the agent: see
+// WaitBundleAcked for that.
 func (s *Service) WaitBundleSent(ctx context.Context, seq uint64) (int, error) {
 	// The index must have read the bundle first (streams only send what
 	// it has).
@@ -236,4 +237,59 @@ func (s *Service) WaitBundleSent(ctx context.Context, seq uint64) (int, error) {
 			return 0, fmt.Errorf("%d of %d agent streams have not been sent bundle %d: %w", pending, streams, seq, ctx.Err())
 		}
 	}
+}
+
+// ErrNotAcknowledged is wrapped by WaitBundleAcked's error when ctx ends
+// before every agent acknowledged.
+var ErrNotAcknowledged = errors.New("nodeapi: bundle not acknowledged by every connected agent")
+
+// NotAcknowledgedError says how many agents had not acknowledged a bundle
+// when a wait ended. It wraps ErrNotAcknowledged and the context's error.
+type NotAcknowledgedError struct {
+	Pending, Streams int
+	Sequence         uint64
+	Err              error
+}
+
+func (e *NotAcknowledgedError) Error() string {
+	return fmt.Sprintf("%d of %d agents connected to this server have not acknowledged bundle %d", e.Pending, e.Streams, e.Sequence)
+}
+
+func (e *NotAcknowledgedError) Unwrap() []error { return []error{ErrNotAcknowledged, e.Err} }
+
+// WaitBundleAcked returns once the agent of every Sync stream open to
+// this server has acknowledged (AckBundle) a bundle with sequence number
+// seq or later, with the number of streams then open. Streams that close
+// meanwhile no longer count; agents connected to other servers sharing
+// the datastore are not seen. If ctx ends first, the error wraps
+// ErrNotAcknowledged and ctx's error (a *NotAcknowledgedError).
+func (s *Service) WaitBundleAcked(ctx context.Context, seq uint64) (int, error) {
+	if err := s.idx.catchUp(ctx); err != nil {
+		return 0, err
+	}
+	for {
+		ch := s.idx.sentChan()
+		streams, pending := s.idx.bundleAckedStatus(seq)
+		if pending == 0 {
+			return streams, nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return 0, &NotAcknowledgedError{Pending: pending, Streams: streams, Sequence: seq, Err: ctx.Err()}
+		}
+	}
+}
+
+// AckBundle records the bundle sequence number the calling agent has
+// applied on its open Sync streams.
+func (h *handler) AckBundle(ctx context.Context, req *nodev1.AckBundleRequest) (*nodev1.AckBundleResponse, error) {
+	c, err := h.s.callerFrom(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	n := h.s.idx.ack(c.id, req.GetBundleSequence())
+	h.s.log.LogAttrs(ctx, slog.LevelDebug, "bundle acknowledged", slog.String(KeySPIFFEID, c.id.String()),
+		slog.Uint64("bundle_sequence", req.GetBundleSequence()), slog.Int("streams", n))
+	return &nodev1.AckBundleResponse{}, nil
 }

@@ -33,6 +33,8 @@ type syncStream struct {
 	bundle []byte
 	// lastTainted is the last tainted set received.
 	lastTainted *nodev1.TaintedAuthorities
+	// close ends the stream from the agent's side.
+	close context.CancelFunc
 }
 
 func (e *env) sync(a *agent) *syncStream {
@@ -43,7 +45,7 @@ func (e *env) sync(a *agent) *syncStream {
 	if err != nil {
 		e.t.Fatalf("Sync: %v", err)
 	}
-	s := &syncStream{t: e.t, msgs: make(chan *nodev1.SyncResponse, 64), err: make(chan error, 1), done: make(chan struct{}), have: map[string]*nodev1.Entry{}}
+	s := &syncStream{t: e.t, msgs: make(chan *nodev1.SyncResponse, 64), err: make(chan error, 1), done: make(chan struct{}), have: map[string]*nodev1.Entry{}, close: cancel}
 	go func() {
 		defer close(s.done)
 		for {

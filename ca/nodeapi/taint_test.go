@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"log/slog"
 	"slices"
 	"testing"
@@ -85,4 +86,61 @@ func TestSVIDCutToCA(t *testing.T) {
 	if len(recs) != 1 || recs[0].level != slog.LevelDebug || recs[0].attrs[nodeapi.KeyEntryID] != long.ID {
 		t.Fatalf("cut logged as %v, want one debug record for entry %s", recs, long.ID)
 	}
+}
+
+// WaitBundleAcked waits for every open stream's agent to acknowledge the
+// bundle; on timeout it says how many have not.
+func TestWaitBundleAcked(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	ctx := ctxT(t)
+	a, b := e.attest(agentA), e.attest(agentB)
+	sa, sb := e.sync(a), e.sync(b)
+	sa.next()
+	sb.next()
+	seq, _ := e.bundle().SequenceNumber()
+
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	_, err := e.svc.WaitBundleAcked(short, seq)
+	var nack *nodeapi.NotAcknowledgedError
+	if !errors.As(err, &nack) || !errors.Is(err, nodeapi.ErrNotAcknowledged) || !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitBundleAcked before any ack = %v", err)
+	}
+	if nack.Pending != 2 || nack.Streams != 2 || nack.Sequence != seq {
+		t.Fatalf("NotAcknowledgedError %+v, want 2 of 2 for %d", nack, seq)
+	}
+
+	done := make(chan error, 1)
+	var streams int
+	go func() {
+		var err error
+		streams, err = e.svc.WaitBundleAcked(ctx, seq)
+		done <- err
+	}()
+	// An older sequence number is not enough.
+	for _, ag := range []*agent{a, b} {
+		if _, err := ag.client.AckBundle(ctx, &nodev1.AckBundleRequest{BundleSequence: seq - 1}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := a.client.AckBundle(ctx, &nodev1.AckBundleRequest{BundleSequence: seq}); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		t.Fatalf("WaitBundleAcked returned (%v) with one agent not acknowledging", err)
+	default:
+	}
+	if _, err := b.client.AckBundle(ctx, &nodev1.AckBundleRequest{BundleSequence: seq + 5}); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil || streams != 2 {
+		t.Fatalf("WaitBundleAcked = %d, %v; want 2 streams", streams, err)
+	}
+	// A stream that closes no longer counts.
+	sb.close()
+	eventually(t, "the stream gone", func() bool {
+		n, err := e.svc.WaitBundleAcked(ctx, seq)
+		return err == nil && n == 1
+	})
 }

@@ -263,6 +263,7 @@ func catalogue(cfg Config) []*Figure {
 	add(figBacklogRSS, unitMiB, "agent RSS (VmRSS) "+bl+", after the new entries", nil, below(200, "< 200 MiB"))
 	add(figBacklogAnon, unitMiB, "agent anonymous RSS (RssAnon) "+bl+", after the new entries", nil, nil)
 	templateFigures(cfg, add)
+	fs = append(fs, lifecycleFigures(cfg)...)
 	return fs
 }
 

@@ -391,6 +391,8 @@ func renderReport(r *Results, charts []Chart) string {
 	}
 	w.table([]string{"Figure", "Value", "What"}, rows)
 
+	renderLifecycle(w, r)
+
 	if missing := r.missing(); len(missing) > 0 {
 		w.p("## Not available")
 		w.p("")

@@ -51,7 +51,7 @@ func (b *bench) phases(ctx context.Context, o Options) {
 		return
 	}
 	if buildErr != nil {
-		b.fail(buildErr, "propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.", "template.")
+		b.fail(buildErr, "propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.", "template.", "lifecycle.")
 		return
 	}
 	b.measureWritScale(ctx, bin, wlErr)
@@ -73,6 +73,7 @@ func (b *bench) phases(ctx context.Context, o Options) {
 	if err := b.measureTemplates(ctx, bin); err != nil {
 		b.fail(err, "template.")
 	}
+	b.measureLifecycle(ctx, bin)
 }
 
 // allSigned are the agent flags that keep every SVID of the entries the

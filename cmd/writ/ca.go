@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/urfave/cli/v2"
 
@@ -15,6 +16,10 @@ const (
 	flagKeyID = "id"
 	flagForce = "force"
 	flagWait  = "wait"
+	// flagWaitTimeout bounds rotate --wait.
+	flagWaitTimeout = "wait-timeout"
+	// maxRotateWaitTimeout is the longest wait the server accepts.
+	maxRotateWaitTimeout = time.Hour
 )
 
 // caCommand is `writ ca`: show and change the CA's signing keys.
@@ -36,12 +41,16 @@ func caCommand() *cli.Command {
 				Usage: "prepare and activate a new X.509 CA and JWT key on this server at once",
 				Description: "Without --wait the new keys sign at once, and agents may briefly see SVIDs from a\n" +
 					"key whose bundle they have not received yet. With --wait the new keys are\n" +
-					"published first, and activated once every agent connected to this server has been\n" +
-					"sent the bundle that holds them. Agents do not acknowledge bundles: \"sent\" means\n" +
-					"handed to each agent's open sync stream, and agents connected to other servers are\n" +
-					"not waited for. Raise --timeout for many or slow agents; if the wait times out, the\n" +
-					"keys stay prepared and a second rotate activates them.",
-				Flags:  withAdminFlags(&cli.BoolFlag{Name: flagWait, Usage: "activate only once connected agents were sent the new bundle"}),
+					"published first, and activated once every agent connected to this server has\n" +
+					"acknowledged the bundle that holds them (applied it and handed it to its\n" +
+					"workloads). Agents connected to other servers sharing the datastore are not waited\n" +
+					"for: run it on the server most agents use, or wait the bundle refresh hint. If\n" +
+					"--wait-timeout passes first, the keys stay prepared, the error names how many\n" +
+					"agents have not acknowledged, and a second rotate activates them.",
+				Flags: withAdminFlags(
+					&cli.BoolFlag{Name: flagWait, Usage: "activate only once every agent connected to this server acknowledged the new bundle"},
+					&cli.DurationFlag{Name: flagWaitTimeout, Value: 30 * time.Second, Usage: "with --wait: how long to wait for the agents' acknowledgements"},
+				),
 				Action: caRotate,
 			},
 		},
@@ -256,11 +265,19 @@ func caRotate(c *cli.Context) error {
 		return err
 	}
 	wait := c.Bool(flagWait)
+	waitTimeout := c.Duration(flagWaitTimeout)
+	if waitTimeout <= 0 || waitTimeout > maxRotateWaitTimeout {
+		return usagef(c, "--%s must be positive and at most %s", flagWaitTimeout, maxRotateWaitTimeout)
+	}
+	req := &adminv1.RotateRequest{Wait: wait}
 	if !wait {
 		fmt.Fprintln(c.App.ErrWriter, "writ: warning: the new keys sign at once; agents may briefly see SVIDs from a key they have not fetched yet (use --wait to avoid this)")
+	} else {
+		req.WaitTimeoutMs = waitTimeout.Milliseconds()
+		a.timeout += waitTimeout // the call lasts the wait and the rest
 	}
 	resp, err := callAdmin(c.Context, a, func(ctx context.Context, client *adminClient) (*adminv1.RotateResponse, error) {
-		return client.ca.Rotate(ctx, &adminv1.RotateRequest{Wait: wait})
+		return client.ca.Rotate(ctx, req)
 	})
 	if err != nil {
 		return err
@@ -274,7 +291,7 @@ func caRotate(c *cli.Context) error {
 	}
 	t := newTextWriter(c.App.Writer)
 	if wait {
-		t.line("new bundle sent to %d agent streams", resp.GetStreamsNotified())
+		t.line("new bundle acknowledged by every agent connected to this server (%d)", resp.GetStreamsNotified())
 	}
 	for _, x := range resp.GetActivated() {
 		t.line("activated %s authority %s", entry.Printable(x.GetKind()), entry.Printable(x.GetId()))

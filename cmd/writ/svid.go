@@ -248,6 +248,9 @@ type jsonSVID struct {
 	DNSNames     []string `json:"dns_names"`
 	SerialNumber string   `json:"serial_number"` // hex
 	ChainLength  int      `json:"chain_length"`  // leaf and intermediates
+	// AuthorityID is the leaf's authority key ID in lowercase hex: the
+	// ID `writ ca x509 show` gives the CA that signed it.
+	AuthorityID string `json:"authority_id"`
 }
 
 func svidToJSON(s *x509svid.SVID) *jsonSVID {
@@ -260,6 +263,7 @@ func svidToJSON(s *x509svid.SVID) *jsonSVID {
 		DNSNames:     nonNil(leaf.DNSNames),
 		SerialNumber: hex.EncodeToString(leaf.SerialNumber.Bytes()),
 		ChainLength:  len(s.Certificates),
+		AuthorityID:  hex.EncodeToString(leaf.AuthorityKeyId),
 	}
 }
 
@@ -329,6 +333,7 @@ func svidFetch(c *cli.Context) error {
 		}
 		t.field("Serial number", j.SerialNumber)
 		t.field("Chain length", fmt.Sprint(j.ChainLength))
+		t.field("Signed by CA", j.AuthorityID)
 	}
 	if dir != "" {
 		t.line("")

@@ -76,7 +76,7 @@ func TestIntegrationCARotateTaintRevoke(t *testing.T) {
 	}
 
 	out, errOut, code := runWrit(t, nil, "ca", "rotate", "--wait", "--admin-socket", e.server.socket)
-	if code != 0 || !strings.Contains(out, "new bundle sent to 1 agent streams") {
+	if code != 0 || !strings.Contains(out, "new bundle acknowledged by every agent connected to this server (1)") {
 		t.Fatalf("rotate --wait: exit %d\n%s%s", code, out, errOut)
 	}
 	after := e.x509Authorities()

@@ -4,11 +4,13 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"net"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -64,11 +66,10 @@ type Server struct {
 	opts     Options
 	td       spiffeid.TrustDomain
 	clk      clock.Clock
-	ca       *x509ca.Issuer
-	root     *x509.Certificate // the trust anchor: ca.Cert unless UpstreamRoot
-	jwtKey   jwtsvid.Key
+	root     *x509.Certificate // the first trust anchor: the first CA unless UpstreamRoot
 	caNotAft time.Time
-	bundle   []byte
+	// keys are the current signing keys and bundle (see RotateKeys).
+	keys     atomic.Pointer[keySet]
 	agentID  spiffeid.ID
 	serverID spiffeid.ID
 	addr     string
@@ -89,9 +90,22 @@ type Server struct {
 	signed     map[string]int // entry ID -> X.509-SVIDs signed
 	lastSigned map[string]time.Time
 	jwtCalls   int
+	acked      uint64 // highest bundle sequence number acknowledged
 	// signDelay delays BatchSignX509SVID and SignJWTSVID.
 	signDelay time.Duration
 	failSign  error
+}
+
+// keySet is what the server signs with and publishes. Never modified.
+type keySet struct {
+	ca     *x509ca.Issuer
+	jwtKey jwtsvid.Key
+	// roots verify agent SVIDs; the bundle holds them.
+	roots   []*x509.Certificate
+	jwtKeys []jwtsvid.Key
+	seq     uint64
+	bundle  []byte
+	tainted *nodev1.TaintedAuthorities
 }
 
 // Start starts a fake server on 127.0.0.1:0 and stops it at the end of
@@ -135,21 +149,19 @@ func Start(t testing.TB, opts Options) *Server {
 	now := s.clk.Now()
 	key := must(x509ca.GenerateKey(x509ca.KeyTypeECP256))
 	caCert := must(x509ca.NewSelfSignedCA(now, s.td, key, 7*24*time.Hour))
-	s.ca = &x509ca.Issuer{Cert: caCert, Signer: key}
+	ks := &keySet{ca: &x509ca.Issuer{Cert: caCert, Signer: key}, roots: []*x509.Certificate{caCert}}
 	s.root = caCert
 	if opts.UpstreamRoot {
 		interKey := must(x509ca.GenerateKey(x509ca.KeyTypeECP256))
-		inter := must(x509ca.SignCA(now, s.td, interKey.Public(), s.ca, 7*24*time.Hour))
-		s.ca = &x509ca.Issuer{Cert: inter, Signer: interKey, Chain: []*x509.Certificate{inter}}
+		inter := must(x509ca.SignCA(now, s.td, interKey.Public(), ks.ca, 7*24*time.Hour))
+		ks.ca = &x509ca.Issuer{Cert: inter, Signer: interKey, Chain: []*x509.Certificate{inter}}
 	}
-	s.caNotAft = s.ca.Cert.NotAfter
-	s.jwtKey = jwtsvid.Key{ID: "jwt-key-1", Signer: must(x509ca.GenerateKey(x509ca.KeyTypeECP256))}
-	b := spiffebundle.FromX509Authorities(s.td, []*x509.Certificate{s.root})
-	if err := b.AddJWTAuthority(s.jwtKey.ID, s.jwtKey.Signer.Public()); err != nil {
-		t.Fatal(err)
-	}
-	b.SetSequenceNumber(1)
-	s.bundle = must(b.Marshal())
+	s.caNotAft = ks.ca.Cert.NotAfter
+	ks.jwtKey = jwtsvid.Key{ID: "jwt-key-1", Signer: must(x509ca.GenerateKey(x509ca.KeyTypeECP256))}
+	ks.jwtKeys = []jwtsvid.Key{ks.jwtKey}
+	ks.seq = 1
+	ks.bundle = s.marshalBundle(ks)
+	s.keys.Store(ks)
 
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -170,7 +182,7 @@ func StartPeer(t testing.TB, p *Server) *Server {
 	t.Helper()
 	s := &Server{
 		t: t, opts: p.opts, td: p.td, clk: p.clk,
-		ca: p.ca, jwtKey: p.jwtKey, caNotAft: p.caNotAft, bundle: p.bundle,
+		root: p.root, caNotAft: p.caNotAft,
 		agentID: p.agentID, serverID: p.serverID,
 		tokens:     make(map[string]bool),
 		entries:    make(map[string]*nodev1.Entry),
@@ -182,10 +194,63 @@ func StartPeer(t testing.TB, p *Server) *Server {
 	if err != nil {
 		t.Fatal(err)
 	}
+	s.keys.Store(p.keys.Load())
 	s.addr = lis.Addr().String()
 	s.serve(lis)
 	t.Cleanup(s.Stop)
 	return s
+}
+
+func (s *Server) marshalBundle(ks *keySet) []byte {
+	b := spiffebundle.FromX509Authorities(s.td, ks.roots)
+	for _, k := range ks.jwtKeys {
+		if err := b.AddJWTAuthority(k.ID, k.Signer.Public()); err != nil {
+			panic(err)
+		}
+	}
+	b.SetSequenceNumber(ks.seq)
+	return must(b.Marshal())
+}
+
+// RotateKeys makes a new X.509 CA (self-signed) and JWT key, publishes
+// them next to the old ones, signs with them from now on, and pushes the
+// new bundle to open Sync streams. It returns the old CA's subject key ID
+// (lowercase hex) and the old kid. Not with UpstreamRoot.
+func (s *Server) RotateKeys() (oldCA, oldKid string) {
+	s.t.Helper()
+	if s.opts.UpstreamRoot {
+		s.t.Fatal("fakenode: RotateKeys with UpstreamRoot")
+	}
+	key := must(x509ca.GenerateKey(x509ca.KeyTypeECP256))
+	caCert := must(x509ca.NewSelfSignedCA(s.clk.Now(), s.td, key, 7*24*time.Hour))
+	jk := jwtsvid.Key{ID: "jwt-key-" + entry.NewID(), Signer: must(x509ca.GenerateKey(x509ca.KeyTypeECP256))}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.keys.Load()
+	ks := &keySet{
+		ca: &x509ca.Issuer{Cert: caCert, Signer: key}, jwtKey: jk,
+		roots:   append(slices.Clone(old.roots), caCert),
+		jwtKeys: append(slices.Clone(old.jwtKeys), jk),
+		seq:     old.seq + 1, tainted: old.tainted,
+	}
+	ks.bundle = s.marshalBundle(ks)
+	s.keys.Store(ks)
+	s.pushLocked(&nodev1.SyncResponse{Bundle: ks.bundle, Tainted: ks.tainted})
+	return hex.EncodeToString(old.ca.Cert.SubjectKeyId), old.jwtKey.ID
+}
+
+// Taint sets the tainted authorities (they stay in the bundle), raises
+// the bundle's sequence number and pushes it with them to open streams.
+func (s *Server) Taint(x509IDs, jwtKeyIDs []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.keys.Load()
+	ks := *old
+	ks.seq++
+	ks.tainted = &nodev1.TaintedAuthorities{X509AuthorityIds: x509IDs, JwtKeyIds: jwtKeyIDs}
+	ks.bundle = s.marshalBundle(&ks)
+	s.keys.Store(&ks)
+	s.pushLocked(&nodev1.SyncResponse{Bundle: ks.bundle, Tainted: ks.tainted})
 }
 
 func must[T any](v T, err error) T {
@@ -205,7 +270,7 @@ func (s *Server) TrustDomain() spiffeid.TrustDomain { return s.td }
 func (s *Server) AgentID() spiffeid.ID { return s.agentID }
 
 // CA returns the signing CA certificate.
-func (s *Server) CA() *x509.Certificate { return s.ca.Cert }
+func (s *Server) CA() *x509.Certificate { return s.keys.Load().ca.Cert }
 
 // Root returns the trust anchor: the root with UpstreamRoot, else the CA.
 func (s *Server) Root() *x509.Certificate { return s.root }
@@ -216,11 +281,11 @@ func (s *Server) CAPEM() []byte {
 }
 
 // BundleJSON returns the SPIFFE bundle it serves.
-func (s *Server) BundleJSON() []byte { return slices.Clone(s.bundle) }
+func (s *Server) BundleJSON() []byte { return slices.Clone(s.keys.Load().bundle) }
 
 func (s *Server) serverCert() (*tls.Certificate, error) {
 	now := s.clk.Now()
-	iss := s.ca
+	iss := s.keys.Load().ca
 	if s.opts.ForeignServerCA {
 		key, err := x509ca.GenerateKey(x509ca.KeyTypeECP256)
 		if err != nil {
@@ -254,7 +319,7 @@ func (s *Server) serve(lis net.Listener) {
 			if len(cs.PeerCertificates) == 0 {
 				return nil // Attest
 			}
-			_, err := x509ca.VerifyX509SVID(cs.PeerCertificates, []*x509.Certificate{s.ca.Cert}, s.clk.Now())
+			_, err := x509ca.VerifyX509SVID(cs.PeerCertificates, s.keys.Load().roots, s.clk.Now())
 			return err
 		},
 		Time: s.clk.Now,
@@ -438,11 +503,12 @@ func (s *Server) signSVID(id spiffeid.ID, dns []string, ttl time.Duration, csr [
 	if err != nil {
 		return nil, status.Errorf(codes.InvalidArgument, "CSR: %v", err)
 	}
-	der, err := x509ca.SignX509SVID(s.clk.Now(), s.ca, x509ca.SVIDParams{ID: id, DNSNames: dns, TTL: ttl, PublicKey: pub})
+	ca := s.keys.Load().ca
+	der, err := x509ca.SignX509SVID(s.clk.Now(), ca, x509ca.SVIDParams{ID: id, DNSNames: dns, TTL: ttl, PublicKey: pub})
 	if err != nil {
 		return nil, status.Errorf(codes.Internal, "sign: %v", err)
 	}
-	return s.ca.SVIDChain(der), nil
+	return ca.SVIDChain(der), nil
 }
 
 // Attest implements NodeService.
@@ -461,7 +527,7 @@ func (s *Server) Attest(_ context.Context, req *nodev1.AttestRequest) (*nodev1.A
 	if err != nil {
 		return nil, err
 	}
-	return &nodev1.AttestResponse{SvidChain: der, Bundle: s.bundle}, nil
+	return &nodev1.AttestResponse{SvidChain: der, Bundle: s.keys.Load().bundle}, nil
 }
 
 // authorize checks the caller is the attested, not evicted agent.
@@ -474,7 +540,7 @@ func (s *Server) authorize(ctx context.Context) error {
 	if !ok || len(ti.State.PeerCertificates) == 0 {
 		return status.Error(codes.PermissionDenied, "no client certificate")
 	}
-	id, err := x509ca.VerifyX509SVID(ti.State.PeerCertificates, []*x509.Certificate{s.ca.Cert}, s.clk.Now())
+	id, err := x509ca.VerifyX509SVID(ti.State.PeerCertificates, s.keys.Load().roots, s.clk.Now())
 	if err != nil || id != s.agentID {
 		return status.Error(codes.PermissionDenied, "not an agent")
 	}
@@ -510,7 +576,8 @@ func (s *Server) Sync(_ *nodev1.SyncRequest, stream grpc.ServerStreamingServer[n
 	ch := make(chan *nodev1.SyncResponse, 1024)
 	s.mu.Lock()
 	s.syncs++
-	full := &nodev1.SyncResponse{Full: true, Bundle: s.bundle}
+	ks := s.keys.Load()
+	full := &nodev1.SyncResponse{Full: true, Bundle: ks.bundle, Tainted: ks.tainted}
 	for _, e := range s.entries {
 		full.Entries = append(full.Entries, e)
 	}
@@ -625,9 +692,30 @@ func (s *Server) SignJWTSVID(ctx context.Context, req *nodev1.SignJWTSVIDRequest
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
-	tok, exp, err := jwtsvid.Sign(s.clk.Now(), s.jwtKey, id, req.GetAudience(), time.Duration(e.GetJwtSvidTtl())*time.Second, s.caNotAft)
+	tok, exp, err := jwtsvid.Sign(s.clk.Now(), s.keys.Load().jwtKey, id, req.GetAudience(), time.Duration(e.GetJwtSvidTtl())*time.Second, s.caNotAft)
 	if err != nil {
 		return nil, status.Error(codes.Internal, err.Error())
 	}
 	return &nodev1.SignJWTSVIDResponse{Token: tok, ExpiresAt: exp.Unix()}, nil
 }
+
+// AckBundle implements NodeService.
+func (s *Server) AckBundle(ctx context.Context, req *nodev1.AckBundleRequest) (*nodev1.AckBundleResponse, error) {
+	if err := s.authorize(ctx); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	s.acked = max(s.acked, req.GetBundleSequence())
+	s.mu.Unlock()
+	return &nodev1.AckBundleResponse{}, nil
+}
+
+// Acked returns the highest bundle sequence number the agent acknowledged.
+func (s *Server) Acked() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.acked
+}
+
+// BundleSequence returns the sequence number of the bundle it serves.
+func (s *Server) BundleSequence() uint64 { return s.keys.Load().seq }

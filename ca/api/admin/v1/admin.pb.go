@@ -2212,8 +2212,13 @@ func (x *RevokeAuthorityRequest) GetForce() bool {
 }
 
 type RotateRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Wait          bool                   `protobuf:"varint,1,opt,name=wait,proto3" json:"wait,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Wait  bool                   `protobuf:"varint,1,opt,name=wait,proto3" json:"wait,omitempty"`
+	// With wait: how long to wait for the acknowledgements, in
+	// milliseconds (30 s if 0). On timeout the new keys stay prepared and
+	// the call fails with DeadlineExceeded, naming how many agents have not
+	// acknowledged.
+	WaitTimeoutMs int64 `protobuf:"varint,2,opt,name=wait_timeout_ms,json=waitTimeoutMs,proto3" json:"wait_timeout_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2255,12 +2260,20 @@ func (x *RotateRequest) GetWait() bool {
 	return false
 }
 
+func (x *RotateRequest) GetWaitTimeoutMs() int64 {
+	if x != nil {
+		return x.WaitTimeoutMs
+	}
+	return 0
+}
+
 type RotateResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The authorities now active, X.509 first.
 	Activated []*Authority `protobuf:"bytes,1,rep,name=activated,proto3" json:"activated,omitempty"`
-	// With wait: the number of agent Sync streams that were sent the bundle
-	// holding the new keys before they were activated.
+	// With wait: the number of agent Sync streams open to this server that
+	// acknowledged the bundle holding the new keys before they were
+	// activated.
 	StreamsNotified int32 `protobuf:"varint,2,opt,name=streams_notified,json=streamsNotified,proto3" json:"streams_notified,omitempty"`
 	unknownFields   protoimpl.UnknownFields
 	sizeCache       protoimpl.SizeCache
@@ -2757,9 +2770,10 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\x16RevokeAuthorityRequest\x12\x12\n" +
 	"\x04kind\x18\x01 \x01(\tR\x04kind\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n" +
-	"\x05force\x18\x03 \x01(\bR\x05force\"#\n" +
+	"\x05force\x18\x03 \x01(\bR\x05force\"K\n" +
 	"\rRotateRequest\x12\x12\n" +
-	"\x04wait\x18\x01 \x01(\bR\x04wait\"s\n" +
+	"\x04wait\x18\x01 \x01(\bR\x04wait\x12&\n" +
+	"\x0fwait_timeout_ms\x18\x02 \x01(\x03R\rwaitTimeoutMs\"s\n" +
 	"\x0eRotateResponse\x126\n" +
 	"\tactivated\x18\x01 \x03(\v2\x18.writ.admin.v1.AuthorityR\tactivated\x12)\n" +
 	"\x10streams_notified\x18\x02 \x01(\x05R\x0fstreamsNotified\"\xc1\x02\n" +

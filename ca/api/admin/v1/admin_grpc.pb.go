@@ -1116,8 +1116,9 @@ type CAServiceClient interface {
 	RevokeAuthority(ctx context.Context, in *RevokeAuthorityRequest, opts ...grpc.CallOption) (*Authority, error)
 	// Rotate prepares (or takes the prepared) key of both kinds and
 	// activates them at once. With wait, it activates only after every
-	// connected agent's Sync stream has been sent the bundle that holds the
-	// new keys.
+	// agent with a Sync stream open to this server has acknowledged the
+	// bundle that holds the new keys (agents of other servers are not
+	// waited for).
 	Rotate(ctx context.Context, in *RotateRequest, opts ...grpc.CallOption) (*RotateResponse, error)
 }
 
@@ -1218,8 +1219,9 @@ type CAServiceServer interface {
 	RevokeAuthority(context.Context, *RevokeAuthorityRequest) (*Authority, error)
 	// Rotate prepares (or takes the prepared) key of both kinds and
 	// activates them at once. With wait, it activates only after every
-	// connected agent's Sync stream has been sent the bundle that holds the
-	// new keys.
+	// agent with a Sync stream open to this server has acknowledged the
+	// bundle that holds the new keys (agents of other servers are not
+	// waited for).
 	Rotate(context.Context, *RotateRequest) (*RotateResponse, error)
 	mustEmbedUnimplementedCAServiceServer()
 }

@@ -1139,6 +1139,87 @@ func (x *SignJWTSVIDResponse) GetExpiresAt() int64 {
 	return 0
 }
 
+type AckBundleRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The bundle's spiffe_sequence.
+	BundleSequence uint64 `protobuf:"varint,1,opt,name=bundle_sequence,json=bundleSequence,proto3" json:"bundle_sequence,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *AckBundleRequest) Reset() {
+	*x = AckBundleRequest{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckBundleRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckBundleRequest) ProtoMessage() {}
+
+func (x *AckBundleRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckBundleRequest.ProtoReflect.Descriptor instead.
+func (*AckBundleRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AckBundleRequest) GetBundleSequence() uint64 {
+	if x != nil {
+		return x.BundleSequence
+	}
+	return 0
+}
+
+type AckBundleResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AckBundleResponse) Reset() {
+	*x = AckBundleResponse{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AckBundleResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AckBundleResponse) ProtoMessage() {}
+
+func (x *AckBundleResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AckBundleResponse.ProtoReflect.Descriptor instead.
+func (*AckBundleResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{20}
+}
+
 // Authorities that must no longer be relied on. They may still be in the
 // bundle until revoked, but sign nothing new.
 type TaintedAuthorities struct {
@@ -1154,7 +1235,7 @@ type TaintedAuthorities struct {
 
 func (x *TaintedAuthorities) Reset() {
 	*x = TaintedAuthorities{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[19]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1166,7 +1247,7 @@ func (x *TaintedAuthorities) String() string {
 func (*TaintedAuthorities) ProtoMessage() {}
 
 func (x *TaintedAuthorities) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[19]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1179,7 +1260,7 @@ func (x *TaintedAuthorities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintedAuthorities.ProtoReflect.Descriptor instead.
 func (*TaintedAuthorities) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{19}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *TaintedAuthorities) GetX509AuthorityIds() []string {
@@ -1279,10 +1360,13 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\x13SignJWTSVIDResponse\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x1d\n" +
 	"\n" +
-	"expires_at\x18\x02 \x01(\x03R\texpiresAt\"b\n" +
+	"expires_at\x18\x02 \x01(\x03R\texpiresAt\";\n" +
+	"\x10AckBundleRequest\x12'\n" +
+	"\x0fbundle_sequence\x18\x01 \x01(\x04R\x0ebundleSequence\"\x13\n" +
+	"\x11AckBundleResponse\"b\n" +
 	"\x12TaintedAuthorities\x12,\n" +
 	"\x12x509_authority_ids\x18\x01 \x03(\tR\x10x509AuthorityIds\x12\x1e\n" +
-	"\vjwt_key_ids\x18\x02 \x03(\tR\tjwtKeyIds2\xd3\x04\n" +
+	"\vjwt_key_ids\x18\x02 \x03(\tR\tjwtKeyIds2\xa1\x05\n" +
 	"\vNodeService\x12C\n" +
 	"\x06Attest\x12\x1b.writ.node.v1.AttestRequest\x1a\x1c.writ.node.v1.AttestResponse\x12S\n" +
 	"\n" +
@@ -1292,7 +1376,8 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\x04Sync\x12\x19.writ.node.v1.SyncRequest\x1a\x1a.writ.node.v1.SyncResponse0\x01\x12d\n" +
 	"\x11BatchSignX509SVID\x12&.writ.node.v1.BatchSignX509SVIDRequest\x1a'.writ.node.v1.BatchSignX509SVIDResponse\x12R\n" +
 	"\vSignJWTSVID\x12 .writ.node.v1.SignJWTSVIDRequest\x1a!.writ.node.v1.SignJWTSVIDResponse\x12^\n" +
-	"\x0fReportTemplates\x12$.writ.node.v1.ReportTemplatesRequest\x1a%.writ.node.v1.ReportTemplatesResponseB%Z#writ.dev/writ/ca/api/node/v1;nodev1b\x06proto3"
+	"\x0fReportTemplates\x12$.writ.node.v1.ReportTemplatesRequest\x1a%.writ.node.v1.ReportTemplatesResponse\x12L\n" +
+	"\tAckBundle\x12\x1e.writ.node.v1.AckBundleRequest\x1a\x1f.writ.node.v1.AckBundleResponseB%Z#writ.dev/writ/ca/api/node/v1;nodev1b\x06proto3"
 
 var (
 	file_ca_api_node_v1_node_proto_rawDescOnce sync.Once
@@ -1306,7 +1391,7 @@ func file_ca_api_node_v1_node_proto_rawDescGZIP() []byte {
 	return file_ca_api_node_v1_node_proto_rawDescData
 }
 
-var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*AttestRequest)(nil),             // 0: writ.node.v1.AttestRequest
 	(*AttestResponse)(nil),            // 1: writ.node.v1.AttestResponse
@@ -1327,11 +1412,13 @@ var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*ReportTemplatesRequest)(nil),    // 16: writ.node.v1.ReportTemplatesRequest
 	(*ReportTemplatesResponse)(nil),   // 17: writ.node.v1.ReportTemplatesResponse
 	(*SignJWTSVIDResponse)(nil),       // 18: writ.node.v1.SignJWTSVIDResponse
-	(*TaintedAuthorities)(nil),        // 19: writ.node.v1.TaintedAuthorities
+	(*AckBundleRequest)(nil),          // 19: writ.node.v1.AckBundleRequest
+	(*AckBundleResponse)(nil),         // 20: writ.node.v1.AckBundleResponse
+	(*TaintedAuthorities)(nil),        // 21: writ.node.v1.TaintedAuthorities
 }
 var file_ca_api_node_v1_node_proto_depIdxs = []int32{
 	7,  // 0: writ.node.v1.SyncResponse.entries:type_name -> writ.node.v1.Entry
-	19, // 1: writ.node.v1.SyncResponse.tainted:type_name -> writ.node.v1.TaintedAuthorities
+	21, // 1: writ.node.v1.SyncResponse.tainted:type_name -> writ.node.v1.TaintedAuthorities
 	10, // 2: writ.node.v1.X509SVIDResult.status:type_name -> writ.node.v1.Status
 	9,  // 3: writ.node.v1.BatchSignX509SVIDRequest.requests:type_name -> writ.node.v1.X509SVIDRequest
 	11, // 4: writ.node.v1.BatchSignX509SVIDResponse.results:type_name -> writ.node.v1.X509SVIDResult
@@ -1343,15 +1430,17 @@ var file_ca_api_node_v1_node_proto_depIdxs = []int32{
 	12, // 10: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
 	14, // 11: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
 	16, // 12: writ.node.v1.NodeService.ReportTemplates:input_type -> writ.node.v1.ReportTemplatesRequest
-	1,  // 13: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
-	3,  // 14: writ.node.v1.NodeService.AttestNode:output_type -> writ.node.v1.AttestNodeResponse
-	5,  // 15: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
-	8,  // 16: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
-	13, // 17: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
-	18, // 18: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
-	17, // 19: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
-	13, // [13:20] is the sub-list for method output_type
-	6,  // [6:13] is the sub-list for method input_type
+	19, // 13: writ.node.v1.NodeService.AckBundle:input_type -> writ.node.v1.AckBundleRequest
+	1,  // 14: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
+	3,  // 15: writ.node.v1.NodeService.AttestNode:output_type -> writ.node.v1.AttestNodeResponse
+	5,  // 16: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
+	8,  // 17: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
+	13, // 18: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
+	18, // 19: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
+	17, // 20: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
+	20, // 21: writ.node.v1.NodeService.AckBundle:output_type -> writ.node.v1.AckBundleResponse
+	14, // [14:22] is the sub-list for method output_type
+	6,  // [6:14] is the sub-list for method input_type
 	6,  // [6:6] is the sub-list for extension type_name
 	6,  // [6:6] is the sub-list for extension extendee
 	0,  // [0:6] is the sub-list for field type_name
@@ -1368,7 +1457,7 @@ func file_ca_api_node_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_node_v1_node_proto_rawDesc), len(file_ca_api_node_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -31,6 +31,7 @@ const (
 	NodeService_BatchSignX509SVID_FullMethodName = "/writ.node.v1.NodeService/BatchSignX509SVID"
 	NodeService_SignJWTSVID_FullMethodName       = "/writ.node.v1.NodeService/SignJWTSVID"
 	NodeService_ReportTemplates_FullMethodName   = "/writ.node.v1.NodeService/ReportTemplates"
+	NodeService_AckBundle_FullMethodName         = "/writ.node.v1.NodeService/AckBundle"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -61,6 +62,13 @@ type NodeServiceClient interface {
 	// agent's template entries currently issue. Each call replaces the
 	// agent's previous report; the server keeps it in memory only.
 	ReportTemplates(ctx context.Context, in *ReportTemplatesRequest, opts ...grpc.CallOption) (*ReportTemplatesResponse, error)
+	// AckBundle reports the sequence number of the newest trust bundle the
+	// calling agent has applied: its workloads are being sent it, and the
+	// SVIDs of the tainted authorities that came with it are being signed
+	// again. The server records it on the caller's open Sync streams, for
+	// `writ ca rotate --wait`. Agents call it after each bundle a Sync
+	// stream brings.
+	AckBundle(ctx context.Context, in *AckBundleRequest, opts ...grpc.CallOption) (*AckBundleResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -153,6 +161,16 @@ func (c *nodeServiceClient) ReportTemplates(ctx context.Context, in *ReportTempl
 	return out, nil
 }
 
+func (c *nodeServiceClient) AckBundle(ctx context.Context, in *AckBundleRequest, opts ...grpc.CallOption) (*AckBundleResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AckBundleResponse)
+	err := c.cc.Invoke(ctx, NodeService_AckBundle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -181,6 +199,13 @@ type NodeServiceServer interface {
 	// agent's template entries currently issue. Each call replaces the
 	// agent's previous report; the server keeps it in memory only.
 	ReportTemplates(context.Context, *ReportTemplatesRequest) (*ReportTemplatesResponse, error)
+	// AckBundle reports the sequence number of the newest trust bundle the
+	// calling agent has applied: its workloads are being sent it, and the
+	// SVIDs of the tainted authorities that came with it are being signed
+	// again. The server records it on the caller's open Sync streams, for
+	// `writ ca rotate --wait`. Agents call it after each bundle a Sync
+	// stream brings.
+	AckBundle(context.Context, *AckBundleRequest) (*AckBundleResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -211,6 +236,9 @@ func (UnimplementedNodeServiceServer) SignJWTSVID(context.Context, *SignJWTSVIDR
 }
 func (UnimplementedNodeServiceServer) ReportTemplates(context.Context, *ReportTemplatesRequest) (*ReportTemplatesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ReportTemplates not implemented")
+}
+func (UnimplementedNodeServiceServer) AckBundle(context.Context, *AckBundleRequest) (*AckBundleResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AckBundle not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -341,6 +369,24 @@ func _NodeService_ReportTemplates_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_AckBundle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AckBundleRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).AckBundle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_AckBundle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).AckBundle(ctx, req.(*AckBundleRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -367,6 +413,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ReportTemplates",
 			Handler:    _NodeService_ReportTemplates_Handler,
+		},
+		{
+			MethodName: "AckBundle",
+			Handler:    _NodeService_AckBundle_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
