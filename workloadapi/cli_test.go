@@ -60,9 +60,10 @@ type cliRun struct {
 
 func runWrit(t *testing.T, env []string, stdin string, args ...string) cliRun {
 	t.Helper()
+	bin := writBinary(t) // built once; the build is not part of the command's time
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, writBinary(t), args...)
+	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Env = append(cleanEnv(), env...)
 	cmd.Stdin = strings.NewReader(stdin)
 	var stdout, stderr bytes.Buffer
