@@ -26,6 +26,14 @@ type agentProc struct {
 // holds a valid agent SVID. token may be empty (a restarted agent).
 func startAgent(t testing.TB, addr, dataDir, bundlePEM, token string) *agentProc {
 	t.Helper()
+	p := launchAgent(t, addr, dataDir, bundlePEM, token)
+	p.waitHealthy(true, 30*time.Second)
+	return p
+}
+
+// launchAgent starts an agent without waiting for it.
+func launchAgent(t testing.TB, addr, dataDir, bundlePEM, token string) *agentProc {
+	t.Helper()
 	p := &agentProc{t: t, log: &syncBuffer{}, dataDir: dataDir, socket: filepath.Join(dataDir+"-public", "api.sock"), done: make(chan struct{})}
 	args := []string{"agent", "run", "--server-address", addr, "--trust-domain", "example.org", "--data-dir", dataDir,
 		"--socket-path", p.socket, "--trust-bundle", bundlePEM, "--log-level", "debug"}
@@ -46,7 +54,6 @@ func startAgent(t testing.TB, addr, dataDir, bundlePEM, token string) *agentProc
 			t.Logf("agent %s log (last lines):\n%s", dataDir, tail(p.log.String(), 40))
 		}
 	})
-	p.waitHealthy(true, 30*time.Second)
 	return p
 }
 
