@@ -246,7 +246,7 @@ func catalogue(cfg Config) []*Figure {
 	add(figBacklogMax, unitMS, "the same: maximum", nil, below(1000, "< 1 s"))
 	add(figBacklogRSS, unitMiB, "agent RSS (VmRSS) "+bl+", after the new entries", nil, below(200, "< 200 MiB"))
 	add(figBacklogAnon, unitMiB, "agent anonymous RSS (RssAnon) "+bl+", after the new entries", nil, nil)
-	return fs
+	return append(fs, pgCatalogue(cfg)...)
 }
 
 // count formats n with thousands separators.

@@ -51,7 +51,7 @@ func (b *bench) phases(ctx context.Context, o Options) {
 		return
 	}
 	if buildErr != nil {
-		b.fail(buildErr, "propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.")
+		b.fail(buildErr, append([]string{"propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog."}, pgPrefixes...)...)
 		return
 	}
 	b.measureWritScale(ctx, bin, wlErr)
@@ -67,6 +67,10 @@ func (b *bench) phases(ctx context.Context, o Options) {
 	if err := b.measureBacklog(ctx, bin); err != nil {
 		b.fail(err, "backlog.")
 	}
+	if ctx.Err() != nil {
+		return
+	}
+	b.measurePostgres(ctx, bin)
 }
 
 // allSigned are the agent flags that keep every SVID of the entries the
