@@ -61,11 +61,6 @@ var pgPrefixes = []string{"propagation." + propPG + ".", figPGRegCLI, "fanout.pg
 // storm after another server fails) and for the server's other work.
 const ceilingHeadroom = 0.5
 
-// renewalsPer30Min is the X.509-SVIDs each agent of the fan-out has
-// signed per 30 minutes at the default 1 h TTLs (renewed at half life):
-// its own and one per entry.
-func renewalsPer30Min(n pgCounts) int { return 1 + n.AgentEntries }
-
 // pgCatalogue returns the figures of the PostgreSQL phases.
 func pgCatalogue(cfg Config) []*Figure {
 	n := pgCountsFor(cfg)
@@ -86,8 +81,8 @@ func pgCatalogue(cfg Config) []*Figure {
 	add(figFanRSS, unitMiB, fan+": RSS (VmRSS) of one server with its half of the agents connected (mean of the two)", nil)
 	add(figFanRSSPerAgent, unitKiB, fan+": server RSS increase per connected agent (from all entries registered to all agents connected; mean of the two servers)", below(32, "<= 32 KiB"))
 	add(figFanConnect, "agents/s", fan+": agents attested and synced (first full message) per second per server, 32 at a time over both", nil)
-	add(figFanCeiling, "agents", fmt.Sprintf("derived, not measured: agents one server of this machine carries = min(memory: %.0f %% of MemTotal / 2 servers / %s; renewals: %.0f %% of %s per server (an attestation, like an agent SVID renewal, writes to the database) x 1800 s / %d SVIDs per agent per 30 min at 1 h TTLs)",
-		100*ceilingHeadroom, figFanRSSPerAgent, 100*ceilingHeadroom, figFanConnect, renewalsPer30Min(n)), nil)
+	add(figFanCeiling, "agents", fmt.Sprintf("derived, not measured: agents one server of this machine carries = min(memory: %.0f %% of MemTotal / 2 servers / %s; renewals: %.0f %% of 1800 s / (1 / %s + %d / %s), i.e. each agent's own SVID renewed at the attestation rate (both write to the database) and its %d workload SVIDs at the measured signing rate, every 30 min at 1 h TTLs)",
+		100*ceilingHeadroom, figFanRSSPerAgent, 100*ceilingHeadroom, figFanConnect, n.AgentEntries, figAgentSyncRate, n.AgentEntries), nil)
 	return fs
 }
 

@@ -177,7 +177,11 @@ func (b *bench) measurePGFanout(ctx context.Context, bin string, c *pgtest.Clust
 		return err
 	}
 	byMem := ceilingHeadroom * total / 2 * 1024 / perAgent
-	bySign := ceilingHeadroom * perServerRate * 1800 / float64(renewalsPer30Min(n))
+	signRate, ok := b.res.value(figAgentSyncRate)
+	if !ok {
+		return fmt.Errorf("%s not measured: the agent ceiling needs it", figAgentSyncRate)
+	}
+	bySign := ceilingHeadroom * 1800 / (1/perServerRate + float64(n.AgentEntries)/signRate)
 	ceiling := min(byMem, bySign)
 	b.set(figFanCeiling, ceiling, 0, map[string]int{"by_memory": int(byMem), "by_renewals": int(bySign)})
 	b.prog.printf("change to its agent p50 %s ms p99 %s ms; server RSS %.1f MiB, %.1f KiB per agent; ceiling per server %s agents (memory %s, renewals %s)",
