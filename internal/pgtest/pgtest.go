@@ -440,3 +440,10 @@ func (c *Cluster) Destroy() error { return c.destroy() }
 func (c *Cluster) ExecContext(ctx context.Context, sql string, args ...any) error {
 	return c.exec(ctx, sql, args...)
 }
+
+// Available returns ErrNoPostgres if no PostgreSQL server binaries are
+// found, so that a test can skip (or fail in CI) before starting work.
+func Available() error {
+	_, err := findBinDir()
+	return err
+}
