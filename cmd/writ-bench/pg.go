@@ -233,7 +233,7 @@ func (b *bench) measurePGPropagation(ctx context.Context, bin string, c *pgtest.
 	}
 	defer w.conn.Close()
 	w.entries = adminv1.NewEntryServiceClient(w.conn)
-	watch, err := b.openWorkloadAPI(ctx, w)
+	watch, err := b.openCrossWatcher(ctx, w)
 	if err != nil {
 		return err
 	}
@@ -269,6 +269,39 @@ func (b *bench) measurePGPropagation(ctx context.Context, bin string, c *pgtest.
 		return err
 	}
 	return b.measurePGImport(ctx, bin, pair, n)
+}
+
+// openCrossWatcher creates the benchmark's own entry through server A
+// and opens a FetchX509SVID stream on the agent of B once its SVID is
+// there: the agent refuses a caller it has no SVID for, and the entry
+// reaches it through the other server, so the stream is opened again
+// until the agent has it.
+func (b *bench) openCrossWatcher(ctx context.Context, w *writEnv) (*watcher, error) {
+	base := w.workloadEntry(baseEntryPath)
+	if _, _, err := w.create(ctx, []*adminv1.Entry{base}, 1); err != nil {
+		return nil, err
+	}
+	var watch *watcher
+	var last error
+	err := waitFor(ctx, b.cfg.Timeout, "the benchmark's SVID from the agent of B", func() (bool, error) {
+		if !isSocket(w.wlSock) {
+			return false, nil
+		}
+		var err error
+		if watch, err = startWatcher(ctx, w.wlSock); err != nil {
+			return false, err
+		}
+		last = watch.wait(ctx, time.Second, func(p map[string]bool) bool { return p[base.SpiffeId] })
+		if last == nil {
+			return true, nil
+		}
+		watch.close()
+		return false, nil
+	}, w.server, w.agent)
+	if err != nil {
+		return nil, fmt.Errorf("%w (last: %v)", err, last)
+	}
+	return watch, nil
 }
 
 // measurePGImport imports n.CLIEntries entries with `writ entry create

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 
 	"writ.dev/writ/agent/nodeclient"
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
@@ -55,7 +56,9 @@ type pgFanout struct {
 	cancel context.CancelFunc
 	events chan fanEvent
 	strays atomic.Int64
-	wg     sync.WaitGroup // receive loops
+	// retries counts calls retried after Unavailable.
+	retries atomic.Int64
+	wg      sync.WaitGroup // receive loops
 
 	mu      sync.Mutex // guards clients
 	clients []*nodeclient.Client
@@ -130,7 +133,7 @@ func (b *bench) measurePGFanout(ctx context.Context, bin string, c *pgtest.Clust
 	}
 	connect := time.Since(start)
 	perServerRate := float64(n.Agents) / connect.Seconds() / 2
-	b.prog.printf("%s agents attested and synced in %s (%s per second per server)", count(n.Agents), connect.Round(time.Millisecond), num(perServerRate))
+	b.prog.printf("%s agents attested and synced in %s (%s per second per server; %d calls retried after Unavailable)", count(n.Agents), connect.Round(time.Millisecond), num(perServerRate), f.retries.Load())
 	if _, err := waitIdle(ctx, idleQuiet, idleMax, pids...); err != nil {
 		return err
 	}
@@ -164,7 +167,7 @@ func (b *bench) measurePGFanout(ctx context.Context, bin string, c *pgtest.Clust
 	if err != nil {
 		return err
 	}
-	params := map[string]int{"agents": n.Agents, "entries": n.Agents * n.AgentEntries}
+	params := map[string]int{"agents": n.Agents, "entries": n.Agents * n.AgentEntries, "connect_retries": int(f.retries.Load())}
 	b.set(figFanP50, sum.P50, sum.N, params)
 	b.set(figFanP99, sum.P99, sum.N, params)
 	b.set(figFanRSS, rss, 0, params)
@@ -273,6 +276,29 @@ func (f *pgFanout) connectAgents(tokens []string) error {
 	return firstError(errs)
 }
 
+// fanAttempts bounds the attempts of a call that fails with Unavailable
+// (a server too busy to finish a TLS handshake in time), as an agent
+// retries it.
+const fanAttempts = 5
+
+// retry calls fn until it succeeds, fails otherwise than with
+// Unavailable, or has been tried fanAttempts times, waiting a second
+// between attempts. Retries are counted.
+func (f *pgFanout) retry(fn func() error) error {
+	for attempt := 1; ; attempt++ {
+		err := fn()
+		if err == nil || status.Code(err) != codes.Unavailable || attempt == fanAttempts {
+			return err
+		}
+		f.retries.Add(1)
+		select {
+		case <-f.ctx.Done():
+			return err
+		case <-time.After(time.Second):
+		}
+	}
+}
+
 // connect attests agent i at its server, opens its Sync stream, checks
 // the first (full) message and starts its receive loop.
 func (f *pgFanout) connect(i int, token string) error {
@@ -293,7 +319,12 @@ func (f *pgFanout) connect(i int, token string) error {
 	if err != nil {
 		return err
 	}
-	res, err := ac.Attest(f.ctx, token, csr)
+	var res *nodeclient.AttestResult
+	err = f.retry(func() error {
+		var err error
+		res, err = ac.Attest(f.ctx, token, csr)
+		return err
+	})
 	ac.Close()
 	if err != nil {
 		return fmt.Errorf("agent %d: attest: %w", i, err)
@@ -308,7 +339,12 @@ func (f *pgFanout) connect(i int, token string) error {
 	f.mu.Lock()
 	f.clients = append(f.clients, c)
 	f.mu.Unlock()
-	stream, err := c.Sync(f.ctx)
+	var stream *nodeclient.SyncStream
+	err = f.retry(func() error {
+		var err error
+		stream, err = c.Sync(f.ctx)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("agent %d: sync: %w", i, err)
 	}
