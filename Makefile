@@ -62,10 +62,10 @@ integration:
 # bench-smoke checks that every figure is produced (not its value), in
 # under 2 minutes, writing to bench-results/smoke; bench-go runs the Go
 # benchmarks of every package.
-bench:
+bench: test-deps
 	$(GO) run ./cmd/writ-bench --out bench-results
 
-bench-smoke:
+bench-smoke: test-deps
 	$(GO) run ./cmd/writ-bench --smoke --out bench-results/smoke
 
 bench-go:

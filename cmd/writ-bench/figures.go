@@ -264,7 +264,7 @@ func catalogue(cfg Config) []*Figure {
 	add(figBacklogAnon, unitMiB, "agent anonymous RSS (RssAnon) "+bl+", after the new entries", nil, nil)
 	templateFigures(cfg, add)
 	fs = append(fs, lifecycleFigures(cfg)...)
-	return fs
+	return append(fs, pgCatalogue(cfg)...)
 }
 
 // count formats n with thousands separators.

@@ -51,7 +51,7 @@ func (b *bench) phases(ctx context.Context, o Options) {
 		return
 	}
 	if buildErr != nil {
-		b.fail(buildErr, "propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.", "template.", "lifecycle.")
+		b.fail(buildErr, append([]string{"propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.", "template.", "lifecycle."}, pgPrefixes...)...)
 		return
 	}
 	b.measureWritScale(ctx, bin, wlErr)
@@ -74,6 +74,7 @@ func (b *bench) phases(ctx context.Context, o Options) {
 		b.fail(err, "template.")
 	}
 	b.measureLifecycle(ctx, bin)
+	b.measurePostgres(ctx, bin)
 }
 
 // allSigned are the agent flags that keep every SVID of the entries the

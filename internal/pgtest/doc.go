@@ -19,6 +19,9 @@
 // role "postgres" connects over the socket without a password; other
 // roles need one (scram-sha-256), so tests can check password handling.
 //
+// Programs that are not tests (benchmarks) start a cluster with
+// StartCluster and remove it with Destroy.
+//
 // If PG_DSN is set, tests use that server instead (Shared returns it, and
 // New skips, since it cannot be stopped and started). If no PostgreSQL
 // binaries are found, tests skip, or fail when CI=true.

@@ -426,3 +426,24 @@ func WithDatabase(dsn, name string) string {
 	}
 	return dsn + " dbname=" + name
 }
+
+// StartCluster starts a throwaway cluster outside a test, for programs
+// such as benchmarks, with fsync on (as in production) if durable. The
+// caller must Destroy it.
+func StartCluster(durable bool) (*Cluster, error) { return start(durable) }
+
+// Destroy stops a cluster from StartCluster and removes its directory.
+func (c *Cluster) Destroy() error { return c.destroy() }
+
+// ExecContext runs an SQL statement in the maintenance database as
+// superuser.
+func (c *Cluster) ExecContext(ctx context.Context, sql string, args ...any) error {
+	return c.exec(ctx, sql, args...)
+}
+
+// Available returns ErrNoPostgres if no PostgreSQL server binaries are
+// found, so that a test can skip (or fail in CI) before starting work.
+func Available() error {
+	_, err := findBinDir()
+	return err
+}

@@ -26,17 +26,35 @@ type agentProc struct {
 // holds a valid agent SVID. token may be empty (a restarted agent).
 func startAgent(t testing.TB, addr, dataDir, bundlePEM, token string) *agentProc {
 	t.Helper()
-	var env []string
-	if token != "" {
-		env = append(env, "WRIT_JOIN_TOKEN="+token)
-	}
-	return startAgentWith(t, addr, dataDir, bundlePEM, env)
+	return startAgentWith(t, addr, dataDir, bundlePEM, tokenEnv(token))
 }
 
 // startAgentWith starts an agent with more environment variables and
 // flags (such as a node attestor's) and waits until it holds a valid
 // agent SVID.
 func startAgentWith(t testing.TB, addr, dataDir, bundlePEM string, env []string, extra ...string) *agentProc {
+	t.Helper()
+	p := launchAgentWith(t, addr, dataDir, bundlePEM, env, extra...)
+	p.waitHealthy(true, 30*time.Second)
+	return p
+}
+
+// launchAgent starts an agent without waiting for it.
+func launchAgent(t testing.TB, addr, dataDir, bundlePEM, token string) *agentProc {
+	t.Helper()
+	return launchAgentWith(t, addr, dataDir, bundlePEM, tokenEnv(token))
+}
+
+func tokenEnv(token string) []string {
+	if token == "" {
+		return nil
+	}
+	return []string{"WRIT_JOIN_TOKEN=" + token}
+}
+
+// launchAgentWith starts an agent with more environment variables and
+// flags without waiting for it.
+func launchAgentWith(t testing.TB, addr, dataDir, bundlePEM string, env []string, extra ...string) *agentProc {
 	t.Helper()
 	p := &agentProc{t: t, log: &syncBuffer{}, dataDir: dataDir, socket: filepath.Join(dataDir+"-public", "api.sock"), done: make(chan struct{})}
 	args := []string{"agent", "run", "--server-address", addr, "--trust-domain", "example.org", "--data-dir", dataDir,
@@ -55,7 +73,6 @@ func startAgentWith(t testing.TB, addr, dataDir, bundlePEM string, env []string,
 			t.Logf("agent %s log (last lines):\n%s", dataDir, tail(p.log.String(), 40))
 		}
 	})
-	p.waitHealthy(true, 30*time.Second)
 	return p
 }
 

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"writ.dev/writ/internal/pgtest"
 )
 
 var (
@@ -40,7 +42,7 @@ func runMain(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "build writ:", err)
 		return 1
 	}
-	return m.Run()
+	return pgtest.Main(m)
 }
 
 // shortTempDir returns a temporary directory with a short path, for Unix
@@ -89,18 +91,25 @@ type serverProc struct {
 func startServer(t testing.TB, dataDir string, extra ...string) *serverProc {
 	t.Helper()
 	p := launchServer(t, dataDir, extra...)
+	p.waitReady()
+	return p
+}
+
+// waitReady waits until the server answers its health check.
+func (p *serverProc) waitReady() {
+	p.t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if _, _, code := runWrit(t, nil, "server", "healthcheck", "--admin-socket", p.socket, "--timeout", "1s"); code == 0 {
-			return p
+		if _, _, code := runWrit(p.t, nil, "server", "healthcheck", "--admin-socket", p.socket, "--timeout", "1s"); code == 0 {
+			return
 		}
 		select {
 		case <-p.done:
-			t.Fatalf("server exited during start-up: %v\n%s", p.err, tail(p.log.String(), 40))
+			p.t.Fatalf("server exited during start-up: %v\n%s", p.err, tail(p.log.String(), 40))
 		default:
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("server did not become healthy\n%s", tail(p.log.String(), 40))
+			p.t.Fatalf("server did not become healthy\n%s", tail(p.log.String(), 40))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
