@@ -24,6 +24,9 @@ import (
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/internal/datadir"
+
+	"writ.dev/writ/internal/logkey"
+	"writ.dev/writ/internal/taskgroup"
 )
 
 // Defaults and limits.
@@ -303,24 +306,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		return err
 	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
 	health, err := a.serveHealth()
 	if err != nil {
 		return err
 	}
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = a.cache.Run(ctx) })
-	wg.Go(func() { a.sched.run(ctx) })
-	wg.Go(func() { a.signWanted(ctx) })
-	wg.Go(func() { health.serve() })
-	a.log.Info("agent started", "spiffe_id", a.ID().String(), "server_addresses", a.cfg.ServerAddresses,
+	g, ctx := taskgroup.New(ctx, a.log)
+	g.Go("SVID cache", a.cache.Run)
+	g.Go("renewal scheduler", func(ctx context.Context) error { a.sched.run(ctx); return nil })
+	g.Go("signer", func(ctx context.Context) error { a.signWanted(ctx); return nil })
+	g.Serve("agent health", a.adminSocket, health.serve, health.stop)
+	a.log.Info("agent started", logkey.SPIFFEID, a.ID().String(), "server_addresses", a.cfg.ServerAddresses,
 		"data_dir", dir.Path(), "admin_socket", a.adminSocket, "socket_path", a.cfg.SocketPath)
 
 	err = a.loop(ctx)
-	cancel()
-	health.stop()
-	wg.Wait()
+	g.Stop()
+	if gerr := g.Wait(); err == nil {
+		err = gerr
+	}
 	a.log.Info("agent stopped")
 	return err
 }
@@ -337,7 +339,7 @@ func (a *Agent) start(ctx context.Context) error {
 		a.bundle.Store(st.bundle)
 		a.setSVID(st.svid)
 		if a.cfg.JoinToken != "" {
-			a.log.Info("join token ignored: the agent has a valid saved agent SVID", "spiffe_id", st.svid.id.String(), "not_after", st.svid.notAfter)
+			a.log.Info("join token ignored: the agent has a valid saved agent SVID", logkey.SPIFFEID, st.svid.id.String(), "not_after", st.svid.notAfter)
 			a.joinToken = a.cfg.JoinToken // kept in case the server refuses the saved SVID
 		}
 		return nil
@@ -385,7 +387,7 @@ func (a *Agent) attestWithRetry(ctx context.Context, token string, trust []*x509
 		}
 		// Every server once before backing off further.
 		d := ReconnectBackoff.Delay(attempt/a.servers.size(), rand.Float64())
-		a.log.Warn("attestation: server unavailable; retrying", "server_address", addr, "error", err, "retry_in", d)
+		a.log.Warn("attestation: server unavailable; retrying", logkey.ServerAddress, addr, logkey.Error, err, "retry_in", d)
 		if err := a.sleep(ctx, d); err != nil {
 			return err
 		}
@@ -439,7 +441,7 @@ func (a *Agent) attest(ctx context.Context, addr, token string, trust []*x509.Ce
 	a.setSVID(svid)
 	a.revoked.Store(false)
 	a.joinToken = ""
-	a.log.Info("agent attested", "spiffe_id", svid.id.String(), "not_after", svid.notAfter, "server_address", addr)
+	a.log.Info("agent attested", logkey.SPIFFEID, svid.id.String(), "not_after", svid.notAfter, logkey.ServerAddress, addr)
 	return nil
 }
 
@@ -465,7 +467,7 @@ func (a *Agent) loop(ctx context.Context) error {
 	for {
 		if s := a.svid.Load(); s.expired(a.clk.Now()) {
 			err := fmt.Errorf("%w at %s: the server can no longer recognize this agent; restart it with --join-token and a new token", ErrAgentSVIDExpired, s.notAfter.UTC().Format(time.RFC3339))
-			a.log.Error("agent SVID expired", "error", err)
+			a.log.Error("agent SVID expired", logkey.Error, err)
 			return err
 		}
 		began := a.clk.Now()
@@ -494,12 +496,12 @@ func (a *Agent) loop(ctx context.Context) error {
 					attempt = 0
 					continue
 				}
-				a.log.Error("re-attestation failed", "error", terr)
+				a.log.Error("re-attestation failed", logkey.Error, terr)
 			}
 			wait = ReconnectBackoff.Delay(attempt, rand.Float64())
 			attempt++
 		case healthy:
-			a.log.Warn("connection to the server lost; serving cached SVIDs until one is back", "server_address", addr, "error", err)
+			a.log.Warn("connection to the server lost; serving cached SVIDs until one is back", logkey.ServerAddress, addr, logkey.Error, err)
 			// A random delay first, so that agents that lost a restarted
 			// server together come back spread out (to the next server,
 			// when there are several). Connections that keep breaking
@@ -515,11 +517,11 @@ func (a *Agent) loop(ctx context.Context) error {
 		default:
 			msg := addr + ": " + err.Error()
 			if msg != a.lastErrMsg && errors.Is(err, nodeclient.ErrServerNotTrusted) {
-				a.log.Error("the server's certificate does not verify against the trust bundle; not talking to it", "server_address", addr, "error", err, "attempt", attempt+1)
+				a.log.Error("the server's certificate does not verify against the trust bundle; not talking to it", logkey.ServerAddress, addr, logkey.Error, err, "attempt", attempt+1)
 			} else if msg != a.lastErrMsg || attempt == 0 {
-				a.log.Warn("cannot reach the server; retrying", "server_address", addr, "error", err, "attempt", attempt+1)
+				a.log.Warn("cannot reach the server; retrying", logkey.ServerAddress, addr, logkey.Error, err, "attempt", attempt+1)
 			} else {
-				a.log.Debug("cannot reach the server; retrying", "server_address", addr, "error", err, "attempt", attempt+1)
+				a.log.Debug("cannot reach the server; retrying", logkey.ServerAddress, addr, logkey.Error, err, "attempt", attempt+1)
 			}
 			a.lastErrMsg = msg
 			// Every server once before backing off further.
@@ -538,12 +540,12 @@ func (a *Agent) loop(ctx context.Context) error {
 // case the agent is unbanned.
 func (a *Agent) onRevoked(err error) {
 	if a.revoked.Load() {
-		a.log.Debug("server still refuses the agent", "error", err)
+		a.log.Debug("server still refuses the agent", logkey.Error, err)
 		return
 	}
 	// Drop first: once revoked reads true, nothing is served.
 	a.cache.Apply(svidcache.Update{Full: true})
 	a.sched.reset()
 	a.revoked.Store(true)
-	a.log.Error("the server refuses this agent (evicted or banned): dropped all workload SVIDs, stopped renewals; it needs to be unbanned, or attested again with a new join token", "spiffe_id", a.ID().String(), "error", err)
+	a.log.Error("the server refuses this agent (evicted or banned): dropped all workload SVIDs, stopped renewals; it needs to be unbanned, or attested again with a new join token", logkey.SPIFFEID, a.ID().String(), logkey.Error, err)
 }

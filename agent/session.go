@@ -19,6 +19,8 @@ import (
 	nodev1 "writ.dev/writ/ca/api/node/v1"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/x509ca"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // errRenewed ends a session after the agent SVID was renewed, so that the
@@ -66,10 +68,10 @@ func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err err
 		return false, fmt.Errorf("%w: first Sync message is not a full one", nodeclient.ErrProtocol)
 	}
 	if a.revoked.Swap(false) {
-		a.log.Info("the server accepts the agent again", "server_address", addr)
+		a.log.Info("the server accepts the agent again", logkey.ServerAddress, addr)
 	}
 	if a.connectedTo != addr {
-		a.log.Info("connected to the server", "server_address", addr)
+		a.log.Info("connected to the server", logkey.ServerAddress, addr)
 		a.connectedTo = addr
 	}
 	a.applySync(msg)
@@ -118,7 +120,7 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse) {
 		e, err := parseEntry(a.td, parent, w)
 		if err != nil {
 			id, idErr := entry.ParseEntryID(w.GetId())
-			a.log.Warn("skipping malformed entry from the server", "entry_id", entry.Printable(truncate(w.GetId(), 64)), "error", err)
+			a.log.Warn("skipping malformed entry from the server", logkey.EntryID, entry.Printable(truncate(w.GetId(), 64)), logkey.Error, err)
 			if idErr == nil && !u.Full {
 				u.Deleted = append(u.Deleted, id)
 			}
@@ -128,7 +130,7 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse) {
 	}
 	for _, id := range msg.GetDeletedEntryIds() {
 		if _, err := entry.ParseEntryID(id); err != nil {
-			a.log.Warn("skipping malformed deleted entry ID from the server", "entry_id", entry.Printable(truncate(id, 64)))
+			a.log.Warn("skipping malformed deleted entry ID from the server", logkey.EntryID, entry.Printable(truncate(id, 64)))
 			continue
 		}
 		u.Deleted = append(u.Deleted, id)
@@ -164,7 +166,7 @@ func (a *Agent) parseBundle(raw []byte) *spiffebundle.Bundle {
 		err = errors.New("no X.509 authorities")
 	}
 	if err != nil {
-		a.log.Warn("ignoring malformed bundle from the server; keeping the current one", "error", err)
+		a.log.Warn("ignoring malformed bundle from the server; keeping the current one", logkey.Error, err)
 		return nil
 	}
 	if cur := a.bundle.Load(); cur != nil && cur.Equal(b) {
@@ -172,7 +174,7 @@ func (a *Agent) parseBundle(raw []byte) *spiffebundle.Bundle {
 	}
 	a.bundle.Store(b)
 	if err := a.state.saveBundle(b); err != nil {
-		a.log.Error("cannot save the bundle", "error", err)
+		a.log.Error("cannot save the bundle", logkey.Error, err)
 	} else {
 		seq, _ := b.SequenceNumber()
 		a.log.Info("trust bundle updated", "x509_authorities", len(b.X509Authorities()), "jwt_authorities", len(b.JWTAuthorities()), "sequence", seq)
@@ -250,7 +252,7 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 				continue
 			}
 			d := a.sched.failed(id, rand.Float64())
-			a.log.Warn("X.509-SVID not signed; retrying later", "entry_id", id, "error", r.Err, "retry_in", d)
+			a.log.Warn("X.509-SVID not signed; retrying later", logkey.EntryID, id, logkey.Error, r.Err, "retry_in", d)
 		}
 	}
 	a.log.Debug("X.509-SVIDs signed", "requested", len(reqs), "signed", signed, "elapsed", time.Since(start))
@@ -326,7 +328,7 @@ func (a *Agent) renew(ctx context.Context, c *nodeclient.Client) error {
 		return fmt.Errorf("save renewed agent SVID: %w", err)
 	}
 	a.setSVID(s)
-	a.log.Info("agent SVID renewed", "spiffe_id", s.id.String(), "not_after", s.notAfter)
+	a.log.Info("agent SVID renewed", logkey.SPIFFEID, s.id.String(), "not_after", s.notAfter)
 	return nil
 }
 

@@ -21,6 +21,8 @@ import (
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/jwtsvid"
 	"writ.dev/writ/workloadapi/unixattest"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // Defaults for the zero values of Config's limits.
@@ -252,7 +254,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer func() {
 		if err := sock.Close(); err != nil {
-			s.log.Warn("cannot remove the Workload API socket", "socket_path", s.socketPath, "err", err)
+			s.log.Warn("cannot remove the Workload API socket", "socket_path", s.socketPath, logkey.Error, err)
 		}
 	}()
 	lis := newLimitListener(sock, s.maxConns, s.maxConnsPerUID, s.clk, s.log)

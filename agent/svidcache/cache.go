@@ -18,6 +18,8 @@ import (
 
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/entry"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // Defaults and bounds.
@@ -676,7 +678,7 @@ func (c *Cache) expireLocked(now time.Time) time.Time {
 		if !it.svid.Expired(now) {
 			break
 		}
-		c.log.Info("X.509-SVID expired; no longer served", "entry_id", it.entry.ID, "spiffe_id", it.entry.SPIFFEID.String(), "not_after", it.svid.NotAfter)
+		c.log.Info("X.509-SVID expired; no longer served", logkey.EntryID, it.entry.ID, logkey.SPIFFEID, it.entry.SPIFFEID.String(), "not_after", it.svid.NotAfter)
 		c.dropSVIDLocked(it)
 		c.touchLocked(it.entry.Selectors, false, touched)
 		if it.demand > 0 {

@@ -27,6 +27,8 @@ import (
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
 	"writ.dev/writ/ca/clock/fakeclock"
 	"writ.dev/writ/internal/peercred"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 var (
@@ -255,8 +257,8 @@ func (r *logRecorder) all() []logRecord {
 func (r *logRecorder) audit(method string) []logRecord {
 	var out []logRecord
 	for _, rec := range r.all() {
-		if v, ok := rec.attrs[admin.KeyAudit]; ok && v.Kind() == slog.KindBool && v.Bool() &&
-			rec.attrs[admin.KeyMethod].String() == method {
+		if v, ok := rec.attrs[logkey.Audit]; ok && v.Kind() == slog.KindBool && v.Bool() &&
+			rec.attrs[logkey.Method].String() == method {
 			out = append(out, rec)
 		}
 	}

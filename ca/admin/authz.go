@@ -12,6 +12,8 @@ import (
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/internal/peercred"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // rule is the policy of one method.
@@ -153,7 +155,7 @@ func (s *Service) authorize(ctx context.Context, method string) (*call, error) {
 	if r.mutation {
 		s.audit(ctx, c, codes.PermissionDenied, "", "")
 	} else {
-		attrs := append(callerAttrs(c), slog.String(KeyCode, codes.PermissionDenied.String()))
+		attrs := append(callerAttrs(c), slog.String(logkey.Code, codes.PermissionDenied.String()))
 		s.log.LogAttrs(ctx, slog.LevelWarn, "admin call denied", attrs...)
 	}
 	return nil, err
@@ -172,9 +174,9 @@ func callerAttrs(c *call) []slog.Attr {
 		}
 		method = entry.Printable(method)
 	}
-	attrs := []slog.Attr{slog.String(KeyMethod, method)}
+	attrs := []slog.Attr{slog.String(logkey.Method, method)}
 	if c.hasCred {
-		attrs = append(attrs, slog.Uint64(KeyUID, uint64(c.cred.UID)), slog.Int(KeyPID, int(c.cred.PID)))
+		attrs = append(attrs, slog.Uint64(logkey.UID, uint64(c.cred.UID)), slog.Int(logkey.PID, int(c.cred.PID)))
 	}
 	return attrs
 }

@@ -20,6 +20,8 @@ import (
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/x509ca"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // Messages of refused attestations and renewals.
@@ -33,9 +35,6 @@ const (
 	// msgNoCA answers calls that need a CA while there is none.
 	msgNoCA = "no signing CA available"
 )
-
-// KeyPeer is the log key of the caller's network address.
-const KeyPeer = "peer_addr"
 
 // Errors that agent record updates return from inside UpdateAgent.
 var (
@@ -56,9 +55,9 @@ func invalidArg(prefix string, err error) error {
 
 func peerAddr(ctx context.Context) slog.Attr {
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		return slog.String(KeyPeer, p.Addr.String())
+		return slog.String(logkey.Peer, p.Addr.String())
 	}
-	return slog.String(KeyPeer, "")
+	return slog.String(logkey.Peer, "")
 }
 
 // Attest redeems a join token for an agent SVID. The CSR is checked before
@@ -99,7 +98,7 @@ func (h *handler) Attest(ctx context.Context, req *nodev1.AttestRequest) (*nodev
 	}
 	id := jt.SPIFFEID
 	if err := s.checkAgentID(id); err != nil {
-		s.log.LogAttrs(ctx, slog.LevelError, "join token names an invalid agent ID; no identity issued", peerAddr(ctx), slog.String(KeyReason, err.Error()))
+		s.log.LogAttrs(ctx, slog.LevelError, "join token names an invalid agent ID; no identity issued", peerAddr(ctx), slog.String(logkey.Reason, err.Error()))
 		return nil, status.Error(codes.PermissionDenied, msgNoIdentity)
 	}
 
@@ -110,17 +109,17 @@ func (h *handler) Attest(ctx context.Context, req *nodev1.AttestRequest) (*nodev
 	serial := leaf.SerialNumber.String()
 	if err := s.putAttestedAgent(ctx, id, serial, leaf.NotAfter, now); err != nil {
 		if errors.Is(err, errAgentBanned) {
-			s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(KeySPIFFEID, id.String()), slog.String(KeyReason, "agent is banned; its join token is used up"))
+			s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(logkey.SPIFFEID, id.String()), slog.String(logkey.Reason, "agent is banned; its join token is used up"))
 			return nil, status.Error(codes.PermissionDenied, msgBanned)
 		}
 		return nil, s.internal(ctx, c, "store agent", err)
 	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, "agent attested", peerAddr(ctx), slog.String(KeySPIFFEID, id.String()), slog.String(KeySerial, serial), slog.Time(KeyNotAfter, leaf.NotAfter))
+	s.log.LogAttrs(ctx, slog.LevelInfo, "agent attested", peerAddr(ctx), slog.String(logkey.SPIFFEID, id.String()), slog.String(logkey.Serial, serial), slog.Time(logkey.NotAfter, leaf.NotAfter))
 	return &nodev1.AttestResponse{SvidChain: chain, Bundle: b.json}, nil
 }
 
 func (s *Service) refuseAttest(ctx context.Context, reason string) {
-	s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(KeyReason, reason))
+	s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(logkey.Reason, reason))
 }
 
 // checkAgentID refuses agent IDs the server must never issue, whatever a
@@ -240,6 +239,6 @@ func (h *handler) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest)
 	case err != nil:
 		return nil, s.internal(ctx, c, "update agent", err)
 	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, "agent SVID renewed", slog.String(KeySPIFFEID, c.id.String()), slog.String(KeySerial, serial), slog.String("prev_serial", c.serial), slog.Time(KeyNotAfter, leaf.NotAfter))
+	s.log.LogAttrs(ctx, slog.LevelInfo, "agent SVID renewed", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.Serial, serial), slog.String("prev_serial", c.serial), slog.Time(logkey.NotAfter, leaf.NotAfter))
 	return &nodev1.RenewAgentResponse{SvidChain: chain}, nil
 }

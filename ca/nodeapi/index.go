@@ -19,6 +19,8 @@ import (
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/keymanager"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 const (
@@ -152,7 +154,7 @@ func (ix *index) run(ctx context.Context, onLoad, onPass func()) {
 			d := backoff(failures)
 			// Log the first failure and then every tenth, not every retry.
 			if failures%10 == 1 {
-				ix.log.Error("cannot read the datastore's change feed; serving the last known entries and agents", KeyError, err.Error(), "retry_in", d.String(), "failures", failures)
+				ix.log.Error("cannot read the datastore's change feed; serving the last known entries and agents", logkey.Error, err.Error(), "retry_in", d.String(), "failures", failures)
 			}
 			if retry == nil {
 				retry = ix.clock.NewTimer(d)
@@ -237,7 +239,7 @@ func (ix *index) load(ctx context.Context) error {
 	}
 	if len(reserved) > 0 {
 		ix.log.Warn("entries with a SPIFFE ID under the reserved path "+entry.ReservedPath+"/ are not issued; delete them and register their workloads under another path",
-			"count", len(reserved), KeyEntryIDs, firstIDs(reserved))
+			"count", len(reserved), logkey.EntryIDs, firstIDs(reserved))
 	}
 	agentMap := make(map[spiffeid.ID]*datastore.Agent, len(agents))
 	var legacy []string
@@ -249,7 +251,7 @@ func (ix *index) load(ctx context.Context) error {
 	}
 	if len(legacy) > 0 {
 		ix.log.Warn("agents with a SPIFFE ID outside "+entry.AgentPathPrefix+" may share it with a workload entry; attest them again with a join token for an ID under "+entry.AgentPathPrefix+" and evict the old ones",
-			"count", len(legacy), KeySPIFFEIDs, firstIDs(legacy))
+			"count", len(legacy), logkey.SPIFFEIDs, firstIDs(legacy))
 	}
 	ix.mu.Lock()
 	ix.entries, ix.byParent, ix.agents = entries, byParent, agentMap
@@ -261,7 +263,7 @@ func (ix *index) load(ctx context.Context) error {
 		}
 	}
 	ix.mu.Unlock()
-	ix.log.Info("entry index loaded", "entries", len(entries), "agents", len(agentMap), KeyRevision, snap.Revision)
+	ix.log.Info("entry index loaded", "entries", len(entries), "agents", len(agentMap), logkey.Revision, snap.Revision)
 	return nil
 }
 
@@ -317,7 +319,7 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 		case datastore.EventAgent:
 			id, err := spiffeid.FromString(ev.Key)
 			if err != nil {
-				ix.log.Warn("ignoring agent event with an invalid SPIFFE ID", KeyRevision, ev.Revision)
+				ix.log.Warn("ignoring agent event with an invalid SPIFFE ID", logkey.Revision, ev.Revision)
 				continue
 			}
 			agentIDs[id] = struct{}{}
@@ -362,11 +364,11 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 		}
 		if e := ev.Entry; e != nil {
 			if e.ID != ev.Key {
-				ix.log.Warn("ignoring entry event whose entry has another ID", KeyRevision, ev.Revision)
+				ix.log.Warn("ignoring entry event whose entry has another ID", logkey.Revision, ev.Revision)
 				continue
 			}
 			if entry.IsReserved(e.SPIFFEID) {
-				ix.log.Warn("entry with a SPIFFE ID under the reserved path "+entry.ReservedPath+"/ is not issued", KeyEntryID, e.ID, KeyRevision, ev.Revision)
+				ix.log.Warn("entry with a SPIFFE ID under the reserved path "+entry.ReservedPath+"/ is not issued", logkey.EntryID, e.ID, logkey.Revision, ev.Revision)
 				continue
 			}
 			ix.entries[e.ID] = e
@@ -547,7 +549,7 @@ func (ix *index) taintedAuthorities(ctx context.Context) (*nodev1.TaintedAuthori
 		}
 		id, err := keymanager.DisplayID(k)
 		if err != nil {
-			ix.log.Warn("CA key record is corrupt; cannot tell agents it is tainted", "key_id", k.ID, KeyError, err.Error())
+			ix.log.Warn("CA key record is corrupt; cannot tell agents it is tainted", logkey.KeyID, k.ID, logkey.Error, err.Error())
 			continue
 		}
 		switch k.Kind {

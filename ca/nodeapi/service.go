@@ -41,23 +41,6 @@ const (
 	maxJoinTokenLength = 256
 )
 
-// Keys of the service's log records.
-const (
-	KeySPIFFEID = "spiffe_id"
-	KeyEntryID  = "entry_id"
-	// KeyEntryIDs and KeySPIFFEIDs list several entries or agents.
-	KeyEntryIDs  = "entry_ids"
-	KeySPIFFEIDs = "spiffe_ids"
-	KeySerial    = "serial"
-	KeyMethod    = "method"
-	KeyCode      = "code"
-	KeyReason    = "reason"
-	KeyRevision  = "revision"
-	KeyNotAfter  = "not_after"
-	// KeyError holds the detail of an internal error.
-	KeyError = "error"
-)
-
 // AttestationTypeJoinToken is the Agent.AttestationType of agents that
 // attested with a join token.
 const AttestationTypeJoinToken = "join_token"

@@ -14,6 +14,8 @@ import (
 
 	nodev1 "writ.dev/writ/ca/api/node/v1"
 	"writ.dev/writ/ca/entry"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // Limits on the delta messages Sync sends; a larger change goes out in
@@ -59,7 +61,7 @@ func (h *handler) Sync(_ *nodev1.SyncRequest, stream nodev1.NodeService_SyncServ
 	// first round verifies the certificate again: the bundle may have
 	// changed since the interceptor did, before the stream subscribed.
 	st := &streamState{}
-	s.log.LogAttrs(ctx, slog.LevelDebug, "sync stream opened", slog.String(KeySPIFFEID, c.id.String()), slog.String(KeySerial, c.serial))
+	s.log.LogAttrs(ctx, slog.LevelDebug, "sync stream opened", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.Serial, c.serial))
 	for {
 		select {
 		case <-ctx.Done():

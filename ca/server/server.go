@@ -26,7 +26,10 @@ import (
 	"writ.dev/writ/ca/x509ca"
 	"writ.dev/writ/internal/datadir"
 	"writ.dev/writ/internal/peercred"
+	"writ.dev/writ/internal/taskgroup"
 	"writ.dev/writ/internal/unixsock"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // Names inside the data directory.
@@ -226,48 +229,28 @@ func (s *Server) Run(ctx context.Context) error {
 	adminSvc.Register(adminGRPC)
 	healthpb.RegisterHealthServer(adminGRPC, healthSrv)
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errc := make(chan error, 5)
-	run := func(name string, fn func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := fn(); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-				errc <- fmt.Errorf("%s: %w", name, err)
-			}
-		}()
-	}
-	run("key manager", func() error { return km.Run(ctx) })
-	run("node API", func() error { return nodeSvc.Run(ctx) })
-	run("server registry", func() error { return reg.run(ctx) })
+	g, gctx := taskgroup.New(ctx, log)
+	g.Go("key manager", km.Run)
+	g.Go("node API", nodeSvc.Run)
+	g.Go("server registry", reg.run)
 	select {
 	case <-nodeSvc.Ready():
-	case err := <-errc:
-		cancel()
-		wg.Wait()
-		return err
-	case <-ctx.Done():
-		wg.Wait()
-		return nil
+	case <-g.Done():
+		return g.Wait()
 	}
-	run("node API listener", func() error { return nodeGRPC.Serve(nodeLis) })
-	run("admin API", func() error { return adminGRPC.Serve(adminLis) })
+	// Sync streams end with gctx, so the graceful stops do not wait on
+	// them.
+	g.Serve("node API listener", nodeLis.Addr().String(), func() error { return nodeGRPC.Serve(nodeLis) }, func() { stopGracefully(nodeGRPC, 5*time.Second) })
+	g.Serve("admin API", s.cfg.AdminSocket, func() error { return adminGRPC.Serve(adminLis) }, func() {
+		healthSrv.Shutdown()
+		stopGracefully(adminGRPC, 5*time.Second)
+	})
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
-	log.Info("server ready", "trust_domain", s.cfg.TrustDomain.Name(), "server_id", serverID, "datastore", RedactDatastore(s.cfg.Datastore), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", nodeLis.Addr().String())
+	log.Info("server ready", logkey.TrustDomain, s.cfg.TrustDomain.Name(), "server_id", serverID, "datastore", RedactDatastore(s.cfg.Datastore), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", nodeLis.Addr().String())
 
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-errc:
-	}
+	<-gctx.Done()
 	log.Info("server stopping")
-	healthSrv.Shutdown()
-	cancel() // ends open Sync streams, so the graceful stops do not wait on them
-	stopGracefully(nodeGRPC, 5*time.Second)
-	stopGracefully(adminGRPC, 5*time.Second)
-	wg.Wait()
+	runErr := g.Wait()
 	_ = os.Remove(s.cfg.AdminSocket)
 	log.Info("server stopped")
 	return runErr

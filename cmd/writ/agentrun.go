@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -16,6 +15,7 @@ import (
 
 	"writ.dev/writ/agent"
 	"writ.dev/writ/agent/svidcache"
+	"writ.dev/writ/internal/taskgroup"
 	"writ.dev/writ/workloadapi"
 	"writ.dev/writ/workloadapi/unixattest"
 )
@@ -133,17 +133,10 @@ func agentRun(c *cli.Context) error {
 	}
 	// The agent and its Workload API run together: whichever stops first
 	// stops the other.
-	ctx, cancel := context.WithCancel(c.Context)
-	defer cancel()
-	errc := make(chan error, 2)
-	go func() { errc <- a.Run(ctx) }() // its errors say "agent: ..."
-	go func() { errc <- wl.Run(ctx) }()
-	err = <-errc
-	cancel()
-	if err2 := <-errc; err == nil {
-		err = err2
-	}
-	return err
+	g, _ := taskgroup.New(c.Context, logger)
+	g.Go("agent", a.Run)
+	g.Go("Workload API", wl.Run)
+	return g.Wait()
 }
 
 func agentHealthcheckCommand() *cli.Command {
