@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -26,6 +27,8 @@ import (
 	"writ.dev/writ/internal/datadir"
 
 	"writ.dev/writ/internal/logkey"
+	"writ.dev/writ/internal/metrics"
+	"writ.dev/writ/internal/probe"
 	"writ.dev/writ/internal/taskgroup"
 )
 
@@ -106,6 +109,16 @@ type Config struct {
 	MaxX509SVIDs int
 	Clock        clock.Clock
 	Logger       *slog.Logger
+
+	// Metrics receives the agent's metrics; nil records none.
+	Metrics *metrics.Agent
+	// MetricsAddress, if set, is where MetricsHandler is served at
+	// /metrics over HTTP (a bare port means loopback).
+	MetricsAddress string
+	MetricsHandler http.Handler
+	// HealthAddress, if set, is where /live and /ready are served over
+	// HTTP (see Readiness). It may equal MetricsAddress.
+	HealthAddress string
 }
 
 // Agent is a node agent: it attests to the CA server, keeps the node's
@@ -115,6 +128,7 @@ type Agent struct {
 	td          spiffeid.TrustDomain
 	clk         clock.Clock
 	log         *slog.Logger
+	metrics     *metrics.Agent
 	adminSocket string
 	cache       *svidcache.Cache
 	sched       *scheduler
@@ -186,6 +200,17 @@ func New(cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 		}
 	}
+	for _, addr := range []string{cfg.MetricsAddress, cfg.HealthAddress} {
+		if addr == "" {
+			continue
+		}
+		if _, err := probe.ResolveAddress(addr); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		}
+	}
+	if cfg.MetricsAddress != "" && cfg.MetricsHandler == nil {
+		return nil, fmt.Errorf("%w: a metrics address needs a metrics handler", ErrConfig)
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real()
 	}
@@ -197,6 +222,7 @@ func New(cfg Config) (*Agent, error) {
 		td:          cfg.TrustDomain,
 		clk:         cfg.Clock,
 		log:         cfg.Logger,
+		metrics:     cfg.Metrics,
 		adminSocket: adminSocket,
 		sched:       newScheduler(cfg.Clock),
 		ready:       make(chan struct{}),
@@ -214,6 +240,7 @@ func New(cfg Config) (*Agent, error) {
 		return nil, err
 	}
 	a.sched.keep, a.sched.unsigned = a.cache.Holds, a.cache.Unsigned
+	cfg.Metrics.ObserveCache(a.stats)
 	return a, nil
 }
 
@@ -310,7 +337,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	probes, err := probe.ListenEndpoints(a.cfg.MetricsAddress, a.cfg.MetricsHandler, a.cfg.HealthAddress, a.Readiness)
+	if err != nil {
+		health.stop()
+		return err
+	}
 	g, ctx := taskgroup.New(ctx, a.log)
+	for _, p := range probes {
+		g.Serve(p.Name, p.Addr(), p.Serve, p.Stop)
+	}
 	g.Go("SVID cache", a.cache.Run)
 	g.Go("renewal scheduler", func(ctx context.Context) error { a.sched.run(ctx); return nil })
 	g.Go("signer", func(ctx context.Context) error { a.signWanted(ctx); return nil })

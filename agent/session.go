@@ -72,11 +72,18 @@ func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err err
 	}
 	if a.connectedTo != addr {
 		a.log.Info("connected to the server", logkey.ServerAddress, addr)
+		if a.connectedTo != "" {
+			a.metrics.Failover()
+		}
 		a.connectedTo = addr
 	}
 	a.applySync(msg)
 	a.client.Store(c)
-	defer a.client.CompareAndSwap(c, nil)
+	a.metrics.Connected(true)
+	defer func() {
+		a.client.CompareAndSwap(c, nil)
+		a.metrics.Connected(false)
+	}()
 
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -230,6 +237,7 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 		return nil
 	}
 	start := time.Now()
+	a.metrics.SigningBatch(len(reqs))
 	results, err := c.BatchSign(ctx, reqs)
 	if err != nil {
 		return fmt.Errorf("sign X.509-SVIDs: %w", err)
@@ -255,6 +263,7 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 			a.log.Warn("X.509-SVID not signed; retrying later", logkey.EntryID, id, logkey.Error, r.Err, "retry_in", d)
 		}
 	}
+	a.metrics.Rotated(signed)
 	a.log.Debug("X.509-SVIDs signed", "requested", len(reqs), "signed", signed, "elapsed", time.Since(start))
 	return nil
 }

@@ -321,7 +321,9 @@ func (s *Server) attest(ctx context.Context) (*connState, []entry.Selector, erro
 		}
 		return st, *sel, nil
 	}
+	began := s.clk.Now()
 	sel, err := st.proc.Selectors(ctx)
+	s.metrics.Attested(s.clk.Now().Sub(began))
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, nil, contextStatus(ctxErr)

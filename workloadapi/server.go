@@ -23,6 +23,7 @@ import (
 	"writ.dev/writ/workloadapi/unixattest"
 
 	"writ.dev/writ/internal/logkey"
+	"writ.dev/writ/internal/metrics"
 )
 
 // Defaults for the zero values of Config's limits.
@@ -139,6 +140,10 @@ type Config struct {
 	// DefaultMaxSendMsgSize.
 	MaxSendMsgSize int
 
+	// Metrics counts calls, open streams and attestation time. Nil
+	// records none.
+	Metrics *metrics.Agent
+
 	// AllowVerifiersWithoutIdentity serves FetchX509Bundles,
 	// FetchJWTBundles and ValidateJWTSVID to attested callers that match
 	// no entry. By default they are refused with PermissionDenied, as
@@ -155,6 +160,7 @@ type Server struct {
 	tdID       string // td.IDString(), the key of bundle maps
 	clk        clock.Clock
 	log        *slog.Logger
+	metrics    *metrics.Agent
 	// verifier validates JWT-SVIDs for ValidateJWTSVID, remembering the
 	// signatures it has verified.
 	verifier        *jwtsvid.Verifier
@@ -207,6 +213,7 @@ func New(cfg Config) (*Server, error) {
 		clk:            cfg.Clock,
 		verifier:       jwtsvid.NewVerifier(0),
 		log:            cfg.Logger,
+		metrics:        cfg.Metrics,
 		maxConns:       cmpOr(cfg.MaxConnections, DefaultMaxConnections),
 		maxStreams:     cmpOr(cfg.MaxConcurrentStreams, DefaultMaxConcurrentStreams),
 		maxRecv:        cmpOr(cfg.MaxRecvMsgSize, DefaultMaxRecvMsgSize),
@@ -272,8 +279,8 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.ConnectionTimeout(handshakeTimeout),
 		// Clients may ping idle connections, but not flood.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(unaryTrack, unaryHeaderCheck),
-		grpc.ChainStreamInterceptor(streamTrack, streamHeaderCheck),
+		grpc.ChainUnaryInterceptor(s.unaryMetrics, unaryTrack, unaryHeaderCheck),
+		grpc.ChainStreamInterceptor(s.streamMetrics, streamTrack, streamHeaderCheck),
 		grpc.WaitForHandlers(true),
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(gs, &handler{s: s})

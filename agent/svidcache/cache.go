@@ -534,13 +534,21 @@ type Stats struct {
 	// UnmatchedX509SVIDs are the X.509-SVIDs held for entries no
 	// subscription matches (at most Config.MaxX509SVIDs).
 	UnmatchedX509SVIDs int
+	// SoonestExpiry is the earliest NotAfter of the X.509-SVIDs held
+	// (zero if none).
+	SoonestExpiry time.Time
 }
 
 // Stats returns the cache's current counts.
 func (c *Cache) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	var soonest time.Time
+	if c.expiry.Len() > 0 {
+		soonest = c.expiry[0].svid.NotAfter
+	}
 	return Stats{
+		SoonestExpiry: soonest,
 		Entries:       len(c.items),
 		X509SVIDs:     c.expiry.Len(),
 		JWTSVIDs:      c.njwt,

@@ -98,12 +98,13 @@ func (s *Service) begin(ctx context.Context) (*call, error) {
 // UnaryInterceptor returns the interceptor that authorizes and audits
 // unary calls. Install it on the server the Service is registered with.
 func (s *Service) UnaryInterceptor() grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		defer func() { s.count(info.FullMethod, err) }()
 		c, err := s.authorize(ctx, info.FullMethod)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := handler(context.WithValue(ctx, callKey{}, c), req)
+		resp, err = handler(context.WithValue(ctx, callKey{}, c), req)
 		s.finish(ctx, c, err)
 		return resp, err
 	}
@@ -113,7 +114,8 @@ func (s *Service) UnaryInterceptor() grpc.UnaryServerInterceptor {
 // streaming calls. Install it on the server the Service is registered
 // with.
 func (s *Service) StreamInterceptor() grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+		defer func() { s.count(info.FullMethod, err) }()
 		ctx := ss.Context()
 		c, err := s.authorize(ctx, info.FullMethod)
 		if err != nil {
@@ -123,6 +125,15 @@ func (s *Service) StreamInterceptor() grpc.StreamServerInterceptor {
 		s.finish(ctx, c, err)
 		return err
 	}
+}
+
+// count records a finished call in the metrics. Methods without an
+// access policy count as "other", so that the label stays bounded.
+func (s *Service) count(method string, err error) {
+	if _, known := rules[method]; !known {
+		method = "other"
+	}
+	s.metrics.AdminCall(method, status.Code(err).String())
 }
 
 // callStream is a ServerStream whose context carries the call.

@@ -18,6 +18,7 @@ import (
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/internal/metrics"
 )
 
 // Limits on what one call may ask for.
@@ -95,6 +96,8 @@ type Config struct {
 	// none; with the entries' TTLs it bounds how long after a CA key
 	// stopped signing its X.509-SVIDs may be valid. Defaults to an hour.
 	DefaultX509SVIDTTL time.Duration
+	// Metrics counts the calls by method and code. Nil records none.
+	Metrics *metrics.Server
 }
 
 // Service serves the admin API: entries, agents, join tokens and the
@@ -109,6 +112,7 @@ type Service struct {
 	ca           CAManager
 	pusher       BundlePusher
 	x509SVIDTTL  time.Duration
+	metrics      *metrics.Server
 	// allowed is the set of uids that may call admin methods. It is only
 	// read once the service serves.
 	allowed map[uint32]bool
@@ -148,6 +152,7 @@ func New(cfg Config) (*Service, error) {
 		pusher:       cfg.BundlePusher,
 		x509SVIDTTL:  cmp.Or(cfg.DefaultX509SVIDTTL, time.Hour),
 		allowed:      allowed,
+		metrics:      cfg.Metrics,
 	}, nil
 }
 

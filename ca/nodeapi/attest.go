@@ -22,6 +22,7 @@ import (
 	"writ.dev/writ/ca/x509ca"
 
 	"writ.dev/writ/internal/logkey"
+	"writ.dev/writ/internal/metrics"
 )
 
 // Messages of refused attestations and renewals.
@@ -96,6 +97,7 @@ func (h *handler) Attest(ctx context.Context, req *nodev1.AttestRequest) (*nodev
 	case err != nil:
 		return nil, s.internal(ctx, c, "consume join token", err)
 	}
+	s.metrics.JoinToken(metrics.TokenConsumed)
 	id := jt.SPIFFEID
 	if err := s.checkAgentID(id); err != nil {
 		s.log.LogAttrs(ctx, slog.LevelError, "join token names an invalid agent ID; no identity issued", peerAddr(ctx), slog.String(logkey.Reason, err.Error()))
@@ -119,6 +121,7 @@ func (h *handler) Attest(ctx context.Context, req *nodev1.AttestRequest) (*nodev
 }
 
 func (s *Service) refuseAttest(ctx context.Context, reason string) {
+	s.metrics.JoinToken(metrics.TokenRefused)
 	s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(logkey.Reason, reason))
 }
 
@@ -186,10 +189,12 @@ func (s *Service) signAgentSVID(now time.Time, id spiffeid.ID, pub crypto.Public
 	if a == nil || a.X509 == nil {
 		return nil, nil, errors.New("no active X.509 CA")
 	}
+	began := s.clock.Now()
 	der, err := x509ca.SignX509SVID(now, a.X509, x509ca.SVIDParams{ID: id, TTL: s.x509TTL, PublicKey: pub})
 	if err != nil {
 		return nil, nil, err
 	}
+	s.metrics.Signed(metrics.KindAgent, s.clock.Now().Sub(began))
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {
 		return nil, nil, fmt.Errorf("parse agent SVID: %w", err)

@@ -21,6 +21,7 @@ import (
 	"writ.dev/writ/ca/keymanager"
 
 	"writ.dev/writ/internal/logkey"
+	"writ.dev/writ/internal/metrics"
 )
 
 const (
@@ -387,9 +388,10 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 	}
 	ix.rev = events[len(events)-1].Revision
 
+	now := ix.clock.Now()
 	for parent, ids := range touched {
 		for sub := range ix.subs[parent] {
-			sub.add(ids)
+			sub.add(ids, now)
 		}
 	}
 	for id := range agents {
@@ -596,6 +598,21 @@ func (ix *index) bundleSentStatus(seq uint64) (streams, pending int) {
 }
 
 // subscribers returns the number of open streams (for tests).
+// stats counts entries, agents and streams for the metrics.
+func (ix *index) stats() metrics.NodeStats {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	st := metrics.NodeStats{Entries: len(ix.entries), ConnectedAgents: len(ix.subs)}
+	for _, a := range ix.agents {
+		if a.Banned {
+			st.BannedAgents++
+		} else {
+			st.AttestedAgents++
+		}
+	}
+	return st
+}
+
 func (ix *index) subscribers() int {
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
@@ -615,18 +632,25 @@ type subscriber struct {
 	// sentSeq is the sequence number of the last bundle the stream sent.
 	sentSeq atomic.Uint64
 
-	mu sync.Mutex // guards pending, full
+	mu sync.Mutex // guards pending, full, since
 	// pending are entry IDs under this agent, now or before, that changed
 	// since the stream last looked.
 	pending map[string]struct{}
+	// since is when the oldest of pending was read from the change feed
+	// (zero if none), for the propagation delay metric.
+	since time.Time
 	// full asks for the full set (first message, reload, or too many
 	// pending changes).
 	full bool
 }
 
-// add records changed entry IDs and signals the stream.
-func (s *subscriber) add(ids []string) {
+// add records entry IDs that changed, read from the change feed at now,
+// and signals the stream.
+func (s *subscriber) add(ids []string, now time.Time) {
 	s.mu.Lock()
+	if s.since.IsZero() {
+		s.since = now
+	}
 	if !s.full {
 		if s.pending == nil {
 			s.pending = make(map[string]struct{}, len(ids))
@@ -659,13 +683,14 @@ func (s *subscriber) poke() {
 	}
 }
 
-// take returns and clears what changed.
-func (s *subscriber) take() (full bool, pending map[string]struct{}) {
+// take returns and clears what changed, and when the oldest change was
+// read (zero if none).
+func (s *subscriber) take() (full bool, pending map[string]struct{}, since time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	full, pending = s.full, s.pending
-	s.full, s.pending = false, nil
-	return full, pending
+	full, pending, since = s.full, s.pending, s.since
+	s.full, s.pending, s.since = false, nil, time.Time{}
+	return full, pending, since
 }
 
 // maxLoggedIDs bounds the IDs one log record lists.

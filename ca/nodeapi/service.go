@@ -19,6 +19,7 @@ import (
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/keymanager"
+	"writ.dev/writ/internal/metrics"
 )
 
 // Defaults for Config fields left zero. They match the server's defaults.
@@ -94,6 +95,9 @@ type Config struct {
 	// DefaultJWTSVIDTTL is the lifetime of JWT-SVIDs whose entry sets
 	// none. Defaults to DefaultJWTSVIDTTL.
 	DefaultJWTSVIDTTL time.Duration
+	// Metrics receives the service's metrics (signatures, Sync streams,
+	// join tokens, entry and agent counts). Nil records none.
+	Metrics *metrics.Server
 }
 
 // Service serves the node API (writ.node.v1.NodeService) over TLS. Create
@@ -106,6 +110,7 @@ type Service struct {
 	km       KeyManager
 	clock    clock.Clock
 	log      *slog.Logger
+	metrics  *metrics.Server
 	x509TTL  time.Duration
 	jwtTTL   time.Duration
 
@@ -163,6 +168,7 @@ func New(cfg Config) (*Service, error) {
 		km:        cfg.KeyManager,
 		clock:     cfg.Clock,
 		log:       cfg.Logger,
+		metrics:   cfg.Metrics,
 		x509TTL:   cfg.DefaultX509SVIDTTL,
 		jwtTTL:    cfg.DefaultJWTSVIDTTL,
 		renewKick: make(chan struct{}, 1),
@@ -170,6 +176,7 @@ func New(cfg Config) (*Service, error) {
 		ready:     make(chan struct{}),
 	}
 	s.idx = newIndex(cfg.Store, cfg.TrustDomain, cfg.Clock, cfg.Logger)
+	cfg.Metrics.ObserveNode(s.idx.stats)
 	return s, nil
 }
 

@@ -17,6 +17,7 @@ import (
 	"writ.dev/writ/ca/x509ca"
 
 	"writ.dev/writ/internal/logkey"
+	"writ.dev/writ/internal/metrics"
 )
 
 // msgEntryNotAuthorized answers a request for an entry the agent may not
@@ -91,6 +92,7 @@ func (h *handler) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX5
 			res.Status = itemStatus(codes.InvalidArgument, status.Convert(invalidArg("invalid CSR", err)).Message())
 			return
 		}
+		began := s.clock.Now()
 		der, err := x509ca.SignX509SVID(now, a.X509, x509ca.SVIDParams{
 			ID:        e.SPIFFEID,
 			DNSNames:  e.DNSNames,
@@ -105,6 +107,7 @@ func (h *handler) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX5
 		if ttl := defaultTTL(e.X509SVIDTTL, s.x509TTL); now.Add(ttl).After(a.X509.Cert.NotAfter) {
 			s.log.LogAttrs(ctx, slog.LevelDebug, "X.509-SVID lifetime cut to its CA's", slog.String(logkey.EntryID, e.ID), slog.Duration("ttl", ttl), slog.Time("ca_not_after", a.X509.Cert.NotAfter))
 		}
+		s.metrics.Signed(metrics.KindX509, s.clock.Now().Sub(began))
 		signed.Add(1)
 		res.Status = itemStatus(codes.OK, "")
 		res.SvidChain = a.X509.SVIDChain(der)
@@ -191,6 +194,7 @@ func (h *handler) SignJWTSVID(ctx context.Context, req *nodev1.SignJWTSVIDReques
 	if err != nil {
 		return nil, s.internal(ctx, c, "sign JWT-SVID", err)
 	}
+	s.metrics.Signed(metrics.KindJWT, s.clock.Now().Sub(now))
 	if now.Add(ttl).After(a.JWTNotAfter) {
 		s.log.LogAttrs(ctx, slog.LevelDebug, "JWT-SVID lifetime cut to its key's", slog.String(logkey.EntryID, e.ID), slog.Duration("ttl", ttl), slog.Time("key_not_after", a.JWTNotAfter))
 	}

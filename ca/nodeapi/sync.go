@@ -40,6 +40,9 @@ type streamState struct {
 	// verified is the bundle version the caller's certificate was last
 	// verified against.
 	verified uint64
+	// since is when the oldest change in the messages about to be sent
+	// was read from the change feed (zero if none).
+	since time.Time
 }
 
 // Sync sends the caller its entries and the bundle, then every change as
@@ -55,6 +58,8 @@ func (h *handler) Sync(_ *nodev1.SyncRequest, stream nodev1.NodeService_SyncServ
 	}
 	sub := s.idx.subscribe(c.id)
 	defer s.idx.unsubscribe(sub)
+	s.metrics.SyncStreamOpened()
+	defer s.metrics.SyncStreamClosed()
 	expiry := s.clock.NewTimer(c.chain[0].NotAfter.Sub(s.clock.Now()))
 	defer expiry.Stop()
 	// verified starts at zero (bundle versions start at one), so the
@@ -83,10 +88,15 @@ func (h *handler) Sync(_ *nodev1.SyncRequest, stream nodev1.NodeService_SyncServ
 		if err != nil {
 			return err
 		}
-		for _, m := range msgs {
+		for i, m := range msgs {
 			if err := stream.Send(m); err != nil {
 				return err
 			}
+			var since time.Time
+			if i == len(msgs)-1 {
+				since = st.since
+			}
+			s.metrics.SyncSent(since, s.clock.Now())
 		}
 		if sub.sentSeq.Load() != st.bundleSeq {
 			sub.sentSeq.Store(st.bundleSeq)
@@ -107,7 +117,8 @@ func (s *Service) nextMessages(ctx context.Context, c *caller, sub *subscriber, 
 		st.verified = b.version
 	}
 
-	full, pending := sub.take()
+	full, pending, since := sub.take()
+	st.since = since
 	var (
 		changed []*entry.Entry
 		deleted []string

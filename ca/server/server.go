@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -25,7 +26,9 @@ import (
 	"writ.dev/writ/ca/nodeapi"
 	"writ.dev/writ/ca/x509ca"
 	"writ.dev/writ/internal/datadir"
+	"writ.dev/writ/internal/metrics"
 	"writ.dev/writ/internal/peercred"
+	"writ.dev/writ/internal/probe"
 	"writ.dev/writ/internal/taskgroup"
 	"writ.dev/writ/internal/unixsock"
 
@@ -76,6 +79,16 @@ type Config struct {
 	OpenPostgres func(ctx context.Context, connString, password string) (datastore.Store, error)
 	// Keys chooses where CA keys live and who signs the CA (keys.go).
 	Keys KeysConfig
+
+	// Metrics receives the server's metrics; nil records none.
+	Metrics *metrics.Server
+	// MetricsAddress, if set, is where MetricsHandler is served at
+	// /metrics over HTTP (a bare port means loopback).
+	MetricsAddress string
+	MetricsHandler http.Handler
+	// HealthAddress, if set, is where /live and /ready are served over
+	// HTTP. It may equal MetricsAddress.
+	HealthAddress string
 }
 
 // Server is a CA server.
@@ -132,6 +145,17 @@ func New(cfg Config) (*Server, error) {
 	if _, err := ParseDatastore(cfg.Datastore); err != nil {
 		return nil, err
 	}
+	for _, a := range []string{cfg.MetricsAddress, cfg.HealthAddress} {
+		if a == "" {
+			continue
+		}
+		if _, err := probe.ResolveAddress(a); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.MetricsAddress != "" && cfg.MetricsHandler == nil {
+		return nil, errors.New("a metrics address needs a metrics handler")
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -163,6 +187,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	defer store.Close()
+	store = measureStore(store, s.cfg.Metrics, s.cfg.Clock)
 
 	km, closeKeys, err := newKeyManager(ctx, dir, s.cfg, store)
 	if err != nil {
@@ -178,10 +203,12 @@ func (s *Server) Run(ctx context.Context) error {
 		Logger:             log,
 		DefaultX509SVIDTTL: s.cfg.DefaultX509SVIDTTL,
 		DefaultJWTSVIDTTL:  s.cfg.DefaultJWTSVIDTTL,
+		Metrics:            s.cfg.Metrics,
 	})
 	if err != nil {
 		return err
 	}
+	observeCAKeys(s.cfg.Metrics, km)
 	nodeLis, err := net.Listen("tcp", s.cfg.BindAddress)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.cfg.BindAddress, err)
@@ -208,6 +235,7 @@ func (s *Server) Run(ctx context.Context) error {
 		CA:                  km,
 		BundlePusher:        nodeSvc,
 		DefaultX509SVIDTTL:  s.cfg.DefaultX509SVIDTTL,
+		Metrics:             s.cfg.Metrics,
 	})
 	if err != nil {
 		return err
@@ -229,7 +257,14 @@ func (s *Server) Run(ctx context.Context) error {
 	adminSvc.Register(adminGRPC)
 	healthpb.RegisterHealthServer(adminGRPC, healthSrv)
 
+	probes, err := probe.ListenEndpoints(s.cfg.MetricsAddress, s.cfg.MetricsHandler, s.cfg.HealthAddress, s.readiness(store, km, nodeSvc))
+	if err != nil {
+		return err
+	}
 	g, gctx := taskgroup.New(ctx, log)
+	for _, p := range probes {
+		g.Serve(p.Name, p.Addr(), p.Serve, p.Stop)
+	}
 	g.Go("key manager", km.Run)
 	g.Go("node API", nodeSvc.Run)
 	g.Go("server registry", reg.run)

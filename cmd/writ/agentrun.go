@@ -47,6 +47,7 @@ func agentRunCommand() *cli.Command {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"WRIT_LOG_FORMAT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"WRIT_LOG_LEVEL"}}),
 	}
+	flags = append(flags, observeFlags("WRIT_AGENT_")...)
 	return &cli.Command{
 		Name:   "run",
 		Usage:  "run the node agent until SIGINT or SIGTERM",
@@ -99,7 +100,12 @@ func agentRun(c *cli.Context) error {
 	if perUID < 1 || perUID > workloadapi.DefaultMaxConnections {
 		return usagef(c, "--workload-max-connections-per-uid %d must be between 1 and %d (the bound on all connections)", perUID, workloadapi.DefaultMaxConnections)
 	}
+	m, metricsHandler := agentMetrics(c)
 	a, err := agent.New(agent.Config{
+		Metrics:           m,
+		MetricsAddress:    c.String("metrics-address"),
+		MetricsHandler:    metricsHandler,
+		HealthAddress:     c.String("health-address"),
 		ServerAddresses:   splitList(c.StringSlice("server-address")),
 		TrustDomain:       td,
 		DataDir:           dataDir,
@@ -127,6 +133,7 @@ func agentRun(c *cli.Context) error {
 		Logger:      logger.With("component", "workloadapi"),
 
 		MaxConnectionsPerUID: perUID,
+		Metrics:              m,
 	})
 	if err != nil {
 		return usagef(c, "%v", err)

@@ -42,6 +42,7 @@ func serverCommand() *cli.Command {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"WRIT_LOG_LEVEL"}}),
 	}
 	flags = append(flags, keyFlags()...)
+	flags = append(flags, observeFlags("WRIT_")...)
 	return &cli.Command{
 		Name:  "server",
 		Usage: "run and check the CA server",
@@ -123,7 +124,12 @@ func serverRun(c *cli.Context) error {
 			return fmt.Errorf("--datastore-password-file: %w", err)
 		}
 	}
+	m, metricsHandler := serverMetrics(c)
 	srv, err := server.New(server.Config{
+		Metrics:            m,
+		MetricsAddress:     c.String("metrics-address"),
+		MetricsHandler:     metricsHandler,
+		HealthAddress:      c.String("health-address"),
 		TrustDomain:        td,
 		DataDir:            c.String("data-dir"),
 		BindAddress:        c.String("bind-address"),
