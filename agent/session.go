@@ -243,6 +243,7 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 		return fmt.Errorf("sign X.509-SVIDs: %w", err)
 	}
 	signed := 0
+	var logged []string // the first entries signed, for the log
 	for i, r := range results {
 		id := pend[i].id
 		if r.Err == nil {
@@ -251,6 +252,9 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 		switch {
 		case r.Err == nil:
 			signed++
+			if len(logged) < maxLoggedEntryIDs {
+				logged = append(logged, id)
+			}
 		case errors.Is(r.Err, svidcache.ErrUnknownEntry):
 			// Removed while being signed.
 		case errors.Is(r.Err, svidcache.ErrStale):
@@ -264,9 +268,12 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 		}
 	}
 	a.metrics.Rotated(signed)
-	a.log.Debug("X.509-SVIDs signed", "requested", len(reqs), "signed", signed, "elapsed", time.Since(start))
+	a.log.Debug("X.509-SVIDs signed", logkey.EntryIDs, logged, "requested", len(reqs), "signed", signed, "elapsed", time.Since(start))
 	return nil
 }
+
+// maxLoggedEntryIDs bounds the entry IDs one log record lists.
+const maxLoggedEntryIDs = 20
 
 // storeSVID checks an SVID from the server (it verifies to the bundle,
 // certifies our key) and puts it in the cache, scheduling its rotation.
