@@ -4,8 +4,8 @@
 //
 //	log.Warn("cannot sign X.509-SVID", logkey.SPIFFEID, id.String(), logkey.EntryID, e.ID, logkey.Error, err)
 //
-// Records about a request carry the identity it concerns: the workload's
-// SPIFFE ID and entry ID, or the agent's SPIFFE ID (AgentID). No key here
+// Records about a request carry the identity it concerns: the SPIFFE ID
+// of the calling agent or of the workload, and the entry ID. No key here
 // may hold a secret: never log keys, join tokens, full JWTs, CSRs or
 // selectors under any key.
 package logkey

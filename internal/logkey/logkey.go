@@ -2,7 +2,8 @@ package logkey
 
 // Identities a record concerns.
 const (
-	// SPIFFEID is the SPIFFE ID of the workload or agent a record is about.
+	// SPIFFEID is the SPIFFE ID of the workload or agent a record is
+	// about; on the server's node API, the calling agent's.
 	SPIFFEID = "spiffe_id"
 	// SPIFFEIDs lists several SPIFFE IDs.
 	SPIFFEIDs = "spiffe_ids"
@@ -10,8 +11,6 @@ const (
 	EntryID = "entry_id"
 	// EntryIDs lists several entry IDs.
 	EntryIDs = "entry_ids"
-	// AgentID is the SPIFFE ID of the agent that made a request.
-	AgentID = "agent_id"
 	// Serial is a certificate's serial number.
 	Serial = "serial"
 	// NotAfter is a certificate's or key's expiry.
