@@ -40,6 +40,7 @@ import (
 	"writ.dev/writ/ca/keymanager"
 	"writ.dev/writ/ca/keymanager/keystore"
 	"writ.dev/writ/ca/nodeapi"
+	"writ.dev/writ/internal/metrics"
 )
 
 var td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -149,6 +150,8 @@ type envOptions struct {
 	extra func(*grpc.Server)
 	// authority makes the CA certificates (self-signed if nil).
 	authority keymanager.Authority
+	// metrics, if set, receives the service's metrics.
+	metrics *metrics.Server
 }
 
 // testStart is the fake clock's start: near real time, so that go-spiffe,
@@ -194,6 +197,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 		KeyManager:  e.km,
 		Clock:       e.clock,
 		Logger:      log,
+		Metrics:     opts.metrics,
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
