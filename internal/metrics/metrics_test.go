@@ -135,7 +135,9 @@ func TestServerValues(t *testing.T) {
 		return metrics.NodeStats{Entries: 3, ConnectedAgents: 1, AttestedAgents: 2, BannedAgents: 1}
 	})
 	notAfter := time.Unix(2_000_000_000, 0)
+	reads := 0
 	s.ObserveCAKeys(func() ([]metrics.CAKey, bool) {
+		reads++
 		return []metrics.CAKey{
 			{Kind: "x509", State: "active", NotAfter: notAfter},
 			{Kind: "x509", State: "retired", NotAfter: notAfter.Add(-time.Hour)},
@@ -175,6 +177,9 @@ writ_server_ca_key_not_after_timestamp_seconds{kind="x509",state="retired"} 1.99
 	names := []string{"writ_server_agents", "writ_server_entries", "writ_server_svids_signed_total", "writ_server_join_tokens_total", "writ_server_ca_keys", "writ_server_ca_key_not_after_timestamp_seconds"}
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), names...); err != nil {
 		t.Fatal(err)
+	}
+	if reads != 1 {
+		t.Fatalf("one scrape read the CA keys %d times, want once", reads)
 	}
 	if n := testutil.CollectAndCount(reg, "writ_server_sync_propagation_delay_seconds"); n != 1 {
 		t.Fatalf("propagation histogram: %d series", n)

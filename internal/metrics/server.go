@@ -1,6 +1,7 @@
 package metrics
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -25,8 +26,7 @@ type Server struct {
 
 	entries          *funcGauges
 	agents           *funcGauges
-	caKeys           *funcGauges
-	caKeyNotAfter    *funcGauges
+	caKeys           *caKeyCollector
 	signed           *prometheus.CounterVec
 	signLatency      *prometheus.HistogramVec
 	syncStreams      prometheus.Gauge
@@ -43,11 +43,9 @@ type Server struct {
 func NewServer(reg prometheus.Registerer) *Server {
 	b := &builder{reg: reg}
 	s := &Server{
-		entries: b.funcGauge("writ_server_entries", "Registration entries this server knows (excluding any under the reserved path)."),
-		agents:  b.funcGauge("writ_server_agents", "Agents by state: connected (with an open Sync stream to this server), attested (recorded and not banned), banned.", "state"),
-		caKeys:  b.funcGauge("writ_server_ca_keys", "CA keys recorded in the datastore, by kind (x509, jwt) and state (prepared, active, retired, tainted).", "kind", "state"),
-		caKeyNotAfter: b.funcGauge("writ_server_ca_key_not_after_timestamp_seconds",
-			"Latest expiry (Unix time) of the CA keys of each kind and state; active minus time() is how long signing can go on without a rotation.", "kind", "state"),
+		entries:     b.funcGauge("writ_server_entries", "Registration entries this server knows (excluding any under the reserved path)."),
+		agents:      b.funcGauge("writ_server_agents", "Agents by state: connected (with an open Sync stream to this server), attested (recorded and not banned), banned.", "state"),
+		caKeys:      b.caKeys(),
 		signed:      b.counter("writ_server_svids_signed_total", "SVIDs signed, by kind: x509 (workload X.509-SVIDs), jwt (JWT-SVIDs), agent (agent X.509-SVIDs).", "kind"),
 		signLatency: b.histogram("writ_server_svid_signing_duration_seconds", "Time to sign one SVID, by kind.", latencyBuckets, "kind"),
 		syncStreams: b.gauge("writ_server_sync_streams_open", "Sync streams open from agents to this server.").WithLabelValues(),
@@ -105,46 +103,72 @@ type CAKey struct {
 	NotAfter    time.Time
 }
 
-// ObserveCAKeys makes fn the source of the CA key gauges. fn returning
-// ok false (the datastore did not answer) leaves them out of the scrape.
+// ObserveCAKeys makes fn the source of the CA key gauges; it is called
+// once per scrape. fn returning ok false (the datastore did not answer)
+// leaves them out of the scrape.
 func (s *Server) ObserveCAKeys(fn func() (keys []CAKey, ok bool)) {
 	if s == nil {
 		return
 	}
+	s.caKeys.mu.Lock()
+	s.caKeys.fn = fn
+	s.caKeys.mu.Unlock()
+}
+
+// caKeyCollector reports the CA key count and expiry gauges from one read
+// of the keys.
+type caKeyCollector struct {
+	count, notAfter *prometheus.Desc
+	mu              sync.Mutex // guards fn
+	fn              func() ([]CAKey, bool)
+}
+
+func (b *builder) caKeys() *caKeyCollector {
+	const (
+		countName    = "writ_server_ca_keys"
+		countHelp    = "CA keys recorded in the datastore, by kind (x509, jwt) and state (prepared, active, retired, tainted)."
+		notAfterName = "writ_server_ca_key_not_after_timestamp_seconds"
+		notAfterHelp = "Latest expiry (Unix time) of the CA keys of each kind and state; active minus time() is how long signing can go on without a rotation."
+	)
+	c := &caKeyCollector{
+		count:    prometheus.NewDesc(countName, countHelp, []string{"kind", "state"}, nil),
+		notAfter: prometheus.NewDesc(notAfterName, notAfterHelp, []string{"kind", "state"}, nil),
+	}
+	b.defs = append(b.defs, Definition{Name: countName, Type: "gauge", Labels: []string{"kind", "state"}, Help: countHelp})
+	b.add(c, Definition{Name: notAfterName, Type: "gauge", Labels: []string{"kind", "state"}, Help: notAfterHelp})
+	return c
+}
+
+func (c *caKeyCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.count
+	ch <- c.notAfter
+}
+
+func (c *caKeyCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	fn := c.fn
+	c.mu.Unlock()
+	if fn == nil {
+		return
+	}
+	keys, ok := fn()
+	if !ok {
+		return
+	}
 	type kindState struct{ kind, state string }
-	s.caKeys.set(func() []LabeledValue {
-		keys, ok := fn()
-		if !ok {
-			return nil
+	n := map[kindState]int{}
+	latest := map[kindState]time.Time{}
+	for _, k := range keys {
+		ks := kindState{k.Kind, k.State}
+		n[ks]++
+		if k.NotAfter.After(latest[ks]) {
+			latest[ks] = k.NotAfter
 		}
-		n := map[kindState]int{}
-		for _, k := range keys {
-			n[kindState{k.Kind, k.State}]++
-		}
-		var out []LabeledValue
-		for ks, c := range n {
-			out = append(out, LabeledValue{Labels: []string{ks.kind, ks.state}, Value: float64(c)})
-		}
-		return out
-	})
-	s.caKeyNotAfter.set(func() []LabeledValue {
-		keys, ok := fn()
-		if !ok {
-			return nil
-		}
-		latest := map[kindState]time.Time{}
-		for _, k := range keys {
-			ks := kindState{k.Kind, k.State}
-			if k.NotAfter.After(latest[ks]) {
-				latest[ks] = k.NotAfter
-			}
-		}
-		var out []LabeledValue
-		for ks, t := range latest {
-			out = append(out, LabeledValue{Labels: []string{ks.kind, ks.state}, Value: float64(t.UnixNano()) / 1e9})
-		}
-		return out
-	})
+	}
+	for ks, v := range n {
+		ch <- prometheus.MustNewConstMetric(c.count, prometheus.GaugeValue, float64(v), ks.kind, ks.state)
+		ch <- prometheus.MustNewConstMetric(c.notAfter, prometheus.GaugeValue, float64(latest[ks].UnixNano())/1e9, ks.kind, ks.state)
+	}
 }
 
 // Signed counts one SVID of kind signed in d.
