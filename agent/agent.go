@@ -329,22 +329,30 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer dir.Close()
 	a.dir = dir
 	a.state = newStateStore(dir)
-	if err := a.start(ctx); err != nil {
-		return err
-	}
 
-	health, err := a.serveHealth()
-	if err != nil {
-		return err
-	}
+	// The HTTP endpoints serve from the start, so that /live answers and
+	// /ready says why not while the agent attests.
 	probes, err := probe.ListenEndpoints(a.cfg.MetricsAddress, a.cfg.MetricsHandler, a.cfg.HealthAddress, a.Readiness)
 	if err != nil {
-		health.stop()
 		return err
 	}
 	g, ctx := taskgroup.New(ctx, a.log)
 	for _, p := range probes {
 		g.Serve(p.Name, p.Addr(), p.Serve, p.Stop)
+	}
+	stop := func(err error) error {
+		g.Stop()
+		if gerr := g.Wait(); gerr != nil && (err == nil || errors.Is(err, context.Canceled)) {
+			err = gerr
+		}
+		return err
+	}
+	if err := a.start(ctx); err != nil {
+		return stop(err)
+	}
+	health, err := a.serveHealth()
+	if err != nil {
+		return stop(err)
 	}
 	g.Go("SVID cache", a.cache.Run)
 	g.Go("renewal scheduler", func(ctx context.Context) error { a.sched.run(ctx); return nil })
@@ -353,11 +361,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	a.log.Info("agent started", logkey.SPIFFEID, a.ID().String(), "server_addresses", a.cfg.ServerAddresses,
 		"data_dir", dir.Path(), "admin_socket", a.adminSocket, "socket_path", a.cfg.SocketPath)
 
-	err = a.loop(ctx)
-	g.Stop()
-	if gerr := g.Wait(); err == nil {
-		err = gerr
-	}
+	err = stop(a.loop(ctx))
 	a.log.Info("agent stopped")
 	return err
 }
