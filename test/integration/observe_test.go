@@ -9,6 +9,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -314,5 +315,52 @@ func TestIntegrationServerReadyFollowsDatastore(t *testing.T) {
 		t.Fatalf("/live during the outage = %d %q", code, body)
 	}
 	pg.Start(t)
+	waitReady(t, health, http.StatusOK, "ready")
+}
+
+// TestIntegrationAgentReadyWaitsForServer: an agent whose server is down
+// answers /live but not /ready while it tries to attest, and becomes
+// ready once the server is back.
+func TestIntegrationAgentReadyWaitsForServer(t *testing.T) {
+	dir := shortTempDir(t)
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	nodeAddr := lis.Addr().String()
+	lis.Close()
+	serverDir := filepath.Join(dir, "server")
+	srv := startServer(t, serverDir, "--bind-address", nodeAddr)
+	bundle := filepath.Join(dir, "bundle.pem")
+	if err := os.WriteFile(bundle, []byte(srv.admin("bundle", "show")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	token := strings.TrimSpace(srv.admin("token", "generate", "--spiffe-id", "spiffe://example.org/writ/agent/late"))
+	srv.stop()
+
+	p := &agentProc{t: t, log: &syncBuffer{}, dataDir: filepath.Join(dir, "agent"), done: make(chan struct{})}
+	p.socket = filepath.Join(dir, "agent-public", "api.sock")
+	p.cmd = exec.Command(writBin, "agent", "run", "--server-address", nodeAddr, "--trust-domain", "example.org", "--data-dir", p.dataDir,
+		"--socket-path", p.socket, "--trust-bundle", bundle, "--log-format", "json", "--health-address", "127.0.0.1:0")
+	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
+	p.cmd.Env = append(cleanEnv(), "WRIT_JOIN_TOKEN="+token)
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { p.err = p.cmd.Wait(); close(p.done) }()
+	t.Cleanup(func() {
+		p.cmd.Process.Kill()
+		<-p.done
+		if t.Failed() {
+			t.Logf("agent log (last lines):\n%s", tail(p.log.String(), 40))
+		}
+	})
+	health := listenAddress(t, p.log, "health endpoint")
+	if code, _ := httpGet(t, "http://"+health+"/live"); code != http.StatusOK {
+		t.Fatalf("/live while attesting = %d", code)
+	}
+	waitReady(t, health, http.StatusServiceUnavailable, "no valid agent SVID")
+
+	startServer(t, serverDir, "--bind-address", nodeAddr)
 	waitReady(t, health, http.StatusOK, "ready")
 }
