@@ -100,6 +100,9 @@ func agentRun(c *cli.Context) error {
 	if perUID < 1 || perUID > workloadapi.DefaultMaxConnections {
 		return usagef(c, "--workload-max-connections-per-uid %d must be between 1 and %d (the bound on all connections)", perUID, workloadapi.DefaultMaxConnections)
 	}
+	if err := checkObserveFlags(c); err != nil {
+		return err
+	}
 	m, metricsHandler := agentMetrics(c)
 	a, err := agent.New(agent.Config{
 		Metrics:           m,

@@ -124,6 +124,9 @@ func serverRun(c *cli.Context) error {
 			return fmt.Errorf("--datastore-password-file: %w", err)
 		}
 	}
+	if err := checkObserveFlags(c); err != nil {
+		return err
+	}
 	m, metricsHandler := serverMetrics(c)
 	srv, err := server.New(server.Config{
 		Metrics:            m,
