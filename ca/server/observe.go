@@ -7,6 +7,7 @@ import (
 
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/keymanager"
+	"writ.dev/writ/internal/logkey"
 	"writ.dev/writ/internal/metrics"
 )
 
@@ -31,7 +32,7 @@ func (s *Server) readiness(store datastore.Store, km *keymanager.Manager, node i
 			return ErrNoSigningKeys
 		}
 		if _, err := store.FetchBundle(ctx, s.cfg.TrustDomain); err != nil {
-			s.cfg.Logger.Debug("readiness check: datastore did not answer", "error", err)
+			s.cfg.Logger.Debug("readiness check: datastore did not answer", logkey.Error, err)
 			return ErrNoDatastore
 		}
 		return nil
