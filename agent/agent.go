@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -26,6 +27,11 @@ import (
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/internal/datadir"
 	"writ.dev/writ/internal/unixsock"
+
+	"writ.dev/writ/internal/logkey"
+	"writ.dev/writ/internal/metrics"
+	"writ.dev/writ/internal/probe"
+	"writ.dev/writ/internal/taskgroup"
 )
 
 // Defaults and limits.
@@ -108,6 +114,16 @@ type Config struct {
 	NodeSelectors []entry.Selector
 	Clock         clock.Clock
 	Logger        *slog.Logger
+
+	// Metrics receives the agent's metrics; nil records none.
+	Metrics *metrics.Agent
+	// MetricsAddress, if set, is where MetricsHandler is served at
+	// /metrics over HTTP (a bare port means loopback).
+	MetricsAddress string
+	MetricsHandler http.Handler
+	// HealthAddress, if set, is where /live and /ready are served over
+	// HTTP (see Readiness). It may equal MetricsAddress.
+	HealthAddress string
 }
 
 // Agent is a node agent: it attests to the CA server, keeps the node's
@@ -117,6 +133,7 @@ type Agent struct {
 	td          spiffeid.TrustDomain
 	clk         clock.Clock
 	log         *slog.Logger
+	metrics     *metrics.Agent
 	adminSocket string
 	cache       *svidcache.Cache
 	sched       *scheduler
@@ -203,6 +220,17 @@ func New(cfg Config) (*Agent, error) {
 			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 		}
 	}
+	for _, addr := range []string{cfg.MetricsAddress, cfg.HealthAddress} {
+		if addr == "" {
+			continue
+		}
+		if _, err := probe.ResolveAddress(addr); err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		}
+	}
+	if cfg.MetricsAddress != "" && cfg.MetricsHandler == nil {
+		return nil, fmt.Errorf("%w: a metrics address needs a metrics handler", ErrConfig)
+	}
 	if cfg.Clock == nil {
 		cfg.Clock = clock.Real()
 	}
@@ -214,6 +242,7 @@ func New(cfg Config) (*Agent, error) {
 		td:          cfg.TrustDomain,
 		clk:         cfg.Clock,
 		log:         cfg.Logger,
+		metrics:     cfg.Metrics,
 		adminSocket: adminSocket,
 		sched:       newScheduler(cfg.Clock),
 		ready:       make(chan struct{}),
@@ -232,6 +261,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.sched.keep, a.sched.unsigned = a.cache.Holds, a.cache.Unsigned
 	a.cache.SetNodeSelectors(cfg.NodeSelectors)
+	cfg.Metrics.ObserveCache(a.stats)
 	return a, nil
 }
 
@@ -320,28 +350,39 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer dir.Close()
 	a.dir = dir
 	a.state = newStateStore(dir)
-	if err := a.start(ctx); err != nil {
-		return err
-	}
 
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	health, err := a.serveHealth()
+	// The HTTP endpoints serve from the start, so that /live answers and
+	// /ready says why not while the agent attests.
+	probes, err := probe.ListenEndpoints(a.cfg.MetricsAddress, a.cfg.MetricsHandler, a.cfg.HealthAddress, a.Readiness)
 	if err != nil {
 		return err
 	}
-	var wg sync.WaitGroup
-	wg.Go(func() { _ = a.cache.Run(ctx) })
-	wg.Go(func() { a.sched.run(ctx) })
-	wg.Go(func() { a.signWanted(ctx) })
-	wg.Go(func() { health.serve() })
-	a.log.Info("agent started", "spiffe_id", a.ID().String(), "server_addresses", a.cfg.ServerAddresses,
+	g, ctx := taskgroup.New(ctx, a.log)
+	for _, p := range probes {
+		g.Serve(p.Name, p.Addr(), p.Serve, p.Stop)
+	}
+	stop := func(err error) error {
+		g.Stop()
+		if gerr := g.Wait(); gerr != nil && (err == nil || errors.Is(err, context.Canceled)) {
+			err = gerr
+		}
+		return err
+	}
+	if err := a.start(ctx); err != nil {
+		return stop(err)
+	}
+	health, err := a.serveHealth()
+	if err != nil {
+		return stop(err)
+	}
+	g.Go("SVID cache", a.cache.Run)
+	g.Go("renewal scheduler", func(ctx context.Context) error { a.sched.run(ctx); return nil })
+	g.Go("signer", func(ctx context.Context) error { a.signWanted(ctx); return nil })
+	g.Serve("agent health", a.adminSocket, health.serve, health.stop)
+	a.log.Info("agent started", logkey.SPIFFEID, a.ID().String(), "server_addresses", a.cfg.ServerAddresses,
 		"data_dir", dir.Path(), "admin_socket", a.adminSocket, "socket_path", a.cfg.SocketPath)
 
-	err = a.loop(ctx)
-	cancel()
-	health.stop()
-	wg.Wait()
+	err = stop(a.loop(ctx))
 	a.log.Info("agent stopped")
 	return err
 }
@@ -358,7 +399,7 @@ func (a *Agent) start(ctx context.Context) error {
 		a.bundle.Store(st.bundle)
 		a.setSVID(st.svid)
 		if a.cfg.JoinToken != "" {
-			a.log.Info("join token ignored: the agent has a valid saved agent SVID", "spiffe_id", st.svid.id.String(), "not_after", st.svid.notAfter)
+			a.log.Info("join token ignored: the agent has a valid saved agent SVID", logkey.SPIFFEID, st.svid.id.String(), "not_after", st.svid.notAfter)
 			a.joinToken = a.cfg.JoinToken // kept in case the server refuses the saved SVID
 		}
 		return nil
@@ -416,7 +457,7 @@ func (a *Agent) attestWithRetry(ctx context.Context, att NodeAttestor, trust []*
 		}
 		// Every server once before backing off further.
 		d := ReconnectBackoff.Delay(attempt/a.servers.size(), rand.Float64())
-		a.log.Warn("attestation: server unavailable; retrying", "server_address", addr, "error", err, "retry_in", d)
+		a.log.Warn("attestation: server unavailable; retrying", logkey.ServerAddress, addr, logkey.Error, err, "retry_in", d)
 		if err := a.sleep(ctx, d); err != nil {
 			return err
 		}
@@ -483,7 +524,7 @@ func (a *Agent) attest(ctx context.Context, addr string, att NodeAttestor, trust
 	a.revoked.Store(false)
 	a.joinToken = ""
 	a.setNodeSelectors(res.NodeSelectors)
-	a.log.Info("agent attested", "attestation_type", att.Type(), "spiffe_id", svid.id.String(), "not_after", svid.notAfter, "server_address", addr, "node_selectors", len(res.NodeSelectors))
+	a.log.Info("agent attested", logkey.AttestationType, att.Type(), logkey.SPIFFEID, svid.id.String(), "not_after", svid.notAfter, logkey.ServerAddress, addr, "node_selectors", len(res.NodeSelectors))
 	return nil
 }
 
@@ -519,7 +560,7 @@ func (a *Agent) loop(ctx context.Context) error {
 			continue
 		} else if s.expired(a.clk.Now()) {
 			err := fmt.Errorf("%w at %s: the server can no longer recognize this agent; restart it with --join-token and a new token", ErrAgentSVIDExpired, s.notAfter.UTC().Format(time.RFC3339))
-			a.log.Error("agent SVID expired", "error", err)
+			a.log.Error("agent SVID expired", logkey.Error, err)
 			return err
 		}
 		began := a.clk.Now()
@@ -558,12 +599,12 @@ func (a *Agent) loop(ctx context.Context) error {
 					attempt = 0
 					continue
 				}
-				a.log.Error("re-attestation failed", "error", terr)
+				a.log.Error("re-attestation failed", logkey.Error, terr)
 			}
 			wait = ReconnectBackoff.Delay(attempt, rand.Float64())
 			attempt++
 		case healthy:
-			a.log.Warn("connection to the server lost; serving cached SVIDs until one is back", "server_address", addr, "error", err)
+			a.log.Warn("connection to the server lost; serving cached SVIDs until one is back", logkey.ServerAddress, addr, logkey.Error, err)
 			// A random delay first, so that agents that lost a restarted
 			// server together come back spread out (to the next server,
 			// when there are several). Connections that keep breaking
@@ -579,11 +620,11 @@ func (a *Agent) loop(ctx context.Context) error {
 		default:
 			msg := addr + ": " + err.Error()
 			if msg != a.lastErrMsg && errors.Is(err, nodeclient.ErrServerNotTrusted) {
-				a.log.Error("the server's certificate does not verify against the trust bundle; not talking to it", "server_address", addr, "error", err, "attempt", attempt+1)
+				a.log.Error("the server's certificate does not verify against the trust bundle; not talking to it", logkey.ServerAddress, addr, logkey.Error, err, "attempt", attempt+1)
 			} else if msg != a.lastErrMsg || attempt == 0 {
-				a.log.Warn("cannot reach the server; retrying", "server_address", addr, "error", err, "attempt", attempt+1)
+				a.log.Warn("cannot reach the server; retrying", logkey.ServerAddress, addr, logkey.Error, err, "attempt", attempt+1)
 			} else {
-				a.log.Debug("cannot reach the server; retrying", "server_address", addr, "error", err, "attempt", attempt+1)
+				a.log.Debug("cannot reach the server; retrying", logkey.ServerAddress, addr, logkey.Error, err, "attempt", attempt+1)
 			}
 			a.lastErrMsg = msg
 			// Every server once before backing off further.
@@ -611,12 +652,12 @@ func (a *Agent) reattest(ctx context.Context) error {
 // case the agent is unbanned.
 func (a *Agent) onRevoked(err error) {
 	if a.revoked.Load() {
-		a.log.Debug("server still refuses the agent", "error", err)
+		a.log.Debug("server still refuses the agent", logkey.Error, err)
 		return
 	}
 	// Drop first: once revoked reads true, nothing is served.
 	a.cache.Apply(svidcache.Update{Full: true})
 	a.sched.reset()
 	a.revoked.Store(true)
-	a.log.Error("the server refuses this agent (evicted or banned): dropped all workload SVIDs, stopped renewals; it needs to be unbanned, or attested again with a new join token", "spiffe_id", a.ID().String(), "error", err)
+	a.log.Error("the server refuses this agent (evicted or banned): dropped all workload SVIDs, stopped renewals; it needs to be unbanned, or attested again with a new join token", logkey.SPIFFEID, a.ID().String(), logkey.Error, err)
 }

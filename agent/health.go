@@ -49,7 +49,7 @@ func (a *Agent) serveHealth() (*healthServer, error) {
 	return &healthServer{g: g, lis: lis}, nil
 }
 
-func (h *healthServer) serve() { _ = h.g.Serve(h.lis) }
+func (h *healthServer) serve() error { return h.g.Serve(h.lis) }
 
 // stop stops serving and removes the socket if it is still the one
 // serveHealth created.

@@ -7,6 +7,8 @@ import (
 	"net"
 	"slices"
 	"time"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // resolveTimeout bounds one lookup of a server's host name.
@@ -81,7 +83,7 @@ func (p *serverPicker) expand(ctx context.Context) []string {
 		}
 		ips, err := p.lookup(ctx, host)
 		if err != nil || len(ips) == 0 {
-			p.log.Debug("cannot resolve the server's host name; trying it as it is", "server_address", addr, "error", err)
+			p.log.Debug("cannot resolve the server's host name; trying it as it is", logkey.ServerAddress, addr, logkey.Error, err)
 			add(addr)
 			continue
 		}

@@ -19,6 +19,8 @@ import (
 	nodev1 "writ.dev/writ/ca/api/node/v1"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/x509ca"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // errRenewed ends a session after the agent SVID was renewed, so that the
@@ -69,16 +71,23 @@ func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err err
 		return false, fmt.Errorf("%w: first Sync message is not a full one", nodeclient.ErrProtocol)
 	}
 	if a.revoked.Swap(false) {
-		a.log.Info("the server accepts the agent again", "server_address", addr)
+		a.log.Info("the server accepts the agent again", logkey.ServerAddress, addr)
 	}
 	if a.connectedTo != addr {
-		a.log.Info("connected to the server", "server_address", addr)
+		a.log.Info("connected to the server", logkey.ServerAddress, addr)
+		if a.connectedTo != "" {
+			a.metrics.Failover()
+		}
 		a.connectedTo = addr
 	}
 	acks := make(chan uint64, 1)
 	a.applySync(msg, acks)
 	a.client.Store(c)
-	defer a.client.CompareAndSwap(c, nil)
+	a.metrics.Connected(true)
+	defer func() {
+		a.client.CompareAndSwap(c, nil)
+		a.metrics.Connected(false)
+	}()
 
 	var wg sync.WaitGroup
 	wg.Go(func() { a.ackLoop(sctx, c, acks) })
@@ -128,7 +137,7 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse, acks chan uint64) {
 		e, err := parseEntry(a.td, parent, w)
 		if err != nil {
 			id, idErr := entry.ParseEntryID(w.GetId())
-			a.log.Warn("skipping malformed entry from the server", "entry_id", entry.Printable(truncate(w.GetId(), 64)), "error", err)
+			a.log.Warn("skipping malformed entry from the server", logkey.EntryID, entry.Printable(truncate(w.GetId(), 64)), logkey.Error, err)
 			if idErr == nil && !u.Full {
 				u.Deleted = append(u.Deleted, id)
 			}
@@ -138,7 +147,7 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse, acks chan uint64) {
 	}
 	for _, id := range msg.GetDeletedEntryIds() {
 		if _, err := entry.ParseEntryID(id); err != nil {
-			a.log.Warn("skipping malformed deleted entry ID from the server", "entry_id", entry.Printable(truncate(id, 64)))
+			a.log.Warn("skipping malformed deleted entry ID from the server", logkey.EntryID, entry.Printable(truncate(id, 64)))
 			continue
 		}
 		u.Deleted = append(u.Deleted, id)
@@ -193,7 +202,7 @@ func (a *Agent) parseBundle(raw []byte) *spiffebundle.Bundle {
 		err = errors.New("no X.509 authorities")
 	}
 	if err != nil {
-		a.log.Warn("ignoring malformed bundle from the server; keeping the current one", "error", err)
+		a.log.Warn("ignoring malformed bundle from the server; keeping the current one", logkey.Error, err)
 		return nil
 	}
 	if cur := a.bundle.Load(); cur != nil && cur.Equal(b) {
@@ -201,7 +210,7 @@ func (a *Agent) parseBundle(raw []byte) *spiffebundle.Bundle {
 	}
 	a.bundle.Store(b)
 	if err := a.state.saveBundle(b); err != nil {
-		a.log.Error("cannot save the bundle", "error", err)
+		a.log.Error("cannot save the bundle", logkey.Error, err)
 	} else {
 		seq, _ := b.SequenceNumber()
 		a.log.Info("trust bundle updated", "x509_authorities", len(b.X509Authorities()), "jwt_authorities", len(b.JWTAuthorities()), "sequence", seq)
@@ -263,6 +272,7 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 	}
 	start := time.Now()
 	gen := a.taintGen.Load()
+	a.metrics.SigningBatch(len(reqs))
 	results, err := c.BatchSign(ctx, reqs)
 	if err != nil {
 		return fmt.Errorf("sign X.509-SVIDs: %w", err)
@@ -289,12 +299,16 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 		errs[at[j]] = err
 	}
 	signed := 0
+	var logged []string // the first entries signed, for the log
 	for i, r := range results {
 		id := pend[i].id
 		r.Err = errs[i]
 		switch {
 		case r.Err == nil:
 			signed++
+			if len(logged) < maxLoggedEntryIDs {
+				logged = append(logged, id)
+			}
 		case errors.Is(r.Err, svidcache.ErrUnknownEntry):
 			// Removed while being signed.
 		case errors.Is(r.Err, svidcache.ErrStale):
@@ -315,12 +329,16 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 				continue
 			}
 			d := a.sched.failed(id, rand.Float64())
-			a.log.Warn("X.509-SVID not signed; retrying later", "entry_id", id, "error", r.Err, "retry_in", d)
+			a.log.Warn("X.509-SVID not signed; retrying later", logkey.EntryID, id, logkey.Error, r.Err, "retry_in", d)
 		}
 	}
-	a.log.Debug("X.509-SVIDs signed", "requested", len(reqs), "signed", signed, "elapsed", time.Since(start))
+	a.metrics.Rotated(signed)
+	a.log.Debug("X.509-SVIDs signed", logkey.EntryIDs, logged, "requested", len(reqs), "signed", signed, "elapsed", time.Since(start))
 	return nil
 }
+
+// maxLoggedEntryIDs bounds the entry IDs one log record lists.
+const maxLoggedEntryIDs = 20
 
 // checkSVID checks an SVID from the server: it verifies to the bundle and
 // certifies our key.
@@ -396,7 +414,7 @@ func (a *Agent) renew(ctx context.Context, c *nodeclient.Client) error {
 		return fmt.Errorf("save renewed agent SVID: %w", err)
 	}
 	a.setSVID(s)
-	a.log.Info("agent SVID renewed", "spiffe_id", s.id.String(), "not_after", s.notAfter)
+	a.log.Info("agent SVID renewed", logkey.SPIFFEID, s.id.String(), "not_after", s.notAfter)
 	return nil
 }
 

@@ -18,6 +18,8 @@ import (
 	"writ.dev/writ/internal/peercred"
 	"writ.dev/writ/internal/unixsock"
 	"writ.dev/writ/workloadapi/unixattest"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // limitListener accepts at most max connections at once, and at most
@@ -56,7 +58,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		cred, err := peercred.FromConn(c)
 		if err != nil {
 			// Without credentials no call could be answered.
-			l.log.Debug("Workload API connection without peer credentials; closing it", "err", err)
+			l.log.Debug("Workload API connection without peer credentials; closing it", logkey.Error, err)
 			c.Close()
 			continue
 		}
@@ -76,7 +78,7 @@ func (l *limitListener) admit(uid uint32) bool {
 	if l.byUID[uid] >= l.perUID {
 		if !l.fullUID[uid] {
 			l.fullUID[uid] = true
-			l.log.Warn("Workload API per-uid connection limit reached; refusing this uid's new connections", keyUID, uid, "max_connections_per_uid", l.perUID)
+			l.log.Warn("Workload API per-uid connection limit reached; refusing this uid's new connections", logkey.UID, uid, "max_connections_per_uid", l.perUID)
 		}
 		return false
 	}
@@ -180,7 +182,7 @@ func (c *serverConn) closeWhenIdle(t clock.Timer) {
 		due := !c.deadline.IsZero() && c.calls == 0 && !c.served && !c.l.clk.Now().Before(c.deadline)
 		c.mu.Unlock()
 		if due {
-			c.l.log.Debug("closing an idle Workload API connection that was not served", keyUID, c.uid)
+			c.l.log.Debug("closing an idle Workload API connection that was not served", logkey.UID, c.uid)
 			c.Close()
 			<-c.done
 			return
@@ -305,11 +307,11 @@ var errNoConnState = errors.New("workloadapi: call without connection attestatio
 func (s *Server) attest(ctx context.Context) (*connState, []entry.Selector, error) {
 	st := connStateFrom(ctx)
 	if st == nil {
-		s.log.Error("Workload API call without attestation state", "err", errNoConnState)
+		s.log.Error("Workload API call without attestation state", logkey.Error, errNoConnState)
 		return nil, nil, errNoIdentity
 	}
 	if st.pinErr != nil {
-		s.log.Debug("caller not attested: pinning its process failed", "err", st.pinErr)
+		s.log.Debug("caller not attested: pinning its process failed", logkey.Error, st.pinErr)
 		return nil, nil, errNoIdentity
 	}
 	if sel := st.sel.Load(); sel != nil {
@@ -319,7 +321,9 @@ func (s *Server) attest(ctx context.Context) (*connState, []entry.Selector, erro
 		}
 		return st, *sel, nil
 	}
+	began := s.clk.Now()
 	sel, err := st.proc.Selectors(ctx)
+	s.metrics.Attested(s.clk.Now().Sub(began))
 	if err != nil {
 		if ctxErr := ctx.Err(); ctxErr != nil {
 			return nil, nil, contextStatus(ctxErr)
@@ -358,16 +362,8 @@ func (s *Server) logRefused(st *connState, msg string, err error) {
 	}
 	cred := st.proc.Cred()
 	if err == nil {
-		s.log.Debug(msg, keyPID, cred.PID, keyUID, cred.UID)
+		s.log.Debug(msg, logkey.PID, cred.PID, logkey.UID, cred.UID)
 		return
 	}
-	s.log.Debug(msg, keyPID, cred.PID, keyUID, cred.UID, "err", err)
+	s.log.Debug(msg, logkey.PID, cred.PID, logkey.UID, cred.UID, logkey.Error, err)
 }
-
-// Log attribute keys.
-const (
-	keyPID      = "pid"
-	keyUID      = "uid"
-	keySPIFFEID = "spiffe_id"
-	keyEntryID  = "entry_id"
-)

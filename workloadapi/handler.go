@@ -15,6 +15,8 @@ import (
 
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/ca/entry"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // recheckAfter: a FetchJWTSVID call that took longer than this (it waited
@@ -61,12 +63,12 @@ func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerS
 		default:
 			br, err := s.bundleFor(state.Bundle)
 			if err != nil {
-				s.log.Error("cannot serve the bundle", "err", err)
+				s.log.Error("cannot serve the bundle", logkey.Error, err)
 				break // wait for another bundle
 			}
 			r, err := s.x509Response(state.X509SVIDs, br)
 			if err != nil {
-				s.log.Error("cannot encode X.509-SVID response", "err", err)
+				s.log.Error("cannot encode X.509-SVID response", logkey.Error, err)
 				return status.Error(codes.Internal, "cannot encode the response")
 			}
 			if !checked {
@@ -129,7 +131,7 @@ func (s *Server) streamBundles(stream grpc.ServerStream, pick func(*bundleResp) 
 		if b := s.cache.Bundle(); b != nil && (last == nil || last.bundle != b) {
 			br, err := s.bundleFor(b)
 			if err != nil {
-				s.log.Error("cannot serve the bundle", "err", err)
+				s.log.Error("cannot serve the bundle", logkey.Error, err)
 			} else {
 				if !checked {
 					if err := s.check(st); err != nil {
@@ -185,10 +187,10 @@ func (h *handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest
 		case ctx.Err() != nil:
 			return nil, contextStatus(ctx.Err())
 		case errors.Is(err, svidcache.ErrUnavailable):
-			s.log.Warn("cannot get a JWT-SVID: the server is unavailable", keySPIFFEID, id.ID.String(), keyEntryID, id.EntryID, "err", err)
+			s.log.Warn("cannot get a JWT-SVID: the server is unavailable", logkey.SPIFFEID, id.ID.String(), logkey.EntryID, id.EntryID, logkey.Error, err)
 			return nil, status.Error(codes.Unavailable, "cannot issue a JWT-SVID now: the server is unavailable")
 		default:
-			s.log.Error("cannot get a JWT-SVID", keySPIFFEID, id.ID.String(), keyEntryID, id.EntryID, "err", err)
+			s.log.Error("cannot get a JWT-SVID", logkey.SPIFFEID, id.ID.String(), logkey.EntryID, id.EntryID, logkey.Error, err)
 			return nil, status.Error(codes.Internal, "cannot issue a JWT-SVID")
 		}
 		done = id.ID
@@ -264,7 +266,7 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWT
 	}
 	br, err := s.bundleFor(b)
 	if err != nil {
-		s.log.Error("cannot serve the bundle", "err", err)
+		s.log.Error("cannot serve the bundle", logkey.Error, err)
 		return nil, errNoBundle
 	}
 	claims, err := s.verifier.Validate(req.GetSvid(), br.jwt, []string{req.GetAudience()}, s.clk.Now())

@@ -22,6 +22,9 @@ import (
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/jwtsvid"
 	"writ.dev/writ/workloadapi/unixattest"
+
+	"writ.dev/writ/internal/logkey"
+	"writ.dev/writ/internal/metrics"
 )
 
 // Defaults for the zero values of Config's limits.
@@ -138,6 +141,10 @@ type Config struct {
 	// DefaultMaxSendMsgSize.
 	MaxSendMsgSize int
 
+	// Metrics counts calls, open streams and attestation time. Nil
+	// records none.
+	Metrics *metrics.Agent
+
 	// AllowVerifiersWithoutIdentity serves FetchX509Bundles,
 	// FetchJWTBundles and ValidateJWTSVID to attested callers that match
 	// no entry. By default they are refused with PermissionDenied, as
@@ -154,6 +161,7 @@ type Server struct {
 	tdID       string // td.IDString(), the key of bundle maps
 	clk        clock.Clock
 	log        *slog.Logger
+	metrics    *metrics.Agent
 	// verifier validates JWT-SVIDs for ValidateJWTSVID, remembering the
 	// signatures it has verified.
 	verifier        *jwtsvid.Verifier
@@ -209,6 +217,7 @@ func New(cfg Config) (*Server, error) {
 		clk:            cfg.Clock,
 		verifier:       jwtsvid.NewVerifier(0),
 		log:            cfg.Logger,
+		metrics:        cfg.Metrics,
 		maxConns:       cmpOr(cfg.MaxConnections, DefaultMaxConnections),
 		maxStreams:     cmpOr(cfg.MaxConcurrentStreams, DefaultMaxConcurrentStreams),
 		maxRecv:        cmpOr(cfg.MaxRecvMsgSize, DefaultMaxRecvMsgSize),
@@ -256,7 +265,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	defer func() {
 		if err := sock.Close(); err != nil {
-			s.log.Warn("cannot remove the Workload API socket", "socket_path", s.socketPath, "err", err)
+			s.log.Warn("cannot remove the Workload API socket", "socket_path", s.socketPath, logkey.Error, err)
 		}
 	}()
 	lis := newLimitListener(sock, s.maxConns, s.maxConnsPerUID, s.clk, s.log)
@@ -274,8 +283,8 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.ConnectionTimeout(handshakeTimeout),
 		// Clients may ping idle connections, but not flood.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.ChainUnaryInterceptor(unaryTrack, s.unaryHeader),
-		grpc.ChainStreamInterceptor(streamTrack, s.streamHeader),
+		grpc.ChainUnaryInterceptor(s.unaryMetrics, unaryTrack, s.unaryHeader),
+		grpc.ChainStreamInterceptor(s.streamMetrics, streamTrack, s.streamHeader),
 		grpc.WaitForHandlers(true),
 		// Calls run on long-lived workers whose stacks have grown to
 		// the handlers' depth, not on new goroutines that grow theirs

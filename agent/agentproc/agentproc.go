@@ -64,6 +64,7 @@ func New(cfg Config) (*Process, error) {
 		Logger:      log.With("component", "workloadapi"),
 
 		MaxConnectionsPerUID: cfg.MaxConnectionsPerUID,
+		Metrics:              ac.Metrics,
 		// Envoy's requests carry its node description, tens of KiB with
 		// its list of extensions.
 		MaxRecvMsgSize: sdsMaxRecvMsgSize,

@@ -18,6 +18,8 @@ import (
 
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/entry"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // Defaults and bounds.
@@ -619,13 +621,21 @@ type Stats struct {
 	// TemplateInstances are the IDs filled from template entries that
 	// the cache tracks (counted in Entries too).
 	TemplateInstances int
+	// SoonestExpiry is the earliest NotAfter of the X.509-SVIDs held
+	// (zero if none).
+	SoonestExpiry time.Time
 }
 
 // Stats returns the cache's current counts.
 func (c *Cache) Stats() Stats {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	var soonest time.Time
+	if c.expiry.Len() > 0 {
+		soonest = c.expiry[0].svid.NotAfter
+	}
 	return Stats{
+		SoonestExpiry: soonest,
 		Entries:       len(c.items),
 		X509SVIDs:     c.expiry.Len(),
 		JWTSVIDs:      c.njwt,
@@ -774,7 +784,7 @@ func (c *Cache) expireLocked(now time.Time) time.Time {
 		if !it.svid.Expired(now) {
 			break
 		}
-		c.log.Info("X.509-SVID expired; no longer served", "entry_id", it.entry.ID, "spiffe_id", it.entry.SPIFFEID.String(), "not_after", it.svid.NotAfter)
+		c.log.Info("X.509-SVID expired; no longer served", logkey.EntryID, it.entry.ID, logkey.SPIFFEID, it.entry.SPIFFEID.String(), "not_after", it.svid.NotAfter)
 		c.dropSVIDLocked(it)
 		c.touchItemLocked(it, false, touched)
 		if it.demand > 0 {

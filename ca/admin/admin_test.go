@@ -26,6 +26,8 @@ import (
 	"writ.dev/writ/ca/clock/fakeclock"
 	"writ.dev/writ/internal/leakcheck"
 	"writ.dev/writ/internal/peercred"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 var (
@@ -239,8 +241,8 @@ func (r *logRecorder) all() []logRecord {
 func (r *logRecorder) audit(method string) []logRecord {
 	var out []logRecord
 	for _, rec := range r.all() {
-		if v, ok := rec.attrs[admin.KeyAudit]; ok && v.Kind() == slog.KindBool && v.Bool() &&
-			rec.attrs[admin.KeyMethod].String() == method {
+		if v, ok := rec.attrs[logkey.Audit]; ok && v.Kind() == slog.KindBool && v.Bool() &&
+			rec.attrs[logkey.Method].String() == method {
 			out = append(out, rec)
 		}
 	}

@@ -6,23 +6,8 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
-)
 
-// Keys of the admin API's log records. Audit records carry KeyAudit=true.
-const (
-	KeyAudit    = "audit"
-	KeyMethod   = "method"
-	KeyUID      = "uid"
-	KeyPID      = "pid"
-	KeySPIFFEID = "spiffe_id"
-	KeyEntryID  = "entry_id"
-	// KeyKeyKind, KeyKeyID and KeyForced describe CA key mutations.
-	KeyKeyKind = "key_kind"
-	KeyKeyID   = "key_id"
-	KeyForced  = "forced"
-	KeyCode    = "code"
-	// KeyError holds the detail of an internal error.
-	KeyError = "error"
+	"writ.dev/writ/internal/logkey"
 )
 
 // auditMessage is the message of every audit record.
@@ -54,22 +39,22 @@ func (s *Service) finish(ctx context.Context, c *call, err error) {
 // audit writes one audit record. The IDs it logs are parsed, canonical
 // values, never raw input; it never logs selectors or tokens.
 func (s *Service) audit(ctx context.Context, c *call, code codes.Code, spiffeID, entryID string) {
-	attrs := append([]slog.Attr{slog.Bool(KeyAudit, true)}, callerAttrs(c)...)
+	attrs := append([]slog.Attr{slog.Bool(logkey.Audit, true)}, callerAttrs(c)...)
 	if spiffeID != "" {
-		attrs = append(attrs, slog.String(KeySPIFFEID, spiffeID))
+		attrs = append(attrs, slog.String(logkey.SPIFFEID, spiffeID))
 	}
 	if entryID != "" {
-		attrs = append(attrs, slog.String(KeyEntryID, entryID))
+		attrs = append(attrs, slog.String(logkey.EntryID, entryID))
 	}
 	if c.keyKind != "" {
-		attrs = append(attrs, slog.String(KeyKeyKind, c.keyKind))
+		attrs = append(attrs, slog.String(logkey.KeyKind, c.keyKind))
 	}
 	if c.keyID != "" {
-		attrs = append(attrs, slog.String(KeyKeyID, c.keyID))
+		attrs = append(attrs, slog.String(logkey.KeyID, c.keyID))
 	}
 	if c.forced {
-		attrs = append(attrs, slog.Bool(KeyForced, true))
+		attrs = append(attrs, slog.Bool(logkey.Forced, true))
 	}
-	attrs = append(attrs, slog.String(KeyCode, code.String()))
+	attrs = append(attrs, slog.String(logkey.Code, code.String()))
 	s.log.LogAttrs(ctx, slog.LevelInfo, auditMessage, attrs...)
 }

@@ -10,6 +10,8 @@ import (
 
 	"writ.dev/writ/ca/admin"
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // checkAudit fails t unless rec is an Info audit record of method by this
@@ -19,12 +21,12 @@ func checkAudit(t *testing.T, rec logRecord, method string, code codes.Code, spi
 	a := rec.attrs
 	switch {
 	case rec.level != slog.LevelInfo,
-		a[admin.KeyMethod].String() != method,
-		a[admin.KeyUID].Kind() != slog.KindUint64 || a[admin.KeyUID].Uint64() != uint64(os.Getuid()),
-		a[admin.KeyPID].Kind() != slog.KindInt64 || a[admin.KeyPID].Int64() != int64(os.Getpid()),
-		a[admin.KeyCode].String() != code.String(),
-		attrString(a, admin.KeySPIFFEID) != spiffeID,
-		attrString(a, admin.KeyEntryID) != entryID:
+		a[logkey.Method].String() != method,
+		a[logkey.UID].Kind() != slog.KindUint64 || a[logkey.UID].Uint64() != uint64(os.Getuid()),
+		a[logkey.PID].Kind() != slog.KindInt64 || a[logkey.PID].Int64() != int64(os.Getpid()),
+		a[logkey.Code].String() != code.String(),
+		attrString(a, logkey.SPIFFEID) != spiffeID,
+		attrString(a, logkey.EntryID) != entryID:
 		t.Errorf("audit record %s\nwant method=%s uid=%d pid=%d code=%s spiffe_id=%q entry_id=%q",
 			rec.text, method, os.Getuid(), os.Getpid(), code, spiffeID, entryID)
 	}

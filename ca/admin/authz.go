@@ -12,6 +12,8 @@ import (
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/internal/peercred"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // rule is the policy of one method.
@@ -112,12 +114,13 @@ func (s *Service) begin(ctx context.Context) (*call, error) {
 // UnaryInterceptor returns the interceptor that authorizes and audits
 // unary calls. Install it on the server the Service is registered with.
 func (s *Service) UnaryInterceptor() grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
+		defer func() { s.count(info.FullMethod, err) }()
 		c, err := s.authorize(ctx, info.FullMethod)
 		if err != nil {
 			return nil, err
 		}
-		resp, err := handler(context.WithValue(ctx, callKey{}, c), req)
+		resp, err = handler(context.WithValue(ctx, callKey{}, c), req)
 		s.finish(ctx, c, err)
 		return resp, err
 	}
@@ -127,7 +130,8 @@ func (s *Service) UnaryInterceptor() grpc.UnaryServerInterceptor {
 // streaming calls. Install it on the server the Service is registered
 // with.
 func (s *Service) StreamInterceptor() grpc.StreamServerInterceptor {
-	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) error {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
+		defer func() { s.count(info.FullMethod, err) }()
 		ctx := ss.Context()
 		c, err := s.authorize(ctx, info.FullMethod)
 		if err != nil {
@@ -137,6 +141,15 @@ func (s *Service) StreamInterceptor() grpc.StreamServerInterceptor {
 		s.finish(ctx, c, err)
 		return err
 	}
+}
+
+// count records a finished call in the metrics. Methods without an
+// access policy count as "other", so that the label stays bounded.
+func (s *Service) count(method string, err error) {
+	if _, known := rules[method]; !known {
+		method = "other"
+	}
+	s.metrics.AdminCall(method, status.Code(err).String())
 }
 
 // callStream is a ServerStream whose context carries the call.
@@ -171,7 +184,7 @@ func (s *Service) authorize(ctx context.Context, method string) (*call, error) {
 	if r.mutation || r.secret {
 		s.audit(ctx, c, codes.PermissionDenied, "", "")
 	} else {
-		attrs := append(callerAttrs(c), slog.String(KeyCode, codes.PermissionDenied.String()))
+		attrs := append(callerAttrs(c), slog.String(logkey.Code, codes.PermissionDenied.String()))
 		s.log.LogAttrs(ctx, slog.LevelWarn, "admin call denied", attrs...)
 	}
 	return nil, err
@@ -190,9 +203,9 @@ func callerAttrs(c *call) []slog.Attr {
 		}
 		method = entry.Printable(method)
 	}
-	attrs := []slog.Attr{slog.String(KeyMethod, method)}
+	attrs := []slog.Attr{slog.String(logkey.Method, method)}
 	if c.hasCred {
-		attrs = append(attrs, slog.Uint64(KeyUID, uint64(c.cred.UID)), slog.Int(KeyPID, int(c.cred.PID)))
+		attrs = append(attrs, slog.Uint64(logkey.UID, uint64(c.cred.UID)), slog.Int(logkey.PID, int(c.cred.PID)))
 	}
 	return attrs
 }

@@ -17,6 +17,8 @@ import (
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/keymanager"
 	"writ.dev/writ/ca/keymanager/keystore"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // newCAEnv is an admin API server whose CAService is backed by a real
@@ -184,7 +186,7 @@ func checkCAAudit(t *testing.T, e *env, method string, code codes.Code, keyID st
 	t.Helper()
 	rec := e.oneAudit(t, method)
 	checkAudit(t, rec, method, code, "", "")
-	if got := attrString(rec.attrs, admin.KeyKeyID); got != keyID {
+	if got := attrString(rec.attrs, logkey.KeyID); got != keyID {
 		t.Errorf("audit key_id = %q, want %q", got, keyID)
 	}
 	e.logs.reset()

@@ -12,6 +12,8 @@ import (
 
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // internalMessage is all a caller learns of an internal error; the detail
@@ -73,7 +75,7 @@ func (s *Service) internal(ctx context.Context, op string, err error) error {
 	if ctxErr := ctx.Err(); ctxErr != nil && errors.Is(err, ctxErr) {
 		return status.FromContextError(ctxErr).Err()
 	}
-	attrs := []slog.Attr{slog.String("op", op), slog.String(KeyError, err.Error())}
+	attrs := []slog.Attr{slog.String("op", op), slog.String(logkey.Error, err.Error())}
 	if c, ok := ctx.Value(callKey{}).(*call); ok && c != nil {
 		attrs = append(callerAttrs(c), attrs...)
 	}

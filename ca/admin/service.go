@@ -20,6 +20,7 @@ import (
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/federation"
+	"writ.dev/writ/internal/metrics"
 )
 
 // Limits on what one call may ask for.
@@ -113,6 +114,8 @@ type Config struct {
 	// TemplateReports, if set, tells ListTemplateIssued what agents
 	// report their template entries issue.
 	TemplateReports TemplateReports
+	// Metrics counts the calls by method and code. Nil records none.
+	Metrics *metrics.Server
 }
 
 // Backuper writes a backup archive of the server to w. It fails with
@@ -139,6 +142,7 @@ type Service struct {
 	pusher       BundlePusher
 	reports      TemplateReports
 	x509SVIDTTL  time.Duration
+	metrics      *metrics.Server
 	// allowed is the set of uids that may call admin methods. It is only
 	// read once the service serves.
 	allowed map[uint32]bool
@@ -194,6 +198,7 @@ func New(cfg Config) (*Service, error) {
 		self:         uint32(os.Getuid()),
 		backup:       cfg.Backup,
 		federation:   cfg.Federation,
+		metrics:      cfg.Metrics,
 	}, nil
 }
 

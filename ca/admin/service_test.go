@@ -18,6 +18,8 @@ import (
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 func TestServerID(t *testing.T) {
@@ -116,7 +118,7 @@ func TestStoreFailureIsInternal(t *testing.T) {
 			for _, rec := range e.logs.all() {
 				if strings.Contains(rec.text, detail) {
 					n++
-					if rec.level != slog.LevelError || rec.attrs[admin.KeyMethod].String() != c.method {
+					if rec.level != slog.LevelError || rec.attrs[logkey.Method].String() != c.method {
 						t.Errorf("detail logged as %s", rec.text)
 					}
 				}

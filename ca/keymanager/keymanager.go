@@ -23,6 +23,8 @@ import (
 	"writ.dev/writ/ca/jwtsvid"
 	"writ.dev/writ/ca/keymanager/keystore"
 	"writ.dev/writ/ca/x509ca"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // ErrInconsistent means this server's key store and the datastore
@@ -213,7 +215,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		seen := m.bundleSequence(ctx)
 		next, err := m.rotate(ctx)
 		if err != nil {
-			m.cfg.Logger.Error("CA key rotation failed; retrying", "error", err, "retry_in", retry)
+			m.cfg.Logger.Error("CA key rotation failed; retrying", logkey.Error, err, "retry_in", retry)
 			next = m.cfg.Clock.Now().Add(retry)
 			retry = min(2*retry, maxRetryAfter)
 		} else {
@@ -311,7 +313,7 @@ func (m *Manager) load(ctx context.Context) error {
 // published until it expires.
 func (m *Manager) retireLost(ctx context.Context, r *datastore.CAKey) error {
 	m.lost[r.ID] = true
-	m.cfg.Logger.Warn("CA key lost with an earlier process (volatile key store); it stays published until it expires", "key_id", r.ID, "kind", string(r.Kind), "not_after", r.NotAfter)
+	m.cfg.Logger.Warn("CA key lost with an earlier process (volatile key store); it stays published until it expires", logkey.KeyID, r.ID, "kind", string(r.Kind), "not_after", r.NotAfter)
 	if r.State == datastore.CAKeyRetired || r.State == datastore.CAKeyTainted {
 		return nil
 	}
@@ -367,12 +369,12 @@ func (m *Manager) removeOrphans(ctx context.Context, records []*datastore.CAKey)
 		i := slices.IndexFunc(records, func(r *datastore.CAKey) bool { return r.ID == id })
 		switch {
 		case i < 0:
-			m.cfg.Logger.Warn("removing CA key the datastore does not know (interrupted key creation)", "key_id", id)
+			m.cfg.Logger.Warn("removing CA key the datastore does not know (interrupted key creation)", logkey.KeyID, id)
 			if err := m.cfg.KeyStore.Delete(ctx, id); err != nil && !errors.Is(err, keystore.ErrNotFound) {
 				return fmt.Errorf("remove orphan CA key %s: %w", id, err)
 			}
 		case records[i].ServerID != m.cfg.ServerID && records[i].ServerID != "":
-			m.cfg.Logger.Warn("key store holds a CA key the datastore says is another server's; leaving it alone", "key_id", id, "owner", records[i].ServerID)
+			m.cfg.Logger.Warn("key store holds a CA key the datastore says is another server's; leaving it alone", logkey.KeyID, id, "owner", records[i].ServerID)
 		}
 	}
 	return nil
@@ -440,7 +442,7 @@ func (m *Manager) reconcile(ctx context.Context, records []*datastore.CAKey) err
 			return fmt.Errorf("destroy CA key %s: %w", id, err)
 		}
 		delete(m.own, id)
-		m.cfg.Logger.Info("CA key destroyed: its record was removed", "key_id", id)
+		m.cfg.Logger.Info("CA key destroyed: its record was removed", logkey.KeyID, id)
 	}
 	return nil
 }
@@ -473,7 +475,7 @@ func (m *Manager) apply(ctx context.Context, now time.Time, records []*datastore
 			if err := m.setState(ctx, now, r, state); err != nil {
 				return err
 			}
-			m.cfg.Logger.Info("CA key "+d.Action.String()+"d", "key_id", r.ID, "kind", string(r.Kind))
+			m.cfg.Logger.Info("CA key "+d.Action.String()+"d", logkey.KeyID, r.ID, "kind", string(r.Kind))
 		}
 	}
 	drop := plan.dropped()
@@ -496,7 +498,7 @@ func (m *Manager) apply(ctx context.Context, now time.Time, records []*datastore
 			delete(m.own, id)
 		}
 		delete(m.lost, id)
-		m.cfg.Logger.Info("expired CA key removed", "key_id", id, "kind", string(r.Kind), "owner", r.ServerID)
+		m.cfg.Logger.Info("expired CA key removed", logkey.KeyID, id, "kind", string(r.Kind), "owner", r.ServerID)
 	}
 	return nil
 }
@@ -515,7 +517,7 @@ func (m *Manager) prepare(ctx context.Context, now time.Time, kind datastore.CAK
 		if !recorded {
 			// Best effort; a later start removes it as an orphan otherwise.
 			if err := m.cfg.KeyStore.Delete(ctx, id); err != nil && !errors.Is(err, keystore.ErrNotFound) {
-				m.cfg.Logger.Warn("cannot destroy an unrecorded CA key", "key_id", id, "error", err)
+				m.cfg.Logger.Warn("cannot destroy an unrecorded CA key", logkey.KeyID, id, logkey.Error, err)
 			}
 		}
 	}()
@@ -558,7 +560,7 @@ func (m *Manager) prepare(ctx context.Context, now time.Time, kind datastore.CAK
 	}
 	recorded = true
 	m.own[id] = k
-	m.cfg.Logger.Info("CA key prepared", "key_id", id, "kind", string(kind), "not_after", r.NotAfter)
+	m.cfg.Logger.Info("CA key prepared", logkey.KeyID, id, "kind", string(kind), "not_after", r.NotAfter)
 	if err := m.publish(ctx, now, append(slices.Clip(records), r), nil, anchors); err != nil {
 		return nil, err
 	}
@@ -642,7 +644,7 @@ func (m *Manager) publish(ctx context.Context, now time.Time, records []*datasto
 		case datastore.CAKeyX509:
 			cert, chain, err := parseCAChain(r.CertDER)
 			if err != nil {
-				m.cfg.Logger.Warn("CA key record has a corrupt certificate; not publishing it", "key_id", r.ID, "owner", r.ServerID, "error", err)
+				m.cfg.Logger.Warn("CA key record has a corrupt certificate; not publishing it", logkey.KeyID, r.ID, "owner", r.ServerID, logkey.Error, err)
 				continue
 			}
 			switch {
@@ -659,7 +661,7 @@ func (m *Manager) publish(ctx context.Context, now time.Time, records []*datasto
 			}
 			pub, err := x509.ParsePKIXPublicKey(r.PublicKeyDER)
 			if err != nil {
-				m.cfg.Logger.Warn("CA key record has a corrupt public key; not publishing it", "key_id", r.ID, "owner", r.ServerID, "error", err)
+				m.cfg.Logger.Warn("CA key record has a corrupt public key; not publishing it", logkey.KeyID, r.ID, "owner", r.ServerID, logkey.Error, err)
 				continue
 			}
 			addJWT = append(addJWT, jwtKey{r.ID, pub})
@@ -742,7 +744,7 @@ func (m *Manager) unpublishRevoked(ctx context.Context, records []*datastore.CAK
 		}
 		if i := slices.IndexFunc(records, func(r *datastore.CAKey) bool { return r.ID == id }); i >= 0 {
 			gone = append(gone, records[i])
-			m.cfg.Logger.Warn("CA key was revoked while being published; removing it from the bundle again", "key_id", id)
+			m.cfg.Logger.Warn("CA key was revoked while being published; removing it from the bundle again", logkey.KeyID, id)
 		}
 	}
 	if len(gone) == 0 {

@@ -15,6 +15,8 @@ import (
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/keymanager/keystore"
 	"writ.dev/writ/ca/x509ca"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // Errors of the operator's lifecycle operations (Prepare, Activate, Taint,
@@ -146,7 +148,7 @@ func (m *Manager) Keys(ctx context.Context) ([]KeyInfo, error) {
 	for _, r := range records {
 		k, err := Info(r)
 		if err != nil {
-			m.cfg.Logger.Warn("CA key record is corrupt; not listing it", "key_id", r.ID, "owner", r.ServerID, "error", err)
+			m.cfg.Logger.Warn("CA key record is corrupt; not listing it", logkey.KeyID, r.ID, "owner", r.ServerID, logkey.Error, err)
 			continue
 		}
 		out = append(out, k)
@@ -262,12 +264,12 @@ func (m *Manager) activate(ctx context.Context, now time.Time, records []*datast
 	if err := m.setState(ctx, now, r, datastore.CAKeyActive); err != nil {
 		return err
 	}
-	m.cfg.Logger.Info("CA key activated by an operator", "key_id", r.ID, "kind", string(r.Kind), "forced", force)
+	m.cfg.Logger.Info("CA key activated by an operator", logkey.KeyID, r.ID, "kind", string(r.Kind), "forced", force)
 	if cur != nil {
 		if err := m.setState(ctx, now, cur, datastore.CAKeyRetired); err != nil {
 			return err
 		}
-		m.cfg.Logger.Info("CA key retired", "key_id", cur.ID, "kind", string(cur.Kind))
+		m.cfg.Logger.Info("CA key retired", logkey.KeyID, cur.ID, "kind", string(cur.Kind))
 	}
 	if err := m.setActive(now, records); err != nil {
 		return err
@@ -380,7 +382,7 @@ func (m *Manager) Taint(ctx context.Context, kind datastore.CAKeyKind, id string
 		return KeyInfo{}, fmt.Errorf("update CA key %s: %w", r.ID, err)
 	}
 	*r = c
-	m.cfg.Logger.Warn("CA key tainted", "key_id", r.ID, "kind", string(kind), "owner", r.ServerID)
+	m.cfg.Logger.Warn("CA key tainted", logkey.KeyID, r.ID, "kind", string(kind), "owner", r.ServerID)
 	if err := m.announce(ctx); err != nil {
 		return KeyInfo{}, err
 	}
@@ -435,7 +437,7 @@ func (m *Manager) Revoke(ctx context.Context, kind datastore.CAKeyKind, id strin
 		}
 		delete(m.own, r.ID)
 	}
-	m.cfg.Logger.Warn("CA key revoked", "key_id", r.ID, "kind", string(kind), "owner", r.ServerID, "forced", opts.Force)
+	m.cfg.Logger.Warn("CA key revoked", logkey.KeyID, r.ID, "kind", string(kind), "owner", r.ServerID, "forced", opts.Force)
 	m.poke()
 	return info, nil
 }

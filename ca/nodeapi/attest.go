@@ -23,6 +23,9 @@ import (
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/x509ca"
+
+	"writ.dev/writ/internal/logkey"
+	"writ.dev/writ/internal/metrics"
 )
 
 // Messages of refused attestations and renewals.
@@ -36,12 +39,6 @@ const (
 	// msgNoCA answers calls that need a CA while there is none.
 	msgNoCA = "no signing CA available"
 )
-
-// KeyPeer is the log key of the caller's network address.
-const KeyPeer = "peer_addr"
-
-// KeyAttestationType is the log key of a node attestation method.
-const KeyAttestationType = "attestation_type"
 
 // Errors that agent record updates return from inside UpdateAgent.
 var (
@@ -65,9 +62,9 @@ func invalidArg(prefix string, err error) error {
 
 func peerAddr(ctx context.Context) slog.Attr {
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
-		return slog.String(KeyPeer, p.Addr.String())
+		return slog.String(logkey.Peer, p.Addr.String())
 	}
-	return slog.String(KeyPeer, "")
+	return slog.String(logkey.Peer, "")
 }
 
 // NodeAttestor is the server half of a node attestation method: it reads
@@ -102,7 +99,8 @@ type joinTokenAttestor struct {
 	store interface {
 		ConsumeJoinToken(ctx context.Context, hash string, now time.Time) (*datastore.JoinToken, error)
 	}
-	clock clock.Clock
+	clock   clock.Clock
+	metrics *metrics.Server
 }
 
 func (j *joinTokenAttestor) Type() string { return AttestationTypeJoinToken }
@@ -114,12 +112,15 @@ func (j *joinTokenAttestor) Attest(ctx context.Context, payload []byte, _ attest
 	jt, err := j.store.ConsumeJoinToken(ctx, jointoken.Hash(string(payload)), j.clock.Now())
 	switch {
 	case errors.Is(err, datastore.ErrNotFound):
+		j.metrics.JoinToken(metrics.TokenRefused)
 		return nil, fmt.Errorf("%w: unknown or already used join token", ErrBadJoinToken)
 	case errors.Is(err, datastore.ErrExpired):
+		j.metrics.JoinToken(metrics.TokenRefused)
 		return nil, fmt.Errorf("%w: expired join token", ErrBadJoinToken)
 	case err != nil:
 		return nil, fmt.Errorf("consume join token: %w", err)
 	}
+	j.metrics.JoinToken(metrics.TokenConsumed)
 	return &attest.Result{AgentID: jt.SPIFFEID}, nil
 }
 
@@ -244,7 +245,7 @@ func (s *Service) attestNode(ctx context.Context, c *caller, typ string, payload
 	}
 	id := res.AgentID
 	if err := s.checkAgentID(id); err != nil {
-		s.log.LogAttrs(ctx, slog.LevelError, "node attestor named an invalid agent ID; no identity issued", peerAddr(ctx), slog.String(KeyAttestationType, typ), slog.String(KeyReason, err.Error()))
+		s.log.LogAttrs(ctx, slog.LevelError, "node attestor named an invalid agent ID; no identity issued", peerAddr(ctx), slog.String(logkey.AttestationType, typ), slog.String(logkey.Reason, err.Error()))
 		return nil, status.Error(codes.PermissionDenied, msgNoIdentity)
 	}
 	sel := attest.SortSelectors(slices.Clone(res.Selectors))
@@ -262,11 +263,11 @@ func (s *Service) attestNode(ctx context.Context, c *caller, typ string, payload
 			if typ == AttestationTypeJoinToken {
 				reason += "; its join token is used up"
 			}
-			s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(KeyAttestationType, typ), slog.String(KeySPIFFEID, id.String()), slog.String(KeyReason, reason))
+			s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(logkey.AttestationType, typ), slog.String(logkey.SPIFFEID, id.String()), slog.String(logkey.Reason, reason))
 			return nil, status.Error(codes.PermissionDenied, msgBanned)
 		}
 		if errors.Is(err, errAgentOtherType) {
-			s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(KeyAttestationType, typ), slog.String(KeySPIFFEID, id.String()), slog.String(KeyReason, err.Error()+"; evict that agent first to hand its ID over"))
+			s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(logkey.AttestationType, typ), slog.String(logkey.SPIFFEID, id.String()), slog.String(logkey.Reason, err.Error()+"; evict that agent first to hand its ID over"))
 			return nil, status.Errorf(codes.PermissionDenied, "%s: the agent ID is held by an agent of another attestation type", msgNoIdentity)
 		}
 		return nil, s.internal(ctx, c, "store agent", err)
@@ -275,7 +276,7 @@ func (s *Service) attestNode(ctx context.Context, c *caller, typ string, payload
 	if reattested {
 		msg = "agent attested again; its earlier SVIDs no longer authenticate it"
 	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, msg, peerAddr(ctx), slog.String(KeyAttestationType, typ), slog.String(KeySPIFFEID, id.String()), slog.String(KeySerial, serial), slog.Time(KeyNotAfter, leaf.NotAfter), slog.Int("node_selectors", len(sel)))
+	s.log.LogAttrs(ctx, slog.LevelInfo, msg, peerAddr(ctx), slog.String(logkey.AttestationType, typ), slog.String(logkey.SPIFFEID, id.String()), slog.String(logkey.Serial, serial), slog.Time(logkey.NotAfter, leaf.NotAfter), slog.Int("node_selectors", len(sel)))
 	return &nodev1.AttestNodeResponse{SvidChain: chain, Bundle: b.json, NodeSelectors: selectorStrings(sel)}, nil
 }
 
@@ -288,7 +289,7 @@ func selectorStrings(sel []entry.Selector) []string {
 }
 
 func (s *Service) refuseAttest(ctx context.Context, typ, reason string) {
-	s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(KeyAttestationType, entry.Printable(typ)), slog.String(KeyReason, reason))
+	s.log.LogAttrs(ctx, slog.LevelWarn, "attestation refused", peerAddr(ctx), slog.String(logkey.AttestationType, entry.Printable(typ)), slog.String(logkey.Reason, reason))
 }
 
 // checkAgentID refuses agent IDs the server must never issue, whatever a
@@ -362,10 +363,12 @@ func (s *Service) signAgentSVID(now time.Time, id spiffeid.ID, pub crypto.Public
 	if a == nil || a.X509 == nil {
 		return nil, nil, errors.New("no active X.509 CA")
 	}
+	began := s.clock.Now()
 	der, err := x509ca.SignX509SVID(now, a.X509, x509ca.SVIDParams{ID: id, TTL: s.x509TTL, PublicKey: pub})
 	if err != nil {
 		return nil, nil, err
 	}
+	s.metrics.Signed(metrics.KindAgent, s.clock.Now().Sub(began))
 	leaf, err := x509.ParseCertificate(der)
 	if err != nil {
 		return nil, nil, fmt.Errorf("parse agent SVID: %w", err)
@@ -415,6 +418,6 @@ func (h *handler) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest)
 	case err != nil:
 		return nil, s.internal(ctx, c, "update agent", err)
 	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, "agent SVID renewed", slog.String(KeySPIFFEID, c.id.String()), slog.String(KeySerial, serial), slog.String("prev_serial", c.serial), slog.Time(KeyNotAfter, leaf.NotAfter))
+	s.log.LogAttrs(ctx, slog.LevelInfo, "agent SVID renewed", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.Serial, serial), slog.String("prev_serial", c.serial), slog.Time(logkey.NotAfter, leaf.NotAfter))
 	return &nodev1.RenewAgentResponse{SvidChain: chain}, nil
 }

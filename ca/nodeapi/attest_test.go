@@ -19,6 +19,8 @@ import (
 	"writ.dev/writ/ca/attest/jointoken"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/nodeapi"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 const (
@@ -77,7 +79,7 @@ func TestAttest(t *testing.T) {
 		!a.UpdatedAt.Equal(want.UpdatedAt) || a.Banned {
 		t.Errorf("agent record\n got %+v\nwant %+v", a, want)
 	}
-	if recs := e.logs.find("agent attested"); len(recs) != 1 || recs[0].attrs[nodeapi.KeySPIFFEID] != agentA {
+	if recs := e.logs.find("agent attested"); len(recs) != 1 || recs[0].attrs[logkey.SPIFFEID] != agentA {
 		t.Errorf("want one 'agent attested' record for %s, got %+v", agentA, recs)
 	}
 }

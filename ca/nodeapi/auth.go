@@ -19,6 +19,8 @@ import (
 
 	nodev1 "writ.dev/writ/ca/api/node/v1"
 	"writ.dev/writ/ca/datastore"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // Messages callers see when refused. They say what failed but not which
@@ -124,7 +126,7 @@ func (cs *callerStream) Context() context.Context { return cs.ctx }
 func (s *Service) authenticate(ctx context.Context, method string) (*caller, error) {
 	r, known := rules[method]
 	if !known {
-		s.log.LogAttrs(ctx, slog.LevelWarn, "node API call denied", slog.String(KeyMethod, method), slog.String(KeyReason, "method has no access policy"))
+		s.log.LogAttrs(ctx, slog.LevelWarn, "node API call denied", slog.String(logkey.Method, method), slog.String(logkey.Reason, "method has no access policy"))
 		return nil, status.Error(codes.PermissionDenied, msgNoPolicy)
 	}
 	if !s.isReady() {
@@ -154,7 +156,7 @@ func (s *Service) authenticate(ctx context.Context, method string) (*caller, err
 		// The agent may have just attested or renewed and the index not
 		// yet seen it: wait until it has applied every committed change.
 		if err := s.idx.catchUp(ctx); err != nil && ctx.Err() == nil {
-			s.log.LogAttrs(ctx, slog.LevelWarn, "cannot bring the agent list up to date; using the last known one", slog.String(KeyError, err.Error()))
+			s.log.LogAttrs(ctx, slog.LevelWarn, "cannot bring the agent list up to date; using the last known one", slog.String(logkey.Error, err.Error()))
 		}
 		st = s.idx.agentStatus(id, serial)
 	}
@@ -169,14 +171,14 @@ func (s *Service) authenticate(ctx context.Context, method string) (*caller, err
 
 // deny logs a refused call and returns the error the caller sees.
 func (s *Service) deny(ctx context.Context, method string, id spiffeid.ID, serial, reason, msg string) error {
-	attrs := []slog.Attr{slog.String(KeyMethod, method)}
+	attrs := []slog.Attr{slog.String(logkey.Method, method)}
 	if !id.IsZero() {
-		attrs = append(attrs, slog.String(KeySPIFFEID, id.String()))
+		attrs = append(attrs, slog.String(logkey.SPIFFEID, id.String()))
 	}
 	if serial != "" {
-		attrs = append(attrs, slog.String(KeySerial, serial))
+		attrs = append(attrs, slog.String(logkey.Serial, serial))
 	}
-	attrs = append(attrs, slog.String(KeyReason, reason))
+	attrs = append(attrs, slog.String(logkey.Reason, reason))
 	s.log.LogAttrs(ctx, slog.LevelWarn, "node API call denied", attrs...)
 	return status.Error(codes.PermissionDenied, msg)
 }
@@ -203,11 +205,11 @@ func (s *Service) internal(ctx context.Context, c *caller, op string, err error)
 	if ctxErr := ctx.Err(); ctxErr != nil && errors.Is(err, ctxErr) {
 		return status.FromContextError(ctxErr).Err()
 	}
-	attrs := []slog.Attr{slog.String("op", op), slog.String(KeyError, err.Error())}
+	attrs := []slog.Attr{slog.String("op", op), slog.String(logkey.Error, err.Error())}
 	if c != nil {
-		attrs = append(attrs, slog.String(KeyMethod, c.method))
+		attrs = append(attrs, slog.String(logkey.Method, c.method))
 		if !c.id.IsZero() {
-			attrs = append(attrs, slog.String(KeySPIFFEID, c.id.String()))
+			attrs = append(attrs, slog.String(logkey.SPIFFEID, c.id.String()))
 		}
 	}
 	if errors.Is(err, datastore.ErrUnavailable) {

@@ -40,6 +40,7 @@ import (
 	"writ.dev/writ/ca/keymanager/keystore"
 	"writ.dev/writ/ca/nodeapi"
 	"writ.dev/writ/internal/leakcheck"
+	"writ.dev/writ/internal/metrics"
 	"writ.dev/writ/internal/testca"
 )
 
@@ -137,6 +138,8 @@ type envOptions struct {
 	authority keymanager.Authority
 	// nodeAttestors, if set, returns the node attestors to enable.
 	nodeAttestors func(clock.Clock) []nodeapi.NodeAttestor
+	// metrics, if set, receives the service's metrics.
+	metrics *metrics.Server
 }
 
 // testStart is the fake clock's start: near real time, so that go-spiffe,
@@ -187,6 +190,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 		KeyManager:    e.km,
 		Clock:         e.clock,
 		Logger:        log,
+		Metrics:       opts.metrics,
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)

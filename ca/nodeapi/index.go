@@ -19,6 +19,9 @@ import (
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/keymanager"
+
+	"writ.dev/writ/internal/logkey"
+	"writ.dev/writ/internal/metrics"
 )
 
 const (
@@ -165,7 +168,7 @@ func (ix *index) run(ctx context.Context, onLoad, onPass func()) {
 			d := backoff(failures)
 			// Log the first failure and then every tenth, not every retry.
 			if failures%10 == 1 {
-				ix.log.Error("cannot read the datastore's change feed; serving the last known entries and agents", KeyError, err.Error(), "retry_in", d.String(), "failures", failures)
+				ix.log.Error("cannot read the datastore's change feed; serving the last known entries and agents", logkey.Error, err.Error(), "retry_in", d.String(), "failures", failures)
 			}
 			if retry == nil {
 				retry = ix.clock.NewTimer(d)
@@ -250,7 +253,7 @@ func (ix *index) load(ctx context.Context) error {
 	}
 	if len(reserved) > 0 {
 		ix.log.Warn("entries with a SPIFFE ID under the reserved path "+entry.ReservedPath+"/ are not issued; delete them and register their workloads under another path",
-			"count", len(reserved), KeyEntryIDs, firstIDs(reserved))
+			"count", len(reserved), logkey.EntryIDs, firstIDs(reserved))
 	}
 	agentMap := make(map[spiffeid.ID]*datastore.Agent, len(agents))
 	var legacy []string
@@ -262,7 +265,7 @@ func (ix *index) load(ctx context.Context) error {
 	}
 	if len(legacy) > 0 {
 		ix.log.Warn("agents with a SPIFFE ID outside "+entry.AgentPathPrefix+" may share it with a workload entry; attest them again with a join token for an ID under "+entry.AgentPathPrefix+" and evict the old ones",
-			"count", len(legacy), KeySPIFFEIDs, firstIDs(legacy))
+			"count", len(legacy), logkey.SPIFFEIDs, firstIDs(legacy))
 	}
 	ix.mu.Lock()
 	ix.entries, ix.byParent, ix.agents = entries, byParent, agentMap
@@ -279,7 +282,7 @@ func (ix *index) load(ctx context.Context) error {
 		}
 	}
 	ix.mu.Unlock()
-	ix.log.Info("entry index loaded", "entries", len(entries), "agents", len(agentMap), KeyRevision, snap.Revision)
+	ix.log.Info("entry index loaded", "entries", len(entries), "agents", len(agentMap), logkey.Revision, snap.Revision)
 	return nil
 }
 
@@ -335,7 +338,7 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 		case datastore.EventAgent:
 			id, err := spiffeid.FromString(ev.Key)
 			if err != nil {
-				ix.log.Warn("ignoring agent event with an invalid SPIFFE ID", KeyRevision, ev.Revision)
+				ix.log.Warn("ignoring agent event with an invalid SPIFFE ID", logkey.Revision, ev.Revision)
 				continue
 			}
 			agentIDs[id] = struct{}{}
@@ -384,11 +387,11 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 		}
 		if e := ev.Entry; e != nil {
 			if e.ID != ev.Key {
-				ix.log.Warn("ignoring entry event whose entry has another ID", KeyRevision, ev.Revision)
+				ix.log.Warn("ignoring entry event whose entry has another ID", logkey.Revision, ev.Revision)
 				continue
 			}
 			if entry.IsReserved(e.SPIFFEID) {
-				ix.log.Warn("entry with a SPIFFE ID under the reserved path "+entry.ReservedPath+"/ is not issued", KeyEntryID, e.ID, KeyRevision, ev.Revision)
+				ix.log.Warn("entry with a SPIFFE ID under the reserved path "+entry.ReservedPath+"/ is not issued", logkey.EntryID, e.ID, logkey.Revision, ev.Revision)
 				continue
 			}
 			ix.entries[e.ID] = e
@@ -420,13 +423,14 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 			}
 		})
 	}
+	now := ix.clock.Now()
 	for parent, ids := range touched {
 		for sub := range ix.subs[parent] {
-			sub.add(ids)
+			sub.add(ids, now)
 		}
 		for member := range ix.membersOf[parent] {
 			for sub := range ix.subs[member] {
-				sub.add(ids)
+				sub.add(ids, now)
 			}
 		}
 	}
@@ -587,7 +591,7 @@ func (ix *index) taintedAuthorities(ctx context.Context) (*nodev1.TaintedAuthori
 		}
 		id, err := keymanager.DisplayID(k)
 		if err != nil {
-			ix.log.Warn("CA key record is corrupt; cannot tell agents it is tainted", "key_id", k.ID, KeyError, err.Error())
+			ix.log.Warn("CA key record is corrupt; cannot tell agents it is tainted", logkey.KeyID, k.ID, logkey.Error, err.Error())
 			continue
 		}
 		switch k.Kind {
@@ -671,6 +675,21 @@ func (ix *index) bundleAckedStatus(seq uint64) (streams, pending int) {
 }
 
 // subscribers returns the number of open streams (for tests).
+// stats counts entries, agents and streams for the metrics.
+func (ix *index) stats() metrics.NodeStats {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	st := metrics.NodeStats{Entries: len(ix.entries), ConnectedAgents: len(ix.subs)}
+	for _, a := range ix.agents {
+		if a.Banned {
+			st.BannedAgents++
+		} else {
+			st.AttestedAgents++
+		}
+	}
+	return st
+}
+
 func (ix *index) subscribers() int {
 	ix.mu.RLock()
 	defer ix.mu.RUnlock()
@@ -693,18 +712,25 @@ type subscriber struct {
 	// acknowledged (AckBundle) while the stream was open.
 	ackedSeq atomic.Uint64
 
-	mu sync.Mutex // guards pending, full
+	mu sync.Mutex // guards pending, full, since
 	// pending are entry IDs under this agent, now or before, that changed
 	// since the stream last looked.
 	pending map[string]struct{}
+	// since is when the oldest of pending was read from the change feed
+	// (zero if none), for the propagation delay metric.
+	since time.Time
 	// full asks for the full set (first message, reload, or too many
 	// pending changes).
 	full bool
 }
 
-// add records changed entry IDs and signals the stream.
-func (s *subscriber) add(ids []string) {
+// add records entry IDs that changed, read from the change feed at now,
+// and signals the stream.
+func (s *subscriber) add(ids []string, now time.Time) {
 	s.mu.Lock()
+	if s.since.IsZero() {
+		s.since = now
+	}
 	if !s.full {
 		if s.pending == nil {
 			s.pending = make(map[string]struct{}, len(ids))
@@ -737,13 +763,14 @@ func (s *subscriber) poke() {
 	}
 }
 
-// take returns and clears what changed.
-func (s *subscriber) take() (full bool, pending map[string]struct{}) {
+// take returns and clears what changed, and when the oldest change was
+// read (zero if none).
+func (s *subscriber) take() (full bool, pending map[string]struct{}, since time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	full, pending = s.full, s.pending
-	s.full, s.pending = false, nil
-	return full, pending
+	full, pending, since = s.full, s.pending, s.since
+	s.full, s.pending, s.since = false, nil, time.Time{}
+	return full, pending, since
 }
 
 // maxLoggedIDs bounds the IDs one log record lists.

@@ -25,7 +25,7 @@ func newTestEntry(id string, parent spiffeid.ID, rev uint64) *entry.Entry {
 }
 
 func pendingIDs(s *subscriber) (bool, []string) {
-	full, pending := s.take()
+	full, pending, _ := s.take()
 	var ids []string
 	for id := range pending {
 		ids = append(ids, id)
@@ -43,7 +43,7 @@ func TestIndexApply(t *testing.T) {
 	subA, subB := ix.subscribe(parentA), ix.subscribe(parentB)
 	for _, s := range []*subscriber{subA, subB} {
 		<-s.notify
-		if full, _ := s.take(); !full {
+		if full, _, _ := s.take(); !full {
 			t.Fatal("new subscriber does not ask for the full set")
 		}
 	}

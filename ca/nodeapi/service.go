@@ -19,6 +19,7 @@ import (
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/keymanager"
+	"writ.dev/writ/internal/metrics"
 )
 
 // Defaults for Config fields left zero. They match the server's defaults.
@@ -39,23 +40,6 @@ const (
 	// maxJoinTokenLength bounds the join tokens Attest looks up; anything
 	// longer is refused like any wrong token, without hashing it.
 	maxJoinTokenLength = 256
-)
-
-// Keys of the service's log records.
-const (
-	KeySPIFFEID = "spiffe_id"
-	KeyEntryID  = "entry_id"
-	// KeyEntryIDs and KeySPIFFEIDs list several entries or agents.
-	KeyEntryIDs  = "entry_ids"
-	KeySPIFFEIDs = "spiffe_ids"
-	KeySerial    = "serial"
-	KeyMethod    = "method"
-	KeyCode      = "code"
-	KeyReason    = "reason"
-	KeyRevision  = "revision"
-	KeyNotAfter  = "not_after"
-	// KeyError holds the detail of an internal error.
-	KeyError = "error"
 )
 
 // AttestationTypeJoinToken is the Agent.AttestationType of agents that
@@ -115,6 +99,9 @@ type Config struct {
 	// besides join tokens, which are always accepted. Their types must
 	// be distinct and not "join_token".
 	NodeAttestors []NodeAttestor
+	// Metrics receives the service's metrics (signatures, Sync streams,
+	// join tokens, entry and agent counts). Nil records none.
+	Metrics *metrics.Server
 }
 
 // Service serves the node API (writ.node.v1.NodeService) over TLS. Create
@@ -127,6 +114,7 @@ type Service struct {
 	km       KeyManager
 	clock    clock.Clock
 	log      *slog.Logger
+	metrics  *metrics.Server
 	x509TTL  time.Duration
 	jwtTTL   time.Duration
 
@@ -189,6 +177,7 @@ func New(cfg Config) (*Service, error) {
 		km:        cfg.KeyManager,
 		clock:     cfg.Clock,
 		log:       cfg.Logger,
+		metrics:   cfg.Metrics,
 		x509TTL:   cfg.DefaultX509SVIDTTL,
 		jwtTTL:    cfg.DefaultJWTSVIDTTL,
 		renewKick: make(chan struct{}, 1),
@@ -197,7 +186,7 @@ func New(cfg Config) (*Service, error) {
 	}
 	s.idx = newIndex(cfg.Store, cfg.TrustDomain, cfg.Clock, cfg.Logger)
 	s.idx.serverID = s.serverID
-	s.attestors = map[string]NodeAttestor{AttestationTypeJoinToken: &joinTokenAttestor{store: cfg.Store, clock: cfg.Clock}}
+	s.attestors = map[string]NodeAttestor{AttestationTypeJoinToken: &joinTokenAttestor{store: cfg.Store, clock: cfg.Clock, metrics: cfg.Metrics}}
 	for _, a := range cfg.NodeAttestors {
 		if a == nil || a.Type() == "" {
 			return nil, errors.New("nodeapi: node attestor without a type")
@@ -207,6 +196,7 @@ func New(cfg Config) (*Service, error) {
 		}
 		s.attestors[a.Type()] = a
 	}
+	cfg.Metrics.ObserveNode(s.idx.stats)
 	return s, nil
 }
 

@@ -16,6 +16,9 @@ import (
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/jwtsvid"
 	"writ.dev/writ/ca/x509ca"
+
+	"writ.dev/writ/internal/logkey"
+	"writ.dev/writ/internal/metrics"
 )
 
 // msgEntryNotAuthorized answers a request for an entry the agent may not
@@ -33,7 +36,7 @@ func (s *Service) authorizedEntry(c *caller, id string) *entry.Entry {
 		return nil
 	}
 	if e.SPIFFEID.TrustDomain() != s.td || e.SPIFFEID.Path() == "" || entry.IsReserved(e.SPIFFEID) {
-		s.log.Error("refusing to sign for an entry with an ID the server must not issue", KeyEntryID, e.ID, KeySPIFFEID, e.SPIFFEID.String())
+		s.log.Error("refusing to sign for an entry with an ID the server must not issue", logkey.EntryID, e.ID, logkey.SPIFFEID, e.SPIFFEID.String())
 		return nil
 	}
 	return e
@@ -55,7 +58,7 @@ func (s *Service) issuedID(e *entry.Entry, requested string) (spiffeid.ID, bool)
 	}
 	t, err := entry.ParseTemplate(s.td, e.Template)
 	if err != nil {
-		s.log.Error("refusing to sign for a template entry whose template does not parse", KeyEntryID, e.ID, KeyError, err.Error())
+		s.log.Error("refusing to sign for a template entry whose template does not parse", logkey.EntryID, e.ID, logkey.Error, err.Error())
 		return spiffeid.ID{}, false
 	}
 	id, err := entry.ParseWorkloadID(s.td, requested)
@@ -118,6 +121,7 @@ func (h *handler) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX5
 			res.Status = itemStatus(codes.InvalidArgument, status.Convert(invalidArg("invalid CSR", err)).Message())
 			return
 		}
+		began := s.clock.Now()
 		der, err := x509ca.SignX509SVID(now, a.X509, x509ca.SVIDParams{
 			ID:        sid,
 			DNSNames:  e.DNSNames,
@@ -125,13 +129,14 @@ func (h *handler) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX5
 			PublicKey: pub,
 		})
 		if err != nil {
-			s.log.LogAttrs(ctx, slog.LevelError, "cannot sign X.509-SVID", slog.String(KeySPIFFEID, c.id.String()), slog.String(KeyEntryID, e.ID), slog.String(KeyError, err.Error()))
+			s.log.LogAttrs(ctx, slog.LevelError, "cannot sign X.509-SVID", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.EntryID, e.ID), slog.String(logkey.Error, err.Error()))
 			res.Status = itemStatus(codes.Internal, msgInternal)
 			return
 		}
 		if ttl := defaultTTL(e.X509SVIDTTL, s.x509TTL); now.Add(ttl).After(a.X509.Cert.NotAfter) {
-			s.log.LogAttrs(ctx, slog.LevelDebug, "X.509-SVID lifetime cut to its CA's", slog.String(KeyEntryID, e.ID), slog.Duration("ttl", ttl), slog.Time("ca_not_after", a.X509.Cert.NotAfter))
+			s.log.LogAttrs(ctx, slog.LevelDebug, "X.509-SVID lifetime cut to its CA's", slog.String(logkey.EntryID, e.ID), slog.Duration("ttl", ttl), slog.Time("ca_not_after", a.X509.Cert.NotAfter))
 		}
+		s.metrics.Signed(metrics.KindX509, s.clock.Now().Sub(began))
 		signed.Add(1)
 		res.Status = itemStatus(codes.OK, "")
 		res.SvidChain = a.X509.SVIDChain(der)
@@ -160,10 +165,10 @@ func (h *handler) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX5
 		return nil, status.FromContextError(err).Err()
 	}
 	if n := unauthorized.Load(); n > 0 {
-		s.log.LogAttrs(ctx, slog.LevelWarn, "X.509-SVIDs refused", slog.String(KeySPIFFEID, c.id.String()), slog.Int64("count", n),
-			slog.String(KeyEntryID, logEntryID(*firstUnauthorized.Load())), slog.String(KeyReason, "entries missing or not the agent's"))
+		s.log.LogAttrs(ctx, slog.LevelWarn, "X.509-SVIDs refused", slog.String(logkey.SPIFFEID, c.id.String()), slog.Int64("count", n),
+			slog.String(logkey.EntryID, logEntryID(*firstUnauthorized.Load())), slog.String(logkey.Reason, "entries missing or not the agent's"))
 	}
-	s.log.LogAttrs(ctx, slog.LevelDebug, "X.509-SVIDs signed", slog.String(KeySPIFFEID, c.id.String()), slog.Int64("signed", signed.Load()), slog.Int("refused", len(reqs)-int(signed.Load())))
+	s.log.LogAttrs(ctx, slog.LevelDebug, "X.509-SVIDs signed", slog.String(logkey.SPIFFEID, c.id.String()), slog.Int64("signed", signed.Load()), slog.Int("refused", len(reqs)-int(signed.Load())))
 	return resp, nil
 }
 
@@ -204,7 +209,7 @@ func (h *handler) SignJWTSVID(ctx context.Context, req *nodev1.SignJWTSVIDReques
 	e := s.authorizedEntry(c, req.GetEntryId())
 	sid, ok := s.issuedID(e, req.GetSpiffeId())
 	if !ok {
-		s.log.LogAttrs(ctx, slog.LevelWarn, "JWT-SVID refused", slog.String(KeySPIFFEID, c.id.String()), slog.String(KeyEntryID, logEntryID(req.GetEntryId())), slog.String(KeyReason, "entry missing or not the agent's, or an ID its template does not fill"))
+		s.log.LogAttrs(ctx, slog.LevelWarn, "JWT-SVID refused", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.EntryID, logEntryID(req.GetEntryId())), slog.String(logkey.Reason, "entry missing or not the agent's, or an ID its template does not fill"))
 		return nil, status.Error(codes.PermissionDenied, msgEntryNotAuthorized)
 	}
 	if err := checkAudience(req.GetAudience()); err != nil {
@@ -219,8 +224,9 @@ func (h *handler) SignJWTSVID(ctx context.Context, req *nodev1.SignJWTSVIDReques
 	if err != nil {
 		return nil, s.internal(ctx, c, "sign JWT-SVID", err)
 	}
+	s.metrics.Signed(metrics.KindJWT, s.clock.Now().Sub(now))
 	if now.Add(ttl).After(a.JWTNotAfter) {
-		s.log.LogAttrs(ctx, slog.LevelDebug, "JWT-SVID lifetime cut to its key's", slog.String(KeyEntryID, e.ID), slog.Duration("ttl", ttl), slog.Time("key_not_after", a.JWTNotAfter))
+		s.log.LogAttrs(ctx, slog.LevelDebug, "JWT-SVID lifetime cut to its key's", slog.String(logkey.EntryID, e.ID), slog.Duration("ttl", ttl), slog.Time("key_not_after", a.JWTNotAfter))
 	}
 	return &nodev1.SignJWTSVIDResponse{Token: token, ExpiresAt: exp.Unix()}, nil
 }

@@ -20,6 +20,8 @@ import (
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/jwtsvid"
 	"writ.dev/writ/ca/nodeapi"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 const msgNotAuthorized = "entry is not authorized for this agent"
@@ -121,7 +123,7 @@ func TestBatchSignX509SVID(t *testing.T) {
 	}
 	check(resp.Results[1], plain, nodeapi.DefaultX509SVIDTTL)
 
-	if recs := e.logs.find("X.509-SVIDs refused"); len(recs) != 1 || recs[0].attrs[nodeapi.KeySPIFFEID] != agentA || recs[0].attrs["count"] != "4" {
+	if recs := e.logs.find("X.509-SVIDs refused"); len(recs) != 1 || recs[0].attrs[logkey.SPIFFEID] != agentA || recs[0].attrs["count"] != "4" {
 		t.Errorf("want one summary of the refusals, got %v", recs)
 	}
 }

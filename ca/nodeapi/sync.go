@@ -15,6 +15,8 @@ import (
 
 	nodev1 "writ.dev/writ/ca/api/node/v1"
 	"writ.dev/writ/ca/entry"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // Limits on the delta messages Sync sends; a larger change goes out in
@@ -39,6 +41,9 @@ type streamState struct {
 	// verified is the bundle version the caller's certificate was last
 	// verified against.
 	verified uint64
+	// since is when the oldest change in the messages about to be sent
+	// was read from the change feed (zero if none).
+	since time.Time
 }
 
 // Sync sends the caller its entries and the bundle, then every change as
@@ -55,13 +60,15 @@ func (h *handler) Sync(_ *nodev1.SyncRequest, stream nodev1.NodeService_SyncServ
 	sub := s.idx.subscribe(c.id)
 	defer s.idx.unsubscribe(sub)
 	defer s.reports.streamOpened(c.id)()
+	s.metrics.SyncStreamOpened()
+	defer s.metrics.SyncStreamClosed()
 	expiry := s.clock.NewTimer(c.chain[0].NotAfter.Sub(s.clock.Now()))
 	defer expiry.Stop()
 	// verified starts at zero (bundle versions start at one), so the
 	// first round verifies the certificate again: the bundle may have
 	// changed since the interceptor did, before the stream subscribed.
 	st := &streamState{}
-	s.log.LogAttrs(ctx, slog.LevelDebug, "sync stream opened", slog.String(KeySPIFFEID, c.id.String()), slog.String(KeySerial, c.serial))
+	s.log.LogAttrs(ctx, slog.LevelDebug, "sync stream opened", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.Serial, c.serial))
 	for {
 		select {
 		case <-ctx.Done():
@@ -83,10 +90,15 @@ func (h *handler) Sync(_ *nodev1.SyncRequest, stream nodev1.NodeService_SyncServ
 		if err != nil {
 			return err
 		}
-		for _, m := range msgs {
+		for i, m := range msgs {
 			if err := stream.Send(m); err != nil {
 				return err
 			}
+			var since time.Time
+			if i == len(msgs)-1 {
+				since = st.since
+			}
+			s.metrics.SyncSent(since, s.clock.Now())
 		}
 		if sub.sentSeq.Load() != st.bundleSeq {
 			sub.sentSeq.Store(st.bundleSeq)
@@ -107,7 +119,8 @@ func (s *Service) nextMessages(ctx context.Context, c *caller, sub *subscriber, 
 		st.verified = b.version
 	}
 
-	full, pending := sub.take()
+	full, pending, since := sub.take()
+	st.since = since
 	var (
 		changed []*entry.Entry
 		deleted []string
@@ -289,7 +302,7 @@ func (h *handler) AckBundle(ctx context.Context, req *nodev1.AckBundleRequest) (
 		return nil, err
 	}
 	n := h.s.idx.ack(c.id, req.GetBundleSequence())
-	h.s.log.LogAttrs(ctx, slog.LevelDebug, "bundle acknowledged", slog.String(KeySPIFFEID, c.id.String()),
+	h.s.log.LogAttrs(ctx, slog.LevelDebug, "bundle acknowledged", slog.String(logkey.SPIFFEID, c.id.String()),
 		slog.Uint64("bundle_sequence", req.GetBundleSequence()), slog.Int("streams", n))
 	return &nodev1.AckBundleResponse{}, nil
 }

@@ -14,6 +14,7 @@ import (
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/nodeapi"
+	"writ.dev/writ/internal/logkey"
 )
 
 // A rotation can wait until every stream has been sent the bundle with
@@ -83,7 +84,7 @@ func TestSVIDCutToCA(t *testing.T) {
 		t.Fatalf("SVID expires %s, want its CA's NotAfter %s", leaf.NotAfter, ca.NotAfter)
 	}
 	recs := e.logs.find("X.509-SVID lifetime cut to its CA's")
-	if len(recs) != 1 || recs[0].level != slog.LevelDebug || recs[0].attrs[nodeapi.KeyEntryID] != long.ID {
+	if len(recs) != 1 || recs[0].level != slog.LevelDebug || recs[0].attrs[logkey.EntryID] != long.ID {
 		t.Fatalf("cut logged as %v, want one debug record for entry %s", recs, long.ID)
 	}
 }

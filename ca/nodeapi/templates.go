@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"sync"
+	"writ.dev/writ/internal/logkey"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
@@ -91,7 +92,7 @@ func (h *handler) ReportTemplates(ctx context.Context, req *nodev1.ReportTemplat
 		rep.templates[e.ID] = is
 	}
 	if dropped > 0 {
-		s.log.LogAttrs(ctx, slog.LevelWarn, "template report: dropped items that are not the agent's templates or IDs they fill", slog.String(KeySPIFFEID, c.id.String()), slog.Int("count", dropped))
+		s.log.LogAttrs(ctx, slog.LevelWarn, "template report: dropped items that are not the agent's templates or IDs they fill", slog.String(logkey.SPIFFEID, c.id.String()), slog.Int("count", dropped))
 	}
 	s.reports.mu.Lock()
 	defer s.reports.mu.Unlock()

@@ -16,6 +16,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"writ.dev/writ/ca/x509ca"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 const (
@@ -75,7 +77,7 @@ func (s *Service) verifyConnection(cs tls.ConnectionState) error {
 		return nil
 	}
 	if _, err := s.verifyPeer(cs.PeerCertificates); err != nil {
-		s.log.Debug("TLS client certificate refused", KeyReason, err.Error())
+		s.log.Debug("TLS client certificate refused", logkey.Reason, err.Error())
 		return err
 	}
 	return nil
@@ -189,7 +191,7 @@ func (s *Service) checkServerCert() time.Time {
 		if err == nil {
 			cur = next
 		} else {
-			s.log.Error("cannot sign the server's TLS certificate; keeping the current one", KeyError, err.Error(), "retry_in", certRetry.String())
+			s.log.Error("cannot sign the server's TLS certificate; keeping the current one", logkey.Error, err.Error(), "retry_in", certRetry.String())
 			return now.Add(certRetry)
 		}
 	}
@@ -235,7 +237,7 @@ func (s *Service) issueServerCert(now time.Time) (*serverCert, error) {
 		renewAt: now.Add(leaf.NotAfter.Sub(now) / 2),
 	}
 	s.cert.Store(sc)
-	s.log.Info("server TLS certificate signed", KeySPIFFEID, s.serverID.String(), KeySerial, leaf.SerialNumber.String(), KeyNotAfter, leaf.NotAfter)
+	s.log.Info("server TLS certificate signed", logkey.SPIFFEID, s.serverID.String(), logkey.Serial, leaf.SerialNumber.String(), logkey.NotAfter, leaf.NotAfter)
 	s.certIssued.Store(true)
 	s.checkReady()
 	return sc, nil

@@ -192,6 +192,9 @@ func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keym
 		closeKeys()
 		return nil, nil, fmt.Errorf("upstream authority: %w", err)
 	}
+	if auth != nil && cfg.Metrics != nil {
+		auth = countedAuthority{auth, cfg.Metrics}
+	}
 	km, err := keymanager.New(ctx, keymanager.Config{
 		ServerID:    id,
 		KeyStore:    ks,

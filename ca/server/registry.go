@@ -10,6 +10,8 @@ import (
 
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/datastore"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // HeartbeatInterval is how often a running server rewrites its record in
@@ -65,7 +67,7 @@ func (r *registry) run(ctx context.Context) error {
 		case err != nil && ctx.Err() != nil:
 			return nil
 		case err != nil:
-			r.log.Warn("cannot write the server heartbeat to the datastore; retrying", "error", err, "retry_in", HeartbeatInterval)
+			r.log.Warn("cannot write the server heartbeat to the datastore; retrying", logkey.Error, err, "retry_in", HeartbeatInterval)
 			failing = true
 		case failing:
 			r.log.Info("server heartbeat written again")

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sync"
@@ -28,8 +29,13 @@ import (
 	"writ.dev/writ/ca/ui"
 	"writ.dev/writ/ca/x509ca"
 	"writ.dev/writ/internal/datadir"
+	"writ.dev/writ/internal/metrics"
 	"writ.dev/writ/internal/peercred"
+	"writ.dev/writ/internal/probe"
+	"writ.dev/writ/internal/taskgroup"
 	"writ.dev/writ/internal/unixsock"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // Names inside the data directory.
@@ -90,6 +96,16 @@ type Config struct {
 	// NodeAttestors are the node attestation methods enabled besides
 	// join tokens (built in cmd/ from configuration).
 	NodeAttestors []nodeapi.NodeAttestor
+
+	// Metrics receives the server's metrics; nil records none.
+	Metrics *metrics.Server
+	// MetricsAddress, if set, is where MetricsHandler is served at
+	// /metrics over HTTP (a bare port means loopback).
+	MetricsAddress string
+	MetricsHandler http.Handler
+	// HealthAddress, if set, is where /live and /ready are served over
+	// HTTP. It may equal MetricsAddress.
+	HealthAddress string
 }
 
 // FederationConfig configures the SPIFFE bundle endpoint that other trust
@@ -176,6 +192,17 @@ func New(cfg Config) (*Server, error) {
 	if cfg.UIAddress != "" && len(cfg.UIToken) < ui.MinTokenLength {
 		return nil, fmt.Errorf("status page token must be at least %d characters", ui.MinTokenLength)
 	}
+	for _, a := range []string{cfg.MetricsAddress, cfg.HealthAddress} {
+		if a == "" {
+			continue
+		}
+		if _, err := probe.ResolveAddress(a); err != nil {
+			return nil, err
+		}
+	}
+	if cfg.MetricsAddress != "" && cfg.MetricsHandler == nil {
+		return nil, errors.New("a metrics address needs a metrics handler")
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -200,7 +227,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.cfg.UIAddress != "" {
 		// The status page shows the recent audit records.
 		audit = ui.NewAuditLog(recentAuditEvents)
-		log = slog.New(audit.Handler(log.Handler(), admin.KeyAudit))
+		log = slog.New(audit.Handler(log.Handler(), logkey.Audit))
 	}
 
 	dir, err := datadir.Open(s.cfg.DataDir)
@@ -213,6 +240,7 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	defer store.Close()
+	store = measureStore(store, s.cfg.Metrics, s.cfg.Clock)
 
 	km, closeKeys, err := newKeyManager(ctx, dir, s.cfg, store)
 	if err != nil {
@@ -229,10 +257,12 @@ func (s *Server) Run(ctx context.Context) error {
 		DefaultX509SVIDTTL: s.cfg.DefaultX509SVIDTTL,
 		DefaultJWTSVIDTTL:  s.cfg.DefaultJWTSVIDTTL,
 		NodeAttestors:      s.cfg.NodeAttestors,
+		Metrics:            s.cfg.Metrics,
 	})
 	if err != nil {
 		return err
 	}
+	observeCAKeys(s.cfg.Metrics, km)
 	nodeLis, err := net.Listen("tcp", s.cfg.BindAddress)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", s.cfg.BindAddress, err)
@@ -263,6 +293,7 @@ func (s *Server) Run(ctx context.Context) error {
 		TemplateReports:     nodeSvc,
 		DefaultX509SVIDTTL:  s.cfg.DefaultX509SVIDTTL,
 		Backup:              &backuper{store: store, dir: dir, td: s.cfg.TrustDomain, serverID: serverID, keyManager: cmp.Or(s.cfg.Keys.KeyManager, KeyManagerDisk), clock: s.cfg.Clock},
+		Metrics:             s.cfg.Metrics,
 	})
 	if err != nil {
 		return err
@@ -291,61 +322,44 @@ func (s *Server) Run(ctx context.Context) error {
 	for _, ep := range endpoints {
 		defer ep.lis.Close()
 	}
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var wg sync.WaitGroup
-	errc := make(chan error, 16) // more than the goroutines Run starts
-	run := func(name string, fn func() error) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if err := fn(); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-				errc <- fmt.Errorf("%s: %w", name, err)
-			}
-		}()
+	probes, err := probe.ListenEndpoints(s.cfg.MetricsAddress, s.cfg.MetricsHandler, s.cfg.HealthAddress, s.readiness(store, km, nodeSvc))
+	if err != nil {
+		return err
 	}
-	run("key manager", func() error { return km.Run(ctx) })
-	run("node API", func() error { return nodeSvc.Run(ctx) })
-	run("server registry", func() error { return reg.run(ctx) })
-	run("federation", func() error { return fetcher.Run(ctx) })
+	g, gctx := taskgroup.New(ctx, log)
+	for _, p := range probes {
+		g.Serve(p.Name, p.Addr(), p.Serve, p.Stop)
+	}
+	g.Go("key manager", km.Run)
+	g.Go("node API", nodeSvc.Run)
+	g.Go("server registry", reg.run)
+	g.Go("federation", fetcher.Run)
 	select {
 	case <-nodeSvc.Ready():
-	case err := <-errc:
-		cancel()
-		wg.Wait()
-		return err
-	case <-ctx.Done():
-		wg.Wait()
-		return nil
+	case <-g.Done():
+		return g.Wait()
 	}
-	run("node API listener", func() error { return nodeGRPC.Serve(nodeLis) })
-	run("admin API", func() error { return adminGRPC.Serve(adminLis) })
-	readyAttrs := []any{"trust_domain", s.cfg.TrustDomain.Name(), "server_id", serverID, "datastore", RedactDatastore(s.cfg.Datastore), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", nodeLis.Addr().String()}
+	// Sync streams end with gctx, so the graceful stops do not wait on
+	// them.
+	g.Serve("node API listener", nodeLis.Addr().String(), func() error { return nodeGRPC.Serve(nodeLis) }, func() { stopGracefully(nodeGRPC, 5*time.Second) })
+	g.Serve("admin API", s.cfg.AdminSocket, func() error { return adminGRPC.Serve(adminLis) }, func() {
+		healthSrv.Shutdown()
+		stopGracefully(adminGRPC, 5*time.Second)
+	})
+	readyAttrs := []any{logkey.TrustDomain, s.cfg.TrustDomain.Name(), "server_id", serverID, "datastore", RedactDatastore(s.cfg.Datastore), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", nodeLis.Addr().String()}
 	for _, ep := range endpoints {
 		if ep.start != nil {
-			run(ep.name+" bundle source", func() error { return ep.start(ctx) })
+			g.Go(ep.name+" bundle source", ep.start)
 		}
-		run(ep.name, ep.serve)
+		g.Serve(ep.name, ep.lis.Addr().String(), ep.serve, ep.shutdown)
 		readyAttrs = append(readyAttrs, ep.logKey, ep.lis.Addr().String())
 	}
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	log.Info("server ready", readyAttrs...)
 
-	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-errc:
-	}
+	<-gctx.Done()
 	log.Info("server stopping")
-	healthSrv.Shutdown()
-	cancel() // ends open Sync streams, so the graceful stops do not wait on them
-	stopGracefully(nodeGRPC, 5*time.Second)
-	stopGracefully(adminGRPC, 5*time.Second)
-	for _, ep := range endpoints {
-		ep.shutdown()
-	}
-	wg.Wait()
+	runErr := g.Wait()
 	_ = os.Remove(s.cfg.AdminSocket)
 	log.Info("server stopped")
 	return runErr

@@ -53,6 +53,7 @@ func agentRunCommand() *cli.Command {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"WRIT_LOG_LEVEL"}}),
 	}
 	flags = append(flags, agentNodeAttestFlags()...)
+	flags = append(flags, observeFlags("WRIT_AGENT_")...)
 	return &cli.Command{
 		Name:   "run",
 		Usage:  "run the node agent until SIGINT or SIGTERM",
@@ -108,6 +109,10 @@ func agentRun(c *cli.Context) error {
 	if os.Getenv("GOMEMLIMIT") == "" {
 		debug.SetMemoryLimit(agentMemoryLimit)
 	}
+	if err := checkObserveFlags(c); err != nil {
+		return err
+	}
+	m, metricsHandler := agentMetrics(c)
 	nodeAttestor, err := agentNodeAttestor(c)
 	if err != nil {
 		return usagef(c, "%v", err)
@@ -115,6 +120,10 @@ func agentRun(c *cli.Context) error {
 	p, err := agentproc.New(agentproc.Config{
 		Agent: agent.Config{
 			NodeAttestor:      nodeAttestor,
+			Metrics:           m,
+			MetricsAddress:    c.String("metrics-address"),
+			MetricsHandler:    metricsHandler,
+			HealthAddress:     c.String("health-address"),
 			ServerAddresses:   splitList(c.StringSlice("server-address")),
 			TrustDomain:       td,
 			DataDir:           dataDir,

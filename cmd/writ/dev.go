@@ -57,6 +57,7 @@ import (
 	"writ.dev/writ/ca/server"
 	"writ.dev/writ/ca/x509ca"
 	"writ.dev/writ/internal/datadir"
+	"writ.dev/writ/internal/logkey"
 	"writ.dev/writ/workloadapi"
 )
 
@@ -449,7 +450,7 @@ func (env *devEnv) joinToken(ctx context.Context, admin *adminClient, bundle *sp
 	chain, err := agent.SavedSVID(env.agentDir)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
-		env.log.Info("first start of the agent: attesting with a join token", "spiffe_id", env.agentID.String())
+		env.log.Info("first start of the agent: attesting with a join token", logkey.SPIFFEID, env.agentID.String())
 	case err != nil:
 		return "", err
 	default:
@@ -457,7 +458,7 @@ func (env *devEnv) joinToken(ctx context.Context, admin *adminClient, bundle *sp
 		if id, ok := svidID(chain[0]); !ok || id != env.agentID {
 			// The agent of an earlier writ dev, whose ID was outside
 			// /writ/agent/: drop its identity so that it attests again.
-			env.log.Info("the agent's saved identity is not its current ID: attesting again with a join token", "spiffe_id", env.agentID.String())
+			env.log.Info("the agent's saved identity is not its current ID: attesting again with a join token", logkey.SPIFFEID, env.agentID.String())
 			for _, f := range []string{agent.StateFile, "agent_svid.pem", "agent_key.pem"} {
 				if err := os.Remove(filepath.Join(env.agentDir, f)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 					return "", err
@@ -471,7 +472,7 @@ func (env *devEnv) joinToken(ctx context.Context, admin *adminClient, bundle *sp
 			}
 			return "", nil // the agent resumes with its saved identity
 		}
-		env.log.Info("the agent's identity has expired: attesting again with a join token", "spiffe_id", env.agentID.String(), "not_after", chain[0].NotAfter)
+		env.log.Info("the agent's identity has expired: attesting again with a join token", logkey.SPIFFEID, env.agentID.String(), "not_after", chain[0].NotAfter)
 	}
 	callCtx, cancel := admin.callContext(ctx)
 	defer cancel()
@@ -503,9 +504,9 @@ func (env *devEnv) registerUser(ctx context.Context, admin *adminClient) error {
 	}
 	switch st := resp.GetResults()[0].GetStatus(); codes.Code(st.GetCode()) {
 	case codes.OK:
-		env.log.Info("registered the user's entry", "spiffe_id", env.userID.String(), "uid", env.uid)
+		env.log.Info("registered the user's entry", logkey.SPIFFEID, env.userID.String(), logkey.UID, env.uid)
 	case codes.AlreadyExists:
-		env.log.Debug("the user's entry exists", "spiffe_id", env.userID.String(), "uid", env.uid)
+		env.log.Debug("the user's entry exists", logkey.SPIFFEID, env.userID.String(), logkey.UID, env.uid)
 	default:
 		return fmt.Errorf("register %s: %s", env.userID, st.GetMessage())
 	}

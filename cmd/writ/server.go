@@ -45,6 +45,7 @@ func serverCommand() *cli.Command {
 	flags = append(flags, uiFlags()...)
 	flags = append(flags, publishFlags()...)
 	flags = append(flags, serverNodeAttestFlags()...)
+	flags = append(flags, observeFlags("WRIT_")...)
 	return &cli.Command{
 		Name:  "server",
 		Usage: "run and check the CA server",
@@ -136,12 +137,20 @@ func serverRun(c *cli.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := checkObserveFlags(c); err != nil {
+		return err
+	}
+	m, metricsHandler := serverMetrics(c)
 	nodeAttestors, err := serverNodeAttestors(c, td, logger)
 	if err != nil {
 		return usagef(c, "%v", err)
 	}
 	srv, err := server.New(server.Config{
 		NodeAttestors:      nodeAttestors,
+		Metrics:            m,
+		MetricsAddress:     c.String("metrics-address"),
+		MetricsHandler:     metricsHandler,
+		HealthAddress:      c.String("health-address"),
 		UIAddress:          uiAddress,
 		UIToken:            uiToken,
 		JWTIssuer:          jwtIssuer,

@@ -10,6 +10,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // authorizationKey is the gRPC metadata key of the bearer token (gRPC
@@ -73,13 +75,13 @@ func (a *JWTAuthorizer) authenticateGRPC(ctx context.Context, method string) (sp
 	case err == nil:
 		return id, nil
 	case errors.Is(err, ErrNotAllowed):
-		a.log.Debug("call refused: caller not allowed", slog.String("method", method), slog.String(keySPIFFEID, id.String()))
+		a.log.Debug("call refused: caller not allowed", slog.String("method", method), slog.String(logkey.SPIFFEID, id.String()))
 		return spiffeid.ID{}, status.Error(codes.PermissionDenied, "caller not allowed")
 	case errors.Is(err, ErrNoToken):
 		a.log.Debug("call refused: no bearer token", slog.String("method", method))
 		return spiffeid.ID{}, status.Error(codes.Unauthenticated, "a JWT-SVID bearer token is required")
 	default:
-		a.log.Debug("call refused: invalid bearer token", slog.String("method", method), slog.String(keyReason, err.Error()))
+		a.log.Debug("call refused: invalid bearer token", slog.String("method", method), slog.String(logkey.Reason, err.Error()))
 		return spiffeid.ID{}, status.Error(codes.Unauthenticated, describe(err))
 	}
 }

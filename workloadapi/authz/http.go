@@ -9,6 +9,8 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"writ.dev/writ/ca/jwtsvid"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // Challenges of the WWW-Authenticate header (RFC 6750 §3).
@@ -58,14 +60,14 @@ func (a *JWTAuthorizer) refuseHTTP(w http.ResponseWriter, r *http.Request, id sp
 	h.Set("Cache-Control", "no-store")
 	switch {
 	case errors.Is(err, ErrNotAllowed):
-		a.log.Debug("request refused: caller not allowed", slog.String("path", r.URL.Path), slog.String(keySPIFFEID, id.String()))
+		a.log.Debug("request refused: caller not allowed", slog.String("path", r.URL.Path), slog.String(logkey.SPIFFEID, id.String()))
 		http.Error(w, "caller not allowed", http.StatusForbidden)
 	case errors.Is(err, ErrNoToken):
 		a.log.Debug("request refused: no bearer token", slog.String("path", r.URL.Path))
 		h.Set("WWW-Authenticate", challengeNoToken)
 		http.Error(w, "a JWT-SVID bearer token is required", http.StatusUnauthorized)
 	default:
-		a.log.Debug("request refused: invalid bearer token", slog.String("path", r.URL.Path), slog.String(keyReason, err.Error()))
+		a.log.Debug("request refused: invalid bearer token", slog.String("path", r.URL.Path), slog.String(logkey.Reason, err.Error()))
 		h.Set("WWW-Authenticate", fmt.Sprintf(challengeInvalid, describe(err)))
 		http.Error(w, describe(err), http.StatusUnauthorized)
 	}

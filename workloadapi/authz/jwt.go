@@ -17,12 +17,6 @@ import (
 // JWTAuthorizer remembers unless JWTConfig.TokenCacheSize says otherwise.
 const DefaultTokenCacheSize = jwtsvid.DefaultVerifierSize
 
-// Log keys.
-const (
-	keySPIFFEID = "spiffe_id"
-	keyReason   = "reason"
-)
-
 // JWTConfig configures a JWTAuthorizer.
 type JWTConfig struct {
 	// Bundles supplies the JWT authorities by trust domain (required):

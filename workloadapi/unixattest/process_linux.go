@@ -18,6 +18,8 @@ import (
 
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/internal/peercred"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // Process is a process pinned at connect time. Its methods are safe for
@@ -88,7 +90,7 @@ func (a *Attestor) Pin(cred peercred.Cred) (*Process, error) {
 			// it; pidfd_open itself never answers EPERM.
 			a.noPidfd.Store(true)
 			a.warnPidfd.Do(func() {
-				a.log.Warn("pidfd_open is unavailable; pinning processes by their /proc directory", keyErr, err)
+				a.log.Warn("pidfd_open is unavailable; pinning processes by their /proc directory", logkey.Error, err)
 			})
 		default:
 			return nil, fmt.Errorf("unixattest: pidfd_open pid %d: %w", cred.PID, err)
@@ -202,7 +204,7 @@ func (a *Attestor) pin(cred peercred.Cred, pidfd int) (_ *Process, err error) {
 		return nil, err
 	}
 	p.cleanup = runtime.AddCleanup(p, (*procFDs).close, fds)
-	a.log.Debug("pinned process", keyPID, cred.PID, keyUID, cred.UID, keyGID, cred.GID,
+	a.log.Debug("pinned process", logkey.PID, cred.PID, logkey.UID, cred.UID, logkey.GID, cred.GID,
 		keyStart, p.start, keyPidfd, fds.pidfd >= 0)
 	return p, nil
 }
@@ -506,7 +508,7 @@ func (p *Process) computeSelectors(ctx context.Context) ([]entry.Selector, error
 	if err := p.Check(); err != nil {
 		return nil, err
 	}
-	p.a.log.Debug("attested process", keyPID, pid, keyUID, p.cred.UID, "selectors", len(sel))
+	p.a.log.Debug("attested process", logkey.PID, pid, logkey.UID, p.cred.UID, "selectors", len(sel))
 	return sel, nil
 }
 
@@ -564,7 +566,7 @@ func (a *Attestor) hashFile(ctx context.Context, fd int, key fileKey) ([sha256.S
 		return sum, errors.New("executable changed while it was hashed")
 	}
 	h.Sum(sum[:0])
-	a.log.Debug("hashed executable", keySize, key.size)
+	a.log.Debug("hashed executable", logkey.Size, key.size)
 	return sum, nil
 }
 

@@ -148,11 +148,6 @@ func (p *Process) Cred() peercred.Cred { return p.cred }
 
 // Log attribute keys.
 const (
-	keyPID   = "pid"
-	keyUID   = "uid"
-	keyGID   = "gid"
-	keyErr   = "err"
-	keySize  = "size"
 	keyStart = "start_ticks"
 	keyPidfd = "pidfd"
 )

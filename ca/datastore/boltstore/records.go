@@ -12,6 +12,8 @@ import (
 
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // maxKeyLength bounds the caller-chosen keys of join tokens and CA keys,
@@ -373,7 +375,7 @@ func (s *Store) UpdateBundle(ctx context.Context, td spiffeid.TrustDomain, fn fu
 				return w.logEvent(datastore.EventBundle, td.Name(), nil)
 			})
 			if errors.Is(err, errBundleChanged) {
-				s.log.Debug("bundle changed during update; calling fn again", logKeyTrustDomain, td.Name())
+				s.log.Debug("bundle changed during update; calling fn again", logkey.TrustDomain, td.Name())
 				continue
 			}
 			if err != nil {

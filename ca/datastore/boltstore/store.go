@@ -20,13 +20,12 @@ import (
 
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // Log attribute keys.
-const (
-	logKeyPath        = "path"
-	logKeyTrustDomain = "trust_domain"
-)
+const ()
 
 const (
 	// DefaultMaxEvents is how many events the log keeps when
@@ -162,7 +161,7 @@ func Open(path string, opts Options) (*Store, error) {
 		if err := create(path); err != nil {
 			return nil, fmt.Errorf("create datastore %s: %w", path, err)
 		}
-		log.Info("created new datastore", logKeyPath, path)
+		log.Info("created new datastore", logkey.Path, path)
 		info, err = os.Stat(path)
 	}
 	if err != nil {
@@ -202,7 +201,7 @@ func Open(path string, opts Options) (*Store, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("open datastore %s: %w", path, err)
 	}
-	log.Debug("opened datastore", logKeyPath, path)
+	log.Debug("opened datastore", logkey.Path, path)
 	return &Store{
 		db:        db,
 		path:      path,

@@ -13,6 +13,8 @@ import (
 
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // maxKeyLength bounds the caller-chosen keys of join tokens, CA keys and
@@ -409,7 +411,7 @@ func (s *Store) UpdateBundle(ctx context.Context, td spiffeid.TrustDomain, fn fu
 				return nil
 			})
 			if errors.Is(err, errBundleChanged) {
-				s.log.Debug("bundle changed during update; calling fn again", "trust_domain", td.Name())
+				s.log.Debug("bundle changed during update; calling fn again", logkey.TrustDomain, td.Name())
 				continue
 			}
 			if err != nil {

@@ -18,14 +18,12 @@ import (
 
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/datastore"
+
+	"writ.dev/writ/internal/logkey"
 )
 
 // Log attribute keys.
-const (
-	logKeyHost     = "host"
-	logKeyDatabase = "database"
-	logKeyError    = "error"
-)
+const ()
 
 const (
 	// DefaultMaxEvents is how many events the log keeps when
@@ -155,7 +153,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	feedCtx, stop := context.WithCancel(context.Background())
 	s.stopFeed = stop
 	go s.followChanges(feedCtx, conn, rev)
-	log.Debug("opened datastore", logKeyHost, s.connCfg.Host, logKeyDatabase, s.connCfg.Database)
+	log.Debug("opened datastore", logkey.Host, s.connCfg.Host, logkey.Database, s.connCfg.Database)
 	return s, nil
 }
 
@@ -265,7 +263,7 @@ func (s *Store) followChanges(ctx context.Context, conn *pgx.Conn, rev int64) {
 			if ctx.Err() != nil {
 				return
 			}
-			s.log.Warn("datastore change feed lost; reconnecting", logKeyError, err.Error())
+			s.log.Warn("datastore change feed lost; reconnecting", logkey.Error, err.Error())
 		}
 		var err error
 		conn, err = s.listen(ctx)
@@ -278,7 +276,7 @@ func (s *Store) followChanges(ctx context.Context, conn *pgx.Conn, rev int64) {
 		if err != nil {
 			failures++
 			if failures%10 == 1 {
-				s.log.Warn("datastore change feed: cannot reconnect", logKeyError, err.Error(), "failures", failures)
+				s.log.Warn("datastore change feed: cannot reconnect", logkey.Error, err.Error(), "failures", failures)
 			}
 			t := s.clock.NewTimer(backoff(failures))
 			select {
