@@ -16,6 +16,7 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -24,6 +25,7 @@ import (
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/x509ca"
+	"writ.dev/writ/internal/metrics"
 	"writ.dev/writ/workloadapi"
 	"writ.dev/writ/workloadapi/sdsv3"
 	"writ.dev/writ/workloadapi/unixattest"
@@ -38,7 +40,9 @@ var (
 // a short temporary directory, with a real svidcache.Cache and real
 // attestation by peer credentials.
 type env struct {
-	t     *testing.T
+	t *testing.T
+	// reg holds the Workload API's metrics.
+	reg   *prometheus.Registry
 	iss   *x509ca.Issuer
 	cache *svidcache.Cache
 	addr  string
@@ -71,12 +75,14 @@ func newEnv(t *testing.T, cfg sdsv3.Config) *env {
 	t.Cleanup(func() { os.RemoveAll(dir) })
 	path := filepath.Join(dir, "s")
 	e.addr = "unix://" + path
+	e.reg = prometheus.NewRegistry()
 	srv, err := workloadapi.New(workloadapi.Config{
 		SocketPath:  path,
 		Cache:       e.cache,
 		Attestor:    unixattest.New(unixattest.Config{Logger: log}),
 		TrustDomain: td,
 		Logger:      log,
+		Metrics:     metrics.NewAgent(e.reg),
 	})
 	if err != nil {
 		t.Fatal(err)
