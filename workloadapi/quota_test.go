@@ -67,8 +67,16 @@ func TestFloodByUserWithoutIdentity(t *testing.T) {
 	}
 
 	// The flood still holds its connections (the child waits on stdin).
+	// One client, one connection: this uid's share (maxConns/8) bounds
+	// its connections too, and a closed one is released only once the
+	// server has seen it close.
+	client, err := spiffewl.New(ctxTimeout(t, 10*time.Second), spiffewl.WithAddr(e.addr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
 	for i := range 3 {
-		svid, err := spiffewl.FetchX509SVID(ctxTimeout(t, 10*time.Second), spiffewl.WithAddr(e.addr))
+		svid, err := client.FetchX509SVID(ctxTimeout(t, 10*time.Second))
 		if err != nil {
 			t.Fatalf("fetch %d during the flood: %v", i, err)
 		}

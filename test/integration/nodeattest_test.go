@@ -207,7 +207,7 @@ func TestIntegrationNodeAttestation(t *testing.T) {
 	e.server.admin("agent", "ban", "--spiffe-id", x509popID(db1.Cert))
 	a3.waitHealthy(false, 10*time.Second)
 	deadline = time.Now().Add(10 * time.Second)
-	for !strings.Contains(a3.log.String(), `msg="re-attestation failed" error="x509pop attestation refused`) || !strings.Contains(a3.log.String(), "agent is banned") {
+	for !refusedReattestation(a3.log.String()) {
 		if time.Now().After(deadline) {
 			t.Fatalf("banned agent's re-attestation not refused:\n%s", tail(a3.log.String(), 20))
 		}
@@ -253,4 +253,15 @@ func TestIntegrationX509popOutageLongerThanTTL(t *testing.T) {
 	if strings.Count(a.log.String(), `msg="agent attested"`) != 2 {
 		t.Errorf("agent attested %d times, want 2", strings.Count(a.log.String(), `msg="agent attested"`))
 	}
+}
+
+// refusedReattestation reports whether an agent log holds a refused
+// x509pop re-attestation of a banned agent.
+func refusedReattestation(log string) bool {
+	for _, line := range strings.Split(log, "\n") {
+		if strings.Contains(line, `msg="re-attestation failed"`) && strings.Contains(line, `error="x509pop attestation refused`) && strings.Contains(line, "agent is banned") {
+			return true
+		}
+	}
+	return false
 }

@@ -99,7 +99,7 @@ func TestIntegrationAgentSkipsUnreachableServer(t *testing.T) {
 		t.Fatalf("agent list: %v", got)
 	}
 	deadline := time.Now().Add(30 * time.Second)
-	for !strings.Contains(a.log.String(), `msg="connected to the server" server_address=`+e.addr) {
+	for logValue(a.log.String(), "connected to the server", "server_address") != e.addr {
 		if time.Now().After(deadline) {
 			t.Fatalf("agent log shows no connection to %s:\n%s", e.addr, tail(a.log.String(), 30))
 		}
