@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"writ.dev/writ/ca/datastore"
@@ -31,25 +30,16 @@ func (s *Store) PutFederation(ctx context.Context, r *datastore.Federation) erro
 // ListFederations returns every relationship, in trust domain order.
 func (s *Store) ListFederations(ctx context.Context) ([]*datastore.Federation, error) {
 	var out []*datastore.Federation
-	err := s.call(ctx, func() error {
-		out = nil
-		rows, err := s.pool.Query(ctx, "SELECT trust_domain, data FROM writ_federations ORDER BY trust_domain")
-		if err != nil {
-			return err
+	err := s.listRows(ctx, "SELECT trust_domain, data FROM writ_federations ORDER BY trust_domain", func(td, data []byte) error {
+		f, err := datastore.DecodeFederation(data)
+		if err == nil && f.TrustDomain.Name() != string(td) {
+			err = fmt.Errorf("%w: stored under another trust domain", errDecode)
 		}
-		var td, data []byte
-		_, err = pgx.ForEachRow(rows, []any{&td, &data}, func() error {
-			f, err := datastore.DecodeFederation(data)
-			if err == nil && f.TrustDomain.Name() != string(td) {
-				err = fmt.Errorf("%w: stored under another trust domain", errDecode)
-			}
-			if err != nil {
-				return corrupt(fmt.Sprintf("federation %q", entry.Printable(string(td))), err)
-			}
-			out = append(out, f)
-			return nil
-		})
-		return err
+		if err != nil {
+			return corrupt(fmt.Sprintf("federation %q", entry.Printable(string(td))), err)
+		}
+		out = append(out, f)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list federations: %w", err)

@@ -97,21 +97,13 @@ func (s *Store) FetchAgent(ctx context.Context, id spiffeid.ID) (*datastore.Agen
 // ListAgents returns every agent, in SPIFFE ID order.
 func (s *Store) ListAgents(ctx context.Context) ([]*datastore.Agent, error) {
 	var out []*datastore.Agent
-	err := s.call(ctx, func() error {
-		rows, err := s.pool.Query(ctx, "SELECT spiffe_id, data FROM writ_agents ORDER BY spiffe_id")
+	err := s.listRows(ctx, "SELECT spiffe_id, data FROM writ_agents ORDER BY spiffe_id", func(key, data []byte) error {
+		a, err := decodeAgentRecord(key, data)
 		if err != nil {
 			return err
 		}
-		var key, data []byte
-		_, err = pgx.ForEachRow(rows, []any{&key, &data}, func() error {
-			a, err := decodeAgentRecord(key, data)
-			if err != nil {
-				return err
-			}
-			out = append(out, a)
-			return nil
-		})
-		return err
+		out = append(out, a)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list agents: %w", err)
@@ -315,25 +307,17 @@ func decodeBundleRecord(td spiffeid.TrustDomain, data []byte) (*spiffebundle.Bun
 // ListBundles returns every bundle, in trust domain order.
 func (s *Store) ListBundles(ctx context.Context) ([]*spiffebundle.Bundle, error) {
 	var out []*spiffebundle.Bundle
-	err := s.call(ctx, func() error {
-		rows, err := s.pool.Query(ctx, "SELECT trust_domain, data FROM writ_bundles ORDER BY trust_domain")
+	err := s.listRows(ctx, "SELECT trust_domain, data FROM writ_bundles ORDER BY trust_domain", func(name, data []byte) error {
+		td, err := spiffeid.TrustDomainFromString(string(name))
+		if err != nil {
+			return corrupt(fmt.Sprintf("bundle %q", entry.Printable(string(name))), err)
+		}
+		b, err := decodeBundleRecord(td, data)
 		if err != nil {
 			return err
 		}
-		var name, data []byte
-		_, err = pgx.ForEachRow(rows, []any{&name, &data}, func() error {
-			td, err := spiffeid.TrustDomainFromString(string(name))
-			if err != nil {
-				return corrupt(fmt.Sprintf("bundle %q", entry.Printable(string(name))), err)
-			}
-			b, err := decodeBundleRecord(td, data)
-			if err != nil {
-				return err
-			}
-			out = append(out, b)
-			return nil
-		})
-		return err
+		out = append(out, b)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list bundles: %w", err)
@@ -474,24 +458,16 @@ func (s *Store) PutCAKey(ctx context.Context, k *datastore.CAKey) error {
 // ListCAKeys returns every CA key, in ID order.
 func (s *Store) ListCAKeys(ctx context.Context) ([]*datastore.CAKey, error) {
 	var out []*datastore.CAKey
-	err := s.call(ctx, func() error {
-		rows, err := s.pool.Query(ctx, "SELECT id, data FROM writ_ca_keys ORDER BY id")
-		if err != nil {
-			return err
+	err := s.listRows(ctx, "SELECT id, data FROM writ_ca_keys ORDER BY id", func(id, data []byte) error {
+		k, err := decodeCAKey(data)
+		if err == nil && k.ID != string(id) {
+			err = fmt.Errorf("%w: stored under another ID", errDecode)
 		}
-		var id, data []byte
-		_, err = pgx.ForEachRow(rows, []any{&id, &data}, func() error {
-			k, err := decodeCAKey(data)
-			if err == nil && k.ID != string(id) {
-				err = fmt.Errorf("%w: stored under another ID", errDecode)
-			}
-			if err != nil {
-				return corrupt(fmt.Sprintf("CA key %q", entry.Printable(string(id))), err)
-			}
-			out = append(out, k)
-			return nil
-		})
-		return err
+		if err != nil {
+			return corrupt(fmt.Sprintf("CA key %q", entry.Printable(string(id))), err)
+		}
+		out = append(out, k)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list CA keys: %w", err)
@@ -545,24 +521,16 @@ func (s *Store) PutServer(ctx context.Context, srv *datastore.Server) error {
 // ListServers returns every server's record, in ID order.
 func (s *Store) ListServers(ctx context.Context) ([]*datastore.Server, error) {
 	var out []*datastore.Server
-	err := s.call(ctx, func() error {
-		rows, err := s.pool.Query(ctx, "SELECT id, data FROM writ_servers ORDER BY id")
-		if err != nil {
-			return err
+	err := s.listRows(ctx, "SELECT id, data FROM writ_servers ORDER BY id", func(id, data []byte) error {
+		srv, err := decodeServer(data)
+		if err == nil && srv.ID != string(id) {
+			err = fmt.Errorf("%w: stored under another ID", errDecode)
 		}
-		var id, data []byte
-		_, err = pgx.ForEachRow(rows, []any{&id, &data}, func() error {
-			srv, err := decodeServer(data)
-			if err == nil && srv.ID != string(id) {
-				err = fmt.Errorf("%w: stored under another ID", errDecode)
-			}
-			if err != nil {
-				return corrupt(fmt.Sprintf("server %q", entry.Printable(string(id))), err)
-			}
-			out = append(out, srv)
-			return nil
-		})
-		return err
+		if err != nil {
+			return corrupt(fmt.Sprintf("server %q", entry.Printable(string(id))), err)
+		}
+		out = append(out, srv)
+		return nil
 	})
 	if err != nil {
 		return nil, fmt.Errorf("list servers: %w", err)

@@ -381,6 +381,20 @@ func (s *Store) call(ctx context.Context, fn func() error) error {
 	return classify(ctx, fn())
 }
 
+// listRows runs query, which selects a key and a data column, and calls
+// fn with each row, in order. A failure is classified as call's are.
+func (s *Store) listRows(ctx context.Context, query string, fn func(key, data []byte) error) error {
+	return s.call(ctx, func() error {
+		rows, err := s.pool.Query(ctx, query)
+		if err != nil {
+			return err
+		}
+		var key, data []byte
+		_, err = pgx.ForEachRow(rows, []any{&key, &data}, func() error { return fn(key, data) })
+		return err
+	})
+}
+
 // writer is a write transaction. Methods that log events call lock
 // first.
 type writer struct {
