@@ -44,6 +44,7 @@ type document struct {
 // snapshot is the bundle and its encodings. It never changes once
 // published.
 type snapshot struct {
+	bundle      *spiffebundle.Bundle
 	spiffe      document // SPIFFE bundle format (a JWKS with SPIFFE members)
 	jwks        document // the JWT authorities as a plain JWKS, for OIDC
 	refreshHint time.Duration
@@ -102,12 +103,14 @@ func (s *Source) refresh(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	// Most datastore changes (entries, agents) leave the bundle as it
+	// is: then nothing is encoded again.
+	if old := s.cur.Load(); old != nil && old.bundle.Equal(b) {
+		return nil
+	}
 	snap, err := encode(b)
 	if err != nil {
 		return err
-	}
-	if old := s.cur.Load(); old != nil && old.spiffe.etag == snap.spiffe.etag {
-		return nil
 	}
 	s.cur.Store(snap)
 	select {
@@ -140,7 +143,7 @@ func encode(b *spiffebundle.Bundle) (*snapshot, error) {
 		hint = DefaultRefreshHint
 	}
 	seq, _ := b.SequenceNumber()
-	return &snapshot{spiffe: newDocument(spiffeJSON), jwks: newDocument(jwks), refreshHint: hint, sequence: seq}, nil
+	return &snapshot{bundle: b, spiffe: newDocument(spiffeJSON), jwks: newDocument(jwks), refreshHint: hint, sequence: seq}, nil
 }
 
 func newDocument(body []byte) document {
