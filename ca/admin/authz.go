@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -82,6 +83,14 @@ type call struct {
 	rule    rule
 	cred    peercred.Cred
 	hasCred bool
+	// remote calls come over the mTLS listener: callerID is the caller's
+	// verified SPIFFE ID (zero if it did not verify), peerAddr its
+	// network address.
+	remote   bool
+	callerID spiffeid.ID
+	peerAddr string
+	// reason says why a call was refused (logged, never sent).
+	reason string
 
 	// spiffeID and entryID name what a mutation acted on, once parsed.
 	spiffeID string
@@ -114,9 +123,16 @@ func (s *Service) begin(ctx context.Context) (*call, error) {
 // UnaryInterceptor returns the interceptor that authorizes and audits
 // unary calls. Install it on the server the Service is registered with.
 func (s *Service) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	return s.unaryInterceptor(s.authorize)
+}
+
+// authorizer decides whether the caller of ctx may call method.
+type authorizer func(ctx context.Context, method string) (*call, error)
+
+func (s *Service) unaryInterceptor(authorize authorizer) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (resp any, err error) {
 		defer func() { s.count(info.FullMethod, err) }()
-		c, err := s.authorize(ctx, info.FullMethod)
+		c, err := authorize(ctx, info.FullMethod)
 		if err != nil {
 			return nil, err
 		}
@@ -130,10 +146,14 @@ func (s *Service) UnaryInterceptor() grpc.UnaryServerInterceptor {
 // streaming calls. Install it on the server the Service is registered
 // with.
 func (s *Service) StreamInterceptor() grpc.StreamServerInterceptor {
+	return s.streamInterceptor(s.authorize)
+}
+
+func (s *Service) streamInterceptor(authorize authorizer) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, handler grpc.StreamHandler) (err error) {
 		defer func() { s.count(info.FullMethod, err) }()
 		ctx := ss.Context()
-		c, err := s.authorize(ctx, info.FullMethod)
+		c, err := authorize(ctx, info.FullMethod)
 		if err != nil {
 			return err
 		}
@@ -194,7 +214,8 @@ func (s *Service) authorize(ctx context.Context, method string) (*call, error) {
 // caller chose, goes into the log.
 const maxLoggedMethod = 256
 
-// callerAttrs returns the method and the caller's uid and pid.
+// callerAttrs returns the method and the caller: the uid and pid of a
+// local caller, the SPIFFE ID and address of a remote one.
 func callerAttrs(c *call) []slog.Attr {
 	method := c.method
 	if _, known := rules[method]; !known {
@@ -206,6 +227,17 @@ func callerAttrs(c *call) []slog.Attr {
 	attrs := []slog.Attr{slog.String(logkey.Method, method)}
 	if c.hasCred {
 		attrs = append(attrs, slog.Uint64(logkey.UID, uint64(c.cred.UID)), slog.Int(logkey.PID, int(c.cred.PID)))
+	}
+	if c.remote {
+		if !c.callerID.IsZero() {
+			attrs = append(attrs, slog.String(logkey.CallerID, c.callerID.String()))
+		}
+		if c.peerAddr != "" {
+			attrs = append(attrs, slog.String(logkey.Peer, c.peerAddr))
+		}
+	}
+	if c.reason != "" {
+		attrs = append(attrs, slog.String(logkey.Reason, c.reason))
 	}
 	return attrs
 }

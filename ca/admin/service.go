@@ -116,6 +116,12 @@ type Config struct {
 	TemplateReports TemplateReports
 	// Metrics counts the calls by method and code. Nil records none.
 	Metrics *metrics.Server
+	// Trust, if set, verifies the client X.509-SVIDs of the remote admin
+	// listener (RemoteServerOptions); AdminIDs are the SPIFFE IDs, in
+	// TrustDomain, that may call the admin API there besides those of
+	// entries with Admin set.
+	Trust    TrustSource
+	AdminIDs []spiffeid.ID
 }
 
 // Backuper writes a backup archive of the server to w. It fails with
@@ -150,6 +156,9 @@ type Service struct {
 	self       uint32
 	backup     Backuper
 	federation FederationFetcher
+	// trust and adminIDs authorize remote callers (remote.go).
+	trust    TrustSource
+	adminIDs map[spiffeid.ID]bool
 }
 
 // FederationFetcher is the server's federated bundle fetcher
@@ -184,6 +193,10 @@ func New(cfg Config) (*Service, error) {
 	if err != nil {
 		return nil, err
 	}
+	adminIDs, err := checkRemoteConfig(&cfg)
+	if err != nil {
+		return nil, err
+	}
 	return &Service{
 		td:           cfg.TrustDomain,
 		store:        cfg.Store,
@@ -199,6 +212,8 @@ func New(cfg Config) (*Service, error) {
 		backup:       cfg.Backup,
 		federation:   cfg.Federation,
 		metrics:      cfg.Metrics,
+		trust:        cfg.Trust,
+		adminIDs:     adminIDs,
 	}, nil
 }
 

@@ -69,8 +69,13 @@ type Config struct {
 	CAKeyType          string
 	// AdminUIDs may call the admin API besides root and the server's uid.
 	AdminUIDs []uint32
-	Logger    *slog.Logger
-	Clock     clock.Clock
+	// AdminBindAddress, if set, is the host:port where the admin API is
+	// also served over mutual TLS to callers with an admin X.509-SVID:
+	// one listed in AdminIDs or of an entry with Admin set.
+	AdminBindAddress string
+	AdminIDs         []spiffeid.ID
+	Logger           *slog.Logger
+	Clock            clock.Clock
 
 	// Datastore names the datastore (see ParseDatastore): empty or "bolt"
 	// for the bbolt file in DataDir, or a postgres:// URL, which
@@ -183,6 +188,14 @@ func New(cfg Config) (*Server, error) {
 	if len(cfg.AdminSocket) > 100 {
 		return nil, fmt.Errorf("admin socket path %s is too long for a Unix socket (%d bytes, at most 100)", cfg.AdminSocket, len(cfg.AdminSocket))
 	}
+	for _, id := range cfg.AdminIDs {
+		if id.TrustDomain() != cfg.TrustDomain {
+			return nil, fmt.Errorf("admin SPIFFE ID %s is not in trust domain %s", id, cfg.TrustDomain.Name())
+		}
+	}
+	if len(cfg.AdminIDs) > 0 && cfg.AdminBindAddress == "" {
+		return nil, errors.New("admin SPIFFE IDs need the remote admin bind address")
+	}
 	if _, err := ParseDatastore(cfg.Datastore); err != nil {
 		return nil, err
 	}
@@ -292,6 +305,8 @@ func (s *Server) Run(ctx context.Context) error {
 		BundlePusher:        nodeSvc,
 		TemplateReports:     nodeSvc,
 		DefaultX509SVIDTTL:  s.cfg.DefaultX509SVIDTTL,
+		Trust:               nodeSvc,
+		AdminIDs:            s.cfg.AdminIDs,
 		Backup:              &backuper{store: store, dir: dir, td: s.cfg.TrustDomain, serverID: serverID, keyManager: cmp.Or(s.cfg.Keys.KeyManager, KeyManagerDisk), clock: s.cfg.Clock},
 		Metrics:             s.cfg.Metrics,
 	})
@@ -312,8 +327,26 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.ChainUnaryInterceptor(adminSvc.UnaryInterceptor()),
 		grpc.ChainStreamInterceptor(adminSvc.StreamInterceptor()),
 	)
-	adminSvc.Register(adminGRPC)
-	healthpb.RegisterHealthServer(adminGRPC, healthSrv)
+	// registerAdmin registers every service of the admin API, on the
+	// admin socket and on the remote admin listener alike. Services added
+	// to the admin API are registered here, and nowhere else, so that
+	// both listeners serve them (each method still needs its rule in
+	// ca/admin's policy table).
+	registerAdmin := func(g *grpc.Server) {
+		adminSvc.Register(g)
+		healthpb.RegisterHealthServer(g, healthSrv)
+	}
+	registerAdmin(adminGRPC)
+	var remoteLis net.Listener
+	var remoteGRPC *grpc.Server
+	if s.cfg.AdminBindAddress != "" {
+		if remoteLis, err = net.Listen("tcp", s.cfg.AdminBindAddress); err != nil {
+			return fmt.Errorf("remote admin API: listen on %s: %w", s.cfg.AdminBindAddress, err)
+		}
+		defer remoteLis.Close()
+		remoteGRPC = grpc.NewServer(adminSvc.RemoteServerOptions(nodeSvc.GetServerCertificate)...)
+		registerAdmin(remoteGRPC)
+	}
 
 	endpoints, err := s.httpEndpoints(store, nodeSvc, audit, serverID)
 	if err != nil {
@@ -346,7 +379,13 @@ func (s *Server) Run(ctx context.Context) error {
 		healthSrv.Shutdown()
 		stopGracefully(adminGRPC, 5*time.Second)
 	})
+	if remoteGRPC != nil {
+		g.Serve("remote admin API", remoteLis.Addr().String(), func() error { return remoteGRPC.Serve(remoteLis) }, func() { stopGracefully(remoteGRPC, 5*time.Second) })
+	}
 	readyAttrs := []any{logkey.TrustDomain, s.cfg.TrustDomain.Name(), "server_id", serverID, "datastore", RedactDatastore(s.cfg.Datastore), "data_dir", dir.Path(), "admin_socket", s.cfg.AdminSocket, "bind_address", nodeLis.Addr().String()}
+	if remoteLis != nil {
+		readyAttrs = append(readyAttrs, "admin_address", remoteLis.Addr().String())
+	}
 	for _, ep := range endpoints {
 		if ep.start != nil {
 			g.Go(ep.name+" bundle source", ep.start)

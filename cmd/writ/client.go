@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	spiffewl "github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/urfave/cli/v2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -36,10 +37,15 @@ const (
 
 // Names of the flags every admin command takes.
 const (
-	flagAdminSocket = "admin-socket"
-	flagOutput      = "output"
-	flagTimeout     = "timeout"
+	flagAdminSocket   = "admin-socket"
+	flagAdminAddress  = "admin-address"
+	flagAdminServerID = "admin-server-id"
+	flagOutput        = "output"
+	flagTimeout       = "timeout"
 )
+
+// adminAddressEnv sets --admin-address.
+const adminAddressEnv = "WRIT_ADMIN_ADDRESS"
 
 // adminFlags returns the flags every admin command takes. Each command
 // gets its own copies: urfave flags hold parsing state.
@@ -51,6 +57,22 @@ func adminFlags() []cli.Flag {
 			EnvVars:     []string{adminSocketEnv},
 			DefaultText: "$" + dataDirEnv + "/" + adminSocketFile + ", else " + defaultDataDir + "/" + adminSocketFile,
 			TakesFile:   true,
+		},
+		&cli.StringFlag{
+			Name:    flagAdminAddress,
+			Usage:   "`HOST:PORT` of a server's remote admin API (its --admin-bind-address), reached over mutual TLS with this process's X.509-SVID from the local Workload API, instead of the admin socket",
+			EnvVars: []string{adminAddressEnv},
+		},
+		&cli.StringFlag{
+			Name:        flagWorkloadSocket,
+			Usage:       "with --" + flagAdminAddress + ": the local agent's Workload API socket, a `PATH` or unix:///absolute/path",
+			DefaultText: "$" + spiffewl.SocketEnv + ", else " + defaultWorkloadSocket,
+			TakesFile:   true,
+		},
+		&cli.StringFlag{
+			Name:        flagAdminServerID,
+			Usage:       "with --" + flagAdminAddress + ": the SPIFFE `ID` the server must present",
+			DefaultText: "spiffe://<trust domain of this process's SVID>/writ/server",
 		},
 		&cli.StringFlag{
 			Name:  flagOutput,
@@ -88,6 +110,8 @@ type adminCmd struct {
 	format  outputFormat
 	socket  string
 	timeout time.Duration
+	// remote, if set, replaces the socket: the server's remote admin API.
+	remote *remoteAdmin
 }
 
 // newAdminCmd checks the flags common to admin commands and refuses
@@ -104,16 +128,32 @@ func newAdminCmd(c *cli.Context) (*adminCmd, error) {
 	if timeout <= 0 {
 		return nil, usagef(c, "--%s must be positive", flagTimeout)
 	}
-	socket := c.String(flagAdminSocket)
-	if socket == "" {
-		socket = defaultAdminSocket()
+	a := &adminCmd{cli: c, format: format, timeout: timeout}
+	if c.IsSet(flagAdminAddress) {
+		if a.remote, err = newRemoteAdmin(c); err != nil {
+			return nil, err
+		}
+		return a, nil
 	}
-	return &adminCmd{cli: c, format: format, socket: socket, timeout: timeout}, nil
+	for _, name := range []string{flagWorkloadSocket, flagAdminServerID} {
+		if c.IsSet(name) {
+			return nil, usagef(c, "--%s is for --%s", name, flagAdminAddress)
+		}
+	}
+	a.socket = c.String(flagAdminSocket)
+	if a.socket == "" {
+		a.socket = defaultAdminSocket()
+	}
+	return a, nil
 }
 
-// dial connects to the admin socket. The connection is made lazily, by
-// the first call.
+// dial connects to the admin socket, or to the remote admin API. The
+// connection is made lazily, by the first call; the remote one first
+// fetches this process's X.509-SVID from the Workload API.
 func (a *adminCmd) dial() (*adminClient, error) {
+	if a.remote != nil {
+		return a.remote.dial(a.cli.Context, a.timeout)
+	}
 	return dialAdmin(a.socket, a.timeout)
 }
 
@@ -137,7 +177,10 @@ func callAdmin[T any](ctx context.Context, a *adminCmd, call func(context.Contex
 
 // adminClient is a connection to the server's admin API.
 type adminClient struct {
-	socket  string
+	socket string
+	// remote describes the remote admin API the client talks to; nil
+	// for the admin socket.
+	remote  *remoteConn
 	timeout time.Duration
 	conn    *grpc.ClientConn
 
@@ -186,6 +229,12 @@ func dialAdmin(path string, timeout time.Duration) (*adminClient, error) {
 	if err != nil {
 		return nil, fmt.Errorf("admin socket %s: %w", path, err)
 	}
+	c.setConn(conn)
+	return c, nil
+}
+
+// setConn makes c a client of conn.
+func (c *adminClient) setConn(conn *grpc.ClientConn) {
 	c.conn = conn
 	c.entries = adminv1.NewEntryServiceClient(conn)
 	c.agents = adminv1.NewAgentServiceClient(conn)
@@ -194,7 +243,6 @@ func dialAdmin(path string, timeout time.Duration) (*adminClient, error) {
 	c.servers = adminv1.NewServerServiceClient(conn)
 	c.ca = adminv1.NewCAServiceClient(conn)
 	c.federations = adminv1.NewFederationServiceClient(conn)
-	return c, nil
 }
 
 // Close closes the connection.
@@ -222,6 +270,9 @@ func (c *adminClient) callError(err error) error {
 	st, ok := status.FromError(err)
 	if !ok {
 		return err
+	}
+	if c.remote != nil {
+		return c.remote.callError(st, c.timeout)
 	}
 	if st.Code() == codes.Unavailable {
 		c.mu.Lock()

@@ -17,6 +17,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/urfave/cli/v2/altsrc"
 
+	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/server"
 )
 
@@ -38,6 +39,8 @@ func serverCommand() *cli.Command {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "datastore", Value: server.BackendBolt, Usage: "where the server keeps its state: bolt (a file in the data dir) or a postgres:// URL (PostgreSQL, shared by several servers)", EnvVars: []string{"WRIT_DATASTORE"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "datastore-password-file", Usage: "`FILE` holding the datastore password (not readable by group or others)", EnvVars: []string{"WRIT_DATASTORE_PASSWORD_FILE"}, TakesFile: true}),
 		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "admin-uid", Usage: "uid allowed to call the admin API besides root and the server's own uid (repeatable)", EnvVars: []string{"WRIT_ADMIN_UIDS"}}),
+		altsrc.NewStringFlag(&cli.StringFlag{Name: "admin-bind-address", Usage: "host:port where the admin API is also served over mutual TLS to callers with an admin X.509-SVID (an --admin-id, or the SPIFFE ID of an entry created with --admin); off if empty", EnvVars: []string{"WRIT_ADMIN_BIND_ADDRESS"}}),
+		altsrc.NewStringSliceFlag(&cli.StringSliceFlag{Name: "admin-id", Usage: "SPIFFE `ID` of this trust domain that may call the admin API over --admin-bind-address whatever the entries say (repeatable)", EnvVars: []string{"WRIT_ADMIN_IDS"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"WRIT_LOG_FORMAT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"WRIT_LOG_LEVEL"}}),
 	}
@@ -115,6 +118,17 @@ func serverRun(c *cli.Context) error {
 			uids = append(uids, uint32(uid))
 		}
 	}
+	var adminIDs []spiffeid.ID
+	for _, v := range c.StringSlice("admin-id") {
+		id, err := entry.ParseIDInDomain(td, v)
+		if err != nil {
+			return usagef(c, "--admin-id: %v", err)
+		}
+		adminIDs = append(adminIDs, id)
+	}
+	if len(adminIDs) > 0 && c.String("admin-bind-address") == "" {
+		return usagef(c, "--admin-id needs --admin-bind-address")
+	}
 	datastore := c.String("datastore")
 	backend, err := server.ParseDatastore(datastore)
 	if err != nil {
@@ -165,6 +179,8 @@ func serverRun(c *cli.Context) error {
 		DefaultJWTSVIDTTL:  c.Duration("default-jwt-svid-ttl"),
 		CAKeyType:          c.String("ca-key-type"),
 		AdminUIDs:          uids,
+		AdminBindAddress:   c.String("admin-bind-address"),
+		AdminIDs:           adminIDs,
 		Logger:             logger,
 		Datastore:          datastore,
 		DatastorePassword:  password,

@@ -32,6 +32,9 @@ const (
 	PID = "pid"
 	// Peer is the network address of a remote caller.
 	Peer = "peer_addr"
+	// CallerID is the verified SPIFFE ID of a remote caller (the admin
+	// API over mTLS); SPIFFEID stays the ID the call acted on.
+	CallerID = "caller_spiffe_id"
 	// Audit marks audit records (true).
 	Audit = "audit"
 	// Forced says whether a CA key mutation was forced.
