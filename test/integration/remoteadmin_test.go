@@ -1,0 +1,196 @@
+package integration_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"writ.dev/writ/internal/testuser"
+)
+
+// loggedField returns the value of key in the server's "server ready"
+// log record.
+func (p *serverProc) loggedField(key string) string {
+	p.t.Helper()
+	for _, line := range strings.Split(p.log.String(), "\n") {
+		if !strings.Contains(line, `msg="server ready"`) {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			if v, ok := strings.CutPrefix(f, key+"="); ok {
+				return v
+			}
+		}
+	}
+	p.t.Fatalf("server logged no %s:\n%s", key, tail(p.log.String(), 20))
+	return ""
+}
+
+// writAs runs the writ binary as uid/gid (the test's own if uid is
+// root) with env added, and returns stdout, stderr and the exit code.
+func writAs(t *testing.T, uid, gid uint32, env []string, args ...string) (string, string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, writBin, args...)
+	cmd.Env = append(cleanEnv(), env...)
+	if uid != 0 {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid}}
+	}
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := errors.AsType[*exec.ExitError](err); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		t.Fatalf("run writ %v: %v", args, err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// TestIntegrationRemoteAdmin runs the admin API over mTLS with real
+// processes: a server with --admin-bind-address and an --admin-id, an
+// agent, and CLIs that take their SVIDs from the agent, as root (an
+// admin entry) and as a second uid (an ordinary entry, then an
+// --admin-id). Deleting the admin entry refuses the very next call, a
+// client without a certificate is refused at the handshake, and the
+// audit log names the remote callers.
+func TestIntegrationRemoteAdmin(t *testing.T) {
+	testuser.RequireRoot(t)
+	uid, gid := testuser.Lookup(t)
+	const (
+		agentID  = "spiffe://example.org/writ/agent/a"
+		rootID   = "spiffe://example.org/ops/root"
+		webID    = "spiffe://example.org/web"
+		deployID = "spiffe://example.org/ci/deploy"
+	)
+	e := newNodeEnv(t, "--admin-bind-address", "127.0.0.1:0", "--admin-id", deployID)
+	addr := e.server.loggedField("admin_address")
+	a := startAgent(t, e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token(agentID))
+	// The second uid reaches the binary and the agent's socket.
+	for _, d := range []string{filepath.Dir(writBin), e.dir} {
+		if err := os.Chmod(d, 0o711); err != nil {
+			t.Fatal(err)
+		}
+	}
+	userSel := "unix:uid:" + strconv.Itoa(int(uid))
+
+	// root's SVID comes from two entries with one SPIFFE ID: one admin,
+	// one not (more selectors), so that root keeps the SVID when the admin
+	// entry is deleted and only the server's check can refuse it.
+	adminEntry := e.entry(rootID, agentID, "--admin")
+	e.entry(rootID, agentID, "--selector", "unix:gid:0")
+	webEntry := strings.TrimSpace(e.server.admin("entry", "create", "--spiffe-id", webID, "--parent-id", agentID, "--selector", userSel))
+	waitSVIDs(t, a, []string{rootID, rootID})
+	waitFetchAs(t, a, uid, gid, []string{webID})
+
+	remote := []string{"--admin-address", addr, "--socket-path", a.socket}
+	asRoot := func(args ...string) (string, string, int) {
+		return writAs(t, 0, 0, nil, append(args, remote...)...)
+	}
+	asUser := func(args ...string) (string, string, int) {
+		return writAs(t, uid, gid, nil, append(args, remote...)...)
+	}
+
+	// An admin SVID lists and creates entries; the audit log names it.
+	out, errOut, code := asRoot("entry", "list", "--output", "json")
+	if code != 0 || !strings.Contains(out, webEntry) {
+		t.Fatalf("remote entry list as admin: exit %d %q %q", code, out, errOut)
+	}
+	out, errOut, code = writAs(t, 0, 0, []string{"WRIT_ADMIN_ADDRESS=" + addr, "SPIFFE_ENDPOINT_SOCKET=unix://" + a.socket},
+		"entry", "create", "--spiffe-id", "spiffe://example.org/created", "--parent-id", agentID, "--selector", "unix:uid:4242")
+	if code != 0 {
+		t.Fatalf("remote entry create as admin (from the environment): exit %d %q %q", code, out, errOut)
+	}
+	if !strings.Contains(e.server.admin("entry", "list", "--spiffe-id", "spiffe://example.org/created"), strings.TrimSpace(out)) {
+		t.Fatalf("entry %q created remotely is not listed locally", out)
+	}
+	if !strings.Contains(e.server.log.String(), "caller_spiffe_id="+rootID) {
+		t.Errorf("audit log does not name the remote caller:\n%s", tail(e.server.log.String(), 20))
+	}
+
+	// A backup (the CA's private keys) is for the local socket only.
+	if _, errOut, code := asRoot("server", "backup", "--file", "-"); code != 1 || !strings.Contains(errOut, "local admin socket only") {
+		t.Fatalf("remote backup as admin: exit %d %q", code, errOut)
+	}
+
+	// An ordinary SVID is refused.
+	_, errOut, code = asUser("entry", "list")
+	if code != 1 || !strings.Contains(errOut, "refused "+webID+": permission denied") {
+		t.Fatalf("remote entry list with an ordinary SVID: exit %d %q", code, errOut)
+	}
+	if !strings.Contains(e.server.log.String(), "caller_spiffe_id="+webID) || !strings.Contains(e.server.log.String(), "code=PermissionDenied") {
+		t.Errorf("refusal not logged with the caller's SPIFFE ID")
+	}
+
+	// Deleting the admin entry (remotely, by the admin itself) refuses
+	// the next call, with the same SVID.
+	if out, errOut, code := asRoot("entry", "delete", "--id", adminEntry); code != 0 {
+		t.Fatalf("remote entry delete: exit %d %q %q", code, out, errOut)
+	}
+	_, errOut, code = asRoot("entry", "list")
+	if code != 1 || !strings.Contains(errOut, "refused "+rootID+": permission denied") {
+		t.Fatalf("remote call after the admin entry was deleted: exit %d %q", code, errOut)
+	}
+
+	// An --admin-id needs no admin entry.
+	e.server.admin("entry", "delete", "--id", webEntry)
+	e.server.admin("entry", "create", "--spiffe-id", deployID, "--parent-id", agentID, "--selector", userSel)
+	waitFetchAs(t, a, uid, gid, []string{deployID})
+	if out, errOut, code := asUser("entry", "list", "--spiffe-id", rootID); code != 0 || !strings.Contains(out, rootID) {
+		t.Fatalf("remote entry list as --admin-id: exit %d %q %q", code, out, errOut)
+	}
+
+	// No client certificate: the handshake is refused.
+	bundlePEM, err := os.ReadFile(e.bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	for rest := bundlePEM; ; {
+		var b *pem.Block
+		if b, rest = pem.Decode(rest); b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots.AddCert(c)
+	}
+	conn, err := tls.Dial("tcp", addr, &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		NextProtos: []string{"h2"},
+		// The server's SVID has no DNS name; check its chain only.
+		InsecureSkipVerify: true, //nolint:gosec // verified below
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			leaf, err := x509.ParseCertificate(raw[0])
+			if err != nil {
+				return err
+			}
+			_, err = leaf.Verify(x509.VerifyOptions{Roots: roots, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+			return err
+		},
+	})
+	if err == nil {
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		_, err = conn.Read(make([]byte, 1))
+		conn.Close()
+	}
+	// crypto/tls reports the peer's alert only in its message.
+	if err == nil || !strings.Contains(err.Error(), "tls: certificate required") {
+		t.Fatalf("connection without a client certificate: %v, want the certificate_required alert", err)
+	}
+}
