@@ -32,7 +32,9 @@ type Entry struct {
 	X509SVIDTTL time.Duration
 	JWTSVIDTTL  time.Duration
 	DNSNames    []string
-	// Admin entries' SVIDs may call the admin API.
+	// Admin entries' SPIFFE IDs may call the admin API over mutual TLS
+	// (the server's remote admin listener), with any X.509-SVID of that ID
+	// that verifies against the bundle.
 	Admin bool
 	// Downstream entries' SVIDs may act as a downstream CA.
 	Downstream bool

@@ -142,7 +142,7 @@ func entryFlags(update bool) []cli.Flag {
 		&cli.StringFlag{Name: flagX509TTL, Usage: "X509-SVID lifetime (a `TTL`), such as 90s, 1h or 3600 (seconds)"},
 		&cli.StringFlag{Name: flagJWTTTL, Usage: "JWT-SVID lifetime (a `TTL`), such as 90s, 5m or 300 (seconds)"},
 		listFlag(flagDNSName, "a DNS `NAME` for the X509-SVID; repeat for several"),
-		&cli.BoolFlag{Name: flagAdmin, Usage: "the SVID may call the admin API"},
+		&cli.BoolFlag{Name: flagAdmin, Usage: "X.509-SVIDs of this entry's SPIFFE ID may call the admin API of servers run with --admin-bind-address, over mutual TLS (writ ... --admin-address); checked on every call, so deleting the entry or clearing --admin revokes it at once"},
 		&cli.BoolFlag{Name: flagDownstream, Usage: "the SVID may act as a downstream CA"},
 	}
 	if update {

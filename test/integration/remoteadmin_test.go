@@ -147,10 +147,17 @@ func TestIntegrationRemoteAdmin(t *testing.T) {
 
 	// An --admin-id needs no admin entry.
 	e.server.admin("entry", "delete", "--id", webEntry)
-	e.server.admin("entry", "create", "--spiffe-id", deployID, "--parent-id", agentID, "--selector", userSel)
+	deployEntry := strings.TrimSpace(e.server.admin("entry", "create", "--spiffe-id", deployID, "--parent-id", agentID, "--selector", userSel))
 	waitFetchAs(t, a, uid, gid, []string{deployID})
 	if out, errOut, code := asUser("entry", "list", "--spiffe-id", rootID); code != 0 || !strings.Contains(out, rootID) {
 		t.Fatalf("remote entry list as --admin-id: exit %d %q %q", code, out, errOut)
+	}
+
+	// Without an SVID the CLI says so, naming the agent's answer.
+	e.server.admin("entry", "delete", "--id", deployEntry)
+	waitFetchAs(t, a, uid, gid, nil)
+	if _, errOut, code := asUser("entry", "list"); code != 1 || !strings.Contains(errOut, "--admin-address needs this process's X.509-SVID: the agent refused this process") {
+		t.Fatalf("remote entry list without an SVID: exit %d %q", code, errOut)
 	}
 
 	// No client certificate: the handshake is refused.
