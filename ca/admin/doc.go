@@ -36,6 +36,21 @@
 //	healthpb.RegisterHealthServer(srv, health.NewServer())
 //	err = srv.Serve(unixListener)
 //
+// The same services may also be served over mutual TLS (TLS 1.3) to
+// remote callers: RemoteServerOptions gives the credentials, limits and
+// interceptors of that listener. A remote caller must present an
+// X.509-SVID that verifies, with go-spiffe's x509svid.Verify, against
+// the current local bundle of Config.Trust, through no tainted CA; this
+// is checked at the handshake and again on every call. Its SPIFFE ID may
+// call the admin methods if it is one of Config.AdminIDs or the SPIFFE
+// ID of an entry with Admin set, read from the store on every call, so
+// that deleting the entry refuses the next call. Methods marked secret
+// (Backup, which hands out CA private keys) are served on the local
+// socket only. A caller that does not verify is Unauthenticated, one that
+// is not an admin PermissionDenied, with no detail; the reason is
+// logged. Audit records name a remote caller by its SPIFFE ID
+// (logkey.CallerID) and address (logkey.Peer).
+//
 // Caveats:
 //   - The interceptors enforce the policy. A server built without them
 //     refuses every admin call (the handlers check that the interceptor

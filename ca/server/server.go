@@ -192,6 +192,9 @@ func New(cfg Config) (*Server, error) {
 		if id.TrustDomain() != cfg.TrustDomain {
 			return nil, fmt.Errorf("admin SPIFFE ID %s is not in trust domain %s", id, cfg.TrustDomain.Name())
 		}
+		if id == entry.ServerID(cfg.TrustDomain) {
+			return nil, fmt.Errorf("admin SPIFFE ID %s is the servers' own ID", id)
+		}
 	}
 	if len(cfg.AdminIDs) > 0 && cfg.AdminBindAddress == "" {
 		return nil, errors.New("admin SPIFFE IDs need the remote admin bind address")

@@ -29,6 +29,10 @@ func TestRemoteAdminFlags(t *testing.T) {
 		{"socket path without address", []string{"entry", "list", "--socket-path", missing}, exitUsage, "--socket-path is for --admin-address"},
 		{"server ID without address", []string{"agent", "list", "--admin-server-id", "spiffe://example.org/writ/server"}, exitUsage, "--admin-server-id is for --admin-address"},
 		{"bad server ID", []string{"entry", "list", "--admin-address", "127.0.0.1:1", "--socket-path", missing, "--admin-server-id", "spiffe://Example.org/x"}, exitUsage, "--admin-server-id"},
+		{"server admin ID in another trust domain", []string{"server", "run", "--trust-domain", "example.org", "--data-dir", dir, "--admin-bind-address", "127.0.0.1:0", "--admin-id", "spiffe://other.test/ops"}, exitUsage, `--admin-id: invalid: SPIFFE ID "spiffe://other.test/ops" is not in trust domain "example.org"`},
+		{"server admin ID not canonical", []string{"server", "run", "--trust-domain", "example.org", "--data-dir", dir, "--admin-bind-address", "127.0.0.1:0", "--admin-id", "spiffe://example.org/ops/"}, exitUsage, "--admin-id: invalid"},
+		{"server admin ID without bind address", []string{"server", "run", "--trust-domain", "example.org", "--data-dir", dir, "--admin-id", "spiffe://example.org/ops"}, exitUsage, "--admin-id needs --admin-bind-address"},
+		{"server admin ID is the server's", []string{"server", "run", "--trust-domain", "example.org", "--data-dir", dir, "--admin-bind-address", "127.0.0.1:0", "--admin-id", "spiffe://example.org/writ/server"}, exitUsage, "servers' own ID"},
 		{"no Workload API", []string{"entry", "list", "--admin-address", "127.0.0.1:1", "--socket-path", missing, "--timeout", "2s"}, exitError,
 			"writ: --admin-address needs this process's X.509-SVID: cannot connect to the Workload API socket " + missing},
 	}
