@@ -132,7 +132,7 @@ func newEnv(t *testing.T, opts envOptions) *env {
 	srv := grpc.NewServer(serverOpts...)
 	svc.Register(srv)
 	healthpb.RegisterHealthServer(srv, health.NewServer())
-	srv.RegisterService(e.unlistedDesc(), struct{}{})
+	srv.RegisterService(unlistedDesc(&e.unlistedCalled), struct{}{})
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(l) }()
 
@@ -158,8 +158,8 @@ func newEnv(t *testing.T, opts envOptions) *env {
 }
 
 // unlistedDesc describes a service that the admin policy table does not
-// know.
-func (e *env) unlistedDesc() *grpc.ServiceDesc {
+// know; its handler sets called.
+func unlistedDesc(called *atomic.Bool) *grpc.ServiceDesc {
 	return &grpc.ServiceDesc{
 		ServiceName: "writ.test.v1.Unlisted",
 		HandlerType: (*any)(nil),
@@ -171,7 +171,7 @@ func (e *env) unlistedDesc() *grpc.ServiceDesc {
 					return nil, err
 				}
 				h := func(context.Context, any) (any, error) {
-					e.unlistedCalled.Store(true)
+					called.Store(true)
 					return &emptypb.Empty{}, nil
 				}
 				if ic == nil {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,6 +24,7 @@ import (
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"writ.dev/writ/ca/admin"
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
@@ -70,6 +72,8 @@ type remoteEnv struct {
 	trust *fakeTrust
 	ca    *testca.CA
 	addr  string
+	// unlistedCalled is set if the handler of unlistedMethod ran.
+	unlistedCalled atomic.Bool
 }
 
 type remoteOptions struct {
@@ -108,6 +112,7 @@ func newRemoteEnv(t *testing.T, opts remoteOptions) *remoteEnv {
 	srv := grpc.NewServer(svc.RemoteServerOptions(func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return serverCert, nil })...)
 	svc.Register(srv)
 	healthpb.RegisterHealthServer(srv, health.NewServer())
+	srv.RegisterService(unlistedDesc(&e.unlistedCalled), struct{}{})
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -263,6 +268,18 @@ func TestRemoteAdminAuthorization(t *testing.T) {
 	}
 	if !sawOK || !sawDenied {
 		t.Errorf("audit log lacks the remote callers (ok %v, denied %v)", sawOK, sawDenied)
+	}
+}
+
+// TestRemoteAdminUnlistedMethodDenied checks that an admin is refused a
+// method without an access policy, and its handler never runs.
+func TestRemoteAdminUnlistedMethodDenied(t *testing.T) {
+	e := newRemoteEnv(t, remoteOptions{})
+	e.addEntry(t, opsID, true)
+	err := e.svidConn(t, e.ca, opsID).Invoke(ctxT(t), unlistedMethod, &emptypb.Empty{}, &emptypb.Empty{})
+	wantCode(t, "unlisted method", err, codes.PermissionDenied)
+	if e.unlistedCalled.Load() {
+		t.Error("the handler of a method without a policy ran")
 	}
 }
 
