@@ -40,6 +40,7 @@ const (
 	flagAdminSocket   = "admin-socket"
 	flagAdminAddress  = "admin-address"
 	flagAdminServerID = "admin-server-id"
+	flagAdminSPIFFEID = "admin-spiffe-id"
 	flagOutput        = "output"
 	flagTimeout       = "timeout"
 )
@@ -68,6 +69,11 @@ func adminFlags() []cli.Flag {
 			Usage:       "with --" + flagAdminAddress + ": the local agent's Workload API socket, a `PATH` or unix:///absolute/path",
 			DefaultText: "$" + spiffewl.SocketEnv + ", else " + defaultWorkloadSocket,
 			TakesFile:   true,
+		},
+		&cli.StringFlag{
+			Name:        flagAdminSPIFFEID,
+			Usage:       "with --" + flagAdminAddress + ": present this process's X.509-SVID of SPIFFE `ID` (when it has several)",
+			DefaultText: "the first the Workload API gives",
 		},
 		&cli.StringFlag{
 			Name:        flagAdminServerID,
@@ -135,7 +141,7 @@ func newAdminCmd(c *cli.Context) (*adminCmd, error) {
 		}
 		return a, nil
 	}
-	for _, name := range []string{flagWorkloadSocket, flagAdminServerID} {
+	for _, name := range []string{flagWorkloadSocket, flagAdminServerID, flagAdminSPIFFEID} {
 		if c.IsSet(name) {
 			return nil, usagef(c, "--%s is for --%s", name, flagAdminAddress)
 		}

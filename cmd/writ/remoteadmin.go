@@ -3,12 +3,13 @@ package main
 // Remote administration: with --admin-address HOST:PORT an admin command
 // calls a server's remote admin API (writ server run
 // --admin-bind-address) instead of its admin socket. The command takes
-// this process's X.509-SVID and the trust bundle from the local agent's
-// Workload API (--socket-path, else $SPIFFE_ENDPOINT_SOCKET, else the
-// agent's default socket), presents the SVID as its client certificate
-// over TLS 1.3, and accepts only a server certificate that is an
-// X.509-SVID of spiffe://<its own trust domain>/writ/server (or
-// --admin-server-id). Nothing is read from or written to disk.
+// this process's X.509-SVID (the first, or --admin-spiffe-id's) and the
+// trust bundle from the local agent's Workload API (--socket-path, else
+// $SPIFFE_ENDPOINT_SOCKET, else the agent's default socket), presents the
+// SVID as its client certificate over TLS 1.3, and accepts only a server
+// certificate that is an X.509-SVID of spiffe://<its own trust
+// domain>/writ/server (or --admin-server-id). Nothing is read from or
+// written to disk.
 
 import (
 	"context"
@@ -17,6 +18,8 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -39,6 +42,8 @@ type remoteAdmin struct {
 	workloadSocket string
 	// serverID, if set, is the SPIFFE ID the server must present.
 	serverID spiffeid.ID
+	// id, if set, chooses which of this process's SVIDs to present.
+	id spiffeid.ID
 }
 
 // newRemoteAdmin checks the remote admin flags.
@@ -63,6 +68,11 @@ func newRemoteAdmin(c *cli.Context) (*remoteAdmin, error) {
 			return nil, usagef(c, "--%s: %v", flagAdminServerID, err)
 		}
 	}
+	if c.IsSet(flagAdminSPIFFEID) {
+		if r.id, err = entry.ParseID(c.String(flagAdminSPIFFEID)); err != nil {
+			return nil, usagef(c, "--%s: %v", flagAdminSPIFFEID, err)
+		}
+	}
 	return r, nil
 }
 
@@ -83,6 +93,21 @@ func (r *remoteAdmin) dial(ctx context.Context, timeout time.Duration) (*adminCl
 		return nil, fmt.Errorf("--%s needs this process's X.509-SVID: %w", flagAdminAddress, wc.callError(err))
 	}
 	svid := x509ctx.DefaultSVID()
+	if !r.id.IsZero() {
+		svid = nil
+		var ids []string
+		for _, s := range x509ctx.SVIDs {
+			if !slices.Contains(ids, s.ID.String()) {
+				ids = append(ids, s.ID.String())
+			}
+			if s.ID == r.id && svid == nil {
+				svid = s
+			}
+		}
+		if svid == nil {
+			return nil, fmt.Errorf("--%s %s: this process (uid %d) has no X.509-SVID of that ID, only %s", flagAdminSPIFFEID, r.id, os.Geteuid(), strings.Join(ids, ", "))
+		}
+	}
 	if svid == nil {
 		return nil, fmt.Errorf("--%s needs this process's X.509-SVID: the Workload API at %s gave none (uid %d)", flagAdminAddress, r.workloadSocket, os.Geteuid())
 	}

@@ -28,6 +28,8 @@ func TestRemoteAdminFlags(t *testing.T) {
 		{"empty address", []string{"entry", "list", "--admin-address", ""}, exitUsage, "--admin-address is empty"},
 		{"socket path without address", []string{"entry", "list", "--socket-path", missing}, exitUsage, "--socket-path is for --admin-address"},
 		{"server ID without address", []string{"agent", "list", "--admin-server-id", "spiffe://example.org/writ/server"}, exitUsage, "--admin-server-id is for --admin-address"},
+		{"SVID ID without address", []string{"entry", "list", "--admin-spiffe-id", "spiffe://example.org/ops"}, exitUsage, "--admin-spiffe-id is for --admin-address"},
+		{"bad SVID ID", []string{"entry", "list", "--admin-address", "127.0.0.1:1", "--socket-path", missing, "--admin-spiffe-id", "spiffe://example.org/ops/"}, exitUsage, "--admin-spiffe-id"},
 		{"bad server ID", []string{"entry", "list", "--admin-address", "127.0.0.1:1", "--socket-path", missing, "--admin-server-id", "spiffe://Example.org/x"}, exitUsage, "--admin-server-id"},
 		{"server admin ID in another trust domain", []string{"server", "run", "--trust-domain", "example.org", "--data-dir", dir, "--admin-bind-address", "127.0.0.1:0", "--admin-id", "spiffe://other.test/ops"}, exitUsage, `--admin-id: invalid: SPIFFE ID "spiffe://other.test/ops" is not in trust domain "example.org"`},
 		{"server admin ID not canonical", []string{"server", "run", "--trust-domain", "example.org", "--data-dir", dir, "--admin-bind-address", "127.0.0.1:0", "--admin-id", "spiffe://example.org/ops/"}, exitUsage, "--admin-id: invalid"},

@@ -121,6 +121,14 @@ func TestIntegrationRemoteAdmin(t *testing.T) {
 		t.Errorf("audit log does not name the remote caller:\n%s", tail(e.server.log.String(), 20))
 	}
 
+	// --admin-spiffe-id chooses the SVID, and says which there are.
+	if out, errOut, code := asRoot("entry", "show", "--id", webEntry, "--admin-spiffe-id", rootID); code != 0 || !strings.Contains(out, webID) {
+		t.Fatalf("remote entry show with --admin-spiffe-id: exit %d %q %q", code, out, errOut)
+	}
+	if _, errOut, code := asRoot("entry", "list", "--admin-spiffe-id", deployID); code != 1 || !strings.Contains(errOut, "has no X.509-SVID of that ID, only "+rootID) {
+		t.Fatalf("remote entry list with another --admin-spiffe-id: exit %d %q", code, errOut)
+	}
+
 	// A backup (the CA's private keys) is for the local socket only.
 	if _, errOut, code := asRoot("server", "backup", "--file", "-"); code != 1 || !strings.Contains(errOut, "local admin socket only") {
 		t.Fatalf("remote backup as admin: exit %d %q", code, errOut)
