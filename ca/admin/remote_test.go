@@ -283,6 +283,20 @@ func TestRemoteAdminUnlistedMethodDenied(t *testing.T) {
 	}
 }
 
+// TestRemoteAdminMessageLimit checks that the remote listener bounds
+// requests as the admin socket does.
+func TestRemoteAdminMessageLimit(t *testing.T) {
+	e := newRemoteEnv(t, remoteOptions{})
+	e.addEntry(t, opsID, true)
+	conn := e.svidConn(t, e.ca, opsID)
+	big := &adminv1.BatchCreateEntryRequest{Entries: []*adminv1.Entry{{
+		SpiffeId: webID, ParentId: agentID, Selectors: []string{"unix:path:/" + strings.Repeat("a", admin.RecommendedMaxRecvMsgSize)},
+	}}}
+	_, err := adminv1.NewEntryServiceClient(conn).BatchCreateEntry(ctxT(t), big)
+	wantCode(t, "oversized request", err, codes.ResourceExhausted)
+	wantCode(t, "next call", listEntries(ctxT(t), conn), codes.OK)
+}
+
 // TestRemoteAdminRevokedAtOnce checks that deleting the admin entry, or
 // clearing its Admin flag, refuses the very next call on a connection
 // that was allowed.
