@@ -207,11 +207,11 @@ func (s *Service) authorizeRemote(ctx context.Context, method string) (*call, er
 	var err error
 	var reason string
 	switch {
-	case !known:
-		err = status.Error(codes.PermissionDenied, "permission denied: method has no access policy")
 	case verr != nil:
 		reason = verr.Error()
 		err = status.Error(codes.Unauthenticated, "unauthenticated")
+	case !known:
+		err = status.Error(codes.PermissionDenied, "permission denied: method has no access policy")
 	case r.public:
 		return c, nil
 	default:
