@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"os"
@@ -16,6 +17,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/status"
+
+	adminv1 "writ.dev/writ/ca/api/admin/v1"
 	"writ.dev/writ/internal/testuser"
 )
 
@@ -207,5 +217,66 @@ func TestIntegrationRemoteAdmin(t *testing.T) {
 	// crypto/tls reports the peer's alert only in its message.
 	if err == nil || !strings.Contains(err.Error(), "tls: certificate required") {
 		t.Fatalf("connection without a client certificate: %v, want the certificate_required alert", err)
+	}
+}
+
+// TestIntegrationRemoteAdminTaint: an admin connection whose SVID was
+// signed by a CA that is then tainted is refused on its next calls, while
+// the CLI, given a re-signed SVID by the agent, goes on.
+func TestIntegrationRemoteAdminTaint(t *testing.T) {
+	const (
+		agentID = "spiffe://example.org/writ/agent/a"
+		rootID  = "spiffe://example.org/ops/root"
+	)
+	e := newNodeEnv(t, "--admin-bind-address", "127.0.0.1:0")
+	addr := e.server.loggedField("admin_address")
+	a := startAgent(t, e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token(agentID))
+	e.entry(rootID, agentID, "--admin")
+	waitSVIDs(t, a, []string{rootID})
+
+	old := fetchSVID(t, a)
+	bundle, err := x509bundle.Load(spiffeid.RequireTrustDomainFromString("example.org"), e.bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conf := tlsconfig.MTLSClientConfig(old, bundle, tlsconfig.AuthorizeID(spiffeid.RequireFromString("spiffe://example.org/writ/server")))
+	conf.MinVersion = tls.VersionTLS13
+	conn, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(credentials.NewTLS(conf)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	entries := adminv1.NewEntryServiceClient(conn)
+	list := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := entries.GetEntry(ctx, &adminv1.GetEntryRequest{Id: "00000000-0000-4000-8000-000000000000"})
+		return err
+	}
+	if err := list(); status.Code(err) != codes.NotFound {
+		t.Fatalf("call before the taint: %v, want NotFound (authorized)", err)
+	}
+
+	e.server.admin("ca", "rotate", "--wait")
+	e.server.admin("ca", "x509", "taint", "--id", hex.EncodeToString(old.Certificates[0].AuthorityKeyId))
+	deadline := time.Now().Add(10 * time.Second)
+	for err := list(); status.Code(err) != codes.Unauthenticated; err = list() {
+		if time.Now().After(deadline) {
+			t.Fatalf("calls with an SVID of the tainted CA: %v, want Unauthenticated", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+
+	// The agent re-signs the SVID; the CLI takes the new one.
+	deadline = time.Now().Add(20 * time.Second)
+	for {
+		_, errOut, code := runWrit(t, nil, "entry", "list", "--admin-address", addr, "--socket-path", a.socket)
+		if code == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("remote entry list after the re-signing: %s", errOut)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
