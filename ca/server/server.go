@@ -69,13 +69,14 @@ type Config struct {
 	CAKeyType          string
 	// AdminUIDs may call the admin API besides root and the server's uid.
 	AdminUIDs []uint32
+	Logger    *slog.Logger
+	Clock     clock.Clock
+
 	// AdminBindAddress, if set, is the host:port where the admin API is
 	// also served over mutual TLS to callers with an admin X.509-SVID:
 	// one listed in AdminIDs or of an entry with Admin set.
 	AdminBindAddress string
 	AdminIDs         []spiffeid.ID
-	Logger           *slog.Logger
-	Clock            clock.Clock
 
 	// Datastore names the datastore (see ParseDatastore): empty or "bolt"
 	// for the bbolt file in DataDir, or a postgres:// URL, which
