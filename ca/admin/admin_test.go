@@ -192,7 +192,9 @@ func ctxT(t *testing.T) context.Context {
 // logRecorder is a slog.Handler that keeps every record and echoes it to
 // t.Log.
 type logRecorder struct {
-	t       testing.TB
+	t testing.TB
+	// quiet stops the echo to t.Log (benchmarks).
+	quiet   bool
 	mu      sync.Mutex // guards records
 	records []logRecord
 }
@@ -222,7 +224,9 @@ func (r *logRecorder) Handle(ctx context.Context, rec slog.Record) error {
 	r.mu.Lock()
 	r.records = append(r.records, lr)
 	r.mu.Unlock()
-	r.t.Log(strings.TrimSpace(lr.text))
+	if !r.quiet {
+		r.t.Log(strings.TrimSpace(lr.text))
+	}
 	return nil
 }
 

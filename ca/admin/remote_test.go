@@ -78,9 +78,11 @@ type remoteEnv struct {
 
 type remoteOptions struct {
 	wrap func(admin.Store) admin.Store
+	// quiet keeps the logs out of the test output (benchmarks).
+	quiet bool
 }
 
-func newRemoteEnv(t *testing.T, opts remoteOptions) *remoteEnv {
+func newRemoteEnv(t testing.TB, opts remoteOptions) *remoteEnv {
 	t.Helper()
 	// Real time, so that the clients' go-spiffe verifier (which reads the
 	// system clock) accepts the server's certificate.
@@ -88,7 +90,7 @@ func newRemoteEnv(t *testing.T, opts remoteOptions) *remoteEnv {
 	e := &remoteEnv{
 		store: newStore(t),
 		clock: fakeclock.New(now),
-		logs:  newLogRecorder(t),
+		logs:  &logRecorder{t: t, quiet: opts.quiet},
 		trust: &fakeTrust{},
 		ca:    testca.New(t, td, now, 24*time.Hour),
 	}
@@ -130,7 +132,7 @@ func newRemoteEnv(t *testing.T, opts remoteOptions) *remoteEnv {
 }
 
 // addEntry stores an entry for id, admin or not, and returns its ID.
-func (e *remoteEnv) addEntry(t *testing.T, id string, isAdmin bool) string {
+func (e *remoteEnv) addEntry(t testing.TB, id string, isAdmin bool) string {
 	t.Helper()
 	en := &entry.Entry{
 		ID:        entry.NewID(),
@@ -139,7 +141,7 @@ func (e *remoteEnv) addEntry(t *testing.T, id string, isAdmin bool) string {
 		Selectors: []entry.Selector{{Type: "unix", Value: "uid:1000"}},
 		Admin:     isAdmin,
 	}
-	res, err := e.store.CreateEntries(ctxT(t), []*entry.Entry{en})
+	res, err := e.store.CreateEntries(context.Background(), []*entry.Entry{en})
 	if err != nil || res[0].Err != nil {
 		t.Fatalf("create entry: %v %v", err, res)
 	}
@@ -148,7 +150,7 @@ func (e *remoteEnv) addEntry(t *testing.T, id string, isAdmin bool) string {
 
 // dial returns a client connection presenting cert (none if nil) and
 // requiring the server's X.509-SVID under the test CA.
-func (e *remoteEnv) dial(t *testing.T, cert *tls.Certificate) *grpc.ClientConn {
+func (e *remoteEnv) dial(t testing.TB, cert *tls.Certificate) *grpc.ClientConn {
 	t.Helper()
 	conf := &tls.Config{
 		MinVersion: tls.VersionTLS13,
@@ -169,7 +171,7 @@ func (e *remoteEnv) dial(t *testing.T, cert *tls.Certificate) *grpc.ClientConn {
 
 // svidConn returns a connection presenting a fresh X.509-SVID for id
 // signed by ca.
-func (e *remoteEnv) svidConn(t *testing.T, ca *testca.CA, id string) *grpc.ClientConn {
+func (e *remoteEnv) svidConn(t testing.TB, ca *testca.CA, id string) *grpc.ClientConn {
 	t.Helper()
 	return e.dial(t, ca.SVID(t, spiffeid.RequireFromString(id), e.clock.Now(), time.Hour).TLSCertificate())
 }
@@ -432,5 +434,30 @@ func TestNewRefusesBadAdminIDs(t *testing.T) {
 		if err == nil {
 			t.Errorf("New accepted admin ID %s", id)
 		}
+	}
+}
+
+// BenchmarkRemoteAdminCall measures one GetEntry over an open mTLS
+// connection: the chain verified again and, for an admin entry, the
+// caller's entries read from the store.
+func BenchmarkRemoteAdminCall(b *testing.B) {
+	for _, bb := range []struct {
+		name, id string
+	}{
+		{name: "admin entry", id: opsID},
+		{name: "listed ID", id: listedID},
+	} {
+		b.Run(bb.name, func(b *testing.B) {
+			e := newRemoteEnv(b, remoteOptions{quiet: true})
+			target := e.addEntry(b, webID, false)
+			e.addEntry(b, opsID, true)
+			client := adminv1.NewEntryServiceClient(e.svidConn(b, e.ca, bb.id))
+			ctx := context.Background()
+			for b.Loop() {
+				if _, err := client.GetEntry(ctx, &adminv1.GetEntryRequest{Id: target}); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
 	}
 }

@@ -27,7 +27,7 @@ type testStore interface {
 // newStore opens a boltstore in t's temporary directory. At cleanup it
 // checks that the admin API stored only valid entries, none with the
 // server's ID and no duplicates, then closes it.
-func newStore(t *testing.T) testStore {
+func newStore(t testing.TB) testStore {
 	t.Helper()
 	s, err := boltstore.Open(filepath.Join(t.TempDir(), "db"), boltstore.Options{})
 	if err != nil {
