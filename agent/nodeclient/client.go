@@ -92,6 +92,9 @@ type Client struct {
 	node     nodev1.NodeServiceClient
 	// verifyErr is the last server authentication failure.
 	verifyErr atomic.Pointer[error]
+	// noBatchJWT: the server answered BatchSignJWTSVID with
+	// Unimplemented; BatchSignJWT uses SignJWTSVID.
+	noBatchJWT atomic.Bool
 }
 
 // New returns a client of the server at cfg.Address. It does not connect:

@@ -54,6 +54,7 @@ var rules = map[string]rule{
 	nodev1.NodeService_SignJWTSVID_FullMethodName:       {},
 	nodev1.NodeService_ReportTemplates_FullMethodName:   {},
 	nodev1.NodeService_AckBundle_FullMethodName:         {},
+	nodev1.NodeService_BatchSignJWTSVID_FullMethodName:  {},
 	healthpb.Health_Check_FullMethodName:                {public: true},
 	healthpb.Health_Watch_FullMethodName:                {public: true},
 }
