@@ -259,7 +259,7 @@ func (b *bench) record(name string, r *wlRun) error {
 	b.set(name+".p99", sum.P99, sum.N, params)
 	b.set(name+".rate", rate, sum.N, params)
 	b.dist[name] = s
-	b.prog.printf("%-28s p50 %s ms  p99 %s ms  %s calls/s  (%d calls)", name, msNum(sum.P50), msNum(sum.P99), num(rate), sum.N)
+	b.prog.printf("%-28s p50 %s ms  p99 %s ms  %s calls/s  (%d calls; %s)", name, msNum(sum.P50), msNum(sum.P99), num(rate), sum.N, loadNow())
 	return nil
 }
 
