@@ -13,6 +13,7 @@ const (
 	unitEntriesPerSec = "entries/s"
 	unitSVIDsPerSec   = "SVIDs/s"
 	unitMS            = "ms"
+	unitUS            = "µs"
 	unitMiB           = "MiB"
 	unitKiB           = "KiB"
 	unitRatio         = "ratio"
@@ -265,6 +266,9 @@ func catalogue(cfg Config) []*Figure {
 	templateFigures(cfg, add)
 	fs = append(fs, lifecycleFigures(cfg)...)
 	fs = append(fs, pgCatalogue(cfg)...)
+	for _, sc := range []string{scJWTCached, scJWTFirst, scJWTFirstC16} {
+		add("writ."+sc+".cpu_per_call", unitUS, "CPU time (user and system) of the server and agent processes per call of writ."+sc+", warm-ups included: what a call costs the machine, whatever else runs on it", nil, nil)
+	}
 	jwksFigures(add)
 	return fs
 }
