@@ -13,6 +13,11 @@ import (
 const (
 	DefaultMaxBatch    = nodeclient.MaxJWTBatch
 	DefaultMaxInFlight = 1
+	// DefaultMaxBatchBytes bounds the entry IDs and audiences of one
+	// batch, well within the server's 4 MiB message limit: a workload
+	// asking for huge audiences cannot make a batch, and so the other
+	// workloads' requests in it, fail.
+	DefaultMaxBatchBytes = 1 << 20
 )
 
 // ErrNoResult: the signer answered a batch with a number of results other
@@ -35,6 +40,10 @@ type Config struct {
 	// MaxInFlight bounds the batches being signed at once. Zero means
 	// DefaultMaxInFlight.
 	MaxInFlight int
+	// MaxBatchBytes bounds the bytes of entry IDs and audiences of a
+	// batch (a batch holds at least one request whatever its size). Zero
+	// means DefaultMaxBatchBytes.
+	MaxBatchBytes int
 }
 
 // Batcher coalesces concurrent JWT-SVID requests. It is safe for
@@ -43,6 +52,7 @@ type Batcher struct {
 	signer      Signer
 	maxBatch    int
 	maxInFlight int
+	maxBytes    int
 
 	mu       sync.Mutex // guards queue and inFlight
 	queue    []*pending // non-empty only while inFlight == maxInFlight
@@ -66,6 +76,8 @@ func New(cfg Config) (*Batcher, error) {
 		return nil, fmt.Errorf("jwtbatch: batch size %d out of range (1 to %d)", cfg.MaxBatch, nodeclient.MaxJWTBatch)
 	case cfg.MaxInFlight < 0:
 		return nil, fmt.Errorf("jwtbatch: negative in-flight bound %d", cfg.MaxInFlight)
+	case cfg.MaxBatchBytes < 0:
+		return nil, fmt.Errorf("jwtbatch: negative batch size in bytes %d", cfg.MaxBatchBytes)
 	}
 	if cfg.MaxBatch == 0 {
 		cfg.MaxBatch = DefaultMaxBatch
@@ -73,7 +85,10 @@ func New(cfg Config) (*Batcher, error) {
 	if cfg.MaxInFlight == 0 {
 		cfg.MaxInFlight = DefaultMaxInFlight
 	}
-	return &Batcher{signer: cfg.Signer, maxBatch: cfg.MaxBatch, maxInFlight: cfg.MaxInFlight}, nil
+	if cfg.MaxBatchBytes == 0 {
+		cfg.MaxBatchBytes = DefaultMaxBatchBytes
+	}
+	return &Batcher{signer: cfg.Signer, maxBatch: cfg.MaxBatch, maxInFlight: cfg.MaxInFlight, maxBytes: cfg.MaxBatchBytes}, nil
 }
 
 // SignJWTSVID returns a JWT-SVID of entryID for audience, signed in a
@@ -135,13 +150,29 @@ func (b *Batcher) next() []*pending {
 		b.inFlight--
 		return nil
 	}
-	n := min(len(b.queue), b.maxBatch)
+	n, size := 0, 0
+	for n < min(len(b.queue), b.maxBatch) {
+		size += requestSize(b.queue[n].req)
+		if n > 0 && size > b.maxBytes {
+			break
+		}
+		n++
+	}
 	batch := b.queue[:n:n]
 	b.queue = b.queue[n:]
 	if len(b.queue) == 0 {
 		b.queue = nil // let the backing array go
 	}
 	return batch
+}
+
+// requestSize is what a request adds to a batch, roughly as encoded.
+func requestSize(r nodeclient.JWTRequest) int {
+	n := len(r.EntryID) + 8
+	for _, a := range r.Audience {
+		n += len(a) + 2
+	}
+	return n
 }
 
 // run signs batches until the queue is empty.

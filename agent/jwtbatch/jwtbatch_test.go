@@ -260,6 +260,46 @@ func TestBatchesAreBounded(t *testing.T) {
 	}
 }
 
+// TestBatchesAreBoundedInBytes: requests with huge audiences go in
+// batches of their own, so that they cannot make a batch too large for
+// the server and fail the other requests in it.
+func TestBatchesAreBoundedInBytes(t *testing.T) {
+	f := &fakeSigner{hold: make(chan struct{}), started: make(chan int, 10)}
+	b := newBatcher(t, f, jwtbatch.Config{MaxBatchBytes: 1000})
+	first := startCallers(t.Context(), b, 0, 1)
+	<-f.started
+	huge := []string{strings.Repeat("h", 600)}
+	errs := make(chan error, 4)
+	for i := range 4 {
+		go func() {
+			aud := []string{"small"}
+			if i%2 == 0 {
+				aud = huge
+			}
+			id := fmt.Sprintf("e%d", i+1)
+			tok, err := b.SignJWTSVID(t.Context(), id, aud)
+			if err == nil && tok != tokenFor(id, aud) {
+				err = fmt.Errorf("%s got another request's token", id)
+			}
+			errs <- err
+		}()
+		waitQueued(t, b, i+1) // in this order
+	}
+	close(f.hold)
+	if err := <-first; err != nil {
+		t.Error(err)
+	}
+	for range 4 {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	// huge+small (< 1000 bytes), then huge+small again.
+	if got := f.sizes(); !slices.Equal(got, []int{1, 2, 2}) {
+		t.Errorf("batches %v, want [1 2 2]", got)
+	}
+}
+
 func TestInFlightBound(t *testing.T) {
 	f := &fakeSigner{hold: make(chan struct{}), started: make(chan int, 10)}
 	b := newBatcher(t, f, jwtbatch.Config{MaxInFlight: 2})
@@ -338,6 +378,7 @@ func TestConfig(t *testing.T) {
 		{name: "batch too large", cfg: jwtbatch.Config{Signer: &fakeSigner{}, MaxBatch: nodeclient.MaxJWTBatch + 1}},
 		{name: "negative batch", cfg: jwtbatch.Config{Signer: &fakeSigner{}, MaxBatch: -1}},
 		{name: "negative in flight", cfg: jwtbatch.Config{Signer: &fakeSigner{}, MaxInFlight: -1}},
+		{name: "negative bytes", cfg: jwtbatch.Config{Signer: &fakeSigner{}, MaxBatchBytes: -1}},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			if _, err := jwtbatch.New(tt.cfg); err == nil {
