@@ -248,11 +248,15 @@ func New(cfg Config) (*Agent, error) {
 		ready:       make(chan struct{}),
 		servers:     newServerPicker(servers, cfg.Resolver, cfg.Logger),
 	}
+	jwtSigner, err := newJWTSigner(a)
+	if err != nil {
+		return nil, err
+	}
 	a.cache, err = svidcache.New(svidcache.Config{
 		TrustDomain: cfg.TrustDomain,
 		Clock:       cfg.Clock,
 		Logger:      cfg.Logger,
-		JWTSigner:   jwtSigner{a},
+		JWTSigner:   jwtSigner,
 
 		MaxX509SVIDs: cfg.MaxX509SVIDs,
 	})

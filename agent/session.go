@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"writ.dev/writ/agent/jwtbatch"
 	"writ.dev/writ/agent/nodeclient"
 	"writ.dev/writ/agent/rotate"
 	"writ.dev/writ/agent/svidcache"
@@ -418,17 +419,36 @@ func (a *Agent) renew(ctx context.Context, c *nodeclient.Client) error {
 	return nil
 }
 
-// jwtSigner signs JWT-SVIDs for the cache through the connected session.
+// jwtSigner signs batches of JWT-SVIDs through the connected session;
+// newJWTSigner puts a jwtbatch.Batcher in front of it for the cache.
 type jwtSigner struct{ a *Agent }
 
-func (j jwtSigner) SignJWTSVID(ctx context.Context, entryID string, audience []string) (string, error) {
+// newJWTSigner returns the cache's JWT-SVID signer: concurrent requests
+// are sent to the server together.
+func newJWTSigner(a *Agent) (*jwtbatch.Batcher, error) {
+	return jwtbatch.New(jwtbatch.Config{Signer: jwtSigner{a}})
+}
+
+func (j jwtSigner) BatchSignJWT(ctx context.Context, reqs []nodeclient.JWTRequest) ([]nodeclient.JWTResult, error) {
 	c := j.a.client.Load()
 	if c == nil || j.a.revoked.Load() {
-		return "", fmt.Errorf("%w: %w", svidcache.ErrUnavailable, status.Error(codes.Unavailable, "agent is not connected to the server"))
+		return nil, fmt.Errorf("%w: %w", svidcache.ErrUnavailable, status.Error(codes.Unavailable, "agent is not connected to the server"))
 	}
-	tok, _, err := c.SignJWT(ctx, entryID, audience)
+	out, err := c.BatchSignJWT(ctx, reqs)
+	if err != nil {
+		return nil, jwtSignError(err)
+	}
+	for i := range out {
+		out[i].Err = jwtSignError(out[i].Err)
+	}
+	return out, nil
+}
+
+// jwtSignError marks the errors of an unreachable or unauthenticated
+// server as svidcache.ErrUnavailable.
+func jwtSignError(err error) error {
 	if errors.Is(err, nodeclient.ErrUnavailable) || errors.Is(err, nodeclient.ErrServerNotTrusted) {
-		return "", fmt.Errorf("%w: %w", svidcache.ErrUnavailable, err)
+		return fmt.Errorf("%w: %w", svidcache.ErrUnavailable, err)
 	}
-	return tok, err
+	return err
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
@@ -173,28 +175,37 @@ func (h *handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest
 		s.logRefused(st, "caller matches no entry", nil)
 		return nil, errNoIdentity
 	}
-	resp := &workload.JWTSVIDResponse{}
-	var done spiffeid.ID
-	for _, id := range idents {
-		if id.ID == done || !want.IsZero() && id.ID != want {
+	// The caller's identities, each with the entries that issue it, are
+	// fetched at once: the tokens to sign reach the server together.
+	var groups [][]svidcache.Identity
+	for _, id := range idents { // ordered by SPIFFE ID
+		if !want.IsZero() && id.ID != want {
 			continue
 		}
-		j, err := s.cache.FetchJWTSVID(ctx, id.EntryID, audience)
-		switch {
+		if n := len(groups); n > 0 && groups[n-1][0].ID == id.ID {
+			groups[n-1] = append(groups[n-1], id)
+			continue
+		}
+		groups = append(groups, []svidcache.Identity{id})
+	}
+	results := s.fetchJWTSVIDs(ctx, groups, audience)
+	resp := &workload.JWTSVIDResponse{}
+	for i, r := range results {
+		id := groups[i][0]
+		switch err := r.err; {
+		case err == nil && r.svid == nil:
+			continue // every entry removed meanwhile
 		case err == nil:
-		case errors.Is(err, svidcache.ErrUnknownEntry):
-			continue // removed meanwhile; another entry may have the ID
 		case ctx.Err() != nil:
 			return nil, contextStatus(ctx.Err())
 		case errors.Is(err, svidcache.ErrUnavailable):
-			s.log.Warn("cannot get a JWT-SVID: the server is unavailable", logkey.SPIFFEID, id.ID.String(), logkey.EntryID, id.EntryID, logkey.Error, err)
+			s.log.Warn("cannot get a JWT-SVID: the server is unavailable", logkey.SPIFFEID, id.ID.String(), logkey.EntryID, r.entryID, logkey.Error, err)
 			return nil, status.Error(codes.Unavailable, "cannot issue a JWT-SVID now: the server is unavailable")
 		default:
-			s.log.Error("cannot get a JWT-SVID", logkey.SPIFFEID, id.ID.String(), logkey.EntryID, id.EntryID, logkey.Error, err)
+			s.log.Error("cannot get a JWT-SVID", logkey.SPIFFEID, id.ID.String(), logkey.EntryID, r.entryID, logkey.Error, err)
 			return nil, status.Error(codes.Internal, "cannot issue a JWT-SVID")
 		}
-		done = id.ID
-		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id.ID.String(), Svid: j.Token, Hint: svidHint(id.EntryID)})
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id.ID.String(), Svid: r.svid.Token, Hint: svidHint(r.entryID)})
 	}
 	if len(resp.Svids) == 0 {
 		if !want.IsZero() {
@@ -212,6 +223,54 @@ func (h *handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest
 		}
 	}
 	return resp, nil
+}
+
+// jwtFetch is the result of fetching one identity's JWT-SVID: the token
+// and the entry that gave it, or the error; neither if every entry of the
+// identity was removed meanwhile.
+type jwtFetch struct {
+	svid    *svidcache.JWTSVID
+	entryID string
+	err     error
+}
+
+// maxJWTFetches bounds the identities of one call fetched at once.
+const maxJWTFetches = 32
+
+// fetchJWTSVIDs fetches a JWT-SVID for each group of entries of one
+// identity (the first entry still in the cache gives it), the groups
+// concurrently. Results are in the groups' order.
+func (s *Server) fetchJWTSVIDs(ctx context.Context, groups [][]svidcache.Identity, audience []string) []jwtFetch {
+	out := make([]jwtFetch, len(groups))
+	fetch := func(i int) {
+		for _, id := range groups[i] {
+			j, err := s.cache.FetchJWTSVID(ctx, id.EntryID, audience)
+			if errors.Is(err, svidcache.ErrUnknownEntry) {
+				continue // removed meanwhile; another entry may have the ID
+			}
+			out[i] = jwtFetch{svid: j, entryID: id.EntryID, err: err}
+			return
+		}
+	}
+	if len(groups) == 1 {
+		fetch(0)
+		return out
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(len(groups), maxJWTFetches) {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= len(groups) {
+					return
+				}
+				fetch(i)
+			}
+		})
+	}
+	wg.Wait()
+	return out
 }
 
 // parseJWTSVIDRequest checks a FetchJWTSVID request: at least one

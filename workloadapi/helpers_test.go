@@ -108,10 +108,28 @@ type signer struct {
 	calls atomic.Int32
 	mu    sync.Mutex // guards err
 	err   error
+	// together, if set, makes each call wait (up to 10 s) until that
+	// many calls have arrived, and fail otherwise: the calls must be
+	// made concurrently.
+	together atomic.Int32
+	arrived  atomic.Int32
 }
+
+// errNotTogether: the calls a signer expected at once did not come.
+var errNotTogether = errors.New("test signer: calls did not arrive together")
 
 func (s *signer) SignJWTSVID(_ context.Context, entryID string, audience []string) (string, error) {
 	s.calls.Add(1)
+	if n := s.together.Load(); n > 0 {
+		s.arrived.Add(1)
+		deadline := time.Now().Add(10 * time.Second)
+		for s.arrived.Load() < n {
+			if time.Now().After(deadline) {
+				return "", errNotTogether
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
 	s.mu.Lock()
 	err := s.err
 	s.mu.Unlock()

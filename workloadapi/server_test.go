@@ -633,6 +633,36 @@ func TestBundleStreams(t *testing.T) {
 }
 
 // TestFetchJWTSVID covers the request checks and entitlement rules.
+// TestFetchJWTSVIDAllIdentitiesAtOnce: a caller asking for all its
+// identities has their tokens signed concurrently (so that the agent
+// sends them to the server in one batch), each under its own ID.
+func TestFetchJWTSVIDAllIdentitiesAtOnce(t *testing.T) {
+	e := newEnv(t)
+	for _, p := range []string{"/a", "/b", "/c", "/d"} {
+		e.add(p)
+	}
+	c, _ := e.raw()
+	e.signer.together.Store(4)
+	resp, err := c.FetchJWTSVID(withHeader(ctxTimeout(t, 30*time.Second)), &workload.JWTSVIDRequest{Audience: []string{"together"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var ids []string
+	for _, s := range resp.GetSvids() {
+		ids = append(ids, s.GetSpiffeId())
+		svid, err := jwtsvid.ParseAndValidate(s.GetSvid(), e.ca.bundle, []string{"together"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if svid.ID.String() != s.GetSpiffeId() {
+			t.Errorf("token of %s answered for %s", svid.ID, s.GetSpiffeId())
+		}
+	}
+	if want := []string{"spiffe://example.org/a", "spiffe://example.org/b", "spiffe://example.org/c", "spiffe://example.org/d"}; !slices.Equal(ids, want) {
+		t.Errorf("SPIFFE IDs %v, want %v", ids, want)
+	}
+}
+
 func TestFetchJWTSVID(t *testing.T) {
 	e := newEnv(t)
 	a := e.add("/a")

@@ -45,6 +45,11 @@ const (
 	// (5 minutes), so a half-open connection is found eventually.
 	keepaliveTime    = 5 * time.Minute
 	keepaliveTimeout = 20 * time.Second
+	// streamWindow and connWindow are the flow-control windows of the
+	// server's answers: a full Sync message of tens of MiB still
+	// arrives at a MiB per round trip.
+	streamWindow = 1 << 20
+	connWindow   = 4 << 20
 )
 
 // Errors callers branch on; see the package documentation.
@@ -92,6 +97,9 @@ type Client struct {
 	node     nodev1.NodeServiceClient
 	// verifyErr is the last server authentication failure.
 	verifyErr atomic.Pointer[error]
+	// noBatchJWT: the server answered BatchSignJWTSVID with
+	// Unimplemented; BatchSignJWT uses SignJWTSVID.
+	noBatchJWT atomic.Bool
 }
 
 // New returns a client of the server at cfg.Address. It does not connect:
@@ -128,6 +136,11 @@ func New(cfg Config) (*Client, error) {
 			MinConnectTimeout: ConnectTimeout,
 		}),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: keepaliveTime, Timeout: keepaliveTimeout}),
+		// Fixed flow-control windows turn off gRPC's bandwidth-delay
+		// estimation, which answers each response with a ping (two
+		// more writes and wake-ups per call on each side).
+		grpc.WithInitialWindowSize(streamWindow),
+		grpc.WithInitialConnWindowSize(connWindow),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("nodeclient: server address %q: %w", cfg.Address, err)

@@ -25,8 +25,10 @@
 //	stream, err := c.Sync(ctx)
 //
 // Calls fail fast when the server is away: unary calls have short
-// deadlines (SignTimeout for signing), SignJWT gives up after
-// JWTConnectTimeout if no connection is ready, and nothing waits for
+// deadlines (SignTimeout for signing), SignJWT and BatchSignJWT give up
+// after JWTConnectTimeout if no connection is ready (BatchSignJWT asks a
+// server without BatchSignJWTSVID one request at a time), and nothing
+// waits for
 // readiness. Errors wrap ErrUnavailable (server unreachable or too slow;
 // status code Unavailable), ErrServerNotTrusted (its certificate failed
 // the check above), ErrPermissionDenied (the agent is not, or no longer,

@@ -133,13 +133,68 @@ type claims struct {
 // iat = now in whole seconds, and iss = key.Issuer if set. notAfter is the end of the key's validity and
 // is required: a token never outlives its key.
 func Sign(now time.Time, key Key, id spiffeid.ID, audience []string, ttl time.Duration, notAfter time.Time) (string, time.Time, error) {
+	s, err := NewSigner(key)
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	return s.Sign(now, id, audience, ttl, notAfter)
+}
+
+// Signer signs JWT-SVIDs with one key as Sign does, with the key's
+// algorithm and the encoded header worked out once: a server signing
+// many tokens with its active key makes one Signer for the key. It is
+// safe for concurrent use.
+type Signer struct {
+	key    Key
+	alg    jose.SignatureAlgorithm
+	hash   crypto.Hash
+	header []byte // base64url of the header JSON
+	ecSize int    // bytes of R and of S for an ECDSA key; 0 otherwise
+	sigLen int    // bytes of a signature
+}
+
+// NewSigner returns a Signer for key. It fails with ErrInvalid if the key
+// has no ID or signer, and ErrUnsupportedKey if its type or size is not
+// allowed.
+func NewSigner(key Key) (*Signer, error) {
+	switch {
+	case key.ID == "":
+		return nil, fmt.Errorf("%w: key has no ID", ErrInvalid)
+	case key.Signer == nil:
+		return nil, fmt.Errorf("%w: key has no signer", ErrInvalid)
+	}
+	pub := key.Signer.Public()
+	alg, err := signingAlg(pub)
+	if err != nil {
+		return nil, err
+	}
+	header, err := json.Marshal(struct {
+		Alg string `json:"alg"`
+		Kid string `json:"kid"`
+		Typ string `json:"typ"`
+	}{string(alg), key.ID, "JWT"})
+	if err != nil {
+		return nil, fmt.Errorf("jwtsvid: encode header: %w", err)
+	}
+	s := &Signer{key: key, alg: alg, hash: algHash(alg), header: b64.AppendEncode(nil, header)}
+	switch k := pub.(type) {
+	case *ecdsa.PublicKey:
+		s.ecSize = (k.Curve.Params().BitSize + 7) / 8
+		s.sigLen = 2 * s.ecSize
+	case *rsa.PublicKey:
+		s.sigLen = k.Size()
+	}
+	return s, nil
+}
+
+// Key returns the signer's key.
+func (s *Signer) Key() Key { return s.key }
+
+// Sign signs a JWT-SVID as the package's Sign does with the signer's key.
+func (s *Signer) Sign(now time.Time, id spiffeid.ID, audience []string, ttl time.Duration, notAfter time.Time) (string, time.Time, error) {
 	switch {
 	case now.IsZero():
 		return "", time.Time{}, fmt.Errorf("%w: zero time", ErrInvalid)
-	case key.ID == "":
-		return "", time.Time{}, fmt.Errorf("%w: key has no ID", ErrInvalid)
-	case key.Signer == nil:
-		return "", time.Time{}, fmt.Errorf("%w: key has no signer", ErrInvalid)
 	case id.IsZero():
 		return "", time.Time{}, fmt.Errorf("%w: no SPIFFE ID", ErrInvalid)
 	case len(audience) == 0:
@@ -151,10 +206,6 @@ func Sign(now time.Time, key Key, id spiffeid.ID, audience []string, ttl time.Du
 	case !now.Before(notAfter):
 		return "", time.Time{}, fmt.Errorf("%w: key valid until %s", ErrKeyExpired, notAfter.UTC().Format(time.RFC3339))
 	}
-	alg, err := signingAlg(key.Signer.Public())
-	if err != nil {
-		return "", time.Time{}, err
-	}
 
 	exp := now.Add(ttl)
 	if exp.After(notAfter) {
@@ -164,7 +215,7 @@ func Sign(now time.Time, key Key, id spiffeid.ID, audience []string, ttl time.Du
 	if !exp.After(now) {
 		return "", time.Time{}, fmt.Errorf("%w: token would expire within a second (TTL %v, key valid until %s)", ErrInvalid, ttl, notAfter.UTC().Format(time.RFC3339))
 	}
-	c := claims{Issuer: key.Issuer, Subject: id.String(), Expiry: exp.Unix(), IssuedAt: now.Unix()}
+	c := claims{Issuer: s.key.Issuer, Subject: id.String(), Expiry: exp.Unix(), IssuedAt: now.Unix()}
 	if len(audience) == 1 {
 		c.Audience = audience[0]
 	} else {
@@ -175,7 +226,7 @@ func Sign(now time.Time, key Key, id spiffeid.ID, audience []string, ttl time.Du
 		return "", time.Time{}, fmt.Errorf("jwtsvid: encode claims: %w", err)
 	}
 
-	token, err := signCompact(key, alg, payload)
+	token, err := s.signCompact(payload)
 	if err != nil {
 		return "", time.Time{}, err
 	}
@@ -750,28 +801,19 @@ func audienceClaim(m map[string]json.RawMessage) ([]string, error) {
 // signCompact signs payload with key as a compact JWS whose protected
 // header is alg, kid and typ "JWT". ECDSA signatures are converted from
 // the ASN.1 form crypto.Signer returns to the fixed-size R || S of JWS.
-func signCompact(key Key, alg jose.SignatureAlgorithm, payload []byte) (string, error) {
-	header, err := json.Marshal(struct {
-		Alg string `json:"alg"`
-		Kid string `json:"kid"`
-		Typ string `json:"typ"`
-	}{string(alg), key.ID, "JWT"})
-	if err != nil {
-		return "", fmt.Errorf("jwtsvid: encode header: %w", err)
-	}
-	buf := make([]byte, 0, b64.EncodedLen(len(header))+b64.EncodedLen(len(payload))+2+b64.EncodedLen(132))
-	buf = b64.AppendEncode(buf, header)
+func (s *Signer) signCompact(payload []byte) (string, error) {
+	buf := make([]byte, 0, len(s.header)+b64.EncodedLen(len(payload))+2+b64.EncodedLen(s.sigLen))
+	buf = append(buf, s.header...)
 	buf = append(buf, '.')
 	buf = b64.AppendEncode(buf, payload)
-	h := algHash(alg)
-	hh := h.New()
+	hh := s.hash.New()
 	hh.Write(buf)
-	sig, err := key.Signer.Sign(rand.Reader, hh.Sum(nil), h)
+	sig, err := s.key.Signer.Sign(rand.Reader, hh.Sum(nil), s.hash)
 	if err != nil {
 		return "", fmt.Errorf("jwtsvid: sign: %w", err)
 	}
-	if pub, ok := key.Signer.Public().(*ecdsa.PublicKey); ok {
-		if sig, err = rawECDSASignature(sig, (pub.Curve.Params().BitSize+7)/8); err != nil {
+	if s.ecSize > 0 {
+		if sig, err = rawECDSASignature(sig, s.ecSize); err != nil {
 			return "", fmt.Errorf("jwtsvid: sign: %w", err)
 		}
 	}

@@ -54,6 +54,7 @@ var rules = map[string]rule{
 	nodev1.NodeService_SignJWTSVID_FullMethodName:       {},
 	nodev1.NodeService_ReportTemplates_FullMethodName:   {},
 	nodev1.NodeService_AckBundle_FullMethodName:         {},
+	nodev1.NodeService_BatchSignJWTSVID_FullMethodName:  {},
 	healthpb.Health_Check_FullMethodName:                {public: true},
 	healthpb.Health_Watch_FullMethodName:                {public: true},
 }
@@ -259,8 +260,22 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 		// Calls run on long-lived workers whose stacks have grown to
 		// the handlers' depth (see workloadapi).
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+		// Fixed flow-control windows turn off gRPC's bandwidth-delay
+		// estimation, which answers each request with a ping (more
+		// writes and wake-ups per call on both sides). Windows are
+		// credit, not buffers: an agent's requests (a full batch of
+		// CSRs) fit in one.
+		grpc.InitialWindowSize(streamWindow),
+		grpc.InitialConnWindowSize(connWindow),
 	}
 }
+
+// streamWindow and connWindow are the node API's flow-control windows
+// for what agents send.
+const (
+	streamWindow = 1 << 20
+	connWindow   = 4 << 20
+)
 
 // connBufferSize is the per-connection read and write buffer of the node
 // API (gRPC's default is 32 KiB each).

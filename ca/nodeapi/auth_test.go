@@ -36,6 +36,7 @@ func callAll(t *testing.T, c nodev1.NodeServiceClient, csr []byte) map[string]er
 	_, errs["RenewAgent"] = c.RenewAgent(ctx, &nodev1.RenewAgentRequest{Csr: csr})
 	_, errs["BatchSignX509SVID"] = c.BatchSignX509SVID(ctx, &nodev1.BatchSignX509SVIDRequest{})
 	_, errs["SignJWTSVID"] = c.SignJWTSVID(ctx, &nodev1.SignJWTSVIDRequest{EntryId: "x", Audience: []string{"a"}})
+	_, errs["BatchSignJWTSVID"] = c.BatchSignJWTSVID(ctx, &nodev1.BatchSignJWTSVIDRequest{Requests: []*nodev1.SignJWTSVIDRequest{{EntryId: "x", Audience: []string{"a"}}}})
 	stream, err := c.Sync(ctx, &nodev1.SyncRequest{})
 	if err == nil {
 		_, err = stream.Recv()

@@ -12,7 +12,9 @@
 // entries it is the parent of, those parented to the node aliases it is a
 // member of, and the trust bundle, first in full and then every change as
 // it is committed. The agent then signs X.509-SVIDs and JWT-SVIDs for
-// those entries.
+// those entries, in batches (BatchSignX509SVID, BatchSignJWTSVID), each
+// request of a batch authorized on its own and the batch signed on every
+// CPU.
 //
 // A node alias is an entry whose parent ID is the server's own
 // (spiffe://<td>/writ/server): an agent whose node selectors include all

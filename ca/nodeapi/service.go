@@ -18,6 +18,7 @@ import (
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/jwtsvid"
 	"writ.dev/writ/ca/keymanager"
 	"writ.dev/writ/internal/metrics"
 )
@@ -33,6 +34,9 @@ const (
 	// MaxBatchSign is the most X.509-SVIDs one BatchSignX509SVID may ask
 	// for; a larger batch is refused with InvalidArgument.
 	MaxBatchSign = 1000
+	// MaxBatchSignJWT is the most JWT-SVIDs one BatchSignJWTSVID may ask
+	// for; a larger batch is refused with InvalidArgument.
+	MaxBatchSignJWT = 256
 	// MaxAudiences is the most audiences a JWT-SVID may name.
 	MaxAudiences = 16
 	// MaxAudienceLength bounds each audience, in bytes.
@@ -140,6 +144,10 @@ type Service struct {
 	certIssued atomic.Bool
 
 	running atomic.Bool
+
+	// jwtSigner is a signer for the active JWT key, made again when the
+	// key changes (see activeJWTSigner).
+	jwtSigner atomic.Pointer[jwtsvid.Signer]
 }
 
 // New returns a Service for cfg. It does no I/O and starts nothing.

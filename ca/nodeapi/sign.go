@@ -14,7 +14,6 @@ import (
 
 	nodev1 "writ.dev/writ/ca/api/node/v1"
 	"writ.dev/writ/ca/entry"
-	"writ.dev/writ/ca/jwtsvid"
 	"writ.dev/writ/ca/x509ca"
 
 	"writ.dev/writ/internal/logkey"
@@ -219,8 +218,12 @@ func (h *handler) SignJWTSVID(ctx context.Context, req *nodev1.SignJWTSVIDReques
 	if a == nil || a.JWT.Signer == nil {
 		return nil, status.Error(codes.Unavailable, msgNoCA)
 	}
+	signer, err := s.activeJWTSigner(a)
+	if err != nil {
+		return nil, s.internal(ctx, c, "sign JWT-SVID", err)
+	}
 	now, ttl := s.clock.Now(), defaultTTL(e.JWTSVIDTTL, s.jwtTTL)
-	token, exp, err := jwtsvid.Sign(now, a.JWT, sid, req.GetAudience(), ttl, a.JWTNotAfter)
+	token, exp, err := signer.Sign(now, sid, req.GetAudience(), ttl, a.JWTNotAfter)
 	if err != nil {
 		return nil, s.internal(ctx, c, "sign JWT-SVID", err)
 	}

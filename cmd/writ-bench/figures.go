@@ -13,6 +13,7 @@ const (
 	unitEntriesPerSec = "entries/s"
 	unitSVIDsPerSec   = "SVIDs/s"
 	unitMS            = "ms"
+	unitUS            = "µs"
 	unitMiB           = "MiB"
 	unitKiB           = "KiB"
 	unitRatio         = "ratio"
@@ -264,7 +265,12 @@ func catalogue(cfg Config) []*Figure {
 	add(figBacklogAnon, unitMiB, "agent anonymous RSS (RssAnon) "+bl+", after the new entries", nil, nil)
 	templateFigures(cfg, add)
 	fs = append(fs, lifecycleFigures(cfg)...)
-	return append(fs, pgCatalogue(cfg)...)
+	fs = append(fs, pgCatalogue(cfg)...)
+	for _, sc := range []string{scJWTCached, scJWTFirst, scJWTFirstC16} {
+		add("writ."+sc+".cpu_per_call", unitUS, "CPU time (user and system) of the server and agent processes per call of writ."+sc+", warm-ups included: what a call costs the machine, whatever else runs on it", nil, nil)
+	}
+	jwksFigures(add)
+	return fs
 }
 
 // count formats n with thousands separators.

@@ -23,6 +23,7 @@ type callFunc func(ctx context.Context, i int) error
 type loadResult struct {
 	lat    []time.Duration
 	window time.Duration
+	total  int // calls completed, the warm-up's included
 }
 
 func (r loadResult) rate() float64 { return float64(len(r.lat)) / r.window.Seconds() }
@@ -35,6 +36,7 @@ func runLoad(ctx context.Context, calls []callFunc, warmup, dur time.Duration) (
 	start := time.Now()
 	ws, we := start.Add(warmup), start.Add(warmup+dur)
 	lats := make([][]time.Duration, len(calls))
+	totals := make([]int, len(calls))
 	errs := make([]error, len(calls))
 	var wg sync.WaitGroup
 	for k, call := range calls {
@@ -57,6 +59,7 @@ func runLoad(ctx context.Context, calls []callFunc, warmup, dur time.Duration) (
 					}
 					return
 				}
+				totals[k]++
 				if !t0.Before(ws) && !t1.After(we) {
 					lat = append(lat, t1.Sub(t0))
 				}
@@ -71,10 +74,12 @@ func runLoad(ctx context.Context, calls []callFunc, warmup, dur time.Duration) (
 		return loadResult{}, err
 	}
 	var all []time.Duration
-	for _, l := range lats {
+	total := 0
+	for k, l := range lats {
 		all = append(all, l...)
+		total += totals[k]
 	}
-	return loadResult{lat: all, window: dur}, nil
+	return loadResult{lat: all, window: dur, total: total}, nil
 }
 
 // wlScenario is a Workload API load.
@@ -165,6 +170,9 @@ type wlTarget struct {
 	prefix string // "stub" or "writ"
 	socket string
 	sc     wlScenario
+	// pids, if set, are the processes whose CPU time per call is
+	// recorded (the figure <name>.cpu_per_call, if the catalogue has it).
+	pids []int
 }
 
 // wlRun is a target being measured.
@@ -175,6 +183,9 @@ type wlRun struct {
 	lat     []time.Duration
 	window  time.Duration
 	err     error
+	// ticks and total: CPU clock ticks of pids and calls completed
+	// over every round, warm-ups included.
+	ticks, total int64
 }
 
 // setup connects the callers.
@@ -226,13 +237,25 @@ func (b *bench) measureWorkload(ctx context.Context, targets ...wlTarget) {
 			if r.err != nil {
 				continue
 			}
+			t0, err := cpuTicksOf(r.pids)
+			if err != nil {
+				r.err = err
+				continue
+			}
 			res, err := runLoad(ctx, r.calls, warmup, slice)
+			if err != nil {
+				r.err = err
+				continue
+			}
+			t1, err := cpuTicksOf(r.pids)
 			if err != nil {
 				r.err = err
 				continue
 			}
 			r.lat = append(r.lat, res.lat...)
 			r.window += res.window
+			r.ticks += t1 - t0
+			r.total += int64(res.total)
 		}
 	}
 	for _, r := range runs {
@@ -259,8 +282,31 @@ func (b *bench) record(name string, r *wlRun) error {
 	b.set(name+".p99", sum.P99, sum.N, params)
 	b.set(name+".rate", rate, sum.N, params)
 	b.dist[name] = s
-	b.prog.printf("%-28s p50 %s ms  p99 %s ms  %s calls/s  (%d calls)", name, msNum(sum.P50), msNum(sum.P99), num(rate), sum.N)
+	cpu := ""
+	if f := b.res.find(name + ".cpu_per_call"); f != nil && len(r.pids) > 0 && r.total > 0 {
+		us := float64(r.ticks) * 1e6 / float64(clockTicksPerSec) / float64(r.total)
+		b.set(f.Name, us, int(r.total), params)
+		cpu = fmt.Sprintf("; server and agent CPU %.0f µs per call", us)
+	}
+	b.prog.printf("%-28s p50 %s ms  p99 %s ms  %s calls/s  (%d calls; %s%s)", name, msNum(sum.P50), msNum(sum.P99), num(rate), sum.N, loadNow(), cpu)
 	return nil
+}
+
+// clockTicksPerSec is USER_HZ, the unit of /proc/<pid>/stat's times (100
+// on every Linux architecture Go supports).
+const clockTicksPerSec = 100
+
+// cpuTicksOf returns the CPU time of pids, in clock ticks.
+func cpuTicksOf(pids []int) (int64, error) {
+	var sum int64
+	for _, pid := range pids {
+		t, err := cpuTicks(pid)
+		if err != nil {
+			return 0, err
+		}
+		sum += t
+	}
+	return sum, nil
 }
 
 // startStub starts a stub with an n-SVID response on socket.

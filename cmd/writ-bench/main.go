@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -103,6 +104,9 @@ type Options struct {
 	Smoke   bool
 	WritBin string // a prebuilt writ binary; built from the module if empty
 	Keep    bool   // keep the temporary directory (logs, data dirs)
+	// Only, if not empty, names the phases to run (phaseNames); the
+	// figures of the others are reported as not measured.
+	Only []string
 }
 
 func main() {
@@ -124,8 +128,9 @@ func runMain(ctx context.Context, args []string, stderr io.Writer) int {
 	flags.BoolVar(&o.Smoke, "smoke", false, "quick run that checks every figure is produced (timings are meaningless)")
 	flags.StringVar(&o.WritBin, "writ-bin", "", "use this writ binary instead of building ./cmd/writ")
 	flags.BoolVar(&o.Keep, "keep", false, "keep the temporary directory (data dirs and process logs)")
+	only := flags.String("only", "", "run only these phases, comma-separated ("+strings.Join(phaseNames, ", ")+"); the other figures are reported as not measured")
 	flags.Usage = func() {
-		fmt.Fprintln(stderr, "usage: writ-bench [--out DIR] [--smoke] [--writ-bin PATH] [--keep]")
+		fmt.Fprintln(stderr, "usage: writ-bench [--out DIR] [--smoke] [--writ-bin PATH] [--keep] [--only PHASES]")
 		fmt.Fprintln(stderr, "Measures Writ's server and agent against this machine's limits and writes a report.")
 		flags.PrintDefaults()
 	}
@@ -138,6 +143,15 @@ func runMain(ctx context.Context, args []string, stderr io.Writer) int {
 	if flags.NArg() > 0 {
 		fmt.Fprintf(stderr, "writ-bench: unexpected argument %q\n", flags.Arg(0))
 		return 2
+	}
+	if *only != "" {
+		for p := range strings.SplitSeq(*only, ",") {
+			if !slices.Contains(phaseNames, p) {
+				fmt.Fprintf(stderr, "writ-bench: --only: unknown phase %q (want %s)\n", p, strings.Join(phaseNames, ", "))
+				return 2
+			}
+			o.Only = append(o.Only, p)
+		}
 	}
 	if _, err := run(ctx, o, stderr); err != nil {
 		fmt.Fprintf(stderr, "writ-bench: %v\n", err)
@@ -161,6 +175,7 @@ func run(ctx context.Context, o Options, stderr io.Writer) (*Results, error) {
 	start := time.Now()
 	b := &bench{
 		cfg:  cfg,
+		only: o.Only,
 		prog: &progress{w: stderr, start: start},
 		dist: map[string]Sample{},
 		res: &Results{
@@ -246,6 +261,7 @@ func shortTempDir() (string, error) {
 // bench is one run.
 type bench struct {
 	cfg  Config
+	only []string // phases to run; all if empty
 	res  *Results
 	prog *progress
 	tmp  string
@@ -357,6 +373,9 @@ func (b *bench) finish() {
 	for _, f := range b.res.Figures {
 		if f.Value == nil && f.Error == "" {
 			f.Error = "not measured (an earlier step failed)"
+			if len(b.only) > 0 {
+				f.Error = "not measured (its phase is not among --only " + strings.Join(b.only, ",") + ")"
+			}
 		}
 		if f.Value != nil && f.Target != nil {
 			f.TargetMet = ptr(f.Target.met(*f.Value))

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -40,41 +41,72 @@ const (
 // phases runs every measurement; failures are recorded in the figures.
 func (b *bench) phases(ctx context.Context, o Options) {
 	bin, buildErr := b.buildWrit(ctx, o.WritBin)
-	if err := b.measureLimits(ctx); err != nil {
-		b.fail(err, "limit.", "ca.")
+	if b.selected("limits") {
+		if err := b.measureLimits(ctx); err != nil {
+			b.fail(err, "limit.", "ca.")
+		}
 	}
 	if ctx.Err() != nil {
 		return
 	}
-	wlErr := b.measureCalls(ctx, bin, buildErr)
+	var wlErr error
+	if b.selected("calls") {
+		wlErr = b.measureCalls(ctx, bin, buildErr)
+	}
 	if ctx.Err() != nil {
 		return
 	}
 	if buildErr != nil {
-		b.fail(buildErr, append([]string{"propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.", "template.", "lifecycle."}, pgPrefixes...)...)
+		b.fail(buildErr, append([]string{"propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.", "template.", "lifecycle.", "jwks."}, pgPrefixes...)...)
 		return
 	}
-	b.measureWritScale(ctx, bin, wlErr)
-	if ctx.Err() != nil {
-		return
-	}
-	if err := b.measureCLIImport(ctx, bin); err != nil {
-		b.fail(err, figRegCLI)
+	if b.selected("scale") {
+		b.measureWritScale(ctx, bin, wlErr)
 	}
 	if ctx.Err() != nil {
 		return
 	}
-	if err := b.measureBacklog(ctx, bin); err != nil {
-		b.fail(err, "backlog.")
+	if b.selected("cli") {
+		if err := b.measureCLIImport(ctx, bin); err != nil {
+			b.fail(err, figRegCLI)
+		}
 	}
 	if ctx.Err() != nil {
 		return
 	}
-	if err := b.measureTemplates(ctx, bin); err != nil {
-		b.fail(err, "template.")
+	if b.selected("backlog") {
+		if err := b.measureBacklog(ctx, bin); err != nil {
+			b.fail(err, "backlog.")
+		}
 	}
-	b.measureLifecycle(ctx, bin)
-	b.measurePostgres(ctx, bin)
+	if ctx.Err() != nil {
+		return
+	}
+	if b.selected("templates") {
+		if err := b.measureTemplates(ctx, bin); err != nil {
+			b.fail(err, "template.")
+		}
+	}
+	if b.selected("jwks") {
+		if err := b.measureJWKS(ctx, bin); err != nil {
+			b.fail(err, "jwks.")
+		}
+	}
+	if b.selected("lifecycle") {
+		b.measureLifecycle(ctx, bin)
+	}
+	if b.selected("postgres") {
+		b.measurePostgres(ctx, bin)
+	}
+}
+
+// phaseNames are the phases --only selects from, in run order.
+var phaseNames = []string{"limits", "calls", "scale", "cli", "backlog", "templates", "jwks", "lifecycle", "postgres"}
+
+// selected tells whether a phase runs: every phase unless --only names
+// some.
+func (b *bench) selected(phase string) bool {
+	return len(b.only) == 0 || slices.Contains(b.only, phase)
 }
 
 // allSigned are the agent flags that keep every SVID of the entries the

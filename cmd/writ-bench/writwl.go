@@ -85,7 +85,7 @@ func (b *bench) measureCalls(ctx context.Context, bin string, buildErr error) er
 			ts = append(ts, wlTarget{prefix: "stub", socket: stubSock[stubIdx], sc: *stub})
 		}
 		if writ != nil && wlErr == nil {
-			ts = append(ts, wlTarget{prefix: "writ", socket: w.wlSock, sc: *writ})
+			ts = append(ts, wlTarget{prefix: "writ", socket: w.wlSock, sc: *writ, pids: []int{w.server.pid(), w.agent.pid()}})
 		}
 		return ts
 	}

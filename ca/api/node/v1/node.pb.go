@@ -1277,6 +1277,165 @@ func (x *TaintedAuthorities) GetJwtKeyIds() []string {
 	return nil
 }
 
+type BatchSignJWTSVIDRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Requests      []*SignJWTSVIDRequest  `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchSignJWTSVIDRequest) Reset() {
+	*x = BatchSignJWTSVIDRequest{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchSignJWTSVIDRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchSignJWTSVIDRequest) ProtoMessage() {}
+
+func (x *BatchSignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchSignJWTSVIDRequest.ProtoReflect.Descriptor instead.
+func (*BatchSignJWTSVIDRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *BatchSignJWTSVIDRequest) GetRequests() []*SignJWTSVIDRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+type JWTSVIDResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The request's entry_id.
+	EntryId string  `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	Status  *Status `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	// The JWT-SVID and its expiry (Unix seconds), when status is OK.
+	Token         string `protobuf:"bytes,3,opt,name=token,proto3" json:"token,omitempty"`
+	ExpiresAt     int64  `protobuf:"varint,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JWTSVIDResult) Reset() {
+	*x = JWTSVIDResult{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JWTSVIDResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JWTSVIDResult) ProtoMessage() {}
+
+func (x *JWTSVIDResult) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JWTSVIDResult.ProtoReflect.Descriptor instead.
+func (*JWTSVIDResult) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *JWTSVIDResult) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *JWTSVIDResult) GetStatus() *Status {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *JWTSVIDResult) GetToken() string {
+	if x != nil {
+		return x.Token
+	}
+	return ""
+}
+
+func (x *JWTSVIDResult) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+type BatchSignJWTSVIDResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// One result per request, in request order.
+	Results       []*JWTSVIDResult `protobuf:"bytes,1,rep,name=results,proto3" json:"results,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BatchSignJWTSVIDResponse) Reset() {
+	*x = BatchSignJWTSVIDResponse{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BatchSignJWTSVIDResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BatchSignJWTSVIDResponse) ProtoMessage() {}
+
+func (x *BatchSignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BatchSignJWTSVIDResponse.ProtoReflect.Descriptor instead.
+func (*BatchSignJWTSVIDResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *BatchSignJWTSVIDResponse) GetResults() []*JWTSVIDResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
 var File_ca_api_node_v1_node_proto protoreflect.FileDescriptor
 
 const file_ca_api_node_v1_node_proto_rawDesc = "" +
@@ -1366,7 +1525,17 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\x11AckBundleResponse\"b\n" +
 	"\x12TaintedAuthorities\x12,\n" +
 	"\x12x509_authority_ids\x18\x01 \x03(\tR\x10x509AuthorityIds\x12\x1e\n" +
-	"\vjwt_key_ids\x18\x02 \x03(\tR\tjwtKeyIds2\xa1\x05\n" +
+	"\vjwt_key_ids\x18\x02 \x03(\tR\tjwtKeyIds\"W\n" +
+	"\x17BatchSignJWTSVIDRequest\x12<\n" +
+	"\brequests\x18\x01 \x03(\v2 .writ.node.v1.SignJWTSVIDRequestR\brequests\"\x8d\x01\n" +
+	"\rJWTSVIDResult\x12\x19\n" +
+	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12,\n" +
+	"\x06status\x18\x02 \x01(\v2\x14.writ.node.v1.StatusR\x06status\x12\x14\n" +
+	"\x05token\x18\x03 \x01(\tR\x05token\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\x03R\texpiresAt\"Q\n" +
+	"\x18BatchSignJWTSVIDResponse\x125\n" +
+	"\aresults\x18\x01 \x03(\v2\x1b.writ.node.v1.JWTSVIDResultR\aresults2\x84\x06\n" +
 	"\vNodeService\x12C\n" +
 	"\x06Attest\x12\x1b.writ.node.v1.AttestRequest\x1a\x1c.writ.node.v1.AttestResponse\x12S\n" +
 	"\n" +
@@ -1377,7 +1546,8 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\x11BatchSignX509SVID\x12&.writ.node.v1.BatchSignX509SVIDRequest\x1a'.writ.node.v1.BatchSignX509SVIDResponse\x12R\n" +
 	"\vSignJWTSVID\x12 .writ.node.v1.SignJWTSVIDRequest\x1a!.writ.node.v1.SignJWTSVIDResponse\x12^\n" +
 	"\x0fReportTemplates\x12$.writ.node.v1.ReportTemplatesRequest\x1a%.writ.node.v1.ReportTemplatesResponse\x12L\n" +
-	"\tAckBundle\x12\x1e.writ.node.v1.AckBundleRequest\x1a\x1f.writ.node.v1.AckBundleResponseB%Z#writ.dev/writ/ca/api/node/v1;nodev1b\x06proto3"
+	"\tAckBundle\x12\x1e.writ.node.v1.AckBundleRequest\x1a\x1f.writ.node.v1.AckBundleResponse\x12a\n" +
+	"\x10BatchSignJWTSVID\x12%.writ.node.v1.BatchSignJWTSVIDRequest\x1a&.writ.node.v1.BatchSignJWTSVIDResponseB%Z#writ.dev/writ/ca/api/node/v1;nodev1b\x06proto3"
 
 var (
 	file_ca_api_node_v1_node_proto_rawDescOnce sync.Once
@@ -1391,7 +1561,7 @@ func file_ca_api_node_v1_node_proto_rawDescGZIP() []byte {
 	return file_ca_api_node_v1_node_proto_rawDescData
 }
 
-var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*AttestRequest)(nil),             // 0: writ.node.v1.AttestRequest
 	(*AttestResponse)(nil),            // 1: writ.node.v1.AttestResponse
@@ -1415,6 +1585,9 @@ var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*AckBundleRequest)(nil),          // 19: writ.node.v1.AckBundleRequest
 	(*AckBundleResponse)(nil),         // 20: writ.node.v1.AckBundleResponse
 	(*TaintedAuthorities)(nil),        // 21: writ.node.v1.TaintedAuthorities
+	(*BatchSignJWTSVIDRequest)(nil),   // 22: writ.node.v1.BatchSignJWTSVIDRequest
+	(*JWTSVIDResult)(nil),             // 23: writ.node.v1.JWTSVIDResult
+	(*BatchSignJWTSVIDResponse)(nil),  // 24: writ.node.v1.BatchSignJWTSVIDResponse
 }
 var file_ca_api_node_v1_node_proto_depIdxs = []int32{
 	7,  // 0: writ.node.v1.SyncResponse.entries:type_name -> writ.node.v1.Entry
@@ -1423,27 +1596,32 @@ var file_ca_api_node_v1_node_proto_depIdxs = []int32{
 	9,  // 3: writ.node.v1.BatchSignX509SVIDRequest.requests:type_name -> writ.node.v1.X509SVIDRequest
 	11, // 4: writ.node.v1.BatchSignX509SVIDResponse.results:type_name -> writ.node.v1.X509SVIDResult
 	15, // 5: writ.node.v1.ReportTemplatesRequest.templates:type_name -> writ.node.v1.TemplateReport
-	0,  // 6: writ.node.v1.NodeService.Attest:input_type -> writ.node.v1.AttestRequest
-	2,  // 7: writ.node.v1.NodeService.AttestNode:input_type -> writ.node.v1.AttestNodeRequest
-	4,  // 8: writ.node.v1.NodeService.RenewAgent:input_type -> writ.node.v1.RenewAgentRequest
-	6,  // 9: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
-	12, // 10: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
-	14, // 11: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
-	16, // 12: writ.node.v1.NodeService.ReportTemplates:input_type -> writ.node.v1.ReportTemplatesRequest
-	19, // 13: writ.node.v1.NodeService.AckBundle:input_type -> writ.node.v1.AckBundleRequest
-	1,  // 14: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
-	3,  // 15: writ.node.v1.NodeService.AttestNode:output_type -> writ.node.v1.AttestNodeResponse
-	5,  // 16: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
-	8,  // 17: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
-	13, // 18: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
-	18, // 19: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
-	17, // 20: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
-	20, // 21: writ.node.v1.NodeService.AckBundle:output_type -> writ.node.v1.AckBundleResponse
-	14, // [14:22] is the sub-list for method output_type
-	6,  // [6:14] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	14, // 6: writ.node.v1.BatchSignJWTSVIDRequest.requests:type_name -> writ.node.v1.SignJWTSVIDRequest
+	10, // 7: writ.node.v1.JWTSVIDResult.status:type_name -> writ.node.v1.Status
+	23, // 8: writ.node.v1.BatchSignJWTSVIDResponse.results:type_name -> writ.node.v1.JWTSVIDResult
+	0,  // 9: writ.node.v1.NodeService.Attest:input_type -> writ.node.v1.AttestRequest
+	2,  // 10: writ.node.v1.NodeService.AttestNode:input_type -> writ.node.v1.AttestNodeRequest
+	4,  // 11: writ.node.v1.NodeService.RenewAgent:input_type -> writ.node.v1.RenewAgentRequest
+	6,  // 12: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
+	12, // 13: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
+	14, // 14: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
+	16, // 15: writ.node.v1.NodeService.ReportTemplates:input_type -> writ.node.v1.ReportTemplatesRequest
+	19, // 16: writ.node.v1.NodeService.AckBundle:input_type -> writ.node.v1.AckBundleRequest
+	22, // 17: writ.node.v1.NodeService.BatchSignJWTSVID:input_type -> writ.node.v1.BatchSignJWTSVIDRequest
+	1,  // 18: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
+	3,  // 19: writ.node.v1.NodeService.AttestNode:output_type -> writ.node.v1.AttestNodeResponse
+	5,  // 20: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
+	8,  // 21: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
+	13, // 22: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
+	18, // 23: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
+	17, // 24: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
+	20, // 25: writ.node.v1.NodeService.AckBundle:output_type -> writ.node.v1.AckBundleResponse
+	24, // 26: writ.node.v1.NodeService.BatchSignJWTSVID:output_type -> writ.node.v1.BatchSignJWTSVIDResponse
+	18, // [18:27] is the sub-list for method output_type
+	9,  // [9:18] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_ca_api_node_v1_node_proto_init() }
@@ -1457,7 +1635,7 @@ func file_ca_api_node_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_node_v1_node_proto_rawDesc), len(file_ca_api_node_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,7 @@ const (
 	NodeService_SignJWTSVID_FullMethodName       = "/writ.node.v1.NodeService/SignJWTSVID"
 	NodeService_ReportTemplates_FullMethodName   = "/writ.node.v1.NodeService/ReportTemplates"
 	NodeService_AckBundle_FullMethodName         = "/writ.node.v1.NodeService/AckBundle"
+	NodeService_BatchSignJWTSVID_FullMethodName  = "/writ.node.v1.NodeService/BatchSignJWTSVID"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -69,6 +70,13 @@ type NodeServiceClient interface {
 	// `writ ca rotate --wait`. Agents call it after each bundle a Sync
 	// stream brings.
 	AckBundle(ctx context.Context, in *AckBundleRequest, opts ...grpc.CallOption) (*AckBundleResponse, error)
+	// BatchSignJWTSVID signs JWT-SVIDs for the calling agent's entries, as
+	// SignJWTSVID does for one: each request is authorized and checked on
+	// its own and has its own result, so a refused request fails no other.
+	// Agents send the JWT-SVID requests that arrive while one is being
+	// signed together in one call. A server without it answers
+	// Unimplemented; agents then fall back to SignJWTSVID.
+	BatchSignJWTSVID(ctx context.Context, in *BatchSignJWTSVIDRequest, opts ...grpc.CallOption) (*BatchSignJWTSVIDResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -171,6 +179,16 @@ func (c *nodeServiceClient) AckBundle(ctx context.Context, in *AckBundleRequest,
 	return out, nil
 }
 
+func (c *nodeServiceClient) BatchSignJWTSVID(ctx context.Context, in *BatchSignJWTSVIDRequest, opts ...grpc.CallOption) (*BatchSignJWTSVIDResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(BatchSignJWTSVIDResponse)
+	err := c.cc.Invoke(ctx, NodeService_BatchSignJWTSVID_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -206,6 +224,13 @@ type NodeServiceServer interface {
 	// `writ ca rotate --wait`. Agents call it after each bundle a Sync
 	// stream brings.
 	AckBundle(context.Context, *AckBundleRequest) (*AckBundleResponse, error)
+	// BatchSignJWTSVID signs JWT-SVIDs for the calling agent's entries, as
+	// SignJWTSVID does for one: each request is authorized and checked on
+	// its own and has its own result, so a refused request fails no other.
+	// Agents send the JWT-SVID requests that arrive while one is being
+	// signed together in one call. A server without it answers
+	// Unimplemented; agents then fall back to SignJWTSVID.
+	BatchSignJWTSVID(context.Context, *BatchSignJWTSVIDRequest) (*BatchSignJWTSVIDResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -239,6 +264,9 @@ func (UnimplementedNodeServiceServer) ReportTemplates(context.Context, *ReportTe
 }
 func (UnimplementedNodeServiceServer) AckBundle(context.Context, *AckBundleRequest) (*AckBundleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AckBundle not implemented")
+}
+func (UnimplementedNodeServiceServer) BatchSignJWTSVID(context.Context, *BatchSignJWTSVIDRequest) (*BatchSignJWTSVIDResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method BatchSignJWTSVID not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -387,6 +415,24 @@ func _NodeService_AckBundle_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_BatchSignJWTSVID_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(BatchSignJWTSVIDRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).BatchSignJWTSVID(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_BatchSignJWTSVID_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).BatchSignJWTSVID(ctx, req.(*BatchSignJWTSVIDRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -417,6 +463,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AckBundle",
 			Handler:    _NodeService_AckBundle_Handler,
+		},
+		{
+			MethodName: "BatchSignJWTSVID",
+			Handler:    _NodeService_BatchSignJWTSVID_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
