@@ -235,7 +235,7 @@ func Validate(token string, bundles BundleSource, audience []string, now time.Ti
 	if err := checkArgs(bundles, audience, now); err != nil {
 		return nil, err
 	}
-	t, err := parse(token)
+	t, err := parse(token, profileSVID)
 	if err != nil {
 		return nil, err
 	}
@@ -261,7 +261,7 @@ func Inspect(token string, bundles BundleSource, audience []string, now time.Tim
 	if err := checkArgs(bundles, audience, now); err != nil {
 		return nil, err
 	}
-	t, err := parse(token)
+	t, err := parse(token, profileSVID)
 	if err != nil {
 		return nil, err
 	}
@@ -298,7 +298,7 @@ type parsedToken struct {
 }
 
 // parse runs steps 1 to 4 of Validate.
-func parse(token string) (*parsedToken, error) {
+func parse(token string, p profile) (*parsedToken, error) {
 	if len(token) > MaxTokenSize {
 		return nil, fmt.Errorf("%w: %d bytes (limit %d)", ErrTooLarge, len(token), MaxTokenSize)
 	}
@@ -335,7 +335,7 @@ func parse(token string) (*parsedToken, error) {
 	}
 
 	// 3. Header.
-	alg, kid, err := checkHeader(header)
+	alg, kid, err := checkHeader(header, p)
 	if err != nil {
 		return nil, err
 	}
@@ -620,7 +620,7 @@ func stringMember(m map[string]json.RawMessage, name string, s *string) error {
 	return nil
 }
 
-func checkHeader(h map[string]json.RawMessage) (jose.SignatureAlgorithm, string, error) {
+func checkHeader(h map[string]json.RawMessage, p profile) (jose.SignatureAlgorithm, string, error) {
 	var alg string
 	if err := stringMember(h, "alg", &alg); err != nil {
 		return "", "", fmt.Errorf("%w: %w", ErrAlgorithm, err)
@@ -644,7 +644,17 @@ func checkHeader(h map[string]json.RawMessage) (jose.SignatureAlgorithm, string,
 	if kid == "" {
 		return "", "", fmt.Errorf("%w: empty kid", ErrHeader)
 	}
-	if _, ok := h["typ"]; ok {
+	if p == profileAccessToken {
+		// RFC 9068 §4: typ is required, and a JWT-SVID (typ JWT or none)
+		// is not an access token.
+		var typ string
+		if err := stringMember(h, "typ", &typ); err != nil {
+			return "", "", fmt.Errorf("%w: %w", ErrType, err)
+		}
+		if !strings.EqualFold(typ, AccessTokenType) && !strings.EqualFold(typ, "application/"+AccessTokenType) {
+			return "", "", fmt.Errorf("%w: typ %q (want %s)", ErrType, typ, AccessTokenType)
+		}
+	} else if _, ok := h["typ"]; ok {
 		var typ string
 		if err := stringMember(h, "typ", &typ); err != nil {
 			return "", "", fmt.Errorf("%w: %w", ErrHeader, err)

@@ -31,6 +31,8 @@ const DefaultVerifierSize = 4096
 // for concurrent use.
 type Verifier struct {
 	max int
+	// profile is the kind of token validated.
+	profile profile
 
 	mu   sync.RWMutex // guards seen
 	seen map[[sha256.Size]byte]*verified
@@ -79,7 +81,7 @@ func (v *Verifier) Validate(token string, bundles BundleSource, audience []strin
 		v.forget(sum) // the key left the bundle or changed: validate afresh
 	}
 
-	t, err := parse(token)
+	t, err := parse(token, v.profile)
 	if err != nil {
 		return nil, err
 	}
