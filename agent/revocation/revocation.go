@@ -19,8 +19,8 @@ import (
 // accept a token until its exp plus this skew (jwtsvid.Leeway).
 const Grace = jwtsvid.Leeway
 
-// MaxJTILen bounds the jti of a revocation.
-const MaxJTILen = 256
+// MaxJTILen bounds the jti of a revocation (the datastore's bound).
+const MaxJTILen = 512
 
 // ErrInvalid: a revocation without exactly one of JTI and ClientID, with
 // a malformed one, or without an expiry.
