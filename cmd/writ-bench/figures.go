@@ -264,7 +264,8 @@ func catalogue(cfg Config) []*Figure {
 	add(figBacklogAnon, unitMiB, "agent anonymous RSS (RssAnon) "+bl+", after the new entries", nil, nil)
 	templateFigures(cfg, add)
 	fs = append(fs, lifecycleFigures(cfg)...)
-	return append(fs, pgCatalogue(cfg)...)
+	fs = append(fs, pgCatalogue(cfg)...)
+	return append(fs, oauthFigures()...)
 }
 
 // count formats n with thousands separators.

@@ -392,6 +392,7 @@ func renderReport(r *Results, charts []Chart) string {
 	w.table([]string{"Figure", "Value", "What"}, rows)
 
 	renderLifecycle(w, r)
+	renderOAuth(w, r)
 
 	if missing := r.missing(); len(missing) > 0 {
 		w.p("## Not available")

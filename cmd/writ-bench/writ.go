@@ -46,6 +46,12 @@ func (b *bench) phases(ctx context.Context, o Options) {
 	if ctx.Err() != nil {
 		return
 	}
+	if err := b.measureOAuthValidation(ctx); err != nil {
+		b.fail(err, "oauth.validate.")
+	}
+	if ctx.Err() != nil {
+		return
+	}
 	wlErr := b.measureCalls(ctx, bin, buildErr)
 	if ctx.Err() != nil {
 		return
