@@ -1,38 +1,79 @@
 package jwtsvid
 
-import "errors"
-
-// AccessTokenType is the typ header of OAuth 2.0 access tokens in JWT
-// form (RFC 9068 §2.1).
-const AccessTokenType = "at+jwt"
-
-// ErrType: an access token whose typ header is missing or not at+jwt
-// (a JWT-SVID, an ID token...), or a JWT-SVID whose typ is at+jwt.
-var ErrType = errors.New("jwtsvid: wrong token type")
-
-// profile is the kind of token a validation accepts.
-type profile uint8
-
-const (
-	// profileSVID: a JWT-SVID; typ absent, JWT or JOSE.
-	profileSVID profile = iota
-	// profileAccessToken: an RFC 9068 access token; typ at+jwt (or
-	// application/at+jwt) required.
-	profileAccessToken
+import (
+	"encoding/json"
+	"fmt"
+	"time"
 )
 
-// NewAccessTokenVerifier returns a Verifier of OAuth 2.0 access tokens in
-// the RFC 9068 profile issued by a Writ server: tokens validated exactly
-// as JWT-SVIDs are (allowed algorithms and headers, key by kid in the
-// bundle of the sub's trust domain, signature first, exp, nbf, iat with
-// Leeway, aud), except that the typ header must be at+jwt or
-// application/at+jwt (ErrType), so that no JWT-SVID passes as an access
-// token and no access token as a JWT-SVID. The claims particular to
-// access tokens (iss, scope, client_id, jti, act, cnf) are in Claims.Raw,
-// for the caller to check. It remembers up to size tokens, as
-// NewVerifier does.
+// AccessTokenType is the typ header of OAuth 2.0 access tokens in JWT
+// form (RFC 9068). Validate refuses tokens with it, and
+// ValidateAccessToken refuses tokens without it, so that a JWT-SVID and
+// an access token can never stand in for each other.
+const AccessTokenType = "at+jwt"
+
+// SignAccessToken signs claims, a JSON object the caller has built (with
+// sub, aud, exp and the other claims of RFC 9068), with key as a compact
+// JWS whose header is alg, kid and typ "at+jwt". It checks nothing of the
+// claims but their size: the caller bounds exp by the key's validity.
+func SignAccessToken(key Key, claims []byte) (string, error) {
+	switch {
+	case key.ID == "":
+		return "", fmt.Errorf("%w: key has no ID", ErrInvalid)
+	case key.Signer == nil:
+		return "", fmt.Errorf("%w: key has no signer", ErrInvalid)
+	case !json.Valid(claims) || len(claims) == 0 || claims[0] != '{':
+		return "", fmt.Errorf("%w: claims are not a JSON object", ErrInvalid)
+	}
+	alg, err := signingAlg(key.Signer.Public())
+	if err != nil {
+		return "", err
+	}
+	token, err := signCompact(key, alg, AccessTokenType, claims)
+	if err != nil {
+		return "", err
+	}
+	if len(token) > MaxTokenSize {
+		return "", fmt.Errorf("%w: token of %d bytes exceeds %d", ErrInvalid, len(token), MaxTokenSize)
+	}
+	return token, nil
+}
+
+// ValidateAccessToken validates an OAuth access token as Validate does a
+// JWT-SVID (the same steps, keys and errors), except that the typ header
+// must be "at+jwt" or "application/at+jwt" (ErrHeader), and that a nil
+// audience accepts any aud (for an authorization server introspecting
+// its own tokens). Claims.Raw holds every claim (scope, client_id, jti,
+// cnf, act...), for the caller to check.
+func ValidateAccessToken(token string, bundles BundleSource, audience []string, now time.Time) (*Claims, error) {
+	if audience != nil {
+		if err := checkArgs(bundles, audience, now); err != nil {
+			return nil, err
+		}
+	} else if bundles == nil || now.IsZero() {
+		return nil, fmt.Errorf("%w: no bundle source or zero time", ErrInvalid)
+	}
+	t, err := parseAs(token, true)
+	if err != nil {
+		return nil, err
+	}
+	key, err := t.findKey(bundles)
+	if err != nil {
+		return nil, err
+	}
+	if err := t.verify(key); err != nil {
+		return nil, err
+	}
+	return t.checkClaims(now, audience, true)
+}
+
+// NewAccessTokenVerifier returns a Verifier of OAuth 2.0 access tokens:
+// it validates exactly as ValidateAccessToken does (typ at+jwt or
+// application/at+jwt required, so that no JWT-SVID passes as an access
+// token), and remembers up to size tokens as NewVerifier does. The
+// audience passed to Validate must not be empty.
 func NewAccessTokenVerifier(size int) *Verifier {
 	v := NewVerifier(size)
-	v.profile = profileAccessToken
+	v.access = true
 	return v
 }

@@ -175,7 +175,7 @@ func Sign(now time.Time, key Key, id spiffeid.ID, audience []string, ttl time.Du
 		return "", time.Time{}, fmt.Errorf("jwtsvid: encode claims: %w", err)
 	}
 
-	token, err := signCompact(key, alg, payload)
+	token, err := signCompact(key, alg, "JWT", payload)
 	if err != nil {
 		return "", time.Time{}, err
 	}
@@ -235,7 +235,7 @@ func Validate(token string, bundles BundleSource, audience []string, now time.Ti
 	if err := checkArgs(bundles, audience, now); err != nil {
 		return nil, err
 	}
-	t, err := parse(token, profileSVID)
+	t, err := parse(token)
 	if err != nil {
 		return nil, err
 	}
@@ -261,7 +261,7 @@ func Inspect(token string, bundles BundleSource, audience []string, now time.Tim
 	if err := checkArgs(bundles, audience, now); err != nil {
 		return nil, err
 	}
-	t, err := parse(token, profileSVID)
+	t, err := parse(token)
 	if err != nil {
 		return nil, err
 	}
@@ -298,7 +298,11 @@ type parsedToken struct {
 }
 
 // parse runs steps 1 to 4 of Validate.
-func parse(token string, p profile) (*parsedToken, error) {
+func parse(token string) (*parsedToken, error) { return parseAs(token, false) }
+
+// parseAs runs steps 1 to 4 of Validate, or of ValidateAccessToken if
+// access is set (which differ only in the typ header allowed).
+func parseAs(token string, access bool) (*parsedToken, error) {
 	if len(token) > MaxTokenSize {
 		return nil, fmt.Errorf("%w: %d bytes (limit %d)", ErrTooLarge, len(token), MaxTokenSize)
 	}
@@ -335,7 +339,7 @@ func parse(token string, p profile) (*parsedToken, error) {
 	}
 
 	// 3. Header.
-	alg, kid, err := checkHeader(header, p)
+	alg, kid, err := checkHeader(header, access)
 	if err != nil {
 		return nil, err
 	}
@@ -487,6 +491,10 @@ func checkTimes(c *Claims, now time.Time) error {
 // checkAudience accepts the token if any of its audiences is one of the
 // expected ones.
 func checkAudience(c *Claims, audience []string) error {
+	if audience == nil {
+		// Only ValidateAccessToken passes nil: any audience.
+		return nil
+	}
 	if !slices.ContainsFunc(c.Audience, func(a string) bool { return slices.Contains(audience, a) }) {
 		return fmt.Errorf("%w: token audience %q, expected one of %q", ErrAudience, c.Audience, audience)
 	}
@@ -620,7 +628,7 @@ func stringMember(m map[string]json.RawMessage, name string, s *string) error {
 	return nil
 }
 
-func checkHeader(h map[string]json.RawMessage, p profile) (jose.SignatureAlgorithm, string, error) {
+func checkHeader(h map[string]json.RawMessage, access bool) (jose.SignatureAlgorithm, string, error) {
 	var alg string
 	if err := stringMember(h, "alg", &alg); err != nil {
 		return "", "", fmt.Errorf("%w: %w", ErrAlgorithm, err)
@@ -644,15 +652,15 @@ func checkHeader(h map[string]json.RawMessage, p profile) (jose.SignatureAlgorit
 	if kid == "" {
 		return "", "", fmt.Errorf("%w: empty kid", ErrHeader)
 	}
-	if p == profileAccessToken {
-		// RFC 9068 §4: typ is required, and a JWT-SVID (typ JWT or none)
-		// is not an access token.
+	if access {
+		// RFC 9068 section 4: typ is required, at+jwt or
+		// application/at+jwt (media types compare case-insensitively).
 		var typ string
 		if err := stringMember(h, "typ", &typ); err != nil {
-			return "", "", fmt.Errorf("%w: %w", ErrType, err)
+			return "", "", fmt.Errorf("%w: %w", ErrHeader, err)
 		}
 		if !strings.EqualFold(typ, AccessTokenType) && !strings.EqualFold(typ, "application/"+AccessTokenType) {
-			return "", "", fmt.Errorf("%w: typ %q (want %s)", ErrType, typ, AccessTokenType)
+			return "", "", fmt.Errorf("%w: typ %q (an access token's is %s)", ErrHeader, typ, AccessTokenType)
 		}
 	} else if _, ok := h["typ"]; ok {
 		var typ string
@@ -758,14 +766,14 @@ func audienceClaim(m map[string]json.RawMessage) ([]string, error) {
 }
 
 // signCompact signs payload with key as a compact JWS whose protected
-// header is alg, kid and typ "JWT". ECDSA signatures are converted from
+// header is alg, kid and typ. ECDSA signatures are converted from
 // the ASN.1 form crypto.Signer returns to the fixed-size R || S of JWS.
-func signCompact(key Key, alg jose.SignatureAlgorithm, payload []byte) (string, error) {
+func signCompact(key Key, alg jose.SignatureAlgorithm, typ string, payload []byte) (string, error) {
 	header, err := json.Marshal(struct {
 		Alg string `json:"alg"`
 		Kid string `json:"kid"`
 		Typ string `json:"typ"`
-	}{string(alg), key.ID, "JWT"})
+	}{string(alg), key.ID, typ})
 	if err != nil {
 		return "", fmt.Errorf("jwtsvid: encode header: %w", err)
 	}

@@ -149,6 +149,7 @@ type adminClient struct {
 	ca      adminv1.CAServiceClient
 
 	federations adminv1.FederationServiceClient
+	oauth       adminv1.OAuthServiceClient
 
 	mu sync.Mutex // guards dialErr
 	// dialErr is the last error connecting to the socket, reported in
@@ -194,6 +195,7 @@ func dialAdmin(path string, timeout time.Duration) (*adminClient, error) {
 	c.servers = adminv1.NewServerServiceClient(conn)
 	c.ca = adminv1.NewCAServiceClient(conn)
 	c.federations = adminv1.NewFederationServiceClient(conn)
+	c.oauth = adminv1.NewOAuthServiceClient(conn)
 	return c, nil
 }
 
