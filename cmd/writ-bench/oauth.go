@@ -23,9 +23,9 @@ import (
 // OAuth access-token figures (issue 15): local validation by the
 // workloadapi/authz middleware against a raw ES256 verification.
 const (
-	figATCached     = "oauth.validate.cached.per_core"
-	figATFull       = "oauth.validate.full.per_core"
-	figATFullRatio  = "oauth.validate.full.ratio_to_verify"
+	figATCached    = "oauth.validate.cached.per_core"
+	figATFull      = "oauth.validate.full.per_core"
+	figATFullRatio = "oauth.validate.full.ratio_to_verify"
 
 	// atRevocations is the size of the revocation list the validations
 	// are checked against.
