@@ -265,7 +265,7 @@ func catalogue(cfg Config) []*Figure {
 	templateFigures(cfg, add)
 	fs = append(fs, lifecycleFigures(cfg)...)
 	fs = append(fs, pgCatalogue(cfg)...)
-	return append(fs, oauthFigures()...)
+	return append(fs, oauthFigures(cfg)...)
 }
 
 // count formats n with thousands separators.

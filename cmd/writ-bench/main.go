@@ -103,6 +103,10 @@ type Options struct {
 	Smoke   bool
 	WritBin string // a prebuilt writ binary; built from the module if empty
 	Keep    bool   // keep the temporary directory (logs, data dirs)
+	// Only, if set, names the one group of figures to measure ("oauth":
+	// the limits and the OAuth figures); the others are reported as not
+	// measured.
+	Only string
 }
 
 func main() {
@@ -124,6 +128,7 @@ func runMain(ctx context.Context, args []string, stderr io.Writer) int {
 	flags.BoolVar(&o.Smoke, "smoke", false, "quick run that checks every figure is produced (timings are meaningless)")
 	flags.StringVar(&o.WritBin, "writ-bin", "", "use this writ binary instead of building ./cmd/writ")
 	flags.BoolVar(&o.Keep, "keep", false, "keep the temporary directory (data dirs and process logs)")
+	flags.StringVar(&o.Only, "only", "", `measure only one group of figures: "oauth" (the limits and the OAuth figures)`)
 	flags.Usage = func() {
 		fmt.Fprintln(stderr, "usage: writ-bench [--out DIR] [--smoke] [--writ-bin PATH] [--keep]")
 		fmt.Fprintln(stderr, "Measures Writ's server and agent against this machine's limits and writes a report.")
@@ -133,6 +138,10 @@ func runMain(ctx context.Context, args []string, stderr io.Writer) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
+		return 2
+	}
+	if o.Only != "" && o.Only != "oauth" {
+		fmt.Fprintf(stderr, "writ-bench: --only %q: the only group is \"oauth\"\n", o.Only)
 		return 2
 	}
 	if flags.NArg() > 0 {

@@ -40,6 +40,10 @@ const (
 // phases runs every measurement; failures are recorded in the figures.
 func (b *bench) phases(ctx context.Context, o Options) {
 	bin, buildErr := b.buildWrit(ctx, o.WritBin)
+	if o.Only == "oauth" {
+		b.phasesOAuth(ctx, bin, buildErr)
+		return
+	}
 	if err := b.measureLimits(ctx); err != nil {
 		b.fail(err, "limit.", "ca.")
 	}
@@ -57,7 +61,7 @@ func (b *bench) phases(ctx context.Context, o Options) {
 		return
 	}
 	if buildErr != nil {
-		b.fail(buildErr, append([]string{"propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.", "template.", "lifecycle."}, pgPrefixes...)...)
+		b.fail(buildErr, append([]string{"propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.", "template.", "lifecycle.", "oauth.revocation.", "oauth.issue."}, pgPrefixes...)...)
 		return
 	}
 	b.measureWritScale(ctx, bin, wlErr)
@@ -80,6 +84,7 @@ func (b *bench) phases(ctx context.Context, o Options) {
 		b.fail(err, "template.")
 	}
 	b.measureLifecycle(ctx, bin)
+	b.measureOAuthServer(ctx, bin)
 	b.measurePostgres(ctx, bin)
 }
 
@@ -244,9 +249,9 @@ func (w *writEnv) close() {
 
 // startServer starts `writ server run` on dataDir and returns it with the
 // address of its node API.
-func (b *bench) startServer(ctx context.Context, bin, name, dataDir string) (*writProc, string, error) {
-	p, err := b.startWrit(bin, name, nil, "server", "run", "--trust-domain", benchTD.Name(), "--data-dir", dataDir,
-		"--bind-address", "127.0.0.1:0", "--log-format", "json", "--log-level", "info")
+func (b *bench) startServer(ctx context.Context, bin, name, dataDir string, extra ...string) (*writProc, string, error) {
+	p, err := b.startWrit(bin, name, nil, append([]string{"server", "run", "--trust-domain", benchTD.Name(), "--data-dir", dataDir,
+		"--bind-address", "127.0.0.1:0", "--log-format", "json", "--log-level", "info"}, extra...)...)
 	if err != nil {
 		return nil, "", err
 	}
