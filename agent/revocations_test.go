@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"writ.dev/writ/agent"
 	"writ.dev/writ/agent/internal/fakenode"
 	"writ.dev/writ/agent/revocation"
 	nodev1 "writ.dev/writ/ca/api/node/v1"
@@ -54,6 +55,13 @@ func TestRevocationsPushedAndSaved(t *testing.T) {
 
 	// Back with the server: its full list replaces the agent's.
 	e.srv.Restart()
-	e.ready(r)
+	e.advanceUntil("reconnection", agent.ReconnectBackoff.Max, func() bool {
+		select {
+		case <-r.a.Ready():
+			return true
+		default:
+			return false
+		}
+	})
 	eventually(t, "full list applied", func() bool { return list.Len() == 1 })
 }

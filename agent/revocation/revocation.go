@@ -4,9 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -102,12 +104,8 @@ type item struct {
 	seq uint64
 }
 
-// List is a set of revocations, safe for concurrent use. Readers ask
-// Revoked; followers Subscribe and read the changes with Changes.
-type List struct {
-	clock clock.Clock
-
-	mu sync.RWMutex // guards byJTI, byClient, seq, epoch, subs
+// state is one version of a List. It is never modified once published.
+type state struct {
 	// byJTI and byClient hold the revocations by what they revoke.
 	byJTI    map[string]item
 	byClient map[string]item
@@ -117,7 +115,30 @@ type List struct {
 	// removed before it expired); a follower of another epoch needs the
 	// full list.
 	epoch uint64
-	subs  map[*Subscription]struct{}
+}
+
+func (st *state) mapFor(r Revocation) map[string]item {
+	if r.JTI != "" {
+		return st.byJTI
+	}
+	return st.byClient
+}
+
+// clone copies st's maps for a writer.
+func (st *state) clone() *state {
+	return &state{byJTI: maps.Clone(st.byJTI), byClient: maps.Clone(st.byClient), seq: st.seq, epoch: st.epoch}
+}
+
+// List is a set of revocations, safe for concurrent use. Readers ask
+// Revoked, which takes no lock: every change publishes a new copy.
+// Followers Subscribe and read the changes with Changes.
+type List struct {
+	clock clock.Clock
+	cur   atomic.Pointer[state]
+
+	mu sync.Mutex // serializes writers (of cur), guards subs
+	// subs are signalled after each change.
+	subs map[*Subscription]struct{}
 
 	// kick wakes Run when a revocation was added.
 	kick chan struct{}
@@ -129,13 +150,13 @@ func New(clk clock.Clock) *List {
 	if clk == nil {
 		clk = clock.Real()
 	}
-	return &List{
-		clock:    clk,
-		byJTI:    make(map[string]item),
-		byClient: make(map[string]item),
-		subs:     make(map[*Subscription]struct{}),
-		kick:     make(chan struct{}, 1),
+	l := &List{
+		clock: clk,
+		subs:  make(map[*Subscription]struct{}),
+		kick:  make(chan struct{}, 1),
 	}
+	l.cur.Store(&state{byJTI: map[string]item{}, byClient: map[string]item{}})
+	return l
 }
 
 // Revoked reports whether a token is revoked: its jti is, or its subject
@@ -143,32 +164,24 @@ func New(clk clock.Clock) *List {
 // token without iat is revoked whenever its client is). Empty arguments
 // match nothing.
 func (l *List) Revoked(jti, subject, clientID string, issuedAt time.Time) bool {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	if len(l.byJTI) == 0 && len(l.byClient) == 0 {
-		return false
-	}
-	if jti != "" {
-		if _, ok := l.byJTI[jti]; ok {
+	st := l.cur.Load()
+	if jti != "" && len(st.byJTI) > 0 {
+		if _, ok := st.byJTI[jti]; ok {
 			return true
 		}
+	}
+	if len(st.byClient) == 0 {
+		return false
 	}
 	for _, c := range [2]string{subject, clientID} {
 		if c == "" {
 			continue
 		}
-		if it, ok := l.byClient[c]; ok && (issuedAt.IsZero() || !issuedAt.After(it.r.RevokedAt)) {
+		if it, ok := st.byClient[c]; ok && (issuedAt.IsZero() || !issuedAt.After(it.r.RevokedAt)) {
 			return true
 		}
 	}
 	return false
-}
-
-func (l *List) mapFor(r Revocation) map[string]item {
-	if r.JTI != "" {
-		return l.byJTI
-	}
-	return l.byClient
 }
 
 func keyOf(r Revocation) string {
@@ -178,8 +191,12 @@ func keyOf(r Revocation) string {
 	return r.ClientID
 }
 
-func (l *List) expired(r Revocation, now time.Time) bool {
+func expired(r Revocation, now time.Time) bool {
 	return !now.Before(r.ExpiresAt.Add(Grace))
+}
+
+func same(a, b Revocation) bool {
+	return a.RevokedAt.Equal(b.RevokedAt) && a.ExpiresAt.Equal(b.ExpiresAt)
 }
 
 // Add adds revocations, each replacing one of the same key, and reports
@@ -187,21 +204,22 @@ func (l *List) expired(r Revocation, now time.Time) bool {
 func (l *List) Add(rs []Revocation) bool {
 	now := l.clock.Now()
 	l.mu.Lock()
-	changed := false
+	old := l.cur.Load()
+	var st *state
 	for _, r := range rs {
-		if r.Check() != nil || l.expired(r, now) {
+		if r.Check() != nil || expired(r, now) {
 			continue
 		}
-		m := l.mapFor(r)
-		if old, ok := m[keyOf(r)]; ok && old.r.RevokedAt.Equal(r.RevokedAt) && old.r.ExpiresAt.Equal(r.ExpiresAt) {
+		if it, ok := old.mapFor(r)[keyOf(r)]; ok && same(it.r, r) {
 			continue
 		}
-		l.seq++
-		m[keyOf(r)] = item{r: r, seq: l.seq}
-		changed = true
+		if st == nil {
+			st = old.clone()
+		}
+		st.seq++
+		st.mapFor(r)[keyOf(r)] = item{r: r, seq: st.seq}
 	}
-	l.changedLocked(changed)
-	return changed
+	return l.publishLocked(st)
 }
 
 // Replace makes rs the list (invalid and expired ones ignored) and
@@ -210,47 +228,48 @@ func (l *List) Add(rs []Revocation) bool {
 // followers are sent the full list.
 func (l *List) Replace(rs []Revocation) bool {
 	now := l.clock.Now()
-	byJTI := make(map[string]item, len(rs))
-	byClient := make(map[string]item)
 	l.mu.Lock()
+	old := l.cur.Load()
+	st := &state{byJTI: make(map[string]item, len(rs)), byClient: make(map[string]item), seq: old.seq, epoch: old.epoch}
 	changed := false
 	for _, r := range rs {
-		if r.Check() != nil || l.expired(r, now) {
+		if r.Check() != nil || expired(r, now) {
 			continue
 		}
-		old, ok := l.mapFor(r)[keyOf(r)]
-		dst := byJTI
-		if r.JTI == "" {
-			dst = byClient
-		}
-		if ok && old.r.RevokedAt.Equal(r.RevokedAt) && old.r.ExpiresAt.Equal(r.ExpiresAt) {
-			dst[keyOf(r)] = old
+		if it, ok := old.mapFor(r)[keyOf(r)]; ok && same(it.r, r) {
+			st.mapFor(r)[keyOf(r)] = it
 			continue
 		}
-		l.seq++
-		dst[keyOf(r)] = item{r: r, seq: l.seq}
+		st.seq++
+		st.mapFor(r)[keyOf(r)] = item{r: r, seq: st.seq}
 		changed = true
 	}
-	for _, pair := range [2][2]map[string]item{{l.byJTI, byJTI}, {l.byClient, byClient}} {
+	dropped := false
+	for _, pair := range [2][2]map[string]item{{old.byJTI, st.byJTI}, {old.byClient, st.byClient}} {
 		for k, it := range pair[0] {
-			if _, ok := pair[1][k]; !ok && !l.expired(it.r, now) {
-				l.epoch++
-				changed = true
-				break
+			if _, ok := pair[1][k]; !ok && !expired(it.r, now) {
+				dropped = true
 			}
 		}
 	}
-	l.byJTI, l.byClient = byJTI, byClient
-	l.changedLocked(changed)
-	return changed
+	if dropped {
+		st.epoch++
+		changed = true
+	}
+	if !changed {
+		st = nil
+	}
+	return l.publishLocked(st)
 }
 
-// changedLocked wakes the subscribers and Run after a change.
-func (l *List) changedLocked(changed bool) {
-	if !changed {
+// publishLocked publishes st (nil: no change), wakes the subscribers and
+// Run, and unlocks l.mu.
+func (l *List) publishLocked(st *state) bool {
+	if st == nil {
 		l.mu.Unlock()
-		return
+		return false
 	}
+	l.cur.Store(st)
 	for s := range l.subs {
 		s.poke()
 	}
@@ -259,6 +278,7 @@ func (l *List) changedLocked(changed bool) {
 	case l.kick <- struct{}{}:
 	default:
 	}
+	return true
 }
 
 // Snapshot returns the unexpired revocations, sorted by Key.
@@ -270,9 +290,8 @@ func (l *List) Snapshot() []Revocation {
 // Len returns the number of revocations held (expired ones included
 // until Run drops them).
 func (l *List) Len() int {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	return len(l.byJTI) + len(l.byClient)
+	st := l.cur.Load()
+	return len(st.byJTI) + len(st.byClient)
 }
 
 // Cursor is how far a follower has read a List. The zero Cursor has read
@@ -289,19 +308,17 @@ type Cursor struct {
 // out.
 func (l *List) Changes(cur Cursor) (rs []Revocation, next Cursor, full bool) {
 	now := l.clock.Now()
-	l.mu.RLock()
-	full = !cur.started || cur.epoch != l.epoch
-	for _, m := range [2]map[string]item{l.byJTI, l.byClient} {
+	st := l.cur.Load()
+	full = !cur.started || cur.epoch != st.epoch
+	for _, m := range [2]map[string]item{st.byJTI, st.byClient} {
 		for _, it := range m {
-			if (full || it.seq > cur.seq) && !l.expired(it.r, now) {
+			if (full || it.seq > cur.seq) && !expired(it.r, now) {
 				rs = append(rs, it.r)
 			}
 		}
 	}
-	next = Cursor{epoch: l.epoch, seq: l.seq, started: true}
-	l.mu.RUnlock()
 	slices.SortFunc(rs, func(a, b Revocation) int { return strings.Compare(a.Key(), b.Key()) })
-	return rs, next, full
+	return rs, Cursor{epoch: st.epoch, seq: st.seq, started: true}, full
 }
 
 // Subscription signals changes of a List: after each change, C has a
@@ -367,23 +384,31 @@ func (l *List) Run(ctx context.Context) error {
 }
 
 // prune drops the expired revocations and returns when the next one
-// expires (zero if none).
+// expires (zero if none). Followers are not told: they expire them too.
 func (l *List) prune() time.Time {
 	now := l.clock.Now()
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	old := l.cur.Load()
 	var next time.Time
-	for _, m := range [2]map[string]item{l.byJTI, l.byClient} {
+	var st *state
+	for _, m := range [2]map[string]item{old.byJTI, old.byClient} {
 		for k, it := range m {
 			end := it.r.ExpiresAt.Add(Grace)
-			if !now.Before(end) {
-				delete(m, k)
+			if now.Before(end) {
+				if next.IsZero() || end.Before(next) {
+					next = end
+				}
 				continue
 			}
-			if next.IsZero() || end.Before(next) {
-				next = end
+			if st == nil {
+				st = old.clone()
 			}
+			delete(st.mapFor(it.r), k)
 		}
+	}
+	if st != nil {
+		l.cur.Store(st)
 	}
 	return next
 }

@@ -239,7 +239,7 @@ func (a *AccessTokenAuthorizer) validate(token string, peer *x509.Certificate) (
 	if a.verifier != nil {
 		c, err = a.verifier.Validate(token, a.bundles, a.audience, now)
 	} else {
-		c, err = jwtsvid.NewAccessTokenVerifier(1).Validate(token, a.bundles, a.audience, now)
+		c, err = jwtsvid.ValidateAccessToken(token, a.bundles, a.audience, now)
 	}
 	if err != nil {
 		return nil, err
