@@ -28,8 +28,9 @@ const EndpointEnv = "SPIFFE_ENDPOINT_SOCKET"
 // maxRecvMsgSize bounds a message from the agent (a full list).
 const maxRecvMsgSize = 16 << 20
 
-// Backoff spaces reconnections after a stream broke.
-var Backoff = rotate.Backoff{Base: 100 * time.Millisecond, Max: 10 * time.Second}
+// DefaultBackoff spaces reconnections after a stream broke, unless
+// ClientConfig.Backoff says otherwise.
+var DefaultBackoff = rotate.Backoff{Base: 100 * time.Millisecond, Max: 10 * time.Second}
 
 // ClientConfig configures a Client.
 type ClientConfig struct {
@@ -41,12 +42,15 @@ type ClientConfig struct {
 	Clock clock.Clock
 	// Logger receives stream failures. Nil discards them.
 	Logger *slog.Logger
+	// Backoff spaces reconnections; zero means DefaultBackoff.
+	Backoff rotate.Backoff
 }
 
 // Client keeps a revocation list current from the agent's
 // RevocationService, and answers Revoked from it locally.
 type Client struct {
 	addr    string
+	backoff rotate.Backoff
 	clk     clock.Clock
 	log     *slog.Logger
 	list    *revocation.List
@@ -65,7 +69,10 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if !strings.HasPrefix(addr, "unix:///") {
 		return nil, fmt.Errorf("%w: the agent address %q is not unix:///path (set %s)", ErrConfig, addr, EndpointEnv)
 	}
-	c := &Client{addr: addr, clk: cfg.Clock, log: cfg.Logger, ready: make(chan struct{})}
+	c := &Client{addr: addr, backoff: cfg.Backoff, clk: cfg.Clock, log: cfg.Logger, ready: make(chan struct{})}
+	if c.backoff == (rotate.Backoff{}) {
+		c.backoff = DefaultBackoff
+	}
 	if c.clk == nil {
 		c.clk = clock.Real()
 	}
@@ -119,7 +126,7 @@ func (c *Client) Run(ctx context.Context) error {
 		if got {
 			failures = 0
 		}
-		d := Backoff.Delay(failures, rand.Float64())
+		d := c.backoff.Delay(failures, rand.Float64())
 		failures++
 		c.log.Warn("revocation stream from the agent broke; keeping the last list", "error", err.Error(), "retry_in", d.String())
 		t := c.clk.NewTimer(d)

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"writ.dev/writ/agent/revocation"
+	"writ.dev/writ/agent/rotate"
 	"writ.dev/writ/agent/svidcache"
 	agentv1 "writ.dev/writ/ca/api/agent/v1"
 	"writ.dev/writ/ca/x509ca"
@@ -50,6 +51,17 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
+	dir, err := os.MkdirTemp("", "rv")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	return newEnvAt(t, filepath.Join(dir, "s"))
+}
+
+// newEnvAt is newEnv with the socket at path.
+func newEnvAt(t *testing.T, path string) *env {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	key, err := x509ca.GenerateKey(x509ca.KeyTypeECP256)
 	if err != nil {
@@ -64,12 +76,6 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	cache.Apply(svidcache.Update{Full: true, Bundle: spiffebundle.FromX509Authorities(td, []*x509.Certificate{cert})})
-	dir, err := os.MkdirTemp("", "rv")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	path := filepath.Join(dir, "s")
 	srv, err := workloadapi.New(workloadapi.Config{SocketPath: path, Cache: cache, Attestor: unixattest.New(unixattest.Config{Logger: log}), TrustDomain: td, Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -182,6 +188,48 @@ func TestClient(t *testing.T) {
 	e.stop()
 	if !c.Revoked("a", "", "", now) || !c.Revoked("b", "", "", now) {
 		t.Error("list lost when the agent went away")
+	}
+}
+
+// TestClientReconnects: when the agent comes back, the Client connects
+// again and the full list it is sent replaces its own.
+func TestClientReconnects(t *testing.T) {
+	e := newEnv(t)
+	now := time.Now().Truncate(time.Second)
+	e.list.Add([]revocation.Revocation{rev("a", now)})
+	c, err := revocationapi.NewClient(revocationapi.ClientConfig{Address: e.addr, Backoff: rotate.Backoff{Base: 10 * time.Millisecond, Max: 100 * time.Millisecond}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub := c.List().Subscribe()
+	defer sub.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- c.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	select {
+	case <-c.Ready():
+	case <-time.After(20 * time.Second):
+		t.Fatal("client not ready")
+	}
+	e.stop()
+	e2 := newEnvAt(t, strings.TrimPrefix(e.addr, "unix://"))
+	e2.list.Add([]revocation.Revocation{rev("c", now)})
+	deadline := time.After(20 * time.Second)
+	for !c.Revoked("c", "", "", now) {
+		select {
+		case <-sub.C():
+		case <-deadline:
+			t.Fatal("no list from the agent after it came back")
+		}
+	}
+	if c.Revoked("a", "", "", now) {
+		t.Error("the full list did not replace the old one")
 	}
 }
 
