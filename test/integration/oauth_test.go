@@ -244,4 +244,41 @@ func TestIntegrationOAuth(t *testing.T) {
 	if got := introspect(tok2.AccessToken); got["active"] != true {
 		t.Fatalf("introspection of a token issued after the client's revocation: %v", got)
 	}
+
+	// The registration decides: updated, a scope follows; deleted, no
+	// token.
+	var shown struct {
+		Scopes []string `json:"scopes"`
+	}
+	e.server.admin("oauth", "client", "update", "--spiffe-id", middleID, "--audience", "inventory", "--scope", "stock:write", "--scope", "stock:read")
+	e.server.adminJSON(&shown, "oauth", "client", "show", "--spiffe-id", middleID)
+	if strings.Join(shown.Scopes, " ") != "stock:read stock:write" {
+		t.Fatalf("oauth client show after update: %+v", shown)
+	}
+	mcc := clientcredentials.Config{ClientID: middleID, TokenURL: tokenURL, EndpointParams: url.Values{"audience": {"inventory"}}}
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		mt, err := mcc.Token(context.WithValue(ctx, oauth2.HTTPClient, mtls(middleID)))
+		if err == nil && mt.Extra("scope") == "stock:read stock:write" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("token after the update: %v %v", mt, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if out := e.server.admin("oauth", "client", "delete", "--spiffe-id", middleID); !strings.Contains(out, "deleted") {
+		t.Fatalf("oauth client delete: %q", out)
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		code, body := oauthPost(t, mtls(middleID), tokenURL, url.Values{"grant_type": {"client_credentials"}, "audience": {"inventory"}})
+		if code == http.StatusBadRequest && body["error"] == "invalid_client" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("token after the client was deleted: %d %v", code, body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
