@@ -17,8 +17,11 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"writ.dev/writ/workloadapi/authz"
 	"writ.dev/writ/workloadapi/revocationapi"
@@ -118,7 +121,8 @@ func accessToken(t *testing.T, c *http.Client, tokenURL, audience, scope string)
 // workloadapi/authz, fed by host 2's agent: a valid token is served, a
 // missing scope is 403, a token presented with another SVID than the one
 // it is bound to is 401, and a revoked token (by jti, then by client) is
-// refused within a second of `writ oauth revoke` returning.
+// refused within a second of `writ oauth revoke` returning; host 2's
+// agent then refuses the revoked client's earlier JWT-SVID too.
 func TestIntegrationOAuthResourceServer(t *testing.T) {
 	e := newNodeEnv(t, "--oauth-bind-address", "127.0.0.1:0")
 	oauthAddr := e.server.oauthAddress()
@@ -212,8 +216,19 @@ func TestIntegrationOAuthResourceServer(t *testing.T) {
 	}
 
 	// Revocation by jti, then by client, each in force on host 2 within
-	// a second of the command returning.
+	// a second of the command returning. A client revocation also
+	// covers the client's JWT-SVIDs issued before it: host 2's agent
+	// refuses them in ValidateJWTSVID.
 	second, _ := accessToken(t, client, tokenURL, audience, "orders:read")
+	jwtCtx, jwtCancel := context.WithTimeout(ctx, 20*time.Second)
+	defer jwtCancel()
+	svid, err := workloadapi.FetchJWTSVID(jwtCtx, jwtsvid.Params{Audience: "orders", Subject: spiffeid.RequireFromString(clientID)}, socketAddr(host1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := workloadapi.ValidateJWTSVID(jwtCtx, svid.Marshal(), "orders", socketAddr(host2)); err != nil {
+		t.Fatalf("ValidateJWTSVID before the revocation: %v", err)
+	}
 	for _, c := range []struct {
 		what  string
 		args  []string
@@ -241,5 +256,9 @@ func TestIntegrationOAuthResourceServer(t *testing.T) {
 		}
 		sub.Close()
 		t.Logf("revocation by %s in force on host 2 after %s", c.what, time.Since(start).Round(time.Millisecond))
+	}
+	// The resource server's list came from host 2's agent, which has it.
+	if _, err := workloadapi.ValidateJWTSVID(jwtCtx, svid.Marshal(), "orders", socketAddr(host2)); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("ValidateJWTSVID of a JWT-SVID of the revoked client: %v", err)
 	}
 }
