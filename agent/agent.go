@@ -21,6 +21,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"writ.dev/writ/agent/nodeclient"
+	"writ.dev/writ/agent/revocation"
 	"writ.dev/writ/agent/rotate"
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/ca/clock"
@@ -136,6 +137,7 @@ type Agent struct {
 	metrics     *metrics.Agent
 	adminSocket string
 	cache       *svidcache.Cache
+	revocations *revocation.List
 	sched       *scheduler
 	ready       chan struct{}
 	readyOnce   sync.Once
@@ -245,6 +247,7 @@ func New(cfg Config) (*Agent, error) {
 		metrics:     cfg.Metrics,
 		adminSocket: adminSocket,
 		sched:       newScheduler(cfg.Clock),
+		revocations: revocation.New(cfg.Clock),
 		ready:       make(chan struct{}),
 		servers:     newServerPicker(servers, cfg.Resolver, cfg.Logger),
 	}
@@ -293,6 +296,10 @@ func checkHostPort(addr string) error {
 
 // Cache returns the cache the Workload API reads.
 func (a *Agent) Cache() *svidcache.Cache { return a.cache }
+
+// Revocations returns the access-token revocations the server pushed,
+// which the Workload API and the RevocationService read.
+func (a *Agent) Revocations() *revocation.List { return a.revocations }
 
 // SocketPath returns the Workload API socket path (absolute).
 func (a *Agent) SocketPath() string { return a.cfg.SocketPath }
@@ -380,6 +387,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		return stop(err)
 	}
 	g.Go("SVID cache", a.cache.Run)
+	g.Go("revocation list", a.revocations.Run)
 	g.Go("renewal scheduler", func(ctx context.Context) error { a.sched.run(ctx); return nil })
 	g.Go("signer", func(ctx context.Context) error { a.signWanted(ctx); return nil })
 	g.Serve("agent health", a.adminSocket, health.serve, health.stop)
@@ -398,6 +406,10 @@ func (a *Agent) start(ctx context.Context) error {
 	st, err := a.state.load(a.td, now)
 	if err != nil {
 		return err
+	}
+	if len(st.revocations) > 0 {
+		a.revocations.Replace(st.revocations)
+		a.log.Info("saved revocations loaded", "revocations", a.revocations.Len())
 	}
 	if st.svid != nil {
 		a.bundle.Store(st.bundle)

@@ -166,6 +166,7 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse, acks chan uint64) {
 		}
 	}
 	res := a.cache.Apply(u)
+	a.applyRevocations(u.Full, msg.GetRevocations())
 	if tainted != nil {
 		a.applyTaint(tainted)
 	}

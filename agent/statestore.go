@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"writ.dev/writ/agent/revocation"
 	"writ.dev/writ/internal/datadir"
 )
 
@@ -42,6 +43,18 @@ type stateJSON struct {
 	Key     []byte          `json:"key,omitempty"`  // PKCS#8 DER
 	SVID    [][]byte        `json:"svid,omitempty"` // DER, leaf first
 	Bundle  json.RawMessage `json:"bundle,omitempty"`
+	// Revocations are the access-token revocations last received, so
+	// that an agent restarted while the server is away still refuses
+	// revoked tokens.
+	Revocations []savedRevocation `json:"revocations,omitempty"`
+}
+
+// savedRevocation is a revocation.Revocation in StateFile (Unix seconds).
+type savedRevocation struct {
+	JTI       string `json:"jti,omitempty"`
+	ClientID  string `json:"client_id,omitempty"`
+	RevokedAt int64  `json:"revoked_at,omitempty"`
+	ExpiresAt int64  `json:"expires_at"`
 }
 
 // writeStep names a step of writing StateFile, for fault injection.
@@ -71,10 +84,12 @@ type stateStore struct {
 	// stops the write there as a crash would, leaving what is on disk.
 	afterStep func(writeStep) error
 
-	mu sync.Mutex // guards svid and bundle, and serializes writes
+	mu sync.Mutex // guards svid, bundle and revs, and serializes writes
 	// svid and bundle are what StateFile holds.
 	svid   *agentSVID
 	bundle *spiffebundle.Bundle
+	// revs are the revocations StateFile holds.
+	revs []savedRevocation
 }
 
 func newStateStore(dir *datadir.Dir) *stateStore { return &stateStore{dir: dir} }
@@ -86,6 +101,8 @@ type savedState struct {
 	svidErr error
 	expired bool
 	bundle  *spiffebundle.Bundle // nil if none
+	// revocations are the saved revocations (expired ones included).
+	revocations []revocation.Revocation
 }
 
 // load reads the agent's state. Without StateFile it reads the files of
@@ -121,6 +138,16 @@ func (s *stateStore) load(td spiffeid.TrustDomain, now time.Time) (*savedState, 
 			return nil, fmt.Errorf("%w: %s: bundle: %w", ErrInconsistentState, path, err)
 		}
 	}
+	for i, sr := range j.Revocations {
+		r, err := revocation.FromUnix(sr.JTI, sr.ClientID, sr.RevokedAt, sr.ExpiresAt)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %s: revocation %d: %w", ErrInconsistentState, path, i, err)
+		}
+		st.revocations = append(st.revocations, r)
+	}
+	s.mu.Lock()
+	s.revs = j.Revocations
+	s.mu.Unlock()
 	if len(j.SVID) == 0 {
 		s.remember(nil, st.bundle)
 		return st, nil
@@ -234,8 +261,17 @@ func (s *stateStore) remember(svid *agentSVID, b *spiffebundle.Bundle) {
 // save replaces the saved state with svid and bundle together; a nil one
 // keeps what is saved.
 func (s *stateStore) save(svid *agentSVID, bundle *spiffebundle.Bundle) error {
+	return s.saveAll(svid, bundle, nil)
+}
+
+// saveAll is save that also replaces the saved revocations when revs is
+// not nil.
+func (s *stateStore) saveAll(svid *agentSVID, bundle *spiffebundle.Bundle, revs *[]savedRevocation) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if revs == nil {
+		revs = &s.revs
+	}
 	if svid == nil {
 		svid = s.svid
 	}
@@ -257,6 +293,7 @@ func (s *stateStore) save(svid *agentSVID, bundle *spiffebundle.Bundle) error {
 		}
 		j.Bundle = raw
 	}
+	j.Revocations = *revs
 	data, err := json.Marshal(j)
 	if err != nil {
 		return fmt.Errorf("save the agent's state: %w", err)
@@ -264,12 +301,21 @@ func (s *stateStore) save(svid *agentSVID, bundle *spiffebundle.Bundle) error {
 	if err := s.write(data); err != nil {
 		return err
 	}
-	s.svid, s.bundle = svid, bundle
+	s.svid, s.bundle, s.revs = svid, bundle, *revs
 	return nil
 }
 
 func (s *stateStore) saveSVID(svid *agentSVID) error          { return s.save(svid, nil) }
 func (s *stateStore) saveBundle(b *spiffebundle.Bundle) error { return s.save(nil, b) }
+
+// saveRevocations replaces the saved revocations, keeping the rest.
+func (s *stateStore) saveRevocations(rs []revocation.Revocation) error {
+	saved := make([]savedRevocation, len(rs))
+	for i, r := range rs {
+		saved[i] = savedRevocation{JTI: r.JTI, ClientID: r.ClientID, RevokedAt: r.UnixRevokedAt(), ExpiresAt: r.UnixExpiresAt()}
+	}
+	return s.saveAll(nil, nil, &saved)
+}
 
 // errCrashed stops a write in tests.
 var errCrashed = errors.New("agent: write stopped (test crash)")

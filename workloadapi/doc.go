@@ -66,7 +66,10 @@
 //     authorities of the token subject's trust domain (the local one for
 //     now), at the Clock's time. An invalid token is InvalidArgument with
 //     the validator's reason; a valid one gives its SPIFFE ID and every
-//     claim.
+//     claim. With Config.Revocations (the agent's revocation list), a
+//     token whose jti is revoked, or whose sub or client_id names a client
+//     revoked at or after its iat, is InvalidArgument "token revoked",
+//     without saying which revocation applies.
 //   - The WIT-SVID profile is not provided: Unimplemented.
 //
 // Bundles and validation are for callers with an identity: a caller that

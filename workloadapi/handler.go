@@ -333,12 +333,26 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWT
 		s.logRefused(st, "JWT-SVID refused", err)
 		return nil, status.Error(codes.InvalidArgument, err.Error())
 	}
+	if s.revocations != nil && s.revocations.Revoked(stringClaim(claims.Raw, "jti"), claims.ID.String(), stringClaim(claims.Raw, "client_id"), claims.IssuedAt) {
+		s.logRefused(st, "JWT-SVID refused: revoked", nil)
+		return nil, errRevoked
+	}
 	claimsPB, err := structpb.NewStruct(claims.Raw)
 	if err != nil {
 		// encoding/json produced them; every value converts.
 		return nil, status.Error(codes.Internal, fmt.Sprintf("cannot convert the claims: %v", err))
 	}
 	return &workload.ValidateJWTSVIDResponse{SpiffeId: claims.ID.String(), Claims: claimsPB}, nil
+}
+
+// errRevoked answers ValidateJWTSVID for a revoked token, without
+// saying which revocation applies.
+var errRevoked = status.Error(codes.InvalidArgument, "token revoked")
+
+// stringClaim returns claim name of raw if it is a string, else "".
+func stringClaim(raw map[string]any, name string) string {
+	s, _ := raw[name].(string)
+	return s
 }
 
 // checkValidateRequest checks that a ValidateJWTSVID request has both of

@@ -94,6 +94,15 @@ type Cache interface {
 	Bundle() *spiffebundle.Bundle
 }
 
+// RevocationList says whether a token was revoked: the agent's
+// *revocation.List, fed by the server's Sync stream.
+type RevocationList interface {
+	// Revoked reports whether a token of this jti, subject and client_id
+	// (each possibly empty), issued at issuedAt (zero if unknown), is
+	// revoked.
+	Revoked(jti, subject, clientID string, issuedAt time.Time) bool
+}
+
 // Attestor pins the process at the other end of a connection:
 // *unixattest.Attestor.
 type Attestor interface {
@@ -145,6 +154,11 @@ type Config struct {
 	// records none.
 	Metrics *metrics.Agent
 
+	// Revocations, if set, makes ValidateJWTSVID refuse a token that it
+	// lists as revoked (by its jti claim, or by its sub or client_id
+	// claim with its iat).
+	Revocations RevocationList
+
 	// AllowVerifiersWithoutIdentity serves FetchX509Bundles,
 	// FetchJWTBundles and ValidateJWTSVID to attested callers that match
 	// no entry. By default they are refused with PermissionDenied, as
@@ -165,6 +179,7 @@ type Server struct {
 	// verifier validates JWT-SVIDs for ValidateJWTSVID, remembering the
 	// signatures it has verified.
 	verifier        *jwtsvid.Verifier
+	revocations     RevocationList
 	maxConns        int
 	maxConnsPerUID  int
 	maxStreams      int
@@ -216,6 +231,7 @@ func New(cfg Config) (*Server, error) {
 		tdID:           cfg.TrustDomain.IDString(),
 		clk:            cfg.Clock,
 		verifier:       jwtsvid.NewVerifier(0),
+		revocations:    cfg.Revocations,
 		log:            cfg.Logger,
 		metrics:        cfg.Metrics,
 		maxConns:       cmpOr(cfg.MaxConnections, DefaultMaxConnections),

@@ -8,6 +8,7 @@ import (
 
 	"writ.dev/writ/agent"
 	"writ.dev/writ/workloadapi"
+	"writ.dev/writ/workloadapi/revocationapi"
 	"writ.dev/writ/workloadapi/sdsv3"
 	"writ.dev/writ/workloadapi/unixattest"
 )
@@ -68,6 +69,8 @@ func New(cfg Config) (*Process, error) {
 		// Envoy's requests carry its node description, tens of KiB with
 		// its list of extensions.
 		MaxRecvMsgSize: sdsMaxRecvMsgSize,
+		// ValidateJWTSVID refuses revoked tokens.
+		Revocations: a.Revocations(),
 	})
 	if err != nil {
 		return nil, err
@@ -79,6 +82,11 @@ func New(cfg Config) (*Process, error) {
 		return nil, err
 	}
 	sds.Register(wl)
+	rev, err := revocationapi.NewService(revocationapi.ServiceConfig{Socket: wl, List: a.Revocations(), Logger: log.With("component", "revocations")})
+	if err != nil {
+		return nil, err
+	}
+	rev.Register(wl)
 	return &Process{agent: a, wl: wl}, nil
 }
 

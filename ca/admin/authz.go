@@ -61,6 +61,13 @@ var rules = map[string]rule{
 	adminv1.FederationService_DeleteFederation_FullMethodName:  {mutation: true},
 	adminv1.FederationService_RefreshFederation_FullMethodName: {mutation: true},
 
+	adminv1.OAuthService_CreateOAuthClient_FullMethodName: {mutation: true},
+	adminv1.OAuthService_UpdateOAuthClient_FullMethodName: {mutation: true},
+	adminv1.OAuthService_GetOAuthClient_FullMethodName:    {},
+	adminv1.OAuthService_ListOAuthClients_FullMethodName:  {},
+	adminv1.OAuthService_DeleteOAuthClient_FullMethodName: {mutation: true},
+	adminv1.OAuthService_RevokeOAuthTokens_FullMethodName: {mutation: true},
+
 	adminv1.ServerService_ListServers_FullMethodName:   {},
 	adminv1.ServerService_Backup_FullMethodName:        {secret: true},
 	adminv1.CAService_ListAuthorities_FullMethodName:   {},

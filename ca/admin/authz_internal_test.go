@@ -19,6 +19,7 @@ func TestRulesCoverAdminAPI(t *testing.T) {
 		"RevokeAuthority": true, "Rotate": true,
 		"SetFederatedBundle": true, "DeleteFederatedBundle": true,
 		"CreateFederation": true, "UpdateFederation": true, "DeleteFederation": true, "RefreshFederation": true,
+		"CreateOAuthClient": true, "UpdateOAuthClient": true, "DeleteOAuthClient": true, "RevokeOAuthTokens": true,
 	}
 	seen := make(map[string]bool)
 	for _, desc := range []grpc.ServiceDesc{
@@ -29,6 +30,7 @@ func TestRulesCoverAdminAPI(t *testing.T) {
 		adminv1.ServerService_ServiceDesc,
 		adminv1.CAService_ServiceDesc,
 		adminv1.FederationService_ServiceDesc,
+		adminv1.OAuthService_ServiceDesc,
 	} {
 		var names []string
 		for _, m := range desc.Methods {

@@ -122,6 +122,10 @@ type Config struct {
 	// entries with Admin set.
 	Trust    TrustSource
 	AdminIDs []spiffeid.ID
+	// OAuthTokenTTL is the longest lifetime of the OAuth access tokens
+	// the servers issue: RevokeOAuthTokens keeps a revocation that long.
+	// Defaults to DefaultOAuthTokenTTL.
+	OAuthTokenTTL time.Duration
 }
 
 // Backuper writes a backup archive of the server to w. It fails with
@@ -149,6 +153,8 @@ type Service struct {
 	reports      TemplateReports
 	x509SVIDTTL  time.Duration
 	metrics      *metrics.Server
+	// oauthTokenTTL is the longest OAuth access token lifetime.
+	oauthTokenTTL time.Duration
 	// allowed is the set of uids that may call admin methods. It is only
 	// read once the service serves.
 	allowed map[uint32]bool
@@ -198,22 +204,23 @@ func New(cfg Config) (*Service, error) {
 		return nil, err
 	}
 	return &Service{
-		td:           cfg.TrustDomain,
-		store:        cfg.Store,
-		clock:        cfg.Clock,
-		log:          cfg.Logger,
-		joinTokenTTL: cfg.DefaultJoinTokenTTL,
-		ca:           cfg.CA,
-		pusher:       cfg.BundlePusher,
-		reports:      cfg.TemplateReports,
-		x509SVIDTTL:  cmp.Or(cfg.DefaultX509SVIDTTL, time.Hour),
-		allowed:      allowed,
-		self:         uint32(os.Getuid()),
-		backup:       cfg.Backup,
-		federation:   cfg.Federation,
-		metrics:      cfg.Metrics,
-		trust:        cfg.Trust,
-		adminIDs:     adminIDs,
+		td:            cfg.TrustDomain,
+		store:         cfg.Store,
+		clock:         cfg.Clock,
+		log:           cfg.Logger,
+		joinTokenTTL:  cfg.DefaultJoinTokenTTL,
+		ca:            cfg.CA,
+		pusher:        cfg.BundlePusher,
+		reports:       cfg.TemplateReports,
+		x509SVIDTTL:   cmp.Or(cfg.DefaultX509SVIDTTL, time.Hour),
+		allowed:       allowed,
+		self:          uint32(os.Getuid()),
+		backup:        cfg.Backup,
+		federation:    cfg.Federation,
+		metrics:       cfg.Metrics,
+		trust:         cfg.Trust,
+		adminIDs:      adminIDs,
+		oauthTokenTTL: cmp.Or(cfg.OAuthTokenTTL, DefaultOAuthTokenTTL),
 	}, nil
 }
 
@@ -247,4 +254,5 @@ func (s *Service) Register(g *grpc.Server) {
 	adminv1.RegisterServerServiceServer(g, &serverService{s: s})
 	adminv1.RegisterCAServiceServer(g, &caService{s: s})
 	adminv1.RegisterFederationServiceServer(g, &federationService{s: s})
+	adminv1.RegisterOAuthServiceServer(g, &oauthService{s: s})
 }

@@ -127,6 +127,34 @@ type Store interface {
 	// there is none). The trust domain's bundle stays.
 	DeleteFederation(ctx context.Context, td spiffeid.TrustDomain) error
 
+	// PutOAuthClient creates or replaces the OAuth client c.SPIFFEID.
+	PutOAuthClient(ctx context.Context, c *OAuthClient) error
+	// FetchOAuthClient returns the OAuth client id (ErrNotFound if none).
+	FetchOAuthClient(ctx context.Context, id spiffeid.ID) (*OAuthClient, error)
+	// ListOAuthClients returns every OAuth client, in SPIFFE ID order.
+	ListOAuthClients(ctx context.Context) ([]*OAuthClient, error)
+	// DeleteOAuthClient removes the OAuth client id (ErrNotFound if none).
+	DeleteOAuthClient(ctx context.Context, id spiffeid.ID) error
+	// UseClientAssertion records a JWT client assertion's jti (hashed by
+	// the caller) until expiresAt. ErrAlreadyExists means it was already
+	// used: of concurrent callers with one hash, through any number of
+	// handles, exactly one succeeds. It records no event.
+	UseClientAssertion(ctx context.Context, hash string, expiresAt time.Time) error
+	// PruneClientAssertions forgets the assertions whose expiresAt is not
+	// after now and returns how many.
+	PruneClientAssertions(ctx context.Context, now time.Time) (int, error)
+	// PutRevocation stores r, replacing a revocation with the same JTI or
+	// ClientID, records an event of kind EventRevocation (Key
+	// RevocationKey(r)) and wakes the watchers.
+	PutRevocation(ctx context.Context, r *Revocation) error
+	// ListRevocations returns the revocations whose ExpiresAt is after
+	// now, in key order.
+	ListRevocations(ctx context.Context, now time.Time) ([]*Revocation, error)
+	// PruneRevocations removes the revocations whose ExpiresAt is not
+	// after now and returns how many. It records no event: every holder
+	// of the list drops them at ExpiresAt by itself.
+	PruneRevocations(ctx context.Context, now time.Time) (int, error)
+
 	// Events returns up to limit events with revisions above after, in
 	// revision order. ErrEventsPruned means some were dropped.
 	Events(ctx context.Context, after uint64, limit int) ([]Event, error)
@@ -280,13 +308,16 @@ const (
 	EventEntry EventKind = iota + 1
 	EventAgent
 	EventBundle
+	// EventRevocation: a revocation was stored; Key is RevocationKey of it.
+	EventRevocation
 )
 
 // Event records that one record changed at Revision.
 type Event struct {
 	Revision uint64
 	Kind     EventKind
-	// Key is the entry ID, agent SPIFFE ID or bundle trust domain name.
+	// Key is the entry ID, agent SPIFFE ID, bundle trust domain name or
+	// revocation key.
 	Key string
 	// Entry is, for entry events, the entry as it is now, or nil if it
 	// has been deleted.
@@ -297,4 +328,26 @@ type Event struct {
 type Snapshot struct {
 	Entries  []*entry.Entry
 	Revision uint64
+}
+
+// OAuthClient says which audiences and scopes a SPIFFE ID may get OAuth
+// access tokens for. A SPIFFE ID without one gets none (deny by default).
+type OAuthClient struct {
+	SPIFFEID  spiffeid.ID
+	Audiences []string // sorted, unique, at least one
+	Scopes    []string // sorted, unique
+	CreatedAt time.Time
+	UpdatedAt time.Time
+}
+
+// Revocation revokes one access token (JTI set) or every token issued to
+// a client up to RevokedAt (ClientID set); exactly one of the two is set.
+type Revocation struct {
+	JTI string
+	// ClientID is the client's SPIFFE ID as a string.
+	ClientID  string
+	RevokedAt time.Time
+	// ExpiresAt is when the matching tokens have all expired: the record
+	// leaves the list then.
+	ExpiresAt time.Time
 }

@@ -157,6 +157,11 @@ type Signer struct {
 // has no ID or signer, and ErrUnsupportedKey if its type or size is not
 // allowed.
 func NewSigner(key Key) (*Signer, error) {
+	return newSigner(key, "JWT")
+}
+
+// newSigner returns a Signer whose tokens carry typ in their header.
+func newSigner(key Key, typ string) (*Signer, error) {
 	switch {
 	case key.ID == "":
 		return nil, fmt.Errorf("%w: key has no ID", ErrInvalid)
@@ -172,7 +177,7 @@ func NewSigner(key Key) (*Signer, error) {
 		Alg string `json:"alg"`
 		Kid string `json:"kid"`
 		Typ string `json:"typ"`
-	}{string(alg), key.ID, "JWT"})
+	}{string(alg), key.ID, typ})
 	if err != nil {
 		return nil, fmt.Errorf("jwtsvid: encode header: %w", err)
 	}
@@ -349,7 +354,11 @@ type parsedToken struct {
 }
 
 // parse runs steps 1 to 4 of Validate.
-func parse(token string) (*parsedToken, error) {
+func parse(token string) (*parsedToken, error) { return parseAs(token, false) }
+
+// parseAs runs steps 1 to 4 of Validate, or of ValidateAccessToken if
+// access is set (which differ only in the typ header allowed).
+func parseAs(token string, access bool) (*parsedToken, error) {
 	if len(token) > MaxTokenSize {
 		return nil, fmt.Errorf("%w: %d bytes (limit %d)", ErrTooLarge, len(token), MaxTokenSize)
 	}
@@ -386,7 +395,7 @@ func parse(token string) (*parsedToken, error) {
 	}
 
 	// 3. Header.
-	alg, kid, err := checkHeader(header)
+	alg, kid, err := checkHeader(header, access)
 	if err != nil {
 		return nil, err
 	}
@@ -538,6 +547,10 @@ func checkTimes(c *Claims, now time.Time) error {
 // checkAudience accepts the token if any of its audiences is one of the
 // expected ones.
 func checkAudience(c *Claims, audience []string) error {
+	if audience == nil {
+		// Only ValidateAccessToken passes nil: any audience.
+		return nil
+	}
 	if !slices.ContainsFunc(c.Audience, func(a string) bool { return slices.Contains(audience, a) }) {
 		return fmt.Errorf("%w: token audience %q, expected one of %q", ErrAudience, c.Audience, audience)
 	}
@@ -671,7 +684,7 @@ func stringMember(m map[string]json.RawMessage, name string, s *string) error {
 	return nil
 }
 
-func checkHeader(h map[string]json.RawMessage) (jose.SignatureAlgorithm, string, error) {
+func checkHeader(h map[string]json.RawMessage, access bool) (jose.SignatureAlgorithm, string, error) {
 	var alg string
 	if err := stringMember(h, "alg", &alg); err != nil {
 		return "", "", fmt.Errorf("%w: %w", ErrAlgorithm, err)
@@ -695,7 +708,17 @@ func checkHeader(h map[string]json.RawMessage) (jose.SignatureAlgorithm, string,
 	if kid == "" {
 		return "", "", fmt.Errorf("%w: empty kid", ErrHeader)
 	}
-	if _, ok := h["typ"]; ok {
+	if access {
+		// RFC 9068 section 4: typ is required, at+jwt or
+		// application/at+jwt (media types compare case-insensitively).
+		var typ string
+		if err := stringMember(h, "typ", &typ); err != nil {
+			return "", "", fmt.Errorf("%w: %w", ErrHeader, err)
+		}
+		if !strings.EqualFold(typ, AccessTokenType) && !strings.EqualFold(typ, "application/"+AccessTokenType) {
+			return "", "", fmt.Errorf("%w: typ %q (an access token's is %s)", ErrHeader, typ, AccessTokenType)
+		}
+	} else if _, ok := h["typ"]; ok {
 		var typ string
 		if err := stringMember(h, "typ", &typ); err != nil {
 			return "", "", fmt.Errorf("%w: %w", ErrHeader, err)
@@ -799,7 +822,7 @@ func audienceClaim(m map[string]json.RawMessage) ([]string, error) {
 }
 
 // signCompact signs payload with key as a compact JWS whose protected
-// header is alg, kid and typ "JWT". ECDSA signatures are converted from
+// header is alg, kid and typ. ECDSA signatures are converted from
 // the ASN.1 form crypto.Signer returns to the fixed-size R || S of JWS.
 func (s *Signer) signCompact(payload []byte) (string, error) {
 	buf := make([]byte, 0, len(s.header)+b64.EncodedLen(len(payload))+2+b64.EncodedLen(s.sigLen))

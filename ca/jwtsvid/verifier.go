@@ -31,6 +31,9 @@ const DefaultVerifierSize = 4096
 // for concurrent use.
 type Verifier struct {
 	max int
+	// access: the tokens validated are OAuth access tokens (see
+	// NewAccessTokenVerifier), not JWT-SVIDs.
+	access bool
 
 	mu   sync.RWMutex // guards seen
 	seen map[[sha256.Size]byte]*verified
@@ -79,7 +82,7 @@ func (v *Verifier) Validate(token string, bundles BundleSource, audience []strin
 		v.forget(sum) // the key left the bundle or changed: validate afresh
 	}
 
-	t, err := parse(token)
+	t, err := parseAs(token, v.access)
 	if err != nil {
 		return nil, err
 	}

@@ -104,6 +104,9 @@ type index struct {
 	// bundle is read without the lock (TLS handshakes); written only by
 	// run.
 	bundle atomic.Pointer[bundleState]
+	// revocations is read without the lock by the streams; written only
+	// by run.
+	revocations atomic.Pointer[revocationState]
 
 	waitMu sync.Mutex // guards waiters
 	// waiters are callers of catchUp waiting for the next pass.
@@ -240,6 +243,9 @@ func (ix *index) load(ctx context.Context) error {
 	if err := ix.refreshBundle(ctx); err != nil {
 		return err
 	}
+	if err := ix.refreshRevocations(ctx); err != nil {
+		return err
+	}
 	entries := make(map[string]*entry.Entry, len(snap.Entries))
 	byParent := make(map[spiffeid.ID]map[string]*entry.Entry)
 	var reserved []string
@@ -332,9 +338,11 @@ func (ix *index) catchUpEvents(ctx context.Context) error {
 // later events converge on it.
 func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 	agentIDs := make(map[spiffeid.ID]struct{})
-	bundleChanged := false
+	bundleChanged, revocationsChanged := false, false
 	for _, ev := range events {
 		switch ev.Kind {
+		case datastore.EventRevocation:
+			revocationsChanged = true
 		case datastore.EventAgent:
 			id, err := spiffeid.FromString(ev.Key)
 			if err != nil {
@@ -362,6 +370,11 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 	}
 	if bundleChanged {
 		if err := ix.refreshBundle(ctx); err != nil {
+			return err
+		}
+	}
+	if revocationsChanged {
+		if err := ix.refreshRevocations(ctx); err != nil {
 			return err
 		}
 	}
@@ -439,7 +452,7 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 			sub.poke()
 		}
 	}
-	if bundleChanged {
+	if bundleChanged || revocationsChanged {
 		for _, set := range ix.subs {
 			for sub := range set {
 				sub.poke()

@@ -72,6 +72,10 @@ type Store interface {
 	Events(ctx context.Context, after uint64, limit int) ([]datastore.Event, error)
 	Snapshot(ctx context.Context) (*datastore.Snapshot, error)
 	Watch() (<-chan struct{}, func())
+
+	// ListRevocations is read at load and after revocation events, for
+	// the revocations pushed to agents.
+	ListRevocations(ctx context.Context, now time.Time) ([]*datastore.Revocation, error)
 }
 
 // KeyManager supplies the keys that sign now.

@@ -44,6 +44,8 @@ type streamState struct {
 	// since is when the oldest change in the messages about to be sent
 	// was read from the change feed (zero if none).
 	since time.Time
+	// revocationsSent is the version of the revocation list last sent.
+	revocationsSent uint64
 }
 
 // Sync sends the caller its entries and the bundle, then every change as
@@ -120,6 +122,7 @@ func (s *Service) nextMessages(ctx context.Context, c *caller, sub *subscriber, 
 	}
 
 	full, pending, since := sub.take()
+	revs := s.idx.revocations.Load()
 	st.since = since
 	var (
 		changed []*entry.Entry
@@ -165,13 +168,22 @@ func (s *Service) nextMessages(ctx context.Context, c *caller, sub *subscriber, 
 			st.sent[e.ID] = e.Revision
 		}
 		st.bundleSent, st.bundleSeq = b.version, b.seq
+		if revs != nil {
+			msg.Revocations = revs.since(0)
+			st.revocationsSent = revs.version
+		}
 		return []*nodev1.SyncResponse{msg}, nil
 	}
-	if len(changed) == 0 && len(deleted) == 0 && b.version == st.bundleSent {
+	revsChanged := revs != nil && revs.version != st.revocationsSent
+	if len(changed) == 0 && len(deleted) == 0 && b.version == st.bundleSent && !revsChanged {
 		return nil, nil
 	}
 	var msgs []*nodev1.SyncResponse
 	cur := &nodev1.SyncResponse{}
+	if revsChanged {
+		cur.Revocations = revs.since(st.revocationsSent)
+		st.revocationsSent = revs.version
+	}
 	if b.version != st.bundleSent {
 		cur.Bundle = b.json
 		cur.Tainted = b.tainted

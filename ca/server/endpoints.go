@@ -12,9 +12,11 @@ import (
 
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/nodeapi"
+	"writ.dev/writ/ca/oauth"
 	"writ.dev/writ/ca/publish"
 	"writ.dev/writ/ca/ui"
 	"writ.dev/writ/internal/certfile"
+	"writ.dev/writ/internal/logkey"
 )
 
 // recentAuditEvents is how many audit records the status page keeps.
@@ -34,8 +36,13 @@ type httpEndpoint struct {
 	lis    net.Listener
 	srv    *http.Server
 	tls    bool
-	// start, if set, runs beside the listener (a bundle source).
-	start func(ctx context.Context) error
+	// tasks run beside the listener (a bundle source, the OAuth state).
+	tasks []endpointTask
+}
+
+type endpointTask struct {
+	name string
+	run  func(ctx context.Context) error
 }
 
 func (ep *httpEndpoint) serve() error {
@@ -72,7 +79,7 @@ func newHTTPServer(h http.Handler, tlsConf *tls.Config) *http.Server {
 // httpEndpoints makes the listeners of the status page, the federation
 // bundle endpoint and OIDC discovery, those that are configured. On
 // failure the listeners made so far are closed.
-func (s *Server) httpEndpoints(store datastore.Store, nodeSvc *nodeapi.Service, audit *ui.AuditLog, serverID string) (eps []*httpEndpoint, err error) {
+func (s *Server) httpEndpoints(store datastore.Store, nodeSvc *nodeapi.Service, keys oauth.KeySource, audit *ui.AuditLog, serverID string) (eps []*httpEndpoint, err error) {
 	defer func() {
 		if err != nil {
 			for _, ep := range eps {
@@ -107,7 +114,7 @@ func (s *Server) httpEndpoints(store datastore.Store, nodeSvc *nodeapi.Service, 
 			return eps, err
 		}
 	}
-	if s.cfg.Federation.BindAddress == "" && s.cfg.OIDC.BindAddress == "" {
+	if s.cfg.Federation.BindAddress == "" && s.cfg.OIDC.BindAddress == "" && s.cfg.OAuth.BindAddress == "" {
 		return eps, nil
 	}
 	src := publish.NewSource(s.cfg.TrustDomain, store, s.cfg.Logger)
@@ -149,8 +156,37 @@ func (s *Server) httpEndpoints(store datastore.Store, nodeSvc *nodeapi.Service, 
 			return eps, err
 		}
 	}
+	if o := s.cfg.OAuth; o.BindAddress != "" {
+		tlsConf := &tls.Config{MinVersion: tls.VersionTLS12, ClientAuth: tls.RequestClientCert}
+		if o.CertFile != "" {
+			rl, err := certfile.New(o.CertFile, o.KeyFile, s.cfg.Logger)
+			if err != nil {
+				return eps, fmt.Errorf("OAuth endpoint certificate: %w", err)
+			}
+			tlsConf.GetCertificate = rl.GetCertificate
+		} else {
+			tlsConf.GetCertificate = nodeSvc.GetServerCertificate
+		}
+		lis, err := net.Listen("tcp", o.BindAddress)
+		if err != nil {
+			return eps, fmt.Errorf("OAuth endpoint: listen on %s: %w", o.BindAddress, err)
+		}
+		issuer := o.Issuer
+		if issuer == "" {
+			issuer = "https://" + advertisedAddress(o.BindAddress, lis.Addr())
+		}
+		as, err := oauth.New(oauth.Config{TrustDomain: s.cfg.TrustDomain, Issuer: issuer, Store: store, Keys: keys,
+			TokenTTL: o.TokenTTL, Clock: s.cfg.Clock, Logger: s.cfg.Logger.With(logkey.Component, "oauth")})
+		if err != nil {
+			lis.Close()
+			return eps, err
+		}
+		iss, _ := url.Parse(as.Issuer())
+		eps = append(eps, &httpEndpoint{name: "OAuth endpoint", logKey: "oauth_address", lis: lis, tls: true,
+			srv: newHTTPServer(as.Handler(publish.OIDCHandler(src, iss)), tlsConf), tasks: []endpointTask{{"OAuth state", as.Run}}})
+	}
 	// The bundle source runs with the first publishing endpoint.
-	eps[len(eps)-1].start = src.Run
+	eps[len(eps)-1].tasks = append(eps[len(eps)-1].tasks, endpointTask{"bundle source", src.Run})
 	return eps, nil
 }
 
@@ -184,6 +220,15 @@ func (c *Config) checkPublishing() error {
 		return errors.New("OIDC: give a certificate and key, or insecure HTTP, not both")
 	case o.BindAddress != "" && !o.InsecureHTTP && (o.CertFile == "" || o.KeyFile == ""):
 		return errors.New("OIDC discovery over HTTPS needs a certificate file and a key file (or insecure HTTP behind a TLS-terminating proxy)")
+	}
+	a := c.OAuth
+	switch {
+	case a.BindAddress == "" && (a.CertFile != "" || a.KeyFile != "" || a.Issuer != "" || a.TokenTTL != 0):
+		return errors.New("OAuth settings need the OAuth bind address")
+	case (a.CertFile == "") != (a.KeyFile == ""):
+		return errors.New("the OAuth endpoint needs both a certificate file and a key file, or neither (to serve the server's own SVID)")
+	case a.TokenTTL < 0 || (a.TokenTTL > 0 && a.TokenTTL < 10*time.Second) || a.TokenTTL > 24*time.Hour:
+		return fmt.Errorf("OAuth token TTL %s: want 10s to 24h", a.TokenTTL)
 	}
 	return nil
 }

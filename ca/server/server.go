@@ -99,6 +99,9 @@ type Config struct {
 	// discovery endpoint; each is off without a BindAddress.
 	Federation FederationConfig
 	OIDC       OIDCConfig
+	// OAuth configures the OAuth 2.0 authorization server (package
+	// oauth); off without a BindAddress.
+	OAuth OAuthConfig
 	// NodeAttestors are the node attestation methods enabled besides
 	// join tokens (built in cmd/ from configuration).
 	NodeAttestors []nodeapi.NodeAttestor
@@ -136,6 +139,22 @@ type OIDCConfig struct {
 	CertFile     string
 	KeyFile      string
 	InsecureHTTP bool
+}
+
+// OAuthConfig configures the OAuth 2.0 authorization server.
+type OAuthConfig struct {
+	BindAddress string
+	// Issuer is the issuer URL (an https origin) that clients reach the
+	// endpoints at; by default https://BindAddress (with the port bound
+	// if BindAddress has port 0).
+	Issuer string
+	// CertFile and KeyFile, if set, are the HTTPS certificate (reloaded
+	// when they change); by default the server's own X.509-SVID serves.
+	CertFile string
+	KeyFile  string
+	// TokenTTL is the longest lifetime of an access token
+	// (oauth.DefaultTokenTTL if zero).
+	TokenTTL time.Duration
 }
 
 // Server is a CA server.
@@ -313,6 +332,7 @@ func (s *Server) Run(ctx context.Context) error {
 		AdminIDs:            s.cfg.AdminIDs,
 		Backup:              &backuper{store: store, dir: dir, td: s.cfg.TrustDomain, serverID: serverID, keyManager: cmp.Or(s.cfg.Keys.KeyManager, KeyManagerDisk), clock: s.cfg.Clock},
 		Metrics:             s.cfg.Metrics,
+		OAuthTokenTTL:       s.cfg.OAuth.TokenTTL,
 	})
 	if err != nil {
 		return err
@@ -352,7 +372,7 @@ func (s *Server) Run(ctx context.Context) error {
 		registerAdmin(remoteGRPC)
 	}
 
-	endpoints, err := s.httpEndpoints(store, nodeSvc, audit, serverID)
+	endpoints, err := s.httpEndpoints(store, nodeSvc, km, audit, serverID)
 	if err != nil {
 		return err
 	}
@@ -371,6 +391,7 @@ func (s *Server) Run(ctx context.Context) error {
 	g.Go("node API", nodeSvc.Run)
 	g.Go("server registry", reg.run)
 	g.Go("federation", fetcher.Run)
+	g.Go("datastore pruning", (&pruner{store: store, clock: s.cfg.Clock, log: log}).run)
 	select {
 	case <-nodeSvc.Ready():
 	case <-g.Done():
@@ -391,8 +412,8 @@ func (s *Server) Run(ctx context.Context) error {
 		readyAttrs = append(readyAttrs, "admin_address", remoteLis.Addr().String())
 	}
 	for _, ep := range endpoints {
-		if ep.start != nil {
-			g.Go(ep.name+" bundle source", ep.start)
+		for _, t := range ep.tasks {
+			g.Go(t.name, t.run)
 		}
 		g.Serve(ep.name, ep.lis.Addr().String(), ep.serve, ep.shutdown)
 		readyAttrs = append(readyAttrs, ep.logKey, ep.lis.Addr().String())

@@ -230,3 +230,66 @@ func (s *measuredStore) Snapshot(ctx context.Context) (*datastore.Snapshot, erro
 	s.done("Snapshot", t, err, nil)
 	return r, err
 }
+
+func (s *measuredStore) PutOAuthClient(ctx context.Context, c *datastore.OAuthClient) error {
+	t := s.clk.Now()
+	err := s.Store.PutOAuthClient(ctx, c)
+	s.done("PutOAuthClient", t, err, nil)
+	return err
+}
+
+func (s *measuredStore) FetchOAuthClient(ctx context.Context, id spiffeid.ID) (*datastore.OAuthClient, error) {
+	t := s.clk.Now()
+	r, err := s.Store.FetchOAuthClient(ctx, id)
+	s.done("FetchOAuthClient", t, err, nil)
+	return r, err
+}
+
+func (s *measuredStore) ListOAuthClients(ctx context.Context) ([]*datastore.OAuthClient, error) {
+	t := s.clk.Now()
+	r, err := s.Store.ListOAuthClients(ctx)
+	s.done("ListOAuthClients", t, err, nil)
+	return r, err
+}
+
+func (s *measuredStore) DeleteOAuthClient(ctx context.Context, id spiffeid.ID) error {
+	t := s.clk.Now()
+	err := s.Store.DeleteOAuthClient(ctx, id)
+	s.done("DeleteOAuthClient", t, err, nil)
+	return err
+}
+
+func (s *measuredStore) UseClientAssertion(ctx context.Context, hash string, expiresAt time.Time) error {
+	t := s.clk.Now()
+	err := s.Store.UseClientAssertion(ctx, hash, expiresAt)
+	s.done("UseClientAssertion", t, err, nil)
+	return err
+}
+
+func (s *measuredStore) PruneClientAssertions(ctx context.Context, now time.Time) (int, error) {
+	t := s.clk.Now()
+	r, err := s.Store.PruneClientAssertions(ctx, now)
+	s.done("PruneClientAssertions", t, err, nil)
+	return r, err
+}
+
+func (s *measuredStore) PutRevocation(ctx context.Context, r *datastore.Revocation) error {
+	t := s.clk.Now()
+	err := s.Store.PutRevocation(ctx, r)
+	s.done("PutRevocation", t, err, nil)
+	return err
+}
+
+func (s *measuredStore) ListRevocations(ctx context.Context, now time.Time) ([]*datastore.Revocation, error) {
+	t := s.clk.Now()
+	r, err := s.Store.ListRevocations(ctx, now)
+	s.done("ListRevocations", t, err, nil)
+	return r, err
+}
+
+func (s *measuredStore) PruneRevocations(ctx context.Context, now time.Time) (int, error) {
+	t := s.clk.Now()
+	r, err := s.Store.PruneRevocations(ctx, now)
+	s.done("PruneRevocations", t, err, nil)
+	return r, err
+}

@@ -3,6 +3,7 @@
 //
 //	go run ./cmd/writ-bench --out bench-results   # make bench (a few minutes)
 //	go run ./cmd/writ-bench --smoke --out DIR     # make bench-smoke: every figure, no timing checked
+//	go run ./cmd/writ-bench --only limits,oauth --out DIR # the limits and the OAuth figures only
 //
 // It builds cmd/writ once (or takes --writ-bin), starts real `writ server
 // run` and `writ agent run` processes in a temporary directory, and
@@ -20,7 +21,11 @@
 //   - server and agent memory idle, at 1,000 and 10,000 entries, and per
 //     open Workload API stream (10,000 streams from a child process);
 //   - registration rates through the admin API and `writ entry create
-//     --file`.
+//     --file`;
+//   - OAuth: local validation of access tokens in workloadapi/authz per
+//     core (remembered and in full) against a raw ES256 verification, the
+//     time from a revocation to its effect on another agent's
+//     RevocationService, and the token endpoint's issuance rate over mTLS.
 //
 // The stub and the agent are measured alternately, in rounds, for the same
 // total time, so that a change in the machine's speed affects both alike

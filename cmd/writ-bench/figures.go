@@ -270,7 +270,7 @@ func catalogue(cfg Config) []*Figure {
 		add("writ."+sc+".cpu_per_call", unitUS, "CPU time (user and system) of the server and agent processes per call of writ."+sc+", warm-ups included: what a call costs the machine, whatever else runs on it", nil, nil)
 	}
 	jwksFigures(add)
-	return fs
+	return append(fs, oauthFigures(cfg)...)
 }
 
 // count formats n with thousands separators.

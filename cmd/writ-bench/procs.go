@@ -117,10 +117,12 @@ type logWatch struct {
 	file *os.File
 	tail *tailBuffer
 
-	mu       sync.Mutex // guards partial, bindAddr, signed, signLines
+	mu       sync.Mutex // guards partial, bindAddr, oauthAddr, signed, signLines
 	partial  []byte
 	bindAddr string
-	signed   int
+	// oauthAddr is the OAuth endpoint's address, if the server has one.
+	oauthAddr string
+	signed    int
 	// signLines counts "X.509-SVIDs signed" records: with none, the log
 	// format has changed and signed means nothing.
 	signLines int
@@ -152,6 +154,7 @@ func (w *logWatch) parse(line []byte) {
 	var rec struct {
 		Msg         string `json:"msg"`
 		BindAddress string `json:"bind_address"`
+		OAuth       string `json:"oauth_address"`
 		Signed      *int   `json:"signed"`
 		ToSign      int    `json:"to_sign"`
 		New         int    `json:"new"`
@@ -162,7 +165,7 @@ func (w *logWatch) parse(line []byte) {
 	}
 	switch rec.Msg {
 	case "server ready":
-		w.bindAddr = rec.BindAddress
+		w.bindAddr, w.oauthAddr = rec.BindAddress, rec.OAuth
 	case "entries synced":
 		w.synced += rec.ToSign + rec.New + rec.Backlog
 	case "X.509-SVIDs signed":
@@ -177,6 +180,12 @@ func (w *logWatch) bindAddress() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	return w.bindAddr
+}
+
+func (w *logWatch) oauthAddress() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.oauthAddr
 }
 
 // syncedCount returns how many new or unsigned entries the agent logged

@@ -393,6 +393,7 @@ func renderReport(r *Results, charts []Chart) string {
 
 	renderLifecycle(w, r)
 	renderJWKS(w, r)
+	renderOAuth(w, r)
 
 	if missing := r.missing(); len(missing) > 0 {
 		w.p("## Not available")

@@ -49,6 +49,14 @@ func (b *bench) phases(ctx context.Context, o Options) {
 	if ctx.Err() != nil {
 		return
 	}
+	if b.selected("oauth") {
+		if err := b.measureOAuthValidation(ctx); err != nil {
+			b.fail(err, "oauth.validate.")
+		}
+	}
+	if ctx.Err() != nil {
+		return
+	}
 	var wlErr error
 	if b.selected("calls") {
 		wlErr = b.measureCalls(ctx, bin, buildErr)
@@ -57,7 +65,7 @@ func (b *bench) phases(ctx context.Context, o Options) {
 		return
 	}
 	if buildErr != nil {
-		b.fail(buildErr, append([]string{"propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.", "template.", "lifecycle.", "jwks."}, pgPrefixes...)...)
+		b.fail(buildErr, append([]string{"propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.", "template.", "lifecycle.", "jwks.", "oauth.revocation.", "oauth.issue."}, pgPrefixes...)...)
 		return
 	}
 	if b.selected("scale") {
@@ -95,13 +103,16 @@ func (b *bench) phases(ctx context.Context, o Options) {
 	if b.selected("lifecycle") {
 		b.measureLifecycle(ctx, bin)
 	}
+	if b.selected("oauth") {
+		b.measureOAuthServer(ctx, bin)
+	}
 	if b.selected("postgres") {
 		b.measurePostgres(ctx, bin)
 	}
 }
 
 // phaseNames are the phases --only selects from, in run order.
-var phaseNames = []string{"limits", "calls", "scale", "cli", "backlog", "templates", "jwks", "lifecycle", "postgres"}
+var phaseNames = []string{"limits", "calls", "scale", "cli", "backlog", "templates", "jwks", "lifecycle", "oauth", "postgres"}
 
 // selected tells whether a phase runs: every phase unless --only names
 // some.
@@ -270,9 +281,9 @@ func (w *writEnv) close() {
 
 // startServer starts `writ server run` on dataDir and returns it with the
 // address of its node API.
-func (b *bench) startServer(ctx context.Context, bin, name, dataDir string) (*writProc, string, error) {
-	p, err := b.startWrit(bin, name, nil, "server", "run", "--trust-domain", benchTD.Name(), "--data-dir", dataDir,
-		"--bind-address", "127.0.0.1:0", "--log-format", "json", "--log-level", "info")
+func (b *bench) startServer(ctx context.Context, bin, name, dataDir string, extra ...string) (*writProc, string, error) {
+	p, err := b.startWrit(bin, name, nil, append([]string{"server", "run", "--trust-domain", benchTD.Name(), "--data-dir", dataDir,
+		"--bind-address", "127.0.0.1:0", "--log-format", "json", "--log-level", "info"}, extra...)...)
 	if err != nil {
 		return nil, "", err
 	}

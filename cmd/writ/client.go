@@ -198,6 +198,7 @@ type adminClient struct {
 	ca      adminv1.CAServiceClient
 
 	federations adminv1.FederationServiceClient
+	oauth       adminv1.OAuthServiceClient
 
 	mu sync.Mutex // guards dialErr
 	// dialErr is the last error connecting to the socket, reported in
@@ -249,6 +250,7 @@ func (c *adminClient) setConn(conn *grpc.ClientConn) {
 	c.servers = adminv1.NewServerServiceClient(conn)
 	c.ca = adminv1.NewCAServiceClient(conn)
 	c.federations = adminv1.NewFederationServiceClient(conn)
+	c.oauth = adminv1.NewOAuthServiceClient(conn)
 }
 
 // Close closes the connection.

@@ -105,6 +105,10 @@ func devCommand() *cli.Command {
 			&cli.StringFlag{Name: "socket-path", Usage: "`PATH` of the Workload API socket, outside the data dir", DefaultText: "/tmp/writ-dev-<uid>/public/api.sock", TakesFile: true},
 			&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json"},
 			&cli.StringFlag{Name: "log-level", Value: "warn", Usage: "log level: debug, info, warn or error"},
+			&cli.StringFlag{Name: "oauth-bind-address", Usage: "host:port of the server's OAuth 2.0 endpoints (off when empty; see writ server run)"},
+			&cli.StringFlag{Name: "oauth-issuer", Usage: "https origin of the OAuth endpoints (default: https://<oauth bind address>)"},
+			&cli.StringFlag{Name: "oauth-cert", Usage: "PEM `FILE` of the OAuth endpoints' certificate chain (default: the server's own X.509-SVID)", TakesFile: true},
+			&cli.StringFlag{Name: "oauth-key", Usage: "PEM `FILE` of the OAuth endpoints' private key", TakesFile: true},
 		},
 		Action: devRun,
 	}
@@ -122,6 +126,7 @@ type devEnv struct {
 	userID      spiffeid.ID
 	uid         int
 	log         *slog.Logger
+	oauth       server.OAuthConfig
 }
 
 func devRun(c *cli.Context) error {
@@ -182,6 +187,7 @@ func newDevEnv(c *cli.Context) (*devEnv, error) {
 		return nil, usagef(c, "--socket-path: %v", err)
 	}
 	env := &devEnv{
+		oauth:       server.OAuthConfig{BindAddress: c.String("oauth-bind-address"), Issuer: c.String("oauth-issuer"), CertFile: c.String("oauth-cert"), KeyFile: c.String("oauth-key")},
 		td:          td,
 		dataDir:     dataDir,
 		serverDir:   filepath.Join(dataDir, devServerDir),
@@ -241,6 +247,7 @@ func (env *devEnv) run(ctx context.Context, out io.Writer) error {
 		DataDir:     env.serverDir,
 		BindAddress: addr,
 		Logger:      env.log.With("component", "server"),
+		OAuth:       env.oauth,
 	})
 	if err != nil {
 		return err

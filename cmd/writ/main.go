@@ -61,7 +61,7 @@ func newApp(stdin io.Reader, stdout, stderr io.Writer) *cli.App {
 	// `server` is defined in server.go (serverCommand); `agent` in
 	// agent.go, where further agent subcommands (such as `agent run`) are
 	// appended to agentCommand's Subcommands.
-	app.Commands = []*cli.Command{serverCommand(), entryCommand(), agentCommand(), tokenCommand(), bundleCommand(), federationCommand(), caCommand(), svidCommand(), jwtCommand(), helperCommand(), devCommand(), versionCommand(), completionCommand()}
+	app.Commands = []*cli.Command{serverCommand(), entryCommand(), agentCommand(), tokenCommand(), bundleCommand(), federationCommand(), caCommand(), svidCommand(), jwtCommand(), helperCommand(), devCommand(), versionCommand(), completionCommand(), oauthCommand()}
 	// ------------------------------------------------------------------
 
 	app.OnUsageError = onUsageError

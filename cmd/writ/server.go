@@ -47,6 +47,7 @@ func serverCommand() *cli.Command {
 	flags = append(flags, keyFlags()...)
 	flags = append(flags, uiFlags()...)
 	flags = append(flags, publishFlags()...)
+	flags = append(flags, oauthServerFlags()...)
 	flags = append(flags, serverNodeAttestFlags()...)
 	flags = append(flags, observeFlags("WRIT_")...)
 	return &cli.Command{
@@ -170,6 +171,7 @@ func serverRun(c *cli.Context) error {
 		JWTIssuer:          jwtIssuer,
 		Federation:         federation,
 		OIDC:               oidc,
+		OAuth:              oauthServerConfig(c),
 		TrustDomain:        td,
 		DataDir:            c.String("data-dir"),
 		BindAddress:        c.String("bind-address"),

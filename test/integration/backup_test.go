@@ -23,6 +23,8 @@ func TestIntegrationBackupRestore(t *testing.T) {
 	a := startAgent(t, e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token(agentID))
 	e.entry("spiffe://example.org/web", agentID)
 	waitSVIDs(t, a, []string{"spiffe://example.org/web"})
+	e.server.admin("oauth", "client", "create", "--spiffe-id", "spiffe://example.org/web", "--audience", "orders", "--scope", "read")
+	e.server.admin("oauth", "revoke", "--client-id", "spiffe://example.org/web")
 	bundle := e.server.admin("bundle", "show")
 
 	file := filepath.Join(e.dir, "writ.backup")
@@ -67,6 +69,9 @@ func TestIntegrationBackupRestore(t *testing.T) {
 	}
 	if ids := entryIDsOf(t, s); !slices.Equal(ids, []string{"spiffe://example.org/web"}) {
 		t.Fatalf("restored entries: %v", ids)
+	}
+	if out := s.admin("oauth", "client", "show", "--spiffe-id", "spiffe://example.org/web"); !strings.Contains(out, "orders") || !strings.Contains(out, "read") {
+		t.Fatalf("restored OAuth client: %q", out)
 	}
 	e.server = s
 	if ids := e.agentIDs(); !slices.Equal(ids, []string{agentID}) {

@@ -83,6 +83,34 @@
 // every request. Invalid tokens are never remembered, so a flood of bad
 // tokens costs full validations, as without the cache.
 //
+// # OAuth 2.0 access tokens (HTTP and gRPC)
+//
+//	a, err := authz.NewAccessTokenAuthorizer(authz.AccessTokenConfig{
+//		Bundles:     bundleSrc, // go-spiffe workloadapi.BundleSource
+//		Audience:    []string{"https://orders.example.org"},
+//		Scopes:      []string{"orders:read"},
+//		Revocations: revoked, // a revocationapi.Client following the agent
+//	})
+//	http.Handle("/orders", a.Middleware(h)) // in h: tok, _ := authz.AccessTokenFrom(r.Context())
+//
+// An AccessTokenAuthorizer validates the RFC 9068 access tokens Writ's
+// server issues, locally: ca/jwtsvid's validation with the access-token
+// profile (allowed algorithm and header, key by kid in the bundle of the
+// subject's trust domain, signature first, exp, nbf and iat with
+// jwtsvid.Leeway, aud) and typ at+jwt required, so that a JWT-SVID is
+// not accepted as an access token; then iss (if configured), client_id,
+// jti and iat present, act well formed, the certificate binding (a cnf
+// claim must hold x5t#S256 equal to the SHA-256 of the request's TLS
+// client certificate: a bound token presented without that certificate
+// is refused), the revocation list (by jti, or by sub or client_id
+// revoked at or after iat), and last the required scopes. HTTP answers
+// 401 with error="invalid_token" for any invalid token and 403 with
+// error="insufficient_scope" and the scopes required for a missing
+// scope (RFC 6750 §3.1); gRPC, Unauthenticated and PermissionDenied. The
+// verified claims (AccessToken: sub, client_id, scopes, act...) are in
+// the context. Tokens are remembered as for JWT-SVIDs; the binding and
+// the revocation list are checked on every request.
+//
 // # Caveats
 //
 //   - Bearer tokens are replayable until they expire by anyone who sees

@@ -94,6 +94,8 @@ type Server struct {
 	// signDelay delays BatchSignX509SVID and SignJWTSVID.
 	signDelay time.Duration
 	failSign  error
+	// revocations are sent in full Sync messages (see Revoke).
+	revocations []*nodev1.Revocation
 }
 
 // keySet is what the server signs with and publishes. Never modified.
@@ -456,6 +458,15 @@ func (s *Server) Store(es ...*nodev1.Entry) {
 	}
 }
 
+// Revoke adds revocations to those of full Sync messages and sends them
+// to open streams in a message of their own.
+func (s *Server) Revoke(rs ...*nodev1.Revocation) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.revocations = append(s.revocations, rs...)
+	s.pushLocked(&nodev1.SyncResponse{Revocations: rs})
+}
+
 // Push sends msg as is to open Sync streams (entries are not recorded).
 func (s *Server) Push(msg *nodev1.SyncResponse) {
 	s.mu.Lock()
@@ -581,6 +592,7 @@ func (s *Server) Sync(_ *nodev1.SyncRequest, stream grpc.ServerStreamingServer[n
 	for _, e := range s.entries {
 		full.Entries = append(full.Entries, e)
 	}
+	full.Revocations = slices.Clone(s.revocations)
 	// In entry ID order, so that tests know which entries come last.
 	slices.SortFunc(full.Entries, func(a, b *nodev1.Entry) int { return strings.Compare(a.GetId(), b.GetId()) })
 	s.streams[ch] = struct{}{}

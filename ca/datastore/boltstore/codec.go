@@ -388,7 +388,7 @@ func decodeEvent(rev uint64, b []byte) (datastore.Event, error) {
 		if ev.Entry != nil && ev.Entry.ID != ev.Key {
 			return datastore.Event{}, fmt.Errorf("%w: entry event key differs from entry ID", errDecode)
 		}
-	case datastore.EventAgent, datastore.EventBundle:
+	case datastore.EventAgent, datastore.EventBundle, datastore.EventRevocation:
 		if ev.Entry != nil {
 			return datastore.Event{}, fmt.Errorf("%w: non-entry event carries an entry", errDecode)
 		}

@@ -61,6 +61,9 @@ const (
 //	ca_keys               ID -> CA key record
 //	servers               server ID -> server record
 //	federations           trust domain -> federation relationship (JSON)
+//	oauth_clients         SPIFFE ID -> OAuth client (JSON)
+//	client_assertions     hash -> expiry (unix nanoseconds, big endian)
+//	revocations           datastore.RevocationKey -> revocation (JSON)
 //	meta                  format, revision, pruned
 var (
 	bucketMeta       = []byte("meta")
@@ -80,6 +83,10 @@ var (
 	bucketServers = []byte("servers")
 	// bucketFederations came after bucketServers, the same way.
 	bucketFederations = []byte("federations")
+	// The OAuth buckets came after bucketFederations, the same way.
+	bucketOAuthClients     = []byte("oauth_clients")
+	bucketClientAssertions = []byte("client_assertions")
+	bucketRevocations      = []byte("revocations")
 
 	allBuckets = [][]byte{
 		bucketMeta, bucketEntries, bucketEntryIDs, bucketBySPIFFEID, bucketByParentID,
@@ -87,7 +94,7 @@ var (
 		bucketBundles, bucketCAKeys, bucketEvents,
 	}
 	// addedBuckets are created by Open in files that lack them.
-	addedBuckets = [][]byte{bucketServers, bucketFederations}
+	addedBuckets = [][]byte{bucketServers, bucketFederations, bucketOAuthClients, bucketClientAssertions, bucketRevocations}
 )
 
 // Keys of the meta bucket.
@@ -472,8 +479,9 @@ type reader struct {
 	// servers is nil only while Open verifies a file made before it
 	// existed.
 	servers *bbolt.Bucket
-	// federations is nil in the same case.
-	federations *bbolt.Bucket
+	// federations and the OAuth buckets are nil in the same case.
+	federations                                 *bbolt.Bucket
+	oauthClients, clientAssertions, revocations *bbolt.Bucket
 }
 
 func newReader(ctx context.Context, tx *bbolt.Tx) (*reader, error) {
@@ -501,6 +509,9 @@ func newReader(ctx context.Context, tx *bbolt.Tx) (*reader, error) {
 	}
 	r.servers = tx.Bucket(bucketServers)
 	r.federations = tx.Bucket(bucketFederations)
+	r.oauthClients = tx.Bucket(bucketOAuthClients)
+	r.clientAssertions = tx.Bucket(bucketClientAssertions)
+	r.revocations = tx.Bucket(bucketRevocations)
 	return r, nil
 }
 

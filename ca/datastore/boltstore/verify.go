@@ -203,8 +203,14 @@ func (r *reader) verify() error {
 		}
 		return nil
 	})
-	if err != nil || r.servers == nil {
+	if err != nil {
 		return err
+	}
+	if err := r.verifyOAuth(); err != nil {
+		return err
+	}
+	if r.servers == nil {
+		return nil
 	}
 	return r.servers.ForEach(func(k, v []byte) error {
 		srv, err := decodeServer(v)

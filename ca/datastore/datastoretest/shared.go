@@ -37,6 +37,8 @@ func RunShared(t *testing.T, newPair NewPairFunc) {
 		{"UpdateAgentAcross", testUpdateAgentAcross},
 		{"UpdateEntryAcross", testUpdateEntryFields},
 		{"RevisionsInCommitOrderAcross", testRevisionsInCommitOrder},
+		{"UseClientAssertionAcross", testUseClientAssertionRace},
+		{"RevocationSeenByOther", testRevocationSeenByOther},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

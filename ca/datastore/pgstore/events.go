@@ -75,7 +75,7 @@ func (s *Store) Events(ctx context.Context, after uint64, limit int) ([]datastor
 					return corrupt(fmt.Sprintf("event %d", ev.Revision), err)
 				}
 				ev.Entry = e
-			case ev.Kind != datastore.EventEntry && ev.Kind != datastore.EventAgent && ev.Kind != datastore.EventBundle:
+			case ev.Kind != datastore.EventEntry && ev.Kind != datastore.EventAgent && ev.Kind != datastore.EventBundle && ev.Kind != datastore.EventRevocation:
 				return fmt.Errorf("%w: event %d has unknown kind %d", datastore.ErrCorrupt, ev.Revision, ev.Kind)
 			}
 			out = append(out, ev)

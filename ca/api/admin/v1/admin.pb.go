@@ -2628,6 +2628,332 @@ func (x *ListFederationsResponse) GetFederations() []*Federation {
 	return nil
 }
 
+type OAuthClient struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	// Each list is sorted and without duplicates in responses; requests may
+	// give them in any order.
+	Audiences     []string `protobuf:"bytes,2,rep,name=audiences,proto3" json:"audiences,omitempty"`
+	Scopes        []string `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
+	CreatedAt     int64    `protobuf:"varint,4,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	UpdatedAt     int64    `protobuf:"varint,5,opt,name=updated_at,json=updatedAt,proto3" json:"updated_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OAuthClient) Reset() {
+	*x = OAuthClient{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[48]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OAuthClient) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OAuthClient) ProtoMessage() {}
+
+func (x *OAuthClient) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[48]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OAuthClient.ProtoReflect.Descriptor instead.
+func (*OAuthClient) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{48}
+}
+
+func (x *OAuthClient) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+func (x *OAuthClient) GetAudiences() []string {
+	if x != nil {
+		return x.Audiences
+	}
+	return nil
+}
+
+func (x *OAuthClient) GetScopes() []string {
+	if x != nil {
+		return x.Scopes
+	}
+	return nil
+}
+
+func (x *OAuthClient) GetCreatedAt() int64 {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return 0
+}
+
+func (x *OAuthClient) GetUpdatedAt() int64 {
+	if x != nil {
+		return x.UpdatedAt
+	}
+	return 0
+}
+
+type GetOAuthClientRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SpiffeId      string                 `protobuf:"bytes,1,opt,name=spiffe_id,json=spiffeId,proto3" json:"spiffe_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetOAuthClientRequest) Reset() {
+	*x = GetOAuthClientRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[49]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetOAuthClientRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetOAuthClientRequest) ProtoMessage() {}
+
+func (x *GetOAuthClientRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[49]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetOAuthClientRequest.ProtoReflect.Descriptor instead.
+func (*GetOAuthClientRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{49}
+}
+
+func (x *GetOAuthClientRequest) GetSpiffeId() string {
+	if x != nil {
+		return x.SpiffeId
+	}
+	return ""
+}
+
+type ListOAuthClientsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListOAuthClientsRequest) Reset() {
+	*x = ListOAuthClientsRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[50]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListOAuthClientsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListOAuthClientsRequest) ProtoMessage() {}
+
+func (x *ListOAuthClientsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[50]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListOAuthClientsRequest.ProtoReflect.Descriptor instead.
+func (*ListOAuthClientsRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{50}
+}
+
+type ListOAuthClientsResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Clients       []*OAuthClient         `protobuf:"bytes,1,rep,name=clients,proto3" json:"clients,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListOAuthClientsResponse) Reset() {
+	*x = ListOAuthClientsResponse{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[51]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListOAuthClientsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListOAuthClientsResponse) ProtoMessage() {}
+
+func (x *ListOAuthClientsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[51]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListOAuthClientsResponse.ProtoReflect.Descriptor instead.
+func (*ListOAuthClientsResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{51}
+}
+
+func (x *ListOAuthClientsResponse) GetClients() []*OAuthClient {
+	if x != nil {
+		return x.Clients
+	}
+	return nil
+}
+
+// Exactly one of jti and client_id.
+type RevokeOAuthTokensRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Jti   string                 `protobuf:"bytes,1,opt,name=jti,proto3" json:"jti,omitempty"`
+	// The client's SPIFFE ID.
+	ClientId      string `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RevokeOAuthTokensRequest) Reset() {
+	*x = RevokeOAuthTokensRequest{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[52]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RevokeOAuthTokensRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RevokeOAuthTokensRequest) ProtoMessage() {}
+
+func (x *RevokeOAuthTokensRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[52]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RevokeOAuthTokensRequest.ProtoReflect.Descriptor instead.
+func (*RevokeOAuthTokensRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{52}
+}
+
+func (x *RevokeOAuthTokensRequest) GetJti() string {
+	if x != nil {
+		return x.Jti
+	}
+	return ""
+}
+
+func (x *RevokeOAuthTokensRequest) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+type OAuthRevocation struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Jti       string                 `protobuf:"bytes,1,opt,name=jti,proto3" json:"jti,omitempty"`
+	ClientId  string                 `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	RevokedAt int64                  `protobuf:"varint,3,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	// When every token the revocation matches has expired; it is dropped
+	// from the revocation list then.
+	ExpiresAt     int64 `protobuf:"varint,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *OAuthRevocation) Reset() {
+	*x = OAuthRevocation{}
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[53]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *OAuthRevocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*OAuthRevocation) ProtoMessage() {}
+
+func (x *OAuthRevocation) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_admin_v1_admin_proto_msgTypes[53]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use OAuthRevocation.ProtoReflect.Descriptor instead.
+func (*OAuthRevocation) Descriptor() ([]byte, []int) {
+	return file_ca_api_admin_v1_admin_proto_rawDescGZIP(), []int{53}
+}
+
+func (x *OAuthRevocation) GetJti() string {
+	if x != nil {
+		return x.Jti
+	}
+	return ""
+}
+
+func (x *OAuthRevocation) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *OAuthRevocation) GetRevokedAt() int64 {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return 0
+}
+
+func (x *OAuthRevocation) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
 var File_ca_api_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
@@ -2801,7 +3127,30 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\ftrust_domain\x18\x01 \x01(\tR\vtrustDomain\"\x18\n" +
 	"\x16ListFederationsRequest\"V\n" +
 	"\x17ListFederationsResponse\x12;\n" +
-	"\vfederations\x18\x01 \x03(\v2\x19.writ.admin.v1.FederationR\vfederations2\x88\x04\n" +
+	"\vfederations\x18\x01 \x03(\v2\x19.writ.admin.v1.FederationR\vfederations\"\x9e\x01\n" +
+	"\vOAuthClient\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\x12\x1c\n" +
+	"\taudiences\x18\x02 \x03(\tR\taudiences\x12\x16\n" +
+	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x12\x1d\n" +
+	"\n" +
+	"created_at\x18\x04 \x01(\x03R\tcreatedAt\x12\x1d\n" +
+	"\n" +
+	"updated_at\x18\x05 \x01(\x03R\tupdatedAt\"4\n" +
+	"\x15GetOAuthClientRequest\x12\x1b\n" +
+	"\tspiffe_id\x18\x01 \x01(\tR\bspiffeId\"\x19\n" +
+	"\x17ListOAuthClientsRequest\"P\n" +
+	"\x18ListOAuthClientsResponse\x124\n" +
+	"\aclients\x18\x01 \x03(\v2\x1a.writ.admin.v1.OAuthClientR\aclients\"I\n" +
+	"\x18RevokeOAuthTokensRequest\x12\x10\n" +
+	"\x03jti\x18\x01 \x01(\tR\x03jti\x12\x1b\n" +
+	"\tclient_id\x18\x02 \x01(\tR\bclientId\"~\n" +
+	"\x0fOAuthRevocation\x12\x10\n" +
+	"\x03jti\x18\x01 \x01(\tR\x03jti\x12\x1b\n" +
+	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x1d\n" +
+	"\n" +
+	"revoked_at\x18\x03 \x01(\x03R\trevokedAt\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\x03R\texpiresAt2\x88\x04\n" +
 	"\fEntryService\x12c\n" +
 	"\x10BatchCreateEntry\x12&.writ.admin.v1.BatchCreateEntryRequest\x1a'.writ.admin.v1.BatchCreateEntryResponse\x12@\n" +
 	"\bGetEntry\x12\x1e.writ.admin.v1.GetEntryRequest\x1a\x14.writ.admin.v1.Entry\x12V\n" +
@@ -2841,7 +3190,14 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\rGetFederation\x12#.writ.admin.v1.GetFederationRequest\x1a\x19.writ.admin.v1.Federation\x12`\n" +
 	"\x0fListFederations\x12%.writ.admin.v1.ListFederationsRequest\x1a&.writ.admin.v1.ListFederationsResponse\x12R\n" +
 	"\x10DeleteFederation\x12#.writ.admin.v1.GetFederationRequest\x1a\x19.writ.admin.v1.Federation\x12S\n" +
-	"\x11RefreshFederation\x12#.writ.admin.v1.GetFederationRequest\x1a\x19.writ.admin.v1.FederationB'Z%writ.dev/writ/ca/api/admin/v1;adminv1b\x06proto3"
+	"\x11RefreshFederation\x12#.writ.admin.v1.GetFederationRequest\x1a\x19.writ.admin.v1.Federation2\x96\x04\n" +
+	"\fOAuthService\x12K\n" +
+	"\x11CreateOAuthClient\x12\x1a.writ.admin.v1.OAuthClient\x1a\x1a.writ.admin.v1.OAuthClient\x12K\n" +
+	"\x11UpdateOAuthClient\x12\x1a.writ.admin.v1.OAuthClient\x1a\x1a.writ.admin.v1.OAuthClient\x12R\n" +
+	"\x0eGetOAuthClient\x12$.writ.admin.v1.GetOAuthClientRequest\x1a\x1a.writ.admin.v1.OAuthClient\x12c\n" +
+	"\x10ListOAuthClients\x12&.writ.admin.v1.ListOAuthClientsRequest\x1a'.writ.admin.v1.ListOAuthClientsResponse\x12U\n" +
+	"\x11DeleteOAuthClient\x12$.writ.admin.v1.GetOAuthClientRequest\x1a\x1a.writ.admin.v1.OAuthClient\x12\\\n" +
+	"\x11RevokeOAuthTokens\x12'.writ.admin.v1.RevokeOAuthTokensRequest\x1a\x1e.writ.admin.v1.OAuthRevocationB'Z%writ.dev/writ/ca/api/admin/v1;adminv1b\x06proto3"
 
 var (
 	file_ca_api_admin_v1_admin_proto_rawDescOnce sync.Once
@@ -2855,7 +3211,7 @@ func file_ca_api_admin_v1_admin_proto_rawDescGZIP() []byte {
 	return file_ca_api_admin_v1_admin_proto_rawDescData
 }
 
-var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_ca_api_admin_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 54)
 var file_ca_api_admin_v1_admin_proto_goTypes = []any{
 	(*Entry)(nil),                         // 0: writ.admin.v1.Entry
 	(*Status)(nil),                        // 1: writ.admin.v1.Status
@@ -2905,6 +3261,12 @@ var file_ca_api_admin_v1_admin_proto_goTypes = []any{
 	(*GetFederationRequest)(nil),          // 45: writ.admin.v1.GetFederationRequest
 	(*ListFederationsRequest)(nil),        // 46: writ.admin.v1.ListFederationsRequest
 	(*ListFederationsResponse)(nil),       // 47: writ.admin.v1.ListFederationsResponse
+	(*OAuthClient)(nil),                   // 48: writ.admin.v1.OAuthClient
+	(*GetOAuthClientRequest)(nil),         // 49: writ.admin.v1.GetOAuthClientRequest
+	(*ListOAuthClientsRequest)(nil),       // 50: writ.admin.v1.ListOAuthClientsRequest
+	(*ListOAuthClientsResponse)(nil),      // 51: writ.admin.v1.ListOAuthClientsResponse
+	(*RevokeOAuthTokensRequest)(nil),      // 52: writ.admin.v1.RevokeOAuthTokensRequest
+	(*OAuthRevocation)(nil),               // 53: writ.admin.v1.OAuthRevocation
 }
 var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	3,  // 0: writ.admin.v1.ListTemplateIssuedResponse.agents:type_name -> writ.admin.v1.TemplateIssued
@@ -2921,71 +3283,84 @@ var file_ca_api_admin_v1_admin_proto_depIdxs = []int32{
 	34, // 11: writ.admin.v1.RotateResponse.activated:type_name -> writ.admin.v1.Authority
 	44, // 12: writ.admin.v1.Federation.status:type_name -> writ.admin.v1.FederationStatus
 	43, // 13: writ.admin.v1.ListFederationsResponse.federations:type_name -> writ.admin.v1.Federation
-	5,  // 14: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
-	8,  // 15: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
-	9,  // 16: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
-	11, // 17: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
-	12, // 18: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
-	2,  // 19: writ.admin.v1.EntryService.ListTemplateIssued:input_type -> writ.admin.v1.ListTemplateIssuedRequest
-	14, // 20: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
-	16, // 21: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
-	17, // 22: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
-	18, // 23: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
-	19, // 24: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
-	20, // 25: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
-	22, // 26: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
-	23, // 27: writ.admin.v1.BundleService.SetFederatedBundle:input_type -> writ.admin.v1.SetFederatedBundleRequest
-	24, // 28: writ.admin.v1.BundleService.ListFederatedBundles:input_type -> writ.admin.v1.ListFederatedBundlesRequest
-	26, // 29: writ.admin.v1.BundleService.DeleteFederatedBundle:input_type -> writ.admin.v1.DeleteFederatedBundleRequest
-	32, // 30: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
-	30, // 31: writ.admin.v1.ServerService.Backup:input_type -> writ.admin.v1.BackupRequest
-	35, // 32: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
-	37, // 33: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
-	38, // 34: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
-	39, // 35: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
-	40, // 36: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
-	41, // 37: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
-	43, // 38: writ.admin.v1.FederationService.CreateFederation:input_type -> writ.admin.v1.Federation
-	43, // 39: writ.admin.v1.FederationService.UpdateFederation:input_type -> writ.admin.v1.Federation
-	45, // 40: writ.admin.v1.FederationService.GetFederation:input_type -> writ.admin.v1.GetFederationRequest
-	46, // 41: writ.admin.v1.FederationService.ListFederations:input_type -> writ.admin.v1.ListFederationsRequest
-	45, // 42: writ.admin.v1.FederationService.DeleteFederation:input_type -> writ.admin.v1.GetFederationRequest
-	45, // 43: writ.admin.v1.FederationService.RefreshFederation:input_type -> writ.admin.v1.GetFederationRequest
-	7,  // 44: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
-	0,  // 45: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
-	10, // 46: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
-	0,  // 47: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
-	0,  // 48: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
-	4,  // 49: writ.admin.v1.EntryService.ListTemplateIssued:output_type -> writ.admin.v1.ListTemplateIssuedResponse
-	15, // 50: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
-	13, // 51: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
-	13, // 52: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
-	13, // 53: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
-	13, // 54: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
-	21, // 55: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
-	28, // 56: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
-	28, // 57: writ.admin.v1.BundleService.SetFederatedBundle:output_type -> writ.admin.v1.GetBundleResponse
-	25, // 58: writ.admin.v1.BundleService.ListFederatedBundles:output_type -> writ.admin.v1.ListFederatedBundlesResponse
-	27, // 59: writ.admin.v1.BundleService.DeleteFederatedBundle:output_type -> writ.admin.v1.DeleteFederatedBundleResponse
-	33, // 60: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
-	31, // 61: writ.admin.v1.ServerService.Backup:output_type -> writ.admin.v1.BackupChunk
-	36, // 62: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
-	34, // 63: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
-	34, // 64: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
-	34, // 65: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
-	34, // 66: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
-	42, // 67: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
-	43, // 68: writ.admin.v1.FederationService.CreateFederation:output_type -> writ.admin.v1.Federation
-	43, // 69: writ.admin.v1.FederationService.UpdateFederation:output_type -> writ.admin.v1.Federation
-	43, // 70: writ.admin.v1.FederationService.GetFederation:output_type -> writ.admin.v1.Federation
-	47, // 71: writ.admin.v1.FederationService.ListFederations:output_type -> writ.admin.v1.ListFederationsResponse
-	43, // 72: writ.admin.v1.FederationService.DeleteFederation:output_type -> writ.admin.v1.Federation
-	43, // 73: writ.admin.v1.FederationService.RefreshFederation:output_type -> writ.admin.v1.Federation
-	44, // [44:74] is the sub-list for method output_type
-	14, // [14:44] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	48, // 14: writ.admin.v1.ListOAuthClientsResponse.clients:type_name -> writ.admin.v1.OAuthClient
+	5,  // 15: writ.admin.v1.EntryService.BatchCreateEntry:input_type -> writ.admin.v1.BatchCreateEntryRequest
+	8,  // 16: writ.admin.v1.EntryService.GetEntry:input_type -> writ.admin.v1.GetEntryRequest
+	9,  // 17: writ.admin.v1.EntryService.ListEntries:input_type -> writ.admin.v1.ListEntriesRequest
+	11, // 18: writ.admin.v1.EntryService.UpdateEntry:input_type -> writ.admin.v1.UpdateEntryRequest
+	12, // 19: writ.admin.v1.EntryService.DeleteEntry:input_type -> writ.admin.v1.DeleteEntryRequest
+	2,  // 20: writ.admin.v1.EntryService.ListTemplateIssued:input_type -> writ.admin.v1.ListTemplateIssuedRequest
+	14, // 21: writ.admin.v1.AgentService.ListAgents:input_type -> writ.admin.v1.ListAgentsRequest
+	16, // 22: writ.admin.v1.AgentService.GetAgent:input_type -> writ.admin.v1.GetAgentRequest
+	17, // 23: writ.admin.v1.AgentService.EvictAgent:input_type -> writ.admin.v1.EvictAgentRequest
+	18, // 24: writ.admin.v1.AgentService.BanAgent:input_type -> writ.admin.v1.BanAgentRequest
+	19, // 25: writ.admin.v1.AgentService.UnbanAgent:input_type -> writ.admin.v1.UnbanAgentRequest
+	20, // 26: writ.admin.v1.JoinTokenService.GenerateJoinToken:input_type -> writ.admin.v1.GenerateJoinTokenRequest
+	22, // 27: writ.admin.v1.BundleService.GetBundle:input_type -> writ.admin.v1.GetBundleRequest
+	23, // 28: writ.admin.v1.BundleService.SetFederatedBundle:input_type -> writ.admin.v1.SetFederatedBundleRequest
+	24, // 29: writ.admin.v1.BundleService.ListFederatedBundles:input_type -> writ.admin.v1.ListFederatedBundlesRequest
+	26, // 30: writ.admin.v1.BundleService.DeleteFederatedBundle:input_type -> writ.admin.v1.DeleteFederatedBundleRequest
+	32, // 31: writ.admin.v1.ServerService.ListServers:input_type -> writ.admin.v1.ListServersRequest
+	30, // 32: writ.admin.v1.ServerService.Backup:input_type -> writ.admin.v1.BackupRequest
+	35, // 33: writ.admin.v1.CAService.ListAuthorities:input_type -> writ.admin.v1.ListAuthoritiesRequest
+	37, // 34: writ.admin.v1.CAService.PrepareAuthority:input_type -> writ.admin.v1.PrepareAuthorityRequest
+	38, // 35: writ.admin.v1.CAService.ActivateAuthority:input_type -> writ.admin.v1.ActivateAuthorityRequest
+	39, // 36: writ.admin.v1.CAService.TaintAuthority:input_type -> writ.admin.v1.TaintAuthorityRequest
+	40, // 37: writ.admin.v1.CAService.RevokeAuthority:input_type -> writ.admin.v1.RevokeAuthorityRequest
+	41, // 38: writ.admin.v1.CAService.Rotate:input_type -> writ.admin.v1.RotateRequest
+	43, // 39: writ.admin.v1.FederationService.CreateFederation:input_type -> writ.admin.v1.Federation
+	43, // 40: writ.admin.v1.FederationService.UpdateFederation:input_type -> writ.admin.v1.Federation
+	45, // 41: writ.admin.v1.FederationService.GetFederation:input_type -> writ.admin.v1.GetFederationRequest
+	46, // 42: writ.admin.v1.FederationService.ListFederations:input_type -> writ.admin.v1.ListFederationsRequest
+	45, // 43: writ.admin.v1.FederationService.DeleteFederation:input_type -> writ.admin.v1.GetFederationRequest
+	45, // 44: writ.admin.v1.FederationService.RefreshFederation:input_type -> writ.admin.v1.GetFederationRequest
+	48, // 45: writ.admin.v1.OAuthService.CreateOAuthClient:input_type -> writ.admin.v1.OAuthClient
+	48, // 46: writ.admin.v1.OAuthService.UpdateOAuthClient:input_type -> writ.admin.v1.OAuthClient
+	49, // 47: writ.admin.v1.OAuthService.GetOAuthClient:input_type -> writ.admin.v1.GetOAuthClientRequest
+	50, // 48: writ.admin.v1.OAuthService.ListOAuthClients:input_type -> writ.admin.v1.ListOAuthClientsRequest
+	49, // 49: writ.admin.v1.OAuthService.DeleteOAuthClient:input_type -> writ.admin.v1.GetOAuthClientRequest
+	52, // 50: writ.admin.v1.OAuthService.RevokeOAuthTokens:input_type -> writ.admin.v1.RevokeOAuthTokensRequest
+	7,  // 51: writ.admin.v1.EntryService.BatchCreateEntry:output_type -> writ.admin.v1.BatchCreateEntryResponse
+	0,  // 52: writ.admin.v1.EntryService.GetEntry:output_type -> writ.admin.v1.Entry
+	10, // 53: writ.admin.v1.EntryService.ListEntries:output_type -> writ.admin.v1.ListEntriesResponse
+	0,  // 54: writ.admin.v1.EntryService.UpdateEntry:output_type -> writ.admin.v1.Entry
+	0,  // 55: writ.admin.v1.EntryService.DeleteEntry:output_type -> writ.admin.v1.Entry
+	4,  // 56: writ.admin.v1.EntryService.ListTemplateIssued:output_type -> writ.admin.v1.ListTemplateIssuedResponse
+	15, // 57: writ.admin.v1.AgentService.ListAgents:output_type -> writ.admin.v1.ListAgentsResponse
+	13, // 58: writ.admin.v1.AgentService.GetAgent:output_type -> writ.admin.v1.Agent
+	13, // 59: writ.admin.v1.AgentService.EvictAgent:output_type -> writ.admin.v1.Agent
+	13, // 60: writ.admin.v1.AgentService.BanAgent:output_type -> writ.admin.v1.Agent
+	13, // 61: writ.admin.v1.AgentService.UnbanAgent:output_type -> writ.admin.v1.Agent
+	21, // 62: writ.admin.v1.JoinTokenService.GenerateJoinToken:output_type -> writ.admin.v1.GenerateJoinTokenResponse
+	28, // 63: writ.admin.v1.BundleService.GetBundle:output_type -> writ.admin.v1.GetBundleResponse
+	28, // 64: writ.admin.v1.BundleService.SetFederatedBundle:output_type -> writ.admin.v1.GetBundleResponse
+	25, // 65: writ.admin.v1.BundleService.ListFederatedBundles:output_type -> writ.admin.v1.ListFederatedBundlesResponse
+	27, // 66: writ.admin.v1.BundleService.DeleteFederatedBundle:output_type -> writ.admin.v1.DeleteFederatedBundleResponse
+	33, // 67: writ.admin.v1.ServerService.ListServers:output_type -> writ.admin.v1.ListServersResponse
+	31, // 68: writ.admin.v1.ServerService.Backup:output_type -> writ.admin.v1.BackupChunk
+	36, // 69: writ.admin.v1.CAService.ListAuthorities:output_type -> writ.admin.v1.ListAuthoritiesResponse
+	34, // 70: writ.admin.v1.CAService.PrepareAuthority:output_type -> writ.admin.v1.Authority
+	34, // 71: writ.admin.v1.CAService.ActivateAuthority:output_type -> writ.admin.v1.Authority
+	34, // 72: writ.admin.v1.CAService.TaintAuthority:output_type -> writ.admin.v1.Authority
+	34, // 73: writ.admin.v1.CAService.RevokeAuthority:output_type -> writ.admin.v1.Authority
+	42, // 74: writ.admin.v1.CAService.Rotate:output_type -> writ.admin.v1.RotateResponse
+	43, // 75: writ.admin.v1.FederationService.CreateFederation:output_type -> writ.admin.v1.Federation
+	43, // 76: writ.admin.v1.FederationService.UpdateFederation:output_type -> writ.admin.v1.Federation
+	43, // 77: writ.admin.v1.FederationService.GetFederation:output_type -> writ.admin.v1.Federation
+	47, // 78: writ.admin.v1.FederationService.ListFederations:output_type -> writ.admin.v1.ListFederationsResponse
+	43, // 79: writ.admin.v1.FederationService.DeleteFederation:output_type -> writ.admin.v1.Federation
+	43, // 80: writ.admin.v1.FederationService.RefreshFederation:output_type -> writ.admin.v1.Federation
+	48, // 81: writ.admin.v1.OAuthService.CreateOAuthClient:output_type -> writ.admin.v1.OAuthClient
+	48, // 82: writ.admin.v1.OAuthService.UpdateOAuthClient:output_type -> writ.admin.v1.OAuthClient
+	48, // 83: writ.admin.v1.OAuthService.GetOAuthClient:output_type -> writ.admin.v1.OAuthClient
+	51, // 84: writ.admin.v1.OAuthService.ListOAuthClients:output_type -> writ.admin.v1.ListOAuthClientsResponse
+	48, // 85: writ.admin.v1.OAuthService.DeleteOAuthClient:output_type -> writ.admin.v1.OAuthClient
+	53, // 86: writ.admin.v1.OAuthService.RevokeOAuthTokens:output_type -> writ.admin.v1.OAuthRevocation
+	51, // [51:87] is the sub-list for method output_type
+	15, // [15:51] is the sub-list for method input_type
+	15, // [15:15] is the sub-list for extension type_name
+	15, // [15:15] is the sub-list for extension extendee
+	0,  // [0:15] is the sub-list for field type_name
 }
 
 func init() { file_ca_api_admin_v1_admin_proto_init() }
@@ -2999,9 +3374,9 @@ func file_ca_api_admin_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_admin_v1_admin_proto_rawDesc), len(file_ca_api_admin_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   48,
+			NumMessages:   54,
 			NumExtensions: 0,
-			NumServices:   7,
+			NumServices:   8,
 		},
 		GoTypes:           file_ca_api_admin_v1_admin_proto_goTypes,
 		DependencyIndexes: file_ca_api_admin_v1_admin_proto_depIdxs,

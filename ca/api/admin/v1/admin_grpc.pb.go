@@ -1731,3 +1731,313 @@ var FederationService_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "ca/api/admin/v1/admin.proto",
 }
+
+const (
+	OAuthService_CreateOAuthClient_FullMethodName = "/writ.admin.v1.OAuthService/CreateOAuthClient"
+	OAuthService_UpdateOAuthClient_FullMethodName = "/writ.admin.v1.OAuthService/UpdateOAuthClient"
+	OAuthService_GetOAuthClient_FullMethodName    = "/writ.admin.v1.OAuthService/GetOAuthClient"
+	OAuthService_ListOAuthClients_FullMethodName  = "/writ.admin.v1.OAuthService/ListOAuthClients"
+	OAuthService_DeleteOAuthClient_FullMethodName = "/writ.admin.v1.OAuthService/DeleteOAuthClient"
+	OAuthService_RevokeOAuthTokens_FullMethodName = "/writ.admin.v1.OAuthService/RevokeOAuthTokens"
+)
+
+// OAuthServiceClient is the client API for OAuthService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// OAuthService manages OAuth clients: which SPIFFE IDs may get OAuth
+// access tokens from the servers' token endpoint, for which audiences and
+// scopes (a SPIFFE ID without a client gets none), and revokes access
+// tokens. Times are Unix seconds.
+type OAuthServiceClient interface {
+	// Creates a client; AlreadyExists if the SPIFFE ID has one.
+	CreateOAuthClient(ctx context.Context, in *OAuthClient, opts ...grpc.CallOption) (*OAuthClient, error)
+	// Replaces a client's audiences and scopes; NotFound if none.
+	UpdateOAuthClient(ctx context.Context, in *OAuthClient, opts ...grpc.CallOption) (*OAuthClient, error)
+	GetOAuthClient(ctx context.Context, in *GetOAuthClientRequest, opts ...grpc.CallOption) (*OAuthClient, error)
+	ListOAuthClients(ctx context.Context, in *ListOAuthClientsRequest, opts ...grpc.CallOption) (*ListOAuthClientsResponse, error)
+	DeleteOAuthClient(ctx context.Context, in *GetOAuthClientRequest, opts ...grpc.CallOption) (*OAuthClient, error)
+	// Revokes one access token by its jti, or every access token issued to
+	// a client until now. Servers and agents refuse them from then on.
+	RevokeOAuthTokens(ctx context.Context, in *RevokeOAuthTokensRequest, opts ...grpc.CallOption) (*OAuthRevocation, error)
+}
+
+type oAuthServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewOAuthServiceClient(cc grpc.ClientConnInterface) OAuthServiceClient {
+	return &oAuthServiceClient{cc}
+}
+
+func (c *oAuthServiceClient) CreateOAuthClient(ctx context.Context, in *OAuthClient, opts ...grpc.CallOption) (*OAuthClient, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OAuthClient)
+	err := c.cc.Invoke(ctx, OAuthService_CreateOAuthClient_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *oAuthServiceClient) UpdateOAuthClient(ctx context.Context, in *OAuthClient, opts ...grpc.CallOption) (*OAuthClient, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OAuthClient)
+	err := c.cc.Invoke(ctx, OAuthService_UpdateOAuthClient_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *oAuthServiceClient) GetOAuthClient(ctx context.Context, in *GetOAuthClientRequest, opts ...grpc.CallOption) (*OAuthClient, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OAuthClient)
+	err := c.cc.Invoke(ctx, OAuthService_GetOAuthClient_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *oAuthServiceClient) ListOAuthClients(ctx context.Context, in *ListOAuthClientsRequest, opts ...grpc.CallOption) (*ListOAuthClientsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListOAuthClientsResponse)
+	err := c.cc.Invoke(ctx, OAuthService_ListOAuthClients_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *oAuthServiceClient) DeleteOAuthClient(ctx context.Context, in *GetOAuthClientRequest, opts ...grpc.CallOption) (*OAuthClient, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OAuthClient)
+	err := c.cc.Invoke(ctx, OAuthService_DeleteOAuthClient_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *oAuthServiceClient) RevokeOAuthTokens(ctx context.Context, in *RevokeOAuthTokensRequest, opts ...grpc.CallOption) (*OAuthRevocation, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(OAuthRevocation)
+	err := c.cc.Invoke(ctx, OAuthService_RevokeOAuthTokens_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// OAuthServiceServer is the server API for OAuthService service.
+// All implementations must embed UnimplementedOAuthServiceServer
+// for forward compatibility.
+//
+// OAuthService manages OAuth clients: which SPIFFE IDs may get OAuth
+// access tokens from the servers' token endpoint, for which audiences and
+// scopes (a SPIFFE ID without a client gets none), and revokes access
+// tokens. Times are Unix seconds.
+type OAuthServiceServer interface {
+	// Creates a client; AlreadyExists if the SPIFFE ID has one.
+	CreateOAuthClient(context.Context, *OAuthClient) (*OAuthClient, error)
+	// Replaces a client's audiences and scopes; NotFound if none.
+	UpdateOAuthClient(context.Context, *OAuthClient) (*OAuthClient, error)
+	GetOAuthClient(context.Context, *GetOAuthClientRequest) (*OAuthClient, error)
+	ListOAuthClients(context.Context, *ListOAuthClientsRequest) (*ListOAuthClientsResponse, error)
+	DeleteOAuthClient(context.Context, *GetOAuthClientRequest) (*OAuthClient, error)
+	// Revokes one access token by its jti, or every access token issued to
+	// a client until now. Servers and agents refuse them from then on.
+	RevokeOAuthTokens(context.Context, *RevokeOAuthTokensRequest) (*OAuthRevocation, error)
+	mustEmbedUnimplementedOAuthServiceServer()
+}
+
+// UnimplementedOAuthServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedOAuthServiceServer struct{}
+
+func (UnimplementedOAuthServiceServer) CreateOAuthClient(context.Context, *OAuthClient) (*OAuthClient, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateOAuthClient not implemented")
+}
+func (UnimplementedOAuthServiceServer) UpdateOAuthClient(context.Context, *OAuthClient) (*OAuthClient, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateOAuthClient not implemented")
+}
+func (UnimplementedOAuthServiceServer) GetOAuthClient(context.Context, *GetOAuthClientRequest) (*OAuthClient, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetOAuthClient not implemented")
+}
+func (UnimplementedOAuthServiceServer) ListOAuthClients(context.Context, *ListOAuthClientsRequest) (*ListOAuthClientsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListOAuthClients not implemented")
+}
+func (UnimplementedOAuthServiceServer) DeleteOAuthClient(context.Context, *GetOAuthClientRequest) (*OAuthClient, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteOAuthClient not implemented")
+}
+func (UnimplementedOAuthServiceServer) RevokeOAuthTokens(context.Context, *RevokeOAuthTokensRequest) (*OAuthRevocation, error) {
+	return nil, status.Error(codes.Unimplemented, "method RevokeOAuthTokens not implemented")
+}
+func (UnimplementedOAuthServiceServer) mustEmbedUnimplementedOAuthServiceServer() {}
+func (UnimplementedOAuthServiceServer) testEmbeddedByValue()                      {}
+
+// UnsafeOAuthServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to OAuthServiceServer will
+// result in compilation errors.
+type UnsafeOAuthServiceServer interface {
+	mustEmbedUnimplementedOAuthServiceServer()
+}
+
+func RegisterOAuthServiceServer(s grpc.ServiceRegistrar, srv OAuthServiceServer) {
+	// If the following call panics, it indicates UnimplementedOAuthServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&OAuthService_ServiceDesc, srv)
+}
+
+func _OAuthService_CreateOAuthClient_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OAuthClient)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OAuthServiceServer).CreateOAuthClient(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OAuthService_CreateOAuthClient_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OAuthServiceServer).CreateOAuthClient(ctx, req.(*OAuthClient))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OAuthService_UpdateOAuthClient_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(OAuthClient)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OAuthServiceServer).UpdateOAuthClient(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OAuthService_UpdateOAuthClient_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OAuthServiceServer).UpdateOAuthClient(ctx, req.(*OAuthClient))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OAuthService_GetOAuthClient_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetOAuthClientRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OAuthServiceServer).GetOAuthClient(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OAuthService_GetOAuthClient_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OAuthServiceServer).GetOAuthClient(ctx, req.(*GetOAuthClientRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OAuthService_ListOAuthClients_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListOAuthClientsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OAuthServiceServer).ListOAuthClients(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OAuthService_ListOAuthClients_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OAuthServiceServer).ListOAuthClients(ctx, req.(*ListOAuthClientsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OAuthService_DeleteOAuthClient_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetOAuthClientRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OAuthServiceServer).DeleteOAuthClient(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OAuthService_DeleteOAuthClient_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OAuthServiceServer).DeleteOAuthClient(ctx, req.(*GetOAuthClientRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _OAuthService_RevokeOAuthTokens_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RevokeOAuthTokensRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(OAuthServiceServer).RevokeOAuthTokens(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: OAuthService_RevokeOAuthTokens_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(OAuthServiceServer).RevokeOAuthTokens(ctx, req.(*RevokeOAuthTokensRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// OAuthService_ServiceDesc is the grpc.ServiceDesc for OAuthService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var OAuthService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "writ.admin.v1.OAuthService",
+	HandlerType: (*OAuthServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CreateOAuthClient",
+			Handler:    _OAuthService_CreateOAuthClient_Handler,
+		},
+		{
+			MethodName: "UpdateOAuthClient",
+			Handler:    _OAuthService_UpdateOAuthClient_Handler,
+		},
+		{
+			MethodName: "GetOAuthClient",
+			Handler:    _OAuthService_GetOAuthClient_Handler,
+		},
+		{
+			MethodName: "ListOAuthClients",
+			Handler:    _OAuthService_ListOAuthClients_Handler,
+		},
+		{
+			MethodName: "DeleteOAuthClient",
+			Handler:    _OAuthService_DeleteOAuthClient_Handler,
+		},
+		{
+			MethodName: "RevokeOAuthTokens",
+			Handler:    _OAuthService_RevokeOAuthTokens_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "ca/api/admin/v1/admin.proto",
+}

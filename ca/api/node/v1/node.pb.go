@@ -542,6 +542,14 @@ type SyncResponse struct {
 	// Sent with full messages: the agent's node selectors as the server
 	// recorded them at its last attestation, sorted.
 	NodeSelectors []string `protobuf:"bytes,6,rep,name=node_selectors,json=nodeSelectors,proto3" json:"node_selectors,omitempty"`
+	// Access-token revocations (OAuth) that have not expired. In a full
+	// message: the complete list, which replaces the agent's. Otherwise:
+	// revocations recorded (or recorded again, with a later revoked_at)
+	// since the last message, added to the agent's list, replacing one of
+	// the same jti or client_id. Revocations are never withdrawn: the agent
+	// drops each one itself once expires_at has passed (plus the clock
+	// skew it tolerates on a token's exp).
+	Revocations   []*Revocation `protobuf:"bytes,7,rep,name=revocations,proto3" json:"revocations,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -618,6 +626,89 @@ func (x *SyncResponse) GetNodeSelectors() []string {
 	return nil
 }
 
+func (x *SyncResponse) GetRevocations() []*Revocation {
+	if x != nil {
+		return x.Revocations
+	}
+	return nil
+}
+
+// A revocation of access tokens: exactly one of jti and client_id is set.
+type Revocation struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The jti of one revoked token.
+	Jti string `protobuf:"bytes,1,opt,name=jti,proto3" json:"jti,omitempty"`
+	// A client's SPIFFE ID: every token of that client (its sub or its
+	// client_id) issued at or before revoked_at is revoked.
+	ClientId string `protobuf:"bytes,2,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	// Unix seconds, rounded down: a token whose iat (whole seconds) is at
+	// or before it is revoked.
+	RevokedAt int64 `protobuf:"varint,3,opt,name=revoked_at,json=revokedAt,proto3" json:"revoked_at,omitempty"`
+	// Unix seconds, rounded up: when every token the revocation covers has
+	// expired, and the revocation with them.
+	ExpiresAt     int64 `protobuf:"varint,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Revocation) Reset() {
+	*x = Revocation{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Revocation) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Revocation) ProtoMessage() {}
+
+func (x *Revocation) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Revocation.ProtoReflect.Descriptor instead.
+func (*Revocation) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *Revocation) GetJti() string {
+	if x != nil {
+		return x.Jti
+	}
+	return ""
+}
+
+func (x *Revocation) GetClientId() string {
+	if x != nil {
+		return x.ClientId
+	}
+	return ""
+}
+
+func (x *Revocation) GetRevokedAt() int64 {
+	if x != nil {
+		return x.RevokedAt
+	}
+	return 0
+}
+
+func (x *Revocation) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
 type X509SVIDRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	EntryId string                 `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
@@ -632,7 +723,7 @@ type X509SVIDRequest struct {
 
 func (x *X509SVIDRequest) Reset() {
 	*x = X509SVIDRequest{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[9]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -644,7 +735,7 @@ func (x *X509SVIDRequest) String() string {
 func (*X509SVIDRequest) ProtoMessage() {}
 
 func (x *X509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[9]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -657,7 +748,7 @@ func (x *X509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*X509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{9}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *X509SVIDRequest) GetEntryId() string {
@@ -691,7 +782,7 @@ type Status struct {
 
 func (x *Status) Reset() {
 	*x = Status{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[10]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -703,7 +794,7 @@ func (x *Status) String() string {
 func (*Status) ProtoMessage() {}
 
 func (x *Status) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[10]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -716,7 +807,7 @@ func (x *Status) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Status.ProtoReflect.Descriptor instead.
 func (*Status) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{10}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Status) GetCode() int32 {
@@ -745,7 +836,7 @@ type X509SVIDResult struct {
 
 func (x *X509SVIDResult) Reset() {
 	*x = X509SVIDResult{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[11]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +848,7 @@ func (x *X509SVIDResult) String() string {
 func (*X509SVIDResult) ProtoMessage() {}
 
 func (x *X509SVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[11]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +861,7 @@ func (x *X509SVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use X509SVIDResult.ProtoReflect.Descriptor instead.
 func (*X509SVIDResult) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{11}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *X509SVIDResult) GetEntryId() string {
@@ -803,7 +894,7 @@ type BatchSignX509SVIDRequest struct {
 
 func (x *BatchSignX509SVIDRequest) Reset() {
 	*x = BatchSignX509SVIDRequest{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[12]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -815,7 +906,7 @@ func (x *BatchSignX509SVIDRequest) String() string {
 func (*BatchSignX509SVIDRequest) ProtoMessage() {}
 
 func (x *BatchSignX509SVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[12]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -828,7 +919,7 @@ func (x *BatchSignX509SVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchSignX509SVIDRequest.ProtoReflect.Descriptor instead.
 func (*BatchSignX509SVIDRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{12}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *BatchSignX509SVIDRequest) GetRequests() []*X509SVIDRequest {
@@ -848,7 +939,7 @@ type BatchSignX509SVIDResponse struct {
 
 func (x *BatchSignX509SVIDResponse) Reset() {
 	*x = BatchSignX509SVIDResponse{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[13]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -860,7 +951,7 @@ func (x *BatchSignX509SVIDResponse) String() string {
 func (*BatchSignX509SVIDResponse) ProtoMessage() {}
 
 func (x *BatchSignX509SVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[13]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -873,7 +964,7 @@ func (x *BatchSignX509SVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchSignX509SVIDResponse.ProtoReflect.Descriptor instead.
 func (*BatchSignX509SVIDResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{13}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *BatchSignX509SVIDResponse) GetResults() []*X509SVIDResult {
@@ -895,7 +986,7 @@ type SignJWTSVIDRequest struct {
 
 func (x *SignJWTSVIDRequest) Reset() {
 	*x = SignJWTSVIDRequest{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -907,7 +998,7 @@ func (x *SignJWTSVIDRequest) String() string {
 func (*SignJWTSVIDRequest) ProtoMessage() {}
 
 func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[14]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -920,7 +1011,7 @@ func (x *SignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{14}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SignJWTSVIDRequest) GetEntryId() string {
@@ -957,7 +1048,7 @@ type TemplateReport struct {
 
 func (x *TemplateReport) Reset() {
 	*x = TemplateReport{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[15]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -969,7 +1060,7 @@ func (x *TemplateReport) String() string {
 func (*TemplateReport) ProtoMessage() {}
 
 func (x *TemplateReport) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[15]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -982,7 +1073,7 @@ func (x *TemplateReport) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TemplateReport.ProtoReflect.Descriptor instead.
 func (*TemplateReport) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{15}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *TemplateReport) GetEntryId() string {
@@ -1016,7 +1107,7 @@ type ReportTemplatesRequest struct {
 
 func (x *ReportTemplatesRequest) Reset() {
 	*x = ReportTemplatesRequest{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[16]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1028,7 +1119,7 @@ func (x *ReportTemplatesRequest) String() string {
 func (*ReportTemplatesRequest) ProtoMessage() {}
 
 func (x *ReportTemplatesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[16]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1041,7 +1132,7 @@ func (x *ReportTemplatesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportTemplatesRequest.ProtoReflect.Descriptor instead.
 func (*ReportTemplatesRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{16}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ReportTemplatesRequest) GetTemplates() []*TemplateReport {
@@ -1059,7 +1150,7 @@ type ReportTemplatesResponse struct {
 
 func (x *ReportTemplatesResponse) Reset() {
 	*x = ReportTemplatesResponse{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[17]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1071,7 +1162,7 @@ func (x *ReportTemplatesResponse) String() string {
 func (*ReportTemplatesResponse) ProtoMessage() {}
 
 func (x *ReportTemplatesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[17]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1084,7 +1175,7 @@ func (x *ReportTemplatesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReportTemplatesResponse.ProtoReflect.Descriptor instead.
 func (*ReportTemplatesResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{17}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{18}
 }
 
 type SignJWTSVIDResponse struct {
@@ -1097,7 +1188,7 @@ type SignJWTSVIDResponse struct {
 
 func (x *SignJWTSVIDResponse) Reset() {
 	*x = SignJWTSVIDResponse{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[18]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1109,7 +1200,7 @@ func (x *SignJWTSVIDResponse) String() string {
 func (*SignJWTSVIDResponse) ProtoMessage() {}
 
 func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[18]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1122,7 +1213,7 @@ func (x *SignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SignJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*SignJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{18}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *SignJWTSVIDResponse) GetToken() string {
@@ -1149,7 +1240,7 @@ type AckBundleRequest struct {
 
 func (x *AckBundleRequest) Reset() {
 	*x = AckBundleRequest{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[19]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1161,7 +1252,7 @@ func (x *AckBundleRequest) String() string {
 func (*AckBundleRequest) ProtoMessage() {}
 
 func (x *AckBundleRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[19]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1174,7 +1265,7 @@ func (x *AckBundleRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckBundleRequest.ProtoReflect.Descriptor instead.
 func (*AckBundleRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{19}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *AckBundleRequest) GetBundleSequence() uint64 {
@@ -1192,7 +1283,7 @@ type AckBundleResponse struct {
 
 func (x *AckBundleResponse) Reset() {
 	*x = AckBundleResponse{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[20]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1204,7 +1295,7 @@ func (x *AckBundleResponse) String() string {
 func (*AckBundleResponse) ProtoMessage() {}
 
 func (x *AckBundleResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[20]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1217,7 +1308,7 @@ func (x *AckBundleResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AckBundleResponse.ProtoReflect.Descriptor instead.
 func (*AckBundleResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{20}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{21}
 }
 
 // Authorities that must no longer be relied on. They may still be in the
@@ -1235,7 +1326,7 @@ type TaintedAuthorities struct {
 
 func (x *TaintedAuthorities) Reset() {
 	*x = TaintedAuthorities{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[21]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1247,7 +1338,7 @@ func (x *TaintedAuthorities) String() string {
 func (*TaintedAuthorities) ProtoMessage() {}
 
 func (x *TaintedAuthorities) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[21]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1260,7 +1351,7 @@ func (x *TaintedAuthorities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use TaintedAuthorities.ProtoReflect.Descriptor instead.
 func (*TaintedAuthorities) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{21}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *TaintedAuthorities) GetX509AuthorityIds() []string {
@@ -1286,7 +1377,7 @@ type BatchSignJWTSVIDRequest struct {
 
 func (x *BatchSignJWTSVIDRequest) Reset() {
 	*x = BatchSignJWTSVIDRequest{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[22]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1389,7 @@ func (x *BatchSignJWTSVIDRequest) String() string {
 func (*BatchSignJWTSVIDRequest) ProtoMessage() {}
 
 func (x *BatchSignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[22]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1402,7 @@ func (x *BatchSignJWTSVIDRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchSignJWTSVIDRequest.ProtoReflect.Descriptor instead.
 func (*BatchSignJWTSVIDRequest) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{22}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *BatchSignJWTSVIDRequest) GetRequests() []*SignJWTSVIDRequest {
@@ -1335,7 +1426,7 @@ type JWTSVIDResult struct {
 
 func (x *JWTSVIDResult) Reset() {
 	*x = JWTSVIDResult{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[23]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1347,7 +1438,7 @@ func (x *JWTSVIDResult) String() string {
 func (*JWTSVIDResult) ProtoMessage() {}
 
 func (x *JWTSVIDResult) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[23]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1360,7 +1451,7 @@ func (x *JWTSVIDResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JWTSVIDResult.ProtoReflect.Descriptor instead.
 func (*JWTSVIDResult) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{23}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *JWTSVIDResult) GetEntryId() string {
@@ -1401,7 +1492,7 @@ type BatchSignJWTSVIDResponse struct {
 
 func (x *BatchSignJWTSVIDResponse) Reset() {
 	*x = BatchSignJWTSVIDResponse{}
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[24]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1413,7 +1504,7 @@ func (x *BatchSignJWTSVIDResponse) String() string {
 func (*BatchSignJWTSVIDResponse) ProtoMessage() {}
 
 func (x *BatchSignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_ca_api_node_v1_node_proto_msgTypes[24]
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1426,7 +1517,7 @@ func (x *BatchSignJWTSVIDResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use BatchSignJWTSVIDResponse.ProtoReflect.Descriptor instead.
 func (*BatchSignJWTSVIDResponse) Descriptor() ([]byte, []int) {
-	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{24}
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *BatchSignJWTSVIDResponse) GetResults() []*JWTSVIDResult {
@@ -1480,14 +1571,23 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"downstream\x12\x1a\n" +
 	"\brevision\x18\t \x01(\x04R\brevision\x12\x1a\n" +
 	"\btemplate\x18\n" +
-	" \x01(\tR\btemplate\"\xf8\x01\n" +
+	" \x01(\tR\btemplate\"\xb4\x02\n" +
 	"\fSyncResponse\x12\x12\n" +
 	"\x04full\x18\x01 \x01(\bR\x04full\x12-\n" +
 	"\aentries\x18\x02 \x03(\v2\x13.writ.node.v1.EntryR\aentries\x12*\n" +
 	"\x11deleted_entry_ids\x18\x03 \x03(\tR\x0fdeletedEntryIds\x12\x16\n" +
 	"\x06bundle\x18\x04 \x01(\fR\x06bundle\x12:\n" +
 	"\atainted\x18\x05 \x01(\v2 .writ.node.v1.TaintedAuthoritiesR\atainted\x12%\n" +
-	"\x0enode_selectors\x18\x06 \x03(\tR\rnodeSelectors\"[\n" +
+	"\x0enode_selectors\x18\x06 \x03(\tR\rnodeSelectors\x12:\n" +
+	"\vrevocations\x18\a \x03(\v2\x18.writ.node.v1.RevocationR\vrevocations\"y\n" +
+	"\n" +
+	"Revocation\x12\x10\n" +
+	"\x03jti\x18\x01 \x01(\tR\x03jti\x12\x1b\n" +
+	"\tclient_id\x18\x02 \x01(\tR\bclientId\x12\x1d\n" +
+	"\n" +
+	"revoked_at\x18\x03 \x01(\x03R\trevokedAt\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\x03R\texpiresAt\"[\n" +
 	"\x0fX509SVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\x12\x1b\n" +
@@ -1561,7 +1661,7 @@ func file_ca_api_node_v1_node_proto_rawDescGZIP() []byte {
 	return file_ca_api_node_v1_node_proto_rawDescData
 }
 
-var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*AttestRequest)(nil),             // 0: writ.node.v1.AttestRequest
 	(*AttestResponse)(nil),            // 1: writ.node.v1.AttestResponse
@@ -1572,56 +1672,58 @@ var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*SyncRequest)(nil),               // 6: writ.node.v1.SyncRequest
 	(*Entry)(nil),                     // 7: writ.node.v1.Entry
 	(*SyncResponse)(nil),              // 8: writ.node.v1.SyncResponse
-	(*X509SVIDRequest)(nil),           // 9: writ.node.v1.X509SVIDRequest
-	(*Status)(nil),                    // 10: writ.node.v1.Status
-	(*X509SVIDResult)(nil),            // 11: writ.node.v1.X509SVIDResult
-	(*BatchSignX509SVIDRequest)(nil),  // 12: writ.node.v1.BatchSignX509SVIDRequest
-	(*BatchSignX509SVIDResponse)(nil), // 13: writ.node.v1.BatchSignX509SVIDResponse
-	(*SignJWTSVIDRequest)(nil),        // 14: writ.node.v1.SignJWTSVIDRequest
-	(*TemplateReport)(nil),            // 15: writ.node.v1.TemplateReport
-	(*ReportTemplatesRequest)(nil),    // 16: writ.node.v1.ReportTemplatesRequest
-	(*ReportTemplatesResponse)(nil),   // 17: writ.node.v1.ReportTemplatesResponse
-	(*SignJWTSVIDResponse)(nil),       // 18: writ.node.v1.SignJWTSVIDResponse
-	(*AckBundleRequest)(nil),          // 19: writ.node.v1.AckBundleRequest
-	(*AckBundleResponse)(nil),         // 20: writ.node.v1.AckBundleResponse
-	(*TaintedAuthorities)(nil),        // 21: writ.node.v1.TaintedAuthorities
-	(*BatchSignJWTSVIDRequest)(nil),   // 22: writ.node.v1.BatchSignJWTSVIDRequest
-	(*JWTSVIDResult)(nil),             // 23: writ.node.v1.JWTSVIDResult
-	(*BatchSignJWTSVIDResponse)(nil),  // 24: writ.node.v1.BatchSignJWTSVIDResponse
+	(*Revocation)(nil),                // 9: writ.node.v1.Revocation
+	(*X509SVIDRequest)(nil),           // 10: writ.node.v1.X509SVIDRequest
+	(*Status)(nil),                    // 11: writ.node.v1.Status
+	(*X509SVIDResult)(nil),            // 12: writ.node.v1.X509SVIDResult
+	(*BatchSignX509SVIDRequest)(nil),  // 13: writ.node.v1.BatchSignX509SVIDRequest
+	(*BatchSignX509SVIDResponse)(nil), // 14: writ.node.v1.BatchSignX509SVIDResponse
+	(*SignJWTSVIDRequest)(nil),        // 15: writ.node.v1.SignJWTSVIDRequest
+	(*TemplateReport)(nil),            // 16: writ.node.v1.TemplateReport
+	(*ReportTemplatesRequest)(nil),    // 17: writ.node.v1.ReportTemplatesRequest
+	(*ReportTemplatesResponse)(nil),   // 18: writ.node.v1.ReportTemplatesResponse
+	(*SignJWTSVIDResponse)(nil),       // 19: writ.node.v1.SignJWTSVIDResponse
+	(*AckBundleRequest)(nil),          // 20: writ.node.v1.AckBundleRequest
+	(*AckBundleResponse)(nil),         // 21: writ.node.v1.AckBundleResponse
+	(*TaintedAuthorities)(nil),        // 22: writ.node.v1.TaintedAuthorities
+	(*BatchSignJWTSVIDRequest)(nil),   // 23: writ.node.v1.BatchSignJWTSVIDRequest
+	(*JWTSVIDResult)(nil),             // 24: writ.node.v1.JWTSVIDResult
+	(*BatchSignJWTSVIDResponse)(nil),  // 25: writ.node.v1.BatchSignJWTSVIDResponse
 }
 var file_ca_api_node_v1_node_proto_depIdxs = []int32{
 	7,  // 0: writ.node.v1.SyncResponse.entries:type_name -> writ.node.v1.Entry
-	21, // 1: writ.node.v1.SyncResponse.tainted:type_name -> writ.node.v1.TaintedAuthorities
-	10, // 2: writ.node.v1.X509SVIDResult.status:type_name -> writ.node.v1.Status
-	9,  // 3: writ.node.v1.BatchSignX509SVIDRequest.requests:type_name -> writ.node.v1.X509SVIDRequest
-	11, // 4: writ.node.v1.BatchSignX509SVIDResponse.results:type_name -> writ.node.v1.X509SVIDResult
-	15, // 5: writ.node.v1.ReportTemplatesRequest.templates:type_name -> writ.node.v1.TemplateReport
-	14, // 6: writ.node.v1.BatchSignJWTSVIDRequest.requests:type_name -> writ.node.v1.SignJWTSVIDRequest
-	10, // 7: writ.node.v1.JWTSVIDResult.status:type_name -> writ.node.v1.Status
-	23, // 8: writ.node.v1.BatchSignJWTSVIDResponse.results:type_name -> writ.node.v1.JWTSVIDResult
-	0,  // 9: writ.node.v1.NodeService.Attest:input_type -> writ.node.v1.AttestRequest
-	2,  // 10: writ.node.v1.NodeService.AttestNode:input_type -> writ.node.v1.AttestNodeRequest
-	4,  // 11: writ.node.v1.NodeService.RenewAgent:input_type -> writ.node.v1.RenewAgentRequest
-	6,  // 12: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
-	12, // 13: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
-	14, // 14: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
-	16, // 15: writ.node.v1.NodeService.ReportTemplates:input_type -> writ.node.v1.ReportTemplatesRequest
-	19, // 16: writ.node.v1.NodeService.AckBundle:input_type -> writ.node.v1.AckBundleRequest
-	22, // 17: writ.node.v1.NodeService.BatchSignJWTSVID:input_type -> writ.node.v1.BatchSignJWTSVIDRequest
-	1,  // 18: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
-	3,  // 19: writ.node.v1.NodeService.AttestNode:output_type -> writ.node.v1.AttestNodeResponse
-	5,  // 20: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
-	8,  // 21: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
-	13, // 22: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
-	18, // 23: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
-	17, // 24: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
-	20, // 25: writ.node.v1.NodeService.AckBundle:output_type -> writ.node.v1.AckBundleResponse
-	24, // 26: writ.node.v1.NodeService.BatchSignJWTSVID:output_type -> writ.node.v1.BatchSignJWTSVIDResponse
-	18, // [18:27] is the sub-list for method output_type
-	9,  // [9:18] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	22, // 1: writ.node.v1.SyncResponse.tainted:type_name -> writ.node.v1.TaintedAuthorities
+	9,  // 2: writ.node.v1.SyncResponse.revocations:type_name -> writ.node.v1.Revocation
+	11, // 3: writ.node.v1.X509SVIDResult.status:type_name -> writ.node.v1.Status
+	10, // 4: writ.node.v1.BatchSignX509SVIDRequest.requests:type_name -> writ.node.v1.X509SVIDRequest
+	12, // 5: writ.node.v1.BatchSignX509SVIDResponse.results:type_name -> writ.node.v1.X509SVIDResult
+	16, // 6: writ.node.v1.ReportTemplatesRequest.templates:type_name -> writ.node.v1.TemplateReport
+	15, // 7: writ.node.v1.BatchSignJWTSVIDRequest.requests:type_name -> writ.node.v1.SignJWTSVIDRequest
+	11, // 8: writ.node.v1.JWTSVIDResult.status:type_name -> writ.node.v1.Status
+	24, // 9: writ.node.v1.BatchSignJWTSVIDResponse.results:type_name -> writ.node.v1.JWTSVIDResult
+	0,  // 10: writ.node.v1.NodeService.Attest:input_type -> writ.node.v1.AttestRequest
+	2,  // 11: writ.node.v1.NodeService.AttestNode:input_type -> writ.node.v1.AttestNodeRequest
+	4,  // 12: writ.node.v1.NodeService.RenewAgent:input_type -> writ.node.v1.RenewAgentRequest
+	6,  // 13: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
+	13, // 14: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
+	15, // 15: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
+	17, // 16: writ.node.v1.NodeService.ReportTemplates:input_type -> writ.node.v1.ReportTemplatesRequest
+	20, // 17: writ.node.v1.NodeService.AckBundle:input_type -> writ.node.v1.AckBundleRequest
+	23, // 18: writ.node.v1.NodeService.BatchSignJWTSVID:input_type -> writ.node.v1.BatchSignJWTSVIDRequest
+	1,  // 19: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
+	3,  // 20: writ.node.v1.NodeService.AttestNode:output_type -> writ.node.v1.AttestNodeResponse
+	5,  // 21: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
+	8,  // 22: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
+	14, // 23: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
+	19, // 24: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
+	18, // 25: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
+	21, // 26: writ.node.v1.NodeService.AckBundle:output_type -> writ.node.v1.AckBundleResponse
+	25, // 27: writ.node.v1.NodeService.BatchSignJWTSVID:output_type -> writ.node.v1.BatchSignJWTSVIDResponse
+	19, // [19:28] is the sub-list for method output_type
+	10, // [10:19] is the sub-list for method input_type
+	10, // [10:10] is the sub-list for extension type_name
+	10, // [10:10] is the sub-list for extension extendee
+	0,  // [0:10] is the sub-list for field type_name
 }
 
 func init() { file_ca_api_node_v1_node_proto_init() }
@@ -1635,7 +1737,7 @@ func file_ca_api_node_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_node_v1_node_proto_rawDesc), len(file_ca_api_node_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -1,0 +1,49 @@
+// Package oauth is the CA server's OAuth 2.0 authorization server: it
+// issues access tokens to workloads whose only credential is their SVID.
+//
+// Endpoints, under the issuer URL (an https origin), are published in the
+// RFC 8414 metadata at /.well-known/oauth-authorization-server:
+//
+//   - /token: grant_type=client_credentials (RFC 6749 §4.4) and token
+//     exchange (RFC 8693). The client authenticates with its X.509-SVID over
+//     mutual TLS (RFC 8705 tls_client_auth, PKI method: the chain verifies
+//     against the trust domain's bundle and the SPIFFE ID is the client
+//     ID), or with a JWT-SVID as a client assertion (RFC 7523,
+//     client_assertion_type urn:ietf:params:oauth:client-assertion-type:jwt-bearer)
+//     whose aud is the token endpoint URL; each assertion is accepted once
+//     (datastore.Store.UseClientAssertion, across every server).
+//   - /introspect (RFC 7662) and /revoke (RFC 7009), authenticated the
+//     same way.
+//   - /keys: the JWT authorities as a JWKS, to validate tokens locally.
+//
+// Access tokens are JWTs per RFC 9068 (typ at+jwt) signed by the server's
+// JWT authority (the keys of JWT-SVIDs, published in the bundle):
+//
+//	{"iss": "https://oauth.example.org", "sub": "spiffe://example.org/web",
+//	 "aud": "orders", "scope": "orders:read", "client_id": "spiffe://example.org/web",
+//	 "jti": "…", "iat": 1767225600, "exp": 1767225900,
+//	 "cnf": {"x5t#S256": "…"}}
+//
+// cnf is set when the client authenticated with mTLS. A token never
+// outlives the credential it was issued on, nor Config.TokenTTL. Which
+// audiences and scopes a SPIFFE ID may get comes from its
+// datastore.OAuthClient; a SPIFFE ID without one gets nothing. Requested
+// scopes must all be granted (invalid_scope); none requested means all
+// the client's scopes.
+//
+// Token exchange: a service holding a token issued to it (an access token
+// or a JWT-SVID whose aud holds the service's SPIFFE ID) exchanges it for
+// one with the same sub for a downstream audience; the new token's act
+// claim names the service, with the subject token's act nested inside
+// (RFC 8693 §4.1), and its scopes are what the service itself is granted.
+//
+// Revocation: by jti (the /revoke endpoint, by the client the token was
+// issued to) or by client (the admin API). A client revocation covers the
+// tokens whose client_id is the client and whose iat is at or before the
+// revocation (whole seconds: a token issued in the same second is revoked
+// too). Revocations are datastore records that every server reloads when
+// the store signals a change, and that agents receive.
+//
+// Errors follow RFC 6749 §5.2 and say nothing of why a client was
+// refused; the reason goes to the debug log.
+package oauth

@@ -1,0 +1,228 @@
+package oauth
+
+import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"mime"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/jwtsvid"
+	"writ.dev/writ/ca/x509ca"
+	"writ.dev/writ/internal/logkey"
+)
+
+// Error codes of RFC 6749 §5.2, RFC 8707 and RFC 7009.
+const (
+	errInvalidRequest       = "invalid_request"
+	errInvalidClient        = "invalid_client"
+	errInvalidGrant         = "invalid_grant"
+	errUnauthorizedClient   = "unauthorized_client"
+	errUnsupportedGrantType = "unsupported_grant_type"
+	errInvalidScope         = "invalid_scope"
+	errInvalidTarget        = "invalid_target"
+	errServerError          = "server_error"
+	errUnavailable          = "temporarily_unavailable"
+)
+
+// oauthError is an error answer: code is what the client sees, reason
+// goes only to the log.
+type oauthError struct {
+	code   string
+	status int
+	reason string
+	// authScheme, for invalid_client when the client used the
+	// Authorization header, is the scheme WWW-Authenticate must name.
+	authScheme string
+}
+
+func (e *oauthError) Error() string { return e.code + ": " + e.reason }
+
+func fail(code, format string, args ...any) *oauthError {
+	st := http.StatusBadRequest
+	switch code {
+	case errServerError:
+		st = http.StatusInternalServerError
+	case errUnavailable:
+		st = http.StatusServiceUnavailable
+	}
+	return &oauthError{code: code, status: st, reason: fmt.Sprintf(format, args...)}
+}
+
+// storeFail maps a datastore failure.
+func storeFail(op string, err error) *oauthError {
+	if errors.Is(err, datastore.ErrUnavailable) {
+		return fail(errUnavailable, "%s: %v", op, err)
+	}
+	return fail(errServerError, "%s: %v", op, err)
+}
+
+// writeError writes e as RFC 6749 §5.2 says: a JSON object with error,
+// status 400, or 401 with WWW-Authenticate for invalid_client when the
+// client tried the Authorization header.
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, e *oauthError) {
+	st := e.status
+	if e.code == errInvalidClient && e.authScheme != "" {
+		st = http.StatusUnauthorized
+		w.Header().Set("WWW-Authenticate", e.authScheme+` realm="writ"`)
+	}
+	lvl := slog.LevelDebug
+	if st >= 500 {
+		lvl = slog.LevelWarn
+	}
+	s.log.Log(r.Context(), lvl, "oauth request refused", "path", r.URL.Path, logkey.Code, e.code, logkey.Reason, e.reason)
+	writeJSON(w, st, map[string]string{"error": e.code})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":"server_error"}`)
+	}
+	h := w.Header()
+	h.Set("Content-Type", "application/json")
+	h.Set("Cache-Control", "no-store")
+	h.Set("Pragma", "no-cache")
+	h.Set("Content-Length", strconv.Itoa(len(b)))
+	w.WriteHeader(status)
+	_, _ = w.Write(b)
+}
+
+// form is a parsed request body: each parameter once, except those
+// listed as repeatable.
+type form map[string][]string
+
+func (f form) get(name string) string {
+	if v := f[name]; len(v) > 0 {
+		return v[0]
+	}
+	return ""
+}
+
+// repeatable parameters (RFC 8693 audience and resource).
+var repeatable = map[string]bool{"audience": true, "resource": true}
+
+// readForm checks the method and content type and parses the body, at
+// most MaxBodySize bytes. Parameters must not repeat (RFC 6749 §3.2) and
+// nothing may come in the query string.
+func readForm(w http.ResponseWriter, r *http.Request) (form, *oauthError) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", "POST")
+		return nil, &oauthError{code: errInvalidRequest, status: http.StatusMethodNotAllowed, reason: "method " + r.Method}
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/x-www-form-urlencoded" {
+		return nil, fail(errInvalidRequest, "content type %q", r.Header.Get("Content-Type"))
+	}
+	if r.URL.RawQuery != "" {
+		return nil, fail(errInvalidRequest, "parameters in the query string")
+	}
+	r.Body = http.MaxBytesReader(w, r.Body, MaxBodySize)
+	if err := r.ParseForm(); err != nil {
+		return nil, fail(errInvalidRequest, "body: %v", err)
+	}
+	f := form(r.PostForm)
+	for name, vs := range f {
+		if len(vs) > 1 && !repeatable[name] {
+			return nil, fail(errInvalidRequest, "parameter %q repeated", name)
+		}
+	}
+	return f, nil
+}
+
+// client is an authenticated client.
+type client struct {
+	id spiffeid.ID
+	// expires is when the credential it authenticated with expires.
+	expires time.Time
+	// cert is the leaf certificate of mTLS authentication, nil for a
+	// client assertion.
+	cert *x509.Certificate
+}
+
+// authenticate authenticates the client of a request, by its mTLS
+// certificate or its client assertion, against st's bundle. Every
+// failure is invalid_client.
+func (s *Server) authenticate(r *http.Request, f form, st *state) (*client, *oauthError) {
+	if h := r.Header.Get("Authorization"); h != "" {
+		scheme, _, _ := strings.Cut(h, " ")
+		if scheme == "" || strings.ContainsAny(scheme, "\"\\\r\n\t") || len(scheme) > 32 {
+			scheme = "Basic"
+		}
+		e := fail(errInvalidClient, "authorization header (%s) is not a client authentication method of this server", scheme)
+		e.authScheme = scheme
+		return nil, e
+	}
+	now := s.cfg.Clock.Now()
+	var c *client
+	assertionType, assertion := f.get("client_assertion_type"), f.get("client_assertion")
+	switch {
+	case assertionType != "" || assertion != "":
+		if assertionType != AssertionTypeJWTBearer || assertion == "" {
+			return nil, fail(errInvalidClient, "client assertion type %q or empty assertion", assertionType)
+		}
+		claims, err := jwtsvid.Validate(assertion, st.bundle, []string{s.tokenEndpoint}, now)
+		if err != nil {
+			return nil, fail(errInvalidClient, "client assertion: %v", err)
+		}
+		if claims.ID.TrustDomain() != s.cfg.TrustDomain {
+			return nil, fail(errInvalidClient, "client assertion for %s, outside the trust domain", claims.ID)
+		}
+		// Single use: by jti if the assertion has one, else by the whole
+		// token (JWT-SVIDs carry no jti; their signatures differ).
+		sum := sha256.New()
+		if jti, ok := claims.Raw["jti"].(string); ok && jti != "" {
+			sum.Write([]byte("jti\x00" + claims.ID.String() + "\x00" + jti))
+		} else {
+			sum.Write([]byte("token\x00" + assertion))
+		}
+		hash := "assertion:" + hex.EncodeToString(sum.Sum(nil))
+		if err := s.cfg.Store.UseClientAssertion(r.Context(), hash, claims.Expiry.Add(jwtsvid.Leeway)); err != nil {
+			if errors.Is(err, datastore.ErrAlreadyExists) {
+				return nil, fail(errInvalidClient, "client assertion of %s used before", claims.ID)
+			}
+			return nil, storeFail("use client assertion", err)
+		}
+		c = &client{id: claims.ID, expires: claims.Expiry}
+	case r.TLS != nil && len(r.TLS.PeerCertificates) > 0:
+		chain := r.TLS.PeerCertificates
+		id, err := x509ca.VerifyX509SVID(chain, st.bundle.X509Authorities(), now)
+		if err != nil {
+			return nil, fail(errInvalidClient, "client certificate: %v", err)
+		}
+		if id.TrustDomain() != s.cfg.TrustDomain {
+			return nil, fail(errInvalidClient, "client certificate for %s, outside the trust domain", id)
+		}
+		c = &client{id: id, expires: chain[0].NotAfter, cert: chain[0]}
+	default:
+		return nil, fail(errInvalidClient, "no client authentication")
+	}
+	if cid := f.get("client_id"); cid != "" && cid != c.id.String() {
+		return nil, fail(errInvalidClient, "client_id %q differs from the authenticated %s", truncate(cid), c.id)
+	}
+	return c, nil
+}
+
+// thumbprint is the x5t#S256 of a certificate (RFC 8705 §3.1).
+func thumbprint(cert *x509.Certificate) string {
+	sum := sha256.Sum256(cert.Raw)
+	return base64.RawURLEncoding.EncodeToString(sum[:])
+}
+
+// truncate bounds caller input quoted in a log record.
+func truncate(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}

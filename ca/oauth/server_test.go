@@ -1,0 +1,532 @@
+package oauth_test
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"writ.dev/writ/ca/clock/fakeclock"
+	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/datastore/boltstore"
+	"writ.dev/writ/ca/jwtsvid"
+	"writ.dev/writ/ca/keymanager"
+	"writ.dev/writ/ca/oauth"
+	"writ.dev/writ/ca/x509ca"
+	"writ.dev/writ/internal/testca"
+)
+
+var (
+	td = spiffeid.RequireTrustDomainFromString("example.org")
+	t0 = time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)
+)
+
+const (
+	issuer   = "https://oauth.example.org"
+	tokenURL = issuer + "/token"
+	webID    = "spiffe://example.org/web"
+	apiID    = "spiffe://example.org/api"
+	dbID     = "spiffe://example.org/db"
+	strayID  = "spiffe://example.org/stray"
+)
+
+// keys is the key manager's view the server signs with: a real key.
+type keys struct{ active *keymanager.Active }
+
+func (k keys) Active() *keymanager.Active { return k.active }
+
+type env struct {
+	t     *testing.T
+	clk   *fakeclock.Clock
+	store *boltstore.Store
+	ca    *testca.CA
+	jwt   jwtsvid.Key
+	srv   *oauth.Server
+	h     http.Handler
+}
+
+// newEnv runs a server on a boltstore holding the trust domain's bundle
+// and three clients: web (audiences api and orders, scopes read and
+// write), api (audience db, scope db:read) and db (audience api).
+func newEnv(t *testing.T) *env {
+	clk := fakeclock.New(t0)
+	store, err := boltstore.Open(filepath.Join(t.TempDir(), "datastore.db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	ca := testca.New(t, td, t0.Add(-time.Hour), 48*time.Hour)
+	signer, err := x509ca.GenerateKey(x509ca.KeyTypeECP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{t: t, clk: clk, store: store, ca: ca, jwt: jwtsvid.Key{ID: "jwt-1", Signer: signer}}
+	ctx := t.Context()
+	b := spiffebundle.FromX509Authorities(td, []*x509.Certificate{ca.Root})
+	if err := b.AddJWTAuthority(e.jwt.ID, signer.Public()); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := store.UpdateBundle(ctx, td, func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error) { return b, nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []*datastore.OAuthClient{
+		{SPIFFEID: spiffeid.RequireFromString(webID), Audiences: []string{"orders", apiID}, Scopes: []string{"read", "write"}},
+		{SPIFFEID: spiffeid.RequireFromString(apiID), Audiences: []string{dbID}, Scopes: []string{"db:read"}},
+		{SPIFFEID: spiffeid.RequireFromString(dbID), Audiences: []string{"https://ledger.example.org/"}},
+	} {
+		if err := store.PutOAuthClient(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.srv, err = oauth.New(oauth.Config{TrustDomain: td, Issuer: issuer, Store: store, TokenTTL: 5 * time.Minute,
+		Keys: keys{&keymanager.Active{JWT: e.jwt, JWTNotAfter: t0.Add(24 * time.Hour)}}, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- e.srv.Run(runCtx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	// Run arms its timer once the state is loaded.
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := clk.WaitForTimers(wctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	e.h = e.srv.Handler(nil)
+	return e
+}
+
+// cert mints an X.509-SVID for id, valid from now for ttl.
+func (e *env) cert(id string, ttl time.Duration) []*x509.Certificate {
+	s := e.ca.SVID(e.t, spiffeid.RequireFromString(id), e.clk.Now(), ttl)
+	return []*x509.Certificate{s.Leaf}
+}
+
+// assertion signs a JWT-SVID for id with aud.
+func (e *env) assertion(id, aud string, ttl time.Duration) string {
+	tok, _, err := jwtsvid.Sign(e.clk.Now(), e.jwt, spiffeid.RequireFromString(id), []string{aud}, ttl, t0.Add(24*time.Hour))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return tok
+}
+
+type request struct {
+	path    string
+	method  string
+	form    url.Values
+	body    string // raw body instead of form
+	ctype   string
+	certs   []*x509.Certificate
+	headers map[string]string
+}
+
+type response struct {
+	status int
+	header http.Header
+	body   map[string]any
+}
+
+func (e *env) do(r request) response {
+	e.t.Helper()
+	body := r.body
+	if r.form != nil {
+		body = r.form.Encode()
+	}
+	req := httptest.NewRequest(cmpOr(r.method, http.MethodPost), "https://oauth.example.org"+cmpOr(r.path, oauth.TokenPath), strings.NewReader(body))
+	req.Header.Set("Content-Type", cmpOr(r.ctype, "application/x-www-form-urlencoded"))
+	for k, v := range r.headers {
+		req.Header.Set(k, v)
+	}
+	if r.certs != nil {
+		req.TLS = &tls.ConnectionState{PeerCertificates: r.certs}
+	} else {
+		req.TLS = &tls.ConnectionState{}
+	}
+	w := httptest.NewRecorder()
+	e.h.ServeHTTP(w, req)
+	resp := response{status: w.Code, header: w.Header()}
+	if w.Body.Len() > 0 {
+		if err := json.Unmarshal(w.Body.Bytes(), &resp.body); err != nil {
+			e.t.Fatalf("body %q: %v", w.Body.String(), err)
+		}
+	}
+	return resp
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// token gets a token with mTLS as id, or fails.
+func (e *env) token(id string, form url.Values) string {
+	e.t.Helper()
+	form.Set("grant_type", "client_credentials")
+	r := e.do(request{form: form, certs: e.cert(id, time.Hour)})
+	if r.status != http.StatusOK {
+		e.t.Fatalf("token for %s: %d %v", id, r.status, r.body)
+	}
+	return r.body["access_token"].(string)
+}
+
+func (e *env) claims(token, aud string) map[string]any {
+	e.t.Helper()
+	b := spiffebundle.New(td)
+	if err := b.AddJWTAuthority(e.jwt.ID, e.jwt.Signer.Public()); err != nil {
+		e.t.Fatal(err)
+	}
+	c, err := jwtsvid.ValidateAccessToken(token, b, []string{aud}, e.clk.Now())
+	if err != nil {
+		e.t.Fatalf("token does not validate for %s: %v", aud, err)
+	}
+	return c.Raw
+}
+
+// TestTokenErrors: every bad request gets the RFC's error code and
+// status, a body with nothing but the code, and Cache-Control: no-store.
+func TestTokenErrors(t *testing.T) {
+	e := newEnv(t)
+	good := func() url.Values {
+		return url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"}}
+	}
+	with := func(kv ...string) url.Values {
+		f := good()
+		for i := 0; i < len(kv); i += 2 {
+			if kv[i+1] == "" {
+				f.Del(kv[i])
+			} else {
+				f.Set(kv[i], kv[i+1])
+			}
+		}
+		return f
+	}
+	replayed := e.assertion(webID, tokenURL, time.Minute)
+	if r := e.do(request{form: with("client_assertion_type", oauth.AssertionTypeJWTBearer, "client_assertion", replayed)}); r.status != http.StatusOK {
+		t.Fatalf("first use of an assertion: %d %v", r.status, r.body)
+	}
+	otherCA := testca.New(t, td, t0.Add(-time.Hour), 48*time.Hour)
+	accessToken := e.token(webID, url.Values{"audience": {"orders"}})
+
+	tests := []struct {
+		name   string
+		req    func() request
+		status int
+		code   string
+		auth   string // WWW-Authenticate
+	}{
+		{"wrong grant type", func() request {
+			return request{form: with("grant_type", "authorization_code", "code", "x"), certs: e.cert(webID, time.Hour)}
+		}, 400, "unsupported_grant_type", ""},
+		{"password grant", func() request {
+			return request{form: with("grant_type", "password", "username", "u", "password", "p"), certs: e.cert(webID, time.Hour)}
+		}, 400, "unsupported_grant_type", ""},
+		{"no grant type", func() request {
+			return request{form: with("grant_type", ""), certs: e.cert(webID, time.Hour)}
+		}, 400, "invalid_request", ""},
+		{"replayed assertion", func() request {
+			return request{form: with("client_assertion_type", oauth.AssertionTypeJWTBearer, "client_assertion", replayed)}
+		}, 400, "invalid_client", ""},
+		{"assertion for another audience", func() request {
+			return request{form: with("client_assertion_type", oauth.AssertionTypeJWTBearer, "client_assertion", e.assertion(webID, "https://other.example.org/token", time.Minute))}
+		}, 400, "invalid_client", ""},
+		{"assertion for the issuer, not the token endpoint", func() request {
+			return request{form: with("client_assertion_type", oauth.AssertionTypeJWTBearer, "client_assertion", e.assertion(webID, issuer, time.Minute))}
+		}, 400, "invalid_client", ""},
+		{"expired assertion", func() request {
+			a := e.assertion(webID, tokenURL, time.Minute)
+			e.clk.Advance(2 * time.Minute)
+			return request{form: with("client_assertion_type", oauth.AssertionTypeJWTBearer, "client_assertion", a)}
+		}, 400, "invalid_client", ""},
+		{"access token as an assertion", func() request {
+			return request{form: with("client_assertion_type", oauth.AssertionTypeJWTBearer, "client_assertion", accessToken)}
+		}, 400, "invalid_client", ""},
+		{"wrong assertion type", func() request {
+			return request{form: with("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:saml2-bearer", "client_assertion", e.assertion(webID, tokenURL, time.Minute))}
+		}, 400, "invalid_client", ""},
+		{"expired SVID", func() request {
+			certs := e.cert(webID, time.Hour)
+			e.clk.Advance(2 * time.Hour)
+			return request{form: good(), certs: certs}
+		}, 400, "invalid_client", ""},
+		{"SVID of another CA", func() request {
+			s := otherCA.SVID(t, spiffeid.RequireFromString(webID), e.clk.Now(), time.Hour)
+			return request{form: good(), certs: []*x509.Certificate{s.Leaf}}
+		}, 400, "invalid_client", ""},
+		{"unknown client", func() request { return request{form: good(), certs: e.cert(strayID, time.Hour)} }, 400, "invalid_client", ""},
+		{"no client authentication", func() request { return request{form: good()} }, 400, "invalid_client", ""},
+		{"client secret in Basic", func() request {
+			return request{form: good(), headers: map[string]string{"Authorization": "Basic d2ViOnNlY3JldA=="}}
+		}, 401, "invalid_client", `Basic realm="writ"`},
+		{"client_id of another client", func() request {
+			return request{form: with("client_id", apiID), certs: e.cert(webID, time.Hour)}
+		}, 400, "invalid_client", ""},
+		{"scope not granted", func() request { return request{form: with("scope", "read admin"), certs: e.cert(webID, time.Hour)} }, 400, "invalid_scope", ""},
+		{"malformed scope", func() request { return request{form: with("scope", "read  write"), certs: e.cert(webID, time.Hour)} }, 400, "invalid_scope", ""},
+		{"audience not granted", func() request { return request{form: with("audience", dbID), certs: e.cert(webID, time.Hour)} }, 400, "invalid_target", ""},
+		{"no audience", func() request { return request{form: with("audience", ""), certs: e.cert(webID, time.Hour)} }, 400, "invalid_target", ""},
+		{"two audiences", func() request {
+			f := good()
+			f.Add("audience", apiID)
+			return request{form: f, certs: e.cert(webID, time.Hour)}
+		}, 400, "invalid_target", ""},
+		{"resource with a fragment", func() request {
+			return request{form: with("audience", "", "resource", "https://api.example.org/#x"), certs: e.cert(webID, time.Hour)}
+		}, 400, "invalid_target", ""},
+		{"oversized body", func() request {
+			return request{body: good().Encode() + "&pad=" + strings.Repeat("a", oauth.MaxBodySize), certs: e.cert(webID, time.Hour)}
+		}, 400, "invalid_request", ""},
+		{"repeated parameter", func() request {
+			return request{body: good().Encode() + "&scope=read&scope=write", certs: e.cert(webID, time.Hour)}
+		}, 400, "invalid_request", ""},
+		{"JSON body", func() request {
+			return request{body: `{"grant_type":"client_credentials"}`, ctype: "application/json", certs: e.cert(webID, time.Hour)}
+		}, 400, "invalid_request", ""},
+		{"parameters in the query", func() request {
+			return request{path: oauth.TokenPath + "?grant_type=client_credentials", form: good(), certs: e.cert(webID, time.Hour)}
+		}, 400, "invalid_request", ""},
+		{"GET", func() request { return request{method: http.MethodGet, certs: e.cert(webID, time.Hour)} }, 405, "invalid_request", ""},
+		{"exchange without subject token", func() request {
+			return request{form: with("grant_type", oauth.GrantTokenExchange), certs: e.cert(apiID, time.Hour)}
+		}, 400, "invalid_request", ""},
+		{"exchange of a token issued to another party", func() request {
+			return request{form: with("grant_type", oauth.GrantTokenExchange, "audience", dbID, "subject_token_type", oauth.TokenTypeAccessToken, "subject_token", accessToken), certs: e.cert(apiID, time.Hour)}
+		}, 400, "invalid_request", ""},
+		{"exchange of an access token declared a JWT", func() request {
+			tok := e.token(webID, url.Values{"audience": {apiID}})
+			return request{form: with("grant_type", oauth.GrantTokenExchange, "audience", dbID, "subject_token_type", oauth.TokenTypeJWT, "subject_token", tok), certs: e.cert(apiID, time.Hour)}
+		}, 400, "invalid_request", ""},
+		{"exchange with an actor token", func() request {
+			tok := e.token(webID, url.Values{"audience": {apiID}})
+			return request{form: with("grant_type", oauth.GrantTokenExchange, "audience", dbID, "subject_token_type", oauth.TokenTypeAccessToken, "subject_token", tok, "actor_token", tok, "actor_token_type", oauth.TokenTypeAccessToken), certs: e.cert(apiID, time.Hour)}
+		}, 400, "invalid_request", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e.clk.Set(t0)
+			r := e.do(tt.req())
+			if r.status != tt.status || r.body["error"] != tt.code || len(r.body) != 1 {
+				t.Fatalf("got %d %v, want %d {error: %s}", r.status, r.body, tt.status, tt.code)
+			}
+			if r.header.Get("Cache-Control") != "no-store" || r.header.Get("Content-Type") != "application/json" {
+				t.Errorf("headers %v", r.header)
+			}
+			if got := r.header.Get("WWW-Authenticate"); got != tt.auth {
+				t.Errorf("WWW-Authenticate %q, want %q", got, tt.auth)
+			}
+		})
+	}
+}
+
+// TestClientCredentials: the claims of RFC 9068, the granted scopes when
+// none is requested, cnf for mTLS only, and a lifetime capped by the
+// client's SVID.
+func TestClientCredentials(t *testing.T) {
+	e := newEnv(t)
+	certs := e.cert(webID, time.Hour)
+	r := e.do(request{form: url.Values{"grant_type": {"client_credentials"}, "resource": {apiID}}, certs: certs})
+	if r.status != 200 || r.body["token_type"] != "Bearer" || r.body["expires_in"] != 300.0 || r.body["scope"] != "read write" {
+		t.Fatalf("token response %d %v", r.status, r.body)
+	}
+	c := e.claims(r.body["access_token"].(string), apiID)
+	cnf, _ := c["cnf"].(map[string]any)
+	if c["iss"] != issuer || c["sub"] != webID || c["client_id"] != webID || c["aud"] != apiID || c["scope"] != "read write" ||
+		c["iat"] != float64(t0.Unix()) || c["exp"] != float64(t0.Add(5*time.Minute).Unix()) || c["jti"] == "" || cnf["x5t#S256"] == nil {
+		t.Fatalf("claims %v", c)
+	}
+	// A JWT-SVID is not an access token, nor the reverse.
+	b := spiffebundle.New(td)
+	_ = b.AddJWTAuthority(e.jwt.ID, e.jwt.Signer.Public())
+	if _, err := jwtsvid.Validate(r.body["access_token"].(string), b, []string{apiID}, t0); err == nil {
+		t.Fatal("an access token validated as a JWT-SVID")
+	}
+	if _, err := jwtsvid.ValidateAccessToken(e.assertion(webID, apiID, time.Minute), b, []string{apiID}, t0); err == nil {
+		t.Fatal("a JWT-SVID validated as an access token")
+	}
+
+	// An SVID expiring in 90 s caps the token; so does an assertion.
+	r = e.do(request{form: url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"}, "scope": {"write"}}, certs: e.cert(webID, 90*time.Second)})
+	if r.status != 200 || r.body["expires_in"] != 90.0 || r.body["scope"] != "write" {
+		t.Fatalf("token on a short SVID: %d %v", r.status, r.body)
+	}
+	r = e.do(request{form: url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"},
+		"client_assertion_type": {oauth.AssertionTypeJWTBearer}, "client_assertion": {e.assertion(webID, tokenURL, 2*time.Minute)}, "client_id": {webID}}})
+	if r.status != 200 || r.body["expires_in"] != 120.0 {
+		t.Fatalf("token on an assertion: %d %v", r.status, r.body)
+	}
+	if c := e.claims(r.body["access_token"].(string), "orders"); c["cnf"] != nil {
+		t.Fatalf("a token issued on an assertion is certificate-bound: %v", c)
+	}
+}
+
+// TestTokenExchangeChain: web calls api, api calls db, db calls the
+// ledger; each exchange nests the previous act.
+func TestTokenExchangeChain(t *testing.T) {
+	e := newEnv(t)
+	tok := e.token(webID, url.Values{"audience": {apiID}})
+	exchange := func(actor, subject, subjectType, aud string) map[string]any {
+		t.Helper()
+		r := e.do(request{form: url.Values{"grant_type": {oauth.GrantTokenExchange}, "subject_token": {subject},
+			"subject_token_type": {subjectType}, "audience": {aud}}, certs: e.cert(actor, time.Hour)})
+		if r.status != 200 || r.body["issued_token_type"] != oauth.TokenTypeAccessToken {
+			t.Fatalf("exchange by %s: %d %v", actor, r.status, r.body)
+		}
+		return r.body
+	}
+	r := exchange(apiID, tok, oauth.TokenTypeAccessToken, dbID)
+	c := e.claims(r["access_token"].(string), dbID)
+	if c["sub"] != webID || c["client_id"] != apiID || c["scope"] != "db:read" || !actIs(c["act"], apiID) {
+		t.Fatalf("first hop claims %v", c)
+	}
+	hop := e.do(request{form: url.Values{"grant_type": {oauth.GrantTokenExchange}, "subject_token": {r["access_token"].(string)},
+		"subject_token_type": {oauth.TokenTypeAccessToken}, "resource": {"https://ledger.example.org/"}}, certs: e.cert(dbID, time.Hour)})
+	if hop.status != 200 {
+		t.Fatalf("second hop: %d %v", hop.status, hop.body)
+	}
+	c = e.claims(hop.body["access_token"].(string), "https://ledger.example.org/")
+	if c["sub"] != webID || c["client_id"] != dbID || c["scope"] != nil || !actIs(c["act"], dbID, apiID) {
+		t.Fatalf("second hop claims %v", c)
+	}
+	// A JWT-SVID for api is a subject token too.
+	r2 := exchange(apiID, e.assertion(webID, apiID, time.Minute), oauth.TokenTypeJWT, dbID)
+	if c := e.claims(r2["access_token"].(string), dbID); c["sub"] != webID || !actIs(c["act"], apiID) || r2["expires_in"] != 60.0 {
+		t.Fatalf("exchanged JWT-SVID: %v %v", c, r2)
+	}
+}
+
+// actIs reports whether act names ids, outermost (the current actor)
+// first.
+func actIs(act any, ids ...string) bool {
+	for _, id := range ids {
+		m, ok := act.(map[string]any)
+		if !ok || m["sub"] != id {
+			return false
+		}
+		act = m["act"]
+	}
+	return act == nil
+}
+
+// TestIntrospectAndRevoke: a live token introspects active with its
+// claims; after its client revokes it, or an operator revokes the
+// client, it is inactive, as are forged, expired and foreign tokens.
+func TestIntrospectAndRevoke(t *testing.T) {
+	e := newEnv(t)
+	tok := e.token(webID, url.Values{"audience": {"orders"}, "scope": {"read"}})
+	introspect := func(token string) map[string]any {
+		t.Helper()
+		r := e.do(request{path: oauth.IntrospectPath, form: url.Values{"token": {token}}, certs: e.cert(dbID, time.Hour)})
+		if r.status != 200 {
+			t.Fatalf("introspect: %d %v", r.status, r.body)
+		}
+		return r.body
+	}
+	if got := introspect(tok); got["active"] != true || got["sub"] != webID || got["client_id"] != webID || got["scope"] != "read" || got["aud"] != "orders" || got["cnf"] == nil {
+		t.Fatalf("introspection %v", got)
+	}
+	for name, bad := range map[string]string{
+		"garbage":   "not-a-token",
+		"JWT-SVID":  e.assertion(webID, "orders", time.Minute),
+		"tampered":  tok[:len(tok)-4] + "AAAA",
+		"truncated": tok[:strings.LastIndexByte(tok, '.')],
+	} {
+		if got := introspect(bad); len(got) != 1 || got["active"] != false {
+			t.Errorf("introspection of a %s token: %v", name, got)
+		}
+	}
+	if r := e.do(request{path: oauth.IntrospectPath, form: url.Values{"token": {tok}}}); r.status != 400 || r.body["error"] != "invalid_client" {
+		t.Fatalf("unauthenticated introspection: %d %v", r.status, r.body)
+	}
+
+	// Only the client a token was issued to may revoke it.
+	revoke := func(id, token string) response {
+		return e.do(request{path: oauth.RevokePath, form: url.Values{"token": {token}}, certs: e.cert(id, time.Hour)})
+	}
+	if r := revoke(apiID, tok); r.status != 400 || r.body["error"] != "unauthorized_client" {
+		t.Fatalf("revocation by another client: %d %v", r.status, r.body)
+	}
+	if r := revoke(webID, tok); r.status != 200 {
+		t.Fatalf("revocation: %d %v", r.status, r.body)
+	}
+	if got := introspect(tok); got["active"] != false {
+		t.Fatalf("introspection after revocation: %v", got)
+	}
+	if r := revoke(webID, tok); r.status != 200 {
+		t.Fatalf("second revocation: %d %v", r.status, r.body)
+	}
+	if r := revoke(webID, "not-a-token"); r.status != 200 {
+		t.Fatalf("revocation of an invalid token: %d %v", r.status, r.body)
+	}
+	revs, err := e.store.ListRevocations(t.Context(), t0)
+	if err != nil || len(revs) != 1 || revs[0].JTI == "" || !revs[0].ExpiresAt.Equal(t0.Add(5*time.Minute+jwtsvid.Leeway)) {
+		t.Fatalf("stored revocations %+v %v", revs, err)
+	}
+	// A revoked token cannot be exchanged either.
+	apiTok := e.token(webID, url.Values{"audience": {apiID}})
+	if err := e.store.PutRevocation(t.Context(), &datastore.Revocation{ClientID: webID, RevokedAt: t0, ExpiresAt: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for introspect(apiTok)["active"] != false {
+		if time.Now().After(deadline) {
+			t.Fatal("a token of a revoked client still introspects active")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if r := e.do(request{form: url.Values{"grant_type": {oauth.GrantTokenExchange}, "subject_token": {apiTok},
+		"subject_token_type": {oauth.TokenTypeAccessToken}, "audience": {dbID}}, certs: e.cert(apiID, time.Hour)}); r.status != 400 || r.body["error"] != "invalid_request" {
+		t.Fatalf("exchange of a revoked token: %d %v", r.status, r.body)
+	}
+	// Tokens issued after the revocation's second are valid; expired ones
+	// are not.
+	e.clk.Set(t0.Add(time.Second))
+	later := e.token(webID, url.Values{"audience": {"orders"}})
+	if got := introspect(later); got["active"] != true {
+		t.Fatalf("a token issued after the client's revocation: %v", got)
+	}
+	e.clk.Set(t0.Add(time.Second + 5*time.Minute + jwtsvid.Leeway))
+	if got := introspect(later); got["active"] != false {
+		t.Fatalf("an expired token: %v", got)
+	}
+}
+
+func TestMetadata(t *testing.T) {
+	e := newEnv(t)
+	req := httptest.NewRequest(http.MethodGet, "https://oauth.example.org"+oauth.MetadataPath, nil)
+	w := httptest.NewRecorder()
+	e.h.ServeHTTP(w, req)
+	var m map[string]any
+	if err := json.Unmarshal(w.Body.Bytes(), &m); err != nil || w.Code != 200 {
+		t.Fatalf("%d %q %v", w.Code, w.Body, err)
+	}
+	if m["issuer"] != issuer || m["token_endpoint"] != tokenURL || m["introspection_endpoint"] != issuer+"/introspect" ||
+		m["revocation_endpoint"] != issuer+"/revoke" || m["tls_client_certificate_bound_access_tokens"] != true {
+		t.Fatalf("metadata %v", m)
+	}
+}
+
+func TestNewRefusesBadIssuers(t *testing.T) {
+	for _, iss := range []string{"", "http://oauth.example.org", "https://oauth.example.org/path", "https://u@oauth.example.org", "https://oauth.example.org?q"} {
+		if _, err := oauth.New(oauth.Config{TrustDomain: td, Issuer: iss, Store: &boltstore.Store{}, Keys: keys{}}); err == nil {
+			t.Errorf("issuer %q accepted", iss)
+		}
+	}
+}
