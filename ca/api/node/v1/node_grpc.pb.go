@@ -24,14 +24,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	NodeService_Attest_FullMethodName            = "/writ.node.v1.NodeService/Attest"
-	NodeService_AttestNode_FullMethodName        = "/writ.node.v1.NodeService/AttestNode"
-	NodeService_RenewAgent_FullMethodName        = "/writ.node.v1.NodeService/RenewAgent"
-	NodeService_Sync_FullMethodName              = "/writ.node.v1.NodeService/Sync"
-	NodeService_BatchSignX509SVID_FullMethodName = "/writ.node.v1.NodeService/BatchSignX509SVID"
-	NodeService_SignJWTSVID_FullMethodName       = "/writ.node.v1.NodeService/SignJWTSVID"
-	NodeService_ReportTemplates_FullMethodName   = "/writ.node.v1.NodeService/ReportTemplates"
-	NodeService_AckBundle_FullMethodName         = "/writ.node.v1.NodeService/AckBundle"
+	NodeService_Attest_FullMethodName                        = "/writ.node.v1.NodeService/Attest"
+	NodeService_AttestNode_FullMethodName                    = "/writ.node.v1.NodeService/AttestNode"
+	NodeService_RenewAgent_FullMethodName                    = "/writ.node.v1.NodeService/RenewAgent"
+	NodeService_Sync_FullMethodName                          = "/writ.node.v1.NodeService/Sync"
+	NodeService_BatchSignX509SVID_FullMethodName             = "/writ.node.v1.NodeService/BatchSignX509SVID"
+	NodeService_SignJWTSVID_FullMethodName                   = "/writ.node.v1.NodeService/SignJWTSVID"
+	NodeService_ReportTemplates_FullMethodName               = "/writ.node.v1.NodeService/ReportTemplates"
+	NodeService_AckBundle_FullMethodName                     = "/writ.node.v1.NodeService/AckBundle"
+	NodeService_MintDownstreamX509CA_FullMethodName          = "/writ.node.v1.NodeService/MintDownstreamX509CA"
+	NodeService_PublishDownstreamJWTAuthority_FullMethodName = "/writ.node.v1.NodeService/PublishDownstreamJWTAuthority"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -69,6 +71,14 @@ type NodeServiceClient interface {
 	// `writ ca rotate --wait`. Agents call it after each bundle a Sync
 	// stream brings.
 	AckBundle(ctx context.Context, in *AckBundleRequest, opts ...grpc.CallOption) (*AckBundleResponse, error)
+	// MintDownstreamX509CA signs an intermediate X.509 CA of the trust
+	// domain for a workload of the calling agent whose entry is downstream
+	// (a nested Writ server), with the server's current X.509 CA.
+	MintDownstreamX509CA(ctx context.Context, in *MintDownstreamX509CARequest, opts ...grpc.CallOption) (*MintDownstreamX509CAResponse, error)
+	// PublishDownstreamJWTAuthority adds the JWT signing key of a
+	// downstream entry's workload to the trust domain's bundle until it
+	// expires.
+	PublishDownstreamJWTAuthority(ctx context.Context, in *PublishDownstreamJWTAuthorityRequest, opts ...grpc.CallOption) (*PublishDownstreamJWTAuthorityResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -171,6 +181,26 @@ func (c *nodeServiceClient) AckBundle(ctx context.Context, in *AckBundleRequest,
 	return out, nil
 }
 
+func (c *nodeServiceClient) MintDownstreamX509CA(ctx context.Context, in *MintDownstreamX509CARequest, opts ...grpc.CallOption) (*MintDownstreamX509CAResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MintDownstreamX509CAResponse)
+	err := c.cc.Invoke(ctx, NodeService_MintDownstreamX509CA_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) PublishDownstreamJWTAuthority(ctx context.Context, in *PublishDownstreamJWTAuthorityRequest, opts ...grpc.CallOption) (*PublishDownstreamJWTAuthorityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PublishDownstreamJWTAuthorityResponse)
+	err := c.cc.Invoke(ctx, NodeService_PublishDownstreamJWTAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -206,6 +236,14 @@ type NodeServiceServer interface {
 	// `writ ca rotate --wait`. Agents call it after each bundle a Sync
 	// stream brings.
 	AckBundle(context.Context, *AckBundleRequest) (*AckBundleResponse, error)
+	// MintDownstreamX509CA signs an intermediate X.509 CA of the trust
+	// domain for a workload of the calling agent whose entry is downstream
+	// (a nested Writ server), with the server's current X.509 CA.
+	MintDownstreamX509CA(context.Context, *MintDownstreamX509CARequest) (*MintDownstreamX509CAResponse, error)
+	// PublishDownstreamJWTAuthority adds the JWT signing key of a
+	// downstream entry's workload to the trust domain's bundle until it
+	// expires.
+	PublishDownstreamJWTAuthority(context.Context, *PublishDownstreamJWTAuthorityRequest) (*PublishDownstreamJWTAuthorityResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -239,6 +277,12 @@ func (UnimplementedNodeServiceServer) ReportTemplates(context.Context, *ReportTe
 }
 func (UnimplementedNodeServiceServer) AckBundle(context.Context, *AckBundleRequest) (*AckBundleResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AckBundle not implemented")
+}
+func (UnimplementedNodeServiceServer) MintDownstreamX509CA(context.Context, *MintDownstreamX509CARequest) (*MintDownstreamX509CAResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MintDownstreamX509CA not implemented")
+}
+func (UnimplementedNodeServiceServer) PublishDownstreamJWTAuthority(context.Context, *PublishDownstreamJWTAuthorityRequest) (*PublishDownstreamJWTAuthorityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PublishDownstreamJWTAuthority not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -387,6 +431,42 @@ func _NodeService_AckBundle_Handler(srv interface{}, ctx context.Context, dec fu
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_MintDownstreamX509CA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MintDownstreamX509CARequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).MintDownstreamX509CA(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_MintDownstreamX509CA_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).MintDownstreamX509CA(ctx, req.(*MintDownstreamX509CARequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_PublishDownstreamJWTAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PublishDownstreamJWTAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).PublishDownstreamJWTAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_PublishDownstreamJWTAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).PublishDownstreamJWTAuthority(ctx, req.(*PublishDownstreamJWTAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -417,6 +497,14 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AckBundle",
 			Handler:    _NodeService_AckBundle_Handler,
+		},
+		{
+			MethodName: "MintDownstreamX509CA",
+			Handler:    _NodeService_MintDownstreamX509CA_Handler,
+		},
+		{
+			MethodName: "PublishDownstreamJWTAuthority",
+			Handler:    _NodeService_PublishDownstreamJWTAuthority_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
