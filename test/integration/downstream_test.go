@@ -1,0 +1,250 @@
+package integration_test
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"net/url"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/jwtbundle"
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	agentv1 "writ.dev/writ/ca/api/agent/v1"
+)
+
+var exampleTD = spiffeid.RequireTrustDomainFromString("example.org")
+
+// parsePEMCerts parses the PEM certificates `writ bundle show` prints.
+func parsePEMCerts(t *testing.T, s string) []*x509.Certificate {
+	t.Helper()
+	var out []*x509.Certificate
+	data := []byte(s)
+	for {
+		var b *pem.Block
+		b, data = pem.Decode(data)
+		if b == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, c)
+	}
+	if len(out) == 0 {
+		t.Fatalf("no certificate in %q", s)
+	}
+	return out
+}
+
+// downstreamClient connects to an agent's DownstreamService.
+func downstreamClient(t *testing.T, p *agentProc) agentv1.DownstreamServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient("unix://"+p.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return agentv1.NewDownstreamServiceClient(conn)
+}
+
+func caCSRFor(t *testing.T, uri string) []byte {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.CertificateRequest{}
+	if uri != "" {
+		u, err := url.Parse(uri)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tmpl.URIs = []*url.URL{u}
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, tmpl, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return der
+}
+
+// TestIntegrationDownstream runs a two-level deployment with real
+// processes: a parent server and agent; a child server, a workload of the
+// parent agent with a downstream entry, whose CA comes from the parent
+// (--upstream-authority writ); and an agent of the child. The child's
+// workloads' X.509- and JWT-SVIDs verify against the parent's bundle
+// alone, and a CA rotation at the parent reaches them.
+func TestIntegrationDownstream(t *testing.T) {
+	e := newNodeEnv(t)
+	parentAgentID := "spiffe://example.org/writ/agent/parent"
+	pa := startAgent(t, e.addr, filepath.Join(e.dir, "pa"), e.bundle, e.token(parentAgentID))
+
+	// The child server runs the writ binary as this uid; this test
+	// process (another binary, same uid) has only a plain entry.
+	e.server.admin("entry", "create", "--spiffe-id", "spiffe://example.org/regional/eu", "--parent-id", parentAgentID,
+		"--selector", uidSelector, "--selector", "unix:path:"+writBin, "--downstream")
+	e.entry("spiffe://example.org/test", parentAgentID)
+	// Entries reach the agent in order: once the later one is served,
+	// the downstream entry is there too.
+	waitSVIDs(t, pa, []string{"spiffe://example.org/test"})
+
+	ds := downstreamClient(t, pa)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	_, err := ds.MintX509CA(ctx, &agentv1.MintX509CARequest{Csr: caCSRFor(t, "spiffe://example.org")})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("MintX509CA by a workload without a downstream entry: %v, want PermissionDenied", err)
+	}
+	ws, err := ds.WatchBundle(ctx, &agentv1.WatchBundleRequest{})
+	if err == nil {
+		_, err = ws.Recv()
+	}
+	if status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("WatchBundle by a workload without a downstream entry: %v, want PermissionDenied", err)
+	}
+
+	childDir := filepath.Join(e.dir, "cs")
+	child := startServer(t, childDir, "--upstream-authority", "writ", "--upstream-socket", pa.socket)
+	childBundle := filepath.Join(e.dir, "child-bundle.pem")
+	if err := os.WriteFile(childBundle, []byte(child.admin("bundle", "show")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	childAgentID := "spiffe://example.org/writ/agent/child"
+	ca := startAgent(t, child.nodeAddress(), filepath.Join(e.dir, "ca"), childBundle,
+		strings.TrimSpace(child.admin("token", "generate", "--spiffe-id", childAgentID)))
+	child.admin("entry", "create", "--spiffe-id", "spiffe://example.org/eu/web", "--parent-id", childAgentID, "--selector", uidSelector)
+	waitSVIDs(t, ca, []string{"spiffe://example.org/eu/web"})
+
+	// The child's SVID verifies with go-spiffe against the parent's
+	// bundle alone.
+	parentRoots := parsePEMCerts(t, e.server.admin("bundle", "show"))
+	svid, err := workloadapi.FetchX509SVID(ctx, socketAddr(ca))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := x509svid.Verify(svid.Certificates, x509bundle.FromX509Authorities(exampleTD, parentRoots)); err != nil {
+		t.Fatalf("the child's X.509-SVID does not verify against the parent's bundle: %v", err)
+	}
+	if len(svid.Certificates) < 2 || !svid.Certificates[1].IsCA {
+		t.Fatalf("the child's SVID chain has no intermediate (%d certificates)", len(svid.Certificates))
+	}
+
+	// A JWT-SVID of the child validates with the parent's JWT bundle,
+	// as the parent's agent serves it.
+	token, err := workloadapi.FetchJWTSVID(ctx, jwtsvid.Params{Audience: "eu-db"}, socketAddr(ca))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var jerr error
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var bundles *jwtbundle.Set
+		bundles, jerr = workloadapi.FetchJWTBundles(ctx, socketAddr(pa))
+		if jerr == nil {
+			if _, jerr = jwtsvid.ParseAndValidate(token.Marshal(), bundles, []string{"eu-db"}); jerr == nil {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the child's JWT-SVID does not validate with the parent's JWT bundle: %v", jerr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	// A rotation at the parent reaches the child's workloads through the
+	// bundle streams.
+	e.server.admin("ca", "rotate")
+	var newRoot *x509.Certificate
+	for _, c := range parsePEMCerts(t, e.server.admin("bundle", "show")) {
+		if !slices.ContainsFunc(parentRoots, c.Equal) {
+			newRoot = c
+		}
+	}
+	if newRoot == nil {
+		t.Fatal("the parent's rotation added no X.509 authority")
+	}
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	client, err := workloadapi.New(wctx, socketAddr(ca))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	seen := make(chan struct{})
+	go func() {
+		_ = client.WatchX509Bundles(wctx, bundleWatcher(func(s *x509bundle.Set) {
+			if b, ok := s.Get(exampleTD); ok && b.HasX509Authority(newRoot) {
+				select {
+				case <-seen:
+				default:
+					close(seen)
+				}
+			}
+		}))
+	}()
+	select {
+	case <-seen:
+	case <-wctx.Done():
+		t.Fatalf("the parent's new CA did not reach the child's workload\nchild server:\n%s", tail(child.log.String(), 30))
+	}
+}
+
+// bundleWatcher adapts a function to workloadapi.X509BundleWatcher.
+type bundleWatcher func(*x509bundle.Set)
+
+func (f bundleWatcher) OnX509BundlesUpdate(s *x509bundle.Set) { f(s) }
+func (bundleWatcher) OnX509BundlesWatchError(error)           {}
+
+// TestIntegrationDownstreamChecks has this test process's own entry made
+// downstream and asks its agent for CAs directly: a CSR for another
+// trust domain is refused, a longer lifetime is cut to the entry's TTL.
+func TestIntegrationDownstreamChecks(t *testing.T) {
+	e := newNodeEnv(t)
+	agentID := "spiffe://example.org/writ/agent/parent"
+	pa := startAgent(t, e.addr, filepath.Join(e.dir, "pa"), e.bundle, e.token(agentID))
+	e.entry("spiffe://example.org/regional/test", agentID, "--downstream", "--x509-ttl", "2h")
+	waitSVIDs(t, pa, []string{"spiffe://example.org/regional/test"})
+	ds := downstreamClient(t, pa)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+
+	for _, uri := range []string{"spiffe://other.org", "spiffe://example.org/workload"} {
+		_, err := ds.MintX509CA(ctx, &agentv1.MintX509CARequest{Csr: caCSRFor(t, uri)})
+		if status.Code(err) != codes.InvalidArgument {
+			t.Fatalf("CSR naming %s: %v, want InvalidArgument", uri, err)
+		}
+	}
+	before := time.Now()
+	resp, err := ds.MintX509CA(ctx, &agentv1.MintX509CARequest{Csr: caCSRFor(t, "spiffe://example.org"), PreferredTtl: int64((48 * time.Hour) / time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(resp.CaChain[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if max := before.Add(2*time.Hour + time.Minute); cert.NotAfter.After(max) || cert.NotAfter.Before(before.Add(2*time.Hour-time.Minute)) {
+		t.Fatalf("48h asked, entry TTL 2h: NotAfter %s, want about %s", cert.NotAfter, before.Add(2*time.Hour))
+	}
+	if !cert.IsCA {
+		t.Fatal("not a CA")
+	}
+}
