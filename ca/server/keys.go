@@ -222,7 +222,12 @@ func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keym
 			prev()
 			w.Close()
 		}
-		follow = func(ctx context.Context) error { return w.Follow(ctx, store) }
+		follow = func(ctx context.Context) error {
+			return w.Follow(ctx, store, func(ctx context.Context, ids []string) error {
+				_, err := km.ReplaceUpstreamTainted(ctx, ids)
+				return err
+			})
+		}
 	}
 	if auth != nil && cfg.Metrics != nil {
 		c := countedAuthority{auth, cfg.Metrics}

@@ -1,11 +1,13 @@
 package integration_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"net/url"
 	"os"
@@ -181,7 +183,7 @@ func TestIntegrationDownstream(t *testing.T) {
 	if newRoot == nil {
 		t.Fatal("the parent's rotation added no X.509 authority")
 	}
-	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	wctx, wcancel := context.WithTimeout(ctx, 45*time.Second)
 	defer wcancel()
 	client, err := workloadapi.New(wctx, socketAddr(ca))
 	if err != nil {
@@ -205,7 +207,37 @@ func TestIntegrationDownstream(t *testing.T) {
 	case <-wctx.Done():
 		t.Fatalf("the parent's new CA did not reach the child's workload\nchild server:\n%s", tail(child.log.String(), 30))
 	}
+
+	// A taint of the parent's old CA, which signed the child's CA, makes
+	// the child replace its CA and its agents re-sign: the child's
+	// workload gets an SVID whose CA the parent's new CA signed.
+	e.server.admin("ca", "x509", "taint", "--id", hex.EncodeToString(parentRoots[0].SubjectKeyId))
+	resigned := make(chan *x509svid.SVID, 1)
+	go func() {
+		_ = client.WatchX509Context(wctx, x509ContextFunc(func(c *workloadapi.X509Context) {
+			if s := c.DefaultSVID(); s != nil && len(s.Certificates) > 1 && bytes.Equal(s.Certificates[1].AuthorityKeyId, newRoot.SubjectKeyId) {
+				select {
+				case resigned <- s:
+				default:
+				}
+			}
+		}))
+	}()
+	select {
+	case s := <-resigned:
+		if _, _, err := x509svid.Verify(s.Certificates, x509bundle.FromX509Authorities(exampleTD, []*x509.Certificate{newRoot})); err != nil {
+			t.Fatalf("the re-signed SVID does not verify against the parent's new CA: %v", err)
+		}
+	case <-wctx.Done():
+		t.Fatalf("the child's workload got no SVID under the parent's new CA after the taint\nchild server:\n%s", tail(child.log.String(), 30))
+	}
 }
+
+// x509ContextFunc adapts a function to workloadapi.X509ContextWatcher.
+type x509ContextFunc func(*workloadapi.X509Context)
+
+func (f x509ContextFunc) OnX509ContextUpdate(c *workloadapi.X509Context) { f(c) }
+func (x509ContextFunc) OnX509ContextWatchError(error)                    {}
 
 // bundleWatcher adapts a function to workloadapi.X509BundleWatcher.
 type bundleWatcher func(*x509bundle.Set)

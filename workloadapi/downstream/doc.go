@@ -16,9 +16,10 @@
 // identity issued", the detail going to the debug log. The server checks
 // again that the entry is downstream and belongs to this agent.
 //
-// WatchBundle sends the local trust domain's full SPIFFE bundle at once
-// (as soon as the agent has one), then again after every change, and ends
-// with PermissionDenied if the caller stops matching a downstream entry.
+// WatchBundle sends the local trust domain's full SPIFFE bundle with the
+// set of tainted X.509 authorities at once (as soon as the agent has a
+// bundle), then again after every change of either, and ends with
+// PermissionDenied if the caller stops matching a downstream entry.
 //
 // Caveat: as for the Workload API, path and hash selectors cannot tell
 // processes of one uid apart; give the downstream entry a uid of its own.

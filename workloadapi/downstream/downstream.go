@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -45,6 +46,7 @@ type Cache interface {
 	Identities(selectors []entry.Selector) []svidcache.Identity
 	Subscribe(selectors []entry.Selector) *svidcache.Subscription
 	Bundle() *spiffebundle.Bundle
+	TaintedX509Authorities() []string
 }
 
 // Forwarder sends downstream calls to the server: the agent's
@@ -195,12 +197,16 @@ func (h *Handler) WatchBundle(_ *agentv1.WatchBundleRequest, stream grpc.ServerS
 	}
 	sub := h.cache.Subscribe(c.Selectors)
 	defer sub.Close()
-	var sent *spiffebundle.Bundle
+	var (
+		sent        *spiffebundle.Bundle
+		sentTainted []string
+	)
 	for {
 		if _, ok := downstreamIdentity(h.cache.Identities(c.Selectors)); !ok {
 			return c.Refused("caller no longer matches a downstream entry")
 		}
-		if b := h.cache.Bundle(); b != nil && (sent == nil || !sent.Equal(b)) {
+		b, tainted := h.cache.Bundle(), h.cache.TaintedX509Authorities()
+		if b != nil && (sent == nil || !sent.Equal(b) || !slices.Equal(sentTainted, tainted)) {
 			raw, err := b.Marshal()
 			if err != nil {
 				return status.Error(codes.Internal, "cannot encode the bundle")
@@ -208,10 +214,10 @@ func (h *Handler) WatchBundle(_ *agentv1.WatchBundleRequest, stream grpc.ServerS
 			if err := c.Check(); err != nil {
 				return err
 			}
-			if err := stream.Send(&agentv1.WatchBundleResponse{Bundle: raw}); err != nil {
+			if err := stream.Send(&agentv1.WatchBundleResponse{Bundle: raw, TaintedX509AuthorityIds: tainted}); err != nil {
 				return err
 			}
-			sent = b
+			sent, sentTainted = b, tainted
 		}
 		select {
 		case <-ctx.Done():

@@ -177,12 +177,15 @@ type BundleStore interface {
 // until ctx ends: from the parent agent's WatchBundle stream, every
 // bundle it sends makes this server's X.509 authorities the parent's, and
 // its JWT authorities the parent's plus this server's own keys (those it
-// has records of). When the stream fails it reconnects after a second,
-// doubling up to a minute; the bundle stays as it was meanwhile.
-func (w *Writ) Follow(ctx context.Context, store BundleStore) error {
+// has records of). When the parent announces tainted X.509 authorities,
+// tainted (if not nil) is called with their IDs, after the bundle is
+// applied; its error counts as a failure of the stream. When the stream
+// fails it reconnects after a second, doubling up to a minute; the bundle
+// stays as it was meanwhile.
+func (w *Writ) Follow(ctx context.Context, store BundleStore, tainted func(context.Context, []string) error) error {
 	retry := followRetry
 	for {
-		err := w.follow(ctx, store, func() { retry = followRetry })
+		err := w.follow(ctx, store, tainted, func() { retry = followRetry })
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -200,7 +203,7 @@ func (w *Writ) Follow(ctx context.Context, store BundleStore) error {
 
 // follow reads one WatchBundle stream; received is called after each
 // bundle applied.
-func (w *Writ) follow(ctx context.Context, store BundleStore, received func()) error {
+func (w *Writ) follow(ctx context.Context, store BundleStore, tainted func(context.Context, []string) error, received func()) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := w.client.WatchBundle(ctx, &agentv1.WatchBundleRequest{})
@@ -222,6 +225,11 @@ func (w *Writ) follow(ctx context.Context, store BundleStore, received func()) e
 		changed, err := ApplyParentBundle(ctx, store, w.td, parent)
 		if err != nil {
 			return err
+		}
+		if ids := msg.GetTaintedX509AuthorityIds(); len(ids) > 0 && tainted != nil {
+			if err := tainted(ctx, ids); err != nil {
+				return fmt.Errorf("replace CAs a tainted parent authority signed: %w", err)
+			}
 		}
 		received()
 		seq, _ := parent.SequenceNumber()

@@ -344,9 +344,12 @@ func (*WatchBundleRequest) Descriptor() ([]byte, []int) {
 type WatchBundleResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The trust domain's SPIFFE bundle (JSON), complete.
-	Bundle        []byte `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Bundle []byte `protobuf:"bytes,1,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	// The complete set of tainted X.509 authorities of the trust domain, by
+	// subject key ID (lowercase hex): a CA they signed must be replaced.
+	TaintedX509AuthorityIds []string `protobuf:"bytes,2,rep,name=tainted_x509_authority_ids,json=taintedX509AuthorityIds,proto3" json:"tainted_x509_authority_ids,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *WatchBundleResponse) Reset() {
@@ -386,6 +389,13 @@ func (x *WatchBundleResponse) GetBundle() []byte {
 	return nil
 }
 
+func (x *WatchBundleResponse) GetTaintedX509AuthorityIds() []string {
+	if x != nil {
+		return x.TaintedX509AuthorityIds
+	}
+	return nil
+}
+
 var File_ca_api_agent_v1_downstream_proto protoreflect.FileDescriptor
 
 const file_ca_api_agent_v1_downstream_proto_rawDesc = "" +
@@ -409,9 +419,10 @@ const file_ca_api_agent_v1_downstream_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x01 \x01(\x03R\texpiresAt\x12D\n" +
 	"\x0fjwt_authorities\x18\x02 \x03(\v2\x1b.writ.agent.v1.JWTAuthorityR\x0ejwtAuthorities\"\x14\n" +
-	"\x12WatchBundleRequest\"-\n" +
+	"\x12WatchBundleRequest\"j\n" +
 	"\x13WatchBundleResponse\x12\x16\n" +
-	"\x06bundle\x18\x01 \x01(\fR\x06bundle2\xac\x02\n" +
+	"\x06bundle\x18\x01 \x01(\fR\x06bundle\x12;\n" +
+	"\x1atainted_x509_authority_ids\x18\x02 \x03(\tR\x17taintedX509AuthorityIds2\xac\x02\n" +
 	"\x11DownstreamService\x12Q\n" +
 	"\n" +
 	"MintX509CA\x12 .writ.agent.v1.MintX509CARequest\x1a!.writ.agent.v1.MintX509CAResponse\x12l\n" +

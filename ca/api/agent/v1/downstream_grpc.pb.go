@@ -43,8 +43,9 @@ type DownstreamServiceClient interface {
 	// PublishJWTAuthority adds a JWT signing key to the trust domain's
 	// bundle until it expires.
 	PublishJWTAuthority(ctx context.Context, in *PublishJWTAuthorityRequest, opts ...grpc.CallOption) (*PublishJWTAuthorityResponse, error)
-	// WatchBundle streams the trust domain's bundle: the current one at
-	// once, then the full bundle again whenever it changes.
+	// WatchBundle streams the trust domain's bundle and its tainted X.509
+	// authorities: the current ones at once, then again whenever either
+	// changes.
 	WatchBundle(ctx context.Context, in *WatchBundleRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBundleResponse], error)
 }
 
@@ -105,8 +106,9 @@ type DownstreamServiceServer interface {
 	// PublishJWTAuthority adds a JWT signing key to the trust domain's
 	// bundle until it expires.
 	PublishJWTAuthority(context.Context, *PublishJWTAuthorityRequest) (*PublishJWTAuthorityResponse, error)
-	// WatchBundle streams the trust domain's bundle: the current one at
-	// once, then the full bundle again whenever it changes.
+	// WatchBundle streams the trust domain's bundle and its tainted X.509
+	// authorities: the current ones at once, then again whenever either
+	// changes.
 	WatchBundle(*WatchBundleRequest, grpc.ServerStreamingServer[WatchBundleResponse]) error
 	mustEmbedUnimplementedDownstreamServiceServer()
 }
