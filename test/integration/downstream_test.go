@@ -11,9 +11,11 @@ import (
 	"encoding/pem"
 	"net/url"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -278,5 +280,69 @@ func TestIntegrationDownstreamChecks(t *testing.T) {
 	}
 	if !cert.IsCA {
 		t.Fatal("not a CA")
+	}
+}
+
+// TestIntegrationReadmeNested runs the README's block "A regional Writ
+// under a root Writ" with bash, as written, except for its ports, its
+// temporary directory (under the test's) and ./writ, the binary built
+// for the tests.
+func TestIntegrationReadmeNested(t *testing.T) {
+	data, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(data), "### A regional Writ under a root Writ\n")
+	if !ok {
+		t.Fatal("README.md has no section \"A regional Writ under a root Writ\"")
+	}
+	_, block, ok := strings.Cut(section, "```sh\n")
+	block, _, ok2 := strings.Cut(block, "```\n")
+	if !ok || !ok2 {
+		t.Fatal("the section has no sh block")
+	}
+	dir := shortTempDir(t)
+	script := block
+	for _, r := range [][2]string{
+		{"127.0.0.1:8181", freePort(t)},
+		{"127.0.0.1:8182", freePort(t)},
+		{"/tmp/writ-nest.XXXXXX", filepath.Join(dir, "n.XXXXXX")},
+	} {
+		if !strings.Contains(script, r[0]) {
+			t.Fatalf("the README block no longer holds %q", r[0])
+		}
+		script = strings.ReplaceAll(script, r[0], r[1])
+	}
+	bin, err := os.ReadFile(writBin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "writ"), bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "bash", "-e", "-c", script)
+	cmd.Dir = dir
+	cmd.Env = cleanEnv()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.WaitDelay = 5 * time.Second
+	t.Cleanup(func() { _ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) })
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("the README block failed: %v\n%s", err, out)
+	}
+	text := string(out)
+	lines := strings.Split(strings.TrimSpace(text), "\n")
+	switch {
+	case !strings.Contains(text, "svid.pem: OK"):
+		t.Errorf("openssl did not verify the regional SVID against the root's bundle:\n%s", text)
+	case !slices.Contains(lines, "spiffe://example.org/eu/web"):
+		t.Errorf("the root's agent did not validate the regional JWT-SVID:\n%s", text)
+	case !slices.Contains(lines, "the regional bundle holds the root's old and new CAs"):
+		t.Errorf("the regional bundle does not hold the root's two CAs after the rotation:\n%s", text)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, "n.*")); len(left) != 0 {
+		t.Errorf("the block's clean-up left %v", left)
 	}
 }
