@@ -50,7 +50,7 @@ func (s *Service) downstreamEntry(c *caller, id string) *entry.Entry {
 	return e
 }
 
-// downstreamTTL is the longest lifetime a downstream CA or JWT key of e
+// downstreamLimit is the longest lifetime a downstream CA or JWT key of e
 // gets: the entry's X.509-SVID TTL, or the server's downstream default.
 func (s *Service) downstreamLimit(e *entry.Entry) time.Duration {
 	if e.X509SVIDTTL > 0 {
@@ -113,7 +113,7 @@ func (h *handler) MintDownstreamX509CA(ctx context.Context, req *nodev1.MintDown
 		return nil, status.Error(codes.FailedPrecondition, "this server's CA chain cannot have a downstream CA below it: "+err.Error())
 	}
 	s.log.LogAttrs(ctx, slog.LevelInfo, "downstream CA signed", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.EntryID, e.ID),
-		slog.String("serial", cert.SerialNumber.String()), slog.Time("not_after", cert.NotAfter), slog.Bool("cut", cert.NotAfter.Before(now.Add(time.Duration(req.GetPreferredTtl())*time.Second))))
+		slog.String("serial", cert.SerialNumber.String()), slog.Time("not_after", cert.NotAfter), slog.Bool("cut", req.GetPreferredTtl() > 0 && cert.NotAfter.Before(now.Add(time.Duration(req.GetPreferredTtl())*time.Second))))
 	resp := &nodev1.MintDownstreamX509CAResponse{CaChain: a.X509.SVIDChain(cert.Raw)}
 	for _, r := range b.X509Authorities() {
 		resp.X509Authorities = append(resp.X509Authorities, r.Raw)
