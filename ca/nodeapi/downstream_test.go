@@ -5,6 +5,8 @@ import (
 	"crypto"
 	"crypto/rand"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"math/big"
 	"net/url"
 	"testing"
 	"time"
@@ -18,6 +20,7 @@ import (
 	nodev1 "writ.dev/writ/ca/api/node/v1"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/keymanager"
 	"writ.dev/writ/ca/nodeapi"
 	"writ.dev/writ/ca/x509ca"
 )
@@ -274,4 +277,30 @@ func TestPublishDownstreamJWTAuthority(t *testing.T) {
 	if _, ok := e.bundle().FindJWTAuthority(ownKID); !ok {
 		t.Fatal("the server's own JWT key left the bundle")
 	}
+}
+
+// TestMintDownstreamX509CANoRoom: a server whose own CA sits under an
+// upstream root of path length 1 has no room for a CA below its own, and
+// says so instead of signing one that would not verify.
+func TestMintDownstreamX509CANoRoom(t *testing.T) {
+	key := newKey(t)
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "upstream root"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(48 * time.Hour),
+		IsCA: true, BasicConstraintsValid: true, MaxPathLen: 1, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := newEnv(t, envOptions{authority: &keymanager.Upstream{Issuer: &x509ca.Issuer{Cert: root, Signer: key}, Roots: []*x509.Certificate{root}}})
+	a := e.attest(agentA)
+	down := e.createEntry("spiffe://example.org/regional", agentA, func(en *entry.Entry) { en.Downstream = true })
+	_, err = a.client.MintDownstreamX509CA(ctxT(t), &nodev1.MintDownstreamX509CARequest{EntryId: down.ID, Csr: caCSR(t, newKey(t), nil)})
+	wantStatus(t, err, codes.FailedPrecondition)
 }
