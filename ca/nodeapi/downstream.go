@@ -137,16 +137,25 @@ func checkRoomBelow(now time.Time, chain, roots []*x509.Certificate) error {
 	if err != nil {
 		return fmt.Errorf("the downstream CA does not verify against the bundle: %w", err)
 	}
+	// One path that leaves room is enough: relying parties find it.
+	var last error
 	for _, p := range paths {
-		for j := 1; j < len(p); j++ {
-			// Below p[j]: p[1..j-1] and the downstream CA, j CAs.
-			if c := p[j]; c.BasicConstraintsValid && c.MaxPathLen >= 0 && (c.MaxPathLen > 0 || c.MaxPathLenZero) && c.MaxPathLen < j {
-				return fmt.Errorf("%q has path length %d; a downstream CA needs %d", c.Subject.String(), c.MaxPathLen, j)
-			}
+		if last = roomBelow(p); last == nil {
+			return nil
 		}
-		return nil
 	}
-	return errors.New("no verified path")
+	return last
+}
+
+// roomBelow checks one verified path, the downstream CA first.
+func roomBelow(p []*x509.Certificate) error {
+	for j := 1; j < len(p); j++ {
+		// Below p[j]: p[1..j-1] and the downstream CA, j CAs.
+		if c := p[j]; c.BasicConstraintsValid && c.MaxPathLen >= 0 && (c.MaxPathLen > 0 || c.MaxPathLenZero) && c.MaxPathLen < j {
+			return fmt.Errorf("%q has path length %d; a downstream CA needs %d", c.Subject.String(), c.MaxPathLen, j)
+		}
+	}
+	return nil
 }
 
 // PublishDownstreamJWTAuthority records a downstream entry's JWT public
