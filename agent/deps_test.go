@@ -7,7 +7,8 @@ import (
 )
 
 // TestImportBoundary keeps the agent off the server side: it may import
-// only I/O-free ca/ leaves and the node API's generated code.
+// only I/O-free ca/ leaves and the generated code of the node API and of
+// its own socket services.
 func TestImportBoundary(t *testing.T) {
 	out, err := exec.Command("go", "list", "-deps", "writ.dev/writ/agent/...").CombinedOutput()
 	if err != nil {
@@ -19,7 +20,7 @@ func TestImportBoundary(t *testing.T) {
 		"writ.dev/writ/ca/jwtsvid":     true,
 		"writ.dev/writ/ca/clock":       true,
 		"writ.dev/writ/ca/api/node/v1": true,
-		// The agent socket's own services.
+		// The agent's own services on its socket (generated code).
 		"writ.dev/writ/ca/api/agent/v1": true,
 	}
 	for _, pkg := range strings.Fields(string(out)) {

@@ -453,3 +453,38 @@ func jwtSignError(err error) error {
 	}
 	return err
 }
+
+// Downstream forwards the downstream calls of workloads whose entries are
+// downstream to the server, through the connected session.
+type Downstream struct{ a *Agent }
+
+// Downstream returns the agent's forwarder of downstream calls.
+func (a *Agent) Downstream() Downstream { return Downstream{a: a} }
+
+func (d Downstream) client() (*nodeclient.Client, error) {
+	c := d.a.client.Load()
+	if c == nil || d.a.revoked.Load() {
+		return nil, fmt.Errorf("%w: agent is not connected to the server", nodeclient.ErrUnavailable)
+	}
+	return c, nil
+}
+
+// MintX509CA has the server sign csr as a CA for entryID; see
+// nodeclient.Client.MintDownstreamX509CA.
+func (d Downstream) MintX509CA(ctx context.Context, entryID string, csr []byte, ttl time.Duration) (chain, authorities [][]byte, err error) {
+	c, err := d.client()
+	if err != nil {
+		return nil, nil, err
+	}
+	return c.MintDownstreamX509CA(ctx, entryID, csr, ttl)
+}
+
+// PublishJWTAuthority has the server publish a JWT key of entryID; see
+// nodeclient.Client.PublishDownstreamJWTAuthority.
+func (d Downstream) PublishJWTAuthority(ctx context.Context, entryID, kid string, pub []byte, expires time.Time) (time.Time, []byte, error) {
+	c, err := d.client()
+	if err != nil {
+		return time.Time{}, nil, err
+	}
+	return c.PublishDownstreamJWTAuthority(ctx, entryID, kid, pub, expires)
+}

@@ -8,6 +8,7 @@ import (
 
 	"writ.dev/writ/agent"
 	"writ.dev/writ/workloadapi"
+	"writ.dev/writ/workloadapi/downstream"
 	"writ.dev/writ/workloadapi/revocationapi"
 	"writ.dev/writ/workloadapi/sdsv3"
 	"writ.dev/writ/workloadapi/unixattest"
@@ -87,6 +88,11 @@ func New(cfg Config) (*Process, error) {
 		return nil, err
 	}
 	rev.Register(wl)
+	ds, err := downstream.New(downstream.Config{Socket: wl, Cache: a.Cache(), Forwarder: a.Downstream(), Logger: log.With("component", "downstream")})
+	if err != nil {
+		return nil, err
+	}
+	ds.Register(wl)
 	return &Process{agent: a, wl: wl}, nil
 }
 

@@ -14,7 +14,8 @@
 //	err = p.Run(ctx) // until ctx ends or a part fails
 //
 // The Workload API socket serves Envoy's secret discovery service
-// (workloadapi/sdsv3) beside the SPIFFE Workload API, with the same
+// (workloadapi/sdsv3) and the DownstreamService of nested Writ servers
+// (workloadapi/downstream) beside the SPIFFE Workload API, with the same
 // attestation of each connection. The agent serves its own health
 // service on its admin socket.
 //

@@ -582,6 +582,9 @@ func (c *Cache) X509SVIDs(selectors []entry.Selector) []*X509SVID {
 type Identity struct {
 	EntryID string
 	ID      spiffeid.ID
+	// Downstream is the entry's downstream flag: its workload may obtain
+	// a CA of the trust domain.
+	Downstream bool
 }
 
 // Identities returns the entries whose selectors are all among
@@ -595,7 +598,7 @@ func (c *Cache) Identities(selectors []entry.Selector) []Identity {
 	c.refreshLocked(g)
 	out := make([]Identity, len(g.matched))
 	for i, it := range g.matched {
-		out[i] = Identity{EntryID: it.entry.ID, ID: it.entry.SPIFFEID}
+		out[i] = Identity{EntryID: it.entry.ID, ID: it.entry.SPIFFEID, Downstream: it.entry.Downstream}
 	}
 	return out
 }

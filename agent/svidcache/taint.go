@@ -1,5 +1,10 @@
 package svidcache
 
+import (
+	"maps"
+	"slices"
+)
+
 // Taint replaces the set of tainted authorities: X.509 CAs by
 // AuthorityID (subject key ID in lowercase hex) and JWT signing keys by
 // kid. Such keys may still be in the bundle but must no longer be relied
@@ -14,6 +19,17 @@ func (c *Cache) Taint(x509Authorities, jwtKeyIDs []string) (resign []string) {
 	j := toSet(jwtKeyIDs)
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if !maps.Equal(c.taintedX509, x) {
+		// Subscribers that follow the tainted set (TaintedX509Authorities)
+		// look again.
+		touched := make(map[*group]struct{})
+		for _, g := range c.groups {
+			if len(g.subs) > 0 {
+				touched[g] = struct{}{}
+			}
+		}
+		notify(touched)
+	}
 	c.taintedX509, c.taintedJWT = x, j
 	if len(x) > 0 {
 		for _, it := range c.expiry {
@@ -48,6 +64,15 @@ func (c *Cache) TaintedAuthority(authorityID string) bool {
 	defer c.mu.Unlock()
 	_, ok := c.taintedX509[authorityID]
 	return ok
+}
+
+// TaintedX509Authorities returns the IDs of the tainted X.509 authorities
+// (subject key IDs in lowercase hex), sorted. Subscriptions are signalled
+// when the set changes.
+func (c *Cache) TaintedX509Authorities() []string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Sorted(maps.Keys(c.taintedX509))
 }
 
 func toSet(ids []string) map[string]struct{} {

@@ -21,6 +21,16 @@ type Authority interface {
 	MintCA(ctx context.Context, req CARequest) (*CA, error)
 }
 
+// JWTPublisher is an optional capability of an Authority whose trust
+// domain bundle is kept upstream (a parent Writ deployment): each new JWT
+// key is published there before it is recorded, so that JWT-SVIDs it
+// signs validate against the upstream bundle. PublishJWTKey returns the
+// expiry granted upstream, no later than notAfter; the key's lifetime is
+// cut to it.
+type JWTPublisher interface {
+	PublishJWTKey(ctx context.Context, id string, pub crypto.PublicKey, notAfter time.Time) (time.Time, error)
+}
+
 // CARequest asks an Authority for a CA certificate.
 type CARequest struct {
 	TrustDomain spiffeid.TrustDomain

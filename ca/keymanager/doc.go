@@ -51,7 +51,11 @@
 // bundle holds the upstream root and SVIDs are sent with the CA
 // certificate and intermediates after the leaf (x509ca.Issuer.Chain).
 // Package upstream's Disk is such an upstream read from files and
-// checked before use. The CA certificate and its intermediates are
+// checked before use. An Authority that also implements JWTPublisher (a
+// parent Writ deployment) has each new JWT key published upstream before
+// it is recorded, its lifetime cut to what the upstream grants; and
+// ReplaceUpstreamTainted replaces the CAs an upstream authority the
+// upstream tainted signed. The CA certificate and its intermediates are
 // recorded together in CAKey.CertDER (concatenated DER).
 //
 // # Several servers

@@ -554,6 +554,18 @@ func (m *Manager) prepare(ctx context.Context, now time.Time, kind datastore.CAK
 		if r.PublicKeyDER, err = x509.MarshalPKIXPublicKey(signer.Public()); err != nil {
 			return nil, err
 		}
+		if p, ok := m.cfg.Authority.(JWTPublisher); ok {
+			granted, err := p.PublishJWTKey(ctx, id, signer.Public(), r.NotAfter)
+			if err != nil {
+				return nil, fmt.Errorf("%w: publish JWT key upstream: %w", ErrAuthority, err)
+			}
+			if !granted.After(now) {
+				return nil, fmt.Errorf("%w: upstream granted JWT key %s no lifetime", ErrAuthority, id)
+			}
+			if granted.Before(r.NotAfter) {
+				r.NotAfter = granted
+			}
+		}
 	}
 	if err := m.cfg.Store.PutCAKey(ctx, r); err != nil {
 		return nil, fmt.Errorf("record CA key: %w", err)

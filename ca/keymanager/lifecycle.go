@@ -498,3 +498,99 @@ func (m *Manager) poke() {
 	default:
 	}
 }
+
+// ReplaceUpstreamTainted replaces this server's X.509 CAs that an
+// upstream authority the upstream has tainted signed: tainted holds the
+// tainted authorities' subject key IDs (lowercase hex), as a parent Writ
+// deployment announces them. If the active CA, or a prepared one, chains
+// through one of them, a new CA is prepared (the Authority signs it with
+// an untainted key) and activated at once, and every such CA of this
+// server is then tainted, so that agents re-sign what it signed. It
+// returns the operator IDs of the CAs it tainted.
+func (m *Manager) ReplaceUpstreamTainted(ctx context.Context, tainted []string) ([]string, error) {
+	if len(tainted) == 0 {
+		return nil, nil
+	}
+	affected, err := m.upstreamTainted(ctx, tainted)
+	if err != nil || len(affected) == 0 {
+		return nil, err
+	}
+	var done []string
+	// A prepared CA that is affected would be activated by the rotation:
+	// taint it first (this server holds it).
+	for _, r := range affected {
+		if r.State == datastore.CAKeyPrepared {
+			id, _ := DisplayID(r)
+			if _, err := m.Taint(ctx, datastore.CAKeyX509, id); err != nil {
+				return done, err
+			}
+			done = append(done, id)
+		}
+	}
+	if slices.ContainsFunc(affected, func(r *datastore.CAKey) bool { return r.State == datastore.CAKeyActive }) {
+		if err := m.rotateX509(ctx); err != nil {
+			return done, err
+		}
+	}
+	for _, r := range affected {
+		if r.State == datastore.CAKeyPrepared {
+			continue
+		}
+		id, _ := DisplayID(r)
+		if _, err := m.Taint(ctx, datastore.CAKeyX509, id); err != nil {
+			return done, err
+		}
+		done = append(done, id)
+	}
+	m.cfg.Logger.Warn("CA keys signed by a tainted upstream authority replaced and tainted", "keys", done)
+	return done, nil
+}
+
+// upstreamTainted returns this server's unexpired X.509 CA records, not
+// yet tainted, whose chain holds a certificate issued by one of tainted.
+func (m *Manager) upstreamTainted(ctx context.Context, tainted []string) ([]*datastore.CAKey, error) {
+	records, err := m.cfg.Store.ListCAKeys(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list CA keys: %w", err)
+	}
+	now := m.cfg.Clock.Now()
+	var out []*datastore.CAKey
+	for _, r := range records {
+		if r.ServerID != m.cfg.ServerID || r.Kind != datastore.CAKeyX509 || r.State == datastore.CAKeyTainted || expired(now, r) {
+			continue
+		}
+		certs, err := x509.ParseCertificates(r.CertDER)
+		if err != nil {
+			continue
+		}
+		if slices.ContainsFunc(certs, func(c *x509.Certificate) bool {
+			return len(c.AuthorityKeyId) > 0 && slices.Contains(tainted, hex.EncodeToString(c.AuthorityKeyId))
+		}) {
+			out = append(out, r)
+		}
+	}
+	return out, nil
+}
+
+// rotateX509 makes a new X.509 CA active at once: the prepared one if
+// this server has one, otherwise a new one.
+func (m *Manager) rotateX509(ctx context.Context) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := m.cfg.Clock.Now()
+	records, err := m.cfg.Store.ListCAKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("list CA keys: %w", err)
+	}
+	if err := m.reconcile(ctx, records); err != nil {
+		return err
+	}
+	p := newest(now, m.cfg.ServerID, records, datastore.CAKeyX509, datastore.CAKeyPrepared)
+	if p == nil {
+		if p, err = m.prepare(ctx, now, datastore.CAKeyX509, records); err != nil {
+			return err
+		}
+		records = append(records, p)
+	}
+	return m.activate(ctx, now, records, p, true)
+}

@@ -46,17 +46,19 @@ type rule struct {
 // method that is not here is refused, whatever else is registered on the
 // server.
 var rules = map[string]rule{
-	nodev1.NodeService_Attest_FullMethodName:            {public: true},
-	nodev1.NodeService_AttestNode_FullMethodName:        {public: true},
-	nodev1.NodeService_RenewAgent_FullMethodName:        {},
-	nodev1.NodeService_Sync_FullMethodName:              {},
-	nodev1.NodeService_BatchSignX509SVID_FullMethodName: {},
-	nodev1.NodeService_SignJWTSVID_FullMethodName:       {},
-	nodev1.NodeService_ReportTemplates_FullMethodName:   {},
-	nodev1.NodeService_AckBundle_FullMethodName:         {},
-	nodev1.NodeService_BatchSignJWTSVID_FullMethodName:  {},
-	healthpb.Health_Check_FullMethodName:                {public: true},
-	healthpb.Health_Watch_FullMethodName:                {public: true},
+	nodev1.NodeService_Attest_FullMethodName:                        {public: true},
+	nodev1.NodeService_AttestNode_FullMethodName:                    {public: true},
+	nodev1.NodeService_RenewAgent_FullMethodName:                    {},
+	nodev1.NodeService_Sync_FullMethodName:                          {},
+	nodev1.NodeService_BatchSignX509SVID_FullMethodName:             {},
+	nodev1.NodeService_SignJWTSVID_FullMethodName:                   {},
+	nodev1.NodeService_ReportTemplates_FullMethodName:               {},
+	nodev1.NodeService_AckBundle_FullMethodName:                     {},
+	nodev1.NodeService_MintDownstreamX509CA_FullMethodName:          {},
+	nodev1.NodeService_PublishDownstreamJWTAuthority_FullMethodName: {},
+	nodev1.NodeService_BatchSignJWTSVID_FullMethodName:              {},
+	healthpb.Health_Check_FullMethodName:                            {public: true},
+	healthpb.Health_Watch_FullMethodName:                            {public: true},
 }
 
 // caller is an authenticated agent, as the interceptor found it.

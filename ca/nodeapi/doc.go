@@ -16,6 +16,14 @@
 // request of a batch authorized on its own and the batch signed on every
 // CPU.
 //
+// For a downstream entry of the calling agent (a nested Writ server is
+// its workload), MintDownstreamX509CA signs an intermediate CA of the
+// trust domain with the server's current CA (its lifetime cut to the
+// entry's X.509 TTL, or Config.DownstreamCATTL, and to the signing CA's),
+// and PublishDownstreamJWTAuthority records the downstream's JWT key
+// (owner "downstream:<entry ID>") and adds it to the bundle until it
+// expires.
+//
 // A node alias is an entry whose parent ID is the server's own
 // (spiffe://<td>/writ/server): an agent whose node selectors include all
 // of its selectors is a member of its SPIFFE ID. When an alias or an

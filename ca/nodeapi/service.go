@@ -27,6 +27,9 @@ import (
 const (
 	DefaultX509SVIDTTL = time.Hour
 	DefaultJWTSVIDTTL  = 5 * time.Minute
+	// DefaultDownstreamCATTL bounds a downstream CA's lifetime when its
+	// entry sets no X.509-SVID TTL.
+	DefaultDownstreamCATTL = 24 * time.Hour
 )
 
 // Limits on what one call may ask for.
@@ -68,6 +71,10 @@ type Store interface {
 	FetchBundle(ctx context.Context, td spiffeid.TrustDomain) (*spiffebundle.Bundle, error)
 	// ListCAKeys is read with each new bundle, for the tainted keys.
 	ListCAKeys(ctx context.Context) ([]*datastore.CAKey, error)
+	// PutCAKey and UpdateBundle record and publish the JWT keys of
+	// downstream entries (PublishDownstreamJWTAuthority).
+	PutCAKey(ctx context.Context, k *datastore.CAKey) error
+	UpdateBundle(ctx context.Context, td spiffeid.TrustDomain, fn func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error)) (*spiffebundle.Bundle, error)
 
 	Events(ctx context.Context, after uint64, limit int) ([]datastore.Event, error)
 	Snapshot(ctx context.Context) (*datastore.Snapshot, error)
@@ -107,6 +114,10 @@ type Config struct {
 	// besides join tokens, which are always accepted. Their types must
 	// be distinct and not "join_token".
 	NodeAttestors []NodeAttestor
+	// DownstreamCATTL bounds the lifetime of the CAs and JWT keys of
+	// downstream entries that set no X.509-SVID TTL. Defaults to
+	// DefaultDownstreamCATTL.
+	DownstreamCATTL time.Duration
 	// Metrics receives the service's metrics (signatures, Sync streams,
 	// join tokens, entry and agent counts). Nil records none.
 	Metrics *metrics.Server
@@ -125,6 +136,8 @@ type Service struct {
 	metrics  *metrics.Server
 	x509TTL  time.Duration
 	jwtTTL   time.Duration
+	// downstreamTTL bounds downstream CAs of entries without an X.509 TTL.
+	downstreamTTL time.Duration
 
 	idx *index
 	// reports are the agents' template reports (see ReportTemplates).
@@ -176,6 +189,12 @@ func New(cfg Config) (*Service, error) {
 	if cfg.DefaultJWTSVIDTTL == 0 {
 		cfg.DefaultJWTSVIDTTL = DefaultJWTSVIDTTL
 	}
+	if cfg.DownstreamCATTL == 0 {
+		cfg.DownstreamCATTL = DefaultDownstreamCATTL
+	}
+	if cfg.DownstreamCATTL < time.Minute {
+		return nil, fmt.Errorf("nodeapi: downstream CA TTL %s is too short (minimum 1m)", cfg.DownstreamCATTL)
+	}
 	if err := entry.CheckTTL(cfg.DefaultX509SVIDTTL); err != nil {
 		return nil, fmt.Errorf("nodeapi: default X.509-SVID TTL: %w", err)
 	}
@@ -183,18 +202,20 @@ func New(cfg Config) (*Service, error) {
 		return nil, fmt.Errorf("nodeapi: default JWT-SVID TTL: %w", err)
 	}
 	s := &Service{
-		td:        cfg.TrustDomain,
-		serverID:  admin.ServerID(cfg.TrustDomain),
-		store:     cfg.Store,
-		km:        cfg.KeyManager,
-		clock:     cfg.Clock,
-		log:       cfg.Logger,
-		metrics:   cfg.Metrics,
-		x509TTL:   cfg.DefaultX509SVIDTTL,
-		jwtTTL:    cfg.DefaultJWTSVIDTTL,
-		renewKick: make(chan struct{}, 1),
-		stopping:  make(chan struct{}),
-		ready:     make(chan struct{}),
+		td:       cfg.TrustDomain,
+		serverID: admin.ServerID(cfg.TrustDomain),
+		store:    cfg.Store,
+		km:       cfg.KeyManager,
+		clock:    cfg.Clock,
+		log:      cfg.Logger,
+		metrics:  cfg.Metrics,
+		x509TTL:  cfg.DefaultX509SVIDTTL,
+		jwtTTL:   cfg.DefaultJWTSVIDTTL,
+
+		downstreamTTL: cfg.DownstreamCATTL,
+		renewKick:     make(chan struct{}, 1),
+		stopping:      make(chan struct{}),
+		ready:         make(chan struct{}),
 	}
 	s.idx = newIndex(cfg.Store, cfg.TrustDomain, cfg.Clock, cfg.Logger)
 	s.idx.serverID = s.serverID

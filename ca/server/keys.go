@@ -39,6 +39,12 @@ const (
 	// UpstreamCFSSL is a cfssl server's authenticated signing endpoint
 	// (KeysConfig.CFSSL*, and UpstreamBundle for its root).
 	UpstreamCFSSL = "cfssl"
+	// UpstreamWrit is a parent Writ deployment reached through its agent's
+	// socket (KeysConfig.UpstreamSocket): this server is a workload of that
+	// agent with a downstream entry, gets each CA certificate from the
+	// parent, publishes its JWT keys in the parent's bundle and follows
+	// the parent's bundle.
+	UpstreamWrit = "writ"
 )
 
 // KeysConfig chooses where the server's CA keys live.
@@ -74,6 +80,9 @@ type KeysConfig struct {
 	CFSSLURL         string
 	CFSSLAuthKeyFile string
 	CFSSLProfile     string
+	// UpstreamSocket is the parent deployment's agent socket for
+	// UpstreamWrit.
+	UpstreamSocket string
 }
 
 // check validates c without I/O.
@@ -94,10 +103,20 @@ func (c KeysConfig) check() error {
 	disk := c.UpstreamCert != "" || c.UpstreamKey != ""
 	step := c.StepCAURL != "" || c.StepRoot != "" || c.StepProvisioner != "" || c.StepProvisionerPasswordFile != ""
 	cfssl := c.CFSSLURL != "" || c.CFSSLAuthKeyFile != "" || c.CFSSLProfile != ""
+	if c.UpstreamSocket != "" && c.UpstreamAuthority != UpstreamWrit {
+		return errors.New("--upstream-socket is only for --upstream-authority writ")
+	}
 	switch c.UpstreamAuthority {
 	case "":
 		if disk || step || cfssl || c.UpstreamBundle != "" {
-			return errors.New("upstream options given without an upstream authority (use --upstream-authority disk, step or cfssl)")
+			return errors.New("upstream options given without an upstream authority (use --upstream-authority disk, step, cfssl or writ)")
+		}
+	case UpstreamWrit:
+		if c.UpstreamSocket == "" {
+			return errors.New("the writ upstream authority needs the parent agent's socket (--upstream-socket)")
+		}
+		if disk || step || cfssl || c.UpstreamBundle != "" {
+			return errors.New("disk, step-ca or cfssl upstream options given with the writ upstream authority (its roots come from the parent)")
 		}
 	case UpstreamDisk:
 		if c.UpstreamCert == "" || c.UpstreamKey == "" {
@@ -121,7 +140,7 @@ func (c KeysConfig) check() error {
 			return errors.New("disk or step-ca upstream options given with the cfssl upstream authority")
 		}
 	default:
-		return fmt.Errorf("unknown upstream authority %q (use %s, %s or %s)", c.UpstreamAuthority, UpstreamDisk, UpstreamStep, UpstreamCFSSL)
+		return fmt.Errorf("unknown upstream authority %q (use %s, %s, %s or %s)", c.UpstreamAuthority, UpstreamDisk, UpstreamStep, UpstreamCFSSL, UpstreamWrit)
 	}
 	return nil
 }
@@ -136,6 +155,9 @@ func newAuthority(cfg Config) (keymanager.Authority, error) {
 	case UpstreamCFSSL:
 		cfg.Logger.Info("CA certificates are signed by the upstream authority", "upstream", UpstreamCFSSL, "url", cfg.Keys.CFSSLURL, "profile", cfg.Keys.CFSSLProfile)
 		return newCFSSL(cfg.Keys)
+	case UpstreamWrit:
+		cfg.Logger.Info("CA certificates are signed by the parent Writ deployment", "upstream", UpstreamWrit, "socket_path", cfg.Keys.UpstreamSocket)
+		return upstream.NewWrit(upstream.WritConfig{SocketPath: cfg.Keys.UpstreamSocket, TrustDomain: cfg.TrustDomain, Clock: cfg.Clock, Logger: cfg.Logger.With("component", "upstream")})
 	case UpstreamDisk:
 	default:
 		return nil, nil
@@ -158,11 +180,13 @@ func newAuthority(cfg Config) (keymanager.Authority, error) {
 // newKeyManager starts the key manager of the server whose data directory
 // is dir: it owns the CA keys recorded under the server's ID and keeps
 // their private keys where cfg.Keys says. The returned function releases
-// the key store once nothing signs any more.
-func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keymanager.Store) (*keymanager.Manager, func(), error) {
+// the key store (and the upstream) once nothing signs any more; follow,
+// when not nil, keeps the bundle following a parent Writ deployment's
+// until its context ends.
+func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keymanager.Store) (km *keymanager.Manager, release func(), follow func(context.Context) error, err error) {
 	id, err := LoadOrCreateServerID(dir.Path())
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	var ks keymanager.KeyStore
 	closeKeys := func() {}
@@ -170,32 +194,50 @@ func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keym
 	switch cfg.Keys.KeyManager {
 	case "", KeyManagerDisk:
 		if ks, err = keystore.NewDisk(dir.Join(KeysDir)); err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	case KeyManagerMemory:
 		ks, volatile = keystore.NewMemory(), true
 	case KeyManagerPKCS11:
 		p, err := openPKCS11(ctx, cfg.Keys)
 		if err != nil {
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		ks, closeKeys = p, func() { p.Close() }
 		if err := checkTokenState(ctx, p, store); err != nil {
 			closeKeys()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 	default:
-		return nil, nil, cfg.Keys.check()
+		return nil, nil, nil, cfg.Keys.check()
 	}
 	auth, err := newAuthority(cfg)
 	if err != nil {
 		closeKeys()
-		return nil, nil, fmt.Errorf("upstream authority: %w", err)
+		return nil, nil, nil, fmt.Errorf("upstream authority: %w", err)
+	}
+	if w, ok := auth.(*upstream.Writ); ok {
+		prev := closeKeys
+		closeKeys = func() {
+			prev()
+			w.Close()
+		}
+		follow = func(ctx context.Context) error {
+			return w.Follow(ctx, store, func(ctx context.Context, ids []string) error {
+				_, err := km.ReplaceUpstreamTainted(ctx, ids)
+				return err
+			})
+		}
 	}
 	if auth != nil && cfg.Metrics != nil {
-		auth = countedAuthority{auth, cfg.Metrics}
+		c := countedAuthority{auth, cfg.Metrics}
+		if p, ok := auth.(keymanager.JWTPublisher); ok {
+			auth = countedPublisher{c, p}
+		} else {
+			auth = c
+		}
 	}
-	km, err := keymanager.New(ctx, keymanager.Config{
+	km, err = keymanager.New(ctx, keymanager.Config{
 		ServerID:    id,
 		KeyStore:    ks,
 		Authority:   auth,
@@ -210,9 +252,9 @@ func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keym
 	})
 	if err != nil {
 		closeKeys()
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
-	return km, closeKeys, nil
+	return km, closeKeys, follow, nil
 }
 
 // openPKCS11 opens the token c names, reading the PIN from its file.

@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"time"
 
@@ -69,4 +70,19 @@ func (a countedAuthority) MintCA(ctx context.Context, req keymanager.CARequest) 
 		a.m.UpstreamError()
 	}
 	return ca, err
+}
+
+// countedPublisher is a countedAuthority whose authority also publishes
+// JWT keys upstream (keymanager.JWTPublisher).
+type countedPublisher struct {
+	countedAuthority
+	p keymanager.JWTPublisher
+}
+
+func (a countedPublisher) PublishJWTKey(ctx context.Context, id string, pub crypto.PublicKey, notAfter time.Time) (time.Time, error) {
+	t, err := a.p.PublishJWTKey(ctx, id, pub, notAfter)
+	if err != nil {
+		a.m.UpstreamError()
+	}
+	return t, err
 }

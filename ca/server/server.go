@@ -278,7 +278,7 @@ func (s *Server) Run(ctx context.Context) error {
 	defer store.Close()
 	store = measureStore(store, s.cfg.Metrics, s.cfg.Clock)
 
-	km, closeKeys, err := newKeyManager(ctx, dir, s.cfg, store)
+	km, closeKeys, followParent, err := newKeyManager(ctx, dir, s.cfg, store)
 	if err != nil {
 		return err
 	}
@@ -388,6 +388,9 @@ func (s *Server) Run(ctx context.Context) error {
 		g.Serve(p.Name, p.Addr(), p.Serve, p.Stop)
 	}
 	g.Go("key manager", km.Run)
+	if followParent != nil {
+		g.Go("parent bundle", followParent)
+	}
 	g.Go("node API", nodeSvc.Run)
 	g.Go("server registry", reg.run)
 	g.Go("federation", fetcher.Run)

@@ -3,8 +3,15 @@ package x509ca
 import (
 	"crypto"
 	"crypto/x509"
+	"errors"
 	"fmt"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 )
+
+// ErrCSRName: a CA's CSR names something other than its trust domain
+// (CheckCACSR).
+var ErrCSRName = errors.New("x509ca: CSR names another identity than the trust domain")
 
 // MaxCSRSize bounds the DER CSRs CheckCSR parses.
 const MaxCSRSize = 16 << 10
@@ -42,4 +49,31 @@ func CheckCSR(der []byte) (crypto.PublicKey, error) {
 		return nil, fmt.Errorf("%w: no proof of possession: %w", ErrCSR, err)
 	}
 	return csr.PublicKey, nil
+}
+
+// CheckCACSR checks a DER CSR for a downstream CA of trust domain td as
+// CheckCSR does and, unlike CheckCSR, also refuses one that asks for
+// another name: its only subject alternative name may be the trust
+// domain's SPIFFE ID (spiffe://<td>), or it has none. Any other URI, a
+// DNS name, an e-mail address or an IP address is refused with an error
+// wrapping ErrCSR and ErrCSRName. The subject is ignored.
+func CheckCACSR(der []byte, td spiffeid.TrustDomain) (crypto.PublicKey, error) {
+	pub, err := CheckCSR(der)
+	if err != nil {
+		return nil, err
+	}
+	// CheckCSR parsed it already; this cannot fail.
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCSR, err)
+	}
+	switch {
+	case len(csr.URIs) > 1:
+		return nil, fmt.Errorf("%w: %w: %d URI SANs (at most one, %s)", ErrCSR, ErrCSRName, len(csr.URIs), td.IDString())
+	case len(csr.URIs) == 1 && csr.URIs[0].String() != td.IDString():
+		return nil, fmt.Errorf("%w: %w: URI SAN is not %s", ErrCSR, ErrCSRName, td.IDString())
+	case len(csr.DNSNames) > 0, len(csr.EmailAddresses) > 0, len(csr.IPAddresses) > 0:
+		return nil, fmt.Errorf("%w: %w: a CA of %s names no DNS name, e-mail or IP address", ErrCSR, ErrCSRName, td.Name())
+	}
+	return pub, nil
 }

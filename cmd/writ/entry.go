@@ -143,7 +143,7 @@ func entryFlags(update bool) []cli.Flag {
 		&cli.StringFlag{Name: flagJWTTTL, Usage: "JWT-SVID lifetime (a `TTL`), such as 90s, 5m or 300 (seconds)"},
 		listFlag(flagDNSName, "a DNS `NAME` for the X509-SVID; repeat for several"),
 		&cli.BoolFlag{Name: flagAdmin, Usage: "X.509-SVIDs of this entry's SPIFFE ID may call the admin API of servers run with --admin-bind-address, over mutual TLS (writ ... --admin-address); checked on every call, so deleting the entry or clearing --admin revokes it at once"},
-		&cli.BoolFlag{Name: flagDownstream, Usage: "the SVID may act as a downstream CA"},
+		&cli.BoolFlag{Name: flagDownstream, Usage: "the workload may ask its agent (DownstreamService on the agent socket) for an intermediate CA of the trust domain, valid at most the entry's X.509 TTL (default 24h) and never beyond the server's own CA, and publish JWT keys in the bundle: for a nested Writ server run with --upstream-authority writ"},
 	}
 	if update {
 		for _, f := range flags {

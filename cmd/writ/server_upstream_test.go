@@ -78,7 +78,12 @@ func TestUpstreamOptions(t *testing.T) {
 		{"step options alone", []string{"--step-provisioner", "writ"}, "without an upstream authority"},
 		{"cfssl options under step", []string{"--upstream-authority", "step", "--step-ca-url", "https://127.0.0.1:1", "--step-root", root,
 			"--step-provisioner", "writ", "--step-provisioner-password-file", secret, "--cfssl-profile", "x"}, "with the step upstream authority"},
-		{"unknown", []string{"--upstream-authority", "vault"}, "use disk, step or cfssl"},
+		{"unknown", []string{"--upstream-authority", "vault"}, "use disk, step, cfssl or writ"},
+		{"writ without socket", []string{"--upstream-authority", "writ"}, "needs the parent agent's socket (--upstream-socket)"},
+		{"socket without writ", []string{"--upstream-socket", "/run/agent.sock"}, "only for --upstream-authority writ"},
+		{"writ with a relative socket", []string{"--upstream-authority", "writ", "--upstream-socket", "agent.sock"}, "must be an absolute path"},
+		{"writ with disk options", []string{"--upstream-authority", "writ", "--upstream-socket", "/run/agent.sock", "--upstream-cert", root}, "with the writ upstream authority"},
+		{"writ parent away", []string{"--upstream-authority", "writ", "--upstream-socket", filepath.Join(dir, "none.sock")}, "upstream unavailable: parent MintX509CA"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := runCLI(t, "", append(base, tc.args...)...)

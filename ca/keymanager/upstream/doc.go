@@ -47,4 +47,21 @@
 // wrap ErrUnavailable (worth retrying), ErrRejected, ErrBadAnswer,
 // ErrConfig or one of the chain errors. Retrying is the key manager's:
 // it keeps signing with the current CA meanwhile.
+//
+// Writ is a parent Writ deployment of the same trust domain, reached
+// through its agent's socket (the server is a workload there, with a
+// downstream entry):
+//
+//	w, err := upstream.NewWrit(upstream.WritConfig{SocketPath: "/run/writ-parent/api.sock", TrustDomain: td})
+//	cfg.Authority = w             // keymanager.Config; w is also a keymanager.JWTPublisher
+//	go w.Follow(ctx, store, nil)  // the local bundle follows the parent's
+//
+// MintCA sends a CSR to the agent's DownstreamService.MintX509CA and
+// checks the answer as for the remote upstreams (the parent's X.509
+// authorities are the roots); PublishJWTKey publishes each new JWT key
+// in the parent's bundle; Follow reads the parent's bundle stream
+// (WatchBundle) and makes the local bundle's X.509 authorities the
+// parent's and its JWT keys the parent's plus the local ones
+// (ApplyParentBundle), reconnecting with backoff, and reports the
+// parent's tainted authorities so that CAs they signed are replaced.
 package upstream

@@ -1527,6 +1527,254 @@ func (x *BatchSignJWTSVIDResponse) GetResults() []*JWTSVIDResult {
 	return nil
 }
 
+type MintDownstreamX509CARequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The downstream entry the calling workload matched on the agent.
+	EntryId string `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	// PKCS#10 CSR (DER) for the downstream CA's key. Its only SAN may be
+	// the trust domain's SPIFFE ID (spiffe://<td>); anything else is
+	// refused. Its subject is ignored.
+	Csr []byte `protobuf:"bytes,2,opt,name=csr,proto3" json:"csr,omitempty"`
+	// Lifetime wanted, in seconds; 0 for the longest allowed. A longer one
+	// is cut (see MintDownstreamX509CAResponse).
+	PreferredTtl  int64 `protobuf:"varint,3,opt,name=preferred_ttl,json=preferredTtl,proto3" json:"preferred_ttl,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MintDownstreamX509CARequest) Reset() {
+	*x = MintDownstreamX509CARequest{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintDownstreamX509CARequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintDownstreamX509CARequest) ProtoMessage() {}
+
+func (x *MintDownstreamX509CARequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintDownstreamX509CARequest.ProtoReflect.Descriptor instead.
+func (*MintDownstreamX509CARequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *MintDownstreamX509CARequest) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *MintDownstreamX509CARequest) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
+func (x *MintDownstreamX509CARequest) GetPreferredTtl() int64 {
+	if x != nil {
+		return x.PreferredTtl
+	}
+	return 0
+}
+
+type MintDownstreamX509CAResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The downstream CA certificate, then the intermediates above it up
+	// to, not including, a trust anchor (DER).
+	CaChain [][]byte `protobuf:"bytes,1,rep,name=ca_chain,json=caChain,proto3" json:"ca_chain,omitempty"`
+	// The trust domain's X.509 authorities (DER) at the time of signing.
+	X509Authorities [][]byte `protobuf:"bytes,2,rep,name=x509_authorities,json=x509Authorities,proto3" json:"x509_authorities,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *MintDownstreamX509CAResponse) Reset() {
+	*x = MintDownstreamX509CAResponse{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MintDownstreamX509CAResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MintDownstreamX509CAResponse) ProtoMessage() {}
+
+func (x *MintDownstreamX509CAResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MintDownstreamX509CAResponse.ProtoReflect.Descriptor instead.
+func (*MintDownstreamX509CAResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *MintDownstreamX509CAResponse) GetCaChain() [][]byte {
+	if x != nil {
+		return x.CaChain
+	}
+	return nil
+}
+
+func (x *MintDownstreamX509CAResponse) GetX509Authorities() [][]byte {
+	if x != nil {
+		return x.X509Authorities
+	}
+	return nil
+}
+
+type PublishDownstreamJWTAuthorityRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The downstream entry the calling workload matched on the agent.
+	EntryId string `protobuf:"bytes,1,opt,name=entry_id,json=entryId,proto3" json:"entry_id,omitempty"`
+	// The key's ID (the kid of the JWT-SVIDs it signs): 1 to 64 of
+	// [A-Za-z0-9_-].
+	KeyId string `protobuf:"bytes,2,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The public key, PKIX DER.
+	PublicKey []byte `protobuf:"bytes,3,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// Unix seconds after which the key signs nothing; a later time is cut.
+	ExpiresAt     int64 `protobuf:"varint,4,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishDownstreamJWTAuthorityRequest) Reset() {
+	*x = PublishDownstreamJWTAuthorityRequest{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishDownstreamJWTAuthorityRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishDownstreamJWTAuthorityRequest) ProtoMessage() {}
+
+func (x *PublishDownstreamJWTAuthorityRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishDownstreamJWTAuthorityRequest.ProtoReflect.Descriptor instead.
+func (*PublishDownstreamJWTAuthorityRequest) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *PublishDownstreamJWTAuthorityRequest) GetEntryId() string {
+	if x != nil {
+		return x.EntryId
+	}
+	return ""
+}
+
+func (x *PublishDownstreamJWTAuthorityRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *PublishDownstreamJWTAuthorityRequest) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *PublishDownstreamJWTAuthorityRequest) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+type PublishDownstreamJWTAuthorityResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// When the key leaves the bundle (Unix seconds), after any cut.
+	ExpiresAt int64 `protobuf:"varint,1,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// The trust domain's SPIFFE bundle (JSON) with the key in it.
+	Bundle        []byte `protobuf:"bytes,2,opt,name=bundle,proto3" json:"bundle,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PublishDownstreamJWTAuthorityResponse) Reset() {
+	*x = PublishDownstreamJWTAuthorityResponse{}
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PublishDownstreamJWTAuthorityResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PublishDownstreamJWTAuthorityResponse) ProtoMessage() {}
+
+func (x *PublishDownstreamJWTAuthorityResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_ca_api_node_v1_node_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PublishDownstreamJWTAuthorityResponse.ProtoReflect.Descriptor instead.
+func (*PublishDownstreamJWTAuthorityResponse) Descriptor() ([]byte, []int) {
+	return file_ca_api_node_v1_node_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *PublishDownstreamJWTAuthorityResponse) GetExpiresAt() int64 {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return 0
+}
+
+func (x *PublishDownstreamJWTAuthorityResponse) GetBundle() []byte {
+	if x != nil {
+		return x.Bundle
+	}
+	return nil
+}
+
 var File_ca_api_node_v1_node_proto protoreflect.FileDescriptor
 
 const file_ca_api_node_v1_node_proto_rawDesc = "" +
@@ -1635,7 +1883,25 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\n" +
 	"expires_at\x18\x04 \x01(\x03R\texpiresAt\"Q\n" +
 	"\x18BatchSignJWTSVIDResponse\x125\n" +
-	"\aresults\x18\x01 \x03(\v2\x1b.writ.node.v1.JWTSVIDResultR\aresults2\x84\x06\n" +
+	"\aresults\x18\x01 \x03(\v2\x1b.writ.node.v1.JWTSVIDResultR\aresults\"o\n" +
+	"\x1bMintDownstreamX509CARequest\x12\x19\n" +
+	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
+	"\x03csr\x18\x02 \x01(\fR\x03csr\x12#\n" +
+	"\rpreferred_ttl\x18\x03 \x01(\x03R\fpreferredTtl\"d\n" +
+	"\x1cMintDownstreamX509CAResponse\x12\x19\n" +
+	"\bca_chain\x18\x01 \x03(\fR\acaChain\x12)\n" +
+	"\x10x509_authorities\x18\x02 \x03(\fR\x0fx509Authorities\"\x96\x01\n" +
+	"$PublishDownstreamJWTAuthorityRequest\x12\x19\n" +
+	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x15\n" +
+	"\x06key_id\x18\x02 \x01(\tR\x05keyId\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x03 \x01(\fR\tpublicKey\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x04 \x01(\x03R\texpiresAt\"^\n" +
+	"%PublishDownstreamJWTAuthorityResponse\x12\x1d\n" +
+	"\n" +
+	"expires_at\x18\x01 \x01(\x03R\texpiresAt\x12\x16\n" +
+	"\x06bundle\x18\x02 \x01(\fR\x06bundle2\xfe\a\n" +
 	"\vNodeService\x12C\n" +
 	"\x06Attest\x12\x1b.writ.node.v1.AttestRequest\x1a\x1c.writ.node.v1.AttestResponse\x12S\n" +
 	"\n" +
@@ -1647,7 +1913,9 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\vSignJWTSVID\x12 .writ.node.v1.SignJWTSVIDRequest\x1a!.writ.node.v1.SignJWTSVIDResponse\x12^\n" +
 	"\x0fReportTemplates\x12$.writ.node.v1.ReportTemplatesRequest\x1a%.writ.node.v1.ReportTemplatesResponse\x12L\n" +
 	"\tAckBundle\x12\x1e.writ.node.v1.AckBundleRequest\x1a\x1f.writ.node.v1.AckBundleResponse\x12a\n" +
-	"\x10BatchSignJWTSVID\x12%.writ.node.v1.BatchSignJWTSVIDRequest\x1a&.writ.node.v1.BatchSignJWTSVIDResponseB%Z#writ.dev/writ/ca/api/node/v1;nodev1b\x06proto3"
+	"\x10BatchSignJWTSVID\x12%.writ.node.v1.BatchSignJWTSVIDRequest\x1a&.writ.node.v1.BatchSignJWTSVIDResponse\x12m\n" +
+	"\x14MintDownstreamX509CA\x12).writ.node.v1.MintDownstreamX509CARequest\x1a*.writ.node.v1.MintDownstreamX509CAResponse\x12\x88\x01\n" +
+	"\x1dPublishDownstreamJWTAuthority\x122.writ.node.v1.PublishDownstreamJWTAuthorityRequest\x1a3.writ.node.v1.PublishDownstreamJWTAuthorityResponseB%Z#writ.dev/writ/ca/api/node/v1;nodev1b\x06proto3"
 
 var (
 	file_ca_api_node_v1_node_proto_rawDescOnce sync.Once
@@ -1661,34 +1929,38 @@ func file_ca_api_node_v1_node_proto_rawDescGZIP() []byte {
 	return file_ca_api_node_v1_node_proto_rawDescData
 }
 
-var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
+var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
 var file_ca_api_node_v1_node_proto_goTypes = []any{
-	(*AttestRequest)(nil),             // 0: writ.node.v1.AttestRequest
-	(*AttestResponse)(nil),            // 1: writ.node.v1.AttestResponse
-	(*AttestNodeRequest)(nil),         // 2: writ.node.v1.AttestNodeRequest
-	(*AttestNodeResponse)(nil),        // 3: writ.node.v1.AttestNodeResponse
-	(*RenewAgentRequest)(nil),         // 4: writ.node.v1.RenewAgentRequest
-	(*RenewAgentResponse)(nil),        // 5: writ.node.v1.RenewAgentResponse
-	(*SyncRequest)(nil),               // 6: writ.node.v1.SyncRequest
-	(*Entry)(nil),                     // 7: writ.node.v1.Entry
-	(*SyncResponse)(nil),              // 8: writ.node.v1.SyncResponse
-	(*Revocation)(nil),                // 9: writ.node.v1.Revocation
-	(*X509SVIDRequest)(nil),           // 10: writ.node.v1.X509SVIDRequest
-	(*Status)(nil),                    // 11: writ.node.v1.Status
-	(*X509SVIDResult)(nil),            // 12: writ.node.v1.X509SVIDResult
-	(*BatchSignX509SVIDRequest)(nil),  // 13: writ.node.v1.BatchSignX509SVIDRequest
-	(*BatchSignX509SVIDResponse)(nil), // 14: writ.node.v1.BatchSignX509SVIDResponse
-	(*SignJWTSVIDRequest)(nil),        // 15: writ.node.v1.SignJWTSVIDRequest
-	(*TemplateReport)(nil),            // 16: writ.node.v1.TemplateReport
-	(*ReportTemplatesRequest)(nil),    // 17: writ.node.v1.ReportTemplatesRequest
-	(*ReportTemplatesResponse)(nil),   // 18: writ.node.v1.ReportTemplatesResponse
-	(*SignJWTSVIDResponse)(nil),       // 19: writ.node.v1.SignJWTSVIDResponse
-	(*AckBundleRequest)(nil),          // 20: writ.node.v1.AckBundleRequest
-	(*AckBundleResponse)(nil),         // 21: writ.node.v1.AckBundleResponse
-	(*TaintedAuthorities)(nil),        // 22: writ.node.v1.TaintedAuthorities
-	(*BatchSignJWTSVIDRequest)(nil),   // 23: writ.node.v1.BatchSignJWTSVIDRequest
-	(*JWTSVIDResult)(nil),             // 24: writ.node.v1.JWTSVIDResult
-	(*BatchSignJWTSVIDResponse)(nil),  // 25: writ.node.v1.BatchSignJWTSVIDResponse
+	(*AttestRequest)(nil),                         // 0: writ.node.v1.AttestRequest
+	(*AttestResponse)(nil),                        // 1: writ.node.v1.AttestResponse
+	(*AttestNodeRequest)(nil),                     // 2: writ.node.v1.AttestNodeRequest
+	(*AttestNodeResponse)(nil),                    // 3: writ.node.v1.AttestNodeResponse
+	(*RenewAgentRequest)(nil),                     // 4: writ.node.v1.RenewAgentRequest
+	(*RenewAgentResponse)(nil),                    // 5: writ.node.v1.RenewAgentResponse
+	(*SyncRequest)(nil),                           // 6: writ.node.v1.SyncRequest
+	(*Entry)(nil),                                 // 7: writ.node.v1.Entry
+	(*SyncResponse)(nil),                          // 8: writ.node.v1.SyncResponse
+	(*Revocation)(nil),                            // 9: writ.node.v1.Revocation
+	(*X509SVIDRequest)(nil),                       // 10: writ.node.v1.X509SVIDRequest
+	(*Status)(nil),                                // 11: writ.node.v1.Status
+	(*X509SVIDResult)(nil),                        // 12: writ.node.v1.X509SVIDResult
+	(*BatchSignX509SVIDRequest)(nil),              // 13: writ.node.v1.BatchSignX509SVIDRequest
+	(*BatchSignX509SVIDResponse)(nil),             // 14: writ.node.v1.BatchSignX509SVIDResponse
+	(*SignJWTSVIDRequest)(nil),                    // 15: writ.node.v1.SignJWTSVIDRequest
+	(*TemplateReport)(nil),                        // 16: writ.node.v1.TemplateReport
+	(*ReportTemplatesRequest)(nil),                // 17: writ.node.v1.ReportTemplatesRequest
+	(*ReportTemplatesResponse)(nil),               // 18: writ.node.v1.ReportTemplatesResponse
+	(*SignJWTSVIDResponse)(nil),                   // 19: writ.node.v1.SignJWTSVIDResponse
+	(*AckBundleRequest)(nil),                      // 20: writ.node.v1.AckBundleRequest
+	(*AckBundleResponse)(nil),                     // 21: writ.node.v1.AckBundleResponse
+	(*TaintedAuthorities)(nil),                    // 22: writ.node.v1.TaintedAuthorities
+	(*BatchSignJWTSVIDRequest)(nil),               // 23: writ.node.v1.BatchSignJWTSVIDRequest
+	(*JWTSVIDResult)(nil),                         // 24: writ.node.v1.JWTSVIDResult
+	(*BatchSignJWTSVIDResponse)(nil),              // 25: writ.node.v1.BatchSignJWTSVIDResponse
+	(*MintDownstreamX509CARequest)(nil),           // 26: writ.node.v1.MintDownstreamX509CARequest
+	(*MintDownstreamX509CAResponse)(nil),          // 27: writ.node.v1.MintDownstreamX509CAResponse
+	(*PublishDownstreamJWTAuthorityRequest)(nil),  // 28: writ.node.v1.PublishDownstreamJWTAuthorityRequest
+	(*PublishDownstreamJWTAuthorityResponse)(nil), // 29: writ.node.v1.PublishDownstreamJWTAuthorityResponse
 }
 var file_ca_api_node_v1_node_proto_depIdxs = []int32{
 	7,  // 0: writ.node.v1.SyncResponse.entries:type_name -> writ.node.v1.Entry
@@ -1710,17 +1982,21 @@ var file_ca_api_node_v1_node_proto_depIdxs = []int32{
 	17, // 16: writ.node.v1.NodeService.ReportTemplates:input_type -> writ.node.v1.ReportTemplatesRequest
 	20, // 17: writ.node.v1.NodeService.AckBundle:input_type -> writ.node.v1.AckBundleRequest
 	23, // 18: writ.node.v1.NodeService.BatchSignJWTSVID:input_type -> writ.node.v1.BatchSignJWTSVIDRequest
-	1,  // 19: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
-	3,  // 20: writ.node.v1.NodeService.AttestNode:output_type -> writ.node.v1.AttestNodeResponse
-	5,  // 21: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
-	8,  // 22: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
-	14, // 23: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
-	19, // 24: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
-	18, // 25: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
-	21, // 26: writ.node.v1.NodeService.AckBundle:output_type -> writ.node.v1.AckBundleResponse
-	25, // 27: writ.node.v1.NodeService.BatchSignJWTSVID:output_type -> writ.node.v1.BatchSignJWTSVIDResponse
-	19, // [19:28] is the sub-list for method output_type
-	10, // [10:19] is the sub-list for method input_type
+	26, // 19: writ.node.v1.NodeService.MintDownstreamX509CA:input_type -> writ.node.v1.MintDownstreamX509CARequest
+	28, // 20: writ.node.v1.NodeService.PublishDownstreamJWTAuthority:input_type -> writ.node.v1.PublishDownstreamJWTAuthorityRequest
+	1,  // 21: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
+	3,  // 22: writ.node.v1.NodeService.AttestNode:output_type -> writ.node.v1.AttestNodeResponse
+	5,  // 23: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
+	8,  // 24: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
+	14, // 25: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
+	19, // 26: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
+	18, // 27: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
+	21, // 28: writ.node.v1.NodeService.AckBundle:output_type -> writ.node.v1.AckBundleResponse
+	25, // 29: writ.node.v1.NodeService.BatchSignJWTSVID:output_type -> writ.node.v1.BatchSignJWTSVIDResponse
+	27, // 30: writ.node.v1.NodeService.MintDownstreamX509CA:output_type -> writ.node.v1.MintDownstreamX509CAResponse
+	29, // 31: writ.node.v1.NodeService.PublishDownstreamJWTAuthority:output_type -> writ.node.v1.PublishDownstreamJWTAuthorityResponse
+	21, // [21:32] is the sub-list for method output_type
+	10, // [10:21] is the sub-list for method input_type
 	10, // [10:10] is the sub-list for extension type_name
 	10, // [10:10] is the sub-list for extension extendee
 	0,  // [0:10] is the sub-list for field type_name
@@ -1737,7 +2013,7 @@ func file_ca_api_node_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_node_v1_node_proto_rawDesc), len(file_ca_api_node_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   26,
+			NumMessages:   30,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

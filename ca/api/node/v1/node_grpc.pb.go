@@ -24,15 +24,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	NodeService_Attest_FullMethodName            = "/writ.node.v1.NodeService/Attest"
-	NodeService_AttestNode_FullMethodName        = "/writ.node.v1.NodeService/AttestNode"
-	NodeService_RenewAgent_FullMethodName        = "/writ.node.v1.NodeService/RenewAgent"
-	NodeService_Sync_FullMethodName              = "/writ.node.v1.NodeService/Sync"
-	NodeService_BatchSignX509SVID_FullMethodName = "/writ.node.v1.NodeService/BatchSignX509SVID"
-	NodeService_SignJWTSVID_FullMethodName       = "/writ.node.v1.NodeService/SignJWTSVID"
-	NodeService_ReportTemplates_FullMethodName   = "/writ.node.v1.NodeService/ReportTemplates"
-	NodeService_AckBundle_FullMethodName         = "/writ.node.v1.NodeService/AckBundle"
-	NodeService_BatchSignJWTSVID_FullMethodName  = "/writ.node.v1.NodeService/BatchSignJWTSVID"
+	NodeService_Attest_FullMethodName                        = "/writ.node.v1.NodeService/Attest"
+	NodeService_AttestNode_FullMethodName                    = "/writ.node.v1.NodeService/AttestNode"
+	NodeService_RenewAgent_FullMethodName                    = "/writ.node.v1.NodeService/RenewAgent"
+	NodeService_Sync_FullMethodName                          = "/writ.node.v1.NodeService/Sync"
+	NodeService_BatchSignX509SVID_FullMethodName             = "/writ.node.v1.NodeService/BatchSignX509SVID"
+	NodeService_SignJWTSVID_FullMethodName                   = "/writ.node.v1.NodeService/SignJWTSVID"
+	NodeService_ReportTemplates_FullMethodName               = "/writ.node.v1.NodeService/ReportTemplates"
+	NodeService_AckBundle_FullMethodName                     = "/writ.node.v1.NodeService/AckBundle"
+	NodeService_BatchSignJWTSVID_FullMethodName              = "/writ.node.v1.NodeService/BatchSignJWTSVID"
+	NodeService_MintDownstreamX509CA_FullMethodName          = "/writ.node.v1.NodeService/MintDownstreamX509CA"
+	NodeService_PublishDownstreamJWTAuthority_FullMethodName = "/writ.node.v1.NodeService/PublishDownstreamJWTAuthority"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -77,6 +79,14 @@ type NodeServiceClient interface {
 	// signed together in one call. A server without it answers
 	// Unimplemented; agents then fall back to SignJWTSVID.
 	BatchSignJWTSVID(ctx context.Context, in *BatchSignJWTSVIDRequest, opts ...grpc.CallOption) (*BatchSignJWTSVIDResponse, error)
+	// MintDownstreamX509CA signs an intermediate X.509 CA of the trust
+	// domain for a workload of the calling agent whose entry is downstream
+	// (a nested Writ server), with the server's current X.509 CA.
+	MintDownstreamX509CA(ctx context.Context, in *MintDownstreamX509CARequest, opts ...grpc.CallOption) (*MintDownstreamX509CAResponse, error)
+	// PublishDownstreamJWTAuthority adds the JWT signing key of a
+	// downstream entry's workload to the trust domain's bundle until it
+	// expires.
+	PublishDownstreamJWTAuthority(ctx context.Context, in *PublishDownstreamJWTAuthorityRequest, opts ...grpc.CallOption) (*PublishDownstreamJWTAuthorityResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -189,6 +199,26 @@ func (c *nodeServiceClient) BatchSignJWTSVID(ctx context.Context, in *BatchSignJ
 	return out, nil
 }
 
+func (c *nodeServiceClient) MintDownstreamX509CA(ctx context.Context, in *MintDownstreamX509CARequest, opts ...grpc.CallOption) (*MintDownstreamX509CAResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MintDownstreamX509CAResponse)
+	err := c.cc.Invoke(ctx, NodeService_MintDownstreamX509CA_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) PublishDownstreamJWTAuthority(ctx context.Context, in *PublishDownstreamJWTAuthorityRequest, opts ...grpc.CallOption) (*PublishDownstreamJWTAuthorityResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PublishDownstreamJWTAuthorityResponse)
+	err := c.cc.Invoke(ctx, NodeService_PublishDownstreamJWTAuthority_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -231,6 +261,14 @@ type NodeServiceServer interface {
 	// signed together in one call. A server without it answers
 	// Unimplemented; agents then fall back to SignJWTSVID.
 	BatchSignJWTSVID(context.Context, *BatchSignJWTSVIDRequest) (*BatchSignJWTSVIDResponse, error)
+	// MintDownstreamX509CA signs an intermediate X.509 CA of the trust
+	// domain for a workload of the calling agent whose entry is downstream
+	// (a nested Writ server), with the server's current X.509 CA.
+	MintDownstreamX509CA(context.Context, *MintDownstreamX509CARequest) (*MintDownstreamX509CAResponse, error)
+	// PublishDownstreamJWTAuthority adds the JWT signing key of a
+	// downstream entry's workload to the trust domain's bundle until it
+	// expires.
+	PublishDownstreamJWTAuthority(context.Context, *PublishDownstreamJWTAuthorityRequest) (*PublishDownstreamJWTAuthorityResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -267,6 +305,12 @@ func (UnimplementedNodeServiceServer) AckBundle(context.Context, *AckBundleReque
 }
 func (UnimplementedNodeServiceServer) BatchSignJWTSVID(context.Context, *BatchSignJWTSVIDRequest) (*BatchSignJWTSVIDResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method BatchSignJWTSVID not implemented")
+}
+func (UnimplementedNodeServiceServer) MintDownstreamX509CA(context.Context, *MintDownstreamX509CARequest) (*MintDownstreamX509CAResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method MintDownstreamX509CA not implemented")
+}
+func (UnimplementedNodeServiceServer) PublishDownstreamJWTAuthority(context.Context, *PublishDownstreamJWTAuthorityRequest) (*PublishDownstreamJWTAuthorityResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method PublishDownstreamJWTAuthority not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -433,6 +477,42 @@ func _NodeService_BatchSignJWTSVID_Handler(srv interface{}, ctx context.Context,
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_MintDownstreamX509CA_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MintDownstreamX509CARequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).MintDownstreamX509CA(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_MintDownstreamX509CA_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).MintDownstreamX509CA(ctx, req.(*MintDownstreamX509CARequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_PublishDownstreamJWTAuthority_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PublishDownstreamJWTAuthorityRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).PublishDownstreamJWTAuthority(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_PublishDownstreamJWTAuthority_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).PublishDownstreamJWTAuthority(ctx, req.(*PublishDownstreamJWTAuthorityRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -467,6 +547,14 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "BatchSignJWTSVID",
 			Handler:    _NodeService_BatchSignJWTSVID_Handler,
+		},
+		{
+			MethodName: "MintDownstreamX509CA",
+			Handler:    _NodeService_MintDownstreamX509CA_Handler,
+		},
+		{
+			MethodName: "PublishDownstreamJWTAuthority",
+			Handler:    _NodeService_PublishDownstreamJWTAuthority_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
