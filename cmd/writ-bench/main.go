@@ -103,6 +103,7 @@ type Options struct {
 	Smoke   bool
 	WritBin string // a prebuilt writ binary; built from the module if empty
 	Keep    bool   // keep the temporary directory (logs, data dirs)
+	Only    string // run only this case (onlyCases); empty runs all
 }
 
 func main() {
@@ -124,8 +125,9 @@ func runMain(ctx context.Context, args []string, stderr io.Writer) int {
 	flags.BoolVar(&o.Smoke, "smoke", false, "quick run that checks every figure is produced (timings are meaningless)")
 	flags.StringVar(&o.WritBin, "writ-bin", "", "use this writ binary instead of building ./cmd/writ")
 	flags.BoolVar(&o.Keep, "keep", false, "keep the temporary directory (data dirs and process logs)")
+	flags.StringVar(&o.Only, "only", "", "run only this case: "+onlyX509Many+" (FetchX509SVID of 101 SVIDs with 0, 1,000 and 10,000 other entries on the agent)")
 	flags.Usage = func() {
-		fmt.Fprintln(stderr, "usage: writ-bench [--out DIR] [--smoke] [--writ-bin PATH] [--keep]")
+		fmt.Fprintln(stderr, "usage: writ-bench [--out DIR] [--smoke] [--writ-bin PATH] [--keep] [--only CASE]")
 		fmt.Fprintln(stderr, "Measures Writ's server and agent against this machine's limits and writes a report.")
 		flags.PrintDefaults()
 	}
@@ -137,6 +139,10 @@ func runMain(ctx context.Context, args []string, stderr io.Writer) int {
 	}
 	if flags.NArg() > 0 {
 		fmt.Fprintf(stderr, "writ-bench: unexpected argument %q\n", flags.Arg(0))
+		return 2
+	}
+	if err := checkOnly(o.Only); err != nil {
+		fmt.Fprintf(stderr, "writ-bench: %v\n", err)
 		return 2
 	}
 	if _, err := run(ctx, o, stderr); err != nil {

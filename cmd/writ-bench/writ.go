@@ -40,6 +40,14 @@ const (
 // phases runs every measurement; failures are recorded in the figures.
 func (b *bench) phases(ctx context.Context, o Options) {
 	bin, buildErr := b.buildWrit(ctx, o.WritBin)
+	if o.Only == onlyX509Many {
+		if buildErr != nil {
+			b.fail(buildErr, "writ.")
+			return
+		}
+		b.measureOnlyX509Many(ctx, bin)
+		return
+	}
 	if err := b.measureLimits(ctx); err != nil {
 		b.fail(err, "limit.", "ca.")
 	}

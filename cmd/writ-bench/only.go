@@ -1,0 +1,85 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"path/filepath"
+	"time"
+)
+
+// onlyX509Many is the --only value that runs the FetchX509SVID case of
+// a caller entitled to 101 SVIDs alone.
+const onlyX509Many = "x509-many"
+
+// onlyCases are the values --only accepts.
+var onlyCases = []string{onlyX509Many}
+
+// measureOnlyX509Many measures FetchX509SVID of 101 SVIDs, 1 and 16
+// callers, beside the stub, with 0, EntriesSmall and EntriesLarge other
+// entries on the agent, on one pair of server and agent: the cost of a
+// call must not grow with the entries. The figures it records are those
+// of the last step (EntriesLarge other entries), as in a full run; the
+// earlier steps are printed only.
+func (b *bench) measureOnlyX509Many(ctx context.Context, bin string) {
+	names := []string{"stub." + scX509S101E10k + ".", "stub." + scX509S101E10kC16 + ".", "writ." + scX509S101E10k + ".", "writ." + scX509S101E10kC16 + "."}
+	b.prog.phase("FetchX509SVID of 101 SVIDs as other entries are added to the agent, and the stub")
+	w, err := b.startPair(ctx, bin, "B", allSigned(b.cfg)...)
+	if err != nil {
+		b.fail(err, names...)
+		return
+	}
+	defer w.close()
+	watch, err := b.openWorkloadAPI(ctx, w)
+	if err != nil {
+		b.fail(err, names...)
+		return
+	}
+	defer watch.close()
+	stubSock := filepath.Join(b.tmp, "stub101b.sock")
+	s, err := b.startStub(ctx, stubSock, 101)
+	if err != nil {
+		b.fail(err, names...)
+		return
+	}
+	defer s.stop()
+	if err := entitle100(ctx, b.cfg, w, watch); err != nil {
+		b.fail(err, names...)
+		return
+	}
+	for _, step := range []struct {
+		total int
+		key   string
+	}{{0, ""}, {b.cfg.EntriesSmall, memE1k}, {b.cfg.EntriesLarge, memE10k}} {
+		if step.total > 0 {
+			if err := b.fill(ctx, w, step.total, step.key); err != nil {
+				b.fail(err, names...)
+				return
+			}
+		}
+		b.prog.printf("-- with %s other entries on the agent (agent pid %d)", count(w.registered), w.agent.pid())
+		for _, sc := range []wlScenario{
+			{name: scX509S101E10k, callers: 1, newCall: x509All(101)},
+			{name: scX509S101E10kC16, callers: 16, newCall: x509All(101), minSlice: 2 * time.Second},
+		} {
+			b.measureWorkload(ctx, wlTarget{prefix: "stub", socket: stubSock, sc: sc}, wlTarget{prefix: "writ", socket: w.wlSock, sc: sc})
+			wv, wok := b.res.value("writ." + sc.name + ".rate")
+			sv, sok := b.res.value("stub." + sc.name + ".rate")
+			if wok && sok {
+				b.prog.printf("%d other entries, %d callers: writ/stub %.2f, writ %s µs of wall time per call", w.registered, sc.callers, wv/sv, num(1e6/wv))
+			}
+		}
+	}
+}
+
+// checkOnly returns an error if only is not empty and not a known case.
+func checkOnly(only string) error {
+	if only == "" {
+		return nil
+	}
+	for _, c := range onlyCases {
+		if only == c {
+			return nil
+		}
+	}
+	return fmt.Errorf("--only %q: not one of %v", only, onlyCases)
+}
