@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"time"
@@ -57,6 +58,10 @@ func (b *bench) measureOnlyX509Many(ctx context.Context, bin string) {
 			}
 		}
 		b.prog.printf("-- with %s other entries on the agent (agent pid %d)", count(w.registered), w.agent.pid())
+		if err := b.agentCPUPerCall(ctx, w); err != nil {
+			b.fail(err, names...)
+			return
+		}
 		for _, sc := range []wlScenario{
 			{name: scX509S101E10k, callers: 1, newCall: x509All(101)},
 			{name: scX509S101E10kC16, callers: 16, newCall: x509All(101), minSlice: 2 * time.Second},
@@ -69,6 +74,58 @@ func (b *bench) measureOnlyX509Many(ctx context.Context, bin string) {
 			}
 		}
 	}
+}
+
+// userHZ is the unit of /proc/<pid>/stat's CPU times on Linux
+// (USER_HZ, 100 on every architecture).
+const userHZ = 100
+
+// agentCPUPerCall makes sequential FetchX509SVID calls (all 101 SVIDs)
+// from one caller on the agent, once it is idle, and prints the agent's
+// CPU time (user and system) per call: unlike throughput, it hardly
+// depends on what else the machine runs.
+func (b *bench) agentCPUPerCall(ctx context.Context, w *writEnv) error {
+	n := 1000
+	if b.cfg.Smoke {
+		n = 50
+	}
+	pid := w.agent.pid()
+	if _, err := waitIdle(ctx, 300*time.Millisecond, 10*time.Second, pid); err != nil {
+		return err
+	}
+	c, err := newClient(ctx, w.wlSock)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	call, err := x509All(101)(ctx, c, 0)
+	if err != nil {
+		return err
+	}
+	t0, err := cpuTicks(pid)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	for i := range n {
+		cctx, cancel := context.WithTimeout(ctx, callTimeout)
+		err := call(cctx, i)
+		cancel()
+		if err != nil {
+			return fmt.Errorf("agent CPU per call: %w", err)
+		}
+	}
+	wall := time.Since(start)
+	t1, err := cpuTicks(pid)
+	if err != nil {
+		return err
+	}
+	if t1 == t0 {
+		return errors.New("agent CPU per call: no CPU time counted")
+	}
+	per := time.Duration(t1-t0) * time.Second / userHZ / time.Duration(n)
+	b.prog.printf("%d other entries: agent CPU %s µs per FetchX509SVID call of 101 SVIDs (%d sequential calls, %d ticks, %s wall per call)", w.registered, num(float64(per.Microseconds())), n, t1-t0, (wall / time.Duration(n)).Round(time.Microsecond))
+	return nil
 }
 
 // checkOnly returns an error if only is not empty and not a known case.
