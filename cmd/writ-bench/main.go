@@ -125,7 +125,7 @@ func runMain(ctx context.Context, args []string, stderr io.Writer) int {
 	flags.BoolVar(&o.Smoke, "smoke", false, "quick run that checks every figure is produced (timings are meaningless)")
 	flags.StringVar(&o.WritBin, "writ-bin", "", "use this writ binary instead of building ./cmd/writ")
 	flags.BoolVar(&o.Keep, "keep", false, "keep the temporary directory (data dirs and process logs)")
-	flags.StringVar(&o.Only, "only", "", "run only this case: "+onlyX509Many+" (FetchX509SVID of 101 SVIDs with 0, 1,000 and 10,000 other entries on the agent)")
+	flags.StringVar(&o.Only, "only", "", "run only this case: "+onlyX509Many+" (FetchX509SVID of 101 SVIDs with 0, 1,000 and 10,000 other entries on the agent) or "+onlyBacklog+" (a new entry among 300,000)")
 	flags.Usage = func() {
 		fmt.Fprintln(stderr, "usage: writ-bench [--out DIR] [--smoke] [--writ-bin PATH] [--keep] [--only CASE]")
 		fmt.Fprintln(stderr, "Measures Writ's server and agent against this machine's limits and writes a report.")

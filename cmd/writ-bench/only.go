@@ -8,12 +8,15 @@ import (
 	"time"
 )
 
-// onlyX509Many is the --only value that runs the FetchX509SVID case of
-// a caller entitled to 101 SVIDs alone.
-const onlyX509Many = "x509-many"
+// The --only values: onlyX509Many runs the FetchX509SVID case of a
+// caller entitled to 101 SVIDs alone, onlyBacklog the backlog case.
+const (
+	onlyX509Many = "x509-many"
+	onlyBacklog  = "backlog"
+)
 
 // onlyCases are the values --only accepts.
-var onlyCases = []string{onlyX509Many}
+var onlyCases = []string{onlyX509Many, onlyBacklog}
 
 // measureOnlyX509Many measures FetchX509SVID of 101 SVIDs, 1 and 16
 // callers, beside the stub, with 0, EntriesSmall and EntriesLarge other

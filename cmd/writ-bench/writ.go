@@ -40,12 +40,17 @@ const (
 // phases runs every measurement; failures are recorded in the figures.
 func (b *bench) phases(ctx context.Context, o Options) {
 	bin, buildErr := b.buildWrit(ctx, o.WritBin)
-	if o.Only == onlyX509Many {
-		if buildErr != nil {
-			b.fail(buildErr, "writ.")
-			return
-		}
+	switch {
+	case o.Only != "" && buildErr != nil:
+		b.fail(buildErr, "writ.", "backlog.")
+		return
+	case o.Only == onlyX509Many:
 		b.measureOnlyX509Many(ctx, bin)
+		return
+	case o.Only == onlyBacklog:
+		if err := b.measureBacklog(ctx, bin); err != nil {
+			b.fail(err, "backlog.")
+		}
 		return
 	}
 	if err := b.measureLimits(ctx); err != nil {
