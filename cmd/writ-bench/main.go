@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -208,6 +209,7 @@ func run(ctx context.Context, o Options, stderr io.Writer) (*Results, error) {
 		return nil, err
 	}
 
+	unrun := b.markUnrun(o.Only)
 	b.finish()
 	b.res.DurationSeconds = math.Round(time.Since(start).Seconds()*10) / 10
 	if err := b.write(o.Out); err != nil {
@@ -218,6 +220,13 @@ func run(ctx context.Context, o Options, stderr io.Writer) (*Results, error) {
 		return b.res, fmt.Errorf("internal error: figures set that the catalogue lacks: %s", strings.Join(b.bugs, ", "))
 	}
 	missing := b.res.missing()
+	if o.Only != "" {
+		missing = slices.DeleteFunc(missing, func(f *Figure) bool { return f.Error == unrun })
+		if len(missing) == 0 {
+			b.prog.printf("the figures of --only %s measured in %s", o.Only, time.Since(start).Round(time.Second))
+			return b.res, nil
+		}
+	}
 	if len(missing) == 0 {
 		b.prog.printf("all %d figures measured in %s", len(b.res.Figures), time.Since(start).Round(time.Second))
 		return b.res, nil

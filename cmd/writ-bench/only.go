@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 )
 
@@ -129,6 +131,30 @@ func (b *bench) agentCPUPerCall(ctx context.Context, w *writEnv) error {
 	per := time.Duration(t1-t0) * time.Second / userHZ / time.Duration(n)
 	b.prog.printf("%d other entries: agent CPU %s µs per FetchX509SVID call of 101 SVIDs (%d sequential calls, %d ticks, %s wall per call)", w.registered, num(float64(per.Microseconds())), n, t1-t0, (wall / time.Duration(n)).Round(time.Microsecond))
 	return nil
+}
+
+// onlyPrefixes are the figures each --only case measures, by prefix.
+var onlyPrefixes = map[string][]string{
+	onlyX509Many: {"stub." + scX509S101E10k + ".", "writ." + scX509S101E10k + "."},
+	onlyBacklog:  {"backlog."},
+}
+
+// markUnrun gives the figures that --only leaves out, if only is set,
+// an error saying so, and returns it ("" if only is not set).
+func (b *bench) markUnrun(only string) string {
+	if only == "" {
+		return ""
+	}
+	unrun := fmt.Sprintf("not run (--only %s)", only)
+	for _, f := range b.res.Figures {
+		if f.Value != nil || f.Error != "" {
+			continue
+		}
+		if !slices.ContainsFunc(onlyPrefixes[only], func(p string) bool { return strings.HasPrefix(f.Name, p) }) {
+			f.Error = unrun
+		}
+	}
+	return unrun
 }
 
 // checkOnly returns an error if only is not empty and not a known case.
