@@ -32,7 +32,7 @@ const defaultAgentDataDir = "writ-agent-data"
 // still holds after a garbage collection (memlimit.Run). The collector
 // works harder as the heap nears the limit, so that a small agent stays
 // within it; the headroom keeps it from running without pause once the
-// live heap itself nears the floor (about 21 MiB with 10,000 entries),
+// live heap itself nears the floor (about 16 MiB with 10,000 entries),
 // which slowed every Workload API call the more entries the agent held.
 const (
 	agentMemoryLimit    = 32 << 20
