@@ -1,7 +1,9 @@
 package svidcache_test
 
 import (
+	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"slices"
@@ -368,11 +370,24 @@ func TestSetX509SVIDChecksKey(t *testing.T) {
 	e := newEntry(t, "/w", "unix:uid:1")
 	s := ca.svid(t, e, t0, time.Hour)
 	other := ca.svid(t, e, t0, time.Hour)
-	if _, err := svidcache.NewX509SVID(e.ID, [][]byte{s.LeafDER()}, other.PrivateKey); !errors.Is(err, svidcache.ErrInvalidSVID) {
+	otherKey, err := other.Signer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, err := s.Signer()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := svidcache.NewX509SVID(e.ID, [][]byte{s.LeafDER()}, otherKey); !errors.Is(err, svidcache.ErrInvalidSVID) {
 		t.Fatalf("mismatched key: %v", err)
 	}
-	if _, err := svidcache.NewX509SVID(e.ID, [][]byte{[]byte("junk")}, s.PrivateKey); !errors.Is(err, svidcache.ErrInvalidSVID) {
+	if _, err := svidcache.NewX509SVID(e.ID, [][]byte{[]byte("junk")}, key); !errors.Is(err, svidcache.ErrInvalidSVID) {
 		t.Fatalf("junk chain: %v", err)
+	}
+	// The key Signer returns is the leaf's.
+	pub, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil || !bytes.Equal(pub, s.Leaf().RawSubjectPublicKeyInfo) {
+		t.Fatalf("Signer's key is not the leaf's: %v", err)
 	}
 	if len(s.PrivateKeyDER) == 0 || len(s.ChainDER) != len(s.Certificates()[0].Raw) {
 		t.Fatal("precomputed DER missing")

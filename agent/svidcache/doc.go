@@ -12,7 +12,7 @@
 //	svids := cache.X509SVIDs(workloadSelectors)
 //	for _, s := range svids {
 //		// s.ID, s.ChainDER (leaf first), s.PrivateKeyDER (PKCS#8),
-//		// s.PrivateKey, s.NotAfter; s.Certificates() parses the chain
+//		// s.NotAfter; s.Certificates() parses the chain, s.Signer() the key
 //	}
 //	bundle := cache.Bundle() // *spiffebundle.Bundle, nil before the first sync
 //

@@ -30,11 +30,11 @@ type X509SVID struct {
 	// ChainDER is the chain as concatenated DER certificates, leaf first:
 	// the Workload API's x509_svid field.
 	ChainDER []byte
-	// PrivateKey is the leaf's key; it never leaves the node except to
-	// the workload.
-	PrivateKey crypto.Signer
-	// PrivateKeyDER is PrivateKey in PKCS#8 DER: the Workload API's
-	// x509_svid_key field.
+	// PrivateKeyDER is the leaf's private key in PKCS#8 DER: the
+	// Workload API's x509_svid_key field. It never leaves the node
+	// except to the workload. Only the DER is kept (a parsed P-256 key
+	// costs about 360 bytes more per SVID, on every entry the agent
+	// holds); Signer parses it.
 	PrivateKeyDER []byte
 	// NotBefore and NotAfter are the leaf's validity.
 	NotBefore, NotAfter time.Time
@@ -67,6 +67,20 @@ func (s *X509SVID) Leaf() *x509.Certificate {
 	return c
 }
 
+// Signer parses and returns the leaf's private key. The key is the
+// caller's.
+func (s *X509SVID) Signer() (crypto.Signer, error) {
+	k, err := x509.ParsePKCS8PrivateKey(s.PrivateKeyDER)
+	if err != nil {
+		return nil, fmt.Errorf("%w: private key: %w", ErrInvalidSVID, err)
+	}
+	signer, ok := k.(crypto.Signer)
+	if !ok {
+		return nil, fmt.Errorf("%w: private key of type %T cannot sign", ErrInvalidSVID, k)
+	}
+	return signer, nil
+}
+
 // LeafDER returns the leaf certificate's DER (a prefix of ChainDER).
 func (s *X509SVID) LeafDER() []byte { return s.ChainDER[:s.leafLen:s.leafLen] }
 
@@ -84,8 +98,9 @@ var ErrInvalidSVID = errors.New("svidcache: invalid X.509-SVID")
 // chain (DER, leaf first) and private key. It parses the chain once into
 // one buffer, checks that the leaf has exactly one URI SAN holding a
 // SPIFFE ID and that key is the leaf's key, and precomputes key's PKCS#8
-// encoding. Only the DER is kept (see X509SVID). It does not verify the chain against a bundle: callers do,
-// with x509ca.VerifyX509SVID, before handing the SVID to the cache.
+// encoding. Only the DER is kept (see X509SVID): key itself is not. It
+// does not verify the chain against a bundle: callers do, with
+// x509ca.VerifyX509SVID, before handing the SVID to the cache.
 func NewX509SVID(entryID string, chain [][]byte, key crypto.Signer) (*X509SVID, error) {
 	if len(chain) == 0 {
 		return nil, fmt.Errorf("%w: empty chain", ErrInvalidSVID)
@@ -127,22 +142,10 @@ func NewX509SVID(entryID string, chain [][]byte, key crypto.Signer) (*X509SVID, 
 	if err != nil {
 		return nil, fmt.Errorf("%w: private key: %w", ErrInvalidSVID, err)
 	}
-	// Keep a fresh copy of the key, parsed from its PKCS#8 form: crypto
-	// caches a second representation (about 1.3 KB) of a key once it has
-	// signed or been marshalled, for as long as that key object lives.
-	// The copy gets one only if something signs with it.
-	parsed, err := x509.ParsePKCS8PrivateKey(pkcs8)
-	if err != nil {
-		return nil, fmt.Errorf("%w: private key: %w", ErrInvalidSVID, err)
-	}
-	if k, ok := parsed.(crypto.Signer); ok {
-		key = k
-	}
 	return &X509SVID{
 		EntryID:       entryID,
 		ID:            id,
 		ChainDER:      der,
-		PrivateKey:    key,
 		PrivateKeyDER: pkcs8,
 		NotBefore:     leaf.NotBefore,
 		NotAfter:      leaf.NotAfter,

@@ -109,10 +109,15 @@ func (b *bench) phases(ctx context.Context, o Options) {
 	if b.selected("postgres") {
 		b.measurePostgres(ctx, bin)
 	}
+	// The full run measures this case within calls and scale; x509-many
+	// measures it alone, at three entry counts.
+	if len(b.only) > 0 && b.selected(onlyX509Many) {
+		b.measureOnlyX509Many(ctx, bin)
+	}
 }
 
 // phaseNames are the phases --only selects from, in run order.
-var phaseNames = []string{"limits", "calls", "scale", "cli", "backlog", "templates", "jwks", "lifecycle", "oauth", "postgres"}
+var phaseNames = []string{"limits", "calls", "scale", "cli", "backlog", "templates", "jwks", "lifecycle", "oauth", "postgres", "x509-many"}
 
 // selected tells whether a phase runs: every phase unless --only names
 // some.

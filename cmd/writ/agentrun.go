@@ -1,11 +1,11 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -16,6 +16,7 @@ import (
 	"writ.dev/writ/agent"
 	"writ.dev/writ/agent/agentproc"
 	"writ.dev/writ/agent/svidcache"
+	"writ.dev/writ/internal/memlimit"
 	"writ.dev/writ/internal/unixsock"
 	"writ.dev/writ/workloadapi"
 	"writ.dev/writ/workloadapi/sdsv3"
@@ -25,13 +26,18 @@ import (
 // otherwise; `agent healthcheck` looks for its socket there too.
 const defaultAgentDataDir = "writ-agent-data"
 
-// agentMemoryLimit is the agent's soft memory limit (the Go runtime's
-// GOMEMLIMIT) unless the environment sets one: the garbage collector
-// works harder as the heap nears it, so that an agent with 10,000
-// entries (about 21 MiB of live heap) stays well within 50 MiB of RSS
-// (43 MiB measured). Nodes with many more entries set GOMEMLIMIT higher
-// (or to off); the limit is soft, so the agent never fails for it.
-const agentMemoryLimit = 32 << 20
+// agentMemoryLimit and agentMemoryHeadroom set the agent's soft memory
+// limit (the Go runtime's GOMEMLIMIT) unless the environment sets one:
+// at least agentMemoryLimit, and agentMemoryHeadroom above what the agent
+// still holds after a garbage collection (memlimit.Run). The collector
+// works harder as the heap nears the limit, so that a small agent stays
+// within it; the headroom keeps it from running without pause once the
+// live heap itself nears the floor (about 16 MiB with 10,000 entries),
+// which slowed every Workload API call the more entries the agent held.
+const (
+	agentMemoryLimit    = 32 << 20
+	agentMemoryHeadroom = 8 << 20
+)
 
 func agentRunCommand() *cli.Command {
 	flags := []cli.Flag{
@@ -107,7 +113,18 @@ func agentRun(c *cli.Context) error {
 		return usagef(c, "--workload-max-connections-per-uid %d must be between 1 and %d (the bound on all connections)", perUID, workloadapi.DefaultMaxConnections)
 	}
 	if os.Getenv("GOMEMLIMIT") == "" {
-		debug.SetMemoryLimit(agentMemoryLimit)
+		ctx, cancel := context.WithCancel(c.Context)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			// The configuration is constant and valid: Run only returns
+			// when ctx ends.
+			_ = memlimit.Run(ctx, memlimit.Config{Floor: agentMemoryLimit, Headroom: agentMemoryHeadroom})
+		}()
+		defer func() {
+			cancel()
+			<-done
+		}()
 	}
 	if err := checkObserveFlags(c); err != nil {
 		return err
