@@ -46,7 +46,7 @@ type keys struct{ active *keymanager.Active }
 func (k keys) Active() *keymanager.Active { return k.active }
 
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	clk   *fakeclock.Clock
 	store *boltstore.Store
 	ca    *testca.CA
@@ -58,7 +58,7 @@ type env struct {
 // newEnv runs a server on a boltstore holding the trust domain's bundle
 // and three clients: web (audiences api and orders, scopes read and
 // write), api (audience db, scope db:read) and db (audience api).
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	clk := fakeclock.New(t0)
 	store, err := boltstore.Open(filepath.Join(t.TempDir(), "datastore.db"), boltstore.Options{})
 	if err != nil {
@@ -529,4 +529,45 @@ func TestNewRefusesBadIssuers(t *testing.T) {
 			t.Errorf("issuer %q accepted", iss)
 		}
 	}
+}
+
+// FuzzEndpoints: whatever the body, every endpoint answers JSON, with
+// only an error code when it refuses, and never a token to a caller
+// without credentials.
+func FuzzEndpoints(f *testing.F) {
+	e := newEnv(f)
+	for _, seed := range []string{
+		"grant_type=client_credentials&audience=orders",
+		"grant_type=client_credentials&audience=orders&scope=read+write",
+		"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=a.b.c&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt",
+		"client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion=eyJhbGciOiJFUzI1NiJ9.e30.AA",
+		"token=x&token_type_hint=access_token",
+		"a=%zz", "audience=orders&audience=orders", "",
+	} {
+		for _, path := range []string{oauth.TokenPath, oauth.IntrospectPath, oauth.RevokePath} {
+			f.Add(path, seed)
+		}
+	}
+	f.Fuzz(func(t *testing.T, path, body string) {
+		if path != oauth.TokenPath && path != oauth.IntrospectPath && path != oauth.RevokePath {
+			return
+		}
+		req := httptest.NewRequest(http.MethodPost, "https://oauth.example.org"+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		w := httptest.NewRecorder()
+		e.h.ServeHTTP(w, req)
+		var out map[string]any
+		if err := json.Unmarshal(w.Body.Bytes(), &out); err != nil {
+			t.Fatalf("status %d, body %q is not JSON: %v", w.Code, w.Body, err)
+		}
+		if w.Code != http.StatusOK {
+			if len(out) != 1 || out["error"] == nil {
+				t.Fatalf("status %d with body %v", w.Code, out)
+			}
+			return
+		}
+		if out["access_token"] != nil || out["active"] == true {
+			t.Fatalf("an unauthenticated caller got %v", out)
+		}
+	})
 }
