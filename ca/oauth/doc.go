@@ -45,5 +45,11 @@
 // the store signals a change, and that agents receive.
 //
 // Errors follow RFC 6749 §5.2 and say nothing of why a client was
-// refused; the reason goes to the debug log.
+// refused; the reason goes to the debug log. Every client authentication
+// failure (bad, expired, untrusted or replayed credential, a SPIFFE ID
+// without an OAuth client) is invalid_client, with status 401 and
+// WWW-Authenticate only when the client tried the Authorization header
+// (which no method here uses). A subject token that is invalid or was not
+// issued to the actor is invalid_request, as RFC 8693 §2.2.2 says; an
+// audience not granted, or none, or several, is invalid_target.
 package oauth

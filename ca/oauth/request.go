@@ -27,7 +27,6 @@ import (
 const (
 	errInvalidRequest       = "invalid_request"
 	errInvalidClient        = "invalid_client"
-	errInvalidGrant         = "invalid_grant"
 	errUnauthorizedClient   = "unauthorized_client"
 	errUnsupportedGrantType = "unsupported_grant_type"
 	errInvalidScope         = "invalid_scope"

@@ -95,8 +95,6 @@ type Server struct {
 	metadata      []byte
 	log           *slog.Logger
 	state         atomic.Pointer[state]
-	// reload asks Run to reload the state now (buffered one).
-	reload chan struct{}
 }
 
 // state is what the server reloads from the store: the trust domain's
@@ -134,7 +132,7 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	issuer := "https://" + u.Host
-	s := &Server{cfg: cfg, issuer: issuer, tokenEndpoint: issuer + TokenPath, log: cfg.Logger, reload: make(chan struct{}, 1)}
+	s := &Server{cfg: cfg, issuer: issuer, tokenEndpoint: issuer + TokenPath, log: cfg.Logger}
 	methods := []string{"tls_client_auth", "private_key_jwt"}
 	algs := []string{"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512"}
 	s.metadata, err = json.Marshal(map[string]any{
@@ -186,8 +184,11 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			t.Stop()
 			return nil
-		case <-changes:
-		case <-s.reload:
+		case _, ok := <-changes:
+			if !ok {
+				// The store stopped signalling: reload on the timer only.
+				changes = nil
+			}
 		case <-t.C():
 		}
 		t.Stop()

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -19,12 +20,16 @@ import (
 	"writ.dev/writ/ca/clock/fakeclock"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/datastore/boltstore"
+	"writ.dev/writ/ca/datastore/pgstore"
 	"writ.dev/writ/ca/jwtsvid"
 	"writ.dev/writ/ca/keymanager"
 	"writ.dev/writ/ca/oauth"
 	"writ.dev/writ/ca/x509ca"
+	"writ.dev/writ/internal/pgtest"
 	"writ.dev/writ/internal/testca"
 )
+
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
 
 var (
 	td = spiffeid.RequireTrustDomainFromString("example.org")
@@ -45,10 +50,17 @@ type keys struct{ active *keymanager.Active }
 
 func (k keys) Active() *keymanager.Active { return k.active }
 
+// testStore is what the tests use of a store.
+type testStore interface {
+	oauth.Store
+	UpdateBundle(ctx context.Context, td spiffeid.TrustDomain, fn func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error)) (*spiffebundle.Bundle, error)
+	PutOAuthClient(ctx context.Context, c *datastore.OAuthClient) error
+}
+
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	clk   *fakeclock.Clock
-	store *boltstore.Store
+	store testStore
 	ca    *testca.CA
 	jwt   jwtsvid.Key
 	srv   *oauth.Server
@@ -58,13 +70,26 @@ type env struct {
 // newEnv runs a server on a boltstore holding the trust domain's bundle
 // and three clients: web (audiences api and orders, scopes read and
 // write), api (audience db, scope db:read) and db (audience api).
-func newEnv(t *testing.T) *env {
-	clk := fakeclock.New(t0)
+func newEnv(t testing.TB) *env {
 	store, err := boltstore.Open(filepath.Join(t.TempDir(), "datastore.db"), boltstore.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { store.Close() })
+	return newEnvOn(t, store, nil)
+}
+
+// newEnvOn runs a server on store. With a nil peer it stores the bundle
+// and the clients first; with a peer (a server on another handle of the
+// same database) it uses the peer's CA and keys.
+func newEnvOn(t testing.TB, store testStore, peer *env) *env {
+	clk := fakeclock.New(t0)
+	var err error
+	if peer != nil {
+		e := &env{t: t, clk: clk, store: store, ca: peer.ca, jwt: peer.jwt}
+		e.start(t)
+		return e
+	}
 	ca := testca.New(t, td, t0.Add(-time.Hour), 48*time.Hour)
 	signer, err := x509ca.GenerateKey(x509ca.KeyTypeECP256)
 	if err != nil {
@@ -88,6 +113,14 @@ func newEnv(t *testing.T) *env {
 			t.Fatal(err)
 		}
 	}
+	e.start(t)
+	return e
+}
+
+// start runs the server and waits until it has loaded its state.
+func (e *env) start(t testing.TB) {
+	clk, store, ctx := e.clk, e.store, t.Context()
+	var err error
 	e.srv, err = oauth.New(oauth.Config{TrustDomain: td, Issuer: issuer, Store: store, TokenTTL: 5 * time.Minute,
 		Keys: keys{&keymanager.Active{JWT: e.jwt, JWTNotAfter: t0.Add(24 * time.Hour)}}, Clock: clk})
 	if err != nil {
@@ -109,7 +142,6 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	e.h = e.srv.Handler(nil)
-	return e
 }
 
 // cert mints an X.509-SVID for id, valid from now for ttl.
@@ -527,6 +559,103 @@ func TestNewRefusesBadIssuers(t *testing.T) {
 	for _, iss := range []string{"", "http://oauth.example.org", "https://oauth.example.org/path", "https://u@oauth.example.org", "https://oauth.example.org?q"} {
 		if _, err := oauth.New(oauth.Config{TrustDomain: td, Issuer: iss, Store: &boltstore.Store{}, Keys: keys{}}); err == nil {
 			t.Errorf("issuer %q accepted", iss)
+		}
+	}
+}
+
+// FuzzEndpoints: whatever the body, every endpoint answers JSON, with
+// only an error code when it refuses, and never a token to a caller
+// without credentials.
+func FuzzEndpoints(f *testing.F) {
+	e := newEnv(f)
+	for _, seed := range []string{
+		"grant_type=client_credentials&audience=orders",
+		"grant_type=client_credentials&audience=orders&scope=read+write",
+		"grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Atoken-exchange&subject_token=a.b.c&subject_token_type=urn%3Aietf%3Aparams%3Aoauth%3Atoken-type%3Ajwt",
+		"client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer&client_assertion=eyJhbGciOiJFUzI1NiJ9.e30.AA",
+		"token=x&token_type_hint=access_token",
+		"a=%zz", "audience=orders&audience=orders", "",
+	} {
+		for _, path := range []string{oauth.TokenPath, oauth.IntrospectPath, oauth.RevokePath} {
+			f.Add(path, seed)
+		}
+	}
+	f.Fuzz(func(t *testing.T, path, body string) {
+		if path != oauth.TokenPath && path != oauth.IntrospectPath && path != oauth.RevokePath {
+			return
+		}
+		req := httptest.NewRequest(http.MethodPost, "https://oauth.example.org"+path, strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		w := httptest.NewRecorder()
+		e.h.ServeHTTP(w, req)
+		var out map[string]any
+		if err := json.Unmarshal(w.Body.Bytes(), &out); err != nil {
+			t.Fatalf("status %d, body %q is not JSON: %v", w.Code, w.Body, err)
+		}
+		if w.Code != http.StatusOK {
+			if len(out) != 1 || out["error"] == nil {
+				t.Fatalf("status %d with body %v", w.Code, out)
+			}
+			return
+		}
+		if out["access_token"] != nil || out["active"] == true {
+			t.Fatalf("an unauthenticated caller got %v", out)
+		}
+	})
+}
+
+// TestServersShareOneDatabase: two servers on one PostgreSQL database
+// accept an assertion once between them, and each sees the clients and
+// revocations written through the other.
+func TestServersShareOneDatabase(t *testing.T) {
+	dsn := pgtest.Shared(t).NewDatabase(t)
+	open := func() *pgstore.Store {
+		s, err := pgstore.Open(t.Context(), pgstore.Config{ConnString: dsn})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	a := newEnvOn(t, open(), nil)
+	b := newEnvOn(t, open(), a)
+
+	form := url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"},
+		"client_assertion_type": {oauth.AssertionTypeJWTBearer}, "client_assertion": {a.assertion(webID, tokenURL, time.Minute)}}
+	if r := a.do(request{form: form}); r.status != 200 {
+		t.Fatalf("assertion at the first server: %d %v", r.status, r.body)
+	}
+	if r := b.do(request{form: form}); r.status != 400 || r.body["error"] != "invalid_client" {
+		t.Fatalf("the same assertion at the second server: %d %v", r.status, r.body)
+	}
+
+	// A client created through the first handle gets tokens from the
+	// second server.
+	stray := &datastore.OAuthClient{SPIFFEID: spiffeid.RequireFromString(strayID), Audiences: []string{"orders"}}
+	if err := a.store.PutOAuthClient(t.Context(), stray); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "a token for a client created through the other handle", func() bool {
+		return b.do(request{form: url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"}}, certs: b.cert(strayID, time.Hour)}).status == 200
+	})
+
+	// A token revoked at the first server is inactive at the second.
+	tok := a.token(webID, url.Values{"audience": {"orders"}})
+	if r := a.do(request{path: oauth.RevokePath, form: url.Values{"token": {tok}}, certs: a.cert(webID, time.Hour)}); r.status != 200 {
+		t.Fatalf("revoke: %d %v", r.status, r.body)
+	}
+	poll(t, "the revocation at the other server", func() bool {
+		r := b.do(request{path: oauth.IntrospectPath, form: url.Values{"token": {tok}}, certs: b.cert(apiID, time.Hour)})
+		return r.status == 200 && r.body["active"] == false
+	})
+}
+
+// poll calls ok until it holds, for at most 10 seconds.
+func poll(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !ok(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10s", what)
 		}
 	}
 }

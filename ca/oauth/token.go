@@ -217,6 +217,9 @@ func (s *Server) tokenExchange(f form, st *state, c *client) (map[string]any, *o
 	if e != nil {
 		return nil, e
 	}
+	if expires.Sub(now) < time.Second {
+		return nil, fail(errInvalidRequest, "subject token expires within a second")
+	}
 	if c.expires.Before(expires) {
 		expires = c.expires
 	}

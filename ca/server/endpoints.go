@@ -173,6 +173,11 @@ func (s *Server) httpEndpoints(store datastore.Store, nodeSvc *nodeapi.Service, 
 		}
 		issuer := o.Issuer
 		if issuer == "" {
+			host, _, _ := net.SplitHostPort(o.BindAddress)
+			if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+				lis.Close()
+				return eps, fmt.Errorf("OAuth endpoint on %s: give the issuer URL clients reach it at (--oauth-issuer)", o.BindAddress)
+			}
 			issuer = "https://" + advertisedAddress(o.BindAddress, lis.Addr())
 		}
 		as, err := oauth.New(oauth.Config{TrustDomain: s.cfg.TrustDomain, Issuer: issuer, Store: store, Keys: keys,
