@@ -418,7 +418,11 @@ type Entry struct {
 	// template, when set, makes this a template entry: spiffe_id is its
 	// literal prefix and the agent fills the template from each matching
 	// caller's selectors.
-	Template      string `protobuf:"bytes,10,opt,name=template,proto3" json:"template,omitempty"`
+	Template string `protobuf:"bytes,10,opt,name=template,proto3" json:"template,omitempty"`
+	// federates_with: trust domain names (sorted) whose bundles the
+	// entry's workloads receive; the server sends those bundles in
+	// SyncResponse.federated_bundles.
+	FederatesWith []string `protobuf:"bytes,11,rep,name=federates_with,json=federatesWith,proto3" json:"federates_with,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -523,6 +527,13 @@ func (x *Entry) GetTemplate() string {
 	return ""
 }
 
+func (x *Entry) GetFederatesWith() []string {
+	if x != nil {
+		return x.FederatesWith
+	}
+	return nil
+}
+
 type SyncResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// full: entries is the complete set the agent is authorized for and
@@ -542,8 +553,19 @@ type SyncResponse struct {
 	// Sent with full messages: the agent's node selectors as the server
 	// recorded them at its last attestation, sorted.
 	NodeSelectors []string `protobuf:"bytes,6,rep,name=node_selectors,json=nodeSelectors,proto3" json:"node_selectors,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The bundles of the foreign trust domains that the agent's entries
+	// federate with (Entry.federates_with), as SPIFFE bundle JSON keyed by
+	// trust domain name ("b.test"). In a full message this is the complete
+	// set and replaces what the agent had. Otherwise it holds only the
+	// bundles that are new to the agent or changed since last sent, and
+	// removed_federated_bundles names the trust domains whose bundle the
+	// agent must drop (no entry federates with it any more, or the server
+	// no longer holds it). A trust domain an entry names but for which the
+	// server holds no bundle is simply absent.
+	FederatedBundles        map[string][]byte `protobuf:"bytes,10,rep,name=federated_bundles,json=federatedBundles,proto3" json:"federated_bundles,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	RemovedFederatedBundles []string          `protobuf:"bytes,11,rep,name=removed_federated_bundles,json=removedFederatedBundles,proto3" json:"removed_federated_bundles,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *SyncResponse) Reset() {
@@ -614,6 +636,20 @@ func (x *SyncResponse) GetTainted() *TaintedAuthorities {
 func (x *SyncResponse) GetNodeSelectors() []string {
 	if x != nil {
 		return x.NodeSelectors
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetFederatedBundles() map[string][]byte {
+	if x != nil {
+		return x.FederatedBundles
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetRemovedFederatedBundles() []string {
+	if x != nil {
+		return x.RemovedFederatedBundles
 	}
 	return nil
 }
@@ -1306,7 +1342,7 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\x12RenewAgentResponse\x12\x1d\n" +
 	"\n" +
 	"svid_chain\x18\x01 \x03(\fR\tsvidChain\"\r\n" +
-	"\vSyncRequest\"\xa3\x02\n" +
+	"\vSyncRequest\"\xca\x02\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1c\n" +
@@ -1321,14 +1357,21 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"downstream\x12\x1a\n" +
 	"\brevision\x18\t \x01(\x04R\brevision\x12\x1a\n" +
 	"\btemplate\x18\n" +
-	" \x01(\tR\btemplate\"\xf8\x01\n" +
+	" \x01(\tR\btemplate\x12%\n" +
+	"\x0efederates_with\x18\v \x03(\tR\rfederatesWith\"\xd8\x03\n" +
 	"\fSyncResponse\x12\x12\n" +
 	"\x04full\x18\x01 \x01(\bR\x04full\x12-\n" +
 	"\aentries\x18\x02 \x03(\v2\x13.writ.node.v1.EntryR\aentries\x12*\n" +
 	"\x11deleted_entry_ids\x18\x03 \x03(\tR\x0fdeletedEntryIds\x12\x16\n" +
 	"\x06bundle\x18\x04 \x01(\fR\x06bundle\x12:\n" +
 	"\atainted\x18\x05 \x01(\v2 .writ.node.v1.TaintedAuthoritiesR\atainted\x12%\n" +
-	"\x0enode_selectors\x18\x06 \x03(\tR\rnodeSelectors\"[\n" +
+	"\x0enode_selectors\x18\x06 \x03(\tR\rnodeSelectors\x12]\n" +
+	"\x11federated_bundles\x18\n" +
+	" \x03(\v20.writ.node.v1.SyncResponse.FederatedBundlesEntryR\x10federatedBundles\x12:\n" +
+	"\x19removed_federated_bundles\x18\v \x03(\tR\x17removedFederatedBundles\x1aC\n" +
+	"\x15FederatedBundlesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"[\n" +
 	"\x0fX509SVIDRequest\x12\x19\n" +
 	"\bentry_id\x18\x01 \x01(\tR\aentryId\x12\x10\n" +
 	"\x03csr\x18\x02 \x01(\fR\x03csr\x12\x1b\n" +
@@ -1391,7 +1434,7 @@ func file_ca_api_node_v1_node_proto_rawDescGZIP() []byte {
 	return file_ca_api_node_v1_node_proto_rawDescData
 }
 
-var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*AttestRequest)(nil),             // 0: writ.node.v1.AttestRequest
 	(*AttestResponse)(nil),            // 1: writ.node.v1.AttestResponse
@@ -1415,35 +1458,37 @@ var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*AckBundleRequest)(nil),          // 19: writ.node.v1.AckBundleRequest
 	(*AckBundleResponse)(nil),         // 20: writ.node.v1.AckBundleResponse
 	(*TaintedAuthorities)(nil),        // 21: writ.node.v1.TaintedAuthorities
+	nil,                               // 22: writ.node.v1.SyncResponse.FederatedBundlesEntry
 }
 var file_ca_api_node_v1_node_proto_depIdxs = []int32{
 	7,  // 0: writ.node.v1.SyncResponse.entries:type_name -> writ.node.v1.Entry
 	21, // 1: writ.node.v1.SyncResponse.tainted:type_name -> writ.node.v1.TaintedAuthorities
-	10, // 2: writ.node.v1.X509SVIDResult.status:type_name -> writ.node.v1.Status
-	9,  // 3: writ.node.v1.BatchSignX509SVIDRequest.requests:type_name -> writ.node.v1.X509SVIDRequest
-	11, // 4: writ.node.v1.BatchSignX509SVIDResponse.results:type_name -> writ.node.v1.X509SVIDResult
-	15, // 5: writ.node.v1.ReportTemplatesRequest.templates:type_name -> writ.node.v1.TemplateReport
-	0,  // 6: writ.node.v1.NodeService.Attest:input_type -> writ.node.v1.AttestRequest
-	2,  // 7: writ.node.v1.NodeService.AttestNode:input_type -> writ.node.v1.AttestNodeRequest
-	4,  // 8: writ.node.v1.NodeService.RenewAgent:input_type -> writ.node.v1.RenewAgentRequest
-	6,  // 9: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
-	12, // 10: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
-	14, // 11: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
-	16, // 12: writ.node.v1.NodeService.ReportTemplates:input_type -> writ.node.v1.ReportTemplatesRequest
-	19, // 13: writ.node.v1.NodeService.AckBundle:input_type -> writ.node.v1.AckBundleRequest
-	1,  // 14: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
-	3,  // 15: writ.node.v1.NodeService.AttestNode:output_type -> writ.node.v1.AttestNodeResponse
-	5,  // 16: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
-	8,  // 17: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
-	13, // 18: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
-	18, // 19: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
-	17, // 20: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
-	20, // 21: writ.node.v1.NodeService.AckBundle:output_type -> writ.node.v1.AckBundleResponse
-	14, // [14:22] is the sub-list for method output_type
-	6,  // [6:14] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	22, // 2: writ.node.v1.SyncResponse.federated_bundles:type_name -> writ.node.v1.SyncResponse.FederatedBundlesEntry
+	10, // 3: writ.node.v1.X509SVIDResult.status:type_name -> writ.node.v1.Status
+	9,  // 4: writ.node.v1.BatchSignX509SVIDRequest.requests:type_name -> writ.node.v1.X509SVIDRequest
+	11, // 5: writ.node.v1.BatchSignX509SVIDResponse.results:type_name -> writ.node.v1.X509SVIDResult
+	15, // 6: writ.node.v1.ReportTemplatesRequest.templates:type_name -> writ.node.v1.TemplateReport
+	0,  // 7: writ.node.v1.NodeService.Attest:input_type -> writ.node.v1.AttestRequest
+	2,  // 8: writ.node.v1.NodeService.AttestNode:input_type -> writ.node.v1.AttestNodeRequest
+	4,  // 9: writ.node.v1.NodeService.RenewAgent:input_type -> writ.node.v1.RenewAgentRequest
+	6,  // 10: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
+	12, // 11: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
+	14, // 12: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
+	16, // 13: writ.node.v1.NodeService.ReportTemplates:input_type -> writ.node.v1.ReportTemplatesRequest
+	19, // 14: writ.node.v1.NodeService.AckBundle:input_type -> writ.node.v1.AckBundleRequest
+	1,  // 15: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
+	3,  // 16: writ.node.v1.NodeService.AttestNode:output_type -> writ.node.v1.AttestNodeResponse
+	5,  // 17: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
+	8,  // 18: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
+	13, // 19: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
+	18, // 20: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
+	17, // 21: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
+	20, // 22: writ.node.v1.NodeService.AckBundle:output_type -> writ.node.v1.AckBundleResponse
+	15, // [15:23] is the sub-list for method output_type
+	7,  // [7:15] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_ca_api_node_v1_node_proto_init() }
@@ -1457,7 +1502,7 @@ func file_ca_api_node_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_node_v1_node_proto_rawDesc), len(file_ca_api_node_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
