@@ -395,6 +395,11 @@ func (a *Agent) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if len(st.federated) > 0 {
+		// Served as soon as entries that federate with them arrive; the
+		// server's first full set replaces them.
+		a.cache.Apply(svidcache.Update{Federated: st.federated, FederatedFull: true})
+	}
 	if st.svid != nil {
 		a.bundle.Store(st.bundle)
 		a.setSVID(st.svid)

@@ -164,6 +164,7 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse, acks chan uint64) {
 			}
 		}
 	}
+	a.federatedFromSync(msg, &u)
 	res := a.cache.Apply(u)
 	if tainted != nil {
 		a.applyTaint(tainted)
