@@ -102,7 +102,7 @@ func waitX509Bundle(t *testing.T, p *agentProc, td string, n int, within time.Du
 type bundleWatcher struct{ ch chan *x509bundle.Set }
 
 func (w *bundleWatcher) OnX509BundlesUpdate(s *x509bundle.Set) { w.ch <- s }
-func (w *bundleWatcher) OnX509BundlesWatchError(error)          {}
+func (w *bundleWatcher) OnX509BundlesWatchError(error)         {}
 
 // TestIntegrationFederatedWorkloads: two trust domains, a.test and b.test,
 // each a real server and agent, federated over https_spiffe. A workload
