@@ -74,6 +74,12 @@ func (c *Cache) federatedLocked(g *group) []*spiffebundle.Bundle {
 // (those the cache holds), ordered by trust domain. They are shared and
 // must not be modified.
 func (c *Cache) FederatedBundles(selectors []entry.Selector) []*spiffebundle.Bundle {
+	c.mu.Lock()
+	empty := len(c.federated) == 0
+	c.mu.Unlock()
+	if empty {
+		return nil
+	}
 	sel, key := normalizeSelectors(selectors)
 	c.mu.Lock()
 	defer c.mu.Unlock()
