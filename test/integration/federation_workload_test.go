@@ -3,6 +3,7 @@ package integration_test
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -246,7 +247,8 @@ func TestIntegrationFederatedWorkloads(t *testing.T) {
 	if err := os.Mkdir(files, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	if _, errOut, code := runWrit(t, nil, "helper", "run", "--socket-path", b.agent.socket, "--cert-dir", files, "--daemon-mode=false"); code != 0 {
+	if _, errOut, code := runWrit(t, nil, "helper", "run", "--socket-path", b.agent.socket, "--cert-dir", files, "--daemon-mode=false",
+		"--include-federated-domains", "--jwt-bundle-file-name", "jwt_bundle.json"); code != 0 {
 		t.Fatalf("helper: exit %d %s", code, errOut)
 	}
 	pemBytes, err := os.ReadFile(filepath.Join(files, "federated_bundle.a.test.pem"))
@@ -255,6 +257,15 @@ func TestIntegrationFederatedWorkloads(t *testing.T) {
 	}
 	if n := strings.Count(string(pemBytes), "BEGIN CERTIFICATE"); n != aAuthorities {
 		t.Fatalf("federated_bundle.a.test.pem holds %d certificates, want %d", n, aAuthorities)
+	}
+	// --include-federated-domains: b.test's and a.test's authorities in bundle.pem.
+	if pemBytes, err = os.ReadFile(filepath.Join(files, "bundle.pem")); err != nil || strings.Count(string(pemBytes), "BEGIN CERTIFICATE") != 1+aAuthorities {
+		t.Fatalf("bundle.pem with federated domains: %v\n%s", err, pemBytes)
+	}
+	// Several trust domains: a JSON object of trust domain names to JWKS.
+	var jwtBundles map[string]json.RawMessage
+	if data, err := os.ReadFile(filepath.Join(files, "jwt_bundle.json")); err != nil || json.Unmarshal(data, &jwtBundles) != nil || jwtBundles["a.test"] == nil || jwtBundles["b.test"] == nil {
+		t.Fatalf("jwt_bundle.json: %v %v", err, jwtBundles)
 	}
 
 	// A new CA of a.test reaches b.test's workload within one refresh.
