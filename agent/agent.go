@@ -411,6 +411,11 @@ func (a *Agent) start(ctx context.Context) error {
 		a.revocations.Replace(st.revocations)
 		a.log.Info("saved revocations loaded", "revocations", a.revocations.Len())
 	}
+	if len(st.federated) > 0 {
+		// Served as soon as entries that federate with them arrive; the
+		// server's first full set replaces them.
+		a.cache.Apply(svidcache.Update{Federated: st.federated, FederatedFull: true})
+	}
 	if st.svid != nil {
 		a.bundle.Store(st.bundle)
 		a.setSVID(st.svid)

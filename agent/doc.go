@@ -22,7 +22,8 @@
 // # Identity and trust
 //
 // The data directory (datadir: 0700, locked) holds agent_state.json
-// (0600): the agent's key, its SVID chain and the bundle in one file,
+// (0600): the agent's key, its SVID chain, the bundle and the foreign
+// bundles its entries federate with (sent by Sync) in one file,
 // replaced as a whole (temporary file, fsync, rename, fsync of the
 // directory), so that a crash during a renewal leaves the old identity
 // or the new one, never a key beside another key's SVID. The earlier

@@ -55,6 +55,17 @@ func parseEntry(td spiffeid.TrustDomain, parent spiffeid.ID, w *nodev1.Entry) (*
 			}
 		}
 	}
+	if len(w.GetFederatesWith()) > entry.MaxFederatesWith {
+		return nil, fmt.Errorf("%w: entry federates with more than %d trust domains", entry.ErrInvalid, entry.MaxFederatesWith)
+	}
+	var feds []spiffeid.TrustDomain
+	for _, name := range w.GetFederatesWith() {
+		td, err := entry.ParseTrustDomain(name)
+		if err != nil {
+			return nil, err
+		}
+		feds = append(feds, td)
+	}
 	x509TTL, err := wireTTL("X.509-SVID TTL", w.GetX509SvidTtl())
 	if err != nil {
 		return nil, err
@@ -75,6 +86,8 @@ func parseEntry(td spiffeid.TrustDomain, parent spiffeid.ID, w *nodev1.Entry) (*
 		Admin:       w.GetAdmin(),
 		Downstream:  w.GetDownstream(),
 		Revision:    w.GetRevision(),
+
+		FederatesWith: feds,
 	}
 	if err := e.Validate(td); err != nil {
 		return nil, err

@@ -165,6 +165,7 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse, acks chan uint64) {
 			}
 		}
 	}
+	a.federatedFromSync(msg, &u)
 	res := a.cache.Apply(u)
 	a.applyRevocations(u.Full, msg.GetRevocations())
 	if tainted != nil {

@@ -43,6 +43,9 @@ type stateJSON struct {
 	Key     []byte          `json:"key,omitempty"`  // PKCS#8 DER
 	SVID    [][]byte        `json:"svid,omitempty"` // DER, leaf first
 	Bundle  json.RawMessage `json:"bundle,omitempty"`
+	// Federated are the bundles of foreign trust domains the agent's
+	// entries federate with, by trust domain name (SPIFFE bundle JSON).
+	Federated map[string]json.RawMessage `json:"federated,omitempty"`
 	// Revocations are the access-token revocations last received, so
 	// that an agent restarted while the server is away still refuses
 	// revoked tokens.
@@ -84,12 +87,12 @@ type stateStore struct {
 	// stops the write there as a crash would, leaving what is on disk.
 	afterStep func(writeStep) error
 
-	mu sync.Mutex // guards svid, bundle and revs, and serializes writes
-	// svid and bundle are what StateFile holds.
-	svid   *agentSVID
-	bundle *spiffebundle.Bundle
-	// revs are the revocations StateFile holds.
-	revs []savedRevocation
+	mu sync.Mutex // guards svid, bundle, federated and revs, and serializes writes
+	// svid, bundle, federated and revs are what StateFile holds.
+	svid      *agentSVID
+	bundle    *spiffebundle.Bundle
+	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle
+	revs      []savedRevocation
 }
 
 func newStateStore(dir *datadir.Dir) *stateStore { return &stateStore{dir: dir} }
@@ -103,6 +106,8 @@ type savedState struct {
 	bundle  *spiffebundle.Bundle // nil if none
 	// revocations are the saved revocations (expired ones included).
 	revocations []revocation.Revocation
+	// federated are the saved foreign bundles.
+	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle
 }
 
 // load reads the agent's state. Without StateFile it reads the files of
@@ -145,8 +150,12 @@ func (s *stateStore) load(td spiffeid.TrustDomain, now time.Time) (*savedState, 
 		}
 		st.revocations = append(st.revocations, r)
 	}
+	if st.federated, err = parseSavedFederated(td, j.Federated); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrInconsistentState, path, err)
+	}
 	s.mu.Lock()
 	s.revs = j.Revocations
+	s.federated = st.federated
 	s.mu.Unlock()
 	if len(j.SVID) == 0 {
 		s.remember(nil, st.bundle)
@@ -186,6 +195,24 @@ func (s *stateStore) checkSVID(st *savedState, td spiffeid.TrustDomain, path str
 		return
 	}
 	st.svid = svid
+}
+
+// parseSavedFederated parses saved foreign bundles.
+func parseSavedFederated(local spiffeid.TrustDomain, docs map[string]json.RawMessage) (map[spiffeid.TrustDomain]*spiffebundle.Bundle, error) {
+	if len(docs) == 0 {
+		return nil, nil
+	}
+	out := make(map[spiffeid.TrustDomain]*spiffebundle.Bundle, len(docs))
+	for name, doc := range docs {
+		td, err := spiffeid.TrustDomainFromString(name)
+		if err != nil || td.Name() != name || td == local {
+			return nil, fmt.Errorf("federated bundle under an invalid trust domain name %q", name)
+		}
+		if out[td], err = spiffebundle.Parse(td, doc); err != nil {
+			return nil, fmt.Errorf("federated bundle of %s: %w", name, err)
+		}
+	}
+	return out, nil
 }
 
 func parseSavedBundle(td spiffeid.TrustDomain, data []byte) (*spiffebundle.Bundle, error) {
@@ -278,31 +305,84 @@ func (s *stateStore) saveAll(svid *agentSVID, bundle *spiffebundle.Bundle, revs 
 	if bundle == nil {
 		bundle = s.bundle
 	}
-	j := stateJSON{Version: stateVersion}
-	if svid != nil {
-		der, err := x509.MarshalPKCS8PrivateKey(svid.key)
-		if err != nil {
-			return fmt.Errorf("save the agent's state: %w", err)
-		}
-		j.Key, j.SVID = der, svid.chain
-	}
-	if bundle != nil {
-		raw, err := bundle.Marshal()
-		if err != nil {
-			return fmt.Errorf("save the agent's state: %w", err)
-		}
-		j.Bundle = raw
-	}
-	j.Revocations = *revs
-	data, err := json.Marshal(j)
+	data, err := marshalState(svid, bundle, s.federated, *revs)
 	if err != nil {
-		return fmt.Errorf("save the agent's state: %w", err)
+		return err
 	}
 	if err := s.write(data); err != nil {
 		return err
 	}
 	s.svid, s.bundle, s.revs = svid, bundle, *revs
 	return nil
+}
+
+// marshalState encodes StateFile's content; nil parts are left out.
+func marshalState(svid *agentSVID, bundle *spiffebundle.Bundle, fed map[spiffeid.TrustDomain]*spiffebundle.Bundle, revs []savedRevocation) ([]byte, error) {
+	j := stateJSON{Version: stateVersion}
+	if svid != nil {
+		der, err := x509.MarshalPKCS8PrivateKey(svid.key)
+		if err != nil {
+			return nil, fmt.Errorf("save the agent's state: %w", err)
+		}
+		j.Key, j.SVID = der, svid.chain
+	}
+	if bundle != nil {
+		raw, err := bundle.Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("save the agent's state: %w", err)
+		}
+		j.Bundle = raw
+	}
+	for td, b := range fed {
+		raw, err := b.Marshal()
+		if err != nil {
+			return nil, fmt.Errorf("save the agent's state: federated bundle of %s: %w", td.Name(), err)
+		}
+		if j.Federated == nil {
+			j.Federated = make(map[string]json.RawMessage, len(fed))
+		}
+		j.Federated[td.Name()] = raw
+	}
+	j.Revocations = revs
+	data, err := json.Marshal(j)
+	if err != nil {
+		return nil, fmt.Errorf("save the agent's state: %w", err)
+	}
+	return data, nil
+}
+
+// saveFederated replaces the saved foreign bundles with fed, keeping the
+// rest of the state, unless they are the same. It reports whether it
+// wrote.
+func (s *stateStore) saveFederated(fed map[spiffeid.TrustDomain]*spiffebundle.Bundle) (bool, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if sameBundles(s.federated, fed) {
+		return false, nil
+	}
+	data, err := marshalState(s.svid, s.bundle, fed, s.revs)
+	if err != nil {
+		return false, err
+	}
+	if err := s.write(data); err != nil {
+		return false, err
+	}
+	s.federated = fed
+	return true, nil
+}
+
+// sameBundles reports whether a and b hold equal bundles of the same
+// trust domains.
+func sameBundles(a, b map[spiffeid.TrustDomain]*spiffebundle.Bundle) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for td, x := range a {
+		if y := b[td]; y == nil || !x.Equal(y) {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *stateStore) saveSVID(svid *agentSVID) error          { return s.save(svid, nil) }

@@ -52,10 +52,17 @@
 //     PermissionDenied and the stream ends, as SPIRE does: the SPIFFE
 //     Workload API names that as redacting all SVIDs.
 //   - FetchX509Bundles and FetchJWTBundles stream the local trust domain's
-//     bundle, keyed "spiffe://<trust domain>", at once and after every
-//     change: the X.509 authorities as concatenated DER, and a JWKS of the
-//     JWT authorities only, each with its kid. Federated bundles will be
-//     added beside it, never merged into it.
+//     bundle and those of the foreign trust domains the caller's entries
+//     federate with (entry.Entry.FederatesWith), each keyed
+//     "spiffe://<trust domain>", beside each other and never merged, at
+//     once and after every change of any of them: the X.509 authorities as
+//     concatenated DER (a foreign bundle without any is left out of the
+//     X.509 map), and a JWKS of the JWT authorities only, each with its
+//     kid. FetchX509SVID's federated_bundles carries the same foreign X.509
+//     authorities. With AllowVerifiersWithoutIdentity, the bundle streams
+//     follow the bundles and not the caller's entries: a change of an
+//     entry's federated trust domains reaches them with the next bundle
+//     change.
 //   - FetchJWTSVID returns one JWT-SVID per SPIFFE ID of the caller (two
 //     entries with one SPIFFE ID give one token) for the audience, or only
 //     the one for spiffe_id, which must be one of the caller's
@@ -63,8 +70,9 @@
 //     values of 1 to 2048 bytes. The cache reuses tokens until half their
 //     lifetime; when the server is needed and away: Unavailable.
 //   - ValidateJWTSVID validates with ca/jwtsvid.Validate, against the JWT
-//     authorities of the token subject's trust domain (the local one for
-//     now), at the Clock's time. An invalid token is InvalidArgument with
+//     authorities of the token subject's trust domain, which must be the
+//     local one or one the caller's entries federate with, at the Clock's
+//     time. An invalid token is InvalidArgument with
 //     the validator's reason; a valid one gives its SPIFFE ID and every
 //     claim. With Config.Revocations (the agent's revocation list), a
 //     token whose jti is revoked, or whose sub or client_id names a client

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc"
@@ -61,14 +63,14 @@ func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerS
 				return errNoIdentity
 			}
 			// Entitled, but nothing signed yet: wait.
-		case state.Bundle == nil, last.is(state.X509SVIDs, state.Bundle):
+		case state.Bundle == nil, last.is(state.X509SVIDs, state.Bundle, state.Federated):
 		default:
 			br, err := s.bundleFor(state.Bundle)
 			if err != nil {
 				s.log.Error("cannot serve the bundle", logkey.Error, err)
 				break // wait for another bundle
 			}
-			r, err := s.x509Response(state.X509SVIDs, br)
+			r, err := s.x509Response(state.X509SVIDs, br, state.Federated)
 			if err != nil {
 				s.log.Error("cannot encode X.509-SVID response", logkey.Error, err)
 				return status.Error(codes.Internal, "cannot encode the response")
@@ -95,22 +97,25 @@ func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerS
 }
 
 // FetchX509Bundles streams the X.509 authorities of the local trust
-// domain, keyed "spiffe://<td>".
+// domain and of the foreign trust domains the caller's entries federate
+// with, keyed "spiffe://<td>".
 func (h *handler) FetchX509Bundles(_ *workload.X509BundlesRequest, stream grpc.ServerStreamingServer[workload.X509BundlesResponse]) error {
-	return h.s.streamBundles(stream, func(r *bundleResp) *encodedMsg { return r.x509Msg })
+	return h.s.streamBundles(stream, func(x509Msg, _ *encodedMsg) *encodedMsg { return x509Msg })
 }
 
 // FetchJWTBundles streams the JWT authorities of the local trust domain
-// as a JWKS, keyed "spiffe://<td>".
+// and of the foreign trust domains the caller's entries federate with,
+// each as a JWKS keyed "spiffe://<td>".
 func (h *handler) FetchJWTBundles(_ *workload.JWTBundlesRequest, stream grpc.ServerStreamingServer[workload.JWTBundlesResponse]) error {
-	return h.s.streamBundles(stream, func(r *bundleResp) *encodedMsg { return r.jwtMsg })
+	return h.s.streamBundles(stream, func(_, jwtMsg *encodedMsg) *encodedMsg { return jwtMsg })
 }
 
-// streamBundles sends pick(bundle) on stream at once and after every
-// bundle change. Unless verifiers without identity are allowed, the
-// caller must match an entry, at the start and for as long as the stream
-// lasts.
-func (s *Server) streamBundles(stream grpc.ServerStream, pick func(*bundleResp) *encodedMsg) error {
+// streamBundles sends pick(x509 message, JWT message) on stream at once
+// and after every change of the local bundle or of the foreign bundles
+// the caller's entries federate with. Unless verifiers without identity
+// are allowed, the caller must match an entry, at the start and for as
+// long as the stream lasts.
+func (s *Server) streamBundles(stream grpc.ServerStream, pick func(x509Msg, jwtMsg *encodedMsg) *encodedMsg) error {
 	ctx := stream.Context()
 	st, sel, err := s.attest(ctx)
 	if err != nil {
@@ -123,15 +128,28 @@ func (s *Server) streamBundles(stream grpc.ServerStream, pick func(*bundleResp) 
 	}
 	sub := s.cache.Subscribe(follow)
 	defer sub.Close()
-	var last *bundleResp
+	var (
+		last     *bundleResp
+		lastFed  []*spiffebundle.Bundle
+		lastSent bool
+	)
 	checked := true // as in FetchX509SVID
 	for {
 		if needIdentity && len(s.cache.Identities(sel)) == 0 {
 			s.logRefused(st, "caller matches no entry", nil)
 			return errNoIdentity
 		}
-		if b := s.cache.Bundle(); b != nil && (last == nil || last.bundle != b) {
+		fed := s.cache.FederatedBundles(sel)
+		if b := s.cache.Bundle(); b != nil && (!lastSent || last.bundle != b || !slices.Equal(lastFed, fed)) {
 			br, err := s.bundleFor(b)
+			var encs []*fedEncoding
+			if err == nil {
+				encs, err = s.federatedFor(fed)
+			}
+			var x509Msg, jwtMsg *encodedMsg
+			if err == nil {
+				x509Msg, jwtMsg, err = s.bundlesMessages(br, encs)
+			}
 			if err != nil {
 				s.log.Error("cannot serve the bundle", logkey.Error, err)
 			} else {
@@ -140,10 +158,10 @@ func (s *Server) streamBundles(stream grpc.ServerStream, pick func(*bundleResp) 
 						return err
 					}
 				}
-				if err := stream.SendMsg(pick(br)); err != nil {
+				if err := stream.SendMsg(pick(x509Msg, jwtMsg)); err != nil {
 					return err
 				}
-				last = br
+				last, lastFed, lastSent = br, fed, true
 			}
 		}
 		select {
@@ -303,9 +321,11 @@ func parseJWTSVIDRequest(req *workload.JWTSVIDRequest) ([]string, spiffeid.ID, e
 }
 
 // ValidateJWTSVID validates a JWT-SVID for an audience with the JWT
-// authorities of the subject's trust domain (jwtsvid.Validate: only the
-// local trust domain for now), and returns its SPIFFE ID and claims.
-// An invalid token is InvalidArgument, with the reason.
+// authorities of the subject's trust domain (jwtsvid.Validate): the local
+// one, or a foreign one the caller's entries federate with. It returns
+// the token's SPIFFE ID and claims. An invalid token, or one of a trust
+// domain the caller does not federate with, is InvalidArgument, with the
+// reason.
 func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWTSVIDRequest) (*workload.ValidateJWTSVIDResponse, error) {
 	s := h.s
 	st, sel, err := s.attest(ctx)
@@ -328,7 +348,12 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWT
 		s.log.Error("cannot serve the bundle", logkey.Error, err)
 		return nil, errNoBundle
 	}
-	claims, err := s.verifier.Validate(req.GetSvid(), br.jwt, []string{req.GetAudience()}, s.clk.Now())
+	encs, err := s.federatedFor(s.cache.FederatedBundles(sel))
+	if err != nil {
+		s.log.Error("cannot serve the federated bundles", logkey.Error, err)
+		return nil, errNoBundle
+	}
+	claims, err := s.verifier.Validate(req.GetSvid(), jwtSource(br, encs), []string{req.GetAudience()}, s.clk.Now())
 	if err != nil {
 		s.logRefused(st, "JWT-SVID refused", err)
 		return nil, status.Error(codes.InvalidArgument, err.Error())

@@ -54,6 +54,8 @@ type bundleResp struct {
 	jwtMsg  *encodedMsg // JWTBundlesResponse
 	// jwt holds the JWT authorities, to validate JWT-SVIDs with.
 	jwt *jwtbundle.Bundle
+	// jwks is the JWT authorities as a JWKS.
+	jwks []byte
 }
 
 // bundleFor returns the responses for bundle b, building them if b is
@@ -104,6 +106,7 @@ func (s *Server) buildBundleResp(b *spiffebundle.Bundle) (*bundleResp, error) {
 	if err != nil {
 		return nil, fmt.Errorf("workloadapi: encode JWT bundle: %w", err)
 	}
+	r.jwks = jwksJSON
 	if r.x509Msg, err = encode(&workload.X509BundlesResponse{Bundles: map[string][]byte{s.tdID: r.x509DER}}); err != nil {
 		return nil, err
 	}
@@ -121,19 +124,21 @@ func encode(m proto.Message) (*encodedMsg, error) {
 	return &encodedMsg{b: b}, nil
 }
 
-// x509Resp is an X509SVIDResponse for one list of SVIDs and one bundle.
+// x509Resp is an X509SVIDResponse for one list of SVIDs, one bundle and
+// one list of foreign bundles.
 type x509Resp struct {
-	svids  []*svidcache.X509SVID
-	bundle *spiffebundle.Bundle
-	msg    *encodedMsg
+	svids     []*svidcache.X509SVID
+	bundle    *spiffebundle.Bundle
+	federated []*spiffebundle.Bundle
+	msg       *encodedMsg
 	// expires is the earliest NotAfter of svids: the response is dead
 	// from then on.
 	expires time.Time
 }
 
-// is reports whether r is the response for svids and b.
-func (r *x509Resp) is(svids []*svidcache.X509SVID, b *spiffebundle.Bundle) bool {
-	return r != nil && r.bundle == b && slices.Equal(r.svids, svids)
+// is reports whether r is the response for svids, b and fed.
+func (r *x509Resp) is(svids []*svidcache.X509SVID, b *spiffebundle.Bundle, fed []*spiffebundle.Bundle) bool {
+	return r != nil && r.bundle == b && slices.Equal(r.svids, svids) && slices.Equal(r.federated, fed)
 }
 
 const (
@@ -164,15 +169,15 @@ type x509Key struct {
 	n     int
 }
 
-// x509Response returns the response for svids (not empty) and the
-// bundle of br, from the cache or built.
-func (s *Server) x509Response(svids []*svidcache.X509SVID, br *bundleResp) (*x509Resp, error) {
+// x509Response returns the response for svids (not empty), the bundle
+// of br and the foreign bundles fed, from the cache or built.
+func (s *Server) x509Response(svids []*svidcache.X509SVID, br *bundleResp, fed []*spiffebundle.Bundle) (*x509Resp, error) {
 	c := &s.x509
 	key := x509Key{first: svids[0], n: len(svids)}
 	c.mu.Lock()
 	if c.bundle == br.bundle {
 		for _, r := range c.m[key] {
-			if slices.Equal(r.svids, svids) {
+			if slices.Equal(r.svids, svids) && slices.Equal(r.federated, fed) {
 				c.mu.Unlock()
 				return r, nil
 			}
@@ -180,7 +185,7 @@ func (s *Server) x509Response(svids []*svidcache.X509SVID, br *bundleResp) (*x50
 	}
 	c.mu.Unlock()
 
-	r, err := s.buildX509Resp(svids, br)
+	r, err := s.buildX509Resp(svids, br, fed)
 	if err != nil {
 		return nil, err
 	}
@@ -190,7 +195,7 @@ func (s *Server) x509Response(svids []*svidcache.X509SVID, br *bundleResp) (*x50
 		c.bundle, c.m, c.size = br.bundle, make(map[x509Key][]*x509Resp), 0
 	}
 	for _, old := range c.m[key] {
-		if slices.Equal(old.svids, svids) {
+		if slices.Equal(old.svids, svids) && slices.Equal(old.federated, fed) {
 			return old, nil // built concurrently
 		}
 	}
@@ -223,8 +228,12 @@ func (c *x509RespCache) sweepLocked(now time.Time) {
 	}
 }
 
-func (s *Server) buildX509Resp(svids []*svidcache.X509SVID, br *bundleResp) (*x509Resp, error) {
-	resp := &workload.X509SVIDResponse{Svids: make([]*workload.X509SVID, len(svids))}
+func (s *Server) buildX509Resp(svids []*svidcache.X509SVID, br *bundleResp, fed []*spiffebundle.Bundle) (*x509Resp, error) {
+	encs, err := s.federatedFor(fed)
+	if err != nil {
+		return nil, err
+	}
+	resp := &workload.X509SVIDResponse{Svids: make([]*workload.X509SVID, len(svids)), FederatedBundles: x509FederatedMap(encs)}
 	expires := svids[0].NotAfter
 	for i, sv := range svids {
 		if sv.NotAfter.Before(expires) {
@@ -247,5 +256,5 @@ func (s *Server) buildX509Resp(svids []*svidcache.X509SVID, br *bundleResp) (*x5
 	if err != nil {
 		return nil, err
 	}
-	return &x509Resp{svids: svids, bundle: br.bundle, msg: m, expires: expires}, nil
+	return &x509Resp{svids: svids, bundle: br.bundle, federated: fed, msg: m, expires: expires}, nil
 }

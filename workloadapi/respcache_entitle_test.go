@@ -93,7 +93,7 @@ func TestX509ResponseFollowsEntitlement(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		r, err := s.x509Response(st.X509SVIDs, br)
+		r, err := s.x509Response(st.X509SVIDs, br, st.Federated)
 		if err != nil {
 			t.Fatal(err)
 		}

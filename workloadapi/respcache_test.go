@@ -65,12 +65,12 @@ func TestX509ResponseCache(t *testing.T) {
 	}
 
 	a, b := svid("/a", 10*time.Minute), svid("/b", time.Hour)
-	r1, err := s.x509Response([]*svidcache.X509SVID{a, b}, br1)
+	r1, err := s.x509Response([]*svidcache.X509SVID{a, b}, br1, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// Another caller's slice with the same SVIDs gets the same bytes.
-	if r2, _ := s.x509Response([]*svidcache.X509SVID{a, b}, br1); r2 != r1 {
+	if r2, _ := s.x509Response([]*svidcache.X509SVID{a, b}, br1, nil); r2 != r1 {
 		t.Error("response not shared")
 	}
 	var msg workload.X509SVIDResponse
@@ -80,10 +80,10 @@ func TestX509ResponseCache(t *testing.T) {
 	if len(msg.Svids) != 2 || msg.Svids[0].SpiffeId != "spiffe://example.org/a" || string(msg.Svids[1].Bundle) != string(caCert.Raw) {
 		t.Fatalf("response %v", &msg)
 	}
-	if r, _ := s.x509Response([]*svidcache.X509SVID{b, a}, br1); r == r1 {
+	if r, _ := s.x509Response([]*svidcache.X509SVID{b, a}, br1, nil); r == r1 {
 		t.Error("another order shares the response")
 	}
-	if r, _ := s.x509Response([]*svidcache.X509SVID{a}, br1); r == r1 {
+	if r, _ := s.x509Response([]*svidcache.X509SVID{a}, br1, nil); r == r1 {
 		t.Error("a subset shares the response")
 	}
 
@@ -93,7 +93,7 @@ func TestX509ResponseCache(t *testing.T) {
 	if err != nil || br2 == br1 {
 		t.Fatalf("new bundle: %v", err)
 	}
-	r3, _ := s.x509Response([]*svidcache.X509SVID{a, b}, br2)
+	r3, _ := s.x509Response([]*svidcache.X509SVID{a, b}, br2, nil)
 	if r3 == r1 || len(s.x509.m) != 1 {
 		t.Errorf("after a bundle change: %d responses kept", len(s.x509.m))
 	}
@@ -102,7 +102,7 @@ func TestX509ResponseCache(t *testing.T) {
 	// with the next insertion.
 	clk.Advance(11 * time.Minute)
 	b2svid := svid("/b", time.Hour)
-	if _, err := s.x509Response([]*svidcache.X509SVID{b2svid}, br2); err != nil {
+	if _, err := s.x509Response([]*svidcache.X509SVID{b2svid}, br2, nil); err != nil {
 		t.Fatal(err)
 	}
 	for _, rs := range s.x509.m {

@@ -92,6 +92,10 @@ type Cache interface {
 	// Bundle returns the local trust domain's bundle, nil before the
 	// first one.
 	Bundle() *spiffebundle.Bundle
+	// FederatedBundles returns the bundles of the foreign trust domains
+	// that the entries a selector set matches federate with, ordered by
+	// trust domain.
+	FederatedBundles(selectors []entry.Selector) []*spiffebundle.Bundle
 }
 
 // RevocationList says whether a token was revoked: the agent's
@@ -191,6 +195,7 @@ type Server struct {
 
 	bundles atomic.Pointer[bundleResp] // of the latest bundle seen
 	x509    x509RespCache
+	fed     fedCache
 	// extra are the services registered with RegisterService, before
 	// Run; read-only once Run starts.
 	extra []registration

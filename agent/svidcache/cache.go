@@ -132,6 +132,9 @@ type Cache struct {
 	ninst int
 	// taintedX509 and taintedJWT are the tainted authorities (see Taint).
 	taintedX509, taintedJWT map[string]struct{}
+	// federated are the bundles of foreign trust domains that entries
+	// federate with (see federated.go).
+	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle
 }
 
 type item struct {
@@ -222,6 +225,14 @@ type Update struct {
 	// Bundle, when not nil, replaces the local trust domain's bundle.
 	// The cache keeps it; nobody may modify it afterwards.
 	Bundle *spiffebundle.Bundle
+	// Federated are bundles of foreign trust domains, added or replacing
+	// the ones held; with FederatedFull they replace the whole set.
+	// RemovedFederated are trust domains whose bundle is dropped. A
+	// bundle of the local trust domain is ignored. The cache keeps the
+	// bundles; nobody may modify them afterwards.
+	Federated        map[spiffeid.TrustDomain]*spiffebundle.Bundle
+	FederatedFull    bool
+	RemovedFederated []spiffeid.TrustDomain
 }
 
 // Applied tells the producer what Apply changed.
@@ -292,8 +303,11 @@ func (c *Cache) Apply(u Update) Applied {
 			res.Backlog = slices.DeleteFunc(res.Backlog, func(s string) bool { return s == id })
 		}
 	}
-	if u.Bundle != nil && (c.bundle == nil || !c.bundle.Equal(u.Bundle)) {
+	bundleChanged := u.Bundle != nil && (c.bundle == nil || !c.bundle.Equal(u.Bundle))
+	if bundleChanged {
 		c.bundle = u.Bundle
+	}
+	if c.applyFederatedLocked(u) || bundleChanged {
 		for _, g := range c.groups {
 			if len(g.subs) > 0 {
 				touched[g] = struct{}{}
@@ -347,6 +361,10 @@ func (c *Cache) upsertPlainLocked(it *item, e *entry.Entry, touched map[*group]s
 	it.entry = e
 	if selChanged {
 		c.indexLocked(it)
+	}
+	if !slices.Equal(old.FederatesWith, e.FederatesWith) {
+		// The federated bundles its workloads see change.
+		c.touchLocked(e.Selectors, false, touched)
 	}
 	if selChanged || idChanged {
 		// Membership or order of the result sets changes.

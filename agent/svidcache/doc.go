@@ -86,6 +86,7 @@
 //     entry.InstanceID(template ID, filled ID); instances are signed,
 //     kept and evicted like entries, go when their template changes, and
 //     TemplatesIssued reports them (see template.go).
-//   - Only the local trust domain's bundle for now; federated bundles
-//     will be added to State beside it, never merged into it.
+//   - Bundles of foreign trust domains (Update.Federated) are kept beside
+//     the local one, never merged into it, and a selector set sees those
+//     its entries federate with (State.Federated, FederatedBundles).
 package svidcache

@@ -63,6 +63,10 @@ type State struct {
 	// Bundle is the local trust domain's bundle, nil before the first.
 	// It is shared: Clone it before modifying.
 	Bundle *spiffebundle.Bundle
+	// Federated are the bundles of the foreign trust domains that the
+	// matching entries federate with (those the cache holds), ordered by
+	// trust domain. They are shared and must not be modified.
+	Federated []*spiffebundle.Bundle
 }
 
 // State returns the current full state. After Close it returns the zero
@@ -74,7 +78,8 @@ func (s *Subscription) State() State {
 	if s.g == nil {
 		return State{}
 	}
-	return State{X509SVIDs: s.c.svidsLocked(s.g, now), Bundle: s.c.bundle}
+	svids := s.c.svidsLocked(s.g, now)
+	return State{X509SVIDs: svids, Bundle: s.c.bundle, Federated: s.c.federatedLocked(s.g)}
 }
 
 // Close ends the subscription. It is idempotent. Changed is not closed.

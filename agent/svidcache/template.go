@@ -64,7 +64,8 @@ func (c *Cache) upsertTemplateLocked(it *item, e *entry.Entry, touched map[*grou
 func sameTemplate(a, b *entry.Entry) bool {
 	return a.Template == b.Template && slices.Equal(a.Selectors, b.Selectors) &&
 		slices.Equal(a.DNSNames, b.DNSNames) && a.X509SVIDTTL == b.X509SVIDTTL &&
-		a.JWTSVIDTTL == b.JWTSVIDTTL && a.Admin == b.Admin && a.Downstream == b.Downstream
+		a.JWTSVIDTTL == b.JWTSVIDTTL && a.Admin == b.Admin && a.Downstream == b.Downstream &&
+		slices.Equal(a.FederatesWith, b.FederatesWith)
 }
 
 // dropInstancesLocked removes every instance of it (if it is a

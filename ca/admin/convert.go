@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"slices"
@@ -94,6 +95,33 @@ var entryFields = []entryField{
 		},
 		copy: func(dst, src *entry.Entry) { dst.Downstream = src.Downstream },
 	},
+	{
+		name: fieldFederatesWith,
+		parse: func(_ *Service, dst *entry.Entry, w *adminv1.Entry) (err error) {
+			dst.FederatesWith, err = parseFederatesWith(fieldFederatesWith, w.GetFederatesWith())
+			return err
+		},
+		copy: func(dst, src *entry.Entry) { dst.FederatesWith = src.FederatesWith },
+	},
+}
+
+// fieldFederatesWith is the name of the federates_with field.
+const fieldFederatesWith = "federates_with"
+
+// parseFederatesWith parses trust domain names; it does not sort them.
+func parseFederatesWith(field string, vs []string) ([]spiffeid.TrustDomain, error) {
+	if len(vs) > entry.MaxFederatesWith {
+		return nil, invalidf("invalid %s: %d trust domains, at most %d allowed", field, len(vs), entry.MaxFederatesWith)
+	}
+	var out []spiffeid.TrustDomain
+	for i, v := range vs {
+		td, err := entry.ParseTrustDomain(v)
+		if err != nil {
+			return nil, invalidField(fmt.Sprintf("%s[%d]", field, i), err)
+		}
+		out = append(out, td)
+	}
+	return out, nil
 }
 
 // fieldSPIFFEID is the name of the spiffe_id field.
@@ -305,4 +333,49 @@ func unixSeconds(t time.Time) int64 {
 		return 0
 	}
 	return t.Unix()
+}
+
+// knownTrustDomains returns a function that tells whether the server holds
+// a bundle of a trust domain or has a federation relationship with it.
+// The store is read once, at the first call that needs it.
+func (s *Service) knownTrustDomains(ctx context.Context) func(spiffeid.TrustDomain) (bool, error) {
+	var known map[spiffeid.TrustDomain]struct{}
+	return func(td spiffeid.TrustDomain) (bool, error) {
+		if known == nil {
+			bundles, err := s.store.ListBundles(ctx)
+			if err != nil {
+				return false, fmt.Errorf("list bundles: %w", err)
+			}
+			feds, err := s.store.ListFederations(ctx)
+			if err != nil {
+				return false, fmt.Errorf("list federations: %w", err)
+			}
+			known = make(map[spiffeid.TrustDomain]struct{}, len(bundles)+len(feds))
+			for _, b := range bundles {
+				known[b.TrustDomain()] = struct{}{}
+			}
+			for _, f := range feds {
+				known[f.TrustDomain] = struct{}{}
+			}
+		}
+		_, ok := known[td]
+		return ok, nil
+	}
+}
+
+// checkFederatesWith refuses (InvalidArgument) a federated trust domain
+// for which the server holds no bundle and has no federation
+// relationship, as SPIRE refuses an unknown federated bundle. A
+// non-status error is a store failure.
+func checkFederatesWith(e *entry.Entry, known func(spiffeid.TrustDomain) (bool, error)) error {
+	for _, td := range e.FederatesWith {
+		ok, err := known(td)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return invalidf("invalid %s: no bundle and no federation relationship for trust domain %q: add one first (writ bundle set or writ federation create)", fieldFederatesWith, td.Name())
+		}
+	}
+	return nil
 }

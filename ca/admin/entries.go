@@ -47,8 +47,14 @@ func (es *entryService) BatchCreateEntry(ctx context.Context, req *adminv1.Batch
 		index []int // index[j] is the request position of valid[j]
 	)
 	now := s.clock.Now()
+	known := s.knownTrustDomains(ctx)
 	for i, w := range in {
 		e, err := s.entryFromWire(w)
+		if err == nil {
+			if err = checkFederatesWith(e, known); err != nil && status.Code(err) == codes.Unknown {
+				return nil, s.internal(ctx, "check federated trust domains", err)
+			}
+		}
 		if err != nil {
 			results[i] = &adminv1.EntryResult{Status: wireStatus(err)}
 			items[i] = auditItem{code: status.Code(err)}
@@ -204,9 +210,18 @@ func (es *entryService) UpdateEntry(ctx context.Context, req *adminv1.UpdateEntr
 			return nil, err
 		}
 	}
-	// A new SPIFFE ID or template must not overlap another entry's.
+	// A new SPIFFE ID or template must not overlap another entry's; new
+	// federated trust domains must be known.
 	var others []*entry.Entry
 	for _, f := range fields {
+		if f.name == fieldFederatesWith {
+			if err := checkFederatesWith(&patch, s.knownTrustDomains(ctx)); err != nil {
+				if status.Code(err) == codes.Unknown {
+					return nil, s.internal(ctx, "check federated trust domains", err)
+				}
+				return nil, err
+			}
+		}
 		if f.name == fieldSPIFFEID {
 			if others, err = s.overlapCandidates(ctx, &patch); err != nil {
 				return nil, s.internal(ctx, "check template overlaps", err)

@@ -38,7 +38,11 @@ type Entry struct {
 	Admin bool
 	// Downstream entries' SVIDs may act as a downstream CA.
 	Downstream bool
-	CreatedAt  time.Time
+	// FederatesWith are the foreign trust domains whose bundles the
+	// entry's workloads receive besides the local one: sorted, without
+	// duplicates, never the local trust domain (see Normalize).
+	FederatesWith []spiffeid.TrustDomain
+	CreatedAt     time.Time
 	// Revision is set by the datastore on every write and only grows.
 	Revision uint64
 }
@@ -148,6 +152,20 @@ func (e *Entry) Validate(td spiffeid.TrustDomain) error {
 			return invalid("DNS name %q is listed twice", n)
 		}
 	}
+	if len(e.FederatesWith) > MaxFederatesWith {
+		return invalid("entry federates with more than %d trust domains", MaxFederatesWith)
+	}
+	for i, f := range e.FederatesWith {
+		if f.IsZero() {
+			return invalid("entry federates with an empty trust domain")
+		}
+		if f == td {
+			return invalid("entry cannot federate with its own trust domain %q", td.Name())
+		}
+		if i > 0 && e.FederatesWith[i-1].Compare(f) >= 0 {
+			return invalid("federated trust domains are not sorted or listed twice")
+		}
+	}
 	for _, ttl := range []time.Duration{e.X509SVIDTTL, e.JWTSVIDTTL} {
 		if ttl != 0 {
 			if err := CheckTTL(ttl); err != nil {
@@ -159,9 +177,21 @@ func (e *Entry) Validate(td spiffeid.TrustDomain) error {
 }
 
 // Normalize sorts e's selectors into the canonical order Validate expects.
-// Duplicates are kept so that Validate reports them.
+// Duplicates are kept so that Validate reports them. The federated trust
+// domains are sorted and freed of duplicates.
 func (e *Entry) Normalize() {
 	slices.SortFunc(e.Selectors, Selector.Compare)
+	e.FederatesWith = NormalizeTrustDomains(e.FederatesWith)
+}
+
+// NormalizeTrustDomains returns tds sorted and without duplicates (nil if
+// empty). It sorts tds in place.
+func NormalizeTrustDomains(tds []spiffeid.TrustDomain) []spiffeid.TrustDomain {
+	if len(tds) == 0 {
+		return nil
+	}
+	slices.SortFunc(tds, spiffeid.TrustDomain.Compare)
+	return slices.Compact(tds)
 }
 
 // Clone returns a deep copy of e.
@@ -169,6 +199,7 @@ func (e *Entry) Clone() *Entry {
 	c := *e
 	c.Selectors = slices.Clone(e.Selectors)
 	c.DNSNames = slices.Clone(e.DNSNames)
+	c.FederatesWith = slices.Clone(e.FederatesWith)
 	return &c
 }
 

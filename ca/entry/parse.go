@@ -20,6 +20,7 @@ const (
 	MaxSelectorType    = 64
 	MaxSelectorValue   = 1024
 	MaxDNSNames        = 32
+	MaxFederatesWith   = 32
 	MaxDNSNameLength   = 253
 	MinTTL             = time.Second
 	MaxTTL             = 7 * 24 * time.Hour
@@ -37,6 +38,22 @@ var ErrInvalid = errors.New("invalid")
 
 func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrInvalid, fmt.Sprintf(format, args...))
+}
+
+// ParseTrustDomain parses a trust domain name ("example.org"). It
+// accepts only the canonical form: lowercase, no scheme, no path.
+func ParseTrustDomain(s string) (spiffeid.TrustDomain, error) {
+	if s == "" {
+		return spiffeid.TrustDomain{}, invalid("trust domain is empty")
+	}
+	if len(s) > MaxIDLength {
+		return spiffeid.TrustDomain{}, invalid("trust domain is longer than %d bytes", MaxIDLength)
+	}
+	td, err := spiffeid.TrustDomainFromString(s)
+	if err != nil || td.Name() != s {
+		return spiffeid.TrustDomain{}, invalid("trust domain %q: lowercase letters, digits, '.', '-' and '_' only, no scheme", brief(s))
+	}
+	return td, nil
 }
 
 // ParseID parses a SPIFFE ID. It accepts only the canonical form: no

@@ -136,6 +136,9 @@ func TestFetcherHTTPSSPIFFE(t *testing.T) {
 			b.AddX509Authority(newCA(t, spiffeid.RequireTrustDomainFromString("evil.test")).cert)
 			ep.serveBundle(t, b)
 		},
+		"the bundle of another trust domain": func() {
+			ep.serveBundle(t, bundleOf(newCA(t, spiffeid.RequireTrustDomainFromString("evil.test")), 7))
+		},
 		"an oversized body": func() { ep.serve([]byte(`{"keys":[` + strings.Repeat(" ", federation.MaxBundleSize) + `]}`)) },
 		"a malformed body":  func() { ep.serve([]byte(`{"keys":[{"kty":"EC","use":"x509-svid","x5c":["bm90IGEgY2VydA=="]}]}`)) },
 		"an empty bundle":   func() { ep.serve([]byte(`{"keys":[]}`)) },

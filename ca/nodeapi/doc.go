@@ -10,9 +10,13 @@
 // stored with the agent record. Every later call presents the agent SVID
 // as the TLS client certificate. Over a Sync stream the agent receives the
 // entries it is the parent of, those parented to the node aliases it is a
-// member of, and the trust bundle, first in full and then every change as
-// it is committed. The agent then signs X.509-SVIDs and JWT-SVIDs for
-// those entries, in batches (BatchSignX509SVID, BatchSignJWTSVID), each
+// member of, the trust bundle, and the bundles of the foreign trust
+// domains those entries federate with (entry.Entry.FederatesWith), first
+// in full and then every change as it is committed: a foreign bundle is
+// sent again when it changes (a federation refresh or `writ bundle set`
+// stores it through the datastore) and dropped when no entry of the agent
+// federates with it any more. The agent then signs X.509-SVIDs and
+// JWT-SVIDs for those entries, in batches (BatchSignX509SVID, BatchSignJWTSVID), each
 // request of a batch authorized on its own and the batch signed on every
 // CPU.
 //
@@ -31,7 +35,7 @@
 // changed are sent their full set again.
 //
 // The service keeps, in memory, every entry (indexed by parent), every
-// agent record and the local bundle. It loads them from a store snapshot
+// agent record, the local bundle and the foreign ones. It loads them from a store snapshot
 // and then applies the store's event log as Store.Watch reports commits,
 // without polling. Calls are authorized against this copy, and streams are
 // fed from it. Nothing is signed while a store lock is held.

@@ -87,7 +87,7 @@ type index struct {
 	// serverID is the parent of node alias entries.
 	serverID spiffeid.ID
 
-	mu sync.RWMutex // guards loaded, rev, entries, byParent, agents, aliasesOf, membersOf, subs
+	mu sync.RWMutex // guards loaded, rev, entries, byParent, agents, aliasesOf, membersOf, subs, federated, fedVersion
 	// loaded is set once the first snapshot is in.
 	loaded   bool
 	rev      uint64
@@ -100,6 +100,10 @@ type index struct {
 	membersOf map[spiffeid.ID]map[spiffeid.ID]struct{}
 	// subs are the open Sync streams, by agent.
 	subs map[spiffeid.ID]map[*subscriber]struct{}
+	// federated are the bundles of foreign trust domains (see
+	// federated.go); fedVersion counts their changes.
+	federated  map[spiffeid.TrustDomain]*fedBundle
+	fedVersion uint64
 
 	// bundle is read without the lock (TLS handshakes); written only by
 	// run.
@@ -135,6 +139,7 @@ func newIndex(store Store, td spiffeid.TrustDomain, clk clock.Clock, log *slog.L
 		aliasesOf: make(map[spiffeid.ID][]spiffeid.ID),
 		membersOf: make(map[spiffeid.ID]map[spiffeid.ID]struct{}),
 		subs:      make(map[spiffeid.ID]map[*subscriber]struct{}),
+		federated: make(map[spiffeid.TrustDomain]*fedBundle),
 		kick:      make(chan struct{}, 1),
 		done:      make(chan struct{}),
 		sentCh:    make(chan struct{}),
@@ -246,6 +251,10 @@ func (ix *index) load(ctx context.Context) error {
 	if err := ix.refreshRevocations(ctx); err != nil {
 		return err
 	}
+	federated, err := ix.loadFederated(ctx)
+	if err != nil {
+		return err
+	}
 	entries := make(map[string]*entry.Entry, len(snap.Entries))
 	byParent := make(map[spiffeid.ID]map[string]*entry.Entry)
 	var reserved []string
@@ -280,6 +289,7 @@ func (ix *index) load(ctx context.Context) error {
 	for id := range agentMap {
 		ix.setAliasesLocked(id)
 	}
+	ix.setAllFederatedLocked(federated)
 	ix.rev = snap.Revision
 	ix.loaded = true
 	for _, set := range ix.subs {
@@ -339,6 +349,7 @@ func (ix *index) catchUpEvents(ctx context.Context) error {
 func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 	agentIDs := make(map[spiffeid.ID]struct{})
 	bundleChanged, revocationsChanged := false, false
+	fedTDs := make(map[spiffeid.TrustDomain]struct{})
 	for _, ev := range events {
 		switch ev.Kind {
 		case datastore.EventRevocation:
@@ -353,6 +364,8 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 		case datastore.EventBundle:
 			if ev.Key == ix.td.Name() {
 				bundleChanged = true
+			} else if td, err := spiffeid.TrustDomainFromString(ev.Key); err == nil {
+				fedTDs[td] = struct{}{}
 			}
 		}
 	}
@@ -377,6 +390,10 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 		if err := ix.refreshRevocations(ctx); err != nil {
 			return err
 		}
+	}
+	fed, err := ix.fetchFederated(ctx, fedTDs)
+	if err != nil {
+		return err
 	}
 
 	// touched: entry IDs to re-examine, by the parent they were or are
@@ -451,6 +468,9 @@ func (ix *index) apply(ctx context.Context, events []datastore.Event) error {
 		for sub := range ix.subs[id] {
 			sub.poke()
 		}
+	}
+	if ix.setFederatedLocked(fed) {
+		bundleChanged = true
 	}
 	if bundleChanged || revocationsChanged {
 		for _, set := range ix.subs {

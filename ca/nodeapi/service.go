@@ -69,6 +69,9 @@ type Store interface {
 	UpdateAgent(ctx context.Context, id spiffeid.ID, fn func(*datastore.Agent) error) (*datastore.Agent, error)
 
 	FetchBundle(ctx context.Context, td spiffeid.TrustDomain) (*spiffebundle.Bundle, error)
+	// ListBundles is read when the index loads, for the bundles of the
+	// foreign trust domains that entries federate with.
+	ListBundles(ctx context.Context) ([]*spiffebundle.Bundle, error)
 	// ListCAKeys is read with each new bundle, for the tainted keys.
 	ListCAKeys(ctx context.Context) ([]*datastore.CAKey, error)
 	// PutCAKey and UpdateBundle record and publish the JWT keys of

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -46,6 +47,8 @@ type streamState struct {
 	since time.Time
 	// revocationsSent is the version of the revocation list last sent.
 	revocationsSent uint64
+	// fed is what the stream has sent of the foreign bundles.
+	fed fedState
 }
 
 // Sync sends the caller its entries and the bundle, then every change as
@@ -162,11 +165,15 @@ func (s *Service) nextMessages(ctx context.Context, c *caller, sub *subscriber, 
 	slices.Sort(deleted)
 	if full {
 		st.sent = make(map[string]uint64, len(changed))
+		st.fed.reset()
 		msg := &nodev1.SyncResponse{Full: true, Entries: make([]*nodev1.Entry, len(changed)), Bundle: b.json, Tainted: b.tainted, NodeSelectors: nodeSelectors}
 		for i, e := range changed {
 			msg.Entries[i] = s.entryToWire(e)
 			st.sent[e.ID] = e.Revision
+			st.fed.entrySent(e)
 		}
+		fed, _, _ := s.idx.federatedUpdate(&st.fed, true)
+		setFederated(msg, fed, nil)
 		st.bundleSent, st.bundleSeq = b.version, b.seq
 		if revs != nil {
 			msg.Revocations = revs.since(0)
@@ -175,7 +182,14 @@ func (s *Service) nextMessages(ctx context.Context, c *caller, sub *subscriber, 
 		return []*nodev1.SyncResponse{msg}, nil
 	}
 	revsChanged := revs != nil && revs.version != st.revocationsSent
-	if len(changed) == 0 && len(deleted) == 0 && b.version == st.bundleSent && !revsChanged {
+	for _, e := range changed {
+		st.fed.entrySent(e)
+	}
+	for _, id := range deleted {
+		st.fed.entryDeleted(id)
+	}
+	fed, fedRemoved, fedChanged := s.idx.federatedUpdate(&st.fed, false)
+	if len(changed) == 0 && len(deleted) == 0 && b.version == st.bundleSent && !revsChanged && !fedChanged {
 		return nil, nil
 	}
 	var msgs []*nodev1.SyncResponse
@@ -189,7 +203,7 @@ func (s *Service) nextMessages(ctx context.Context, c *caller, sub *subscriber, 
 		cur.Tainted = b.tainted
 		st.bundleSent, st.bundleSeq = b.version, b.seq
 	}
-	size, n := len(cur.Bundle), 0
+	size, n := len(cur.Bundle)+setFederated(cur, fed, fedRemoved), 0
 	flush := func() {
 		msgs = append(msgs, cur)
 		cur, size, n = &nodev1.SyncResponse{}, 0, 0
@@ -236,7 +250,21 @@ func (s *Service) entryToWire(e *entry.Entry) *nodev1.Entry {
 		Downstream:  e.Downstream,
 		Revision:    e.Revision,
 		Template:    e.Template,
+
+		FederatesWith: trustDomainNames(e.FederatesWith),
 	}
+}
+
+// trustDomainNames returns the names of tds, nil if there are none.
+func trustDomainNames(tds []spiffeid.TrustDomain) []string {
+	if len(tds) == 0 {
+		return nil
+	}
+	out := make([]string, len(tds))
+	for i, td := range tds {
+		out[i] = td.Name()
+	}
+	return out
 }
 
 // WaitBundleSent returns once every open Sync stream has been sent a

@@ -245,6 +245,7 @@ func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keym
 		TrustDomain: cfg.TrustDomain,
 		KeyType:     cfg.CAKeyType,
 		CATTL:       cfg.CATTL,
+		RefreshHint: cfg.BundleRefreshHint,
 		Store:       store,
 		Clock:       cfg.Clock,
 		Logger:      cfg.Logger,

@@ -53,6 +53,8 @@ const (
 	DefaultJoinTokenTTL = 10 * time.Minute
 	DefaultKeyType      = "ec-p256"
 	DefaultBindAddress  = "127.0.0.1:8081"
+
+	DefaultBundleRefreshHint = keymanager.DefaultRefreshHint
 )
 
 // Config configures a Server.
@@ -62,8 +64,12 @@ type Config struct {
 	// BindAddress is the TLS endpoint agents use.
 	BindAddress string
 	// AdminSocket defaults to admin.sock in DataDir.
-	AdminSocket        string
-	CATTL              time.Duration
+	AdminSocket string
+	CATTL       time.Duration
+	// BundleRefreshHint is the refresh hint published in the bundle
+	// (spiffe_refresh_hint), after which federated trust domains fetch it
+	// again. Defaults to keymanager.DefaultRefreshHint.
+	BundleRefreshHint  time.Duration
 	DefaultX509SVIDTTL time.Duration
 	DefaultJWTSVIDTTL  time.Duration
 	CAKeyType          string
@@ -201,6 +207,9 @@ func New(cfg Config) (*Server, error) {
 		if err := entry.CheckTTL(ttl); err != nil {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
+	}
+	if cfg.BundleRefreshHint < 0 || cfg.BundleRefreshHint > 0 && cfg.BundleRefreshHint < time.Second {
+		return nil, fmt.Errorf("bundle refresh hint %s: at least 1s", cfg.BundleRefreshHint)
 	}
 	if cfg.CATTL < 2*cfg.DefaultX509SVIDTTL {
 		return nil, fmt.Errorf("CA TTL %s must be at least twice the default X.509-SVID TTL %s", cfg.CATTL, cfg.DefaultX509SVIDTTL)

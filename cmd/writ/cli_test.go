@@ -333,7 +333,7 @@ func TestBadInputRefusedBeforeDialing(t *testing.T) {
 		{"file and flags", []string{"entry", "create", "--file", "x.json", "--admin=false"}, "", 2,
 			"writ: --file cannot be combined with --admin: give entries either in the file or as flags\n" + usage("entry create")},
 		{"update nothing", []string{"entry", "update", "--id", id}, "", 2,
-			"writ: nothing to update: give at least one of --spiffe-id, --parent-id, --selector, --x509-ttl, --jwt-ttl, --dns-name, --admin, --downstream\n" + usage("entry update")},
+			"writ: nothing to update: give at least one of --spiffe-id, --parent-id, --selector, --x509-ttl, --jwt-ttl, --dns-name, --admin, --downstream, --federates-with\n" + usage("entry update")},
 		{"update DNS names and clear", []string{"entry", "update", "--id", id, "--dns-name", "a.example.org", "--clear-dns-names"}, "", 2,
 			"writ: --clear-dns-names cannot be combined with --dns-name\n" + usage("entry update")},
 		{"bad bool", []string{"entry", "update", "--id", id, "--admin=maybe"}, "", 2,

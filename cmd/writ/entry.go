@@ -31,6 +31,9 @@ const (
 	flagFile          = "file"
 	flagClearDNSNames = "clear-dns-names"
 	flagTemplate      = "template"
+
+	flagFederatesWith      = "federates-with"
+	flagClearFederatesWith = "clear-federates-with"
 )
 
 // Field names of adminv1.Entry, as UpdateEntryRequest.update_mask names
@@ -44,11 +47,13 @@ const (
 	fieldDNSNames    = "dns_names"
 	fieldAdmin       = "admin"
 	fieldDownstream  = "downstream"
+
+	fieldFederatesWith = "federates_with"
 )
 
 // entryFieldFlags are the flags that set entry fields, in the order of
 // the fields they set.
-var entryFieldFlags = []string{flagSPIFFEID, flagParentID, flagSelector, flagX509TTL, flagJWTTTL, flagDNSName, flagAdmin, flagDownstream}
+var entryFieldFlags = []string{flagSPIFFEID, flagParentID, flagSelector, flagX509TTL, flagJWTTTL, flagDNSName, flagAdmin, flagDownstream, flagFederatesWith}
 
 func entryCommand() *cli.Command {
 	return &cli.Command{
@@ -81,7 +86,7 @@ func entryCommand() *cli.Command {
 				Name:  "update",
 				Usage: "change the fields of an entry whose flags are given",
 				Description: "Sets exactly the fields whose flags are given and keeps all others. Repeated\n" +
-					"flags (--selector, --dns-name) replace the whole list. --admin=false and\n" +
+					"flags (--selector, --dns-name, --federates-with) replace the whole list. --admin=false and\n" +
 					"--downstream=false clear those flags.",
 				Flags:  withAdminFlags(append([]cli.Flag{entryIDFlag()}, entryFlags(true)...)...),
 				Action: entryUpdate,
@@ -144,6 +149,7 @@ func entryFlags(update bool) []cli.Flag {
 		listFlag(flagDNSName, "a DNS `NAME` for the X509-SVID; repeat for several"),
 		&cli.BoolFlag{Name: flagAdmin, Usage: "X.509-SVIDs of this entry's SPIFFE ID may call the admin API of servers run with --admin-bind-address, over mutual TLS (writ ... --admin-address); checked on every call, so deleting the entry or clearing --admin revokes it at once"},
 		&cli.BoolFlag{Name: flagDownstream, Usage: "the workload may ask its agent (DownstreamService on the agent socket) for an intermediate CA of the trust domain, valid at most the entry's X.509 TTL (default 24h) and never beyond the server's own CA, and publish JWT keys in the bundle: for a nested Writ server run with --upstream-authority writ"},
+		listFlag(flagFederatesWith, "a foreign `TRUST_DOMAIN` (b.example) whose bundle the entry's workloads receive; the server must hold its bundle or a federation with it; repeat for several"),
 	}
 	if update {
 		for _, f := range flags {
@@ -154,6 +160,7 @@ func entryFlags(update bool) []cli.Flag {
 	}
 	if update {
 		flags = append(flags, &cli.BoolFlag{Name: flagClearDNSNames, Usage: "remove all DNS names"})
+		flags = append(flags, &cli.BoolFlag{Name: flagClearFederatesWith, Usage: "remove all federated trust domains"})
 	} else {
 		flags = append(flags, &cli.BoolFlag{
 			Name:  flagNode,
@@ -240,6 +247,12 @@ func parseEntryFlags(c *cli.Context) (*entry.Entry, []string, error) {
 		mask = append(mask, fieldDownstream)
 		e.Downstream = c.Bool(flagDownstream)
 	}
+	if c.IsSet(flagFederatesWith) || c.Bool(flagClearFederatesWith) {
+		mask = append(mask, fieldFederatesWith)
+		if e.FederatesWith, err = parseFederatesWith(listValue(c, flagFederatesWith)); err != nil {
+			return nil, nil, err
+		}
+	}
 	return &e, mask, nil
 }
 
@@ -286,6 +299,18 @@ func parseDNSNames(ns []string) ([]string, error) {
 			return nil, err
 		}
 		out = append(out, n)
+	}
+	return out, nil
+}
+
+func parseFederatesWith(ss []string) ([]spiffeid.TrustDomain, error) {
+	var out []spiffeid.TrustDomain
+	for _, s := range ss {
+		td, err := entry.ParseTrustDomain(s)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, td)
 	}
 	return out, nil
 }
@@ -512,6 +537,9 @@ func entryUpdate(c *cli.Context) error {
 	}
 	if c.IsSet(flagDNSName) && c.Bool(flagClearDNSNames) {
 		return usagef(c, "--%s cannot be combined with --%s", flagClearDNSNames, flagDNSName)
+	}
+	if c.IsSet(flagFederatesWith) && c.Bool(flagClearFederatesWith) {
+		return usagef(c, "--%s cannot be combined with --%s", flagClearFederatesWith, flagFederatesWith)
 	}
 	e, mask, err := parseEntryFlags(c)
 	if err != nil {

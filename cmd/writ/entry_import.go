@@ -561,6 +561,9 @@ func entryFromJSON(j *jsonEntry) (*entry.Entry, error) {
 	if e.DNSNames, err = parseDNSNames(j.DNSNames); err != nil {
 		return nil, err
 	}
+	if e.FederatesWith, err = parseFederatesWith(j.FederatesWith); err != nil {
+		return nil, err
+	}
 	e.Admin = j.Admin
 	e.Downstream = j.Downstream
 	if err := checkEntry(&e); err != nil {

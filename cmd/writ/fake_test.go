@@ -280,6 +280,8 @@ func (f *fakeAdmin) UpdateEntry(_ context.Context, req *adminv1.UpdateEntryReque
 			e.Admin = in.GetAdmin()
 		case fieldDownstream:
 			e.Downstream = in.GetDownstream()
+		case fieldFederatesWith:
+			e.FederatesWith = in.GetFederatesWith()
 		default:
 			return nil, status.Errorf(codes.InvalidArgument, "unknown field %q in update mask", field)
 		}

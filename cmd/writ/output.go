@@ -50,6 +50,9 @@ type jsonEntry struct {
 	// Template is set for template entries (SPIFFEID is then its literal
 	// prefix).
 	Template string `json:"template,omitempty"`
+	// FederatesWith names the trust domains whose bundles the entry's
+	// workloads receive.
+	FederatesWith []string `json:"federates_with,omitempty"`
 }
 
 func entryToJSON(e *adminv1.Entry) *jsonEntry {
@@ -66,6 +69,8 @@ func entryToJSON(e *adminv1.Entry) *jsonEntry {
 		CreatedAt:   e.GetCreatedAt(),
 		Revision:    e.GetRevision(),
 		Template:    e.GetTemplate(),
+
+		FederatesWith: e.GetFederatesWith(),
 	}
 }
 
@@ -183,6 +188,9 @@ func (t *textWriter) entry(e *adminv1.Entry) {
 	}
 	for _, n := range e.GetDnsNames() {
 		t.field("DNS name", n)
+	}
+	for _, td := range e.GetFederatesWith() {
+		t.field("Federates with", td)
 	}
 	t.field("X509-SVID TTL", formatTTLSeconds(e.GetX509SvidTtl()))
 	t.field("JWT-SVID TTL", formatTTLSeconds(e.GetJwtSvidTtl()))

@@ -57,8 +57,11 @@ func tokenEnv(token string) []string {
 func launchAgentWith(t testing.TB, addr, dataDir, bundlePEM string, env []string, extra ...string) *agentProc {
 	t.Helper()
 	p := &agentProc{t: t, log: &syncBuffer{}, dataDir: dataDir, socket: filepath.Join(dataDir+"-public", "api.sock"), done: make(chan struct{})}
-	args := []string{"agent", "run", "--server-address", addr, "--trust-domain", "example.org", "--data-dir", dataDir,
+	args := []string{"agent", "run", "--server-address", addr, "--data-dir", dataDir,
 		"--socket-path", p.socket, "--trust-bundle", bundlePEM, "--log-level", "debug"}
+	if !slices.Contains(extra, "--trust-domain") {
+		args = append(args, "--trust-domain", "example.org")
+	}
 	p.cmd = exec.Command(writBin, append(args, extra...)...)
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log
 	p.cmd.Env = append(cleanEnv(), env...)

@@ -21,11 +21,13 @@
 //   - "default" (Config.DefaultSVIDName): the caller's first SVID, in the
 //     Workload API's order (by SPIFFE ID, then entry ID);
 //   - a trust domain, "spiffe://example.org": its bundle as a validation
-//     context;
+//     context; the local one, or a foreign one the caller's entries
+//     federate with (writ entry create --federates-with);
 //   - "ROOTCA" (DefaultBundleName): the local trust domain's bundle;
-//   - "ALL" (DefaultAllBundlesName): every trust domain's bundle in one
-//     SPIFFECertValidatorConfig, each under its own name, for Envoy's
-//     SPIFFE validator.
+//   - "ALL" (DefaultAllBundlesName): the local trust domain's bundle and
+//     those of the foreign trust domains the caller's entries federate
+//     with, in one SPIFFECertValidatorConfig, each under its own name,
+//     for Envoy's SPIFFE validator.
 //
 // Validation contexts use the SPIFFE validator
 // (envoy.tls.cert_validator.spiffe) for Envoy 1.18 and later (by the
@@ -55,8 +57,8 @@
 //
 // # Caveats
 //
-//   - Federated trust domains are served as soon as the agent's cache
-//     holds them; today it holds the local trust domain only.
+//   - A foreign bundle without X.509 authorities (JWT keys only) has no
+//     validation context: it validates no TLS peer.
 //   - DeltaSecrets (incremental xDS) is Unimplemented; Envoy uses
 //     StreamSecrets unless configured for delta.
 //   - The socket's limits apply: MaxConcurrentStreams (64) per

@@ -57,6 +57,9 @@ type Cache interface {
 	// Bundle returns the local trust domain's bundle, nil before the
 	// first one.
 	Bundle() *spiffebundle.Bundle
+	// FederatedBundles returns the bundles of the foreign trust domains
+	// a selector set's entries federate with, ordered by trust domain.
+	FederatedBundles(selectors []entry.Selector) []*spiffebundle.Bundle
 }
 
 // Config configures a Handler.
@@ -236,7 +239,7 @@ func (h *Handler) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Disc
 		if len(state.X509SVIDs) == 0 && len(h.cache.Identities(caller.Selectors)) == 0 {
 			return caller.Refused("SDS caller lost its last entry")
 		}
-		res, missing, err := h.secrets(names, viewOf(state.X509SVIDs, state.Bundle), h.spiffeValidator(node))
+		res, missing, err := h.secrets(names, viewOf(state.X509SVIDs, state.Bundle, state.Federated), h.spiffeValidator(node))
 		if err != nil {
 			h.log.Error("cannot encode secrets", "err", err)
 			return status.Error(codes.Internal, "cannot encode the secrets")
@@ -285,7 +288,7 @@ func (h *Handler) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryRe
 		return nil, err
 	}
 	svids := h.cache.X509SVIDs(caller.Selectors)
-	res, missing, err := h.secrets(req.GetResourceNames(), viewOf(svids, h.cache.Bundle()), h.spiffeValidator(req.GetNode()))
+	res, missing, err := h.secrets(req.GetResourceNames(), viewOf(svids, h.cache.Bundle(), h.cache.FederatedBundles(caller.Selectors)), h.spiffeValidator(req.GetNode()))
 	if err != nil {
 		h.log.Error("cannot encode secrets", "err", err)
 		return nil, status.Error(codes.Internal, "cannot encode the secrets")
@@ -296,10 +299,20 @@ func (h *Handler) FetchSecrets(ctx context.Context, req *discoveryv3.DiscoveryRe
 	return &discoveryv3.DiscoveryResponse{Resources: res, TypeUrl: SecretTypeURL}, nil
 }
 
-func viewOf(svids []*svidcache.X509SVID, b *spiffebundle.Bundle) view {
+// viewOf is the view of svids, the local bundle b (nil: none yet) and
+// the foreign bundles fed. Foreign bundles without X.509 authorities
+// validate nothing in TLS and are left out; they never come first, where
+// the local one is.
+func viewOf(svids []*svidcache.X509SVID, b *spiffebundle.Bundle, fed []*spiffebundle.Bundle) view {
 	v := view{svids: svids}
-	if b != nil {
-		v.bundles = []*spiffebundle.Bundle{b}
+	if b == nil {
+		return v
+	}
+	v.bundles = []*spiffebundle.Bundle{b}
+	for _, f := range fed {
+		if f.TrustDomain() != b.TrustDomain() && len(f.X509Authorities()) > 0 {
+			v.bundles = append(v.bundles, f)
+		}
 	}
 	return v
 }

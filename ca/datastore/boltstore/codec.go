@@ -269,8 +269,9 @@ func corrupt(what string, err error) error {
 // Entries.
 
 // entryFlagTemplate says a template string follows the revision; records
-// without it are read as they always were.
-const entryFlagAdmin, entryFlagDownstream, entryFlagTemplate = 1, 2, 4
+// without it are read as they always were. entryFlagFederates says a list
+// of trust domain names follows (after the template, if any).
+const entryFlagAdmin, entryFlagDownstream, entryFlagTemplate, entryFlagFederates = 1, 2, 4, 8
 
 func encodeEntry(e *entry.Entry) []byte {
 	enc := newEncoder(128 + 32*len(e.Selectors))
@@ -303,11 +304,20 @@ func (e *encoder) entry(en *entry.Entry) {
 	if en.Template != "" {
 		flags |= entryFlagTemplate
 	}
+	if len(en.FederatesWith) > 0 {
+		flags |= entryFlagFederates
+	}
 	e.byte(flags)
 	e.time(en.CreatedAt)
 	e.uvarint(en.Revision)
 	if en.Template != "" {
 		e.str(en.Template)
+	}
+	if len(en.FederatesWith) > 0 {
+		e.uvarint(uint64(len(en.FederatesWith)))
+		for _, td := range en.FederatesWith {
+			e.str(td.Name())
+		}
 	}
 }
 
@@ -341,7 +351,7 @@ func (d *decoder) entry() *entry.Entry {
 		}
 	}
 	flags := d.byte()
-	if flags&^(entryFlagAdmin|entryFlagDownstream|entryFlagTemplate) != 0 {
+	if flags&^(entryFlagAdmin|entryFlagDownstream|entryFlagTemplate|entryFlagFederates) != 0 {
 		d.fail("unknown entry flags")
 	}
 	e.Admin = flags&entryFlagAdmin != 0
@@ -351,6 +361,24 @@ func (d *decoder) entry() *entry.Entry {
 	if flags&entryFlagTemplate != 0 {
 		if e.Template = d.str(); d.err == nil && e.Template == "" {
 			d.fail("template flag without a template")
+		}
+	}
+	if flags&entryFlagFederates != 0 {
+		n := d.count(1)
+		if d.err == nil && n == 0 {
+			d.fail("federates flag without trust domains")
+		}
+		for range n {
+			name := d.str()
+			if d.err != nil {
+				break
+			}
+			td, err := spiffeid.TrustDomainFromString(name)
+			if err != nil || td.Name() != name {
+				d.fail("bad federated trust domain")
+				break
+			}
+			e.FederatesWith = append(e.FederatesWith, td)
 		}
 	}
 	if d.err == nil && (e.ID == "" || e.SPIFFEID.IsZero() || e.ParentID.IsZero()) {

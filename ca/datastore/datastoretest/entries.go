@@ -46,7 +46,7 @@ func testCreateEntries(t *testing.T, newStore NewStoreFunc) {
 			existing: []*entry.Entry{a},
 			batch: []*entry.Entry{
 				b,
-				with(a, func(e *entry.Entry) { e.DNSNames = nil; e.Admin = true }),
+				with(a, func(e *entry.Entry) { e.DNSNames = nil; e.Admin = true; e.FederatesWith = nil }),
 			},
 			wantErr: []error{nil, datastore.ErrAlreadyExists},
 		},
@@ -320,6 +320,7 @@ func testUpdateEntry(t *testing.T, newStore NewStoreFunc) {
 		upd.X509SVIDTTL = 2 * time.Hour
 		upd.Admin = true
 		upd.Downstream = false
+		upd.FederatesWith = []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("b.test")}
 		upd.CreatedAt = t0.Add(-24 * time.Hour)
 		got, err := replace(t.Context(), s, upd)
 		requireNoError(t, "UpdateEntry", err)

@@ -37,6 +37,7 @@ func testEvents(t *testing.T, newStore NewStoreFunc) {
 	requireErrorIs(t, "CreateEntries of a duplicate", res[0].Err, datastore.ErrAlreadyExists)
 	upd := entries[0].Clone()
 	upd.DNSNames = []string{"new.example.org"}
+	upd.FederatesWith = nil
 	updated, err := replace(ctx, s, upd)
 	requireNoError(t, "UpdateEntry", err)
 	entryEvent(updated)

@@ -125,6 +125,8 @@ func newEntry(t testing.TB, spiffeID, parentID string, sels ...string) *entry.En
 		DNSNames:    []string{"svc.example.org"},
 		Downstream:  true,
 		CreatedAt:   t0,
+
+		FederatesWith: []spiffeid.TrustDomain{spiffeid.RequireTrustDomainFromString("federated.test"), spiffeid.RequireTrustDomainFromString("other.test")},
 	}
 }
 
@@ -170,6 +172,9 @@ func normEntry(e *entry.Entry) *entry.Entry {
 	}
 	if len(c.DNSNames) == 0 {
 		c.DNSNames = nil
+	}
+	if len(c.FederatesWith) == 0 {
+		c.FederatesWith = nil
 	}
 	return c
 }

@@ -69,6 +69,8 @@ type entryRecord struct {
 	CreatedAt   stamp            `json:"created_at"`
 	Revision    uint64           `json:"revision"`
 	Template    string           `json:"template,omitempty"`
+	// FederatesWith are trust domain names.
+	FederatesWith []string `json:"federates_with,omitempty"`
 }
 
 func encodeEntry(e *entry.Entry) []byte {
@@ -87,6 +89,9 @@ func encodeEntry(e *entry.Entry) []byte {
 	}
 	for _, s := range e.Selectors {
 		r.Selectors = append(r.Selectors, selectorRecord{s.Type, s.Value})
+	}
+	for _, td := range e.FederatesWith {
+		r.FederatesWith = append(r.FederatesWith, td.Name())
 	}
 	return mustJSON(r)
 }
@@ -116,6 +121,13 @@ func decodeEntry(b []byte) (*entry.Entry, error) {
 	}
 	for _, s := range r.Selectors {
 		e.Selectors = append(e.Selectors, entry.Selector{Type: s.Type, Value: s.Value})
+	}
+	for _, name := range r.FederatesWith {
+		td, err := spiffeid.TrustDomainFromString(name)
+		if err != nil || td.Name() != name {
+			return nil, fmt.Errorf("%w: federated trust domain %q", errDecode, name)
+		}
+		e.FederatesWith = append(e.FederatesWith, td)
 	}
 	return e, nil
 }

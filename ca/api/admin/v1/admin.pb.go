@@ -44,7 +44,12 @@ type Entry struct {
 	// such as spiffe://example.org/user/{{unix.user}} that agents fill from
 	// each matching caller's selectors. spiffe_id is then its literal
 	// prefix (output; on input empty or that prefix).
-	Template      string `protobuf:"bytes,12,opt,name=template,proto3" json:"template,omitempty"`
+	Template string `protobuf:"bytes,12,opt,name=template,proto3" json:"template,omitempty"`
+	// federates_with names the trust domains (e.g. "b.test") whose bundles
+	// the entry's workloads receive besides the local one. Each must have a
+	// bundle stored on the server (writ bundle set) or a federation
+	// relationship. Output sorted, without duplicates.
+	FederatesWith []string `protobuf:"bytes,13,rep,name=federates_with,json=federatesWith,proto3" json:"federates_with,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -161,6 +166,13 @@ func (x *Entry) GetTemplate() string {
 		return x.Template
 	}
 	return ""
+}
+
+func (x *Entry) GetFederatesWith() []string {
+	if x != nil {
+		return x.FederatesWith
+	}
+	return nil
 }
 
 // The outcome of one item of a batch: a gRPC status code and message.
@@ -669,7 +681,7 @@ type UpdateEntryRequest struct {
 	// from entry, all others kept.
 	Entry *Entry `protobuf:"bytes,1,opt,name=entry,proto3" json:"entry,omitempty"`
 	// Field names of Entry: spiffe_id, parent_id, selectors, x509_svid_ttl,
-	// jwt_svid_ttl, dns_names, admin, downstream.
+	// jwt_svid_ttl, dns_names, admin, downstream, federates_with.
 	UpdateMask    []string `protobuf:"bytes,2,rep,name=update_mask,json=updateMask,proto3" json:"update_mask,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -2958,7 +2970,7 @@ var File_ca_api_admin_v1_admin_proto protoreflect.FileDescriptor
 
 const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"\n" +
-	"\x1bca/api/admin/v1/admin.proto\x12\rwrit.admin.v1\"\xdf\x02\n" +
+	"\x1bca/api/admin/v1/admin.proto\x12\rwrit.admin.v1\"\x86\x03\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1b\n" +
@@ -2976,7 +2988,8 @@ const file_ca_api_admin_v1_admin_proto_rawDesc = "" +
 	"created_at\x18\n" +
 	" \x01(\x03R\tcreatedAt\x12\x1a\n" +
 	"\brevision\x18\v \x01(\x04R\brevision\x12\x1a\n" +
-	"\btemplate\x18\f \x01(\tR\btemplate\"6\n" +
+	"\btemplate\x18\f \x01(\tR\btemplate\x12%\n" +
+	"\x0efederates_with\x18\r \x03(\tR\rfederatesWith\"6\n" +
 	"\x06Status\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\x05R\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\"+\n" +

@@ -3,6 +3,8 @@ package adminv1
 import (
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"writ.dev/writ/ca/entry"
 )
 
@@ -31,5 +33,19 @@ func EntryFromDomain(e *entry.Entry) *Entry {
 		CreatedAt:   created,
 		Revision:    e.Revision,
 		Template:    e.Template,
+
+		FederatesWith: trustDomainNames(e.FederatesWith),
 	}
+}
+
+// trustDomainNames returns the names of tds, nil if there are none.
+func trustDomainNames(tds []spiffeid.TrustDomain) []string {
+	if len(tds) == 0 {
+		return nil
+	}
+	out := make([]string, len(tds))
+	for i, td := range tds {
+		out[i] = td.Name()
+	}
+	return out
 }

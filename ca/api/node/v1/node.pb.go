@@ -418,7 +418,11 @@ type Entry struct {
 	// template, when set, makes this a template entry: spiffe_id is its
 	// literal prefix and the agent fills the template from each matching
 	// caller's selectors.
-	Template      string `protobuf:"bytes,10,opt,name=template,proto3" json:"template,omitempty"`
+	Template string `protobuf:"bytes,10,opt,name=template,proto3" json:"template,omitempty"`
+	// federates_with: trust domain names (sorted) whose bundles the
+	// entry's workloads receive; the server sends those bundles in
+	// SyncResponse.federated_bundles.
+	FederatesWith []string `protobuf:"bytes,11,rep,name=federates_with,json=federatesWith,proto3" json:"federates_with,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -523,6 +527,13 @@ func (x *Entry) GetTemplate() string {
 	return ""
 }
 
+func (x *Entry) GetFederatesWith() []string {
+	if x != nil {
+		return x.FederatesWith
+	}
+	return nil
+}
+
 type SyncResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// full: entries is the complete set the agent is authorized for and
@@ -549,9 +560,20 @@ type SyncResponse struct {
 	// the same jti or client_id. Revocations are never withdrawn: the agent
 	// drops each one itself once expires_at has passed (plus the clock
 	// skew it tolerates on a token's exp).
-	Revocations   []*Revocation `protobuf:"bytes,7,rep,name=revocations,proto3" json:"revocations,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Revocations []*Revocation `protobuf:"bytes,7,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	// The bundles of the foreign trust domains that the agent's entries
+	// federate with (Entry.federates_with), as SPIFFE bundle JSON keyed by
+	// trust domain name ("b.test"). In a full message this is the complete
+	// set and replaces what the agent had. Otherwise it holds only the
+	// bundles that are new to the agent or changed since last sent, and
+	// removed_federated_bundles names the trust domains whose bundle the
+	// agent must drop (no entry federates with it any more, or the server
+	// no longer holds it). A trust domain an entry names but for which the
+	// server holds no bundle is simply absent.
+	FederatedBundles        map[string][]byte `protobuf:"bytes,10,rep,name=federated_bundles,json=federatedBundles,proto3" json:"federated_bundles,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	RemovedFederatedBundles []string          `protobuf:"bytes,11,rep,name=removed_federated_bundles,json=removedFederatedBundles,proto3" json:"removed_federated_bundles,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *SyncResponse) Reset() {
@@ -629,6 +651,20 @@ func (x *SyncResponse) GetNodeSelectors() []string {
 func (x *SyncResponse) GetRevocations() []*Revocation {
 	if x != nil {
 		return x.Revocations
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetFederatedBundles() map[string][]byte {
+	if x != nil {
+		return x.FederatedBundles
+	}
+	return nil
+}
+
+func (x *SyncResponse) GetRemovedFederatedBundles() []string {
+	if x != nil {
+		return x.RemovedFederatedBundles
 	}
 	return nil
 }
@@ -1804,7 +1840,7 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\x12RenewAgentResponse\x12\x1d\n" +
 	"\n" +
 	"svid_chain\x18\x01 \x03(\fR\tsvidChain\"\r\n" +
-	"\vSyncRequest\"\xa3\x02\n" +
+	"\vSyncRequest\"\xca\x02\n" +
 	"\x05Entry\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tspiffe_id\x18\x02 \x01(\tR\bspiffeId\x12\x1c\n" +
@@ -1819,7 +1855,8 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"downstream\x12\x1a\n" +
 	"\brevision\x18\t \x01(\x04R\brevision\x12\x1a\n" +
 	"\btemplate\x18\n" +
-	" \x01(\tR\btemplate\"\xb4\x02\n" +
+	" \x01(\tR\btemplate\x12%\n" +
+	"\x0efederates_with\x18\v \x03(\tR\rfederatesWith\"\x94\x04\n" +
 	"\fSyncResponse\x12\x12\n" +
 	"\x04full\x18\x01 \x01(\bR\x04full\x12-\n" +
 	"\aentries\x18\x02 \x03(\v2\x13.writ.node.v1.EntryR\aentries\x12*\n" +
@@ -1827,7 +1864,13 @@ const file_ca_api_node_v1_node_proto_rawDesc = "" +
 	"\x06bundle\x18\x04 \x01(\fR\x06bundle\x12:\n" +
 	"\atainted\x18\x05 \x01(\v2 .writ.node.v1.TaintedAuthoritiesR\atainted\x12%\n" +
 	"\x0enode_selectors\x18\x06 \x03(\tR\rnodeSelectors\x12:\n" +
-	"\vrevocations\x18\a \x03(\v2\x18.writ.node.v1.RevocationR\vrevocations\"y\n" +
+	"\vrevocations\x18\a \x03(\v2\x18.writ.node.v1.RevocationR\vrevocations\x12]\n" +
+	"\x11federated_bundles\x18\n" +
+	" \x03(\v20.writ.node.v1.SyncResponse.FederatedBundlesEntryR\x10federatedBundles\x12:\n" +
+	"\x19removed_federated_bundles\x18\v \x03(\tR\x17removedFederatedBundles\x1aC\n" +
+	"\x15FederatedBundlesEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\fR\x05value:\x028\x01\"y\n" +
 	"\n" +
 	"Revocation\x12\x10\n" +
 	"\x03jti\x18\x01 \x01(\tR\x03jti\x12\x1b\n" +
@@ -1929,7 +1972,7 @@ func file_ca_api_node_v1_node_proto_rawDescGZIP() []byte {
 	return file_ca_api_node_v1_node_proto_rawDescData
 }
 
-var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_ca_api_node_v1_node_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*AttestRequest)(nil),                         // 0: writ.node.v1.AttestRequest
 	(*AttestResponse)(nil),                        // 1: writ.node.v1.AttestResponse
@@ -1961,45 +2004,47 @@ var file_ca_api_node_v1_node_proto_goTypes = []any{
 	(*MintDownstreamX509CAResponse)(nil),          // 27: writ.node.v1.MintDownstreamX509CAResponse
 	(*PublishDownstreamJWTAuthorityRequest)(nil),  // 28: writ.node.v1.PublishDownstreamJWTAuthorityRequest
 	(*PublishDownstreamJWTAuthorityResponse)(nil), // 29: writ.node.v1.PublishDownstreamJWTAuthorityResponse
+	nil, // 30: writ.node.v1.SyncResponse.FederatedBundlesEntry
 }
 var file_ca_api_node_v1_node_proto_depIdxs = []int32{
 	7,  // 0: writ.node.v1.SyncResponse.entries:type_name -> writ.node.v1.Entry
 	22, // 1: writ.node.v1.SyncResponse.tainted:type_name -> writ.node.v1.TaintedAuthorities
 	9,  // 2: writ.node.v1.SyncResponse.revocations:type_name -> writ.node.v1.Revocation
-	11, // 3: writ.node.v1.X509SVIDResult.status:type_name -> writ.node.v1.Status
-	10, // 4: writ.node.v1.BatchSignX509SVIDRequest.requests:type_name -> writ.node.v1.X509SVIDRequest
-	12, // 5: writ.node.v1.BatchSignX509SVIDResponse.results:type_name -> writ.node.v1.X509SVIDResult
-	16, // 6: writ.node.v1.ReportTemplatesRequest.templates:type_name -> writ.node.v1.TemplateReport
-	15, // 7: writ.node.v1.BatchSignJWTSVIDRequest.requests:type_name -> writ.node.v1.SignJWTSVIDRequest
-	11, // 8: writ.node.v1.JWTSVIDResult.status:type_name -> writ.node.v1.Status
-	24, // 9: writ.node.v1.BatchSignJWTSVIDResponse.results:type_name -> writ.node.v1.JWTSVIDResult
-	0,  // 10: writ.node.v1.NodeService.Attest:input_type -> writ.node.v1.AttestRequest
-	2,  // 11: writ.node.v1.NodeService.AttestNode:input_type -> writ.node.v1.AttestNodeRequest
-	4,  // 12: writ.node.v1.NodeService.RenewAgent:input_type -> writ.node.v1.RenewAgentRequest
-	6,  // 13: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
-	13, // 14: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
-	15, // 15: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
-	17, // 16: writ.node.v1.NodeService.ReportTemplates:input_type -> writ.node.v1.ReportTemplatesRequest
-	20, // 17: writ.node.v1.NodeService.AckBundle:input_type -> writ.node.v1.AckBundleRequest
-	23, // 18: writ.node.v1.NodeService.BatchSignJWTSVID:input_type -> writ.node.v1.BatchSignJWTSVIDRequest
-	26, // 19: writ.node.v1.NodeService.MintDownstreamX509CA:input_type -> writ.node.v1.MintDownstreamX509CARequest
-	28, // 20: writ.node.v1.NodeService.PublishDownstreamJWTAuthority:input_type -> writ.node.v1.PublishDownstreamJWTAuthorityRequest
-	1,  // 21: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
-	3,  // 22: writ.node.v1.NodeService.AttestNode:output_type -> writ.node.v1.AttestNodeResponse
-	5,  // 23: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
-	8,  // 24: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
-	14, // 25: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
-	19, // 26: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
-	18, // 27: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
-	21, // 28: writ.node.v1.NodeService.AckBundle:output_type -> writ.node.v1.AckBundleResponse
-	25, // 29: writ.node.v1.NodeService.BatchSignJWTSVID:output_type -> writ.node.v1.BatchSignJWTSVIDResponse
-	27, // 30: writ.node.v1.NodeService.MintDownstreamX509CA:output_type -> writ.node.v1.MintDownstreamX509CAResponse
-	29, // 31: writ.node.v1.NodeService.PublishDownstreamJWTAuthority:output_type -> writ.node.v1.PublishDownstreamJWTAuthorityResponse
-	21, // [21:32] is the sub-list for method output_type
-	10, // [10:21] is the sub-list for method input_type
-	10, // [10:10] is the sub-list for extension type_name
-	10, // [10:10] is the sub-list for extension extendee
-	0,  // [0:10] is the sub-list for field type_name
+	30, // 3: writ.node.v1.SyncResponse.federated_bundles:type_name -> writ.node.v1.SyncResponse.FederatedBundlesEntry
+	11, // 4: writ.node.v1.X509SVIDResult.status:type_name -> writ.node.v1.Status
+	10, // 5: writ.node.v1.BatchSignX509SVIDRequest.requests:type_name -> writ.node.v1.X509SVIDRequest
+	12, // 6: writ.node.v1.BatchSignX509SVIDResponse.results:type_name -> writ.node.v1.X509SVIDResult
+	16, // 7: writ.node.v1.ReportTemplatesRequest.templates:type_name -> writ.node.v1.TemplateReport
+	15, // 8: writ.node.v1.BatchSignJWTSVIDRequest.requests:type_name -> writ.node.v1.SignJWTSVIDRequest
+	11, // 9: writ.node.v1.JWTSVIDResult.status:type_name -> writ.node.v1.Status
+	24, // 10: writ.node.v1.BatchSignJWTSVIDResponse.results:type_name -> writ.node.v1.JWTSVIDResult
+	0,  // 11: writ.node.v1.NodeService.Attest:input_type -> writ.node.v1.AttestRequest
+	2,  // 12: writ.node.v1.NodeService.AttestNode:input_type -> writ.node.v1.AttestNodeRequest
+	4,  // 13: writ.node.v1.NodeService.RenewAgent:input_type -> writ.node.v1.RenewAgentRequest
+	6,  // 14: writ.node.v1.NodeService.Sync:input_type -> writ.node.v1.SyncRequest
+	13, // 15: writ.node.v1.NodeService.BatchSignX509SVID:input_type -> writ.node.v1.BatchSignX509SVIDRequest
+	15, // 16: writ.node.v1.NodeService.SignJWTSVID:input_type -> writ.node.v1.SignJWTSVIDRequest
+	17, // 17: writ.node.v1.NodeService.ReportTemplates:input_type -> writ.node.v1.ReportTemplatesRequest
+	20, // 18: writ.node.v1.NodeService.AckBundle:input_type -> writ.node.v1.AckBundleRequest
+	23, // 19: writ.node.v1.NodeService.BatchSignJWTSVID:input_type -> writ.node.v1.BatchSignJWTSVIDRequest
+	26, // 20: writ.node.v1.NodeService.MintDownstreamX509CA:input_type -> writ.node.v1.MintDownstreamX509CARequest
+	28, // 21: writ.node.v1.NodeService.PublishDownstreamJWTAuthority:input_type -> writ.node.v1.PublishDownstreamJWTAuthorityRequest
+	1,  // 22: writ.node.v1.NodeService.Attest:output_type -> writ.node.v1.AttestResponse
+	3,  // 23: writ.node.v1.NodeService.AttestNode:output_type -> writ.node.v1.AttestNodeResponse
+	5,  // 24: writ.node.v1.NodeService.RenewAgent:output_type -> writ.node.v1.RenewAgentResponse
+	8,  // 25: writ.node.v1.NodeService.Sync:output_type -> writ.node.v1.SyncResponse
+	14, // 26: writ.node.v1.NodeService.BatchSignX509SVID:output_type -> writ.node.v1.BatchSignX509SVIDResponse
+	19, // 27: writ.node.v1.NodeService.SignJWTSVID:output_type -> writ.node.v1.SignJWTSVIDResponse
+	18, // 28: writ.node.v1.NodeService.ReportTemplates:output_type -> writ.node.v1.ReportTemplatesResponse
+	21, // 29: writ.node.v1.NodeService.AckBundle:output_type -> writ.node.v1.AckBundleResponse
+	25, // 30: writ.node.v1.NodeService.BatchSignJWTSVID:output_type -> writ.node.v1.BatchSignJWTSVIDResponse
+	27, // 31: writ.node.v1.NodeService.MintDownstreamX509CA:output_type -> writ.node.v1.MintDownstreamX509CAResponse
+	29, // 32: writ.node.v1.NodeService.PublishDownstreamJWTAuthority:output_type -> writ.node.v1.PublishDownstreamJWTAuthorityResponse
+	22, // [22:33] is the sub-list for method output_type
+	11, // [11:22] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_ca_api_node_v1_node_proto_init() }
@@ -2013,7 +2058,7 @@ func file_ca_api_node_v1_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_ca_api_node_v1_node_proto_rawDesc), len(file_ca_api_node_v1_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
