@@ -40,6 +40,14 @@ const (
 // phases runs every measurement; failures are recorded in the figures.
 func (b *bench) phases(ctx context.Context, o Options) {
 	bin, buildErr := b.buildWrit(ctx, o.WritBin)
+	if o.Only == onlyPostgres {
+		if buildErr != nil {
+			b.fail(buildErr, pgPrefixes...)
+			return
+		}
+		b.measurePostgres(ctx, bin)
+		return
+	}
 	if err := b.measureLimits(ctx); err != nil {
 		b.fail(err, "limit.", "ca.")
 	}
