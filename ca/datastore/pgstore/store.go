@@ -125,9 +125,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	// has analyzed it), and a plan estimated above jit_above_cost is
 	// compiled with LLVM on every execution: hundreds of milliseconds of
 	// CPU for a millisecond of work. The connection string may still
-	// turn JIT on.
+	// turn JIT on. A SET rather than a startup parameter, which
+	// connection poolers such as PgBouncer refuse.
 	if _, set := poolCfg.ConnConfig.RuntimeParams["jit"]; !set {
-		poolCfg.ConnConfig.RuntimeParams["jit"] = "off"
+		poolCfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+			_, err := conn.Exec(ctx, "SET jit = off")
+			return err
+		}
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
