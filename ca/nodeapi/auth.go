@@ -254,11 +254,13 @@ func (s *Service) ServerOptions() []grpc.ServerOption {
 		grpc.MaxConcurrentStreams(MaxConcurrentStreams),
 		grpc.ConnectionTimeout(HandshakeTimeout),
 		// Agents hold one mostly idle connection each: share write
-		// buffers across connections and keep read buffers small, so that
-		// thousands of agents cost little memory.
+		// buffers across connections, and read frames straight from the
+		// TLS connection, which already buffers a whole record (a read
+		// buffer of gRPC's own would cost every connection its size),
+		// so that thousands of agents cost little memory.
 		grpc.SharedWriteBuffer(true),
-		grpc.ReadBufferSize(connBufferSize),
-		grpc.WriteBufferSize(connBufferSize),
+		grpc.ReadBufferSize(0),
+		grpc.WriteBufferSize(connWriteBufferSize),
 		// Calls run on long-lived workers whose stacks have grown to
 		// the handlers' depth (see workloadapi).
 		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
@@ -279,6 +281,6 @@ const (
 	connWindow   = 4 << 20
 )
 
-// connBufferSize is the per-connection read and write buffer of the node
-// API (gRPC's default is 32 KiB each).
-const connBufferSize = 8 << 10
+// connWriteBufferSize is the node API's write batch (gRPC's default is
+// 32 KiB), taken from a shared pool only while a connection writes.
+const connWriteBufferSize = 8 << 10

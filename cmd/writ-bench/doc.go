@@ -4,6 +4,7 @@
 //	go run ./cmd/writ-bench --out bench-results   # make bench (a few minutes)
 //	go run ./cmd/writ-bench --smoke --out DIR     # make bench-smoke: every figure, no timing checked
 //	go run ./cmd/writ-bench --only limits,oauth --out DIR # the limits and the OAuth figures only
+//	go run ./cmd/writ-bench --only postgres --fan-agents 2000 --out DIR   # the two-server figures alone, a smaller fan-out
 //
 // It builds cmd/writ once (or takes --writ-bin), starts real `writ server
 // run` and `writ agent run` processes in a temporary directory, and

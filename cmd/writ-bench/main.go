@@ -53,6 +53,9 @@ type Config struct {
 	TemplateCallers int
 	// Timeout bounds every wait for a process or an SVID.
 	Timeout time.Duration
+	// FanAgents, if not zero, replaces the number of simulated agents
+	// of the PostgreSQL fan-out.
+	FanAgents int
 }
 
 // fullConfig is `make bench`: within 10 minutes on 2 cores.
@@ -107,6 +110,9 @@ type Options struct {
 	// Only, if not empty, names the phases to run (phaseNames); the
 	// figures of the others are reported as not measured.
 	Only []string
+	// FanAgents, if not zero, is the number of simulated agents of the
+	// PostgreSQL fan-out.
+	FanAgents int
 }
 
 func main() {
@@ -128,9 +134,10 @@ func runMain(ctx context.Context, args []string, stderr io.Writer) int {
 	flags.BoolVar(&o.Smoke, "smoke", false, "quick run that checks every figure is produced (timings are meaningless)")
 	flags.StringVar(&o.WritBin, "writ-bin", "", "use this writ binary instead of building ./cmd/writ")
 	flags.BoolVar(&o.Keep, "keep", false, "keep the temporary directory (data dirs and process logs)")
+	flags.IntVar(&o.FanAgents, "fan-agents", 0, "simulated agents of the PostgreSQL fan-out, split over the two servers (default: 10,000; 200 with --smoke)")
 	only := flags.String("only", "", "run only these phases, comma-separated ("+strings.Join(phaseNames, ", ")+"); the other figures are reported as not measured")
 	flags.Usage = func() {
-		fmt.Fprintln(stderr, "usage: writ-bench [--out DIR] [--smoke] [--writ-bin PATH] [--keep] [--only PHASES]")
+		fmt.Fprintln(stderr, "usage: writ-bench [--out DIR] [--smoke] [--writ-bin PATH] [--keep] [--only PHASES] [--fan-agents N]")
 		fmt.Fprintln(stderr, "Measures Writ's server and agent against this machine's limits and writes a report.")
 		flags.PrintDefaults()
 	}
@@ -138,6 +145,10 @@ func runMain(ctx context.Context, args []string, stderr io.Writer) int {
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
 		}
+		return 2
+	}
+	if o.FanAgents < 0 || o.FanAgents%2 != 0 {
+		fmt.Fprintf(stderr, "writ-bench: --fan-agents %d: want an even number of agents\n", o.FanAgents)
 		return 2
 	}
 	if flags.NArg() > 0 {
@@ -172,6 +183,7 @@ func run(ctx context.Context, o Options, stderr io.Writer) (*Results, error) {
 	if o.Smoke {
 		cfg, mode = smokeConfig(), "smoke"
 	}
+	cfg.FanAgents = o.FanAgents
 	start := time.Now()
 	b := &bench{
 		cfg:  cfg,

@@ -35,10 +35,14 @@ type pgCounts struct {
 }
 
 func pgCountsFor(cfg Config) pgCounts {
+	n := pgCounts{Entries: 10000, CLIEntries: 10000, Agents: 10000, AgentEntries: 10, FanSamples: 200}
 	if cfg.Smoke {
-		return pgCounts{Entries: 1000, CLIEntries: 2000, Agents: 200, AgentEntries: 10, FanSamples: 10}
+		n = pgCounts{Entries: 1000, CLIEntries: 2000, Agents: 200, AgentEntries: 10, FanSamples: 10}
 	}
-	return pgCounts{Entries: 10000, CLIEntries: 10000, Agents: 10000, AgentEntries: 10, FanSamples: 200}
+	if cfg.FanAgents > 0 {
+		n.Agents = cfg.FanAgents
+	}
+	return n
 }
 
 // Figures of the PostgreSQL phases.

@@ -11,6 +11,7 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -133,9 +134,18 @@ func spoolStdin(r io.Reader) (*os.File, error) {
 	return f, nil
 }
 
+// importBatch is the next batch of entries to send, or the error that
+// stopped reading the file.
+type importBatch struct {
+	entries []*adminv1.Entry
+	err     error
+}
+
 // sendEntries reads the (already checked) entries of f and creates them in
-// batches, handing each entry's result to out. If a batch fails as a
-// whole, it stops and returns the error.
+// batches, handing each entry's result to out. Batches are sent one at a
+// time, in the file's order; the next one is read and converted while the
+// server creates the current one. If a batch fails as a whole, it stops
+// and returns the error.
 func sendEntries(a *adminCmd, f *os.File, name string, total int, out *importWriter) error {
 	if total == 0 {
 		return nil
@@ -152,27 +162,36 @@ func sendEntries(a *adminCmd, f *os.File, name string, total int, out *importWri
 		}
 	}
 
-	var (
-		batch []*adminv1.Entry
-		size  int
-		sent  int // entries sent before batch
-	)
-	flush := func() error {
-		if len(batch) == 0 {
-			return nil
+	batches := make(chan importBatch, 1)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(batches)
+		readBatches(f, batches, stop)
+	})
+	defer func() {
+		close(stop)
+		wg.Wait()
+	}()
+
+	sent := 0 // entries sent before the batch
+	for b := range batches {
+		if b.err != nil {
+			endProgress()
+			return fmt.Errorf("%s changed while it was imported%w", name, b.err)
 		}
 		ctx, cancel := client.callContext(a.cli.Context)
-		resp, err := client.entries.BatchCreateEntry(ctx, &adminv1.BatchCreateEntryRequest{Entries: batch})
+		resp, err := client.entries.BatchCreateEntry(ctx, &adminv1.BatchCreateEntryRequest{Entries: b.entries})
 		cancel()
-		if err == nil && len(resp.GetResults()) != len(batch) {
-			err = fmt.Errorf("server returned %d results for %d entries", len(resp.GetResults()), len(batch))
+		if err == nil && len(resp.GetResults()) != len(b.entries) {
+			err = fmt.Errorf("server returned %d results for %d entries", len(resp.GetResults()), len(b.entries))
 		}
 		if err != nil {
 			endProgress()
 			return fmt.Errorf("import stopped at entry %d of %d: %w", sent, total, client.callError(err))
 		}
 		for k, res := range resp.GetResults() {
-			r := importResult{Index: sent + k, Status: "ok", Entry: entryToJSON(batch[k])}
+			r := importResult{Index: sent + k, Status: "ok", Entry: entryToJSON(b.entries[k])}
 			if code := codes.Code(res.GetStatus().GetCode()); code != codes.OK {
 				r.Status = code.String()
 				r.Message = res.GetStatus().GetMessage()
@@ -183,15 +202,39 @@ func sendEntries(a *adminCmd, f *os.File, name string, total int, out *importWri
 				return err
 			}
 		}
-		sent += len(batch)
-		clear(batch)
-		batch, size = batch[:0], 0
+		sent += len(b.entries)
 		if progress != nil {
 			fmt.Fprintf(progress, "\rimported %d/%d", sent, total)
 		}
-		return out.flush()
+		if err := out.flush(); err != nil {
+			return err
+		}
 	}
-	err = scanEntries(f, func(_ int, j *jsonEntry) error {
+	endProgress()
+	return nil
+}
+
+// errImportStopped ends the reading of a file whose import stopped.
+var errImportStopped = errors.New("import stopped")
+
+// readBatches reads the entries of f into batches of at most
+// importBatchEntries entries and importBatchBytes bytes and sends them on
+// batches, then any error that stopped the reading. It returns early once
+// stop is closed.
+func readBatches(f *os.File, batches chan<- importBatch, stop <-chan struct{}) {
+	emit := func(b importBatch) bool {
+		select {
+		case batches <- b:
+			return true
+		case <-stop:
+			return false
+		}
+	}
+	var (
+		batch []*adminv1.Entry
+		size  int
+	)
+	err := scanEntries(f, func(_ int, j *jsonEntry) error {
 		e, err := entryFromJSON(j)
 		if err != nil {
 			// The file changed since it was checked.
@@ -200,25 +243,22 @@ func sendEntries(a *adminCmd, f *os.File, name string, total int, out *importWri
 		w := adminv1.EntryFromDomain(e)
 		n := proto.Size(w) + 8 // field tag and length
 		if len(batch) == importBatchEntries || (len(batch) > 0 && size+n > importBatchBytes) {
-			if err := flush(); err != nil {
-				return err
+			if !emit(importBatch{entries: batch}) {
+				return errImportStopped
 			}
+			batch, size = nil, 0
 		}
 		batch = append(batch, w)
 		size += n
 		return nil
 	})
-	if err == nil {
-		err = flush()
-	} else if !strings.HasPrefix(err.Error(), "import stopped") {
-		endProgress()
-		err = fmt.Errorf("%s changed while it was imported%w", name, err)
+	switch {
+	case errors.Is(err, errImportStopped):
+	case err != nil:
+		emit(importBatch{err: err})
+	case len(batch) > 0:
+		emit(importBatch{entries: batch})
 	}
-	if err != nil {
-		return err
-	}
-	endProgress()
-	return nil
 }
 
 // importWriter writes each entry's result as it comes: in text, a line

@@ -180,7 +180,13 @@ jwt_svids = [{jwt_audience = "db", jwt_svid_file_name = "db.jwt"}]
 	if got := first.URIs[0].String(); got != "spiffe://example.org/web" {
 		t.Fatalf("svid.pem is %s", got)
 	}
-	if tok, err := os.ReadFile(filepath.Join(certs, "db.jwt")); err != nil || strings.Count(string(tok), ".") != 2 {
+	// The helper writes the JWT-SVID files after the X.509 ones.
+	jwtFile := filepath.Join(certs, "db.jwt")
+	waitUntil(t, "db.jwt written", 20*time.Second, func() bool {
+		_, err := os.Stat(jwtFile)
+		return err == nil
+	})
+	if tok, err := os.ReadFile(jwtFile); err != nil || strings.Count(string(tok), ".") != 2 {
 		t.Fatalf("db.jwt: %q, %v", tok, err)
 	}
 

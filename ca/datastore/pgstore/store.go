@@ -120,6 +120,19 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if poolCfg.ConnConfig.ConnectTimeout == 0 {
 		poolCfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
 	}
+	// Writ's queries touch few rows, but the planner overestimates some
+	// (the one-row writ_meta joined to the events, before autovacuum
+	// has analyzed it), and a plan estimated above jit_above_cost is
+	// compiled with LLVM on every execution: hundreds of milliseconds of
+	// CPU for a millisecond of work. The connection string may still
+	// turn JIT on. A SET rather than a startup parameter, which
+	// connection poolers such as PgBouncer refuse.
+	if _, set := poolCfg.ConnConfig.RuntimeParams["jit"]; !set {
+		poolCfg.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+			_, err := conn.Exec(ctx, "SET jit = off")
+			return err
+		}
+	}
 	pool, err := pgxpool.NewWithConfig(ctx, poolCfg)
 	if err != nil {
 		return nil, fmt.Errorf("open datastore: %w", classify(ctx, err))
