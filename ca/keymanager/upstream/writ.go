@@ -22,6 +22,7 @@ import (
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/keymanager"
+	"writ.dev/writ/workloadapi"
 
 	"writ.dev/writ/internal/logkey"
 )
@@ -70,7 +71,8 @@ func NewWrit(cfg WritConfig) (*Writ, error) {
 	case cfg.TrustDomain.IsZero():
 		return nil, fmt.Errorf("%w: no trust domain", ErrConfig)
 	}
-	conn, err := grpc.NewClient("unix://"+cfg.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+cfg.SocketPath,
+		append(workloadapi.SecurityHeaderDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: parent agent socket: %w", ErrConfig, err)
 	}
