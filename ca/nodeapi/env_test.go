@@ -140,6 +140,8 @@ type envOptions struct {
 	nodeAttestors func(clock.Clock) []nodeapi.NodeAttestor
 	// metrics, if set, receives the service's metrics.
 	metrics *metrics.Server
+	// parent, if set, is the parent deployment's taint (Config.Parent).
+	parent nodeapi.ParentTaint
 }
 
 // testStart is the fake clock's start: near real time, so that go-spiffe,
@@ -191,6 +193,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 		Clock:         e.clock,
 		Logger:        log,
 		Metrics:       opts.metrics,
+		Parent:        opts.parent,
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)

@@ -85,6 +85,15 @@ type Store interface {
 	ListRevocations(ctx context.Context, now time.Time) ([]*datastore.Revocation, error)
 }
 
+// ParentTaint tells a nested server which X.509 authorities its parent
+// deployment announced tainted (a *upstream.Writ).
+type ParentTaint interface {
+	// ParentTainted returns their subject key IDs, lowercase hex. It is
+	// read with each new bundle: a change of the set must come with a
+	// change of the bundle (its sequence number at least).
+	ParentTainted() []string
+}
+
 // KeyManager supplies the keys that sign now.
 type KeyManager interface {
 	Active() *keymanager.Active
@@ -121,6 +130,11 @@ type Config struct {
 	// Metrics receives the service's metrics (signatures, Sync streams,
 	// join tokens, entry and agent counts). Nil records none.
 	Metrics *metrics.Server
+	// Parent, for a server nested under a parent Writ deployment, adds
+	// the parent's tainted X.509 authorities to this server's own: agents
+	// are told of them (SyncResponse.Tainted) and LocalX509Trust returns
+	// them. Nil for none.
+	Parent ParentTaint
 }
 
 // Service serves the node API (writ.node.v1.NodeService) over TLS. Create
@@ -218,6 +232,7 @@ func New(cfg Config) (*Service, error) {
 		ready:         make(chan struct{}),
 	}
 	s.idx = newIndex(cfg.Store, cfg.TrustDomain, cfg.Clock, cfg.Logger)
+	s.idx.parent = cfg.Parent
 	s.idx.serverID = s.serverID
 	s.attestors = map[string]NodeAttestor{AttestationTypeJoinToken: &joinTokenAttestor{store: cfg.Store, clock: cfg.Clock, metrics: cfg.Metrics}}
 	for _, a := range cfg.NodeAttestors {
