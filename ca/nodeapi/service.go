@@ -74,6 +74,9 @@ type Store interface {
 	// PutCAKey and UpdateBundle record and publish the JWT keys of
 	// downstream entries (PublishDownstreamJWTAuthority).
 	PutCAKey(ctx context.Context, k *datastore.CAKey) error
+	// DeleteCAKey undoes the record of a downstream JWT key whose key ID
+	// another server published at the same time.
+	DeleteCAKey(ctx context.Context, id string) error
 	UpdateBundle(ctx context.Context, td spiffeid.TrustDomain, fn func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error)) (*spiffebundle.Bundle, error)
 
 	Events(ctx context.Context, after uint64, limit int) ([]datastore.Event, error)
@@ -175,6 +178,10 @@ type Service struct {
 	certIssued atomic.Bool
 
 	running atomic.Bool
+
+	// publishMu serializes PublishDownstreamJWTAuthority's checks and
+	// writes.
+	publishMu sync.Mutex
 
 	// jwtSigner is a signer for the active JWT key, made again when the
 	// key changes (see activeJWTSigner).
