@@ -52,25 +52,46 @@ func (c *Caller) Refused(reason string) error {
 // generated Register functions take the Server. It must be called before
 // Run, and panics afterwards (a programming error). The service's calls
 // share the Workload API's connections, limits and attestation (Attest),
-// but need not carry the security header: such services are for clients
-// that do not speak SPIFFE, such as Envoy's secret discovery service.
+// and must carry the security header as Workload API calls do (clients
+// dial with SecurityHeaderDialOptions).
 func (s *Server) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	s.register(desc, impl, false)
+}
+
+// HeaderExempt returns a grpc.ServiceRegistrar that registers services
+// as RegisterService does, except that their calls need not carry the
+// security header: only for clients that cannot send it, such as Envoy's
+// secret discovery service.
+func (s *Server) HeaderExempt() grpc.ServiceRegistrar { return exemptRegistrar{s} }
+
+type exemptRegistrar struct{ s *Server }
+
+func (r exemptRegistrar) RegisterService(desc *grpc.ServiceDesc, impl any) {
+	r.s.register(desc, impl, true)
+}
+
+func (s *Server) register(desc *grpc.ServiceDesc, impl any, exempt bool) {
 	if s.running.Load() {
 		panic(fmt.Sprintf("workloadapi: RegisterService(%s) after Run", desc.ServiceName))
 	}
-	s.extra = append(s.extra, registration{desc: desc, impl: impl})
+	s.extra = append(s.extra, registration{desc: desc, impl: impl, headerExempt: exempt})
 }
 
-// registration is a service registered with RegisterService.
+// registration is a service registered with RegisterService or
+// HeaderExempt.
 type registration struct {
-	desc *grpc.ServiceDesc
-	impl any
+	desc         *grpc.ServiceDesc
+	impl         any
+	headerExempt bool
 }
 
 // headerExempt reports whether fullMethod ("/pkg.Service/Method") is a
-// method of a service registered with RegisterService.
+// method of a service registered with HeaderExempt.
 func (s *Server) headerExempt(fullMethod string) bool {
 	for _, r := range s.extra {
+		if !r.headerExempt {
+			continue
+		}
 		name, ok := strings.CutPrefix(fullMethod, "/"+r.desc.ServiceName+"/")
 		if ok && name != "" && !strings.Contains(name, "/") {
 			return true
@@ -80,7 +101,7 @@ func (s *Server) headerExempt(fullMethod string) bool {
 }
 
 // unaryHeader and streamHeader check the security header of every call
-// but those of registered services.
+// but those of services registered with HeaderExempt.
 func (s *Server) unaryHeader(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
 	if s.headerExempt(info.FullMethod) {
 		return handler(ctx, req)

@@ -23,9 +23,10 @@
 //
 //  1. The metadata must hold "workload.spiffe.io" exactly once, with
 //     the value "true"; otherwise InvalidArgument, before anything else.
-//     This holds for the Workload API and reflection; services registered
-//     with RegisterService (Envoy's SDS) are exempt, as their clients
-//     cannot send it.
+//     This holds for the Workload API, reflection and the services
+//     registered with RegisterService (RevocationService,
+//     DownstreamService); only those registered with HeaderExempt
+//     (Envoy's SDS) are exempt, as their clients cannot send it.
 //  2. The caller is attested. Its process was pinned once, when the
 //     connection was accepted (in the gRPC transport handshake); each call
 //     checks that it is still the same process, with the same uid, gid and

@@ -39,6 +39,29 @@ func headerFrom(ctx context.Context) error {
 	return checkSecurityHeader(md)
 }
 
+// SecurityHeaderDialOptions are the dial options of a client of a service
+// on the agent socket other than the Workload API (RevocationService,
+// DownstreamService): they add the security header to every call.
+func SecurityHeaderDialOptions() []grpc.DialOption {
+	return []grpc.DialOption{
+		grpc.WithChainUnaryInterceptor(func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+			return invoker(withSecurityHeader(ctx), method, req, reply, cc, opts...)
+		}),
+		grpc.WithChainStreamInterceptor(func(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+			return streamer(withSecurityHeader(ctx), desc, cc, method, opts...)
+		}),
+	}
+}
+
+// withSecurityHeader adds SecurityHeader to ctx's outgoing metadata
+// unless it is there already.
+func withSecurityHeader(ctx context.Context) context.Context {
+	if md, ok := metadata.FromOutgoingContext(ctx); ok && len(md[SecurityHeader]) > 0 {
+		return ctx
+	}
+	return metadata.AppendToOutgoingContext(ctx, SecurityHeader, "true")
+}
+
 // unaryHeaderCheck and streamHeaderCheck refuse, before anything else,
 // calls of every service on the socket (reflection included) that lack
 // the security header.

@@ -82,7 +82,7 @@ func New(cfg Config) (*Process, error) {
 	if err != nil {
 		return nil, err
 	}
-	sds.Register(wl)
+	sds.Register(wl.HeaderExempt()) // Envoy does not send the security header
 	rev, err := revocationapi.NewService(revocationapi.ServiceConfig{Socket: wl, List: a.Revocations(), Logger: log.With("component", "revocations")})
 	if err != nil {
 		return nil, err

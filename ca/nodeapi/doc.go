@@ -26,7 +26,8 @@
 // entry's X.509 TTL, or Config.DownstreamCATTL, and to the signing CA's),
 // and PublishDownstreamJWTAuthority records the downstream's JWT key
 // (owner "downstream:<entry ID>") and adds it to the bundle until it
-// expires.
+// expires: never under a key ID the bundle holds for another owner, and
+// at most MaxDownstreamJWTKeys unexpired keys per entry.
 //
 // A node alias is an entry whose parent ID is the server's own
 // (spiffe://<td>/writ/server): an agent whose node selectors include all

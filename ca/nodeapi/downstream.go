@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"log/slog"
 	"regexp"
-	"slices"
 	"strings"
 	"time"
 
@@ -31,6 +30,17 @@ import (
 // holds their private keys; the key manager publishes them like other
 // servers' keys and drops them when they expire.
 const DownstreamOwnerPrefix = "downstream:"
+
+// MaxDownstreamJWTKeys is the most unexpired JWT keys one downstream
+// entry may have published at once: a nested server has one or two (the
+// current key and the next), so 4 leaves room for a restart with a lost
+// key store while bounding what a compromised downstream can add to the
+// bundle every workload downloads.
+const MaxDownstreamJWTKeys = 4
+
+// errKeyIDTaken refuses, inside the bundle update, a key ID the bundle
+// holds for another owner.
+var errKeyIDTaken = errors.New("key ID is taken")
 
 // msgNotDownstream answers a downstream request for an entry the agent
 // may not use or that is not downstream, whether or not it exists.
@@ -161,8 +171,12 @@ func roomBelow(p []*x509.Certificate) error {
 // PublishDownstreamJWTAuthority records a downstream entry's JWT public
 // key (as a CA key record owned by "downstream:<entry ID>") and adds it to
 // the trust domain's bundle. Its expiry is cut to the entry's limit; the
-// key manager drops it from the bundle once it has expired. A key ID that
-// names a key of another owner is refused.
+// key manager drops it from the bundle once it has expired. A key ID the
+// bundle or a record holds for another owner (another entry, a server,
+// or the parent deployment of a nested server, whose keys have no record
+// here) is refused with AlreadyExists, checked again inside the bundle
+// update; beyond MaxDownstreamJWTKeys unexpired keys of the entry, a new
+// one is refused with ResourceExhausted.
 func (h *handler) PublishDownstreamJWTAuthority(ctx context.Context, req *nodev1.PublishDownstreamJWTAuthorityRequest) (*nodev1.PublishDownstreamJWTAuthorityResponse, error) {
 	s := h.s
 	c, err := s.callerFrom(ctx, true)
@@ -196,16 +210,42 @@ func (h *handler) PublishDownstreamJWTAuthority(ctx context.Context, req *nodev1
 		exp = limit
 	}
 	owner := DownstreamOwnerPrefix + e.ID
+	kid := req.GetKeyId()
+	// One publication at a time on this server, so that the checks below
+	// and the record are not raced by another call here; the bundle
+	// update checks again against servers sharing the store.
+	s.publishMu.Lock()
+	defer s.publishMu.Unlock()
 	keys, err := s.store.ListCAKeys(ctx)
 	if err != nil {
 		return nil, s.internal(ctx, c, "list CA keys", err)
 	}
-	if i := slices.IndexFunc(keys, func(k *datastore.CAKey) bool { return k.ID == req.GetKeyId() }); i >= 0 && keys[i].ServerID != owner {
-		s.log.LogAttrs(ctx, slog.LevelWarn, "downstream JWT key refused", slog.String(logkey.EntryID, e.ID), slog.String(logkey.KeyID, req.GetKeyId()), slog.String(logkey.Reason, "key ID taken by another owner"))
-		return nil, status.Error(codes.AlreadyExists, "key ID is taken")
+	owned, live := false, 0
+	for _, k := range keys {
+		switch {
+		case k.ID == kid && k.ServerID != owner:
+			return nil, s.keyIDTaken(ctx, e.ID, kid, "key ID taken by another owner")
+		case k.ID == kid:
+			owned = true
+		case k.ServerID == owner && k.Kind == datastore.CAKeyJWT && now.Before(k.NotAfter):
+			live++
+		}
+	}
+	if !owned && live >= MaxDownstreamJWTKeys {
+		s.log.LogAttrs(ctx, slog.LevelWarn, "downstream JWT key refused", slog.String(logkey.EntryID, e.ID), slog.String(logkey.KeyID, kid), slog.String(logkey.Reason, "too many unexpired keys"))
+		return nil, status.Errorf(codes.ResourceExhausted, "the entry has %d unexpired JWT keys, the most allowed", live)
+	}
+	if !owned {
+		cur, err := s.store.FetchBundle(ctx, s.td)
+		if err != nil && !errors.Is(err, datastore.ErrNotFound) {
+			return nil, s.internal(ctx, c, "fetch bundle", err)
+		}
+		if _, ok := bundleJWTKey(cur, kid); ok {
+			return nil, s.keyIDTaken(ctx, e.ID, kid, "key ID in the bundle for another owner")
+		}
 	}
 	rec := &datastore.CAKey{
-		ID:           req.GetKeyId(),
+		ID:           kid,
 		Kind:         datastore.CAKeyJWT,
 		State:        datastore.CAKeyRetired,
 		ServerID:     owner,
@@ -223,18 +263,30 @@ func (h *handler) PublishDownstreamJWTAuthority(ctx context.Context, req *nodev1
 		if old == nil {
 			return nil, errors.New("no trust bundle yet")
 		}
-		if cur, ok := old.FindJWTAuthority(rec.ID); ok && equalKeys(cur, pub) {
+		cur, ok := old.FindJWTAuthority(kid)
+		if ok && !owned {
+			return nil, errKeyIDTaken
+		}
+		if ok && equalKeys(cur, pub) {
 			return old, nil
 		}
 		nb := old.Clone()
-		nb.RemoveJWTAuthority(rec.ID)
-		if err := nb.AddJWTAuthority(rec.ID, pub); err != nil {
+		nb.RemoveJWTAuthority(kid)
+		if err := nb.AddJWTAuthority(kid, pub); err != nil {
 			return nil, err
 		}
 		seq, _ := old.SequenceNumber()
 		nb.SetSequenceNumber(seq + 1)
 		return nb, nil
 	})
+	if errors.Is(err, errKeyIDTaken) {
+		// Another server published the key ID meanwhile: the record just
+		// made must not make the key manager drop that key at its expiry.
+		if derr := s.store.DeleteCAKey(ctx, kid); derr != nil {
+			s.log.LogAttrs(ctx, slog.LevelError, "could not delete the record of a refused downstream JWT key", slog.String(logkey.EntryID, e.ID), slog.String(logkey.KeyID, kid), slog.String(logkey.Error, derr.Error()))
+		}
+		return nil, s.keyIDTaken(ctx, e.ID, kid, "key ID published meanwhile for another owner")
+	}
 	if err != nil {
 		return nil, s.internal(ctx, c, "publish downstream JWT key", err)
 	}
@@ -242,8 +294,22 @@ func (h *handler) PublishDownstreamJWTAuthority(ctx context.Context, req *nodev1
 	if err != nil {
 		return nil, s.internal(ctx, c, "encode bundle", err)
 	}
-	s.log.LogAttrs(ctx, slog.LevelInfo, "downstream JWT key published", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.EntryID, e.ID), slog.String(logkey.KeyID, rec.ID), slog.Time("not_after", exp))
+	s.log.LogAttrs(ctx, slog.LevelInfo, "downstream JWT key published", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.EntryID, e.ID), slog.String(logkey.KeyID, kid), slog.Time("not_after", exp))
 	return &nodev1.PublishDownstreamJWTAuthorityResponse{ExpiresAt: exp.Unix(), Bundle: raw}, nil
+}
+
+// keyIDTaken logs and returns the refusal of a key ID another owner holds.
+func (s *Service) keyIDTaken(ctx context.Context, entryID, kid, reason string) error {
+	s.log.LogAttrs(ctx, slog.LevelWarn, "downstream JWT key refused", slog.String(logkey.EntryID, entryID), slog.String(logkey.KeyID, kid), slog.String(logkey.Reason, reason))
+	return status.Error(codes.AlreadyExists, "key ID is taken")
+}
+
+// bundleJWTKey returns the JWT key of b under kid (b may be nil).
+func bundleJWTKey(b *spiffebundle.Bundle, kid string) (crypto.PublicKey, bool) {
+	if b == nil {
+		return nil, false
+	}
+	return b.FindJWTAuthority(kid)
 }
 
 // equalKeys reports whether two public keys are the same.

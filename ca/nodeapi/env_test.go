@@ -57,6 +57,8 @@ type testStore struct {
 	*boltstore.Store
 	// beforeUpdateAgent, if set, runs once before the next UpdateAgent.
 	beforeUpdateAgent atomic.Pointer[func()]
+	// beforeUpdateBundle, if set, runs once before the next UpdateBundle.
+	beforeUpdateBundle atomic.Pointer[func()]
 	// eventsGate, if set, blocks Events until it is closed.
 	eventsGate atomic.Pointer[chan struct{}]
 	// eventsErr, if set, fails Events.
@@ -77,6 +79,13 @@ func (s *testStore) UpdateAgent(ctx context.Context, id spiffeid.ID, fn func(*da
 		(*h)()
 	}
 	return s.Store.UpdateAgent(ctx, id, fn)
+}
+
+func (s *testStore) UpdateBundle(ctx context.Context, td spiffeid.TrustDomain, fn func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error)) (*spiffebundle.Bundle, error) {
+	if h := s.beforeUpdateBundle.Swap(nil); h != nil {
+		(*h)()
+	}
+	return s.Store.UpdateBundle(ctx, td, fn)
 }
 
 func (s *testStore) Events(ctx context.Context, after uint64, limit int) ([]datastore.Event, error) {
@@ -140,6 +149,8 @@ type envOptions struct {
 	nodeAttestors func(clock.Clock) []nodeapi.NodeAttestor
 	// metrics, if set, receives the service's metrics.
 	metrics *metrics.Server
+	// parent, if set, is the parent deployment's taint (Config.Parent).
+	parent nodeapi.ParentTaint
 }
 
 // testStart is the fake clock's start: near real time, so that go-spiffe,
@@ -191,6 +202,7 @@ func newEnv(t testing.TB, opts envOptions) *env {
 		Clock:         e.clock,
 		Logger:        log,
 		Metrics:       opts.metrics,
+		Parent:        opts.parent,
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)

@@ -86,6 +86,9 @@ type index struct {
 
 	// serverID is the parent of node alias entries.
 	serverID spiffeid.ID
+	// parent, if not nil, adds a parent deployment's tainted X.509
+	// authorities to the tainted set (read with each new bundle).
+	parent ParentTaint
 
 	mu sync.RWMutex // guards loaded, rev, entries, byParent, agents, aliasesOf, membersOf, subs, federated, fedVersion
 	// loaded is set once the first snapshot is in.
@@ -611,7 +614,8 @@ func (ix *index) unsubscribe(sub *subscriber) {
 	ix.broadcastSent()
 }
 
-// taintedAuthorities reads the tainted CA keys.
+// taintedAuthorities reads the tainted CA keys, and adds the X.509
+// authorities the parent deployment announced tainted.
 func (ix *index) taintedAuthorities(ctx context.Context) (*nodev1.TaintedAuthorities, error) {
 	keys, err := ix.store.ListCAKeys(ctx)
 	if err != nil {
@@ -634,7 +638,11 @@ func (ix *index) taintedAuthorities(ctx context.Context) (*nodev1.TaintedAuthori
 			t.JwtKeyIds = append(t.JwtKeyIds, id)
 		}
 	}
+	if ix.parent != nil {
+		t.X509AuthorityIds = append(t.X509AuthorityIds, ix.parent.ParentTainted()...)
+	}
 	slices.Sort(t.X509AuthorityIds)
+	t.X509AuthorityIds = slices.Compact(t.X509AuthorityIds)
 	slices.Sort(t.JwtKeyIds)
 	return t, nil
 }

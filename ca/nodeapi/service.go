@@ -77,6 +77,9 @@ type Store interface {
 	// PutCAKey and UpdateBundle record and publish the JWT keys of
 	// downstream entries (PublishDownstreamJWTAuthority).
 	PutCAKey(ctx context.Context, k *datastore.CAKey) error
+	// DeleteCAKey undoes the record of a downstream JWT key whose key ID
+	// another server published at the same time.
+	DeleteCAKey(ctx context.Context, id string) error
 	UpdateBundle(ctx context.Context, td spiffeid.TrustDomain, fn func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error)) (*spiffebundle.Bundle, error)
 
 	Events(ctx context.Context, after uint64, limit int) ([]datastore.Event, error)
@@ -86,6 +89,15 @@ type Store interface {
 	// ListRevocations is read at load and after revocation events, for
 	// the revocations pushed to agents.
 	ListRevocations(ctx context.Context, now time.Time) ([]*datastore.Revocation, error)
+}
+
+// ParentTaint tells a nested server which X.509 authorities its parent
+// deployment announced tainted (a *upstream.Writ).
+type ParentTaint interface {
+	// ParentTainted returns their subject key IDs, lowercase hex. It is
+	// read with each new bundle: a change of the set must come with a
+	// change of the bundle (its sequence number at least).
+	ParentTainted() []string
 }
 
 // KeyManager supplies the keys that sign now.
@@ -124,6 +136,11 @@ type Config struct {
 	// Metrics receives the service's metrics (signatures, Sync streams,
 	// join tokens, entry and agent counts). Nil records none.
 	Metrics *metrics.Server
+	// Parent, for a server nested under a parent Writ deployment, adds
+	// the parent's tainted X.509 authorities to this server's own: agents
+	// are told of them (SyncResponse.Tainted) and LocalX509Trust returns
+	// them. Nil for none.
+	Parent ParentTaint
 }
 
 // Service serves the node API (writ.node.v1.NodeService) over TLS. Create
@@ -164,6 +181,10 @@ type Service struct {
 	certIssued atomic.Bool
 
 	running atomic.Bool
+
+	// publishMu serializes PublishDownstreamJWTAuthority's checks and
+	// writes.
+	publishMu sync.Mutex
 
 	// jwtSigner is a signer for the active JWT key, made again when the
 	// key changes (see activeJWTSigner).
@@ -221,6 +242,7 @@ func New(cfg Config) (*Service, error) {
 		ready:         make(chan struct{}),
 	}
 	s.idx = newIndex(cfg.Store, cfg.TrustDomain, cfg.Clock, cfg.Logger)
+	s.idx.parent = cfg.Parent
 	s.idx.serverID = s.serverID
 	s.attestors = map[string]NodeAttestor{AttestationTypeJoinToken: &joinTokenAttestor{store: cfg.Store, clock: cfg.Clock, metrics: cfg.Metrics}}
 	for _, a := range cfg.NodeAttestors {

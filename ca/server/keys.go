@@ -10,6 +10,7 @@ import (
 	"writ.dev/writ/ca/keymanager/keystore"
 	"writ.dev/writ/ca/keymanager/keystore/pkcs11store"
 	"writ.dev/writ/ca/keymanager/upstream"
+	"writ.dev/writ/ca/nodeapi"
 	"writ.dev/writ/internal/datadir"
 )
 
@@ -182,11 +183,12 @@ func newAuthority(cfg Config) (keymanager.Authority, error) {
 // their private keys where cfg.Keys says. The returned function releases
 // the key store (and the upstream) once nothing signs any more; follow,
 // when not nil, keeps the bundle following a parent Writ deployment's
-// until its context ends.
-func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keymanager.Store) (km *keymanager.Manager, release func(), follow func(context.Context) error, err error) {
+// until its context ends, and parent then tells the node API which of the
+// parent's X.509 authorities are tainted.
+func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keymanager.Store) (km *keymanager.Manager, release func(), follow func(context.Context) error, parent nodeapi.ParentTaint, err error) {
 	id, err := LoadOrCreateServerID(dir.Path())
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
 	var ks keymanager.KeyStore
 	closeKeys := func() {}
@@ -194,27 +196,27 @@ func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keym
 	switch cfg.Keys.KeyManager {
 	case "", KeyManagerDisk:
 		if ks, err = keystore.NewDisk(dir.Join(KeysDir)); err != nil {
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
 	case KeyManagerMemory:
 		ks, volatile = keystore.NewMemory(), true
 	case KeyManagerPKCS11:
 		p, err := openPKCS11(ctx, cfg.Keys)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
 		ks, closeKeys = p, func() { p.Close() }
 		if err := checkTokenState(ctx, p, store); err != nil {
 			closeKeys()
-			return nil, nil, nil, err
+			return nil, nil, nil, nil, err
 		}
 	default:
-		return nil, nil, nil, cfg.Keys.check()
+		return nil, nil, nil, nil, cfg.Keys.check()
 	}
 	auth, err := newAuthority(cfg)
 	if err != nil {
 		closeKeys()
-		return nil, nil, nil, fmt.Errorf("upstream authority: %w", err)
+		return nil, nil, nil, nil, fmt.Errorf("upstream authority: %w", err)
 	}
 	if w, ok := auth.(*upstream.Writ); ok {
 		prev := closeKeys
@@ -222,6 +224,7 @@ func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keym
 			prev()
 			w.Close()
 		}
+		parent = w
 		follow = func(ctx context.Context) error {
 			return w.Follow(ctx, store, func(ctx context.Context, ids []string) error {
 				_, err := km.ReplaceUpstreamTainted(ctx, ids)
@@ -253,9 +256,9 @@ func newKeyManager(ctx context.Context, dir *datadir.Dir, cfg Config, store keym
 	})
 	if err != nil {
 		closeKeys()
-		return nil, nil, nil, err
+		return nil, nil, nil, nil, err
 	}
-	return km, closeKeys, follow, nil
+	return km, closeKeys, follow, parent, nil
 }
 
 // openPKCS11 opens the token c names, reading the PIN from its file.

@@ -287,7 +287,7 @@ func (s *Server) Run(ctx context.Context) error {
 	defer store.Close()
 	store = measureStore(store, s.cfg.Metrics, s.cfg.Clock)
 
-	km, closeKeys, followParent, err := newKeyManager(ctx, dir, s.cfg, store)
+	km, closeKeys, followParent, parentTaint, err := newKeyManager(ctx, dir, s.cfg, store)
 	if err != nil {
 		return err
 	}
@@ -303,6 +303,7 @@ func (s *Server) Run(ctx context.Context) error {
 		DefaultJWTSVIDTTL:  s.cfg.DefaultJWTSVIDTTL,
 		NodeAttestors:      s.cfg.NodeAttestors,
 		Metrics:            s.cfg.Metrics,
+		Parent:             parentTaint,
 	})
 	if err != nil {
 		return err

@@ -86,7 +86,7 @@ func (b *bench) measureOAuthValidation(ctx context.Context) error {
 	}
 	newAuthz := func(cache int) (*authz.AccessTokenAuthorizer, error) {
 		return authz.NewAccessTokenAuthorizer(authz.AccessTokenConfig{
-			Bundles: bundle, Audience: []string{"https://orders.bench.test"}, Scopes: []string{"orders:read"},
+			TrustDomain: benchTD, Bundles: bundle, Audience: []string{"https://orders.bench.test"}, Scopes: []string{"orders:read"},
 			Revocations: revs, TokenCacheSize: cache,
 		})
 	}

@@ -31,6 +31,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	agentv1 "writ.dev/writ/ca/api/agent/v1"
+	writwl "writ.dev/writ/workloadapi"
 )
 
 var exampleTD = spiffeid.RequireTrustDomainFromString("example.org")
@@ -61,7 +62,8 @@ func parsePEMCerts(t *testing.T, s string) []*x509.Certificate {
 // downstreamClient connects to an agent's DownstreamService.
 func downstreamClient(t *testing.T, p *agentProc) agentv1.DownstreamServiceClient {
 	t.Helper()
-	conn, err := grpc.NewClient("unix://"+p.socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+p.socket,
+		append(writwl.SecurityHeaderDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
 	}

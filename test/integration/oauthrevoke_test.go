@@ -168,13 +168,13 @@ func TestIntegrationOAuthResourceServer(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatal("no revocation list from host 2's agent")
 	}
+	td := spiffeid.RequireTrustDomainFromString("example.org")
 	az, err := authz.NewAccessTokenAuthorizer(authz.AccessTokenConfig{
-		Bundles: bundles, Audience: []string{audience}, Issuer: issuer, Scopes: []string{"orders:read"}, Revocations: revoked,
+		TrustDomain: td, Bundles: bundles, Audience: []string{audience}, Issuer: issuer, Scopes: []string{"orders:read"}, Revocations: revoked,
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	td := spiffeid.RequireTrustDomainFromString("example.org")
 	lis, err := tls.Listen("tcp", "127.0.0.1:0", authz.ServerTLSConfig(rsSVID, authz.TrustDomain(td)))
 	if err != nil {
 		t.Fatal(err)

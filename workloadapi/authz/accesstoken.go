@@ -33,6 +33,10 @@ var (
 	// x5t#S256, RFC 8705) that is not the TLS client certificate of the
 	// request, or the request has none (wrapped in ErrInvalidToken).
 	ErrBinding = errors.New("authz: token not bound to this client certificate")
+	// ErrForeignTrustDomain: the token's sub is outside the authorization
+	// server's trust domain (AccessTokenConfig.TrustDomain), for instance
+	// in a federated one (wrapped in ErrInvalidToken).
+	ErrForeignTrustDomain = errors.New("authz: token subject outside the authorization server's trust domain")
 )
 
 // maxActDepth bounds the delegation chain (act claims nested in act
@@ -51,9 +55,15 @@ type RevocationSource interface {
 
 // AccessTokenConfig configures an AccessTokenAuthorizer.
 type AccessTokenConfig struct {
-	// Bundles supplies the JWT authorities by trust domain (required):
-	// the keys that sign JWT-SVIDs sign access tokens too. Use go-spiffe's
-	// *workloadapi.BundleSource or *workloadapi.JWTSource.
+	// TrustDomain is the trust domain of the authorization server that
+	// issues the tokens (required). Only tokens whose sub is in it are
+	// accepted, and their keys are looked up only in its bundle: a
+	// federated trust domain, whose bundle Bundles may also hold, cannot
+	// sign access tokens this resource server accepts.
+	TrustDomain spiffeid.TrustDomain
+	// Bundles supplies the JWT authorities (required): the keys that sign
+	// JWT-SVIDs sign access tokens too. Only TrustDomain's bundle is used.
+	// Use go-spiffe's *workloadapi.BundleSource or *workloadapi.JWTSource.
 	Bundles jwtbundle.Source
 	// Audience lists the audiences of this resource server (required): a
 	// token is valid if its aud holds one of them.
@@ -81,6 +91,7 @@ type AccessTokenConfig struct {
 // validated locally: no request reaches the authorization server. See
 // the package documentation for the rules.
 type AccessTokenAuthorizer struct {
+	td          spiffeid.TrustDomain
 	bundles     jwtbundle.Source
 	audience    []string
 	issuer      string
@@ -94,6 +105,8 @@ type AccessTokenAuthorizer struct {
 // NewAccessTokenAuthorizer checks cfg and returns an AccessTokenAuthorizer.
 func NewAccessTokenAuthorizer(cfg AccessTokenConfig) (*AccessTokenAuthorizer, error) {
 	switch {
+	case cfg.TrustDomain.IsZero():
+		return nil, errors.New("authz: AccessTokenConfig.TrustDomain is required")
 	case cfg.Bundles == nil:
 		return nil, errors.New("authz: AccessTokenConfig.Bundles is required")
 	case len(cfg.Audience) == 0:
@@ -105,7 +118,8 @@ func NewAccessTokenAuthorizer(cfg AccessTokenConfig) (*AccessTokenAuthorizer, er
 		return nil, err
 	}
 	a := &AccessTokenAuthorizer{
-		bundles:     cfg.Bundles,
+		td:          cfg.TrustDomain,
+		bundles:     trustDomainBundle{td: cfg.TrustDomain, src: cfg.Bundles},
 		audience:    slices.Clone(cfg.Audience),
 		issuer:      cfg.Issuer,
 		scopes:      slices.Clone(cfg.Scopes),
@@ -127,6 +141,21 @@ func NewAccessTokenAuthorizer(cfg AccessTokenConfig) (*AccessTokenAuthorizer, er
 		a.verifier = jwtsvid.NewAccessTokenVerifier(n)
 	}
 	return a, nil
+}
+
+// trustDomainBundle is a jwtbundle.Source holding only td's bundle of
+// src: the authorization server's keys, never a federated trust
+// domain's.
+type trustDomainBundle struct {
+	td  spiffeid.TrustDomain
+	src jwtbundle.Source
+}
+
+func (b trustDomainBundle) GetJWTBundleForTrustDomain(td spiffeid.TrustDomain) (*jwtbundle.Bundle, error) {
+	if td != b.td {
+		return nil, fmt.Errorf("%w: trust domain %q is not the authorization server's", ErrForeignTrustDomain, td)
+	}
+	return b.src.GetJWTBundleForTrustDomain(td)
 }
 
 func checkScopes(scopes []string) error {
@@ -236,6 +265,8 @@ func (a *AccessTokenAuthorizer) validate(token string, peer *x509.Certificate) (
 		c   *jwtsvid.Claims
 		err error
 	)
+	// The bundle source answers only for a.td; the check after
+	// validation says so again, whatever the source did.
 	if a.verifier != nil {
 		c, err = a.verifier.Validate(token, a.bundles, a.audience, now)
 	} else {
@@ -243,6 +274,9 @@ func (a *AccessTokenAuthorizer) validate(token string, peer *x509.Certificate) (
 	}
 	if err != nil {
 		return nil, err
+	}
+	if c.ID.TrustDomain() != a.td {
+		return nil, fmt.Errorf("%w: sub in %q", ErrForeignTrustDomain, c.ID.TrustDomain())
 	}
 	t := &AccessToken{Subject: c.ID, Audience: c.Audience, IssuedAt: c.IssuedAt, Expiry: c.Expiry}
 	var ok bool

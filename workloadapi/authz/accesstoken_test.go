@@ -84,10 +84,12 @@ func thumbprint(c *x509.Certificate) string {
 	return base64.RawURLEncoding.EncodeToString(sum[:])
 }
 
-// accessEnv is an AccessTokenAuthorizer of td's bundle requiring
-// orders:read, with a revocation list.
+// accessEnv is an AccessTokenAuthorizer of td requiring orders:read,
+// with a revocation list, whose bundle source also holds the bundle of a
+// federated trust domain, evil.
 type accessEnv struct {
 	pki     *pki
+	evil    *pki
 	clock   *fakeclock.Clock
 	revs    *revocation.List
 	authz   *authz.AccessTokenAuthorizer
@@ -96,11 +98,12 @@ type accessEnv struct {
 
 func newAccessEnv(t *testing.T, cacheSize int) *accessEnv {
 	t.Helper()
-	e := &accessEnv{pki: newPKI(t, td), clock: fakeclock.New(t0)}
+	e := &accessEnv{pki: newPKI(t, td), evil: newPKI(t, evilTD), clock: fakeclock.New(t0)}
 	e.revs = revocation.New(e.clock)
 	var err error
 	e.authz, err = authz.NewAccessTokenAuthorizer(authz.AccessTokenConfig{
-		Bundles:        jwtbundle.NewSet(e.pki.jwtBundle()),
+		TrustDomain:    td,
+		Bundles:        jwtbundle.NewSet(e.pki.jwtBundle(), e.evil.jwtBundle()),
 		Audience:       []string{rsAudience},
 		Issuer:         issuer,
 		Scopes:         []string{"orders:read"},
@@ -365,14 +368,50 @@ func TestAccessTokenBindingOverTLS(t *testing.T) {
 	}
 }
 
+// TestAccessTokenFederatedSigner checks that a federated trust domain,
+// whose bundle the resource server holds, cannot sign access tokens it
+// accepts: a token signed by evil.org's own JWT key, for a subject in
+// evil.org and otherwise valid (iss and aud ours), is refused, with and
+// without the token cache; and so is one naming a subject of ours but
+// signed by evil.org's key under its kid.
+func TestAccessTokenFederatedSigner(t *testing.T) {
+	for _, cache := range []int{0, -1} {
+		e := newAccessEnv(t, cache)
+		forged := func(sub string) string {
+			c := accessClaims(e.clock.Now())
+			c["sub"], c["client_id"] = sub, sub
+			return signJWS(t, e.evil.jwtKey.Signer, map[string]any{"alg": "ES256", "kid": e.evil.jwtKey.ID, "typ": "at+jwt"}, c)
+		}
+		for _, sub := range []string{"spiffe://evil.org/x", clientID} {
+			token := forged(sub)
+			for range 2 { // the second time from the cache, if it had been remembered
+				if rec := e.serve(token, nil); rec.Code != 401 {
+					t.Errorf("cache %d, sub %s: %d %s", cache, sub, rec.Code, rec.Body)
+				}
+			}
+			_, err := e.authz.Authenticate("Bearer "+token, nil)
+			if !errors.Is(err, authz.ErrInvalidToken) {
+				t.Errorf("cache %d, sub %s: %v", cache, sub, err)
+			}
+		}
+		if _, err := e.authz.Authenticate("Bearer "+forged("spiffe://evil.org/x"), nil); !errors.Is(err, authz.ErrForeignTrustDomain) {
+			t.Errorf("cache %d: %v, want ErrForeignTrustDomain", cache, err)
+		}
+		if rec := e.serve(e.sign(t, nil), nil); rec.Code != 200 {
+			t.Errorf("cache %d: a token of ours: %d", cache, rec.Code)
+		}
+	}
+}
+
 func TestNewAccessTokenAuthorizerConfig(t *testing.T) {
 	b := jwtbundle.New(td)
 	for _, cfg := range []authz.AccessTokenConfig{
-		{Audience: []string{rsAudience}},
-		{Bundles: b},
-		{Bundles: b, Audience: []string{""}},
-		{Bundles: b, Audience: []string{rsAudience}, Scopes: []string{"a b"}},
-		{Bundles: b, Audience: []string{rsAudience}, Scopes: []string{`a"`}},
+		{TrustDomain: td, Audience: []string{rsAudience}},
+		{TrustDomain: td, Bundles: b},
+		{Bundles: b, Audience: []string{rsAudience}},
+		{TrustDomain: td, Bundles: b, Audience: []string{""}},
+		{TrustDomain: td, Bundles: b, Audience: []string{rsAudience}, Scopes: []string{"a b"}},
+		{TrustDomain: td, Bundles: b, Audience: []string{rsAudience}, Scopes: []string{`a"`}},
 	} {
 		if _, err := authz.NewAccessTokenAuthorizer(cfg); err == nil {
 			t.Errorf("%+v: no error", cfg)
@@ -392,7 +431,7 @@ func BenchmarkAccessTokenAuthenticate(b *testing.B) {
 	}
 	e.revs.Add(rs)
 	a, err := authz.NewAccessTokenAuthorizer(authz.AccessTokenConfig{
-		Bundles: jwtbundle.NewSet(e.pki.jwtBundle()), Audience: []string{rsAudience}, Issuer: issuer,
+		TrustDomain: td, Bundles: jwtbundle.NewSet(e.pki.jwtBundle()), Audience: []string{rsAudience}, Issuer: issuer,
 		Scopes: []string{"orders:read"}, Revocations: e.revs, Clock: e.clock,
 	})
 	if err != nil {

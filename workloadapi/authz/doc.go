@@ -86,6 +86,7 @@
 // # OAuth 2.0 access tokens (HTTP and gRPC)
 //
 //	a, err := authz.NewAccessTokenAuthorizer(authz.AccessTokenConfig{
+//		TrustDomain: td,        // the authorization server's trust domain
 //		Bundles:     bundleSrc, // go-spiffe workloadapi.BundleSource
 //		Audience:    []string{"https://orders.example.org"},
 //		Scopes:      []string{"orders:read"},
@@ -95,8 +96,10 @@
 //
 // An AccessTokenAuthorizer validates the RFC 9068 access tokens Writ's
 // server issues, locally: ca/jwtsvid's validation with the access-token
-// profile (allowed algorithm and header, key by kid in the bundle of the
-// subject's trust domain, signature first, exp, nbf and iat with
+// profile (allowed algorithm and header, sub in the configured
+// TrustDomain, the authorization server's, and the key by kid in that
+// trust domain's bundle only, never a federated one's even if the bundle
+// source holds it, signature first, exp, nbf and iat with
 // jwtsvid.Leeway, aud) and typ at+jwt required, so that a JWT-SVID is
 // not accepted as an access token; then iss (if configured), client_id,
 // jti and iat present, act well formed, the certificate binding (a cnf

@@ -101,6 +101,7 @@ func ExampleAccessTokenAuthorizer_Middleware() {
 	revoked := revocation.New(nil) // in a service: a revocationapi.Client
 
 	a, err := authz.NewAccessTokenAuthorizer(authz.AccessTokenConfig{
+		TrustDomain: td,     // the authorization server's: only its keys sign tokens
 		Bundles:     bundle, // in a service: a go-spiffe workloadapi.BundleSource
 		Audience:    []string{"https://orders.example.org"},
 		Scopes:      []string{"orders:read"},

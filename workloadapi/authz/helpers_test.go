@@ -26,6 +26,7 @@ func TestMain(m *testing.M) { os.Exit(leakcheck.Main(m)) }
 var (
 	td      = spiffeid.RequireTrustDomainFromString("example.org")
 	otherTD = spiffeid.RequireTrustDomainFromString("other.test")
+	evilTD  = spiffeid.RequireTrustDomainFromString("evil.org")
 	// t0 is the time of the JWT tests; certificates are minted at the
 	// real time, as handshakes read the real clock unless told otherwise.
 	t0 = time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)

@@ -8,6 +8,9 @@
 //	h, err := downstream.New(downstream.Config{Socket: wl, Cache: a.Cache(), Forwarder: a.Downstream()})
 //	h.Register(wl) // before wl.Run
 //
+// Every call must carry the Workload API's security header
+// (workload.spiffe.io: true; clients dial with
+// workloadapi.SecurityHeaderDialOptions), or fails with InvalidArgument.
 // Callers are identified exactly as Workload API callers are (the
 // connection's peer credentials, pinned at connect, then the agent's
 // entries). A caller is served only if one of the entries it matches is

@@ -85,7 +85,9 @@ type env struct {
 	cache  *svidcache.Cache
 	fwd    *forwarder
 	client agentv1.DownstreamServiceClient
-	root   *x509.Certificate
+	// noHeader is a client that does not send the security header.
+	noHeader agentv1.DownstreamServiceClient
+	root     *x509.Certificate
 }
 
 func newEnv(t *testing.T) *env {
@@ -131,12 +133,18 @@ func newEnv(t *testing.T) *env {
 		cancel()
 		t.Fatalf("Run: %v", err)
 	}
-	conn, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+path, append(workloadapi.SecurityHeaderDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.client = agentv1.NewDownstreamServiceClient(conn)
+	bare, err := grpc.NewClient("unix://"+path, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.noHeader = agentv1.NewDownstreamServiceClient(bare)
 	t.Cleanup(func() {
+		bare.Close()
 		conn.Close()
 		cancel()
 		if err := <-runErr; err != nil {
@@ -194,6 +202,35 @@ func TestRefusedWithoutDownstreamEntry(t *testing.T) {
 	check("a plain entry")
 	if got := e.fwd.asked(); len(got) != 0 {
 		t.Fatalf("the server was asked for %v", got)
+	}
+}
+
+// TestSecurityHeaderRequired: every call without the security header
+// fails with InvalidArgument, as on the Workload API, even for a caller
+// with a downstream entry, and the server is not asked.
+func TestSecurityHeaderRequired(t *testing.T) {
+	e := newEnv(t)
+	e.add("/regional", true)
+	_, err := e.noHeader.MintX509CA(ctxT(t), &agentv1.MintX509CARequest{Csr: []byte("csr")})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("MintX509CA: %v, want InvalidArgument", err)
+	}
+	_, err = e.noHeader.PublishJWTAuthority(ctxT(t), &agentv1.PublishJWTAuthorityRequest{Authority: &agentv1.JWTAuthority{KeyId: "k", PublicKey: []byte("k"), ExpiresAt: 1}})
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("PublishJWTAuthority: %v, want InvalidArgument", err)
+	}
+	s, err := e.noHeader.WatchBundle(ctxT(t), &agentv1.WatchBundleRequest{})
+	if err == nil {
+		_, err = s.Recv()
+	}
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("WatchBundle: %v, want InvalidArgument", err)
+	}
+	if got := e.fwd.asked(); len(got) != 0 {
+		t.Errorf("the server was asked for %v", got)
+	}
+	if _, err := e.client.MintX509CA(ctxT(t), &agentv1.MintX509CARequest{Csr: []byte("csr")}); err != nil {
+		t.Errorf("with the header: %v", err)
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"writ.dev/writ/agent/rotate"
 	agentv1 "writ.dev/writ/ca/api/agent/v1"
 	"writ.dev/writ/ca/clock"
+	"writ.dev/writ/workloadapi"
 )
 
 // EndpointEnv is the environment variable that names the Workload API
@@ -104,8 +105,9 @@ func (c *Client) Run(ctx context.Context) error {
 		return errors.New("revocationapi: client already running")
 	}
 	conn, err := grpc.NewClient(c.addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)))
+		append(workloadapi.SecurityHeaderDialOptions(),
+			grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)))...)
 	if err != nil {
 		return fmt.Errorf("revocationapi: %w", err)
 	}

@@ -16,6 +16,9 @@
 //	<-c.Ready() // optional: wait for the first full list
 //	a, err := authz.NewAccessTokenAuthorizer(authz.AccessTokenConfig{..., Revocations: c})
 //
+// Calls must carry the Workload API's security header (InvalidArgument
+// otherwise); the Client sends it.
+//
 // Caveats: a Client that has not reached the agent yet knows no
 // revocation (it does not refuse every token); wait for Ready before
 // serving if that matters. While the agent is away, the Client keeps the

@@ -115,19 +115,32 @@ func rev(jti string, now time.Time) revocation.Revocation {
 }
 
 // TestWatchRevocations: the stream sends the full list, then only what
-// is added; the agent's stop ends it with Unavailable. No entry and no
-// security header are needed.
+// is added; the agent's stop ends it with Unavailable. No entry is
+// needed, but the security header is, as on the Workload API: a call
+// without it fails with InvalidArgument.
 func TestWatchRevocations(t *testing.T) {
 	e := newEnv(t)
 	now := time.Now().Truncate(time.Second)
 	e.list.Add([]revocation.Revocation{rev("a", now)})
-	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	bare, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bare.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	noHeader, err := agentv1.NewRevocationServiceClient(bare).WatchRevocations(ctx, &agentv1.WatchRevocationsRequest{})
+	if err == nil {
+		_, err = noHeader.Recv()
+	}
+	if status.Code(err) != codes.InvalidArgument {
+		t.Errorf("without the security header: %v, want InvalidArgument", err)
+	}
+	conn, err := grpc.NewClient(e.addr, append(workloadapi.SecurityHeaderDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	stream, err := agentv1.NewRevocationServiceClient(conn).WatchRevocations(ctx, &agentv1.WatchRevocationsRequest{})
 	if err != nil {
 		t.Fatal(err)

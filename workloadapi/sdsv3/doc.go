@@ -9,7 +9,7 @@
 //
 //	h, err := sdsv3.New(sdsv3.Config{Socket: wl, Cache: cache, Logger: log})
 //	if err != nil { ... }
-//	h.Register(wl) // before wl.Run
+//	h.Register(wl.HeaderExempt()) // before wl.Run; Envoy sends no security header
 //
 // # Resource names
 //

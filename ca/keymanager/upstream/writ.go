@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
@@ -22,6 +23,7 @@ import (
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/keymanager"
+	"writ.dev/writ/workloadapi"
 
 	"writ.dev/writ/internal/logkey"
 )
@@ -57,8 +59,11 @@ type Writ struct {
 	td     spiffeid.TrustDomain
 	conn   *grpc.ClientConn
 	client agentv1.DownstreamServiceClient
-	clock  clock.Clock
-	log    *slog.Logger
+	// parentTainted is the sorted set of X.509 authority IDs the parent
+	// last announced tainted (nil before its first bundle).
+	parentTainted atomic.Pointer[[]string]
+	clock         clock.Clock
+	log           *slog.Logger
 }
 
 // NewWrit returns the upstream of the parent agent at cfg.SocketPath. It
@@ -70,7 +75,8 @@ func NewWrit(cfg WritConfig) (*Writ, error) {
 	case cfg.TrustDomain.IsZero():
 		return nil, fmt.Errorf("%w: no trust domain", ErrConfig)
 	}
-	conn, err := grpc.NewClient("unix://"+cfg.SocketPath, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient("unix://"+cfg.SocketPath,
+		append(workloadapi.SecurityHeaderDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: parent agent socket: %w", ErrConfig, err)
 	}
@@ -81,6 +87,19 @@ func NewWrit(cfg WritConfig) (*Writ, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	return &Writ{td: cfg.TrustDomain, conn: conn, client: agentv1.NewDownstreamServiceClient(conn), clock: cfg.Clock, log: cfg.Logger}, nil
+}
+
+// ParentTainted returns the subject key IDs (lowercase hex, sorted) of
+// the X.509 authorities the parent deployment last announced tainted on
+// the WatchBundle stream Follow reads; none before its first bundle. A
+// nested server refuses, as for its own tainted CAs, SVIDs chained to
+// them, and tells its agents and downstreams they are tainted. The slice
+// must not be modified.
+func (w *Writ) ParentTainted() []string {
+	if p := w.parentTainted.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // Close closes the connection to the parent agent.
@@ -179,7 +198,11 @@ type BundleStore interface {
 // its JWT authorities the parent's plus this server's own keys (those it
 // has records of). When the parent announces tainted X.509 authorities,
 // tainted (if not nil) is called with their IDs, after the bundle is
-// applied; its error counts as a failure of the stream. When the stream
+// applied; its error counts as a failure of the stream. The parent's
+// tainted set is kept for ParentTainted; when it changes and the bundle
+// did not, the bundle's sequence number is raised all the same, so that
+// the node API reads the set again and tells the agents, as a local taint
+// does. When the stream
 // fails it reconnects after a second, doubling up to a minute; the bundle
 // stays as it was meanwhile.
 func (w *Writ) Follow(ctx context.Context, store BundleStore, tainted func(context.Context, []string) error) error {
@@ -222,11 +245,23 @@ func (w *Writ) follow(ctx context.Context, store BundleStore, tainted func(conte
 		if len(parent.X509Authorities()) == 0 {
 			return fmt.Errorf("%w: the parent's bundle has no X.509 authority", ErrBadAnswer)
 		}
+		ids := slices.Clone(msg.GetTaintedX509AuthorityIds())
+		slices.Sort(ids)
+		ids = slices.Compact(ids)
+		old := w.parentTainted.Load()
+		taintChanged := old == nil && len(ids) > 0 || old != nil && !slices.Equal(*old, ids)
+		w.parentTainted.Store(&ids)
 		changed, err := ApplyParentBundle(ctx, store, w.td, parent)
 		if err != nil {
 			return err
 		}
-		if ids := msg.GetTaintedX509AuthorityIds(); len(ids) > 0 && tainted != nil {
+		if taintChanged && !changed {
+			if err := bumpSequence(ctx, store, w.td); err != nil {
+				return err
+			}
+			changed = true
+		}
+		if len(ids) > 0 && tainted != nil {
 			if err := tainted(ctx, ids); err != nil {
 				return fmt.Errorf("replace CAs a tainted parent authority signed: %w", err)
 			}
@@ -235,6 +270,23 @@ func (w *Writ) follow(ctx context.Context, store BundleStore, tainted func(conte
 		seq, _ := parent.SequenceNumber()
 		w.log.Debug("parent bundle received", "parent_sequence", seq, "changed", changed)
 	}
+}
+
+// bumpSequence raises the sequence number of td's bundle in store.
+func bumpSequence(ctx context.Context, store BundleStore, td spiffeid.TrustDomain) error {
+	_, err := store.UpdateBundle(ctx, td, func(old *spiffebundle.Bundle) (*spiffebundle.Bundle, error) {
+		if old == nil {
+			return nil, errors.New("no local bundle yet")
+		}
+		b := old.Clone()
+		seq, _ := old.SequenceNumber()
+		b.SetSequenceNumber(seq + 1)
+		return b, nil
+	})
+	if err != nil {
+		return fmt.Errorf("publish the parent's tainted authorities: %w", err)
+	}
+	return nil
 }
 
 // ApplyParentBundle makes the bundle of td in store follow parent: its
