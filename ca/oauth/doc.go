@@ -39,9 +39,13 @@
 //
 // Revocation: by jti (the /revoke endpoint, by the client the token was
 // issued to) or by client (the admin API). A client revocation covers the
-// tokens whose client_id is the client and whose iat is at or before the
+// access tokens that name the client as client_id, as sub or as any act
+// subject (a token obtained through a revoked actor, or about a revoked
+// subject, cannot be exchanged on), and the client's JWT-SVIDs, as subject
+// tokens and as client assertions, whose iat is at or before the
 // revocation (whole seconds: a token issued in the same second is revoked
-// too). Revocations are datastore records that every server reloads when
+// too). Agents that check only sub and client_id should check act
+// subjects as well to agree with introspection. Revocations are datastore records that every server reloads when
 // the store signals a change, and that agents receive.
 //
 // Errors follow RFC 6749 §5.2 and say nothing of why a client was

@@ -177,6 +177,9 @@ func (s *Server) authenticate(r *http.Request, f form, st *state) (*client, *oau
 		if claims.ID.TrustDomain() != s.cfg.TrustDomain {
 			return nil, fail(errInvalidClient, "client assertion for %s, outside the trust domain", claims.ID)
 		}
+		if st.clientRevoked(claims.IssuedAt, claims.ID.String()) {
+			return nil, fail(errInvalidClient, "client assertion of %s: %v", claims.ID, ErrRevoked)
+		}
 		// Single use: by jti if the assertion has one, else by the whole
 		// token (JWT-SVIDs carry no jti; their signatures differ).
 		sum := sha256.New()

@@ -659,3 +659,79 @@ func poll(t *testing.T, what string, ok func() bool) {
 		}
 	}
 }
+
+// TestClientRevocationCoversEveryRole: a client revocation covers the
+// tokens that name the client as sub or as an actor, not only as
+// client_id, and its earlier JWT-SVIDs, as subject tokens and as client
+// assertions: exchange cannot launder a revoked client's tokens.
+func TestClientRevocationCoversEveryRole(t *testing.T) {
+	e := newEnv(t)
+	exchange := func(actor, subject, subjectType, aud string) response {
+		t.Helper()
+		return e.do(request{form: url.Values{"grant_type": {oauth.GrantTokenExchange}, "subject_token": {subject},
+			"subject_token_type": {subjectType}, "audience": {aud}}, certs: e.cert(actor, time.Hour)})
+	}
+	introspect := func(token string) any {
+		t.Helper()
+		r := e.do(request{path: oauth.IntrospectPath, form: url.Values{"token": {token}}, certs: e.cert(dbID, time.Hour)})
+		if r.status != 200 {
+			t.Fatalf("introspect: %d %v", r.status, r.body)
+		}
+		return r.body["active"]
+	}
+	webTok := e.token(webID, url.Values{"audience": {apiID}})
+	r := exchange(apiID, webTok, oauth.TokenTypeAccessToken, dbID)
+	if r.status != 200 {
+		t.Fatalf("exchange: %d %v", r.status, r.body)
+	}
+	exchanged := r.body["access_token"].(string) // sub web, client_id api
+	webSVID := e.assertion(webID, apiID, time.Hour)
+	webAssertion := e.assertion(webID, tokenURL, time.Hour)
+
+	if err := e.store.PutRevocation(t.Context(), &datastore.Revocation{ClientID: webID, RevokedAt: t0, ExpiresAt: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "the revocation of web", func() bool { return introspect(webTok) == false })
+	if got := introspect(exchanged); got != false {
+		t.Fatalf("a token with sub web, issued before web's revocation, introspects %v", got)
+	}
+	if r := exchange(dbID, exchanged, oauth.TokenTypeAccessToken, "https://ledger.example.org/"); r.status != 400 || r.body["error"] != "invalid_request" {
+		t.Fatalf("exchange of a token with a revoked sub: %d %v", r.status, r.body)
+	}
+	if r := exchange(apiID, webSVID, oauth.TokenTypeJWT, dbID); r.status != 400 || r.body["error"] != "invalid_request" {
+		t.Fatalf("exchange of a revoked client's earlier JWT-SVID: %d %v", r.status, r.body)
+	}
+	if r := e.do(request{form: url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"},
+		"client_assertion_type": {oauth.AssertionTypeJWTBearer}, "client_assertion": {webAssertion}}}); r.status != 400 || r.body["error"] != "invalid_client" {
+		t.Fatalf("a revoked client's earlier client assertion: %d %v", r.status, r.body)
+	}
+
+	// Credentials issued after the revocation's second are valid.
+	e.clk.Set(t0.Add(2 * time.Second))
+	if r := exchange(apiID, e.assertion(webID, apiID, time.Hour), oauth.TokenTypeJWT, dbID); r.status != 200 {
+		t.Fatalf("exchange of a later JWT-SVID: %d %v", r.status, r.body)
+	}
+	if r := e.do(request{form: url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"},
+		"client_assertion_type": {oauth.AssertionTypeJWTBearer}, "client_assertion": {e.assertion(webID, tokenURL, time.Hour)}}}); r.status != 200 {
+		t.Fatalf("a later client assertion: %d %v", r.status, r.body)
+	}
+
+	// Revoking an actor covers the tokens issued through it.
+	webTok = e.token(webID, url.Values{"audience": {apiID}})
+	r = exchange(apiID, webTok, oauth.TokenTypeAccessToken, dbID)
+	if r.status != 200 {
+		t.Fatalf("exchange: %d %v", r.status, r.body)
+	}
+	r = exchange(dbID, r.body["access_token"].(string), oauth.TokenTypeAccessToken, "https://ledger.example.org/")
+	if r.status != 200 {
+		t.Fatalf("second hop: %d %v", r.status, r.body)
+	}
+	secondHop := r.body["access_token"].(string) // sub web, client_id db, act db, api
+	if err := e.store.PutRevocation(t.Context(), &datastore.Revocation{ClientID: apiID, RevokedAt: e.clk.Now(), ExpiresAt: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "the revocation of api", func() bool { return introspect(secondHop) == false })
+	if got := introspect(webTok); got != true {
+		t.Fatalf("web's own token after api's revocation: %v", got)
+	}
+}

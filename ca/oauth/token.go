@@ -201,6 +201,9 @@ func (s *Server) tokenExchange(f form, st *state, c *client) (map[string]any, *o
 		if err != nil {
 			return nil, fail(errInvalidRequest, "subject token: %v", err)
 		}
+		if st.clientRevoked(claims.IssuedAt, claims.ID.String()) {
+			return nil, fail(errInvalidRequest, "subject token: %v", ErrRevoked)
+		}
 		sub, expires = claims.ID, claims.Expiry
 	default:
 		return nil, fail(errInvalidRequest, "subject token type %q", truncate(subjectType))
@@ -309,8 +312,26 @@ func (s *Server) validate(token string, st *state, audience []string, now time.T
 	if _, ok := st.revokedJTIs[c.JTI]; ok && c.JTI != "" {
 		return nil, nil, ErrRevoked
 	}
-	if at, ok := st.revokedClients[c.ClientID]; ok && vc.IssuedAt.Unix() <= at.Unix() {
+	if st.clientRevoked(vc.IssuedAt, c.ClientID, c.Subject) {
 		return nil, nil, ErrRevoked
 	}
+	for a := c.Act; a != nil; a = a.Act {
+		if st.clientRevoked(vc.IssuedAt, a.Subject) {
+			return nil, nil, ErrRevoked
+		}
+	}
 	return vc, &c, nil
+}
+
+// clientRevoked reports whether a credential issued at iat that names
+// any of ids (as client_id, sub or actor) is covered by a client
+// revocation: one of ids was revoked at or after iat's second. A
+// JWT-SVID without iat is covered by any revocation of its subject.
+func (st *state) clientRevoked(iat time.Time, ids ...string) bool {
+	for _, id := range ids {
+		if at, ok := st.revokedClients[id]; ok && (iat.IsZero() || iat.Unix() <= at.Unix()) {
+			return true
+		}
+	}
+	return false
 }

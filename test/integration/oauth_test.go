@@ -230,9 +230,10 @@ func TestIntegrationOAuth(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	// The exchanged token was issued to middle: it stays valid.
-	if got := introspect(exchanged); got["active"] != true {
-		t.Fatalf("introspection of a token issued to another client: %v", got)
+	// The exchanged token was issued to middle, but its sub is the
+	// client: it is revoked too.
+	if got := introspect(exchanged); got["active"] != false {
+		t.Fatalf("introspection of a token about a revoked client: %v", got)
 	}
 	// A new token issued after the revocation (in a later second) is
 	// valid.
