@@ -180,13 +180,16 @@ func (s *Server) authenticate(r *http.Request, f form, st *state) (*client, *oau
 		if st.clientRevoked(claims.IssuedAt, claims.ID.String()) {
 			return nil, fail(errInvalidClient, "client assertion of %s: %v", claims.ID, ErrRevoked)
 		}
-		// Single use: by jti if the assertion has one, else by the whole
-		// token (JWT-SVIDs carry no jti; their signatures differ).
+		// Single use: by jti if the assertion has one, else by its signing
+		// input (header.payload; JWT-SVIDs carry no jti). Never by the
+		// signature: an ECDSA signature (r, s) has a twin (r, n-s) that
+		// verifies too, and other algorithms need not be unique either.
 		sum := sha256.New()
 		if jti, ok := claims.Raw["jti"].(string); ok && jti != "" {
 			sum.Write([]byte("jti\x00" + claims.ID.String() + "\x00" + jti))
 		} else {
-			sum.Write([]byte("token\x00" + assertion))
+			// Validate accepted three parts: the input ends at the last dot.
+			sum.Write([]byte("input\x00" + assertion[:strings.LastIndexByte(assertion, '.')]))
 		}
 		hash := "assertion:" + hex.EncodeToString(sum.Sum(nil))
 		if err := s.cfg.Store.UseClientAssertion(r.Context(), hash, claims.Expiry.Add(jwtsvid.Leeway)); err != nil {

@@ -2,9 +2,12 @@ package oauth_test
 
 import (
 	"context"
+	"crypto/elliptic"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -734,4 +737,46 @@ func TestClientRevocationCoversEveryRole(t *testing.T) {
 	if got := introspect(webTok); got != true {
 		t.Fatalf("web's own token after api's revocation: %v", got)
 	}
+}
+
+// TestAssertionReplayWithTwinSignature: a used client assertion whose
+// ECDSA signature is rewritten from (r, s) to (r, n-s), which verifies
+// as well, is still a replay.
+func TestAssertionReplayWithTwinSignature(t *testing.T) {
+	e := newEnv(t)
+	assertion := e.assertion(webID, tokenURL, time.Minute)
+	use := func(a string) response {
+		return e.do(request{form: url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"},
+			"client_assertion_type": {oauth.AssertionTypeJWTBearer}, "client_assertion": {a}}})
+	}
+	if r := use(assertion); r.status != 200 {
+		t.Fatalf("first use: %d %v", r.status, r.body)
+	}
+	dot := strings.LastIndexByte(assertion, '.')
+	sig, err := base64.RawURLEncoding.DecodeString(assertion[dot+1:])
+	if err != nil || len(sig) != 64 {
+		t.Fatalf("signature of %d bytes: %v", len(sig), err)
+	}
+	s := new(big.Int).SetBytes(sig[32:])
+	s.Sub(elliptic.P256().Params().N, s)
+	s.FillBytes(sig[32:])
+	twin := assertion[:dot+1] + base64.RawURLEncoding.EncodeToString(sig)
+	if twin == assertion {
+		t.Fatal("the rewritten signature is the same")
+	}
+	if _, err := jwtsvid.Validate(twin, e.bundle(), []string{tokenURL}, e.clk.Now()); err != nil {
+		t.Fatalf("the rewritten signature does not verify, so the test proves nothing: %v", err)
+	}
+	if r := use(twin); r.status != 400 || r.body["error"] != "invalid_client" {
+		t.Fatalf("replay with the twin signature: %d %v", r.status, r.body["error"])
+	}
+}
+
+// bundle is the trust domain's bundle with the JWT authority.
+func (e *env) bundle() *spiffebundle.Bundle {
+	b := spiffebundle.New(td)
+	if err := b.AddJWTAuthority(e.jwt.ID, e.jwt.Signer.Public()); err != nil {
+		e.t.Fatal(err)
+	}
+	return b
 }
