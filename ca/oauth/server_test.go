@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
+	"errors"
 	"math/big"
 	"net/http"
 	"net/http/httptest"
@@ -563,6 +564,16 @@ func TestNewRefusesBadIssuers(t *testing.T) {
 		if _, err := oauth.New(oauth.Config{TrustDomain: td, Issuer: iss, Store: &boltstore.Store{}, Keys: keys{}}); err == nil {
 			t.Errorf("issuer %q accepted", iss)
 		}
+	}
+	// Revocations are kept for MaxTokenTTL: a longer token would outlive
+	// them.
+	for _, ttl := range []time.Duration{-time.Second, oauth.MaxTokenTTL + time.Second} {
+		if _, err := oauth.New(oauth.Config{TrustDomain: td, Issuer: issuer, Store: &boltstore.Store{}, Keys: keys{}, TokenTTL: ttl}); !errors.Is(err, oauth.ErrConfig) {
+			t.Errorf("token TTL %s: %v", ttl, err)
+		}
+	}
+	if _, err := oauth.New(oauth.Config{TrustDomain: td, Issuer: issuer, Store: &boltstore.Store{}, Keys: keys{}, TokenTTL: oauth.MaxTokenTTL}); err != nil {
+		t.Errorf("token TTL %s: %v", oauth.MaxTokenTTL, err)
 	}
 }
 
