@@ -45,8 +45,14 @@
 // tokens and as client assertions, whose iat is at or before the
 // revocation (whole seconds: a token issued in the same second is revoked
 // too). Agents that check only sub and client_id should check act
-// subjects as well to agree with introspection. Revocations are datastore records that every server reloads when
-// the store signals a change, and that agents receive.
+// subjects as well to agree with introspection.
+//
+// A client may store RevokeBurst revocations at once through /revoke,
+// then RevokeRate a second, and have at most MaxRevocationsPerClient
+// listed, on each server; beyond that /revoke answers 503
+// temporarily_unavailable with Retry-After (RFC 7009 §2.2.1) and the
+// token stays valid. Revocations are datastore records that every server
+// reloads when the store signals a change, and that agents receive.
 //
 // Errors follow RFC 6749 §5.2 and say nothing of why a client was
 // refused; the reason goes to the debug log. Every client authentication

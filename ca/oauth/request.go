@@ -44,6 +44,9 @@ type oauthError struct {
 	// authScheme, for invalid_client when the client used the
 	// Authorization header, is the scheme WWW-Authenticate must name.
 	authScheme string
+	// retryAfter, if positive, is sent as Retry-After (whole seconds,
+	// rounded up).
+	retryAfter time.Duration
 }
 
 func (e *oauthError) Error() string { return e.code + ": " + e.reason }
@@ -75,6 +78,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, e *oauthErro
 	if e.code == errInvalidClient && e.authScheme != "" {
 		st = http.StatusUnauthorized
 		w.Header().Set("WWW-Authenticate", e.authScheme+` realm="writ"`)
+	}
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.FormatInt(int64((e.retryAfter+time.Second-1)/time.Second), 10))
 	}
 	lvl := slog.LevelDebug
 	if st >= 500 {

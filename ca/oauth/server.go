@@ -100,6 +100,7 @@ type Server struct {
 	metadata      []byte
 	log           *slog.Logger
 	state         atomic.Pointer[state]
+	revokes       revokeLimiter
 }
 
 // state is what the server reloads from the store: the trust domain's

@@ -14,6 +14,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -790,4 +791,60 @@ func (e *env) bundle() *spiffebundle.Bundle {
 		e.t.Fatal(err)
 	}
 	return b
+}
+
+// TestRevokeQuota: a client stores at most RevokeBurst revocations at
+// once, then RevokeRate a second, and at most MaxRevocationsPerClient
+// listed; beyond, /revoke answers 503 with Retry-After and the token
+// stays valid. Other clients are not affected.
+func TestRevokeQuota(t *testing.T) {
+	e := newEnv(t)
+	revoke := func(id, token string) response {
+		t.Helper()
+		return e.do(request{path: oauth.RevokePath, form: url.Values{"token": {token}}, certs: e.cert(id, time.Hour)})
+	}
+	refused := func(r response, retryAfter string) {
+		t.Helper()
+		if r.status != http.StatusServiceUnavailable || r.body["error"] != "temporarily_unavailable" || r.header.Get("Retry-After") != retryAfter {
+			t.Fatalf("over the quota: %d %v, Retry-After %q, want %s", r.status, r.body["error"], r.header.Get("Retry-After"), retryAfter)
+		}
+	}
+	active := func(token string) any {
+		t.Helper()
+		return e.do(request{path: oauth.IntrospectPath, form: url.Values{"token": {token}}, certs: e.cert(dbID, time.Hour)}).body["active"]
+	}
+	listed := 0
+	ok := func(id, token string) {
+		t.Helper()
+		if r := revoke(id, token); r.status != 200 {
+			t.Fatalf("revocation %d: %d %v", listed+1, r.status, r.body["error"])
+		}
+		listed++
+	}
+	for range oauth.RevokeBurst {
+		ok(webID, e.token(webID, url.Values{"audience": {"orders"}}))
+	}
+	tok := e.token(webID, url.Values{"audience": {"orders"}})
+	refused(revoke(webID, tok), "1")
+	if active(tok) != true {
+		t.Fatal("a token whose revocation was refused is inactive")
+	}
+	e.clk.Advance(time.Second)
+	ok(webID, tok)
+	for listed < oauth.MaxRevocationsPerClient {
+		e.clk.Advance(time.Second / oauth.RevokeRate)
+		ok(webID, e.token(webID, url.Values{"audience": {"orders"}}))
+	}
+	e.clk.Advance(time.Second)
+	tok = e.token(webID, url.Values{"audience": {"orders"}})
+	// The first revocations leave the list at t0 + 5m (token TTL) + leeway.
+	wait := t0.Add(5*time.Minute + jwtsvid.Leeway).Sub(e.clk.Now())
+	refused(revoke(webID, tok), strconv.Itoa(int(wait/time.Second)))
+	if r := revoke(apiID, e.token(apiID, url.Values{"audience": {dbID}})); r.status != 200 {
+		t.Fatalf("another client's revocation: %d %v", r.status, r.body["error"])
+	}
+	e.clk.Advance(wait)
+	if r := revoke(webID, e.token(webID, url.Values{"audience": {"orders"}})); r.status != 200 {
+		t.Fatalf("revocation once the first ones expired: %d %v", r.status, r.body["error"])
+	}
 }
