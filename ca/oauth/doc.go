@@ -35,7 +35,10 @@
 // or a JWT-SVID whose aud holds the service's SPIFFE ID) exchanges it for
 // one with the same sub for a downstream audience; the new token's act
 // claim names the service, with the subject token's act nested inside
-// (RFC 8693 §4.1), and its scopes are what the service itself is granted.
+// (RFC 8693 §4.1). Its scopes are those both the subject token holds and
+// the service is granted (requested ones must be in both), so exchange
+// never widens a token; a JWT-SVID subject token holds no scope, so its
+// exchange gets what the service itself is granted.
 //
 // Revocation: by jti (the /revoke endpoint, by the client the token was
 // issued to) or by client (the admin API). A client revocation covers the

@@ -430,7 +430,9 @@ func TestTokenExchangeChain(t *testing.T) {
 	}
 	r := exchange(apiID, tok, oauth.TokenTypeAccessToken, dbID)
 	c := e.claims(r["access_token"].(string), dbID)
-	if c["sub"] != webID || c["client_id"] != apiID || c["scope"] != "db:read" || !actIs(c["act"], apiID) {
+	// web's token holds read and write, api is granted db:read: none of
+	// them is in both.
+	if c["sub"] != webID || c["client_id"] != apiID || c["scope"] != nil || !actIs(c["act"], apiID) {
 		t.Fatalf("first hop claims %v", c)
 	}
 	hop := e.do(request{form: url.Values{"grant_type": {oauth.GrantTokenExchange}, "subject_token": {r["access_token"].(string)},
@@ -846,5 +848,39 @@ func TestRevokeQuota(t *testing.T) {
 	e.clk.Advance(wait)
 	if r := revoke(webID, e.token(webID, url.Values{"audience": {"orders"}})); r.status != 200 {
 		t.Fatalf("revocation once the first ones expired: %d %v", r.status, r.body["error"])
+	}
+}
+
+// TestTokenExchangeKeepsSubjectScopes: a token exchanged from an access
+// token gets only the scopes both the subject token holds and the actor
+// is granted; one exchanged from a JWT-SVID, which holds no scope, gets
+// the actor's grants.
+func TestTokenExchangeKeepsSubjectScopes(t *testing.T) {
+	e := newEnv(t)
+	if err := e.store.PutOAuthClient(t.Context(), &datastore.OAuthClient{SPIFFEID: spiffeid.RequireFromString(apiID),
+		Audiences: []string{dbID}, Scopes: []string{"db:read", "read", "write"}}); err != nil {
+		t.Fatal(err)
+	}
+	exchange := func(subject, subjectType, scope string) response {
+		t.Helper()
+		f := url.Values{"grant_type": {oauth.GrantTokenExchange}, "subject_token": {subject},
+			"subject_token_type": {subjectType}, "audience": {dbID}}
+		if scope != "" {
+			f.Set("scope", scope)
+		}
+		return e.do(request{form: f, certs: e.cert(apiID, time.Hour)})
+	}
+	readOnly := e.token(webID, url.Values{"audience": {apiID}, "scope": {"read"}})
+	poll(t, "api's new grants", func() bool {
+		return exchange(e.assertion(webID, apiID, time.Minute), oauth.TokenTypeJWT, "").body["scope"] == "db:read read write"
+	})
+	if r := exchange(readOnly, oauth.TokenTypeAccessToken, ""); r.status != 200 || r.body["scope"] != "read" {
+		t.Fatalf("exchange of a read token: %d %v", r.status, r.body["scope"])
+	}
+	if r := exchange(readOnly, oauth.TokenTypeAccessToken, "write"); r.status != 400 || r.body["error"] != "invalid_scope" {
+		t.Fatalf("exchange of a read token for write: %d %v", r.status, r.body)
+	}
+	if r := exchange(readOnly, oauth.TokenTypeAccessToken, "read"); r.status != 200 || r.body["scope"] != "read" {
+		t.Fatalf("exchange of a read token for read: %d %v", r.status, r.body["scope"])
 	}
 }
