@@ -47,7 +47,11 @@
 // subject, cannot be exchanged on), and the client's JWT-SVIDs, as subject
 // tokens and as client assertions, whose iat is at or before the
 // revocation (whole seconds: a token issued in the same second is revoked
-// too). Agents that check only sub and client_id should check act
+// too; the admin API stamps RevokedAt jwtsvid.Leeway ahead, for issuers
+// whose clocks run ahead). Records of used assertions and jti revocations
+// are kept until exp plus twice the leeway, so that a clock a leeway ahead
+// does not prune them while one a leeway behind still accepts the token.
+// Agents that check only sub and client_id should check act
 // subjects as well to agree with introspection.
 //
 // A client may store RevokeBurst revocations at once through /revoke,

@@ -100,7 +100,10 @@ func (s *Server) serveRevoke(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fail(errUnauthorizedClient, "%s may not revoke a token issued to %s", c.id, truncate(claims.ClientID)))
 		return
 	}
-	rev := &datastore.Revocation{JTI: claims.JTI, RevokedAt: now, ExpiresAt: vc.Expiry.Add(jwtsvid.Leeway)}
+	// Kept until exp plus twice the leeway: a validator accepts the token
+	// up to exp+Leeway by its own clock, which may lag the clock that
+	// prunes the record by up to Leeway.
+	rev := &datastore.Revocation{JTI: claims.JTI, RevokedAt: now, ExpiresAt: vc.Expiry.Add(2 * jwtsvid.Leeway)}
 	if wait, ok := s.revokes.take(claims.ClientID, now, rev.ExpiresAt); !ok {
 		e := fail(errUnavailable, "%s exceeds its revocation quota", c.id)
 		e.retryAfter = wait

@@ -198,7 +198,10 @@ func (s *Server) authenticate(r *http.Request, f form, st *state) (*client, *oau
 			sum.Write([]byte("input\x00" + assertion[:strings.LastIndexByte(assertion, '.')]))
 		}
 		hash := "assertion:" + hex.EncodeToString(sum.Sum(nil))
-		if err := s.cfg.Store.UseClientAssertion(r.Context(), hash, claims.Expiry.Add(jwtsvid.Leeway)); err != nil {
+		// Kept until exp plus twice the leeway: this server accepts the
+		// assertion up to exp+Leeway by its clock, and the server that
+		// prunes the record may run up to Leeway ahead.
+		if err := s.cfg.Store.UseClientAssertion(r.Context(), hash, claims.Expiry.Add(2*jwtsvid.Leeway)); err != nil {
 			if errors.Is(err, datastore.ErrAlreadyExists) {
 				return nil, fail(errInvalidClient, "client assertion of %s used before", claims.ID)
 			}

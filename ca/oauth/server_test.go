@@ -515,7 +515,7 @@ func TestIntrospectAndRevoke(t *testing.T) {
 		t.Fatalf("revocation of an invalid token: %d %v", r.status, r.body)
 	}
 	revs, err := e.store.ListRevocations(t.Context(), t0)
-	if err != nil || len(revs) != 1 || revs[0].JTI == "" || !revs[0].ExpiresAt.Equal(t0.Add(5*time.Minute+jwtsvid.Leeway)) {
+	if err != nil || len(revs) != 1 || revs[0].JTI == "" || !revs[0].ExpiresAt.Equal(t0.Add(5*time.Minute+2*jwtsvid.Leeway)) {
 		t.Fatalf("stored revocations %+v %v", revs, err)
 	}
 	// A revoked token cannot be exchanged either.
@@ -839,8 +839,8 @@ func TestRevokeQuota(t *testing.T) {
 	}
 	e.clk.Advance(time.Second)
 	tok = e.token(webID, url.Values{"audience": {"orders"}})
-	// The first revocations leave the list at t0 + 5m (token TTL) + leeway.
-	wait := t0.Add(5*time.Minute + jwtsvid.Leeway).Sub(e.clk.Now())
+	// The first revocations leave the list at t0 + 5m (token TTL) + 2 leeways.
+	wait := t0.Add(5*time.Minute + 2*jwtsvid.Leeway).Sub(e.clk.Now())
 	refused(revoke(webID, tok), strconv.Itoa(int(wait/time.Second)))
 	if r := revoke(apiID, e.token(apiID, url.Values{"audience": {dbID}})); r.status != 200 {
 		t.Fatalf("another client's revocation: %d %v", r.status, r.body["error"])
@@ -882,5 +882,36 @@ func TestTokenExchangeKeepsSubjectScopes(t *testing.T) {
 	}
 	if r := exchange(readOnly, oauth.TokenTypeAccessToken, "read"); r.status != 200 || r.body["scope"] != "read" {
 		t.Fatalf("exchange of a read token for read: %d %v", r.status, r.body["scope"])
+	}
+}
+
+// TestAssertionRecordOutlivesSkew: the record of a used assertion is kept
+// until exp plus twice the leeway, so a server whose clock runs a leeway
+// ahead and prunes it does not let a server a leeway behind, which still
+// accepts the assertion, accept it again.
+func TestAssertionRecordOutlivesSkew(t *testing.T) {
+	e := newEnv(t)
+	assertion := e.assertion(webID, tokenURL, time.Minute)
+	// At /introspect, where no token's lifetime is bound to the
+	// assertion's, it authenticates up to exp+Leeway.
+	use := func() response {
+		return e.do(request{path: oauth.IntrospectPath, form: url.Values{"token": {"x"},
+			"client_assertion_type": {oauth.AssertionTypeJWTBearer}, "client_assertion": {assertion}}})
+	}
+	if r := use(); r.status != 200 {
+		t.Fatalf("first use: %d %v", r.status, r.body["error"])
+	}
+	// This server's clock is just before exp+Leeway: it still accepts
+	// the assertion's times. Another's, a leeway ahead, prunes.
+	exp := t0.Add(time.Minute)
+	e.clk.Set(exp.Add(jwtsvid.Leeway - time.Second))
+	pruner := e.store.(interface {
+		PruneClientAssertions(ctx context.Context, now time.Time) (int, error)
+	})
+	if _, err := pruner.PruneClientAssertions(t.Context(), e.clk.Now().Add(jwtsvid.Leeway)); err != nil {
+		t.Fatal(err)
+	}
+	if r := use(); r.status != 400 || r.body["error"] != "invalid_client" {
+		t.Fatalf("replay after a clock a leeway ahead pruned: %d %v", r.status, r.body["error"])
 	}
 }
