@@ -190,7 +190,14 @@ func (o *oauthService) DeleteOAuthClient(ctx context.Context, req *adminv1.GetOA
 
 // RevokeOAuthTokens revokes a token by jti, or a client's tokens. The
 // revocation is kept until every token it can match has expired: the
-// longest token lifetime, plus the leeway validators allow past exp.
+// longest lifetime of any of them, plus the leeway validators allow past
+// exp. Agents apply a client revocation to the client's JWT-SVIDs too,
+// which live up to entry.MaxTTL, and every server of the trust domain
+// caps its access tokens there (oauth.MaxTokenTTL), whatever this
+// server's own token TTL: so the longest lifetime is the larger of
+// entry.MaxTTL and Config.OAuthTokenTTL. For clock skew between servers,
+// RevokedAt is now plus jwtsvid.Leeway, and ExpiresAt is RevokedAt plus
+// that lifetime plus twice the leeway.
 func (o *oauthService) RevokeOAuthTokens(ctx context.Context, req *adminv1.RevokeOAuthTokensRequest) (*adminv1.OAuthRevocation, error) {
 	s := o.s
 	c, err := s.begin(ctx)
@@ -202,7 +209,15 @@ func (o *oauthService) RevokeOAuthTokens(ctx context.Context, req *adminv1.Revok
 		return nil, err
 	}
 	now := s.clock.Now()
-	r := &datastore.Revocation{JTI: req.GetJti(), RevokedAt: now, ExpiresAt: now.Add(s.oauthTokenTTL + jwtsvid.Leeway)}
+	// RevokedAt is stamped Leeway ahead: tokens carry the iat of the
+	// server that issued them, whose clock may run ahead of this one, so
+	// a token issued just before the revocation could otherwise carry a
+	// later iat and escape it. The price: the client's tokens issued in
+	// the Leeway after the revocation are revoked too. The record is kept
+	// twice the leeway past the longest lifetime, for validators' and
+	// pruners' clocks.
+	revokedAt := now.Add(jwtsvid.Leeway)
+	r := &datastore.Revocation{JTI: req.GetJti(), RevokedAt: revokedAt, ExpiresAt: revokedAt.Add(max(entry.MaxTTL, s.oauthTokenTTL) + 2*jwtsvid.Leeway)}
 	switch {
 	case (req.GetJti() == "") == (req.GetClientId() == ""):
 		return nil, invalidf("give exactly one of a jti and a client ID")

@@ -13,6 +13,7 @@ import (
 	"writ.dev/writ/ca/admin"
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
 	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/jwtsvid"
 	"writ.dev/writ/internal/logkey"
 )
@@ -83,7 +84,11 @@ func TestRevokeOAuthTokens(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if want := startTime.Add(10*time.Minute + jwtsvid.Leeway).Unix(); r.GetExpiresAt() != want || r.GetRevokedAt() != startTime.Unix() {
+	// Kept until the client's longest JWT-SVID, or the longest token of
+	// any server, has expired, not only this server's 10-minute tokens.
+	// Stamped a leeway ahead, for issuers whose clocks run ahead.
+	revokedAt := startTime.Add(jwtsvid.Leeway)
+	if want := revokedAt.Add(entry.MaxTTL + 2*jwtsvid.Leeway).Unix(); r.GetExpiresAt() != want || r.GetRevokedAt() != revokedAt.Unix() {
 		t.Fatalf("revocation %v", r)
 	}
 	if _, err := c.RevokeOAuthTokens(ctx, &adminv1.RevokeOAuthTokensRequest{Jti: "abc"}); err != nil {

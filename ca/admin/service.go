@@ -123,8 +123,10 @@ type Config struct {
 	Trust    TrustSource
 	AdminIDs []spiffeid.ID
 	// OAuthTokenTTL is the longest lifetime of the OAuth access tokens
-	// the servers issue: RevokeOAuthTokens keeps a revocation that long.
-	// Defaults to DefaultOAuthTokenTTL.
+	// this server issues: RevokeOAuthTokens keeps a revocation at least
+	// that long, and never less than entry.MaxTTL (the longest JWT-SVID
+	// and the cap of every server's token TTL). Defaults to
+	// DefaultOAuthTokenTTL.
 	OAuthTokenTTL time.Duration
 }
 

@@ -35,14 +35,31 @@
 // or a JWT-SVID whose aud holds the service's SPIFFE ID) exchanges it for
 // one with the same sub for a downstream audience; the new token's act
 // claim names the service, with the subject token's act nested inside
-// (RFC 8693 §4.1), and its scopes are what the service itself is granted.
+// (RFC 8693 §4.1). Its scopes are those both the subject token holds and
+// the service is granted (requested ones must be in both), so exchange
+// never widens a token; a JWT-SVID subject token holds no scope, so its
+// exchange gets what the service itself is granted.
 //
 // Revocation: by jti (the /revoke endpoint, by the client the token was
 // issued to) or by client (the admin API). A client revocation covers the
-// tokens whose client_id is the client and whose iat is at or before the
+// access tokens that name the client as client_id, as sub or as any act
+// subject (a token obtained through a revoked actor, or about a revoked
+// subject, cannot be exchanged on), and the client's JWT-SVIDs, as subject
+// tokens and as client assertions, whose iat is at or before the
 // revocation (whole seconds: a token issued in the same second is revoked
-// too). Revocations are datastore records that every server reloads when
-// the store signals a change, and that agents receive.
+// too; the admin API stamps RevokedAt jwtsvid.Leeway ahead, for issuers
+// whose clocks run ahead). Records of used assertions and jti revocations
+// are kept until exp plus twice the leeway, so that a clock a leeway ahead
+// does not prune them while one a leeway behind still accepts the token.
+// Agents that check only sub and client_id should check act
+// subjects as well to agree with introspection.
+//
+// A client may store RevokeBurst revocations at once through /revoke,
+// then RevokeRate a second, and have at most MaxRevocationsPerClient
+// listed, on each server; beyond that /revoke answers 503
+// temporarily_unavailable with Retry-After (RFC 7009 §2.2.1) and the
+// token stays valid. Revocations are datastore records that every server
+// reloads when the store signals a change, and that agents receive.
 //
 // Errors follow RFC 6749 §5.2 and say nothing of why a client was
 // refused; the reason goes to the debug log. Every client authentication

@@ -63,7 +63,9 @@ func (s *Server) serveIntrospect(w http.ResponseWriter, r *http.Request) {
 // serveRevoke revokes a token (RFC 7009) at the request of the client it
 // was issued to. A token that is invalid, expired or already revoked
 // gets 200 as well; a valid token of another client is
-// unauthorized_client.
+// unauthorized_client. A client that exceeds its revocation quota
+// (RevokeRate, MaxRevocationsPerClient) gets 503 temporarily_unavailable
+// with Retry-After, as RFC 7009 §2.2.1 allows.
 func (s *Server) serveRevoke(w http.ResponseWriter, r *http.Request) {
 	st := s.state.Load()
 	if st == nil {
@@ -98,7 +100,16 @@ func (s *Server) serveRevoke(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, fail(errUnauthorizedClient, "%s may not revoke a token issued to %s", c.id, truncate(claims.ClientID)))
 		return
 	}
-	rev := &datastore.Revocation{JTI: claims.JTI, RevokedAt: now, ExpiresAt: vc.Expiry.Add(jwtsvid.Leeway)}
+	// Kept until exp plus twice the leeway: a validator accepts the token
+	// up to exp+Leeway by its own clock, which may lag the clock that
+	// prunes the record by up to Leeway.
+	rev := &datastore.Revocation{JTI: claims.JTI, RevokedAt: now, ExpiresAt: vc.Expiry.Add(2 * jwtsvid.Leeway)}
+	if wait, ok := s.revokes.take(claims.ClientID, now, rev.ExpiresAt); !ok {
+		e := fail(errUnavailable, "%s exceeds its revocation quota", c.id)
+		e.retryAfter = wait
+		s.writeError(w, r, e)
+		return
+	}
 	if err := s.cfg.Store.PutRevocation(r.Context(), rev); err != nil {
 		s.writeError(w, r, storeFail("put revocation", err))
 		return

@@ -44,6 +44,9 @@ type oauthError struct {
 	// authScheme, for invalid_client when the client used the
 	// Authorization header, is the scheme WWW-Authenticate must name.
 	authScheme string
+	// retryAfter, if positive, is sent as Retry-After (whole seconds,
+	// rounded up).
+	retryAfter time.Duration
 }
 
 func (e *oauthError) Error() string { return e.code + ": " + e.reason }
@@ -75,6 +78,9 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, e *oauthErro
 	if e.code == errInvalidClient && e.authScheme != "" {
 		st = http.StatusUnauthorized
 		w.Header().Set("WWW-Authenticate", e.authScheme+` realm="writ"`)
+	}
+	if e.retryAfter > 0 {
+		w.Header().Set("Retry-After", strconv.FormatInt(int64((e.retryAfter+time.Second-1)/time.Second), 10))
 	}
 	lvl := slog.LevelDebug
 	if st >= 500 {
@@ -177,16 +183,25 @@ func (s *Server) authenticate(r *http.Request, f form, st *state) (*client, *oau
 		if claims.ID.TrustDomain() != s.cfg.TrustDomain {
 			return nil, fail(errInvalidClient, "client assertion for %s, outside the trust domain", claims.ID)
 		}
-		// Single use: by jti if the assertion has one, else by the whole
-		// token (JWT-SVIDs carry no jti; their signatures differ).
+		if st.clientRevoked(claims.IssuedAt, claims.ID.String()) {
+			return nil, fail(errInvalidClient, "client assertion of %s: %v", claims.ID, ErrRevoked)
+		}
+		// Single use: by jti if the assertion has one, else by its signing
+		// input (header.payload; JWT-SVIDs carry no jti). Never by the
+		// signature: an ECDSA signature (r, s) has a twin (r, n-s) that
+		// verifies too, and other algorithms need not be unique either.
 		sum := sha256.New()
 		if jti, ok := claims.Raw["jti"].(string); ok && jti != "" {
 			sum.Write([]byte("jti\x00" + claims.ID.String() + "\x00" + jti))
 		} else {
-			sum.Write([]byte("token\x00" + assertion))
+			// Validate accepted three parts: the input ends at the last dot.
+			sum.Write([]byte("input\x00" + assertion[:strings.LastIndexByte(assertion, '.')]))
 		}
 		hash := "assertion:" + hex.EncodeToString(sum.Sum(nil))
-		if err := s.cfg.Store.UseClientAssertion(r.Context(), hash, claims.Expiry.Add(jwtsvid.Leeway)); err != nil {
+		// Kept until exp plus twice the leeway: this server accepts the
+		// assertion up to exp+Leeway by its clock, and the server that
+		// prunes the record may run up to Leeway ahead.
+		if err := s.cfg.Store.UseClientAssertion(r.Context(), hash, claims.Expiry.Add(2*jwtsvid.Leeway)); err != nil {
 			if errors.Is(err, datastore.ErrAlreadyExists) {
 				return nil, fail(errInvalidClient, "client assertion of %s used before", claims.ID)
 			}

@@ -16,6 +16,7 @@ import (
 
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/keymanager"
 	"writ.dev/writ/internal/logkey"
 )
@@ -47,6 +48,10 @@ const (
 	MaxBodySize = 64 << 10
 	// maxActDepth bounds the delegation chain of an exchanged token.
 	maxActDepth = 8
+	// MaxTokenTTL caps Config.TokenTTL: the longest SVID lifetime, which
+	// revocations are kept for (a client revocation covers the client's
+	// JWT-SVIDs as well as its access tokens).
+	MaxTokenTTL = entry.MaxTTL
 	// refreshInterval is how often the state is reloaded when the store
 	// signals nothing.
 	refreshInterval = time.Minute
@@ -78,8 +83,8 @@ type Config struct {
 	Issuer string
 	Store  Store
 	Keys   KeySource
-	// TokenTTL is the longest lifetime of an access token; DefaultTokenTTL
-	// if zero.
+	// TokenTTL is the longest lifetime of an access token, at most
+	// MaxTokenTTL; DefaultTokenTTL if zero.
 	TokenTTL time.Duration
 	Clock    clock.Clock
 	Logger   *slog.Logger
@@ -95,6 +100,7 @@ type Server struct {
 	metadata      []byte
 	log           *slog.Logger
 	state         atomic.Pointer[state]
+	revokes       revokeLimiter
 }
 
 // state is what the server reloads from the store: the trust domain's
@@ -119,8 +125,8 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("%w: no store or key source", ErrConfig)
 	case err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.User != nil:
 		return nil, fmt.Errorf("%w: issuer %q: want an https origin such as https://oauth.example.org:8443", ErrConfig, cfg.Issuer)
-	case cfg.TokenTTL < 0:
-		return nil, fmt.Errorf("%w: negative token TTL", ErrConfig)
+	case cfg.TokenTTL < 0 || cfg.TokenTTL > MaxTokenTTL:
+		return nil, fmt.Errorf("%w: token TTL %s: want at most %s", ErrConfig, cfg.TokenTTL, MaxTokenTTL)
 	}
 	if cfg.TokenTTL == 0 {
 		cfg.TokenTTL = DefaultTokenTTL

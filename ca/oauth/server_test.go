@@ -2,14 +2,19 @@ package oauth_test
 
 import (
 	"context"
+	"crypto/elliptic"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
+	"errors"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -425,7 +430,9 @@ func TestTokenExchangeChain(t *testing.T) {
 	}
 	r := exchange(apiID, tok, oauth.TokenTypeAccessToken, dbID)
 	c := e.claims(r["access_token"].(string), dbID)
-	if c["sub"] != webID || c["client_id"] != apiID || c["scope"] != "db:read" || !actIs(c["act"], apiID) {
+	// web's token holds read and write, api is granted db:read: none of
+	// them is in both.
+	if c["sub"] != webID || c["client_id"] != apiID || c["scope"] != nil || !actIs(c["act"], apiID) {
 		t.Fatalf("first hop claims %v", c)
 	}
 	hop := e.do(request{form: url.Values{"grant_type": {oauth.GrantTokenExchange}, "subject_token": {r["access_token"].(string)},
@@ -508,7 +515,7 @@ func TestIntrospectAndRevoke(t *testing.T) {
 		t.Fatalf("revocation of an invalid token: %d %v", r.status, r.body)
 	}
 	revs, err := e.store.ListRevocations(t.Context(), t0)
-	if err != nil || len(revs) != 1 || revs[0].JTI == "" || !revs[0].ExpiresAt.Equal(t0.Add(5*time.Minute+jwtsvid.Leeway)) {
+	if err != nil || len(revs) != 1 || revs[0].JTI == "" || !revs[0].ExpiresAt.Equal(t0.Add(5*time.Minute+2*jwtsvid.Leeway)) {
 		t.Fatalf("stored revocations %+v %v", revs, err)
 	}
 	// A revoked token cannot be exchanged either.
@@ -560,6 +567,16 @@ func TestNewRefusesBadIssuers(t *testing.T) {
 		if _, err := oauth.New(oauth.Config{TrustDomain: td, Issuer: iss, Store: &boltstore.Store{}, Keys: keys{}}); err == nil {
 			t.Errorf("issuer %q accepted", iss)
 		}
+	}
+	// Revocations are kept for MaxTokenTTL: a longer token would outlive
+	// them.
+	for _, ttl := range []time.Duration{-time.Second, oauth.MaxTokenTTL + time.Second} {
+		if _, err := oauth.New(oauth.Config{TrustDomain: td, Issuer: issuer, Store: &boltstore.Store{}, Keys: keys{}, TokenTTL: ttl}); !errors.Is(err, oauth.ErrConfig) {
+			t.Errorf("token TTL %s: %v", ttl, err)
+		}
+	}
+	if _, err := oauth.New(oauth.Config{TrustDomain: td, Issuer: issuer, Store: &boltstore.Store{}, Keys: keys{}, TokenTTL: oauth.MaxTokenTTL}); err != nil {
+		t.Errorf("token TTL %s: %v", oauth.MaxTokenTTL, err)
 	}
 }
 
@@ -657,5 +674,244 @@ func poll(t *testing.T, what string, ok func() bool) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within 10s", what)
 		}
+	}
+}
+
+// TestClientRevocationCoversEveryRole: a client revocation covers the
+// tokens that name the client as sub or as an actor, not only as
+// client_id, and its earlier JWT-SVIDs, as subject tokens and as client
+// assertions: exchange cannot launder a revoked client's tokens.
+func TestClientRevocationCoversEveryRole(t *testing.T) {
+	e := newEnv(t)
+	exchange := func(actor, subject, subjectType, aud string) response {
+		t.Helper()
+		return e.do(request{form: url.Values{"grant_type": {oauth.GrantTokenExchange}, "subject_token": {subject},
+			"subject_token_type": {subjectType}, "audience": {aud}}, certs: e.cert(actor, time.Hour)})
+	}
+	introspect := func(token string) any {
+		t.Helper()
+		r := e.do(request{path: oauth.IntrospectPath, form: url.Values{"token": {token}}, certs: e.cert(dbID, time.Hour)})
+		if r.status != 200 {
+			t.Fatalf("introspect: %d %v", r.status, r.body)
+		}
+		return r.body["active"]
+	}
+	webTok := e.token(webID, url.Values{"audience": {apiID}})
+	r := exchange(apiID, webTok, oauth.TokenTypeAccessToken, dbID)
+	if r.status != 200 {
+		t.Fatalf("exchange: %d %v", r.status, r.body)
+	}
+	exchanged := r.body["access_token"].(string) // sub web, client_id api
+	webSVID := e.assertion(webID, apiID, time.Hour)
+	webAssertion := e.assertion(webID, tokenURL, time.Hour)
+
+	if err := e.store.PutRevocation(t.Context(), &datastore.Revocation{ClientID: webID, RevokedAt: t0, ExpiresAt: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "the revocation of web", func() bool { return introspect(webTok) == false })
+	if got := introspect(exchanged); got != false {
+		t.Fatalf("a token with sub web, issued before web's revocation, introspects %v", got)
+	}
+	if r := exchange(dbID, exchanged, oauth.TokenTypeAccessToken, "https://ledger.example.org/"); r.status != 400 || r.body["error"] != "invalid_request" {
+		t.Fatalf("exchange of a token with a revoked sub: %d %v", r.status, r.body)
+	}
+	if r := exchange(apiID, webSVID, oauth.TokenTypeJWT, dbID); r.status != 400 || r.body["error"] != "invalid_request" {
+		t.Fatalf("exchange of a revoked client's earlier JWT-SVID: %d %v", r.status, r.body)
+	}
+	if r := e.do(request{form: url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"},
+		"client_assertion_type": {oauth.AssertionTypeJWTBearer}, "client_assertion": {webAssertion}}}); r.status != 400 || r.body["error"] != "invalid_client" {
+		t.Fatalf("a revoked client's earlier client assertion: %d %v", r.status, r.body)
+	}
+
+	// Credentials issued after the revocation's second are valid.
+	e.clk.Set(t0.Add(2 * time.Second))
+	if r := exchange(apiID, e.assertion(webID, apiID, time.Hour), oauth.TokenTypeJWT, dbID); r.status != 200 {
+		t.Fatalf("exchange of a later JWT-SVID: %d %v", r.status, r.body)
+	}
+	if r := e.do(request{form: url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"},
+		"client_assertion_type": {oauth.AssertionTypeJWTBearer}, "client_assertion": {e.assertion(webID, tokenURL, time.Hour)}}}); r.status != 200 {
+		t.Fatalf("a later client assertion: %d %v", r.status, r.body)
+	}
+
+	// Revoking an actor covers the tokens issued through it.
+	webTok = e.token(webID, url.Values{"audience": {apiID}})
+	r = exchange(apiID, webTok, oauth.TokenTypeAccessToken, dbID)
+	if r.status != 200 {
+		t.Fatalf("exchange: %d %v", r.status, r.body)
+	}
+	r = exchange(dbID, r.body["access_token"].(string), oauth.TokenTypeAccessToken, "https://ledger.example.org/")
+	if r.status != 200 {
+		t.Fatalf("second hop: %d %v", r.status, r.body)
+	}
+	secondHop := r.body["access_token"].(string) // sub web, client_id db, act db, api
+	if err := e.store.PutRevocation(t.Context(), &datastore.Revocation{ClientID: apiID, RevokedAt: e.clk.Now(), ExpiresAt: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "the revocation of api", func() bool { return introspect(secondHop) == false })
+	if got := introspect(webTok); got != true {
+		t.Fatalf("web's own token after api's revocation: %v", got)
+	}
+}
+
+// TestAssertionReplayWithTwinSignature: a used client assertion whose
+// ECDSA signature is rewritten from (r, s) to (r, n-s), which verifies
+// as well, is still a replay.
+func TestAssertionReplayWithTwinSignature(t *testing.T) {
+	e := newEnv(t)
+	assertion := e.assertion(webID, tokenURL, time.Minute)
+	use := func(a string) response {
+		return e.do(request{form: url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"},
+			"client_assertion_type": {oauth.AssertionTypeJWTBearer}, "client_assertion": {a}}})
+	}
+	if r := use(assertion); r.status != 200 {
+		t.Fatalf("first use: %d %v", r.status, r.body)
+	}
+	dot := strings.LastIndexByte(assertion, '.')
+	sig, err := base64.RawURLEncoding.DecodeString(assertion[dot+1:])
+	if err != nil || len(sig) != 64 {
+		t.Fatalf("signature of %d bytes: %v", len(sig), err)
+	}
+	s := new(big.Int).SetBytes(sig[32:])
+	s.Sub(elliptic.P256().Params().N, s)
+	s.FillBytes(sig[32:])
+	twin := assertion[:dot+1] + base64.RawURLEncoding.EncodeToString(sig)
+	if twin == assertion {
+		t.Fatal("the rewritten signature is the same")
+	}
+	if _, err := jwtsvid.Validate(twin, e.bundle(), []string{tokenURL}, e.clk.Now()); err != nil {
+		t.Fatalf("the rewritten signature does not verify, so the test proves nothing: %v", err)
+	}
+	if r := use(twin); r.status != 400 || r.body["error"] != "invalid_client" {
+		t.Fatalf("replay with the twin signature: %d %v", r.status, r.body["error"])
+	}
+}
+
+// bundle is the trust domain's bundle with the JWT authority.
+func (e *env) bundle() *spiffebundle.Bundle {
+	b := spiffebundle.New(td)
+	if err := b.AddJWTAuthority(e.jwt.ID, e.jwt.Signer.Public()); err != nil {
+		e.t.Fatal(err)
+	}
+	return b
+}
+
+// TestRevokeQuota: a client stores at most RevokeBurst revocations at
+// once, then RevokeRate a second, and at most MaxRevocationsPerClient
+// listed; beyond, /revoke answers 503 with Retry-After and the token
+// stays valid. Other clients are not affected.
+func TestRevokeQuota(t *testing.T) {
+	e := newEnv(t)
+	revoke := func(id, token string) response {
+		t.Helper()
+		return e.do(request{path: oauth.RevokePath, form: url.Values{"token": {token}}, certs: e.cert(id, time.Hour)})
+	}
+	refused := func(r response, retryAfter string) {
+		t.Helper()
+		if r.status != http.StatusServiceUnavailable || r.body["error"] != "temporarily_unavailable" || r.header.Get("Retry-After") != retryAfter {
+			t.Fatalf("over the quota: %d %v, Retry-After %q, want %s", r.status, r.body["error"], r.header.Get("Retry-After"), retryAfter)
+		}
+	}
+	active := func(token string) any {
+		t.Helper()
+		return e.do(request{path: oauth.IntrospectPath, form: url.Values{"token": {token}}, certs: e.cert(dbID, time.Hour)}).body["active"]
+	}
+	listed := 0
+	ok := func(id, token string) {
+		t.Helper()
+		if r := revoke(id, token); r.status != 200 {
+			t.Fatalf("revocation %d: %d %v", listed+1, r.status, r.body["error"])
+		}
+		listed++
+	}
+	for range oauth.RevokeBurst {
+		ok(webID, e.token(webID, url.Values{"audience": {"orders"}}))
+	}
+	tok := e.token(webID, url.Values{"audience": {"orders"}})
+	refused(revoke(webID, tok), "1")
+	if active(tok) != true {
+		t.Fatal("a token whose revocation was refused is inactive")
+	}
+	e.clk.Advance(time.Second)
+	ok(webID, tok)
+	for listed < oauth.MaxRevocationsPerClient {
+		e.clk.Advance(time.Second / oauth.RevokeRate)
+		ok(webID, e.token(webID, url.Values{"audience": {"orders"}}))
+	}
+	e.clk.Advance(time.Second)
+	tok = e.token(webID, url.Values{"audience": {"orders"}})
+	// The first revocations leave the list at t0 + 5m (token TTL) + 2 leeways.
+	wait := t0.Add(5*time.Minute + 2*jwtsvid.Leeway).Sub(e.clk.Now())
+	refused(revoke(webID, tok), strconv.Itoa(int(wait/time.Second)))
+	if r := revoke(apiID, e.token(apiID, url.Values{"audience": {dbID}})); r.status != 200 {
+		t.Fatalf("another client's revocation: %d %v", r.status, r.body["error"])
+	}
+	e.clk.Advance(wait)
+	if r := revoke(webID, e.token(webID, url.Values{"audience": {"orders"}})); r.status != 200 {
+		t.Fatalf("revocation once the first ones expired: %d %v", r.status, r.body["error"])
+	}
+}
+
+// TestTokenExchangeKeepsSubjectScopes: a token exchanged from an access
+// token gets only the scopes both the subject token holds and the actor
+// is granted; one exchanged from a JWT-SVID, which holds no scope, gets
+// the actor's grants.
+func TestTokenExchangeKeepsSubjectScopes(t *testing.T) {
+	e := newEnv(t)
+	if err := e.store.PutOAuthClient(t.Context(), &datastore.OAuthClient{SPIFFEID: spiffeid.RequireFromString(apiID),
+		Audiences: []string{dbID}, Scopes: []string{"db:read", "read", "write"}}); err != nil {
+		t.Fatal(err)
+	}
+	exchange := func(subject, subjectType, scope string) response {
+		t.Helper()
+		f := url.Values{"grant_type": {oauth.GrantTokenExchange}, "subject_token": {subject},
+			"subject_token_type": {subjectType}, "audience": {dbID}}
+		if scope != "" {
+			f.Set("scope", scope)
+		}
+		return e.do(request{form: f, certs: e.cert(apiID, time.Hour)})
+	}
+	readOnly := e.token(webID, url.Values{"audience": {apiID}, "scope": {"read"}})
+	poll(t, "api's new grants", func() bool {
+		return exchange(e.assertion(webID, apiID, time.Minute), oauth.TokenTypeJWT, "").body["scope"] == "db:read read write"
+	})
+	if r := exchange(readOnly, oauth.TokenTypeAccessToken, ""); r.status != 200 || r.body["scope"] != "read" {
+		t.Fatalf("exchange of a read token: %d %v", r.status, r.body["scope"])
+	}
+	if r := exchange(readOnly, oauth.TokenTypeAccessToken, "write"); r.status != 400 || r.body["error"] != "invalid_scope" {
+		t.Fatalf("exchange of a read token for write: %d %v", r.status, r.body)
+	}
+	if r := exchange(readOnly, oauth.TokenTypeAccessToken, "read"); r.status != 200 || r.body["scope"] != "read" {
+		t.Fatalf("exchange of a read token for read: %d %v", r.status, r.body["scope"])
+	}
+}
+
+// TestAssertionRecordOutlivesSkew: the record of a used assertion is kept
+// until exp plus twice the leeway, so a server whose clock runs a leeway
+// ahead and prunes it does not let a server a leeway behind, which still
+// accepts the assertion, accept it again.
+func TestAssertionRecordOutlivesSkew(t *testing.T) {
+	e := newEnv(t)
+	assertion := e.assertion(webID, tokenURL, time.Minute)
+	// At /introspect, where no token's lifetime is bound to the
+	// assertion's, it authenticates up to exp+Leeway.
+	use := func() response {
+		return e.do(request{path: oauth.IntrospectPath, form: url.Values{"token": {"x"},
+			"client_assertion_type": {oauth.AssertionTypeJWTBearer}, "client_assertion": {assertion}}})
+	}
+	if r := use(); r.status != 200 {
+		t.Fatalf("first use: %d %v", r.status, r.body["error"])
+	}
+	// This server's clock is just before exp+Leeway: it still accepts
+	// the assertion's times. Another's, a leeway ahead, prunes.
+	exp := t0.Add(time.Minute)
+	e.clk.Set(exp.Add(jwtsvid.Leeway - time.Second))
+	pruner := e.store.(interface {
+		PruneClientAssertions(ctx context.Context, now time.Time) (int, error)
+	})
+	if _, err := pruner.PruneClientAssertions(t.Context(), e.clk.Now().Add(jwtsvid.Leeway)); err != nil {
+		t.Fatal(err)
+	}
+	if r := use(); r.status != 400 || r.body["error"] != "invalid_client" {
+		t.Fatalf("replay after a clock a leeway ahead pruned: %d %v", r.status, r.body["error"])
 	}
 }

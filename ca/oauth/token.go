@@ -120,19 +120,19 @@ func target(f form, oc *datastore.OAuthClient) (string, *oauthError) {
 }
 
 // scopes returns the scopes a request gets: those requested, which must
-// all be granted, or every granted scope if none is requested.
-func scopes(f form, oc *datastore.OAuthClient) (string, *oauthError) {
+// all be in granted, or every scope in granted if none is requested.
+func scopes(f form, oc *datastore.OAuthClient, granted []string) (string, *oauthError) {
 	req := f.get("scope")
 	if req == "" {
-		return strings.Join(oc.Scopes, " "), nil
+		return strings.Join(granted, " "), nil
 	}
 	var out []string
 	for sc := range strings.SplitSeq(req, " ") {
 		if !datastore.ValidScope(sc) {
 			return "", fail(errInvalidScope, "malformed scope")
 		}
-		if !slices.Contains(oc.Scopes, sc) {
-			return "", fail(errInvalidScope, "scope %q not granted to %s", truncate(sc), oc.SPIFFEID)
+		if !slices.Contains(granted, sc) {
+			return "", fail(errInvalidScope, "scope %q not granted to %s, or not in the subject token", truncate(sc), oc.SPIFFEID)
 		}
 		out = append(out, sc)
 	}
@@ -159,7 +159,7 @@ func (s *Server) clientCredentials(f form, st *state, c *client) (map[string]any
 	if e != nil {
 		return nil, e
 	}
-	scope, e := scopes(f, oc)
+	scope, e := scopes(f, oc, oc.Scopes)
 	if e != nil {
 		return nil, e
 	}
@@ -188,6 +188,9 @@ func (s *Server) tokenExchange(f form, st *state, c *client) (map[string]any, *o
 		sub     spiffeid.ID
 		expires time.Time
 		prior   *Actor
+		// granted are the scopes the new token may get: for a JWT-SVID
+		// subject (which carries no scope), the actor's own grants.
+		granted = oc.Scopes
 	)
 	switch subjectType {
 	case TokenTypeAccessToken:
@@ -196,10 +199,18 @@ func (s *Server) tokenExchange(f form, st *state, c *client) (map[string]any, *o
 			return nil, fail(errInvalidRequest, "subject token: %v", err)
 		}
 		sub, expires, prior = claims.ID, claims.Expiry, tok.Act
+		// The new token may not widen the subject's: it gets only the
+		// scopes both the subject token holds and the actor is granted.
+		granted = slices.DeleteFunc(slices.Clone(oc.Scopes), func(sc string) bool {
+			return !slices.Contains(strings.Fields(tok.Scope), sc)
+		})
 	case TokenTypeJWT:
 		claims, err := jwtsvid.Validate(subjectToken, st.bundle, []string{c.id.String()}, now)
 		if err != nil {
 			return nil, fail(errInvalidRequest, "subject token: %v", err)
+		}
+		if st.clientRevoked(claims.IssuedAt, claims.ID.String()) {
+			return nil, fail(errInvalidRequest, "subject token: %v", ErrRevoked)
 		}
 		sub, expires = claims.ID, claims.Expiry
 	default:
@@ -213,7 +224,7 @@ func (s *Server) tokenExchange(f form, st *state, c *client) (map[string]any, *o
 	if e != nil {
 		return nil, e
 	}
-	scope, e := scopes(f, oc)
+	scope, e := scopes(f, oc, granted)
 	if e != nil {
 		return nil, e
 	}
@@ -309,8 +320,26 @@ func (s *Server) validate(token string, st *state, audience []string, now time.T
 	if _, ok := st.revokedJTIs[c.JTI]; ok && c.JTI != "" {
 		return nil, nil, ErrRevoked
 	}
-	if at, ok := st.revokedClients[c.ClientID]; ok && vc.IssuedAt.Unix() <= at.Unix() {
+	if st.clientRevoked(vc.IssuedAt, c.ClientID, c.Subject) {
 		return nil, nil, ErrRevoked
 	}
+	for a := c.Act; a != nil; a = a.Act {
+		if st.clientRevoked(vc.IssuedAt, a.Subject) {
+			return nil, nil, ErrRevoked
+		}
+	}
 	return vc, &c, nil
+}
+
+// clientRevoked reports whether a credential issued at iat that names
+// any of ids (as client_id, sub or actor) is covered by a client
+// revocation: one of ids was revoked at or after iat's second. A
+// JWT-SVID without iat is covered by any revocation of its subject.
+func (st *state) clientRevoked(iat time.Time, ids ...string) bool {
+	for _, id := range ids {
+		if at, ok := st.revokedClients[id]; ok && (iat.IsZero() || iat.Unix() <= at.Unix()) {
+			return true
+		}
+	}
+	return false
 }
