@@ -141,16 +141,30 @@ func (c *Client) Run(ctx context.Context) error {
 	}
 }
 
+// errPartialList: the agent broke off a full list sent in several
+// messages, or sent more than maxPending; the stream is dropped and the
+// last complete list kept.
+var errPartialList = errors.New("revocationapi: the agent sent an incomplete or oversized full list")
+
+// maxPending bounds a full list the client assembles from several
+// messages.
+const maxPending = 10_000_000
+
 // follow runs one stream; got reports whether a message arrived.
 func (c *Client) follow(ctx context.Context, api agentv1.RevocationServiceClient) (got bool, err error) {
 	stream, err := api.WatchRevocations(ctx, &agentv1.WatchRevocationsRequest{}, grpc.WaitForReady(false))
 	if err != nil {
 		return false, err
 	}
+	// pending holds the parts of a full list sent in several messages.
+	var pending []revocation.Revocation
 	for {
 		msg, err := stream.Recv()
 		if err != nil {
 			return got, err
+		}
+		if !msg.GetFull() && pending != nil {
+			return got, errPartialList
 		}
 		rs := make([]revocation.Revocation, 0, len(msg.GetRevocations()))
 		for _, w := range msg.GetRevocations() {
@@ -160,8 +174,16 @@ func (c *Client) follow(ctx context.Context, api agentv1.RevocationServiceClient
 			}
 			rs = append(rs, r)
 		}
+		if msg.GetFull() && msg.GetMore() {
+			pending = append(pending, rs...)
+			if len(pending) > maxPending {
+				return got, errPartialList
+			}
+			continue
+		}
 		if msg.GetFull() {
-			c.list.Replace(rs)
+			c.list.Replace(append(pending, rs...))
+			pending = nil
 			c.readyOnce.Do(func() { close(c.ready) })
 		} else {
 			c.list.Add(rs)

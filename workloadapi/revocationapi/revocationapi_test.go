@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"writ.dev/writ/agent/revocation"
 	"writ.dev/writ/agent/rotate"
@@ -254,5 +256,79 @@ func TestNewClientAddress(t *testing.T) {
 	t.Setenv(revocationapi.EndpointEnv, "unix:///tmp/x.sock")
 	if _, err := revocationapi.NewClient(revocationapi.ClientConfig{}); err != nil {
 		t.Errorf("from the environment: %v", err)
+	}
+}
+
+// TestLongListInParts: a full list longer than MaxPerMessage goes in
+// several messages, each far below the socket's 4 MiB message limit (a
+// list of client revocations this long would exceed it in one), and a
+// Client applies the whole list once the last part arrives.
+func TestLongListInParts(t *testing.T) {
+	e := newEnv(t)
+	now := time.Now().Truncate(time.Second)
+	n := 2*revocationapi.MaxPerMessage + 7
+	rs := make([]revocation.Revocation, n)
+	for i := range rs {
+		id := "spiffe://example.org/" + strings.Repeat("c", 100) + "/" + strconv.Itoa(i)
+		rs[i] = revocation.Revocation{ClientID: id, RevokedAt: now, ExpiresAt: now.Add(time.Hour)}
+	}
+	e.list.Add(rs)
+	conn, err := grpc.NewClient(e.addr, append(workloadapi.SecurityHeaderDialOptions(), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	stream, err := agentv1.NewRevocationServiceClient(conn).WatchRevocations(ctx, &agentv1.WatchRevocationsRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := 0
+	for i := 0; ; i++ {
+		m, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("message %d: %v", i, err)
+		}
+		if !m.Full || len(m.Revocations) > revocationapi.MaxPerMessage {
+			t.Fatalf("message %d: full %v, %d revocations", i, m.Full, len(m.Revocations))
+		}
+		if size := proto.Size(m); size > 2<<20 {
+			t.Fatalf("message %d: %d bytes", i, size)
+		}
+		got += len(m.Revocations)
+		if !m.More {
+			if i != 2 {
+				t.Errorf("the list came in %d messages, want 3", i+1)
+			}
+			break
+		}
+	}
+	if got != n {
+		t.Fatalf("%d revocations sent, want %d", got, n)
+	}
+
+	c, err := revocationapi.NewClient(revocationapi.ClientConfig{Address: e.addr})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, ccancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- c.Run(cctx) }()
+	defer func() {
+		ccancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	select {
+	case <-c.Ready():
+	case <-time.After(20 * time.Second):
+		t.Fatal("client not ready")
+	}
+	for _, i := range []int{0, revocationapi.MaxPerMessage, n - 1} {
+		if !c.Revoked("", rs[i].ClientID, "", now) {
+			t.Errorf("revocation %d of the long list not applied", i)
+		}
 	}
 }

@@ -92,7 +92,7 @@ func (s *Service) WatchRevocations(_ *agentv1.WatchRevocationsRequest, stream gr
 					return err
 				}
 			}
-			if err := stream.Send(&agentv1.WatchRevocationsResponse{Full: full, Revocations: ToWire(rs)}); err != nil {
+			if err := send(stream, full, rs); err != nil {
 				return err
 			}
 			first = false
@@ -103,6 +103,28 @@ func (s *Service) WatchRevocations(_ *agentv1.WatchRevocationsRequest, stream gr
 			return status.FromContextError(ctx.Err()).Err()
 		case <-s.socket.Stopping():
 			return errStopping
+		}
+	}
+}
+
+// MaxPerMessage is the most revocations one message carries: a full list
+// of more is sent in several (WatchRevocationsResponse.more), so that no
+// message nears the socket's 4 MiB limit (a revocation takes at most
+// about 150 bytes on the wire).
+const MaxPerMessage = 10_000
+
+// send sends rs as one message, or a full list longer than MaxPerMessage
+// as several.
+func send(stream grpc.ServerStreamingServer[agentv1.WatchRevocationsResponse], full bool, rs []revocation.Revocation) error {
+	for {
+		n := min(len(rs), MaxPerMessage)
+		more := n < len(rs)
+		if err := stream.Send(&agentv1.WatchRevocationsResponse{Full: full, Revocations: ToWire(rs[:n]), More: full && more}); err != nil {
+			return err
+		}
+		rs = rs[n:]
+		if !more {
+			return nil
 		}
 	}
 }

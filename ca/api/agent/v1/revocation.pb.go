@@ -68,8 +68,12 @@ type WatchRevocationsResponse struct {
 	// full: revocations is the complete list and replaces the watcher's.
 	// Otherwise they are added to it, replacing one of the same jti or
 	// client_id.
-	Full          bool          `protobuf:"varint,1,opt,name=full,proto3" json:"full,omitempty"`
-	Revocations   []*Revocation `protobuf:"bytes,2,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	Full        bool          `protobuf:"varint,1,opt,name=full,proto3" json:"full,omitempty"`
+	Revocations []*Revocation `protobuf:"bytes,2,rep,name=revocations,proto3" json:"revocations,omitempty"`
+	// more, on a full message: the complete list continues in the next
+	// messages (each full as well); the watcher replaces its list with all
+	// of them once one arrives without more.
+	More          bool `protobuf:"varint,3,opt,name=more,proto3" json:"more,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -116,6 +120,13 @@ func (x *WatchRevocationsResponse) GetRevocations() []*Revocation {
 		return x.Revocations
 	}
 	return nil
+}
+
+func (x *WatchRevocationsResponse) GetMore() bool {
+	if x != nil {
+		return x.More
+	}
+	return false
 }
 
 // A revocation of access tokens: exactly one of jti and client_id is set.
@@ -199,10 +210,11 @@ var File_ca_api_agent_v1_revocation_proto protoreflect.FileDescriptor
 const file_ca_api_agent_v1_revocation_proto_rawDesc = "" +
 	"\n" +
 	" ca/api/agent/v1/revocation.proto\x12\rwrit.agent.v1\"\x19\n" +
-	"\x17WatchRevocationsRequest\"k\n" +
+	"\x17WatchRevocationsRequest\"\x7f\n" +
 	"\x18WatchRevocationsResponse\x12\x12\n" +
 	"\x04full\x18\x01 \x01(\bR\x04full\x12;\n" +
-	"\vrevocations\x18\x02 \x03(\v2\x19.writ.agent.v1.RevocationR\vrevocations\"y\n" +
+	"\vrevocations\x18\x02 \x03(\v2\x19.writ.agent.v1.RevocationR\vrevocations\x12\x12\n" +
+	"\x04more\x18\x03 \x01(\bR\x04more\"y\n" +
 	"\n" +
 	"Revocation\x12\x10\n" +
 	"\x03jti\x18\x01 \x01(\tR\x03jti\x12\x1b\n" +

@@ -36,9 +36,10 @@ type RevocationServiceClient interface {
 	// the agent holds (full), then a message each time revocations are
 	// added (not full: the new or renewed ones only), and a full message
 	// again whenever the list was replaced in a way additions cannot
-	// express. Any caller the Workload API attests may watch; the security
-	// header is not required. The stream ends with Unavailable when the
-	// agent stops.
+	// express. A full list longer than one message allows is sent in
+	// several (see more). Any caller the Workload API attests may watch;
+	// the security header is required, as on the Workload API. The stream
+	// ends with Unavailable when the agent stops.
 	WatchRevocations(ctx context.Context, in *WatchRevocationsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchRevocationsResponse], error)
 }
 
@@ -77,9 +78,10 @@ type RevocationServiceServer interface {
 	// the agent holds (full), then a message each time revocations are
 	// added (not full: the new or renewed ones only), and a full message
 	// again whenever the list was replaced in a way additions cannot
-	// express. Any caller the Workload API attests may watch; the security
-	// header is not required. The stream ends with Unavailable when the
-	// agent stops.
+	// express. A full list longer than one message allows is sent in
+	// several (see more). Any caller the Workload API attests may watch;
+	// the security header is required, as on the Workload API. The stream
+	// ends with Unavailable when the agent stops.
 	WatchRevocations(*WatchRevocationsRequest, grpc.ServerStreamingServer[WatchRevocationsResponse]) error
 	mustEmbedUnimplementedRevocationServiceServer()
 }
