@@ -143,23 +143,7 @@ func (h *handler) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX5
 	// Signing is CPU-bound (a CSR check and a signature, each with an
 	// ECDSA or RSA operation): spread a large batch over the CPUs. Each
 	// item writes only its own result.
-	workers := min(runtime.GOMAXPROCS(0), (len(reqs)+batchChunk-1)/batchChunk)
-	var next atomic.Int64
-	work := func() {
-		for ctx.Err() == nil {
-			i := int(next.Add(1)) - 1
-			if i >= len(reqs) {
-				return
-			}
-			signOne(i)
-		}
-	}
-	var wg sync.WaitGroup
-	for range workers - 1 {
-		wg.Go(work)
-	}
-	work()
-	wg.Wait()
+	forEachParallel(ctx, len(reqs), batchChunk, signOne)
 	if err := ctx.Err(); err != nil {
 		return nil, status.FromContextError(err).Err()
 	}
@@ -232,4 +216,29 @@ func (h *handler) SignJWTSVID(ctx context.Context, req *nodev1.SignJWTSVIDReques
 		s.log.LogAttrs(ctx, slog.LevelDebug, "JWT-SVID lifetime cut to its key's", slog.String(logkey.EntryID, e.ID), slog.Duration("ttl", ttl), slog.Time("key_not_after", a.JWTNotAfter))
 	}
 	return &nodev1.SignJWTSVIDResponse{Token: token, ExpiresAt: exp.Unix()}, nil
+}
+
+// forEachParallel calls fn(i) for every i in [0, n), on up to one
+// goroutine per CPU, each taking items one at a time; a batch of chunk
+// items or fewer runs on the calling goroutine alone. It stops taking
+// items once ctx is done, and returns when every call it started has
+// returned.
+func forEachParallel(ctx context.Context, n, chunk int, fn func(i int)) {
+	workers := min(runtime.GOMAXPROCS(0), (n+chunk-1)/chunk)
+	var next atomic.Int64
+	work := func() {
+		for ctx.Err() == nil {
+			i := int(next.Add(1)) - 1
+			if i >= n {
+				return
+			}
+			fn(i)
+		}
+	}
+	var wg sync.WaitGroup
+	for range workers - 1 {
+		wg.Go(work)
+	}
+	work()
+	wg.Wait()
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto"
 	"log/slog"
-	"runtime"
-	"sync"
 	"sync/atomic"
 
 	"google.golang.org/grpc/codes"
@@ -107,23 +105,7 @@ func (h *handler) BatchSignJWTSVID(ctx context.Context, req *nodev1.BatchSignJWT
 	}
 	// An ECDSA signature costs tens of microseconds: spread a batch
 	// over the CPUs. Each item writes only its own result.
-	workers := min(runtime.GOMAXPROCS(0), (len(reqs)+jwtBatchChunk-1)/jwtBatchChunk)
-	var next atomic.Int64
-	work := func() {
-		for ctx.Err() == nil {
-			i := int(next.Add(1)) - 1
-			if i >= len(reqs) {
-				return
-			}
-			signOne(i)
-		}
-	}
-	var wg sync.WaitGroup
-	for range workers - 1 {
-		wg.Go(work)
-	}
-	work()
-	wg.Wait()
+	forEachParallel(ctx, len(reqs), jwtBatchChunk, signOne)
 	if err := ctx.Err(); err != nil {
 		return nil, status.FromContextError(err).Err()
 	}
