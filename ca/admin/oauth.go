@@ -63,22 +63,32 @@ func oauthClientToWire(c *datastore.OAuthClient) *adminv1.OAuthClient {
 		CreatedAt: unixSeconds(c.CreatedAt), UpdatedAt: unixSeconds(c.UpdatedAt)}
 }
 
-// CreateOAuthClient creates a client.
-func (o *oauthService) CreateOAuthClient(ctx context.Context, req *adminv1.OAuthClient) (*adminv1.OAuthClient, error) {
-	s := o.s
-	c, err := s.begin(ctx)
+// clientCall starts a call that writes the client req: the call's audit
+// record names it, and it is checked and converted.
+func (o *oauthService) clientCall(ctx context.Context, req *adminv1.OAuthClient) (OAuthStore, *datastore.OAuthClient, error) {
+	c, err := o.s.begin(ctx)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	st, err := o.store()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	cl, err := s.oauthClientFromWire(req)
+	cl, err := o.s.oauthClientFromWire(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	c.spiffeID = cl.SPIFFEID.String()
+	return st, cl, nil
+}
+
+// CreateOAuthClient creates a client.
+func (o *oauthService) CreateOAuthClient(ctx context.Context, req *adminv1.OAuthClient) (*adminv1.OAuthClient, error) {
+	s := o.s
+	st, cl, err := o.clientCall(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	c.spiffeID = cl.SPIFFEID.String()
 	if _, err := st.FetchOAuthClient(ctx, cl.SPIFFEID); err == nil {
 		return nil, status.Errorf(codes.AlreadyExists, "%s already is an OAuth client; update it", cl.SPIFFEID)
 	} else if !errors.Is(err, datastore.ErrNotFound) {
@@ -95,19 +105,10 @@ func (o *oauthService) CreateOAuthClient(ctx context.Context, req *adminv1.OAuth
 // UpdateOAuthClient replaces a client's audiences and scopes.
 func (o *oauthService) UpdateOAuthClient(ctx context.Context, req *adminv1.OAuthClient) (*adminv1.OAuthClient, error) {
 	s := o.s
-	c, err := s.begin(ctx)
+	st, cl, err := o.clientCall(ctx, req)
 	if err != nil {
 		return nil, err
 	}
-	st, err := o.store()
-	if err != nil {
-		return nil, err
-	}
-	cl, err := s.oauthClientFromWire(req)
-	if err != nil {
-		return nil, err
-	}
-	c.spiffeID = cl.SPIFFEID.String()
 	old, err := st.FetchOAuthClient(ctx, cl.SPIFFEID)
 	if err != nil {
 		return nil, s.storeError(ctx, "fetch oauth client", err, cl.SPIFFEID.String()+" is not an OAuth client", "")
