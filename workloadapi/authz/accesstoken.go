@@ -306,10 +306,28 @@ func (a *AccessTokenAuthorizer) validate(token string, peer *x509.Certificate) (
 	if t.Bound, err = checkBinding(c.Raw["cnf"], peer); err != nil {
 		return nil, err
 	}
-	if a.revocations != nil && a.revocations.Revoked(t.JTI, c.ID.String(), t.ClientID, t.IssuedAt) {
+	if a.revoked(t, c.ID.String()) {
 		return nil, ErrRevoked
 	}
 	return t, nil
+}
+
+// revoked reports whether the revocation list covers t: its jti, or a
+// revoked client named as its subject, its client or any actor of its
+// delegation chain, as the authorization server decides.
+func (a *AccessTokenAuthorizer) revoked(t *AccessToken, subject string) bool {
+	if a.revocations == nil {
+		return false
+	}
+	if a.revocations.Revoked(t.JTI, subject, t.ClientID, t.IssuedAt) {
+		return true
+	}
+	for act := t.Actor; act != nil; act = act.Actor {
+		if a.revocations.Revoked("", act.Subject, act.ClientID, t.IssuedAt) {
+			return true
+		}
+	}
+	return false
 }
 
 // optionalString returns claim name of raw: "" and true if absent, false

@@ -216,6 +216,17 @@ func TestAccessTokenRules(t *testing.T) {
 			c["act"] = map[string]any{"sub": "spiffe://example.org/gateway", "act": map[string]any{"sub": "spiffe://example.org/edge"}}
 		}, code: 200},
 		{name: "act without sub", edit: func(_, c map[string]any) { c["act"] = map[string]any{"client_id": "x"} }, code: 401, challenge: invalid},
+		{name: "revoked client deep in the act chain, issued before", edit: func(_, c map[string]any) {
+			c["iat"] = now.Add(-2 * time.Minute).Unix()
+			c["act"] = map[string]any{"sub": "spiffe://example.org/gateway", "act": map[string]any{"sub": "spiffe://example.org/fired"}}
+		}, code: 401, challenge: invalid},
+		{name: "revoked client as an actor's client_id, issued before", edit: func(_, c map[string]any) {
+			c["iat"] = now.Add(-2 * time.Minute).Unix()
+			c["act"] = map[string]any{"sub": "spiffe://example.org/gateway", "client_id": "spiffe://example.org/fired"}
+		}, code: 401, challenge: invalid},
+		{name: "revoked client in the act chain, issued after", edit: func(_, c map[string]any) {
+			c["act"] = map[string]any{"sub": "spiffe://example.org/fired"}
+		}, code: 200},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
