@@ -37,7 +37,13 @@ func socketAddr(p *agentProc) workloadapi.ClientOption {
 // process, waiting until it gives want (or failing).
 func waitSVIDs(t *testing.T, p *agentProc, want []string) {
 	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
+	waitSVIDsWithin(t, p, want, 20*time.Second)
+}
+
+// waitSVIDsWithin is waitSVIDs with its own time limit.
+func waitSVIDsWithin(t *testing.T, p *agentProc, want []string, limit time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(limit)
 	var got []string
 	for time.Now().Before(deadline) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
@@ -233,8 +239,10 @@ func TestIntegrationServerOutage(t *testing.T) {
 		t.Fatal("agent unhealthy during the outage while its own SVID is valid")
 	}
 
-	// Back on the same address: rotation resumes without a restart.
+	// Back on the same address: rotation resumes without a restart, at
+	// the agent's next connection attempt, which after this many
+	// failures may be up to 30 s away (agent.ReconnectBackoff.Max).
 	e.server = startServer(t, e.server.dataDir, "--bind-address", e.addr, "--default-x509-svid-ttl", "60s")
-	waitSVIDs(t, a, []string{"spiffe://example.org/short"})
+	waitSVIDsWithin(t, a, []string{"spiffe://example.org/short"}, 45*time.Second)
 	t.Logf("agent log:\n%s", tail(a.log.String(), 5))
 }
