@@ -12,14 +12,8 @@ import (
 // caller (any SVID of the trust domain). A token that is malformed,
 // forged, expired, revoked or from another issuer is {"active": false}.
 func (s *Server) serveIntrospect(w http.ResponseWriter, r *http.Request) {
-	st := s.state.Load()
-	if st == nil {
-		s.writeError(w, r, fail(errUnavailable, "state not loaded yet"))
-		return
-	}
-	f, e := readForm(w, r)
-	if e != nil {
-		s.writeError(w, r, e)
+	st, f, ok := s.start(w, r)
+	if !ok {
 		return
 	}
 	if _, e := s.authenticate(r, f, st); e != nil {
@@ -67,14 +61,8 @@ func (s *Server) serveIntrospect(w http.ResponseWriter, r *http.Request) {
 // (RevokeRate, MaxRevocationsPerClient) gets 503 temporarily_unavailable
 // with Retry-After, as RFC 7009 §2.2.1 allows.
 func (s *Server) serveRevoke(w http.ResponseWriter, r *http.Request) {
-	st := s.state.Load()
-	if st == nil {
-		s.writeError(w, r, fail(errUnavailable, "state not loaded yet"))
-		return
-	}
-	f, e := readForm(w, r)
-	if e != nil {
-		s.writeError(w, r, e)
+	st, f, ok := s.start(w, r)
+	if !ok {
 		return
 	}
 	c, e := s.authenticate(r, f, st)

@@ -118,6 +118,21 @@ func (f form) get(name string) string {
 // repeatable parameters (RFC 8693 audience and resource).
 var repeatable = map[string]bool{"audience": true, "resource": true}
 
+// start begins a request to any endpoint: the current state and the
+// request's form. ok false means the error has been written.
+func (s *Server) start(w http.ResponseWriter, r *http.Request) (st *state, f form, ok bool) {
+	if st = s.state.Load(); st == nil {
+		s.writeError(w, r, fail(errUnavailable, "state not loaded yet"))
+		return nil, nil, false
+	}
+	f, e := readForm(w, r)
+	if e != nil {
+		s.writeError(w, r, e)
+		return nil, nil, false
+	}
+	return st, f, true
+}
+
 // readForm checks the method and content type and parses the body, at
 // most MaxBodySize bytes. Parameters must not repeat (RFC 6749 §3.2) and
 // nothing may come in the query string.

@@ -53,14 +53,8 @@ func (a *Actor) depth() int {
 }
 
 func (s *Server) serveToken(w http.ResponseWriter, r *http.Request) {
-	st := s.state.Load()
-	if st == nil {
-		s.writeError(w, r, fail(errUnavailable, "state not loaded yet"))
-		return
-	}
-	f, e := readForm(w, r)
-	if e != nil {
-		s.writeError(w, r, e)
+	st, f, ok := s.start(w, r)
+	if !ok {
 		return
 	}
 	grant := f.get("grant_type")
