@@ -18,12 +18,22 @@ import (
 	"writ.dev/writ/internal/nodepki"
 )
 
+// needTool fails the test in CI, and skips it elsewhere, when the
+// command name is not installed; hint says how to install it.
+func needTool(t *testing.T, name, hint string) {
+	t.Helper()
+	if _, err := exec.LookPath(name); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("%s not installed (%s)", name, hint)
+		}
+		t.Skipf("%s not installed (%s)", name, hint)
+	}
+}
+
 // sshKeygen runs ssh-keygen in dir.
 func sshKeygen(t *testing.T, dir string, args ...string) {
 	t.Helper()
-	if _, err := exec.LookPath("ssh-keygen"); err != nil {
-		t.Skip("ssh-keygen not installed (apt-get install openssh-client; .ci/run does)")
-	}
+	needTool(t, "ssh-keygen", "apt-get install openssh-client; .ci/run does")
 	cmd := exec.Command("ssh-keygen", append([]string{"-q"}, args...)...)
 	cmd.Dir = dir
 	if out, err := cmd.CombinedOutput(); err != nil {

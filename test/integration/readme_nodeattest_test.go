@@ -45,12 +45,8 @@ func readmeSection(t *testing.T, heading string) []string {
 // the background, and it waits for the agents and their SVIDs where a
 // reader would.
 func TestIntegrationReadmeNodeAttestation(t *testing.T) {
-	if _, err := exec.LookPath("ssh-keygen"); err != nil {
-		t.Skip("ssh-keygen not installed (apt-get install openssh-client; .ci/run does)")
-	}
-	if _, err := exec.LookPath("openssl"); err != nil {
-		t.Skip("openssl not installed")
-	}
+	needTool(t, "ssh-keygen", "apt-get install openssh-client; .ci/run does")
+	needTool(t, "openssl", "apt-get install openssl")
 	blocks := readmeSection(t, "### Enrol hosts without tokens: x509pop and sshpop")
 	if len(blocks) != 4 {
 		t.Fatalf("README section has %d sh blocks, want 4 (PKI, server, agents, alias)", len(blocks))
