@@ -17,6 +17,7 @@ import (
 	"writ.dev/writ/agent/agentproc"
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/internal/memlimit"
+	"writ.dev/writ/internal/nodump"
 	"writ.dev/writ/internal/unixsock"
 	"writ.dev/writ/workloadapi"
 	"writ.dev/writ/workloadapi/sdsv3"
@@ -76,6 +77,9 @@ func agentRun(c *cli.Context) error {
 	logger, err := newLogger(c.App.ErrWriter, c.String("log-format"), c.String("log-level"))
 	if err != nil {
 		return usagef(c, "%v", err)
+	}
+	if err := nodump.Disable(); err != nil {
+		logger.Warn("private keys could reach a core file", "err", err)
 	}
 	tdName := c.String("trust-domain")
 	if tdName == "" {

@@ -58,6 +58,7 @@ import (
 	"writ.dev/writ/ca/x509ca"
 	"writ.dev/writ/internal/datadir"
 	"writ.dev/writ/internal/logkey"
+	"writ.dev/writ/internal/nodump"
 	"writ.dev/writ/workloadapi"
 )
 
@@ -136,6 +137,9 @@ func devRun(c *cli.Context) error {
 	env, err := newDevEnv(c)
 	if err != nil {
 		return err
+	}
+	if err := nodump.Disable(); err != nil {
+		env.log.Warn("private keys could reach a core file", "err", err)
 	}
 	dir, err := datadir.Open(env.dataDir)
 	if err != nil {

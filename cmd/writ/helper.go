@@ -11,6 +11,7 @@ import (
 	spiffewl "github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/urfave/cli/v2"
 
+	"writ.dev/writ/internal/nodump"
 	"writ.dev/writ/svidfiles"
 )
 
@@ -68,6 +69,9 @@ func helperRun(c *cli.Context) error {
 	log, err := newLogger(c.App.ErrWriter, c.String("log-format"), c.String("log-level"))
 	if err != nil {
 		return usagef(c, "%v", err)
+	}
+	if err := nodump.Disable(); err != nil {
+		log.Warn("private keys could reach a core file", "err", err)
 	}
 	cfg, err := helperConfig(c)
 	if err != nil {

@@ -19,6 +19,7 @@ import (
 
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/server"
+	"writ.dev/writ/internal/nodump"
 )
 
 // defaultDataDir is where the server keeps its state unless told
@@ -101,6 +102,9 @@ func serverRun(c *cli.Context) error {
 	logger, err := newLogger(c.App.ErrWriter, c.String("log-format"), c.String("log-level"))
 	if err != nil {
 		return usagef(c, "%v", err)
+	}
+	if err := nodump.Disable(); err != nil {
+		logger.Warn("private keys could reach a core file", "err", err)
 	}
 	tdName := c.String("trust-domain")
 	if tdName == "" {

@@ -1,6 +1,7 @@
 package integration_test
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -162,6 +163,10 @@ func TestIntegrationAgentsAttestRestartEvict(t *testing.T) {
 	if got := e.agentIDs(); !slices.Equal(got, []string{"spiffe://example.org/writ/agent/a", "spiffe://example.org/writ/agent/b"}) {
 		t.Fatalf("agent list: %v", got)
 	}
+	// The processes that hold private keys write no core file.
+	for _, pid := range []int{e.server.cmd.Process.Pid, a.cmd.Process.Pid, b.cmd.Process.Pid} {
+		checkNoCoreFile(t, pid)
+	}
 	for _, p := range []*agentProc{a, b} {
 		for name, want := range map[string]os.FileMode{"agent_state.json": 0o600, "": 0o700} {
 			fi, err := os.Stat(filepath.Join(p.dataDir, name))
@@ -213,4 +218,22 @@ func TestIntegrationAgentRefusesUntrustedServer(t *testing.T) {
 	}
 	// The token was never presented, so it still works.
 	startAgent(t, e.addr, filepath.Join(e.dir, "b"), e.bundle, tok)
+}
+
+// checkNoCoreFile fails t unless process pid's core-file limit is zero.
+func checkNoCoreFile(t *testing.T, pid int) {
+	t.Helper()
+	limits, err := os.ReadFile(fmt.Sprintf("/proc/%d/limits", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for line := range strings.SplitSeq(string(limits), "\n") {
+		if rest, ok := strings.CutPrefix(line, "Max core file size"); ok {
+			if f := strings.Fields(rest); len(f) < 2 || f[0] != "0" || f[1] != "0" {
+				t.Errorf("process %d: core-file limit %q, want 0 0", pid, strings.TrimSpace(rest))
+			}
+			return
+		}
+	}
+	t.Errorf("process %d: no core-file limit in /proc/%d/limits", pid, pid)
 }
