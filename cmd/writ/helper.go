@@ -70,7 +70,7 @@ func helperRun(c *cli.Context) error {
 	if err != nil {
 		return usagef(c, "%v", err)
 	}
-	if err := nodump.Disable(); err != nil {
+	if err := nodump.DisableCoreFiles(); err != nil {
 		log.Warn("private keys could reach a core file", "err", err)
 	}
 	cfg, err := helperConfig(c)

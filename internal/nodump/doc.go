@@ -5,6 +5,8 @@
 // Disable sets the core-file size limit to zero, soft and hard, and on
 // Linux marks the process non-dumpable (prctl PR_SET_DUMPABLE 0), which
 // also refuses ptrace attachment and reads of its memory through /proc by
-// other processes of the same uid. `writ server run`, `writ agent run`,
-// `writ dev` and `writ helper run` call it at start.
+// other processes of the same uid. `writ server run`, `writ agent run`
+// and `writ dev` call it at start. `writ helper run` is a workload that
+// the agent attests by reading its executable from /proc, so it calls
+// DisableCoreFiles only.
 package nodump
