@@ -241,12 +241,13 @@ func TestAgentRenewalSurvivesDatastoreOutage(t *testing.T) {
 	}
 
 	cluster.Start(t)
-	// The agent's calls keep working while the servers reconnect; one
-	// of them records the newest SVID.
+	// The agent's calls keep working while the servers reconnect, and A
+	// records the newest SVID, which B signed: nothing B kept (B might
+	// have crashed) is needed.
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		if err := probe(ctx, pgClient(t, b.addr, roots, clk, good.cert)); err != nil {
-			t.Fatalf("agent at B as PostgreSQL comes back: %v", err)
+		if err := probe(ctx, pgClient(t, a.addr, roots, clk, good.cert)); err != nil {
+			t.Fatalf("agent at A as PostgreSQL comes back: %v", err)
 		}
 		r, err := a.store.FetchAgent(ctx, good.id)
 		if err == nil && r.SerialNumber == good.serial() {
