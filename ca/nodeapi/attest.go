@@ -399,7 +399,10 @@ func (h *handler) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest)
 		switch {
 		case a.Banned:
 			return errAgentBanned
-		case a.SerialNumber != c.serial && a.PrevSerialNumber != c.serial:
+		case a.SerialNumber != c.serial && a.PrevSerialNumber != c.serial && !issuedAfter(c.chain[0], a):
+			// (A certificate signed after the record last changed is
+			// one renewed while the datastore was unavailable, and
+			// authenticated as such.)
 			return errAgentChanged
 		}
 		a.PrevSerialNumber = c.serial
@@ -415,6 +418,19 @@ func (h *handler) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest)
 		return nil, s.deny(ctx, c.method, c.id, c.serial, "agent record names other certificates", msgNotAttested)
 	case errors.Is(err, datastore.ErrNotFound):
 		return nil, s.deny(ctx, c.method, c.id, c.serial, "agent was evicted", msgNotAttested)
+	case errors.Is(err, datastore.ErrUnavailable):
+		// Decide from the last agent record read: the new certificate
+		// authenticates the agent as one signed after the record last
+		// changed, at this server and the others, and is recorded at
+		// the agent's first call once the datastore is back.
+		switch s.idx.certStatus(c.id, c.chain[0]) {
+		case agentBanned:
+			return nil, s.deny(ctx, c.method, c.id, c.serial, "agent is banned", msgBanned)
+		case agentUnknown:
+			return nil, s.deny(ctx, c.method, c.id, c.serial, "no agent record for this certificate", msgNotAttested)
+		}
+		s.log.LogAttrs(ctx, slog.LevelWarn, "agent SVID renewed while the datastore is unavailable; the agent record will name it once the datastore is back", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.Serial, serial), slog.String("prev_serial", c.serial), slog.Time(logkey.NotAfter, leaf.NotAfter))
+		return &nodev1.RenewAgentResponse{SvidChain: chain}, nil
 	case err != nil:
 		return nil, s.internal(ctx, c, "update agent", err)
 	}

@@ -154,20 +154,30 @@ func (s *Service) authenticate(ctx context.Context, method string) (*caller, err
 		return nil, s.deny(ctx, method, spiffeid.ID{}, "", err.Error(), msgNotAttested)
 	}
 	serial := chain[0].SerialNumber.String()
-	st := s.idx.agentStatus(id, serial)
-	if st == agentUnknown {
+	st := s.idx.certStatus(id, chain[0])
+	if st == agentUnknown || st == agentUnrecorded {
 		// The agent may have just attested or renewed and the index not
 		// yet seen it: wait until it has applied every committed change.
-		if err := s.idx.catchUp(ctx); err != nil && ctx.Err() == nil {
+		err := s.idx.catchUp(ctx)
+		if err != nil && ctx.Err() == nil {
 			s.log.LogAttrs(ctx, slog.LevelWarn, "cannot bring the agent list up to date; using the last known one", slog.String(logkey.Error, err.Error()))
 		}
-		st = s.idx.agentStatus(id, serial)
+		st = s.idx.certStatus(id, chain[0])
+		if st == agentUnrecorded && err == nil {
+			// A renewal made while the datastore was unavailable:
+			// the datastore answers again, so record it.
+			if st, err = s.recordRenewal(ctx, id, chain[0]); err != nil {
+				return nil, s.internal(ctx, &caller{method: method, id: id, serial: serial}, "record agent SVID", err)
+			}
+		}
 	}
 	switch st {
 	case agentBanned:
 		return nil, s.deny(ctx, method, id, serial, "agent is banned", msgBanned)
 	case agentUnknown:
 		return nil, s.deny(ctx, method, id, serial, "no agent record for this certificate", msgNotAttested)
+	case agentUnrecorded:
+		s.log.LogAttrs(ctx, slog.LevelDebug, "agent authenticated by an SVID its record does not name yet; the datastore is unavailable", slog.String(logkey.Method, method), slog.String(logkey.SPIFFEID, id.String()), slog.String(logkey.Serial, serial))
 	}
 	return &caller{method: method, id: id, serial: serial, chain: chain}, nil
 }

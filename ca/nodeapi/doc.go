@@ -73,6 +73,20 @@
 // the policy table is refused. Refusals say only "agent is not attested" or
 // "agent is banned".
 //
+// The serial check has one exception, for renewals the datastore could
+// not record. While the datastore is unavailable, RenewAgent still signs
+// (with the server's own key) for an agent whose last known record exists
+// and is not banned, and returns the new SVID unrecorded. A certificate
+// the record does not name authenticates its agent if a server CA of the
+// deployment (one of the X.509 CA keys the datastore lists, not tainted,
+// never a downstream CA) signed it directly after the record last changed
+// (NotBefore plus x509ca.Backdate later than UpdatedAt), and the record
+// is not banned. Every server applies this rule to its last known record,
+// so an agent may fail over during the outage. Once the datastore answers
+// again, the agent's next call to any server records that certificate as
+// the current one (the recorded one becoming the previous), and the usual
+// rule applies again.
+//
 // Evicting or banning an agent, rotating its certificate away (two
 // renewals), or removing its CA from the bundle ends its open Sync streams.
 // It also refuses its next call once the change feed has delivered the
@@ -93,6 +107,14 @@
 //     as PrevSerialNumber. That is the agent's current serial unless the
 //     agent retries with its previous certificate after a lost response; a
 //     retry therefore never locks the agent out.
+//   - During a datastore outage an agent that renews several times has
+//     several unrecorded certificates, and each authenticates until the
+//     datastore is back and records one of them, or it expires. A ban
+//     cannot be written during the outage; one written before it applies
+//     at every server that had read it. The signing times compared come
+//     from the servers' clocks: a certificate signed within the clock
+//     skew between two servers of the last recorded change may be judged
+//     on the wrong side of it.
 //   - Positive authorization reads the in-memory agent map. A ban or
 //     eviction applies to calls once the change feed has delivered it (the
 //     same moment streams close), not at the instant the store commits. A

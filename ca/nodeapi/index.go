@@ -58,6 +58,10 @@ type bundleState struct {
 	// tainted are the tainted authorities when the bundle was read (a
 	// taint raises the bundle's sequence number). Never modified.
 	tainted *nodev1.TaintedAuthorities
+	// serverCAs are the CA certificates of the servers' X.509 keys, when
+	// the bundle was read, tainted ones left out: the issuers of agent
+	// SVIDs. Never modified.
+	serverCAs []*x509.Certificate
 	// peers remembers the client chains verified against roots (the
 	// only part of a bundleState that changes after it is published).
 	peers peerCache
@@ -72,6 +76,10 @@ const (
 	agentUnknown
 	// agentBanned: the record names this certificate but is banned.
 	agentBanned
+	// agentUnrecorded: the record does not name this certificate, but a
+	// Writ server signed it after the record last changed (a renewal
+	// the datastore could not record; see unrecorded.go).
+	agentUnrecorded
 )
 
 // index is the in-memory copy of every entry (by ID and by parent), every
@@ -512,9 +520,12 @@ func (ix *index) refreshBundle(ctx context.Context) error {
 		st.roots = b.X509Authorities()
 		st.seq, _ = b.SequenceNumber()
 	}
-	if st.tainted, err = ix.taintedAuthorities(ctx); err != nil {
-		return err
+	keys, err := ix.store.ListCAKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("list CA keys: %w", err)
 	}
+	st.tainted = ix.taintedAuthorities(keys)
+	st.serverCAs = ix.serverCAs(keys)
 	ix.bundle.Store(st)
 	return nil
 }
@@ -561,25 +572,6 @@ func (ix *index) release(waiters []chan error, err error) {
 	}
 }
 
-// agentStatus reports whether the agent certificate with this ID and
-// serial authenticates its agent.
-func (ix *index) agentStatus(id spiffeid.ID, serial string) agentStatus {
-	ix.mu.RLock()
-	defer ix.mu.RUnlock()
-	return ix.agentStatusLocked(id, serial)
-}
-
-func (ix *index) agentStatusLocked(id spiffeid.ID, serial string) agentStatus {
-	a := ix.agents[id]
-	switch {
-	case a == nil || serial == "" || (a.SerialNumber != serial && a.PrevSerialNumber != serial):
-		return agentUnknown
-	case a.Banned:
-		return agentBanned
-	}
-	return agentOK
-}
-
 // entry returns the entry with this ID, or nil.
 func (ix *index) entry(id string) *entry.Entry {
 	ix.mu.RLock()
@@ -614,13 +606,9 @@ func (ix *index) unsubscribe(sub *subscriber) {
 	ix.broadcastSent()
 }
 
-// taintedAuthorities reads the tainted CA keys, and adds the X.509
-// authorities the parent deployment announced tainted.
-func (ix *index) taintedAuthorities(ctx context.Context) (*nodev1.TaintedAuthorities, error) {
-	keys, err := ix.store.ListCAKeys(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("list CA keys: %w", err)
-	}
+// taintedAuthorities returns the tainted keys among keys, and adds the
+// X.509 authorities the parent deployment announced tainted.
+func (ix *index) taintedAuthorities(keys []*datastore.CAKey) *nodev1.TaintedAuthorities {
 	t := &nodev1.TaintedAuthorities{}
 	for _, k := range keys {
 		if k.State != datastore.CAKeyTainted {
@@ -644,7 +632,7 @@ func (ix *index) taintedAuthorities(ctx context.Context) (*nodev1.TaintedAuthori
 	slices.Sort(t.X509AuthorityIds)
 	t.X509AuthorityIds = slices.Compact(t.X509AuthorityIds)
 	slices.Sort(t.JwtKeyIds)
-	return t, nil
+	return t
 }
 
 // sentChan returns the channel closed when a stream next sends a bundle

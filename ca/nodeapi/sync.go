@@ -132,7 +132,7 @@ func (s *Service) nextMessages(ctx context.Context, c *caller, sub *subscriber, 
 		deleted []string
 	)
 	s.idx.mu.RLock()
-	switch s.idx.agentStatusLocked(c.id, c.serial) {
+	switch s.idx.certStatusLocked(c.id, c.chain[0]) {
 	case agentBanned:
 		s.idx.mu.RUnlock()
 		return nil, s.deny(ctx, c.method, c.id, c.serial, "agent was banned", msgBanned)

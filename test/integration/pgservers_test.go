@@ -523,17 +523,15 @@ func mustRead(t *testing.T, path string) string {
 }
 
 // TestIntegrationPostgresOutage stops PostgreSQL under two running
-// servers for longer than the workloads' SVIDs live: both keep them valid
-// (signing renewals without the database), writes fail at once with a
-// clear message, and when the database is back both accept writes again
-// and pass them to each other's agents, without a restart. (Renewing an
-// agent's own SVID records it in the datastore, so an outage must end
-// before agents' SVIDs expire: see the README.)
+// servers for longer than the agents' and the workloads' SVIDs live: both
+// keep them valid (signing renewals without the database, the agents'
+// own included), writes fail at once with a clear message, and when the
+// database is back both accept writes again and pass them to each
+// other's agents, and the agent records name SVIDs signed since, without
+// a restart or a new attestation.
 func TestIntegrationPostgresOutage(t *testing.T) {
 	c := pgtest.New(t)
-	// Agents' SVIDs outlive the outage (their renewal is recorded in the
-	// datastore); workloads' do not.
-	pp := newPGPair(t, c, time.Minute)
+	pp := newPGPair(t, c, pgSVIDTTL)
 	var agents [2]*agentProc
 	var polls [2]*svidPoller
 	for i := range agents {
@@ -575,6 +573,15 @@ func TestIntegrationPostgresOutage(t *testing.T) {
 		default:
 		}
 	}
+	for i := range agents {
+		id := fmt.Sprintf("spiffe://example.org/writ/agent/out%d", i)
+		lines := strings.Split(pp.s[0].log.String()+pp.s[1].log.String(), "\n")
+		if !slices.ContainsFunc(lines, func(l string) bool {
+			return strings.Contains(l, "agent SVID renewed while the datastore is unavailable") && strings.Contains(l, id)
+		}) {
+			t.Errorf("no server logged renewing agent %d's SVID during the outage", i)
+		}
+	}
 	c.Start(t)
 	restarted := time.Now()
 
@@ -614,6 +621,25 @@ func TestIntegrationPostgresOutage(t *testing.T) {
 		cancel()
 		if err != nil {
 			t.Fatalf("entry %s written through server %d after the outage did not reach agent %d: %v", svid, i, other, err)
+		}
+	}
+	// Each agent's record names an SVID signed since the database
+	// stopped (the one it attested with expired during the outage).
+	for i := range agents {
+		id := fmt.Sprintf("spiffe://example.org/writ/agent/out%d", i)
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			var shown struct {
+				CertNotAfter int64 `json:"cert_not_after"`
+			}
+			pp.s[1-i].adminJSON(&shown, "agent", "show", "--spiffe-id", id)
+			if time.Unix(shown.CertNotAfter, 0).After(restarted) {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("agent %d's record names an SVID that expired at %s, before the database returned", i, time.Unix(shown.CertNotAfter, 0))
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	for i, p := range polls {

@@ -1,0 +1,151 @@
+package nodeapi
+
+import (
+	"bytes"
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/x509ca"
+	"writ.dev/writ/internal/logkey"
+)
+
+// An agent SVID renewed while the datastore cannot be written is not
+// named by the agent's record: the record still names the certificate
+// the agent renewed from. Such a certificate authenticates its agent
+// ("unrecorded") when all of these hold, judged from the last agent
+// record the server read:
+//
+//   - it verifies against the bundle (as every agent SVID must);
+//   - a Writ server CA signed it directly (one of the X.509 CA keys the
+//     datastore lists, not tainted): a downstream CA, which may sign
+//     names under the trust domain, never passes;
+//   - it was signed after the record last changed (NotBefore plus
+//     x509ca.Backdate is later than the record's UpdatedAt), so a
+//     certificate older than the one the record names, or from before a
+//     re-attestation or an unban, never passes;
+//   - the record exists and is not banned.
+//
+// With the datastore up, a server that meets such a certificate records
+// it as the agent's current one (the record's current serial becomes the
+// previous), at the agent's first call; every server of the deployment
+// does so, so neither the server that signed it nor its data directory
+// needs to survive the outage. A normal renewal records the new serial
+// before returning it, so outside an outage no such certificate exists.
+
+// errAgentRecorded: the agent record already names the certificate.
+var errAgentRecorded = errors.New("agent record already names the certificate")
+
+// issuedAt is when the server that signed leaf did so, as far as leaf
+// tells: its NotBefore plus the backdate every Writ SVID carries.
+func issuedAt(leaf *x509.Certificate) time.Time { return leaf.NotBefore.Add(x509ca.Backdate) }
+
+// issuedAfter reports whether leaf was signed after the agent record a
+// last changed.
+func issuedAfter(leaf *x509.Certificate, a *datastore.Agent) bool {
+	return issuedAt(leaf).After(a.UpdatedAt)
+}
+
+// serverCAs returns the certificates of the X.509 CA keys listed in keys
+// that may sign agent SVIDs: every server's, tainted ones left out.
+func (ix *index) serverCAs(keys []*datastore.CAKey) []*x509.Certificate {
+	var cas []*x509.Certificate
+	for _, k := range keys {
+		if k.Kind != datastore.CAKeyX509 || k.State == datastore.CAKeyTainted || len(k.CertDER) == 0 {
+			continue
+		}
+		certs, err := x509.ParseCertificates(k.CertDER)
+		if err != nil {
+			ix.log.Warn("CA key record is corrupt; agent SVIDs it signed authenticate only by serial", logkey.KeyID, k.ID, logkey.Error, err.Error())
+			continue
+		}
+		cas = append(cas, certs[0])
+	}
+	return cas
+}
+
+// signedByServer reports whether one of cas signed leaf.
+func signedByServer(leaf *x509.Certificate, cas []*x509.Certificate) bool {
+	for _, ca := range cas {
+		if bytes.Equal(leaf.RawIssuer, ca.RawSubject) && leaf.CheckSignatureFrom(ca) == nil {
+			return true
+		}
+	}
+	return false
+}
+
+// certStatusLocked is what the index says of an agent certificate (see
+// agentStatus). ix.mu must be held.
+func (ix *index) certStatusLocked(id spiffeid.ID, leaf *x509.Certificate) agentStatus {
+	a := ix.agents[id]
+	serial := leaf.SerialNumber.String()
+	switch {
+	case a == nil:
+		return agentUnknown
+	case a.SerialNumber == serial || a.PrevSerialNumber == serial:
+		if a.Banned {
+			return agentBanned
+		}
+		return agentOK
+	case !issuedAfter(leaf, a):
+		return agentUnknown
+	case a.Banned:
+		return agentBanned
+	}
+	if b := ix.bundle.Load(); b == nil || !signedByServer(leaf, b.serverCAs) {
+		return agentUnknown
+	}
+	return agentUnrecorded
+}
+
+// certStatus is certStatusLocked taking the lock.
+func (ix *index) certStatus(id spiffeid.ID, leaf *x509.Certificate) agentStatus {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	return ix.certStatusLocked(id, leaf)
+}
+
+// recordRenewal makes the agent record name leaf, an unrecorded
+// certificate, as the agent's current one. It returns agentOK once the
+// record names it, agentUnrecorded if the datastore is unavailable, and
+// agentBanned or agentUnknown if the record, read afresh, refuses it.
+func (s *Service) recordRenewal(ctx context.Context, id spiffeid.ID, leaf *x509.Certificate) (agentStatus, error) {
+	serial := leaf.SerialNumber.String()
+	var prev string
+	_, err := s.store.UpdateAgent(ctx, id, func(a *datastore.Agent) error {
+		switch {
+		case a.Banned:
+			return errAgentBanned
+		case a.SerialNumber == serial || a.PrevSerialNumber == serial:
+			return errAgentRecorded
+		case !issuedAfter(leaf, a):
+			return errAgentChanged
+		}
+		prev = a.SerialNumber
+		a.PrevSerialNumber = a.SerialNumber
+		a.SerialNumber = serial
+		a.CertNotAfter = leaf.NotAfter
+		a.UpdatedAt = issuedAt(leaf)
+		return nil
+	})
+	switch {
+	case err == nil:
+		s.log.LogAttrs(ctx, slog.LevelInfo, "agent record names an SVID renewed while the datastore was unavailable", slog.String(logkey.SPIFFEID, id.String()), slog.String(logkey.Serial, serial), slog.String("prev_serial", prev), slog.Time(logkey.NotAfter, leaf.NotAfter))
+		return agentOK, nil
+	case errors.Is(err, errAgentRecorded):
+		return agentOK, nil
+	case errors.Is(err, errAgentBanned):
+		return agentBanned, nil
+	case errors.Is(err, errAgentChanged), errors.Is(err, datastore.ErrNotFound):
+		return agentUnknown, nil
+	case errors.Is(err, datastore.ErrUnavailable):
+		return agentUnrecorded, nil
+	}
+	return agentUnknown, fmt.Errorf("record renewed agent SVID: %w", err)
+}

@@ -1,0 +1,103 @@
+package nodeapi_test
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+
+	nodev1 "writ.dev/writ/ca/api/node/v1"
+	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/x509ca"
+)
+
+// TestUnrecordedAgentSVID: an agent SVID its record does not name (as
+// one renewed while the datastore was unavailable) authenticates only if
+// a server CA signed it after the record last changed, and is then
+// recorded as the agent's current SVID. A downstream CA, whose SVIDs
+// verify against the same bundle, cannot make one.
+func TestUnrecordedAgentSVID(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	a := e.attest(agentA)
+	b := e.attest(agentB)
+	down := e.createEntry("spiffe://example.org/regional", agentA, func(en *entry.Entry) { en.Downstream = true })
+	caKey := newKey(t)
+	resp, err := a.client.MintDownstreamX509CA(ctxT(t), &nodev1.MintDownstreamX509CARequest{EntryId: down.ID, Csr: caCSR(t, caKey, []string{"spiffe://example.org"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var downChain []*x509.Certificate
+	for _, der := range resp.CaChain {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		downChain = append(downChain, c)
+	}
+	downstream := &x509ca.Issuer{Cert: downChain[0], Signer: caKey, Chain: downChain}
+	server := e.km.Active().X509
+
+	// sign makes an SVID for agent B signed by iss now, and returns
+	// the result of an authenticated call with it.
+	sign := func(iss *x509ca.Issuer) (*x509.Certificate, error) {
+		t.Helper()
+		key := newKey(t)
+		der, err := x509ca.SignX509SVID(e.clock.Now(), iss, x509ca.SVIDParams{ID: b.id, TTL: time.Hour, PublicKey: key.Public()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert := &tls.Certificate{Certificate: iss.SVIDChain(der), PrivateKey: key, Leaf: leaf}
+		_, err = e.client(cert).BatchSignX509SVID(ctxT(t), &nodev1.BatchSignX509SVIDRequest{})
+		return leaf, err
+	}
+
+	e.clock.Advance(time.Minute)
+	_, err = sign(downstream)
+	wantCode(t, err, codes.PermissionDenied, "agent is not attested")
+
+	// Signed by the server, but before the record last changed (as by
+	// an unban).
+	e.clock.Advance(time.Minute)
+	old := server
+	oldKey := newKey(t)
+	oldDER, err := x509ca.SignX509SVID(e.clock.Now(), old, x509ca.SVIDParams{ID: b.id, TTL: time.Hour, PublicKey: oldKey.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldLeaf, _ := x509.ParseCertificate(oldDER)
+	e.clock.Advance(time.Minute)
+	if _, err := e.store.UpdateAgent(ctxT(t), b.id, func(r *datastore.Agent) error { r.UpdatedAt = e.clock.Now(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	oldCert := &tls.Certificate{Certificate: old.SVIDChain(oldDER), PrivateKey: oldKey, Leaf: oldLeaf}
+	_, err = e.client(oldCert).BatchSignX509SVID(ctxT(t), &nodev1.BatchSignX509SVIDRequest{})
+	wantCode(t, err, codes.PermissionDenied, "agent is not attested")
+
+	// Signed by the server after the record last changed: accepted and
+	// recorded, the attested SVID becoming the previous one.
+	e.clock.Advance(time.Minute)
+	leaf, err := sign(server)
+	if err != nil {
+		t.Fatalf("SVID signed by the server after the record: %v", err)
+	}
+	r := e.fetchAgent(b.id)
+	if r.SerialNumber != leaf.SerialNumber.String() || r.PrevSerialNumber != b.serial() || !r.CertNotAfter.Equal(leaf.NotAfter) {
+		t.Fatalf("record names %s (previous %s, NotAfter %s), want %s (previous %s, NotAfter %s)", r.SerialNumber, r.PrevSerialNumber, r.CertNotAfter, leaf.SerialNumber, b.serial(), leaf.NotAfter)
+	}
+	if got := e.logs.find("agent record names an SVID renewed while the datastore was unavailable"); len(got) != 1 {
+		t.Fatalf("%d records of the recording, want 1", len(got))
+	}
+
+	// Banned: refused, however new the SVID.
+	e.setBanned(b.id, true)
+	e.clock.Advance(time.Minute)
+	_, err = sign(server)
+	wantCode(t, err, codes.PermissionDenied, "agent is banned")
+}
