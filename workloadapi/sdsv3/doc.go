@@ -54,6 +54,11 @@
 // and requests of more than MaxResourceNames (1024) names, are refused
 // with InvalidArgument. A caller that matches no entry gets
 // PermissionDenied, also when it loses its last entry mid-stream.
+// Before each response, whether a request or a change brought it, the
+// caller is confirmed to be still the process that connected
+// (workloadapi.Caller.Check): once that process has exited, executed
+// another program or changed its uid or gid, the stream ends with
+// PermissionDenied and sends nothing more.
 //
 // # Caveats
 //
