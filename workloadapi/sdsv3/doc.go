@@ -64,6 +64,11 @@
 //
 //   - A foreign bundle without X.509 authorities (JWT keys only) has no
 //     validation context: it validates no TLS peer.
+//   - State-of-the-world SDS cannot delete a secret Envoy holds. When an
+//     entry is deleted, its SVID is left out of the next response and is
+//     never sent again, even when asked for by name; Envoy keeps (and
+//     may reject, as missing, a response without) a secret a listener or
+//     cluster still uses, until it is replaced or the SVID expires.
 //   - DeltaSecrets (incremental xDS) is Unimplemented; Envoy uses
 //     StreamSecrets unless configured for delta.
 //   - The socket's limits apply: MaxConcurrentStreams (64) per
