@@ -48,7 +48,11 @@
 // tokens and as client assertions, whose iat is at or before the
 // revocation (whole seconds: a token issued in the same second is revoked
 // too; the admin API stamps RevokedAt jwtsvid.Leeway ahead, for issuers
-// whose clocks run ahead). Records of used assertions and jti revocations
+// whose clocks run ahead). Every client authentication method checks it:
+// over mTLS, the client's X.509-SVIDs whose NotBefore is at or before the
+// revocation authenticate nothing (Writ sets NotBefore x509ca.Backdate
+// early, so one signed up to that long after the revocation is covered
+// too; the client gets tokens again with its next SVID). Records of used assertions and jti revocations
 // are kept until exp plus twice the leeway, so that a clock a leeway ahead
 // does not prune them while one a leeway behind still accepts the token.
 // Agents that check only sub and client_id should check act
