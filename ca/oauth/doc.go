@@ -10,8 +10,10 @@
 //     against the trust domain's bundle and the SPIFFE ID is the client
 //     ID), or with a JWT-SVID as a client assertion (RFC 7523,
 //     client_assertion_type urn:ietf:params:oauth:client-assertion-type:jwt-bearer)
-//     whose aud is the token endpoint URL; each assertion is accepted once
-//     (datastore.Store.UseClientAssertion, across every server).
+//     whose aud is the token endpoint URL and nothing else (an assertion
+//     also handed to another audience could be replayed by it); each
+//     assertion is accepted once (datastore.Store.UseClientAssertion,
+//     across every server).
 //   - /introspect (RFC 7662) and /revoke (RFC 7009), authenticated the
 //     same way.
 //   - /keys: the JWT authorities as a JWKS, to validate tokens locally.

@@ -205,6 +205,12 @@ func (s *Server) authenticate(r *http.Request, f form, st *state) (*client, *oau
 		if err != nil {
 			return nil, fail(errInvalidClient, "client assertion: %v", err)
 		}
+		// For this server alone: a JWT-SVID that also names another
+		// audience was handed to that audience too, which could replay it
+		// here once before its owner does.
+		if len(claims.Audience) != 1 {
+			return nil, fail(errInvalidClient, "client assertion of %s has %d audiences, want the token endpoint only", claims.ID, len(claims.Audience))
+		}
 		if claims.ID.TrustDomain() != s.cfg.TrustDomain {
 			return nil, fail(errInvalidClient, "client assertion for %s, outside the trust domain", claims.ID)
 		}

@@ -819,6 +819,41 @@ func TestClientRevocationCoversEveryMethod(t *testing.T) {
 	}
 }
 
+// TestClientAssertionAudience: a client assertion must name the token
+// endpoint as its only audience. A JWT-SVID that also names a resource
+// server was handed to it, which could otherwise use it once as the
+// client.
+func TestClientAssertionAudience(t *testing.T) {
+	tests := []struct {
+		name string
+		aud  []string
+		ok   bool
+	}{
+		{name: "token endpoint only", aud: []string{tokenURL}, ok: true},
+		{name: "token endpoint and a resource server", aud: []string{tokenURL, apiID}},
+		{name: "a resource server and the token endpoint", aud: []string{"orders", tokenURL}},
+		{name: "token endpoint twice", aud: []string{tokenURL, tokenURL}},
+		{name: "issuer", aud: []string{issuer}},
+	}
+	e := newEnv(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, _, err := jwtsvid.Sign(e.clk.Now(), e.jwt, spiffeid.RequireFromString(webID), tt.aud, time.Minute, t0.Add(24*time.Hour))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := e.do(request{form: url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"},
+				"client_assertion_type": {oauth.AssertionTypeJWTBearer}, "client_assertion": {a}}})
+			switch {
+			case tt.ok && r.status != http.StatusOK:
+				t.Fatalf("aud %v: %d %v, want a token", tt.aud, r.status, r.body["error"])
+			case !tt.ok && (r.status != http.StatusBadRequest || r.body["error"] != "invalid_client"):
+				t.Fatalf("aud %v: %d %v, want 400 invalid_client", tt.aud, r.status, r.body["error"])
+			}
+		})
+	}
+}
+
 // TestAssertionReplayWithTwinSignature: a used client assertion whose
 // ECDSA signature is rewritten from (r, s) to (r, n-s), which verifies
 // as well, is still a replay.
