@@ -10,8 +10,10 @@
 //     against the trust domain's bundle and the SPIFFE ID is the client
 //     ID), or with a JWT-SVID as a client assertion (RFC 7523,
 //     client_assertion_type urn:ietf:params:oauth:client-assertion-type:jwt-bearer)
-//     whose aud is the token endpoint URL; each assertion is accepted once
-//     (datastore.Store.UseClientAssertion, across every server).
+//     whose aud is the token endpoint URL and nothing else (an assertion
+//     also handed to another audience could be replayed by it); each
+//     assertion is accepted once (datastore.Store.UseClientAssertion,
+//     across every server).
 //   - /introspect (RFC 7662) and /revoke (RFC 7009), authenticated the
 //     same way.
 //   - /keys: the JWT authorities as a JWKS, to validate tokens locally.
@@ -48,7 +50,11 @@
 // tokens and as client assertions, whose iat is at or before the
 // revocation (whole seconds: a token issued in the same second is revoked
 // too; the admin API stamps RevokedAt jwtsvid.Leeway ahead, for issuers
-// whose clocks run ahead). Records of used assertions and jti revocations
+// whose clocks run ahead). Every client authentication method checks it:
+// over mTLS, the client's X.509-SVIDs whose NotBefore is at or before the
+// revocation authenticate nothing (Writ sets NotBefore x509ca.Backdate
+// early, so one signed up to that long after the revocation is covered
+// too; the client gets tokens again with its next SVID). Records of used assertions and jti revocations
 // are kept until exp plus twice the leeway, so that a clock a leeway ahead
 // does not prune them while one a leeway behind still accepts the token.
 // Agents that check only sub and client_id should check act

@@ -165,6 +165,12 @@ type client struct {
 	id spiffeid.ID
 	// expires is when the credential it authenticated with expires.
 	expires time.Time
+	// issued is when the credential was issued, as client revocations
+	// count it: a JWT-SVID's iat (zero if it has none: covered by any
+	// revocation of its subject), an X.509-SVID's NotBefore (which CAs
+	// set early, Writ by x509ca.Backdate: a certificate issued shortly
+	// after a revocation is covered too, never one before it spared).
+	issued time.Time
 	// cert is the leaf certificate of mTLS authentication, nil for a
 	// client assertion.
 	cert *x509.Certificate
@@ -184,7 +190,11 @@ func (s *Server) authenticate(r *http.Request, f form, st *state) (*client, *oau
 		return nil, e
 	}
 	now := s.cfg.Clock.Now()
-	var c *client
+	var (
+		c *client
+		// used, for a client assertion, records its single use.
+		used func() *oauthError
+	)
 	assertionType, assertion := f.get("client_assertion_type"), f.get("client_assertion")
 	switch {
 	case assertionType != "" || assertion != "":
@@ -195,11 +205,14 @@ func (s *Server) authenticate(r *http.Request, f form, st *state) (*client, *oau
 		if err != nil {
 			return nil, fail(errInvalidClient, "client assertion: %v", err)
 		}
+		// For this server alone: a JWT-SVID that also names another
+		// audience was handed to that audience too, which could replay it
+		// here once before its owner does.
+		if len(claims.Audience) != 1 {
+			return nil, fail(errInvalidClient, "client assertion of %s has %d audiences, want the token endpoint only", claims.ID, len(claims.Audience))
+		}
 		if claims.ID.TrustDomain() != s.cfg.TrustDomain {
 			return nil, fail(errInvalidClient, "client assertion for %s, outside the trust domain", claims.ID)
-		}
-		if st.clientRevoked(claims.IssuedAt, claims.ID.String()) {
-			return nil, fail(errInvalidClient, "client assertion of %s: %v", claims.ID, ErrRevoked)
 		}
 		// Single use: by jti if the assertion has one, else by its signing
 		// input (header.payload; JWT-SVIDs carry no jti). Never by the
@@ -213,16 +226,19 @@ func (s *Server) authenticate(r *http.Request, f form, st *state) (*client, *oau
 			sum.Write([]byte("input\x00" + assertion[:strings.LastIndexByte(assertion, '.')]))
 		}
 		hash := "assertion:" + hex.EncodeToString(sum.Sum(nil))
-		// Kept until exp plus twice the leeway: this server accepts the
-		// assertion up to exp+Leeway by its clock, and the server that
-		// prunes the record may run up to Leeway ahead.
-		if err := s.cfg.Store.UseClientAssertion(r.Context(), hash, claims.Expiry.Add(2*jwtsvid.Leeway)); err != nil {
-			if errors.Is(err, datastore.ErrAlreadyExists) {
-				return nil, fail(errInvalidClient, "client assertion of %s used before", claims.ID)
+		used = func() *oauthError {
+			// Kept until exp plus twice the leeway: this server accepts the
+			// assertion up to exp+Leeway by its clock, and the server that
+			// prunes the record may run up to Leeway ahead.
+			if err := s.cfg.Store.UseClientAssertion(r.Context(), hash, claims.Expiry.Add(2*jwtsvid.Leeway)); err != nil {
+				if errors.Is(err, datastore.ErrAlreadyExists) {
+					return fail(errInvalidClient, "client assertion of %s used before", claims.ID)
+				}
+				return storeFail("use client assertion", err)
 			}
-			return nil, storeFail("use client assertion", err)
+			return nil
 		}
-		c = &client{id: claims.ID, expires: claims.Expiry}
+		c = &client{id: claims.ID, expires: claims.Expiry, issued: claims.IssuedAt}
 	case r.TLS != nil && len(r.TLS.PeerCertificates) > 0:
 		chain := r.TLS.PeerCertificates
 		id, err := x509ca.VerifyX509SVID(chain, st.bundle.X509Authorities(), now)
@@ -232,9 +248,19 @@ func (s *Server) authenticate(r *http.Request, f form, st *state) (*client, *oau
 		if id.TrustDomain() != s.cfg.TrustDomain {
 			return nil, fail(errInvalidClient, "client certificate for %s, outside the trust domain", id)
 		}
-		c = &client{id: id, expires: chain[0].NotAfter, cert: chain[0]}
+		c = &client{id: id, expires: chain[0].NotAfter, issued: chain[0].NotBefore, cert: chain[0]}
 	default:
 		return nil, fail(errInvalidClient, "no client authentication")
+	}
+	// One revocation check for every method: a revoked client's earlier
+	// credentials, of whatever kind, authenticate nothing.
+	if st.clientRevoked(c.issued, c.id.String()) {
+		return nil, fail(errInvalidClient, "client credential of %s: %v", c.id, ErrRevoked)
+	}
+	if used != nil {
+		if e := used(); e != nil {
+			return nil, e
+		}
 	}
 	if cid := f.get("client_id"); cid != "" && cid != c.id.String() {
 		return nil, fail(errInvalidClient, "client_id %q differs from the authenticated %s", truncate(cid), c.id)

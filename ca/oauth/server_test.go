@@ -535,13 +535,15 @@ func TestIntrospectAndRevoke(t *testing.T) {
 		t.Fatalf("exchange of a revoked token: %d %v", r.status, r.body)
 	}
 	// Tokens issued after the revocation's second are valid; expired ones
-	// are not.
-	e.clk.Set(t0.Add(time.Second))
+	// are not. (The client's X.509-SVID counts as issued at its
+	// NotBefore, x509ca.Backdate early.)
+	later0 := t0.Add(x509ca.Backdate + time.Second)
+	e.clk.Set(later0)
 	later := e.token(webID, url.Values{"audience": {"orders"}})
 	if got := introspect(later); got["active"] != true {
 		t.Fatalf("a token issued after the client's revocation: %v", got)
 	}
-	e.clk.Set(t0.Add(time.Second + 5*time.Minute + jwtsvid.Leeway))
+	e.clk.Set(later0.Add(5*time.Minute + jwtsvid.Leeway))
 	if got := introspect(later); got["active"] != false {
 		t.Fatalf("an expired token: %v", got)
 	}
@@ -733,7 +735,10 @@ func TestClientRevocationCoversEveryRole(t *testing.T) {
 		t.Fatalf("a later client assertion: %d %v", r.status, r.body)
 	}
 
-	// Revoking an actor covers the tokens issued through it.
+	// Revoking an actor covers the tokens issued through it. (web's
+	// X.509-SVIDs count as issued at their NotBefore, x509ca.Backdate
+	// early: its next one to authenticate is one signed after that.)
+	e.clk.Set(t0.Add(x509ca.Backdate + 2*time.Second))
 	webTok = e.token(webID, url.Values{"audience": {apiID}})
 	r = exchange(apiID, webTok, oauth.TokenTypeAccessToken, dbID)
 	if r.status != 200 {
@@ -750,6 +755,102 @@ func TestClientRevocationCoversEveryRole(t *testing.T) {
 	poll(t, "the revocation of api", func() bool { return introspect(secondHop) == false })
 	if got := introspect(webTok); got != true {
 		t.Fatalf("web's own token after api's revocation: %v", got)
+	}
+}
+
+// TestClientRevocationCoversEveryMethod: a client revocation refuses
+// the client's earlier credentials at every endpoint, whichever client
+// authentication method presents them: a stolen X.509-SVID of a revoked
+// client gets no more tokens than its JWT-SVIDs do. Credentials issued
+// after the revocation authenticate.
+func TestClientRevocationCoversEveryMethod(t *testing.T) {
+	methods := []struct {
+		name string
+		// auth authenticates a request with form as web, with a
+		// credential issued now.
+		auth func(e *env, form url.Values) request
+	}{
+		{name: "mTLS", auth: func(e *env, form url.Values) request {
+			return request{form: form, certs: e.cert(webID, time.Hour)}
+		}},
+		{name: "client assertion", auth: func(e *env, form url.Values) request {
+			form.Set("client_assertion_type", oauth.AssertionTypeJWTBearer)
+			form.Set("client_assertion", e.assertion(webID, tokenURL, time.Hour))
+			return request{form: form}
+		}},
+	}
+	for _, m := range methods {
+		t.Run(m.name, func(t *testing.T) {
+			e := newEnv(t)
+			grant := func() url.Values {
+				return url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"}}
+			}
+			webTok := e.token(webID, url.Values{"audience": {apiID}})
+			earlier := map[string]request{
+				oauth.TokenPath:      m.auth(e, grant()),
+				oauth.IntrospectPath: m.auth(e, url.Values{"token": {webTok}}),
+				oauth.RevokePath:     m.auth(e, url.Values{"token": {webTok}}),
+			}
+			if r := e.do(m.auth(e, grant())); r.status != http.StatusOK {
+				t.Fatalf("before the revocation: %d %v", r.status, r.body["error"])
+			}
+
+			if err := e.store.PutRevocation(t.Context(), &datastore.Revocation{ClientID: webID, RevokedAt: t0, ExpiresAt: t0.Add(time.Hour)}); err != nil {
+				t.Fatal(err)
+			}
+			poll(t, "the revocation of web", func() bool {
+				r := e.do(request{path: oauth.IntrospectPath, form: url.Values{"token": {webTok}}, certs: e.cert(apiID, time.Hour)})
+				return r.status == http.StatusOK && r.body["active"] == false
+			})
+			for path, req := range earlier {
+				req.path = path
+				if r := e.do(req); r.status != http.StatusBadRequest || r.body["error"] != "invalid_client" {
+					t.Errorf("%s with a credential of the revoked client issued before its revocation: %d %v, want 400 invalid_client", path, r.status, r.body["error"])
+				}
+			}
+
+			// X.509-SVIDs count as issued at their NotBefore, which Writ
+			// sets x509ca.Backdate early.
+			e.clk.Set(t0.Add(x509ca.Backdate + 2*time.Second))
+			if r := e.do(m.auth(e, grant())); r.status != http.StatusOK {
+				t.Fatalf("a credential issued after the revocation: %d %v", r.status, r.body["error"])
+			}
+		})
+	}
+}
+
+// TestClientAssertionAudience: a client assertion must name the token
+// endpoint as its only audience. A JWT-SVID that also names a resource
+// server was handed to it, which could otherwise use it once as the
+// client.
+func TestClientAssertionAudience(t *testing.T) {
+	tests := []struct {
+		name string
+		aud  []string
+		ok   bool
+	}{
+		{name: "token endpoint only", aud: []string{tokenURL}, ok: true},
+		{name: "token endpoint and a resource server", aud: []string{tokenURL, apiID}},
+		{name: "a resource server and the token endpoint", aud: []string{"orders", tokenURL}},
+		{name: "token endpoint twice", aud: []string{tokenURL, tokenURL}},
+		{name: "issuer", aud: []string{issuer}},
+	}
+	e := newEnv(t)
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			a, _, err := jwtsvid.Sign(e.clk.Now(), e.jwt, spiffeid.RequireFromString(webID), tt.aud, time.Minute, t0.Add(24*time.Hour))
+			if err != nil {
+				t.Fatal(err)
+			}
+			r := e.do(request{form: url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"},
+				"client_assertion_type": {oauth.AssertionTypeJWTBearer}, "client_assertion": {a}}})
+			switch {
+			case tt.ok && r.status != http.StatusOK:
+				t.Fatalf("aud %v: %d %v, want a token", tt.aud, r.status, r.body["error"])
+			case !tt.ok && (r.status != http.StatusBadRequest || r.body["error"] != "invalid_client"):
+				t.Fatalf("aud %v: %d %v, want 400 invalid_client", tt.aud, r.status, r.body["error"])
+			}
+		})
 	}
 }
 

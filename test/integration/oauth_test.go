@@ -237,15 +237,21 @@ func TestIntegrationOAuth(t *testing.T) {
 	if got := introspect(exchanged); got["active"] != false {
 		t.Fatalf("introspection of a token about a revoked client: %v", got)
 	}
-	// The revocation is stamped 30 s ahead, for clock skew between
-	// servers: a token issued right after it is revoked as well (tokens
-	// issued later are valid: ca/oauth's TestIntrospectAndRevoke).
-	tok2, err := cc.Token(context.WithValue(ctx, oauth2.HTTPClient, mtls(clientID)))
+	// The client's credentials issued until then authenticate nothing,
+	// with either method: its X.509-SVID, and a JWT-SVID fetched now (the
+	// revocation is stamped 30 s ahead, for clock skew between servers).
+	// Credentials issued later are valid: ca/oauth's
+	// TestClientRevocationCoversEveryMethod.
+	if _, err := cc.Token(context.WithValue(ctx, oauth2.HTTPClient, mtls(clientID))); err == nil {
+		t.Fatal("a revoked client got a token over mTLS with its earlier X.509-SVID")
+	}
+	again, err := workloadapi.FetchJWTSVID(ctx, jwtsvid.Params{Audience: tokenURL, Subject: spiffeid.RequireFromString(clientID)}, socketAddr(a))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := introspect(tok2.AccessToken); got["active"] != false {
-		t.Fatalf("introspection of a token issued within the revocation's leeway: %v", got)
+	if code, body := oauthPost(t, plain, tokenURL, url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"},
+		"client_assertion_type": {"urn:ietf:params:oauth:client-assertion-type:jwt-bearer"}, "client_assertion": {again.Marshal()}}); code != http.StatusBadRequest || body["error"] != "invalid_client" {
+		t.Fatalf("a revoked client's client assertion: %d %v", code, body["error"])
 	}
 
 	// The registration decides: updated, a scope follows; deleted, no

@@ -54,11 +54,21 @@
 // and requests of more than MaxResourceNames (1024) names, are refused
 // with InvalidArgument. A caller that matches no entry gets
 // PermissionDenied, also when it loses its last entry mid-stream.
+// Before each response, whether a request or a change brought it, the
+// caller is confirmed to be still the process that connected
+// (workloadapi.Caller.Check): once that process has exited, executed
+// another program or changed its uid or gid, the stream ends with
+// PermissionDenied and sends nothing more.
 //
 // # Caveats
 //
 //   - A foreign bundle without X.509 authorities (JWT keys only) has no
 //     validation context: it validates no TLS peer.
+//   - State-of-the-world SDS cannot delete a secret Envoy holds. When an
+//     entry is deleted, its SVID is left out of the next response and is
+//     never sent again, even when asked for by name; Envoy keeps (and
+//     may reject, as missing, a response without) a secret a listener or
+//     cluster still uses, until it is replaced or the SVID expires.
 //   - DeltaSecrets (incremental xDS) is Unimplemented; Envoy uses
 //     StreamSecrets unless configured for delta.
 //   - The socket's limits apply: MaxConcurrentStreams (64) per

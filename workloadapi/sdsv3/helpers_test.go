@@ -202,7 +202,13 @@ type result struct {
 
 func (e *env) stream(ctx context.Context) *stream {
 	e.t.Helper()
-	s, err := e.client().StreamSecrets(ctx)
+	return e.streamOn(ctx, e.client())
+}
+
+// streamOn opens a StreamSecrets call with client.
+func (e *env) streamOn(ctx context.Context, client secretv3.SecretDiscoveryServiceClient) *stream {
+	e.t.Helper()
+	s, err := client.StreamSecrets(ctx)
 	if err != nil {
 		e.t.Fatal(err)
 	}

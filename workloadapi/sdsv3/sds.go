@@ -188,7 +188,6 @@ func (h *Handler) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Disc
 		lastNonce  string       // of the latest response; "" before the first
 		lastRes    []*anypb.Any // of the latest response
 		lastMiss   []string     // names left out of the latest response
-		checked    = true       // the caller was confirmed since the last wait
 	)
 	for {
 		force := false // answer even if the secrets did not change
@@ -221,7 +220,6 @@ func (h *Handler) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Disc
 			names = slices.Clone(req.GetResourceNames())
 			subscribed, force = true, true
 		case <-sub.Changed():
-			checked = false
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
 				return nil
@@ -254,11 +252,11 @@ func (h *Handler) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Disc
 		if len(res) == 0 && lastNonce == "" {
 			continue // nothing to send yet: Envoy waits for the secret
 		}
-		if !checked {
-			if err := caller.Check(); err != nil {
-				return err
-			}
-			checked = true
+		// Every response, whether a request or a change brought it, goes
+		// only to the process that connected: one that exited, executed
+		// another program or changed its uid since gets nothing more.
+		if err := caller.Check(); err != nil {
+			return err
 		}
 		version++
 		resp := &discoveryv3.DiscoveryResponse{

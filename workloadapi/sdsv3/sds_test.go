@@ -391,3 +391,49 @@ func keys[V any](m map[string]V) []string {
 	}
 	return out
 }
+
+// TestDeletedEntryIsLeftOut: an entry deleted while a stream is open
+// takes its secret out of the next response, which holds the secrets
+// still asked for and existing (state of the world for the names asked
+// for); the deleted SVID and its key are never sent again, even when
+// asked for anew. Losing the last entry ends the stream with
+// PermissionDenied, sending nothing.
+func TestDeletedEntryIsLeftOut(t *testing.T) {
+	e := newEnv(t, sdsv3.Config{})
+	a := e.add("/svc/a")
+	b := e.add("/svc/b")
+	aID, bID := a.SPIFFEID.String(), b.SPIFFEID.String()
+	s := e.stream(ctxTimeout(t))
+	s.send(&discoveryv3.DiscoveryRequest{Node: envoyNode(40), ResourceNames: []string{aID, bID}})
+	r1 := s.next()
+	if got := secrets(t, r1); len(got) != 2 || got[aID] == nil || got[bID] == nil {
+		t.Fatalf("first response holds %v, want %s and %s", keys(got), aID, bID)
+	}
+	s.ack(r1, aID, bID)
+
+	e.cache.Apply(svidcache.Update{Deleted: []string{b.ID}})
+	r2 := s.next()
+	got := secrets(t, r2)
+	if len(got) != 1 || got[aID] == nil {
+		t.Fatalf("after deleting %s the response holds %v, want %s only", bID, keys(got), aID)
+	}
+	if r2.VersionInfo == r1.VersionInfo {
+		t.Error("the response without the deleted secret has the version of the one with it")
+	}
+	// Asked for again by name, it stays out.
+	s.ack(r2, bID, aID, "ROOTCA")
+	r3 := s.next()
+	if got := secrets(t, r3); len(got) != 2 || got[aID] == nil || got["ROOTCA"] == nil {
+		t.Fatalf("asked again for the deleted %s: got %v, want %s and ROOTCA", bID, keys(got), aID)
+	}
+	s.ack(r3, bID, aID, "ROOTCA")
+
+	e.cache.Apply(svidcache.Update{Deleted: []string{a.ID}})
+	r := s.nextResult()
+	if r.resp != nil {
+		t.Fatalf("after the caller lost its last entry the stream sent %v", keys(secrets(t, r.resp)))
+	}
+	if grpcstatus.Code(r.err) != codes.PermissionDenied {
+		t.Fatalf("StreamSecrets after the last entry was deleted: %v, want PermissionDenied", r.err)
+	}
+}
