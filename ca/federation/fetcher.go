@@ -207,6 +207,10 @@ func refreshInterval(hint time.Duration) time.Duration {
 	return min(max(hint, MinRefresh), MaxRefresh)
 }
 
+// ErrBundleTooLarge means a fetched bundle document is larger than
+// MaxBundleSize; it comes wrapped with ErrBundle.
+var ErrBundleTooLarge = errors.New("federation: bundle too large")
+
 // ErrSequence means a fetched bundle's sequence number is lower than the
 // stored one's.
 var ErrSequence = errors.New("federation: bundle sequence number went backwards")
@@ -286,7 +290,7 @@ func (f *Fetcher) fetch(ctx context.Context, r *datastore.Federation, current *s
 		return nil, fmt.Errorf("federation: GET %s: %w", r.BundleEndpointURL, err)
 	}
 	if len(body) > MaxBundleSize {
-		return nil, fmt.Errorf("%w: the bundle from %s is larger than %d bytes", ErrBundle, r.BundleEndpointURL, MaxBundleSize)
+		return nil, fmt.Errorf("%w: %w: the bundle from %s is larger than %d bytes", ErrBundle, ErrBundleTooLarge, r.BundleEndpointURL, MaxBundleSize)
 	}
 	b, err := spiffebundle.Read(r.TrustDomain, bytes.NewReader(body))
 	if err != nil {

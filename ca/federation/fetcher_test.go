@@ -8,6 +8,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
+	"fmt"
 	"math/big"
 	"net"
 	"net/http"
@@ -129,33 +131,39 @@ func TestFetcherHTTPSSPIFFE(t *testing.T) {
 	}
 	stored := requireStored(t, store, 5, 2)
 
-	bad := map[string]func(){
-		"a sequence number going backwards": func() { ep.serveBundle(t, bundleOf(pca, 4)) },
-		"an authority of another trust domain": func() {
+	bad := map[string]struct {
+		serve func()
+		want  error // nil: any error
+	}{
+		"a sequence number going backwards": {serve: func() { ep.serveBundle(t, bundleOf(pca, 4)) }, want: federation.ErrSequence},
+		"an authority of another trust domain": {serve: func() {
 			b := bundleOf(pca, 6)
 			b.AddX509Authority(newCA(t, spiffeid.RequireTrustDomainFromString("evil.test")).cert)
 			ep.serveBundle(t, b)
-		},
-		"the bundle of another trust domain": func() {
+		}, want: federation.ErrBundle},
+		"the bundle of another trust domain": {serve: func() {
 			ep.serveBundle(t, bundleOf(newCA(t, spiffeid.RequireTrustDomainFromString("evil.test")), 7))
-		},
-		"an oversized body": func() { ep.serve([]byte(`{"keys":[` + strings.Repeat(" ", federation.MaxBundleSize) + `]}`)) },
-		"a malformed body":  func() { ep.serve([]byte(`{"keys":[{"kty":"EC","use":"x509-svid","x5c":["bm90IGEgY2VydA=="]}]}`)) },
-		"an empty bundle":   func() { ep.serve([]byte(`{"keys":[]}`)) },
-		"a slow endpoint": func() {
+		}, want: federation.ErrBundle},
+		// A bundle that is acceptable in every way but its size.
+		"an oversized body": {serve: func() { ep.serve(oversizedBundle(t, pca, 6)) }, want: federation.ErrBundleTooLarge},
+		"a malformed body":  {serve: func() { ep.serve([]byte(`{"keys":[{"kty":"EC","use":"x509-svid","x5c":["bm90IGEgY2VydA=="]}]}`)) }, want: federation.ErrBundle},
+		"an empty bundle":   {serve: func() { ep.serve([]byte(`{"keys":[]}`)) }, want: federation.ErrBundle},
+		"a slow endpoint": {serve: func() {
 			fn := func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }
 			ep.answer.Store(&fn)
-		},
-		"an error status": func() {
+		}},
+		"an error status": {serve: func() {
 			fn := func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusInternalServerError) }
 			ep.answer.Store(&fn)
-		},
+		}},
 	}
-	for name, serve := range bad {
-		serve()
+	for name, tc := range bad {
+		tc.serve()
 		start := time.Now()
 		if err := f.Refresh(ctx, rel); err == nil {
 			t.Errorf("%s: accepted", name)
+		} else if tc.want != nil && !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", name, err, tc.want)
 		} else {
 			t.Logf("%s: %v", name, err)
 		}
@@ -179,6 +187,37 @@ func TestFetcherHTTPSSPIFFE(t *testing.T) {
 		t.Fatal("an endpoint with the wrong SPIFFE ID was accepted")
 	}
 	requireStored(t, store, 5, 2)
+}
+
+// oversizedBundle is c's bundle, sequence seq, padded with JWT authorities
+// to just over MaxBundleSize: a valid bundle refused only for its size.
+func oversizedBundle(t *testing.T, c *ca, seq uint64) []byte {
+	t.Helper()
+	b := bundleOf(c, seq)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	size := func() int {
+		doc, err := b.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(doc)
+	}
+	add := func(i int) {
+		if err := b.AddJWTAuthority(fmt.Sprintf("k%07d", i), key.Public()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := size()
+	add(0)
+	n := (federation.MaxBundleSize-base)/(size()-base) + 2
+	for i := 1; i < n; i++ {
+		add(i)
+	}
+	doc, err := b.Marshal()
+	if err != nil || len(doc) <= federation.MaxBundleSize {
+		t.Fatalf("padded bundle of %d bytes: %v", len(doc), err)
+	}
+	return doc
 }
 
 func requireStored(t *testing.T, store *boltstore.Store, seq uint64, authorities int) *spiffebundle.Bundle {
