@@ -15,7 +15,8 @@
 // svid.pem (chain, leaf first), svid_key.pem (PKCS#8, 0600) and
 // bundle.pem (the SVID's trust domain's X.509 authorities), plus
 // federated_bundle.<trust domain>.pem for each federated trust domain;
-// PEM or DER. Each file is replaced atomically (a temporary file in the
+// PEM or DER. The federated bundle file of a trust domain that leaves
+// the context is removed (only files so named, never directories). Each file is replaced atomically (a temporary file in the
 // same directory, fsync, rename, fsync of the directory), and only if its
 // content or mode changed. After a change it sends the renew signal to
 // the command it runs, or to the pid in the pid file; the command is
