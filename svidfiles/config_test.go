@@ -150,6 +150,7 @@ func TestCheck(t *testing.T) {
 		{name: "cmd without daemon", mod: func(c *Config) { c.Cmd, c.DaemonMode = "x", false }},
 		{name: "path in a name", mod: func(c *Config) { c.SVIDFileName = "../x" }},
 		{name: "same name twice", mod: func(c *Config) { c.SVIDKeyFileName = c.SVIDFileName }},
+		{name: "a name of Writ's own", mod: func(c *Config) { c.SVIDBundleFileName = ".writ-x509" }},
 		{name: "jwt without audience", mod: func(c *Config) { c.JWTSVIDs = []JWTSVID{{FileName: "t"}} }},
 	}
 	for _, tt := range tests {

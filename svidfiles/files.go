@@ -69,15 +69,16 @@ func (cfg *Config) x509Files(svid *x509svid.SVID, bundles *x509bundle.Set) ([]fi
 }
 
 // WriteX509Files writes svid's certificate, key and bundle files and the
-// federated bundle files into cfg.CertDir, and removes the federated
-// bundle files of trust domains no longer in bundles. It reports whether
-// anything changed.
+// federated bundle files into cfg.CertDir, as one set that readers see
+// change at once (see writeSet), and removes the federated bundle files
+// of trust domains no longer in bundles. It reports whether anything
+// changed.
 func (cfg *Config) WriteX509Files(svid *x509svid.SVID, bundles *x509bundle.Set) (bool, error) {
 	files, err := cfg.x509Files(svid, bundles)
 	if err != nil {
 		return false, err
 	}
-	changed, err := writeFiles(cfg.CertDir, files)
+	changed, err := writeSet(cfg.CertDir, files, cfg.fault)
 	if err != nil {
 		return changed, err
 	}

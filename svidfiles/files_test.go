@@ -1,7 +1,10 @@
 package svidfiles
 
 import (
+	"crypto/tls"
 	"crypto/x509"
+	"errors"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
@@ -125,5 +128,185 @@ func TestWriteX509FilesRemovesDefederatedBundles(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// readSet reads the certificate, key and bundle files through the paths
+// users configure.
+func readSet(cfg *Config) (cert, key, bundle []byte, err error) {
+	if cert, err = os.ReadFile(filepath.Join(cfg.CertDir, cfg.SVIDFileName)); err != nil {
+		return
+	}
+	if key, err = os.ReadFile(filepath.Join(cfg.CertDir, cfg.SVIDKeyFileName)); err != nil {
+		return
+	}
+	bundle, err = os.ReadFile(filepath.Join(cfg.CertDir, cfg.SVIDBundleFileName))
+	return
+}
+
+// A reader polling the files while they rotate many times never sees a
+// key that does not match the certificate: it reads the certificate, the
+// key, and the certificate again, and when both certificate reads agree
+// (no switch fell between them) the key must be that certificate's.
+func TestWriteX509FilesReaderSeesWholeSets(t *testing.T) {
+	own := newTestIssuer(t, "example.org")
+	cfg := DefaultConfig()
+	cfg.CertDir = t.TempDir()
+	bundles := x509bundle.NewSet(own.bundle())
+	const rotations = 100
+	svids := make([]*x509svid.SVID, rotations)
+	for i := range svids {
+		svids[i] = own.svid(t, "/web")
+	}
+	if _, err := cfg.WriteX509Files(svids[0], bundles); err != nil {
+		t.Fatal(err)
+	}
+
+	done := make(chan struct{})
+	type result struct{ checked, mismatched int }
+	res := make(chan result)
+	go func() {
+		var r result
+		for {
+			select {
+			case <-done:
+				res <- r
+				return
+			default:
+			}
+			cert := filepath.Join(cfg.CertDir, cfg.SVIDFileName)
+			c1, err1 := os.ReadFile(cert)
+			k, err2 := os.ReadFile(filepath.Join(cfg.CertDir, cfg.SVIDKeyFileName))
+			c2, err3 := os.ReadFile(cert)
+			if err1 != nil || err2 != nil || err3 != nil || !slices.Equal(c1, c2) {
+				continue // a generation removed under a slow reader, or a switch between the reads
+			}
+			r.checked++
+			if _, err := tls.X509KeyPair(c1, k); err != nil {
+				r.mismatched++
+			}
+		}
+	}()
+	for _, s := range svids[1:] {
+		if _, err := cfg.WriteX509Files(s, bundles); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(done)
+	r := <-res
+	t.Logf("%d rotations, %d consistent reads checked, %d with a key of another certificate", rotations, r.checked, r.mismatched)
+	if r.mismatched > 0 {
+		t.Errorf("the reader saw a key that does not match the certificate %d times", r.mismatched)
+	}
+	if r.checked == 0 {
+		t.Error("the reader checked nothing")
+	}
+}
+
+// A crash at any step of a write leaves the previous complete set, or
+// the new one once it is switched to; the next write completes and
+// removes what the crash left.
+func TestWriteX509FilesCrash(t *testing.T) {
+	own, fed := newTestIssuer(t, "example.org"), newTestIssuer(t, "a.test")
+	steps := []struct {
+		step    string
+		visible int // which set readers see after the crash: 0 the old, 1 the new
+	}{
+		{step: stepGenerationWritten, visible: 0},
+		{step: stepPreviousLinked, visible: 0},
+		{step: stepSwitched, visible: 1},
+		{step: stepLinked, visible: 1},
+	}
+	for _, tc := range steps {
+		t.Run(tc.step, func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.CertDir = t.TempDir()
+			old, next, last := own.svid(t, "/web"), own.svid(t, "/web"), own.svid(t, "/web")
+			// The old set has a federated bundle, the new one not.
+			if _, err := cfg.WriteX509Files(old, x509bundle.NewSet(own.bundle(), fed.bundle())); err != nil {
+				t.Fatal(err)
+			}
+			want := make([][3][]byte, 2)
+			c, k, b, err := readSet(&cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want[0] = [3][]byte{c, k, b}
+
+			errCrash := errors.New("crash")
+			cfg.fault = func(step string) error {
+				if step == tc.step {
+					return errCrash
+				}
+				return nil
+			}
+			if _, err := cfg.WriteX509Files(next, x509bundle.NewSet(own.bundle())); !errors.Is(err, errCrash) {
+				t.Fatalf("write with a crash at %q: %v", tc.step, err)
+			}
+			cfg.fault = nil
+			c, k, b, err = readSet(&cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := [3][]byte{c, k, b}
+			files, err := cfg.x509Files(next, x509bundle.NewSet(own.bundle()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want[1] = [3][]byte{files[2].data, files[1].data, files[0].data}
+			if !slices.EqualFunc(got[:], want[tc.visible][:], slices.Equal) {
+				t.Fatalf("after a crash at %q readers see a set that is not the %s one", tc.step, []string{"old", "new"}[tc.visible])
+			}
+			if _, err := tls.X509KeyPair(c, k); err != nil {
+				t.Fatalf("after a crash at %q: %v", tc.step, err)
+			}
+
+			// The next write completes; only its generation and the
+			// previous one stay.
+			if _, err := cfg.WriteX509Files(last, x509bundle.NewSet(own.bundle())); err != nil {
+				t.Fatal(err)
+			}
+			c, k, _, err = readSet(&cfg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tls.X509KeyPair(c, k); err != nil || !slices.Equal(c, (&Config{Format: PEM}).encodeCerts(last.Certificates)) {
+				t.Fatalf("the write after the crash: %v", err)
+			}
+			checkLayout(t, &cfg, []string{cfg.SVIDFileName, cfg.SVIDKeyFileName, cfg.SVIDBundleFileName})
+		})
+	}
+}
+
+// checkLayout checks that dir holds the links names, the current and
+// previous links and at most two generations, nothing else.
+func checkLayout(t *testing.T, cfg *Config, names []string) {
+	t.Helper()
+	gens := 0
+	for _, n := range dirNames(t, cfg.CertDir) {
+		switch {
+		case isGenName(n):
+			gens++
+		case n == currentLink || n == previousLink:
+		case slices.Contains(names, n):
+			if target, err := os.Readlink(filepath.Join(cfg.CertDir, n)); err != nil || target != currentLink+"/"+n {
+				t.Errorf("%s links to %q, %v", n, target, err)
+			}
+		default:
+			t.Errorf("%s left in the directory", n)
+		}
+	}
+	if gens < 1 || gens > 2 {
+		t.Errorf("%d generations in the directory, want 1 or 2", gens)
+	}
+	cur := filepath.Join(cfg.CertDir, currentLink)
+	for _, want := range []struct {
+		name string
+		mode fs.FileMode
+	}{{cfg.SVIDFileName, cfg.CertFileMode}, {cfg.SVIDKeyFileName, cfg.KeyFileMode}, {cfg.SVIDBundleFileName, cfg.CertFileMode}} {
+		fi, err := os.Lstat(filepath.Join(cur, want.name))
+		if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != want.mode {
+			t.Errorf("%s: %v %v, want a regular file of mode %v", want.name, fi, err, want.mode)
+		}
 	}
 }

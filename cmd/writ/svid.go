@@ -19,9 +19,8 @@ package main
 // svid_key.pem (PKCS#8 "PRIVATE KEY", mode 0600) and bundle.pem (the
 // X.509 authorities of the SVID's trust domain); and each federated
 // trust domain's authorities in federated_bundle.<trust domain>.pem, never
-// mixed into bundle.pem. Each file is replaced atomically (a
-// temporary file renamed over it), bundles first, then the key, then the
-// certificate. Private keys are never printed.
+// mixed into bundle.pem. The files change as one set, as writ helper run
+// writes them (see package svidfiles). Private keys are never printed.
 
 import (
 	"context"
