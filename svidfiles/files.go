@@ -5,11 +5,13 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -169,16 +171,15 @@ func (cfg *Config) encodeKey(der []byte) []byte {
 }
 
 // writeFiles writes files into dir, each atomically (a temporary file
-// in dir, fsync, rename, fsync of dir), skipping those whose content and
-// mode are unchanged. It reports whether any file changed.
+// in dir, fsync, rename, fsync of dir: a link at a file's path is
+// replaced, never followed), skipping those whose content and mode are
+// unchanged. It reports whether any file changed.
 func writeFiles(dir string, files []file) (bool, error) {
 	changed := false
 	for _, f := range files {
 		path := filepath.Join(dir, f.name)
-		if old, err := os.ReadFile(path); err == nil && slices.Equal(old, f.data) {
-			if fi, err := os.Stat(path); err == nil && fi.Mode().Perm() == f.mode {
-				continue
-			}
+		if sameFile(path, f) {
+			continue
 		}
 		if err := writeAtomic(path, f.data, f.mode); err != nil {
 			return changed, err
@@ -186,6 +187,22 @@ func writeFiles(dir string, files []file) (bool, error) {
 		changed = true
 	}
 	return changed, nil
+}
+
+// sameFile reports whether path is a regular file, not a link, with f's
+// content and mode.
+func sameFile(path string, f file) bool {
+	fd, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return false
+	}
+	defer fd.Close()
+	fi, err := fd.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != f.mode || fi.Size() != int64(len(f.data)) {
+		return false
+	}
+	old, err := io.ReadAll(fd)
+	return err == nil && slices.Equal(old, f.data)
 }
 
 // writeAtomic replaces path with data, mode perm, so that a reader sees
