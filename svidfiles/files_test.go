@@ -16,6 +16,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"writ.dev/writ/ca/x509ca"
+	"writ.dev/writ/internal/testuser"
 )
 
 // testIssuer is a CA of a trust domain.
@@ -308,5 +309,60 @@ func checkLayout(t *testing.T, cfg *Config, names []string) {
 		if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != want.mode {
 			t.Errorf("%s: %v %v, want a regular file of mode %v", want.name, fi, err, want.mode)
 		}
+	}
+}
+
+// A current-set link someone else pointed at a directory of theirs, with
+// the very content to write, is not taken for Writ's: the write makes a
+// set of its own and leaves their directory alone.
+func TestWriteX509FilesForeignGeneration(t *testing.T) {
+	testuser.RequireRoot(t)
+	uid, gid := testuser.Lookup(t)
+	own := newTestIssuer(t, "example.org")
+	cfg := DefaultConfig()
+	cfg.CertDir = t.TempDir()
+	svid := own.svid(t, "/web")
+	files, err := cfg.x509Files(svid, x509bundle.NewSet(own.bundle()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign := genPrefix + "theirs"
+	fdir := filepath.Join(cfg.CertDir, foreign)
+	if err := os.Mkdir(fdir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		if err := os.WriteFile(filepath.Join(fdir, f.name), f.data, f.mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(fdir, f.name), f.mode); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Symlink(currentLink+"/"+f.name, filepath.Join(cfg.CertDir, f.name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Chown(fdir, int(uid), int(gid)); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(foreign, filepath.Join(cfg.CertDir, currentLink)); err != nil {
+		t.Fatal(err)
+	}
+	changed, err := cfg.WriteX509Files(svid, x509bundle.NewSet(own.bundle()))
+	if err != nil || !changed {
+		t.Fatalf("write: changed %v, %v; want a set of Writ's own", changed, err)
+	}
+	if cur, _ := os.Readlink(filepath.Join(cfg.CertDir, currentLink)); cur == foreign || !isGenName(cur) {
+		t.Fatalf("the current set is %q", cur)
+	}
+	// Their directory stays (it is now the previous set) until it is no
+	// longer kept, and is never removed: it is not Writ's.
+	for range 3 {
+		if _, err := cfg.WriteX509Files(own.svid(t, "/web"), x509bundle.NewSet(own.bundle())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := os.Lstat(fdir); err != nil {
+		t.Errorf("their directory: %v", err)
 	}
 }

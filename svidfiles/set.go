@@ -135,9 +135,13 @@ func isGenName(name string) bool {
 	return strings.HasPrefix(name, genPrefix) && len(name) > len(genPrefix) && !strings.ContainsRune(name, '/')
 }
 
-// setIs reports whether generation gen of dir holds exactly files, with
-// their modes, and each file's path in dir links to it.
+// setIs reports whether generation gen of dir, a directory of this uid,
+// holds exactly files, with their modes, and each file's path in dir
+// links to it.
 func setIs(dir, gen string, files []file) bool {
+	if fi, err := os.Lstat(filepath.Join(dir, gen)); err != nil || !fi.IsDir() || !ownedByMe(fi) {
+		return false
+	}
 	entries, err := os.ReadDir(filepath.Join(dir, gen))
 	if err != nil || len(entries) != len(files) {
 		return false
@@ -213,17 +217,12 @@ func removeOldGenerations(dir string) error {
 	if err != nil {
 		return fmt.Errorf("list %s: %w", dir, err)
 	}
-	uid := os.Geteuid()
 	for _, e := range entries {
 		name := e.Name()
 		if !isGenName(name) || slices.Contains(keep, name) || !e.IsDir() {
 			continue
 		}
-		fi, err := e.Info()
-		if err != nil {
-			continue
-		}
-		if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != uid {
+		if fi, err := e.Info(); err != nil || !ownedByMe(fi) {
 			continue
 		}
 		if err := os.RemoveAll(filepath.Join(dir, name)); err != nil {
@@ -231,4 +230,10 @@ func removeOldGenerations(dir string) error {
 		}
 	}
 	return nil
+}
+
+// ownedByMe reports whether fi is owned by this process's effective uid.
+func ownedByMe(fi fs.FileInfo) bool {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	return ok && int(st.Uid) == os.Geteuid()
 }
