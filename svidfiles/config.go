@@ -86,6 +86,10 @@ type Config struct {
 	// (cmd), with CmdArgs split like a shell would, quotes included
 	// (cmd_args).
 	Cmd, CmdArgs string
+
+	// fault, in tests, is called before each step of writing the X.509
+	// files; an error stops the write there, as a crash would.
+	fault func(step string) error
 }
 
 // DefaultConfig returns a Config with every default set.
@@ -339,6 +343,9 @@ func (cfg *Config) Check() error {
 	for _, n := range names {
 		if n == "" || n == "." || n == ".." || strings.ContainsAny(n, "/\x00") {
 			return fmt.Errorf("%w: file name %q must be a plain name in the certificate directory", ErrConfig, n)
+		}
+		if strings.HasPrefix(n, reservedPrefix) {
+			return fmt.Errorf("%w: file name %q: names starting with %q are Writ's own", ErrConfig, n, reservedPrefix)
 		}
 		if seen[n] {
 			return fmt.Errorf("%w: file name %q is used twice", ErrConfig, n)

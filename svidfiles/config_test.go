@@ -7,7 +7,10 @@ import (
 	"path/filepath"
 	"reflect"
 	"slices"
+	"syscall"
 	"testing"
+
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 )
 
 func TestApplyConfig(t *testing.T) {
@@ -150,6 +153,7 @@ func TestCheck(t *testing.T) {
 		{name: "cmd without daemon", mod: func(c *Config) { c.Cmd, c.DaemonMode = "x", false }},
 		{name: "path in a name", mod: func(c *Config) { c.SVIDFileName = "../x" }},
 		{name: "same name twice", mod: func(c *Config) { c.SVIDKeyFileName = c.SVIDFileName }},
+		{name: "a name of Writ's own", mod: func(c *Config) { c.SVIDBundleFileName = ".writ-x509" }},
 		{name: "jwt without audience", mod: func(c *Config) { c.JWTSVIDs = []JWTSVID{{FileName: "t"}} }},
 	}
 	for _, tt := range tests {
@@ -167,13 +171,81 @@ func TestCheck(t *testing.T) {
 	}
 }
 
+// setUmask sets a umask for the test; files must get their modes
+// whatever it is.
+func setUmask(t *testing.T, mask int) {
+	old := syscall.Umask(mask)
+	t.Cleanup(func() { syscall.Umask(old) })
+}
+
+// victim is a file outside dir that a link placed in dir points to; it
+// must stay as it is.
+type victim struct {
+	path string
+	data []byte
+	mode fs.FileMode
+}
+
+func placeLink(t *testing.T, dir, name string, data []byte, mode fs.FileMode) victim {
+	t.Helper()
+	v := victim{path: filepath.Join(t.TempDir(), "victim-"+name), data: data, mode: mode}
+	if err := os.WriteFile(v.path, data, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(v.path, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(v.path, filepath.Join(dir, name)); err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+func (v victim) check(t *testing.T) {
+	t.Helper()
+	fi, err := os.Lstat(v.path)
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != v.mode {
+		t.Errorf("%s: %v %v, want a regular file of mode %v", v.path, fi, err, v.mode)
+	}
+	if b, err := os.ReadFile(v.path); err != nil || !slices.Equal(b, v.data) {
+		t.Errorf("%s was written through the link: %q %v", v.path, b, err)
+	}
+}
+
+// Files get their modes whatever the umask, and a link someone placed at
+// a file's path is replaced, never written through, even when the file
+// it points to already holds the content and mode to write.
 func TestWriteAtomicModes(t *testing.T) {
+	setUmask(t, 0)
 	dir := t.TempDir()
 	files := []file{{name: "k", data: []byte("key"), mode: 0o600}, {name: "c", data: []byte("cert"), mode: 0o644}}
+	victims := []victim{
+		placeLink(t, dir, "k", []byte("victim"), 0o666),
+		placeLink(t, dir, "c", []byte("cert"), 0o644), // what would be written
+	}
 	changed, err := writeFiles(dir, files)
 	if err != nil || !changed {
 		t.Fatalf("first write: changed %v, %v", changed, err)
 	}
+	checkFiles := func() {
+		t.Helper()
+		for _, f := range files {
+			fi, err := lstat(dir, f.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !fi.Mode().IsRegular() || fi.Mode().Perm() != f.mode {
+				t.Errorf("%s: %v, want a regular file of mode %v", f.name, fi.Mode(), f.mode)
+			}
+			if b := readFile(t, dir, f.name); !slices.Equal(b, f.data) {
+				t.Errorf("%s: %q, want %q", f.name, b, f.data)
+			}
+		}
+		for _, v := range victims {
+			v.check(t)
+		}
+	}
+	checkFiles()
 	changed, err = writeFiles(dir, files)
 	if err != nil || changed {
 		t.Fatalf("same content again: changed %v, %v; want unchanged", changed, err)
@@ -182,19 +254,49 @@ func TestWriteAtomicModes(t *testing.T) {
 	if changed, err = writeFiles(dir, files); err != nil || !changed {
 		t.Fatalf("new content: changed %v, %v", changed, err)
 	}
-	for _, f := range files {
-		fi, err := lstat(dir, f.name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if fi.Mode().Perm() != f.mode {
-			t.Errorf("%s: mode %v, want %v", f.name, fi.Mode().Perm(), f.mode)
-		}
-	}
+	checkFiles()
 	entries, _ := readDir(dir)
 	if len(entries) != 2 {
 		t.Errorf("%d files in the directory, want 2 (temporary files left behind?)", len(entries))
 	}
+}
+
+// The same for the X.509 set: modes whatever the umask, and links placed
+// at the configured paths replaced, never written through.
+func TestWriteX509FilesModes(t *testing.T) {
+	setUmask(t, 0)
+	own := newTestIssuer(t, "example.org")
+	cfg := DefaultConfig()
+	cfg.CertDir = t.TempDir()
+	svid := own.svid(t, "/web")
+	files, err := cfg.x509Files(svid, x509bundle.NewSet(own.bundle()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var victims []victim
+	for _, f := range files {
+		victims = append(victims, placeLink(t, cfg.CertDir, f.name, f.data, f.mode)) // the content to write, even
+	}
+	if changed, err := cfg.WriteX509Files(svid, x509bundle.NewSet(own.bundle())); err != nil || !changed {
+		t.Fatalf("write: changed %v, %v", changed, err)
+	}
+	for _, v := range victims {
+		v.check(t)
+	}
+	checkLayout(t, &cfg, []string{cfg.SVIDFileName, cfg.SVIDKeyFileName, cfg.SVIDBundleFileName})
+	fi, err := os.Stat(filepath.Join(cfg.CertDir, currentLink))
+	if err != nil || fi.Mode().Perm() != 0o755 {
+		t.Errorf("the generation directory: %v %v, want mode 0755", fi, err)
+	}
+}
+
+func readFile(t *testing.T, dir, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(dir, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }
 
 func FuzzParseHCL(f *testing.F) {

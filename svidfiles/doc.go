@@ -15,9 +15,20 @@
 // svid.pem (chain, leaf first), svid_key.pem (PKCS#8, 0600) and
 // bundle.pem (the SVID's trust domain's X.509 authorities), plus
 // federated_bundle.<trust domain>.pem for each federated trust domain;
-// PEM or DER. Each file is replaced atomically (a temporary file in the
-// same directory, fsync, rename, fsync of the directory), and only if its
-// content or mode changed. After a change it sends the renew signal to
+// PEM or DER. The federated bundle file of a trust domain that leaves
+// the context is removed (only files so named, never directories).
+//
+// The X.509 files change as one set, only if a content or mode changed:
+// each set is written into a new directory .writ-x509.<n> in the
+// certificate directory (files created exclusively, never through a
+// link, fsynced), and one rename of the link .writ-x509 makes it
+// current; svid.pem and the other configured paths are links through
+// .writ-x509, so a reader or a crash sees the old set or the new one,
+// never a key with another set's certificate. The set before stays as
+// .writ-x509-previous for readers still opening it; older ones are
+// removed. Files written by earlier versions are replaced by the links
+// on the first write (that one write changes file by file). JWT files
+// are replaced each on its own (temporary file, fsync, rename). After a change it sends the renew signal to
 // the command it runs, or to the pid in the pid file; the command is
 // started after the first write, and when it exits the helper returns
 // ErrCmdExited (restarting is the supervisor's job). JWT-SVID files are

@@ -3,13 +3,18 @@ package svidfiles
 import (
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"syscall"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 
 	"writ.dev/writ/internal/datadir"
@@ -65,6 +70,81 @@ func (cfg *Config) x509Files(svid *x509svid.SVID, bundles *x509bundle.Set) ([]fi
 	return files, nil
 }
 
+// WriteX509Files writes svid's certificate, key and bundle files and the
+// federated bundle files into cfg.CertDir, as one set that readers see
+// change at once (see writeSet), and removes the federated bundle files
+// of trust domains no longer in bundles. It reports whether anything
+// changed.
+func (cfg *Config) WriteX509Files(svid *x509svid.SVID, bundles *x509bundle.Set) (bool, error) {
+	files, err := cfg.x509Files(svid, bundles)
+	if err != nil {
+		return false, err
+	}
+	changed, err := writeSet(cfg.CertDir, files, cfg.fault)
+	if err != nil {
+		return changed, err
+	}
+	removed, err := removeStaleFederated(cfg.CertDir, cfg.keepNames(files))
+	return changed || removed, err
+}
+
+// keepNames are the names of files, and of every file cfg names: none of
+// them is ever removed as stale.
+func (cfg *Config) keepNames(files []file) map[string]bool {
+	keep := map[string]bool{cfg.SVIDFileName: true, cfg.SVIDKeyFileName: true, cfg.SVIDBundleFileName: true, cfg.JWTBundleFileName: true}
+	for _, j := range cfg.JWTSVIDs {
+		keep[j.FileName] = true
+	}
+	for _, f := range files {
+		keep[f.name] = true
+	}
+	return keep
+}
+
+// isFederatedBundleFileName reports whether name is a federated bundle
+// file's name as FederatedBundleFileName makes it, in either format.
+func isFederatedBundleFileName(name string) bool {
+	rest, ok := strings.CutPrefix(name, "federated_bundle.")
+	if !ok {
+		return false
+	}
+	td, ok := strings.CutSuffix(rest, "."+string(PEM))
+	if !ok {
+		td, ok = strings.CutSuffix(rest, "."+string(DER))
+	}
+	if !ok {
+		return false
+	}
+	parsed, err := spiffeid.TrustDomainFromString(td)
+	return err == nil && parsed.Name() == td
+}
+
+// removeStaleFederated removes from dir the federated bundle files (by
+// name, regular files or symbolic links, never directories) not in
+// keep: a trust domain that is no longer federated must not stay
+// trusted through a file left behind. It reports whether it removed any.
+func removeStaleFederated(dir string, keep map[string]bool) (bool, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return false, fmt.Errorf("list %s: %w", dir, err)
+	}
+	removed := false
+	for _, e := range entries {
+		name := e.Name()
+		if keep[name] || !isFederatedBundleFileName(name) || !(e.Type().IsRegular() || e.Type()&fs.ModeSymlink != 0) {
+			continue
+		}
+		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return removed, fmt.Errorf("remove the stale %s: %w", name, err)
+		}
+		removed = true
+	}
+	if removed {
+		return true, datadir.SyncDir(dir)
+	}
+	return false, nil
+}
+
 // FederatedBundleFileName is the file of a federated trust domain's X.509
 // authorities: federated_bundle.<trust domain>.pem (or .der).
 func FederatedBundleFileName(td string, f Format) string {
@@ -91,16 +171,15 @@ func (cfg *Config) encodeKey(der []byte) []byte {
 }
 
 // writeFiles writes files into dir, each atomically (a temporary file
-// in dir, fsync, rename, fsync of dir), skipping those whose content and
-// mode are unchanged. It reports whether any file changed.
+// in dir, fsync, rename, fsync of dir: a link at a file's path is
+// replaced, never followed), skipping those whose content and mode are
+// unchanged. It reports whether any file changed.
 func writeFiles(dir string, files []file) (bool, error) {
 	changed := false
 	for _, f := range files {
 		path := filepath.Join(dir, f.name)
-		if old, err := os.ReadFile(path); err == nil && slices.Equal(old, f.data) {
-			if fi, err := os.Stat(path); err == nil && fi.Mode().Perm() == f.mode {
-				continue
-			}
+		if sameFile(path, f) {
+			continue
 		}
 		if err := writeAtomic(path, f.data, f.mode); err != nil {
 			return changed, err
@@ -108,6 +187,22 @@ func writeFiles(dir string, files []file) (bool, error) {
 		changed = true
 	}
 	return changed, nil
+}
+
+// sameFile reports whether path is a regular file, not a link, with f's
+// content and mode.
+func sameFile(path string, f file) bool {
+	fd, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+	if err != nil {
+		return false
+	}
+	defer fd.Close()
+	fi, err := fd.Stat()
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != f.mode || fi.Size() != int64(len(f.data)) {
+		return false
+	}
+	old, err := io.ReadAll(fd)
+	return err == nil && slices.Equal(old, f.data)
 }
 
 // writeAtomic replaces path with data, mode perm, so that a reader sees

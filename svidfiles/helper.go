@@ -226,11 +226,7 @@ func (h *Helper) daemon(ctx context.Context) error {
 // changed.
 func (h *Helper) writeX509(x *spiffewl.X509Context) (bool, error) {
 	svid := x.DefaultSVID()
-	files, err := h.cfg.x509Files(svid, x.Bundles)
-	if err != nil {
-		return false, err
-	}
-	changed, err := writeFiles(h.cfg.CertDir, files)
+	changed, err := h.cfg.WriteX509Files(svid, x.Bundles)
 	if err != nil {
 		return changed, err
 	}

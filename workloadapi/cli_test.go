@@ -144,13 +144,25 @@ func TestCLI(t *testing.T) {
 		if err != nil || fi.Mode().Perm() != 0o600 {
 			t.Errorf("key file mode %v, %v", fi.Mode(), err)
 		}
-		// Again: files are replaced, no temporary files stay.
+		// Again: the files are replaced as a set; no temporary files
+		// stay, only the links to the current and previous sets and
+		// their directories.
 		if r := runWrit(t, nil, "", "svid", "fetch", sock, "--write", dir); r.code != 0 {
 			t.Fatalf("%+v", r)
 		}
 		names, _ := filepath.Glob(filepath.Join(dir, "*"))
 		hidden, _ := filepath.Glob(filepath.Join(dir, ".*"))
-		if len(names) != 3 || len(hidden) != 0 {
+		gens := 0
+		for _, h := range hidden {
+			switch n := filepath.Base(h); {
+			case strings.HasPrefix(n, ".writ-x509."):
+				gens++
+			case n != ".writ-x509" && n != ".writ-x509-previous":
+				t.Errorf("%s left in the directory", n)
+			}
+		}
+		// filepath.Glob's * matches names starting with a dot too.
+		if len(names)-len(hidden) != 3 || gens != 2 {
 			t.Errorf("files %v %v", names, hidden)
 		}
 		if s, err := x509svid.Load(filepath.Join(dir, "svid.pem"), filepath.Join(dir, "svid_key.pem")); err != nil || s.ID != a.SPIFFEID {

@@ -6,7 +6,9 @@
 //
 // A fetched bundle is refused, and the last good one kept, when it is not
 // a SPIFFE bundle of that trust domain, when an authority names another
-// trust domain, when its sequence number goes backwards, when it is larger
-// than MaxBundleSize, or when the endpoint does not answer in time or
+// trust domain, when its sequence number goes backwards (or, once the
+// trust domain's bundle carried one, when a changed bundle comes without
+// a sequence number or under the same one), when it is larger than
+// MaxBundleSize, or when the endpoint does not answer in time or
 // authenticates as another identity.
 package federation

@@ -207,9 +207,17 @@ func refreshInterval(hint time.Duration) time.Duration {
 	return min(max(hint, MinRefresh), MaxRefresh)
 }
 
-// ErrSequence means a fetched bundle's sequence number is lower than the
-// stored one's.
-var ErrSequence = errors.New("federation: bundle sequence number went backwards")
+// ErrBundleTooLarge means a fetched bundle document is larger than
+// MaxBundleSize; it comes wrapped with ErrBundle.
+var ErrBundleTooLarge = errors.New("federation: bundle too large")
+
+// ErrSequence means a fetched bundle's sequence number does not follow
+// the stored bundle's: it is lower, or missing, or the same with other
+// content. The SPIFFE bundle's spiffe_sequence is optional, but a
+// publisher that sets it changes it whenever the content changes; once
+// a trust domain's bundle carried one, a change without a higher number
+// is refused.
+var ErrSequence = errors.New("federation: bundle sequence number does not follow the stored one")
 
 func (f *Fetcher) fetchAndStore(ctx context.Context, r *datastore.Federation) (uint64, time.Duration, error) {
 	var current *spiffebundle.Bundle
@@ -227,13 +235,11 @@ func (f *Fetcher) fetchAndStore(ctx context.Context, r *datastore.Federation) (u
 		if old == nil {
 			return fetched, nil
 		}
-		oldSeq, oldHas := old.SequenceNumber()
-		newSeq, newHas := fetched.SequenceNumber()
-		if oldHas && newHas && newSeq < oldSeq {
-			return nil, fmt.Errorf("%w: %d after %d", ErrSequence, newSeq, oldSeq)
-		}
 		if old.Equal(fetched) {
 			return old, nil
+		}
+		if err := checkSequence(old, fetched); err != nil {
+			return nil, err
 		}
 		return fetched, nil
 	})
@@ -242,6 +248,25 @@ func (f *Fetcher) fetchAndStore(ctx context.Context, r *datastore.Federation) (u
 	}
 	seq, _ := stored.SequenceNumber()
 	return seq, hint, nil
+}
+
+// checkSequence refuses fetched, whose content differs from old's, when
+// old carried a sequence number and fetched does not carry a higher one.
+func checkSequence(old, fetched *spiffebundle.Bundle) error {
+	oldSeq, oldHas := old.SequenceNumber()
+	if !oldHas {
+		return nil
+	}
+	newSeq, newHas := fetched.SequenceNumber()
+	switch {
+	case !newHas:
+		return fmt.Errorf("%w: a bundle without a sequence number after sequence %d", ErrSequence, oldSeq)
+	case newSeq < oldSeq:
+		return fmt.Errorf("%w: %d after %d", ErrSequence, newSeq, oldSeq)
+	case newSeq == oldSeq:
+		return fmt.Errorf("%w: other content under the same sequence %d", ErrSequence, oldSeq)
+	}
+	return nil
 }
 
 // fetch GETs the bundle from r's endpoint, authenticating the endpoint as
@@ -286,7 +311,7 @@ func (f *Fetcher) fetch(ctx context.Context, r *datastore.Federation, current *s
 		return nil, fmt.Errorf("federation: GET %s: %w", r.BundleEndpointURL, err)
 	}
 	if len(body) > MaxBundleSize {
-		return nil, fmt.Errorf("%w: the bundle from %s is larger than %d bytes", ErrBundle, r.BundleEndpointURL, MaxBundleSize)
+		return nil, fmt.Errorf("%w: %w: the bundle from %s is larger than %d bytes", ErrBundle, ErrBundleTooLarge, r.BundleEndpointURL, MaxBundleSize)
 	}
 	b, err := spiffebundle.Read(r.TrustDomain, bytes.NewReader(body))
 	if err != nil {

@@ -8,6 +8,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -15,6 +18,7 @@ import (
 	"net/url"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -129,33 +133,39 @@ func TestFetcherHTTPSSPIFFE(t *testing.T) {
 	}
 	stored := requireStored(t, store, 5, 2)
 
-	bad := map[string]func(){
-		"a sequence number going backwards": func() { ep.serveBundle(t, bundleOf(pca, 4)) },
-		"an authority of another trust domain": func() {
+	bad := map[string]struct {
+		serve func()
+		want  error // nil: any error
+	}{
+		"a sequence number going backwards": {serve: func() { ep.serveBundle(t, bundleOf(pca, 4)) }, want: federation.ErrSequence},
+		"an authority of another trust domain": {serve: func() {
 			b := bundleOf(pca, 6)
 			b.AddX509Authority(newCA(t, spiffeid.RequireTrustDomainFromString("evil.test")).cert)
 			ep.serveBundle(t, b)
-		},
-		"the bundle of another trust domain": func() {
+		}, want: federation.ErrBundle},
+		"the bundle of another trust domain": {serve: func() {
 			ep.serveBundle(t, bundleOf(newCA(t, spiffeid.RequireTrustDomainFromString("evil.test")), 7))
-		},
-		"an oversized body": func() { ep.serve([]byte(`{"keys":[` + strings.Repeat(" ", federation.MaxBundleSize) + `]}`)) },
-		"a malformed body":  func() { ep.serve([]byte(`{"keys":[{"kty":"EC","use":"x509-svid","x5c":["bm90IGEgY2VydA=="]}]}`)) },
-		"an empty bundle":   func() { ep.serve([]byte(`{"keys":[]}`)) },
-		"a slow endpoint": func() {
+		}, want: federation.ErrBundle},
+		// A bundle that is acceptable in every way but its size.
+		"an oversized body": {serve: func() { ep.serve(oversizedBundle(t, pca, 6)) }, want: federation.ErrBundleTooLarge},
+		"a malformed body":  {serve: func() { ep.serve([]byte(`{"keys":[{"kty":"EC","use":"x509-svid","x5c":["bm90IGEgY2VydA=="]}]}`)) }, want: federation.ErrBundle},
+		"an empty bundle":   {serve: func() { ep.serve([]byte(`{"keys":[]}`)) }, want: federation.ErrBundle},
+		"a slow endpoint": {serve: func() {
 			fn := func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }
 			ep.answer.Store(&fn)
-		},
-		"an error status": func() {
+		}},
+		"an error status": {serve: func() {
 			fn := func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusInternalServerError) }
 			ep.answer.Store(&fn)
-		},
+		}},
 	}
-	for name, serve := range bad {
-		serve()
+	for name, tc := range bad {
+		tc.serve()
 		start := time.Now()
 		if err := f.Refresh(ctx, rel); err == nil {
 			t.Errorf("%s: accepted", name)
+		} else if tc.want != nil && !errors.Is(err, tc.want) {
+			t.Errorf("%s: %v, want %v", name, err, tc.want)
 		} else {
 			t.Logf("%s: %v", name, err)
 		}
@@ -179,6 +189,37 @@ func TestFetcherHTTPSSPIFFE(t *testing.T) {
 		t.Fatal("an endpoint with the wrong SPIFFE ID was accepted")
 	}
 	requireStored(t, store, 5, 2)
+}
+
+// oversizedBundle is c's bundle, sequence seq, padded with JWT authorities
+// to just over MaxBundleSize: a valid bundle refused only for its size.
+func oversizedBundle(t *testing.T, c *ca, seq uint64) []byte {
+	t.Helper()
+	b := bundleOf(c, seq)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	size := func() int {
+		doc, err := b.Marshal()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(doc)
+	}
+	add := func(i int) {
+		if err := b.AddJWTAuthority(fmt.Sprintf("k%07d", i), key.Public()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	base := size()
+	add(0)
+	n := (federation.MaxBundleSize-base)/(size()-base) + 2
+	for i := 1; i < n; i++ {
+		add(i)
+	}
+	doc, err := b.Marshal()
+	if err != nil || len(doc) <= federation.MaxBundleSize {
+		t.Fatalf("padded bundle of %d bytes: %v", len(doc), err)
+	}
+	return doc
 }
 
 func requireStored(t *testing.T, store *boltstore.Store, seq uint64, authorities int) *spiffebundle.Bundle {
@@ -222,4 +263,124 @@ func TestFetcherHTTPSWeb(t *testing.T) {
 		t.Fatalf("https_web refresh: %v", err)
 	}
 	requireStored(t, store, 3, 1)
+}
+
+// records keeps the log records a Fetcher emits.
+type records struct {
+	mu   sync.Mutex // guards recs
+	recs []slog.Record
+}
+
+func (h *records) Enabled(context.Context, slog.Level) bool { return true }
+func (h *records) Handle(_ context.Context, r slog.Record) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.recs = append(h.recs, r.Clone())
+	return nil
+}
+func (h *records) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h *records) WithGroup(string) slog.Handler      { return h }
+
+// take returns the records so far and forgets them.
+func (h *records) take() []slog.Record {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	r := h.recs
+	h.recs = nil
+	return r
+}
+
+// The spiffe_sequence is optional, but once a trust domain's bundle
+// carried one, a changed bundle must carry a higher one: a bundle without
+// a sequence number, or with the same number and other content, is
+// refused with a warning and the last good bundle kept.
+func TestFetcherSequenceRules(t *testing.T) {
+	ctx := context.Background()
+	store, err := boltstore.Open(filepath.Join(t.TempDir(), "db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	pca, next := newCA(t, partner), newCA(t, partner)
+	serverID := spiffeid.RequireFromString("spiffe://partner.test/writ/server")
+	ep := newEndpoint(t, pca.svid(t, serverID))
+	rel := &datastore.Federation{TrustDomain: partner, BundleEndpointURL: ep.srv.URL + "/", Profile: datastore.ProfileHTTPSSPIFFE, EndpointSPIFFEID: serverID}
+	logs := &records{}
+	f := federation.New(federation.Config{Store: store, Timeout: 5 * time.Second, Logger: slog.New(logs)})
+	// The bootstrap bundle has no sequence number.
+	noSeq := func(cas ...*ca) *spiffebundle.Bundle {
+		b := spiffebundle.New(partner)
+		for _, c := range cas {
+			b.AddX509Authority(c.cert)
+		}
+		return b
+	}
+	if _, err := store.UpdateBundle(ctx, partner, func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error) { return noSeq(pca), nil }); err != nil {
+		t.Fatal(err)
+	}
+	stored := func() *spiffebundle.Bundle {
+		t.Helper()
+		b, err := store.FetchBundle(ctx, partner)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	withSeq := func(seq uint64, cas ...*ca) *spiffebundle.Bundle {
+		b := noSeq(cas...)
+		b.SetSequenceNumber(seq)
+		return b
+	}
+
+	steps := []struct {
+		name   string
+		serve  *spiffebundle.Bundle
+		refuse bool
+	}{
+		// No sequence seen yet: a change without one is applied.
+		{name: "no sequence yet, changed without one", serve: noSeq(pca, next)},
+		{name: "the first sequence number", serve: withSeq(3, pca, next)},
+		{name: "the same bundle again", serve: withSeq(3, pca, next)},
+		{name: "a sequence seen, then a bundle without one", serve: noSeq(pca), refuse: true},
+		{name: "the same sequence with other content", serve: withSeq(3, pca), refuse: true},
+		{name: "the same sequence with another refresh hint", serve: func() *spiffebundle.Bundle {
+			b := withSeq(3, pca, next)
+			b.SetRefreshHint(time.Minute)
+			return b
+		}(), refuse: true},
+		{name: "a higher sequence", serve: withSeq(4, next)},
+	}
+	for _, s := range steps {
+		before := stored()
+		ep.serveBundle(t, s.serve)
+		err := f.Refresh(ctx, rel)
+		recs := logs.take()
+		if !s.refuse {
+			if err != nil {
+				t.Fatalf("%s: %v", s.name, err)
+			}
+			if got := stored(); !got.Equal(s.serve) {
+				t.Fatalf("%s: the fetched bundle was not stored", s.name)
+			}
+			continue
+		}
+		if !errors.Is(err, federation.ErrSequence) {
+			t.Fatalf("%s: %v, want ErrSequence", s.name, err)
+		}
+		if got := stored(); !got.Equal(before) {
+			t.Fatalf("%s: the stored bundle changed", s.name)
+		}
+		warned := false
+		for _, r := range recs {
+			r.Attrs(func(a slog.Attr) bool {
+				if r.Level == slog.LevelWarn && a.Key == "trust_domain" && a.Value.String() == partner.Name() {
+					warned = true
+				}
+				return true
+			})
+		}
+		if !warned {
+			t.Fatalf("%s: no warning naming the trust domain logged (%d records)", s.name, len(recs))
+		}
+	}
 }

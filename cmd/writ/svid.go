@@ -19,9 +19,8 @@ package main
 // svid_key.pem (PKCS#8 "PRIVATE KEY", mode 0600) and bundle.pem (the
 // X.509 authorities of the SVID's trust domain); and each federated
 // trust domain's authorities in federated_bundle.<trust domain>.pem, never
-// mixed into bundle.pem. Each file is replaced atomically (a
-// temporary file renamed over it), bundles first, then the key, then the
-// certificate. Private keys are never printed.
+// mixed into bundle.pem. The files change as one set, as writ helper run
+// writes them (see package svidfiles). Private keys are never printed.
 
 import (
 	"context"
@@ -47,6 +46,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/svidfiles"
 	"writ.dev/writ/workloadapi"
 )
 
@@ -342,38 +342,22 @@ func svidFetch(c *cli.Context) error {
 	return t.Flush()
 }
 
-// writeSVIDFiles writes s, its key and the bundles of x509ctx to dir.
+// writeSVIDFiles writes s, its key and the bundles of x509ctx to dir as
+// writ helper run does, and removes the files of trust domains no longer
+// federated.
 func writeSVIDFiles(dir string, s *x509svid.SVID, x509ctx *spiffewl.X509Context) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("--%s: %w", flagSVIDWrite, err)
 	}
 	td := s.ID.TrustDomain()
-	own, err := x509ctx.Bundles.GetX509BundleForTrustDomain(td)
-	if err != nil {
+	if _, err := x509ctx.Bundles.GetX509BundleForTrustDomain(td); err != nil {
 		return fmt.Errorf("the Workload API sent no bundle for %s: %w", td.Name(), err)
 	}
-	if err := writeFileAtomic(dir, svidBundleFileName, pemCerts(own.X509Authorities()), 0o644); err != nil {
-		return err
-	}
-	for _, b := range x509ctx.Bundles.Bundles() {
-		if b.TrustDomain() == td {
-			continue
-		}
-		// Trust domain names hold only [a-z0-9._-]: a file name of its own.
-		name := "federated_bundle." + b.TrustDomain().Name() + ".pem"
-		if err := writeFileAtomic(dir, name, pemCerts(b.X509Authorities()), 0o644); err != nil {
-			return err
-		}
-	}
-	_, keyDER, err := s.MarshalRaw() // PKCS#8
-	if err != nil {
-		return fmt.Errorf("encode the SVID: %w", err)
-	}
-	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
-	if err := writeFileAtomic(dir, svidKeyFileName, keyPEM, 0o600); err != nil {
-		return err
-	}
-	return writeFileAtomic(dir, svidFileName, pemCerts(s.Certificates), 0o644)
+	cfg := svidfiles.DefaultConfig()
+	cfg.CertDir = dir
+	cfg.SVIDFileName, cfg.SVIDKeyFileName, cfg.SVIDBundleFileName = svidFileName, svidKeyFileName, svidBundleFileName
+	_, err := cfg.WriteX509Files(s, x509ctx.Bundles)
+	return err
 }
 
 func pemCerts(certs []*x509.Certificate) []byte {
@@ -382,36 +366,4 @@ func pemCerts(certs []*x509.Certificate) []byte {
 		out = append(out, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})...)
 	}
 	return out
-}
-
-// writeFileAtomic replaces dir/name with data: a temporary file in dir,
-// with mode set before anything is written, synced, then renamed over
-// name (a symbolic link at name is replaced, not followed).
-func writeFileAtomic(dir, name string, data []byte, mode os.FileMode) (err error) {
-	f, err := os.CreateTemp(dir, "."+name+".*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	defer func() {
-		if err != nil {
-			f.Close()
-			os.Remove(f.Name())
-		}
-	}()
-	if err := f.Chmod(mode); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := os.Rename(f.Name(), filepath.Join(dir, name)); err != nil {
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	return nil
 }
