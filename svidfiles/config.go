@@ -47,6 +47,12 @@ type Config struct {
 	// SocketPath is the Workload API socket (agent_address; a
 	// "unix:///path" address is accepted too).
 	SocketPath string
+	// CheckSocket says that SocketPath is a default the user did not
+	// name (no configuration key sets it): the helper then connects only
+	// if no other user can have made the socket (unixsock.CheckDial), so
+	// that a socket another local user created first at a default path
+	// in /tmp never supplies the files.
+	CheckSocket bool
 	// CertDir is the existing directory the files are written to
 	// (cert_dir).
 	CertDir string

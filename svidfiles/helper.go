@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,10 +18,12 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	spiffewl "github.com/spiffe/go-spiffe/v2/workloadapi"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"writ.dev/writ/ca/clock"
+	"writ.dev/writ/internal/unixsock"
 	"writ.dev/writ/workloadapi"
 )
 
@@ -42,6 +46,7 @@ var ErrCmdExited = errors.New("svidfiles: the command exited")
 type Helper struct {
 	cfg    Config
 	addr   string
+	path   string // the socket's absolute path
 	sig    syscall.Signal
 	args   []string
 	clk    clock.Clock
@@ -79,8 +84,13 @@ func New(cfg Config, clk clock.Clock, log *slog.Logger) (*Helper, error) {
 		if addr, err = workloadapi.EndpointAddr(abs); err != nil {
 			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
 		}
-	} else if _, err := workloadapi.ParseEndpointAddr(addr); err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		h.path = abs
+	} else {
+		p, err := workloadapi.ParseEndpointAddr(addr)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		}
+		h.path = p
 	}
 	h.addr = addr
 	if fi, err := os.Stat(cfg.CertDir); err != nil || !fi.IsDir() {
@@ -96,7 +106,16 @@ func (h *Helper) Ready() <-chan struct{} { return h.ready }
 // ctx ends (returning nil) or the command exits (ErrCmdExited). Without
 // daemon mode it writes them once and returns.
 func (h *Helper) Run(ctx context.Context) error {
-	client, err := spiffewl.New(ctx, spiffewl.WithAddr(h.addr))
+	opts := []spiffewl.ClientOption{spiffewl.WithAddr(h.addr)}
+	if h.cfg.CheckSocket {
+		// A socket that is not there yet (the agent is starting) is
+		// checked when it is dialed; one there already, now.
+		if err := h.checkSocket(); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return err
+		}
+		opts = append(opts, spiffewl.WithDialOptions(grpc.WithContextDialer(h.dialChecked)))
+	}
+	client, err := spiffewl.New(ctx, opts...)
 	if err != nil {
 		return fmt.Errorf("svidfiles: Workload API client: %w", err)
 	}
@@ -106,6 +125,28 @@ func (h *Helper) Run(ctx context.Context) error {
 		return h.once(ctx)
 	}
 	return h.daemon(ctx)
+}
+
+// checkSocket reports an error unless only this user or root can have
+// made the socket at h.path.
+func (h *Helper) checkSocket() error {
+	if err := unixsock.CheckDial(h.path); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("svidfiles: Workload API socket %s: %w", h.path, err)
+		}
+		return fmt.Errorf("svidfiles: refusing the default Workload API socket %s, which another user may have made: %w; if it is your agent's, name it in agent_address, --socket-path or $%s", h.path, err, spiffewl.SocketEnv)
+	}
+	return nil
+}
+
+// dialChecked connects to h.path after checkSocket accepts it. Once
+// accepted, only this user or root can change what the path names.
+func (h *Helper) dialChecked(ctx context.Context, _ string) (net.Conn, error) {
+	if err := h.checkSocket(); err != nil {
+		return nil, err // in the failed call's status, which is logged
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "unix", h.path)
 }
 
 func (h *Helper) once(ctx context.Context) error {

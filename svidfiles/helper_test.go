@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -29,6 +30,7 @@ import (
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/jwtsvid"
 	"writ.dev/writ/ca/x509ca"
+	"writ.dev/writ/internal/testuser"
 	"writ.dev/writ/svidfiles"
 	"writ.dev/writ/workloadapi"
 	"writ.dev/writ/workloadapi/unixattest"
@@ -319,4 +321,204 @@ type tWriter struct{ t *testing.T }
 func (w tWriter) Write(b []byte) (int, error) {
 	w.t.Log(strings.TrimSuffix(string(b), "\n"))
 	return len(b), nil
+}
+
+// TestHelperDefaultSocketTrust: with CheckSocket (the socket path is a
+// default the user did not name), the helper refuses a socket whose
+// directory or file another user owns, as when that user created
+// /tmp/writ-agent first, and writes nothing; with the directory and
+// socket of this user or root it writes the files.
+func TestHelperDefaultSocketTrust(t *testing.T) {
+	uid, gid := testuser.Lookup(t)
+	a := newAgent(t)
+	dir := filepath.Dir(a.socket)
+	for _, tc := range []struct {
+		name  string
+		owned []string // chowned to the other user
+	}{
+		{"other user's directory", []string{dir}},
+		{"other user's socket", []string{a.socket}},
+		{"other user's directory and socket", []string{dir, a.socket}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, p := range tc.owned {
+				if err := os.Lchown(p, int(uid), int(gid)); err != nil {
+					t.Fatal(err)
+				}
+			}
+			t.Cleanup(func() {
+				for _, p := range tc.owned {
+					if err := os.Lchown(p, 0, 0); err != nil {
+						t.Fatal(err)
+					}
+				}
+			})
+			cfg := a.config(t)
+			cfg.DaemonMode, cfg.CheckSocket = false, true
+			h, err := svidfiles.New(cfg, nil, testLogger(t))
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = h.Run(t.Context())
+			if !errors.Is(err, workloadapi.ErrSocketPath) || !strings.Contains(err.Error(), fmt.Sprintf("owned by uid %d", uid)) {
+				t.Fatalf("Run: %v; want the socket refused, naming its owner", err)
+			}
+			if files, _ := os.ReadDir(cfg.CertDir); len(files) != 0 {
+				t.Errorf("files written from a refused socket: %v", files)
+			}
+		})
+	}
+	t.Run("this user's", func(t *testing.T) {
+		cfg := a.config(t)
+		cfg.DaemonMode, cfg.CheckSocket = false, true
+		h, err := svidfiles.New(cfg, nil, testLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Run(t.Context()); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+		read(t, cfg.CertDir, "svid.pem")
+	})
+	t.Run("not checked when named", func(t *testing.T) {
+		if err := os.Lchown(dir, int(uid), int(gid)); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Lchown(dir, 0, 0) })
+		cfg := a.config(t)
+		cfg.DaemonMode = false
+		h, err := svidfiles.New(cfg, nil, testLogger(t))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := h.Run(t.Context()); err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	})
+}
+
+// signalWriter is a log destination that passes everything to t.Log and
+// closes found[s] the first time a record contains s.
+type signalWriter struct {
+	t     *testing.T
+	mu    sync.Mutex // guards found
+	found map[string]chan struct{}
+}
+
+func newSignalWriter(t *testing.T, wants ...string) *signalWriter {
+	w := &signalWriter{t: t, found: map[string]chan struct{}{}}
+	for _, s := range wants {
+		w.found[s] = make(chan struct{})
+	}
+	return w
+}
+
+func (w *signalWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimSuffix(string(b), "\n"))
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for s, ch := range w.found {
+		if ch != nil && strings.Contains(string(b), s) {
+			close(ch)
+			w.found[s] = nil
+		}
+	}
+	return len(b), nil
+}
+
+// wait returns the channel closed once a record contains s.
+func (w *signalWriter) wait(s string) <-chan struct{} {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if ch := w.found[s]; ch != nil {
+		return ch
+	}
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}
+
+// TestHelperDefaultSocketCheckedOnEachDial: in daemon mode a default
+// socket missing at start (the agent not yet up) is checked when it
+// appears: one another user put there first is refused, and the helper
+// connects once it is this user's or root's.
+func TestHelperDefaultSocketCheckedOnEachDial(t *testing.T) {
+	uid, gid := testuser.Lookup(t)
+	a := newAgent(t)
+	// base stands for /tmp: root's, sticky, writable by all.
+	base := filepath.Join(filepath.Dir(a.socket), "tmp")
+	if err := os.Mkdir(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(base, 0o777|os.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	agentDir := filepath.Join(base, "agent")
+	cfg := a.config(t)
+	cfg.SocketPath, cfg.CheckSocket = filepath.Join(agentDir, "api.sock"), true
+	refused := fmt.Sprintf("owned by uid %d", uid)
+	w := newSignalWriter(t, "no such file or directory", refused)
+	h, err := svidfiles.New(cfg, nil, slog.New(slog.NewTextHandler(w, nil)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+
+	// Running, and finding no socket yet.
+	select {
+	case <-w.wait("no such file or directory"):
+	case err := <-done:
+		t.Fatalf("Run: %v", err)
+	case <-time.After(time.Minute):
+		t.Fatal("no attempt to connect within a minute")
+	}
+
+	// The other user makes the directory, with a way to the agent's
+	// socket in it (set up aside, then renamed into place at once).
+	staging := filepath.Join(base, "staging")
+	if err := os.Mkdir(staging, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(a.socket, filepath.Join(staging, "api.sock")); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{staging, filepath.Join(staging, "api.sock")} {
+		if err := os.Lchown(p, int(uid), int(gid)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Rename(staging, agentDir); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w.wait(refused):
+	case <-h.Ready():
+		t.Fatal("the helper wrote files from another user's socket")
+	case <-time.After(time.Minute):
+		t.Fatal("no refusal logged within a minute")
+	}
+	if files, _ := os.ReadDir(cfg.CertDir); len(files) != 0 {
+		t.Fatalf("files written from a refused socket: %v", files)
+	}
+
+	// Root's now: the next attempt connects.
+	for _, p := range []string{agentDir, cfg.SocketPath} {
+		if err := os.Lchown(p, 0, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-h.Ready():
+	case <-time.After(2 * time.Minute):
+		t.Fatal("the helper did not connect once the socket was root's")
+	}
+	read(t, cfg.CertDir, "svid.pem")
 }

@@ -53,10 +53,13 @@ func ParseDatastore(s string) (string, error) {
 }
 
 // RedactDatastore returns a datastore setting fit for logs and errors:
-// the password of a URL, in its user information or in a password query
-// parameter, is replaced by "xxxxx". A setting that is not a URL, which
-// may hold a password anywhere, is not shown, and one that does not parse
-// is shown only up to its scheme.
+// in a URL, the password of its user information and the value of every
+// secret-bearing parameter (secretParams: password, sslpassword, the
+// client key's passphrase, ...) are replaced by "xxxxx", and so is a
+// query parameter that pgx cannot read (a bad escape, a ';'), which may
+// hold one, and any fragment. A setting that is not a URL, such as a
+// key=value connection string, which may hold a secret anywhere, is not
+// shown, and one that does not parse is shown only up to its scheme.
 func RedactDatastore(s string) string {
 	if s == "" || s == BackendBolt {
 		return s
@@ -69,12 +72,36 @@ func RedactDatastore(s string) string {
 	if err != nil {
 		return scheme + "://(unparsable URL; not shown)"
 	}
-	q := u.Query()
-	if q.Has("password") {
-		q.Set("password", "xxxxx")
-		u.RawQuery = q.Encode()
+	if u.RawQuery != "" {
+		pairs := strings.Split(u.RawQuery, "&")
+		for i, pair := range pairs {
+			rawKey, _, hasValue := strings.Cut(pair, "=")
+			key, err := url.QueryUnescape(rawKey)
+			switch {
+			case err != nil || strings.Contains(pair, ";"):
+				pairs[i] = redacted
+			case hasValue && secretParams[strings.ToLower(strings.TrimSpace(key))]:
+				pairs[i] = rawKey + "=" + redacted
+			}
+		}
+		u.RawQuery = strings.Join(pairs, "&")
+	}
+	if u.Fragment != "" || u.RawFragment != "" {
+		u.Fragment, u.RawFragment = redacted, ""
 	}
 	return u.Redacted()
+}
+
+// redacted stands for a secret RedactDatastore does not show.
+const redacted = "xxxxx"
+
+// secretParams are the connection parameters of pgx and libpq whose values
+// are secrets: the password, the client key's passphrase (sslpassword)
+// and libpq's OAuth client secret.
+var secretParams = map[string]bool{
+	"password":            true,
+	"sslpassword":         true,
+	"oauth_client_secret": true,
 }
 
 // validScheme reports whether s is a URL scheme (RFC 3986).

@@ -61,6 +61,14 @@ func TestRedactDatastore(t *testing.T) {
 		{"postgres://db/writ", "postgres://db/writ"},
 		{"postgres://writ:s3cret@db/%zz", "postgres://(unparsable URL; not shown)"},
 		{"host=db password=s3cret", "(not a URL; not shown)"},
+		{"host=db sslkey=/k.pem sslpassword=s3cret", "(not a URL; not shown)"},
+		{"postgres://writ@db/writ?sslmode=verify-full&sslkey=/etc/writ/k.pem&sslpassword=s3cret", "postgres://writ@db/writ?sslmode=verify-full&sslkey=/etc/writ/k.pem&sslpassword=xxxxx"},
+		{"postgres://writ:s3cret@db/writ?SSLPassword=s3cret&password=s3cret", "postgres://writ:xxxxx@db/writ?SSLPassword=xxxxx&password=xxxxx"},
+		{"postgres://writ@db/writ?ssl%70assword=s3cret", "postgres://writ@db/writ?ssl%70assword=xxxxx"},
+		{"postgres://writ@db/writ?oauth_client_secret=s3cret&application_name=writ", "postgres://writ@db/writ?oauth_client_secret=xxxxx&application_name=writ"},
+		{"postgres://writ@db/writ?sslmode=require;sslpassword=s3cret", "postgres://writ@db/writ?xxxxx"},
+		{"postgres://writ@db/writ?ss%zzlpassword=s3cret&sslmode=require", "postgres://writ@db/writ?xxxxx&sslmode=require"},
+		{"postgres://writ@db/writ?sslpassword=s3cret#s3cret", "postgres://writ@db/writ?sslpassword=xxxxx#xxxxx"},
 		{"writ:s3cret@db://x", "(not a URL; not shown)"},
 	} {
 		got := server.RedactDatastore(tc.in)

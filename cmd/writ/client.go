@@ -10,7 +10,6 @@ import (
 	"sync"
 	"time"
 
-	spiffewl "github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/urfave/cli/v2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -67,7 +66,7 @@ func adminFlags() []cli.Flag {
 		&cli.StringFlag{
 			Name:        flagWorkloadSocket,
 			Usage:       "with --" + flagAdminAddress + ": the local agent's Workload API socket, a `PATH` or unix:///absolute/path",
-			DefaultText: "$" + spiffewl.SocketEnv + ", else " + defaultWorkloadSocket,
+			DefaultText: workloadSocketDefaultText,
 			TakesFile:   true,
 		},
 		&cli.StringFlag{

@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"strings"
 
-	spiffewl "github.com/spiffe/go-spiffe/v2/workloadapi"
 	"github.com/urfave/cli/v2"
 
 	"writ.dev/writ/internal/nodump"
@@ -38,7 +37,7 @@ func helperRunCommand() *cli.Command {
 			"once and exits. --config reads spiffe-helper's HCL configuration; flags override its keys.",
 		Flags: []cli.Flag{
 			&cli.StringFlag{Name: "config", Usage: "spiffe-helper configuration `FILE` (HCL); flags override its keys", TakesFile: true},
-			&cli.StringFlag{Name: flagWorkloadSocket, Usage: "the agent's Workload API socket: a `PATH`, or unix:///absolute/path (agent_address)", DefaultText: "$" + spiffewl.SocketEnv + ", else " + defaultWorkloadSocket, TakesFile: true},
+			&cli.StringFlag{Name: flagWorkloadSocket, Usage: "the agent's Workload API socket: a `PATH`, or unix:///absolute/path (agent_address)", DefaultText: workloadSocketDefaultText, TakesFile: true},
 			&cli.StringFlag{Name: "cert-dir", Usage: "existing `DIR` to write the files to (cert_dir)", TakesFile: true},
 			&cli.StringFlag{Name: "svid-file-name", Value: svidfiles.DefaultSVIDFileName, Usage: "file `NAME` of the certificate chain (svid_file_name)"},
 			&cli.StringFlag{Name: "svid-key-file-name", Value: svidfiles.DefaultSVIDKeyFileName, Usage: "file `NAME` of the private key (svid_key_file_name)"},
@@ -108,11 +107,11 @@ func helperConfig(c *cli.Context) (svidfiles.Config, error) {
 	// default then).
 	use := func(flag, key string) bool { return c.IsSet(flag) || !fromFile[key] }
 	if c.IsSet(flagWorkloadSocket) || !fromFile["agent_address"] {
-		p, err := workloadSocket(c)
+		p, isDefault, err := workloadSocket(c)
 		if err != nil {
 			return cfg, err
 		}
-		cfg.SocketPath = p
+		cfg.SocketPath, cfg.CheckSocket = p, isDefault
 	}
 	strs := []struct {
 		flag, key string

@@ -40,6 +40,8 @@ type remoteAdmin struct {
 	address string
 	// workloadSocket is the Workload API socket (absolute path).
 	workloadSocket string
+	// checkSocket: workloadSocket is a default (see workloadCmd).
+	checkSocket bool
 	// serverID, if set, is the SPIFFE ID the server must present.
 	serverID spiffeid.ID
 	// id, if set, chooses which of this process's SVIDs to present.
@@ -58,11 +60,11 @@ func newRemoteAdmin(c *cli.Context) (*remoteAdmin, error) {
 	if c.IsSet(flagAdminSocket) {
 		return nil, usagef(c, "give --%s or --%s (or $%s), not both", flagAdminSocket, flagAdminAddress, adminAddressEnv)
 	}
-	socket, err := workloadSocket(c)
+	socket, isDefault, err := workloadSocket(c)
 	if err != nil {
 		return nil, err
 	}
-	r := &remoteAdmin{address: addr, workloadSocket: socket}
+	r := &remoteAdmin{address: addr, workloadSocket: socket, checkSocket: isDefault}
 	if c.IsSet(flagAdminServerID) {
 		if r.serverID, err = entry.ParseID(c.String(flagAdminServerID)); err != nil {
 			return nil, usagef(c, "--%s: %v", flagAdminServerID, err)
@@ -80,7 +82,7 @@ func newRemoteAdmin(c *cli.Context) (*remoteAdmin, error) {
 // API and returns a client of the remote admin API that authenticates
 // with them. The connection is made by the first call.
 func (r *remoteAdmin) dial(ctx context.Context, timeout time.Duration) (*adminClient, error) {
-	w := &workloadCmd{socket: r.workloadSocket, timeout: timeout}
+	w := &workloadCmd{socket: r.workloadSocket, checkSocket: r.checkSocket, timeout: timeout}
 	wc, err := w.dial(ctx)
 	if err != nil {
 		return nil, err

@@ -10,8 +10,13 @@ package main
 //	writ jwt validate --audience A --token TOKEN|-
 //
 // Each takes --socket-path (a path, or unix:///absolute/path), else
-// $SPIFFE_ENDPOINT_SOCKET (unix:///absolute/path), else
-// /tmp/writ-agent/public/api.sock; --output text|json; --timeout.
+// $SPIFFE_ENDPOINT_SOCKET (unix:///absolute/path), else a default: the
+// packaged agent's /run/writ-agent/public/api.sock if it exists, else
+// /tmp/writ-agent/public/api.sock; --output text|json; --timeout. A
+// default socket is dialed only if no other user can have made it
+// (unixsock.CheckDial): in /tmp any local user could create
+// /tmp/writ-agent first and serve SVIDs and bundles of their choosing. A
+// socket the user names is dialed as named.
 //
 // `svid fetch --write DIR` writes, in DIR (created 0700 if missing), the
 // chosen SVID (the first, the Workload API's default, or --spiffe-id) as
@@ -29,6 +34,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -46,6 +52,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/internal/unixsock"
 	"writ.dev/writ/svidfiles"
 	"writ.dev/writ/workloadapi"
 )
@@ -53,9 +60,14 @@ import (
 const (
 	flagWorkloadSocket = "socket-path"
 	flagSVIDWrite      = "write"
-	// defaultWorkloadSocket is the agent's default Workload API socket:
-	// workload.sock in its default data directory.
+	// defaultWorkloadSocket is the agent's default Workload API socket.
 	defaultWorkloadSocket = "/tmp/writ-agent/public/api.sock"
+	// packagedWorkloadSocket is the Workload API socket of the agent run
+	// by packaging/systemd/writ-agent.service.
+	packagedWorkloadSocket = "/run/writ-agent/public/api.sock"
+	// workloadSocketDefaultText describes the default of --socket-path.
+	workloadSocketDefaultText = "$" + spiffewl.SocketEnv + ", else " + packagedWorkloadSocket + " if present, else " + defaultWorkloadSocket +
+		"; a default (unlike a socket named here or in $" + spiffewl.SocketEnv + ") is used only if it and its directories belong to you or root"
 	// defaultWorkloadTimeout bounds each Workload API call. The agent may
 	// hold a call while it gets an SVID signed.
 	defaultWorkloadTimeout = 10 * time.Second
@@ -75,7 +87,7 @@ func workloadFlags(flags ...cli.Flag) []cli.Flag {
 		&cli.StringFlag{
 			Name:        flagWorkloadSocket,
 			Usage:       "the agent's Workload API socket: a `PATH`, or unix:///absolute/path",
-			DefaultText: "$" + spiffewl.SocketEnv + ", else " + defaultWorkloadSocket,
+			DefaultText: workloadSocketDefaultText,
 			TakesFile:   true,
 		},
 		&cli.StringFlag{Name: flagOutput, Value: "text", Usage: "output `FORMAT`: text or json"},
@@ -107,9 +119,12 @@ func svidCommand() *cli.Command {
 
 // workloadCmd is what a Workload API command needs besides its own flags.
 type workloadCmd struct {
-	format  outputFormat
-	socket  string // absolute path
-	timeout time.Duration
+	format outputFormat
+	socket string // absolute path
+	// checkSocket: socket is a default, not named by the user; it is
+	// dialed only if unixsock.CheckDial accepts it.
+	checkSocket bool
+	timeout     time.Duration
 }
 
 // newWorkloadCmd checks the flags common to Workload API commands and
@@ -126,39 +141,65 @@ func newWorkloadCmd(c *cli.Context) (*workloadCmd, error) {
 	if timeout <= 0 {
 		return nil, usagef(c, "--%s must be positive", flagTimeout)
 	}
-	socket, err := workloadSocket(c)
+	socket, isDefault, err := workloadSocket(c)
 	if err != nil {
 		return nil, err
 	}
-	return &workloadCmd{format: format, socket: socket, timeout: timeout}, nil
+	return &workloadCmd{format: format, socket: socket, checkSocket: isDefault, timeout: timeout}, nil
 }
 
 // workloadSocket returns the socket to use: --socket-path (a path, made
 // absolute, or a unix:/// address), else $SPIFFE_ENDPOINT_SOCKET (an
-// address), else the agent's default.
-func workloadSocket(c *cli.Context) (string, error) {
+// address), else a default (isDefault), which must pass checkDefaultSocket
+// before it is dialed.
+func workloadSocket(c *cli.Context) (path string, isDefault bool, err error) {
 	if c.IsSet(flagWorkloadSocket) {
 		v := c.String(flagWorkloadSocket)
 		if v == "" {
-			return "", usagef(c, "--%s is empty", flagWorkloadSocket)
+			return "", false, usagef(c, "--%s is empty", flagWorkloadSocket)
 		}
 		if strings.HasPrefix(v, "unix:") {
 			p, err := workloadapi.ParseEndpointAddr(v)
 			if err != nil {
-				return "", usagef(c, "invalid --%s: %v", flagWorkloadSocket, err)
+				return "", false, usagef(c, "invalid --%s: %v", flagWorkloadSocket, err)
 			}
-			return p, nil
+			return p, false, nil
 		}
-		return absSocket(v)
+		p, err := absSocket(v)
+		return p, false, err
 	}
 	if v := os.Getenv(spiffewl.SocketEnv); v != "" {
 		p, err := workloadapi.ParseEndpointAddr(v)
 		if err != nil {
-			return "", fmt.Errorf("invalid $%s: %w", spiffewl.SocketEnv, err)
+			return "", false, fmt.Errorf("invalid $%s: %w", spiffewl.SocketEnv, err)
 		}
-		return p, nil
+		return p, false, nil
 	}
-	return absSocket(defaultWorkloadSocket)
+	return chooseDefaultSocket(packagedWorkloadSocket, defaultWorkloadSocket), true, nil
+}
+
+// chooseDefaultSocket returns the first of candidates that exists (as a
+// socket or anything else: checkDefaultSocket judges it), else the last.
+func chooseDefaultSocket(candidates ...string) string {
+	for _, p := range candidates {
+		if _, err := os.Lstat(p); err == nil {
+			return p
+		}
+	}
+	return candidates[len(candidates)-1]
+}
+
+// checkDefaultSocket reports an error unless path, a socket the user did
+// not name, is one that only this user or root can have made.
+func checkDefaultSocket(path string) error {
+	err := unixsock.CheckDial(path)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, fs.ErrNotExist):
+		return fmt.Errorf("cannot connect to the Workload API socket %s: %w (is the agent running? name its socket with --%s or $%s)", path, err, flagWorkloadSocket, spiffewl.SocketEnv)
+	}
+	return fmt.Errorf("refusing the default Workload API socket %s, which another user may have made: %w; if it is your agent's, name it with --%s or $%s", path, err, flagWorkloadSocket, spiffewl.SocketEnv)
 }
 
 func absSocket(p string) (string, error) {
@@ -186,6 +227,13 @@ type workloadClient struct {
 // dial returns a client of the Workload API at w.socket. The connection
 // is made by the first call.
 func (w *workloadCmd) dial(ctx context.Context) (*workloadClient, error) {
+	if w.checkSocket {
+		// Once accepted, only this user or root can change what the
+		// path names: dialing it afterwards is safe.
+		if err := checkDefaultSocket(w.socket); err != nil {
+			return nil, err
+		}
+	}
 	wc := &workloadClient{socket: w.socket, timeout: w.timeout}
 	addr, err := workloadapi.EndpointAddr(w.socket)
 	if err != nil {

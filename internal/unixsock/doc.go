@@ -20,6 +20,11 @@
 //   - The socket gets Options.Mode explicitly, and Close removes it only
 //     if it is still the file Listen created.
 //
+// CheckDial applies the same rules from the client's side, to the
+// socket file too: a client calls it before dialing a default path the
+// user did not name, so that it never talks to a socket another local
+// user created first.
+//
 // Example:
 //
 //	l, err := unixsock.Listen(path, unixsock.Options{Mode: 0o600})

@@ -274,3 +274,57 @@ func describeType(t fs.FileMode) string {
 	}
 	return "not a regular file"
 }
+
+// CheckDial reports an error unless the socket at path is one that no
+// other user can have put there or can replace: the socket file (and any
+// symbolic link leading to it) is owned by this user or root, and every
+// directory above it, along the path as written and along its target,
+// passes the rules Listen applies (owned by this user or root, not
+// writable by group or others unless sticky, like /tmp). A client calls
+// it before dialing a socket path the user did not name, such as a
+// default in a world-writable /tmp, where any local user could otherwise
+// have created the directory first and serve the socket themselves.
+//
+// A rule broken gives an error wrapping ErrPath that names the path and
+// its owner; a missing socket or directory one wrapping fs.ErrNotExist.
+// Once CheckDial has accepted path, only this user or root can change
+// what it names, so dialing it afterwards is safe.
+func CheckDial(path string) error {
+	if err := CheckPath(path); err != nil {
+		return err
+	}
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return fmt.Errorf("socket path: %w", err)
+	}
+	if err := checkTrusted(filepath.Dir(abs)); err != nil {
+		return err
+	}
+	euid := uint32(os.Geteuid())
+	fi, err := os.Lstat(abs)
+	if err != nil {
+		return err // names the path
+	}
+	target := abs
+	if fi.Mode().Type() == fs.ModeSymlink {
+		if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != euid && uid != 0 {
+			return fmt.Errorf("%w: %s is a symbolic link owned by uid %d, not by this user or root", ErrPath, abs, uid)
+		}
+		if target, err = filepath.EvalSymlinks(abs); err != nil {
+			return err // names the path
+		}
+		if err := checkTrusted(filepath.Dir(target)); err != nil {
+			return err
+		}
+		if fi, err = os.Lstat(target); err != nil {
+			return err // names the path
+		}
+	}
+	if t := fi.Mode().Type(); t != fs.ModeSocket {
+		return fmt.Errorf("%w: %s is %s, not a socket", ErrPath, target, describeType(t))
+	}
+	if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != euid && uid != 0 {
+		return fmt.Errorf("%w: the socket %s is owned by uid %d, not by this user or root", ErrPath, target, uid)
+	}
+	return nil
+}

@@ -2,6 +2,7 @@ package unixsock_test
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"net"
 	"os"
@@ -405,6 +406,118 @@ func TestRefused(t *testing.T) {
 		}
 		if err := listenBriefly(t, filepath.Join(link, "s"), publicOpts, nil); !errors.Is(err, unixsock.ErrPath) {
 			t.Fatalf("link of another user: %v", err)
+		}
+	})
+}
+
+// TestCheckDial: a socket another user set up first, at a path in a
+// sticky world-writable directory like /tmp, is refused; one in
+// directories of this user or root is accepted.
+func TestCheckDial(t *testing.T) {
+	uid, gid := testuser.Lookup(t)
+	// base stands for /tmp: root's, sticky and world-writable.
+	base := filepath.Join(tempDir(t), "tmp")
+	if err := os.Mkdir(base, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(base, 0o777|fs.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	dir := filepath.Join(base, "agent", "public")
+	path := filepath.Join(dir, "api.sock")
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: path, Net: "unix"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// chown sets owners as if uid had made these: it may then do anything
+	// with them, mode bits notwithstanding.
+	chown := func(uid, gid uint32, paths ...string) {
+		t.Helper()
+		for _, p := range paths {
+			if err := os.Lchown(p, int(uid), int(gid)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	agentDir := filepath.Dir(dir)
+	for _, tc := range []struct {
+		name   string
+		setup  func()
+		ok     bool
+		naming string // a path the error must name
+	}{
+		{"root's", func() {}, true, ""},
+		{"other user's directory", func() { chown(uid, gid, agentDir) }, false, agentDir},
+		{"other user's directories and socket", func() { chown(uid, gid, agentDir, dir, path) }, false, dir},
+		{"other user's socket", func() { chown(uid, gid, path) }, false, path},
+		{"group-writable directory", func() {
+			if err := os.Chmod(dir, 0o775); err != nil {
+				t.Fatal(err)
+			}
+		}, false, dir},
+		{"symlink of another user", func() {
+			if err := os.Rename(path, path+".real"); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(path+".real", path); err != nil {
+				t.Fatal(err)
+			}
+			chown(uid, gid, path)
+		}, false, path},
+		{"root's symlink to root's socket", func() {
+			if err := os.Rename(path, path+".real"); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(path+".real", path); err != nil {
+				t.Fatal(err)
+			}
+		}, true, ""},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.setup()
+			t.Cleanup(func() {
+				chown(0, 0, agentDir, dir)
+				if err := os.Chmod(dir, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := os.Lstat(path + ".real"); err == nil {
+					if err := os.Rename(path+".real", path); err != nil {
+						t.Fatal(err)
+					}
+				}
+				chown(0, 0, path)
+			})
+			err := unixsock.CheckDial(path)
+			if tc.ok {
+				if err != nil {
+					t.Fatalf("CheckDial: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, unixsock.ErrPath) {
+				t.Fatalf("CheckDial: %v, want ErrPath", err)
+			}
+			if !strings.Contains(err.Error(), tc.naming+" ") || (tc.name != "group-writable directory" && !strings.Contains(err.Error(), fmt.Sprintf("uid %d", uid))) {
+				t.Errorf("error %q does not name %s and its owner", err, tc.naming)
+			}
+		})
+	}
+	t.Run("missing", func(t *testing.T) {
+		if err := unixsock.CheckDial(filepath.Join(dir, "none")); !errors.Is(err, fs.ErrNotExist) {
+			t.Fatalf("CheckDial: %v, want ErrNotExist", err)
+		}
+	})
+	t.Run("not a socket", func(t *testing.T) {
+		f := filepath.Join(dir, "file")
+		if err := os.WriteFile(f, nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := unixsock.CheckDial(f); !errors.Is(err, unixsock.ErrPath) {
+			t.Fatalf("CheckDial: %v, want ErrPath", err)
 		}
 	})
 }

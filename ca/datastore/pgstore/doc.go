@@ -22,9 +22,13 @@
 // if the bundle is unchanged (checked with the row locked), else retries.
 //
 // Change feed. Each committing write sends NOTIFY writ_changes with the
-// latest revision. Every Store LISTENs on a connection of its own and
-// signals its watchers on each notification; its own writes signal them
-// directly too. If that connection breaks, it reconnects with backoff and
+// latest revision. Every Store LISTENs on a connection of its own; its
+// own writes signal its watchers directly. As any role that can connect
+// may NOTIFY, a notification is only a hint: the Store ignores its
+// payload, reads the latest revision, and signals its watchers if that
+// grew or if the sender's role may update writ_meta (changes that take
+// no revision, such as CA keys, show only so); notifications received
+// during a check are checked together afterwards. If that connection breaks, it reconnects with backoff and
 // signals the watchers once it has, so that they catch up through Events;
 // a poll of the latest revision every SafetyPoll backs this up.
 //

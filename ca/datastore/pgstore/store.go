@@ -38,7 +38,8 @@ const (
 	SafetyPoll = 5 * time.Second
 
 	// notifyChannel is the LISTEN/NOTIFY channel every write notifies
-	// after it commits, with the latest revision as payload.
+	// after it commits, with the latest revision as payload, which
+	// readers ignore: any role can notify any channel.
 	notifyChannel = "writ_changes"
 
 	retryMin = 100 * time.Millisecond
@@ -227,13 +228,23 @@ func (s *Store) listen(ctx context.Context) (*pgx.Conn, error) {
 	return conn, nil
 }
 
-// followChanges signals the watchers on every notification. When the
-// connection breaks it reconnects with backoff, and signals the watchers
-// once it has, so that they read what they may have missed. A slow poll
-// of the latest revision backs it up. It returns when ctx ends.
+// followChanges signals the watchers when a notification turns out to
+// stand for a change. When the connection breaks it reconnects with
+// backoff, and signals the watchers once it has, so that they read what
+// they may have missed. A slow poll of the latest revision backs it up.
+// It returns when ctx ends.
+//
+// NOTIFY needs no privilege: any role that can connect to the database
+// can send one on the channel, with any payload. A notification is
+// therefore only a hint to look (checkHints): its payload is ignored,
+// the latest revision is read from the database, and the watchers are
+// signaled if it grew, or if the sender is a role that may write the
+// store (a change that takes no revision, such as a CA key, shows only
+// so). Notifications are coalesced: at most one check runs at a time.
 func (s *Store) followChanges(ctx context.Context, conn *pgx.Conn, rev int64) {
 	defer close(s.feedDone)
-	// A poll runs beside the listener and shares lastRev with it.
+	// The checker shares lastRev with the poll, and takes the senders of
+	// the notifications received since its last check from receive.
 	var revMu sync.Mutex
 	lastRev := rev
 	seen := func(r int64) bool {
@@ -245,6 +256,13 @@ func (s *Store) followChanges(ctx context.Context, conn *pgx.Conn, rev int64) {
 		}
 		return false
 	}
+	h := &hints{wake: make(chan struct{}, 1), pids: map[int32]struct{}{}}
+	checkDone := make(chan struct{})
+	go func() {
+		defer close(checkDone)
+		s.checkHints(ctx, h, seen)
+	}()
+	defer func() { <-checkDone }()
 	pollDone := make(chan struct{})
 	go func() {
 		defer close(pollDone)
@@ -270,7 +288,7 @@ func (s *Store) followChanges(ctx context.Context, conn *pgx.Conn, rev int64) {
 	failures := 0
 	for {
 		if conn != nil {
-			err := s.receive(ctx, conn, seen)
+			err := s.receive(ctx, conn, h)
 			_ = conn.Close(context.Background())
 			conn = nil
 			if ctx.Err() != nil {
@@ -308,18 +326,85 @@ func (s *Store) followChanges(ctx context.Context, conn *pgx.Conn, rev int64) {
 	}
 }
 
-// receive signals the watchers for each notification on conn, until the
+// hints are the notifications received and not yet checked: the server
+// process IDs of their senders (at most one per connection to the
+// database), and wake, which has a value while there are any.
+type hints struct {
+	wake chan struct{}
+	mu   sync.Mutex // guards pids
+	pids map[int32]struct{}
+}
+
+func (h *hints) add(pid int32) {
+	h.mu.Lock()
+	h.pids[pid] = struct{}{}
+	h.mu.Unlock()
+	select {
+	case h.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (h *hints) take() []int32 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	pids := make([]int32, 0, len(h.pids))
+	for pid := range h.pids {
+		pids = append(pids, pid)
+	}
+	clear(h.pids)
+	return pids
+}
+
+// receive hands each notification on conn to the checker, until the
 // connection fails or ctx ends.
-func (s *Store) receive(ctx context.Context, conn *pgx.Conn, seen func(int64) bool) error {
+func (s *Store) receive(ctx context.Context, conn *pgx.Conn, h *hints) error {
 	for {
 		n, err := conn.WaitForNotification(ctx)
 		if err != nil {
 			return err
 		}
-		if r, err := strconv.ParseInt(n.Payload, 10, 64); err == nil {
-			seen(r)
+		h.add(int32(n.PID))
+	}
+}
+
+// checkHints checks the notifications h collects, all received since the
+// last check at once, until ctx ends: it signals the watchers if the
+// latest revision grew (recorded with seen) or if one of the senders is
+// a session of a role that may update writ_meta, as the Stores' own are.
+// A notification from any other role, whatever its payload, changes
+// nothing. If the check itself fails the watchers are signaled, as a
+// spurious signal costs a read and a missed one a change.
+func (s *Store) checkHints(ctx context.Context, h *hints, seen func(int64) bool) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-h.wake:
 		}
-		s.notify()
+		pids := h.take()
+		if len(pids) == 0 {
+			continue
+		}
+		qctx, cancel := context.WithTimeout(ctx, SafetyPoll)
+		var rev int64
+		var byWriter bool
+		err := s.pool.QueryRow(qctx, `SELECT m.revision, EXISTS (
+			SELECT 1 FROM pg_stat_activity a WHERE a.pid = ANY($1) AND a.usesysid IS NOT NULL
+			AND has_table_privilege(a.usesysid, 'writ_meta', 'UPDATE'))
+			FROM writ_meta m`, pids).Scan(&rev, &byWriter)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			s.log.Debug("datastore change feed: cannot check a notification", logkey.Error, err.Error())
+			s.notify()
+			continue
+		}
+		if grew := seen(rev); grew || byWriter {
+			s.notify()
+		}
 	}
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
+	"writ.dev/writ/ca/clock/fakeclock"
 	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/datastore/datastoretest"
 	"writ.dev/writ/ca/datastore/pgstore"
@@ -242,4 +243,95 @@ func latest(t testing.TB, s datastore.Store) uint64 {
 		t.Fatal(err)
 	}
 	return snap.Revision
+}
+
+// TestForgedNotifications: NOTIFY needs no privilege, so a role that may
+// only connect can notify writ_changes with any payload. Such
+// notifications signal no watcher, and a forged huge revision does not
+// stop the safety poll from seeing a change whose notification was lost;
+// a change through another Store still signals at once.
+func TestForgedNotifications(t *testing.T) {
+	c := pgtest.Shared(t)
+	const role, secret = "writ_forger", "f0rger-Pa55"
+	c.Exec(t, fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s'", role, secret))
+	t.Cleanup(func() { c.Exec(t, "DROP ROLE "+role) })
+	dsn := c.NewDatabase(t)
+	ctx := t.Context()
+
+	clk := fakeclock.New(time.Now())
+	s, err := pgstore.Open(ctx, pgstore.Config{
+		ConnString: dsn, Clock: clk,
+		Logger: slog.New(slog.NewTextHandler(testLogger{t}, &slog.HandlerOptions{Level: slog.LevelDebug})),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ch, stop := s.Watch()
+	defer stop()
+	start := latest(t, s)
+
+	forger, err := pgx.Connect(ctx, dsn+" user="+role+" password="+secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer forger.Close(context.WithoutCancel(ctx))
+	for i := range 50 {
+		payload := []string{"9223372036854775807", "-1", "x", ""}[i%4]
+		if _, err := forger.Exec(ctx, "SELECT pg_notify('writ_changes', $1)", payload); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-ch:
+		t.Fatal("a forged notification signaled a watcher")
+	case <-time.After(time.Second):
+	}
+	if evs, err := s.Events(ctx, start, 10); err != nil || len(evs) != 0 {
+		t.Fatalf("events after forged notifications: %+v, %v", evs, err)
+	}
+
+	// A committed change whose notification was lost: the safety poll
+	// finds it.
+	exec(t, dsn, "UPDATE writ_meta SET revision = revision + 1")
+	if err := clk.WaitForTimerWithin(ctx, pgstore.SafetyPoll); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(pgstore.SafetyPoll)
+	waitSignal(t, "the safety poll after forged notifications", ch, 30*time.Second)
+
+	// A change through another Store signals at once.
+	b := open(t, dsn)
+	if _, err := createEntry(ctx, b, "/after-forgery"); err != nil {
+		t.Fatal(err)
+	}
+	waitSignal(t, "a change through another Store", ch, 30*time.Second)
+}
+
+// TestRevisionlessChangeAcrossRole: a change that takes no revision (a
+// CA key) through one Store signals another Store's watchers, when both
+// connect as an ordinary role that owns the tables, not a superuser:
+// the notification is trusted because its sender's role may write the
+// store.
+func TestRevisionlessChangeAcrossRole(t *testing.T) {
+	c := pgtest.Shared(t)
+	const role, secret = "writ_owner_test", "0wner-Pa55"
+	c.Exec(t, fmt.Sprintf("CREATE ROLE %s LOGIN PASSWORD '%s'", role, secret))
+	t.Cleanup(func() { c.Exec(t, "DROP ROLE "+role) })
+	dsn := c.NewDatabase(t)
+	exec(t, dsn, "GRANT ALL ON SCHEMA public TO "+role)
+	userDSN := dsn + " user=" + role + " password=" + secret
+	a, b := open(t, userDSN), open(t, userDSN)
+	var super bool
+	query(t, userDSN, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user", &super)
+	if super {
+		t.Fatal("the test role is a superuser")
+	}
+	ch, stop := b.Watch()
+	defer stop()
+	drain(ch)
+	if err := a.PutCAKey(t.Context(), &datastore.CAKey{ID: "k", Kind: datastore.CAKeyJWT, State: datastore.CAKeyActive, ServerID: "a"}); err != nil {
+		t.Fatal(err)
+	}
+	waitSignal(t, "b's watch after a's PutCAKey", ch, 30*time.Second)
 }
