@@ -59,6 +59,11 @@ const (
 	// writeBufferSize is the per-connection write batch; it is taken from
 	// a shared pool only while writing (grpc.SharedWriteBuffer).
 	writeBufferSize = 32 << 10
+	// minStreamWorkers is the least number of long-lived goroutines that
+	// run calls: enough for the concurrent callers of a busy node (16
+	// FetchJWTSVID callers each waiting for a token) beside a few open
+	// streams, few enough to cost little memory when idle.
+	minStreamWorkers = 32
 	// handshakeTimeout bounds the gRPC connection preface. The transport
 	// handshake itself reads nothing from the peer.
 	handshakeTimeout = 10 * time.Second
@@ -309,8 +314,10 @@ func (s *Server) Run(ctx context.Context) error {
 		grpc.WaitForHandlers(true),
 		// Calls run on long-lived workers whose stacks have grown to
 		// the handlers' depth, not on new goroutines that grow theirs
-		// on every call.
-		grpc.NumStreamWorkers(uint32(runtime.GOMAXPROCS(0))),
+		// on every call. A call that waits (a FetchJWTSVID waiting for
+		// the server to sign, a stream) holds its worker meanwhile: a
+		// call finding every worker busy runs on a new goroutine.
+		grpc.NumStreamWorkers(uint32(max(runtime.GOMAXPROCS(0), minStreamWorkers))),
 	)
 	workload.RegisterSpiffeWorkloadAPIServer(gs, &handler{s: s})
 	for _, r := range s.extra {

@@ -220,6 +220,12 @@ func (c *Client) mapError(ctx context.Context, err error) error {
 // needed. It fails at once, with an error wrapping ErrUnavailable, if the
 // last attempt failed.
 func (c *Client) WaitReady(ctx context.Context, timeout time.Duration) error {
+	// A ready connection, the usual case, is only looked at: Connect
+	// would hand a task to the balancer's goroutine on every call (a
+	// goroutine wake-up per RPC), and the timeout a timer.
+	if c.conn.GetState() == connectivity.Ready {
+		return nil
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	c.conn.Connect()

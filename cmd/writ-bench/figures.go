@@ -129,13 +129,19 @@ const (
 	// scJWTFirstC16: Writ, a new audience each call from 16 callers: the
 	// JWT-SVID signing ceiling through the agent.
 	scJWTFirstC16 = "fetch_jwtsvid.first.c16"
-	scValidate    = "validate_jwtsvid"
+	// scJWTC16: the stub, a fixed token to 16 callers: the protocol's
+	// ceiling for the call that scJWTFirstC16 measures on Writ.
+	scJWTC16   = "fetch_jwtsvid.c16"
+	scValidate = "validate_jwtsvid"
 )
 
 // stubScenario is the stub scenario a Writ scenario is compared with.
 func stubScenario(writ string) string {
-	if writ == scJWTFirst || writ == scJWTCached {
+	switch writ {
+	case scJWTFirst, scJWTCached:
 		return scJWT
+	case scJWTFirstC16:
+		return scJWTC16
 	}
 	return writ
 }
@@ -270,7 +276,15 @@ func catalogue(cfg Config) []*Figure {
 		add("writ."+sc+".cpu_per_call", unitUS, "CPU time (user and system) of the server and agent processes per call of writ."+sc+", warm-ups included: what a call costs the machine, whatever else runs on it", nil, nil)
 	}
 	jwksFigures(add)
-	return append(fs, oauthFigures(cfg)...)
+	fs = append(fs, oauthFigures(cfg)...)
+	// The stub's ceiling for the call of writ.fetch_jwtsvid.first.c16,
+	// and Writ's share of it.
+	stub16 := "stub: FetchJWTSVID (Client.FetchJWTSVID), 16 concurrent callers (one connection each), fixed token"
+	add("stub."+scJWTC16+".p50", unitMS, stub16+": median latency", nil, nil)
+	add("stub."+scJWTC16+".p99", unitMS, stub16+": 99th percentile latency", nil, nil)
+	add("stub."+scJWTC16+".rate", unitCallsPerSec, stub16+": calls per second", nil, nil)
+	add("writ."+scJWTFirstC16+".ratio_to_stub", unitRatio, fmt.Sprintf("writ.%s.rate / stub.%s.rate: the share of the protocol's ceiling on this machine (no target: each call waits for the server to sign a token, the stub's never does)", scJWTFirstC16, scJWTC16), nil, nil)
+	return fs
 }
 
 // count formats n with thousands separators.

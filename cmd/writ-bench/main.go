@@ -375,7 +375,7 @@ func (b *bench) reasons() []string {
 // finish computes the ratios and targets, and marks figures no phase
 // produced.
 func (b *bench) finish() {
-	for _, sc := range []string{scX509C1, scX509C16, scX509S101, scX509S101E10k, scX509S101E10kC16, scJWTFirst, scJWTCached, scValidate} {
+	for _, sc := range []string{scX509C1, scX509C16, scX509S101, scX509S101E10k, scX509S101E10kC16, scJWTFirst, scJWTFirstC16, scJWTCached, scValidate} {
 		wn, sn := "writ."+sc+".rate", "stub."+stubScenario(sc)+".rate"
 		wv, wok := b.res.value(wn)
 		sv, sok := b.res.value(sn)

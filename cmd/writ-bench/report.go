@@ -315,6 +315,7 @@ func renderReport(r *Results, charts []Chart) string {
 		{"FetchX509SVID, 16 callers", scX509C16},
 		{"FetchX509SVIDs, 101 SVIDs", scX509S101},
 		{"FetchJWTSVID, first (new audience)", scJWTFirst},
+		{"FetchJWTSVID, first (new audience), 16 callers", scJWTFirstC16},
 		{"FetchJWTSVID, cached", scJWTCached},
 		{"ValidateJWTSVID", scValidate},
 	} {

@@ -56,7 +56,7 @@ func (b *bench) measureCalls(ctx context.Context, bin string, buildErr error) er
 		defer s.stop()
 	}
 	if stubErr[0] != nil {
-		b.fail(stubErr[0], "stub."+scX509C1+".", "stub."+scX509C16+".", "stub."+scJWT+".", "stub."+scValidate+".")
+		b.fail(stubErr[0], "stub."+scX509C1+".", "stub."+scX509C16+".", "stub."+scJWT+".", "stub."+scJWTC16+".", "stub."+scValidate+".")
 	}
 	if stubErr[1] != nil {
 		b.fail(stubErr[1], "stub."+scX509S101+".")
@@ -96,7 +96,7 @@ func (b *bench) measureCalls(ctx context.Context, bin string, buildErr error) er
 		{x509C16, x509C16},
 		{&wlScenario{name: scJWT, callers: 1, newCall: jwtFixed(stubAudience)}, &wlScenario{name: scJWTCached, callers: 1, newCall: jwtFixed("bench-cached")}},
 		{nil, &wlScenario{name: scJWTFirst, callers: 1, newCall: jwtNew}},
-		{nil, &wlScenario{name: scJWTFirstC16, callers: 16, newCall: jwtNew}},
+		{&wlScenario{name: scJWTC16, callers: 16, newCall: jwtFixed(stubAudience)}, &wlScenario{name: scJWTFirstC16, callers: 16, newCall: jwtNew}},
 		{&wlScenario{name: scValidate, callers: 1, newCall: validate(stubAudience)}, &wlScenario{name: scValidate, callers: 1, newCall: validate("bench-validate")}},
 	} {
 		if ts := targets(p.stub, p.writ, 0); len(ts) > 0 {
