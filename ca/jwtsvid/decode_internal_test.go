@@ -2,11 +2,13 @@ package jwtsvid
 
 import (
 	"bytes"
+	"encoding/asn1"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"maps"
+	"math/big"
 	"reflect"
 	"testing"
 )
@@ -87,6 +89,36 @@ func FuzzDecodeAny(f *testing.F) {
 		}
 		if err == nil && !reflect.DeepEqual(got, want) {
 			t.Fatalf("decodeAny(%q) = %#v, encoding/json %#v", data, got, want)
+		}
+	})
+}
+
+// FuzzECDSADER: ecdsaDER encodes as encoding/asn1 does, for every r and
+// s that crypto/ecdsa.Verify would encode, and refuses zeros.
+func FuzzECDSADER(f *testing.F) {
+	f.Add([]byte{1}, []byte{0x80})
+	f.Add([]byte{0, 0, 0x7f}, bytes.Repeat([]byte{0xff}, 66))
+	f.Add([]byte{0}, []byte{1})
+	f.Add(bytes.Repeat([]byte{0x80}, 32), bytes.Repeat([]byte{0x01}, 32))
+	f.Fuzz(func(t *testing.T, r, s []byte) {
+		if len(r) > 66 || len(s) > 66 {
+			return
+		}
+		var buf [maxECDSADER]byte
+		got, ok := ecdsaDER(buf[:0], r, s)
+		ri, si := new(big.Int).SetBytes(r), new(big.Int).SetBytes(s)
+		if ri.Sign() == 0 || si.Sign() == 0 {
+			if ok {
+				t.Fatalf("ecdsaDER(%x, %x) accepted a zero", r, s)
+			}
+			return
+		}
+		want, err := asn1.Marshal(struct{ R, S *big.Int }{ri, si})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok || !bytes.Equal(got, want) {
+			t.Fatalf("ecdsaDER(%x, %x) = %x, %v; encoding/asn1 %x", r, s, got, ok, want)
 		}
 	})
 }

@@ -7,6 +7,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
@@ -441,25 +443,26 @@ func (t *parsedToken) findKey(bundles BundleSource) (crypto.PublicKey, error) {
 }
 
 // verify runs step 6 of Validate on the parts parse decoded; key has
-// passed checkKeyAlg for the token's alg.
+// passed checkKeyAlg for the token's alg. ECDSA signatures are verified
+// by crypto/ecdsa on the ASN.1 form of R || S, built here without an
+// intermediate big.Int.
 func (t *parsedToken) verify(key crypto.PublicKey) error {
-	h := algHash(t.alg)
-	hh := h.New()
-	hh.Write([]byte(t.signed))
-	digest := hh.Sum(nil)
+	var buf [sha512.Size]byte
+	digest := t.digest(buf[:0])
 	switch k := key.(type) {
 	case *ecdsa.PublicKey:
 		size := (k.Curve.Params().BitSize + 7) / 8
 		if len(t.sig) != 2*size {
 			return fmt.Errorf("%w: %d-byte signature for %s", ErrSignature, len(t.sig), t.alg)
 		}
-		r := new(big.Int).SetBytes(t.sig[:size])
-		s := new(big.Int).SetBytes(t.sig[size:])
-		if !ecdsa.Verify(k, digest, r, s) {
+		var der [maxECDSADER]byte
+		sig, ok := ecdsaDER(der[:0], t.sig[:size], t.sig[size:])
+		if !ok || !ecdsa.VerifyASN1(k, digest, sig) {
 			return fmt.Errorf("%w: %s signature does not verify", ErrSignature, t.alg)
 		}
 		return nil
 	case *rsa.PublicKey:
+		h := algHash(t.alg)
 		var err error
 		switch t.alg {
 		case jose.PS256, jose.PS384, jose.PS512:
@@ -473,6 +476,51 @@ func (t *parsedToken) verify(key crypto.PublicKey) error {
 		return nil
 	}
 	return fmt.Errorf("%w: %s with a %s", ErrKeyMismatch, t.alg, describeKey(key))
+}
+
+// digest appends the hash of the signing input, by the token's alg, to
+// dst.
+func (t *parsedToken) digest(dst []byte) []byte {
+	switch algHash(t.alg) {
+	case crypto.SHA384:
+		d := sha512.Sum384([]byte(t.signed))
+		return append(dst, d[:]...)
+	case crypto.SHA512:
+		d := sha512.Sum512([]byte(t.signed))
+		return append(dst, d[:]...)
+	}
+	d := sha256.Sum256([]byte(t.signed))
+	return append(dst, d[:]...)
+}
+
+// maxECDSADER is the size of the longest ASN.1 ECDSA signature of the
+// allowed curves (P-521: a sequence of two 67-byte integers).
+const maxECDSADER = 3 + 2*(2+67)
+
+// ecdsaDER appends to dst the ASN.1 DER form, SEQUENCE { INTEGER r,
+// INTEGER s }, of an ECDSA signature whose r and s are big-endian
+// unsigned integers of at most 66 bytes, as crypto/ecdsa.Verify encodes
+// them. ok is false if r or s is zero, which never verifies.
+func ecdsaDER(dst, r, s []byte) (der []byte, ok bool) {
+	r, s = bytes.TrimLeft(r, "\x00"), bytes.TrimLeft(s, "\x00")
+	if len(r) == 0 || len(s) == 0 || len(r) > 66 || len(s) > 66 {
+		return nil, false
+	}
+	intLen := func(x []byte) int { return len(x) + int(x[0]>>7) } // a leading 0 keeps it positive
+	body := 2 + intLen(r) + 2 + intLen(s)
+	dst = append(dst, 0x30) // SEQUENCE
+	if body >= 0x80 {
+		dst = append(dst, 0x81) // long form, one length byte
+	}
+	dst = append(dst, byte(body))
+	for _, x := range [2][]byte{r, s} {
+		dst = append(dst, 0x02, byte(intLen(x))) // INTEGER
+		if x[0]&0x80 != 0 {
+			dst = append(dst, 0)
+		}
+		dst = append(dst, x...)
+	}
+	return dst, true
 }
 
 // algHash is the hash of an allowed alg.
