@@ -270,7 +270,9 @@ func catalogue(cfg Config) []*Figure {
 		add("writ."+sc+".cpu_per_call", unitUS, "CPU time (user and system) of the server and agent processes per call of writ."+sc+", warm-ups included: what a call costs the machine, whatever else runs on it", nil, nil)
 	}
 	jwksFigures(add)
-	return append(fs, oauthFigures(cfg)...)
+	fs = append(fs, oauthFigures(cfg)...)
+	jwtValidateFigures(add)
+	return fs
 }
 
 // count formats n with thousands separators.
