@@ -573,9 +573,17 @@ func (t *parsedToken) checkClaims(now time.Time, audience []string, withRaw bool
 	}
 	c.Raw = make(map[string]any, len(t.claims))
 	for _, m := range t.claims {
-		v, err := decodeAny(m.raw)
-		if err != nil {
-			return nil, fmt.Errorf("%w: payload: %s: %w", ErrMalformed, m.name, err)
+		var v any
+		switch {
+		case m.name == "sub" && isJSONString(m.raw, t.id.String()):
+			v = t.id.String() // the string parse decoded, not a copy
+		case m.name == "aud" && m.raw[0] == '"':
+			v = c.Audience[0] // aud decoded the same way by audienceClaim
+		default:
+			var err error
+			if v, err = decodeAny(m.raw); err != nil {
+				return nil, fmt.Errorf("%w: payload: %s: %w", ErrMalformed, m.name, err)
+			}
 		}
 		c.Raw[m.name] = v
 	}
@@ -623,6 +631,12 @@ func indexNotTokenChar(s string) int {
 		}
 	}
 	return -1
+}
+
+// isJSONString reports whether raw is the JSON string of s without
+// escapes.
+func isJSONString(raw []byte, s string) bool {
+	return len(raw) == len(s)+2 && raw[0] == '"' && raw[len(raw)-1] == '"' && string(raw[1:len(raw)-1]) == s
 }
 
 // plainString returns the value of a JSON string (raw, quotes included,
@@ -675,10 +689,20 @@ func stringMember(m object, name string, s *string) error {
 		*s = plain
 		return nil
 	}
-	if err := json.Unmarshal(raw, s); err != nil {
+	v, err := unmarshalAs[string](raw)
+	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
+	*s = v
 	return nil
+}
+
+// unmarshalAs decodes raw with encoding/json into a T. The variables of
+// its callers stay off the heap, where json.Unmarshal would move them.
+func unmarshalAs[T any](raw []byte) (T, error) {
+	var v T
+	err := json.Unmarshal(raw, &v)
+	return v, err
 }
 
 func checkHeader(h object, access bool) (jose.SignatureAlgorithm, string, error) {
@@ -800,16 +824,16 @@ func audienceClaim(m object) ([]string, error) {
 	switch {
 	case len(raw) > 0 && raw[0] == '"':
 		s, ok := plainString(raw)
-		if ok {
-			aud = []string{s}
-			break
-		}
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return nil, fmt.Errorf("%w: aud: %w", ErrAudience, err)
+		if !ok {
+			var err error
+			if s, err = unmarshalAs[string](raw); err != nil {
+				return nil, fmt.Errorf("%w: aud: %w", ErrAudience, err)
+			}
 		}
 		aud = []string{s}
 	case len(raw) > 0 && raw[0] == '[':
-		if err := json.Unmarshal(raw, &aud); err != nil {
+		var err error
+		if aud, err = unmarshalAs[[]string](raw); err != nil {
 			return nil, fmt.Errorf("%w: aud is not an array of strings", ErrAudience)
 		}
 		if len(aud) == 0 {
