@@ -617,16 +617,19 @@ func checkAudience(c *Claims, audience []string) error {
 	return nil
 }
 
-// notTokenChar reports bytes outside the base64url alphabet and '.'.
-func notTokenChar(r byte) bool {
-	return !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
-}
+// tokenChars marks the bytes of the base64url alphabet and '.'.
+var tokenChars = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
+	}
+	return t
+}()
 
 // indexNotTokenChar returns the offset of the first byte of s outside the
 // base64url alphabet and '.', or -1.
 func indexNotTokenChar(s string) int {
 	for i := 0; i < len(s); i++ {
-		if notTokenChar(s[i]) {
+		if !tokenChars[s[i]] {
 			return i
 		}
 	}
