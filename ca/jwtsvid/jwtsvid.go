@@ -7,6 +7,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/sha512"
 	"encoding/asn1"
 	"encoding/base64"
 	"encoding/json"
@@ -347,25 +349,25 @@ type parsedToken struct {
 	alg     jose.SignatureAlgorithm
 	kid     string
 	id      spiffeid.ID
-	claims  map[string]json.RawMessage
+	claims  object
 	payload []byte
 	signed  string // the signing input: header "." payload, as received
 	sig     []byte
 }
 
 // parse runs steps 1 to 4 of Validate.
-func parse(token string) (*parsedToken, error) { return parseAs(token, false) }
+func parse(token string) (parsedToken, error) { return parseAs(token, false) }
 
 // parseAs runs steps 1 to 4 of Validate, or of ValidateAccessToken if
 // access is set (which differ only in the typ header allowed).
-func parseAs(token string, access bool) (*parsedToken, error) {
+func parseAs(token string, access bool) (parsedToken, error) {
 	if len(token) > MaxTokenSize {
-		return nil, fmt.Errorf("%w: %d bytes (limit %d)", ErrTooLarge, len(token), MaxTokenSize)
+		return parsedToken{}, fmt.Errorf("%w: %d bytes (limit %d)", ErrTooLarge, len(token), MaxTokenSize)
 	}
 
 	// 2. Form.
 	if i := indexNotTokenChar(token); i >= 0 {
-		return nil, fmt.Errorf("%w: unexpected character at offset %d (not a compact JWS)", ErrMalformed, i)
+		return parsedToken{}, fmt.Errorf("%w: unexpected character at offset %d (not a compact JWS)", ErrMalformed, i)
 	}
 	dot1 := strings.IndexByte(token, '.')
 	dot2 := -1
@@ -375,48 +377,52 @@ func parseAs(token string, access bool) (*parsedToken, error) {
 		}
 	}
 	if dot1 < 0 || dot2 < 0 || strings.IndexByte(token[dot2+1:], '.') >= 0 {
-		return nil, fmt.Errorf("%w: %d parts (a compact JWS has 3)", ErrMalformed, strings.Count(token, ".")+1)
+		return parsedToken{}, fmt.Errorf("%w: %d parts (a compact JWS has 3)", ErrMalformed, strings.Count(token, ".")+1)
 	}
-	headerJSON, err := b64.DecodeString(token[:dot1])
+	// One buffer for the three decoded parts: the header, the payload
+	// (which the claims point into) and the signature.
+	buf := make([]byte, b64.DecodedLen(dot1)+b64.DecodedLen(dot2-dot1-1)+b64.DecodedLen(len(token)-dot2-1))
+	n, err := b64.Decode(buf, []byte(token[:dot1]))
 	if err != nil {
-		return nil, fmt.Errorf("%w: header: %w", ErrMalformed, err)
+		return parsedToken{}, fmt.Errorf("%w: header: %w", ErrMalformed, err)
 	}
+	headerJSON, buf := buf[:n:n], buf[n:]
 	header, err := decodeObject(headerJSON)
 	if err != nil {
-		return nil, fmt.Errorf("%w: header: %w", ErrMalformed, err)
+		return parsedToken{}, fmt.Errorf("%w: header: %w", ErrMalformed, err)
 	}
-	payload, err := b64.DecodeString(token[dot1+1 : dot2])
-	if err != nil {
-		return nil, fmt.Errorf("%w: payload: %w", ErrMalformed, err)
+	if n, err = b64.Decode(buf, []byte(token[dot1+1:dot2])); err != nil {
+		return parsedToken{}, fmt.Errorf("%w: payload: %w", ErrMalformed, err)
 	}
+	payload, buf := buf[:n:n], buf[n:]
 	claimSet, err := decodeObject(payload)
 	if err != nil {
-		return nil, fmt.Errorf("%w: payload: %w", ErrMalformed, err)
+		return parsedToken{}, fmt.Errorf("%w: payload: %w", ErrMalformed, err)
 	}
 
 	// 3. Header.
 	alg, kid, err := checkHeader(header, access)
 	if err != nil {
-		return nil, err
+		return parsedToken{}, err
 	}
 	if dot2 == len(token)-1 {
-		return nil, fmt.Errorf("%w: no signature", ErrMalformed)
+		return parsedToken{}, fmt.Errorf("%w: no signature", ErrMalformed)
 	}
-	sig, err := b64.DecodeString(token[dot2+1:])
-	if err != nil {
-		return nil, fmt.Errorf("%w: signature: %w", ErrMalformed, err)
+	if n, err = b64.Decode(buf, []byte(token[dot2+1:])); err != nil {
+		return parsedToken{}, fmt.Errorf("%w: signature: %w", ErrMalformed, err)
 	}
+	sig := buf[:n:n]
 
 	// 4. Subject, only to choose the bundle.
 	var sub string
 	if err := stringMember(claimSet, "sub", &sub); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrSubject, err)
+		return parsedToken{}, fmt.Errorf("%w: %w", ErrSubject, err)
 	}
 	id, err := spiffeid.FromString(sub)
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrSubject, err)
+		return parsedToken{}, fmt.Errorf("%w: %w", ErrSubject, err)
 	}
-	return &parsedToken{alg: alg, kid: kid, id: id, claims: claimSet, payload: payload, signed: token[:dot2], sig: sig}, nil
+	return parsedToken{alg: alg, kid: kid, id: id, claims: claimSet, payload: payload, signed: token[:dot2], sig: sig}, nil
 }
 
 // findKey runs step 5 of Validate: the key of the token's kid in the
@@ -441,25 +447,26 @@ func (t *parsedToken) findKey(bundles BundleSource) (crypto.PublicKey, error) {
 }
 
 // verify runs step 6 of Validate on the parts parse decoded; key has
-// passed checkKeyAlg for the token's alg.
+// passed checkKeyAlg for the token's alg. ECDSA signatures are verified
+// by crypto/ecdsa on the ASN.1 form of R || S, built here without an
+// intermediate big.Int.
 func (t *parsedToken) verify(key crypto.PublicKey) error {
-	h := algHash(t.alg)
-	hh := h.New()
-	hh.Write([]byte(t.signed))
-	digest := hh.Sum(nil)
+	var buf [sha512.Size]byte
+	digest := t.digest(buf[:0])
 	switch k := key.(type) {
 	case *ecdsa.PublicKey:
 		size := (k.Curve.Params().BitSize + 7) / 8
 		if len(t.sig) != 2*size {
 			return fmt.Errorf("%w: %d-byte signature for %s", ErrSignature, len(t.sig), t.alg)
 		}
-		r := new(big.Int).SetBytes(t.sig[:size])
-		s := new(big.Int).SetBytes(t.sig[size:])
-		if !ecdsa.Verify(k, digest, r, s) {
+		var der [maxECDSADER]byte
+		sig, ok := ecdsaDER(der[:0], t.sig[:size], t.sig[size:])
+		if !ok || !ecdsa.VerifyASN1(k, digest, sig) {
 			return fmt.Errorf("%w: %s signature does not verify", ErrSignature, t.alg)
 		}
 		return nil
 	case *rsa.PublicKey:
+		h := algHash(t.alg)
 		var err error
 		switch t.alg {
 		case jose.PS256, jose.PS384, jose.PS512:
@@ -473,6 +480,51 @@ func (t *parsedToken) verify(key crypto.PublicKey) error {
 		return nil
 	}
 	return fmt.Errorf("%w: %s with a %s", ErrKeyMismatch, t.alg, describeKey(key))
+}
+
+// digest appends the hash of the signing input, by the token's alg, to
+// dst.
+func (t *parsedToken) digest(dst []byte) []byte {
+	switch algHash(t.alg) {
+	case crypto.SHA384:
+		d := sha512.Sum384([]byte(t.signed))
+		return append(dst, d[:]...)
+	case crypto.SHA512:
+		d := sha512.Sum512([]byte(t.signed))
+		return append(dst, d[:]...)
+	}
+	d := sha256.Sum256([]byte(t.signed))
+	return append(dst, d[:]...)
+}
+
+// maxECDSADER is the size of the longest ASN.1 ECDSA signature of the
+// allowed curves (P-521: a sequence of two 67-byte integers).
+const maxECDSADER = 3 + 2*(2+67)
+
+// ecdsaDER appends to dst the ASN.1 DER form, SEQUENCE { INTEGER r,
+// INTEGER s }, of an ECDSA signature whose r and s are big-endian
+// unsigned integers of at most 66 bytes, as crypto/ecdsa.Verify encodes
+// them. ok is false if r or s is zero, which never verifies.
+func ecdsaDER(dst, r, s []byte) (der []byte, ok bool) {
+	r, s = bytes.TrimLeft(r, "\x00"), bytes.TrimLeft(s, "\x00")
+	if len(r) == 0 || len(s) == 0 || len(r) > 66 || len(s) > 66 {
+		return nil, false
+	}
+	intLen := func(x []byte) int { return len(x) + int(x[0]>>7) } // a leading 0 keeps it positive
+	body := 2 + intLen(r) + 2 + intLen(s)
+	dst = append(dst, 0x30) // SEQUENCE
+	if body >= 0x80 {
+		dst = append(dst, 0x81) // long form, one length byte
+	}
+	dst = append(dst, byte(body))
+	for _, x := range [2][]byte{r, s} {
+		dst = append(dst, 0x02, byte(intLen(x))) // INTEGER
+		if x[0]&0x80 != 0 {
+			dst = append(dst, 0)
+		}
+		dst = append(dst, x...)
+	}
+	return dst, true
 }
 
 // algHash is the hash of an allowed alg.
@@ -491,7 +543,7 @@ func algHash(alg jose.SignatureAlgorithm) crypto.Hash {
 func (t *parsedToken) checkClaims(now time.Time, audience []string, withRaw bool) (*Claims, error) {
 	// 7. Times.
 	c := &Claims{ID: t.id, KeyID: t.kid}
-	if _, ok := t.claims["exp"]; !ok {
+	if _, ok := t.claims.get("exp"); !ok {
 		return nil, fmt.Errorf("%w: no exp", ErrClaims)
 	}
 	var err error
@@ -520,12 +572,20 @@ func (t *parsedToken) checkClaims(now time.Time, audience []string, withRaw bool
 		return c, nil
 	}
 	c.Raw = make(map[string]any, len(t.claims))
-	for name, raw := range t.claims {
-		v, err := decodeAny(raw)
-		if err != nil {
-			return nil, fmt.Errorf("%w: payload: %s: %w", ErrMalformed, name, err)
+	for _, m := range t.claims {
+		var v any
+		switch {
+		case m.name == "sub" && isJSONString(m.raw, t.id.String()):
+			v = t.id.String() // the string parse decoded, not a copy
+		case m.name == "aud" && m.raw[0] == '"':
+			v = c.Audience[0] // aud decoded the same way by audienceClaim
+		default:
+			var err error
+			if v, err = decodeAny(m.raw); err != nil {
+				return nil, fmt.Errorf("%w: payload: %s: %w", ErrMalformed, m.name, err)
+			}
 		}
-		c.Raw[name] = v
+		c.Raw[m.name] = v
 	}
 	return c, nil
 }
@@ -557,20 +617,29 @@ func checkAudience(c *Claims, audience []string) error {
 	return nil
 }
 
-// notTokenChar reports bytes outside the base64url alphabet and '.'.
-func notTokenChar(r byte) bool {
-	return !(r >= 'A' && r <= 'Z' || r >= 'a' && r <= 'z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.')
-}
+// tokenChars marks the bytes of the base64url alphabet and '.'.
+var tokenChars = func() (t [256]bool) {
+	for c := range 256 {
+		t[c] = c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' || c == '_' || c == '.'
+	}
+	return t
+}()
 
 // indexNotTokenChar returns the offset of the first byte of s outside the
 // base64url alphabet and '.', or -1.
 func indexNotTokenChar(s string) int {
 	for i := 0; i < len(s); i++ {
-		if notTokenChar(s[i]) {
+		if !tokenChars[s[i]] {
 			return i
 		}
 	}
 	return -1
+}
+
+// isJSONString reports whether raw is the JSON string of s without
+// escapes.
+func isJSONString(raw []byte, s string) bool {
+	return len(raw) == len(s)+2 && raw[0] == '"' && raw[len(raw)-1] == '"' && string(raw[1:len(raw)-1]) == s
 }
 
 // plainString returns the value of a JSON string (raw, quotes included,
@@ -585,89 +654,34 @@ func plainString(raw []byte) (string, bool) {
 	if bytes.IndexByte(in, '\\') >= 0 || !utf8.Valid(in) {
 		return "", false
 	}
+	if s, ok := knownValue(in); ok {
+		return s, true
+	}
 	return string(in), true
 }
 
-// decodeObject decodes a JSON object into its members, refusing duplicate
-// member names and anything after the object. The data is checked with
-// json.Valid first, so that the scan below can rely on its form.
-func decodeObject(data []byte) (map[string]json.RawMessage, error) {
-	if !json.Valid(data) {
-		return nil, errors.New("not valid JSON")
+// knownValue returns v as a string without allocating if it is one of
+// the header values that every token carries.
+func knownValue(v []byte) (string, bool) {
+	switch string(v) {
+	case "JWT":
+		return "JWT", true
+	case "JOSE":
+		return "JOSE", true
+	case AccessTokenType:
+		return AccessTokenType, true
 	}
-	i := skipSpace(data, 0)
-	if i >= len(data) || data[i] != '{' {
-		return nil, errors.New("not a JSON object")
-	}
-	m := make(map[string]json.RawMessage, 8)
-	i = skipSpace(data, i+1)
-	for i < len(data) && data[i] != '}' {
-		if data[i] == ',' {
-			i = skipSpace(data, i+1)
-		}
-		end := skipValue(data, i) // the name, a string
-		var name string
-		if raw := data[i+1 : end-1]; bytes.IndexByte(raw, '\\') < 0 && utf8.Valid(raw) {
-			name = string(raw)
-		} else if err := json.Unmarshal(data[i:end], &name); err != nil {
-			return nil, err
-		}
-		i = skipSpace(data, end)
-		i = skipSpace(data, i+1) // the ':'
-		end = skipValue(data, i)
-		if _, dup := m[name]; dup {
-			return nil, fmt.Errorf("duplicate member %q", name)
-		}
-		m[name] = json.RawMessage(data[i:end])
-		i = skipSpace(data, end)
-	}
-	return m, nil
-}
-
-func skipSpace(data []byte, i int) int {
-	for i < len(data) && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// skipValue returns the end of the JSON value that starts at i in data,
-// which json.Valid has accepted.
-func skipValue(data []byte, i int) int {
-	depth := 0
-	for ; i < len(data); i++ {
-		switch c := data[i]; c {
-		case '"':
-			for i++; data[i] != '"'; i++ {
-				if data[i] == '\\' {
-					i++
-				}
-			}
-			if depth == 0 {
-				return i + 1
-			}
-		case '{', '[':
-			depth++
-		case '}', ']':
-			if depth == 0 { // the end of the enclosing object or array
-				return i
-			}
-			depth--
-			if depth == 0 {
-				return i + 1
-			}
-		case ',', ' ', '\t', '\n', '\r', ':':
-			if depth == 0 {
-				return i
-			}
+	for _, alg := range allowedAlgs {
+		if string(alg) == string(v) {
+			return string(alg), true
 		}
 	}
-	return i
+	return "", false
 }
 
 // stringMember decodes member name of m, which must be a JSON string.
-func stringMember(m map[string]json.RawMessage, name string, s *string) error {
-	raw, ok := m[name]
+func stringMember(m object, name string, s *string) error {
+	raw, ok := m.get(name)
 	if !ok {
 		return fmt.Errorf("no %s", name)
 	}
@@ -678,13 +692,23 @@ func stringMember(m map[string]json.RawMessage, name string, s *string) error {
 		*s = plain
 		return nil
 	}
-	if err := json.Unmarshal(raw, s); err != nil {
+	v, err := unmarshalAs[string](raw)
+	if err != nil {
 		return fmt.Errorf("%s: %w", name, err)
 	}
+	*s = v
 	return nil
 }
 
-func checkHeader(h map[string]json.RawMessage, access bool) (jose.SignatureAlgorithm, string, error) {
+// unmarshalAs decodes raw with encoding/json into a T. The variables of
+// its callers stay off the heap, where json.Unmarshal would move them.
+func unmarshalAs[T any](raw []byte) (T, error) {
+	var v T
+	err := json.Unmarshal(raw, &v)
+	return v, err
+}
+
+func checkHeader(h object, access bool) (jose.SignatureAlgorithm, string, error) {
 	var alg string
 	if err := stringMember(h, "alg", &alg); err != nil {
 		return "", "", fmt.Errorf("%w: %w", ErrAlgorithm, err)
@@ -692,8 +716,8 @@ func checkHeader(h map[string]json.RawMessage, access bool) (jose.SignatureAlgor
 	if !slices.Contains(allowedAlgs, jose.SignatureAlgorithm(alg)) {
 		return "", "", fmt.Errorf("%w: %q", ErrAlgorithm, alg)
 	}
-	for name := range h {
-		switch name {
+	for _, m := range h {
+		switch name := m.name; name {
 		case "alg", "kid", "typ":
 		case "jwk", "jku", "x5c", "x5u", "x5t", "x5t#S256":
 			return "", "", fmt.Errorf("%w: %q (keys never come from the token)", ErrHeader, name)
@@ -718,7 +742,7 @@ func checkHeader(h map[string]json.RawMessage, access bool) (jose.SignatureAlgor
 		if !strings.EqualFold(typ, AccessTokenType) && !strings.EqualFold(typ, "application/"+AccessTokenType) {
 			return "", "", fmt.Errorf("%w: typ %q (an access token's is %s)", ErrHeader, typ, AccessTokenType)
 		}
-	} else if _, ok := h["typ"]; ok {
+	} else if _, ok := h.get("typ"); ok {
 		var typ string
 		if err := stringMember(h, "typ", &typ); err != nil {
 			return "", "", fmt.Errorf("%w: %w", ErrHeader, err)
@@ -769,14 +793,20 @@ func describeKey(key crypto.PublicKey) string {
 }
 
 // numericDate decodes an optional NumericDate claim; zero if absent.
-func numericDate(m map[string]json.RawMessage, name string) (time.Time, error) {
-	raw, ok := m[name]
+func numericDate(m object, name string) (time.Time, error) {
+	raw, ok := m.get(name)
 	if !ok {
 		return time.Time{}, nil
 	}
 	// A JSON number, not a string that looks like one.
 	if len(raw) == 0 || !(raw[0] >= '0' && raw[0] <= '9') {
 		return time.Time{}, fmt.Errorf("%w: %s is not a non-negative number", ErrClaims, name)
+	}
+	if n, ok := smallInteger(raw); ok {
+		if n > maxNumericDate {
+			return time.Time{}, fmt.Errorf("%w: %s is out of range", ErrClaims, name)
+		}
+		return time.Unix(n, 0).UTC(), nil
 	}
 	f, err := strconv.ParseFloat(string(raw), 64)
 	if err != nil || f > maxNumericDate {
@@ -788,8 +818,8 @@ func numericDate(m map[string]json.RawMessage, name string) (time.Time, error) {
 
 // audienceClaim decodes aud: a non-empty string, or a non-empty array of
 // non-empty strings.
-func audienceClaim(m map[string]json.RawMessage) ([]string, error) {
-	raw, ok := m["aud"]
+func audienceClaim(m object) ([]string, error) {
+	raw, ok := m.get("aud")
 	if !ok {
 		return nil, fmt.Errorf("%w: no aud", ErrAudience)
 	}
@@ -797,16 +827,16 @@ func audienceClaim(m map[string]json.RawMessage) ([]string, error) {
 	switch {
 	case len(raw) > 0 && raw[0] == '"':
 		s, ok := plainString(raw)
-		if ok {
-			aud = []string{s}
-			break
-		}
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return nil, fmt.Errorf("%w: aud: %w", ErrAudience, err)
+		if !ok {
+			var err error
+			if s, err = unmarshalAs[string](raw); err != nil {
+				return nil, fmt.Errorf("%w: aud: %w", ErrAudience, err)
+			}
 		}
 		aud = []string{s}
 	case len(raw) > 0 && raw[0] == '[':
-		if err := json.Unmarshal(raw, &aud); err != nil {
+		var err error
+		if aud, err = unmarshalAs[[]string](raw); err != nil {
 			return nil, fmt.Errorf("%w: aud is not an array of strings", ErrAudience)
 		}
 		if len(aud) == 0 {
@@ -868,6 +898,9 @@ func decodeAny(raw json.RawMessage) (any, error) {
 	if str, ok := plainString(raw); ok {
 		return str, nil
 	}
+	if n, ok := smallInteger(raw); ok {
+		return float64(n), nil
+	}
 	if len(raw) > 0 && (raw[0] == '-' || raw[0] >= '0' && raw[0] <= '9') {
 		if f, err := strconv.ParseFloat(string(raw), 64); err == nil {
 			return f, nil
@@ -876,4 +909,21 @@ func decodeAny(raw json.RawMessage) (any, error) {
 	var v any
 	err := json.Unmarshal(raw, &v)
 	return v, err
+}
+
+// smallInteger returns the value of raw if it is a JSON number of at most
+// 15 decimal digits, no sign, fraction or exponent: exactly the float64
+// strconv.ParseFloat would give, without its allocation.
+func smallInteger(raw []byte) (int64, bool) {
+	if len(raw) == 0 || len(raw) > 15 || raw[0] == '0' && len(raw) > 1 {
+		return 0, false
+	}
+	var n int64
+	for _, c := range raw {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
 }

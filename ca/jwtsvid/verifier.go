@@ -124,8 +124,9 @@ func sameKey(bundles BundleSource, td spiffeid.TrustDomain, kid string, key cryp
 }
 
 // remember adds e. When full it first drops expired tokens, then, if
-// still full, an arbitrary eighth (map order), so that the cost of making
-// room is spread over many insertions.
+// fewer than an eighth of the places are free, arbitrary tokens (map
+// order) until an eighth are: every scan of the map frees room for at
+// least max/8 insertions, so that its cost is spread over them.
 func (v *Verifier) remember(sum [sha256.Size]byte, e *verified, now time.Time) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -135,15 +136,12 @@ func (v *Verifier) remember(sum [sha256.Size]byte, e *verified, now time.Time) {
 				delete(v.seen, k)
 			}
 		}
-		if drop := len(v.seen) - v.max + 1; drop > 0 {
-			drop = max(drop, v.max/8)
-			for k := range v.seen {
-				if drop == 0 {
-					break
-				}
-				delete(v.seen, k)
-				drop--
+		keep := v.max - max(1, v.max/8)
+		for k := range v.seen {
+			if len(v.seen) <= keep {
+				break
 			}
+			delete(v.seen, k)
 		}
 	}
 	v.seen[sum] = e

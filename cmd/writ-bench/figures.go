@@ -284,6 +284,7 @@ func catalogue(cfg Config) []*Figure {
 	add("stub."+scJWTC16+".p99", unitMS, stub16+": 99th percentile latency", nil, nil)
 	add("stub."+scJWTC16+".rate", unitCallsPerSec, stub16+": calls per second", nil, nil)
 	add("writ."+scJWTFirstC16+".ratio_to_stub", unitRatio, fmt.Sprintf("writ.%s.rate / stub.%s.rate: the share of the protocol's ceiling on this machine (no target: each call waits for the server to sign a token, the stub's never does)", scJWTFirstC16, scJWTC16), nil, nil)
+	jwtValidateFigures(add)
 	return fs
 }
 

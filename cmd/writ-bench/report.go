@@ -281,6 +281,7 @@ func renderReport(r *Results, charts []Chart) string {
 		{"FetchJWTSVID cached, p50", "writ." + scJWTCached + ".p50"},
 		{"FetchJWTSVID first, p50", "writ." + scJWTFirst + ".p50"},
 		{"ValidateJWTSVID, p50", "writ." + scValidate + ".p50"},
+		{"JWT-SVID validation, first-seen token / raw ES256", figJWTFirstRatio},
 		{"Propagation, p50", "propagation." + propE0 + ".p50"},
 		{"Propagation, p99", "propagation." + propE0 + ".p99"},
 		{"Propagation with the bulk entries, p99", "propagation." + propE10k + ".p99"},
@@ -304,6 +305,7 @@ func renderReport(r *Results, charts []Chart) string {
 		rows = append(rows, []string{n, cell(r, n), f.Description})
 	}
 	w.table([]string{"Figure", "Value", "What"}, rows)
+	renderJWTValidation(w, r)
 
 	w.p("## Workload API: Writ's agent against the stub")
 	w.p("")

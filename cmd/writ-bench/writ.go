@@ -45,6 +45,9 @@ func (b *bench) phases(ctx context.Context, o Options) {
 		if err := b.measureLimits(ctx); err != nil {
 			b.fail(err, "limit.", "ca.")
 		}
+		if err := b.measureJWTValidation(ctx); err != nil {
+			b.fail(err, "jwt.validate.")
+		}
 	}
 	if ctx.Err() != nil {
 		return
