@@ -32,14 +32,13 @@ type Config struct {
 // inUse bytes after a collection: inUse plus the larger of Headroom and
 // Percent % of inUse, but at least Floor.
 func (c Config) Limit(inUse uint64) int64 {
-	headroom := c.Headroom
+	headroom := max(c.Headroom, 0)
 	if c.Percent > 0 {
-		if p := inUse / 100 * uint64(c.Percent); p > uint64(headroom) {
-			if p > math.MaxInt64 {
-				return math.MaxInt64
-			}
-			headroom = int64(p)
+		share := inUse / 100
+		if share > math.MaxInt64/uint64(c.Percent) {
+			return math.MaxInt64
 		}
+		headroom = max(headroom, int64(share*uint64(c.Percent)))
 	}
 	return Limit(c.Floor, headroom, inUse)
 }

@@ -47,6 +47,7 @@ func TestConfigLimitPercent(t *testing.T) {
 		{name: "headroom while larger than the percentage", cfg: memlimit.Config{Floor: 64 * mib, Headroom: 16 * mib, Percent: 25}, inUse: 60 * mib, want: 76 * mib},
 		{name: "percentage of a large heap", cfg: memlimit.Config{Floor: 64 * mib, Headroom: 16 * mib, Percent: 25}, inUse: 400 * mib, want: 500 * mib},
 		{name: "no overflow", cfg: memlimit.Config{Floor: 64 * mib, Headroom: 16 * mib, Percent: 25}, inUse: math.MaxUint64 - 1, want: math.MaxInt64},
+		{name: "no overflow of a large percentage", cfg: memlimit.Config{Floor: 64 * mib, Headroom: 16 * mib, Percent: 1000}, inUse: math.MaxInt64 / 4, want: math.MaxInt64},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
