@@ -200,6 +200,7 @@ func serverRun(c *cli.Context) error {
 	if err != nil {
 		return usagef(c, "%v", err)
 	}
+	defer runServerMemoryLimit(c.Context)()
 	if err := srv.Run(c.Context); err != nil {
 		return fmt.Errorf("server: %w", err)
 	}

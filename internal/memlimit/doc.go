@@ -12,6 +12,12 @@
 //
 //	go memlimit.Run(ctx, memlimit.Config{Floor: 32 << 20, Headroom: 8 << 20})
 //
+// A fixed headroom costs the collector more the larger the live heap (it
+// marks the whole heap once per Headroom bytes allocated). Config.Percent
+// bounds that: the headroom is then at least that percentage of the live
+// heap, as with GOGC, while a heap far above the floor is still not left
+// to grow to twice its live size as GOGC=100 lets it.
+//
 // Caveats: the limit is process-wide, so only one Run should be active in
 // a process, and it overrides GOMEMLIMIT (callers check it first). The
 // limit is recomputed after each collection, not during one: a heap that

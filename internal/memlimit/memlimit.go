@@ -10,8 +10,8 @@ import (
 )
 
 // ErrConfig is returned by Run for a floor or headroom that is not
-// positive.
-var ErrConfig = errors.New("memlimit: floor and headroom must be positive")
+// positive, or a negative percentage.
+var ErrConfig = errors.New("memlimit: floor and headroom must be positive, percent not negative")
 
 // Config configures Run.
 type Config struct {
@@ -20,6 +20,27 @@ type Config struct {
 	// Headroom is how far above the memory the runtime holds after a
 	// collection the limit is set, in bytes.
 	Headroom int64
+	// Percent, if positive, raises the headroom to that percentage of
+	// the memory the runtime holds after a collection when that is more
+	// than Headroom: a large heap is then collected once per Percent %
+	// of itself allocated (as GOGC does), not once per Headroom bytes,
+	// which would cost the collector more the larger the heap.
+	Percent int
+}
+
+// Limit returns the memory limit for a process whose Go runtime holds
+// inUse bytes after a collection: inUse plus the larger of Headroom and
+// Percent % of inUse, but at least Floor.
+func (c Config) Limit(inUse uint64) int64 {
+	headroom := max(c.Headroom, 0)
+	if c.Percent > 0 {
+		share := inUse / 100
+		if share > math.MaxInt64/uint64(c.Percent) {
+			return math.MaxInt64
+		}
+		headroom = max(headroom, int64(share*uint64(c.Percent)))
+	}
+	return Limit(c.Floor, headroom, inUse)
 }
 
 // Limit returns the memory limit for a process whose Go runtime holds
@@ -64,7 +85,7 @@ func InUse() uint64 {
 // until ctx ends, then restores the limit it found. It returns ErrConfig
 // for an invalid cfg, and nil when ctx ends.
 func Run(ctx context.Context, cfg Config) error {
-	if cfg.Floor <= 0 || cfg.Headroom <= 0 {
+	if cfg.Floor <= 0 || cfg.Headroom <= 0 || cfg.Percent < 0 {
 		return ErrConfig
 	}
 	prev := debug.SetMemoryLimit(-1)
@@ -72,7 +93,7 @@ func Run(ctx context.Context, cfg Config) error {
 	collected := make(chan struct{}, 1)
 	last := int64(-1)
 	for {
-		if l := Limit(cfg.Floor, cfg.Headroom, InUse()); l != last {
+		if l := cfg.Limit(InUse()); l != last {
 			debug.SetMemoryLimit(l)
 			last = l
 		}

@@ -35,8 +35,31 @@ func TestLimit(t *testing.T) {
 	}
 }
 
+func TestConfigLimitPercent(t *testing.T) {
+	tests := []struct {
+		name  string
+		cfg   memlimit.Config
+		inUse uint64
+		want  int64
+	}{
+		{name: "no percent is Limit", cfg: memlimit.Config{Floor: 32 * mib, Headroom: 8 * mib}, inUse: 400 * mib, want: 408 * mib},
+		{name: "small process stays at the floor", cfg: memlimit.Config{Floor: 64 * mib, Headroom: 16 * mib, Percent: 25}, inUse: 20 * mib, want: 64 * mib},
+		{name: "headroom while larger than the percentage", cfg: memlimit.Config{Floor: 64 * mib, Headroom: 16 * mib, Percent: 25}, inUse: 60 * mib, want: 76 * mib},
+		{name: "percentage of a large heap", cfg: memlimit.Config{Floor: 64 * mib, Headroom: 16 * mib, Percent: 25}, inUse: 400 * mib, want: 500 * mib},
+		{name: "no overflow", cfg: memlimit.Config{Floor: 64 * mib, Headroom: 16 * mib, Percent: 25}, inUse: math.MaxUint64 - 1, want: math.MaxInt64},
+		{name: "no overflow of a large percentage", cfg: memlimit.Config{Floor: 64 * mib, Headroom: 16 * mib, Percent: 1000}, inUse: math.MaxInt64 / 4, want: math.MaxInt64},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := tt.cfg.Limit(tt.inUse); got != tt.want {
+				t.Fatalf("%+v.Limit(%d) = %d, want %d", tt.cfg, tt.inUse, got, tt.want)
+			}
+		})
+	}
+}
+
 func TestRunRefusesBadConfig(t *testing.T) {
-	for _, cfg := range []memlimit.Config{{Floor: 0, Headroom: mib}, {Floor: mib, Headroom: -1}} {
+	for _, cfg := range []memlimit.Config{{Floor: 0, Headroom: mib}, {Floor: mib, Headroom: -1}, {Floor: mib, Headroom: mib, Percent: -1}} {
 		if err := memlimit.Run(context.Background(), cfg); !errors.Is(err, memlimit.ErrConfig) {
 			t.Errorf("Run(%+v) = %v, want ErrConfig", cfg, err)
 		}
