@@ -154,6 +154,22 @@ func TestFetcherHTTPSSPIFFE(t *testing.T) {
 			fn := func(w http.ResponseWriter, r *http.Request) { <-r.Context().Done() }
 			ep.answer.Store(&fn)
 		}},
+		// Following it would store a good bundle: a redirect is refused,
+		// as the bundle endpoint URL names the one place to fetch from.
+		"a redirect to a good bundle": {serve: func() {
+			doc, err := bundleOf(pca, 6).Marshal()
+			if err != nil {
+				t.Fatal(err)
+			}
+			fn := func(w http.ResponseWriter, r *http.Request) {
+				if r.URL.Path == "/moved" {
+					w.Write(doc)
+					return
+				}
+				http.Redirect(w, r, "/moved", http.StatusFound)
+			}
+			ep.answer.Store(&fn)
+		}},
 		"an error status": {serve: func() {
 			fn := func(w http.ResponseWriter, r *http.Request) { http.Error(w, "no", http.StatusInternalServerError) }
 			ep.answer.Store(&fn)
