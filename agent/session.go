@@ -182,7 +182,7 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse, acks chan uint64) {
 	}
 	a.sched.remove(res.Removed...)
 	a.sched.enqueue(res.Sign...)
-	a.sched.enqueueAt(prioNew, res.New...)
+	a.sched.addFresh(res.New...)
 	a.sched.addBacklog(u.Full, res.Backlog)
 	if len(res.Sign) > 0 || len(res.Removed) > 0 || len(res.New) > 0 || len(res.Backlog) > 0 {
 		a.log.Debug("entries synced", "full", u.Full, "to_sign", len(res.Sign), "new", len(res.New), "backlog", len(res.Backlog), "removed", len(res.Removed))
@@ -260,7 +260,7 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 	reqs := make([]nodeclient.SignRequest, 0, len(ids))
 	pend := make([]pendingSign, 0, len(ids))
 	for _, id := range ids {
-		if _, ok := a.cache.Entry(id); !ok {
+		if !a.cache.Has(id) {
 			continue // removed meanwhile
 		}
 		key, csr, err := newKeyAndCSR()
@@ -328,7 +328,7 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 			d := a.sched.failed(id, rand.Float64())
 			a.log.Warn("X.509-SVID signed by a tainted CA; asking again later", "entry_id", id, "retry_in", d)
 		default:
-			if _, ok := a.cache.Entry(id); !ok {
+			if !a.cache.Has(id) {
 				continue
 			}
 			d := a.sched.failed(id, rand.Float64())
