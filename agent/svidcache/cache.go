@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -107,7 +108,13 @@ type Cache struct {
 	// Each value heads a list linked through item.next and item.prev
 	// (most hold one item: a slice or a set per selector would cost more
 	// than the rest of the index).
-	byFirst map[entry.Selector]*item
+	//
+	// It is keyed by a hash of the selector (seeded with seed): half the
+	// memory of the selector itself on a node with many entries. Items
+	// of selectors whose hashes collide share a list; lookups skip those
+	// whose first selector is not the one looked for.
+	byFirst map[uint64]*item
+	seed    maphash.Seed
 	// groups are selector sets that were looked up or subscribed to, by
 	// selectorKey; groupIdx indexes them by each of their selectors.
 	groups   map[string]*group
@@ -302,7 +309,8 @@ func New(cfg Config) (*Cache, error) {
 		issued:   make(chan struct{}, 1),
 		wanted:   make(map[string]struct{}),
 		items:    make(map[string]*item),
-		byFirst:  make(map[entry.Selector]*item),
+		byFirst:  make(map[uint64]*item),
+		seed:     maphash.MakeSeed(),
 		groups:   make(map[string]*group),
 		groupIdx: make(map[entry.Selector]map[*group]struct{}),
 		jwts:     make(map[spiffeid.ID]map[string]*JWTSVID),
@@ -526,7 +534,7 @@ func (c *Cache) indexLocked(it *item) {
 	if len(it.entry.Selectors) == 0 || it.parent() != nil {
 		return // matches nothing
 	}
-	s := it.entry.Selectors[0]
+	s := c.selectorHash(it.entry.Selectors[0])
 	head := c.byFirst[s]
 	it.prev, it.next = nil, head
 	if head != nil {
@@ -535,11 +543,16 @@ func (c *Cache) indexLocked(it *item) {
 	c.byFirst[s] = it
 }
 
+// selectorHash is the key of s in byFirst.
+func (c *Cache) selectorHash(s entry.Selector) uint64 {
+	return maphash.Comparable(c.seed, s)
+}
+
 func (c *Cache) unindexLocked(it *item) {
 	if len(it.entry.Selectors) == 0 || it.parent() != nil {
 		return
 	}
-	s := it.entry.Selectors[0]
+	s := c.selectorHash(it.entry.Selectors[0])
 	switch {
 	case it.prev != nil:
 		it.prev.next = it.next
@@ -842,8 +855,8 @@ func (c *Cache) refreshLocked(g *group) {
 	}
 	g.matched = g.matched[:0]
 	for _, s := range g.selectors {
-		for it := c.byFirst[s]; it != nil; it = it.next {
-			if !entry.Match(it.entry.Selectors, g.selectors) {
+		for it := c.byFirst[c.selectorHash(s)]; it != nil; it = it.next {
+			if it.entry.Selectors[0] != s || !entry.Match(it.entry.Selectors, g.selectors) {
 				continue
 			}
 			if it.tmpl() != nil {
