@@ -142,6 +142,9 @@ type Cache struct {
 	// federated are the bundles of foreign trust domains that entries
 	// federate with (see federated.go).
 	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle
+	// parts holds the IDs of the entries of a full set applied in
+	// parts (Update.More) so far; nil otherwise.
+	parts map[string]struct{}
 }
 
 // item is one entry in the cache (or a template's instance). A node may
@@ -326,6 +329,15 @@ type Update struct {
 	// Full: Entries is the complete set and replaces the cache's entries;
 	// entries not in it are removed with their SVIDs.
 	Full bool
+	// More, with Full: Entries are one part of the complete set, which
+	// continues in the next updates, up to one without More. Each part's
+	// entries are upserted at once (reported in Backlog, as those of a
+	// full set); entries in none of the parts are removed when the last
+	// one is applied. The parts of a set are applied one after the
+	// other, with no other update between. A large set applied in parts
+	// is never held whole twice, as the caller's parsed entries and as
+	// the cache's.
+	More bool
 	// Entries are created or updated entries, upserted by ID. They must
 	// be valid (entry.Entry.Validate) with normalized selectors; the
 	// cache keeps them, so the caller must not modify them afterwards.
@@ -371,10 +383,25 @@ func (c *Cache) Apply(u Update) Applied {
 	defer c.mu.Unlock()
 	var res Applied
 	touched := make(map[*group]struct{})
-	if u.Full {
-		keep := make(map[string]struct{}, len(u.Entries))
+	if !u.Full {
+		c.parts = nil // the parts of a set come one after the other
+	}
+	if u.Full && (u.More || c.parts != nil) {
+		if c.parts == nil {
+			c.parts = make(map[string]struct{}, len(u.Entries))
+		}
 		for _, e := range u.Entries {
-			keep[e.ID] = struct{}{}
+			c.parts[e.ID] = struct{}{}
+		}
+	}
+	if u.Full && !u.More {
+		keep := c.parts
+		c.parts = nil
+		if keep == nil {
+			keep = make(map[string]struct{}, len(u.Entries))
+			for _, e := range u.Entries {
+				keep[e.ID] = struct{}{}
+			}
 		}
 		for id, it := range c.items {
 			if it.parent() != nil {
