@@ -26,16 +26,14 @@ const (
 	prioWanted priority = iota
 	// prioNow: changed entries, and failed batches.
 	prioNow
-	// prioNew: entries created since the last full sync, signed while
-	// the cache has room for them.
-	prioNew
 	// prioDue: rotations and retries, signed now if the cache still
 	// holds the entry's SVID or a workload wants it (see keep), else
 	// moved to the backlog.
 	prioDue
 	numPriorities
-	// The backlog, entries nobody asked for, comes last: they are signed
-	// only while the cache has room for them, after new ones.
+	// Entries created since the last full sync come after prioNow (in
+	// scheduler.fresh), and the backlog, entries nobody asked for, comes
+	// last: both are signed only while the cache has room for them.
 )
 
 // scheduler decides which entries are signed next: pending entries are
@@ -57,10 +55,12 @@ type scheduler struct {
 	// skipped by take.
 	pending map[string]priority
 	queues  [numPriorities][]string
-	// backlog holds entries without an SVID in FIFO order, possibly
-	// twice, and possibly some that no longer need one (unsigned, the
-	// pending map and the due heap tell). It has no map of its own: it
+	// fresh holds entries created since the last full sync, and backlog
+	// the other entries without an SVID, in FIFO order, possibly twice,
+	// and possibly some that no longer need one (unsigned, the pending
+	// map and the due heap tell). They have no map of their own: they
 	// may hold every entry of the node.
+	fresh    []string
 	backlog  []string
 	due      dueHeap
 	dueByID  map[string]*dueItem
@@ -120,13 +120,26 @@ func (s *scheduler) enqueueLocked(id string, p priority) {
 	s.queues[p] = append(s.queues[p], id)
 }
 
+// addFresh adds ids, entries created since the last full sync, to be
+// signed after pending ones while the cache has room for them.
+func (s *scheduler) addFresh(ids ...string) {
+	if len(ids) == 0 {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fresh = append(s.fresh, ids...)
+	signal(s.wake)
+}
+
 // addBacklog adds ids to the backlog; full replaces it (ids are then
-// every entry without an SVID).
+// every entry without an SVID) and forgets the fresh ones.
 func (s *scheduler) addBacklog(full bool, ids []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if full {
 		s.backlog = slices.Clone(ids)
+		s.fresh = nil
 	} else {
 		s.backlog = append(s.backlog, ids...)
 	}
@@ -155,30 +168,27 @@ func (s *scheduler) reset() {
 	clear(s.dueByID)
 	clear(s.failures)
 	s.queues = [numPriorities][]string{}
-	s.backlog = nil
+	s.fresh, s.backlog = nil, nil
 	s.due = nil
 }
 
 // take removes and returns up to n pending IDs, by priority, then oldest
-// first. At most room of them are new or backlog entries; due entries
-// that keep refuses move to the backlog.
+// first. At most room of them are fresh or backlog entries, fresh ones
+// first; due entries that keep refuses move to the backlog.
 func (s *scheduler) take(n, room int) []string {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var out []string
 	for p := range numPriorities {
+		if p == prioDue {
+			s.fresh = s.takeUnsignedLocked(s.fresh, &out, n, &room)
+		}
 		q := s.queues[p]
 		i := 0
 		for ; i < len(q) && len(out) < n; i++ {
 			id := q[i]
 			if cur, ok := s.pending[id]; !ok || cur != p {
 				continue
-			}
-			if p == prioNew {
-				if room <= 0 {
-					break
-				}
-				room--
 			}
 			delete(s.pending, id)
 			if p == prioDue && s.keep != nil && !s.keep(id) {
@@ -196,9 +206,17 @@ func (s *scheduler) take(n, room int) []string {
 		}
 		s.queues[p] = q
 	}
+	s.backlog = s.takeUnsignedLocked(s.backlog, &out, n, &room)
+	return out
+}
+
+// takeUnsignedLocked moves IDs from the front of q (fresh or backlog) to
+// out while out has fewer than n and room is positive, skipping those
+// pending, scheduled or signed, and returns what is left of q.
+func (s *scheduler) takeUnsignedLocked(q []string, out *[]string, n int, room *int) []string {
 	i := 0
-	for ; i < len(s.backlog) && len(out) < n && room > 0; i++ {
-		id := s.backlog[i]
+	for ; i < len(q) && len(*out) < n && *room > 0; i++ {
+		id := q[i]
 		if _, ok := s.pending[id]; ok {
 			continue // taken at a higher priority
 		}
@@ -208,15 +226,15 @@ func (s *scheduler) take(n, room int) []string {
 		if s.unsigned != nil && !s.unsigned(id) {
 			continue
 		}
-		room--
-		out = append(out, id)
+		*room--
+		*out = append(*out, id)
 	}
-	clear(s.backlog[:i])
-	s.backlog = s.backlog[i:]
-	if len(s.backlog) == 0 {
-		s.backlog = nil
+	clear(q[:i])
+	q = q[i:]
+	if len(q) == 0 {
+		return nil
 	}
-	return out
+	return q
 }
 
 // compactLocked drops queue slots of IDs no longer pending at that

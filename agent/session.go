@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -124,28 +125,36 @@ func causeOr(ctx context.Context, err error) error {
 	return err
 }
 
+// fullPart is how many entries of a full Sync message are parsed and
+// applied at a time.
+const fullPart = 4096
+
 // applySync parses a Sync message with the ca/entry parsers and applies
 // it to the cache; malformed entries are logged and skipped (and an
 // earlier version of one is dropped). Once a bundle is applied, its
 // sequence number goes to acks (buffered one, latest wins).
+//
+// A large full set is parsed and applied fullPart entries at a time
+// (svidcache.Update.More), and each wire entry is dropped from msg once
+// parsed: the agent never holds the whole set both as wire entries and
+// as parsed ones besides what the cache keeps.
 func (a *Agent) applySync(msg *nodev1.SyncResponse, acks chan uint64) {
 	parent := a.ID()
-	u := svidcache.Update{Full: msg.GetFull()}
-	if u.Full {
+	full := msg.GetFull()
+	if full {
 		a.setNodeSelectors(msg.GetNodeSelectors())
 	}
-	for _, w := range msg.GetEntries() {
-		e, err := parseEntry(a.td, parent, w)
-		if err != nil {
-			id, idErr := entry.ParseEntryID(w.GetId())
-			a.log.Warn("skipping malformed entry from the server", logkey.EntryID, entry.Printable(truncate(w.GetId(), 64)), logkey.Error, err)
-			if idErr == nil && !u.Full {
-				u.Deleted = append(u.Deleted, id)
-			}
-			continue
-		}
-		u.Entries = append(u.Entries, e)
+	wire := msg.GetEntries()
+	first := true
+	for full && len(wire) > fullPart {
+		u := svidcache.Update{Full: true, More: true}
+		a.parseEntries(&u, parent, wire[:fullPart])
+		wire = wire[fullPart:]
+		a.schedule(first, u, a.cache.Apply(u))
+		first = false
 	}
+	u := svidcache.Update{Full: full}
+	a.parseEntries(&u, parent, wire)
 	for _, id := range msg.GetDeletedEntryIds() {
 		if _, err := entry.ParseEntryID(id); err != nil {
 			a.log.Warn("skipping malformed deleted entry ID from the server", logkey.EntryID, entry.Printable(truncate(id, 64)))
@@ -180,12 +189,36 @@ func (a *Agent) applySync(msg *nodev1.SyncResponse, acks chan uint64) {
 			acks <- seq
 		}
 	}
+	a.schedule(u.Full && first, u, res)
+}
+
+// parseEntries parses wire entries into u, setting each to nil once
+// parsed.
+func (a *Agent) parseEntries(u *svidcache.Update, parent spiffeid.ID, wire []*nodev1.Entry) {
+	for i, w := range wire {
+		wire[i] = nil
+		e, err := parseEntry(a.td, parent, w)
+		if err != nil {
+			id, idErr := entry.ParseEntryID(w.GetId())
+			a.log.Warn("skipping malformed entry from the server", logkey.EntryID, entry.Printable(truncate(w.GetId(), 64)), logkey.Error, err)
+			if idErr == nil && !u.Full {
+				u.Deleted = append(u.Deleted, id)
+			}
+			continue
+		}
+		u.Entries = append(u.Entries, e)
+	}
+}
+
+// schedule hands what an update changed to the scheduler; newSet: u
+// starts a full set, whose backlog replaces the scheduler's.
+func (a *Agent) schedule(newSet bool, u svidcache.Update, res svidcache.Applied) {
 	a.sched.remove(res.Removed...)
 	a.sched.enqueue(res.Sign...)
-	a.sched.enqueueAt(prioNew, res.New...)
-	a.sched.addBacklog(u.Full, res.Backlog)
+	a.sched.addFresh(res.New...)
+	a.sched.addBacklog(newSet, res.Backlog)
 	if len(res.Sign) > 0 || len(res.Removed) > 0 || len(res.New) > 0 || len(res.Backlog) > 0 {
-		a.log.Debug("entries synced", "full", u.Full, "to_sign", len(res.Sign), "new", len(res.New), "backlog", len(res.Backlog), "removed", len(res.Removed))
+		a.log.Debug("entries synced", "full", u.Full, "to_sign", len(res.Sign), "new", len(res.New), "backlog", len(res.Backlog), "removed", len(res.Removed), "more", u.More)
 	}
 }
 
@@ -260,7 +293,7 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 	reqs := make([]nodeclient.SignRequest, 0, len(ids))
 	pend := make([]pendingSign, 0, len(ids))
 	for _, id := range ids {
-		if _, ok := a.cache.Entry(id); !ok {
+		if !a.cache.Has(id) {
 			continue // removed meanwhile
 		}
 		key, csr, err := newKeyAndCSR()
@@ -328,7 +361,7 @@ func (a *Agent) signBatch(ctx context.Context, c *nodeclient.Client, ids []strin
 			d := a.sched.failed(id, rand.Float64())
 			a.log.Warn("X.509-SVID signed by a tainted CA; asking again later", "entry_id", id, "retry_in", d)
 		default:
-			if _, ok := a.cache.Entry(id); !ok {
+			if !a.cache.Has(id) {
 				continue
 			}
 			d := a.sched.failed(id, rand.Float64())

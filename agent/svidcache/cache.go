@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"log/slog"
 	"slices"
 	"strconv"
@@ -107,7 +108,13 @@ type Cache struct {
 	// Each value heads a list linked through item.next and item.prev
 	// (most hold one item: a slice or a set per selector would cost more
 	// than the rest of the index).
-	byFirst map[entry.Selector]*item
+	//
+	// It is keyed by a hash of the selector (seeded with seed): half the
+	// memory of the selector itself on a node with many entries. Items
+	// of selectors whose hashes collide share a list; lookups skip those
+	// whose first selector is not the one looked for.
+	byFirst map[uint64]*item
+	seed    maphash.Seed
 	// groups are selector sets that were looked up or subscribed to, by
 	// selectorKey; groupIdx indexes them by each of their selectors.
 	groups   map[string]*group
@@ -135,10 +142,17 @@ type Cache struct {
 	// federated are the bundles of foreign trust domains that entries
 	// federate with (see federated.go).
 	federated map[spiffeid.TrustDomain]*spiffebundle.Bundle
+	// parts holds the IDs of the entries of a full set applied in
+	// parts (Update.More) so far; nil otherwise.
+	parts map[string]struct{}
 }
 
+// item is one entry in the cache (or a template's instance). A node may
+// hold hundreds of thousands of entries, most never signed: an item
+// keeps only what the cache matches, signs and serves by (kept), and the
+// rarely set rest in x. See TestMemoryPerUnsignedEntry.
 type item struct {
-	entry *entry.Entry
+	entry kept
 	svid  *X509SVID     // nil until signed, and after expiry
 	lru   *list.Element // in Cache.unmatched, or nil
 	// next and prev link the items of byFirst[entry.Selectors[0]].
@@ -146,15 +160,114 @@ type item struct {
 	heapIdx    int32 // index in Cache.expiry, -1 if absent
 	// demand counts the subscribed groups whose matches hold the item.
 	demand int32
-	// tmpl is set on a template entry's item: it never has an SVID
+	// x is nil for a plain entry without DNS names or federated trust
+	// domains.
+	x *extra
+}
+
+// kept is what the cache keeps of every entry.
+type kept struct {
+	ID          string
+	SPIFFEID    spiffeid.ID
+	Selectors   []entry.Selector
+	X509SVIDTTL time.Duration
+	Downstream  bool
+}
+
+// extra is what few items need: an entry's rarer fields, and the state
+// of a template entry or of an instance.
+type extra struct {
+	dnsNames      []string
+	federatesWith []spiffeid.TrustDomain
+	// A template entry's item has full (the entry as given, which
+	// instances are filled from), tmpl and insts: it never has an SVID
 	// itself; its instances (one per filled SPIFFE ID, by instance ID)
 	// do. An instance has parent set and is not in byFirst.
+	full   *entry.Entry
 	tmpl   *entry.Template
 	insts  map[string]*item
 	parent *item
 	// moreSel are further selector sets of an instance, when callers
 	// with different selectors fill the same ID (see touchItemLocked).
 	moreSel [][]entry.Selector
+}
+
+// newItem returns the item of e, a plain entry or an instance.
+func newItem(e *entry.Entry) *item {
+	it := &item{heapIdx: -1}
+	it.set(e)
+	return it
+}
+
+// set makes it hold e, a plain entry or an instance; the state of an
+// instance is kept.
+func (it *item) set(e *entry.Entry) {
+	it.entry = kept{ID: e.ID, SPIFFEID: e.SPIFFEID, Selectors: e.Selectors, X509SVIDTTL: e.X509SVIDTTL, Downstream: e.Downstream}
+	if x := it.x; x != nil {
+		x.dnsNames, x.federatesWith = e.DNSNames, e.FederatesWith
+		if x.parent == nil && len(x.dnsNames) == 0 && len(x.federatesWith) == 0 {
+			it.x = nil
+		}
+		return
+	}
+	if len(e.DNSNames) > 0 || len(e.FederatesWith) > 0 {
+		it.x = &extra{dnsNames: e.DNSNames, federatesWith: e.FederatesWith}
+	}
+}
+
+// ext returns it.x, creating it if needed.
+func (it *item) ext() *extra {
+	if it.x == nil {
+		it.x = &extra{}
+	}
+	return it.x
+}
+
+func (it *item) dnsNames() []string {
+	if it.x == nil {
+		return nil
+	}
+	return it.x.dnsNames
+}
+
+func (it *item) federatesWith() []spiffeid.TrustDomain {
+	if it.x == nil {
+		return nil
+	}
+	return it.x.federatesWith
+}
+
+// tmpl returns the template of a template entry's item, nil otherwise.
+func (it *item) tmpl() *entry.Template {
+	if it.x == nil {
+		return nil
+	}
+	return it.x.tmpl
+}
+
+// parent returns the template item of an instance, nil otherwise.
+func (it *item) parent() *item {
+	if it.x == nil {
+		return nil
+	}
+	return it.x.parent
+}
+
+func (it *item) moreSel() [][]entry.Selector {
+	if it.x == nil {
+		return nil
+	}
+	return it.x.moreSel
+}
+
+// toEntry returns a new entry with what the cache keeps of it.
+func (it *item) toEntry() *entry.Entry {
+	if it.x != nil && it.x.full != nil {
+		return it.x.full
+	}
+	k := it.entry
+	return &entry.Entry{ID: k.ID, SPIFFEID: k.SPIFFEID, Selectors: k.Selectors, X509SVIDTTL: k.X509SVIDTTL,
+		Downstream: k.Downstream, DNSNames: it.dnsNames(), FederatesWith: it.federatesWith()}
 }
 
 // group is a selector set with its memoized matches and subscribers.
@@ -199,7 +312,8 @@ func New(cfg Config) (*Cache, error) {
 		issued:   make(chan struct{}, 1),
 		wanted:   make(map[string]struct{}),
 		items:    make(map[string]*item),
-		byFirst:  make(map[entry.Selector]*item),
+		byFirst:  make(map[uint64]*item),
+		seed:     maphash.MakeSeed(),
 		groups:   make(map[string]*group),
 		groupIdx: make(map[entry.Selector]map[*group]struct{}),
 		jwts:     make(map[spiffeid.ID]map[string]*JWTSVID),
@@ -215,6 +329,15 @@ type Update struct {
 	// Full: Entries is the complete set and replaces the cache's entries;
 	// entries not in it are removed with their SVIDs.
 	Full bool
+	// More, with Full: Entries are one part of the complete set, which
+	// continues in the next updates, up to one without More. Each part's
+	// entries are upserted at once (reported in Backlog, as those of a
+	// full set); entries in none of the parts are removed when the last
+	// one is applied. The parts of a set are applied one after the
+	// other, with no other update between. A large set applied in parts
+	// is never held whole twice, as the caller's parsed entries and as
+	// the cache's.
+	More bool
 	// Entries are created or updated entries, upserted by ID. They must
 	// be valid (entry.Entry.Validate) with normalized selectors; the
 	// cache keeps them, so the caller must not modify them afterwards.
@@ -260,13 +383,28 @@ func (c *Cache) Apply(u Update) Applied {
 	defer c.mu.Unlock()
 	var res Applied
 	touched := make(map[*group]struct{})
-	if u.Full {
-		keep := make(map[string]struct{}, len(u.Entries))
+	if !u.Full {
+		c.parts = nil // the parts of a set come one after the other
+	}
+	if u.Full && (u.More || c.parts != nil) {
+		if c.parts == nil {
+			c.parts = make(map[string]struct{}, len(u.Entries))
+		}
 		for _, e := range u.Entries {
-			keep[e.ID] = struct{}{}
+			c.parts[e.ID] = struct{}{}
+		}
+	}
+	if u.Full && !u.More {
+		keep := c.parts
+		c.parts = nil
+		if keep == nil {
+			keep = make(map[string]struct{}, len(u.Entries))
+			for _, e := range u.Entries {
+				keep[e.ID] = struct{}{}
+			}
 		}
 		for id, it := range c.items {
-			if it.parent != nil {
+			if it.parent() != nil {
 				continue // goes with its template
 			}
 			if _, ok := keep[id]; !ok {
@@ -276,7 +414,7 @@ func (c *Cache) Apply(u Update) Applied {
 		}
 	}
 	for _, e := range u.Entries {
-		if it := c.items[e.ID]; it != nil && it.parent != nil {
+		if it := c.items[e.ID]; it != nil && it.parent() != nil {
 			continue // not an entry ID
 		}
 		sig, gone := c.upsertLocked(e, touched)
@@ -295,7 +433,7 @@ func (c *Cache) Apply(u Update) Applied {
 		}
 	}
 	for _, id := range u.Deleted {
-		if it := c.items[id]; it != nil && it.parent == nil {
+		if it := c.items[id]; it != nil && it.parent() == nil {
 			res.Removed = append(res.Removed, c.removeLocked(it, touched)...)
 			res.Removed = append(res.Removed, id)
 			res.Sign = slices.DeleteFunc(res.Sign, func(s string) bool { return s == id })
@@ -332,14 +470,14 @@ const (
 // and the IDs of the template instances it removed.
 func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) (signing, []string) {
 	it := c.items[e.ID]
-	if it != nil && (it.tmpl != nil || e.Template != "") {
+	if it != nil && (it.tmpl() != nil || e.Template != "") {
 		return c.upsertTemplateLocked(it, e, touched)
 	}
 	if it == nil {
-		it = &item{entry: e, heapIdx: -1}
 		if e.Template != "" {
 			return c.upsertTemplateLocked(nil, e, touched)
 		}
+		it = newItem(e)
 		c.items[e.ID] = it
 		c.indexLocked(it)
 		c.touchLocked(e.Selectors, true, touched)
@@ -354,15 +492,16 @@ func (c *Cache) upsertPlainLocked(it *item, e *entry.Entry, touched map[*group]s
 	old := it.entry
 	selChanged := !slices.Equal(old.Selectors, e.Selectors)
 	idChanged := old.SPIFFEID != e.SPIFFEID
-	dnsChanged := !slices.Equal(old.DNSNames, e.DNSNames)
+	dnsChanged := !slices.Equal(it.dnsNames(), e.DNSNames)
+	fedChanged := !slices.Equal(it.federatesWith(), e.FederatesWith)
 	if selChanged {
 		c.unindexLocked(it)
 	}
-	it.entry = e
+	it.set(e)
 	if selChanged {
 		c.indexLocked(it)
 	}
-	if !slices.Equal(old.FederatesWith, e.FederatesWith) {
+	if fedChanged {
 		// The federated bundles its workloads see change.
 		c.touchLocked(e.Selectors, false, touched)
 	}
@@ -403,12 +542,12 @@ func (c *Cache) removeLocked(it *item, touched map[*group]struct{}) []string {
 	if it.svid != nil {
 		c.dropSVIDLocked(it)
 	}
-	if it.tmpl == nil {
+	if it.tmpl() == nil {
 		c.dropJWTsLocked(it.entry.SPIFFEID)
 	}
 	c.touchItemLocked(it, true, touched)
-	if it.parent != nil {
-		delete(it.parent.insts, it.entry.ID)
+	if p := it.parent(); p != nil {
+		delete(p.x.insts, it.entry.ID)
 		c.ninst--
 		c.issuedLocked()
 		if it.demand == 0 {
@@ -419,10 +558,10 @@ func (c *Cache) removeLocked(it *item, touched map[*group]struct{}) []string {
 }
 
 func (c *Cache) indexLocked(it *item) {
-	if len(it.entry.Selectors) == 0 || it.parent != nil {
+	if len(it.entry.Selectors) == 0 || it.parent() != nil {
 		return // matches nothing
 	}
-	s := it.entry.Selectors[0]
+	s := c.selectorHash(it.entry.Selectors[0])
 	head := c.byFirst[s]
 	it.prev, it.next = nil, head
 	if head != nil {
@@ -431,11 +570,16 @@ func (c *Cache) indexLocked(it *item) {
 	c.byFirst[s] = it
 }
 
+// selectorHash is the key of s in byFirst.
+func (c *Cache) selectorHash(s entry.Selector) uint64 {
+	return maphash.Comparable(c.seed, s)
+}
+
 func (c *Cache) unindexLocked(it *item) {
-	if len(it.entry.Selectors) == 0 || it.parent != nil {
+	if len(it.entry.Selectors) == 0 || it.parent() != nil {
 		return
 	}
-	s := it.entry.Selectors[0]
+	s := c.selectorHash(it.entry.Selectors[0])
 	switch {
 	case it.prev != nil:
 		it.prev.next = it.next
@@ -519,13 +663,13 @@ func (c *Cache) setLocked(s *X509SVID, now time.Time, touched map[*group]struct{
 	if it == nil {
 		return fmt.Errorf("%w: %s", ErrUnknownEntry, s.EntryID)
 	}
-	if s.ID != it.entry.SPIFFEID || !slices.Equal(s.dnsNames, it.entry.DNSNames) {
+	if s.ID != it.entry.SPIFFEID || !slices.Equal(s.dnsNames, it.dnsNames()) {
 		return fmt.Errorf("%w: entry %s", ErrStale, s.EntryID)
 	}
 	if s.Expired(now) {
 		return fmt.Errorf("%w: entry %s, NotAfter %s", ErrExpired, s.EntryID, s.NotAfter.UTC().Format(time.RFC3339))
 	}
-	if it.parent != nil && it.svid == nil {
+	if it.parent() != nil && it.svid == nil {
 		c.issuedLocked()
 	}
 	it.svid = s
@@ -557,15 +701,25 @@ func (c *Cache) dropSVIDLocked(it *item) {
 	}
 }
 
-// Entry returns the cached entry with that ID. It is shared and must
-// not be modified.
+// Entry returns what the cache keeps of the entry with that ID: its ID,
+// SPIFFE ID, selectors, X.509-SVID TTL, DNS names, downstream flag and
+// federated trust domains (a template entry: the whole entry). It is
+// shared and must not be modified.
 func (c *Cache) Entry(entryID string) (*entry.Entry, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if it := c.items[entryID]; it != nil {
-		return it.entry, true
+		return it.toEntry(), true
 	}
 	return nil, false
+}
+
+// Has reports whether the cache holds an entry (or template instance)
+// with that ID.
+func (c *Cache) Has(entryID string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.items[entryID] != nil
 }
 
 // X509SVID returns the current, unexpired X.509-SVID of an entry.
@@ -728,11 +882,11 @@ func (c *Cache) refreshLocked(g *group) {
 	}
 	g.matched = g.matched[:0]
 	for _, s := range g.selectors {
-		for it := c.byFirst[s]; it != nil; it = it.next {
-			if !entry.Match(it.entry.Selectors, g.selectors) {
+		for it := c.byFirst[c.selectorHash(s)]; it != nil; it = it.next {
+			if it.entry.Selectors[0] != s || !entry.Match(it.entry.Selectors, g.selectors) {
 				continue
 			}
-			if it.tmpl != nil {
+			if it.tmpl() != nil {
 				if inst := c.instanceLocked(it, g); inst != nil {
 					g.matched = append(g.matched, inst)
 				}

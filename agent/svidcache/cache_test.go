@@ -407,3 +407,50 @@ func TestManyGroupsBounded(t *testing.T) {
 		t.Fatalf("%d memoized groups; want them bounded", n)
 	}
 }
+
+// TestFullSetInParts: a full set applied in parts (Update.More) upserts
+// each part at once and removes the entries in none of the parts only
+// when the last part is applied; a later full set in one piece is not
+// mixed with it.
+func TestFullSetInParts(t *testing.T) {
+	c, err := svidcache.New(svidcache.Config{TrustDomain: td, Clock: fakeclock.New(t0)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	old := newEntry(t, "/old", "unix:uid:1")
+	kept := newEntry(t, "/kept", "unix:uid:2")
+	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{old, kept}})
+
+	a := newEntry(t, "/a", "unix:uid:3")
+	b := newEntry(t, "/b", "unix:uid:4")
+	res := c.Apply(svidcache.Update{Full: true, More: true, Entries: []*entry.Entry{a, kept.Clone()}})
+	if !slices.Equal(res.Backlog, []string{a.ID, kept.ID}) || len(res.New) != 0 || len(res.Removed) != 0 {
+		t.Fatalf("first part: %+v", res)
+	}
+	if _, ok := c.Entry(old.ID); !ok {
+		t.Fatal("an entry was removed before the last part")
+	}
+	if _, ok := c.Entry(a.ID); !ok {
+		t.Fatal("an entry of the first part is not applied at once")
+	}
+	res = c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{b}})
+	if !slices.Equal(res.Removed, []string{old.ID}) || !slices.Equal(res.Backlog, []string{b.ID}) {
+		t.Fatalf("last part: %+v", res)
+	}
+	for _, e := range []*entry.Entry{a, b, kept} {
+		if _, ok := c.Entry(e.ID); !ok {
+			t.Fatalf("entry %s of the set is missing", e.SPIFFEID)
+		}
+	}
+	// The next full set, in one piece, replaces it all.
+	res = c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{b}})
+	slices.Sort(res.Removed)
+	want := []string{a.ID, kept.ID}
+	slices.Sort(want)
+	if !slices.Equal(res.Removed, want) {
+		t.Fatalf("next full set removed %v, want %v", res.Removed, want)
+	}
+	if got := c.Stats().Entries; got != 1 {
+		t.Fatalf("%d entries, want 1", got)
+	}
+}

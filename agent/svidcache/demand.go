@@ -20,7 +20,7 @@ func (c *Cache) countLocked(g *group, d int32) {
 func (c *Cache) demandLocked(it *item, d int32) {
 	before := it.demand
 	it.demand += d
-	if it.parent != nil && (before == 0) != (it.demand == 0) {
+	if it.parent() != nil && (before == 0) != (it.demand == 0) {
 		c.issuedLocked()
 	}
 	switch {
@@ -71,7 +71,7 @@ func (c *Cache) evictLocked() {
 	for c.unmatched.Len() > c.maxX509 {
 		it := c.unmatched.Back().Value.(*item)
 		c.dropSVIDLocked(it)
-		if it.parent != nil && c.items[it.entry.ID] == it {
+		if it.parent() != nil && c.items[it.entry.ID] == it {
 			// Its callers are gone: forget the instance too. Only memo
 			// groups can hold it (no subscription does: its demand is
 			// zero); they recompute.

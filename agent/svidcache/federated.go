@@ -52,7 +52,7 @@ func (c *Cache) federatedLocked(g *group) []*spiffebundle.Bundle {
 	c.refreshLocked(g)
 	var tds []spiffeid.TrustDomain
 	for _, it := range g.matched {
-		for _, td := range it.entry.FederatesWith {
+		for _, td := range it.federatesWith() {
 			if c.federated[td] != nil && !slices.Contains(tds, td) {
 				tds = append(tds, td)
 			}

@@ -32,14 +32,14 @@ import (
 func (c *Cache) upsertTemplateLocked(it *item, e *entry.Entry, touched map[*group]struct{}) (signing, []string) {
 	var gone []string
 	if it != nil {
-		if it.tmpl != nil && sameTemplate(it.entry, e) {
-			it.entry = e // only the revision changed
+		if it.tmpl() != nil && sameTemplate(it.x.full, e) {
+			it.x.full = e // only the revision changed
 			return signNone, nil
 		}
 		gone = append(c.removeLocked(it, touched), it.entry.ID)
 	}
-	it = &item{entry: e, heapIdx: -1}
 	if e.Template == "" {
+		it = newItem(e)
 		c.items[e.ID] = it
 		c.indexLocked(it)
 		c.touchLocked(e.Selectors, true, touched)
@@ -51,8 +51,8 @@ func (c *Cache) upsertTemplateLocked(it *item, e *entry.Entry, touched map[*grou
 		c.log.Error("template entry with an invalid template; ignored", "entry_id", e.ID, "error", err)
 		return signNone, gone
 	}
-	it.tmpl = t
-	it.insts = make(map[string]*item)
+	it = &item{heapIdx: -1, entry: kept{ID: e.ID, SPIFFEID: e.SPIFFEID, Selectors: e.Selectors},
+		x: &extra{full: e, tmpl: t, insts: make(map[string]*item)}}
 	c.items[e.ID] = it
 	c.indexLocked(it)
 	c.touchLocked(e.Selectors, true, touched)
@@ -71,11 +71,11 @@ func sameTemplate(a, b *entry.Entry) bool {
 // dropInstancesLocked removes every instance of it (if it is a
 // template) and returns their IDs.
 func (c *Cache) dropInstancesLocked(it *item, touched map[*group]struct{}) []string {
-	if len(it.insts) == 0 {
+	if it.tmpl() == nil || len(it.x.insts) == 0 {
 		return nil
 	}
-	gone := make([]string, 0, len(it.insts))
-	for id, inst := range it.insts {
+	gone := make([]string, 0, len(it.x.insts))
+	for id, inst := range it.x.insts {
 		c.removeLocked(inst, touched)
 		gone = append(gone, id)
 	}
@@ -86,7 +86,7 @@ func (c *Cache) dropInstancesLocked(it *item, touched map[*group]struct{}) []str
 // selector set fills, creating it if needed, or nil if it fills no
 // valid ID.
 func (c *Cache) instanceLocked(t *item, g *group) *item {
-	id, used, err := t.tmpl.Fill(g.selectors, c.node)
+	id, used, err := t.x.tmpl.Fill(g.selectors, c.node)
 	if err != nil {
 		// The reason names the field, never the value. Once per selector
 		// set at warning level, so that a caller reconnecting in a loop
@@ -101,18 +101,19 @@ func (c *Cache) instanceLocked(t *item, g *group) *item {
 	}
 	iid := entry.InstanceID(t.entry.ID, id)
 	own := mergeSelectors(t.entry.Selectors, used)
-	if inst := t.insts[iid]; inst != nil {
-		if !slices.Equal(inst.entry.Selectors, own) && !slices.ContainsFunc(inst.moreSel, func(s []entry.Selector) bool { return slices.Equal(s, own) }) {
+	if inst := t.x.insts[iid]; inst != nil {
+		if !slices.Equal(inst.entry.Selectors, own) && !slices.ContainsFunc(inst.x.moreSel, func(s []entry.Selector) bool { return slices.Equal(s, own) }) {
 			// Another caller fills the same ID from other values (the
 			// base filter): it must hear of this instance's SVID too.
-			inst.moreSel = append(inst.moreSel, own)
+			inst.x.moreSel = append(inst.x.moreSel, own)
 		}
 		return inst
 	}
-	e := t.entry.Clone()
+	e := t.x.full.Clone()
 	e.ID, e.SPIFFEID, e.Template, e.Selectors = iid, id, "", own
-	inst := &item{entry: e, heapIdx: -1, parent: t}
-	t.insts[iid] = inst
+	inst := &item{heapIdx: -1, x: &extra{parent: t}}
+	inst.set(e)
+	t.x.insts[iid] = inst
 	c.items[iid] = inst
 	c.ninst++
 	return inst
@@ -134,7 +135,7 @@ func mergeSelectors(a, b []entry.Selector) []entry.Selector {
 // its entry's, and an instance's further ones.
 func (c *Cache) touchItemLocked(it *item, invalidate bool, touched map[*group]struct{}) {
 	c.touchLocked(it.entry.Selectors, invalidate, touched)
-	for _, s := range it.moreSel {
+	for _, s := range it.moreSel() {
 		c.touchLocked(s, invalidate, touched)
 	}
 }
@@ -143,12 +144,12 @@ func (c *Cache) touchItemLocked(it *item, invalidate bool, touched map[*group]st
 // that have no SVID. Call it only when no memo group is left.
 func (c *Cache) collectInstancesLocked() {
 	for _, it := range c.items {
-		if it.tmpl == nil {
+		if it.tmpl() == nil {
 			continue
 		}
-		for id, inst := range it.insts {
+		for id, inst := range it.x.insts {
 			if inst.demand == 0 && inst.svid == nil {
-				delete(it.insts, id)
+				delete(it.x.insts, id)
 				delete(c.items, id)
 				delete(c.wanted, id)
 				c.dropJWTsLocked(inst.entry.SPIFFEID)
@@ -173,7 +174,7 @@ func (c *Cache) SetNodeSelectors(sel []entry.Selector) []string {
 	touched := make(map[*group]struct{})
 	var gone []string
 	for _, it := range c.items {
-		if it.tmpl == nil || !it.tmpl.UsesNode() {
+		if it.tmpl() == nil || !it.x.tmpl.UsesNode() {
 			continue
 		}
 		gone = append(gone, c.dropInstancesLocked(it, touched)...)
@@ -198,11 +199,11 @@ func (c *Cache) TemplatesIssued() []TemplateIssued {
 	defer c.mu.Unlock()
 	var out []TemplateIssued
 	for id, it := range c.items {
-		if it.tmpl == nil {
+		if it.tmpl() == nil {
 			continue
 		}
 		ti := TemplateIssued{EntryID: id}
-		for _, inst := range it.insts {
+		for _, inst := range it.x.insts {
 			if inst.demand > 0 || inst.svid != nil {
 				ti.SPIFFEIDs = append(ti.SPIFFEIDs, inst.entry.SPIFFEID.String())
 			}
