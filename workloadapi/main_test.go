@@ -14,11 +14,12 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+
+	"writ.dev/writ/internal/passconn"
 )
 
 // The test binary doubles as a Workload API client in another process:
@@ -78,19 +79,8 @@ func childPassConn(addr string) int {
 		fmt.Fprintln(os.Stderr, "child:", err)
 		return 2
 	}
-	raw, err := c.(*net.UnixConn).File()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "child:", err)
-		return 2
-	}
-	// The server pins this process in its transport handshake, then sends
-	// its HTTP/2 settings: wait for them (peeking, so that they stay for
-	// the parent's client) before exiting.
-	if _, _, err := unix.Recvfrom(int(raw.Fd()), make([]byte, 1), unix.MSG_PEEK); err != nil {
-		fmt.Fprintln(os.Stderr, "child:", err)
-		return 2
-	}
-	if err := unix.Sendmsg(3, []byte{'c'}, unix.UnixRights(int(raw.Fd())), nil, 0); err != nil {
+	// Passed once the server has pinned this process.
+	if err := passconn.Send(3, c.(*net.UnixConn)); err != nil {
 		fmt.Fprintln(os.Stderr, "child:", err)
 		return 2
 	}

@@ -13,7 +13,6 @@ import (
 	"runtime"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -26,14 +25,13 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	spiffewl "github.com/spiffe/go-spiffe/v2/workloadapi"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/internal/passconn"
 	"writ.dev/writ/workloadapi"
 	"writ.dev/writ/workloadapi/unixattest"
 )
@@ -971,34 +969,16 @@ func TestPassedConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	theirs.Close()
-	buf, oob := make([]byte, 1), make([]byte, unix.CmsgSpace(4))
-	_, oobn, _, _, err := unix.Recvmsg(int(mine.Fd()), buf, oob, 0)
+	fc, err := net.FileConn(mine)
 	if err != nil {
 		t.Fatal(err)
 	}
-	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-	if err != nil || len(msgs) != 1 {
-		t.Fatalf("%v %v", msgs, err)
-	}
-	passed, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || len(passed) != 1 {
-		t.Fatalf("%v %v", passed, err)
-	}
-	f := os.NewFile(uintptr(passed[0]), "passed")
-	conn, err := net.FileConn(f)
-	f.Close()
+	defer fc.Close()
+	conn, err := passconn.Receive(fc.(*net.UnixConn), 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var used atomic.Bool
-	cc, err := grpc.NewClient("passthrough:///passed",
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) {
-			if used.Swap(true) {
-				return nil, errors.New("only one connection")
-			}
-			return conn, nil
-		}))
+	cc, err := passconn.Client(conn)
 	if err != nil {
 		t.Fatal(err)
 	}

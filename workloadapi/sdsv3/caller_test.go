@@ -3,7 +3,6 @@
 package sdsv3_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -11,7 +10,6 @@ import (
 	"os/exec"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -19,11 +17,10 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	grpcstatus "google.golang.org/grpc/status"
 
+	"writ.dev/writ/internal/passconn"
 	"writ.dev/writ/internal/testuser"
 	"writ.dev/writ/workloadapi/sdsv3"
 )
@@ -58,17 +55,8 @@ func childMain(path string) int {
 	if err != nil {
 		return fail(err)
 	}
-	raw, err := c.(*net.UnixConn).File()
-	if err != nil {
-		return fail(err)
-	}
-	// The server pins this process in its transport handshake, then sends
-	// its HTTP/2 settings: wait for them (peeking, so that they stay for
-	// the parent's client) before passing the connection on.
-	if _, _, err := unix.Recvfrom(int(raw.Fd()), make([]byte, 1), unix.MSG_PEEK); err != nil {
-		return fail(err)
-	}
-	if err := unix.Sendmsg(3, []byte{'c'}, unix.UnixRights(int(raw.Fd())), nil, 0); err != nil {
+	// Passed once the server has pinned this process.
+	if err := passconn.Send(3, c.(*net.UnixConn)); err != nil {
 		return fail(err)
 	}
 	ctl := os.NewFile(3, "ctl")
@@ -151,37 +139,11 @@ func (e *env) pinnedChild(env ...string) *pinned {
 		}
 	})
 
-	buf, oob := make([]byte, 1), make([]byte, unix.CmsgSpace(4))
-	if err := ctl.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil {
-		t.Fatal(err)
-	}
-	_, oobn, _, _, err := ctl.ReadMsgUnix(buf, oob)
+	conn, err := passconn.Receive(ctl, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	msgs, err := unix.ParseSocketControlMessage(oob[:oobn])
-	if err != nil || len(msgs) != 1 {
-		t.Fatalf("child sent %v: %v", msgs, err)
-	}
-	passed, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || len(passed) != 1 {
-		t.Fatalf("child passed %v: %v", passed, err)
-	}
-	f := os.NewFile(uintptr(passed[0]), "passed")
-	conn, err := net.FileConn(f)
-	f.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var used atomic.Bool
-	cc, err := grpc.NewClient("passthrough:///pinned",
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(func(context.Context, string) (net.Conn, error) {
-			if used.Swap(true) {
-				return nil, errors.New("only one connection")
-			}
-			return conn, nil
-		}))
+	cc, err := passconn.Client(conn)
 	if err != nil {
 		t.Fatal(err)
 	}
