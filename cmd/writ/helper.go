@@ -10,7 +10,6 @@ import (
 
 	"github.com/urfave/cli/v2"
 
-	"writ.dev/writ/internal/nodump"
 	"writ.dev/writ/svidfiles"
 )
 
@@ -68,9 +67,6 @@ func helperRun(c *cli.Context) error {
 	log, err := newLogger(c.App.ErrWriter, c.String("log-format"), c.String("log-level"))
 	if err != nil {
 		return usagef(c, "%v", err)
-	}
-	if err := nodump.DisableCoreFiles(); err != nil {
-		log.Warn("private keys could reach a core file", "err", err)
 	}
 	cfg, err := helperConfig(c)
 	if err != nil {

@@ -47,31 +47,3 @@ func TestDisable(t *testing.T) {
 		t.Fatalf("child: %v\n%s", err, out)
 	}
 }
-
-// TestDisableCoreFiles: a workload's process turns core files off and
-// stays dumpable, so that the agent can attest it.
-func TestDisableCoreFiles(t *testing.T) {
-	if os.Getenv(envChild) == "2" {
-		if err := DisableCoreFiles(); err != nil {
-			t.Fatal(err)
-		}
-		var lim syscall.Rlimit
-		if err := syscall.Getrlimit(syscall.RLIMIT_CORE, &lim); err != nil {
-			t.Fatal(err)
-		}
-		if lim.Cur != 0 || lim.Max != 0 {
-			t.Errorf("core limit %d/%d, want 0/0", lim.Cur, lim.Max)
-		}
-		if runtime.GOOS == "linux" {
-			if d, err := dumpable(); err != nil || !d {
-				t.Errorf("dumpable %v (%v), want true", d, err)
-			}
-		}
-		return
-	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestDisableCoreFiles$", "-test.v")
-	cmd.Env = append(os.Environ(), envChild+"=2")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("child: %v\n%s", err, out)
-	}
-}
