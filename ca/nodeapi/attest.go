@@ -364,7 +364,7 @@ func (s *Service) signAgentSVID(now time.Time, id spiffeid.ID, pub crypto.Public
 		return nil, nil, errors.New("no active X.509 CA")
 	}
 	began := s.clock.Now()
-	der, err := x509ca.SignX509SVID(now, a.X509, x509ca.SVIDParams{ID: id, TTL: s.x509TTL, PublicKey: pub})
+	der, err := x509ca.SignX509SVID(now, a.X509, x509ca.SVIDParams{ID: id, TTL: s.x509TTL, PublicKey: pub, Agent: true})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -399,7 +399,7 @@ func (h *handler) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest)
 		switch {
 		case a.Banned:
 			return errAgentBanned
-		case a.SerialNumber != c.serial && a.PrevSerialNumber != c.serial && !issuedAfter(c.chain[0], a):
+		case a.SerialNumber != c.serial && a.PrevSerialNumber != c.serial && !mayBeUnrecorded(c.id, c.chain[0], a):
 			// (A certificate signed after the record last changed is
 			// one renewed while the datastore was unavailable, and
 			// authenticated as such.)

@@ -77,7 +77,10 @@
 // not record. While the datastore is unavailable, RenewAgent still signs
 // (with the server's own key) for an agent whose last known record exists
 // and is not banned, and returns the new SVID unrecorded. A certificate
-// the record does not name authenticates its agent if a server CA of the
+// the record does not name authenticates its agent if it is an agent SVID
+// (it carries x509ca.OIDAgentSVID, which only agent SVIDs do) for an ID
+// under /writ/agent/ (a legacy agent ID outside it, which a workload
+// entry may share, authenticates only by serial), a server CA of the
 // deployment (one of the X.509 CA keys the datastore lists, not tainted,
 // never a downstream CA) signed it directly after the record last changed
 // (NotBefore plus x509ca.Backdate later than UpdatedAt), and the record

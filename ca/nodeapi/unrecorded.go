@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/x509ca"
 	"writ.dev/writ/internal/logkey"
 )
@@ -23,6 +24,11 @@ import (
 // record the server read:
 //
 //   - it verifies against the bundle (as every agent SVID must);
+//   - it is an agent SVID (it carries x509ca.OIDAgentSVID, which only
+//     the signing of agent SVIDs sets) for an agent ID (under
+//     /writ/agent/): a workload SVID never passes, and neither does any
+//     certificate for a legacy agent ID outside /writ/agent/, which a
+//     workload entry may share;
 //   - a Writ server CA signed it directly (one of the X.509 CA keys the
 //     datastore lists, not tainted): a downstream CA, which may sign
 //     names under the trust domain, never passes;
@@ -50,6 +56,15 @@ func issuedAt(leaf *x509.Certificate) time.Time { return leaf.NotBefore.Add(x509
 // last changed.
 func issuedAfter(leaf *x509.Certificate, a *datastore.Agent) bool {
 	return issuedAt(leaf).After(a.UpdatedAt)
+}
+
+// mayBeUnrecorded reports whether leaf, a certificate for id that a's
+// record does not name, may still be one of the agent's own, renewed
+// while the datastore was unavailable: an agent SVID for an agent ID,
+// signed after the record last changed. Who signed it is checked apart
+// (signedByServer).
+func mayBeUnrecorded(id spiffeid.ID, leaf *x509.Certificate, a *datastore.Agent) bool {
+	return entry.IsAgentID(id) && x509ca.IsAgentSVID(leaf) && issuedAfter(leaf, a)
 }
 
 // serverCAs returns the certificates of the X.509 CA keys listed in keys
@@ -93,7 +108,7 @@ func (ix *index) certStatusLocked(id spiffeid.ID, leaf *x509.Certificate) agentS
 			return agentBanned
 		}
 		return agentOK
-	case !issuedAfter(leaf, a):
+	case !mayBeUnrecorded(id, leaf, a):
 		return agentUnknown
 	case a.Banned:
 		return agentBanned
@@ -124,7 +139,7 @@ func (s *Service) recordRenewal(ctx context.Context, id spiffeid.ID, leaf *x509.
 			return errAgentBanned
 		case a.SerialNumber == serial || a.PrevSerialNumber == serial:
 			return errAgentRecorded
-		case !issuedAfter(leaf, a):
+		case !mayBeUnrecorded(id, leaf, a):
 			return errAgentChanged
 		}
 		prev = a.SerialNumber

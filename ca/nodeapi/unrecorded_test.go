@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
 	"google.golang.org/grpc/codes"
 
 	nodev1 "writ.dev/writ/ca/api/node/v1"
@@ -45,7 +46,7 @@ func TestUnrecordedAgentSVID(t *testing.T) {
 	sign := func(iss *x509ca.Issuer) (*x509.Certificate, error) {
 		t.Helper()
 		key := newKey(t)
-		der, err := x509ca.SignX509SVID(e.clock.Now(), iss, x509ca.SVIDParams{ID: b.id, TTL: time.Hour, PublicKey: key.Public()})
+		der, err := x509ca.SignX509SVID(e.clock.Now(), iss, x509ca.SVIDParams{ID: b.id, TTL: time.Hour, PublicKey: key.Public(), Agent: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -67,7 +68,7 @@ func TestUnrecordedAgentSVID(t *testing.T) {
 	e.clock.Advance(time.Minute)
 	old := server
 	oldKey := newKey(t)
-	oldDER, err := x509ca.SignX509SVID(e.clock.Now(), old, x509ca.SVIDParams{ID: b.id, TTL: time.Hour, PublicKey: oldKey.Public()})
+	oldDER, err := x509ca.SignX509SVID(e.clock.Now(), old, x509ca.SVIDParams{ID: b.id, TTL: time.Hour, PublicKey: oldKey.Public(), Agent: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,4 +101,70 @@ func TestUnrecordedAgentSVID(t *testing.T) {
 	e.clock.Advance(time.Minute)
 	_, err = sign(server)
 	wantCode(t, err, codes.PermissionDenied, "agent is banned")
+}
+
+// TestUnrecordedNeedsAgentSVID: only an agent SVID for an agent ID takes
+// the unrecorded path. A workload SVID the server signed for an agent's
+// ID, and any certificate for a legacy agent ID (outside /writ/agent/,
+// which a workload entry may use), authenticate only by the record's
+// serials, and are never recorded.
+func TestUnrecordedNeedsAgentSVID(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	b := e.attest(agentB)
+	legacy := spiffeid.RequireFromString("spiffe://example.org/node1")
+	now := e.clock.Now()
+	if err := e.store.CreateAgent(ctxT(t), &datastore.Agent{SPIFFEID: legacy, AttestationType: "join_token", SerialNumber: "12345", CertNotAfter: now.Add(time.Hour), CreatedAt: now, UpdatedAt: now}); err != nil {
+		t.Fatal(err)
+	}
+	server := e.km.Active().X509
+
+	// call signs an SVID for id with the server's CA now, and returns
+	// it and the result of an authenticated call with it.
+	call := func(id spiffeid.ID, agent bool) (*x509.Certificate, error) {
+		t.Helper()
+		key := newKey(t)
+		der, err := x509ca.SignX509SVID(e.clock.Now(), server, x509ca.SVIDParams{ID: id, TTL: time.Hour, PublicKey: key.Public(), Agent: agent})
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cert := &tls.Certificate{Certificate: server.SVIDChain(der), PrivateKey: key, Leaf: leaf}
+		_, err = e.client(cert).BatchSignX509SVID(ctxT(t), &nodev1.BatchSignX509SVIDRequest{})
+		return leaf, err
+	}
+	unchanged := func(id spiffeid.ID, serial string) {
+		t.Helper()
+		if r := e.fetchAgent(id); r.SerialNumber != serial || r.PrevSerialNumber != "" {
+			t.Fatalf("record of %s names %s (previous %q), want %s", id, r.SerialNumber, r.PrevSerialNumber, serial)
+		}
+	}
+
+	e.clock.Advance(time.Minute)
+	_, err := call(b.id, false)
+	wantCode(t, err, codes.PermissionDenied, "agent is not attested")
+	unchanged(b.id, b.serial())
+	for _, agent := range []bool{false, true} {
+		_, err := call(legacy, agent)
+		wantCode(t, err, codes.PermissionDenied, "agent is not attested")
+		unchanged(legacy, "12345")
+	}
+
+	// The legacy agent still authenticates with the SVID its record
+	// names.
+	key := newKey(t)
+	der, err := x509ca.SignX509SVID(e.clock.Now(), server, x509ca.SVIDParams{ID: legacy, TTL: time.Hour, PublicKey: key.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, _ := x509.ParseCertificate(der)
+	if _, err := e.store.UpdateAgent(ctxT(t), legacy, func(r *datastore.Agent) error { r.SerialNumber = leaf.SerialNumber.String(); return nil }); err != nil {
+		t.Fatal(err)
+	}
+	cert := &tls.Certificate{Certificate: server.SVIDChain(der), PrivateKey: key, Leaf: leaf}
+	if _, err := e.client(cert).BatchSignX509SVID(ctxT(t), &nodev1.BatchSignX509SVIDRequest{}); err != nil {
+		t.Fatalf("legacy agent with its recorded SVID: %v", err)
+	}
 }
