@@ -68,8 +68,11 @@
 // passes four checks: it verifies against the current bundle at the
 // current time (on the handshake, on resumed sessions, and again on each
 // call); its SPIFFE ID has an agent record; its serial is the record's
-// SerialNumber or PrevSerialNumber; and the agent is not banned. A workload
-// SVID whose ID is an agent's fails on the serial. A method with no entry in
+// SerialNumber or PrevSerialNumber, and a server CA of the deployment (one
+// of the X.509 CA keys the datastore lists, tainted ones included) signed
+// it directly; and the agent is not banned. A workload SVID whose ID is an
+// agent's fails on the serial; a certificate a downstream CA signed with
+// an agent's serial fails on its issuer. A method with no entry in
 // the policy table is refused. Refusals say only "agent is not attested" or
 // "agent is banned".
 //

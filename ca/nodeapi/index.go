@@ -62,6 +62,10 @@ type bundleState struct {
 	// the bundle was read, tainted ones left out: the issuers of agent
 	// SVIDs. Never modified.
 	serverCAs []*x509.Certificate
+	// agentIssuers are the CA certificates of every X.509 key of the
+	// servers, tainted ones included: the certificate an agent record
+	// names must have been signed by one. Never modified.
+	agentIssuers []*x509.Certificate
 	// peers remembers the client chains verified against roots (the
 	// only part of a bundleState that changes after it is published).
 	peers peerCache
@@ -525,7 +529,7 @@ func (ix *index) refreshBundle(ctx context.Context) error {
 		return fmt.Errorf("list CA keys: %w", err)
 	}
 	st.tainted = ix.taintedAuthorities(keys)
-	st.serverCAs = ix.serverCAs(keys)
+	st.serverCAs, st.agentIssuers = ix.serverCAs(keys)
 	ix.bundle.Store(st)
 	return nil
 }

@@ -68,21 +68,24 @@ func mayBeUnrecorded(id spiffeid.ID, leaf *x509.Certificate, a *datastore.Agent)
 }
 
 // serverCAs returns the certificates of the X.509 CA keys listed in keys
-// that may sign agent SVIDs: every server's, tainted ones left out.
-func (ix *index) serverCAs(keys []*datastore.CAKey) []*x509.Certificate {
-	var cas []*x509.Certificate
+// that may sign agent SVIDs: every server's, tainted ones left out (cas),
+// and with them (all).
+func (ix *index) serverCAs(keys []*datastore.CAKey) (cas, all []*x509.Certificate) {
 	for _, k := range keys {
-		if k.Kind != datastore.CAKeyX509 || k.State == datastore.CAKeyTainted || len(k.CertDER) == 0 {
+		if k.Kind != datastore.CAKeyX509 || len(k.CertDER) == 0 {
 			continue
 		}
 		certs, err := x509.ParseCertificates(k.CertDER)
 		if err != nil {
-			ix.log.Warn("CA key record is corrupt; agent SVIDs it signed authenticate only by serial", logkey.KeyID, k.ID, logkey.Error, err.Error())
+			ix.log.Warn("CA key record is corrupt; agent SVIDs it signed do not authenticate", logkey.KeyID, k.ID, logkey.Error, err.Error())
 			continue
 		}
-		cas = append(cas, certs[0])
+		all = append(all, certs[0])
+		if k.State != datastore.CAKeyTainted {
+			cas = append(cas, certs[0])
+		}
 	}
-	return cas
+	return cas, all
 }
 
 // signedByServer reports whether one of cas signed leaf.
@@ -104,6 +107,13 @@ func (ix *index) certStatusLocked(id spiffeid.ID, leaf *x509.Certificate) agentS
 	case a == nil:
 		return agentUnknown
 	case a.SerialNumber == serial || a.PrevSerialNumber == serial:
+		// A downstream CA may sign names of the trust domain, and
+		// serials are no secret: the serial authenticates only a
+		// certificate a server CA signed (a tainted one too, so that
+		// agents can renew away from it).
+		if b := ix.bundle.Load(); b == nil || !signedByServer(leaf, b.agentIssuers) {
+			return agentUnknown
+		}
 		if a.Banned {
 			return agentBanned
 		}

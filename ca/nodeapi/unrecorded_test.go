@@ -1,8 +1,10 @@
 package nodeapi_test
 
 import (
+	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"testing"
 	"time"
 
@@ -15,6 +17,28 @@ import (
 	"writ.dev/writ/ca/x509ca"
 )
 
+// mintDownstream returns a downstream CA of the trust domain, minted for
+// a downstream entry of agent a.
+func (e *env) mintDownstream(a *agent) *x509ca.Issuer {
+	t := e.t
+	t.Helper()
+	down := e.createEntry("spiffe://example.org/regional", a.id.String(), func(en *entry.Entry) { en.Downstream = true })
+	caKey := newKey(t)
+	resp, err := a.client.MintDownstreamX509CA(ctxT(t), &nodev1.MintDownstreamX509CARequest{EntryId: down.ID, Csr: caCSR(t.(*testing.T), caKey, []string{"spiffe://example.org"})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var chain []*x509.Certificate
+	for _, der := range resp.CaChain {
+		c, err := x509.ParseCertificate(der)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain = append(chain, c)
+	}
+	return &x509ca.Issuer{Cert: chain[0], Signer: caKey, Chain: chain}
+}
+
 // TestUnrecordedAgentSVID: an agent SVID its record does not name (as
 // one renewed while the datastore was unavailable) authenticates only if
 // a server CA signed it after the record last changed, and is then
@@ -24,21 +48,7 @@ func TestUnrecordedAgentSVID(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	a := e.attest(agentA)
 	b := e.attest(agentB)
-	down := e.createEntry("spiffe://example.org/regional", agentA, func(en *entry.Entry) { en.Downstream = true })
-	caKey := newKey(t)
-	resp, err := a.client.MintDownstreamX509CA(ctxT(t), &nodev1.MintDownstreamX509CARequest{EntryId: down.ID, Csr: caCSR(t, caKey, []string{"spiffe://example.org"})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var downChain []*x509.Certificate
-	for _, der := range resp.CaChain {
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		downChain = append(downChain, c)
-	}
-	downstream := &x509ca.Issuer{Cert: downChain[0], Signer: caKey, Chain: downChain}
+	downstream := e.mintDownstream(a)
 	server := e.km.Active().X509
 
 	// sign makes an SVID for agent B signed by iss now, and returns
@@ -60,7 +70,7 @@ func TestUnrecordedAgentSVID(t *testing.T) {
 	}
 
 	e.clock.Advance(time.Minute)
-	_, err = sign(downstream)
+	_, err := sign(downstream)
 	wantCode(t, err, codes.PermissionDenied, "agent is not attested")
 
 	// Signed by the server, but before the record last changed (as by
@@ -166,5 +176,67 @@ func TestUnrecordedNeedsAgentSVID(t *testing.T) {
 	cert := &tls.Certificate{Certificate: server.SVIDChain(der), PrivateKey: key, Leaf: leaf}
 	if _, err := e.client(cert).BatchSignX509SVID(ctxT(t), &nodev1.BatchSignX509SVIDRequest{}); err != nil {
 		t.Fatalf("legacy agent with its recorded SVID: %v", err)
+	}
+}
+
+// TestRecordedSerialNeedsServerCA: the serials an agent record names
+// authenticate only certificates a server CA signed. A downstream CA,
+// whose certificates verify against the same bundle, cannot copy an
+// agent's serial (serials are logged and shown); an agent whose SVID a
+// since tainted CA signed still renews.
+func TestRecordedSerialNeedsServerCA(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	a := e.attest(agentA)
+	b := e.attest(agentB)
+	downstream := e.mintDownstream(a)
+
+	key := newKey(t)
+	l := b.leaf
+	tmpl := &x509.Certificate{
+		SerialNumber:          l.SerialNumber,
+		Subject:               l.Subject,
+		NotBefore:             l.NotBefore,
+		NotAfter:              l.NotAfter,
+		BasicConstraintsValid: true,
+		KeyUsage:              l.KeyUsage,
+		ExtKeyUsage:           l.ExtKeyUsage,
+		URIs:                  l.URIs,
+		Policies:              l.Policies,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, downstream.Cert, key.Public(), downstream.Signer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forged, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := &tls.Certificate{Certificate: downstream.SVIDChain(der), PrivateKey: key, Leaf: forged}
+	_, err = e.client(cert).BatchSignX509SVID(ctxT(t), &nodev1.BatchSignX509SVIDRequest{})
+	wantCode(t, err, codes.PermissionDenied, "agent is not attested")
+	if r := e.fetchAgent(b.id); r.SerialNumber != b.serial() || r.PrevSerialNumber != "" {
+		t.Fatalf("record names %s (previous %q), want %s", r.SerialNumber, r.PrevSerialNumber, b.serial())
+	}
+
+	// Taint the CA that signed b's SVID: b renews from it.
+	km := e.km.Manager
+	tainted := hex.EncodeToString(km.Active().X509.Cert.SubjectKeyId)
+	if _, err := km.Rotate(ctxT(t), nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := km.Taint(ctxT(t), datastore.CAKeyX509, tainted); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the index to see the taint", func() bool {
+		m := e.sync(a).next()
+		return m.Tainted != nil && len(m.Tainted.X509AuthorityIds) == 1
+	})
+	resp, err := e.client(b.cert).RenewAgent(ctxT(t), &nodev1.RenewAgentRequest{Csr: newCSR(t, b.key)})
+	if err != nil {
+		t.Fatalf("renewal from an SVID of the tainted CA: %v", err)
+	}
+	b.setSVID(t, resp.SvidChain)
+	if _, err := e.client(b.cert).BatchSignX509SVID(ctxT(t), &nodev1.BatchSignX509SVIDRequest{}); err != nil {
+		t.Fatalf("renewed SVID: %v", err)
 	}
 }
