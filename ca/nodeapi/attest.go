@@ -423,7 +423,13 @@ func (h *handler) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest)
 		// authenticates the agent as one signed after the record last
 		// changed, at this server and the others, and is recorded at
 		// the agent's first call once the datastore is back.
+		if !s.idx.readRecently() {
+			s.log.LogAttrs(ctx, slog.LevelWarn, "agent SVID renewal refused: the datastore is unavailable and the agent list was last read more than an agent SVID TTL ago", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.Serial, c.serial))
+			return nil, status.Error(codes.Unavailable, msgUnavailable)
+		}
 		switch s.idx.certStatus(c.id, c.chain[0]) {
+		case agentStale:
+			return nil, status.Error(codes.Unavailable, msgUnavailable)
 		case agentBanned:
 			return nil, s.deny(ctx, c.method, c.id, c.serial, "agent is banned", msgBanned)
 		case agentUnknown:

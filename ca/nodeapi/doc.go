@@ -92,6 +92,10 @@
 // again, the agent's next call to any server records that certificate as
 // the current one (the recorded one becoming the previous), and the usual
 // rule applies again.
+// A server does all this only while its last successful read of the
+// datastore is at most one agent SVID TTL old; beyond that it refuses
+// both with Unavailable, so that a ban written meanwhile through another
+// server applies everywhere within about two agent SVID lifetimes.
 //
 // Evicting or banning an agent, rotating its certificate away (two
 // renewals), or removing its CA from the bundle ends its open Sync streams.

@@ -38,6 +38,13 @@ import (
 //     re-attestation or an unban, never passes;
 //   - the record exists and is not banned.
 //
+// All of this holds only while the server's last successful read of the
+// datastore is at most one agent SVID TTL (Config.DefaultX509SVIDTTL)
+// old; beyond that such a certificate, and RenewAgent while the
+// datastore is unavailable, are refused as Unavailable. A ban made
+// meanwhile at a server that can write it thus applies everywhere within
+// about two agent SVID lifetimes of the last read.
+//
 // With the datastore up, a server that meets such a certificate records
 // it as the agent's current one (the record's current serial becomes the
 // previous), at the agent's first call; every server of the deployment
@@ -126,7 +133,20 @@ func (ix *index) certStatusLocked(id spiffeid.ID, leaf *x509.Certificate) agentS
 	if b := ix.bundle.Load(); b == nil || !signedByServer(leaf, b.serverCAs) {
 		return agentUnknown
 	}
+	if !ix.readRecently() {
+		return agentStale
+	}
 	return agentUnrecorded
+}
+
+// readRecently reports whether the index brought itself up to date with
+// the datastore within the last readBound: only then does it judge
+// unrecorded agent SVIDs, or let RenewAgent sign unrecorded ones, from
+// its agent records. A server cut off from the datastore longer would
+// otherwise keep renewing an agent banned meanwhile at another server.
+func (ix *index) readRecently() bool {
+	last := ix.lastRead.Load()
+	return last != 0 && ix.clock.Now().Sub(time.Unix(0, last)) <= ix.readBound
 }
 
 // certStatus is certStatusLocked taking the lock.
