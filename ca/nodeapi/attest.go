@@ -408,7 +408,11 @@ func (h *handler) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest)
 		a.PrevSerialNumber = c.serial
 		a.SerialNumber = serial
 		a.CertNotAfter = leaf.NotAfter
-		a.UpdatedAt = now
+		// Never backwards: recordRenewal may have stored the signing
+		// time of a server whose clock runs ahead.
+		if now.After(a.UpdatedAt) {
+			a.UpdatedAt = now
+		}
 		return nil
 	})
 	switch {
@@ -434,6 +438,12 @@ func (h *handler) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest)
 			return nil, s.deny(ctx, c.method, c.id, c.serial, "agent is banned", msgBanned)
 		case agentUnknown:
 			return nil, s.deny(ctx, c.method, c.id, c.serial, "no agent record for this certificate", msgNotAttested)
+		}
+		if st := s.idx.certStatus(c.id, leaf); st != agentUnrecorded {
+			// (The record changed after this server's clock says it
+			// signed, or the index does not list the active CA yet.)
+			s.log.LogAttrs(ctx, slog.LevelWarn, "agent SVID renewal refused: the datastore is unavailable and the new SVID would not authenticate unrecorded", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.Serial, c.serial))
+			return nil, status.Error(codes.Unavailable, msgUnavailable)
 		}
 		s.log.LogAttrs(ctx, slog.LevelWarn, "agent SVID renewed while the datastore is unavailable; the agent record will name it once the datastore is back", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.Serial, serial), slog.String("prev_serial", c.serial), slog.Time(logkey.NotAfter, leaf.NotAfter))
 		return &nodev1.RenewAgentResponse{SvidChain: chain}, nil

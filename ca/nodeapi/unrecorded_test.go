@@ -240,3 +240,25 @@ func TestRecordedSerialNeedsServerCA(t *testing.T) {
 		t.Fatalf("renewed SVID: %v", err)
 	}
 }
+
+// TestRenewAgentKeepsLaterUpdatedAt: a renewal never moves the record's
+// UpdatedAt backwards (a server whose clock runs ahead may have recorded
+// a later signing time), or an SVID signed before it could pass as
+// signed after it.
+func TestRenewAgentKeepsLaterUpdatedAt(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	b := e.attest(agentB)
+	ahead := e.clock.Now().Add(10 * time.Minute)
+	if _, err := e.store.UpdateAgent(ctxT(t), b.id, func(r *datastore.Agent) error { r.UpdatedAt = ahead; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Advance(time.Minute)
+	resp, err := b.client.RenewAgent(ctxT(t), &nodev1.RenewAgentRequest{Csr: newCSR(t, b.key)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.setSVID(t, resp.SvidChain)
+	if r := e.fetchAgent(b.id); r.SerialNumber != b.serial() || !r.UpdatedAt.Equal(ahead) {
+		t.Fatalf("record names %s, UpdatedAt %s; want %s, %s", r.SerialNumber, r.UpdatedAt, b.serial(), ahead)
+	}
+}
