@@ -3,6 +3,8 @@ package admin
 import (
 	"context"
 	"fmt"
+	"time"
+
 	"writ.dev/writ/ca/datastore"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -94,11 +96,22 @@ func (s *Service) setBanned(ctx context.Context, rawID string, banned bool) (*ad
 	now := s.clock.Now()
 	updated, err := s.store.UpdateAgent(ctx, id, func(a *datastore.Agent) error {
 		a.Banned = banned
-		a.UpdatedAt = now
+		// Never backwards: a server whose clock runs ahead may have
+		// recorded a later time (the node API compares agent SVIDs'
+		// signing times with it).
+		a.UpdatedAt = laterTime(a.UpdatedAt, now)
 		return nil
 	})
 	if err != nil {
 		return nil, s.storeError(ctx, "update agent", err, msgAgentNotFound(id), "")
 	}
 	return agentToWire(updated), nil
+}
+
+// laterTime returns the later of a and b.
+func laterTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
 }

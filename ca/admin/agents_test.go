@@ -182,6 +182,21 @@ func TestBanUnbanAgent(t *testing.T) {
 			t.Errorf("%s: stored %v, %v; want %v", st.name, stored, err, w)
 		}
 	}
+	// A later UpdatedAt (stored by a server whose clock runs ahead) is
+	// kept: it never moves backwards.
+	ahead := e.clock.Now().Add(time.Hour).Truncate(time.Second)
+	if _, err := e.store.UpdateAgent(ctxT(t), spiffeid.RequireFromString(agentID), func(a *datastore.Agent) error { a.UpdatedAt = ahead; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	for _, call := range []func(string) (*adminv1.Agent, error){ban, unban} {
+		got, err := call(agentID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got.UpdatedAt != ahead.Unix() {
+			t.Errorf("UpdatedAt = %d, want the later %d kept", got.UpdatedAt, ahead.Unix())
+		}
+	}
 	for _, tt := range agentIDCases() {
 		t.Run(tt.name, func(t *testing.T) {
 			if _, err := ban(tt.id); status.Code(err) != tt.want {

@@ -364,7 +364,7 @@ func (s *Service) signAgentSVID(now time.Time, id spiffeid.ID, pub crypto.Public
 		return nil, nil, errors.New("no active X.509 CA")
 	}
 	began := s.clock.Now()
-	der, err := x509ca.SignX509SVID(now, a.X509, x509ca.SVIDParams{ID: id, TTL: s.x509TTL, PublicKey: pub})
+	der, err := x509ca.SignX509SVID(now, a.X509, x509ca.SVIDParams{ID: id, TTL: s.x509TTL, PublicKey: pub, Agent: true})
 	if err != nil {
 		return nil, nil, err
 	}
@@ -399,7 +399,7 @@ func (h *handler) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest)
 		switch {
 		case a.Banned:
 			return errAgentBanned
-		case a.SerialNumber != c.serial && a.PrevSerialNumber != c.serial && !issuedAfter(c.chain[0], a):
+		case a.SerialNumber != c.serial && a.PrevSerialNumber != c.serial && !mayBeUnrecorded(c.id, c.chain[0], a):
 			// (A certificate signed after the record last changed is
 			// one renewed while the datastore was unavailable, and
 			// authenticated as such.)
@@ -408,7 +408,11 @@ func (h *handler) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest)
 		a.PrevSerialNumber = c.serial
 		a.SerialNumber = serial
 		a.CertNotAfter = leaf.NotAfter
-		a.UpdatedAt = now
+		// Never backwards: recordRenewal may have stored the signing
+		// time of a server whose clock runs ahead.
+		if now.After(a.UpdatedAt) {
+			a.UpdatedAt = now
+		}
 		return nil
 	})
 	switch {
@@ -423,11 +427,23 @@ func (h *handler) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest)
 		// authenticates the agent as one signed after the record last
 		// changed, at this server and the others, and is recorded at
 		// the agent's first call once the datastore is back.
+		if !s.idx.readRecently() {
+			s.log.LogAttrs(ctx, slog.LevelWarn, "agent SVID renewal refused: the datastore is unavailable and the agent list was last read more than an agent SVID TTL ago", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.Serial, c.serial))
+			return nil, status.Error(codes.Unavailable, msgUnavailable)
+		}
 		switch s.idx.certStatus(c.id, c.chain[0]) {
+		case agentStale:
+			return nil, status.Error(codes.Unavailable, msgUnavailable)
 		case agentBanned:
 			return nil, s.deny(ctx, c.method, c.id, c.serial, "agent is banned", msgBanned)
 		case agentUnknown:
 			return nil, s.deny(ctx, c.method, c.id, c.serial, "no agent record for this certificate", msgNotAttested)
+		}
+		if st := s.idx.certStatus(c.id, leaf); st != agentUnrecorded {
+			// (The record changed after this server's clock says it
+			// signed, or the index does not list the active CA yet.)
+			s.log.LogAttrs(ctx, slog.LevelWarn, "agent SVID renewal refused: the datastore is unavailable and the new SVID would not authenticate unrecorded", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.Serial, c.serial))
+			return nil, status.Error(codes.Unavailable, msgUnavailable)
 		}
 		s.log.LogAttrs(ctx, slog.LevelWarn, "agent SVID renewed while the datastore is unavailable; the agent record will name it once the datastore is back", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.Serial, serial), slog.String("prev_serial", c.serial), slog.Time(logkey.NotAfter, leaf.NotAfter))
 		return &nodev1.RenewAgentResponse{SvidChain: chain}, nil

@@ -155,7 +155,7 @@ func (s *Service) authenticate(ctx context.Context, method string) (*caller, err
 	}
 	serial := chain[0].SerialNumber.String()
 	st := s.idx.certStatus(id, chain[0])
-	if st == agentUnknown || st == agentUnrecorded {
+	if st == agentUnknown || st == agentUnrecorded || st == agentStale {
 		// The agent may have just attested or renewed and the index not
 		// yet seen it: wait until it has applied every committed change.
 		err := s.idx.catchUp(ctx)
@@ -176,6 +176,9 @@ func (s *Service) authenticate(ctx context.Context, method string) (*caller, err
 		return nil, s.deny(ctx, method, id, serial, "agent is banned", msgBanned)
 	case agentUnknown:
 		return nil, s.deny(ctx, method, id, serial, "no agent record for this certificate", msgNotAttested)
+	case agentStale:
+		s.log.LogAttrs(ctx, slog.LevelWarn, "node API call refused: the agent SVID is not recorded and the agent list was last read too long ago to judge it", slog.String(logkey.Method, method), slog.String(logkey.SPIFFEID, id.String()), slog.String(logkey.Serial, serial))
+		return nil, status.Error(codes.Unavailable, msgUnavailable)
 	case agentUnrecorded:
 		s.log.LogAttrs(ctx, slog.LevelDebug, "agent authenticated by an SVID its record does not name yet; the datastore is unavailable", slog.String(logkey.Method, method), slog.String(logkey.SPIFFEID, id.String()), slog.String(logkey.Serial, serial))
 	}

@@ -68,8 +68,11 @@
 // passes four checks: it verifies against the current bundle at the
 // current time (on the handshake, on resumed sessions, and again on each
 // call); its SPIFFE ID has an agent record; its serial is the record's
-// SerialNumber or PrevSerialNumber; and the agent is not banned. A workload
-// SVID whose ID is an agent's fails on the serial. A method with no entry in
+// SerialNumber or PrevSerialNumber, and a server CA of the deployment (one
+// of the X.509 CA keys the datastore lists, tainted ones included) signed
+// it directly; and the agent is not banned. A workload SVID whose ID is an
+// agent's fails on the serial; a certificate a downstream CA signed with
+// an agent's serial fails on its issuer. A method with no entry in
 // the policy table is refused. Refusals say only "agent is not attested" or
 // "agent is banned".
 //
@@ -77,7 +80,10 @@
 // not record. While the datastore is unavailable, RenewAgent still signs
 // (with the server's own key) for an agent whose last known record exists
 // and is not banned, and returns the new SVID unrecorded. A certificate
-// the record does not name authenticates its agent if a server CA of the
+// the record does not name authenticates its agent if it is an agent SVID
+// (it carries x509ca.OIDAgentSVID, which only agent SVIDs do) for an ID
+// under /writ/agent/ (a legacy agent ID outside it, which a workload
+// entry may share, authenticates only by serial), a server CA of the
 // deployment (one of the X.509 CA keys the datastore lists, not tainted,
 // never a downstream CA) signed it directly after the record last changed
 // (NotBefore plus x509ca.Backdate later than UpdatedAt), and the record
@@ -86,6 +92,10 @@
 // again, the agent's next call to any server records that certificate as
 // the current one (the recorded one becoming the previous), and the usual
 // rule applies again.
+// A server does all this only while its last successful read of the
+// datastore is at most one agent SVID TTL old; beyond that it refuses
+// both with Unavailable, so that a ban written meanwhile through another
+// server applies everywhere within about two agent SVID lifetimes.
 //
 // Evicting or banning an agent, rotating its certificate away (two
 // renewals), or removing its CA from the bundle ends its open Sync streams.

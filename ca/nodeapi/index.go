@@ -62,6 +62,10 @@ type bundleState struct {
 	// the bundle was read, tainted ones left out: the issuers of agent
 	// SVIDs. Never modified.
 	serverCAs []*x509.Certificate
+	// agentIssuers are the CA certificates of every X.509 key of the
+	// servers, tainted ones included: the certificate an agent record
+	// names must have been signed by one. Never modified.
+	agentIssuers []*x509.Certificate
 	// peers remembers the client chains verified against roots (the
 	// only part of a bundleState that changes after it is published).
 	peers peerCache
@@ -80,6 +84,9 @@ const (
 	// Writ server signed it after the record last changed (a renewal
 	// the datastore could not record; see unrecorded.go).
 	agentUnrecorded
+	// agentStale: as agentUnrecorded, but the index has not read the
+	// datastore for longer than it may judge such a certificate.
+	agentStale
 )
 
 // index is the in-memory copy of every entry (by ID and by parent), every
@@ -94,6 +101,15 @@ type index struct {
 
 	// serverID is the parent of node alias entries.
 	serverID spiffeid.ID
+	// readBound is how long after its last successful read of the
+	// datastore the index still accepts unrecorded agent SVIDs and lets
+	// RenewAgent sign while the datastore is unavailable: the agent SVID
+	// TTL (see unrecorded.go).
+	readBound time.Duration
+	// lastRead is when (clock time, Unix nanoseconds) the last pass that
+	// brought the index up to date with the store began.
+	lastRead atomic.Int64
+
 	// parent, if not nil, adds a parent deployment's tainted X.509
 	// authorities to the tainted set (read with each new bundle).
 	parent ParentTaint
@@ -179,7 +195,11 @@ func (ix *index) run(ctx context.Context, onLoad, onPass func()) {
 	}()
 	for {
 		waiters := ix.takeWaiters()
+		began := ix.clock.Now()
 		err := ix.pass(ctx, &needLoad, onLoad)
+		if err == nil {
+			ix.lastRead.Store(began.UnixNano())
+		}
 		ix.release(waiters, err)
 		onPass()
 		if err != nil && ctx.Err() == nil {
@@ -525,7 +545,7 @@ func (ix *index) refreshBundle(ctx context.Context) error {
 		return fmt.Errorf("list CA keys: %w", err)
 	}
 	st.tainted = ix.taintedAuthorities(keys)
-	st.serverCAs = ix.serverCAs(keys)
+	st.serverCAs, st.agentIssuers = ix.serverCAs(keys)
 	ix.bundle.Store(st)
 	return nil
 }

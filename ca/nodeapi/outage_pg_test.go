@@ -299,3 +299,65 @@ func TestAgentRenewalSurvivesDatastoreOutage(t *testing.T) {
 		}
 	}
 }
+
+// TestOutageRenewalBounded: a server cut off from the datastore renews
+// agents, and accepts the SVIDs it renewed, only while its last read of
+// the agent records is at most an agent SVID TTL old, so that a ban
+// made meanwhile where the datastore answers applies within a bounded
+// time. Beyond that both are refused as Unavailable.
+func TestOutageRenewalBounded(t *testing.T) {
+	cluster := pgtest.New(t)
+	dsn := cluster.NewDatabase(t)
+	clk := fakeclock.New(testStart())
+	s := newPGServer(t, dsn, "server-a", clk)
+	ctx := ctxT(t)
+	var roots *spiffebundle.Bundle
+	eventually(t, "bundle with the CA", func() bool {
+		bn, err := s.store.FetchBundle(ctx, td)
+		if err != nil {
+			t.Fatal(err)
+		}
+		roots = bn
+		return len(bn.X509Authorities()) == 1
+	})
+	tok := jointoken.New()
+	id := spiffeid.RequireFromString("spiffe://example.org/writ/agent/n1")
+	if err := s.store.CreateJoinToken(ctx, &datastore.JoinToken{Hash: jointoken.Hash(tok), SPIFFEID: id, ExpiresAt: clk.Now().Add(time.Hour), CreatedAt: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	ag := &agent{id: id, key: newKey(t)}
+	resp, err := pgClient(t, s.addr, roots, clk, nil).Attest(ctx, &nodev1.AttestRequest{JoinToken: tok, Csr: newCSR(t, ag.key)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ag.setSVID(t, resp.SvidChain)
+	// The server has read the agent's record.
+	eventually(t, "agent authenticates", func() bool { return probe(ctx, pgClient(t, s.addr, roots, clk, ag.cert)) == nil })
+	renew := func() ([][]byte, error) {
+		resp, err := pgClient(t, s.addr, roots, clk, ag.cert).RenewAgent(ctx, &nodev1.RenewAgentRequest{Csr: newCSR(t, ag.key)})
+		return resp.GetSvidChain(), err
+	}
+
+	cluster.Stop(t)
+	// Within the bound (the agent SVID TTL, an hour): renewed.
+	clk.Advance(40 * time.Minute)
+	chain, err := renew()
+	if err != nil {
+		t.Fatalf("RenewAgent 40 minutes after the last read: %v", err)
+	}
+	ag.setSVID(t, chain)
+	if err := probe(ctx, pgClient(t, s.addr, roots, clk, ag.cert)); err != nil {
+		t.Fatalf("unrecorded SVID 40 minutes after the last read: %v", err)
+	}
+	// Past it: the unrecorded SVID, still valid, is no longer judged,
+	// and nothing is renewed.
+	clk.Advance(21 * time.Minute)
+	if err := probe(ctx, pgClient(t, s.addr, roots, clk, ag.cert)); status.Code(err) != codes.Unavailable {
+		t.Fatalf("unrecorded SVID 61 minutes after the last read: %v, want Unavailable", err)
+	}
+	if _, err := renew(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("RenewAgent 61 minutes after the last read: %v, want Unavailable", err)
+	}
+	// (The database is dropped at cleanup.)
+	cluster.Start(t)
+}

@@ -244,6 +244,7 @@ func New(cfg Config) (*Service, error) {
 	s.idx = newIndex(cfg.Store, cfg.TrustDomain, cfg.Clock, cfg.Logger)
 	s.idx.parent = cfg.Parent
 	s.idx.serverID = s.serverID
+	s.idx.readBound = s.x509TTL
 	s.attestors = map[string]NodeAttestor{AttestationTypeJoinToken: &joinTokenAttestor{store: cfg.Store, clock: cfg.Clock, metrics: cfg.Metrics}}
 	for _, a := range cfg.NodeAttestors {
 		if a == nil || a.Type() == "" {

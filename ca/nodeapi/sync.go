@@ -139,6 +139,9 @@ func (s *Service) nextMessages(ctx context.Context, c *caller, sub *subscriber, 
 	case agentUnknown:
 		s.idx.mu.RUnlock()
 		return nil, s.deny(ctx, c.method, c.id, c.serial, "agent was evicted or its SVID rotated away", msgNotAttested)
+	case agentStale:
+		s.idx.mu.RUnlock()
+		return nil, status.Error(codes.Unavailable, msgUnavailable)
 	}
 	var nodeSelectors []string
 	if full {

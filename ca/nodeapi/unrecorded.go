@@ -12,6 +12,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
 	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/x509ca"
 	"writ.dev/writ/internal/logkey"
 )
@@ -23,6 +24,11 @@ import (
 // record the server read:
 //
 //   - it verifies against the bundle (as every agent SVID must);
+//   - it is an agent SVID (it carries x509ca.OIDAgentSVID, which only
+//     the signing of agent SVIDs sets) for an agent ID (under
+//     /writ/agent/): a workload SVID never passes, and neither does any
+//     certificate for a legacy agent ID outside /writ/agent/, which a
+//     workload entry may share;
 //   - a Writ server CA signed it directly (one of the X.509 CA keys the
 //     datastore lists, not tainted): a downstream CA, which may sign
 //     names under the trust domain, never passes;
@@ -31,6 +37,13 @@ import (
 //     certificate older than the one the record names, or from before a
 //     re-attestation or an unban, never passes;
 //   - the record exists and is not banned.
+//
+// All of this holds only while the server's last successful read of the
+// datastore is at most one agent SVID TTL (Config.DefaultX509SVIDTTL)
+// old; beyond that such a certificate, and RenewAgent while the
+// datastore is unavailable, are refused as Unavailable. A ban made
+// meanwhile at a server that can write it thus applies everywhere within
+// about two agent SVID lifetimes of the last read.
 //
 // With the datastore up, a server that meets such a certificate records
 // it as the agent's current one (the record's current serial becomes the
@@ -52,22 +65,34 @@ func issuedAfter(leaf *x509.Certificate, a *datastore.Agent) bool {
 	return issuedAt(leaf).After(a.UpdatedAt)
 }
 
+// mayBeUnrecorded reports whether leaf, a certificate for id that a's
+// record does not name, may still be one of the agent's own, renewed
+// while the datastore was unavailable: an agent SVID for an agent ID,
+// signed after the record last changed. Who signed it is checked apart
+// (signedByServer).
+func mayBeUnrecorded(id spiffeid.ID, leaf *x509.Certificate, a *datastore.Agent) bool {
+	return entry.IsAgentID(id) && x509ca.IsAgentSVID(leaf) && issuedAfter(leaf, a)
+}
+
 // serverCAs returns the certificates of the X.509 CA keys listed in keys
-// that may sign agent SVIDs: every server's, tainted ones left out.
-func (ix *index) serverCAs(keys []*datastore.CAKey) []*x509.Certificate {
-	var cas []*x509.Certificate
+// that may sign agent SVIDs: every server's, tainted ones left out (cas),
+// and with them (all).
+func (ix *index) serverCAs(keys []*datastore.CAKey) (cas, all []*x509.Certificate) {
 	for _, k := range keys {
-		if k.Kind != datastore.CAKeyX509 || k.State == datastore.CAKeyTainted || len(k.CertDER) == 0 {
+		if k.Kind != datastore.CAKeyX509 || len(k.CertDER) == 0 {
 			continue
 		}
 		certs, err := x509.ParseCertificates(k.CertDER)
 		if err != nil {
-			ix.log.Warn("CA key record is corrupt; agent SVIDs it signed authenticate only by serial", logkey.KeyID, k.ID, logkey.Error, err.Error())
+			ix.log.Warn("CA key record is corrupt; agent SVIDs it signed do not authenticate", logkey.KeyID, k.ID, logkey.Error, err.Error())
 			continue
 		}
-		cas = append(cas, certs[0])
+		all = append(all, certs[0])
+		if k.State != datastore.CAKeyTainted {
+			cas = append(cas, certs[0])
+		}
 	}
-	return cas
+	return cas, all
 }
 
 // signedByServer reports whether one of cas signed leaf.
@@ -89,11 +114,18 @@ func (ix *index) certStatusLocked(id spiffeid.ID, leaf *x509.Certificate) agentS
 	case a == nil:
 		return agentUnknown
 	case a.SerialNumber == serial || a.PrevSerialNumber == serial:
+		// A downstream CA may sign names of the trust domain, and
+		// serials are no secret: the serial authenticates only a
+		// certificate a server CA signed (a tainted one too, so that
+		// agents can renew away from it).
+		if b := ix.bundle.Load(); b == nil || !signedByServer(leaf, b.agentIssuers) {
+			return agentUnknown
+		}
 		if a.Banned {
 			return agentBanned
 		}
 		return agentOK
-	case !issuedAfter(leaf, a):
+	case !mayBeUnrecorded(id, leaf, a):
 		return agentUnknown
 	case a.Banned:
 		return agentBanned
@@ -101,7 +133,20 @@ func (ix *index) certStatusLocked(id spiffeid.ID, leaf *x509.Certificate) agentS
 	if b := ix.bundle.Load(); b == nil || !signedByServer(leaf, b.serverCAs) {
 		return agentUnknown
 	}
+	if !ix.readRecently() {
+		return agentStale
+	}
 	return agentUnrecorded
+}
+
+// readRecently reports whether the index brought itself up to date with
+// the datastore within the last readBound: only then does it judge
+// unrecorded agent SVIDs, or let RenewAgent sign unrecorded ones, from
+// its agent records. A server cut off from the datastore longer would
+// otherwise keep renewing an agent banned meanwhile at another server.
+func (ix *index) readRecently() bool {
+	last := ix.lastRead.Load()
+	return last != 0 && ix.clock.Now().Sub(time.Unix(0, last)) <= ix.readBound
 }
 
 // certStatus is certStatusLocked taking the lock.
@@ -124,7 +169,7 @@ func (s *Service) recordRenewal(ctx context.Context, id spiffeid.ID, leaf *x509.
 			return errAgentBanned
 		case a.SerialNumber == serial || a.PrevSerialNumber == serial:
 			return errAgentRecorded
-		case !issuedAfter(leaf, a):
+		case !mayBeUnrecorded(id, leaf, a):
 			return errAgentChanged
 		}
 		prev = a.SerialNumber

@@ -30,6 +30,36 @@ type SVIDParams struct {
 	TTL time.Duration
 	// PublicKey must pass CheckPublicKey.
 	PublicKey crypto.PublicKey
+	// Agent marks the SVID as an agent's: it carries the certificate
+	// policy OIDAgentSVID (see IsAgentSVID). Only the signing of agent
+	// SVIDs sets it.
+	Agent bool
+}
+
+// OIDAgentSVID is the certificate policy Writ puts in agent X.509-SVIDs
+// and in no other certificate, so that a server tells an agent SVID from
+// a workload SVID for the same SPIFFE ID. It is a UUID-based OID (ITU-T
+// X.667, arc 2.25), which needs no registration.
+var OIDAgentSVID = mustParseOID("2.25.67647753613530308722418468990168732592")
+
+func mustParseOID(s string) x509.OID {
+	oid, err := x509.ParseOID(s)
+	if err != nil {
+		panic(err)
+	}
+	return oid
+}
+
+// IsAgentSVID reports whether leaf carries the agent SVID policy. Only
+// certificates its issuer's key signed as agent SVIDs do; the caller
+// must check who the issuer is.
+func IsAgentSVID(leaf *x509.Certificate) bool {
+	for _, p := range leaf.Policies {
+		if p.Equal(OIDAgentSVID) {
+			return true
+		}
+	}
+	return false
 }
 
 var svidExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}
@@ -40,7 +70,8 @@ var svidExtKeyUsage = []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKey
 // digitalSignature|keyEncipherment|keyAgreement, ExtKeyUsage serverAuth and
 // clientAuth, a random 128-bit serial, SubjectKeyId from the public key,
 // AuthorityKeyId = the issuer's SubjectKeyId, and Subject O=Writ with
-// CN = p.DNSNames[0] if there is one.
+// CN = p.DNSNames[0] if there is one. An agent SVID (p.Agent) also
+// carries the certificate policy OIDAgentSVID.
 //
 // Validity is [max(now-Backdate, issuer NotBefore), min(now+TTL, issuer
 // NotAfter)], in whole seconds: a leaf never outlives its issuer. It
@@ -121,6 +152,9 @@ func SignX509SVID(now time.Time, iss *Issuer, p SVIDParams) ([]byte, error) {
 		DNSNames:              dns,
 		SubjectKeyId:          subjectKeyID(bits),
 		AuthorityKeyId:        ic.SubjectKeyId,
+	}
+	if p.Agent {
+		tmpl.Policies = []x509.OID{OIDAgentSVID}
 	}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ic, p.PublicKey, iss.Signer)
 	if err != nil {

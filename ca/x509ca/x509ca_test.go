@@ -778,3 +778,37 @@ func TestKeyTypes(t *testing.T) {
 		}
 	}
 }
+
+// Only an SVID signed with Agent set carries the agent policy, and it
+// verifies as an X.509-SVID like any other (here, and with go-spiffe).
+func TestSignX509SVIDAgentPolicy(t *testing.T) {
+	iss := newIssuer(t, t0, keyP256(), 2*time.Hour)
+	id := spiffeid.RequireFromPath(td, "/writ/agent/join_token/n1")
+	pub, err := x509ca.CheckCSR(mustCSR(t, keyP256b(), nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, agent := range []bool{false, true} {
+		der, err := x509ca.SignX509SVID(t0, iss, x509ca.SVIDParams{ID: id, TTL: time.Hour, PublicKey: pub, Agent: agent})
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf := mustParse(t, der)
+		if got := x509ca.IsAgentSVID(leaf); got != agent {
+			t.Errorf("Agent=%v: IsAgentSVID = %v (policies %v)", agent, got, leaf.Policies)
+		}
+		if agent && len(leaf.Policies) != 1 {
+			t.Errorf("policies = %v, want only the agent one", leaf.Policies)
+		}
+		if !agent && len(leaf.Policies) != 0 {
+			t.Errorf("workload SVID has policies %v", leaf.Policies)
+		}
+		bundle := x509bundle.FromX509Authorities(td, []*x509.Certificate{iss.Cert})
+		if _, _, err := x509svid.Verify([]*x509.Certificate{leaf}, bundle, x509svid.WithTime(t0.Add(time.Minute))); err != nil {
+			t.Errorf("Agent=%v: x509svid.Verify: %v", agent, err)
+		}
+		if _, err := x509ca.VerifyX509SVID([]*x509.Certificate{leaf}, []*x509.Certificate{iss.Cert}, t0.Add(time.Minute)); err != nil {
+			t.Errorf("Agent=%v: VerifyX509SVID: %v", agent, err)
+		}
+	}
+}
