@@ -283,14 +283,15 @@ func TestWriteX509FilesCrash(t *testing.T) {
 // previous links and at most two generations, nothing else.
 func checkLayout(t *testing.T, cfg *Config, names []string) {
 	t.Helper()
+	sn := cfg.setNames()
 	gens := 0
 	for _, n := range dirNames(t, cfg.CertDir) {
 		switch {
-		case isGenName(n):
+		case sn.isGen(n):
 			gens++
-		case n == currentLink || n == previousLink:
+		case n == sn.current || n == sn.previous:
 		case slices.Contains(names, n):
-			if target, err := os.Readlink(filepath.Join(cfg.CertDir, n)); err != nil || target != currentLink+"/"+n {
+			if target, err := os.Readlink(filepath.Join(cfg.CertDir, n)); err != nil || target != sn.current+"/"+n {
 				t.Errorf("%s links to %q, %v", n, target, err)
 			}
 		default:
@@ -300,7 +301,7 @@ func checkLayout(t *testing.T, cfg *Config, names []string) {
 	if gens < 1 || gens > 2 {
 		t.Errorf("%d generations in the directory, want 1 or 2", gens)
 	}
-	cur := filepath.Join(cfg.CertDir, currentLink)
+	cur := filepath.Join(cfg.CertDir, sn.current)
 	for _, want := range []struct {
 		name string
 		mode fs.FileMode
@@ -326,7 +327,8 @@ func TestWriteX509FilesForeignGeneration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	foreign := genPrefix + "theirs"
+	sn := cfg.setNames()
+	foreign := sn.genPrefix + "theirs"
 	fdir := filepath.Join(cfg.CertDir, foreign)
 	if err := os.Mkdir(fdir, 0o755); err != nil {
 		t.Fatal(err)
@@ -338,21 +340,21 @@ func TestWriteX509FilesForeignGeneration(t *testing.T) {
 		if err := os.Chmod(filepath.Join(fdir, f.name), f.mode); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Symlink(currentLink+"/"+f.name, filepath.Join(cfg.CertDir, f.name)); err != nil {
+		if err := os.Symlink(sn.current+"/"+f.name, filepath.Join(cfg.CertDir, f.name)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := os.Chown(fdir, int(uid), int(gid)); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(foreign, filepath.Join(cfg.CertDir, currentLink)); err != nil {
+	if err := os.Symlink(foreign, filepath.Join(cfg.CertDir, sn.current)); err != nil {
 		t.Fatal(err)
 	}
 	changed, err := cfg.WriteX509Files(svid, x509bundle.NewSet(own.bundle()))
 	if err != nil || !changed {
 		t.Fatalf("write: changed %v, %v; want a set of Writ's own", changed, err)
 	}
-	if cur, _ := os.Readlink(filepath.Join(cfg.CertDir, currentLink)); cur == foreign || !isGenName(cur) {
+	if cur, _ := os.Readlink(filepath.Join(cfg.CertDir, sn.current)); cur == foreign || !sn.isGen(cur) {
 		t.Fatalf("the current set is %q", cur)
 	}
 	// Their directory stays (it is now the previous set) until it is no
