@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -92,6 +93,11 @@ type Config struct {
 	// (cmd), with CmdArgs split like a shell would, quotes included
 	// (cmd_args).
 	Cmd, CmdArgs string
+
+	// Log, if not nil, is told what a write leaves alone, such as a
+	// stale federated bundle file of another user. New sets it to the
+	// helper's logger if nil.
+	Log *slog.Logger
 
 	// fault, in tests, is called before each step of writing the X.509
 	// files; an error stops the write there, as a crash would.

@@ -268,6 +268,11 @@ func TestWriteX509FilesModes(t *testing.T) {
 	own := newTestIssuer(t, "example.org")
 	cfg := DefaultConfig()
 	cfg.CertDir = t.TempDir()
+	// Made 0777 under umask 0: a directory every user may write to is
+	// refused (TestWriteX509FilesDirWritableByOthers).
+	if err := os.Chmod(cfg.CertDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
 	svid := own.svid(t, "/web")
 	files, err := cfg.x509Files(svid, x509bundle.NewSet(own.bundle()))
 	if err != nil {
@@ -284,7 +289,7 @@ func TestWriteX509FilesModes(t *testing.T) {
 		v.check(t)
 	}
 	checkLayout(t, &cfg, []string{cfg.SVIDFileName, cfg.SVIDKeyFileName, cfg.SVIDBundleFileName})
-	fi, err := os.Stat(filepath.Join(cfg.CertDir, currentLink))
+	fi, err := os.Stat(filepath.Join(cfg.CertDir, cfg.setNames().current))
 	if err != nil || fi.Mode().Perm() != 0o755 {
 		t.Errorf("the generation directory: %v %v, want mode 0755", fi, err)
 	}

@@ -19,14 +19,21 @@
 // the context is removed (only files so named, never directories).
 //
 // The X.509 files change as one set, only if a content or mode changed:
-// each set is written into a new directory .writ-x509.<n> in the
-// certificate directory (files created exclusively, never through a
-// link, fsynced), and one rename of the link .writ-x509 makes it
+// each set is written into a new directory .writ-x509-<id>.<random> in
+// the certificate directory (made, chmodded and filled relative to open
+// directory handles, files created exclusively, never through a link,
+// fsynced), and one rename of the link .writ-x509-<id> makes it
 // current; svid.pem and the other configured paths are links through
-// .writ-x509, so a reader or a crash sees the old set or the new one,
-// never a key with another set's certificate. The set before stays as
-// .writ-x509-previous for readers still opening it; older ones are
-// removed. Files written by earlier versions are replaced by the links
+// .writ-x509-<id>, so a reader or a crash sees the old set or the new
+// one, never a key with another set's certificate. The set before stays
+// as .writ-x509-<id>-previous for readers still opening it; older ones
+// are removed. <id> is a short hash of the three configured X.509 file
+// names: writers of other names sharing the directory never touch each
+// other's sets. Links are made under random names before they are
+// renamed into place, so another user of a shared sticky directory
+// cannot take the names first; files of other users are left alone. A
+// certificate directory writable by every user is refused unless it is
+// sticky (ErrDirWritable). Files written by earlier versions are replaced by the links
 // on the first write (that one write changes file by file). JWT files
 // are replaced each on its own (temporary file, fsync, rename). After a change it sends the renew signal to
 // the command it runs, or to the pid in the pid file; the command is

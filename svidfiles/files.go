@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -73,19 +74,26 @@ func (cfg *Config) x509Files(svid *x509svid.SVID, bundles *x509bundle.Set) ([]fi
 // WriteX509Files writes svid's certificate, key and bundle files and the
 // federated bundle files into cfg.CertDir, as one set that readers see
 // change at once (see writeSet), and removes the federated bundle files
-// of trust domains no longer in bundles. It reports whether anything
-// changed.
+// of trust domains no longer in bundles. It reports whether the files
+// readers see changed: an error with true came after the switch to the
+// new set, in cleaning up, and readers have the new files.
 func (cfg *Config) WriteX509Files(svid *x509svid.SVID, bundles *x509bundle.Set) (bool, error) {
 	files, err := cfg.x509Files(svid, bundles)
 	if err != nil {
 		return false, err
 	}
-	changed, err := writeSet(cfg.CertDir, files, cfg.fault)
+	n := cfg.setNames()
+	changed, err := writeSet(cfg.CertDir, n, files, cfg.fault)
 	if err != nil {
 		return changed, err
 	}
-	removed, err := removeStaleFederated(cfg.CertDir, cfg.keepNames(files))
+	removed, err := removeStaleFederated(cfg.CertDir, n, cfg.keepNames(files), cfg.Log)
 	return changed || removed, err
+}
+
+// setNames are the names of cfg's set of X.509 files in CertDir.
+func (cfg *Config) setNames() setNames {
+	return namesFor(cfg.SVIDFileName, cfg.SVIDKeyFileName, cfg.SVIDBundleFileName)
 }
 
 // keepNames are the names of files, and of every file cfg names: none of
@@ -122,8 +130,11 @@ func isFederatedBundleFileName(name string) bool {
 // removeStaleFederated removes from dir the federated bundle files (by
 // name, regular files or symbolic links, never directories) not in
 // keep: a trust domain that is no longer federated must not stay
-// trusted through a file left behind. It reports whether it removed any.
-func removeStaleFederated(dir string, keep map[string]bool) (bool, error) {
+// trusted through a file left behind. It leaves the files of other
+// users (logged to log, if not nil) and the links into another set's
+// directory (another writer's, with other file names). It reports
+// whether it removed any.
+func removeStaleFederated(dir string, n setNames, keep map[string]bool, log *slog.Logger) (bool, error) {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return false, fmt.Errorf("list %s: %w", dir, err)
@@ -133,6 +144,21 @@ func removeStaleFederated(dir string, keep map[string]bool) (bool, error) {
 		name := e.Name()
 		if keep[name] || !isFederatedBundleFileName(name) || !(e.Type().IsRegular() || e.Type()&fs.ModeSymlink != 0) {
 			continue
+		}
+		fi, err := e.Info()
+		if err != nil {
+			continue // gone already
+		}
+		if !ownedByMe(fi) {
+			if log != nil {
+				log.Warn("leaving a stale federated bundle file of another user", "file", filepath.Join(dir, name))
+			}
+			continue
+		}
+		if e.Type()&fs.ModeSymlink != 0 {
+			if t, err := os.Readlink(filepath.Join(dir, name)); err != nil || (strings.HasPrefix(t, setPrefix) && t != n.current+"/"+name) {
+				continue
+			}
 		}
 		if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return removed, fmt.Errorf("remove the stale %s: %w", name, err)

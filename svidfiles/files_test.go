@@ -5,9 +5,12 @@ import (
 	"crypto/x509"
 	"errors"
 	"io/fs"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -283,14 +286,15 @@ func TestWriteX509FilesCrash(t *testing.T) {
 // previous links and at most two generations, nothing else.
 func checkLayout(t *testing.T, cfg *Config, names []string) {
 	t.Helper()
+	sn := cfg.setNames()
 	gens := 0
 	for _, n := range dirNames(t, cfg.CertDir) {
 		switch {
-		case isGenName(n):
+		case sn.isGen(n):
 			gens++
-		case n == currentLink || n == previousLink:
+		case n == sn.current || n == sn.previous:
 		case slices.Contains(names, n):
-			if target, err := os.Readlink(filepath.Join(cfg.CertDir, n)); err != nil || target != currentLink+"/"+n {
+			if target, err := os.Readlink(filepath.Join(cfg.CertDir, n)); err != nil || target != sn.current+"/"+n {
 				t.Errorf("%s links to %q, %v", n, target, err)
 			}
 		default:
@@ -300,7 +304,7 @@ func checkLayout(t *testing.T, cfg *Config, names []string) {
 	if gens < 1 || gens > 2 {
 		t.Errorf("%d generations in the directory, want 1 or 2", gens)
 	}
-	cur := filepath.Join(cfg.CertDir, currentLink)
+	cur := filepath.Join(cfg.CertDir, sn.current)
 	for _, want := range []struct {
 		name string
 		mode fs.FileMode
@@ -326,7 +330,8 @@ func TestWriteX509FilesForeignGeneration(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	foreign := genPrefix + "theirs"
+	sn := cfg.setNames()
+	foreign := sn.genPrefix + "theirs"
 	fdir := filepath.Join(cfg.CertDir, foreign)
 	if err := os.Mkdir(fdir, 0o755); err != nil {
 		t.Fatal(err)
@@ -338,21 +343,21 @@ func TestWriteX509FilesForeignGeneration(t *testing.T) {
 		if err := os.Chmod(filepath.Join(fdir, f.name), f.mode); err != nil {
 			t.Fatal(err)
 		}
-		if err := os.Symlink(currentLink+"/"+f.name, filepath.Join(cfg.CertDir, f.name)); err != nil {
+		if err := os.Symlink(sn.current+"/"+f.name, filepath.Join(cfg.CertDir, f.name)); err != nil {
 			t.Fatal(err)
 		}
 	}
 	if err := os.Chown(fdir, int(uid), int(gid)); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Symlink(foreign, filepath.Join(cfg.CertDir, currentLink)); err != nil {
+	if err := os.Symlink(foreign, filepath.Join(cfg.CertDir, sn.current)); err != nil {
 		t.Fatal(err)
 	}
 	changed, err := cfg.WriteX509Files(svid, x509bundle.NewSet(own.bundle()))
 	if err != nil || !changed {
 		t.Fatalf("write: changed %v, %v; want a set of Writ's own", changed, err)
 	}
-	if cur, _ := os.Readlink(filepath.Join(cfg.CertDir, currentLink)); cur == foreign || !isGenName(cur) {
+	if cur, _ := os.Readlink(filepath.Join(cfg.CertDir, sn.current)); cur == foreign || !sn.isGen(cur) {
 		t.Fatalf("the current set is %q", cur)
 	}
 	// Their directory stays (it is now the previous set) until it is no
@@ -364,5 +369,172 @@ func TestWriteX509FilesForeignGeneration(t *testing.T) {
 	}
 	if _, err := os.Lstat(fdir); err != nil {
 		t.Errorf("their directory: %v", err)
+	}
+}
+
+// In a shared sticky directory, another user who made the names of
+// temporary links first (as files, as links of theirs) and a federated
+// bundle file of a trust domain not in the context does not stop the
+// write: temporary names are random, and their files are left alone,
+// while a stale federated file of this uid is still removed.
+func TestWriteX509FilesSharedStickyDir(t *testing.T) {
+	testuser.RequireRoot(t)
+	uid, gid := testuser.Lookup(t)
+	own, fed := newTestIssuer(t, "example.org"), newTestIssuer(t, "a.test")
+	cfg := DefaultConfig()
+	cfg.CertDir = filepath.Join(t.TempDir(), "shared")
+	if err := os.Mkdir(cfg.CertDir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(cfg.CertDir, 0o777|fs.ModeSticky); err != nil {
+		t.Fatal(err)
+	}
+	logged := &strings.Builder{}
+	cfg.Log = slog.New(slog.NewTextHandler(logged, nil))
+	// Ours, stale once a.test leaves the context.
+	if _, err := cfg.WriteX509Files(own.svid(t, "/web"), x509bundle.NewSet(own.bundle(), fed.bundle())); err != nil {
+		t.Fatal(err)
+	}
+	theirs := map[string]bool{}
+	put := func(name string, link bool) {
+		p := filepath.Join(cfg.CertDir, name)
+		var err error
+		if link {
+			err = os.Symlink("/nowhere", p)
+		} else {
+			err = os.WriteFile(p, []byte("theirs"), 0o644)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Lchown(p, int(uid), int(gid)); err != nil {
+			t.Fatal(err)
+		}
+		theirs[name] = true
+	}
+	// The names temporary links had before they were random.
+	for _, n := range []string{cfg.SVIDFileName, cfg.SVIDKeyFileName, cfg.SVIDBundleFileName, cfg.setNames().current, cfg.setNames().previous} {
+		put(".writ-link."+n, n == cfg.SVIDKeyFileName)
+	}
+	put(FederatedBundleFileName("b.test", PEM), false)
+	put(FederatedBundleFileName("c.test", PEM), true)
+
+	for range 3 {
+		svid := own.svid(t, "/web")
+		changed, err := cfg.WriteX509Files(svid, x509bundle.NewSet(own.bundle()))
+		if err != nil || !changed {
+			t.Fatalf("write: changed %v, %v", changed, err)
+		}
+		c, k, _, err := readSet(&cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := tls.X509KeyPair(c, k); err != nil || !slices.Equal(c, cfg.encodeCerts(svid.Certificates)) {
+			t.Fatalf("the files are not the new SVID's: %v", err)
+		}
+	}
+	names := dirNames(t, cfg.CertDir)
+	if slices.Contains(names, FederatedBundleFileName("a.test", PEM)) {
+		t.Error("the stale federated bundle file of this uid is still there")
+	}
+	for n := range theirs {
+		fi, err := os.Lstat(filepath.Join(cfg.CertDir, n))
+		if err != nil || fi.Sys().(*syscall.Stat_t).Uid != uid {
+			t.Errorf("%s of the other user: %v %v", n, fi, err)
+		}
+	}
+	if !strings.Contains(logged.String(), FederatedBundleFileName("b.test", PEM)) {
+		t.Errorf("the federated bundle file left alone is not logged: %q", logged.String())
+	}
+}
+
+// A certificate directory every user may write to is refused unless it
+// is sticky.
+func TestWriteX509FilesDirWritableByOthers(t *testing.T) {
+	own := newTestIssuer(t, "example.org")
+	for _, tc := range []struct {
+		mode fs.FileMode
+		ok   bool
+	}{{0o777, false}, {0o757, false}, {0o777 | fs.ModeSticky, true}, {0o775, true}, {0o755, true}} {
+		t.Run(tc.mode.String(), func(t *testing.T) {
+			cfg := DefaultConfig()
+			cfg.CertDir = t.TempDir()
+			if err := os.Chmod(cfg.CertDir, tc.mode); err != nil {
+				t.Fatal(err)
+			}
+			_, err := cfg.WriteX509Files(own.svid(t, "/web"), x509bundle.NewSet(own.bundle()))
+			if tc.ok && err != nil {
+				t.Fatal(err)
+			}
+			if !tc.ok {
+				if !errors.Is(err, ErrDirWritable) {
+					t.Fatalf("write: %v, want ErrDirWritable", err)
+				}
+				if names := dirNames(t, cfg.CertDir); len(names) != 0 {
+					t.Errorf("wrote %v", names)
+				}
+			}
+		})
+	}
+}
+
+// Two writers of other file names sharing one directory (two helpers,
+// or `writ svid fetch --write` in a helper's directory): after each
+// write of either, both sets are whole and current, federated bundle
+// files included, and each keeps its own generations.
+func TestWriteX509FilesTwoWritersOneDir(t *testing.T) {
+	own, fedA, fedB := newTestIssuer(t, "example.org"), newTestIssuer(t, "a.test"), newTestIssuer(t, "b.test")
+	dir := t.TempDir()
+	a := DefaultConfig()
+	a.CertDir = dir
+	b := DefaultConfig()
+	b.CertDir, b.SVIDFileName, b.SVIDKeyFileName, b.SVIDBundleFileName = dir, "b.pem", "b_key.pem", "b_bundle.pem"
+	if a.setNames() == b.setNames() {
+		t.Fatal("two configurations of other names share their set names")
+	}
+	type writer struct {
+		cfg     *Config
+		bundles *x509bundle.Set
+		last    *x509svid.SVID
+	}
+	ws := []*writer{
+		{cfg: &a, bundles: x509bundle.NewSet(own.bundle(), fedA.bundle())},
+		{cfg: &b, bundles: x509bundle.NewSet(own.bundle(), fedB.bundle())},
+	}
+	for i := range 8 {
+		w := ws[i%2]
+		w.last = own.svid(t, "/web")
+		if _, err := w.cfg.WriteX509Files(w.last, w.bundles); err != nil {
+			t.Fatal(err)
+		}
+		for j, w := range ws {
+			if w.last == nil {
+				continue
+			}
+			c, k, _, err := readSet(w.cfg)
+			if err != nil {
+				t.Fatalf("write %d: writer %d's files: %v", i, j, err)
+			}
+			if _, err := tls.X509KeyPair(c, k); err != nil || !slices.Equal(c, w.cfg.encodeCerts(w.last.Certificates)) {
+				t.Fatalf("write %d: writer %d's files are not its last SVID's: %v", i, j, err)
+			}
+		}
+		names := dirNames(t, dir)
+		for j, n := range []string{FederatedBundleFileName("a.test", PEM), FederatedBundleFileName("b.test", PEM)} {
+			if ws[j].last != nil && !slices.Contains(names, n) {
+				t.Fatalf("write %d: %s removed by the other writer", i, n)
+			}
+		}
+	}
+	for _, w := range ws {
+		gens := 0
+		for _, n := range dirNames(t, dir) {
+			if w.cfg.setNames().isGen(n) {
+				gens++
+			}
+		}
+		if gens != 2 {
+			t.Errorf("%d generations of %s's set, want 2", gens, w.cfg.SVIDFileName)
+		}
 	}
 }

@@ -71,6 +71,9 @@ func New(cfg Config, clk clock.Clock, log *slog.Logger) (*Helper, error) {
 	if h.log == nil {
 		h.log = slog.New(slog.DiscardHandler)
 	}
+	if h.cfg.Log == nil {
+		h.cfg.Log = h.log
+	}
 	if cfg.RenewSignal != "" {
 		h.sig, _ = ParseSignal(cfg.RenewSignal) // checked
 	}
@@ -156,18 +159,23 @@ func (h *Helper) once(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("svidfiles: fetch the X.509-SVID: %w", err)
 	}
-	if _, err := h.writeX509(x); err != nil {
+	// Once the set has switched, the consumer is told even if cleaning
+	// up after it failed: it must not keep the old certificate.
+	changed, err := h.writeX509(x)
+	if err != nil && !changed {
 		return err
 	}
-	if _, err := h.writeJWTBundle(ctx); err != nil {
-		return err
+	if _, jerr := h.writeJWTBundle(ctx); jerr != nil {
+		err = errors.Join(err, jerr)
+	} else if jerr = h.writeJWTSVIDs(ctx); jerr != nil {
+		err = errors.Join(err, jerr)
 	}
-	if err := h.writeJWTSVIDs(ctx); err != nil {
+	if err != nil && !changed {
 		return err
 	}
 	close(h.ready)
 	h.notify()
-	return nil
+	return err
 }
 
 // watcher passes X.509 contexts to the helper's loop, the latest only.
@@ -225,9 +233,13 @@ func (h *Helper) daemon(ctx context.Context) error {
 			return fmt.Errorf("%w: %v", ErrCmdExited, err)
 		case x := <-w.updates:
 			changed, err := h.writeX509(x)
-			if err != nil {
+			if err != nil && !changed {
 				h.log.Error("cannot write the X.509-SVID files; retrying on the next update", "err", err)
 				continue
+			}
+			if err != nil {
+				// The new set is in place: signal all the same.
+				h.log.Error("the X.509-SVID files are written, but cleaning up after them failed", "err", err)
 			}
 			if jc, err := h.writeJWTBundle(ctx); err != nil {
 				h.log.Error("cannot write the JWT bundle file", "err", err)
@@ -268,13 +280,10 @@ func (h *Helper) daemon(ctx context.Context) error {
 func (h *Helper) writeX509(x *spiffewl.X509Context) (bool, error) {
 	svid := x.DefaultSVID()
 	changed, err := h.cfg.WriteX509Files(svid, x.Bundles)
-	if err != nil {
-		return changed, err
-	}
 	if changed {
 		h.log.Info("X.509-SVID files written", "spiffe_id", svid.ID.String(), "not_after", svid.Certificates[0].NotAfter, "dir", h.cfg.CertDir)
 	}
-	return changed, nil
+	return changed, err
 }
 
 // writeJWTBundle writes the JWT bundle of the SVID's trust domain as a

@@ -522,3 +522,45 @@ func TestHelperDefaultSocketCheckedOnEachDial(t *testing.T) {
 	}
 	read(t, cfg.CertDir, "svid.pem")
 }
+
+// Once the new set of X.509 files is in place, the consumer is signalled
+// even if cleaning up after the switch fails: it must not keep the old
+// certificate until that expires.
+func TestHelperSignalsWhenCleanupFails(t *testing.T) {
+	a := newAgent(t)
+	cfg := a.config(t)
+	pidFile := filepath.Join(t.TempDir(), "pid")
+	if err := os.WriteFile(pidFile, []byte(strconv.Itoa(os.Getpid())+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg.RenewSignal, cfg.PIDFileName = "SIGUSR2", pidFile
+	svidfiles.SetFault(&cfg, func(step string) error {
+		if step == svidfiles.StepLinked {
+			return errors.New("cleanup fails")
+		}
+		return nil
+	})
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGUSR2)
+	defer signal.Stop(sigs)
+
+	h, err := svidfiles.New(cfg, fakeclock.New(time.Now()), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	waitSignal(t, sigs) // after the first write
+	s := a.rotate()
+	waitSignal(t, sigs)
+	if leaf := pemCerts(t, read(t, cfg.CertDir, "svid.pem"))[0]; !bytes.Equal(leaf.Raw, s.LeafDER()) {
+		t.Error("svid.pem is not the rotated SVID")
+	}
+}

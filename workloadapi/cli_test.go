@@ -154,11 +154,14 @@ func TestCLI(t *testing.T) {
 		hidden, _ := filepath.Glob(filepath.Join(dir, ".*"))
 		gens := 0
 		for _, h := range hidden {
-			switch n := filepath.Base(h); {
-			case strings.HasPrefix(n, ".writ-x509."):
+			// .writ-x509-<id> and .writ-x509-<id>-previous link to the
+			// generations .writ-x509-<id>.<random>.
+			rest, ok := strings.CutPrefix(filepath.Base(h), ".writ-x509-")
+			switch {
+			case ok && strings.Contains(rest, "."):
 				gens++
-			case n != ".writ-x509" && n != ".writ-x509-previous":
-				t.Errorf("%s left in the directory", n)
+			case !ok:
+				t.Errorf("%s left in the directory", h)
 			}
 		}
 		// filepath.Glob's * matches names starting with a dot too.

@@ -30,7 +30,7 @@ func helperRunCommand() *cli.Command {
 		Usage: "write the SVID files, then rewrite them on every rotation or bundle change and signal or run a program",
 		Description: "Writes the default X.509-SVID to --cert-dir: " + svidfiles.DefaultSVIDFileName + " (chain, leaf first), " + svidfiles.DefaultSVIDKeyFileName + " (PKCS#8, 0600),\n" +
 			svidfiles.DefaultSVIDBundleFileName + " (the trust domain's X.509 authorities) and federated_bundle.<trust domain>.pem for\n" +
-			"each federated trust domain, all changing at once (links into a new .writ-x509.* directory). After each\n" +
+			"each federated trust domain, all changing at once (links into a new .writ-x509-<id>.* directory). After each\n" +
 			"change it sends --signal to --cmd's process or to the pid in --pid-file. --cmd is started after\n" +
 			"the first write and kept running; when it exits, so does the helper. --daemon-mode=false writes\n" +
 			"once and exits. --config reads spiffe-helper's HCL configuration; flags override its keys.",
