@@ -66,9 +66,11 @@ type bundleState struct {
 	// servers, tainted ones included: the certificate an agent record
 	// names must have been signed by one. Never modified.
 	agentIssuers []*x509.Certificate
-	// peers remembers the client chains verified against roots (the
-	// only part of a bundleState that changes after it is published).
-	peers peerCache
+	// peers remembers the client chains verified against roots, and
+	// issuers which server CA signed their leaves (the only parts of a
+	// bundleState that change after it is published).
+	peers   peerCache
+	issuers issuerCache
 }
 
 // agentStatus is what the index says of an agent certificate.

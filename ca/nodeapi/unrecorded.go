@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"sync"
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -69,7 +71,7 @@ func issuedAfter(leaf *x509.Certificate, a *datastore.Agent) bool {
 // record does not name, may still be one of the agent's own, renewed
 // while the datastore was unavailable: an agent SVID for an agent ID,
 // signed after the record last changed. Who signed it is checked apart
-// (signedByServer).
+// (bundleState.issuer).
 func mayBeUnrecorded(id spiffeid.ID, leaf *x509.Certificate, a *datastore.Agent) bool {
 	return entry.IsAgentID(id) && x509ca.IsAgentSVID(leaf) && issuedAfter(leaf, a)
 }
@@ -95,14 +97,50 @@ func (ix *index) serverCAs(keys []*datastore.CAKey) (cas, all []*x509.Certificat
 	return cas, all
 }
 
-// signedByServer reports whether one of cas signed leaf.
-func signedByServer(leaf *x509.Certificate, cas []*x509.Certificate) bool {
-	for _, ca := range cas {
+// issuedBy says which server CAs of a bundleState signed a certificate.
+type issuedBy uint8
+
+const (
+	// issuedByServer: one of agentIssuers (tainted or not).
+	issuedByServer issuedBy = 1 << iota
+	// issuedByActiveServer: one of serverCAs (not tainted).
+	issuedByActiveServer
+)
+
+// issuerCache remembers issuedBy per leaf for one bundleState, as
+// peerCache remembers verified chains: a connection presents the same
+// parsed leaf on every call, so its calls after the first check no
+// signature.
+type issuerCache struct {
+	mu sync.Mutex // guards m
+	m  map[*x509.Certificate]issuedBy
+}
+
+// issuer returns which of b's server CAs signed leaf directly.
+func (b *bundleState) issuer(leaf *x509.Certificate) issuedBy {
+	c := &b.issuers
+	c.mu.Lock()
+	by, ok := c.m[leaf]
+	c.mu.Unlock()
+	if ok {
+		return by
+	}
+	for _, ca := range b.agentIssuers {
 		if bytes.Equal(leaf.RawIssuer, ca.RawSubject) && leaf.CheckSignatureFrom(ca) == nil {
-			return true
+			by = issuedByServer
+			if slices.Contains(b.serverCAs, ca) {
+				by |= issuedByActiveServer
+			}
+			break
 		}
 	}
-	return false
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxVerifiedPeers {
+		c.m = make(map[*x509.Certificate]issuedBy)
+	}
+	c.m[leaf] = by
+	return by
 }
 
 // certStatusLocked is what the index says of an agent certificate (see
@@ -118,7 +156,7 @@ func (ix *index) certStatusLocked(id spiffeid.ID, leaf *x509.Certificate) agentS
 		// serials are no secret: the serial authenticates only a
 		// certificate a server CA signed (a tainted one too, so that
 		// agents can renew away from it).
-		if b := ix.bundle.Load(); b == nil || !signedByServer(leaf, b.agentIssuers) {
+		if b := ix.bundle.Load(); b == nil || b.issuer(leaf)&issuedByServer == 0 {
 			return agentUnknown
 		}
 		if a.Banned {
@@ -130,7 +168,7 @@ func (ix *index) certStatusLocked(id spiffeid.ID, leaf *x509.Certificate) agentS
 	case a.Banned:
 		return agentBanned
 	}
-	if b := ix.bundle.Load(); b == nil || !signedByServer(leaf, b.serverCAs) {
+	if b := ix.bundle.Load(); b == nil || b.issuer(leaf)&issuedByActiveServer == 0 {
 		return agentUnknown
 	}
 	if !ix.readRecently() {
