@@ -28,6 +28,7 @@ import (
 
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/internal/peercred"
+	"writ.dev/writ/internal/pidns"
 	"writ.dev/writ/workloadapi/unixattest"
 )
 
@@ -47,6 +48,7 @@ const (
 // 'x' exit; 'e' exec envExec keeping the connection; 'u' switch to envUID
 // and envGID, then write 'u'; 'p' write 'p'.
 func TestMain(m *testing.M) {
+	pidns.HoldIfAsked()
 	if mode := os.Getenv(envMode); mode != "" {
 		os.Exit(childMain(mode))
 	}

@@ -425,9 +425,18 @@ func (p *Process) computeSelectors(ctx context.Context) ([]entry.Selector, error
 			err = fmt.Errorf("open executable: %w", err)
 		}
 	}
+	if err != nil {
+		// A process that has exited (its PID reused or not) has neither:
+		// that is no I/O error to retry, but the process changing.
+		if cerr := p.check(p.fds); cerr != nil {
+			err = cerr
+		} else {
+			err = fmt.Errorf("unixattest: pid %d: %w", pid, err)
+		}
+	}
 	p.mu.RUnlock()
 	if err != nil {
-		return nil, fmt.Errorf("unixattest: pid %d: %w", pid, err)
+		return nil, err
 	}
 	defer unix.Close(exe)
 

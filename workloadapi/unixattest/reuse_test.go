@@ -1,0 +1,84 @@
+//go:build linux
+
+package unixattest_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"golang.org/x/sys/unix"
+
+	"writ.dev/writ/internal/pidns"
+	"writ.dev/writ/workloadapi/unixattest"
+)
+
+// TestReusedPID: once the process that connected has exited and another
+// process has taken its PID, with the same uid, gid and executable inode
+// (so that nothing but the pin tells them apart), Check and Selectors
+// refuse; and PinConn, which takes the pidfd from the socket, does not
+// pin the newcomer in the first place. The PID is reused for certain, in
+// a PID namespace of the test's own.
+func TestReusedPID(t *testing.T) {
+	if !pidns.Enter(t) {
+		return
+	}
+	for _, pn := range pinners {
+		t.Run(pn.name, func(t *testing.T) {
+			for _, before := range []bool{false, true} {
+				t.Run(fmt.Sprintf("selectors before exit %v", before), func(t *testing.T) {
+					c := startChild(t, selfExe(t), nil)
+					a := pn.new(unixattest.Config{Logger: testLogger(t)})
+					p := mustPin(t, pn, a, c)
+					if before {
+						if _, err := p.Selectors(context.Background()); err != nil {
+							t.Fatal(err)
+						}
+					}
+					c.exit(t)
+					c.wait(t)
+					pid := int(c.cred.PID)
+					pidns.StartImpostor(t, pid)
+					samePeer(t, pid, c)
+
+					if err := p.Check(); !errors.Is(err, unixattest.ErrProcessChanged) {
+						t.Errorf("Check after the PID was reused = %v, want ErrProcessChanged", err)
+					}
+					if sel, err := p.Selectors(context.Background()); !errors.Is(err, unixattest.ErrProcessChanged) || sel != nil {
+						t.Errorf("Selectors after the PID was reused = %v, %v; want ErrProcessChanged", sel, err)
+					}
+					// The socket's pidfd names the process that connected,
+					// not the number.
+					if pn.name == "PinConn" {
+						if p2, err := a.PinConn(c.conn); !errors.Is(err, unixattest.ErrProcessChanged) {
+							t.Errorf("PinConn of a connection whose PID was reused = %v, %v; want ErrProcessChanged", p2, err)
+						}
+					}
+				})
+			}
+		})
+	}
+}
+
+// samePeer fails the test unless process pid has the effective ids the
+// child connected with and runs the child's executable inode: it could
+// pass for the child by everything but the pin.
+func samePeer(t *testing.T, pid int, c *child) {
+	t.Helper()
+	var proc, exe, bin unix.Stat_t
+	dir := fmt.Sprintf("/proc/%d", pid)
+	if err := unix.Stat(dir, &proc); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(dir+"/exe", &exe); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(c.path, &bin); err != nil {
+		t.Fatal(err)
+	}
+	if proc.Uid != c.cred.UID || proc.Gid != c.cred.GID || exe.Dev != bin.Dev || exe.Ino != bin.Ino {
+		t.Fatalf("pid %d runs as %d/%d, inode %d:%d; the child ran as %d/%d, inode %d:%d",
+			pid, proc.Uid, proc.Gid, exe.Dev, exe.Ino, c.cred.UID, c.cred.GID, bin.Dev, bin.Ino)
+	}
+}
