@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"writ.dev/writ/internal/passconn"
+	"writ.dev/writ/internal/pidns"
 )
 
 // The test binary doubles as a Workload API client in another process:
@@ -32,6 +33,7 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	pidns.HoldIfAsked()
 	if mode := os.Getenv(envChild); mode != "" {
 		os.Exit(childMain(mode))
 	}
@@ -51,6 +53,10 @@ func childMain(mode string) int {
 		return childFetch(addr)
 	case "passconn":
 		return childPassConn(addr)
+	case "passhold":
+		return childPassHold(addr)
+	case "impostor":
+		return childImpostor()
 	case "flood":
 		conns, err := strconv.Atoi(os.Getenv(envConns))
 		if err != nil {
@@ -129,6 +135,46 @@ func childFlood(addr string, conns int) int {
 	return 0
 }
 
+// childPassHold connects to the socket twice, passes both connections
+// to the parent over fd 3 (SCM_RIGHTS), and exits when fd 3 closes.
+func childPassHold(addr string) int {
+	for range 2 {
+		c, err := net.Dial("unix", strings.TrimPrefix(addr, "unix://"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "child:", err)
+			return 2
+		}
+		if err := passconn.Send(3, c.(*net.UnixConn)); err != nil {
+			fmt.Fprintln(os.Stderr, "child:", err)
+			return 2
+		}
+	}
+	io.Copy(io.Discard, os.NewFile(3, "ctl"))
+	return 0
+}
+
+// childImpostor makes the calls of childFetch on the connection it
+// inherited as fd 3, which another process opened, and holds on until
+// stdin closes.
+func childImpostor() int {
+	f := os.NewFile(3, "conn")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 2
+	}
+	conn, err := passconn.Client(c)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "child:", err)
+		return 2
+	}
+	defer conn.Close()
+	fetch(conn)
+	io.Copy(io.Discard, bufio.NewReader(os.Stdin))
+	return 0
+}
+
 // childFetch calls each RPC once and prints "<rpc> <code>" lines.
 func childFetch(addr string) int {
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -137,6 +183,13 @@ func childFetch(addr string) int {
 		return 2
 	}
 	defer conn.Close()
+	fetch(conn)
+	return 0
+}
+
+// fetch calls each RPC once on conn and prints "<rpc> <code>" lines
+// ("x509 <code> <SVIDs>" for FetchX509SVID).
+func fetch(conn *grpc.ClientConn) {
 	c := workload.NewSpiffeWorkloadAPIClient(conn)
 	ctx, cancel := context.WithTimeout(withHeader(context.Background()), 10*time.Second)
 	defer cancel()
@@ -160,7 +213,6 @@ func childFetch(addr string) int {
 		_, err = b.Recv()
 	}
 	fmt.Println("bundles", code(err))
-	return 0
 }
 
 // childStreams opens streams FetchX509SVID streams on each of conns

@@ -21,6 +21,7 @@ import (
 	grpcstatus "google.golang.org/grpc/status"
 
 	"writ.dev/writ/internal/passconn"
+	"writ.dev/writ/internal/pidns"
 	"writ.dev/writ/internal/testuser"
 	"writ.dev/writ/workloadapi/sdsv3"
 )
@@ -35,6 +36,7 @@ const (
 )
 
 func TestMain(m *testing.M) {
+	pidns.HoldIfAsked()
 	if path := os.Getenv(envChild); path != "" {
 		os.Exit(childMain(path))
 	}
@@ -185,16 +187,23 @@ func (p *pinned) exit(t *testing.T) {
 }
 
 // TestStreamSendsNothingToAChangedCaller: once the process that
-// connected has exited, executed another program or switched to another
-// uid, an open stream sends nothing more on that connection, neither for
-// a request nor for a change, and ends with PermissionDenied.
+// connected has exited (and another process, with the same uid and
+// executable, has taken its PID), executed another program or switched to
+// another uid, an open stream sends nothing more on that connection,
+// neither for a request nor for a change, and ends with PermissionDenied.
 func TestStreamSendsNothingToAChangedCaller(t *testing.T) {
 	changes := []struct {
 		name string
-		env  func(t *testing.T) []string
-		do   func(t *testing.T, p *pinned)
+		// pidns: the case runs in a PID namespace of its own (pidns.Enter).
+		pidns bool
+		env   func(t *testing.T) []string
+		do    func(t *testing.T, p *pinned)
 	}{
 		{name: "exited", do: func(t *testing.T, p *pinned) { p.exit(t) }},
+		{name: "exited, PID reused", pidns: true, do: func(t *testing.T, p *pinned) {
+			p.exit(t)
+			pidns.StartImpostor(t, p.cmd.Process.Pid)
+		}},
 		{name: "executed another program", do: func(t *testing.T, p *pinned) { p.do(t, 'e', 'e') }},
 		{name: "switched uid", env: func(t *testing.T) []string {
 			uid, gid := testuser.Lookup(t)
@@ -219,6 +228,9 @@ func TestStreamSendsNothingToAChangedCaller(t *testing.T) {
 	for _, c := range changes {
 		for _, tr := range triggers {
 			t.Run(c.name+"/"+tr.name, func(t *testing.T) {
+				if c.pidns && !pidns.Enter(t) {
+					return
+				}
 				var env []string
 				if c.env != nil {
 					env = c.env(t)
