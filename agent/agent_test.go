@@ -241,10 +241,11 @@ func TestOutageServesCacheUntilExpiryThenRecovers(t *testing.T) {
 		t.Fatal("unhealthy with a valid agent SVID")
 	}
 
-	// Recovery without restart.
-	syncs := e.srv.Stats().Syncs
+	// Recovery without restart. The clock is moved only until the agent
+	// connects (see fakenode.Stats.Conns).
+	conns := e.srv.Stats().Conns
 	e.srv.Restart()
-	e.advanceUntil("reconnection", agent.ReconnectBackoff.Max, func() bool { return e.srv.Stats().Syncs > syncs })
+	e.advanceUntil("reconnection", agent.ReconnectBackoff.Max, func() bool { return e.srv.Stats().Conns > conns })
 	eventually(t, "a new SVID", func() bool { return svidFor(r.a.Cache(), w.Id, sel) != nil })
 	if got := svidFor(r.a.Cache(), w.Id, sel); !got.NotAfter.After(s.NotAfter) {
 		t.Fatal("not a new SVID")
@@ -384,8 +385,12 @@ func TestEvictedAgentDropsSVIDsAndReportsUnhealthy(t *testing.T) {
 		t.Fatal("no ERROR log")
 	}
 	// Unbanned: it recovers on its own.
+	// The clock is moved only until the agent connects (see
+	// fakenode.Stats.Conns).
+	conns := e.srv.Stats().Conns
 	e.srv.Evict(false)
-	e.advanceUntil("recovery", agent.ReconnectBackoff.Max, func() bool {
+	e.advanceUntil("reconnection", agent.ReconnectBackoff.Max, func() bool { return e.srv.Stats().Conns > conns })
+	eventually(t, "recovery", func() bool {
 		return r.a.Healthy() && svidFor(r.a.Cache(), w.Id, sel) != nil
 	})
 }

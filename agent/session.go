@@ -19,6 +19,7 @@ import (
 	"writ.dev/writ/agent/rotate"
 	"writ.dev/writ/agent/svidcache"
 	nodev1 "writ.dev/writ/ca/api/node/v1"
+	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/ca/x509ca"
 
@@ -63,9 +64,9 @@ func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err err
 	if err != nil {
 		return false, err
 	}
-	first := time.AfterFunc(firstSyncTimeout, func() { cancel(errNoFirstMessage) })
+	stopFirst := clock.AfterFunc(a.clk, firstSyncTimeout, func() { cancel(errNoFirstMessage) })
 	msg, err := stream.Recv()
-	first.Stop()
+	stopFirst()
 	if err != nil {
 		return false, causeOr(sctx, err)
 	}

@@ -8,7 +8,10 @@
 //	select { case <-t.C(): ... case <-ctx.Done(): ... }
 package clock
 
-import "time"
+import (
+	"sync"
+	"time"
+)
 
 // Clock tells the time and makes timers.
 type Clock interface {
@@ -39,3 +42,32 @@ type realTimer struct{ t *time.Timer }
 func (t realTimer) C() <-chan time.Time        { return t.t.C }
 func (t realTimer) Stop() bool                 { return t.t.Stop() }
 func (t realTimer) Reset(d time.Duration) bool { return t.t.Reset(d) }
+
+// AfterFunc calls f in its own goroutine once d has passed on c, as
+// time.AfterFunc does on the system clock, unless stop is called first.
+// stop reports whether it prevented the call; once it returns, f has
+// returned or will never run, and the goroutine is gone.
+func AfterFunc(c Clock, d time.Duration, f func()) (stop func() bool) {
+	t := c.NewTimer(d)
+	cancel := make(chan struct{})
+	ran := make(chan bool, 1)
+	go func() {
+		select {
+		case <-t.C():
+			f()
+			ran <- true
+		case <-cancel:
+			t.Stop()
+			ran <- false
+		}
+	}()
+	var once sync.Once
+	var prevented bool
+	return func() bool {
+		once.Do(func() {
+			close(cancel)
+			prevented = !<-ran
+		})
+		return prevented
+	}
+}

@@ -42,7 +42,7 @@ func setup(t *testing.T) (*boltstore.Store, *publish.Source) {
 	}
 	t.Cleanup(func() { store.Close() })
 	setBundle(t, store, map[string]crypto.PublicKey{"k1": newKey(t)}, 1)
-	src := publish.NewSource(td, store, nil)
+	src := publish.NewSource(td, store, nil, nil)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { src.Run(ctx); close(done) }()
@@ -192,7 +192,7 @@ func TestNotReadyIsUnavailable(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer store.Close()
-	src := publish.NewSource(td, store, nil) // not running: no bundle yet
+	src := publish.NewSource(td, store, nil, nil) // not running: no bundle yet
 	if w := do(publish.BundleHandler(src), http.MethodGet, "/", nil); w.Code != http.StatusServiceUnavailable {
 		t.Fatalf("bundle before the first read: %d", w.Code)
 	}

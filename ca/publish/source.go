@@ -19,10 +19,16 @@ import (
 	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
+	"writ.dev/writ/ca/clock"
 )
 
 // DefaultRefreshHint is used for Cache-Control when the bundle sets none.
 const DefaultRefreshHint = 5 * time.Minute
+
+// retryInterval is how long Run waits, on its clock, to read the bundle
+// again after a failed read (unless the datastore changes first).
+const retryInterval = time.Second
 
 // Store is where the bundle lives.
 type Store interface {
@@ -56,17 +62,21 @@ type Source struct {
 	td    spiffeid.TrustDomain
 	store Store
 	log   *slog.Logger
+	clk   clock.Clock
 	cur   atomic.Pointer[snapshot]
 	ready chan struct{}
 }
 
 // NewSource returns a Source of td's bundle in store. Run keeps it
-// current.
-func NewSource(td spiffeid.TrustDomain, store Store, log *slog.Logger) *Source {
+// current, retrying failed reads on clk (nil: the system clock).
+func NewSource(td spiffeid.TrustDomain, store Store, log *slog.Logger, clk clock.Clock) *Source {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Source{td: td, store: store, log: log, ready: make(chan struct{})}
+	if clk == nil {
+		clk = clock.Real()
+	}
+	return &Source{td: td, store: store, log: log, clk: clk, ready: make(chan struct{})}
 }
 
 // Ready is closed once the first bundle is in.
@@ -74,25 +84,26 @@ func (s *Source) Ready() <-chan struct{} { return s.ready }
 
 // Run reads the bundle now and after every datastore change until ctx
 // ends. A failed read keeps the last bundle and is retried at the next
-// change or after a second.
+// change or after a second on the Source's clock.
 func (s *Source) Run(ctx context.Context) error {
 	changes, stop := s.store.Watch()
 	defer stop()
-	retry := time.NewTimer(0)
+	retry := s.clk.NewTimer(0)
 	defer retry.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-changes:
-		case <-retry.C:
+		case <-retry.C():
 		}
 		if err := s.refresh(ctx); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			s.log.Warn("bundle for publication not read; serving the last one", "error", err.Error())
-			retry.Reset(time.Second)
+			retry.Stop()
+			retry.Reset(retryInterval)
 		}
 	}
 }

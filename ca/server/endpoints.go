@@ -117,7 +117,7 @@ func (s *Server) httpEndpoints(store datastore.Store, nodeSvc *nodeapi.Service, 
 	if s.cfg.Federation.BindAddress == "" && s.cfg.OIDC.BindAddress == "" && s.cfg.OAuth.BindAddress == "" {
 		return eps, nil
 	}
-	src := publish.NewSource(s.cfg.TrustDomain, store, s.cfg.Logger)
+	src := publish.NewSource(s.cfg.TrustDomain, store, s.cfg.Logger, s.cfg.Clock)
 	if f := s.cfg.Federation; f.BindAddress != "" {
 		tlsConf := &tls.Config{MinVersion: tls.VersionTLS12}
 		switch f.Profile {

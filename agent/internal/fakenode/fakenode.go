@@ -82,7 +82,8 @@ type Server struct {
 	evicted bool
 	entries map[string]*nodev1.Entry
 	streams map[chan *nodev1.SyncResponse]struct{}
-	// Recorded calls.
+	// Recorded calls, and conns, the connections accepted.
+	conns      int
 	attests    int
 	renewals   int
 	syncs      int
@@ -96,6 +97,9 @@ type Server struct {
 	failSign  error
 	// revocations are sent in full Sync messages (see Revoke).
 	revocations []*nodev1.Revocation
+	// syncGate, while not nil, holds Sync calls before their first
+	// message until it is closed (see HoldSync).
+	syncGate chan struct{}
 }
 
 // keySet is what the server signs with and publishes. Never modified.
@@ -331,7 +335,23 @@ func (s *Server) serve(lis net.Listener) {
 	s.mu.Lock()
 	s.grpcSrv = g
 	s.mu.Unlock()
-	go func() { _ = g.Serve(lis) }()
+	go func() { _ = g.Serve(countingListener{lis, s}) }()
+}
+
+// countingListener counts the connections it accepts (Stats.Conns).
+type countingListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l countingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.s.mu.Lock()
+		l.s.conns++
+		l.s.mu.Unlock()
+	}
+	return c, err
 }
 
 // Stop stops serving at once, closing every connection and stream (an
@@ -489,6 +509,12 @@ type Stats struct {
 	Attests, Renewals, Syncs, JWTCalls int
 	BatchSizes                         []int
 	Streams                            int
+	// Conns counts the connections accepted. An agent's session opens
+	// one before it makes any call, so before it arms the timeout of its
+	// wait for the first Sync message: tests that drive the clock until
+	// the agent reconnects stop at a new connection, so as not to fire
+	// that timeout while the server answers.
+	Conns int
 }
 
 // Stats returns what the server received so far.
@@ -496,7 +522,7 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return Stats{Attests: s.attests, Renewals: s.renewals, Syncs: s.syncs, JWTCalls: s.jwtCalls,
-		BatchSizes: slices.Clone(s.batchSizes), Streams: len(s.streams)}
+		BatchSizes: slices.Clone(s.batchSizes), Streams: len(s.streams), Conns: s.conns}
 }
 
 // Signed returns how many X.509-SVIDs were signed for an entry.
@@ -579,14 +605,44 @@ func (s *Server) RenewAgent(ctx context.Context, req *nodev1.RenewAgentRequest) 
 	return &nodev1.RenewAgentResponse{SvidChain: der}, nil
 }
 
+// HoldSync makes Sync calls, from now on, wait before their first
+// message until HoldSync(false) (or the caller gives up).
+func (s *Server) HoldSync(hold bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case hold && s.syncGate == nil:
+		s.syncGate = make(chan struct{})
+	case !hold && s.syncGate != nil:
+		close(s.syncGate)
+		s.syncGate = nil
+	}
+}
+
 // Sync implements NodeService.
 func (s *Server) Sync(_ *nodev1.SyncRequest, stream grpc.ServerStreamingServer[nodev1.SyncResponse]) error {
 	if err := s.authorize(stream.Context()); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	gate := s.syncGate
+	if gate != nil {
+		s.syncs++
+	}
+	s.mu.Unlock()
+	if gate != nil {
+		s.opts.Logf("fakenode: Sync held")
+		select {
+		case <-gate:
+		case <-stream.Context().Done():
+			return nil
+		}
+	}
 	ch := make(chan *nodev1.SyncResponse, 1024)
 	s.mu.Lock()
-	s.syncs++
+	if gate == nil {
+		s.syncs++
+	}
 	ks := s.keys.Load()
 	full := &nodev1.SyncResponse{Full: true, Bundle: ks.bundle, Tainted: ks.tainted}
 	for _, e := range s.entries {

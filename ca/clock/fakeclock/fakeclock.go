@@ -1,5 +1,6 @@
 // Package fakeclock is a clock.Clock for tests. Time moves only when the
-// test calls Advance or Set. Because code under test arms its timers
+// test calls Advance or Set (time passing) or Jump (a step of the system
+// time, which timers do not see). Because code under test arms its timers
 // asynchronously, tests call WaitForTimers before advancing, so that the
 // advance is not lost to a race.
 package fakeclock
@@ -63,6 +64,22 @@ func (c *Clock) Set(now time.Time) {
 		case t.ch <- now:
 		default:
 		}
+	}
+}
+
+// Jump steps the clock by d, forward or back, as a change of the system
+// time does (an NTP step, settimeofday, a resumed VM): Now moves, but
+// armed timers keep the time they have left and none fires, since real
+// timers count monotonic time, which such a step does not move. Code that
+// slept a duration computed from Now before the step learns of it only
+// when a timer fires and it reads Now again. Advance and Set, by contrast,
+// are time passing.
+func (c *Clock) Jump(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.now = c.now.Add(d)
+	for _, t := range c.timers {
+		t.when = t.when.Add(d)
 	}
 }
 

@@ -104,3 +104,27 @@ func TestWaitForTimerWithin(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestJump: a step of the clock, either way, fires no timer and leaves
+// each the time it had left.
+func TestJump(t *testing.T) {
+	for _, d := range []time.Duration{24 * time.Hour, -24 * time.Hour} {
+		c := fakeclock.New(t0)
+		tm := c.NewTimer(time.Minute)
+		c.Jump(d)
+		if c.Now() != t0.Add(d) {
+			t.Fatalf("Jump(%v): Now = %v, want %v", d, c.Now(), t0.Add(d))
+		}
+		if fired(t, tm.C()) {
+			t.Fatalf("Jump(%v) fired a timer", d)
+		}
+		c.Advance(time.Minute - time.Nanosecond)
+		if fired(t, tm.C()) {
+			t.Fatalf("after Jump(%v), a timer fired before its minute", d)
+		}
+		c.Advance(time.Nanosecond)
+		if !fired(t, tm.C()) {
+			t.Fatalf("after Jump(%v), a timer did not fire after its minute", d)
+		}
+	}
+}
