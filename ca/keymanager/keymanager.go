@@ -49,6 +49,12 @@ const (
 	maxRetryAfter = 16 * time.Minute
 )
 
+// maxTimerWait caps each wait of Run, so that a step of the wall clock is
+// noticed within it (timers count monotonic time): keys due by the new
+// time are rotated then, not when a wait computed before the step would
+// have ended.
+const maxTimerWait = time.Minute
+
 // maxRounds bounds the policy evaluations of one rotation step. A step
 // needs at most three (prepare, activate, nothing left to do).
 const maxRounds = 8
@@ -221,7 +227,7 @@ func (m *Manager) Run(ctx context.Context) error {
 		} else {
 			retry = retryAfter
 		}
-		t := m.cfg.Clock.NewTimer(next.Sub(m.cfg.Clock.Now()))
+		t := m.cfg.Clock.NewTimer(min(maxTimerWait, next.Sub(m.cfg.Clock.Now())))
 	wait:
 		for {
 			select {
@@ -229,6 +235,13 @@ func (m *Manager) Run(ctx context.Context) error {
 				t.Stop()
 				return nil
 			case <-t.C():
+				// Timers count monotonic time: the wall clock may have
+				// stepped since the wait began. Wait on only while it has
+				// not reached next.
+				if left := next.Sub(m.cfg.Clock.Now()); left > 0 {
+					t.Reset(min(maxTimerWait, left))
+					continue
+				}
 				break wait
 			case <-m.kick:
 				t.Stop()
