@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"fmt"
 	"log/slog"
 	"strings"
 	"testing"
@@ -8,6 +9,9 @@ import (
 
 	"writ.dev/writ/agent"
 	"writ.dev/writ/agent/internal/fakenode"
+	"writ.dev/writ/agent/svidcache"
+	nodev1 "writ.dev/writ/ca/api/node/v1"
+	"writ.dev/writ/ca/entry"
 )
 
 // firstSyncTimeout is agent.firstSyncTimeout.
@@ -41,4 +45,93 @@ func TestNoFirstSyncMessage(t *testing.T) {
 	conns := e.srv.Stats().Conns
 	e.advanceUntil("a new connection", agent.ReconnectBackoff.Max, func() bool { return e.srv.Stats().Conns > conns })
 	eventually(t, "the agent healthy again", r.a.Healthy)
+}
+
+// jumpEnv is an agent with one workload entry whose X.509-SVIDs live an
+// hour, and an agent SVID that lives five days (the fake CA seven).
+func jumpEnv(t *testing.T) (*env, *running, *nodev1.Entry, []entry.Selector) {
+	e := newEnv(t, fakenode.Options{AgentTTL: 5 * 24 * time.Hour, X509TTL: time.Hour})
+	w := e.srv.Entry("/web", "unix:uid:1")
+	e.srv.SetEntries(w)
+	r := e.start(e.attestConfig())
+	e.ready(r)
+	return e, r, w, mustSels(t, "unix:uid:1")
+}
+
+// passMinutes lets time pass, half a minute at a time, each time the
+// agent waits on a timer due within a minute (its loops check the clock
+// at least once a minute).
+func (e *env) passMinutes(n int) {
+	e.t.Helper()
+	for range 2 * n {
+		e.waitTimerWithin(time.Minute)
+		e.clk.Advance(30 * time.Second)
+	}
+}
+
+// validAt reports whether s is valid at now.
+func validAt(s *svidcache.X509SVID, now time.Time) bool {
+	return s != nil && !now.Before(s.NotBefore) && now.Before(s.NotAfter)
+}
+
+// TestClockJumpForward: when the wall clock steps a day forward, past
+// the workload SVIDs' expiry, nothing expired is served, and SVIDs valid
+// at the new time are served within two minutes of time passing, whether
+// a workload asks at once or not at all: the agent does not sleep out
+// waits computed before the step. The agent SVID, valid for days yet, is
+// kept.
+func TestClockJumpForward(t *testing.T) {
+	for _, readAtOnce := range []bool{true, false} {
+		t.Run(fmt.Sprintf("read at once %v", readAtOnce), func(t *testing.T) {
+			e, r, w, sel := jumpEnv(t)
+			c := r.a.Cache()
+			e.waitTimers(3)
+			e.clk.Jump(24 * time.Hour)
+			if readAtOnce {
+				if got := c.X509SVIDs(sel); len(got) != 0 {
+					t.Fatalf("served an SVID that expired at %v, now %v", got[0].NotAfter, e.clk.Now())
+				}
+			}
+			e.passMinutes(2)
+			eventually(t, "an SVID valid at the new time", func() bool { return validAt(svidFor(c, w.Id, sel), e.clk.Now()) })
+			if n := e.srv.Signed(w.Id); n != 2 {
+				t.Errorf("%d signings of the entry, want 2", n)
+			}
+			if st := e.srv.Stats(); st.Renewals != 0 || st.Attests != 1 || !r.a.Healthy() {
+				t.Errorf("the agent SVID, valid for days yet, was renewed (%d) or attested again (%d), or the agent is unhealthy", st.Renewals, st.Attests-1)
+			}
+		})
+	}
+}
+
+// TestClockJumpBackward: when the wall clock steps a day back, before the
+// workload SVID was received, the SVID is not dropped as not yet valid:
+// it is served until a new one, valid at the new time, replaces it within
+// two minutes of time passing, instead of a day and a half later when the
+// wall clock would reach its rotation time again. The agent SVID,
+// received before the new time, is kept.
+func TestClockJumpBackward(t *testing.T) {
+	e, r, w, sel := jumpEnv(t)
+	c := r.a.Cache()
+	// Two days pass: the workload SVID is renewed, the agent SVID (half
+	// life two and a half days) is not.
+	e.waitTimers(3)
+	e.clk.Advance(48 * time.Hour)
+	eventually(t, "an SVID valid two days later", func() bool { return validAt(svidFor(c, w.Id, sel), e.clk.Now()) })
+	signed := e.srv.Signed(w.Id)
+	cur := svidFor(c, w.Id, sel)
+
+	e.waitTimers(3)
+	e.clk.Jump(-24 * time.Hour)
+	if got := svidFor(c, w.Id, sel); got != cur {
+		t.Fatal("the SVID was dropped when the clock stepped back")
+	}
+	e.passMinutes(2)
+	eventually(t, "an SVID valid at the new time", func() bool { return validAt(svidFor(c, w.Id, sel), e.clk.Now()) })
+	if n := e.srv.Signed(w.Id); n != signed+1 {
+		t.Errorf("%d signings of the entry after the step, want 1", n-signed)
+	}
+	if st := e.srv.Stats(); st.Renewals != 0 || st.Attests != 1 || !r.a.Healthy() {
+		t.Errorf("the agent SVID, valid at the new time, was renewed (%d) or attested again (%d), or the agent is unhealthy", st.Renewals, st.Attests-1)
+	}
 }

@@ -54,7 +54,12 @@
 // here and never leave the node except to their workload. Rotation is at
 // half life minus a per-SVID jitter (agent/rotate), armed on the injected
 // clock. The agent SVID is renewed the same way; the agent then
-// reconnects so that the server sees the new certificate.
+// reconnects so that the server sees the new certificate. Every wait is
+// at most a minute, so that a step of the wall clock is noticed within
+// it: after a step forward, what fell due (or expired) is renewed then;
+// after a step back of more than a minute since an SVID arrived, it is
+// renewed then too, rather than when the wall clock reaches its rotation
+// time again.
 //
 // On a lost connection the cache keeps serving (never anything expired)
 // and the agent reconnects with exponential backoff and full jitter

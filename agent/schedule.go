@@ -15,6 +15,13 @@ import (
 // wall clock is noticed within it (timers count monotonic time).
 const maxTimerWait = time.Minute
 
+// maxStepBack is how far the wall clock may step back, since an SVID was
+// received or a retry scheduled, before that SVID or retry is due at
+// once: its due time, computed from a clock reading that now lies in the
+// future, would otherwise be as much further away as the clock stepped
+// (a day back, a day late), and the SVID is not valid at the new time.
+const maxStepBack = time.Minute
+
 // retryBackoff spaces the retries of an entry the server refused to sign.
 var retryBackoff = rotate.Backoff{Base: time.Second, Max: 5 * time.Minute}
 
@@ -65,11 +72,15 @@ type scheduler struct {
 	due      dueHeap
 	dueByID  map[string]*dueItem
 	failures map[string]int // consecutive signing failures by entry
+	// latestSet is the latest dueItem.set in due (or later).
+	latestSet time.Time
 }
 
 type dueItem struct {
-	id  string
-	at  time.Time
+	id string
+	at time.Time
+	// set is the clock reading when the item was scheduled.
+	set time.Time
 	idx int
 }
 
@@ -311,11 +322,15 @@ func (s *scheduler) requeue(ids []string) {
 
 func (s *scheduler) scheduleLocked(id string, at time.Time) {
 	delete(s.pending, id)
+	set := s.clk.Now()
+	if set.After(s.latestSet) {
+		s.latestSet = set
+	}
 	if d := s.dueByID[id]; d != nil {
-		d.at = at
+		d.at, d.set = at, set
 		heap.Fix(&s.due, d.idx)
 	} else {
-		d := &dueItem{id: id, at: at}
+		d := &dueItem{id: id, at: at, set: set}
 		s.dueByID[id] = d
 		heap.Push(&s.due, d)
 	}
@@ -350,6 +365,9 @@ func (s *scheduler) run(ctx context.Context) {
 		wait := maxTimerWait
 		s.mu.Lock()
 		moved := false
+		if now.Before(s.latestSet.Add(-maxStepBack)) {
+			moved = s.steppedBackLocked(now)
+		}
 		for len(s.due) > 0 && !s.due[0].at.After(now) {
 			d := heap.Pop(&s.due).(*dueItem)
 			delete(s.dueByID, d.id)
@@ -372,6 +390,27 @@ func (s *scheduler) run(ctx context.Context) {
 		case <-s.kick:
 		}
 	}
+}
+
+// steppedBackLocked makes due the items scheduled at a clock reading
+// more than maxStepBack after now (the wall clock stepped back since),
+// and reports whether there were any.
+func (s *scheduler) steppedBackLocked(now time.Time) bool {
+	var back []string
+	latest := time.Time{}
+	for _, d := range s.due {
+		if now.Before(d.set.Add(-maxStepBack)) {
+			back = append(back, d.id)
+		} else if d.set.After(latest) {
+			latest = d.set
+		}
+	}
+	s.latestSet = latest
+	for _, id := range back {
+		s.unscheduleLocked(id)
+		s.enqueueLocked(id, prioDue)
+	}
+	return len(back) > 0
 }
 
 type dueHeap []*dueItem

@@ -51,7 +51,7 @@ func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err err
 	}
 	defer c.Close()
 
-	if s := a.svid.Load(); !a.clk.Now().Before(s.rotateAt()) {
+	if s := a.svid.Load(); s.due(a.clk.Now()) {
 		if err := a.renew(ctx, c); err != nil {
 			return false, err
 		}
@@ -410,7 +410,7 @@ func (a *Agent) renewLoop(ctx context.Context, c *nodeclient.Client) error {
 	for {
 		s := a.svid.Load()
 		now := a.clk.Now()
-		if !now.Before(s.rotateAt()) {
+		if s.due(now) {
 			if err := a.renew(ctx, c); err != nil {
 				return err
 			}

@@ -50,10 +50,13 @@ type agentSVID struct {
 	notBefore time.Time
 	// start is when the lifetime is measured from for rotation (see
 	// received).
-	start    time.Time
-	notAfter time.Time
-	jitter   time.Duration // rotation jitter, chosen once
-	cert     *tls.Certificate
+	start time.Time
+	// receivedAt is the clock reading when it arrived from the server;
+	// zero if loaded from disk.
+	receivedAt time.Time
+	notAfter   time.Time
+	jitter     time.Duration // rotation jitter, chosen once
+	cert       *tls.Certificate
 	// authorityID names the CA that signed it, as svidcache.X509SVID's
 	// AuthorityID does.
 	authorityID string
@@ -61,10 +64,19 @@ type agentSVID struct {
 
 func (s *agentSVID) rotateAt() time.Time { return rotate.RotateAt(s.start, s.notAfter, s.jitter) }
 
+// due reports whether the SVID is to be renewed at now: at its rotation
+// time, or once the wall clock has stepped back more than maxStepBack
+// since it arrived (its rotation time is then as much further away, and
+// it is not valid at the new time).
+func (s *agentSVID) due(now time.Time) bool {
+	return !now.Before(s.rotateAt()) || !s.receivedAt.IsZero() && now.Before(s.receivedAt.Add(-maxStepBack))
+}
+
 // received records when the SVID arrived from the server, so its lifetime
 // is measured from then rather than from the backdated NotBefore (see
 // rotate.Start). An SVID loaded from disk keeps NotBefore.
 func (s *agentSVID) received(at time.Time) {
+	s.receivedAt = at
 	s.start = rotate.Start(s.notBefore, at)
 	s.jitter = rotate.NewJitter(s.start, s.notAfter)
 }

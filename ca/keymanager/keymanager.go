@@ -199,7 +199,9 @@ func New(ctx context.Context, cfg Config) (*Manager, error) {
 // Active returns the keys that sign now.
 func (m *Manager) Active() *Active { return m.active.Load() }
 
-// Run rotates keys on schedule until ctx ends. A failed step is retried
+// Run rotates keys on schedule until ctx ends, reading the clock at least
+// once a minute, so that a step of the wall clock is noticed within a
+// minute. A failed step is retried
 // after a minute, then after twice as long each time it fails again (at
 // most 16 minutes); the current keys keep signing meanwhile. It also
 // evaluates the policy again after an operator's change (Prepare,
