@@ -55,6 +55,11 @@ type streamState struct {
 // the index applies it. It ends when the agent is evicted or banned, its
 // certificate is rotated away, expires or no longer verifies, or the
 // service stops.
+// maxExpiryWait caps the wait of a Sync stream for its agent
+// certificate's expiry, so that a step of the wall clock past it is
+// noticed within a minute (timers count monotonic time).
+const maxExpiryWait = time.Minute
+
 func (h *handler) Sync(_ *nodev1.SyncRequest, stream nodev1.NodeService_SyncServer) error {
 	s := h.s
 	ctx := stream.Context()
@@ -67,7 +72,7 @@ func (h *handler) Sync(_ *nodev1.SyncRequest, stream nodev1.NodeService_SyncServ
 	defer s.reports.streamOpened(c.id)()
 	s.metrics.SyncStreamOpened()
 	defer s.metrics.SyncStreamClosed()
-	expiry := s.clock.NewTimer(c.chain[0].NotAfter.Sub(s.clock.Now()))
+	expiry := s.clock.NewTimer(min(maxExpiryWait, c.chain[0].NotAfter.Sub(s.clock.Now())))
 	defer expiry.Stop()
 	// verified starts at zero (bundle versions start at one), so the
 	// first round verifies the certificate again: the bundle may have
@@ -81,13 +86,14 @@ func (h *handler) Sync(_ *nodev1.SyncRequest, stream nodev1.NodeService_SyncServ
 		case <-s.stopping:
 			return status.Error(codes.Unavailable, msgStopping)
 		case <-expiry.C():
-			// The timer may fire early if the clock was set back; only
-			// an expired certificate ends the stream.
+			// The timer fires at least once a minute, and early if the
+			// clock was set back; only an expired certificate ends the
+			// stream.
 			now := s.clock.Now()
 			if now.After(c.chain[0].NotAfter) {
 				return s.deny(ctx, c.method, c.id, c.serial, "agent SVID expired during the stream", msgSVIDExpired)
 			}
-			expiry.Reset(c.chain[0].NotAfter.Sub(now) + time.Second)
+			expiry.Reset(min(maxExpiryWait, c.chain[0].NotAfter.Sub(now)+time.Second))
 			continue
 		case <-sub.notify:
 		}

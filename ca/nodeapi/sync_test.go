@@ -407,6 +407,23 @@ func TestSyncEndsWhenSVIDExpires(t *testing.T) {
 	wantCode(t, s.end(), codes.PermissionDenied, "agent SVID has expired")
 }
 
+// TestSyncEndsWhenClockStepsPastExpiry: after the wall clock steps past
+// the agent certificate's expiry, the stream ends within a minute of time
+// passing, not when a wait computed before the step would have.
+func TestSyncEndsWhenClockStepsPastExpiry(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	a := e.attest(agentA)
+	s := e.sync(a)
+	s.next()
+	// The renewer's timer and the stream's.
+	if err := e.clock.WaitForTimers(ctxT(t), 2); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Jump(a.leaf.NotAfter.Add(time.Second).Sub(e.clock.Now()))
+	e.clock.Advance(time.Minute)
+	wantCode(t, s.end(), codes.PermissionDenied, "agent SVID has expired")
+}
+
 // TestRunStops: cancelling Run ends open streams, and Run returns once its
 // goroutines have stopped.
 func TestRunStops(t *testing.T) {
