@@ -135,3 +135,22 @@ func TestClockJumpBackward(t *testing.T) {
 		t.Errorf("the agent SVID, valid at the new time, was renewed (%d) or attested again (%d), or the agent is unhealthy", st.Renewals, st.Attests-1)
 	}
 }
+
+// TestClockJumpForwardAgentSVID: when the wall clock steps past the agent
+// SVID's rotation time (but not its expiry), it is renewed within two
+// minutes of time passing, and the agent reconnects with it.
+func TestClockJumpForwardAgentSVID(t *testing.T) {
+	e, r, _, _ := jumpEnv(t)
+	old := readAgentCert(t, e.dir)
+	e.waitTimers(3)
+	e.clk.Jump(3 * 24 * time.Hour) // half life is two and a half days
+	if !e.clk.Now().Before(old.NotAfter) {
+		t.Fatal("the step passes the agent SVID's expiry")
+	}
+	e.passMinutes(2)
+	eventually(t, "the agent SVID renewed", func() bool { return e.srv.Stats().Renewals == 1 })
+	eventually(t, "the renewed agent SVID saved", func() bool { return readAgentCert(t, e.dir).NotAfter.After(old.NotAfter) })
+	if st := e.srv.Stats(); st.Attests != 1 || !r.a.Healthy() {
+		t.Errorf("attested again (%d) or unhealthy", st.Attests-1)
+	}
+}
