@@ -22,7 +22,8 @@
 // The agent ID comes from the leaf's SHA-1 fingerprint, or from a
 // text/template (Config.PathTemplate) over the certificate's subject
 // (see TemplateData), placed under /writ/agent/ and checked as a SPIFFE
-// ID path without repair. Two nodes that present one certificate are one
+// ID path without repair. A value the template prints may not hold '/',
+// so that a subject field cannot add path segments. Two nodes that present one certificate are one
 // agent: the later attestation wins.
 //
 // The package does no I/O: callers load files and pass the clock.

@@ -36,6 +36,7 @@ func TestPathTemplate(t *testing.T) {
 	ca := nodepki.NewCA(t, "org CA", now)
 	tests := []struct {
 		name, tmpl, cn string
+		ou             []string
 		want           string
 		err            error
 	}{
@@ -45,6 +46,14 @@ func TestPathTemplate(t *testing.T) {
 		{name: "space refused", tmpl: "x/{{ .Subject.CommonName }}", cn: "web 1", err: attest.ErrBadAgentID},
 		{name: "empty segment", tmpl: "x/{{ .Subject.CommonName }}/y", cn: "", err: attest.ErrBadAgentID},
 		{name: "unknown field", tmpl: "{{ .Nope }}", cn: "web1", err: attest.ErrBadAgentID},
+		// A value is never more than one segment: CN "web/web1" must not
+		// become the ID of OU "web", CN "web1".
+		{name: "slash in a value", tmpl: "nodes/{{ .Subject.CommonName }}", cn: "web/web1", err: attest.ErrBadAgentID},
+		{name: "slash in a value inside a segment", tmpl: "nodes/n-{{ .Subject.CommonName }}", cn: "web/web1", err: attest.ErrBadAgentID},
+		{name: "slash through printf", tmpl: `nodes/{{ printf "%s" .Subject.CommonName }}`, cn: "web/web1", err: attest.ErrBadAgentID},
+		{name: "slash in a range", tmpl: "nodes/{{ range .Subject.OrganizationalUnit }}{{ . }}{{ end }}/{{ .Subject.CommonName }}", cn: "web1", ou: []string{"a/b"}, err: attest.ErrBadAgentID},
+		{name: "slash in a with", tmpl: "nodes/{{ with .Subject.CommonName }}{{ . }}{{ end }}", cn: "a/b", err: attest.ErrBadAgentID},
+		{name: "literal slashes kept", tmpl: "{{ .PluginName }}/cn/{{ .Subject.CommonName }}", cn: "web1", want: "spiffe://example.org/writ/agent/x509pop/cn/web1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -56,7 +65,11 @@ func TestPathTemplate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			res, err := run(t, v, ca.Issue(t, nodepki.Node{CN: tt.cn, OU: []string{"web"}}, now))
+			ou := tt.ou
+			if ou == nil {
+				ou = []string{"web"}
+			}
+			res, err := run(t, v, ca.Issue(t, nodepki.Node{CN: tt.cn, OU: ou}, now))
 			if tt.err != nil {
 				if !errors.Is(err, tt.err) {
 					t.Fatalf("err %v, want %v", err, tt.err)
