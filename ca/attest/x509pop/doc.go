@@ -2,7 +2,8 @@
 // organisation's PKI and proof that the node holds its private key.
 //
 // The agent sends its certificate chain (Agent.Payload); the server
-// checks it against the CA bundle it trusts (chain, validity, the
+// refuses RSA keys longer than MaxRSAKeyBits in it, checks it against
+// the CA bundle it trusts (chain, validity, the
 // digitalSignature key usage and, when set, the clientAuth extended key
 // usage), sends a fresh nonce, and verifies the agent's signature over
 // it with the leaf's public key (Verifier.Attest). A recorded answer is

@@ -36,6 +36,13 @@ const DefaultPathTemplate = "{{ .PluginName }}/{{ .Fingerprint }}"
 // maxChain bounds the certificates a payload may carry.
 const maxChain = 8
 
+// MaxRSAKeyBits bounds the RSA keys of the certificates of a payload, as
+// crypto/tls bounds those of peers: the agent chooses the intermediates
+// before it has proved anything, and verifying a signature with an RSA
+// key costs the square of its size (seconds for the largest a payload
+// can hold).
+const MaxRSAKeyBits = 8192
+
 // signedPrefix starts every message the agent signs, so that a signature
 // made for x509pop means nothing elsewhere.
 const signedPrefix = "writ x509pop v1 challenge\x00"
@@ -181,6 +188,9 @@ func (v *Verifier) Attest(ctx context.Context, raw []byte, challenge attest.Chal
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
 			return nil, fmt.Errorf("%w: certificate %d: %w", attest.ErrInvalidPayload, i, err)
+		}
+		if k, ok := c.PublicKey.(*rsa.PublicKey); ok && k.N.BitLen() > MaxRSAKeyBits {
+			return nil, fmt.Errorf("%w: certificate %d: RSA key of %d bits (at most %d)", attest.ErrInvalidPayload, i, k.N.BitLen(), MaxRSAKeyBits)
 		}
 		certs[i] = c
 	}

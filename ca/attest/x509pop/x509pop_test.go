@@ -2,8 +2,13 @@ package x509pop_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"errors"
+	"math/big"
 	"testing"
 	"time"
 
@@ -136,5 +141,51 @@ func TestNewAgentKeyMismatch(t *testing.T) {
 	n1, n2 := ca.Issue(t, nodepki.Node{CN: "1"}, now), ca.Issue(t, nodepki.Node{CN: "2"}, now)
 	if _, err := x509pop.NewAgent([][]byte{n1.Cert.Raw}, n2.Key); err == nil {
 		t.Fatal("NewAgent accepted another certificate's key")
+	}
+}
+
+// TestOversizedRSAKeyRefused: a certificate of the payload whose RSA key
+// is longer than MaxRSAKeyBits is refused before any signature is
+// checked with it. Unauthenticated agents choose the intermediates, and
+// one with a 380000-bit modulus and a 31-bit exponent costs the server
+// seconds of CPU per verification (the leaf here is a valid node
+// certificate: only the bound refuses it).
+func TestOversizedRSAKeyRefused(t *testing.T) {
+	now := time.Now()
+	ca := nodepki.NewCA(t, "org CA", now)
+	node := ca.Issue(t, nodepki.Node{CN: "web1"}, now)
+	n := new(big.Int).Lsh(big.NewInt(1), x509pop.MaxRSAKeyBits)
+	n.Add(n, big.NewInt(1)) // MaxRSAKeyBits+1 bits, odd
+	junk, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: ca.Cert.Subject,
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &rsa.PublicKey{N: n, E: 1<<31 - 1}, junk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := x509pop.NewVerifier(x509pop.Config{TrustDomain: td, Roots: func() []*x509.Certificate { return []*x509.Certificate{ca.Cert} }, Clock: fakeclock.New(now)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := x509pop.NewAgent([][]byte{node.Cert.Raw, der}, node.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := a.Payload(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Attest(context.Background(), p, a.Respond); !errors.Is(err, attest.ErrInvalidPayload) {
+		t.Fatalf("err %v, want %v", err, attest.ErrInvalidPayload)
+	}
+	// Without it, the same node attests.
+	if _, err := run(t, v, node); err != nil {
+		t.Fatal(err)
 	}
 }
