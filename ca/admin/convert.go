@@ -254,6 +254,19 @@ func (s *Service) checkEntry(e *entry.Entry) error {
 	if err := e.Validate(s.td); err != nil {
 		return invalidField("entry", err)
 	}
+	if e.Template != "" && len(s.adminIDs) > 0 {
+		// As with an admin entry's ID (CheckTemplateOverlap): the
+		// workloads the template matches must not get an admin ID.
+		t, err := entry.ParseTemplate(s.td, e.Template)
+		if err != nil {
+			return invalidField("template", err)
+		}
+		for id := range s.adminIDs {
+			if t.Conforms(id) {
+				return invalidf("invalid template: %q can fill %s, an admin SPIFFE ID of the server's configuration; make a literal segment differ", e.Template, id)
+			}
+		}
+	}
 	return nil
 }
 

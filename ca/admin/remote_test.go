@@ -461,3 +461,36 @@ func BenchmarkRemoteAdminCall(b *testing.B) {
 		})
 	}
 }
+
+// TestTemplateCannotFillAdminID: a template entry that could fill one of
+// Config.AdminIDs is refused, as one that could fill the ID of an admin
+// entry is: the workload it matched would get an SVID of that ID, which
+// the remote admin API accepts. The same template elsewhere is accepted.
+func TestTemplateCannotFillAdminID(t *testing.T) {
+	e := newRemoteEnv(t, remoteOptions{})
+	conn := e.svidConn(t, e.ca, listedID)
+	create := func(tmpl string) (codes.Code, string) {
+		resp, err := adminv1.NewEntryServiceClient(conn).BatchCreateEntry(ctxT(t), &adminv1.BatchCreateEntryRequest{Entries: []*adminv1.Entry{{
+			Template:  tmpl,
+			ParentId:  agentID,
+			Selectors: []string{"unix:gid:100"},
+		}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return codes.Code(resp.Results[0].GetStatus().GetCode()), resp.Results[0].GetEntry().GetId()
+	}
+	if got, _ := create("spiffe://example.org/ci/{{unix.path | base}}"); got != codes.InvalidArgument {
+		t.Fatalf("template filling the admin ID %s: %v, want InvalidArgument", listedID, got)
+	}
+	got, id := create("spiffe://example.org/ci/{{unix.user}}/x")
+	if got != codes.OK {
+		t.Fatalf("template not filling it: %v", got)
+	}
+	// Nor can an update turn a template into one that fills it.
+	_, err := adminv1.NewEntryServiceClient(conn).UpdateEntry(ctxT(t), &adminv1.UpdateEntryRequest{
+		Entry:      &adminv1.Entry{Id: id, Template: "spiffe://example.org/ci/{{unix.user}}"},
+		UpdateMask: []string{"spiffe_id"},
+	})
+	wantCode(t, "update to a template filling the admin ID", err, codes.InvalidArgument)
+}

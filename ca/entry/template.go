@@ -239,29 +239,9 @@ func (t *Template) Fill(workload, node []Selector) (spiffeid.ID, []Selector, err
 		if s.f.node {
 			from = node
 		}
-		var (
-			found Selector
-			count int
-		)
-		for _, sel := range from {
-			if sel.Type == s.f.typ && strings.HasPrefix(sel.Value, s.f.prefix) {
-				found = sel
-				count++
-			}
-		}
-		switch count {
-		case 0:
-			return spiffeid.ID{}, nil, fmt.Errorf("%w: field %s: no such selector", ErrTemplateFill, s.f.name)
-		case 1:
-		default:
-			return spiffeid.ID{}, nil, fmt.Errorf("%w: field %s: %d selectors, want one", ErrTemplateFill, s.f.name, count)
-		}
-		v := found.Value[len(s.f.prefix):]
-		if s.f.base {
-			v = v[strings.LastIndexByte(v, '/')+1:]
-		}
-		if err := checkSegment(v); err != nil {
-			return spiffeid.ID{}, nil, fmt.Errorf("%w: field %s: value is not a valid path segment: %v", ErrTemplateFill, s.f.name, err)
+		v, found, err := s.f.fill(from)
+		if err != nil {
+			return spiffeid.ID{}, nil, err
 		}
 		segs[i] = v
 		if !s.f.node {
@@ -279,6 +259,59 @@ func (t *Template) Fill(workload, node []Selector) (spiffeid.ID, []Selector, err
 		return spiffeid.ID{}, nil, fmt.Errorf("%w: %v", ErrTemplateFill, err)
 	}
 	return id, used, nil
+}
+
+// fill returns the segment f fills from selectors, and the selector it
+// came from. Errors wrap ErrTemplateFill and never quote the value.
+func (f *templateField) fill(from []Selector) (string, Selector, error) {
+	var (
+		found Selector
+		count int
+	)
+	for _, sel := range from {
+		if sel.Type == f.typ && strings.HasPrefix(sel.Value, f.prefix) {
+			found = sel
+			count++
+		}
+	}
+	switch count {
+	case 0:
+		return "", Selector{}, fmt.Errorf("%w: field %s: no such selector", ErrTemplateFill, f.name)
+	case 1:
+	default:
+		return "", Selector{}, fmt.Errorf("%w: field %s: %d selectors, want one", ErrTemplateFill, f.name, count)
+	}
+	v := found.Value[len(f.prefix):]
+	if f.base {
+		v = v[strings.LastIndexByte(v, '/')+1:]
+	}
+	if err := checkSegment(v); err != nil {
+		return "", Selector{}, fmt.Errorf("%w: field %s: value is not a valid path segment: %v", ErrTemplateFill, f.name, err)
+	}
+	return v, found, nil
+}
+
+// ConformsFor reports whether id is one the template fills for an agent
+// whose node selectors are node: it conforms (Conforms), and each node.*
+// placeholder holds exactly what Fill makes of node. The workload
+// placeholders are left to the agent, which alone sees the caller; the
+// node ones the server checks against the selectors it recorded, so
+// that an agent cannot take another node's values.
+func (t *Template) ConformsFor(id spiffeid.ID, node []Selector) bool {
+	if !t.Conforms(id) {
+		return false
+	}
+	segs := strings.Split(strings.TrimPrefix(id.Path(), "/"), "/")
+	for i, s := range t.segs {
+		if s.f == nil || !s.f.node {
+			continue
+		}
+		v, _, err := s.f.fill(node)
+		if err != nil || v != segs[i] {
+			return false
+		}
+	}
+	return true
 }
 
 // Conforms reports whether id is one the template can fill: in its

@@ -183,6 +183,34 @@ func TestTemplateConforms(t *testing.T) {
 	}
 }
 
+// TestTemplateConformsFor: node.* segments must be what the node
+// selectors fill (base filter included); workload segments are only
+// checked for shape.
+func TestTemplateConformsFor(t *testing.T) {
+	tm, err := entry.ParseTemplate(td, "spiffe://example.org/n/{{node.x509pop.subject.cn}}/{{node.x509pop.san.uri | base}}/{{unix.user}}")
+	if err != nil {
+		t.Fatal(err)
+	}
+	node := sels(t, "x509pop:subject:cn:web1", "x509pop:san:uri:https://example.org/hosts/h1")
+	for _, tc := range []struct {
+		id   string
+		node []entry.Selector
+		want bool
+	}{
+		{"spiffe://example.org/n/web1/h1/alice", node, true},
+		{"spiffe://example.org/n/web1/h1/bob", node, true},
+		{"spiffe://example.org/n/web2/h1/alice", node, false},
+		{"spiffe://example.org/n/web1/h2/alice", node, false},
+		{"spiffe://example.org/n/web1/h1/alice", nil, false},
+		{"spiffe://example.org/n/web1/h1/alice", append(sels(t, "x509pop:subject:cn:web2"), node...), false},
+		{"spiffe://example.org/n/web1/alice", node, false},
+	} {
+		if got := tm.ConformsFor(spiffeid.RequireFromString(tc.id), tc.node); got != tc.want {
+			t.Errorf("ConformsFor(%s, %v) = %v, want %v", tc.id, tc.node, got, tc.want)
+		}
+	}
+}
+
 func TestCheckTemplateOverlap(t *testing.T) {
 	mk := func(id, tmpl, sid string) *entry.Entry {
 		return &entry.Entry{ID: id, Template: tmpl, SPIFFEID: spiffeid.RequireFromString(sid)}

@@ -122,6 +122,17 @@ func (ix *index) forAgentLocked(e *entry.Entry, agent spiffeid.ID) bool {
 	return ok
 }
 
+// agentSelectors returns the node selectors recorded for agent (nil if
+// it has no record).
+func (ix *index) agentSelectors(agent spiffeid.ID) []entry.Selector {
+	ix.mu.RLock()
+	defer ix.mu.RUnlock()
+	if a := ix.agents[agent]; a != nil {
+		return a.Selectors
+	}
+	return nil
+}
+
 // entryForAgent returns the entry with this ID if it is for agent, or nil.
 func (ix *index) entryForAgent(id string, agent spiffeid.ID) *entry.Entry {
 	ix.mu.RLock()

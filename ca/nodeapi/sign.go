@@ -45,10 +45,12 @@ func (s *Service) authorizedEntry(c *caller, id string) *entry.Entry {
 // authorized) when the agent asks for requested. A plain entry issues its
 // own ID (requested is empty or that ID). A template entry issues the ID
 // the agent filled in, which must conform to the template: its literal
-// segments and shape, outside the reserved path. The caller's selectors
-// stay on the agent, which is trusted to match them, as for plain
-// entries; the template bounds what a compromised agent can ask for.
-func (s *Service) issuedID(e *entry.Entry, requested string) (spiffeid.ID, bool) {
+// segments and shape, outside the reserved path, and its node.*
+// placeholders filled from the node selectors recorded for the calling
+// agent c. The caller's selectors stay on the agent, which is trusted to
+// match them, as for plain entries; the template bounds what a
+// compromised agent can ask for.
+func (s *Service) issuedID(c *caller, e *entry.Entry, requested string) (spiffeid.ID, bool) {
 	if e == nil {
 		return spiffeid.ID{}, false
 	}
@@ -62,6 +64,9 @@ func (s *Service) issuedID(e *entry.Entry, requested string) (spiffeid.ID, bool)
 	}
 	id, err := entry.ParseWorkloadID(s.td, requested)
 	if err != nil || !t.Conforms(id) {
+		return spiffeid.ID{}, false
+	}
+	if t.UsesNode() && !t.ConformsFor(id, s.idx.agentSelectors(c.id)) {
 		return spiffeid.ID{}, false
 	}
 	return id, true
@@ -107,7 +112,7 @@ func (h *handler) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX5
 		res := &nodev1.X509SVIDResult{EntryId: r.GetEntryId()}
 		resp.Results[i] = res
 		e := s.authorizedEntry(c, r.GetEntryId())
-		sid, ok := s.issuedID(e, r.GetSpiffeId())
+		sid, ok := s.issuedID(c, e, r.GetSpiffeId())
 		if !ok {
 			unauthorized.Add(1)
 			id := r.GetEntryId()
@@ -190,7 +195,7 @@ func (h *handler) SignJWTSVID(ctx context.Context, req *nodev1.SignJWTSVIDReques
 		return nil, err
 	}
 	e := s.authorizedEntry(c, req.GetEntryId())
-	sid, ok := s.issuedID(e, req.GetSpiffeId())
+	sid, ok := s.issuedID(c, e, req.GetSpiffeId())
 	if !ok {
 		s.log.LogAttrs(ctx, slog.LevelWarn, "JWT-SVID refused", slog.String(logkey.SPIFFEID, c.id.String()), slog.String(logkey.EntryID, logEntryID(req.GetEntryId())), slog.String(logkey.Reason, "entry missing or not the agent's, or an ID its template does not fill"))
 		return nil, status.Error(codes.PermissionDenied, msgEntryNotAuthorized)

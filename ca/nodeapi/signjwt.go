@@ -79,7 +79,7 @@ func (h *handler) BatchSignJWTSVID(ctx context.Context, req *nodev1.BatchSignJWT
 		res := &nodev1.JWTSVIDResult{EntryId: r.GetEntryId()}
 		resp.Results[i] = res
 		e := s.authorizedEntry(c, r.GetEntryId())
-		sid, ok := s.issuedID(e, r.GetSpiffeId())
+		sid, ok := s.issuedID(c, e, r.GetSpiffeId())
 		if !ok {
 			unauthorized.Add(1)
 			id := r.GetEntryId()

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	nodev1 "writ.dev/writ/ca/api/node/v1"
+	"writ.dev/writ/ca/datastore"
 	"writ.dev/writ/ca/entry"
 )
 
@@ -137,5 +138,39 @@ func TestReportTemplates(t *testing.T) {
 			t.Fatal("the report outlived the agent's Sync stream")
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestSignTemplateNodeFields: the node.* placeholders of a template are
+// filled from the node selectors the server recorded for the calling
+// agent; an agent cannot have another node's values signed.
+func TestSignTemplateNodeFields(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	a := e.attest(agentA)
+	if _, err := e.store.UpdateAgent(context.Background(), a.id, func(ag *datastore.Agent) error {
+		ag.Selectors = []entry.Selector{{Type: "x509pop", Value: "subject:cn:web1"}}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	tmpl := e.createEntry("spiffe://example.org/node", agentA, func(en *entry.Entry) {
+		en.Template = "spiffe://example.org/node/{{node.x509pop.subject.cn}}/{{unix.user}}"
+	})
+	sign := func(id string) codes.Code {
+		resp, err := a.client.BatchSignX509SVID(ctxT(t), &nodev1.BatchSignX509SVIDRequest{Requests: []*nodev1.X509SVIDRequest{
+			{EntryId: tmpl.ID, SpiffeId: id, Csr: newCSR(t, newKey(t))},
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return codes.Code(resp.Results[0].Status.GetCode())
+	}
+	eventually(t, "own node value signed", func() bool { return sign("spiffe://example.org/node/web1/alice") == codes.OK })
+	if got := sign("spiffe://example.org/node/web2/alice"); got != codes.PermissionDenied {
+		t.Errorf("another node's value: %v, want PermissionDenied", got)
+	}
+	_, err := a.client.SignJWTSVID(ctxT(t), &nodev1.SignJWTSVIDRequest{EntryId: tmpl.ID, SpiffeId: "spiffe://example.org/node/web2/alice", Audience: []string{"db"}})
+	if status.Code(err) != codes.PermissionDenied {
+		t.Errorf("another node's value, JWT-SVID: %v, want PermissionDenied", err)
 	}
 }

@@ -83,7 +83,7 @@ func (h *handler) ReportTemplates(ctx context.Context, req *nodev1.ReportTemplat
 		}
 		is := entry.Issued{AgentID: c.id, Count: int(max(t.GetCount(), int64(len(t.GetSpiffeIds())))), ReportedAt: now}
 		for _, v := range t.GetSpiffeIds() {
-			if _, ok := s.issuedID(e, v); ok {
+			if _, ok := s.issuedID(c, e, v); ok {
 				is.SPIFFEIDs = append(is.SPIFFEIDs, v)
 			} else {
 				dropped++

@@ -496,7 +496,7 @@ func TestAdminSocketDefault(t *testing.T) {
 		t.Setenv(adminSocketEnv, "")
 		t.Chdir(t.TempDir())
 		r := runCLI(t, "", "agent", "list")
-		want := cliResult{stderr: "writ: cannot connect to the admin socket writ-data/admin.sock: connect: no such file or directory\n", code: 1}
+		want := cliResult{stderr: "writ: cannot connect to the admin socket writ-data/admin.sock: no such file or directory\n", code: 1}
 		if r != want {
 			t.Errorf("got %+v, want %+v", r, want)
 		}
@@ -525,5 +525,53 @@ func TestGroupCommandsShowHelp(t *testing.T) {
 		if r.code != 0 || !strings.Contains(r.stdout, "USAGE:") || r.stderr != "" {
 			t.Errorf("%v: %+v", args, r)
 		}
+	}
+}
+
+// TestDefaultAdminSocketTrust: with neither --admin-socket,
+// $WRIT_ADMIN_SOCKET nor $WRIT_DATA_DIR, the admin socket is
+// writ-data/admin.sock under the working directory; in a directory other
+// users can write to, any of them could serve it and receive the
+// commands, so it is refused before any connection. Named by the user,
+// or under a directory only this user or root controls, it is dialed.
+func TestDefaultAdminSocketTrust(t *testing.T) {
+	root, err := os.MkdirTemp("", "wa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(root) })
+	shared := filepath.Join(root, "shared")
+	if err := os.MkdirAll(filepath.Join(shared, "writ-data"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(shared, 0o777); err != nil { // writable by all, not sticky
+		t.Fatal(err)
+	}
+	f := startFakeAt(t, filepath.Join(shared, "writ-data", "admin.sock"))
+	f.setAgents(sampleAgents())
+	t.Setenv(adminSocketEnv, "")
+	t.Setenv(dataDirEnv, "")
+	os.Unsetenv(adminSocketEnv)
+	os.Unsetenv(dataDirEnv)
+	t.Chdir(shared)
+
+	r := runCLI(t, "", "agent", "list")
+	if r.code == 0 || !strings.Contains(r.stderr, "refusing the default admin socket writ-data/admin.sock") {
+		t.Fatalf("default socket in a shared directory: %+v; want it refused", r)
+	}
+	if calls := f.callNames(); len(calls) != 0 {
+		t.Fatalf("calls reached the refused socket: %v", calls)
+	}
+
+	// Named by the user: dialed.
+	if r := runCLI(t, "", f.args("agent", "list")...); r.code != 0 {
+		t.Fatalf("named socket: %+v", r)
+	}
+	// The default under directories no other user can write to: dialed.
+	if err := os.Chmod(shared, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if r := runCLI(t, "", "agent", "list"); r.code != 0 {
+		t.Fatalf("default socket in a private directory: %+v", r)
 	}
 }

@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/urfave/cli/v2"
@@ -17,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	adminv1 "writ.dev/writ/ca/api/admin/v1"
+	"writ.dev/writ/internal/unixsock"
 )
 
 // Where the admin commands look for the admin socket by default: the
@@ -111,10 +114,15 @@ func defaultAdminSocket() string {
 // where to write, in which format, and how to reach the server. It is
 // built, and the common flags checked, before anything else is done.
 type adminCmd struct {
-	cli     *cli.Context
-	format  outputFormat
-	socket  string
-	timeout time.Duration
+	cli    *cli.Context
+	format outputFormat
+	socket string
+	// checkSocket: socket is the relative default (neither the flag,
+	// $WRIT_ADMIN_SOCKET nor $WRIT_DATA_DIR named it), which depends on
+	// the working directory; it is dialed only if unixsock.CheckDial
+	// accepts it.
+	checkSocket bool
+	timeout     time.Duration
 	// remote, if set, replaces the socket: the server's remote admin API.
 	remote *remoteAdmin
 }
@@ -148,6 +156,7 @@ func newAdminCmd(c *cli.Context) (*adminCmd, error) {
 	a.socket = c.String(flagAdminSocket)
 	if a.socket == "" {
 		a.socket = defaultAdminSocket()
+		a.checkSocket = os.Getenv(dataDirEnv) == ""
 	}
 	return a, nil
 }
@@ -159,7 +168,29 @@ func (a *adminCmd) dial() (*adminClient, error) {
 	if a.remote != nil {
 		return a.remote.dial(a.cli.Context, a.timeout)
 	}
+	if a.checkSocket {
+		if err := checkDefaultAdminSocket(a.socket); err != nil {
+			return nil, err
+		}
+	}
 	return dialAdmin(a.socket, a.timeout)
+}
+
+// checkDefaultAdminSocket reports an error unless path, the admin socket
+// under the working directory that the user did not name, is one that
+// only this user or root can have made: in a shared directory such as
+// /tmp another local user could otherwise serve it, and receive the
+// commands (and answer them with a bundle or backup of their own).
+func checkDefaultAdminSocket(path string) error {
+	err := unixsock.CheckDial(path)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, fs.ErrNotExist):
+		// As a dial would say, without the checked directories.
+		return fmt.Errorf("cannot connect to the admin socket %s: %w", path, syscall.ENOENT)
+	}
+	return fmt.Errorf("refusing the default admin socket %s, which another user may have made: %w; if it is your server's, name it with --%s or $%s, or its data directory with $%s", path, err, flagAdminSocket, adminSocketEnv, dataDirEnv)
 }
 
 // callAdmin dials the admin socket and makes one call, bounded by the

@@ -69,7 +69,13 @@ func startFake(t *testing.T) *fakeAdmin {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	f := &fakeAdmin{socket: filepath.Join(dir, "a.sock")}
+	return startFakeAt(t, filepath.Join(dir, "a.sock"))
+}
+
+// startFakeAt serves a fakeAdmin on a Unix socket at path.
+func startFakeAt(t *testing.T, path string) *fakeAdmin {
+	t.Helper()
+	f := &fakeAdmin{socket: path}
 	lis, err := net.Listen("unix", f.socket)
 	if err != nil {
 		t.Fatal(err)

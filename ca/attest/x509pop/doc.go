@@ -2,7 +2,8 @@
 // organisation's PKI and proof that the node holds its private key.
 //
 // The agent sends its certificate chain (Agent.Payload); the server
-// checks it against the CA bundle it trusts (chain, validity, the
+// refuses RSA keys longer than MaxRSAKeyBits in it, checks it against
+// the CA bundle it trusts (chain, validity, the
 // digitalSignature key usage and, when set, the clientAuth extended key
 // usage), sends a fresh nonce, and verifies the agent's signature over
 // it with the leaf's public key (Verifier.Attest). A recorded answer is
@@ -22,7 +23,8 @@
 // The agent ID comes from the leaf's SHA-1 fingerprint, or from a
 // text/template (Config.PathTemplate) over the certificate's subject
 // (see TemplateData), placed under /writ/agent/ and checked as a SPIFFE
-// ID path without repair. Two nodes that present one certificate are one
+// ID path without repair. A value the template prints may not hold '/',
+// so that a subject field cannot add path segments. Two nodes that present one certificate are one
 // agent: the later attestation wins.
 //
 // The package does no I/O: callers load files and pass the clock.

@@ -17,6 +17,7 @@ import (
 	"fmt"
 	"strings"
 	"text/template"
+	"text/template/parse"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -34,6 +35,13 @@ const DefaultPathTemplate = "{{ .PluginName }}/{{ .Fingerprint }}"
 
 // maxChain bounds the certificates a payload may carry.
 const maxChain = 8
+
+// MaxRSAKeyBits bounds the RSA keys of the certificates of a payload, as
+// crypto/tls bounds those of peers: the agent chooses the intermediates
+// before it has proved anything, and verifying a signature with an RSA
+// key costs the square of its size (seconds for the largest a payload
+// can hold).
+const MaxRSAKeyBits = 8192
 
 // signedPrefix starts every message the agent signs, so that a signature
 // made for x509pop means nothing elsewhere.
@@ -61,16 +69,70 @@ type TemplateData struct {
 }
 
 // ParsePathTemplate parses an agent path template (DefaultPathTemplate
-// if s is empty). Missing keys are errors, not "<no value>".
+// if s is empty). Missing keys are errors, not "<no value>". What an
+// action prints (a value from the certificate) may not hold '/': it is
+// at most one path segment, so that a subject field cannot add segments
+// and name another node's agent ID. Slashes belong in the template's
+// text.
 func ParsePathTemplate(s string) (*template.Template, error) {
 	if s == "" {
 		s = DefaultPathTemplate
 	}
-	t, err := template.New("x509pop-agent-path").Option("missingkey=error").Parse(s)
+	t, err := template.New("x509pop-agent-path").Option("missingkey=error").Funcs(template.FuncMap{valueFunc: pathValue}).Parse(s)
 	if err != nil {
 		return nil, fmt.Errorf("x509pop: agent path template: %w", err)
 	}
+	for _, tt := range t.Templates() {
+		if tt.Tree != nil {
+			checkValues(tt.Tree.Root)
+		}
+	}
 	return t, nil
+}
+
+// valueFunc is the function ParsePathTemplate ends every printing action
+// with.
+const valueFunc = "writAgentPathValue"
+
+// pathValue is what an action of a path template prints: v, if it holds
+// no '/'. The error does not quote the value.
+func pathValue(v any) (string, error) {
+	s := fmt.Sprint(v)
+	if strings.Contains(s, "/") {
+		return "", errors.New("a certificate value holds '/': each value must stay within one path segment")
+	}
+	return s, nil
+}
+
+// checkValues ends the pipeline of every action under n that prints
+// with valueFunc (as html/template adds its escapers).
+func checkValues(n parse.Node) {
+	switch n := n.(type) {
+	case *parse.ListNode:
+		if n == nil {
+			return
+		}
+		for _, c := range n.Nodes {
+			checkValues(c)
+		}
+	case *parse.ActionNode:
+		if len(n.Pipe.Decl) == 0 {
+			n.Pipe.Cmds = append(n.Pipe.Cmds, &parse.CommandNode{
+				NodeType: parse.NodeCommand,
+				Pos:      n.Pos,
+				Args:     []parse.Node{parse.NewIdentifier(valueFunc).SetTree(nil).SetPos(n.Pos)},
+			})
+		}
+	case *parse.IfNode:
+		checkValues(n.List)
+		checkValues(n.ElseList)
+	case *parse.RangeNode:
+		checkValues(n.List)
+		checkValues(n.ElseList)
+	case *parse.WithNode:
+		checkValues(n.List)
+		checkValues(n.ElseList)
+	}
 }
 
 // Config configures a Verifier.
@@ -80,8 +142,8 @@ type Config struct {
 	// it is called at every attestation, so that a reloaded bundle
 	// applies at once. Required.
 	Roots func() []*x509.Certificate
-	// PathTemplate makes the path under /writ/agent/ of the agent ID
-	// (ParsePathTemplate("") if nil).
+	// PathTemplate makes the path under /writ/agent/ of the agent ID:
+	// one ParsePathTemplate returned (ParsePathTemplate("") if nil).
 	PathTemplate *template.Template
 	// Clock is the time certificates are checked at. Required.
 	Clock clock.Clock
@@ -126,6 +188,9 @@ func (v *Verifier) Attest(ctx context.Context, raw []byte, challenge attest.Chal
 		c, err := x509.ParseCertificate(der)
 		if err != nil {
 			return nil, fmt.Errorf("%w: certificate %d: %w", attest.ErrInvalidPayload, i, err)
+		}
+		if k, ok := c.PublicKey.(*rsa.PublicKey); ok && k.N.BitLen() > MaxRSAKeyBits {
+			return nil, fmt.Errorf("%w: certificate %d: RSA key of %d bits (at most %d)", attest.ErrInvalidPayload, i, k.N.BitLen(), MaxRSAKeyBits)
 		}
 		certs[i] = c
 	}

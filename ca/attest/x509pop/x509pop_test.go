@@ -2,8 +2,13 @@ package x509pop_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"errors"
+	"math/big"
 	"testing"
 	"time"
 
@@ -36,6 +41,7 @@ func TestPathTemplate(t *testing.T) {
 	ca := nodepki.NewCA(t, "org CA", now)
 	tests := []struct {
 		name, tmpl, cn string
+		ou             []string
 		want           string
 		err            error
 	}{
@@ -45,6 +51,14 @@ func TestPathTemplate(t *testing.T) {
 		{name: "space refused", tmpl: "x/{{ .Subject.CommonName }}", cn: "web 1", err: attest.ErrBadAgentID},
 		{name: "empty segment", tmpl: "x/{{ .Subject.CommonName }}/y", cn: "", err: attest.ErrBadAgentID},
 		{name: "unknown field", tmpl: "{{ .Nope }}", cn: "web1", err: attest.ErrBadAgentID},
+		// A value is never more than one segment: CN "web/web1" must not
+		// become the ID of OU "web", CN "web1".
+		{name: "slash in a value", tmpl: "nodes/{{ .Subject.CommonName }}", cn: "web/web1", err: attest.ErrBadAgentID},
+		{name: "slash in a value inside a segment", tmpl: "nodes/n-{{ .Subject.CommonName }}", cn: "web/web1", err: attest.ErrBadAgentID},
+		{name: "slash through printf", tmpl: `nodes/{{ printf "%s" .Subject.CommonName }}`, cn: "web/web1", err: attest.ErrBadAgentID},
+		{name: "slash in a range", tmpl: "nodes/{{ range .Subject.OrganizationalUnit }}{{ . }}{{ end }}/{{ .Subject.CommonName }}", cn: "web1", ou: []string{"a/b"}, err: attest.ErrBadAgentID},
+		{name: "slash in a with", tmpl: "nodes/{{ with .Subject.CommonName }}{{ . }}{{ end }}", cn: "a/b", err: attest.ErrBadAgentID},
+		{name: "literal slashes kept", tmpl: "{{ .PluginName }}/cn/{{ .Subject.CommonName }}", cn: "web1", want: "spiffe://example.org/writ/agent/x509pop/cn/web1"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -56,7 +70,11 @@ func TestPathTemplate(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			res, err := run(t, v, ca.Issue(t, nodepki.Node{CN: tt.cn, OU: []string{"web"}}, now))
+			ou := tt.ou
+			if ou == nil {
+				ou = []string{"web"}
+			}
+			res, err := run(t, v, ca.Issue(t, nodepki.Node{CN: tt.cn, OU: ou}, now))
 			if tt.err != nil {
 				if !errors.Is(err, tt.err) {
 					t.Fatalf("err %v, want %v", err, tt.err)
@@ -123,5 +141,51 @@ func TestNewAgentKeyMismatch(t *testing.T) {
 	n1, n2 := ca.Issue(t, nodepki.Node{CN: "1"}, now), ca.Issue(t, nodepki.Node{CN: "2"}, now)
 	if _, err := x509pop.NewAgent([][]byte{n1.Cert.Raw}, n2.Key); err == nil {
 		t.Fatal("NewAgent accepted another certificate's key")
+	}
+}
+
+// TestOversizedRSAKeyRefused: a certificate of the payload whose RSA key
+// is longer than MaxRSAKeyBits is refused before any signature is
+// checked with it. Unauthenticated agents choose the intermediates, and
+// one with a 380000-bit modulus and a 31-bit exponent costs the server
+// seconds of CPU per verification (the leaf here is a valid node
+// certificate: only the bound refuses it).
+func TestOversizedRSAKeyRefused(t *testing.T) {
+	now := time.Now()
+	ca := nodepki.NewCA(t, "org CA", now)
+	node := ca.Issue(t, nodepki.Node{CN: "web1"}, now)
+	n := new(big.Int).Lsh(big.NewInt(1), x509pop.MaxRSAKeyBits)
+	n.Add(n, big.NewInt(1)) // MaxRSAKeyBits+1 bits, odd
+	junk, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: ca.Cert.Subject,
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &rsa.PublicKey{N: n, E: 1<<31 - 1}, junk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := x509pop.NewVerifier(x509pop.Config{TrustDomain: td, Roots: func() []*x509.Certificate { return []*x509.Certificate{ca.Cert} }, Clock: fakeclock.New(now)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := x509pop.NewAgent([][]byte{node.Cert.Raw, der}, node.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := a.Payload(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Attest(context.Background(), p, a.Respond); !errors.Is(err, attest.ErrInvalidPayload) {
+		t.Fatalf("err %v, want %v", err, attest.ErrInvalidPayload)
+	}
+	// Without it, the same node attests.
+	if _, err := run(t, v, node); err != nil {
+		t.Fatal(err)
 	}
 }
