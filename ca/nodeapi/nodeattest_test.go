@@ -29,18 +29,23 @@ type x509popEnv struct {
 	roots     atomic.Pointer[[]*x509.Certificate]
 }
 
-func newX509popEnv(t *testing.T) *x509popEnv {
+func newX509popEnv(t *testing.T) *x509popEnv { return newX509popEnvWith(t, envOptions{}) }
+
+// newX509popEnvWith is newX509popEnv with opts (whose node attestors it
+// sets).
+func newX509popEnvWith(t *testing.T, opts envOptions) *x509popEnv {
 	now := testStart()
 	x := &x509popEnv{ca: nodepki.NewCA(t, "org CA", now), other: nodepki.NewCA(t, "other CA", now)}
 	roots := []*x509.Certificate{x.ca.Cert}
 	x.roots.Store(&roots)
-	x.env = newEnv(t, envOptions{nodeAttestors: func(clk clock.Clock) []nodeapi.NodeAttestor {
+	opts.nodeAttestors = func(clk clock.Clock) []nodeapi.NodeAttestor {
 		v, err := x509pop.NewVerifier(x509pop.Config{TrustDomain: td, Roots: func() []*x509.Certificate { return *x.roots.Load() }, Clock: clk})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return []nodeapi.NodeAttestor{v}
-	}})
+	}
+	x.env = newEnv(t, opts)
 	return x
 }
 
@@ -48,13 +53,19 @@ func newX509popEnv(t *testing.T) *x509popEnv {
 // cert; answer, if set, replaces the agent's answer to the challenge.
 func (e *env) attestNode(cert *nodepki.Cert, answer func(nonce, sig []byte) []byte) (*nodev1.AttestNodeResponse, *agent, error) {
 	e.t.Helper()
+	return e.attestNodeVia(e.client(nil), cert, answer)
+}
+
+// attestNodeVia is attestNode over the client c.
+func (e *env) attestNodeVia(c nodev1.NodeServiceClient, cert *nodepki.Cert, answer func(nonce, sig []byte) []byte) (*nodev1.AttestNodeResponse, *agent, error) {
+	e.t.Helper()
 	ag, err := x509pop.NewAgent([][]byte{cert.Cert.Raw}, cert.Key)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	key := newKey(e.t)
 	ctx := ctxT(e.t)
-	stream, err := e.client(nil).AttestNode(ctx)
+	stream, err := c.AttestNode(ctx)
 	if err != nil {
 		e.t.Fatal(err)
 	}
