@@ -467,18 +467,25 @@ func (a *Agent) bootstrapTrust(saved *spiffebundle.Bundle) ([]*x509.Certificate,
 }
 
 // attestWithRetry attests, retrying with backoff while the server is
-// unreachable. It fails on anything else: a server that cannot be
-// authenticated, a refused token, a malformed answer.
+// unreachable or too busy with other attestations (ResourceExhausted:
+// servers bound the attestations in progress). It fails on anything
+// else: a server that cannot be authenticated, a refused token, a
+// malformed answer.
 func (a *Agent) attestWithRetry(ctx context.Context, att NodeAttestor, trust []*x509.Certificate, insecure bool) error {
 	for attempt := 0; ; attempt++ {
 		addr := a.servers.pick(ctx)
 		err := a.attest(ctx, addr, att, trust, insecure)
-		if err == nil || !errors.Is(err, nodeclient.ErrUnavailable) {
+		busy := errors.Is(err, nodeclient.ErrBusy)
+		if err == nil || (!busy && !errors.Is(err, nodeclient.ErrUnavailable)) {
 			return err
 		}
 		// Every server once before backing off further.
 		d := ReconnectBackoff.Delay(attempt/a.servers.size(), rand.Float64())
-		a.log.Warn("attestation: server unavailable; retrying", logkey.ServerAddress, addr, logkey.Error, err, "retry_in", d)
+		msg := "attestation: server unavailable; retrying"
+		if busy {
+			msg = "attestation: server busy with other attestations; retrying"
+		}
+		a.log.Warn(msg, logkey.ServerAddress, addr, logkey.Error, err, "retry_in", d)
 		if err := a.sleep(ctx, d); err != nil {
 			return err
 		}

@@ -1,6 +1,7 @@
 package agent_test
 
 import (
+	"log/slog"
 	"slices"
 	"testing"
 	"time"
@@ -43,5 +44,26 @@ func TestJoinTokenOrNodeAttestor(t *testing.T) {
 	cfg.NodeAttestor = att
 	if _, err := agent.New(cfg); err == nil {
 		t.Fatal("New accepted a join token and a node attestor")
+	}
+}
+
+// TestAttestRetriedWhenServerBusy: a server that refuses attestations
+// for load (ResourceExhausted) is asked again after a backoff, with the
+// same join token, instead of the agent giving up.
+func TestAttestRetriedWhenServerBusy(t *testing.T) {
+	e := newEnv(t, fakenode.Options{})
+	e.srv.RefuseAttests(2)
+	r := e.start(e.attestConfig())
+	e.advanceUntil("attested", agent.ReconnectBackoff.Max, func() bool {
+		select {
+		case <-r.done:
+			t.Fatalf("agent stopped: %v", r.err)
+		default:
+		}
+		return e.srv.Stats().Attests == 3
+	})
+	e.ready(r)
+	if !e.logs.has(slog.LevelWarn, "server busy with other attestations") {
+		t.Error("no warning of the busy server")
 	}
 }

@@ -58,6 +58,9 @@ var (
 	ErrServerNotTrusted = errors.New("server not authenticated")
 	ErrPermissionDenied = errors.New("permission denied by server")
 	ErrProtocol         = errors.New("malformed answer from server")
+	// ErrBusy: the server refused the call for load (ResourceExhausted),
+	// as it refuses attestations beyond its bounds; retry later.
+	ErrBusy = errors.New("server busy")
 )
 
 // ServerID returns the SPIFFE ID the server of trust domain td must
@@ -212,6 +215,8 @@ func (c *Client) mapError(ctx context.Context, err error) error {
 		return fmt.Errorf("%w: %w", ErrUnavailable, status.Error(codes.Unavailable, st.Message()))
 	case codes.PermissionDenied, codes.Unauthenticated:
 		return fmt.Errorf("%w: %w", ErrPermissionDenied, err)
+	case codes.ResourceExhausted:
+		return fmt.Errorf("%w: %w", ErrBusy, err)
 	}
 	return err
 }

@@ -32,8 +32,10 @@
 // readiness. Errors wrap ErrUnavailable (server unreachable or too slow;
 // status code Unavailable), ErrServerNotTrusted (its certificate failed
 // the check above), ErrPermissionDenied (the agent is not, or no longer,
-// attested: evicted, banned, unknown), or ErrProtocol (a malformed
-// answer), and keep the gRPC status for status.Code.
+// attested: evicted, banned, unknown), ErrBusy (refused for load, status
+// code ResourceExhausted: the server bounds the attestations in
+// progress), or ErrProtocol (a malformed answer), and keep the gRPC
+// status for status.Code.
 //
 // Caveat: a Client is one connection's worth of state; the agent closes
 // it and opens a new one to reconnect, so that its own backoff (on its

@@ -40,14 +40,17 @@ const (
 type rule struct {
 	// public methods need no agent certificate.
 	public bool
+	// attest methods are node attestations, whose number in progress is
+	// bounded (see attestLimiter). They are public.
+	attest bool
 }
 
 // rules maps each method, by its canonical full name, to its policy. A
 // method that is not here is refused, whatever else is registered on the
 // server.
 var rules = map[string]rule{
-	nodev1.NodeService_Attest_FullMethodName:                        {public: true},
-	nodev1.NodeService_AttestNode_FullMethodName:                    {public: true},
+	nodev1.NodeService_Attest_FullMethodName:                        {public: true, attest: true},
+	nodev1.NodeService_AttestNode_FullMethodName:                    {public: true, attest: true},
 	nodev1.NodeService_RenewAgent_FullMethodName:                    {},
 	nodev1.NodeService_Sync_FullMethodName:                          {},
 	nodev1.NodeService_BatchSignX509SVID_FullMethodName:             {},
@@ -97,6 +100,13 @@ func (s *Service) UnaryInterceptor() grpc.UnaryServerInterceptor {
 		if err != nil {
 			return nil, err
 		}
+		if rules[info.FullMethod].attest {
+			release, err := s.admitAttestation(ctx, info.FullMethod)
+			if err != nil {
+				return nil, err
+			}
+			defer release()
+		}
 		return handler(context.WithValue(ctx, callerKey{}, c), req)
 	}
 }
@@ -109,6 +119,16 @@ func (s *Service) StreamInterceptor() grpc.StreamServerInterceptor {
 		c, err := s.authenticate(ss.Context(), info.FullMethod)
 		if err != nil {
 			return err
+		}
+		if rules[info.FullMethod].attest {
+			// The slot is held until the handler returns, which it does
+			// when the stream ends however it ends (the agent cancels,
+			// the connection drops, a challenge times out).
+			release, err := s.admitAttestation(ss.Context(), info.FullMethod)
+			if err != nil {
+				return err
+			}
+			defer release()
 		}
 		return handler(srv, &callerStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), callerKey{}, c)})
 	}

@@ -64,7 +64,13 @@
 // active CA. It is renewed at half its life, and as soon as the key manager
 // activates another CA. A failed renewal keeps the current certificate.
 //
-// Attest and AttestNode need no client certificate. Every other method needs one that
+// Attest and AttestNode need no client certificate. So that no peer can
+// tie the server up with them, at most Config.MaxAttestations of them run
+// at once, and at most Config.MaxAttestationsPerSource from one IP
+// address; the excess is refused at once with ResourceExhausted, never
+// queued. Calls of attested agents are not counted.
+//
+// Every other method needs a client certificate that
 // passes four checks: it verifies against the current bundle at the
 // current time (on the handshake, on resumed sessions, and again on each
 // call); its SPIFFE ID has an agent record; its serial is the record's

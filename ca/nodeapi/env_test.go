@@ -151,6 +151,9 @@ type envOptions struct {
 	metrics *metrics.Server
 	// parent, if set, is the parent deployment's taint (Config.Parent).
 	parent nodeapi.ParentTaint
+	// maxAttestations and maxAttestationsPerSource, if set, bound the
+	// attestations in progress.
+	maxAttestations, maxAttestationsPerSource int
 }
 
 // testStart is the fake clock's start: near real time, so that go-spiffe,
@@ -203,6 +206,9 @@ func newEnv(t testing.TB, opts envOptions) *env {
 		Logger:        log,
 		Metrics:       opts.metrics,
 		Parent:        opts.parent,
+
+		MaxAttestations:          opts.maxAttestations,
+		MaxAttestationsPerSource: opts.maxAttestationsPerSource,
 	})
 	if err != nil {
 		t.Fatalf("New: %v", err)
@@ -305,7 +311,21 @@ func (e *env) clientTLS(cert *tls.Certificate) *tls.Config {
 // dial connects to the server, presenting cert if it is not nil.
 func (e *env) dial(cert *tls.Certificate) *grpc.ClientConn {
 	e.t.Helper()
-	conn, err := grpc.NewClient(e.addr, grpc.WithTransportCredentials(credentials.NewTLS(e.clientTLS(cert))))
+	return e.dialFrom("", cert)
+}
+
+// dialFrom is dial from the local address src (a loopback IP address
+// such as 127.0.0.2), or from the one the system picks if src is empty.
+func (e *env) dialFrom(src string, cert *tls.Certificate) *grpc.ClientConn {
+	e.t.Helper()
+	opts := []grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(e.clientTLS(cert)))}
+	if src != "" {
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", addr)
+		}))
+	}
+	conn, err := grpc.NewClient(e.addr, opts...)
 	if err != nil {
 		e.t.Fatal(err)
 	}

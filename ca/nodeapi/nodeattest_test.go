@@ -2,6 +2,7 @@ package nodeapi_test
 
 import (
 	"context"
+	"crypto"
 	"crypto/sha1" //nolint:gosec // the x509pop agent ID is a SHA-1 fingerprint
 	"crypto/x509"
 	"encoding/hex"
@@ -18,7 +19,9 @@ import (
 	"writ.dev/writ/ca/attest/x509pop"
 	"writ.dev/writ/ca/clock"
 	"writ.dev/writ/ca/entry"
+	"writ.dev/writ/ca/keymanager"
 	"writ.dev/writ/ca/nodeapi"
+	"writ.dev/writ/ca/x509ca"
 	"writ.dev/writ/internal/nodepki"
 )
 
@@ -29,18 +32,23 @@ type x509popEnv struct {
 	roots     atomic.Pointer[[]*x509.Certificate]
 }
 
-func newX509popEnv(t *testing.T) *x509popEnv {
+func newX509popEnv(t *testing.T) *x509popEnv { return newX509popEnvWith(t, envOptions{}) }
+
+// newX509popEnvWith is newX509popEnv with opts (whose node attestors it
+// sets).
+func newX509popEnvWith(t *testing.T, opts envOptions) *x509popEnv {
 	now := testStart()
 	x := &x509popEnv{ca: nodepki.NewCA(t, "org CA", now), other: nodepki.NewCA(t, "other CA", now)}
 	roots := []*x509.Certificate{x.ca.Cert}
 	x.roots.Store(&roots)
-	x.env = newEnv(t, envOptions{nodeAttestors: func(clk clock.Clock) []nodeapi.NodeAttestor {
+	opts.nodeAttestors = func(clk clock.Clock) []nodeapi.NodeAttestor {
 		v, err := x509pop.NewVerifier(x509pop.Config{TrustDomain: td, Roots: func() []*x509.Certificate { return *x.roots.Load() }, Clock: clk})
 		if err != nil {
 			t.Fatal(err)
 		}
 		return []nodeapi.NodeAttestor{v}
-	}})
+	}
+	x.env = newEnv(t, opts)
 	return x
 }
 
@@ -48,13 +56,26 @@ func newX509popEnv(t *testing.T) *x509popEnv {
 // cert; answer, if set, replaces the agent's answer to the challenge.
 func (e *env) attestNode(cert *nodepki.Cert, answer func(nonce, sig []byte) []byte) (*nodev1.AttestNodeResponse, *agent, error) {
 	e.t.Helper()
-	ag, err := x509pop.NewAgent([][]byte{cert.Cert.Raw}, cert.Key)
+	return e.attestNodeVia(e.client(nil), cert, answer)
+}
+
+// attestNodeVia is attestNode over the client c.
+func (e *env) attestNodeVia(c nodev1.NodeServiceClient, cert *nodepki.Cert, answer func(nonce, sig []byte) []byte) (*nodev1.AttestNodeResponse, *agent, error) {
+	e.t.Helper()
+	return e.attestNodeChain(c, [][]byte{cert.Cert.Raw}, cert.Key, answer)
+}
+
+// attestNodeChain is attestNodeVia with the certificate chain (leaf
+// first) and key of the x509pop agent half.
+func (e *env) attestNodeChain(c nodev1.NodeServiceClient, chain [][]byte, nodeKey crypto.Signer, answer func(nonce, sig []byte) []byte) (*nodev1.AttestNodeResponse, *agent, error) {
+	e.t.Helper()
+	ag, err := x509pop.NewAgent(chain, nodeKey)
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	key := newKey(e.t)
 	ctx := ctxT(e.t)
-	stream, err := e.client(nil).AttestNode(ctx)
+	stream, err := c.AttestNode(ctx)
 	if err != nil {
 		e.t.Fatal(err)
 	}
@@ -357,5 +378,47 @@ func TestAttestNodeNoTakeover(t *testing.T) {
 	_, b, err := e.attestNode(ca.Issue(t, nodepki.Node{CN: "web1"}, now), nil)
 	if err != nil || b.id.String() != "spiffe://example.org/writ/agent/web1" {
 		t.Fatalf("templated agent: %v %v", b, err)
+	}
+}
+
+// TestAttestNodeRefusesOwnSVIDs: with one organisation CA as both Writ's
+// upstream and the x509pop CA, Writ's own agent and workload SVIDs verify
+// against the x509pop roots, and are refused as node certificates.
+func TestAttestNodeRefusesOwnSVIDs(t *testing.T) {
+	org := nodepki.NewCA(t, "org CA", testStart())
+	x := newX509popEnvWith(t, envOptions{authority: &keymanager.Upstream{
+		Issuer: &x509ca.Issuer{Cert: org.Cert, Signer: org.Key},
+		Roots:  []*x509.Certificate{org.Cert},
+	}})
+	roots := []*x509.Certificate{org.Cert}
+	x.roots.Store(&roots)
+
+	a := x.attest(agentA)
+	en := x.createEntry("spiffe://example.org/web", agentA, nil)
+	wkey := newKey(t)
+	resp, err := a.client.BatchSignX509SVID(ctxT(t), &nodev1.BatchSignX509SVIDRequest{Requests: []*nodev1.X509SVIDRequest{{EntryId: en.ID, Csr: newCSR(t, wkey)}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	agents := x.agentCount()
+	for _, tc := range []struct {
+		name  string
+		chain [][]byte
+		key   crypto.Signer
+	}{
+		{"agent SVID", a.cert.Certificate, a.key},
+		{"workload SVID", resp.Results[0].SvidChain, wkey},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, _, err := x.attestNodeChain(x.client(nil), tc.chain, tc.key, nil)
+			wantCode(t, err, codes.PermissionDenied, "")
+		})
+	}
+	if n := x.agentCount(); n != agents {
+		t.Errorf("%d agents, want %d", n, agents)
+	}
+	// A node certificate of the same CA attests.
+	if _, _, err := x.attestNode(org.Issue(t, nodepki.Node{CN: "web1"}, testStart()), nil); err != nil {
+		t.Fatalf("node certificate: %v", err)
 	}
 }

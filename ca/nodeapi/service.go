@@ -136,6 +136,15 @@ type Config struct {
 	// Metrics receives the service's metrics (signatures, Sync streams,
 	// join tokens, entry and agent counts). Nil records none.
 	Metrics *metrics.Server
+	// MaxAttestations bounds the node attestations (Attest and
+	// AttestNode calls, which need no client certificate) in progress at
+	// once; MaxAttestationsPerSource bounds those from one source IP
+	// address. Calls beyond either are refused at once with
+	// ResourceExhausted; calls of attested agents are never counted.
+	// They default to DefaultMaxAttestations and
+	// DefaultMaxAttestationsPerSource.
+	MaxAttestations          int
+	MaxAttestationsPerSource int
 	// Parent, for a server nested under a parent Writ deployment, adds
 	// the parent's tainted X.509 authorities to this server's own: agents
 	// are told of them (SyncResponse.Tainted) and LocalX509Trust returns
@@ -165,6 +174,8 @@ type Service struct {
 
 	// attestors are the node attestors by type, join_token included.
 	attestors map[string]NodeAttestor
+	// attestLimit bounds the attestations in progress.
+	attestLimit *attestLimiter
 
 	// cert is the server's current TLS certificate; nil until the first
 	// one is signed.
@@ -216,6 +227,15 @@ func New(cfg Config) (*Service, error) {
 	if cfg.DownstreamCATTL == 0 {
 		cfg.DownstreamCATTL = DefaultDownstreamCATTL
 	}
+	if cfg.MaxAttestations == 0 {
+		cfg.MaxAttestations = DefaultMaxAttestations
+	}
+	if cfg.MaxAttestationsPerSource == 0 {
+		cfg.MaxAttestationsPerSource = DefaultMaxAttestationsPerSource
+	}
+	if cfg.MaxAttestations < 0 || cfg.MaxAttestationsPerSource < 0 {
+		return nil, errors.New("nodeapi: attestation bounds must not be negative")
+	}
 	if cfg.DownstreamCATTL < time.Minute {
 		return nil, fmt.Errorf("nodeapi: downstream CA TTL %s is too short (minimum 1m)", cfg.DownstreamCATTL)
 	}
@@ -237,6 +257,7 @@ func New(cfg Config) (*Service, error) {
 		jwtTTL:   cfg.DefaultJWTSVIDTTL,
 
 		downstreamTTL: cfg.DownstreamCATTL,
+		attestLimit:   newAttestLimiter(cfg.MaxAttestations, cfg.MaxAttestationsPerSource),
 		renewKick:     make(chan struct{}, 1),
 		stopping:      make(chan struct{}),
 		ready:         make(chan struct{}),

@@ -8,6 +8,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
@@ -49,6 +50,8 @@ type Node struct {
 	CN  string
 	OU  []string
 	DNS []string
+	// URIs are URI SANs.
+	URIs []*url.URL
 	// NotBefore and NotAfter default to an hour before now and a day
 	// after.
 	NotBefore, NotAfter time.Time
@@ -73,6 +76,7 @@ func (ca *CA) Issue(t testing.TB, n Node, now time.Time) *Cert {
 		SerialNumber: serial(t),
 		Subject:      pkix.Name{CommonName: n.CN, OrganizationalUnit: n.OU},
 		DNSNames:     n.DNS,
+		URIs:         n.URIs,
 		NotBefore:    n.NotBefore,
 		NotAfter:     n.NotAfter,
 		KeyUsage:     n.KeyUsage,

@@ -95,6 +95,9 @@ type Server struct {
 	// signDelay delays BatchSignX509SVID and SignJWTSVID.
 	signDelay time.Duration
 	failSign  error
+	// busyAttests is the number of Attest calls still to refuse with
+	// ResourceExhausted (see RefuseAttests).
+	busyAttests int
 	// revocations are sent in full Sync messages (see Revoke).
 	revocations []*nodev1.Revocation
 	// syncGate, while not nil, holds Sync calls before their first
@@ -396,6 +399,15 @@ func (s *Server) AddJoinToken() string {
 	return tok
 }
 
+// RefuseAttests makes the next n Attest calls fail with
+// ResourceExhausted, as a server busy with other attestations does; their
+// join tokens are not used up.
+func (s *Server) RefuseAttests(n int) {
+	s.mu.Lock()
+	s.busyAttests = n
+	s.mu.Unlock()
+}
+
 // AllowJoinToken makes tok a valid one-time join token of this server
 // (a token of a peer, say).
 func (s *Server) AllowJoinToken(tok string) {
@@ -552,6 +564,12 @@ func (s *Server) signSVID(id spiffeid.ID, dns []string, ttl time.Duration, csr [
 func (s *Server) Attest(_ context.Context, req *nodev1.AttestRequest) (*nodev1.AttestResponse, error) {
 	s.mu.Lock()
 	s.attests++
+	if s.busyAttests > 0 {
+		s.busyAttests--
+		s.mu.Unlock()
+		s.opts.Logf("fakenode: Attest refused for load")
+		return nil, status.Error(codes.ResourceExhausted, "too many node attestations in progress on this server; retry later")
+	}
 	ok := s.tokens[req.GetJoinToken()]
 	delete(s.tokens, req.GetJoinToken())
 	s.evicted = false

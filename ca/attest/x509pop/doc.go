@@ -9,6 +9,12 @@
 // it with the leaf's public key (Verifier.Attest). A recorded answer is
 // worthless: every attestation signs a new nonce.
 //
+// A certificate that carries a SPIFFE ID of the server's own trust
+// domain, or that chains only through a CA that does, is refused: it is
+// an X.509-SVID, or was issued under a Writ CA (or a downstream CA),
+// which the bundle trusts when it holds the CA that is also Writ's
+// upstream. Such certificates name workloads and agents, not nodes.
+//
 //	v, _ := x509pop.NewVerifier(x509pop.Config{TrustDomain: td, Roots: roots.Load, Clock: clk})
 //	res, err := v.Attest(ctx, payload, challenge)
 //	// res.AgentID: spiffe://td/writ/agent/x509pop/<sha1 of the leaf>

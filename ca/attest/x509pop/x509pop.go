@@ -15,6 +15,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"text/template"
 	"text/template/parse"
@@ -230,9 +231,19 @@ func (v *Verifier) Attest(ctx context.Context, raw []byte, challenge attest.Chal
 
 // verify checks leaf against the roots and returns the verified chain
 // (leaf first).
+//
+// An X.509-SVID of the server's own trust domain is refused, and so is
+// any certificate that chains only through a CA carrying a SPIFFE ID of
+// that trust domain (Writ's CAs and downstream CAs do): such certificates
+// are workload or agent identities, which the roots would trust as node
+// certificates if they hold the CA that signs Writ's CAs (an
+// organisation CA that is also Writ's upstream).
 func (v *Verifier) verify(leaf *x509.Certificate, intermediates []*x509.Certificate) ([]*x509.Certificate, error) {
 	if leaf.IsCA {
 		return nil, fmt.Errorf("%w: the node certificate is a CA certificate", attest.ErrNotTrusted)
+	}
+	if v.hasOwnSPIFFEID(leaf) {
+		return nil, fmt.Errorf("%w: the node certificate is an X.509-SVID of trust domain %q (a workload or agent identity), not a node certificate", attest.ErrNotTrusted, v.cfg.TrustDomain.Name())
 	}
 	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
 		return nil, fmt.Errorf("%w: the node certificate lacks the digitalSignature key usage", attest.ErrNotTrusted)
@@ -261,7 +272,23 @@ func (v *Verifier) verify(leaf *x509.Certificate, intermediates []*x509.Certific
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", attest.ErrNotTrusted, err)
 	}
-	return chains[0], nil
+	for _, c := range chains {
+		if !slices.ContainsFunc(c, v.hasOwnSPIFFEID) {
+			return c, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: the node certificate was issued under a CA of trust domain %q, which issues SVIDs, not node certificates", attest.ErrNotTrusted, v.cfg.TrustDomain.Name())
+}
+
+// hasOwnSPIFFEID reports whether c carries a URI SAN that is a SPIFFE ID
+// of the verifier's trust domain, in any letter case.
+func (v *Verifier) hasOwnSPIFFEID(c *x509.Certificate) bool {
+	for _, u := range c.URIs {
+		if strings.EqualFold(u.Scheme, "spiffe") && strings.EqualFold(u.Host, v.cfg.TrustDomain.Name()) {
+			return true
+		}
+	}
+	return false
 }
 
 // Selectors returns the node selectors of leaf, verified by chain (leaf

@@ -7,8 +7,10 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"math/big"
+	"net/url"
 	"testing"
 	"time"
 
@@ -187,5 +189,95 @@ func TestOversizedRSAKeyRefused(t *testing.T) {
 	// Without it, the same node attests.
 	if _, err := run(t, v, node); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestOwnSVIDRefused: when the x509pop roots hold the CA that also signs
+// Writ's CAs, Writ's own SVIDs (and anything issued under a CA carrying
+// a SPIFFE ID of the trust domain, such as a downstream CA) verify
+// against them; they are workload or agent identities and are refused as
+// node certificates, before any challenge.
+func TestOwnSVIDRefused(t *testing.T) {
+	now := time.Now()
+	org := nodepki.NewCA(t, "org CA", now)
+	// writCA is a CA certificate like Writ's own, signed by org.
+	writKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "writ CA"},
+		URIs:      []*url.URL{td.ID().URL()},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, org.Cert, &writKey.PublicKey, org.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writCert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writCA := &nodepki.CA{Cert: writCert, Key: writKey}
+	uri := func(s string) []*url.URL {
+		u, err := url.Parse(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return []*url.URL{u}
+	}
+	tests := []struct {
+		name  string
+		cert  *nodepki.Cert
+		chain []*x509.Certificate
+		ok    bool
+	}{
+		{name: "node certificate", cert: org.Issue(t, nodepki.Node{CN: "web1"}, now), ok: true},
+		{name: "URI SAN of another scheme", cert: org.Issue(t, nodepki.Node{CN: "web1", URIs: uri("https://example.org/web1")}, now), ok: true},
+		{name: "SPIFFE ID of another trust domain", cert: org.Issue(t, nodepki.Node{CN: "web1", URIs: uri("spiffe://other.org/web1")}, now), ok: true},
+		{name: "workload SVID", cert: org.Issue(t, nodepki.Node{URIs: uri("spiffe://example.org/web")}, now)},
+		{name: "agent SVID", cert: org.Issue(t, nodepki.Node{URIs: uri("spiffe://example.org/writ/agent/x509pop/abc")}, now)},
+		{name: "trust domain in capitals", cert: org.Issue(t, nodepki.Node{URIs: uri("SPIFFE://EXAMPLE.ORG/web")}, now)},
+		{name: "SVID signed by a Writ CA", cert: writCA.Issue(t, nodepki.Node{URIs: uri("spiffe://example.org/web")}, now), chain: []*x509.Certificate{writCert}},
+		{name: "plain certificate under a Writ CA", cert: writCA.Issue(t, nodepki.Node{CN: "web1"}, now), chain: []*x509.Certificate{writCert}},
+	}
+	v, err := x509pop.NewVerifier(x509pop.Config{TrustDomain: td, Roots: func() []*x509.Certificate { return []*x509.Certificate{org.Cert} }, Clock: fakeclock.New(now)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			chain := [][]byte{tt.cert.Cert.Raw}
+			for _, c := range tt.chain {
+				chain = append(chain, c.Raw)
+			}
+			a, err := x509pop.NewAgent(chain, tt.cert.Key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			p, err := a.Payload(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			challenged := false
+			_, err = v.Attest(context.Background(), p, func(ctx context.Context, nonce []byte) ([]byte, error) {
+				challenged = true
+				return a.Respond(ctx, nonce)
+			})
+			if tt.ok {
+				if err != nil {
+					t.Fatalf("refused: %v", err)
+				}
+				return
+			}
+			if !errors.Is(err, attest.ErrNotTrusted) {
+				t.Fatalf("err %v, want %v", err, attest.ErrNotTrusted)
+			}
+			if challenged {
+				t.Error("challenged before the certificate was refused")
+			}
+			t.Log(err)
+		})
 	}
 }
