@@ -58,6 +58,10 @@ var (
 	ErrServerNotTrusted = errors.New("server not authenticated")
 	ErrPermissionDenied = errors.New("permission denied by server")
 	ErrProtocol         = errors.New("malformed answer from server")
+	// ErrClosed: the call failed because the Client was closed before
+	// or during it. It comes wrapped with ErrUnavailable: the server
+	// may answer the same call on another connection.
+	ErrClosed = errors.New("client closed")
 )
 
 // ServerID returns the SPIFFE ID the server of trust domain td must
@@ -100,6 +104,8 @@ type Client struct {
 	// noBatchJWT: the server answered BatchSignJWTSVID with
 	// Unimplemented; BatchSignJWT uses SignJWTSVID.
 	noBatchJWT atomic.Bool
+	// closed is set by Close, before the connection is closed.
+	closed atomic.Bool
 }
 
 // New returns a client of the server at cfg.Address. It does not connect:
@@ -150,8 +156,11 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// Close closes the connection. It is idempotent.
+// Close closes the connection. It is idempotent. Calls in flight, and
+// calls made afterwards, fail with an error wrapping ErrClosed and
+// ErrUnavailable.
 func (c *Client) Close() error {
+	c.closed.Store(true)
 	err := c.conn.Close()
 	if status.Code(err) == codes.Canceled {
 		return nil // already closed
@@ -204,6 +213,11 @@ func (c *Client) mapError(ctx context.Context, err error) error {
 		return ctx.Err()
 	}
 	st := status.Convert(err)
+	if c.closed.Load() && (st.Code() == codes.Canceled || st.Code() == codes.Unavailable) {
+		// The connection was closed under the call ("the client
+		// connection is closing"), or before it.
+		return fmt.Errorf("%w: %w: %w", ErrUnavailable, ErrClosed, status.Error(codes.Unavailable, st.Message()))
+	}
 	switch st.Code() {
 	case codes.Unavailable, codes.DeadlineExceeded:
 		if p := c.verifyErr.Load(); p != nil {

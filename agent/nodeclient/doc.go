@@ -33,7 +33,9 @@
 // status code Unavailable), ErrServerNotTrusted (its certificate failed
 // the check above), ErrPermissionDenied (the agent is not, or no longer,
 // attested: evicted, banned, unknown), or ErrProtocol (a malformed
-// answer), and keep the gRPC status for status.Code.
+// answer), and keep the gRPC status for status.Code. A call the Client's
+// Close cut short, or made after it, fails with ErrUnavailable and
+// ErrClosed: its caller may make it again on another connection.
 //
 // Caveat: a Client is one connection's worth of state; the agent closes
 // it and opens a new one to reconnect, so that its own backoff (on its
