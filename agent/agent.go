@@ -148,8 +148,8 @@ type Agent struct {
 	svid    atomic.Pointer[agentSVID]
 	cert    atomic.Pointer[tls.Certificate]
 	bundle  atomic.Pointer[spiffebundle.Bundle]
-	client  atomic.Pointer[nodeclient.Client] // the connected session's; nil otherwise
-	revoked atomic.Bool                       // the server refused the agent
+	client  liveClient  // the connected session's client
+	revoked atomic.Bool // the server refused the agent
 	// nodeSelectors are the agent's node selectors as the server said.
 	nodeSelectors atomic.Pointer[[]string]
 	// taintGen counts the changes of the tainted authorities, so that an
@@ -574,8 +574,13 @@ func (a *Agent) sleep(ctx context.Context, d time.Duration) error {
 // loop connects, syncs and reconnects until ctx ends or the agent SVID
 // expires.
 func (a *Agent) loop(ctx context.Context) error {
+	// Calls waiting for a session stop waiting when there will be none.
+	defer a.client.end(nil, false)
 	attempt := 0
 	for {
+		if s := a.svid.Load(); s.expired(a.clk.Now()) {
+			a.client.end(nil, false) // no session before the agent attests again
+		}
 		if s := a.svid.Load(); s.expired(a.clk.Now()) && a.cfg.NodeAttestor != nil {
 			a.log.Warn("agent SVID expired; attesting again with the node attestor", "attestation_type", a.cfg.NodeAttestor.Type(), "not_after", s.notAfter)
 			if err := a.reattest(ctx); err != nil {

@@ -322,6 +322,57 @@ func TestRotationAtHalfLife(t *testing.T) {
 	})
 }
 
+// JWT-SVIDs asked for while the agent reconnects to present its renewed
+// SVID are signed through the new connection: one whose call was in
+// flight when the old connection closed (it failed with "the client
+// connection is closing"), and one asked for before the new connection
+// synced (it failed as not connected).
+func TestJWTSVIDAcrossAgentRenewal(t *testing.T) {
+	e := newEnv(t, fakenode.Options{AgentTTL: 4 * time.Hour, X509TTL: 24 * time.Hour})
+	w := e.srv.Entry("/web", "unix:uid:1")
+	e.srv.SetEntries(w)
+	r := e.start(e.attestConfig())
+	e.ready(r)
+	old := readAgentCert(t, e.dir)
+	start := rotate.Start(old.NotBefore, e.clk.Now())
+	life := old.NotAfter.Sub(start)
+	syncs := e.srv.Stats().Syncs
+
+	fetch := func(aud string) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			_, err := r.a.Cache().FetchJWTSVID(t.Context(), w.Id, []string{aud})
+			done <- err
+		}()
+		return done
+	}
+	e.srv.HoldJWT(true)
+	inFlight := fetch("in-flight")
+	eventually(t, "the JWT-SVID call at the server", func() bool { return e.srv.Stats().JWTHeld == 1 })
+
+	// The renewal ends the session, closing its connection under the
+	// call; the next session is held before it syncs.
+	e.srv.HoldSync(true)
+	e.waitTimers(3)
+	e.clk.Set(start.Add(life/2 + time.Second))
+	eventually(t, "the renewal", func() bool { return e.srv.Stats().Renewals == 1 })
+	eventually(t, "the next session", func() bool { return e.srv.Stats().Syncs > syncs })
+	between := fetch("between")
+
+	e.srv.HoldSync(false)
+	e.srv.HoldJWT(false)
+	for name, done := range map[string]<-chan error{"in flight": inFlight, "between sessions": between} {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("JWT-SVID asked for %s: %v", name, err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("JWT-SVID asked for %s: no answer", name)
+		}
+	}
+}
+
 func readAgentCert(t *testing.T, dir string) *x509.Certificate {
 	t.Helper()
 	chain, err := agent.SavedSVID(dir)

@@ -54,7 +54,10 @@
 // here and never leave the node except to their workload. Rotation is at
 // half life minus a per-SVID jitter (agent/rotate), armed on the injected
 // clock. The agent SVID is renewed the same way; the agent then
-// reconnects so that the server sees the new certificate. Every wait is
+// reconnects so that the server sees the new certificate; a JWT-SVID or
+// downstream call a workload makes meanwhile (or whose call the old
+// connection's close cut short) waits up to two seconds for the new
+// connection and goes through it. Every wait is
 // at most a minute, so that a step of the wall clock is noticed within
 // it: after a step forward, what fell due (or expired) is renewed then;
 // after a step back of more than a minute since an SVID arrived, it is

@@ -27,7 +27,7 @@ func (a *Agent) Readiness(context.Context) error {
 	default:
 		return ErrNotSynced
 	}
-	if a.client.Load() != nil {
+	if a.client.load() != nil {
 		return nil
 	}
 	if st := a.cache.Stats(); st.Entries > 0 && st.X509SVIDs == 0 {
@@ -37,7 +37,7 @@ func (a *Agent) Readiness(context.Context) error {
 }
 
 // Connected reports whether the agent holds a synced server connection.
-func (a *Agent) Connected() bool { return a.client.Load() != nil }
+func (a *Agent) Connected() bool { return a.client.load() != nil }
 
 // stats feeds the metrics at scrape time.
 func (a *Agent) stats() metrics.AgentStats {

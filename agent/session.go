@@ -11,8 +11,6 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 
 	"writ.dev/writ/agent/jwtbatch"
 	"writ.dev/writ/agent/nodeclient"
@@ -50,6 +48,10 @@ func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err err
 		return false, err
 	}
 	defer c.Close()
+	// Before c is closed: calls borrowing it fail from then on, and
+	// wait for the next session if this one ends to present a renewed
+	// SVID.
+	defer func() { a.client.end(c, errors.Is(err, errRenewed) && ctx.Err() == nil) }()
 
 	if s := a.svid.Load(); s.due(a.clk.Now()) {
 		if err := a.renew(ctx, c); err != nil {
@@ -85,12 +87,9 @@ func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err err
 	}
 	acks := make(chan uint64, 1)
 	a.applySync(msg, acks)
-	a.client.Store(c)
+	a.client.set(c)
 	a.metrics.Connected(true)
-	defer func() {
-		a.client.CompareAndSwap(c, nil)
-		a.metrics.Connected(false)
-	}()
+	defer a.metrics.Connected(false)
 
 	var wg sync.WaitGroup
 	wg.Go(func() { a.ackLoop(sctx, c, acks) })
@@ -466,18 +465,61 @@ func newJWTSigner(a *Agent) (*jwtbatch.Batcher, error) {
 }
 
 func (j jwtSigner) BatchSignJWT(ctx context.Context, reqs []nodeclient.JWTRequest) ([]nodeclient.JWTResult, error) {
-	c := j.a.client.Load()
-	if c == nil || j.a.revoked.Load() {
-		return nil, fmt.Errorf("%w: %w", svidcache.ErrUnavailable, status.Error(codes.Unavailable, "agent is not connected to the server"))
+	out := make([]nodeclient.JWTResult, len(reqs))
+	todo := make([]int, len(reqs)) // indexes of the requests to send
+	for i := range todo {
+		todo[i] = i
 	}
-	out, err := c.BatchSignJWT(ctx, reqs)
+	for {
+		res, err := j.send(ctx, reqs, todo)
+		if err != nil && len(todo) == len(reqs) {
+			return nil, jwtSignError(err)
+		}
+		// Requests cut short by the end of the session are sent
+		// again through the next one.
+		again := todo[:0]
+		for k, i := range todo {
+			r := nodeclient.JWTResult{Err: err}
+			if err == nil {
+				r = res[k]
+			}
+			if retryClosed(ctx, r.Err) {
+				again = append(again, i)
+				continue
+			}
+			r.Err = jwtSignError(r.Err)
+			out[i] = r
+		}
+		if len(again) == 0 {
+			return out, nil
+		}
+		todo = again
+	}
+}
+
+// send sends the requests reqs[i] for i in todo through the connected
+// session; a failure of the call as a whole that ended with the session
+// is returned as a result per request, so that they are sent again.
+func (j jwtSigner) send(ctx context.Context, reqs []nodeclient.JWTRequest, todo []int) ([]nodeclient.JWTResult, error) {
+	if j.a.revoked.Load() {
+		return nil, errNotConnected
+	}
+	c, err := j.a.client.borrow(ctx)
 	if err != nil {
-		return nil, jwtSignError(err)
+		return nil, err
 	}
-	for i := range out {
-		out[i].Err = jwtSignError(out[i].Err)
+	sub := make([]nodeclient.JWTRequest, len(todo))
+	for k, i := range todo {
+		sub[k] = reqs[i]
 	}
-	return out, nil
+	res, err := c.BatchSignJWT(ctx, sub)
+	if retryClosed(ctx, err) {
+		res, err = make([]nodeclient.JWTResult, len(sub)), nil
+		for k := range res {
+			res[k].Err = nodeclient.ErrClosed
+		}
+	}
+	return res, err
 }
 
 // jwtSignError marks the errors of an unreachable or unauthenticated
@@ -496,30 +538,39 @@ type Downstream struct{ a *Agent }
 // Downstream returns the agent's forwarder of downstream calls.
 func (a *Agent) Downstream() Downstream { return Downstream{a: a} }
 
-func (d Downstream) client() (*nodeclient.Client, error) {
-	c := d.a.client.Load()
-	if c == nil || d.a.revoked.Load() {
-		return nil, fmt.Errorf("%w: agent is not connected to the server", nodeclient.ErrUnavailable)
+// call makes f with the connected session's client, and again with the
+// next one's if that session ended under it.
+func (d Downstream) call(ctx context.Context, f func(*nodeclient.Client) error) error {
+	for {
+		if d.a.revoked.Load() {
+			return errNotConnected
+		}
+		c, err := d.a.client.borrow(ctx)
+		if err != nil {
+			return err
+		}
+		if err := f(c); !retryClosed(ctx, err) {
+			return err
+		}
 	}
-	return c, nil
 }
 
 // MintX509CA has the server sign csr as a CA for entryID; see
 // nodeclient.Client.MintDownstreamX509CA.
 func (d Downstream) MintX509CA(ctx context.Context, entryID string, csr []byte, ttl time.Duration) (chain, authorities [][]byte, err error) {
-	c, err := d.client()
-	if err != nil {
-		return nil, nil, err
-	}
-	return c.MintDownstreamX509CA(ctx, entryID, csr, ttl)
+	err = d.call(ctx, func(c *nodeclient.Client) error {
+		chain, authorities, err = c.MintDownstreamX509CA(ctx, entryID, csr, ttl)
+		return err
+	})
+	return chain, authorities, err
 }
 
 // PublishJWTAuthority has the server publish a JWT key of entryID; see
 // nodeclient.Client.PublishDownstreamJWTAuthority.
-func (d Downstream) PublishJWTAuthority(ctx context.Context, entryID, kid string, pub []byte, expires time.Time) (time.Time, []byte, error) {
-	c, err := d.client()
-	if err != nil {
-		return time.Time{}, nil, err
-	}
-	return c.PublishDownstreamJWTAuthority(ctx, entryID, kid, pub, expires)
+func (d Downstream) PublishJWTAuthority(ctx context.Context, entryID, kid string, pub []byte, expires time.Time) (notAfter time.Time, bundle []byte, err error) {
+	err = d.call(ctx, func(c *nodeclient.Client) error {
+		notAfter, bundle, err = c.PublishDownstreamJWTAuthority(ctx, entryID, kid, pub, expires)
+		return err
+	})
+	return notAfter, bundle, err
 }

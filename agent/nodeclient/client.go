@@ -61,6 +61,10 @@ var (
 	// ErrBusy: the server refused the call for load (ResourceExhausted),
 	// as it refuses attestations beyond its bounds; retry later.
 	ErrBusy = errors.New("server busy")
+	// ErrClosed: the call failed because the Client was closed before
+	// or during it. It comes wrapped with ErrUnavailable: the server
+	// may answer the same call on another connection.
+	ErrClosed = errors.New("client closed")
 )
 
 // ServerID returns the SPIFFE ID the server of trust domain td must
@@ -103,6 +107,8 @@ type Client struct {
 	// noBatchJWT: the server answered BatchSignJWTSVID with
 	// Unimplemented; BatchSignJWT uses SignJWTSVID.
 	noBatchJWT atomic.Bool
+	// closed is set by Close, before the connection is closed.
+	closed atomic.Bool
 }
 
 // New returns a client of the server at cfg.Address. It does not connect:
@@ -153,8 +159,11 @@ func New(cfg Config) (*Client, error) {
 	return c, nil
 }
 
-// Close closes the connection. It is idempotent.
+// Close closes the connection. It is idempotent. Calls in flight, and
+// calls made afterwards, fail with an error wrapping ErrClosed and
+// ErrUnavailable.
 func (c *Client) Close() error {
+	c.closed.Store(true)
 	err := c.conn.Close()
 	if status.Code(err) == codes.Canceled {
 		return nil // already closed
@@ -207,6 +216,11 @@ func (c *Client) mapError(ctx context.Context, err error) error {
 		return ctx.Err()
 	}
 	st := status.Convert(err)
+	if c.closed.Load() && (st.Code() == codes.Canceled || st.Code() == codes.Unavailable) {
+		// The connection was closed under the call ("the client
+		// connection is closing"), or before it.
+		return fmt.Errorf("%w: %w: %w", ErrUnavailable, ErrClosed, status.Error(codes.Unavailable, st.Message()))
+	}
 	switch st.Code() {
 	case codes.Unavailable, codes.DeadlineExceeded:
 		if p := c.verifyErr.Load(); p != nil {

@@ -199,3 +199,48 @@ func TestBatchSignResults(t *testing.T) {
 		t.Fatalf("server down: %v after %v", err, time.Since(start))
 	}
 }
+
+// A call that Close cuts short, or that is made after Close, fails with
+// ErrClosed and ErrUnavailable, not with gRPC's Canceled "the client
+// connection is closing".
+func TestCallsOnClosedClient(t *testing.T) {
+	srv, clk := setup(t, fakenode.Options{})
+	key, _ := x509ca.GenerateKey(x509ca.KeyTypeECP256)
+	req, _ := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, key)
+	res, err := newClient(t, srv, clk, nil).Attest(t.Context(), srv.AddJoinToken(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cert atomic.Pointer[tls.Certificate]
+	cert.Store(&tls.Certificate{Certificate: res.Chain, PrivateKey: key})
+	c := newClient(t, srv, clk, func(cfg *nodeclient.Config) { cfg.Certificate = &cert })
+	e := srv.Entry("/w", "unix:uid:1")
+	srv.SetEntries(e)
+
+	srv.HoldJWT(true)
+	defer srv.HoldJWT(false)
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := c.SignJWT(t.Context(), e.Id, []string{"a"})
+		done <- err
+	}()
+	for deadline := time.Now().Add(10 * time.Second); srv.Stats().JWTHeld == 0; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the call did not reach the server")
+		}
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	check := func(what string, err error) {
+		t.Helper()
+		if !errors.Is(err, nodeclient.ErrClosed) || !errors.Is(err, nodeclient.ErrUnavailable) || status.Code(err) != codes.Unavailable {
+			t.Errorf("%s: %v", what, err)
+		}
+	}
+	check("call in flight", <-done)
+	_, _, err = c.SignJWT(t.Context(), e.Id, []string{"a"})
+	check("call after Close", err)
+	_, err = c.BatchSignJWT(t.Context(), []nodeclient.JWTRequest{{EntryID: e.Id, Audience: []string{"a"}}})
+	check("batch after Close", err)
+}

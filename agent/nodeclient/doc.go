@@ -35,7 +35,9 @@
 // attested: evicted, banned, unknown), ErrBusy (refused for load, status
 // code ResourceExhausted: the server bounds the attestations in
 // progress), or ErrProtocol (a malformed answer), and keep the gRPC
-// status for status.Code.
+// status for status.Code. A call the Client's Close cut short, or made
+// after it, fails with ErrUnavailable and ErrClosed: its caller may make
+// it again on another connection.
 //
 // Caveat: a Client is one connection's worth of state; the agent closes
 // it and opens a new one to reconnect, so that its own backoff (on its

@@ -354,7 +354,13 @@ func (s *Subscription) poke() {
 	}
 }
 
+// maxWait caps Run's timer, so that a step of the wall clock past a
+// revocation's end is noticed within a minute (timers count monotonic
+// time, which such a step does not move).
+const maxWait = time.Minute
+
 // Run drops each revocation at its ExpiresAt plus Grace until ctx ends.
+// It reads the clock at most a minute apart while it holds any.
 func (l *List) Run(ctx context.Context) error {
 	var t clock.Timer
 	defer func() {
@@ -366,7 +372,7 @@ func (l *List) Run(ctx context.Context) error {
 		next := l.prune()
 		var c <-chan time.Time
 		if !next.IsZero() {
-			d := next.Sub(l.clock.Now())
+			d := min(maxWait, next.Sub(l.clock.Now()))
 			if t == nil {
 				t = l.clock.NewTimer(d)
 			} else {

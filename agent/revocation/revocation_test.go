@@ -160,6 +160,11 @@ func TestRunDropsExpired(t *testing.T) {
 	if !l.Revoked("short", "", "", t0) || l.Len() != 2 {
 		t.Fatal("dropped before ExpiresAt+Grace")
 	}
+	// Run's timer waits at most a minute: it may have fired and been
+	// armed again.
+	if err := clk.WaitForTimerWithin(wctx, time.Second); err != nil {
+		t.Fatal(err)
+	}
 	clk.Advance(time.Second)
 	deadline := time.Now().Add(10 * time.Second)
 	for l.Len() != 1 {
@@ -173,5 +178,45 @@ func TestRunDropsExpired(t *testing.T) {
 	}
 	if got := keys(l.Snapshot()); !slices.Equal(got, []string{"jti:long"}) {
 		t.Errorf("Snapshot %v", got)
+	}
+}
+
+// TestRunDropsExpiredAfterClockStep: when the wall clock steps past a
+// revocation's end (an NTP step, a resumed VM), Run drops it within a
+// minute, not when a timer armed for the time left before the step
+// fires (an hour later here).
+func TestRunDropsExpiredAfterClockStep(t *testing.T) {
+	clk := fakeclock.New(t0)
+	l := revocation.New(clk)
+	l.Add([]revocation.Revocation{
+		{JTI: "hour", RevokedAt: t0, ExpiresAt: t0.Add(time.Hour)},
+		{JTI: "day", RevokedAt: t0, ExpiresAt: t0.Add(24 * time.Hour)},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error)
+	go func() { done <- l.Run(ctx) }()
+	defer func() {
+		cancel()
+		<-done
+	}()
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := clk.WaitForTimers(wctx, 1); err != nil {
+		t.Fatal(err)
+	}
+	clk.Jump(2 * time.Hour)
+	if l.Len() != 2 {
+		t.Fatal("a revocation dropped by the step alone")
+	}
+	clk.Advance(time.Minute)
+	deadline := time.Now().Add(10 * time.Second)
+	for l.Len() != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("a minute after the clock stepped past its end, the revocation is still held (%d held)", l.Len())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if l.Revoked("hour", "", "", t0) || !l.Revoked("day", "", "", t0) {
+		t.Error("wrong revocation dropped")
 	}
 }

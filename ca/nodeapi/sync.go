@@ -51,15 +51,15 @@ type streamState struct {
 	fed fedState
 }
 
-// Sync sends the caller its entries and the bundle, then every change as
-// the index applies it. It ends when the agent is evicted or banned, its
-// certificate is rotated away, expires or no longer verifies, or the
-// service stops.
 // maxExpiryWait caps the wait of a Sync stream for its agent
 // certificate's expiry, so that a step of the wall clock past it is
 // noticed within a minute (timers count monotonic time).
 const maxExpiryWait = time.Minute
 
+// Sync sends the caller its entries and the bundle, then every change as
+// the index applies it. It ends when the agent is evicted or banned, its
+// certificate is rotated away, expires or no longer verifies, or the
+// service stops.
 func (h *handler) Sync(_ *nodev1.SyncRequest, stream nodev1.NodeService_SyncServer) error {
 	s := h.s
 	ctx := stream.Context()

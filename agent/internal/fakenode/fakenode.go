@@ -103,6 +103,10 @@ type Server struct {
 	// syncGate, while not nil, holds Sync calls before their first
 	// message until it is closed (see HoldSync).
 	syncGate chan struct{}
+	// jwtGate, while not nil, holds SignJWTSVID calls until it is
+	// closed (see HoldJWT); jwtHeld counts the calls it holds.
+	jwtGate chan struct{}
+	jwtHeld int
 }
 
 // keySet is what the server signs with and publishes. Never modified.
@@ -521,6 +525,8 @@ type Stats struct {
 	Attests, Renewals, Syncs, JWTCalls int
 	BatchSizes                         []int
 	Streams                            int
+	// JWTHeld counts the SignJWTSVID calls HoldJWT holds now.
+	JWTHeld int
 	// Conns counts the connections accepted. An agent's session opens
 	// one before it makes any call, so before it arms the timeout of its
 	// wait for the first Sync message: tests that drive the clock until
@@ -534,7 +540,7 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return Stats{Attests: s.attests, Renewals: s.renewals, Syncs: s.syncs, JWTCalls: s.jwtCalls,
-		BatchSizes: slices.Clone(s.batchSizes), Streams: len(s.streams), Conns: s.conns}
+		BatchSizes: slices.Clone(s.batchSizes), Streams: len(s.streams), Conns: s.conns, JWTHeld: s.jwtHeld}
 }
 
 // Signed returns how many X.509-SVIDs were signed for an entry.
@@ -634,6 +640,44 @@ func (s *Server) HoldSync(hold bool) {
 	case !hold && s.syncGate != nil:
 		close(s.syncGate)
 		s.syncGate = nil
+	}
+}
+
+// HoldJWT makes SignJWTSVID calls, from now on, wait until HoldJWT(false)
+// (or the caller gives up); Stats().JWTHeld counts those waiting.
+func (s *Server) HoldJWT(hold bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case hold && s.jwtGate == nil:
+		s.jwtGate = make(chan struct{})
+	case !hold && s.jwtGate != nil:
+		close(s.jwtGate)
+		s.jwtGate = nil
+	}
+}
+
+// holdJWT waits while JWT calls are held.
+func (s *Server) holdJWT(ctx context.Context) error {
+	s.mu.Lock()
+	gate := s.jwtGate
+	if gate != nil {
+		s.jwtHeld++
+	}
+	s.mu.Unlock()
+	if gate == nil {
+		return nil
+	}
+	defer func() {
+		s.mu.Lock()
+		s.jwtHeld--
+		s.mu.Unlock()
+	}()
+	select {
+	case <-gate:
+		return nil
+	case <-ctx.Done():
+		return status.FromContextError(ctx.Err()).Err()
 	}
 }
 
@@ -762,6 +806,9 @@ func (s *Server) BatchSignX509SVID(ctx context.Context, req *nodev1.BatchSignX50
 // SignJWTSVID implements NodeService.
 func (s *Server) SignJWTSVID(ctx context.Context, req *nodev1.SignJWTSVIDRequest) (*nodev1.SignJWTSVIDResponse, error) {
 	if err := s.authorize(ctx); err != nil {
+		return nil, err
+	}
+	if err := s.holdJWT(ctx); err != nil {
 		return nil, err
 	}
 	if err := s.delay(); err != nil {
