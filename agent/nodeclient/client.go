@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"sync/atomic"
 	"time"
 
@@ -94,6 +95,10 @@ type Config struct {
 	Certificate *atomic.Pointer[tls.Certificate]
 	// Clock is the time server certificates are checked at.
 	Clock clock.Clock
+	// LocalAddr, when set, is the local address connections are made
+	// from (as for a host with several addresses); otherwise the system
+	// chooses, and gRPC's proxy settings apply.
+	LocalAddr *net.TCPAddr
 }
 
 // Client is a connection to the node API.
@@ -137,7 +142,7 @@ func New(cfg Config) (*Client, error) {
 		GetClientCertificate: c.clientCertificate,
 		Time:                 cfg.Clock.Now,
 	}
-	conn, err := grpc.NewClient(cfg.Address,
+	opts := []grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsConf)),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxRecvMsgSize)),
 		grpc.WithConnectParams(grpc.ConnectParams{
@@ -150,7 +155,14 @@ func New(cfg Config) (*Client, error) {
 		// more writes and wake-ups per call on each side).
 		grpc.WithInitialWindowSize(streamWindow),
 		grpc.WithInitialConnWindowSize(connWindow),
-	)
+	}
+	if cfg.LocalAddr != nil {
+		d := &net.Dialer{LocalAddr: cfg.LocalAddr}
+		opts = append(opts, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return d.DialContext(ctx, "tcp", addr)
+		}))
+	}
+	conn, err := grpc.NewClient(cfg.Address, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("nodeclient: server address %q: %w", cfg.Address, err)
 	}

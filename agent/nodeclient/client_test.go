@@ -244,3 +244,17 @@ func TestCallsOnClosedClient(t *testing.T) {
 	_, err = c.BatchSignJWT(t.Context(), []nodeclient.JWTRequest{{EntryID: e.Id, Audience: []string{"a"}}})
 	check("batch after Close", err)
 }
+
+// TestLocalAddr: a client given a local address connects from it.
+func TestLocalAddr(t *testing.T) {
+	srv, clk := setup(t, fakenode.Options{})
+	from := &net.TCPAddr{IP: net.IPv4(127, 0, 0, 42)}
+	c := newClient(t, srv, clk, func(cfg *nodeclient.Config) { cfg.LocalAddr = from })
+	if _, err := c.Attest(t.Context(), srv.AddJoinToken(), csr(t)); err != nil {
+		t.Fatal(err)
+	}
+	host, _, err := net.SplitHostPort(srv.Stats().LastPeer)
+	if err != nil || host != "127.0.0.42" {
+		t.Fatalf("server saw the connection from %q (%v), want 127.0.0.42", srv.Stats().LastPeer, err)
+	}
+}

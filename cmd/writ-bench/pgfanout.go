@@ -9,6 +9,7 @@ import (
 	"crypto/x509"
 	"fmt"
 	mrand "math/rand/v2"
+	"net"
 	"os"
 	"slices"
 	"sync"
@@ -306,6 +307,7 @@ func (f *pgFanout) connect(i int, token string) error {
 		Address:     f.pair.addrs[server(i)],
 		TrustDomain: benchTD,
 		Authorities: func() []*x509.Certificate { return f.auth },
+		LocalAddr:   agentAddr(i),
 	}
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -357,6 +359,16 @@ func (f *pgFanout) connect(i int, token string) error {
 	}
 	f.wg.Go(func() { f.receive(i, stream) })
 	return nil
+}
+
+// agentAddr is the loopback address simulated agent i connects from:
+// each its own, as hosts of a fleet are, so that the servers' bounds per
+// source address (on attestations in progress) treat them as a fleet,
+// not as one host. Linux routes all of 127.0.0.0/8 to the loopback
+// interface.
+func agentAddr(i int) *net.TCPAddr {
+	n := i + 1 // not an address ending in .0
+	return &net.TCPAddr{IP: net.IPv4(127, byte(1+n>>16), byte(n>>8), byte(n))}
 }
 
 func (f *pgFanout) receive(i int, stream *nodeclient.SyncStream) {

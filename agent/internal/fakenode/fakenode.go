@@ -84,6 +84,7 @@ type Server struct {
 	streams map[chan *nodev1.SyncResponse]struct{}
 	// Recorded calls, and conns, the connections accepted.
 	conns      int
+	lastPeer   string
 	attests    int
 	renewals   int
 	syncs      int
@@ -356,6 +357,7 @@ func (l countingListener) Accept() (net.Conn, error) {
 	if err == nil {
 		l.s.mu.Lock()
 		l.s.conns++
+		l.s.lastPeer = c.RemoteAddr().String()
 		l.s.mu.Unlock()
 	}
 	return c, err
@@ -533,6 +535,8 @@ type Stats struct {
 	// the agent reconnects stop at a new connection, so as not to fire
 	// that timeout while the server answers.
 	Conns int
+	// LastPeer is the remote address of the last connection accepted.
+	LastPeer string
 }
 
 // Stats returns what the server received so far.
@@ -540,7 +544,7 @@ func (s *Server) Stats() Stats {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return Stats{Attests: s.attests, Renewals: s.renewals, Syncs: s.syncs, JWTCalls: s.jwtCalls,
-		BatchSizes: slices.Clone(s.batchSizes), Streams: len(s.streams), Conns: s.conns, JWTHeld: s.jwtHeld}
+		BatchSizes: slices.Clone(s.batchSizes), Streams: len(s.streams), Conns: s.conns, JWTHeld: s.jwtHeld, LastPeer: s.lastPeer}
 }
 
 // Signed returns how many X.509-SVIDs were signed for an entry.
