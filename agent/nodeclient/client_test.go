@@ -15,6 +15,7 @@ import (
 
 	"writ.dev/writ/agent/internal/fakenode"
 	"writ.dev/writ/agent/nodeclient"
+	nodev1 "writ.dev/writ/ca/api/node/v1"
 	"writ.dev/writ/ca/clock/fakeclock"
 	"writ.dev/writ/ca/x509ca"
 )
@@ -44,6 +45,30 @@ func newClient(t *testing.T, srv *fakenode.Server, clk *fakeclock.Clock, mod fun
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// attestedClient attests an agent at a new fake server and returns a
+// client holding its certificate, and the one entry the server sends it.
+func attestedClient(t *testing.T) (*fakenode.Server, *nodeclient.Client, *nodev1.Entry) {
+	srv, clk := setup(t, fakenode.Options{})
+	key, err := x509ca.GenerateKey(x509ca.KeyTypeECP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := newClient(t, srv, clk, nil).Attest(t.Context(), srv.AddJoinToken(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cert atomic.Pointer[tls.Certificate]
+	cert.Store(&tls.Certificate{Certificate: res.Chain, PrivateKey: key})
+	c := newClient(t, srv, clk, func(cfg *nodeclient.Config) { cfg.Certificate = &cert })
+	e := srv.Entry("/w", "unix:uid:1")
+	srv.SetEntries(e)
+	return srv, c, e
 }
 
 func csr(t *testing.T) []byte {
@@ -170,18 +195,7 @@ func TestSignJWTFailsFast(t *testing.T) {
 }
 
 func TestBatchSignResults(t *testing.T) {
-	srv, clk := setup(t, fakenode.Options{})
-	key, _ := x509ca.GenerateKey(x509ca.KeyTypeECP256)
-	req, _ := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, key)
-	res, err := newClient(t, srv, clk, nil).Attest(t.Context(), srv.AddJoinToken(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cert atomic.Pointer[tls.Certificate]
-	cert.Store(&tls.Certificate{Certificate: res.Chain, PrivateKey: key})
-	c := newClient(t, srv, clk, func(cfg *nodeclient.Config) { cfg.Certificate = &cert })
-	e := srv.Entry("/w", "unix:uid:1")
-	srv.SetEntries(e)
+	srv, c, e := attestedClient(t)
 	out, err := c.BatchSign(t.Context(), []nodeclient.SignRequest{{EntryID: e.Id, CSR: csr(t)}, {EntryID: "missing", CSR: csr(t)}})
 	if err != nil {
 		t.Fatal(err)
@@ -204,18 +218,7 @@ func TestBatchSignResults(t *testing.T) {
 // ErrClosed and ErrUnavailable, not with gRPC's Canceled "the client
 // connection is closing".
 func TestCallsOnClosedClient(t *testing.T) {
-	srv, clk := setup(t, fakenode.Options{})
-	key, _ := x509ca.GenerateKey(x509ca.KeyTypeECP256)
-	req, _ := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, key)
-	res, err := newClient(t, srv, clk, nil).Attest(t.Context(), srv.AddJoinToken(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cert atomic.Pointer[tls.Certificate]
-	cert.Store(&tls.Certificate{Certificate: res.Chain, PrivateKey: key})
-	c := newClient(t, srv, clk, func(cfg *nodeclient.Config) { cfg.Certificate = &cert })
-	e := srv.Entry("/w", "unix:uid:1")
-	srv.SetEntries(e)
+	srv, c, e := attestedClient(t)
 
 	srv.HoldJWT(true)
 	defer srv.HoldJWT(false)
@@ -239,7 +242,7 @@ func TestCallsOnClosedClient(t *testing.T) {
 		}
 	}
 	check("call in flight", <-done)
-	_, _, err = c.SignJWT(t.Context(), e.Id, []string{"a"})
+	_, _, err := c.SignJWT(t.Context(), e.Id, []string{"a"})
 	check("call after Close", err)
 	_, err = c.BatchSignJWT(t.Context(), []nodeclient.JWTRequest{{EntryID: e.Id, Audience: []string{"a"}}})
 	check("batch after Close", err)

@@ -1,36 +1,20 @@
 package nodeclient_test
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
-	"sync/atomic"
 	"testing"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"writ.dev/writ/agent/internal/fakenode"
 	"writ.dev/writ/agent/nodeclient"
-	"writ.dev/writ/ca/x509ca"
 )
 
 // TestBatchSignJWTFallsBack: a server without BatchSignJWTSVID (as the
 // fake node API is) is asked with SignJWTSVID, one call per request,
 // each with its own result.
 func TestBatchSignJWTFallsBack(t *testing.T) {
-	srv, clk := setup(t, fakenode.Options{})
-	key, _ := x509ca.GenerateKey(x509ca.KeyTypeECP256)
-	req, _ := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, key)
-	res, err := newClient(t, srv, clk, nil).Attest(t.Context(), srv.AddJoinToken(), req)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var cert atomic.Pointer[tls.Certificate]
-	cert.Store(&tls.Certificate{Certificate: res.Chain, PrivateKey: key})
-	c := newClient(t, srv, clk, func(cfg *nodeclient.Config) { cfg.Certificate = &cert })
-	e := srv.Entry("/w", "unix:uid:1")
-	srv.SetEntries(e)
+	srv, c, e := attestedClient(t)
 	for round := range 2 {
 		before := srv.Stats().JWTCalls
 		out, err := c.BatchSignJWT(t.Context(), []nodeclient.JWTRequest{
