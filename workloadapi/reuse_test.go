@@ -36,17 +36,10 @@ func TestReusedPID(t *testing.T) {
 	}
 
 	// The process that connects, twice, and hands both connections over.
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	ctl, theirs, err := passconn.Pair()
 	if err != nil {
 		t.Fatal(err)
 	}
-	mine, theirs := os.NewFile(uintptr(fds[0]), "ctl"), os.NewFile(uintptr(fds[1]), "child ctl")
-	fc, err := net.FileConn(mine)
-	mine.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctl := fc.(*net.UnixConn)
 	defer ctl.Close()
 	first := exec.Command(self)
 	first.Env = append(os.Environ(), envChild+"=passhold", envAddr+"="+e.addr)

@@ -24,7 +24,6 @@ import (
 	"github.com/spiffe/go-spiffe/v2/svid/jwtsvid"
 	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	spiffewl "github.com/spiffe/go-spiffe/v2/workloadapi"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
@@ -950,13 +949,11 @@ func openFDs(t *testing.T) int {
 func TestPassedConnection(t *testing.T) {
 	e := newEnv(t)
 	e.add("/a") // this uid is entitled
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	ctl, theirs, err := passconn.Pair()
 	if err != nil {
 		t.Fatal(err)
 	}
-	mine := os.NewFile(uintptr(fds[0]), "parent")
-	theirs := os.NewFile(uintptr(fds[1]), "child")
-	defer mine.Close()
+	defer ctl.Close()
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
@@ -969,12 +966,7 @@ func TestPassedConnection(t *testing.T) {
 		t.Fatal(err)
 	}
 	theirs.Close()
-	fc, err := net.FileConn(mine)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fc.Close()
-	conn, err := passconn.Receive(fc.(*net.UnixConn), 10*time.Second)
+	conn, err := passconn.Receive(ctl, 10*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}

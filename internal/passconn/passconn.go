@@ -14,6 +14,25 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
+// Pair makes the control socket over which a child process sends
+// connections: ctl stays in this process, for Receive; child goes into the
+// child's ExtraFiles, and the caller closes it once the child has started.
+func Pair() (ctl *net.UnixConn, child *os.File, err error) {
+	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	mine := os.NewFile(uintptr(fds[0]), "ctl")
+	child = os.NewFile(uintptr(fds[1]), "child ctl")
+	fc, err := net.FileConn(mine)
+	mine.Close()
+	if err != nil {
+		child.Close()
+		return nil, nil, err
+	}
+	return fc.(*net.UnixConn), child, nil
+}
+
 // Send waits until the server on conn has spoken (its HTTP/2 settings
 // follow the transport handshake in which it pins the caller), peeking so
 // that the bytes stay for whoever reads next, then sends conn's

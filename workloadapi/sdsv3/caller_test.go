@@ -16,7 +16,6 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	secretv3 "github.com/envoyproxy/go-control-plane/envoy/service/secret/v3"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	grpcstatus "google.golang.org/grpc/status"
 
@@ -107,17 +106,10 @@ type pinned struct {
 func (e *env) pinnedChild(env ...string) *pinned {
 	t := e.t
 	t.Helper()
-	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	ctl, theirs, err := passconn.Pair()
 	if err != nil {
 		t.Fatal(err)
 	}
-	mine, theirs := os.NewFile(uintptr(fds[0]), "ctl"), os.NewFile(uintptr(fds[1]), "child ctl")
-	fc, err := net.FileConn(mine)
-	mine.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctl := fc.(*net.UnixConn)
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)
