@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/proto/spiffe/workload"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 
 	"writ.dev/writ/internal/passconn"
@@ -115,7 +114,7 @@ func TestReusedPID(t *testing.T) {
 		}
 		fmt.Fprintln(&got, lines.Text())
 	}
-	sameExecutable(t, pid, self)
+	pidns.RequireLookalike(t, pid, uint32(os.Geteuid()), uint32(os.Getegid()), self)
 	if want := "x509 PermissionDenied 0\njwt PermissionDenied\nbundles PermissionDenied\n"; got.String() != want {
 		t.Errorf("the process that took the PID, on a connection of the one that exited, got:\n%swant\n%s", got.String(), want)
 	}
@@ -129,26 +128,4 @@ func TestReusedPID(t *testing.T) {
 	wantCode(t, err, codes.PermissionDenied)
 	_, err = c.FetchJWTSVID(ctx, &workload.JWTSVIDRequest{Audience: []string{"a"}})
 	wantCode(t, err, codes.PermissionDenied)
-}
-
-// sameExecutable fails the test unless process pid runs as this process's
-// effective uid and gid, the executable at path: it could pass for any
-// of the test's children by everything but the pin.
-func sameExecutable(t *testing.T, pid int, path string) {
-	t.Helper()
-	var proc, exe, bin unix.Stat_t
-	dir := fmt.Sprintf("/proc/%d", pid)
-	if err := unix.Stat(dir, &proc); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Stat(dir+"/exe", &exe); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Stat(path, &bin); err != nil {
-		t.Fatal(err)
-	}
-	if int(proc.Uid) != os.Geteuid() || int(proc.Gid) != os.Getegid() || exe.Dev != bin.Dev || exe.Ino != bin.Ino {
-		t.Fatalf("pid %d runs as %d/%d, inode %d:%d; want %d/%d, inode %d:%d",
-			pid, proc.Uid, proc.Gid, exe.Dev, exe.Ino, os.Geteuid(), os.Getegid(), bin.Dev, bin.Ino)
-	}
 }

@@ -162,3 +162,25 @@ func HoldIfAsked() {
 	io.Copy(io.Discard, os.Stdin)
 	os.Exit(0)
 }
+
+// RequireLookalike fails t unless process pid runs with effective uid and
+// gid and executes the file at path: an impostor that could pass for the
+// process it replaced by everything but the pin.
+func RequireLookalike(t testing.TB, pid int, uid, gid uint32, path string) {
+	t.Helper()
+	var proc, exe, bin unix.Stat_t
+	dir := "/proc/" + strconv.Itoa(pid)
+	if err := unix.Stat(dir, &proc); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(dir+"/exe", &exe); err != nil {
+		t.Fatal(err)
+	}
+	if err := unix.Stat(path, &bin); err != nil {
+		t.Fatal(err)
+	}
+	if proc.Uid != uid || proc.Gid != gid || exe.Dev != bin.Dev || exe.Ino != bin.Ino {
+		t.Fatalf("pid %d runs as %d/%d, inode %d:%d; want %d/%d, inode %d:%d",
+			pid, proc.Uid, proc.Gid, exe.Dev, exe.Ino, uid, gid, bin.Dev, bin.Ino)
+	}
+}

@@ -40,7 +40,7 @@ func TestReusedPID(t *testing.T) {
 					c.wait(t)
 					pid := int(c.cred.PID)
 					pidns.StartImpostor(t, pid)
-					samePeer(t, pid, c)
+					pidns.RequireLookalike(t, pid, c.cred.UID, c.cred.GID, c.path)
 
 					if err := p.Check(); !errors.Is(err, unixattest.ErrProcessChanged) {
 						t.Errorf("Check after the PID was reused = %v, want ErrProcessChanged", err)
@@ -58,28 +58,6 @@ func TestReusedPID(t *testing.T) {
 				})
 			}
 		})
-	}
-}
-
-// samePeer fails the test unless process pid has the effective ids the
-// child connected with and runs the child's executable inode: it could
-// pass for the child by everything but the pin.
-func samePeer(t *testing.T, pid int, c *child) {
-	t.Helper()
-	var proc, exe, bin unix.Stat_t
-	dir := fmt.Sprintf("/proc/%d", pid)
-	if err := unix.Stat(dir, &proc); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Stat(dir+"/exe", &exe); err != nil {
-		t.Fatal(err)
-	}
-	if err := unix.Stat(c.path, &bin); err != nil {
-		t.Fatal(err)
-	}
-	if proc.Uid != c.cred.UID || proc.Gid != c.cred.GID || exe.Dev != bin.Dev || exe.Ino != bin.Ino {
-		t.Fatalf("pid %d runs as %d/%d, inode %d:%d; the child ran as %d/%d, inode %d:%d",
-			pid, proc.Uid, proc.Gid, exe.Dev, exe.Ino, c.cred.UID, c.cred.GID, bin.Dev, bin.Ino)
 	}
 }
 
