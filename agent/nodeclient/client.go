@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
@@ -59,8 +60,9 @@ var (
 	ErrServerNotTrusted = errors.New("server not authenticated")
 	ErrPermissionDenied = errors.New("permission denied by server")
 	ErrProtocol         = errors.New("malformed answer from server")
-	// ErrBusy: the server refused the call for load (ResourceExhausted),
-	// as it refuses attestations beyond its bounds; retry later.
+	// ErrBusy: the server refused the call for load (ResourceExhausted
+	// with a RetryInfo detail), as it refuses attestations beyond its
+	// bounds; retry later.
 	ErrBusy = errors.New("server busy")
 	// ErrClosed: the call failed because the Client was closed before
 	// or during it. It comes wrapped with ErrUnavailable: the server
@@ -242,9 +244,23 @@ func (c *Client) mapError(ctx context.Context, err error) error {
 	case codes.PermissionDenied, codes.Unauthenticated:
 		return fmt.Errorf("%w: %w", ErrPermissionDenied, err)
 	case codes.ResourceExhausted:
-		return fmt.Errorf("%w: %w", ErrBusy, err)
+		if retryLater(st) {
+			return fmt.Errorf("%w: %w", ErrBusy, err)
+		}
 	}
 	return err
+}
+
+// retryLater reports whether st carries a RetryInfo detail: the server
+// refused the call for load. Other ResourceExhausted failures (a message
+// over the size limit, a quota) would fail again.
+func retryLater(st *status.Status) bool {
+	for _, d := range st.Details() {
+		if _, ok := d.(*errdetails.RetryInfo); ok {
+			return true
+		}
+	}
+	return false
 }
 
 // WaitReady waits up to timeout for a ready connection, starting one if

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"net"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -259,5 +260,29 @@ func TestLocalAddr(t *testing.T) {
 	host, _, err := net.SplitHostPort(srv.Stats().LastPeer)
 	if err != nil || host != "127.0.0.42" {
 		t.Fatalf("server saw the connection from %q (%v), want 127.0.0.42", srv.Stats().LastPeer, err)
+	}
+}
+
+// TestBusyOnlyWithRetryInfo: a refusal for load (ResourceExhausted with
+// RetryInfo) is ErrBusy, worth retrying; a ResourceExhausted without it,
+// such as a request over the server's size limit, is not.
+func TestBusyOnlyWithRetryInfo(t *testing.T) {
+	srv, clk := setup(t, fakenode.Options{})
+	c := newClient(t, srv, clk, nil)
+	key, err := x509ca.GenerateKey(x509ca.KeyTypeECP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, err := x509.CreateCertificateRequest(nil, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.RefuseAttests(1)
+	if _, err := c.Attest(t.Context(), srv.AddJoinToken(), req); !errors.Is(err, nodeclient.ErrBusy) || status.Code(err) != codes.ResourceExhausted {
+		t.Fatalf("refused for load: %v, want ErrBusy", err)
+	}
+	_, err = c.Attest(t.Context(), strings.Repeat("t", 5<<20), req) // over gRPC's 4 MiB
+	if status.Code(err) != codes.ResourceExhausted || errors.Is(err, nodeclient.ErrBusy) {
+		t.Fatalf("oversized request: %v, want ResourceExhausted and not ErrBusy", err)
 	}
 }

@@ -33,8 +33,9 @@
 // status code Unavailable), ErrServerNotTrusted (its certificate failed
 // the check above), ErrPermissionDenied (the agent is not, or no longer,
 // attested: evicted, banned, unknown), ErrBusy (refused for load, status
-// code ResourceExhausted: the server bounds the attestations in
-// progress), or ErrProtocol (a malformed answer), and keep the gRPC
+// code ResourceExhausted with a RetryInfo detail: the server bounds the
+// attestations in progress; other ResourceExhausted failures, such as a
+// message over the size limit, are not ErrBusy), or ErrProtocol (a malformed answer), and keep the gRPC
 // status for status.Code. A call the Client's Close cut short, or made
 // after it, fails with ErrUnavailable and ErrClosed: its caller may make
 // it again on another connection.

@@ -7,10 +7,13 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"writ.dev/writ/internal/logkey"
 )
@@ -88,23 +91,30 @@ func (l *attestLimiter) acquire(src netip.Addr) (release func(), ok bool, perSou
 	}, true, false
 }
 
-// sourceAddr returns the IP address a call comes from (an IPv4 address
-// mapped into IPv6 as IPv4), or the zero Addr if its peer has none (a
-// Unix socket, an in-memory connection): all such peers share one
-// per-source bound.
+// sourceAddr returns the source a call is counted under: its IPv4
+// address (also when mapped into IPv6), the /64 network of its IPv6
+// address (a single host is commonly given a whole /64, so counting each
+// of its addresses apart would let it alone fill the server-wide bound),
+// or the zero Addr if its peer has no IP address (a Unix socket, an
+// in-memory connection): all such peers share one per-source bound.
 func sourceAddr(ctx context.Context) netip.Addr {
 	p, ok := peer.FromContext(ctx)
 	if !ok || p.Addr == nil {
 		return netip.Addr{}
 	}
-	if a, ok := p.Addr.(*net.TCPAddr); ok {
-		return a.AddrPort().Addr().Unmap().WithZone("")
-	}
-	ap, err := netip.ParseAddrPort(p.Addr.String())
-	if err != nil {
+	var a netip.Addr
+	if ta, ok := p.Addr.(*net.TCPAddr); ok {
+		a = ta.AddrPort().Addr()
+	} else if ap, err := netip.ParseAddrPort(p.Addr.String()); err == nil {
+		a = ap.Addr()
+	} else {
 		return netip.Addr{}
 	}
-	return ap.Addr().Unmap().WithZone("")
+	a = a.Unmap().WithZone("")
+	if a.Is6() {
+		return netip.PrefixFrom(a, 64).Masked().Addr()
+	}
+	return a
 }
 
 // admitAttestation takes an attestation slot for the call in ctx, or
@@ -121,5 +131,21 @@ func (s *Service) admitAttestation(ctx context.Context, method string) (release 
 		limit, msg, reason = s.attestLimit.perSource, msgTooManyAttestationsFromSource, "per-source bound reached"
 	}
 	s.log.LogAttrs(ctx, slog.LevelWarn, "node attestation refused: too many in progress", peerAddr(ctx), slog.String(logkey.Method, method), slog.String(logkey.Reason, reason), slog.Int("limit", limit))
-	return nil, status.Error(codes.ResourceExhausted, fmt.Sprintf("%s (at most %d)", msg, limit))
+	return nil, busyError(fmt.Sprintf("%s (at most %d)", msg, limit))
+}
+
+// attestRetryDelay is the RetryInfo delay of an attestation refused for
+// load: about the time a few attestations take.
+const attestRetryDelay = time.Second
+
+// busyError is a ResourceExhausted status carrying a RetryInfo detail,
+// which tells agents that the refusal is for load and to retry later
+// (ResourceExhausted alone also stands for failures not worth a retry,
+// such as a message over the size limit).
+func busyError(msg string) error {
+	st := status.New(codes.ResourceExhausted, msg)
+	if d, err := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(attestRetryDelay)}); err == nil {
+		st = d
+	}
+	return st.Err()
 }

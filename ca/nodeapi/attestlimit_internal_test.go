@@ -45,7 +45,10 @@ func TestSourceAddr(t *testing.T) {
 	}{
 		{"ipv4", &net.TCPAddr{IP: net.ParseIP("192.0.2.1"), Port: 1}, "192.0.2.1"},
 		{"ipv4 in ipv6", &net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.1"), Port: 2}, "192.0.2.1"},
-		{"ipv6 zone", &net.TCPAddr{IP: net.ParseIP("fe80::1"), Zone: "eth0", Port: 3}, "fe80::1"},
+		{"ipv6 zone", &net.TCPAddr{IP: net.ParseIP("fe80::1"), Zone: "eth0", Port: 3}, "fe80::"},
+		{"ipv6 counted by /64", &net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), Port: 4}, "2001:db8:1:2::"},
+		{"ipv6 other /64", &net.TCPAddr{IP: net.ParseIP("2001:db8:1:3::1"), Port: 5}, "2001:db8:1:3::"},
+		{"not a TCPAddr", fakeAddr("[2001:db8::7]:443"), "2001:db8::"},
 		{"unix", &net.UnixAddr{Name: "/run/x.sock", Net: "unix"}, "invalid IP"},
 		{"none", nil, "invalid IP"},
 	} {
@@ -57,3 +60,9 @@ func TestSourceAddr(t *testing.T) {
 		})
 	}
 }
+
+// fakeAddr is a net.Addr of another type than *net.TCPAddr.
+type fakeAddr string
+
+func (a fakeAddr) Network() string { return "tcp" }
+func (a fakeAddr) String() string  { return string(a) }

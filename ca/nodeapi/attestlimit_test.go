@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -17,6 +18,19 @@ import (
 )
 
 const msgLoadRefused = "node attestation refused: too many in progress"
+
+// wantBusy fails the test unless err is ResourceExhausted with msg (any,
+// if empty) and a RetryInfo detail, which agents take as "retry later".
+func wantBusy(t testing.TB, err error, msg string) {
+	t.Helper()
+	wantCode(t, err, codes.ResourceExhausted, msg)
+	for _, d := range status.Convert(err).Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().AsDuration() > 0 {
+			return
+		}
+	}
+	t.Fatalf("%v carries no RetryInfo", err)
+}
 
 // holdAttestNode starts an x509pop AttestNode stream for node over c and
 // waits for the server's challenge, which it leaves unanswered: the
@@ -71,7 +85,7 @@ func (x *x509popEnv) holdWhenFree(c nodev1.NodeServiceClient, node *nodepki.Cert
 	eventually(x.t, "attestation slot given back", func() bool {
 		cancel, err := x.holdAttestNode(c, node)
 		if err != nil {
-			wantCode(x.t, err, codes.ResourceExhausted, "")
+			wantBusy(x.t, err, "")
 			return false
 		}
 		held = cancel
@@ -90,7 +104,7 @@ func TestAttestNodePerSourceBound(t *testing.T) {
 	held1 := x.mustHold(fromA, node)
 	x.mustHold(fromA, node)
 	_, err := x.holdAttestNode(fromA, node)
-	wantCode(t, err, codes.ResourceExhausted, "too many node attestations in progress from this address; retry later (at most 2)")
+	wantBusy(t, err, "too many node attestations in progress from this address; retry later (at most 2)")
 	recs := x.logs.find(msgLoadRefused)
 	if len(recs) != 1 {
 		t.Fatalf("%d %q records, want 1", len(recs), msgLoadRefused)
@@ -100,7 +114,7 @@ func TestAttestNodePerSourceBound(t *testing.T) {
 	}
 	// A unary Attest from the same address is counted too.
 	_, err = fromA.Attest(ctxT(t), &nodev1.AttestRequest{JoinToken: x.newToken("spiffe://example.org/writ/agent/a2", time.Hour), Csr: newCSR(t, newKey(t))})
-	wantCode(t, err, codes.ResourceExhausted, "")
+	wantBusy(t, err, "")
 
 	// Another address attests, and an attested agent on the full
 	// address is served.
@@ -138,10 +152,10 @@ func TestAttestNodeServerWideBound(t *testing.T) {
 
 	const msg = "too many node attestations in progress on this server; retry later (at most 3)"
 	_, err := x.holdAttestNode(fromB, node)
-	wantCode(t, err, codes.ResourceExhausted, msg)
+	wantBusy(t, err, msg)
 	tok := x.newToken("spiffe://example.org/writ/agent/c1", time.Hour)
 	_, err = fromC.Attest(ctxT(t), &nodev1.AttestRequest{JoinToken: tok, Csr: newCSR(t, newKey(t))})
-	wantCode(t, err, codes.ResourceExhausted, msg)
+	wantBusy(t, err, msg)
 	if recs := x.logs.find(msgLoadRefused); len(recs) != 2 || recs[1].attrs["reason"] != "server-wide bound reached" {
 		t.Errorf("refusals logged: %v", recs)
 	}
@@ -160,7 +174,7 @@ func TestAttestNodeServerWideBound(t *testing.T) {
 	eventually(t, "attestation slots given back", func() bool {
 		_, err := fromC.Attest(ctxT(t), &nodev1.AttestRequest{JoinToken: tok, Csr: newCSR(t, newKey(t))})
 		if err != nil {
-			wantCode(t, err, codes.ResourceExhausted, msg)
+			wantBusy(t, err, msg)
 			return false
 		}
 		return true
@@ -179,7 +193,18 @@ func TestAttestRefusedForLoadQuickly(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = stream.Recv()
-	if status.Code(err) != codes.ResourceExhausted {
-		t.Fatalf("Recv: %v, want ResourceExhausted", err)
-	}
+	wantBusy(t, err, "")
+}
+
+// TestPerSourceBoundAtMostServerWide: a per-source bound above the
+// server-wide one is lowered to it, so that refusals name the bound that
+// applies.
+func TestPerSourceBoundAtMostServerWide(t *testing.T) {
+	x := newX509popEnvWith(t, envOptions{maxAttestations: 2, maxAttestationsPerSource: 5})
+	node := x.ca.Issue(t, nodepki.Node{CN: "web1"}, testStart())
+	c := x.client(nil)
+	x.mustHold(c, node)
+	x.mustHold(c, node)
+	_, err := x.holdAttestNode(c, node)
+	wantBusy(t, err, "too many node attestations in progress from this address; retry later (at most 2)")
 }

@@ -139,10 +139,11 @@ type Config struct {
 	// MaxAttestations bounds the node attestations (Attest and
 	// AttestNode calls, which need no client certificate) in progress at
 	// once; MaxAttestationsPerSource bounds those from one source IP
-	// address. Calls beyond either are refused at once with
-	// ResourceExhausted; calls of attested agents are never counted.
-	// They default to DefaultMaxAttestations and
-	// DefaultMaxAttestationsPerSource.
+	// address (IPv6: network /64). Calls beyond either are refused at
+	// once with ResourceExhausted and a RetryInfo detail; calls of
+	// attested agents are never counted. They default to
+	// DefaultMaxAttestations and DefaultMaxAttestationsPerSource; the
+	// per-source bound is at most the server-wide one.
 	MaxAttestations          int
 	MaxAttestationsPerSource int
 	// Parent, for a server nested under a parent Writ deployment, adds
@@ -236,6 +237,7 @@ func New(cfg Config) (*Service, error) {
 	if cfg.MaxAttestations < 0 || cfg.MaxAttestationsPerSource < 0 {
 		return nil, errors.New("nodeapi: attestation bounds must not be negative")
 	}
+	cfg.MaxAttestationsPerSource = min(cfg.MaxAttestationsPerSource, cfg.MaxAttestations)
 	if cfg.DownstreamCATTL < time.Minute {
 		return nil, fmt.Errorf("nodeapi: downstream CA TTL %s is too short (minimum 1m)", cfg.DownstreamCATTL)
 	}

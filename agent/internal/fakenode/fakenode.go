@@ -16,11 +16,13 @@ import (
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	nodev1 "writ.dev/writ/ca/api/node/v1"
 	"writ.dev/writ/ca/clock"
@@ -43,6 +45,10 @@ type Options struct {
 	// ServerID overrides the server certificate's SPIFFE ID (default
 	// spiffe://<td>/writ/server).
 	ServerID spiffeid.ID
+	// ServerCertAge makes the server's TLS certificate as if issued that
+	// long ago, but not before its CA (a real server's may be hours old);
+	// by default it is issued at each handshake.
+	ServerCertAge time.Duration
 	// ForeignServerCA makes the server present a certificate from a CA
 	// that is not in its bundle.
 	ForeignServerCA bool
@@ -298,8 +304,11 @@ func (s *Server) CAPEM() []byte {
 func (s *Server) BundleJSON() []byte { return slices.Clone(s.keys.Load().bundle) }
 
 func (s *Server) serverCert() (*tls.Certificate, error) {
-	now := s.clk.Now()
 	iss := s.keys.Load().ca
+	now := s.clk.Now().Add(-s.opts.ServerCertAge)
+	if now.Before(iss.Cert.NotBefore) {
+		now = iss.Cert.NotBefore
+	}
 	if s.opts.ForeignServerCA {
 		key, err := x509ca.GenerateKey(x509ca.KeyTypeECP256)
 		if err != nil {
@@ -406,8 +415,8 @@ func (s *Server) AddJoinToken() string {
 }
 
 // RefuseAttests makes the next n Attest calls fail with
-// ResourceExhausted, as a server busy with other attestations does; their
-// join tokens are not used up.
+// ResourceExhausted and a RetryInfo detail, as a server busy with other
+// attestations does; their join tokens are not used up.
 func (s *Server) RefuseAttests(n int) {
 	s.mu.Lock()
 	s.busyAttests = n
@@ -578,7 +587,12 @@ func (s *Server) Attest(_ context.Context, req *nodev1.AttestRequest) (*nodev1.A
 		s.busyAttests--
 		s.mu.Unlock()
 		s.opts.Logf("fakenode: Attest refused for load")
-		return nil, status.Error(codes.ResourceExhausted, "too many node attestations in progress on this server; retry later")
+		st, err := status.New(codes.ResourceExhausted, "too many node attestations in progress on this server; retry later").
+			WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(time.Second)})
+		if err != nil {
+			return nil, err
+		}
+		return nil, st.Err()
 	}
 	ok := s.tokens[req.GetJoinToken()]
 	delete(s.tokens, req.GetJoinToken())
