@@ -11,6 +11,7 @@ import (
 	"writ.dev/writ/agent/internal/fakenode"
 	"writ.dev/writ/agent/svidcache"
 	nodev1 "writ.dev/writ/ca/api/node/v1"
+	"writ.dev/writ/ca/clock/fakeclock"
 	"writ.dev/writ/ca/entry"
 )
 
@@ -133,6 +134,37 @@ func TestClockJumpBackward(t *testing.T) {
 	}
 	if st := e.srv.Stats(); st.Renewals != 0 || st.Attests != 1 || !r.a.Healthy() {
 		t.Errorf("the agent SVID, valid at the new time, was renewed (%d) or attested again (%d), or the agent is unhealthy", st.Renewals, st.Attests-1)
+	}
+}
+
+// TestAgentClockBehindServer: when the agent's wall clock steps an hour
+// back and stays there while the server's does not, the agent renews its
+// SVID early once (and must refuse the new one, not yet valid by its
+// clock), then keeps the one it has and syncs, instead of renewing again
+// on every connection and never syncing. The server's CA and TLS
+// certificate date from before the agent's new time, as a server running
+// for a while has them.
+func TestAgentClockBehindServer(t *testing.T) {
+	start := time.Now().Truncate(time.Second)
+	srvClk := fakeclock.New(start.Add(-2 * time.Hour)) // the CA is made now
+	e := newEnv(t, fakenode.Options{Clock: srvClk, ServerCertAge: 2 * time.Hour, AgentTTL: 5 * 24 * time.Hour, X509TTL: time.Hour})
+	w := e.srv.Entry("/web", "unix:uid:1")
+	e.srv.SetEntries(w)
+	r := e.start(e.attestConfig())
+	e.ready(r)
+	srvClk.Advance(e.clk.Now().Sub(srvClk.Now())) // the clocks agree
+	e.waitTimers(3)
+	e.clk.Jump(-time.Hour)
+	e.passMinutes(2)
+	eventually(t, "the early renewal", func() bool { return e.srv.Stats().Renewals == 1 })
+	synced := func() int { return strings.Count(e.logs.text(), "entries synced") }
+	before := synced()
+	// Steps of a second: the reconnection's backoff passes, the wait for
+	// the first Sync message (30 s) does not.
+	e.advanceUntil("a new session synced", time.Second, func() bool { return synced() > before })
+	e.passMinutes(5)
+	if st := e.srv.Stats(); st.Renewals != 1 || st.Attests != 1 {
+		t.Errorf("%d renewals, %d attestations; want 1 and 1", st.Renewals, st.Attests)
 	}
 }
 

@@ -32,7 +32,9 @@ type env struct {
 func newEnv(t *testing.T, opts fakenode.Options) *env {
 	t.Helper()
 	clk := fakeclock.New(time.Now().Truncate(time.Second))
-	opts.Clock = clk
+	if opts.Clock == nil { // else the server keeps a clock of its own
+		opts.Clock = clk
+	}
 	opts.Logf = t.Logf
 	srv := fakenode.Start(t, opts)
 	// Short: the admin socket lives in it (sun_path is about 104 bytes).

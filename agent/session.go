@@ -45,6 +45,7 @@ func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err err
 		Clock:       a.clk,
 	})
 	if err != nil {
+		a.client.end(nil, false)
 		return false, err
 	}
 	defer c.Close()
@@ -53,7 +54,7 @@ func (a *Agent) session(ctx context.Context, addr string) (healthy bool, err err
 	// SVID.
 	defer func() { a.client.end(c, errors.Is(err, errRenewed) && ctx.Err() == nil) }()
 
-	if s := a.svid.Load(); s.due(a.clk.Now()) {
+	if a.renewDue(a.svid.Load(), a.clk.Now()) {
 		if err := a.renew(ctx, c); err != nil {
 			return false, err
 		}
@@ -409,7 +410,7 @@ func (a *Agent) renewLoop(ctx context.Context, c *nodeclient.Client) error {
 	for {
 		s := a.svid.Load()
 		now := a.clk.Now()
-		if s.due(now) {
+		if a.renewDue(s, now) {
 			if err := a.renew(ctx, c); err != nil {
 				return err
 			}
@@ -423,6 +424,20 @@ func (a *Agent) renewLoop(ctx context.Context, c *nodeclient.Client) error {
 		case <-t.C():
 		}
 	}
+}
+
+// renewDue reports whether the agent SVID s is to be renewed at now: at
+// its rotation time, or at once after the wall clock stepped back past
+// its arrival (see steppedBack), but only once per SVID: a clock that was
+// corrected back agrees with the server's again, and the renewed SVID is
+// valid at it; a clock that went wrong, behind the server's, would
+// refuse every renewed SVID as not yet valid, and the agent keeps the one
+// it has, serving, until its rotation time.
+func (a *Agent) renewDue(s *agentSVID, now time.Time) bool {
+	if !now.Before(s.rotateAt()) {
+		return true
+	}
+	return s.steppedBack(now) && a.steppedRenewal.Swap(s) != s
 }
 
 // renew gets a new agent SVID for a new key and saves it.
@@ -514,10 +529,11 @@ func (j jwtSigner) send(ctx context.Context, reqs []nodeclient.JWTRequest, todo 
 	}
 	res, err := c.BatchSignJWT(ctx, sub)
 	if retryClosed(ctx, err) {
-		res, err = make([]nodeclient.JWTResult, len(sub)), nil
+		res = make([]nodeclient.JWTResult, len(sub))
 		for k := range res {
-			res[k].Err = nodeclient.ErrClosed
+			res[k].Err = err
 		}
+		err = nil
 	}
 	return res, err
 }

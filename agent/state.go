@@ -64,12 +64,11 @@ type agentSVID struct {
 
 func (s *agentSVID) rotateAt() time.Time { return rotate.RotateAt(s.start, s.notAfter, s.jitter) }
 
-// due reports whether the SVID is to be renewed at now: at its rotation
-// time, or once the wall clock has stepped back more than maxStepBack
-// since it arrived (its rotation time is then as much further away, and
-// it is not valid at the new time).
-func (s *agentSVID) due(now time.Time) bool {
-	return !now.Before(s.rotateAt()) || !s.receivedAt.IsZero() && now.Before(s.receivedAt.Add(-maxStepBack))
+// steppedBack reports whether the wall clock, at now, has stepped back
+// more than maxStepBack since the SVID arrived: its rotation time is then
+// as much further away, and it may not be valid at the new time.
+func (s *agentSVID) steppedBack(now time.Time) bool {
+	return !s.receivedAt.IsZero() && now.Before(s.receivedAt.Add(-maxStepBack))
 }
 
 // received records when the SVID arrived from the server, so its lifetime
