@@ -6,11 +6,11 @@
 //     name, no NUL byte) of at most MaxPathLen (103) bytes, so that
 //     clients on Linux, the BSDs and macOS can all dial it; a longer one
 //     is refused with an error saying so, before anything is created.
-//   - Every directory above the socket, along the path as written and
-//     along its target once symbolic links are resolved, is owned by this
-//     user or root and not writable by others unless sticky (like /tmp);
-//     every symbolic link met on the way is owned by this user or root.
-//     No other user can then replace the socket or what leads to it.
+//   - Every directory passed through in resolving the path, from "/"
+//     down, is owned by this user or root and not writable by others
+//     unless sticky (like /tmp); every symbolic link met, at any hop of a
+//     chain of links, is owned by this user or root. No other user can
+//     then replace the socket or what leads to it.
 //   - Missing directories are created only if Options.DirMode says so,
 //     with exactly that mode whatever the umask.
 //   - A file already at the path is removed only if it is a socket of

@@ -189,41 +189,100 @@ func prepareDir(dir string, dirMode fs.FileMode) error {
 }
 
 // checkTrusted reports an error wrapping ErrPath unless no other user can
-// change what path names: every directory from path up to "/", both
-// along path as written and along its target once symbolic links are
-// resolved, is owned by this user or root and not writable by group or
-// others unless it is sticky (like /tmp, where others cannot remove or
-// rename this user's files); and every symbolic link met on the way is
-// owned by this user or root.
+// change what the directory path names (see resolveTrusted).
 func checkTrusted(path string) error {
-	resolved, err := filepath.EvalSymlinks(path)
+	dir, fi, err := resolveTrusted(path)
 	if err != nil {
-		return fmt.Errorf("socket directory: %w", err)
+		return err
 	}
-	euid := uint32(os.Geteuid())
-	for _, p := range []string{path, resolved} {
-		for cur := p; ; cur = filepath.Dir(cur) {
-			fi, err := os.Lstat(cur)
-			if err != nil {
-				return fmt.Errorf("socket directory: %w", err)
-			}
-			st := fi.Sys().(*syscall.Stat_t)
-			mode := fi.Mode()
-			switch {
-			case st.Uid != euid && st.Uid != 0:
-				return fmt.Errorf("%w: %s is owned by uid %d, who could replace the socket; only this user or root may own the directories above it", ErrPath, cur, st.Uid)
-			case mode.Type() == fs.ModeSymlink:
-			case !mode.IsDir():
-				return fmt.Errorf("%w: %s is not a directory", ErrPath, cur)
-			case mode.Perm()&0o022 != 0 && mode&fs.ModeSticky == 0:
-				return fmt.Errorf("%w: directory %s (mode %04o) is writable by other users, who could replace the socket; make it 0755 or stricter", ErrPath, cur, mode.Perm())
-			}
-			if parent := filepath.Dir(cur); parent == cur {
-				break
-			}
-		}
+	return checkDir(dir, fi)
+}
+
+// checkDir reports an error wrapping ErrPath unless fi, found at path, is
+// a directory no other user can add files to or remove them from: not
+// writable by group or others, or sticky.
+func checkDir(path string, fi fs.FileInfo) error {
+	if !fi.IsDir() {
+		return fmt.Errorf("%w: %s is not a directory", ErrPath, path)
+	}
+	if mode := fi.Mode(); mode.Perm()&0o022 != 0 && mode&fs.ModeSticky == 0 {
+		return fmt.Errorf("%w: directory %s (mode %04o) is writable by other users, who could replace the socket; make it 0755 or stricter", ErrPath, path, mode.Perm())
 	}
 	return nil
+}
+
+// maxLinks bounds the symbolic links followed in resolving one path, as
+// the kernel does (ELOOP).
+const maxLinks = 40
+
+// resolveTrusted resolves path as the kernel would, one component and one
+// symbolic link at a time, and reports an error wrapping ErrPath unless
+// no other user can change what it names: every directory passed
+// through, from "/" down, is owned by this user or root and not writable
+// by group or others unless it is sticky (like /tmp, where others cannot
+// remove or rename this user's files); every symbolic link met, at any
+// hop of a chain, is owned by this user or root. It returns the resolved
+// path and what is there, which it leaves to the caller to check (it is
+// not a symbolic link).
+func resolveTrusted(path string) (string, fs.FileInfo, error) {
+	abs, err := filepath.Abs(path)
+	if err != nil {
+		return "", nil, fmt.Errorf("socket path: %w", err)
+	}
+	euid := uint32(os.Geteuid())
+	cur := "/"
+	fi, err := os.Lstat(cur)
+	if err != nil {
+		return "", nil, fmt.Errorf("socket directory: %w", err)
+	}
+	rest := strings.Split(abs, "/")
+	for links := 0; ; {
+		// cur is a directory (or, at the end, whatever path names).
+		st := fi.Sys().(*syscall.Stat_t)
+		if st.Uid != euid && st.Uid != 0 {
+			return "", nil, fmt.Errorf("%w: %s is owned by uid %d, who could replace the socket; only this user or root may own it and the directories above it", ErrPath, cur, st.Uid)
+		}
+		for len(rest) > 0 && (rest[0] == "" || rest[0] == ".") {
+			rest = rest[1:]
+		}
+		if len(rest) == 0 {
+			return cur, fi, nil
+		}
+		if err := checkDir(cur, fi); err != nil {
+			return "", nil, err
+		}
+		name := rest[0]
+		rest = rest[1:]
+		next := filepath.Dir(cur)
+		if name != ".." {
+			next = filepath.Join(cur, name)
+		}
+		if fi, err = os.Lstat(next); err != nil {
+			return "", nil, fmt.Errorf("socket path: %w", err)
+		}
+		if fi.Mode().Type() != fs.ModeSymlink {
+			cur = next
+			continue
+		}
+		if st := fi.Sys().(*syscall.Stat_t); st.Uid != euid && st.Uid != 0 {
+			return "", nil, fmt.Errorf("%w: %s is a symbolic link owned by uid %d, who could point it elsewhere; only this user or root may own it", ErrPath, next, st.Uid)
+		}
+		if links++; links > maxLinks {
+			return "", nil, fmt.Errorf("%w: %s: too many levels of symbolic links", ErrPath, path)
+		}
+		target, err := os.Readlink(next)
+		if err != nil {
+			return "", nil, fmt.Errorf("socket path: %w", err)
+		}
+		if filepath.IsAbs(target) {
+			cur = "/"
+		}
+		rest = append(strings.Split(target, "/"), rest...)
+		// cur, a directory already checked, is looked at again.
+		if fi, err = os.Lstat(cur); err != nil {
+			return "", nil, fmt.Errorf("socket directory: %w", err)
+		}
+	}
 }
 
 // removeStale removes a socket left at path by an earlier run. It refuses
@@ -276,14 +335,14 @@ func describeType(t fs.FileMode) string {
 }
 
 // CheckDial reports an error unless the socket at path is one that no
-// other user can have put there or can replace: the socket file (and any
-// symbolic link leading to it) is owned by this user or root, and every
-// directory above it, along the path as written and along its target,
-// passes the rules Listen applies (owned by this user or root, not
-// writable by group or others unless sticky, like /tmp). A client calls
-// it before dialing a socket path the user did not name, such as a
-// default in a world-writable /tmp, where any local user could otherwise
-// have created the directory first and serve the socket themselves.
+// other user can have put there or can replace: the socket file and every
+// symbolic link met in resolving path, at any hop of a chain, are owned
+// by this user or root, and every directory passed through passes the
+// rules Listen applies (owned by this user or root, not writable by group
+// or others unless sticky, like /tmp). A client calls it before dialing a
+// socket path the user did not name, such as a default in a
+// world-writable /tmp, where any local user could otherwise have created
+// the directory first and serve the socket themselves.
 //
 // A rule broken gives an error wrapping ErrPath that names the path and
 // its owner; a missing socket or directory one wrapping fs.ErrNotExist.
@@ -293,38 +352,12 @@ func CheckDial(path string) error {
 	if err := CheckPath(path); err != nil {
 		return err
 	}
-	abs, err := filepath.Abs(path)
+	target, fi, err := resolveTrusted(path)
 	if err != nil {
-		return fmt.Errorf("socket path: %w", err)
-	}
-	if err := checkTrusted(filepath.Dir(abs)); err != nil {
 		return err
-	}
-	euid := uint32(os.Geteuid())
-	fi, err := os.Lstat(abs)
-	if err != nil {
-		return err // names the path
-	}
-	target := abs
-	if fi.Mode().Type() == fs.ModeSymlink {
-		if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != euid && uid != 0 {
-			return fmt.Errorf("%w: %s is a symbolic link owned by uid %d, not by this user or root", ErrPath, abs, uid)
-		}
-		if target, err = filepath.EvalSymlinks(abs); err != nil {
-			return err // names the path
-		}
-		if err := checkTrusted(filepath.Dir(target)); err != nil {
-			return err
-		}
-		if fi, err = os.Lstat(target); err != nil {
-			return err // names the path
-		}
 	}
 	if t := fi.Mode().Type(); t != fs.ModeSocket {
 		return fmt.Errorf("%w: %s is %s, not a socket", ErrPath, target, describeType(t))
-	}
-	if uid := fi.Sys().(*syscall.Stat_t).Uid; uid != euid && uid != 0 {
-		return fmt.Errorf("%w: the socket %s is owned by uid %d, not by this user or root", ErrPath, target, uid)
 	}
 	return nil
 }

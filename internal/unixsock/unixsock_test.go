@@ -407,6 +407,15 @@ func TestRefused(t *testing.T) {
 		if err := listenBriefly(t, filepath.Join(link, "s"), publicOpts, nil); !errors.Is(err, unixsock.ErrPath) {
 			t.Fatalf("link of another user: %v", err)
 		}
+		// A link of this user through that link: the chain is checked at
+		// every hop, not only at its ends.
+		chain := filepath.Join(dir, "my-link")
+		if err := os.Symlink(link, chain); err != nil {
+			t.Fatal(err)
+		}
+		if err := listenBriefly(t, filepath.Join(chain, "s"), publicOpts, nil); !errors.Is(err, unixsock.ErrPath) || !strings.Contains(err.Error(), link+" is a symbolic link owned by uid") {
+			t.Fatalf("link through a link of another user: %v", err)
+		}
 	})
 }
 
@@ -452,7 +461,7 @@ func TestCheckDial(t *testing.T) {
 	}{
 		{"root's", func() {}, true, ""},
 		{"other user's directory", func() { chown(uid, gid, agentDir) }, false, agentDir},
-		{"other user's directories and socket", func() { chown(uid, gid, agentDir, dir, path) }, false, dir},
+		{"other user's directories and socket", func() { chown(uid, gid, agentDir, dir, path) }, false, agentDir},
 		{"other user's socket", func() { chown(uid, gid, path) }, false, path},
 		{"group-writable directory", func() {
 			if err := os.Chmod(dir, 0o775); err != nil {
@@ -468,6 +477,20 @@ func TestCheckDial(t *testing.T) {
 			}
 			chown(uid, gid, path)
 		}, false, path},
+		{"root's symlink through another user's symlink", func() {
+			// path -> path.link (theirs, in the sticky base) -> path.real:
+			// they could point path.link at a socket of their own.
+			if err := os.Rename(path, path+".real"); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Symlink(path+".real", filepath.Join(base, "theirs")); err != nil {
+				t.Fatal(err)
+			}
+			chown(uid, gid, filepath.Join(base, "theirs"))
+			if err := os.Symlink(filepath.Join(base, "theirs"), path); err != nil {
+				t.Fatal(err)
+			}
+		}, false, filepath.Join(base, "theirs")},
 		{"root's symlink to root's socket", func() {
 			if err := os.Rename(path, path+".real"); err != nil {
 				t.Fatal(err)
@@ -480,6 +503,7 @@ func TestCheckDial(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tc.setup()
 			t.Cleanup(func() {
+				os.Remove(filepath.Join(base, "theirs"))
 				chown(0, 0, agentDir, dir)
 				if err := os.Chmod(dir, 0o755); err != nil {
 					t.Fatal(err)
