@@ -367,7 +367,7 @@ func (f *pgFanout) connect(i int, token string) error {
 // not as one host. Linux routes all of 127.0.0.0/8 to the loopback
 // interface.
 func agentAddr(i int) *net.TCPAddr {
-	n := i + 1 // not an address ending in .0
+	n := i + 1
 	return &net.TCPAddr{IP: net.IPv4(127, byte(1+n>>16), byte(n>>8), byte(n))}
 }
 

@@ -65,6 +65,9 @@ func Enter(t *testing.T) bool {
 	if d, ok := t.Deadline(); ok {
 		timeout = min(timeout, time.Until(d)-5*time.Second)
 	}
+	if timeout < time.Second {
+		t.Fatal("pidns: too little time left before the test deadline to run the test in a PID namespace")
+	}
 	cmd := exec.Command(self, "-test.run="+strings.Join(parts, "/"), "-test.v=true", "-test.count=1",
 		"-test.timeout="+timeout.String())
 	// The race detector waits a second at exit by default.
