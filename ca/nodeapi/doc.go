@@ -67,8 +67,9 @@
 // Attest and AttestNode need no client certificate. So that no peer can
 // tie the server up with them, at most Config.MaxAttestations of them run
 // at once, and at most Config.MaxAttestationsPerSource from one IP
-// address; the excess is refused at once with ResourceExhausted, never
-// queued. Calls of attested agents are not counted.
+// address (an IPv6 /64); the excess is refused at once with
+// ResourceExhausted and a RetryInfo detail (which agents take as "retry
+// later"), never queued. Calls of attested agents are not counted.
 //
 // Every other method needs a client certificate that
 // passes four checks: it verifies against the current bundle at the
