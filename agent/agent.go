@@ -150,8 +150,8 @@ type Agent struct {
 	bundle  atomic.Pointer[spiffebundle.Bundle]
 	client  liveClient  // the connected session's client
 	revoked atomic.Bool // the server refused the agent
-	// steppedRenewal is the agent SVID last renewed early because the
-	// wall clock stepped back past its arrival (see renewDue).
+	// steppedRenewal is the last agent SVID whose renewal brought an
+	// SVID the agent refused (see renewDue).
 	steppedRenewal atomic.Pointer[agentSVID]
 	// nodeSelectors are the agent's node selectors as the server said.
 	nodeSelectors atomic.Pointer[[]string]

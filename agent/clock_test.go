@@ -168,6 +168,29 @@ func TestAgentClockBehindServer(t *testing.T) {
 	}
 }
 
+// TestClockCorrectedBackRenewalRetried: an agent clock two hours ahead
+// of the server's is corrected back while the server is down; the early
+// renewal that the step calls for fails then, and is made once the
+// server is back (a failure to reach the server does not use it up).
+func TestClockCorrectedBackRenewalRetried(t *testing.T) {
+	start := time.Now().Truncate(time.Second)
+	srvClk := fakeclock.New(start.Add(-2 * time.Hour))
+	e := newEnv(t, fakenode.Options{Clock: srvClk, AgentTTL: 5 * 24 * time.Hour, X509TTL: 4 * time.Hour})
+	r := e.start(e.attestConfig())
+	e.ready(r)
+	e.waitTimers(3)
+	e.srv.Stop()
+	eventually(t, "the agent to notice the outage", func() bool { return e.logs.has(slog.LevelWarn, "connection to the server lost") })
+	e.clk.Jump(srvClk.Now().Sub(e.clk.Now())) // the clocks agree
+	e.advanceUntil("a failed renewal", time.Second, func() bool { return strings.Contains(e.logs.text(), "renew agent SVID") })
+	if n := e.srv.Stats().Renewals; n != 0 {
+		t.Fatalf("%d renewals while the server was down", n)
+	}
+	e.srv.Restart()
+	e.advanceUntil("the renewal", agent.ReconnectBackoff.Max, func() bool { return e.srv.Stats().Renewals == 1 })
+	eventually(t, "the renewed agent SVID", func() bool { return r.a.Healthy() && e.srv.Stats().Attests == 1 })
+}
+
 // TestClockJumpForwardAgentSVID: when the wall clock steps past the agent
 // SVID's rotation time (but not its expiry), it is renewed within two
 // minutes of time passing, and the agent reconnects with it.

@@ -428,16 +428,18 @@ func (a *Agent) renewLoop(ctx context.Context, c *nodeclient.Client) error {
 
 // renewDue reports whether the agent SVID s is to be renewed at now: at
 // its rotation time, or at once after the wall clock stepped back past
-// its arrival (see steppedBack), but only once per SVID: a clock that was
-// corrected back agrees with the server's again, and the renewed SVID is
-// valid at it; a clock that went wrong, behind the server's, would
-// refuse every renewed SVID as not yet valid, and the agent keeps the one
-// it has, serving, until its rotation time.
+// its arrival (see steppedBack), until the agent refuses an SVID that
+// renewal brings: a clock that was corrected back agrees with the
+// server's again, and the renewed SVID is valid at it; a clock that went
+// wrong, behind the server's, would refuse every renewed SVID as not yet
+// valid, and the agent then keeps the one it has, serving, until its
+// rotation time. A renewal that fails otherwise (server unavailable, a
+// failed save) is tried again.
 func (a *Agent) renewDue(s *agentSVID, now time.Time) bool {
 	if !now.Before(s.rotateAt()) {
 		return true
 	}
-	return s.steppedBack(now) && a.steppedRenewal.Swap(s) != s
+	return s.steppedBack(now) && a.steppedRenewal.Load() != s
 }
 
 // renew gets a new agent SVID for a new key and saves it.
@@ -452,12 +454,11 @@ func (a *Agent) renew(ctx context.Context, c *nodeclient.Client) error {
 		return fmt.Errorf("renew agent SVID: %w", err)
 	}
 	s, err := newAgentSVID(a.td, chain, key, a.bundle.Load(), a.clk.Now())
-	if err == nil {
-		s.received(a.clk.Now())
-	}
 	if err != nil {
+		a.steppedRenewal.Store(old) // see renewDue
 		return fmt.Errorf("renew agent SVID: %w: %w", nodeclient.ErrProtocol, err)
 	}
+	s.received(a.clk.Now())
 	if s.id != old.id {
 		return fmt.Errorf("renew agent SVID: %w: it names %s, not %s", nodeclient.ErrProtocol, s.id, old.id)
 	}
