@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -40,9 +41,14 @@ func pathErrorf(format string, args ...any) error {
 
 // CheckPath reports an error wrapping ErrPath unless path can be a socket
 // path: not empty, not a Linux abstract socket ("@..."), without NUL
-// bytes, and at most MaxPathLen bytes.
+// bytes or ".." components, and at most MaxPathLen bytes. ".." is
+// refused because the kernel applies it after following the symbolic
+// link before it, while a path cleaned as text drops both: the path
+// checked and the path bound or dialed would differ.
 func CheckPath(path string) error {
 	switch {
+	case slices.Contains(strings.Split(path, "/"), ".."):
+		return pathErrorf("socket path %s contains \"..\"; give the path without it", path)
 	case path == "":
 		return pathErrorf("the socket path is empty")
 	case strings.HasPrefix(path, "@"):

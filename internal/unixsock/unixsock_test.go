@@ -75,6 +75,9 @@ func TestCheckPath(t *testing.T) {
 		{"too long", "/" + strings.Repeat("s", unixsock.MaxPathLen), false},
 		{"longest", "/" + strings.Repeat("s", unixsock.MaxPathLen-1), true},
 		{"relative", "s", true},
+		{"dot-dot", "/run/writ/l/../s", false},
+		{"relative dot-dot", "../s", false},
+		{"dots in a name", "/run/writ/..s/a..", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := unixsock.CheckPath(tc.path)
