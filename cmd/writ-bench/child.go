@@ -24,7 +24,7 @@ import (
 // readyLine (or "open N") on stdout when ready and exits when its stdin
 // closes.
 const (
-	childEnv       = "WRIT_BENCH_CHILD" // "stub" or "streams"
+	childEnv       = "WRIT_BENCH_CHILD" // "stub", "streams", ...
 	childSocketEnv = "WRIT_BENCH_SOCKET"
 	childCountEnv  = "WRIT_BENCH_COUNT" // SVIDs of the stub; streams to open
 	readyLine      = "ready"
@@ -46,6 +46,10 @@ func runChild(mode string) int {
 			err = runStreamsChild(socket, n)
 		case tmplChild:
 			err = runTemplateCaller(socket)
+		case signerChild:
+			err = runSignerChild()
+		case relayChild:
+			err = runRelayChild(socket)
 		default:
 			err = fmt.Errorf("unknown child mode %q", mode)
 		}
@@ -125,8 +129,9 @@ type childProc struct {
 	err    error // set before done closes
 }
 
-// startChild starts this executable in child mode.
-func (b *bench) startChild(mode, socket string, n int) (*childProc, error) {
+// startChild starts this executable in child mode, with env added to its
+// environment.
+func (b *bench) startChild(mode, socket string, n int, env ...string) (*childProc, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
@@ -134,6 +139,7 @@ func (b *bench) startChild(mode, socket string, n int) (*childProc, error) {
 	c := &childProc{name: mode, lines: make(chan string, 16), stderr: newTailBuffer(40), done: make(chan struct{})}
 	c.cmd = exec.Command(exe)
 	c.cmd.Env = append(childEnvironment(), childEnv+"="+mode, childSocketEnv+"="+socket, fmt.Sprintf("%s=%d", childCountEnv, n))
+	c.cmd.Env = append(c.cmd.Env, env...)
 	c.cmd.Stderr = c.stderr
 	c.cmd.SysProcAttr = childAttr()
 	if c.stdin, err = c.cmd.StdinPipe(); err != nil {

@@ -131,8 +131,12 @@ const (
 	scJWTFirstC16 = "fetch_jwtsvid.first.c16"
 	// scJWTC16: the stub, a fixed token to 16 callers: the protocol's
 	// ceiling for the call that scJWTFirstC16 measures on Writ.
-	scJWTC16   = "fetch_jwtsvid.c16"
-	scValidate = "validate_jwtsvid"
+	scJWTC16 = "fetch_jwtsvid.c16"
+	// relayPrefix names the figures of the relay stub (relay.go), which
+	// measures the scenarios scJWTFirst and scJWTFirstC16 with the least
+	// work they take on this machine.
+	relayPrefix = "relay"
+	scValidate  = "validate_jwtsvid"
 )
 
 // stubScenario is the stub scenario a Writ scenario is compared with.
@@ -284,6 +288,18 @@ func catalogue(cfg Config) []*Figure {
 	add("stub."+scJWTC16+".p99", unitMS, stub16+": 99th percentile latency", nil, nil)
 	add("stub."+scJWTC16+".rate", unitCallsPerSec, stub16+": calls per second", nil, nil)
 	add("writ."+scJWTFirstC16+".ratio_to_stub", unitRatio, fmt.Sprintf("writ.%s.rate / stub.%s.rate: the share of the protocol's ceiling on this machine (no target: each call waits for the server to sign a token, the stub's never does)", scJWTFirstC16, scJWTC16), nil, nil)
+	for _, r := range []struct{ sc, what string }{
+		{scJWTFirst, "1 caller"},
+		{scJWTFirstC16, "16 concurrent callers (one connection each)"},
+	} {
+		what := "relay stub: FetchJWTSVID with a new audience each call, " + r.what + ", forwarded over mutual TLS to a signer process that signs each token: two hops and one ES256 signature, nothing else"
+		name := relayPrefix + "." + r.sc
+		add(name+".p50", unitMS, what+": median latency", nil, nil)
+		add(name+".p99", unitMS, what+": 99th percentile latency", nil, nil)
+		add(name+".rate", unitCallsPerSec, what+": calls per second", nil, nil)
+		add(name+".cpu_per_call", unitUS, "CPU time (user and system) of the relay and signer processes per call of "+name+", warm-ups included", nil, nil)
+		add("writ."+r.sc+".ratio_to_relay", unitRatio, fmt.Sprintf("writ.%s.rate / %s.rate: Writ's share of the relay stub's rate, the least work this call takes on this machine", r.sc, name), nil, nil)
+	}
 	jwtValidateFigures(add)
 	return fs
 }

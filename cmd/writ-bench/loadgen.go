@@ -286,7 +286,11 @@ func (b *bench) record(name string, r *wlRun) error {
 	if f := b.res.find(name + ".cpu_per_call"); f != nil && len(r.pids) > 0 && r.total > 0 {
 		us := float64(r.ticks) * 1e6 / float64(clockTicksPerSec) / float64(r.total)
 		b.set(f.Name, us, int(r.total), params)
-		cpu = fmt.Sprintf("; server and agent CPU %.0f µs per call", us)
+		of := "server and agent"
+		if r.prefix == relayPrefix {
+			of = "relay and signer"
+		}
+		cpu = fmt.Sprintf("; %s CPU %.0f µs per call", of, us)
 	}
 	b.prog.printf("%-28s p50 %s ms  p99 %s ms  %s calls/s  (%d calls; %s%s)", name, msNum(sum.P50), msNum(sum.P99), num(rate), sum.N, loadNow(), cpu)
 	return nil

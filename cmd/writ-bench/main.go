@@ -372,22 +372,29 @@ func (b *bench) reasons() []string {
 	return out
 }
 
+// ratio sets the figure name to num / den, or to the reason one is
+// missing.
+func (b *bench) ratio(name, num, den string) {
+	nv, nok := b.res.value(num)
+	dv, dok := b.res.value(den)
+	switch {
+	case nok && dok:
+		b.set(name, nv/dv, 0, nil)
+	case !nok:
+		b.res.find(name).Error = b.res.find(num).Error
+	default:
+		b.res.find(name).Error = b.res.find(den).Error
+	}
+}
+
 // finish computes the ratios and targets, and marks figures no phase
 // produced.
 func (b *bench) finish() {
 	for _, sc := range []string{scX509C1, scX509C16, scX509S101, scX509S101E10k, scX509S101E10kC16, scJWTFirst, scJWTFirstC16, scJWTCached, scValidate} {
-		wn, sn := "writ."+sc+".rate", "stub."+stubScenario(sc)+".rate"
-		wv, wok := b.res.value(wn)
-		sv, sok := b.res.value(sn)
-		name := "writ." + sc + ".ratio_to_stub"
-		switch {
-		case wok && sok:
-			b.set(name, wv/sv, 0, nil)
-		case !wok:
-			b.res.find(name).Error = b.res.find(wn).Error
-		default:
-			b.res.find(name).Error = b.res.find(sn).Error
-		}
+		b.ratio("writ."+sc+".ratio_to_stub", "writ."+sc+".rate", "stub."+stubScenario(sc)+".rate")
+	}
+	for _, sc := range []string{scJWTFirst, scJWTFirstC16} {
+		b.ratio("writ."+sc+".ratio_to_relay", "writ."+sc+".rate", relayPrefix+"."+sc+".rate")
 	}
 	for _, f := range b.res.Figures {
 		if f.Value == nil && f.Error == "" {

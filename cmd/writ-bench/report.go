@@ -338,6 +338,7 @@ func renderReport(r *Results, charts []Chart) string {
 	w.chart(charts, "latency-fetch-x509svid.svg")
 	w.chart(charts, "latency-fetch-x509svids-101.svg")
 	w.chart(charts, "latency-jwt.svg")
+	renderJWTFloor(w, r)
 
 	w.p("## Propagation")
 	w.p("")
@@ -438,4 +439,24 @@ func renderReport(r *Results, charts []Chart) string {
 	w.p("- Limits run in this process, interleaved in rounds so that a change in machine speed affects each alike.")
 	w.p("- Streams are opened from a child process, %d per connection; the per-stream figure is the agent's RSS increase divided by the streams.", streamsPerConn)
 	return w.b.String()
+}
+
+// renderJWTFloor compares Writ's first JWT-SVID with the relay stub's.
+func renderJWTFloor(w *mdWriter, r *Results) {
+	w.p("### First JWT-SVID: Writ against the relay stub")
+	w.p("")
+	w.p("A workload's first JWT-SVID for an audience must be signed by the server, which alone holds the JWT signing key. The relay stub does only what such a call cannot avoid on this machine: a Workload API in one process forwards each request over mutual TLS to a signer in another, which signs a token for the audience asked; nothing is attested, cached, batched or checked. Measured alternately with Writ in the same rounds. CPU per call is that of the agent and server, or of the relay and signer.")
+	w.p("")
+	var rows [][]string
+	for _, sc := range []struct{ label, sc string }{
+		{"1 caller", scJWTFirst},
+		{"16 callers", scJWTFirstC16},
+	} {
+		wp, rp := "writ."+sc.sc, relayPrefix+"."+sc.sc
+		rows = append(rows, []string{sc.label,
+			cell(r, wp+".p50"), cell(r, wp+".rate"), cell(r, wp+".cpu_per_call"),
+			cell(r, rp+".p50"), cell(r, rp+".rate"), cell(r, rp+".cpu_per_call"),
+			cell(r, wp+".ratio_to_relay")})
+	}
+	w.table([]string{"FetchJWTSVID, new audience", "Writ p50", "Writ rate", "Writ CPU/call", "relay p50", "relay rate", "relay CPU/call", "Writ / relay"}, rows)
 }

@@ -89,7 +89,7 @@ func fixture() (*Results, map[string]Sample, []memPoint) {
 			continue // left missing, with a reason
 		case f.Name == figAgentPerStream:
 			continue // left missing, no reason: "not measured"
-		case strings.HasSuffix(f.Name, ".ratio_to_stub"):
+		case strings.HasSuffix(f.Name, ".ratio_to_stub"), strings.HasSuffix(f.Name, ".ratio_to_relay"):
 			continue // computed by finish
 		}
 		v := 0.05 + float64(i%17)*1.37 + float64(i)*0.011

@@ -96,8 +96,14 @@ func signES256(claims map[string]any) (string, error) {
 	if err != nil {
 		return "", err
 	}
+	return jwsES256(key, base64.RawURLEncoding.EncodeToString(hdr), body)
+}
+
+// jwsES256 returns the compact JWS of an encoded header and a body,
+// signed by key.
+func jwsES256(key *ecdsa.PrivateKey, header string, body []byte) (string, error) {
 	enc := base64.RawURLEncoding
-	signing := enc.EncodeToString(hdr) + "." + enc.EncodeToString(body)
+	signing := header + "." + enc.EncodeToString(body)
 	digest := sha256.Sum256([]byte(signing))
 	r, s, err := ecdsa.Sign(rand.Reader, key, digest[:])
 	if err != nil {

@@ -62,6 +62,14 @@ func (b *bench) measureCalls(ctx context.Context, bin string, buildErr error) er
 		b.fail(stubErr[1], "stub."+scX509S101+".")
 	}
 
+	relaySock := filepath.Join(b.tmp, "relay.sock")
+	relay, relayErr := b.startRelay(ctx, relaySock)
+	if relayErr != nil {
+		b.fail(relayErr, relayPrefix+".")
+	} else {
+		defer relay.stop()
+	}
+
 	wlErr := buildErr
 	var w *writEnv
 	var watch *watcher
@@ -78,7 +86,8 @@ func (b *bench) measureCalls(ctx context.Context, bin string, buildErr error) er
 		defer watch.close()
 	}
 
-	// targets returns the targets of a scenario that can be measured.
+	// targets returns the targets of a scenario that can be measured:
+	// the stub's, Writ's and, for a first JWT-SVID, the relay stub's.
 	targets := func(stub, writ *wlScenario, stubIdx int) []wlTarget {
 		var ts []wlTarget
 		if stub != nil && stubErr[stubIdx] == nil {
@@ -86,6 +95,9 @@ func (b *bench) measureCalls(ctx context.Context, bin string, buildErr error) er
 		}
 		if writ != nil && wlErr == nil {
 			ts = append(ts, wlTarget{prefix: "writ", socket: w.wlSock, sc: *writ, pids: []int{w.server.pid(), w.agent.pid()}})
+		}
+		if writ != nil && (writ.name == scJWTFirst || writ.name == scJWTFirstC16) && relayErr == nil {
+			ts = append(ts, wlTarget{prefix: relayPrefix, socket: relaySock, sc: *writ, pids: relay.pids()})
 		}
 		return ts
 	}
