@@ -27,6 +27,9 @@
 //     (two hops and one ES256 signature, nothing attested, cached or
 //     checked): the least work the call takes while only the server
 //     holds the signing key;
+//   - the server's JWT-SVID signing rate for a fleet: simulated agents
+//     sending BatchSignJWTSVID calls of new audiences over mutual TLS to
+//     one server, with its CPU time per token;
 //   - propagation from the admin API's BatchCreateEntry to a watching
 //     workload, with no and with 10,000 other entries;
 //   - server and agent memory idle, at 1,000 and 10,000 entries, and per

@@ -300,6 +300,7 @@ func catalogue(cfg Config) []*Figure {
 		add(name+".cpu_per_call", unitUS, "CPU time (user and system) of the relay and signer processes per call of "+name+", warm-ups included", nil, nil)
 		add("writ."+r.sc+".ratio_to_relay", unitRatio, fmt.Sprintf("writ.%s.rate / %s.rate: Writ's share of the relay stub's rate, the least work this call takes on this machine", r.sc, name), nil, nil)
 	}
+	jwtSignFigures(add)
 	jwtValidateFigures(add)
 	return fs
 }

@@ -2,10 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
 	"crypto/x509"
 	"fmt"
 	mrand "math/rand/v2"
@@ -309,34 +305,9 @@ func (f *pgFanout) connect(i int, token string) error {
 		Authorities: func() []*x509.Certificate { return f.auth },
 		LocalAddr:   agentAddr(i),
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	c, err := attestSimulated(f.ctx, cfg, token, f.retry)
 	if err != nil {
-		return err
-	}
-	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		return err
-	}
-	ac, err := nodeclient.New(cfg)
-	if err != nil {
-		return err
-	}
-	var res *nodeclient.AttestResult
-	err = f.retry(func() error {
-		var err error
-		res, err = ac.Attest(f.ctx, token, csr)
-		return err
-	})
-	ac.Close()
-	if err != nil {
-		return fmt.Errorf("agent %d: attest: %w", i, err)
-	}
-	var cert atomic.Pointer[tls.Certificate]
-	cert.Store(&tls.Certificate{Certificate: res.Chain, PrivateKey: key})
-	cfg.Certificate = &cert
-	c, err := nodeclient.New(cfg)
-	if err != nil {
-		return err
+		return fmt.Errorf("agent %d: %w", i, err)
 	}
 	f.mu.Lock()
 	f.clients = append(f.clients, c)

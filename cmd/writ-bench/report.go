@@ -459,4 +459,7 @@ func renderJWTFloor(w *mdWriter, r *Results) {
 			cell(r, wp+".ratio_to_relay")})
 	}
 	w.table([]string{"FetchJWTSVID, new audience", "Writ p50", "Writ rate", "Writ CPU/call", "relay p50", "relay rate", "relay CPU/call", "Writ / relay"}, rows)
+	w.p("One server signing for a fleet, without the Workload API hop (%d simulated agents, batches of %d new audiences, phase %s): %s, a call %s p50, server CPU %s per token.",
+		jwtSignAgents, jwtSignBatch, phaseJWTSign, cell(r, figJWTSignRate), cell(r, figJWTSignBatch), cell(r, figJWTSignCPU))
+	w.p("")
 }

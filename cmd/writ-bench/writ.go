@@ -68,7 +68,15 @@ func (b *bench) phases(ctx context.Context, o Options) {
 		return
 	}
 	if buildErr != nil {
-		b.fail(buildErr, append([]string{"propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.", "template.", "lifecycle.", "jwks.", "oauth.revocation.", "oauth.issue."}, pgPrefixes...)...)
+		b.fail(buildErr, append([]string{"server.jwt_sign.", "propagation.", "memory.", figRegAdmin, figRegCLI, figAgentSyncRate, "backlog.", "template.", "lifecycle.", "jwks.", "oauth.revocation.", "oauth.issue."}, pgPrefixes...)...)
+		return
+	}
+	if b.selected(phaseJWTSign) {
+		if err := b.measureServerJWTSigning(ctx, bin); err != nil {
+			b.fail(err, "server.jwt_sign.")
+		}
+	}
+	if ctx.Err() != nil {
 		return
 	}
 	if b.selected("scale") {
@@ -120,7 +128,7 @@ func (b *bench) phases(ctx context.Context, o Options) {
 }
 
 // phaseNames are the phases --only selects from, in run order.
-var phaseNames = []string{"limits", "calls", "scale", "cli", "backlog", "templates", "jwks", "lifecycle", "oauth", "postgres", "x509-many"}
+var phaseNames = []string{"limits", "calls", phaseJWTSign, "scale", "cli", "backlog", "templates", "jwks", "lifecycle", "oauth", "postgres", "x509-many"}
 
 // selected tells whether a phase runs: every phase unless --only names
 // some.
