@@ -155,8 +155,10 @@ func TestIntegrationHelper(t *testing.T) {
 	if err := os.Mkdir(certs, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	hups := filepath.Join(e.dir, "hups")
-	script := fmt.Sprintf(`trap "echo hup >> %s" HUP; while :; do sleep 0.05 & wait $!; done`, hups)
+	hups, ready := filepath.Join(e.dir, "hups"), filepath.Join(e.dir, "ready")
+	// The program says when its trap is set: a SIGHUP before that would
+	// end the shell, not be recorded.
+	script := fmt.Sprintf(`trap "echo hup >> %s" HUP; : > %s; while :; do sleep 0.05 & wait $!; done`, hups, ready)
 	conf := filepath.Join(e.dir, "helper.conf")
 	confText := fmt.Sprintf(`# as spiffe-helper reads it
 agent_address = %q
@@ -189,6 +191,11 @@ jwt_svids = [{jwt_audience = "db", jwt_svid_file_name = "db.jwt"}]
 	if tok, err := os.ReadFile(jwtFile); err != nil || strings.Count(string(tok), ".") != 2 {
 		t.Fatalf("db.jwt: %q, %v", tok, err)
 	}
+
+	waitUntil(t, "the program's SIGHUP trap set", 20*time.Second, func() bool {
+		_, err := os.Stat(ready)
+		return err == nil
+	})
 
 	e.rotate(webID, "web.example.org", "www.example.org")
 	waitUntil(t, "svid.pem rewritten after the rotation", 30*time.Second, func() bool {
