@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -354,6 +355,9 @@ func (h *Helper) writeJWTSVIDs(ctx context.Context) error {
 // startCmd starts the command, which inherits the helper's standard
 // streams.
 func (h *Helper) startCmd() error {
+	if h.sig != 0 && signal.Ignored(h.sig) {
+		h.catchRenewSignal()
+	}
 	cmd := exec.Command(h.cfg.Cmd, h.args...)
 	cmd.Stdin, cmd.Stdout, cmd.Stderr = os.Stdin, os.Stdout, os.Stderr
 	if err := cmd.Start(); err != nil {
@@ -364,6 +368,24 @@ func (h *Helper) startCmd() error {
 	go func() { h.cmdErr <- cmd.Wait() }()
 	h.log.Info("command started", "cmd", h.cfg.Cmd, "pid", cmd.Process.Pid)
 	return nil
+}
+
+// catchRenewSignal makes the helper catch the renew signal, which it
+// was started ignoring (under nohup, for SIGHUP): a command inherits an
+// ignored signal, and a shell cannot even trap one, so it would never
+// see a rotation. A caught signal is reset to its default in the
+// command; the helper drops those it receives itself, keeping the
+// immunity it was started with. This holds until the process ends: the
+// command may outlive one Run.
+func (h *Helper) catchRenewSignal() {
+	c := make(chan os.Signal, 1)
+	signal.Notify(c, h.sig)
+	go func() {
+		for range c {
+			h.log.Debug("renew signal received by the helper; ignored, as it was at start", "signal", h.sig.String())
+		}
+	}()
+	h.log.Info("the renew signal was ignored in this process; the command gets its default handling", "signal", h.sig.String())
 }
 
 // stopCmd stops a running command: SIGTERM, then SIGKILL after

@@ -564,3 +564,47 @@ func TestHelperSignalsWhenCleanupFails(t *testing.T) {
 		t.Error("svid.pem is not the rotated SVID")
 	}
 }
+
+// TestHelperCommandGetsIgnoredRenewSignal: a helper started with its
+// renew signal ignored (under nohup) still reaches a shell command,
+// which could not trap a signal it inherited ignored.
+func TestHelperCommandGetsIgnoredRenewSignal(t *testing.T) {
+	signal.Ignore(syscall.SIGHUP)
+	defer signal.Reset(syscall.SIGHUP)
+	a := newAgent(t)
+	cfg := a.config(t)
+	dir := t.TempDir()
+	hups, ready := filepath.Join(dir, "hups"), filepath.Join(dir, "ready")
+	cfg.Cmd = "/bin/sh"
+	cfg.CmdArgs = fmt.Sprintf(`-c 'trap "echo hup >> %s" HUP; : > %s; while :; do sleep 0.05 & wait $!; done'`, hups, ready)
+	cfg.RenewSignal = "SIGHUP"
+
+	h, err := svidfiles.New(cfg, fakeclock.New(time.Now()), testLogger(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	waitFile := func(what, path string) []byte {
+		t.Helper()
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if b, err := os.ReadFile(path); err == nil && (path != hups || len(b) > 0) {
+				return b
+			}
+		}
+		t.Fatalf("%s: not within 10s", what)
+		return nil
+	}
+	waitFile("the command's trap set", ready)
+	a.rotate()
+	if b := waitFile("SIGHUP recorded by the command", hups); !strings.Contains(string(b), "hup") {
+		t.Fatalf("hups holds %q", b)
+	}
+}
