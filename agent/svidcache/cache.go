@@ -363,8 +363,9 @@ type Applied struct {
 	// Sign are the IDs of entries to sign now: entries whose SPIFFE ID,
 	// DNS names or X.509-SVID TTL changed while they held an SVID or
 	// while a subscription matched them, and entries a subscription
-	// matches that have no SVID. When the SPIFFE ID or DNS names
-	// changed, the old SVID is already gone.
+	// matches that have no SVID. When the SPIFFE ID changed or a DNS
+	// name was removed, the old SVID is already gone; one whose DNS
+	// names the entry still grants is served until the new one is set.
 	Sign []string
 	// New are the IDs of entries new in an update that is not Full:
 	// they come next, while Room is positive.
@@ -511,7 +512,11 @@ func (c *Cache) upsertPlainLocked(it *item, e *entry.Entry, touched map[*group]s
 		c.touchLocked(e.Selectors, true, touched)
 	}
 	if idChanged || dnsChanged {
-		if it.svid != nil {
+		// A held SVID is served until its replacement arrives only if
+		// the entry still grants all it names (DNS names added or
+		// reordered): a workload keeps its identity through the change.
+		// One naming what the entry no longer grants goes at once.
+		if it.svid != nil && (idChanged || !subset(it.svid.dnsNames, e.DNSNames)) {
 			c.dropSVIDLocked(it)
 			c.touchLocked(old.Selectors, false, touched)
 			c.touchLocked(e.Selectors, false, touched)
@@ -531,6 +536,16 @@ func (c *Cache) upsertPlainLocked(it *item, e *entry.Entry, touched map[*group]s
 		return signLater
 	}
 	return signNone
+}
+
+// subset reports whether every name in a is in b.
+func subset(a, b []string) bool {
+	for _, n := range a {
+		if !slices.Contains(b, n) {
+			return false
+		}
+	}
+	return true
 }
 
 // removeLocked removes it, and its instances if it is a template; it

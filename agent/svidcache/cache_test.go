@@ -335,15 +335,39 @@ func TestEntryChanges(t *testing.T) {
 	if err := c.SetX509SVID(old); !errors.Is(err, svidcache.ErrStale) {
 		t.Fatalf("stale SVID: %v", err)
 	}
-	// DNS change: same.
+	// DNS names added: re-sign, and keep serving the old SVID, which
+	// names nothing the entry does not grant, until the new one is set.
 	if err := c.SetX509SVID(ca.svid(t, renamed, t0, time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	dns := renamed.Clone()
+	dns.DNSNames = []string{"w.example.org", "v.example.org"}
+	if res := c.Apply(svidcache.Update{Entries: []*entry.Entry{dns}}); !slices.Equal(res.Sign, []string{e.ID}) {
+		t.Fatalf("DNS names added: %+v", res)
+	}
+	if got := c.X509SVIDs(sels(t, "unix:uid:2")); len(got) != 1 || len(got[0].DNSNames()) != 0 {
+		t.Fatal("DNS names added: the old SVID is not served meanwhile")
+	}
+	if err := c.SetX509SVID(ca.svid(t, renamed, t0, time.Hour)); !errors.Is(err, svidcache.ErrStale) {
+		t.Fatalf("SVID without the added names: %v", err)
+	}
+	if err := c.SetX509SVID(ca.svid(t, dns, t0, time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	// Reordered: the same names, kept meanwhile.
+	reordered := dns.Clone()
+	reordered.DNSNames = []string{"v.example.org", "w.example.org"}
+	if res := c.Apply(svidcache.Update{Entries: []*entry.Entry{reordered}}); !slices.Equal(res.Sign, []string{e.ID}) || len(c.X509SVIDs(sels(t, "unix:uid:2"))) != 1 {
+		t.Fatalf("DNS names reordered: %+v", res)
+	}
+	// A name removed: the SVID naming it goes at once.
+	dns = reordered.Clone()
 	dns.DNSNames = []string{"w.example.org"}
-	c.Apply(svidcache.Update{Entries: []*entry.Entry{dns}})
+	if res := c.Apply(svidcache.Update{Entries: []*entry.Entry{dns}}); !slices.Equal(res.Sign, []string{e.ID}) {
+		t.Fatalf("DNS name removed: %+v", res)
+	}
 	if n := len(c.X509SVIDs(sels(t, "unix:uid:2"))); n != 0 {
-		t.Fatal("SVID without the new DNS names still served")
+		t.Fatal("SVID naming a removed DNS name still served")
 	}
 	if err := c.SetX509SVID(ca.svid(t, dns, t0, time.Hour)); err != nil {
 		t.Fatal(err)

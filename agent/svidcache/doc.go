@@ -67,10 +67,12 @@
 //     so a lookup looks only at entries filed under one of the
 //     workload's selectors. Results per selector set are memoized and
 //     invalidated only by changes to entries they could contain.
-//   - When an entry's SPIFFE ID or DNS names change, its old SVID is
-//     dropped at once (a workload never gets an identity the entry no
-//     longer grants); when it is removed, its SVID and its SPIFFE ID's
-//     cached JWT-SVIDs go too.
+//   - When an entry's SPIFFE ID changes or it loses a DNS name, its old
+//     SVID is dropped at once (a workload never gets an identity the
+//     entry no longer grants); when it only gains DNS names, the old SVID
+//     is served until the new one is set, so its workloads keep an
+//     identity through the change. When an entry is removed, its SVID
+//     and its SPIFFE ID's cached JWT-SVIDs go too.
 //   - Bounded SVIDs: a subscription's entries count as wanted; their
 //     SVIDs are always kept, and those without one are reported by
 //     Wanted. At most Config.MaxX509SVIDs other SVIDs are kept, least

@@ -210,6 +210,11 @@ jwt_svids = [{jwt_audience = "db", jwt_svid_file_name = "db.jwt"}]
 		b, _ := os.ReadFile(hups)
 		return strings.Contains(string(b), "hup")
 	})
+	// The rotation added a DNS name: the old SVID was served until the
+	// new one came, so the helper's watch never lost its identity.
+	if strings.Contains(h.log.String(), "Workload API watch failed") {
+		t.Error("the helper's Workload API watch failed: its SVID was withdrawn during the rotation")
+	}
 	select {
 	case <-h.done:
 		t.Fatalf("helper exited: %v", h.err)
