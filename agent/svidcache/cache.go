@@ -418,7 +418,7 @@ func (c *Cache) Apply(u Update) Applied {
 		if it := c.items[e.ID]; it != nil && it.parent() != nil {
 			continue // not an entry ID
 		}
-		sig, gone := c.upsertLocked(e, touched)
+		sig, gone := c.upsertLocked(e, touched, &res.Sign)
 		res.Removed = append(res.Removed, gone...)
 		switch sig {
 		case signNow:
@@ -435,9 +435,10 @@ func (c *Cache) Apply(u Update) Applied {
 	}
 	for _, id := range u.Deleted {
 		if it := c.items[id]; it != nil && it.parent() == nil {
-			res.Removed = append(res.Removed, c.removeLocked(it, touched)...)
+			insts := c.removeLocked(it, touched)
+			res.Removed = append(res.Removed, insts...)
 			res.Removed = append(res.Removed, id)
-			res.Sign = slices.DeleteFunc(res.Sign, func(s string) bool { return s == id })
+			res.Sign = slices.DeleteFunc(res.Sign, func(s string) bool { return s == id || slices.Contains(insts, s) })
 			res.New = slices.DeleteFunc(res.New, func(s string) bool { return s == id })
 			res.Backlog = slices.DeleteFunc(res.Backlog, func(s string) bool { return s == id })
 		}
@@ -468,15 +469,16 @@ const (
 )
 
 // upsertLocked stores e and reports whether it needs a new X.509-SVID,
-// and the IDs of the template instances it removed.
-func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}) (signing, []string) {
+// and the IDs of the template instances it removed; those of instances
+// it updated that need one are appended to sign.
+func (c *Cache) upsertLocked(e *entry.Entry, touched map[*group]struct{}, sign *[]string) (signing, []string) {
 	it := c.items[e.ID]
 	if it != nil && (it.tmpl() != nil || e.Template != "") {
-		return c.upsertTemplateLocked(it, e, touched)
+		return c.upsertTemplateLocked(it, e, touched, sign)
 	}
 	if it == nil {
 		if e.Template != "" {
-			return c.upsertTemplateLocked(nil, e, touched)
+			return c.upsertTemplateLocked(nil, e, touched, sign)
 		}
 		it = newItem(e)
 		c.items[e.ID] = it

@@ -23,17 +23,27 @@ import (
 //
 // Instances live while a subscription holds them or while they keep an
 // SVID within the bound on unmatched SVIDs; past it they go with their
-// SVID. A change to the template, or its removal, removes every instance
-// at once: subscribers recompute and get the IDs the new template fills.
+// SVID. A change to what fills or matches instances (the template, the
+// selectors, the admin or downstream flag), or the template's removal,
+// removes every instance at once: subscribers recompute and get the IDs
+// the new template fills. A change to what instances carry (DNS names,
+// TTLs, federated trust domains) updates them in place as plain entries
+// are updated: their SVIDs are signed again, and served meanwhile unless
+// they name a DNS name the template no longer gives.
 
 // upsertTemplateLocked stores e, where it (nil if new) or e is a
-// template entry. Any change to a template drops its instances; a
-// template never needs signing itself.
-func (c *Cache) upsertTemplateLocked(it *item, e *entry.Entry, touched map[*group]struct{}) (signing, []string) {
+// template entry; a template never needs signing itself. The IDs of
+// instances to sign again are appended to sign.
+func (c *Cache) upsertTemplateLocked(it *item, e *entry.Entry, touched map[*group]struct{}, sign *[]string) (signing, []string) {
 	var gone []string
 	if it != nil {
-		if it.tmpl() != nil && sameTemplate(it.x.full, e) {
-			it.x.full = e // only the revision changed
+		if it.tmpl() != nil && sameFill(it.x.full, e) {
+			it.x.full = e
+			for _, inst := range it.x.insts {
+				if c.updateInstanceLocked(inst, e, touched) == signNow {
+					*sign = append(*sign, inst.entry.ID)
+				}
+			}
 			return signNone, nil
 		}
 		gone = append(c.removeLocked(it, touched), it.entry.ID)
@@ -59,13 +69,37 @@ func (c *Cache) upsertTemplateLocked(it *item, e *entry.Entry, touched map[*grou
 	return signNone, gone
 }
 
-// sameTemplate reports whether b changes nothing of a that instances
-// depend on.
-func sameTemplate(a, b *entry.Entry) bool {
+// sameFill reports whether template entry b fills and matches the same
+// instances as a.
+func sameFill(a, b *entry.Entry) bool {
 	return a.Template == b.Template && slices.Equal(a.Selectors, b.Selectors) &&
-		slices.Equal(a.DNSNames, b.DNSNames) && a.X509SVIDTTL == b.X509SVIDTTL &&
-		a.JWTSVIDTTL == b.JWTSVIDTTL && a.Admin == b.Admin && a.Downstream == b.Downstream &&
-		slices.Equal(a.FederatesWith, b.FederatesWith)
+		a.Admin == b.Admin && a.Downstream == b.Downstream
+}
+
+// updateInstanceLocked gives inst what its template entry e now carries
+// and reports whether it needs a new X.509-SVID. Its SVID is dropped at
+// once only if it names a DNS name e no longer gives.
+func (c *Cache) updateInstanceLocked(inst *item, e *entry.Entry, touched map[*group]struct{}) signing {
+	held := inst.svid != nil || inst.demand > 0
+	dnsChanged := !slices.Equal(inst.dnsNames(), e.DNSNames)
+	fedChanged := !slices.Equal(inst.federatesWith(), e.FederatesWith)
+	ttlChanged := inst.entry.X509SVIDTTL != e.X509SVIDTTL
+	ie := e.Clone()
+	ie.ID, ie.SPIFFEID, ie.Template, ie.Selectors = inst.entry.ID, inst.entry.SPIFFEID, "", inst.entry.Selectors
+	inst.set(ie)
+	switch {
+	case inst.svid != nil && !subset(inst.svid.dnsNames, ie.DNSNames):
+		c.dropSVIDLocked(inst)
+		c.touchItemLocked(inst, false, touched)
+	case fedChanged:
+		// The federated bundles its workloads see change.
+		c.touchItemLocked(inst, false, touched)
+	}
+	switch {
+	case held && (dnsChanged || ttlChanged), inst.svid == nil && inst.demand > 0:
+		return signNow
+	}
+	return signNone
 }
 
 // dropInstancesLocked removes every instance of it (if it is a

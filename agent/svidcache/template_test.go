@@ -202,6 +202,73 @@ func drain(s *svidcache.Subscription) {
 	}
 }
 
+// TestTemplateUpdatedInPlace: a change to what instances carry (TTL,
+// DNS names) signs them again and keeps serving their SVIDs meanwhile,
+// unless an SVID names a DNS name the template no longer gives.
+func TestTemplateUpdatedInPlace(t *testing.T) {
+	clk := fakeclock.New(t0)
+	ca := newTestCA(t, t0)
+	c := newCache(t, clk, nil)
+	tm := newTemplate(t, "spiffe://example.org/user/{{unix.user}}", "unix:gid:1000")
+	tm.DNSNames = []string{"a.example.org"}
+	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
+	sub := c.Subscribe(caller(t, 2000, "alice"))
+	defer sub.Close()
+	waitWanted(t, c)
+	signWanted(t, c, ca, t0)
+	first := sub.State().X509SVIDs
+	if len(first) != 1 {
+		t.Fatalf("got %d SVIDs", len(first))
+	}
+	inst := first[0].EntryID
+	drain(sub)
+
+	step := func(what string, change func(e *entry.Entry), served bool) {
+		t.Helper()
+		e := tm.Clone()
+		change(e)
+		tm = e
+		res := c.Apply(svidcache.Update{Entries: []*entry.Entry{e}})
+		if !slices.Equal(res.Sign, []string{inst}) || len(res.Removed) != 0 {
+			t.Fatalf("%s: %+v, want the instance signed again, nothing removed", what, res)
+		}
+		got := sub.State().X509SVIDs
+		if served && (len(got) != 1 || got[0].EntryID != inst) {
+			t.Fatalf("%s: the old SVID is not served meanwhile", what)
+		}
+		if !served && len(got) != 0 {
+			t.Fatalf("%s: an SVID naming a DNS name the template no longer gives is served", what)
+		}
+		ie, ok := c.Entry(inst)
+		if !ok || ie.X509SVIDTTL != e.X509SVIDTTL || !slices.Equal(ie.DNSNames, e.DNSNames) {
+			t.Fatalf("%s: instance entry %+v", what, ie)
+		}
+		if err := c.SetX509SVID(ca.svid(t, ie, t0, time.Hour)); err != nil {
+			t.Fatalf("%s: the new SVID: %v", what, err)
+		}
+		drain(sub)
+	}
+	step("TTL changed", func(e *entry.Entry) { e.X509SVIDTTL = 2 * time.Hour }, true)
+	step("DNS name added", func(e *entry.Entry) { e.DNSNames = []string{"a.example.org", "b.example.org"} }, true)
+	step("DNS name removed", func(e *entry.Entry) { e.DNSNames = []string{"b.example.org"} }, false)
+
+	// A change to its selectors still replaces every instance.
+	moved := tm.Clone()
+	moved.Selectors = sels(t, "unix:gid:1000", "unix:uid:2000")
+	if res := c.Apply(svidcache.Update{Entries: []*entry.Entry{moved}}); !slices.Contains(res.Removed, inst) {
+		t.Fatalf("selector change: %+v", res)
+	}
+	// And deleting it takes the instance out of what is to be signed.
+	again := moved.Clone()
+	again.X509SVIDTTL = 3 * time.Hour
+	sub.State() // fills the new instance
+	waitWanted(t, c)
+	signWanted(t, c, ca, t0)
+	if res := c.Apply(svidcache.Update{Entries: []*entry.Entry{again}, Deleted: []string{again.ID}}); len(res.Sign) != 0 {
+		t.Fatalf("updated and deleted at once: Sign %v", res.Sign)
+	}
+}
+
 // TestTemplateCallersGone: instances of callers that left keep their SVID
 // only within the bound on unmatched SVIDs, and go with it.
 func TestTemplateCallersGone(t *testing.T) {
