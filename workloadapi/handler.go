@@ -193,37 +193,17 @@ func (h *handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest
 		s.logRefused(st, "caller matches no entry", nil)
 		return nil, errNoIdentity
 	}
-	// The caller's identities, each with the entries that issue it, are
-	// fetched at once: the tokens to sign reach the server together.
-	var groups [][]svidcache.Identity
-	for _, id := range idents { // ordered by SPIFFE ID
-		if !want.IsZero() && id.ID != want {
-			continue
+	resp, gone, err := s.jwtResponse(ctx, idents, want, audience)
+	if err == nil && len(resp.Svids) == 0 && gone {
+		// Every entry looked up went before its token was fetched (a
+		// template instance collected, an entry re-created): look once
+		// more.
+		if idents = s.cache.Identities(sel); len(idents) > 0 {
+			resp, _, err = s.jwtResponse(ctx, idents, want, audience)
 		}
-		if n := len(groups); n > 0 && groups[n-1][0].ID == id.ID {
-			groups[n-1] = append(groups[n-1], id)
-			continue
-		}
-		groups = append(groups, []svidcache.Identity{id})
 	}
-	results := s.fetchJWTSVIDs(ctx, groups, audience)
-	resp := &workload.JWTSVIDResponse{}
-	for i, r := range results {
-		id := groups[i][0]
-		switch err := r.err; {
-		case err == nil && r.svid == nil:
-			continue // every entry removed meanwhile
-		case err == nil:
-		case ctx.Err() != nil:
-			return nil, contextStatus(ctx.Err())
-		case errors.Is(err, svidcache.ErrUnavailable):
-			s.log.Warn("cannot get a JWT-SVID: the server is unavailable", logkey.SPIFFEID, id.ID.String(), logkey.EntryID, r.entryID, logkey.Error, err)
-			return nil, status.Error(codes.Unavailable, "cannot issue a JWT-SVID now: the server is unavailable")
-		default:
-			s.log.Error("cannot get a JWT-SVID", logkey.SPIFFEID, id.ID.String(), logkey.EntryID, r.entryID, logkey.Error, err)
-			return nil, status.Error(codes.Internal, "cannot issue a JWT-SVID")
-		}
-		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id.ID.String(), Svid: r.svid.Token, Hint: svidHint(r.entryID)})
+	if err != nil {
+		return nil, err
 	}
 	if len(resp.Svids) == 0 {
 		if !want.IsZero() {
@@ -241,6 +221,46 @@ func (h *handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest
 		}
 	}
 	return resp, nil
+}
+
+// jwtResponse fetches a JWT-SVID for the audience for each of the
+// caller's identities (only want, if set); an identity whose entries
+// were all removed meanwhile is left out, and gone reports it.
+func (s *Server) jwtResponse(ctx context.Context, idents []svidcache.Identity, want spiffeid.ID, audience []string) (resp *workload.JWTSVIDResponse, gone bool, err error) {
+	// The caller's identities, each with the entries that issue it, are
+	// fetched at once: the tokens to sign reach the server together.
+	var groups [][]svidcache.Identity
+	for _, id := range idents { // ordered by SPIFFE ID
+		if !want.IsZero() && id.ID != want {
+			continue
+		}
+		if n := len(groups); n > 0 && groups[n-1][0].ID == id.ID {
+			groups[n-1] = append(groups[n-1], id)
+			continue
+		}
+		groups = append(groups, []svidcache.Identity{id})
+	}
+	results := s.fetchJWTSVIDs(ctx, groups, audience)
+	resp = &workload.JWTSVIDResponse{}
+	for i, r := range results {
+		id := groups[i][0]
+		switch err := r.err; {
+		case err == nil && r.svid == nil:
+			gone = true // every entry removed meanwhile
+			continue
+		case err == nil:
+		case ctx.Err() != nil:
+			return nil, false, contextStatus(ctx.Err())
+		case errors.Is(err, svidcache.ErrUnavailable):
+			s.log.Warn("cannot get a JWT-SVID: the server is unavailable", logkey.SPIFFEID, id.ID.String(), logkey.EntryID, r.entryID, logkey.Error, err)
+			return nil, false, status.Error(codes.Unavailable, "cannot issue a JWT-SVID now: the server is unavailable")
+		default:
+			s.log.Error("cannot get a JWT-SVID", logkey.SPIFFEID, id.ID.String(), logkey.EntryID, r.entryID, logkey.Error, err)
+			return nil, false, status.Error(codes.Internal, "cannot issue a JWT-SVID")
+		}
+		resp.Svids = append(resp.Svids, &workload.JWTSVID{SpiffeId: id.ID.String(), Svid: r.svid.Token, Hint: svidHint(r.entryID)})
+	}
+	return resp, gone, nil
 }
 
 // jwtFetch is the result of fetching one identity's JWT-SVID: the token

@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -1010,4 +1011,38 @@ func TestPinFailure(t *testing.T) {
 	// The header is still checked first.
 	_, err = c.FetchJWTSVID(ctxTimeout(t, 10*time.Second), &workload.JWTSVIDRequest{Audience: []string{"a"}})
 	wantCode(t, err, codes.InvalidArgument)
+}
+
+// recreatedCache answers the first FetchJWTSVID as if the entry had been
+// removed after the caller's identities were looked up (a template
+// instance collected, an entry re-created under a new ID).
+type recreatedCache struct {
+	workloadapi.Cache
+	gone atomic.Bool
+}
+
+func (c *recreatedCache) FetchJWTSVID(ctx context.Context, entryID string, audience []string) (*svidcache.JWTSVID, error) {
+	if c.gone.CompareAndSwap(false, true) {
+		return nil, fmt.Errorf("%w: %s", svidcache.ErrUnknownEntry, entryID)
+	}
+	return c.Cache.FetchJWTSVID(ctx, entryID, audience)
+}
+
+// TestFetchJWTSVIDEntryGoneMeanwhile: a caller whose entry went between
+// the lookup and the fetch is looked up once more, not refused.
+func TestFetchJWTSVIDEntryGoneMeanwhile(t *testing.T) {
+	var rc *recreatedCache
+	e := newEnv(t, withConfig(func(c *workloadapi.Config) {
+		rc = &recreatedCache{Cache: c.Cache}
+		c.Cache = rc
+	}))
+	e.add("/a")
+	c, _ := e.raw()
+	resp, err := c.FetchJWTSVID(withHeader(ctxTimeout(t, 30*time.Second)), &workload.JWTSVIDRequest{Audience: []string{"x"}})
+	if err != nil {
+		t.Fatalf("FetchJWTSVID: %v", err)
+	}
+	if len(resp.GetSvids()) != 1 || resp.GetSvids()[0].GetSpiffeId() != "spiffe://example.org/a" || !rc.gone.Load() {
+		t.Fatalf("got %v", resp.GetSvids())
+	}
 }

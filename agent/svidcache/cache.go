@@ -504,8 +504,9 @@ func (c *Cache) upsertPlainLocked(it *item, e *entry.Entry, touched map[*group]s
 	if selChanged {
 		c.indexLocked(it)
 	}
-	if fedChanged {
-		// The federated bundles its workloads see change.
+	if fedChanged || old.Downstream != e.Downstream {
+		// The federated bundles its workloads see change, or what they
+		// may do with their identity.
 		c.touchLocked(e.Selectors, false, touched)
 	}
 	if selChanged || idChanged {

@@ -6,6 +6,8 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/spiffe/go-spiffe/v2/spiffeid"
+
 	"writ.dev/writ/ca/entry"
 )
 
@@ -24,10 +26,10 @@ import (
 // Instances live while a subscription holds them or while they keep an
 // SVID within the bound on unmatched SVIDs; past it they go with their
 // SVID. A change to what fills or matches instances (the template, the
-// selectors, the admin or downstream flag), or the template's removal,
+// selectors), or the template's removal,
 // removes every instance at once: subscribers recompute and get the IDs
 // the new template fills. A change to what instances carry (DNS names,
-// TTLs, federated trust domains) updates them in place as plain entries
+// TTLs, federated trust domains, flags) updates them in place as plain entries
 // are updated: their SVIDs are signed again, and served meanwhile unless
 // they name a DNS name the template no longer gives.
 
@@ -72,8 +74,7 @@ func (c *Cache) upsertTemplateLocked(it *item, e *entry.Entry, touched map[*grou
 // sameFill reports whether template entry b fills and matches the same
 // instances as a.
 func sameFill(a, b *entry.Entry) bool {
-	return a.Template == b.Template && slices.Equal(a.Selectors, b.Selectors) &&
-		a.Admin == b.Admin && a.Downstream == b.Downstream
+	return a.Template == b.Template && slices.Equal(a.Selectors, b.Selectors)
 }
 
 // updateInstanceLocked gives inst what its template entry e now carries
@@ -84,6 +85,7 @@ func (c *Cache) updateInstanceLocked(inst *item, e *entry.Entry, touched map[*gr
 	dnsChanged := !slices.Equal(inst.dnsNames(), e.DNSNames)
 	fedChanged := !slices.Equal(inst.federatesWith(), e.FederatesWith)
 	ttlChanged := inst.entry.X509SVIDTTL != e.X509SVIDTTL
+	dsChanged := inst.entry.Downstream != e.Downstream
 	ie := e.Clone()
 	ie.ID, ie.SPIFFEID, ie.Template, ie.Selectors = inst.entry.ID, inst.entry.SPIFFEID, "", inst.entry.Selectors
 	inst.set(ie)
@@ -91,8 +93,9 @@ func (c *Cache) updateInstanceLocked(inst *item, e *entry.Entry, touched map[*gr
 	case inst.svid != nil && !subset(inst.svid.dnsNames, ie.DNSNames):
 		c.dropSVIDLocked(inst)
 		c.touchItemLocked(inst, false, touched)
-	case fedChanged:
-		// The federated bundles its workloads see change.
+	case fedChanged || dsChanged:
+		// The federated bundles its workloads see change, or what they
+		// may do with their identity.
 		c.touchItemLocked(inst, false, touched)
 	}
 	switch {
@@ -175,13 +178,22 @@ func (c *Cache) touchItemLocked(it *item, invalidate bool, touched map[*group]st
 }
 
 // collectInstancesLocked removes the instances no subscription holds and
-// that have no SVID. Call it only when no memo group is left.
+// that have no SVID, unless a JWT-SVID of theirs is being signed (a
+// caller that only fetches JWT-SVIDs is waiting for it). Call it only
+// when no memo group is left.
 func (c *Cache) collectInstancesLocked() {
+	signing := make(map[spiffeid.ID]struct{}, len(c.jwtCalls))
+	for k := range c.jwtCalls {
+		signing[k.id] = struct{}{}
+	}
 	for _, it := range c.items {
 		if it.tmpl() == nil {
 			continue
 		}
 		for id, inst := range it.x.insts {
+			if _, ok := signing[inst.entry.SPIFFEID]; ok {
+				continue
+			}
 			if inst.demand == 0 && inst.svid == nil {
 				delete(it.x.insts, id)
 				delete(c.items, id)

@@ -407,3 +407,78 @@ func (b *syncBuffer) String() string {
 	defer b.mu.Unlock()
 	return b.buf.String()
 }
+
+// TestTemplateFlagsKeepInstances: the admin and downstream flags change
+// nothing an instance is filled from: its SVID stays, its workloads are
+// told (a downstream caller's rights changed).
+func TestTemplateFlagsKeepInstances(t *testing.T) {
+	clk := fakeclock.New(t0)
+	ca := newTestCA(t, t0)
+	c := newCache(t, clk, nil)
+	tm := newTemplate(t, "spiffe://example.org/user/{{unix.user}}", "unix:gid:1000")
+	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
+	sub := c.Subscribe(caller(t, 2000, "alice"))
+	defer sub.Close()
+	waitWanted(t, c)
+	signWanted(t, c, ca, t0)
+	if n := len(sub.State().X509SVIDs); n != 1 {
+		t.Fatalf("got %d SVIDs", n)
+	}
+	for _, flip := range []func(e *entry.Entry){
+		func(e *entry.Entry) { e.Admin = true },
+		func(e *entry.Entry) { e.Downstream = true },
+	} {
+		drain(sub)
+		e := tm.Clone()
+		flip(e)
+		tm = e
+		if res := c.Apply(svidcache.Update{Entries: []*entry.Entry{e}}); len(res.Removed)+len(res.Sign) != 0 {
+			t.Fatalf("flag change: %+v", res)
+		}
+		if n := len(sub.State().X509SVIDs); n != 1 {
+			t.Fatalf("flag change: %d SVIDs served", n)
+		}
+	}
+	select {
+	case <-sub.Changed():
+	default:
+		t.Error("subscriber not told of the downstream change")
+	}
+	if ids := c.Identities(caller(t, 2000, "alice")); len(ids) != 1 || !ids[0].Downstream {
+		t.Errorf("identities after the downstream change: %+v", ids)
+	}
+}
+
+// TestTemplateJWTInstanceKeptWhileSigning: a caller that only fetches
+// JWT-SVIDs holds no subscription; its instance is not collected while
+// its token is being signed, however many other selector sets are
+// looked up meanwhile.
+func TestTemplateJWTInstanceKeptWhileSigning(t *testing.T) {
+	clk := fakeclock.New(t0)
+	ca := newTestCA(t, t0)
+	tm := newTemplate(t, "spiffe://example.org/user/{{unix.user}}", "unix:gid:1000")
+	alice := spiffeid.RequireFromString("spiffe://example.org/user/alice")
+	gate := make(chan struct{})
+	s := &jwtSigner{ca: ca, clk: clk, ttl: 5 * time.Minute, ids: map[string]spiffeid.ID{entry.InstanceID(tm.ID, alice): alice}, gate: gate}
+	c := newCache(t, clk, s)
+	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
+	idents := c.Identities(caller(t, 2000, "alice"))
+	if len(idents) != 1 {
+		t.Fatalf("identities %v", idents)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := c.FetchJWTSVID(context.Background(), idents[0].EntryID, []string{"db"})
+		done <- err
+	}()
+	for s.calls.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	for i := range 1100 { // more than the memoized sets
+		c.Identities(sels(t, fmt.Sprintf("unix:uid:%d", 10000+i)))
+	}
+	close(gate)
+	if err := <-done; err != nil {
+		t.Fatalf("FetchJWTSVID: %v", err)
+	}
+}
