@@ -207,7 +207,9 @@ func (c *Cache) collectInstancesLocked() {
 
 // SetNodeSelectors sets the agent's node selectors, which fill the
 // node.* fields of templates. Instances of templates that use them are
-// dropped and filled again. It returns the IDs of the dropped instances.
+// dropped, to be filled again, if the new selectors fill them another ID
+// or none (a changed certificate serial leaves an ID from the subject's
+// CN as it was). It returns the IDs of the dropped instances.
 func (c *Cache) SetNodeSelectors(sel []entry.Selector) []string {
 	sel = slices.Clone(sel)
 	slices.SortFunc(sel, entry.Selector.Compare)
@@ -223,7 +225,15 @@ func (c *Cache) SetNodeSelectors(sel []entry.Selector) []string {
 		if it.tmpl() == nil || !it.x.tmpl.UsesNode() {
 			continue
 		}
-		gone = append(gone, c.dropInstancesLocked(it, touched)...)
+		for iid, inst := range it.x.insts {
+			// An instance's selectors hold the caller's values it was
+			// filled from.
+			if id, _, err := it.x.tmpl.Fill(inst.entry.Selectors, sel); err == nil && id == inst.entry.SPIFFEID {
+				continue
+			}
+			c.removeLocked(inst, touched)
+			gone = append(gone, iid)
+		}
 		c.touchLocked(it.entry.Selectors, true, touched)
 	}
 	notify(touched)

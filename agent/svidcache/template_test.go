@@ -356,6 +356,14 @@ func TestTemplateNodeSelectors(t *testing.T) {
 	if got := svidIDs(sub.State().X509SVIDs); !slices.Equal(got, []string{"spiffe://example.org/node/n1/uid/2000"}) {
 		t.Fatalf("got %v", got)
 	}
+	// Node selectors that fill the same ID (a renewed certificate, a new
+	// serial) keep the instance and its SVID.
+	if gone := c.SetNodeSelectors([]entry.Selector{{Type: "x509pop", Value: "subject:cn:n1"}, {Type: "x509pop", Value: "serialnumber:02"}}); len(gone) != 0 {
+		t.Fatalf("SetNodeSelectors with the same CN dropped %v", gone)
+	}
+	if got := svidIDs(sub.State().X509SVIDs); !slices.Equal(got, []string{"spiffe://example.org/node/n1/uid/2000"}) {
+		t.Fatalf("after the same CN: %v", got)
+	}
 	if gone := c.SetNodeSelectors([]entry.Selector{{Type: "x509pop", Value: "subject:cn:n2"}}); len(gone) != 1 {
 		t.Fatalf("SetNodeSelectors dropped %v", gone)
 	}
