@@ -25,13 +25,15 @@ import (
 //
 // Instances live while a subscription holds them or while they keep an
 // SVID within the bound on unmatched SVIDs; past it they go with their
-// SVID. A change to what fills or matches instances (the template, the
-// selectors), or the template's removal,
-// removes every instance at once: subscribers recompute and get the IDs
-// the new template fills. A change to what instances carry (DNS names,
-// TTLs, federated trust domains, flags) updates them in place as plain entries
-// are updated: their SVIDs are signed again, and served meanwhile unless
-// they name a DNS name the template no longer gives.
+// SVID. A change to the template itself, or its removal, removes every
+// instance at once: subscribers recompute and get the IDs the new
+// template fills. A change to its selectors keeps the instances, and the
+// selector sets it matched or now matches are matched again: a caller
+// that no longer matches is no longer served its instance, one that
+// still does keeps it. A change to what instances carry (DNS names,
+// TTLs, federated trust domains, flags) updates them in place as plain
+// entries are updated: their SVIDs are signed again, and served
+// meanwhile unless they name a DNS name the template no longer gives.
 
 // upsertTemplateLocked stores e, where it (nil if new) or e is a
 // template entry; a template never needs signing itself. The IDs of
@@ -39,14 +41,17 @@ import (
 func (c *Cache) upsertTemplateLocked(it *item, e *entry.Entry, touched map[*group]struct{}, sign *[]string) (signing, []string) {
 	var gone []string
 	if it != nil {
-		if it.tmpl() != nil && sameFill(it.x.full, e) {
+		if it.tmpl() != nil && it.x.full.Template == e.Template {
+			if !slices.Equal(it.entry.Selectors, e.Selectors) {
+				gone = c.reselectLocked(it, e.Selectors, touched)
+			}
 			it.x.full = e
 			for _, inst := range it.x.insts {
 				if c.updateInstanceLocked(inst, e, touched) == signNow {
 					*sign = append(*sign, inst.entry.ID)
 				}
 			}
-			return signNone, nil
+			return signNone, gone
 		}
 		gone = append(c.removeLocked(it, touched), it.entry.ID)
 	}
@@ -71,10 +76,32 @@ func (c *Cache) upsertTemplateLocked(it *item, e *entry.Entry, touched map[*grou
 	return signNone, gone
 }
 
-// sameFill reports whether template entry b fills and matches the same
-// instances as a.
-func sameFill(a, b *entry.Entry) bool {
-	return a.Template == b.Template && slices.Equal(a.Selectors, b.Selectors)
+// reselectLocked gives template item it new selectors. Selector sets
+// that matched it, and those that now do, are matched again; each
+// instance keeps its ID and SVID, its selectors becoming the new ones
+// plus the caller's values it was filled from. It returns the IDs of
+// instances it dropped (none but for an instance its own values no longer
+// fill, which cannot happen).
+func (c *Cache) reselectLocked(it *item, sel []entry.Selector, touched map[*group]struct{}) []string {
+	old := it.entry.Selectors
+	c.unindexLocked(it)
+	it.entry.Selectors = sel
+	c.indexLocked(it)
+	c.touchLocked(old, true, touched)
+	c.touchLocked(sel, true, touched)
+	var gone []string
+	for iid, inst := range it.x.insts {
+		id, used, err := it.x.tmpl.Fill(inst.entry.Selectors, c.node)
+		if err != nil || id != inst.entry.SPIFFEID {
+			c.removeLocked(inst, touched)
+			gone = append(gone, iid)
+			continue
+		}
+		c.touchItemLocked(inst, true, touched)
+		inst.entry.Selectors = mergeSelectors(sel, used)
+		inst.x.moreSel = nil // matched again, they are found again
+	}
+	return gone
 }
 
 // updateInstanceLocked gives inst what its template entry e now carries

@@ -252,20 +252,76 @@ func TestTemplateUpdatedInPlace(t *testing.T) {
 	step("DNS name added", func(e *entry.Entry) { e.DNSNames = []string{"a.example.org", "b.example.org"} }, true)
 	step("DNS name removed", func(e *entry.Entry) { e.DNSNames = []string{"b.example.org"} }, false)
 
-	// A change to its selectors still replaces every instance.
-	moved := tm.Clone()
-	moved.Selectors = sels(t, "unix:gid:1000", "unix:uid:2000")
-	if res := c.Apply(svidcache.Update{Entries: []*entry.Entry{moved}}); !slices.Contains(res.Removed, inst) {
-		t.Fatalf("selector change: %+v", res)
-	}
-	// And deleting it takes the instance out of what is to be signed.
-	again := moved.Clone()
+	// Deleting it in the update that changes it takes the instance out
+	// of what is to be signed.
+	again := tm.Clone()
 	again.X509SVIDTTL = 3 * time.Hour
-	sub.State() // fills the new instance
-	waitWanted(t, c)
-	signWanted(t, c, ca, t0)
 	if res := c.Apply(svidcache.Update{Entries: []*entry.Entry{again}, Deleted: []string{again.ID}}); len(res.Sign) != 0 {
 		t.Fatalf("updated and deleted at once: Sign %v", res.Sign)
+	}
+}
+
+// TestTemplateSelectorsChanged: a template whose selectors change keeps
+// serving the callers that still match, with the SVIDs they hold, and
+// stops serving those that no longer do; callers that now match are
+// served.
+func TestTemplateSelectorsChanged(t *testing.T) {
+	clk := fakeclock.New(t0)
+	ca := newTestCA(t, t0)
+	c := newCache(t, clk, nil)
+	tm := newTemplate(t, "spiffe://example.org/user/{{unix.user}}", "unix:gid:1000")
+	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
+	alice := c.Subscribe(caller(t, 2000, "alice"))
+	defer alice.Close()
+	bob := c.Subscribe(caller(t, 2001, "bob"))
+	defer bob.Close()
+	carol := c.Subscribe(sels(t, "unix:uid:2002", "unix:gid:2000", "unix:user:carol"))
+	defer carol.Close()
+	waitWanted(t, c)
+	signWanted(t, c, ca, t0)
+	held := alice.State().X509SVIDs
+	if len(held) != 1 || len(bob.State().X509SVIDs) != 1 || len(carol.State().X509SVIDs) != 0 {
+		t.Fatal("before the change: alice and bob served, carol not")
+	}
+	drain(alice)
+	drain(bob)
+	drain(carol)
+
+	// Only alice matches the new selectors.
+	moved := tm.Clone()
+	moved.Selectors = sels(t, "unix:user:alice")
+	if res := c.Apply(svidcache.Update{Entries: []*entry.Entry{moved}}); len(res.Removed)+len(res.Sign) != 0 {
+		t.Fatalf("selector change: %+v", res)
+	}
+	for name, sub := range map[string]*svidcache.Subscription{"alice": alice, "bob": bob} {
+		select {
+		case <-sub.Changed():
+		default:
+			t.Errorf("%s not told of the selector change", name)
+		}
+	}
+	if got := alice.State().X509SVIDs; len(got) != 1 || got[0] != held[0] {
+		t.Fatalf("alice, still matching: %v, want the SVID she held", svidIDs(got))
+	}
+	if got := bob.State().X509SVIDs; len(got) != 0 {
+		t.Fatalf("bob, no longer matching, is served %v", svidIDs(got))
+	}
+	if got := c.Identities(caller(t, 2001, "bob")); len(got) != 0 {
+		t.Fatalf("bob's identities %v", got)
+	}
+
+	// Back to a selector carol matches too: she gets her own ID.
+	wider := moved.Clone()
+	wider.Selectors = sels(t, "unix:gid:2000")
+	c.Apply(svidcache.Update{Entries: []*entry.Entry{wider}})
+	if got := alice.State().X509SVIDs; len(got) != 0 {
+		t.Fatalf("alice (gid 1000) is served %v under gid 2000", svidIDs(got))
+	}
+	carol.State()
+	waitWanted(t, c)
+	signWanted(t, c, ca, t0)
+	if got := svidIDs(carol.State().X509SVIDs); !slices.Equal(got, []string{"spiffe://example.org/user/carol"}) {
+		t.Fatalf("carol: %v", got)
 	}
 }
 
