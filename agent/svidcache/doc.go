@@ -86,10 +86,11 @@
 //     selector set they match gets the instance of the ID the template
 //     fills from it (and from SetNodeSelectors), with the ID
 //     entry.InstanceID(template ID, filled ID); instances are signed,
-//     kept and evicted like entries, go when what fills or matches them
-//     changes (the template, its selectors), are updated like entries
-//     when only what they carry changes (DNS names, TTLs), and
-//     TemplatesIssued reports them (see template.go).
+//     kept and evicted like entries, go when the template itself changes
+//     or the node selectors fill them another ID, are matched again when
+//     its selectors change, are updated like entries when only what they
+//     carry changes (DNS names, TTLs, flags), and TemplatesIssued reports
+//     them (see template.go).
 //   - Bundles of foreign trust domains (Update.Federated) are kept beside
 //     the local one, never merged into it, and a selector set sees those
 //     its entries federate with (State.Federated, FederatedBundles).
