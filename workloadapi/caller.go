@@ -41,10 +41,11 @@ func (c *Caller) Check() error { return c.s.check(c.st) }
 
 // Refused logs at debug level, with the caller's pid and uid, why it was
 // refused, and returns the status to answer: PermissionDenied "no
-// identity issued".
+// identity issued", or Unavailable before the agent has its entries
+// (Config.Synced).
 func (c *Caller) Refused(reason string) error {
 	c.s.logRefused(c.st, reason, nil)
-	return errNoIdentity
+	return c.s.unentitled()
 }
 
 // RegisterService registers a gRPC service to be served on the socket

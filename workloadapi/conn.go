@@ -356,6 +356,19 @@ func (s *Server) check(st *connState) error {
 	return nil
 }
 
+// unentitled is the answer to a caller that matches no entry:
+// PermissionDenied once the agent has its entries, Unavailable before.
+func (s *Server) unentitled() error {
+	if s.synced != nil {
+		select {
+		case <-s.synced:
+		default:
+			return errNotSynced
+		}
+	}
+	return errNoIdentity
+}
+
 func (s *Server) logRefused(st *connState, msg string, err error) {
 	if !s.log.Enabled(context.Background(), slog.LevelDebug) {
 		return

@@ -46,12 +46,15 @@
 //     default SVID). The first message goes at once; another follows every
 //     change of what this caller sees (an SVID added, rotated, removed or
 //     expired; the bundle), each with the full current set. A caller that
-//     matches no entry gets PermissionDenied at once. One whose entries
-//     are not signed yet gets nothing until they are (go-spiffe treats a
-//     message without SVIDs as an error). One that loses its last SVID
-//     (entry deleted, its SPIFFE ID changed, SVID expired) gets
-//     PermissionDenied and the stream ends, as SPIRE does: the SPIFFE
-//     Workload API names that as redacting all SVIDs.
+//     matches no entry gets PermissionDenied at once (Unavailable, which
+//     clients retry, until the agent has its first entries:
+//     Config.Synced). One whose entries are not signed yet gets nothing
+//     until they are (go-spiffe treats a message without SVIDs as an
+//     error). One that loses its last SVID (entry deleted, its SPIFFE ID
+//     changed or a DNS name removed, SVID expired) gets PermissionDenied
+//     and the stream ends, as SPIRE does: the SPIFFE Workload API names
+//     that as redacting all SVIDs. An entry that only gains DNS names or
+//     a new TTL keeps its SVID served until the new one arrives.
 //   - FetchX509Bundles and FetchJWTBundles stream the local trust domain's
 //     bundle and those of the foreign trust domains the caller's entries
 //     federate with (entry.Entry.FederatesWith), each keyed

@@ -60,7 +60,7 @@ func (h *handler) FetchX509SVID(_ *workload.X509SVIDRequest, stream grpc.ServerS
 		case len(state.X509SVIDs) == 0:
 			if last != nil || len(s.cache.Identities(sel)) == 0 {
 				s.logRefused(st, "caller has no X.509-SVID", nil)
-				return errNoIdentity
+				return s.unentitled()
 			}
 			// Entitled, but nothing signed yet: wait.
 		case state.Bundle == nil, last.is(state.X509SVIDs, state.Bundle, state.Federated):
@@ -137,7 +137,7 @@ func (s *Server) streamBundles(stream grpc.ServerStream, pick func(x509Msg, jwtM
 	for {
 		if needIdentity && len(s.cache.Identities(sel)) == 0 {
 			s.logRefused(st, "caller matches no entry", nil)
-			return errNoIdentity
+			return s.unentitled()
 		}
 		fed := s.cache.FederatedBundles(sel)
 		if b := s.cache.Bundle(); b != nil && (!lastSent || last.bundle != b || !slices.Equal(lastFed, fed)) {
@@ -191,7 +191,7 @@ func (h *handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest
 	idents := s.cache.Identities(sel)
 	if len(idents) == 0 {
 		s.logRefused(st, "caller matches no entry", nil)
-		return nil, errNoIdentity
+		return nil, s.unentitled()
 	}
 	resp, gone, err := s.jwtResponse(ctx, idents, want, audience)
 	if err == nil && len(resp.Svids) == 0 && gone {
@@ -206,11 +206,14 @@ func (h *handler) FetchJWTSVID(ctx context.Context, req *workload.JWTSVIDRequest
 		return nil, err
 	}
 	if len(resp.Svids) == 0 {
+		if err := s.unentitled(); !errors.Is(err, errNoIdentity) {
+			return nil, err
+		}
 		if !want.IsZero() {
 			s.logRefused(st, "caller asked for a SPIFFE ID it is not entitled to", nil)
 			return nil, status.Error(codes.PermissionDenied, "no identity issued for the requested SPIFFE ID")
 		}
-		return nil, errNoIdentity
+		return nil, s.unentitled()
 	}
 	// If a token had to be signed, the caller waited for the server: it
 	// must still be the process that asked. (A latency, not a timer:
@@ -354,7 +357,7 @@ func (h *handler) ValidateJWTSVID(ctx context.Context, req *workload.ValidateJWT
 	}
 	if !s.allowVerifiers && len(s.cache.Identities(sel)) == 0 {
 		s.logRefused(st, "caller matches no entry", nil)
-		return nil, errNoIdentity
+		return nil, s.unentitled()
 	}
 	if err := checkValidateRequest(req); err != nil {
 		return nil, err

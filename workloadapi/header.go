@@ -20,8 +20,11 @@ const SecurityHeader = "workload.spiffe.io"
 var (
 	errNoHeader   = status.Error(codes.InvalidArgument, "security header missing from request")
 	errNoIdentity = status.Error(codes.PermissionDenied, "no identity issued")
-	errStopping   = status.Error(codes.Unavailable, "the Workload API is shutting down")
-	errNoBundle   = status.Error(codes.Unavailable, "no trust bundle yet")
+	// errNotSynced answers a caller that matches no entry before the
+	// agent has its entries.
+	errNotSynced = status.Error(codes.Unavailable, "the agent has not received its entries yet")
+	errStopping  = status.Error(codes.Unavailable, "the Workload API is shutting down")
+	errNoBundle  = status.Error(codes.Unavailable, "no trust bundle yet")
 )
 
 // checkSecurityHeader reports whether md carries SecurityHeader exactly

@@ -168,6 +168,14 @@ type Config struct {
 	// claim with its iat).
 	Revocations RevocationList
 
+	// Synced, if set, is closed once the cache holds the agent's first
+	// full set of entries from the server. Until then a caller that
+	// matches no entry is answered Unavailable ("the agent has not
+	// received its entries yet"), which clients retry, not
+	// PermissionDenied: after a restart, or while the server cannot be
+	// reached at start, the agent cannot yet tell. Nil: always synced.
+	Synced <-chan struct{}
+
 	// AllowVerifiersWithoutIdentity serves FetchX509Bundles,
 	// FetchJWTBundles and ValidateJWTSVID to attested callers that match
 	// no entry. By default they are refused with PermissionDenied, as
@@ -195,6 +203,7 @@ type Server struct {
 	maxRecv         int
 	maxSend         int
 	allowVerifiers  bool
+	synced          <-chan struct{} // nil: always
 	ready, stopping chan struct{}
 	running         atomic.Bool
 
@@ -238,6 +247,7 @@ func New(cfg Config) (*Server, error) {
 		cache:          cfg.Cache,
 		attestor:       cfg.Attestor,
 		td:             cfg.TrustDomain,
+		synced:         cfg.Synced,
 		tdID:           cfg.TrustDomain.IDString(),
 		clk:            cfg.Clock,
 		verifier:       jwtsvid.NewVerifier(0),

@@ -28,6 +28,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
+	"google.golang.org/grpc/status"
 
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/ca/entry"
@@ -359,6 +360,72 @@ func TestNoIdentity(t *testing.T) {
 	// go-spiffe reports it as such.
 	_, err = spiffewl.FetchX509SVID(ctx, spiffewl.WithAddr(e.addr))
 	wantCode(t, err, codes.PermissionDenied)
+}
+
+// TestNoIdentityBeforeSync: before the agent has its entries, a caller
+// that matches none is told to retry (Unavailable) on every method, and
+// promptly; once it has them, it is refused.
+func TestNoIdentityBeforeSync(t *testing.T) {
+	synced := make(chan struct{})
+	e := newEnv(t, withConfig(func(c *workloadapi.Config) { c.Synced = synced }))
+	c, _ := e.raw()
+	ctx := withHeader(ctxTimeout(t, 10*time.Second))
+	tok := e.ca.jwt(t, time.Now(), spiffeid.RequireFromPath(td, "/x"), []string{"a"}, time.Minute)
+	calls := map[string]func() error{
+		"FetchX509SVID": func() error {
+			s, err := c.FetchX509SVID(ctx, &workload.X509SVIDRequest{})
+			if err == nil {
+				_, err = s.Recv()
+			}
+			return err
+		},
+		"FetchJWTSVID": func() error {
+			_, err := c.FetchJWTSVID(ctx, &workload.JWTSVIDRequest{Audience: []string{"a"}})
+			return err
+		},
+		"FetchJWTSVID for an ID": func() error {
+			_, err := c.FetchJWTSVID(ctx, &workload.JWTSVIDRequest{Audience: []string{"a"}, SpiffeId: "spiffe://example.org/a"})
+			return err
+		},
+		"FetchX509Bundles": func() error {
+			s, err := c.FetchX509Bundles(ctx, &workload.X509BundlesRequest{})
+			if err == nil {
+				_, err = s.Recv()
+			}
+			return err
+		},
+		"FetchJWTBundles": func() error {
+			s, err := c.FetchJWTBundles(ctx, &workload.JWTBundlesRequest{})
+			if err == nil {
+				_, err = s.Recv()
+			}
+			return err
+		},
+		"ValidateJWTSVID": func() error {
+			_, err := c.ValidateJWTSVID(ctx, &workload.ValidateJWTSVIDRequest{Audience: "a", Svid: tok})
+			return err
+		},
+	}
+	for _, want := range []codes.Code{codes.Unavailable, codes.PermissionDenied} {
+		for name, call := range calls {
+			start := time.Now()
+			err := call()
+			if got := status.Code(err); got != want {
+				t.Errorf("%s: %v (%v), want %v", name, got, err, want)
+			}
+			if d := time.Since(start); d > 2*time.Second {
+				t.Errorf("%s took %v", name, d)
+			}
+		}
+		if want == codes.Unavailable {
+			close(synced)
+		}
+	}
+	// The caller's first entry, once synced, is served.
+	e.add("/a")
+	if _, err := spiffewl.FetchX509SVID(ctx, spiffewl.WithAddr(e.addr)); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // TestVerifiersWithoutIdentity: with AllowVerifiersWithoutIdentity, a

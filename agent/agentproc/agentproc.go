@@ -72,6 +72,9 @@ func New(cfg Config) (*Process, error) {
 		MaxRecvMsgSize: sdsMaxRecvMsgSize,
 		// ValidateJWTSVID refuses revoked tokens.
 		Revocations: a.Revocations(),
+		// Until the first entries arrive, a caller matching none is
+		// told to retry, not that it has no identity.
+		Synced: a.Ready(),
 	})
 	if err != nil {
 		return nil, err

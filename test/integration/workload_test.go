@@ -196,6 +196,35 @@ func TestMTLSClientHelper(t *testing.T) {
 	fmt.Println(reply)
 }
 
+// TestIntegrationAgentRestartDuringOutage: an agent restarted while its
+// server is down tells workloads to retry (Unavailable), not that they
+// have no identity, and serves them once the server is back.
+func TestIntegrationAgentRestartDuringOutage(t *testing.T) {
+	e := newNodeEnv(t)
+	a := startAgent(t, e.addr, filepath.Join(e.dir, "a"), e.bundle, e.token("spiffe://example.org/writ/agent/a"))
+	e.entry("spiffe://example.org/web", "spiffe://example.org/writ/agent/a")
+	waitSVIDs(t, a, []string{"spiffe://example.org/web"})
+	e.server.stop()
+	a.stop()
+
+	a = launchAgent(t, e.addr, a.dataDir, e.bundle, "")
+	waitUntil(t, "the restarted agent's Workload API listening", 20*time.Second, func() bool {
+		return strings.Contains(a.log.String(), "Workload API listening")
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, err := workloadapi.FetchX509SVID(ctx, socketAddr(a))
+	cancel()
+	if code := status.Code(err); code != codes.Unavailable {
+		t.Fatalf("before the agent has its entries: %v, want Unavailable", err)
+	}
+
+	e.server = startServer(t, e.server.dataDir, "--bind-address", e.addr)
+	waitSVIDsWithin(t, a, []string{"spiffe://example.org/web"}, 45*time.Second)
+	if strings.Contains(a.log.String(), "agent attested") {
+		t.Fatal("the restarted agent attested again")
+	}
+}
+
 // TestIntegrationServerOutage stops the server for longer than the
 // workload SVIDs live: the agent serves them while valid, never after
 // they expire, and rotation resumes by itself when the server returns.

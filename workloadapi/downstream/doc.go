@@ -16,7 +16,8 @@
 // entries). A caller is served only if one of the entries it matches is
 // downstream (the first such, by SPIFFE ID then entry ID, is named to the
 // server); every other caller is refused with PermissionDenied "no
-// identity issued", the detail going to the debug log. The server checks
+// identity issued" (Unavailable until the agent has its first entries),
+// the detail going to the debug log. The server checks
 // again that the entry is downstream and belongs to this agent.
 //
 // WatchBundle sends the local trust domain's full SPIFFE bundle with the

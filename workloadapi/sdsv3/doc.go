@@ -53,7 +53,8 @@
 // sent while no requested name exists. Other resource types than Secret,
 // and requests of more than MaxResourceNames (1024) names, are refused
 // with InvalidArgument. A caller that matches no entry gets
-// PermissionDenied, also when it loses its last entry mid-stream.
+// PermissionDenied (Unavailable until the agent has its first entries),
+// also when it loses its last entry mid-stream.
 // Before each response, whether a request or a change brought it, the
 // caller is confirmed to be still the process that connected
 // (workloadapi.Caller.Check): once that process has exited, executed
