@@ -667,10 +667,26 @@ func (a *Agent) loop(ctx context.Context) error {
 			wait = ReconnectBackoff.Delay(attempt/a.servers.size(), rand.Float64())
 			attempt++
 		}
-		if err := a.sleep(ctx, wait); err != nil {
+		if err := a.sleep(ctx, a.beforeExpiry(wait)); err != nil {
 			return nil
 		}
 	}
+}
+
+// beforeExpiry bounds a reconnection wait so that, however far a long
+// outage has backed off, the agent tries again before its SVID expires:
+// at most a quarter of what is left of it (and at least the backoff's
+// base), so that attempts come closer together in its last seconds. An
+// agent the server refuses keeps its slow pace.
+func (a *Agent) beforeExpiry(wait time.Duration) time.Duration {
+	s := a.svid.Load()
+	if s == nil || a.revoked.Load() {
+		return wait
+	}
+	if left := s.notAfter.Sub(a.clk.Now()); left > 0 {
+		return min(wait, max(left/4, ReconnectBackoff.Base))
+	}
+	return wait
 }
 
 // reattest attests again with the configured node attestor.

@@ -586,3 +586,48 @@ func TestInconsistentDataDir(t *testing.T) {
 		t.Fatalf("loose key file: %v", err)
 	}
 }
+
+// TestRetriesBeforeAgentSVIDExpires: however far a long outage has
+// backed off the agent's reconnections, it tries again in its SVID's last
+// second, and so renews it if the server is back by then.
+func TestRetriesBeforeAgentSVIDExpires(t *testing.T) {
+	e := newEnv(t, fakenode.Options{AgentTTL: time.Hour})
+	r := e.start(e.attestConfig())
+	e.ready(r)
+	certs, err := agent.SavedSVID(e.dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	notAfter := certs[0].NotAfter
+	e.srv.Stop()
+	// An hour of failed attempts: the backoff reaches its maximum.
+	for e.clk.Now().Before(notAfter.Add(-10 * time.Second)) {
+		e.clk.Advance(5 * time.Second)
+		time.Sleep(time.Millisecond)
+	}
+	for e.clk.Now().Before(notAfter.Add(-time.Second)) {
+		e.clk.Advance(100 * time.Millisecond)
+		time.Sleep(time.Millisecond)
+	}
+	renewals := e.srv.Stats().Renewals
+	e.srv.Restart()
+	for e.srv.Stats().Renewals == renewals {
+		if !e.clk.Now().Before(notAfter) {
+			t.Fatal("no renewal in the agent SVID's last second")
+		}
+		// Real time for a connection and a renewal between steps.
+		time.Sleep(100 * time.Millisecond)
+		if e.srv.Stats().Renewals != renewals {
+			break
+		}
+		e.clk.Advance(50 * time.Millisecond)
+	}
+	select {
+	case <-r.done:
+		t.Fatalf("Run ended: %v", r.err)
+	default:
+	}
+	if certs, err := agent.SavedSVID(e.dir); err != nil || !certs[0].NotAfter.After(notAfter) {
+		t.Fatalf("the agent SVID was not renewed: %v", err)
+	}
+}
