@@ -199,15 +199,7 @@ func TestHelperWritesRotatesAndSignals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	run := runHelper(t, h)
 	waitSignal(t, sigs) // after the first write
 
 	dir := cfg.CertDir
@@ -241,7 +233,7 @@ func TestHelperWritesRotatesAndSignals(t *testing.T) {
 	}
 
 	// The JWT-SVID is fetched again at half its lifetime.
-	if err := hclk.WaitForTimers(ctx, 1); err != nil {
+	if err := hclk.WaitForTimers(run.ctx, 1); err != nil {
 		t.Fatal(err)
 	}
 	a.cacheClock.Advance(jwtTTL/2 + time.Second)
@@ -290,6 +282,29 @@ func waitSignal(t *testing.T, sigs <-chan os.Signal) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("no signal within 15s")
 	}
+}
+
+// runningHelper is a Helper running in the background until the test ends.
+type runningHelper struct {
+	ctx  context.Context // ends when the test does
+	done chan struct{}   // closed once Run returned
+	err  error           // what it returned
+}
+
+// runHelper runs h until the test ends, then checks that Run returned nil.
+func runHelper(t *testing.T, h *svidfiles.Helper) *runningHelper {
+	t.Helper()
+	ctx, cancel := context.WithCancel(t.Context())
+	r := &runningHelper{ctx: ctx, done: make(chan struct{})}
+	go func() { r.err = h.Run(ctx); close(r.done) }()
+	t.Cleanup(func() {
+		cancel()
+		<-r.done
+		if r.err != nil {
+			t.Errorf("Run: %v", r.err)
+		}
+	})
+	return r
 }
 
 func pemCerts(t *testing.T, b []byte) []*x509.Certificate {
@@ -462,21 +477,13 @@ func TestHelperDefaultSocketCheckedOnEachDial(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	run := runHelper(t, h)
 
 	// Running, and finding no socket yet.
 	select {
 	case <-w.wait("no such file or directory"):
-	case err := <-done:
-		t.Fatalf("Run: %v", err)
+	case <-run.done:
+		t.Fatalf("Run: %v", run.err)
 	case <-time.After(time.Minute):
 		t.Fatal("no attempt to connect within a minute")
 	}
@@ -548,15 +555,7 @@ func TestHelperSignalsWhenCleanupFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	runHelper(t, h)
 	waitSignal(t, sigs) // after the first write
 	s := a.rotate()
 	waitSignal(t, sigs)
@@ -583,15 +582,7 @@ func TestHelperCommandGetsIgnoredRenewSignal(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- h.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Run: %v", err)
-		}
-	}()
+	runHelper(t, h)
 	waitFile := func(what, path string) []byte {
 		t.Helper()
 		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {

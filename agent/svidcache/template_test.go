@@ -63,6 +63,40 @@ func svidIDs(svids []*svidcache.X509SVID) []string {
 	return out
 }
 
+// servedTemplate applies template entry tm to a new cache and returns the
+// cache, its CA, and the subscription of alice (uid 2000, gid 1000),
+// which holds her signed instance (drained).
+func servedTemplate(t *testing.T, tm *entry.Entry) (*svidcache.Cache, *testCA, *svidcache.Subscription) {
+	t.Helper()
+	ca := newTestCA(t, t0)
+	c := newCache(t, fakeclock.New(t0), nil)
+	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
+	sub := c.Subscribe(caller(t, 2000, "alice"))
+	t.Cleanup(sub.Close)
+	waitWanted(t, c)
+	signWanted(t, c, ca, t0)
+	if n := len(sub.State().X509SVIDs); n != 1 {
+		t.Fatalf("alice holds %d SVIDs", n)
+	}
+	drain(sub)
+	return c, ca, sub
+}
+
+// aliceJWTTemplate returns a cache with a template entry that gives alice
+// her ID, whose JWT-SVIDs are signed by a signer that waits for gate if
+// it is not nil.
+func aliceJWTTemplate(t *testing.T, gate chan struct{}) (*svidcache.Cache, *jwtSigner, spiffeid.ID) {
+	t.Helper()
+	clk := fakeclock.New(t0)
+	ca := newTestCA(t, t0)
+	tm := newTemplate(t, "spiffe://example.org/user/{{unix.user}}", "unix:gid:1000")
+	alice := spiffeid.RequireFromString("spiffe://example.org/user/alice")
+	s := &jwtSigner{ca: ca, clk: clk, ttl: 5 * time.Minute, ids: map[string]spiffeid.ID{entry.InstanceID(tm.ID, alice): alice}, gate: gate}
+	c := newCache(t, clk, s)
+	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
+	return c, s, alice
+}
+
 // TestTemplateOneIDPerCaller: one template entry gives each matching
 // caller its own ID, signed on demand; callers outside its selectors or
 // whose values are no valid segment get nothing.
@@ -129,20 +163,9 @@ func TestTemplateOneIDPerCaller(t *testing.T) {
 // TestTemplateChangeAndDelete: a changed template drops its instances'
 // SVIDs at once and fills new IDs; deleting it removes them.
 func TestTemplateChangeAndDelete(t *testing.T) {
-	clk := fakeclock.New(t0)
-	ca := newTestCA(t, t0)
-	c := newCache(t, clk, nil)
 	tm := newTemplate(t, "spiffe://example.org/user/{{unix.user}}", "unix:gid:1000")
-	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
-	sub := c.Subscribe(caller(t, 2000, "alice"))
-	defer sub.Close()
-	waitWanted(t, c)
-	signWanted(t, c, ca, t0)
+	c, ca, sub := servedTemplate(t, tm)
 	first := sub.State().X509SVIDs
-	if len(first) != 1 {
-		t.Fatalf("got %d SVIDs", len(first))
-	}
-	drain(sub)
 
 	// The same entry again (a full sync after reconnecting) keeps it.
 	res := c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}})
@@ -206,22 +229,10 @@ func drain(s *svidcache.Subscription) {
 // DNS names) signs them again and keeps serving their SVIDs meanwhile,
 // unless an SVID names a DNS name the template no longer gives.
 func TestTemplateUpdatedInPlace(t *testing.T) {
-	clk := fakeclock.New(t0)
-	ca := newTestCA(t, t0)
-	c := newCache(t, clk, nil)
 	tm := newTemplate(t, "spiffe://example.org/user/{{unix.user}}", "unix:gid:1000")
 	tm.DNSNames = []string{"a.example.org"}
-	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
-	sub := c.Subscribe(caller(t, 2000, "alice"))
-	defer sub.Close()
-	waitWanted(t, c)
-	signWanted(t, c, ca, t0)
-	first := sub.State().X509SVIDs
-	if len(first) != 1 {
-		t.Fatalf("got %d SVIDs", len(first))
-	}
-	inst := first[0].EntryID
-	drain(sub)
+	c, ca, sub := servedTemplate(t, tm)
+	inst := sub.State().X509SVIDs[0].EntryID
 
 	step := func(what string, change func(e *entry.Entry), served bool) {
 		t.Helper()
@@ -434,13 +445,7 @@ func TestTemplateNodeSelectors(t *testing.T) {
 
 // TestTemplateJWT: JWT-SVIDs are fetched by instance ID like any entry.
 func TestTemplateJWT(t *testing.T) {
-	clk := fakeclock.New(t0)
-	ca := newTestCA(t, t0)
-	tm := newTemplate(t, "spiffe://example.org/user/{{unix.user}}", "unix:gid:1000")
-	alice := spiffeid.RequireFromString("spiffe://example.org/user/alice")
-	s := &jwtSigner{ca: ca, clk: clk, ttl: 5 * time.Minute, ids: map[string]spiffeid.ID{entry.InstanceID(tm.ID, alice): alice}}
-	c := newCache(t, clk, s)
-	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
+	c, _, alice := aliceJWTTemplate(t, nil)
 	ids := c.Identities(caller(t, 2000, "alice"))
 	if len(ids) != 1 || ids[0].ID != alice {
 		t.Fatalf("identities %v", ids)
@@ -476,18 +481,8 @@ func (b *syncBuffer) String() string {
 // nothing an instance is filled from: its SVID stays, its workloads are
 // told (a downstream caller's rights changed).
 func TestTemplateFlagsKeepInstances(t *testing.T) {
-	clk := fakeclock.New(t0)
-	ca := newTestCA(t, t0)
-	c := newCache(t, clk, nil)
 	tm := newTemplate(t, "spiffe://example.org/user/{{unix.user}}", "unix:gid:1000")
-	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
-	sub := c.Subscribe(caller(t, 2000, "alice"))
-	defer sub.Close()
-	waitWanted(t, c)
-	signWanted(t, c, ca, t0)
-	if n := len(sub.State().X509SVIDs); n != 1 {
-		t.Fatalf("got %d SVIDs", n)
-	}
+	c, _, sub := servedTemplate(t, tm)
 	for _, flip := range []func(e *entry.Entry){
 		func(e *entry.Entry) { e.Admin = true },
 		func(e *entry.Entry) { e.Downstream = true },
@@ -518,14 +513,8 @@ func TestTemplateFlagsKeepInstances(t *testing.T) {
 // its token is being signed, however many other selector sets are
 // looked up meanwhile.
 func TestTemplateJWTInstanceKeptWhileSigning(t *testing.T) {
-	clk := fakeclock.New(t0)
-	ca := newTestCA(t, t0)
-	tm := newTemplate(t, "spiffe://example.org/user/{{unix.user}}", "unix:gid:1000")
-	alice := spiffeid.RequireFromString("spiffe://example.org/user/alice")
 	gate := make(chan struct{})
-	s := &jwtSigner{ca: ca, clk: clk, ttl: 5 * time.Minute, ids: map[string]spiffeid.ID{entry.InstanceID(tm.ID, alice): alice}, gate: gate}
-	c := newCache(t, clk, s)
-	c.Apply(svidcache.Update{Full: true, Entries: []*entry.Entry{tm}, Bundle: ca.bundle})
+	c, s, _ := aliceJWTTemplate(t, gate)
 	idents := c.Identities(caller(t, 2000, "alice"))
 	if len(idents) != 1 {
 		t.Fatalf("identities %v", idents)
