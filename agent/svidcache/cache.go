@@ -438,7 +438,15 @@ func (c *Cache) Apply(u Update) Applied {
 			insts := c.removeLocked(it, touched)
 			res.Removed = append(res.Removed, insts...)
 			res.Removed = append(res.Removed, id)
-			res.Sign = slices.DeleteFunc(res.Sign, func(s string) bool { return s == id || slices.Contains(insts, s) })
+			res.Sign = slices.DeleteFunc(res.Sign, func(s string) bool { return s == id })
+			if len(insts) > 0 && len(res.Sign) > 0 {
+				// Instances of a template updated, then deleted.
+				gone := make(map[string]struct{}, len(insts))
+				for _, iid := range insts {
+					gone[iid] = struct{}{}
+				}
+				res.Sign = slices.DeleteFunc(res.Sign, func(s string) bool { _, ok := gone[s]; return ok })
+			}
 			res.New = slices.DeleteFunc(res.New, func(s string) bool { return s == id })
 			res.Backlog = slices.DeleteFunc(res.Backlog, func(s string) bool { return s == id })
 		}

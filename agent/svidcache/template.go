@@ -45,7 +45,11 @@ func (c *Cache) upsertTemplateLocked(it *item, e *entry.Entry, touched map[*grou
 			if !slices.Equal(it.entry.Selectors, e.Selectors) {
 				gone = c.reselectLocked(it, e.Selectors, touched)
 			}
+			carried := sameCarried(it.x.full, e)
 			it.x.full = e
+			if carried {
+				return signNone, gone // at most the revision changed
+			}
 			for _, inst := range it.x.insts {
 				if c.updateInstanceLocked(inst, e, touched) == signNow {
 					*sign = append(*sign, inst.entry.ID)
@@ -74,6 +78,14 @@ func (c *Cache) upsertTemplateLocked(it *item, e *entry.Entry, touched map[*grou
 	c.indexLocked(it)
 	c.touchLocked(e.Selectors, true, touched)
 	return signNone, gone
+}
+
+// sameCarried reports whether template entry b gives its instances the
+// same fields as a.
+func sameCarried(a, b *entry.Entry) bool {
+	return slices.Equal(a.DNSNames, b.DNSNames) && a.X509SVIDTTL == b.X509SVIDTTL &&
+		a.JWTSVIDTTL == b.JWTSVIDTTL && a.Admin == b.Admin && a.Downstream == b.Downstream &&
+		slices.Equal(a.FederatesWith, b.FederatesWith)
 }
 
 // reselectLocked gives template item it new selectors. Selector sets
