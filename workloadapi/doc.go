@@ -70,8 +70,9 @@
 //   - FetchJWTSVID returns one JWT-SVID per SPIFFE ID of the caller (two
 //     entries with one SPIFFE ID give one token) for the audience, or only
 //     the one for spiffe_id, which must be one of the caller's
-//     (PermissionDenied otherwise). The audience is required: 1 to 64
-//     values of 1 to 2048 bytes. The cache reuses tokens until half their
+//     (PermissionDenied otherwise). The audience is required: 1 to 16
+//     values of 1 to 256 bytes, the server's bounds (InvalidArgument
+//     otherwise). The cache reuses tokens until half their
 //     lifetime; when the server is needed and away: Unavailable.
 //   - ValidateJWTSVID validates with ca/jwtsvid.Validate, against the JWT
 //     authorities of the token subject's trust domain, which must be the

@@ -79,9 +79,11 @@ const (
 	// calls waiting on the server for a JWT-SVID) before closing every
 	// connection. Streams end at once.
 	shutdownGrace = 5 * time.Second
-	// maxAudiences and maxAudienceLen bound FetchJWTSVID's audience.
-	maxAudiences   = 64
-	maxAudienceLen = 2048
+	// maxAudiences and maxAudienceLen bound FetchJWTSVID's audience:
+	// the server's bounds, so that an audience it would refuse to sign
+	// for is InvalidArgument here rather than a failed signing.
+	maxAudiences   = jwtsvid.MaxAudiences
+	maxAudienceLen = jwtsvid.MaxAudienceLength
 )
 
 // Cache is what the Workload API reads: the agent's *svidcache.Cache.

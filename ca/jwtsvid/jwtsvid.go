@@ -73,6 +73,11 @@ const (
 	// Leeway is the clock skew tolerated on exp, nbf and iat. It matches
 	// x509ca.Backdate.
 	Leeway = 30 * time.Second
+	// MaxAudiences and MaxAudienceLength bound the audience of a JWT-SVID
+	// Writ signs: the server refuses to sign for more values or longer
+	// ones, and the Workload API refuses them before asking it.
+	MaxAudiences      = 16
+	MaxAudienceLength = 256
 	// maxNumericDate bounds time claims (year 9999) so they convert to
 	// time.Time without overflow.
 	maxNumericDate = 253402300799

@@ -40,10 +40,11 @@ const (
 	// MaxBatchSignJWT is the most JWT-SVIDs one BatchSignJWTSVID may ask
 	// for; a larger batch is refused with InvalidArgument.
 	MaxBatchSignJWT = 256
-	// MaxAudiences is the most audiences a JWT-SVID may name.
-	MaxAudiences = 16
+	// MaxAudiences is the most audiences a JWT-SVID may name (the agent's
+	// Workload API applies the same bound).
+	MaxAudiences = jwtsvid.MaxAudiences
 	// MaxAudienceLength bounds each audience, in bytes.
-	MaxAudienceLength = 256
+	MaxAudienceLength = jwtsvid.MaxAudienceLength
 	// maxJoinTokenLength bounds the join tokens Attest looks up; anything
 	// longer is refused like any wrong token, without hashing it.
 	maxJoinTokenLength = 256
