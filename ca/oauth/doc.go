@@ -8,7 +8,9 @@
 //     exchange (RFC 8693). The client authenticates with its X.509-SVID over
 //     mutual TLS (RFC 8705 tls_client_auth, PKI method: the chain verifies
 //     against the trust domain's bundle and the SPIFFE ID is the client
-//     ID), or with a JWT-SVID as a client assertion (RFC 7523,
+//     ID; an X.509-SVID that chains to a tainted CA, whose key may have
+//     leaked, authenticates nothing, as on the remote admin API), or with
+//     a JWT-SVID as a client assertion (RFC 7523,
 //     client_assertion_type urn:ietf:params:oauth:client-assertion-type:jwt-bearer)
 //     whose aud is the token endpoint URL and nothing else (an assertion
 //     also handed to another audience could be replayed by it); each

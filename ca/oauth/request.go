@@ -248,6 +248,9 @@ func (s *Server) authenticate(r *http.Request, f form, st *state) (*client, *oau
 		if id.TrustDomain() != s.cfg.TrustDomain {
 			return nil, fail(errInvalidClient, "client certificate for %s, outside the trust domain", id)
 		}
+		if st.taintedChain(chain) {
+			return nil, fail(errInvalidClient, "client certificate for %s chains to a tainted CA", id)
+		}
 		c = &client{id: id, expires: chain[0].NotAfter, issued: chain[0].NotBefore, cert: chain[0]}
 	default:
 		return nil, fail(errInvalidClient, "no client authentication")
@@ -266,6 +269,25 @@ func (s *Server) authenticate(r *http.Request, f form, st *state) (*client, *oau
 		return nil, fail(errInvalidClient, "client_id %q differs from the authenticated %s", truncate(cid), c.id)
 	}
 	return c, nil
+}
+
+// taintedChain reports whether a verified client chain goes through a
+// tainted X.509 CA: one that signed a certificate of the chain (by its
+// authority key ID, which covers the CA in the bundle above the last
+// certificate sent), or one of the CAs sent.
+func (st *state) taintedChain(chain []*x509.Certificate) bool {
+	if len(st.taintedX509) == 0 {
+		return false
+	}
+	for i, c := range chain {
+		if len(c.AuthorityKeyId) > 0 && st.taintedX509[hex.EncodeToString(c.AuthorityKeyId)] {
+			return true
+		}
+		if i > 0 && st.taintedX509[hex.EncodeToString(c.SubjectKeyId)] {
+			return true
+		}
+	}
+	return false
 }
 
 // thumbprint is the x5t#S256 of a certificate (RFC 8705 §3.1).

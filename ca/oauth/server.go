@@ -67,6 +67,7 @@ type Store interface {
 	UseClientAssertion(ctx context.Context, hash string, expiresAt time.Time) error
 	PutRevocation(ctx context.Context, r *datastore.Revocation) error
 	ListRevocations(ctx context.Context, now time.Time) ([]*datastore.Revocation, error)
+	ListCAKeys(ctx context.Context) ([]*datastore.CAKey, error)
 	Watch() (<-chan struct{}, func())
 }
 
@@ -104,7 +105,7 @@ type Server struct {
 }
 
 // state is what the server reloads from the store: the trust domain's
-// bundle, the OAuth clients and the revocations.
+// bundle, the OAuth clients, the revocations and the tainted X.509 CAs.
 type state struct {
 	bundle  *spiffebundle.Bundle
 	clients map[spiffeid.ID]*datastore.OAuthClient
@@ -113,6 +114,10 @@ type state struct {
 	// revokedClients maps a client ID to the time up to which its tokens
 	// are revoked.
 	revokedClients map[string]time.Time
+	// taintedX509 holds the subject key IDs, lowercase hex, of the
+	// tainted X.509 CAs: the X.509-SVIDs they signed authenticate no
+	// client.
+	taintedX509 map[string]bool
 }
 
 // New checks cfg. It does no I/O.
@@ -215,8 +220,24 @@ func (s *Server) refresh(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("list revocations: %w", err)
 	}
+	keys, err := s.cfg.Store.ListCAKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("list CA keys: %w", err)
+	}
 	st := &state{bundle: b, clients: make(map[spiffeid.ID]*datastore.OAuthClient, len(clients)),
-		revokedJTIs: make(map[string]time.Time), revokedClients: make(map[string]time.Time)}
+		revokedJTIs: make(map[string]time.Time), revokedClients: make(map[string]time.Time), taintedX509: make(map[string]bool)}
+	for _, k := range keys {
+		if k.Kind != datastore.CAKeyX509 || k.State != datastore.CAKeyTainted {
+			continue
+		}
+		id, err := keymanager.DisplayID(k)
+		if err != nil {
+			// As the node API does: the other records still count.
+			s.log.Warn("CA key record is corrupt; cannot refuse the client certificates of a tainted CA", logkey.KeyID, k.ID, logkey.Error, err.Error())
+			continue
+		}
+		st.taintedX509[id] = true
+	}
 	for _, c := range clients {
 		st.clients[c.SPIFFEID] = c
 	}
@@ -238,7 +259,7 @@ func (st *state) addRevocation(r *datastore.Revocation) {
 // withRevocation returns a copy of st with r added, so that this server
 // refuses a token it revoked at once, before the store signals.
 func (st *state) withRevocation(r *datastore.Revocation) *state {
-	n := &state{bundle: st.bundle, clients: st.clients, revokedJTIs: make(map[string]time.Time, len(st.revokedJTIs)+1),
+	n := &state{bundle: st.bundle, clients: st.clients, taintedX509: st.taintedX509, revokedJTIs: make(map[string]time.Time, len(st.revokedJTIs)+1),
 		revokedClients: make(map[string]time.Time, len(st.revokedClients))}
 	for k, v := range st.revokedJTIs {
 		n.revokedJTIs[k] = v

@@ -1016,3 +1016,56 @@ func TestAssertionRecordOutlivesSkew(t *testing.T) {
 		t.Fatalf("replay after a clock a leeway ahead pruned: %d %v", r.status, r.body["error"])
 	}
 }
+
+// TestTaintedCAAuthenticatesNothing: once an X.509 CA is tainted (its key
+// leaked: whoever holds it can sign an X.509-SVID for any client), an
+// X.509-SVID it signed authenticates no client over mTLS, as on the
+// remote admin API, while the CA is still in the bundle. Client
+// assertions, signed by an untainted JWT key, still authenticate.
+func TestTaintedCAAuthenticatesNothing(t *testing.T) {
+	e := newEnv(t)
+	grant := url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"}}
+	if r := e.do(request{form: grant, certs: e.cert(webID, time.Hour)}); r.status != http.StatusOK {
+		t.Fatalf("before the taint: %d %v", r.status, r.body["error"])
+	}
+	dbTok := e.token(dbID, url.Values{"audience": {"https://ledger.example.org/"}})
+
+	st, ok := e.store.(interface {
+		PutCAKey(ctx context.Context, k *datastore.CAKey) error
+	})
+	if !ok {
+		t.Fatal("the store keeps no CA keys")
+	}
+	if err := st.PutCAKey(t.Context(), &datastore.CAKey{ID: "x509-1", Kind: datastore.CAKeyX509, State: datastore.CAKeyTainted,
+		ServerID: "s1", KeyType: "ec-p256", CertDER: e.ca.Root.Raw, NotBefore: e.ca.Root.NotBefore, NotAfter: e.ca.Root.NotAfter,
+		SignedUntil: t0}); err != nil {
+		t.Fatal(err)
+	}
+	// A later change that shows when the server has reloaded.
+	if err := e.store.PutRevocation(t.Context(), &datastore.Revocation{ClientID: dbID, RevokedAt: t0, ExpiresAt: t0.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	probes := 0
+	poll(t, "the reload", func() bool {
+		probes++ // each probe's assertion differs: one use each
+		form := url.Values{"token": {dbTok}, "client_assertion_type": {oauth.AssertionTypeJWTBearer},
+			"client_assertion": {e.assertion(apiID, tokenURL, time.Duration(probes)*time.Second)}}
+		r := e.do(request{path: oauth.IntrospectPath, form: form})
+		return r.status == http.StatusOK && r.body["active"] == false
+	})
+
+	for _, path := range []string{oauth.TokenPath, oauth.IntrospectPath, oauth.RevokePath} {
+		form := url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"}, "token": {dbTok}}
+		if path != oauth.TokenPath {
+			form = url.Values{"token": {dbTok}}
+		}
+		if r := e.do(request{path: path, form: form, certs: e.cert(webID, time.Hour)}); r.status != http.StatusBadRequest || r.body["error"] != "invalid_client" {
+			t.Errorf("%s with an X.509-SVID of the tainted CA: %d %v, want 400 invalid_client", path, r.status, r.body)
+		}
+	}
+	form := url.Values{"grant_type": {"client_credentials"}, "audience": {"orders"},
+		"client_assertion_type": {oauth.AssertionTypeJWTBearer}, "client_assertion": {e.assertion(webID, tokenURL, time.Minute)}}
+	if r := e.do(request{form: form}); r.status != http.StatusOK {
+		t.Errorf("client assertion after the taint: %d %v", r.status, r.body["error"])
+	}
+}
