@@ -52,6 +52,9 @@ func (s *Service) audit(ctx context.Context, c *call, code codes.Code, spiffeID,
 	if c.keyID != "" {
 		attrs = append(attrs, slog.String(logkey.KeyID, c.keyID))
 	}
+	if c.jti != "" {
+		attrs = append(attrs, slog.String(logkey.JTI, c.jti))
+	}
 	if c.forced {
 		attrs = append(attrs, slog.Bool(logkey.Forced, true))
 	}

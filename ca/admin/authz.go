@@ -108,6 +108,8 @@ type call struct {
 	keyKind string
 	keyID   string
 	forced  bool
+	// jti names the access token a revocation acted on.
+	jti string
 	// items, if any, replace the call's single audit record with one per
 	// item (BatchCreateEntry).
 	items []auditItem

@@ -18,7 +18,7 @@
 // server. The gRPC health service is public. Every mutation is written to
 // the audit log at Info, with the caller's uid and pid and the outcome
 // code, under the Key* constants (CA key mutations add the key's kind and
-// ID, and whether it was forced); join tokens and selectors are never
+// ID, and whether it was forced; a token revocation its jti); join tokens and selectors are never
 // logged. Key manager refusals (wrong state, too early, another server's
 // key) are FailedPrecondition with the key manager's message.
 //

@@ -231,6 +231,8 @@ func (o *oauthService) RevokeOAuthTokens(ctx context.Context, req *adminv1.Revok
 		c.spiffeID = r.ClientID
 	case !datastore.ValidAudience(req.GetJti()):
 		return nil, invalidf("the jti must be printable ASCII without spaces, at most %d bytes", datastore.MaxOAuthValueLength)
+	default:
+		c.jti = r.JTI // checked: printable ASCII, bounded
 	}
 	if err := st.PutRevocation(ctx, r); err != nil {
 		return nil, s.internal(ctx, "put revocation", err)

@@ -2,6 +2,7 @@ package admin_test
 
 import (
 	"context"
+	"os"
 	"slices"
 	"testing"
 	"time"
@@ -122,4 +123,25 @@ func mustID(t *testing.T, s string) spiffeid.ID {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// TestAuditNamesRevocation: the audit record of a revocation names what it
+// revokes, a jti as a client ID is: an operator reading the log can tell
+// which token was revoked, and by whom.
+func TestAuditNamesRevocation(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	c := adminv1.NewOAuthServiceClient(e.conn)
+	if _, err := c.RevokeOAuthTokens(ctxT(t), &adminv1.RevokeOAuthTokensRequest{Jti: "tok-42"}); err != nil {
+		t.Fatal(err)
+	}
+	recs := e.logs.audit(adminv1.OAuthService_RevokeOAuthTokens_FullMethodName)
+	if len(recs) != 1 {
+		t.Fatalf("audit records %+v", recs)
+	}
+	if got := recs[0].attrs["jti"].String(); got != "tok-42" {
+		t.Errorf("audit record %+v names no jti (got %q)", recs[0].attrs, got)
+	}
+	if recs[0].attrs["uid"].Uint64() != uint64(os.Getuid()) {
+		t.Errorf("audit record %+v does not name the caller", recs[0].attrs)
+	}
 }

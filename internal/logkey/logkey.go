@@ -39,6 +39,9 @@ const (
 	Audit = "audit"
 	// Forced says whether a CA key mutation was forced.
 	Forced = "forced"
+	// JTI is the jti of an OAuth access token (an identifier, not a
+	// secret).
+	JTI = "jti"
 )
 
 // Outcomes and context.
