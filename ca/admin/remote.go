@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"writ.dev/writ/ca/datastore"
+	"writ.dev/writ/ca/entry"
 	"writ.dev/writ/internal/logkey"
 )
 
@@ -69,6 +70,11 @@ func checkRemoteConfig(cfg *Config) (map[spiffeid.ID]bool, error) {
 		}
 		if id == ServerID(cfg.TrustDomain) {
 			return nil, fmt.Errorf("admin: admin SPIFFE ID %q is the servers' own ID", id.String())
+		}
+		if entry.IsReserved(id) {
+			// Agents hold these IDs by attesting, without any entry: a
+			// compromised agent would be an admin.
+			return nil, fmt.Errorf("admin: admin SPIFFE ID %q is under %s/, reserved for Writ's agents and server", id.String(), entry.ReservedPath)
 		}
 		ids[id] = true
 	}

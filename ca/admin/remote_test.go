@@ -424,9 +424,13 @@ func TestRemoteAdminStoreDown(t *testing.T) {
 	wantCode(t, "listed ID", err, codes.OK)
 }
 
-// TestNewRefusesBadAdminIDs checks the admin IDs New accepts.
+// TestNewRefusesBadAdminIDs checks the admin IDs New accepts: none of
+// another trust domain, none without a path, and none under the path
+// reserved for Writ's server and agents, whose SVIDs every agent (a
+// compromised one too) and server holds without any entry.
 func TestNewRefusesBadAdminIDs(t *testing.T) {
-	for _, id := range []string{"spiffe://other.test/ops", "spiffe://example.org", "spiffe://example.org/writ/server"} {
+	for _, id := range []string{"spiffe://other.test/ops", "spiffe://example.org", "spiffe://example.org/writ/server",
+		"spiffe://example.org/writ/agent/node1", "spiffe://example.org/writ/agent/join_token/abc", "spiffe://example.org/writ"} {
 		_, err := admin.New(admin.Config{
 			TrustDomain: td, Store: newStore(t), Logger: slog.New(slog.DiscardHandler),
 			AdminIDs: []spiffeid.ID{spiffeid.RequireFromString(id)},
