@@ -29,6 +29,11 @@
 //     with, in one SPIFFECertValidatorConfig, each under its own name,
 //     for Envoy's SPIFFE validator.
 //
+// The all-bundles name may be the bundle name, as Istio's integration
+// with SPIRE configures it ("ROOTCA" for every bundle): that name then
+// serves every trust domain's bundle to Envoys with the SPIFFE
+// validator, and the local one as trusted_ca to the others.
+//
 // Validation contexts use the SPIFFE validator
 // (envoy.tls.cert_validator.spiffe) for Envoy 1.18 and later (by the
 // node's user_agent_build_version), and trusted_ca otherwise, or when

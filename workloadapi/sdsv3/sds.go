@@ -71,7 +71,10 @@ type Config struct {
 	// DefaultSVIDName, DefaultBundleName and DefaultAllBundlesName are
 	// the resource names of the caller's first SVID, of the local trust
 	// domain's bundle and of every trust domain's bundles; empty means
-	// the package's defaults ("default", "ROOTCA", "ALL").
+	// the package's defaults ("default", "ROOTCA", "ALL"). The
+	// all-bundles name may be the bundle name: it then serves every
+	// bundle where the SPIFFE validator is used, the local one
+	// elsewhere.
 	DefaultSVIDName       string
 	DefaultBundleName     string
 	DefaultAllBundlesName string

@@ -83,18 +83,22 @@ func (h *Handler) secret(name string, v view, spiffeValidator bool) *tlsv3.Secre
 			return nil
 		}
 		return tlsCertificate(name, v.svids[0])
+	case name == h.defaultAllBundles && spiffeValidator:
+		// First: the all-bundles name may be the bundle name too
+		// (Istio's configuration calls every bundle "ROOTCA").
+		if len(v.bundles) == 0 {
+			return nil
+		}
+		return validationContext(name, v.bundles, true)
 	case name == h.defaultBundle:
 		if len(v.bundles) == 0 {
 			return nil
 		}
 		return validationContext(name, v.bundles[:1], spiffeValidator)
 	case name == h.defaultAllBundles:
-		if len(v.bundles) == 0 || !spiffeValidator {
-			// Envoy's trusted_ca cannot keep trust domains apart: an
-			// ID of one would verify with another's keys.
-			return nil
-		}
-		return validationContext(name, v.bundles, true)
+		// Envoy's trusted_ca cannot keep trust domains apart: an ID of
+		// one would verify with another's keys.
+		return nil
 	}
 	for _, s := range v.svids {
 		if s.ID.String() == name {
