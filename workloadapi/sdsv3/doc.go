@@ -37,10 +37,11 @@
 // Validation contexts use the SPIFFE validator
 // (envoy.tls.cert_validator.spiffe) for Envoy 1.18 and later (by the
 // node's user_agent_build_version), and trusted_ca otherwise, or when
-// Config.DisableSPIFFECertValidation is set or the node's metadata holds
-// disable_spiffe_cert_validation: true. "ALL" exists only in the SPIFFE
-// validator form: trusted_ca cannot keep trust domains apart. An empty
-// list of names (a wildcard request) means every SVID by SPIFFE ID and
+// Config.DisableSPIFFECertValidation is set. An Envoy's node metadata
+// disable_spiffe_cert_validation (true or false, a boolean or a string)
+// overrides the Config for that Envoy, as on SPIRE's agent. "ALL"
+// exists only in the SPIFFE validator form: trusted_ca cannot keep trust
+// domains apart. An empty list of names (a wildcard request) means every SVID by SPIFFE ID and
 // every trust domain.
 //
 // # xDS

@@ -78,9 +78,10 @@ type Config struct {
 	DefaultSVIDName       string
 	DefaultBundleName     string
 	DefaultAllBundlesName string
-	// DisableSPIFFECertValidation serves bundles as trusted_ca, never in
-	// the SPIFFE validator form; the all-bundles name is then not
-	// served.
+	// DisableSPIFFECertValidation serves bundles as trusted_ca, not in
+	// the SPIFFE validator form, and the all-bundles name is then not
+	// served, except to an Envoy whose node metadata holds
+	// disable_spiffe_cert_validation: false.
 	DisableSPIFFECertValidation bool
 	// Logger receives NACKs and, at debug level, the requests and
 	// responses (names and versions only). Nil discards them.

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	grpcstatus "google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/ca/x509ca"
@@ -435,5 +436,54 @@ func TestDeletedEntryIsLeftOut(t *testing.T) {
 	}
 	if grpcstatus.Code(r.err) != codes.PermissionDenied {
 		t.Fatalf("StreamSecrets after the last entry was deleted: %v, want PermissionDenied", r.err)
+	}
+}
+
+// TestNodeMetadataChoosesValidatorForm: an Envoy's node metadata
+// disable_spiffe_cert_validation, a boolean or a string such as "true"
+// (as YAML writes it when quoted), overrides the agent's setting for
+// that Envoy in either direction, as on SPIRE's agent; a value that is
+// neither leaves the agent's setting.
+func TestNodeMetadataChoosesValidatorForm(t *testing.T) {
+	tests := []struct {
+		name       string
+		disabled   bool // the agent's setting
+		value      *structpb.Value
+		wantSPIFFE bool
+	}{
+		{name: "bool true", value: structpb.NewBoolValue(true)},
+		{name: "string true", value: structpb.NewStringValue("true")},
+		{name: "string True", value: structpb.NewStringValue("True")},
+		{name: "bool false", value: structpb.NewBoolValue(false), wantSPIFFE: true},
+		{name: "agent disabled, bool false", disabled: true, value: structpb.NewBoolValue(false), wantSPIFFE: true},
+		{name: "agent disabled, string false", disabled: true, value: structpb.NewStringValue("false"), wantSPIFFE: true},
+		{name: "agent disabled, no value", disabled: true},
+		{name: "agent disabled, other value", disabled: true, value: structpb.NewStringValue("maybe")},
+		{name: "other value", value: structpb.NewNumberValue(1), wantSPIFFE: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, sdsv3.Config{DisableSPIFFECertValidation: tt.disabled})
+			e.add("/svc/a")
+			node := envoyNode(40)
+			if tt.value != nil {
+				node.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{"disable_spiffe_cert_validation": tt.value}}
+			}
+			resp, err := e.client().FetchSecrets(ctxTimeout(t), &discoveryv3.DiscoveryRequest{Node: node, ResourceNames: []string{"ROOTCA", "ALL"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := secrets(t, resp)
+			vc := got["ROOTCA"].GetValidationContext()
+			if vc == nil {
+				t.Fatal("ROOTCA not served")
+			}
+			if isSPIFFE := vc.GetCustomValidatorConfig() != nil; isSPIFFE != tt.wantSPIFFE {
+				t.Errorf("ROOTCA in the SPIFFE validator form: %v, want %v", isSPIFFE, tt.wantSPIFFE)
+			}
+			if (got["ALL"] != nil) != tt.wantSPIFFE {
+				t.Errorf("ALL served: %v, want %v", got["ALL"] != nil, tt.wantSPIFFE)
+			}
+		})
 	}
 }
