@@ -41,8 +41,11 @@
 // disable_spiffe_cert_validation (true or false, a boolean or a string)
 // overrides the Config for that Envoy, as on SPIRE's agent. "ALL"
 // exists only in the SPIFFE validator form: trusted_ca cannot keep trust
-// domains apart. An empty list of names (a wildcard request) means every SVID by SPIFFE ID and
-// every trust domain.
+// domains apart. A stream's first request without names (a wildcard
+// request), and a FetchSecrets without names, mean every SVID by SPIFFE
+// ID and every trust domain. On a stream that has named secrets, a
+// request naming none means none, as xDS says: nothing is sent until a
+// request names some again.
 //
 // # xDS
 //

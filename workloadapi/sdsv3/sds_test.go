@@ -487,3 +487,49 @@ func TestNodeMetadataChoosesValidatorForm(t *testing.T) {
 		})
 	}
 }
+
+// TestEmptyNamesAfterNamesUnsubscribe: on a stream that has named the
+// secrets it wants, a request naming none means that the client wants
+// none any more (xDS state of the world), not every secret: nothing is
+// sent, not even on a rotation, until it names some again. Only a
+// stream's first request without names asks for everything.
+func TestEmptyNamesAfterNamesUnsubscribe(t *testing.T) {
+	e := newEnv(t, sdsv3.Config{})
+	a := e.add("/svc/a")
+	b := e.add("/svc/b")
+	aID, bID := a.SPIFFEID.String(), b.SPIFFEID.String()
+	s := e.stream(ctxTimeout(t))
+	s.send(&discoveryv3.DiscoveryRequest{Node: envoyNode(40), ResourceNames: []string{aID}})
+	r1 := s.next()
+	s.ack(r1, aID)
+	s.ack(r1) // no names: unsubscribed from everything
+	s.nothing("after unsubscribing from every secret")
+	e.sign(a)
+	e.sign(b)
+	s.nothing("after a rotation with no secret subscribed to")
+	// Subscribing again is answered.
+	s.ack(r1, bID)
+	if got := secrets(t, s.next()); len(got) != 1 || got[bID] == nil {
+		t.Fatalf("after subscribing to %s again: got %v", bID, keys(got))
+	}
+
+	// A stream whose first request names nothing gets everything.
+	s2 := e.stream(ctxTimeout(t))
+	s2.send(&discoveryv3.DiscoveryRequest{Node: envoyNode(40)})
+	if got := secrets(t, s2.next()); len(got) != 3 || got[aID] == nil || got[bID] == nil || got[td.IDString()] == nil {
+		t.Fatalf("a first request without names: got %v, want %s, %s and %s", keys(got), aID, bID, td.IDString())
+	}
+}
+
+// nothing fails if the stream sends anything within 300 ms.
+func (s *stream) nothing(when string) {
+	s.t.Helper()
+	select {
+	case r := <-s.msgs:
+		if r.err != nil {
+			s.t.Fatalf("%s: StreamSecrets: %v", when, r.err)
+		}
+		s.t.Fatalf("%s the stream sent %v", when, keys(secrets(s.t, r.resp)))
+	case <-time.After(300 * time.Millisecond):
+	}
+}
