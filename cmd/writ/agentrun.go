@@ -55,7 +55,7 @@ func agentRunCommand() *cli.Command {
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "sds-default-svid-name", Value: sdsv3.DefaultSVIDName, Usage: "Envoy SDS resource name of the caller's first X.509-SVID", EnvVars: []string{"WRIT_SDS_DEFAULT_SVID_NAME"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "sds-default-bundle-name", Value: sdsv3.DefaultBundleName, Usage: "Envoy SDS resource name of the trust domain's bundle", EnvVars: []string{"WRIT_SDS_DEFAULT_BUNDLE_NAME"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "sds-default-all-bundles-name", Value: sdsv3.DefaultAllBundlesName, Usage: "Envoy SDS resource name of every trust domain's bundle, for Envoy's SPIFFE validator", EnvVars: []string{"WRIT_SDS_DEFAULT_ALL_BUNDLES_NAME"}}),
-		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "sds-disable-spiffe-cert-validation", Usage: "serve Envoy SDS bundles as trusted_ca, never for Envoy's SPIFFE validator (the all-bundles name is then not served)", EnvVars: []string{"WRIT_SDS_DISABLE_SPIFFE_CERT_VALIDATION"}}),
+		altsrc.NewBoolFlag(&cli.BoolFlag{Name: "sds-disable-spiffe-cert-validation", Usage: "serve Envoy SDS bundles as trusted_ca, not for Envoy's SPIFFE validator (the all-bundles name is then not served), unless an Envoy's node metadata holds disable_spiffe_cert_validation: false", EnvVars: []string{"WRIT_SDS_DISABLE_SPIFFE_CERT_VALIDATION"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-format", Value: "text", Usage: "log format: text or json", EnvVars: []string{"WRIT_LOG_FORMAT"}}),
 		altsrc.NewStringFlag(&cli.StringFlag{Name: "log-level", Value: "info", Usage: "log level: debug, info, warn or error", EnvVars: []string{"WRIT_LOG_LEVEL"}}),
 	}

@@ -29,14 +29,23 @@
 //     with, in one SPIFFECertValidatorConfig, each under its own name,
 //     for Envoy's SPIFFE validator.
 //
+// The all-bundles name may be the bundle name, as Istio's integration
+// with SPIRE configures it ("ROOTCA" for every bundle): that name then
+// serves every trust domain's bundle to Envoys with the SPIFFE
+// validator, and the local one as trusted_ca to the others.
+//
 // Validation contexts use the SPIFFE validator
 // (envoy.tls.cert_validator.spiffe) for Envoy 1.18 and later (by the
 // node's user_agent_build_version), and trusted_ca otherwise, or when
-// Config.DisableSPIFFECertValidation is set or the node's metadata holds
-// disable_spiffe_cert_validation: true. "ALL" exists only in the SPIFFE
-// validator form: trusted_ca cannot keep trust domains apart. An empty
-// list of names (a wildcard request) means every SVID by SPIFFE ID and
-// every trust domain.
+// Config.DisableSPIFFECertValidation is set. An Envoy's node metadata
+// disable_spiffe_cert_validation (true or false, a boolean or a string)
+// overrides the Config for that Envoy, as on SPIRE's agent. "ALL"
+// exists only in the SPIFFE validator form: trusted_ca cannot keep trust
+// domains apart. A stream's first request without names (a wildcard
+// request), and a FetchSecrets without names, mean every SVID by SPIFFE
+// ID and every trust domain. On a stream that has named secrets, a
+// request naming none means none, as xDS says: nothing is sent until a
+// request names some again.
 //
 // # xDS
 //

@@ -90,3 +90,53 @@ func TestFederatedValidationContexts(t *testing.T) {
 		t.Fatalf("FetchSecrets: %v, %d secrets, want federated.test only", err, len(resp.GetResources()))
 	}
 }
+
+// TestAllBundlesNameMayBeTheBundleName: an agent whose all-bundles name
+// is the bundle name ("ROOTCA", as Istio's SPIRE integration configures
+// it, with no bundle name of its own) serves every trust domain's
+// bundle under it to Envoys with the SPIFFE validator, so that
+// federated peers verify; an Envoy without the validator still gets its
+// own trust domain's bundle there.
+func TestAllBundlesNameMayBeTheBundleName(t *testing.T) {
+	for _, cfg := range []sdsv3.Config{
+		{DefaultAllBundlesName: "ROOTCA"},
+		{DefaultBundleName: "ROOTCA", DefaultAllBundlesName: "ROOTCA"},
+	} {
+		e := newEnv(t, cfg)
+		fed := spiffeid.RequireTrustDomainFromString("federated.test")
+		en := e.add("/svc/a")
+		upd := en.Clone()
+		upd.FederatesWith = []spiffeid.TrustDomain{fed}
+		upd.Revision++
+		e.cache.Apply(svidcache.Update{
+			Entries:   []*entry.Entry{upd},
+			Federated: map[spiffeid.TrustDomain]*spiffebundle.Bundle{fed: spiffebundle.FromX509Authorities(fed, []*x509.Certificate{foreignCert(t, fed)})},
+		})
+		e.sign(upd)
+
+		resp, err := e.client().FetchSecrets(ctxTimeout(t), &discoveryv3.DiscoveryRequest{Node: envoyNode(40), ResourceNames: []string{"ROOTCA"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		root := secrets(t, resp)["ROOTCA"]
+		if root == nil {
+			t.Fatalf("bundle name %q, all-bundles name %q: ROOTCA not served", cfg.DefaultBundleName, cfg.DefaultAllBundlesName)
+		}
+		var tds []string
+		for _, d := range spiffeValidator(t, root).TrustDomains {
+			tds = append(tds, d.Name)
+		}
+		if len(tds) != 2 || tds[0] != "example.org" || tds[1] != "federated.test" {
+			t.Fatalf("bundle name %q, all-bundles name %q: ROOTCA holds trust domains %v, want example.org and federated.test", cfg.DefaultBundleName, cfg.DefaultAllBundlesName, tds)
+		}
+
+		resp, err = e.client().FetchSecrets(ctxTimeout(t), &discoveryv3.DiscoveryRequest{Node: envoyNode(17), ResourceNames: []string{"ROOTCA"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		root = secrets(t, resp)["ROOTCA"]
+		if c := parsePEMCerts(t, root.GetValidationContext().GetTrustedCa().GetInlineBytes()); len(c) != 1 || !c[0].Equal(e.iss.Cert) {
+			t.Fatalf("bundle name %q, all-bundles name %q: ROOTCA for Envoy 1.17 is not the local CA as trusted_ca", cfg.DefaultBundleName, cfg.DefaultAllBundlesName)
+		}
+	}
+}

@@ -71,13 +71,17 @@ type Config struct {
 	// DefaultSVIDName, DefaultBundleName and DefaultAllBundlesName are
 	// the resource names of the caller's first SVID, of the local trust
 	// domain's bundle and of every trust domain's bundles; empty means
-	// the package's defaults ("default", "ROOTCA", "ALL").
+	// the package's defaults ("default", "ROOTCA", "ALL"). The
+	// all-bundles name may be the bundle name: it then serves every
+	// bundle where the SPIFFE validator is used, the local one
+	// elsewhere.
 	DefaultSVIDName       string
 	DefaultBundleName     string
 	DefaultAllBundlesName string
-	// DisableSPIFFECertValidation serves bundles as trusted_ca, never in
-	// the SPIFFE validator form; the all-bundles name is then not
-	// served.
+	// DisableSPIFFECertValidation serves bundles as trusted_ca, not in
+	// the SPIFFE validator form, and the all-bundles name is then not
+	// served, except to an Envoy whose node metadata holds
+	// disable_spiffe_cert_validation: false.
 	DisableSPIFFECertValidation bool
 	// Logger receives NACKs and, at debug level, the requests and
 	// responses (names and versions only). Nil discards them.
@@ -183,6 +187,7 @@ func (h *Handler) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Disc
 	var (
 		names      []string     // of the latest request
 		subscribed bool         // a request has arrived
+		named      bool         // a request has named secrets
 		node       *corev3.Node // the latest the client sent
 		version    uint64       // of the latest response
 		lastNonce  string       // of the latest response; "" before the first
@@ -219,6 +224,7 @@ func (h *Handler) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Disc
 			}
 			names = slices.Clone(req.GetResourceNames())
 			subscribed, force = true, true
+			named = named || len(names) > 0
 		case <-sub.Changed():
 		case err := <-recvErr:
 			if errors.Is(err, io.EOF) {
@@ -236,6 +242,11 @@ func (h *Handler) StreamSecrets(stream grpc.BidiStreamingServer[discoveryv3.Disc
 		state := sub.State()
 		if len(state.X509SVIDs) == 0 && len(h.cache.Identities(caller.Selectors)) == 0 {
 			return caller.Refused("SDS caller lost its last entry")
+		}
+		if len(names) == 0 && named {
+			// xDS: a client that named secrets and now names none wants
+			// none; only a first request without names asks for all.
+			continue
 		}
 		res, missing, err := h.secrets(names, viewOf(state.X509SVIDs, state.Bundle, state.Federated), h.spiffeValidator(node))
 		if err != nil {

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc/codes"
 	grpcstatus "google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"writ.dev/writ/agent/svidcache"
 	"writ.dev/writ/ca/x509ca"
@@ -435,5 +436,100 @@ func TestDeletedEntryIsLeftOut(t *testing.T) {
 	}
 	if grpcstatus.Code(r.err) != codes.PermissionDenied {
 		t.Fatalf("StreamSecrets after the last entry was deleted: %v, want PermissionDenied", r.err)
+	}
+}
+
+// TestNodeMetadataChoosesValidatorForm: an Envoy's node metadata
+// disable_spiffe_cert_validation, a boolean or a string such as "true"
+// (as YAML writes it when quoted), overrides the agent's setting for
+// that Envoy in either direction, as on SPIRE's agent; a value that is
+// neither leaves the agent's setting.
+func TestNodeMetadataChoosesValidatorForm(t *testing.T) {
+	tests := []struct {
+		name       string
+		disabled   bool // the agent's setting
+		value      *structpb.Value
+		wantSPIFFE bool
+	}{
+		{name: "bool true", value: structpb.NewBoolValue(true)},
+		{name: "string true", value: structpb.NewStringValue("true")},
+		{name: "string True", value: structpb.NewStringValue("True")},
+		{name: "bool false", value: structpb.NewBoolValue(false), wantSPIFFE: true},
+		{name: "agent disabled, bool false", disabled: true, value: structpb.NewBoolValue(false), wantSPIFFE: true},
+		{name: "agent disabled, string false", disabled: true, value: structpb.NewStringValue("false"), wantSPIFFE: true},
+		{name: "agent disabled, no value", disabled: true},
+		{name: "agent disabled, other value", disabled: true, value: structpb.NewStringValue("maybe")},
+		{name: "other value", value: structpb.NewNumberValue(1), wantSPIFFE: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			e := newEnv(t, sdsv3.Config{DisableSPIFFECertValidation: tt.disabled})
+			e.add("/svc/a")
+			node := envoyNode(40)
+			if tt.value != nil {
+				node.Metadata = &structpb.Struct{Fields: map[string]*structpb.Value{"disable_spiffe_cert_validation": tt.value}}
+			}
+			resp, err := e.client().FetchSecrets(ctxTimeout(t), &discoveryv3.DiscoveryRequest{Node: node, ResourceNames: []string{"ROOTCA", "ALL"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := secrets(t, resp)
+			vc := got["ROOTCA"].GetValidationContext()
+			if vc == nil {
+				t.Fatal("ROOTCA not served")
+			}
+			if isSPIFFE := vc.GetCustomValidatorConfig() != nil; isSPIFFE != tt.wantSPIFFE {
+				t.Errorf("ROOTCA in the SPIFFE validator form: %v, want %v", isSPIFFE, tt.wantSPIFFE)
+			}
+			if (got["ALL"] != nil) != tt.wantSPIFFE {
+				t.Errorf("ALL served: %v, want %v", got["ALL"] != nil, tt.wantSPIFFE)
+			}
+		})
+	}
+}
+
+// TestEmptyNamesAfterNamesUnsubscribe: on a stream that has named the
+// secrets it wants, a request naming none means that the client wants
+// none any more (xDS state of the world), not every secret: nothing is
+// sent, not even on a rotation, until it names some again. Only a
+// stream's first request without names asks for everything.
+func TestEmptyNamesAfterNamesUnsubscribe(t *testing.T) {
+	e := newEnv(t, sdsv3.Config{})
+	a := e.add("/svc/a")
+	b := e.add("/svc/b")
+	aID, bID := a.SPIFFEID.String(), b.SPIFFEID.String()
+	s := e.stream(ctxTimeout(t))
+	s.send(&discoveryv3.DiscoveryRequest{Node: envoyNode(40), ResourceNames: []string{aID}})
+	r1 := s.next()
+	s.ack(r1, aID)
+	s.ack(r1) // no names: unsubscribed from everything
+	s.nothing("after unsubscribing from every secret")
+	e.sign(a)
+	e.sign(b)
+	s.nothing("after a rotation with no secret subscribed to")
+	// Subscribing again is answered.
+	s.ack(r1, bID)
+	if got := secrets(t, s.next()); len(got) != 1 || got[bID] == nil {
+		t.Fatalf("after subscribing to %s again: got %v", bID, keys(got))
+	}
+
+	// A stream whose first request names nothing gets everything.
+	s2 := e.stream(ctxTimeout(t))
+	s2.send(&discoveryv3.DiscoveryRequest{Node: envoyNode(40)})
+	if got := secrets(t, s2.next()); len(got) != 3 || got[aID] == nil || got[bID] == nil || got[td.IDString()] == nil {
+		t.Fatalf("a first request without names: got %v, want %s, %s and %s", keys(got), aID, bID, td.IDString())
+	}
+}
+
+// nothing fails if the stream sends anything within 300 ms.
+func (s *stream) nothing(when string) {
+	s.t.Helper()
+	select {
+	case r := <-s.msgs:
+		if r.err != nil {
+			s.t.Fatalf("%s: StreamSecrets: %v", when, r.err)
+		}
+		s.t.Fatalf("%s the stream sent %v", when, keys(secrets(s.t, r.resp)))
+	case <-time.After(300 * time.Millisecond):
 	}
 }

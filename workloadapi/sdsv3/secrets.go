@@ -5,6 +5,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"slices"
+	"strconv"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	tlsv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/transport_sockets/tls/v3"
@@ -12,6 +13,7 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"writ.dev/writ/agent/svidcache"
 )
@@ -83,18 +85,22 @@ func (h *Handler) secret(name string, v view, spiffeValidator bool) *tlsv3.Secre
 			return nil
 		}
 		return tlsCertificate(name, v.svids[0])
+	case name == h.defaultAllBundles && spiffeValidator:
+		// First: the all-bundles name may be the bundle name too
+		// (Istio's configuration calls every bundle "ROOTCA").
+		if len(v.bundles) == 0 {
+			return nil
+		}
+		return validationContext(name, v.bundles, true)
 	case name == h.defaultBundle:
 		if len(v.bundles) == 0 {
 			return nil
 		}
 		return validationContext(name, v.bundles[:1], spiffeValidator)
 	case name == h.defaultAllBundles:
-		if len(v.bundles) == 0 || !spiffeValidator {
-			// Envoy's trusted_ca cannot keep trust domains apart: an
-			// ID of one would verify with another's keys.
-			return nil
-		}
-		return validationContext(name, v.bundles, true)
+		// Envoy's trusted_ca cannot keep trust domains apart: an ID of
+		// one would verify with another's keys.
+		return nil
 	}
 	for _, s := range v.svids {
 		if s.ID.String() == name {
@@ -174,15 +180,18 @@ func inline(b []byte) *corev3.DataSource {
 }
 
 // spiffeValidator reports whether secrets for the Envoy that sent node
-// use the SPIFFE validator form: unless disabled in the Config or by the
-// node's metadata (disable_spiffe_cert_validation: true), for Envoy 1.18
-// and later, which have it. A client that does not say it is Envoy 1.18
-// or later gets trusted_ca.
+// use the SPIFFE validator form: for Envoy 1.18 and later, which have
+// it, unless disabled. The node's metadata disable_spiffe_cert_validation
+// (true or false) decides for that Envoy; without it, the Config does. A
+// client that does not say it is Envoy 1.18 or later gets trusted_ca.
 func (h *Handler) spiffeValidator(node *corev3.Node) bool {
-	if h.disableValidator {
-		return false
+	disabled := h.disableValidator
+	if f, ok := node.GetMetadata().GetFields()[disableValidatorKey]; ok {
+		if d, ok := metadataBool(f); ok {
+			disabled = d // this Envoy's choice, either way
+		}
 	}
-	if f, ok := node.GetMetadata().GetFields()[disableValidatorKey]; ok && f.GetBoolValue() {
+	if disabled {
 		return false
 	}
 	v := node.GetUserAgentBuildVersion().GetVersion()
@@ -193,8 +202,23 @@ func (h *Handler) spiffeValidator(node *corev3.Node) bool {
 }
 
 // disableValidatorKey is the node metadata key with which one Envoy asks
-// for trusted_ca instead of the SPIFFE validator.
+// for trusted_ca instead of the SPIFFE validator (true), or for the
+// SPIFFE validator where the agent disables it (false).
 const disableValidatorKey = "disable_spiffe_cert_validation"
+
+// metadataBool reads a node metadata value as a boolean: a boolean, or a
+// string such as "true" or "false" (YAML writes a quoted value as a
+// string). ok is false for anything else.
+func metadataBool(v *structpb.Value) (b, ok bool) {
+	switch k := v.GetKind().(type) {
+	case *structpb.Value_BoolValue:
+		return k.BoolValue, true
+	case *structpb.Value_StringValue:
+		b, err := strconv.ParseBool(k.StringValue)
+		return b, err == nil
+	}
+	return false, false
+}
 
 // MaxResourceNames bounds the names of one request: each costs a lookup
 // on every change the stream sees.
