@@ -9,6 +9,8 @@
 // trust domain, when its sequence number goes backwards (or, once the
 // trust domain's bundle carried one, when a changed bundle comes without
 // a sequence number or under the same one), when it is larger than
-// MaxBundleSize, or when the endpoint does not answer in time or
-// authenticates as another identity.
+// MaxBundleSize or its response head larger than MaxResponseHead, or
+// when the endpoint does not answer in time or authenticates as another
+// identity. What the endpoint sent reaches errors, the log and the
+// relationship's status cut to MaxErrorText bytes.
 package federation

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
@@ -24,6 +25,13 @@ import (
 const (
 	// MaxBundleSize bounds a fetched bundle document.
 	MaxBundleSize = 1 << 20
+	// MaxResponseHead bounds the status line and headers of a bundle
+	// endpoint's response.
+	MaxResponseHead = 64 << 10
+	// MaxErrorText bounds the text of a fetch's error, which may quote
+	// what the endpoint sent: it goes to the relationship's status, the
+	// log and the operator.
+	MaxErrorText = 1 << 10
 	// FetchTimeout bounds one fetch, connection to last byte.
 	FetchTimeout = 10 * time.Second
 	// MinRefresh and MaxRefresh bound the refresh interval taken from a
@@ -179,6 +187,9 @@ func (f *Fetcher) pass(ctx context.Context) time.Time {
 func (f *Fetcher) Refresh(ctx context.Context, r *datastore.Federation) error {
 	now := f.cfg.Clock.Now()
 	seq, hint, err := f.fetchAndStore(ctx, r)
+	if err != nil {
+		err = bounded(err)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	st := f.status[r.TrustDomain]
@@ -286,8 +297,10 @@ func (f *Fetcher) fetch(ctx context.Context, r *datastore.Federation, current *s
 	default:
 		return nil, fmt.Errorf("federation: unknown profile %q", r.Profile)
 	}
+	transport := &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: tlsConf, ForceAttemptHTTP2: true,
+		TLSHandshakeTimeout: f.cfg.Timeout, ResponseHeaderTimeout: f.cfg.Timeout, MaxResponseHeaderBytes: MaxResponseHead}
 	client := &http.Client{
-		Transport: &http.Transport{Proxy: http.ProxyFromEnvironment, TLSClientConfig: tlsConf, ForceAttemptHTTP2: true, TLSHandshakeTimeout: f.cfg.Timeout, ResponseHeaderTimeout: f.cfg.Timeout},
+		Transport: transport,
 		Timeout:   f.cfg.Timeout,
 		// A bundle endpoint answers itself; redirects are not followed
 		// (they would leave the authenticated endpoint).
@@ -304,7 +317,8 @@ func (f *Fetcher) fetch(ctx context.Context, r *datastore.Federation, current *s
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("federation: GET %s: status %s", r.BundleEndpointURL, resp.Status)
+		// The status code only: the reason phrase is the endpoint's text.
+		return nil, fmt.Errorf("federation: GET %s: status %d", r.BundleEndpointURL, resp.StatusCode)
 	}
 	body, err := io.ReadAll(io.LimitReader(resp.Body, MaxBundleSize+1))
 	if err != nil {
@@ -321,4 +335,31 @@ func (f *Fetcher) fetch(ctx context.Context, r *datastore.Federation, current *s
 		return nil, err
 	}
 	return b, nil
+}
+
+// boundedError is an error whose text is cut to MaxErrorText bytes; it
+// still unwraps to the error it cuts.
+type boundedError struct {
+	err  error
+	text string
+}
+
+func (e *boundedError) Error() string { return e.text }
+func (e *boundedError) Unwrap() error { return e.err }
+
+// bounded returns err, or err with its text cut to MaxErrorText bytes
+// (at a UTF-8 boundary) if it is longer: the errors of a fetch may quote
+// what the endpoint sent, a malformed status line or bundle member of up
+// to MaxResponseHead or MaxBundleSize bytes.
+func bounded(err error) error {
+	text := err.Error()
+	if len(text) <= MaxErrorText {
+		return err
+	}
+	const more = "... (cut)"
+	cut := MaxErrorText - len(more)
+	for cut > 0 && !utf8.RuneStart(text[cut]) {
+		cut--
+	}
+	return &boundedError{err: err, text: text[:cut] + more}
 }

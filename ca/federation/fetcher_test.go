@@ -8,6 +8,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-jose/go-jose/v4"
 	"github.com/spiffe/go-spiffe/v2/bundle/spiffebundle"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
 
@@ -398,5 +400,90 @@ func TestFetcherSequenceRules(t *testing.T) {
 		if !warned {
 			t.Fatalf("%s: no warning naming the trust domain logged (%d records)", s.name, len(recs))
 		}
+	}
+}
+
+// A peer's endpoint decides what it answers, including the text of its
+// status line and how much of a response head it sends. Neither may grow
+// the relationship's status, the log or the error an operator sees
+// beyond a bound: the fetch is refused with a short error, and the last
+// good bundle kept.
+func TestFetcherBoundsWhatThePeerSends(t *testing.T) {
+	ctx := context.Background()
+	store, err := boltstore.Open(filepath.Join(t.TempDir(), "db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer store.Close()
+	pca := newCA(t, partner)
+	serverID := spiffeid.RequireFromString("spiffe://partner.test/writ/server")
+	ep := newEndpoint(t, pca.svid(t, serverID))
+	rel := &datastore.Federation{TrustDomain: partner, BundleEndpointURL: ep.srv.URL + "/", Profile: datastore.ProfileHTTPSSPIFFE, EndpointSPIFFEID: serverID}
+	if _, err := store.UpdateBundle(ctx, partner, func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error) { return bundleOf(pca, 1), nil }); err != nil {
+		t.Fatal(err)
+	}
+	logs := &records{}
+	f := federation.New(federation.Config{Store: store, Timeout: 5 * time.Second, Logger: slog.New(logs)})
+	good, err := bundleOf(pca, 2).Marshal()
+	if err != nil {
+		t.Fatal(err)
+	}
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	jwk, err := json.Marshal(jose.JSONWebKey{Key: key.Public(), KeyID: "k", Use: "jwt-svid"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// raw answers with head, written as is, then body.
+	raw := func(head string, body []byte) func(http.ResponseWriter, *http.Request) {
+		return func(w http.ResponseWriter, _ *http.Request) {
+			conn, buf, err := w.(http.Hijacker).Hijack()
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close()
+			buf.WriteString(head)
+			buf.Write(body)
+			buf.Flush()
+		}
+	}
+	long := strings.Repeat("x", 2<<20)
+	tests := []struct {
+		name string
+		fn   func(http.ResponseWriter, *http.Request)
+	}{
+		{"a long reason phrase", raw("HTTP/1.1 503 "+long+"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", nil)},
+		{"a long status code", raw("HTTP/1.1 "+long+"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n", nil)},
+		{"a long header before a good bundle", raw(fmt.Sprintf("HTTP/1.1 200 OK\r\nX-Padding: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n", long, len(good)), good)},
+		// The JWK parser quotes a malformed x5u URL in its error.
+		{"a long malformed URL in the bundle", func(w http.ResponseWriter, _ *http.Request) {
+			w.Write([]byte(`{"keys":[{"x5u":"%zz` + long[:federation.MaxBundleSize/2] + `",` + string(jwk[1:]) + `]}`))
+		}},
+	}
+	const maxText = 4 << 10
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fn := tt.fn
+			ep.answer.Store(&fn)
+			err := f.Refresh(ctx, rel)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if n := len(err.Error()); n > maxText {
+				t.Errorf("error of %d bytes, want at most %d", n, maxText)
+			}
+			if st, _ := f.Status(partner); len(st.LastError) > maxText {
+				t.Errorf("status error of %d bytes, want at most %d", len(st.LastError), maxText)
+			}
+			for _, r := range logs.take() {
+				r.Attrs(func(a slog.Attr) bool {
+					if n := len(a.Value.String()); n > maxText {
+						t.Errorf("log attribute %s of %d bytes, want at most %d", a.Key, n, maxText)
+					}
+					return true
+				})
+			}
+			requireStored(t, store, 1, 1)
+		})
 	}
 }
