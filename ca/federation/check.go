@@ -3,6 +3,7 @@ package federation
 import (
 	"crypto"
 	"crypto/rsa"
+	"crypto/x509"
 	"errors"
 	"fmt"
 
@@ -21,8 +22,9 @@ const MaxRSAKeyBits = 8192
 // CheckBundle refuses a bundle of td that holds no authority, whose
 // X.509 authorities carry a SPIFFE ID of another trust domain (a CA
 // certificate may name its trust domain in a URI SAN; one naming another
-// is a bundle served for the wrong trust domain), or that holds an RSA
-// key longer than MaxRSAKeyBits.
+// is a bundle served for the wrong trust domain), whose JWT authorities
+// are not all public keys (a private or a symmetric key), or that holds
+// an RSA key longer than MaxRSAKeyBits.
 func CheckBundle(td spiffeid.TrustDomain, b *spiffebundle.Bundle) error {
 	if b.TrustDomain() != td {
 		return fmt.Errorf("%w: bundle is of %s, not %s", ErrBundle, b.TrustDomain().Name(), td.Name())
@@ -31,6 +33,11 @@ func CheckBundle(td spiffeid.TrustDomain, b *spiffebundle.Bundle) error {
 		return fmt.Errorf("%w: bundle of %s holds no X.509 or JWT authority", ErrBundle, td.Name())
 	}
 	for kid, k := range b.JWTAuthorities() {
+		// A JWK parses into a private or a symmetric key as readily as
+		// into a public one: only a public key is an authority.
+		if _, err := x509.MarshalPKIXPublicKey(k); err != nil {
+			return fmt.Errorf("%w: JWT authority %q of the bundle of %s is not a public key (%T)", ErrBundle, kid, td.Name(), k)
+		}
 		if err := checkKeySize(k); err != nil {
 			return fmt.Errorf("%w: JWT authority %q of the bundle of %s: %w", ErrBundle, kid, td.Name(), err)
 		}

@@ -72,3 +72,38 @@ func TestCheckBundleRSAKeySize(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckBundleJWTKeysArePublic: a JWK parses into a private or a
+// symmetric key as readily as into a public one. A federated bundle whose
+// JWT authority is one of those is refused as a bundle (not left to fail
+// later, in the datastore, as an internal error).
+func TestCheckBundleJWTKeysArePublic(t *testing.T) {
+	ec, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name string
+		key  any
+		ok   bool
+	}{
+		{"ECDSA public key", &ec.PublicKey, true},
+		{"ECDSA private key", ec, false},
+		{"symmetric key", []byte("a shared secret of 32 bytes ....."), false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			b := spiffebundle.New(partner)
+			if err := b.AddJWTAuthority("k", tt.key); err != nil {
+				t.Fatal(err)
+			}
+			err := federation.CheckBundle(partner, b)
+			if tt.ok && err != nil {
+				t.Fatalf("refused: %v", err)
+			}
+			if !tt.ok && !errors.Is(err, federation.ErrBundle) {
+				t.Fatalf("err %v, want %v", err, federation.ErrBundle)
+			}
+		})
+	}
+}
