@@ -80,6 +80,27 @@ type endpoint struct {
 	answer atomic.Pointer[func(http.ResponseWriter, *http.Request)]
 }
 
+// openStore opens a datastore of the test's own, closed when it ends.
+func openStore(t *testing.T) *boltstore.Store {
+	t.Helper()
+	store, err := boltstore.Open(filepath.Join(t.TempDir(), "db"), boltstore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close() })
+	return store
+}
+
+// spiffeEndpoint starts partner's bundle endpoint with an SVID of its
+// server signed by pca, and returns it with an https_spiffe relationship
+// to it.
+func spiffeEndpoint(t *testing.T, pca *ca) (*endpoint, *datastore.Federation) {
+	t.Helper()
+	serverID := spiffeid.RequireFromString("spiffe://partner.test/writ/server")
+	ep := newEndpoint(t, pca.svid(t, serverID))
+	return ep, &datastore.Federation{TrustDomain: partner, BundleEndpointURL: ep.srv.URL + "/", Profile: datastore.ProfileHTTPSSPIFFE, EndpointSPIFFEID: serverID}
+}
+
 func newEndpoint(t *testing.T, cert tls.Certificate) *endpoint {
 	e := &endpoint{}
 	e.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { (*e.answer.Load())(w, r) }))
@@ -105,15 +126,9 @@ func (e *endpoint) serveBundle(t *testing.T, b *spiffebundle.Bundle) {
 
 func TestFetcherHTTPSSPIFFE(t *testing.T) {
 	ctx := context.Background()
-	store, err := boltstore.Open(filepath.Join(t.TempDir(), "db"), boltstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openStore(t)
 	pca := newCA(t, partner)
-	serverID := spiffeid.RequireFromString("spiffe://partner.test/writ/server")
-	ep := newEndpoint(t, pca.svid(t, serverID))
-	rel := &datastore.Federation{TrustDomain: partner, BundleEndpointURL: ep.srv.URL + "/", Profile: datastore.ProfileHTTPSSPIFFE, EndpointSPIFFEID: serverID}
+	ep, rel := spiffeEndpoint(t, pca)
 	f := federation.New(federation.Config{Store: store, Timeout: 500 * time.Millisecond})
 
 	// Without a bootstrap bundle the endpoint cannot be authenticated.
@@ -254,11 +269,7 @@ func requireStored(t *testing.T, store *boltstore.Store, seq uint64, authorities
 
 func TestFetcherHTTPSWeb(t *testing.T) {
 	ctx := context.Background()
-	store, err := boltstore.Open(filepath.Join(t.TempDir(), "db"), boltstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openStore(t)
 	webCA := newCA(t, spiffeid.RequireTrustDomainFromString("web.test"))
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	tmpl := &x509.Certificate{SerialNumber: big.NewInt(3), NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
@@ -314,15 +325,9 @@ func (h *records) take() []slog.Record {
 // refused with a warning and the last good bundle kept.
 func TestFetcherSequenceRules(t *testing.T) {
 	ctx := context.Background()
-	store, err := boltstore.Open(filepath.Join(t.TempDir(), "db"), boltstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openStore(t)
 	pca, next := newCA(t, partner), newCA(t, partner)
-	serverID := spiffeid.RequireFromString("spiffe://partner.test/writ/server")
-	ep := newEndpoint(t, pca.svid(t, serverID))
-	rel := &datastore.Federation{TrustDomain: partner, BundleEndpointURL: ep.srv.URL + "/", Profile: datastore.ProfileHTTPSSPIFFE, EndpointSPIFFEID: serverID}
+	ep, rel := spiffeEndpoint(t, pca)
 	logs := &records{}
 	f := federation.New(federation.Config{Store: store, Timeout: 5 * time.Second, Logger: slog.New(logs)})
 	// The bootstrap bundle has no sequence number.
@@ -410,15 +415,9 @@ func TestFetcherSequenceRules(t *testing.T) {
 // good bundle kept.
 func TestFetcherBoundsWhatThePeerSends(t *testing.T) {
 	ctx := context.Background()
-	store, err := boltstore.Open(filepath.Join(t.TempDir(), "db"), boltstore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
+	store := openStore(t)
 	pca := newCA(t, partner)
-	serverID := spiffeid.RequireFromString("spiffe://partner.test/writ/server")
-	ep := newEndpoint(t, pca.svid(t, serverID))
-	rel := &datastore.Federation{TrustDomain: partner, BundleEndpointURL: ep.srv.URL + "/", Profile: datastore.ProfileHTTPSSPIFFE, EndpointSPIFFEID: serverID}
+	ep, rel := spiffeEndpoint(t, pca)
 	if _, err := store.UpdateBundle(ctx, partner, func(*spiffebundle.Bundle) (*spiffebundle.Bundle, error) { return bundleOf(pca, 1), nil }); err != nil {
 		t.Fatal(err)
 	}
